@@ -4,11 +4,11 @@ import { existsSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { dirname, join } from "node:path";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const built = join(root, "dist/src/cli/main.js");
+const built = join(root, "dist/src/cli/run.js");
 if (existsSync(built) && !process.env.TRUSTVOL_FROM_SOURCE) {
   await import(pathToFileURL(built).href);
 } else {
   const { register } = await import("tsx/esm/api");
   register();
-  await import(pathToFileURL(join(root, "src/cli/main.ts")).href);
+  await import(pathToFileURL(join(root, "src/cli/run.ts")).href);
 }

@@ -1,0 +1,319 @@
+/*
+ * trustvol native addon: the dm-crypt sector loop in C over the OpenSSL linked into the node binary.
+ *
+ * One cipher object holds one EVP_CIPHER_CTX per direction (AES decryption uses a different key schedule, so a
+ * context cannot switch direction without re-keying) plus, for essiv, an AES-256-ECB context keyed with the salt.
+ * crypt() processes a whole batch of sectors in one call: per sector it derives the IV from the IV sector number,
+ * re-arms the context with EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1) (no re-keying) and runs one
+ * EVP_CipherUpdate in place. XTS treats every update as one complete data unit; CBC restarts its chain from the IV.
+ *
+ * The key is handed to OpenSSL at creation and never stored here; EVP_CIPHER_CTX_free cleanses the schedules.
+ */
+#include <node_api.h>
+#include <openssl/evp.h>
+#include <openssl/err.h>
+#include <openssl/crypto.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Keep in sync with src/dmcrypt/native.ts */
+enum { IV_NONE = 0, IV_PLAIN64 = 1, IV_PLAIN = 2, IV_PLAIN64BE = 3, IV_ESSIV = 4, IV_NULL = 5 };
+
+typedef struct {
+  EVP_CIPHER_CTX *enc;
+  EVP_CIPHER_CTX *dec;
+  EVP_CIPHER_CTX *essiv;
+  int iv_mode;
+  int iv_len;
+  uint32_t sector_size;
+  uint64_t iv_step; /* IV units per sector */
+} tv_cipher;
+
+static void tv_free_ctxs(tv_cipher *c) {
+  if (c->enc) EVP_CIPHER_CTX_free(c->enc);
+  if (c->dec) EVP_CIPHER_CTX_free(c->dec);
+  if (c->essiv) EVP_CIPHER_CTX_free(c->essiv);
+  c->enc = c->dec = c->essiv = NULL;
+}
+
+static void tv_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  tv_cipher *c = (tv_cipher *)data;
+  if (!c) return;
+  tv_free_ctxs(c);
+  free(c);
+}
+
+/* Throw a JS Error carrying OpenSSL's first queued reason; always empties the queue so node:crypto never sees it. */
+static napi_value tv_throw_ossl(napi_env env, const char *what) {
+  char msg[384];
+  unsigned long e = ERR_get_error();
+  if (e) {
+    char reason[256];
+    ERR_error_string_n(e, reason, sizeof reason);
+    snprintf(msg, sizeof msg, "%s: %s", what, reason);
+  } else {
+    snprintf(msg, sizeof msg, "%s", what);
+  }
+  ERR_clear_error();
+  napi_throw_error(env, "ERR_TRUSTVOL_OPENSSL", msg);
+  return NULL;
+}
+
+#define NAPI_CALL(env, call)                                            \
+  do {                                                                  \
+    if ((call) != napi_ok) {                                            \
+      const napi_extended_error_info *info_ = NULL;                     \
+      bool pending_ = false;                                            \
+      napi_get_last_error_info((env), &info_);                          \
+      napi_is_exception_pending((env), &pending_);                      \
+      if (!pending_)                                                    \
+        napi_throw_error((env), NULL,                                   \
+                         info_ && info_->error_message ? info_->error_message : "N-API call failed"); \
+      return NULL;                                                      \
+    }                                                                   \
+  } while (0)
+
+static int tv_get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
+  bool is_ta = false;
+  if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta) return 0;
+  napi_typedarray_type type;
+  size_t length;
+  void *ptr;
+  napi_value ab;
+  size_t off;
+  if (napi_get_typedarray_info(env, v, &type, &length, &ptr, &ab, &off) != napi_ok) return 0;
+  if (type != napi_uint8_array) return 0;
+  *data = (uint8_t *)ptr;
+  *len = length;
+  return 1;
+}
+
+static EVP_CIPHER_CTX *tv_new_ctx(const EVP_CIPHER *cipher, const uint8_t *key, int enc) {
+  static const uint8_t zero_iv[16] = {0};
+  EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+  if (!ctx) return NULL;
+  int ivlen = EVP_CIPHER_get_iv_length(cipher);
+  if (EVP_CipherInit_ex(ctx, cipher, NULL, key, ivlen > 0 ? zero_iv : NULL, enc) != 1 ||
+      EVP_CIPHER_CTX_set_padding(ctx, 0) != 1) {
+    EVP_CIPHER_CTX_free(ctx);
+    return NULL;
+  }
+  return ctx;
+}
+
+/* create(evpName: string, key: Uint8Array, essivKey: Uint8Array | null, ivMode: number, ivStep: number,
+ *        sectorSize: number) -> external */
+static napi_value tv_create(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 6) {
+    napi_throw_type_error(env, NULL, "create: 6 arguments expected");
+    return NULL;
+  }
+  char name[64];
+  size_t name_len = 0;
+  NAPI_CALL(env, napi_get_value_string_utf8(env, argv[0], name, sizeof name, &name_len));
+  uint8_t *key = NULL, *ekey = NULL;
+  size_t key_len = 0, ekey_len = 0;
+  if (!tv_get_bytes(env, argv[1], &key, &key_len)) {
+    napi_throw_type_error(env, NULL, "create: key must be a Uint8Array");
+    return NULL;
+  }
+  napi_valuetype et;
+  NAPI_CALL(env, napi_typeof(env, argv[2], &et));
+  if (et != napi_null && et != napi_undefined && !tv_get_bytes(env, argv[2], &ekey, &ekey_len)) {
+    napi_throw_type_error(env, NULL, "create: essivKey must be a Uint8Array or null");
+    return NULL;
+  }
+  int32_t iv_mode = 0, iv_step = 0, sector_size = 0;
+  NAPI_CALL(env, napi_get_value_int32(env, argv[3], &iv_mode));
+  NAPI_CALL(env, napi_get_value_int32(env, argv[4], &iv_step));
+  NAPI_CALL(env, napi_get_value_int32(env, argv[5], &sector_size));
+  if (iv_mode < IV_NONE || iv_mode > IV_NULL || iv_step < 1 || sector_size < 16 || (sector_size & 15)) {
+    napi_throw_range_error(env, NULL, "create: bad ivMode, ivStep or sectorSize");
+    return NULL;
+  }
+  if (iv_mode == IV_ESSIV && ekey_len != 32) {
+    napi_throw_range_error(env, NULL, "create: essiv needs a 32-byte salt key");
+    return NULL;
+  }
+
+  ERR_clear_error();
+  EVP_CIPHER *cipher = EVP_CIPHER_fetch(NULL, name, NULL);
+  if (!cipher) return tv_throw_ossl(env, "cipher not available in node's OpenSSL");
+  if ((size_t)EVP_CIPHER_get_key_length(cipher) != key_len) {
+    EVP_CIPHER_free(cipher);
+    napi_throw_range_error(env, NULL, "create: key length does not match the cipher");
+    return NULL;
+  }
+  int iv_len = EVP_CIPHER_get_iv_length(cipher);
+  if ((iv_mode == IV_NONE) != (iv_len == 0) || iv_len > 16) {
+    EVP_CIPHER_free(cipher);
+    napi_throw_range_error(env, NULL, "create: IV mode does not fit the cipher");
+    return NULL;
+  }
+  tv_cipher *c = (tv_cipher *)calloc(1, sizeof *c);
+  if (!c) {
+    EVP_CIPHER_free(cipher);
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  c->iv_mode = iv_mode;
+  c->iv_len = iv_len;
+  c->sector_size = (uint32_t)sector_size;
+  c->iv_step = (uint64_t)iv_step;
+  c->enc = tv_new_ctx(cipher, key, 1);
+  c->dec = c->enc ? tv_new_ctx(cipher, key, 0) : NULL;
+  EVP_CIPHER_free(cipher);
+  if (!c->enc || !c->dec) {
+    tv_free_ctxs(c);
+    free(c);
+    return tv_throw_ossl(env, "cipher key setup failed");
+  }
+  if (iv_mode == IV_ESSIV) {
+    EVP_CIPHER *ecb = EVP_CIPHER_fetch(NULL, "AES-256-ECB", NULL);
+    c->essiv = ecb ? tv_new_ctx(ecb, ekey, 1) : NULL;
+    if (ecb) EVP_CIPHER_free(ecb);
+    if (!c->essiv) {
+      tv_free_ctxs(c);
+      free(c);
+      return tv_throw_ossl(env, "essiv key setup failed");
+    }
+  }
+  napi_value ext;
+  if (napi_create_external(env, c, tv_finalize, NULL, &ext) != napi_ok) {
+    tv_free_ctxs(c);
+    free(c);
+    napi_throw_error(env, NULL, "create: napi_create_external failed");
+    return NULL;
+  }
+  return ext;
+}
+
+static tv_cipher *tv_unwrap(napi_env env, napi_value v) {
+  napi_valuetype t;
+  void *p = NULL;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_external || napi_get_value_external(env, v, &p) != napi_ok || !p) {
+    napi_throw_type_error(env, NULL, "not a trustvol cipher handle");
+    return NULL;
+  }
+  return (tv_cipher *)p;
+}
+
+static inline void put_le64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void put_be64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[7 - i] = (uint8_t)(v >> (8 * i));
+}
+
+/* crypt(handle, data: Uint8Array, encrypt: boolean, ivSector: bigint) -> undefined; in place */
+static napi_value tv_crypt(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 4) {
+    napi_throw_type_error(env, NULL, "crypt: 4 arguments expected");
+    return NULL;
+  }
+  tv_cipher *c = tv_unwrap(env, argv[0]);
+  if (!c) return NULL;
+  if (!c->enc) {
+    napi_throw_error(env, "ERR_TRUSTVOL_DISPOSED", "sector cipher used after dispose()");
+    return NULL;
+  }
+  uint8_t *data = NULL;
+  size_t len = 0;
+  if (!tv_get_bytes(env, argv[1], &data, &len)) {
+    napi_throw_type_error(env, NULL, "crypt: data must be a Uint8Array");
+    return NULL;
+  }
+  bool enc = false;
+  NAPI_CALL(env, napi_get_value_bool(env, argv[2], &enc));
+  uint64_t ivs = 0;
+  bool lossless = false;
+  NAPI_CALL(env, napi_get_value_bigint_uint64(env, argv[3], &ivs, &lossless));
+  if (len % c->sector_size) {
+    napi_throw_range_error(env, NULL, "crypt: length is not a multiple of the sector size");
+    return NULL;
+  }
+  EVP_CIPHER_CTX *ctx = enc ? c->enc : c->dec;
+  int outl = 0;
+  const size_t ss = c->sector_size;
+  ERR_clear_error();
+
+  if (c->iv_mode == IV_NONE) { /* ECB: no IV, one update per (bounded) chunk */
+    const size_t chunk = (size_t)1 << 24;
+    for (size_t off = 0; off < len; off += chunk) {
+      size_t n = len - off < chunk ? len - off : chunk;
+      if (EVP_CipherUpdate(ctx, data + off, &outl, data + off, (int)n) != 1 || (size_t)outl != n)
+        return tv_throw_ossl(env, "EVP_CipherUpdate failed");
+    }
+    return NULL;
+  }
+
+  uint8_t iv[16], blk[16];
+  memset(iv, 0, sizeof iv);
+  for (size_t off = 0; off < len; off += ss, ivs += c->iv_step) {
+    switch (c->iv_mode) {
+      case IV_PLAIN64:
+        put_le64(iv, ivs);
+        break;
+      case IV_PLAIN:
+        put_le64(iv, ivs & 0xffffffffu);
+        break;
+      case IV_PLAIN64BE:
+        put_be64(iv + 8, ivs);
+        break;
+      case IV_ESSIV:
+        memset(blk, 0, sizeof blk);
+        put_le64(blk, ivs);
+        if (EVP_CipherUpdate(c->essiv, iv, &outl, blk, 16) != 1 || outl != 16)
+          return tv_throw_ossl(env, "essiv IV generation failed");
+        break;
+      default: /* IV_NULL: stays zero */
+        break;
+    }
+    if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1) != 1)
+      return tv_throw_ossl(env, "EVP_CipherInit_ex (IV) failed");
+    if (EVP_CipherUpdate(ctx, data + off, &outl, data + off, (int)ss) != 1 || (size_t)outl != ss)
+      return tv_throw_ossl(env, "EVP_CipherUpdate failed");
+  }
+  return NULL;
+}
+
+/* destroy(handle) -> undefined; frees the contexts now (the finalizer frees the shell later) */
+static napi_value tv_destroy(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) return NULL;
+  tv_cipher *c = tv_unwrap(env, argv[0]);
+  if (!c) return NULL;
+  tv_free_ctxs(c);
+  return NULL;
+}
+
+/* selfInfo() -> string: the OpenSSL version this addon is running on (node's own) */
+static napi_value tv_openssl_version(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value s;
+  NAPI_CALL(env, napi_create_string_utf8(env, OpenSSL_version(OPENSSL_VERSION), NAPI_AUTO_LENGTH, &s));
+  return s;
+}
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor props[] = {
+      {"create", NULL, tv_create, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"crypt", NULL, tv_crypt, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"destroy", NULL, tv_destroy, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"opensslVersion", NULL, tv_openssl_version, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  return exports;
+}

@@ -1,0 +1,80 @@
+// `trustvol image encrypt|decrypt`: CI-side conversion of file-system images, no root or device-mapper needed.
+import type { Command } from "commander";
+import { TrustvolError } from "../../util/errors.js";
+import { wipe } from "../../util/secret.js";
+import { encryptImage, decryptImage } from "../../ops/image.js";
+import { getPassphrase, readKeyFile } from "../secrets.js";
+import { addFormatOptions, formatFrom, printJson, int } from "../common.js";
+import { progressBar } from "../progress.js";
+
+function abortOnSignal(): { signal: AbortSignal; done: () => void } {
+  const ac = new AbortController();
+  const h = () => ac.abort();
+  process.once("SIGINT", h);
+  process.once("SIGTERM", h);
+  return { signal: ac.signal, done: () => { process.off("SIGINT", h); process.off("SIGTERM", h); } };
+}
+
+export function registerImageCommands(program: Command): void {
+  const image = program.command("image").description("convert image files (for build pipelines: no root, no device-mapper)");
+  addFormatOptions(
+    image
+      .command("encrypt")
+      .description("encrypt a plain image (e.g. an ext4 rootfs) into a new LUKS2 image; the input is only read")
+      .argument("<input>", "plain image")
+      .argument("<output>", "LUKS2 image to create (written as <output>.partial, renamed when complete)")
+      .option("--header <file>", "detached header: <output> then holds only the encrypted data")
+      .option("-d, --key-file <file>", "passphrase from FILE (- = stdin)")
+      .option("--volume-key-file <file>", "use the raw volume key from FILE instead of a random one")
+      .option("--force", "overwrite an existing output")
+      .option("--no-progress", "no progress bar")
+      .option("--json", "print the result as JSON"),
+  ).action(async (input: string, output: string, o: Record<string, unknown>) => {
+    const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: "Enter passphrase for the new volume: ", verify: true });
+    const vk = o.volumeKeyFile ? readKeyFile(o.volumeKeyFile as string) : undefined;
+    const bar = progressBar("Encrypting", o.progress !== false && !o.json && process.stderr.isTTY === true);
+    const sig = abortOnSignal();
+    try {
+      const r = await encryptImage(input, output, pass, { ...formatFrom(o), volumeKey: vk, header: o.header as string | undefined, force: !!o.force, onProgress: bar.update, signal: sig.signal });
+      bar.end();
+      if (o.json) printJson({ output, header: o.header ?? null, uuid: r.uuid, data_offset: r.dataOffset, data_length: r.dataLength });
+    } catch (e) {
+      bar.end();
+      if (e instanceof TrustvolError && e.message === "interrupted") throw new TrustvolError("EBUSY", `interrupted: ${output} was not created`, "the input is unchanged; run the command again");
+      throw e;
+    } finally {
+      sig.done();
+      wipe(pass, vk);
+    }
+  });
+  image
+    .command("decrypt")
+    .description("decrypt a LUKS1/LUKS2 image's data into a plain image")
+    .argument("<input>", "LUKS image")
+    .argument("<output>", "plain image to create")
+    .option("--header <file>", "detached header")
+    .option("-d, --key-file <file>", "passphrase from FILE (- = stdin)")
+    .option("-S, --key-slot <n>", "use only keyslot N", int("--key-slot", 0, 31))
+    .option("--volume-key-file <file>", "use the raw volume key from FILE instead of a passphrase")
+    .option("--force", "overwrite an existing output")
+    .option("--no-progress", "no progress bar")
+    .option("--json", "print the result as JSON")
+    .action(async (input: string, output: string, o: Record<string, unknown>) => {
+      const vk = o.volumeKeyFile ? readKeyFile(o.volumeKeyFile as string) : undefined;
+      const pass = vk ? undefined : await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${input}: ` });
+      const bar = progressBar("Decrypting", o.progress !== false && !o.json && process.stderr.isTTY === true);
+      const sig = abortOnSignal();
+      try {
+        const r = await decryptImage(input, output, { passphrase: pass, volumeKey: vk }, { header: o.header as string | undefined, keyslot: o.keySlot as number | undefined, force: !!o.force, onProgress: bar.update, signal: sig.signal });
+        bar.end();
+        if (o.json) printJson({ output, length: r.length });
+      } catch (e) {
+        bar.end();
+        if (e instanceof TrustvolError && e.message === "interrupted") throw new TrustvolError("EBUSY", `interrupted: ${output} was not created`, "the input is unchanged; run the command again");
+        throw e;
+      } finally {
+        sig.done();
+        wipe(pass, vk);
+      }
+    });
+}

@@ -1,0 +1,119 @@
+// format, dump, unlock --test, repair: the cryptsetup luksFormat / luksDump / open --test-passphrase / repair verbs.
+import type { Command } from "commander";
+import { FileBlockDevice } from "../../blockdev/file.js";
+import { TrustvolError } from "../../util/errors.js";
+import { wipe } from "../../util/secret.js";
+import { atomicWriteFileSync } from "../../util/atomic.js";
+import { formatLuks2 } from "../../luks2/format.js";
+import { Luks2Volume } from "../../luks2/volume.js";
+import { dumpText, dumpJson } from "../../luks2/dump.js";
+import { dumpLuks1Text } from "../../luks1/luks1.js";
+import { LuksHandle } from "../../ops/volume.js";
+import { getPassphrase } from "../secrets.js";
+import { addKeyOptions, addFormatOptions, formatFrom, printJson } from "../common.js";
+
+export function registerVolumeCommands(program: Command): void {
+  addFormatOptions(
+    program
+      .command("format")
+      .description("create a LUKS2 volume on a device or image file (like `cryptsetup luksFormat`); destroys what was there")
+      .argument("<device>", "block device or image file")
+      .option("--header <file>", "write the header to a separate file (data starts at offset 0 of <device>)")
+      .option("-d, --key-file <file>", "new passphrase from FILE (- = stdin)")
+      .option("-S, --key-slot <n>", "keyslot for the passphrase", "0")
+      .option("-q, --batch", "do not ask for confirmation")
+      .option("--json", "print the result as JSON"),
+  ).action(async (device: string, o: Record<string, unknown>) => {
+    const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, verify: true });
+    const dataDev = await FileBlockDevice.open(device, { create: !o.header && !device.startsWith("/dev/") });
+    const hdrDev = o.header ? await FileBlockDevice.open(o.header as string, { create: true }) : dataDev;
+    try {
+      const { volume, volumeKey } = await formatLuks2(hdrDev, pass, { ...formatFrom(o), keyslot: Number(o.keySlot) }, o.header ? dataDev : undefined);
+      wipe(volumeKey);
+      const area = volume.dataArea(dataDev.size);
+      if (o.json) printJson({ uuid: volume.uuid, keyslot: Number(o.keySlot), data_offset: area.offset, data_length: area.length, sector_size: area.sectorSize, cipher: area.cipher });
+      else if (area.length <= 0) process.stderr.write(`warning: ${device} has no room for data after the header (grow the image file before use)\n`);
+    } finally {
+      wipe(pass);
+      await dataDev.close();
+      if (hdrDev !== dataDev) await hdrDev.close();
+    }
+  });
+
+  program
+    .command("dump")
+    .description("show the LUKS header (like `cryptsetup luksDump`); --json for scripts")
+    .argument("<device>")
+    .option("--header <file>", "detached header")
+    .option("--json", "JSON output (binary header fields and the metadata as stored)")
+    .option("--dump-volume-key", "also reveal the volume key (needs the passphrase and --volume-key-file)")
+    .option("--volume-key-file <file>", "where to write the volume key (raw bytes, mode 0600; - = stdout if it is not a terminal)")
+    .option("-d, --key-file <file>", "passphrase for --dump-volume-key")
+    .action(async (device: string, o: Record<string, unknown>) => {
+      const h = await LuksHandle.open(device, { header: o.header as string | undefined, readOnly: true });
+      try {
+        if (o.dumpVolumeKey) {
+          const dest = o.volumeKeyFile as string | undefined;
+          if (!dest) throw new TrustvolError("EUSAGE", "--dump-volume-key needs --volume-key-file", "the volume key is never printed to a terminal");
+          if (dest === "-" && process.stdout.isTTY) throw new TrustvolError("EUSAGE", "refusing to write the volume key to a terminal", "redirect stdout or name a file");
+          const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: ` });
+          const { volumeKey } = await h.unlock(pass).finally(() => wipe(pass));
+          try {
+            if (dest === "-") process.stdout.write(volumeKey);
+            else atomicWriteFileSync(dest, volumeKey, 0o600);
+          } finally {
+            wipe(volumeKey);
+          }
+          if (dest === "-") return;
+        }
+        if (h.luks2) {
+          if (o.json) printJson(dumpJson(h.luks2));
+          else process.stdout.write(dumpText(h.luks2));
+        } else if (o.json) printJson({ version: 1, ...h.luks1, keyslots: h.luks1!.keyslots.map((k) => ({ ...k, salt: k.salt.toString("hex") })), mkDigest: h.luks1!.mkDigest.toString("hex"), mkDigestSalt: h.luks1!.mkDigestSalt.toString("hex") });
+        else process.stdout.write(dumpLuks1Text(h.luks1!));
+      } finally {
+        await h.close();
+      }
+    });
+
+  addKeyOptions(
+    program
+      .command("unlock")
+      .description("unlock a volume; with --test only check that the passphrase opens it (like `cryptsetup open --test-passphrase`)")
+      .argument("<device>")
+      .option("--header <file>", "detached header")
+      .option("--test", "only verify; do not activate anything")
+      .option("--json", "print the result as JSON"),
+  ).action(async (device: string, o: Record<string, unknown>) => {
+    if (!o.test) throw new TrustvolError("EUSAGE", "unlock without --test needs device-mapper: use `trustvol open`", "or add --test to only check the passphrase");
+    const h = await LuksHandle.open(device, { header: o.header as string | undefined, readOnly: true });
+    try {
+      const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, keyfileOffset: o.keyfileOffset as number, keyfileSize: o.keyfileSize as number });
+      const { volumeKey, keyslot } = await h.unlock(pass, { slot: o.keySlot as number | undefined }).finally(() => wipe(pass));
+      wipe(volumeKey);
+      if (o.json) printJson({ unlocked: true, keyslot, uuid: h.uuid });
+      else process.stderr.write(`Key slot ${keyslot} unlocked.\n`);
+    } finally {
+      await h.close();
+    }
+  });
+
+  program
+    .command("repair")
+    .description("rewrite a damaged or stale LUKS2 header copy from the valid one (the one with the highest sequence id)")
+    .argument("<device>")
+    .option("--json", "print the result as JSON")
+    .action(async (device: string, o: Record<string, unknown>) => {
+      const dev = await FileBlockDevice.open(device);
+      try {
+        const v = await Luks2Volume.open(dev);
+        const before = { primary: v.readStatus.primary, secondary: v.readStatus.secondary };
+        const repaired = await v.repair();
+        if (o.json) printJson({ repaired, ...JSON.parse(JSON.stringify(before, (_k, x) => (typeof x === "bigint" ? x.toString() : x))) });
+        else if (repaired) process.stderr.write(`Repaired: primary ${before.primary.ok ? "ok" : `was damaged (${before.primary.error})`}, secondary ${before.secondary.ok ? "ok" : `was damaged (${before.secondary.error})`}; both copies rewritten.\n`);
+        else process.stderr.write("Both header copies are valid; nothing to repair.\n");
+      } finally {
+        await dev.close();
+      }
+    });
+}

@@ -1,0 +1,77 @@
+// Option helpers shared by commands: parsing numbers, PBKDF/format options, JSON output.
+import { Option, type Command } from "commander";
+import { TrustvolError } from "../util/errors.js";
+import type { PbkdfOptions } from "../luks2/kdf.js";
+import type { FormatOptions } from "../luks2/format.js";
+
+export function int(name: string, min = 0, max = Number.MAX_SAFE_INTEGER) {
+  return (v: string): number => {
+    if (!/^[0-9]+$/.test(v)) throw new TrustvolError("EUSAGE", `${name} must be a whole number, got "${v}"`);
+    const n = Number(v);
+    if (n < min || n > max) throw new TrustvolError("EUSAGE", `${name} must be between ${min} and ${max}`);
+    return n;
+  };
+}
+
+export function addKeyOptions(c: Command): Command {
+  return c
+    .option("-d, --key-file <file>", "read the passphrase from FILE (all bytes; - = standard input)")
+    .option("--keyfile-offset <bytes>", "skip BYTES at the start of the key file", int("--keyfile-offset"))
+    .option("--keyfile-size <bytes>", "read only BYTES from the key file", int("--keyfile-size", 1))
+    .option("-S, --key-slot <n>", "use only keyslot N", int("--key-slot", 0, 31));
+}
+
+export function addPbkdfOptions(c: Command): Command {
+  return c
+    .addOption(new Option("--pbkdf <kdf>", "keyslot KDF").choices(["argon2id", "argon2i", "pbkdf2"]).default("argon2id"))
+    .option("--hash <hash>", "PBKDF2 hash", "sha256")
+    .option("-i, --iter-time <ms>", "benchmark the KDF to take MS milliseconds on this machine", int("--iter-time", 1), 2000)
+    .option("--pbkdf-force-iterations <n>", "fixed PBKDF2 iterations / Argon2 time cost (no benchmark)", int("--pbkdf-force-iterations", 1))
+    .option("--pbkdf-memory <kib>", "Argon2 memory in KiB", int("--pbkdf-memory", 32, 4 * 1024 * 1024))
+    .option("--pbkdf-parallel <n>", "Argon2 lanes", int("--pbkdf-parallel", 1, 64))
+    .option("--target-ram <mib>", "size Argon2 memory for a device with MIB of RAM (not this build host)", int("--target-ram", 64));
+}
+
+export function pbkdfFrom(o: Record<string, unknown>): PbkdfOptions {
+  return {
+    type: o.pbkdf as PbkdfOptions["type"],
+    hash: o.hash as string,
+    iterTimeMs: o.iterTime as number,
+    forceIterations: o.pbkdfForceIterations as number | undefined,
+    memoryKiB: o.pbkdfMemory as number | undefined,
+    parallel: o.pbkdfParallel as number | undefined,
+    targetRamMiB: o.targetRam as number | undefined,
+  };
+}
+
+export function addFormatOptions(c: Command): Command {
+  return addPbkdfOptions(c)
+    .option("-c, --cipher <spec>", "data cipher: aes-xts-plain64, aes-cbc-essiv:sha256, aes-cbc-plain64", "aes-xts-plain64")
+    .option("-s, --key-size <bits>", "volume key size in bits (xts: 256 or 512; cbc: 128, 192, 256)", int("--key-size", 128, 512))
+    .option("--sector-size <bytes>", "encryption sector size: 512, 1024, 2048 or 4096", int("--sector-size", 512, 4096), 4096)
+    .option("--label <label>", "LUKS2 label")
+    .option("--subsystem <name>", "LUKS2 subsystem")
+    .option("--uuid <uuid>", "use this UUID instead of a random one")
+    .option("--offset <bytes>", "data offset in bytes (default 16 MiB, 0 with --header)", int("--offset"))
+    .option("--luks2-metadata-size <bytes>", "size of one metadata copy (16384 .. 4194304)", int("--luks2-metadata-size"))
+    .option("--luks2-keyslots-size <bytes>", "size of the keyslots area", int("--luks2-keyslots-size"));
+}
+
+export function formatFrom(o: Record<string, unknown>): FormatOptions {
+  return {
+    cipher: o.cipher as string,
+    keySizeBits: o.keySize as number | undefined,
+    sectorSize: o.sectorSize as number,
+    label: o.label as string | undefined,
+    subsystem: o.subsystem as string | undefined,
+    uuid: o.uuid as string | undefined,
+    dataOffset: o.offset as number | undefined,
+    metadataSize: o.luks2MetadataSize as number | undefined,
+    keyslotsSize: o.luks2KeyslotsSize as number | undefined,
+    pbkdf: pbkdfFrom(o),
+  };
+}
+
+export function printJson(v: unknown): void {
+  process.stdout.write(JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x), 2) + "\n");
+}

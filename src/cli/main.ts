@@ -1,0 +1,66 @@
+// The trustvol CLI: parse, call the library, print. Exit codes are a contract with scripts (see --help).
+import { Command, CommanderError } from "commander";
+import { TrustvolError, ExitCode } from "../util/errors.js";
+import { registerVolumeCommands } from "./commands/volume.js";
+import { registerKeyCommands } from "./commands/keys.js";
+import { registerTokenCommands } from "./commands/tokens.js";
+import { registerHeaderCommands } from "./commands/header.js";
+import { registerImageCommands } from "./commands/image.js";
+import { registerDemoCommand } from "./commands/demo.js";
+import { VERSION } from "../version.js";
+
+const EXIT_HELP = `
+Exit status:
+  0  success
+  1  failure (I/O error, internal error)
+  2  usage error (bad option or argument)
+  3  no key: wrong passphrase, PIN, or a trust source refused (e.g. PCR mismatch)
+  4  corrupt: on-disk data is damaged, truncated, or not what it claims to be
+  5  not found: device, file, token, TPM or object missing
+  6  unsupported cipher, requirement or kernel feature
+  7  busy: in use, locked out, or interrupted
+  8  doctor found a critical finding
+
+Secrets are never taken from the command line: use --key-file FILE, --key-file - (stdin), or the prompt.
+`;
+
+export function buildProgram(): Command {
+  const program = new Command("trustvol")
+    .description("LUKS2 / dm-crypt volumes whose keys are sealed to a device's hardware root of trust")
+    .version(VERSION)
+    .showHelpAfterError("(run with --help for usage)")
+    .addHelpText("after", EXIT_HELP)
+    .exitOverride();
+  registerVolumeCommands(program);
+  registerKeyCommands(program);
+  registerTokenCommands(program);
+  registerHeaderCommands(program);
+  registerImageCommands(program);
+  registerDemoCommand(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv, { from: "user" });
+    return ExitCode.OK;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.code === "commander.help") return ExitCode.OK;
+      return ExitCode.USAGE;
+    }
+    if (e instanceof TrustvolError) {
+      process.stderr.write(`trustvol: ${e.oneLine()}\n`);
+      return e.exitCode;
+    }
+    const err = e as NodeJS.ErrnoException;
+    if (err?.code === "ENOSPC") {
+      process.stderr.write("trustvol: no space left on device\n");
+      return ExitCode.FAILURE;
+    }
+    process.stderr.write(`trustvol: internal error: ${err?.message ?? String(e)}\n`);
+    if (process.env.TRUSTVOL_DEBUG) process.stderr.write(`${err?.stack}\n`);
+    return ExitCode.FAILURE;
+  }
+}

@@ -1,0 +1,217 @@
+// Pure-TypeScript sector engine over node:crypto, used when the native addon is missing.
+//
+// XTS ("batched ECB"): for a batch of sectors, one AES-ECB call with the tweak key turns all IV blocks into the
+// sectors' initial tweaks; the per-block tweaks T_j = T_0·α^j (GF(2^128), little-endian, reduction 0x87) are
+// expanded here on 32-bit words; then C = E_K1(P ⊕ T) ⊕ T is one XOR pass, one ECB call with the data key over the
+// whole batch and another XOR pass. CBC decryption is batched the same way (ECB-decrypt everything, XOR with the
+// previous ciphertext block or the sector IV); CBC encryption is serial per sector, so it uses one
+// createCipheriv per sector. Sector sizes are multiples of 16, so XTS never needs ciphertext stealing.
+import { createCipheriv, createDecipheriv, createSecretKey, type Cipheriv, type Decipheriv, type KeyObject } from "node:crypto";
+import { endianness } from "node:os";
+import type { CipherSpec } from "./cipher-spec.js";
+import { fillIvBlocks } from "./iv.js";
+import { wipe } from "../util/secret.js";
+
+const LE = endianness() === "LE";
+/** Bytes per batch: large enough to amortise the node:crypto calls, small enough to stay in L2. */
+const BATCH_BYTES = 32 * 1024;
+
+type Ecb = Cipheriv | Decipheriv;
+
+function ecb(bits: number, key: Uint8Array, enc: boolean): Ecb {
+  const c = enc ? createCipheriv(`aes-${bits}-ecb`, key, null) : createDecipheriv(`aes-${bits}-ecb`, key, null);
+  c.setAutoPadding(false);
+  return c;
+}
+
+/**
+ * Int32 view of a Uint8Array (copying only when it is not 4-byte aligned). Int32, not Uint32: V8 keeps int32 values
+ * unboxed, while uint32 words ≥ 2^31 would turn the hot loops into float arithmetic.
+ */
+function i32(b: Uint8Array): Int32Array {
+  if ((b.byteOffset & 3) === 0) return new Int32Array(b.buffer, b.byteOffset, b.byteLength >>> 2);
+  const c = new Uint8Array(b.byteLength);
+  c.set(b);
+  return new Int32Array(c.buffer, 0, c.byteLength >>> 2);
+}
+
+/**
+ * Per-block XTS tweaks for n sectors: T_0 from t0s, T_{j+1} = T_j·α in GF(2^128) (128-bit little-endian value
+ * shifted left by one, carry folded back as x^7+x^2+x+1 = 0x87). Little-endian host words.
+ */
+function expandTweaks(t0s: Int32Array, tw: Int32Array, n: number, wordsPerSector: number): void {
+  let w = 0;
+  for (let s = 0; s < n; s++) {
+    let a = t0s[s * 4] | 0,
+      b = t0s[s * 4 + 1] | 0,
+      c = t0s[s * 4 + 2] | 0,
+      e = t0s[s * 4 + 3] | 0;
+    const end = w + wordsPerSector;
+    for (; w < end; w += 4) {
+      tw[w] = a;
+      tw[w + 1] = b;
+      tw[w + 2] = c;
+      tw[w + 3] = e;
+      const carry = (e >> 31) & 0x87;
+      e = (e << 1) | (c >>> 31);
+      c = (c << 1) | (b >>> 31);
+      b = (b << 1) | (a >>> 31);
+      a = (a << 1) ^ carry;
+    }
+  }
+}
+
+/** dst = a ^ b over `words` words (dst may alias a). */
+function xorInto(dst: Int32Array, a: Int32Array, b: Int32Array, words: number): void {
+  for (let w = 0; w < words; w += 4) {
+    dst[w] = a[w] ^ b[w];
+    dst[w + 1] = a[w + 1] ^ b[w + 1];
+    dst[w + 2] = a[w + 2] ^ b[w + 2];
+    dst[w + 3] = a[w + 3] ^ b[w + 3];
+  }
+}
+
+export class JsSectorEngine {
+  private readonly spec: CipherSpec;
+  private readonly sectorSize: number;
+  private readonly ivStep: number;
+  private readonly bits: number;
+  private dataEnc: Ecb | null;
+  private dataDec: Ecb | null;
+  private tweakEnc: Ecb | null = null;
+  private essiv: Ecb | null = null;
+  /** For per-sector createCipheriv paths (CBC encryption; XTS on big-endian hosts). */
+  private keyObj: KeyObject | null;
+  private readonly ivBuf: Buffer;
+  private readonly scratch: Int32Array;
+  private readonly tweaks: Int32Array;
+
+  constructor(spec: CipherSpec, key: Uint8Array, sectorSize: number, ivStep: number, essivKey: Uint8Array | null) {
+    this.spec = spec;
+    this.sectorSize = sectorSize;
+    this.ivStep = ivStep;
+    const batch = Math.max(sectorSize, BATCH_BYTES - (BATCH_BYTES % sectorSize));
+    this.ivBuf = Buffer.alloc((batch / sectorSize) * 16);
+    this.scratch = new Int32Array(batch / 4);
+    this.tweaks = new Int32Array(spec.chainMode === "xts" ? batch / 4 : 0);
+    this.keyObj = createSecretKey(key);
+    if (spec.chainMode === "xts") {
+      const half = key.length / 2;
+      this.bits = half * 8;
+      this.dataEnc = ecb(this.bits, key.subarray(0, half), true);
+      this.dataDec = ecb(this.bits, key.subarray(0, half), false);
+      this.tweakEnc = ecb(this.bits, key.subarray(half), true);
+    } else {
+      this.bits = key.length * 8;
+      this.dataEnc = ecb(this.bits, key, true);
+      this.dataDec = ecb(this.bits, key, false);
+    }
+    if (essivKey) this.essiv = ecb(256, essivKey, true);
+  }
+
+  private get batchSectors(): number {
+    return this.ivBuf.length / 16;
+  }
+
+  crypt(data: Uint8Array, ivFirst: bigint, encrypt: boolean): void {
+    if (!this.dataEnc || !this.dataDec) throw new Error("sector cipher used after dispose()");
+    const ss = this.sectorSize;
+    const per = this.batchSectors;
+    let iv = ivFirst;
+    const stepBig = BigInt(this.ivStep) * BigInt(per);
+    for (let off = 0; off < data.length; off += per * ss) {
+      const n = Math.min(per, (data.length - off) / ss);
+      const chunk = data.subarray(off, off + n * ss);
+      switch (this.spec.chainMode) {
+        case "ecb":
+          chunk.set((encrypt ? this.dataEnc : this.dataDec).update(chunk));
+          break;
+        case "xts":
+          if (LE) this.xtsBatch(chunk, iv, n, encrypt);
+          else this.perSector(chunk, iv, n, encrypt);
+          break;
+        case "cbc":
+          if (encrypt) this.perSector(chunk, iv, n, true);
+          else this.cbcDecryptBatch(chunk, iv, n);
+          break;
+      }
+      iv = (iv + stepBig) & 0xffffffffffffffffn;
+    }
+  }
+
+  /** IV blocks (after ESSIV) for n sectors; a view into ivBuf. */
+  private ivs(first: bigint, n: number): Uint8Array {
+    const b = this.ivBuf.subarray(0, n * 16);
+    fillIvBlocks(b, this.spec.ivMode, first, this.ivStep, n);
+    if (this.essiv) b.set(this.essiv.update(b));
+    return b;
+  }
+
+  private xtsBatch(chunk: Uint8Array, ivFirst: bigint, n: number, encrypt: boolean): void {
+    const t0s = i32(this.tweakEnc!.update(this.ivs(ivFirst, n)));
+    const words = chunk.length >>> 2;
+    const tw = this.tweaks;
+    expandTweaks(t0s, tw, n, this.sectorSize >>> 2);
+    // Separate simple loops beat one fused loop here (no register spills); XOR in place, so the working set is
+    // the batch, its tweaks and node's ECB output, all in L2.
+    const d = i32(chunk);
+    xorInto(d, d, tw, words);
+    const pre = d.buffer === chunk.buffer ? chunk : new Uint8Array(d.buffer, d.byteOffset, chunk.length);
+    const y = i32((encrypt ? this.dataEnc! : this.dataDec!).update(pre));
+    xorInto(d, y, tw, words);
+    if (d.buffer !== chunk.buffer) chunk.set(new Uint8Array(d.buffer, d.byteOffset, chunk.length));
+  }
+
+  private cbcDecryptBatch(chunk: Uint8Array, ivFirst: bigint, n: number): void {
+    const ivs = i32(this.ivs(ivFirst, n));
+    const p = i32(this.dataDec!.update(chunk));
+    const d = i32(chunk);
+    const aligned = d.buffer === chunk.buffer;
+    const wps = this.sectorSize >>> 2;
+    // Walk backwards so the previous ciphertext block is still intact when it is needed.
+    for (let s = n - 1; s >= 0; s--) {
+      const first = s * wps;
+      for (let w = first + wps - 4; w > first; w -= 4) {
+        d[w] = p[w] ^ d[w - 4];
+        d[w + 1] = p[w + 1] ^ d[w - 3];
+        d[w + 2] = p[w + 2] ^ d[w - 2];
+        d[w + 3] = p[w + 3] ^ d[w - 1];
+      }
+      d[first] = p[first] ^ ivs[s * 4];
+      d[first + 1] = p[first + 1] ^ ivs[s * 4 + 1];
+      d[first + 2] = p[first + 2] ^ ivs[s * 4 + 2];
+      d[first + 3] = p[first + 3] ^ ivs[s * 4 + 3];
+    }
+    if (!aligned) chunk.set(new Uint8Array(d.buffer, d.byteOffset, chunk.length));
+  }
+
+  /** One createCipheriv per sector: CBC encryption (inherently serial) and XTS on big-endian hosts. */
+  private perSector(chunk: Uint8Array, ivFirst: bigint, n: number, encrypt: boolean): void {
+    const ivs = this.ivs(ivFirst, n);
+    const ss = this.sectorSize;
+    const algo = `aes-${this.bits}-${this.spec.chainMode}`;
+    for (let s = 0; s < n; s++) {
+      const iv = ivs.subarray(s * 16, s * 16 + 16);
+      const c = encrypt ? createCipheriv(algo, this.keyObj!, iv) : createDecipheriv(algo, this.keyObj!, iv);
+      c.setAutoPadding(false);
+      const sec = chunk.subarray(s * ss, (s + 1) * ss);
+      const out = c.update(sec);
+      c.final();
+      sec.set(out);
+    }
+  }
+
+  dispose(): void {
+    // final() on an ECB context with nothing buffered ends it: node frees the EVP context, which cleanses the schedule.
+    for (const c of [this.dataEnc, this.dataDec, this.tweakEnc, this.essiv]) {
+      try {
+        c?.final();
+      } catch {
+        /* already finished */
+      }
+    }
+    this.dataEnc = this.dataDec = this.tweakEnc = this.essiv = null;
+    this.keyObj = null; // a KeyObject's native copy is freed when collected; node offers no explicit wipe
+    wipe(this.ivBuf, new Uint8Array(this.scratch.buffer), new Uint8Array(this.tweaks.buffer));
+  }
+}

@@ -1,0 +1,171 @@
+// The dm-crypt sector engine: encrypts/decrypts runs of sectors in place exactly like the kernel's dm-crypt target
+// (and so like cryptsetup 2.6.1's userspace reencryption and LUKS2 keyslot area handling).
+//
+// IV sector number (dm-crypt.rst): sector·(sectorSize/512) + ivOffset, or sector + ivOffset with iv_large_sectors;
+// ivOffset is in IV units (512-byte units unless ivLargeSectors). A dm table's <iv_offset> is always in 512-byte
+// sectors; with iv_large_sectors pass table_iv_offset / (sectorSize/512) here (the kernel requires it aligned).
+import { createHash } from "node:crypto";
+import { TrustvolError } from "../util/errors.js";
+import { wipe } from "../util/secret.js";
+import { parseCipherSpec, validKeySizes, type CipherSpec } from "./cipher-spec.js";
+import { JsSectorEngine } from "./js-backend.js";
+import { loadNative, NativeIv, type NativeAddon, type NativeHandle } from "./native.js";
+import { U64 } from "./iv.js";
+
+export interface SectorCipherOptions {
+  /** dm-crypt cipher specification, e.g. "aes-xts-plain64", "aes-cbc-essiv:sha256". */
+  cipher: string;
+  key: Uint8Array;
+  /** 512..4096, a power of two. */
+  sectorSize: number;
+  ivLargeSectors?: boolean;
+  /** In IV units (512-byte units unless ivLargeSectors). */
+  ivOffset?: bigint | number;
+  backend?: "auto" | "native" | "js";
+}
+
+export interface SectorCipher {
+  readonly sectorSize: number;
+  readonly backend: "native" | "js";
+  /** In place. `sector` = index (in sectorSize units) of data[0] relative to the segment start; data.length a multiple of sectorSize. */
+  encrypt(data: Uint8Array, sector: number | bigint): void;
+  decrypt(data: Uint8Array, sector: number | bigint): void;
+  /** Wipes the key copies / key schedules; the object is unusable afterwards. */
+  dispose(): void;
+}
+
+/** True when the native addon is built and loadable (and not disabled by TRUSTVOL_NO_NATIVE=1). */
+export function nativeAvailable(): boolean {
+  return loadNative() !== null;
+}
+
+function internal(msg: string): TrustvolError {
+  return new TrustvolError("EINTERNAL", msg, "this is a bug in the caller of the sector engine");
+}
+
+function toU64(v: bigint | number, what: string): bigint {
+  if (typeof v === "number") {
+    if (!Number.isSafeInteger(v) || v < 0) throw internal(`${what} must be a non-negative safe integer, got ${v}`);
+    return BigInt(v);
+  }
+  if (typeof v !== "bigint" || v < 0n || v > U64) throw internal(`${what} must be a 64-bit unsigned integer, got ${String(v)}`);
+  return v;
+}
+
+function evpName(spec: CipherSpec, keyLen: number): string {
+  const bits = (spec.chainMode === "xts" ? keyLen / 2 : keyLen) * 8;
+  return `AES-${bits}-${spec.chainMode.toUpperCase()}`;
+}
+
+function nativeIvCode(spec: CipherSpec): number {
+  if (spec.chainMode === "ecb") return NativeIv.none;
+  switch (spec.ivMode) {
+    case "plain64":
+      return NativeIv.plain64;
+    case "plain":
+      return NativeIv.plain;
+    case "plain64be":
+      return NativeIv.plain64be;
+    case "essiv:sha256":
+      return NativeIv.essiv;
+    case "null":
+      return NativeIv.null;
+  }
+}
+
+export function createSectorCipher(opts: SectorCipherOptions): SectorCipher {
+  const spec = parseCipherSpec(opts.cipher);
+  const { key, sectorSize } = opts;
+  if (!(key instanceof Uint8Array)) throw internal("key must be a Uint8Array");
+  if (!Number.isInteger(sectorSize) || sectorSize < 512 || sectorSize > 4096 || (sectorSize & (sectorSize - 1)) !== 0) {
+    throw new TrustvolError("EUNSUPPORTED", `sector size ${sectorSize} is not supported`, "use 512, 1024, 2048 or 4096");
+  }
+  const sizes = validKeySizes(spec.chainMode);
+  if (!sizes.includes(key.length)) {
+    throw new TrustvolError(
+      "EUNSUPPORTED",
+      `a ${key.length * 8}-bit key does not fit ${opts.cipher}`,
+      `use a key of ${sizes.map((s) => s * 8).join(" or ")} bits`,
+    );
+  }
+  if (spec.chainMode === "xts") {
+    const h = key.length / 2;
+    let diff = 0;
+    for (let i = 0; i < h; i++) diff |= key[i] ^ key[h + i];
+    if (diff === 0) {
+      throw new TrustvolError(
+        "EUNSUPPORTED",
+        `the XTS key's two halves are identical (OpenSSL refuses such ${opts.cipher} keys)`,
+        "generate a new random volume key",
+      );
+    }
+  }
+  const ivStep = opts.ivLargeSectors ? 1 : sectorSize / 512;
+  const ivOffset = toU64(opts.ivOffset ?? 0n, "ivOffset");
+  const stepBig = BigInt(ivStep);
+
+  const want = opts.backend ?? "auto";
+  let addon: NativeAddon | null = null;
+  if (want !== "js") {
+    addon = loadNative();
+    if (!addon && want === "native") {
+      throw new TrustvolError(
+        "EUNSUPPORTED",
+        "the native sector engine is not available",
+        process.env.TRUSTVOL_NO_NATIVE === "1" ? "unset TRUSTVOL_NO_NATIVE" : "build it with `npm run build:native`",
+      );
+    }
+  }
+
+  // The ESSIV salt is sha256 of the whole volume key (both XTS halves), used as an AES-256 key.
+  const essivKey = spec.ivMode === "essiv:sha256" && spec.chainMode !== "ecb" ? createHash("sha256").update(key).digest() : null;
+
+  const ivFor = (sector: number | bigint): bigint => (toU64(sector, "sector") * stepBig + ivOffset) & U64;
+  const check = (data: Uint8Array): void => {
+    if (!(data instanceof Uint8Array)) throw internal("data must be a Uint8Array");
+    if (data.length % sectorSize !== 0) throw internal(`data length ${data.length} is not a multiple of the ${sectorSize}-byte sector size`);
+  };
+
+  try {
+    if (addon) {
+      const a = addon;
+      let h: NativeHandle | null = a.create(evpName(spec, key.length), key, essivKey, nativeIvCode(spec), ivStep, sectorSize);
+      const run = (data: Uint8Array, sector: number | bigint, enc: boolean): void => {
+        check(data);
+        if (!h) throw internal("sector cipher used after dispose()");
+        if (data.length) a.crypt(h, data, enc, ivFor(sector));
+      };
+      return {
+        sectorSize,
+        backend: "native",
+        encrypt: (d, s) => run(d, s, true),
+        decrypt: (d, s) => run(d, s, false),
+        dispose() {
+          if (h) a.destroy(h);
+          h = null;
+        },
+      };
+    }
+    let eng: JsSectorEngine | null = new JsSectorEngine(spec, key, sectorSize, ivStep, essivKey);
+    const run = (data: Uint8Array, sector: number | bigint, enc: boolean): void => {
+      check(data);
+      if (!eng) throw internal("sector cipher used after dispose()");
+      if (data.length) eng.crypt(data, ivFor(sector), enc);
+    };
+    return {
+      sectorSize,
+      backend: "js",
+      encrypt: (d, s) => run(d, s, true),
+      decrypt: (d, s) => run(d, s, false),
+      dispose() {
+        eng?.dispose();
+        eng = null;
+      },
+    };
+  } catch (e) {
+    if (e instanceof TrustvolError) throw e;
+    throw new TrustvolError("EUNSUPPORTED", `cannot set up ${opts.cipher}: ${(e as Error).message}`, undefined, { cause: e });
+  } finally {
+    wipe(essivKey);
+  }
+}

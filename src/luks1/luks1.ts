@@ -1,0 +1,143 @@
+// LUKS1 (LUKS1 on-disk format spec v1.2.3 §2): read, dump and unlock legacy volumes still in the field.
+import { pbkdf2 } from "node:crypto";
+import { promisify } from "node:util";
+import type { BlockDevice } from "../blockdev/types.js";
+import { TrustvolError } from "../util/errors.js";
+import { wipe, constantTimeEqual } from "../util/secret.js";
+import { createSectorCipher } from "../dmcrypt/sector-cipher.js";
+import { afMerge, afSectorsBytes } from "../luks2/af.js";
+import { opensslHash } from "../luks2/kdf.js";
+import { LUKS2_MAGIC_PRIMARY } from "../luks2/constants.js";
+
+const pbkdf2Async = promisify(pbkdf2);
+export const LUKS1_HEADER_SIZE = 592;
+const KEY_ENABLED = 0x00ac71f3;
+const KEY_DISABLED = 0x0000dead;
+
+export interface Luks1Keyslot {
+  active: boolean;
+  iterations: number;
+  salt: Buffer;
+  keyMaterialOffset: number; // sectors
+  stripes: number;
+}
+export interface Luks1Header {
+  version: 1;
+  cipherName: string;
+  cipherMode: string;
+  hashSpec: string;
+  payloadOffset: number; // sectors
+  keyBytes: number;
+  mkDigest: Buffer;
+  mkDigestSalt: Buffer;
+  mkDigestIterations: number;
+  uuid: string;
+  keyslots: Luks1Keyslot[];
+}
+
+function cstr(b: Buffer, off: number, len: number, what: string): string {
+  const raw = b.subarray(off, off + len);
+  const nul = raw.indexOf(0);
+  const s = (nul < 0 ? raw : raw.subarray(0, nul)).toString("latin1");
+  if (!/^[\x20-\x7e]*$/.test(s)) throw new TrustvolError("ECORRUPT", `LUKS1 header: ${what} is not printable`);
+  return s;
+}
+
+export function parseLuks1Header(b: Buffer): Luks1Header {
+  if (b.length < LUKS1_HEADER_SIZE) throw new TrustvolError("ETRUNCATED", "LUKS1 header is truncated");
+  if (!b.subarray(0, 6).equals(LUKS2_MAGIC_PRIMARY) || b.readUInt16BE(6) !== 1) throw new TrustvolError("ENOTLUKS", "not a LUKS1 header");
+  const h: Luks1Header = {
+    version: 1,
+    cipherName: cstr(b, 8, 32, "cipher name"),
+    cipherMode: cstr(b, 40, 32, "cipher mode"),
+    hashSpec: cstr(b, 72, 32, "hash spec"),
+    payloadOffset: b.readUInt32BE(104),
+    keyBytes: b.readUInt32BE(108),
+    mkDigest: Buffer.from(b.subarray(112, 132)),
+    mkDigestSalt: Buffer.from(b.subarray(132, 164)),
+    mkDigestIterations: b.readUInt32BE(164),
+    uuid: cstr(b, 168, 40, "uuid"),
+    keyslots: [],
+  };
+  if (![16, 24, 32, 48, 64].includes(h.keyBytes)) throw new TrustvolError("ECORRUPT", `LUKS1 header: invalid key size ${h.keyBytes}`);
+  if (h.mkDigestIterations === 0) throw new TrustvolError("ECORRUPT", "LUKS1 header: zero digest iterations");
+  for (let i = 0; i < 8; i++) {
+    const o = 208 + i * 48;
+    const state = b.readUInt32BE(o);
+    if (state !== KEY_ENABLED && state !== KEY_DISABLED) throw new TrustvolError("ECORRUPT", `LUKS1 keyslot ${i} has an invalid state`);
+    const ks: Luks1Keyslot = { active: state === KEY_ENABLED, iterations: b.readUInt32BE(o + 4), salt: Buffer.from(b.subarray(o + 8, o + 40)), keyMaterialOffset: b.readUInt32BE(o + 40), stripes: b.readUInt32BE(o + 44) };
+    if (ks.active) {
+      if (ks.stripes !== 4000 || ks.iterations === 0) throw new TrustvolError("ECORRUPT", `LUKS1 keyslot ${i} has invalid parameters`);
+      const end = ks.keyMaterialOffset * 512 + afSectorsBytes(h.keyBytes, ks.stripes);
+      if (ks.keyMaterialOffset * 512 < LUKS1_HEADER_SIZE || (h.payloadOffset && end > h.payloadOffset * 512))
+        throw new TrustvolError("ECORRUPT", `LUKS1 keyslot ${i} key material lies outside the header area`);
+    }
+    h.keyslots.push(ks);
+  }
+  return h;
+}
+
+export async function readLuks1Header(dev: BlockDevice): Promise<Luks1Header> {
+  if (dev.size < LUKS1_HEADER_SIZE) throw new TrustvolError("ETRUNCATED", `${dev.name} is too small for a LUKS1 header`);
+  const b = Buffer.alloc(LUKS1_HEADER_SIZE);
+  await dev.read(b, 0);
+  return parseLuks1Header(b);
+}
+
+export function luks1Cipher(h: Luks1Header): string {
+  return `${h.cipherName}-${h.cipherMode}`;
+}
+
+export async function unlockLuks1(dev: BlockDevice, h: Luks1Header, passphrase: Uint8Array, slot?: number): Promise<{ volumeKey: Buffer; keyslot: number }> {
+  const hash = opensslHash(h.hashSpec);
+  const slots = slot !== undefined ? [slot] : [0, 1, 2, 3, 4, 5, 6, 7];
+  for (const i of slots) {
+    const ks = h.keyslots[i];
+    if (!ks?.active) {
+      if (slot !== undefined) throw new TrustvolError("ENOENT", `LUKS1 keyslot ${slot} is not in use`);
+      continue;
+    }
+    const derived = await pbkdf2Async(passphrase, ks.salt, ks.iterations, h.keyBytes, hash);
+    const material = Buffer.alloc(afSectorsBytes(h.keyBytes, ks.stripes));
+    try {
+      await dev.read(material, ks.keyMaterialOffset * 512);
+      const c = createSectorCipher({ cipher: luks1Cipher(h), key: derived, sectorSize: 512 });
+      try {
+        c.decrypt(material, 0);
+      } finally {
+        c.dispose();
+      }
+      const mk = afMerge(material, h.keyBytes, ks.stripes, hash);
+      const d = await pbkdf2Async(mk, h.mkDigestSalt, h.mkDigestIterations, 20, hash);
+      if (constantTimeEqual(d, h.mkDigest)) return { volumeKey: mk, keyslot: i };
+      wipe(mk);
+    } finally {
+      wipe(derived, material);
+    }
+  }
+  throw new TrustvolError("EBADPASS", "no key available with this passphrase", "check the passphrase (or key file) and try again");
+}
+
+export function dumpLuks1Text(h: Luks1Header): string {
+  const hex = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, "0")).join(" ");
+  const l = [
+    "LUKS header information for LUKS1",
+    "",
+    "Version:       \t1",
+    `Cipher name:   \t${h.cipherName}`,
+    `Cipher mode:   \t${h.cipherMode}`,
+    `Hash spec:     \t${h.hashSpec}`,
+    `Payload offset:\t${h.payloadOffset}`,
+    `MK bits:       \t${h.keyBytes * 8}`,
+    `MK digest:     \t${hex(h.mkDigest)}`,
+    `MK salt:       \t${hex(h.mkDigestSalt)}`,
+    `MK iterations: \t${h.mkDigestIterations}`,
+    `UUID:          \t${h.uuid}`,
+    "",
+  ];
+  h.keyslots.forEach((ks, i) => {
+    if (!ks.active) return void l.push(`Key Slot ${i}: DISABLED`);
+    l.push(`Key Slot ${i}: ENABLED`, `\tIterations:         \t${ks.iterations}`, `\tSalt:               \t${hex(ks.salt)}`, `\tKey material offset:\t${ks.keyMaterialOffset}`, `\tAF stripes:         \t${ks.stripes}`);
+  });
+  return l.join("\n") + "\n";
+}

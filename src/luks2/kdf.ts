@@ -1,0 +1,99 @@
+// Keyslot KDFs (LUKS2 spec §3.2.2): PBKDF2 via OpenSSL, Argon2i/Argon2id via the `argon2` addon (raw output).
+import { pbkdf2Sync, pbkdf2 } from "node:crypto";
+import { totalmem, availableParallelism } from "node:os";
+import { promisify } from "node:util";
+import { TrustvolError } from "../util/errors.js";
+import type { Kdf } from "./metadata.js";
+
+const pbkdf2Async = promisify(pbkdf2);
+
+type Argon2Mod = typeof import("argon2");
+let argon2Mod: Argon2Mod | null = null;
+async function argon2(): Promise<Argon2Mod> {
+  if (!argon2Mod) {
+    try {
+      argon2Mod = (await import("argon2")) as Argon2Mod;
+      if ((argon2Mod as unknown as { default?: Argon2Mod }).default?.hash) argon2Mod = (argon2Mod as unknown as { default: Argon2Mod }).default;
+    } catch (e) {
+      throw new TrustvolError("EUNSUPPORTED", "Argon2 is not available (the argon2 module failed to load)", "reinstall trustvol, or use --pbkdf pbkdf2", { cause: e });
+    }
+  }
+  return argon2Mod;
+}
+
+const OPENSSL_HASH: Record<string, string> = { sha1: "sha1", sha224: "sha224", sha256: "sha256", sha384: "sha384", sha512: "sha512", ripemd160: "ripemd160", whirlpool: "whirlpool", "sha3-256": "sha3-256", "sha3-512": "sha3-512", blake2b512: "blake2b512" };
+export function opensslHash(h: string): string {
+  const n = OPENSSL_HASH[h.toLowerCase()];
+  if (!n) throw new TrustvolError("EUNSUPPORTED", `hash "${h}" is not supported`);
+  return n;
+}
+
+/** Derive keyLen bytes from a passphrase with the keyslot's KDF. The result must be wiped by the caller. */
+export async function deriveKey(kdf: Kdf, passphrase: Uint8Array, keyLen: number): Promise<Buffer> {
+  const salt = Buffer.from(kdf.salt, "base64");
+  if (kdf.type === "pbkdf2") return pbkdf2Async(passphrase, salt, kdf.iterations, keyLen, opensslHash(kdf.hash));
+  const a = await argon2();
+  if (passphrase.length === 0) throw new TrustvolError("EUSAGE", "an empty passphrase cannot be used with Argon2 keyslots");
+  const out = await a.hash(Buffer.from(passphrase), {
+    raw: true,
+    salt,
+    type: kdf.type === "argon2i" ? a.argon2i : a.argon2id,
+    memoryCost: kdf.memory,
+    timeCost: kdf.time,
+    parallelism: kdf.cpus,
+    hashLength: keyLen,
+  });
+  return out as Buffer;
+}
+
+export interface PbkdfOptions {
+  type?: "pbkdf2" | "argon2i" | "argon2id";
+  hash?: string; // pbkdf2 hash
+  iterTimeMs?: number; // benchmark target (cryptsetup --iter-time, default 2000)
+  forceIterations?: number; // pbkdf2 iterations or argon2 time cost (cryptsetup --pbkdf-force-iterations)
+  memoryKiB?: number; // argon2 memory (cryptsetup --pbkdf-memory)
+  parallel?: number; // argon2 lanes (cryptsetup --pbkdf-parallel)
+  /** Size argon2 memory for the device that will unlock this volume, not the build host (MiB of RAM). */
+  targetRamMiB?: number;
+}
+
+const ARGON2_MAX_MEMORY_KIB = 1024 * 1024; // cryptsetup default max: 1 GiB
+const ARGON2_MIN_MEMORY_KIB = 32; // cryptsetup minimum
+const PBKDF2_MIN_ITERATIONS = 1000;
+
+/** Argon2 memory like cryptsetup: at most 1 GiB and at most half of the (target) machine's RAM. */
+export function argon2MemoryFor(opts: PbkdfOptions): number {
+  if (opts.memoryKiB) return opts.memoryKiB;
+  const ramKiB = opts.targetRamMiB ? opts.targetRamMiB * 1024 : Math.floor(totalmem() / 1024);
+  return Math.max(ARGON2_MIN_MEMORY_KIB, Math.min(ARGON2_MAX_MEMORY_KIB, Math.floor(ramKiB / 2)));
+}
+
+/** Choose KDF parameters (benchmarking on this host unless forced) and produce the JSON kdf object with a fresh salt. */
+export async function chooseKdf(opts: PbkdfOptions, salt: Buffer, keyLen: number): Promise<Kdf> {
+  const type = opts.type ?? "argon2id";
+  const iterTime = opts.iterTimeMs ?? 2000;
+  if (type === "pbkdf2") {
+    const hash = opts.hash ?? "sha256";
+    let iterations = opts.forceIterations;
+    if (!iterations) {
+      const probe = 100_000;
+      const t0 = process.hrtime.bigint();
+      pbkdf2Sync("benchmark", salt, probe, keyLen, opensslHash(hash));
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      iterations = Math.max(PBKDF2_MIN_ITERATIONS, Math.floor((probe * iterTime) / Math.max(ms, 0.001)));
+    }
+    return { type: "pbkdf2", hash, iterations, salt: salt.toString("base64") };
+  }
+  const memory = argon2MemoryFor(opts);
+  const cpus = opts.parallel ?? Math.min(4, availableParallelism());
+  let time = opts.forceIterations;
+  if (!time) {
+    // One probe at t=1 with the chosen memory, then scale linearly (cryptsetup's benchmark does the same in steps).
+    const a = await argon2();
+    const t0 = process.hrtime.bigint();
+    await a.hash(Buffer.from("benchmark"), { raw: true, salt, type: a.argon2id, memoryCost: memory, timeCost: 1, parallelism: cpus, hashLength: keyLen });
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    time = Math.max(4, Math.floor(iterTime / Math.max(ms, 0.001)));
+  }
+  return { type, time, memory, cpus, salt: salt.toString("base64") };
+}

@@ -1,0 +1,117 @@
+// LUKS2 keyslots of type "luks2" (LUKS2 spec §3.2): KDF(passphrase) keys the area cipher that holds the AF-split volume key.
+import { randomBytes } from "node:crypto";
+import type { BlockDevice } from "../blockdev/types.js";
+import { TrustvolError } from "../util/errors.js";
+import { wipe } from "../util/secret.js";
+import { createSectorCipher } from "../dmcrypt/sector-cipher.js";
+import { afMerge, afSplit, afSectorsBytes } from "./af.js";
+import { deriveKey, chooseKdf, type PbkdfOptions } from "./kdf.js";
+import { LUKS_STRIPES, ALIGN_4K, SECTOR_SIZE } from "./constants.js";
+import { u64Num, type Luks2Keyslot, type Luks2Metadata } from "./metadata.js";
+
+/** Decrypt keyslot `id` with a passphrase; returns the candidate volume key (unverified) — caller checks the digest and wipes. */
+export async function openKeyslotCandidate(dev: BlockDevice, ks: Luks2Keyslot, passphrase: Uint8Array): Promise<Buffer> {
+  if (ks.type !== "luks2" || !ks.af || !ks.kdf) throw new TrustvolError("EUNSUPPORTED", `keyslot type "${ks.type}" cannot be opened with a passphrase`);
+  const areaKeySize = ks.area.key_size as number;
+  const derived = await deriveKey(ks.kdf, passphrase, areaKeySize);
+  const len = afSectorsBytes(ks.key_size, ks.af.stripes);
+  const material = Buffer.allocUnsafeSlow(len);
+  try {
+    await dev.read(material, u64Num(ks.area.offset, "area.offset"));
+    const c = createSectorCipher({ cipher: ks.area.encryption as string, key: derived, sectorSize: SECTOR_SIZE });
+    try {
+      c.decrypt(material, 0);
+    } finally {
+      c.dispose();
+    }
+    return afMerge(material, ks.key_size, ks.af.stripes, ks.af.hash);
+  } finally {
+    wipe(derived, material);
+  }
+}
+
+export interface NewKeyslotOptions {
+  pbkdf?: PbkdfOptions;
+  /** Area cipher, cryptsetup default = the segment cipher (aes-xts-plain64). */
+  areaEncryption?: string;
+  /** Area key size in bytes; default = volume key size. */
+  areaKeySize?: number;
+  afHash?: string;
+  priority?: number;
+  /** Precomputed KDF (e.g. systemd's pbkdf2/sha512/1000 for token keyslots). */
+  kdf?: Luks2Keyslot["kdf"];
+}
+
+/** Bytes a keyslot area needs for a key of keyLen bytes (cryptsetup aligns to 4 KiB). */
+export function keyslotAreaSize(keyLen: number): number {
+  return Math.ceil(afSectorsBytes(keyLen, LUKS_STRIPES) / ALIGN_4K) * ALIGN_4K;
+}
+
+/** First gap in the keyslots area that fits `size` bytes (cryptsetup LUKS2_find_area_gap), or throws ENOSPC. */
+export function findAreaGap(m: Luks2Metadata, hdrSize: number, size: number, ignoreSlot?: string): number {
+  const start = 2 * hdrSize;
+  const end = start + u64Num(m.config.keyslots_size, "config.keyslots_size");
+  const used = Object.entries(m.keyslots)
+    .filter(([id]) => id !== ignoreSlot)
+    .map(([, ks]) => [u64Num(ks.area.offset, "area.offset"), u64Num(ks.area.offset, "area.offset") + u64Num(ks.area.size, "area.size")] as const)
+    .sort((a, b) => a[0] - b[0]);
+  let pos = start;
+  for (const [s, e] of used) {
+    if (s - pos >= size) break;
+    pos = Math.max(pos, e);
+  }
+  if (pos + size > end) throw new TrustvolError("ENOSPC", "no free space left in the LUKS2 keyslots area", "remove an unused keyslot first");
+  return pos;
+}
+
+/** Build the keyslot JSON and its encrypted area. Nothing is written: the caller writes the area, then commits the header. */
+export async function buildKeyslot(
+  m: Luks2Metadata,
+  hdrSize: number,
+  volumeKey: Uint8Array,
+  passphrase: Uint8Array,
+  opts: NewKeyslotOptions,
+  ignoreSlot?: string,
+): Promise<{ keyslot: Luks2Keyslot; areaOffset: number; areaData: Buffer }> {
+  const keyLen = volumeKey.length;
+  const areaKeySize = opts.areaKeySize ?? keyLen;
+  const enc = opts.areaEncryption ?? "aes-xts-plain64";
+  const afHash = opts.afHash ?? "sha256";
+  const size = keyslotAreaSize(keyLen);
+  const offset = findAreaGap(m, hdrSize, size, ignoreSlot);
+  const kdf = opts.kdf ?? (await chooseKdf(opts.pbkdf ?? {}, randomBytes(32), areaKeySize));
+  const derived = await deriveKey(kdf, passphrase, areaKeySize);
+  const split = afSplit(volumeKey, LUKS_STRIPES, afHash);
+  const areaData = Buffer.alloc(afSectorsBytes(keyLen, LUKS_STRIPES));
+  split.copy(areaData);
+  wipe(split);
+  try {
+    const c = createSectorCipher({ cipher: enc, key: derived, sectorSize: SECTOR_SIZE });
+    try {
+      c.encrypt(areaData, 0);
+    } finally {
+      c.dispose();
+    }
+  } finally {
+    wipe(derived);
+  }
+  const keyslot: Luks2Keyslot = {
+    type: "luks2",
+    key_size: keyLen,
+    af: { type: "luks1", stripes: LUKS_STRIPES, hash: afHash },
+    area: { type: "raw", offset: String(offset), size: String(size), encryption: enc, key_size: areaKeySize },
+    kdf,
+  };
+  if (opts.priority !== undefined && opts.priority !== 1) keyslot.priority = opts.priority;
+  return { keyslot, areaOffset: offset, areaData };
+}
+
+/** Overwrite a keyslot area (after it has been dropped from the metadata): random data, as cryptsetup does. */
+export async function wipeArea(dev: BlockDevice, offset: number, size: number): Promise<void> {
+  const chunk = 1 << 20;
+  for (let pos = 0; pos < size; pos += chunk) {
+    const n = Math.min(chunk, size - pos);
+    await dev.write(randomBytes(n), offset + pos);
+  }
+  await dev.flush();
+}

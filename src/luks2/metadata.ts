@@ -1,0 +1,268 @@
+// LUKS2 JSON metadata: types and the validation cryptsetup applies before trusting a header
+// (LUKS2 spec §3, cryptsetup lib/luks2/luks2_json_metadata.c). Unknown fields are kept as-is.
+import { TrustvolError } from "../util/errors.js";
+import {
+  LUKS2_KEYSLOTS_MAX,
+  LUKS2_TOKENS_MAX,
+  LUKS2_SEGMENT_MAX,
+  LUKS2_DIGEST_MAX,
+  LUKS2_BINARY_HEADER_SIZE,
+  LUKS2_MAX_KEYSLOTS_SIZE,
+  LUKS_STRIPES,
+  ALIGN_4K,
+  SECTOR_SIZE,
+} from "./constants.js";
+
+export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+export type JsonObject = { [k: string]: Json };
+
+export interface KdfPbkdf2 { type: "pbkdf2"; hash: string; iterations: number; salt: string }
+export interface KdfArgon2 { type: "argon2i" | "argon2id"; time: number; memory: number; cpus: number; salt: string }
+export type Kdf = KdfPbkdf2 | KdfArgon2;
+
+export interface Luks2Keyslot {
+  type: "luks2" | "reencrypt" | string;
+  key_size: number;
+  priority?: number;
+  af?: { type: "luks1"; stripes: number; hash: string };
+  area: { type: string; offset: string; size: string; encryption?: string; key_size?: number; [k: string]: Json | undefined };
+  kdf?: Kdf;
+  [k: string]: Json | undefined | object;
+}
+export interface Luks2Token { type: string; keyslots: string[]; [k: string]: Json }
+export interface Luks2Segment {
+  type: "crypt" | "linear" | string;
+  offset: string;
+  size: string; // "dynamic" or uint64 string
+  iv_tweak?: string;
+  encryption?: string;
+  sector_size?: number;
+  flags?: string[];
+  [k: string]: Json | undefined;
+}
+export interface Luks2Digest { type: "pbkdf2" | string; keyslots: string[]; segments: string[]; hash: string; iterations: number; salt: string; digest: string; [k: string]: Json }
+export interface Luks2Config { json_size: string; keyslots_size: string; flags?: string[]; requirements?: { mandatory?: string[]; [k: string]: Json | undefined }; [k: string]: Json | undefined | object }
+export interface Luks2Metadata {
+  keyslots: Record<string, Luks2Keyslot>;
+  tokens: Record<string, Luks2Token>;
+  segments: Record<string, Luks2Segment>;
+  digests: Record<string, Luks2Digest>;
+  config: Luks2Config;
+  [k: string]: unknown;
+}
+
+const HINT = "the header is damaged or was not written by a LUKS2 tool; try `trustvol repair` or restore a header backup";
+const bad = (msg: string) => new TrustvolError("ECORRUPT", `LUKS2 metadata: ${msg}`, HINT);
+
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+const U64_MAX = (1n << 64n) - 1n;
+
+/** A 64-bit number stored as a decimal string (spec §3: "uint64 as string"). */
+export function parseU64String(v: unknown, what: string): bigint {
+  if (typeof v !== "string" || !/^[0-9]{1,20}$/.test(v)) throw bad(`${what} must be a decimal string`);
+  const n = BigInt(v);
+  if (n > U64_MAX) throw bad(`${what} is out of range`);
+  return n;
+}
+/** Same, but the value must fit a JS number for offset arithmetic (8 PiB). */
+export function u64Num(v: unknown, what: string): number {
+  const n = parseU64String(v, what);
+  if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(`${what} is too large`);
+  return Number(n);
+}
+function int(v: unknown, what: string, min = 0, max = 0x7fffffff): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) throw bad(`${what} must be an integer in ${min}..${max}`);
+  return v;
+}
+function str(v: unknown, what: string, maxLen = 1024): string {
+  if (typeof v !== "string" || v.length === 0 || v.length > maxLen) throw bad(`${what} must be a non-empty string`);
+  return v;
+}
+function b64(v: unknown, what: string): Buffer {
+  if (typeof v !== "string" || !/^[A-Za-z0-9+/]*={0,2}$/.test(v) || v.length % 4 !== 0) throw bad(`${what} must be base64`);
+  return Buffer.from(v, "base64");
+}
+function numberedKeys(o: Record<string, unknown>, what: string, max: number): string[] {
+  const keys = Object.keys(o);
+  for (const k of keys) if (!/^(0|[1-9][0-9]?)$/.test(k) || Number(k) >= max) throw bad(`${what} id "${k.slice(0, 16)}" is not a number below ${max}`);
+  return keys;
+}
+function idArray(v: unknown, what: string, exists: (id: string) => boolean): string[] {
+  if (!Array.isArray(v)) throw bad(`${what} must be an array`);
+  if (v.length > 64) throw bad(`${what} has too many entries`);
+  const seen = new Set<string>();
+  for (const x of v) {
+    if (typeof x !== "string" || !/^(0|[1-9][0-9]?)$/.test(x)) throw bad(`${what} must list ids as decimal strings`);
+    if (!exists(x)) throw bad(`${what} references missing id ${x}`);
+    if (seen.has(x)) throw bad(`${what} lists id ${x} twice`);
+    seen.add(x);
+  }
+  return v as string[];
+}
+function strArray(v: unknown, what: string): string[] {
+  if (!Array.isArray(v) || v.length > 64 || !v.every((x) => typeof x === "string" && x.length > 0 && x.length < 256)) throw bad(`${what} must be an array of strings`);
+  return v as string[];
+}
+
+export function validateKdf(k: unknown, what: string): Kdf {
+  if (!isObj(k)) throw bad(`${what}.kdf missing`);
+  const type = str(k.type, `${what}.kdf.type`);
+  const salt = b64(k.salt, `${what}.kdf.salt`);
+  if (salt.length === 0 || salt.length > 256) throw bad(`${what}.kdf.salt has a bad length`);
+  if (type === "pbkdf2") {
+    str(k.hash, `${what}.kdf.hash`, 32);
+    int(k.iterations, `${what}.kdf.iterations`, 1, 0xffffffff);
+  } else if (type === "argon2i" || type === "argon2id") {
+    int(k.time, `${what}.kdf.time`, 1, 0xffffffff);
+    int(k.memory, `${what}.kdf.memory`, 8, 4 * 1024 * 1024); // KiB; cryptsetup caps at 4 GiB
+    int(k.cpus, `${what}.kdf.cpus`, 1, 0xffffff);
+  } else throw bad(`${what}: unknown KDF "${type.slice(0, 32)}"`);
+  return k as unknown as Kdf;
+}
+
+/** Parse and validate the JSON text of one header copy. hdrSize is the copy's binary hdr_size. */
+export function parseMetadata(jsonText: string, hdrSize: number): Luks2Metadata {
+  let j: unknown;
+  try {
+    j = JSON.parse(jsonText);
+  } catch {
+    throw bad("JSON area does not parse");
+  }
+  return validateMetadata(j, hdrSize);
+}
+
+export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
+  if (!isObj(j)) throw bad("top level is not an object");
+  for (const sect of ["keyslots", "tokens", "segments", "digests", "config"]) if (!isObj(j[sect])) throw bad(`missing "${sect}" object`);
+  const m = j as unknown as Luks2Metadata;
+
+  // config (spec §3.5)
+  const cfg = m.config as unknown as Record<string, unknown>;
+  const jsonSize = u64Num(cfg.json_size, "config.json_size");
+  if (jsonSize !== hdrSize - LUKS2_BINARY_HEADER_SIZE) throw bad(`config.json_size ${jsonSize} does not match the header size ${hdrSize}`);
+  const keyslotsSize = u64Num(cfg.keyslots_size, "config.keyslots_size");
+  if (keyslotsSize % ALIGN_4K !== 0) throw bad("config.keyslots_size is not 4096-aligned");
+  if (keyslotsSize > LUKS2_MAX_KEYSLOTS_SIZE) throw bad("config.keyslots_size is too large");
+  if (cfg.flags !== undefined) strArray(cfg.flags, "config.flags");
+  if (cfg.requirements !== undefined) {
+    if (!isObj(cfg.requirements)) throw bad("config.requirements must be an object");
+    if (cfg.requirements.mandatory !== undefined) strArray(cfg.requirements.mandatory, "config.requirements.mandatory");
+  }
+  const areaStart = 2 * hdrSize;
+  const areaEnd = areaStart + keyslotsSize;
+
+  // keyslots (spec §3.2)
+  const ksIds = numberedKeys(m.keyslots, "keyslot", LUKS2_KEYSLOTS_MAX);
+  const areas: { id: string; start: number; end: number }[] = [];
+  for (const id of ksIds) {
+    const ks = m.keyslots[id] as unknown;
+    const w = `keyslot ${id}`;
+    if (!isObj(ks)) throw bad(`${w} is not an object`);
+    const type = str(ks.type, `${w}.type`, 64);
+    if (!isObj(ks.area)) throw bad(`${w}.area missing`);
+    const aType = str(ks.area.type, `${w}.area.type`, 32);
+    const off = u64Num(ks.area.offset, `${w}.area.offset`);
+    const size = u64Num(ks.area.size, `${w}.area.size`);
+    if (ks.priority !== undefined) int(ks.priority, `${w}.priority`, 0, 2);
+    if (type === "luks2") {
+      const keySize = int(ks.key_size, `${w}.key_size`, 1, 1024);
+      if (!isObj(ks.af) || ks.af.type !== "luks1") throw bad(`${w}.af must be of type luks1`);
+      if (int(ks.af.stripes, `${w}.af.stripes`, 1) !== LUKS_STRIPES) throw bad(`${w}.af.stripes must be ${LUKS_STRIPES}`);
+      str(ks.af.hash, `${w}.af.hash`, 32);
+      if (aType !== "raw") throw bad(`${w}.area.type must be raw`);
+      str(ks.area.encryption, `${w}.area.encryption`, 64);
+      int(ks.area.key_size, `${w}.area.key_size`, 1, 1024);
+      validateKdf(ks.kdf, w);
+      const need = Math.ceil((keySize * LUKS_STRIPES) / SECTOR_SIZE) * SECTOR_SIZE;
+      if (size < need) throw bad(`${w}.area.size ${size} is smaller than the ${need} bytes its key material needs`);
+    } else if (type === "reencrypt") {
+      str(ks.mode, `${w}.mode`, 32);
+      str(ks.direction, `${w}.direction`, 32);
+      int(ks.key_size, `${w}.key_size`, 1, 1);
+    }
+    if (off % SECTOR_SIZE !== 0 || size % SECTOR_SIZE !== 0) throw bad(`${w}.area is not sector-aligned`);
+    if (size === 0 || off < areaStart || off + size > areaEnd) throw bad(`${w}.area [${off}, ${off + size}) lies outside the keyslots area [${areaStart}, ${areaEnd})`);
+    areas.push({ id, start: off, end: off + size });
+  }
+  areas.sort((a, b) => a.start - b.start);
+  for (let i = 1; i < areas.length; i++)
+    if (areas[i]!.start < areas[i - 1]!.end) throw bad(`keyslot ${areas[i - 1]!.id} and keyslot ${areas[i]!.id} areas overlap`);
+
+  // segments (spec §3.3)
+  const segIds = numberedKeys(m.segments, "segment", LUKS2_SEGMENT_MAX);
+  const segs: { id: string; start: number; end: number; backup: boolean }[] = [];
+  for (const id of segIds) {
+    const s = m.segments[id] as unknown;
+    const w = `segment ${id}`;
+    if (!isObj(s)) throw bad(`${w} is not an object`);
+    const type = str(s.type, `${w}.type`, 32);
+    const off = u64Num(s.offset, `${w}.offset`);
+    const dynamic = s.size === "dynamic";
+    const size = dynamic ? Infinity : u64Num(s.size, `${w}.size`);
+    let backup = false;
+    if (s.flags !== undefined) backup = strArray(s.flags, `${w}.flags`).some((f) => f.startsWith("backup-"));
+    if (type === "crypt") {
+      parseU64String(s.iv_tweak, `${w}.iv_tweak`);
+      str(s.encryption, `${w}.encryption`, 64);
+      const ss = int(s.sector_size, `${w}.sector_size`, 512, 4096);
+      if (![512, 1024, 2048, 4096].includes(ss)) throw bad(`${w}.sector_size must be 512, 1024, 2048 or 4096`);
+      if (s.integrity !== undefined && !isObj(s.integrity)) throw bad(`${w}.integrity must be an object`);
+      if (off % ss !== 0 && off % SECTOR_SIZE !== 0) throw bad(`${w}.offset is not aligned`);
+      if (!dynamic && size % ss !== 0) throw bad(`${w}.size is not a multiple of its sector size`);
+    }
+    if (off % SECTOR_SIZE !== 0) throw bad(`${w}.offset is not sector-aligned`);
+    if (off !== 0 && off < areaEnd) throw bad(`${w}.offset ${off} lies inside the metadata/keyslots area (ends at ${areaEnd})`);
+    segs.push({ id, start: off, end: off + size, backup });
+  }
+  const live = segs.filter((s) => !s.backup).sort((a, b) => a.start - b.start);
+  for (let i = 1; i < live.length; i++) if (live[i]!.start < live[i - 1]!.end) throw bad(`segments ${live[i - 1]!.id} and ${live[i]!.id} overlap`);
+
+  // digests (spec §3.4)
+  const dIds = numberedKeys(m.digests, "digest", LUKS2_DIGEST_MAX);
+  const slotOwner = new Map<string, string>();
+  for (const id of dIds) {
+    const d = m.digests[id] as unknown;
+    const w = `digest ${id}`;
+    if (!isObj(d)) throw bad(`${w} is not an object`);
+    const type = str(d.type, `${w}.type`, 32);
+    const kss = idArray(d.keyslots, `${w}.keyslots`, (x) => x in m.keyslots);
+    idArray(d.segments, `${w}.segments`, (x) => x in m.segments);
+    for (const k of kss) {
+      if (slotOwner.has(k)) throw bad(`keyslot ${k} is assigned to digests ${slotOwner.get(k)} and ${id}`);
+      slotOwner.set(k, id);
+    }
+    if (type === "pbkdf2") {
+      str(d.hash, `${w}.hash`, 32);
+      int(d.iterations, `${w}.iterations`, 1, 0xffffffff);
+      if (b64(d.salt, `${w}.salt`).length === 0) throw bad(`${w}.salt is empty`);
+      const dg = b64(d.digest, `${w}.digest`);
+      if (dg.length === 0 || dg.length > 64) throw bad(`${w}.digest has a bad length`);
+    }
+  }
+
+  // tokens (spec §3.6)
+  const tIds = numberedKeys(m.tokens, "token", LUKS2_TOKENS_MAX);
+  for (const id of tIds) {
+    const t = m.tokens[id] as unknown;
+    const w = `token ${id}`;
+    if (!isObj(t)) throw bad(`${w} is not an object`);
+    str(t.type, `${w}.type`, 64);
+    idArray(t.keyslots, `${w}.keyslots`, (x) => x in m.keyslots);
+  }
+  return m;
+}
+
+/** Requirements we don't implement: a header that needs them must not be written or activated (spec §3.5). */
+export function unknownRequirements(m: Luks2Metadata, known: Set<string>): string[] {
+  const req = m.config.requirements?.mandatory ?? [];
+  return req.filter((r) => !known.has(r));
+}
+
+/** Serialize like cryptsetup (json-c plain, no slash escaping): compact JSON. */
+export function serializeMetadata(m: Luks2Metadata): string {
+  return JSON.stringify(m);
+}
+
+export function sortedIds(o: Record<string, unknown>): number[] {
+  return Object.keys(o).map(Number).sort((a, b) => a - b);
+}

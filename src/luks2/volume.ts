@@ -1,0 +1,271 @@
+// A LUKS2 volume: its header plus the operations cryptsetup offers on keyslots and tokens.
+// Every mutation follows one order: write new keyslot material to free space → commit the header → wipe old material,
+// so a power cut at any instant leaves a header that opens with the old or the new passphrase.
+import type { BlockDevice } from "../blockdev/types.js";
+import { TrustvolError } from "../util/errors.js";
+import { wipe } from "../util/secret.js";
+import { readHeader, writeHeader, type Luks2Header, type ReadResult } from "./header.js";
+import { openKeyslotCandidate, buildKeyslot, wipeArea, type NewKeyslotOptions } from "./keyslot.js";
+import { verifyDigest, digestForKeyslot, digestForSegment } from "./digest.js";
+import { unknownRequirements, u64Num, validateMetadata, type Luks2Metadata, type Luks2Segment, type Luks2Token, type Json } from "./metadata.js";
+import { KNOWN_REQUIREMENTS, LUKS2_KEYSLOTS_MAX, LUKS2_TOKENS_MAX } from "./constants.js";
+
+export interface UnlockResult {
+  volumeKey: Buffer;
+  keyslot: number;
+}
+
+export class Luks2Volume {
+  private constructor(
+    public readonly dev: BlockDevice,
+    public header: Luks2Header,
+    public readonly readStatus: ReadResult,
+  ) {}
+
+  static async open(dev: BlockDevice): Promise<Luks2Volume> {
+    const r = await readHeader(dev);
+    return new Luks2Volume(dev, r.header, r);
+  }
+
+  /** Wrap a header that was built in memory (format) — nothing is read from dev. */
+  static fromHeader(dev: BlockDevice, header: Luks2Header): Luks2Volume {
+    const ok = { offset: 0, ok: true, seqid: header.seqid };
+    return new Luks2Volume(dev, header, { header, primary: ok, secondary: { ...ok, offset: header.hdrSize }, needsRepair: false });
+  }
+
+  get metadata(): Luks2Metadata {
+    return this.header.metadata;
+  }
+  get uuid(): string {
+    return this.header.uuid;
+  }
+
+  /** The active data segment (the crypt segment not flagged as a backup). */
+  dataSegment(): { id: string; seg: Luks2Segment } {
+    const ids = Object.keys(this.metadata.segments).sort((a, b) => Number(a) - Number(b));
+    for (const id of ids) {
+      const seg = this.metadata.segments[id]!;
+      if (!(seg.flags ?? []).some((f) => f.startsWith("backup-"))) return { id, seg };
+    }
+    throw new TrustvolError("ECORRUPT", "LUKS2 metadata has no data segment");
+  }
+
+  /** Data area [offset, offset+length) in bytes on the device that holds the data. */
+  dataArea(dataDevSize = this.dev.size): { offset: number; length: number; sectorSize: number; cipher: string; ivTweak: bigint } {
+    const { seg } = this.dataSegment();
+    const offset = u64Num(seg.offset, "segment.offset");
+    const length = seg.size === "dynamic" ? dataDevSize - offset : u64Num(seg.size, "segment.size");
+    if (length < 0) throw new TrustvolError("ETRUNCATED", `the device (${dataDevSize} bytes) ends before the data segment offset ${offset}`, "the image is truncated");
+    if (seg.type !== "crypt") throw new TrustvolError("EUNSUPPORTED", `data segment type "${seg.type}" is not supported`);
+    const sectorSize = seg.sector_size ?? 512;
+    return { offset, length: length - (length % sectorSize), sectorSize, cipher: seg.encryption!, ivTweak: BigInt(seg.iv_tweak ?? "0") };
+  }
+
+  /** Volume key length in bytes (from the segment's digest-bound keyslots). */
+  volumeKeySize(): number {
+    const { id } = this.dataSegment();
+    const d = digestForSegment(this.metadata, id);
+    const slot = d ? this.metadata.digests[d]!.keyslots.find((k) => this.metadata.keyslots[k]?.type === "luks2") : undefined;
+    if (slot) return this.metadata.keyslots[slot]!.key_size;
+    const enc = this.dataSegment().seg.encryption ?? "";
+    return /xts/.test(enc) ? 64 : 32;
+  }
+
+  keyslotIds(): number[] {
+    return Object.keys(this.metadata.keyslots).map(Number).sort((a, b) => a - b);
+  }
+  tokenIds(): number[] {
+    return Object.keys(this.metadata.tokens).map(Number).sort((a, b) => a - b);
+  }
+
+  /** Requirements we can't honour: writing or activating such a volume would damage it. */
+  checkRequirements(op: "write" | "activate"): void {
+    const unknown = unknownRequirements(this.metadata, KNOWN_REQUIREMENTS);
+    if (unknown.length) throw new TrustvolError("EUNSUPPORTED", `volume requires unsupported feature(s): ${unknown.join(", ")}; refusing to ${op}`, "use a newer cryptsetup");
+    if (op === "activate" && (this.metadata.config.requirements?.mandatory ?? []).some((r) => r.startsWith("online-reencrypt")))
+      throw new TrustvolError("EBUSY", "volume is in the middle of re-encryption", "finish it first (`cryptsetup reencrypt --resume-only`)");
+  }
+
+  /** Check a candidate volume key against the segment digest; returns the digest id. */
+  verifyVolumeKey(vk: Uint8Array): string {
+    const { id } = this.dataSegment();
+    const d = digestForSegment(this.metadata, id);
+    if (!d || !verifyDigest(this.metadata.digests[d]!, vk)) throw new TrustvolError("EBADPASS", "volume key does not match this volume");
+    return d;
+  }
+
+  /** Try keyslots in cryptsetup's order (priority high first, then id); ignore prio 0 unless named. */
+  private candidateSlots(slot?: number): string[] {
+    if (slot !== undefined) {
+      const ks = this.metadata.keyslots[String(slot)];
+      if (!ks) throw new TrustvolError("ENOENT", `keyslot ${slot} is not in use`, `see \`trustvol dump ${this.dev.name}\``);
+      return [String(slot)];
+    }
+    const ids = Object.keys(this.metadata.keyslots).filter((k) => this.metadata.keyslots[k]!.type === "luks2");
+    const prio = (k: string) => this.metadata.keyslots[k]!.priority ?? 1;
+    return ids.filter((k) => prio(k) > 0).sort((a, b) => prio(b) - prio(a) || Number(a) - Number(b));
+  }
+
+  /** Unlock with a passphrase; the caller wipes both the passphrase and the returned key. */
+  async unlock(passphrase: Uint8Array, opts: { slot?: number } = {}): Promise<UnlockResult> {
+    const slots = this.candidateSlots(opts.slot);
+    if (!slots.length) throw new TrustvolError("ENOKEY", "no passphrase keyslot on this volume", "unlock with a token or the recovery key");
+    for (const id of slots) {
+      const ks = this.metadata.keyslots[id]!;
+      const dId = digestForKeyslot(this.metadata, id);
+      if (!dId) continue;
+      const cand = await openKeyslotCandidate(this.dev, ks, passphrase);
+      if (verifyDigest(this.metadata.digests[dId]!, cand)) return { volumeKey: cand, keyslot: Number(id) };
+      wipe(cand);
+    }
+    throw new TrustvolError("EBADPASS", opts.slot !== undefined ? `no key available with this passphrase in keyslot ${opts.slot}` : "no key available with this passphrase", "check the passphrase (or key file) and try again");
+  }
+
+  freeKeyslot(): number {
+    for (let i = 0; i < LUKS2_KEYSLOTS_MAX; i++) if (!(String(i) in this.metadata.keyslots)) return i;
+    throw new TrustvolError("ENOSPC", "all 32 keyslots are in use", "remove one first");
+  }
+  freeTokenId(): number {
+    for (let i = 0; i < LUKS2_TOKENS_MAX; i++) if (!(String(i) in this.metadata.tokens)) return i;
+    throw new TrustvolError("ENOSPC", "all 32 token slots are in use", "remove one first");
+  }
+
+  /** Add a passphrase keyslot for an already verified volume key; returns its id. */
+  async addKeyslot(volumeKey: Uint8Array, passphrase: Uint8Array, opts: NewKeyslotOptions & { slot?: number } = {}): Promise<number> {
+    this.checkRequirements("write");
+    const digestId = this.verifyVolumeKey(volumeKey);
+    const slot = opts.slot ?? this.freeKeyslot();
+    if (slot < 0 || slot >= LUKS2_KEYSLOTS_MAX) throw new TrustvolError("EUSAGE", `keyslot ${slot} is out of range (0..31)`);
+    if (String(slot) in this.metadata.keyslots) throw new TrustvolError("EBUSY", `keyslot ${slot} is already in use`, "pick another slot or remove it first");
+    const { keyslot, areaOffset, areaData } = await buildKeyslot(this.metadata, this.header.hdrSize, volumeKey, passphrase, {
+      areaEncryption: this.dataSegment().seg.encryption,
+      ...opts,
+    });
+    await this.dev.write(areaData, areaOffset);
+    await this.dev.flush();
+    wipe(areaData);
+    const m = structuredClone(this.metadata);
+    m.keyslots[String(slot)] = keyslot;
+    m.digests[digestId]!.keyslots.push(String(slot));
+    m.digests[digestId]!.keyslots.sort((a, b) => Number(a) - Number(b));
+    await this.commit(m);
+    return slot;
+  }
+
+  /** Replace the passphrase of a keyslot (same id, new area), like `cryptsetup luksChangeKey`. */
+  async changeKeyslot(slot: number, oldPass: Uint8Array, newPass: Uint8Array, opts: NewKeyslotOptions = {}): Promise<void> {
+    this.checkRequirements("write");
+    const { volumeKey } = await this.unlock(oldPass, { slot });
+    try {
+      const id = String(slot);
+      const old = this.metadata.keyslots[id]!;
+      const { keyslot, areaOffset, areaData } = await buildKeyslot(this.metadata, this.header.hdrSize, volumeKey, newPass, {
+        areaEncryption: old.area.encryption as string,
+        areaKeySize: old.area.key_size as number,
+        afHash: old.af?.hash,
+        priority: old.priority,
+        ...opts,
+      });
+      await this.dev.write(areaData, areaOffset);
+      await this.dev.flush();
+      wipe(areaData);
+      const m = structuredClone(this.metadata);
+      m.keyslots[id] = keyslot;
+      await this.commit(m);
+      await wipeArea(this.dev, u64Num(old.area.offset, "area.offset"), u64Num(old.area.size, "area.size"));
+    } finally {
+      wipe(volumeKey);
+    }
+  }
+
+  /** Remove a keyslot: drop it (and token references) from the metadata first, then wipe its area. */
+  async removeKeyslot(slot: number, opts: { allowLast?: boolean } = {}): Promise<void> {
+    this.checkRequirements("write");
+    const id = String(slot);
+    const ks = this.metadata.keyslots[id];
+    if (!ks) throw new TrustvolError("ENOENT", `keyslot ${slot} is not in use`);
+    const remaining = Object.keys(this.metadata.keyslots).filter((k) => k !== id && this.metadata.keyslots[k]!.type === "luks2");
+    if (!remaining.length && !opts.allowLast)
+      throw new TrustvolError("EUSAGE", `keyslot ${slot} is the last keyslot: removing it makes the data unrecoverable`, "add another key first, or pass --force if that is really what you want");
+    const m = structuredClone(this.metadata);
+    delete m.keyslots[id];
+    for (const d of Object.values(m.digests)) d.keyslots = d.keyslots.filter((k) => k !== id);
+    for (const [tid, t] of Object.entries(m.tokens)) {
+      t.keyslots = t.keyslots.filter((k) => k !== id);
+      // A token that unlocks nothing any more is dead weight (systemd-cryptenroll --wipe-slot does the same).
+      if (!t.keyslots.length && t.type.startsWith("systemd-")) delete m.tokens[tid];
+    }
+    await this.commit(m);
+    await wipeArea(this.dev, u64Num(ks.area.offset, "area.offset"), u64Num(ks.area.size, "area.size"));
+  }
+
+  async setPriority(slot: number, priority: 0 | 1 | 2): Promise<void> {
+    const m = structuredClone(this.metadata);
+    const ks = m.keyslots[String(slot)];
+    if (!ks) throw new TrustvolError("ENOENT", `keyslot ${slot} is not in use`);
+    if (priority === 1) delete ks.priority;
+    else ks.priority = priority;
+    await this.commit(m);
+  }
+
+  /** Add (import) a token object; validated like cryptsetup's `token import`. Returns its id. */
+  async addToken(token: unknown, opts: { tokenId?: number; replace?: boolean } = {}): Promise<number> {
+    this.checkRequirements("write");
+    if (typeof token !== "object" || token === null || Array.isArray(token)) throw new TrustvolError("EUSAGE", "token must be a JSON object");
+    const t = token as Luks2Token;
+    if (typeof t.type !== "string" || !t.type) throw new TrustvolError("EUSAGE", 'token has no "type"');
+    if (!Array.isArray(t.keyslots)) throw new TrustvolError("EUSAGE", 'token has no "keyslots" array');
+    const id = opts.tokenId ?? this.freeTokenId();
+    if (String(id) in this.metadata.tokens && !opts.replace) throw new TrustvolError("EBUSY", `token ${id} is already in use`, "pick another id or remove it first");
+    const m = structuredClone(this.metadata);
+    m.tokens[String(id)] = structuredClone(t);
+    await this.commit(m, (e) => new TrustvolError("EUSAGE", `token rejected: ${e.message.replace(/^LUKS2 metadata: /, "")}`));
+    return id;
+  }
+
+  async removeToken(id: number): Promise<void> {
+    if (!(String(id) in this.metadata.tokens)) throw new TrustvolError("ENOENT", `token ${id} is not in use`);
+    const m = structuredClone(this.metadata);
+    delete m.tokens[String(id)];
+    await this.commit(m);
+  }
+
+  async assignToken(id: number, slot: number, assign: boolean): Promise<void> {
+    const m = structuredClone(this.metadata);
+    const t = m.tokens[String(id)];
+    if (!t) throw new TrustvolError("ENOENT", `token ${id} is not in use`);
+    if (!(String(slot) in m.keyslots)) throw new TrustvolError("ENOENT", `keyslot ${slot} is not in use`);
+    const ks = new Set(t.keyslots);
+    if (assign) ks.add(String(slot));
+    else ks.delete(String(slot));
+    t.keyslots = [...ks].sort((a, b) => Number(a) - Number(b));
+    await this.commit(m);
+  }
+
+  exportToken(id: number): Record<string, Json> {
+    const t = this.metadata.tokens[String(id)];
+    if (!t) throw new TrustvolError("ENOENT", `token ${id} is not in use`);
+    return structuredClone(t) as Record<string, Json>;
+  }
+
+  /** Validate then write new metadata (both copies); on success it becomes the volume's metadata. */
+  async commit(m: Luks2Metadata, mapError?: (e: TrustvolError) => TrustvolError): Promise<void> {
+    try {
+      validateMetadata(JSON.parse(JSON.stringify(m)), this.header.hdrSize);
+    } catch (e) {
+      if (e instanceof TrustvolError && mapError) throw mapError(e);
+      throw e;
+    }
+    const next: Luks2Header = { ...this.header, metadata: m };
+    await writeHeader(this.dev, next);
+    this.header = next;
+  }
+
+  /** Rewrite both header copies from the valid one (the one with the highest seqid). */
+  async repair(): Promise<boolean> {
+    if (!this.readStatus.needsRepair) return false;
+    this.checkRequirements("write");
+    await writeHeader(this.dev, this.header);
+    return true;
+  }
+}

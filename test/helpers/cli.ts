@@ -1,0 +1,12 @@
+// Run the trustvol CLI as a user would (a child process), secrets on stdin or in key files.
+import { spawnSync } from "node:child_process";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const TRUSTVOL_BIN = join(root, "bin", "trustvol.mjs");
+
+export function trustvol(args: string[], opts: { input?: string | Uint8Array; env?: NodeJS.ProcessEnv } = {}): { status: number; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [TRUSTVOL_BIN, ...args], { input: opts.input ?? "", env: { ...process.env, ...opts.env }, encoding: "utf8", timeout: 300_000, maxBuffer: 1 << 26 });
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
