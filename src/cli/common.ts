@@ -1,4 +1,5 @@
 // Option helpers shared by commands: parsing numbers, PBKDF/format options, JSON output.
+import { io } from "./io.js";
 import { Option, type Command } from "commander";
 import { TrustvolError } from "../util/errors.js";
 import type { PbkdfOptions } from "../luks2/kdf.js";
@@ -73,5 +74,5 @@ export function formatFrom(o: Record<string, unknown>): FormatOptions {
 }
 
 export function printJson(v: unknown): void {
-  process.stdout.write(JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x), 2) + "\n");
+  io.out(JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x), 2) + "\n");
 }

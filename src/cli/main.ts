@@ -1,4 +1,5 @@
 // The trustvol CLI: parse, call the library, print. Exit codes are a contract with scripts (see --help).
+import { io } from "./io.js";
 import { Command, CommanderError } from "commander";
 import { TrustvolError, ExitCode } from "../util/errors.js";
 import { registerVolumeCommands } from "./commands/volume.js";
@@ -8,6 +9,7 @@ import { registerHeaderCommands } from "./commands/header.js";
 import { registerImageCommands } from "./commands/image.js";
 import { registerDemoCommand } from "./commands/demo.js";
 import { VERSION } from "../version.js";
+import { resetStdinState } from "./secrets.js";
 
 const EXIT_HELP = `
 Exit status:
@@ -42,6 +44,7 @@ export function buildProgram(): Command {
 
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
+  resetStdinState();
   try {
     await program.parseAsync(argv, { from: "user" });
     return ExitCode.OK;
@@ -51,16 +54,16 @@ export async function main(argv: string[]): Promise<number> {
       return ExitCode.USAGE;
     }
     if (e instanceof TrustvolError) {
-      process.stderr.write(`trustvol: ${e.oneLine()}\n`);
+      io.err(`trustvol: ${e.oneLine()}\n`);
       return e.exitCode;
     }
     const err = e as NodeJS.ErrnoException;
     if (err?.code === "ENOSPC") {
-      process.stderr.write("trustvol: no space left on device\n");
+      io.err("trustvol: no space left on device\n");
       return ExitCode.FAILURE;
     }
-    process.stderr.write(`trustvol: internal error: ${err?.message ?? String(e)}\n`);
-    if (process.env.TRUSTVOL_DEBUG) process.stderr.write(`${err?.stack}\n`);
+    io.err(`trustvol: internal error: ${err?.message ?? String(e)}\n`);
+    if (process.env.TRUSTVOL_DEBUG) io.err(`${err?.stack}\n`);
     return ExitCode.FAILURE;
   }
 }

@@ -6,6 +6,11 @@ const MAX_KEYFILE = 8 * 1024 * 1024; // cryptsetup's default --keyfile-size limi
 
 let stdinConsumed = false;
 
+/** Each CLI invocation may read stdin once (in-process callers run several invocations). */
+export function resetStdinState(): void {
+  stdinConsumed = false;
+}
+
 function readAllStdin(): Buffer {
   if (stdinConsumed) throw new TrustvolError("EUSAGE", "standard input can supply only one secret", "put the other one in a key file");
   stdinConsumed = true;

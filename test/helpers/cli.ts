@@ -10,3 +10,19 @@ export function trustvol(args: string[], opts: { input?: string | Uint8Array; en
   const r = spawnSync(process.execPath, [TRUSTVOL_BIN, ...args], { input: opts.input ?? "", env: { ...process.env, ...opts.env }, encoding: "utf8", timeout: 300_000, maxBuffer: 1 << 26 });
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
+
+/** Run the CLI in this process (fast; no stdin): same argv parsing, same exit code, output captured via the CLI's io. */
+export async function trustvolInProcess(args: string[]): Promise<{ status: number; stdout: string; stderr: string }> {
+  const { main } = await import("../../src/cli/main.js");
+  const { io } = await import("../../src/cli/io.js");
+  const out: string[] = [], err: string[] = [];
+  const saved = { ...io };
+  io.out = (c) => void out.push(typeof c === "string" ? c : Buffer.from(c).toString("latin1"));
+  io.err = (c) => void err.push(typeof c === "string" ? c : Buffer.from(c).toString("latin1"));
+  try {
+    const status = await main(args);
+    return { status, stdout: out.join(""), stderr: err.join("") };
+  } finally {
+    Object.assign(io, saved);
+  }
+}

@@ -1,5 +1,6 @@
 // `trustvol demo`: the main job end to end on an image file, narrated — build an ext4 image, encrypt it to LUKS2,
 // prove the ciphertext hides it, reopen it and read the file back. Later steps seal the key to a trust source.
+import { io } from "../io.js";
 import type { Command } from "commander";
 import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -26,7 +27,7 @@ export function registerDemoCommand(program: Command): void {
       const keep = !!o.dir;
       const dir = (o.dir as string | undefined) ?? mkdtempSync(join(tmpdir(), "trustvol-demo-"));
       mkdirSync(dir, { recursive: true });
-      const say = (s: string) => process.stdout.write(`${s}\n`);
+      const say = (s: string) => io.out(`${s}\n`);
       const step = (n: number, s: string) => say(`\n[${n}] ${s}`);
       const pass = Buffer.from(randomBytes(24).toString("base64url"));
       try {

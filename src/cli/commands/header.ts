@@ -1,4 +1,5 @@
 // `trustvol header backup|restore` in cryptsetup's backup file format (interchangeable with luksHeaderBackup/Restore).
+import { io } from "../io.js";
 import type { Command } from "commander";
 import { FileBlockDevice } from "../../blockdev/file.js";
 import { backupHeader, restoreHeader } from "../../luks2/backup.js";
@@ -33,7 +34,7 @@ export function registerHeaderCommands(program: Command): void {
       try {
         const r = await restoreHeader(dev, o.file as string, { force: !!o.force });
         if (o.json) printJson({ restored: true, uuid: r.uuid });
-        else process.stderr.write(`Header of volume ${r.uuid} restored.\n`);
+        else io.err(`Header of volume ${r.uuid} restored.\n`);
       } finally {
         await dev.close();
       }

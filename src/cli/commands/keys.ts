@@ -1,4 +1,5 @@
 // `trustvol key add|change|remove|priority`: keyslot management (cryptsetup luksAddKey / luksChangeKey / luksKillSlot).
+import { io } from "../io.js";
 import type { Command } from "commander";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
@@ -36,7 +37,7 @@ export function registerKeyCommands(program: Command): void {
       const neu = await getPassphrase({ keyFile: o.newKeyFile as string | undefined, prompt: "Enter new passphrase for key slot: ", verify: true });
       const slot = await v.addKeyslot(vk, neu, { slot: o.newKeySlot as number | undefined, pbkdf: pbkdfFrom(o) }).finally(() => wipe(neu));
       if (o.json) printJson({ keyslot: slot });
-      else process.stderr.write(`Key slot ${slot} created.\n`);
+      else io.err(`Key slot ${slot} created.\n`);
     } finally {
       wipe(vk);
       await h.close();
@@ -62,7 +63,7 @@ export function registerKeyCommands(program: Command): void {
         wipe(volumeKey);
         const neu = await getPassphrase({ keyFile: o.newKeyFile as string | undefined, prompt: "Enter new passphrase: ", verify: true });
         await v.changeKeyslot(keyslot, old, neu, { pbkdf: pbkdfFrom(o) }).finally(() => wipe(neu));
-        process.stderr.write(`Key slot ${keyslot} changed.\n`);
+        io.err(`Key slot ${keyslot} changed.\n`);
       } finally {
         wipe(old);
       }
@@ -90,7 +91,7 @@ export function registerKeyCommands(program: Command): void {
         slot = r.keyslot;
       }
       await v.removeKeyslot(slot, { allowLast: !!o.force });
-      process.stderr.write(`Key slot ${slot} removed.\n`);
+      io.err(`Key slot ${slot} removed.\n`);
     } finally {
       await h.close();
     }

@@ -1,4 +1,5 @@
 // `trustvol token import|export|remove|assign|unassign`: generic LUKS2 tokens (like `cryptsetup token`).
+import { io } from "../io.js";
 import type { Command } from "commander";
 import { readFileSync } from "node:fs";
 import { TrustvolError } from "../../util/errors.js";
@@ -39,7 +40,7 @@ export function registerTokenCommands(program: Command): void {
       try {
         const id = await h.requireLuks2("token import").addToken(t, { tokenId: o.tokenId as number | undefined, replace: !!o.tokenReplace });
         if (o.json) printJson({ token: id });
-        else process.stderr.write(`Token ${id} created.\n`);
+        else io.err(`Token ${id} created.\n`);
       } finally {
         await h.close();
       }
@@ -53,7 +54,7 @@ export function registerTokenCommands(program: Command): void {
     .action(async (device: string, o: Record<string, unknown>) => {
       const h = await LuksHandle.open(device, { header: o.header as string | undefined, readOnly: true });
       try {
-        process.stdout.write(JSON.stringify(h.requireLuks2("token export").exportToken(o.tokenId as number)) + "\n");
+        io.out(JSON.stringify(h.requireLuks2("token export").exportToken(o.tokenId as number)) + "\n");
       } finally {
         await h.close();
       }

@@ -1,4 +1,5 @@
 // format, dump, unlock --test, repair: the cryptsetup luksFormat / luksDump / open --test-passphrase / repair verbs.
+import { io } from "../io.js";
 import type { Command } from "commander";
 import { FileBlockDevice } from "../../blockdev/file.js";
 import { TrustvolError } from "../../util/errors.js";
@@ -32,7 +33,7 @@ export function registerVolumeCommands(program: Command): void {
       wipe(volumeKey);
       const area = volume.dataArea(dataDev.size);
       if (o.json) printJson({ uuid: volume.uuid, keyslot: Number(o.keySlot), data_offset: area.offset, data_length: area.length, sector_size: area.sectorSize, cipher: area.cipher });
-      else if (area.length <= 0) process.stderr.write(`warning: ${device} has no room for data after the header (grow the image file before use)\n`);
+      else if (area.length <= 0) io.err(`warning: ${device} has no room for data after the header (grow the image file before use)\n`);
     } finally {
       wipe(pass);
       await dataDev.close();
@@ -59,7 +60,7 @@ export function registerVolumeCommands(program: Command): void {
           const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: ` });
           const { volumeKey } = await h.unlock(pass).finally(() => wipe(pass));
           try {
-            if (dest === "-") process.stdout.write(volumeKey);
+            if (dest === "-") io.out(volumeKey);
             else atomicWriteFileSync(dest, volumeKey, 0o600);
           } finally {
             wipe(volumeKey);
@@ -68,9 +69,9 @@ export function registerVolumeCommands(program: Command): void {
         }
         if (h.luks2) {
           if (o.json) printJson(dumpJson(h.luks2));
-          else process.stdout.write(dumpText(h.luks2));
+          else io.out(dumpText(h.luks2));
         } else if (o.json) printJson({ version: 1, ...h.luks1, keyslots: h.luks1!.keyslots.map((k) => ({ ...k, salt: k.salt.toString("hex") })), mkDigest: h.luks1!.mkDigest.toString("hex"), mkDigestSalt: h.luks1!.mkDigestSalt.toString("hex") });
-        else process.stdout.write(dumpLuks1Text(h.luks1!));
+        else io.out(dumpLuks1Text(h.luks1!));
       } finally {
         await h.close();
       }
@@ -92,7 +93,7 @@ export function registerVolumeCommands(program: Command): void {
       const { volumeKey, keyslot } = await h.unlock(pass, { slot: o.keySlot as number | undefined }).finally(() => wipe(pass));
       wipe(volumeKey);
       if (o.json) printJson({ unlocked: true, keyslot, uuid: h.uuid });
-      else process.stderr.write(`Key slot ${keyslot} unlocked.\n`);
+      else io.err(`Key slot ${keyslot} unlocked.\n`);
     } finally {
       await h.close();
     }
@@ -110,8 +111,8 @@ export function registerVolumeCommands(program: Command): void {
         const before = { primary: v.readStatus.primary, secondary: v.readStatus.secondary };
         const repaired = await v.repair();
         if (o.json) printJson({ repaired, ...JSON.parse(JSON.stringify(before, (_k, x) => (typeof x === "bigint" ? x.toString() : x))) });
-        else if (repaired) process.stderr.write(`Repaired: primary ${before.primary.ok ? "ok" : `was damaged (${before.primary.error})`}, secondary ${before.secondary.ok ? "ok" : `was damaged (${before.secondary.error})`}; both copies rewritten.\n`);
-        else process.stderr.write("Both header copies are valid; nothing to repair.\n");
+        else if (repaired) io.err(`Repaired: primary ${before.primary.ok ? "ok" : `was damaged (${before.primary.error})`}, secondary ${before.secondary.ok ? "ok" : `was damaged (${before.secondary.error})`}; both copies rewritten.\n`);
+        else io.err("Both header copies are valid; nothing to repair.\n");
       } finally {
         await dev.close();
       }

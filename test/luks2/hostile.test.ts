@@ -1,0 +1,189 @@
+// Hostile input: every damaged header gives one clear line, a non-zero exit, and leaves the file byte-identical.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { writeFileSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { randomInt } from "node:crypto";
+import { tmpDir } from "../helpers/tools.js";
+import { trustvol, trustvolInProcess } from "../helpers/cli.js";
+import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
+import { formatLuks2 } from "../../src/luks2/format.js";
+import { readHeader } from "../../src/luks2/header.js";
+import { Luks2Volume } from "../../src/luks2/volume.js";
+import { sealChecksum } from "../../src/luks2/binary-header.js";
+import { TrustvolError } from "../../src/util/errors.js";
+
+const HDR = 16384;
+
+async function baseImage(): Promise<Buffer> {
+  const dev = new MemoryBlockDevice(20 * 1024 * 1024);
+  await formatLuks2(dev, Buffer.from("pw"), { pbkdf: { type: "pbkdf2", forceIterations: 1000 }, digestIterations: 1000 });
+  return dev.data;
+}
+
+/** Rewrite the JSON of both copies (then re-checksum), so only the metadata validation can catch the damage. */
+function withJson(img: Buffer, edit: (j: any) => any, raw?: string): Buffer {
+  const out = Buffer.from(img);
+  for (const off of [0, HDR]) {
+    const area = out.subarray(off, off + HDR);
+    const json = area.subarray(4096);
+    const text = json.subarray(0, json.indexOf(0)).toString();
+    const next = raw ?? JSON.stringify(edit(JSON.parse(text)));
+    json.fill(0);
+    json.write(next.slice(0, json.length), "utf8");
+    sealChecksum(area, "sha256");
+  }
+  return out;
+}
+
+function bothCopies(img: Buffer, field: number, len: number): Buffer {
+  const out = Buffer.from(img);
+  for (const off of [0, HDR]) for (let i = 0; i < len; i++) out[off + field + i] ^= 0x5a;
+  return out;
+}
+
+test("damaged images: one-line error, non-zero exit, file unchanged", async (t) => {
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const base = await baseImage();
+  const pw = join(dir, "pw");
+  writeFileSync(pw, "pw");
+  const cases: { name: string; img: Buffer; re: RegExp; valid?: boolean }[] = [
+    { name: "empty file", img: Buffer.alloc(0), re: /too small|truncated/ },
+    { name: "truncated inside binary header", img: base.subarray(0, 1000), re: /too small|truncated/ },
+    { name: "truncated inside JSON area", img: base.subarray(0, 9000), re: /truncated|past the end|no valid LUKS2 header/ },
+    { name: "truncated inside keyslot area", img: base.subarray(0, 100_000), re: /past the end|truncated/ },
+    { name: "not LUKS at all", img: Buffer.alloc(1 << 20, 0x41), re: /not a LUKS device/ },
+    { name: "magic (both copies)", img: bothCopies(base, 0, 6), re: /not a LUKS|damaged|no valid/ },
+    { name: "version (both copies)", img: bothCopies(base, 6, 2), re: /version|no valid/ },
+    { name: "hdr_size (both copies)", img: bothCopies(base, 8, 8), re: /header size|no valid/ },
+    { name: "seqid (both copies)", img: bothCopies(base, 16, 8), re: /checksum/ },
+    { name: "label (both copies)", img: bothCopies(base, 24, 48), re: /label|checksum/ },
+    { name: "checksum alg (both copies)", img: bothCopies(base, 72, 32), re: /checksum/ },
+    { name: "salt (both copies)", img: bothCopies(base, 104, 64), re: /checksum/ },
+    { name: "uuid (both copies)", img: bothCopies(base, 168, 40), re: /uuid|checksum/ },
+    { name: "subsystem (both copies)", img: bothCopies(base, 208, 48), re: /subsystem|checksum/ },
+    { name: "hdr_offset (both copies)", img: bothCopies(base, 256, 8), re: /offset|no valid/ },
+    { name: "checksum (both copies)", img: bothCopies(base, 448, 32), re: /checksum mismatch/ },
+    { name: "JSON byte flipped (both copies)", img: bothCopies(base, 4096 + 40, 1), re: /checksum mismatch/ },
+    { name: "JSON not parseable", img: withJson(base, () => null, "{\"keyslots\":"), re: /does not parse/ },
+    { name: "JSON not NUL-terminated", img: withJson(base, () => null, "x".repeat(20000)), re: /NUL-terminated/ },
+    { name: "JSON missing segments", img: withJson(base, (j) => (delete j.segments, j)), re: /missing "segments"/ },
+    { name: "JSON top level array", img: withJson(base, () => [1, 2]), re: /top level/ },
+    { name: "keyslot id not a number", img: withJson(base, (j) => ((j.keyslots["x1"] = j.keyslots["0"]), j)), re: /keyslot id "x1"/ },
+    { name: "uint64 as number", img: withJson(base, (j) => ((j.segments["0"].offset = 16777216), j)), re: /segment 0.offset must be a decimal string/ },
+    { name: "uint64 overflow", img: withJson(base, (j) => ((j.keyslots["0"].area.offset = "99999999999999999999999"), j)), re: /area.offset/ },
+    { name: "negative offset", img: withJson(base, (j) => ((j.keyslots["0"].area.offset = "-4096"), j)), re: /area.offset must be a decimal string/ },
+    { name: "keyslot area out of bounds", img: withJson(base, (j) => ((j.keyslots["0"].area.offset = "16777216"), j)), re: /outside the keyslots area/ },
+    { name: "keyslot area inside the header", img: withJson(base, (j) => ((j.keyslots["0"].area.offset = "4096"), j)), re: /outside the keyslots area/ },
+    { name: "overlapping keyslot areas", img: withJson(base, (j) => ((j.keyslots["1"] = structuredClone(j.keyslots["0"])), (j.keyslots["1"].area.offset = "36864"), j)), re: /areas overlap/ },
+    { name: "area too small for key", img: withJson(base, (j) => ((j.keyslots["0"].area.size = "4096"), j)), re: /smaller than/ },
+    { name: "digest references missing keyslot", img: withJson(base, (j) => ((j.digests["0"].keyslots = ["0", "9"]), j)), re: /missing id 9/ },
+    { name: "token references missing keyslot", img: withJson(base, (j) => ((j.tokens["0"] = { type: "x", keyslots: ["5"] }), j)), re: /token 0.keyslots references missing id 5/ },
+    { name: "segment in metadata area", img: withJson(base, (j) => ((j.segments["0"].offset = "8192"), j)), re: /inside the metadata/ },
+    { name: "bad sector size", img: withJson(base, (j) => ((j.segments["0"].sector_size = 3000), j)), re: /sector_size/ },
+    { name: "json_size mismatch", img: withJson(base, (j) => ((j.config.json_size = "4096"), j)), re: /json_size/ },
+    { name: "unknown KDF", img: withJson(base, (j) => ((j.keyslots["0"].kdf.type = "scrypt"), j)), re: /unknown KDF/ },
+    { name: "salt not base64", img: withJson(base, (j) => ((j.keyslots["0"].kdf.salt = "!!!"), j)), re: /base64/ },
+    { name: "absurd argon2 memory", img: withJson(base, (j) => ((j.keyslots["0"].kdf = { type: "argon2id", time: 4, memory: 1e12, cpus: 4, salt: "AAAA" }), j)), re: /memory/ },
+    { name: "deeply nested token (valid, must not crash)", img: withJson(base, (j) => ((j.tokens["0"] = { type: "x", keyslots: [], deep: JSON.parse("[".repeat(2000) + "]".repeat(2000)) }), j)), re: /.*/, valid: true },
+  ];
+  for (const c of cases) {
+    await t.test(c.name, async () => {
+      const p = join(dir, "victim.img");
+      writeFileSync(p, c.img);
+      if (c.valid) {
+        const r = await trustvolInProcess(["dump", p]);
+        assert.equal(r.status, 0, r.stderr);
+        return;
+      }
+      for (const args of [["dump", p], ["unlock", "--test", "--key-file", pw, p], ["key", "add", "--key-file", pw, "--new-key-file", pw, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", p]]) {
+        const r = await trustvolInProcess(args);
+        if (c.name === "truncated inside keyslot area" && args[0] === "dump") continue; // the metadata itself is intact
+        assert.notEqual(r.status, 0, `${args[0]}: expected failure\n${r.stdout}`);
+        const lines = r.stderr.trim().split("\n");
+        assert.equal(lines.length, 1, `one line, got: ${r.stderr}`);
+        assert.match(lines[0]!, /^trustvol: /);
+        assert.doesNotMatch(lines[0]!, /internal error/);
+        assert.match(lines[0]!, c.re);
+      }
+      assert.ok(readFileSync(p).equals(c.img), "file unchanged");
+    });
+  }
+});
+
+test("a damaged primary is survived through the secondary; repair rewrites it; an unknown requirement blocks writes", async (t) => {
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const base = await baseImage();
+  const p = join(dir, "v.img");
+  const broken = Buffer.from(base);
+  broken.fill(0, 0, 4096);
+  writeFileSync(p, broken);
+  writeFileSync(join(dir, "pw"), "pw");
+  assert.equal(trustvol(["unlock", "--test", "--key-file", join(dir, "pw"), p]).status, 0);
+  assert.ok(readFileSync(p).equals(broken), "read-only commands do not write");
+  const dump = JSON.parse(trustvol(["dump", "--json", p]).stdout);
+  assert.equal(dump.header_copies.primary, false);
+  assert.equal(dump.header_copies.needs_repair, true);
+  const r = trustvol(["repair", p]);
+  assert.equal(r.status, 0, r.stderr);
+  const after = JSON.parse(trustvol(["dump", "--json", p]).stdout);
+  assert.equal(after.header_copies.primary, true);
+  assert.equal(after.header_copies.needs_repair, false);
+
+  const req = withJson(base, (j) => ((j.config.requirements = { mandatory: ["future-feature"] }), j));
+  writeFileSync(p, req);
+  const r2 = trustvol(["key", "add", "--key-file", join(dir, "pw"), "--new-key-file", join(dir, "pw"), p]);
+  assert.equal(r2.status, 6);
+  assert.match(r2.stderr, /unsupported feature\(s\): future-feature/);
+  assert.ok(readFileSync(p).equals(req));
+});
+
+test("mutation fuzz: thousands of corrupted headers never crash the parser", async () => {
+  const base = await baseImage();
+  const head = base.subarray(0, 2 * HDR + 300_000);
+  let accepted = 0, rejected = 0;
+  const N = Number(process.env.TRUSTVOL_FUZZ_N ?? 4000);
+  for (let i = 0; i < N; i++) {
+    let img: Buffer = Buffer.from(head);
+    const mode = i % 4;
+    if (mode === 0) for (let k = 0, n = randomInt(1, 8); k < n; k++) img[randomInt(0, 2 * HDR)] ^= 1 << randomInt(0, 8);
+    else if (mode === 1) {
+      // JSON-level mutation with valid checksums: replace a random character of the JSON text
+      img = withJson(img, () => null, (() => {
+        const t = img.subarray(4096, HDR);
+        const s = t.subarray(0, t.indexOf(0)).toString();
+        const pos = randomInt(0, s.length);
+        const ch = '{}[]":,0123456789-ax '[randomInt(0, 21)]!;
+        return s.slice(0, pos) + ch + s.slice(pos + (randomInt(0, 2) ? 1 : 0));
+      })());
+    } else if (mode === 2) img = img.subarray(0, randomInt(0, img.length));
+    else {
+      // structural: swap values between random JSON keys
+      img = withJson(img, (j) => {
+        const vals = [j.keyslots["0"].area.offset, "0", "18446744073709551615", 4000, -1, null, [], {}, "dynamic", 1e300, "AAAA"];
+        const paths: ((x: any, v: any) => void)[] = [
+          (x, v) => (x.keyslots["0"].area.size = v), (x, v) => (x.keyslots["0"].key_size = v), (x, v) => (x.segments["0"].size = v),
+          (x, v) => (x.segments["0"].iv_tweak = v), (x, v) => (x.digests["0"].iterations = v), (x, v) => (x.config.keyslots_size = v),
+          (x, v) => (x.keyslots["0"].af.stripes = v), (x, v) => (x.keyslots["0"].kdf.iterations = v), (x, v) => (x.digests["0"].segments = v),
+        ];
+        paths[randomInt(0, paths.length)]!(j, vals[randomInt(0, vals.length)]);
+        return j;
+      });
+    }
+    try {
+      const dev = new MemoryBlockDevice(img, true);
+      await readHeader(dev);
+      const v = await Luks2Volume.open(dev);
+      if (i % 50 === 0) await v.unlock(Buffer.from("pw")).then((r) => r.volumeKey.fill(0)).catch((e) => { if (!(e instanceof TrustvolError)) throw e; });
+      accepted++;
+    } catch (e) {
+      if (!(e instanceof TrustvolError)) throw new Error(`mutation ${i} (mode ${mode}) crashed: ${(e as Error).stack}`);
+      assert.ok(e.message.length < 300 && !e.message.includes("\n"), `one short line: ${e.message}`);
+      rejected++;
+    }
+  }
+  assert.equal(accepted + rejected, N);
+  assert.ok(rejected > N / 4, `most mutations are rejected (${rejected}/${N})`);
+});
