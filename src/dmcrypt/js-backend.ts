@@ -2,8 +2,8 @@
 //
 // XTS ("batched ECB"): for a batch of sectors, one AES-ECB call with the tweak key turns all IV blocks into the
 // sectors' initial tweaks; the per-block tweaks T_j = T_0·α^j (GF(2^128), little-endian, reduction 0x87) are
-// expanded here on 32-bit words; then C = E_K1(P ⊕ T) ⊕ T is one XOR pass, one ECB call with the data key over the
-// whole batch and another XOR pass. CBC decryption is batched the same way (ECB-decrypt everything, XOR with the
+// computed on 32-bit words inside the XOR passes; C = E_K1(P ⊕ T) ⊕ T is one XOR pass, one ECB call with the data
+// key over the whole batch and another XOR pass. CBC decryption is batched the same way (ECB-decrypt everything, XOR with the
 // previous ciphertext block or the sector IV); CBC encryption is serial per sector, so it uses one
 // createCipheriv per sector. Sector sizes are multiples of 16, so XTS never needs ciphertext stealing.
 import { createCipheriv, createDecipheriv, createSecretKey, type Cipheriv, type Decipheriv, type KeyObject } from "node:crypto";
@@ -36,10 +36,12 @@ function i32(b: Uint8Array): Int32Array {
 }
 
 /**
- * Per-block XTS tweaks for n sectors: T_0 from t0s, T_{j+1} = T_j·α in GF(2^128) (128-bit little-endian value
- * shifted left by one, carry folded back as x^7+x^2+x+1 = 0x87). Little-endian host words.
+ * dst = src ⊕ T for n sectors, where sector s's block tweaks are T_0 (from t0s) and T_{j+1} = T_j·α in GF(2^128):
+ * the 128-bit little-endian value shifted left by one, the carry folded back as x^7+x^2+x+1 (0x87).
+ * Little-endian host words. The tweaks are recomputed by each of the two passes rather than stored: a few shifts
+ * per block are cheaper than writing and re-reading a tweak buffer. dst may alias src.
  */
-function expandTweaks(t0s: Int32Array, tw: Int32Array, n: number, wordsPerSector: number): void {
+function xorTweaks(src: Int32Array, dst: Int32Array, t0s: Int32Array, n: number, wordsPerSector: number): void {
   let w = 0;
   for (let s = 0; s < n; s++) {
     let a = t0s[s * 4] | 0,
@@ -48,26 +50,16 @@ function expandTweaks(t0s: Int32Array, tw: Int32Array, n: number, wordsPerSector
       e = t0s[s * 4 + 3] | 0;
     const end = w + wordsPerSector;
     for (; w < end; w += 4) {
-      tw[w] = a;
-      tw[w + 1] = b;
-      tw[w + 2] = c;
-      tw[w + 3] = e;
+      dst[w] = src[w] ^ a;
+      dst[w + 1] = src[w + 1] ^ b;
+      dst[w + 2] = src[w + 2] ^ c;
+      dst[w + 3] = src[w + 3] ^ e;
       const carry = (e >> 31) & 0x87;
       e = (e << 1) | (c >>> 31);
       c = (c << 1) | (b >>> 31);
       b = (b << 1) | (a >>> 31);
       a = (a << 1) ^ carry;
     }
-  }
-}
-
-/** dst = a ^ b over `words` words (dst may alias a). */
-function xorInto(dst: Int32Array, a: Int32Array, b: Int32Array, words: number): void {
-  for (let w = 0; w < words; w += 4) {
-    dst[w] = a[w] ^ b[w];
-    dst[w + 1] = a[w + 1] ^ b[w + 1];
-    dst[w + 2] = a[w + 2] ^ b[w + 2];
-    dst[w + 3] = a[w + 3] ^ b[w + 3];
   }
 }
 
@@ -83,8 +75,6 @@ export class JsSectorEngine {
   /** For per-sector createCipheriv paths (CBC encryption; XTS on big-endian hosts). */
   private keyObj: KeyObject | null;
   private readonly ivBuf: Buffer;
-  private readonly scratch: Int32Array;
-  private readonly tweaks: Int32Array;
 
   constructor(spec: CipherSpec, key: Uint8Array, sectorSize: number, ivStep: number, essivKey: Uint8Array | null) {
     this.spec = spec;
@@ -92,8 +82,6 @@ export class JsSectorEngine {
     this.ivStep = ivStep;
     const batch = Math.max(sectorSize, BATCH_BYTES - (BATCH_BYTES % sectorSize));
     this.ivBuf = Buffer.alloc((batch / sectorSize) * 16);
-    this.scratch = new Int32Array(batch / 4);
-    this.tweaks = new Int32Array(spec.chainMode === "xts" ? batch / 4 : 0);
     this.keyObj = createSecretKey(key);
     if (spec.chainMode === "xts") {
       const half = key.length / 2;
@@ -149,16 +137,13 @@ export class JsSectorEngine {
 
   private xtsBatch(chunk: Uint8Array, ivFirst: bigint, n: number, encrypt: boolean): void {
     const t0s = i32(this.tweakEnc!.update(this.ivs(ivFirst, n)));
-    const words = chunk.length >>> 2;
-    const tw = this.tweaks;
-    expandTweaks(t0s, tw, n, this.sectorSize >>> 2);
-    // Separate simple loops beat one fused loop here (no register spills); XOR in place, so the working set is
-    // the batch, its tweaks and node's ECB output, all in L2.
+    const wps = this.sectorSize >>> 2;
+    // In place: C = E_K1(P ⊕ T) ⊕ T. The working set (the batch and node's ECB output) stays in L2.
     const d = i32(chunk);
-    xorInto(d, d, tw, words);
+    xorTweaks(d, d, t0s, n, wps);
     const pre = d.buffer === chunk.buffer ? chunk : new Uint8Array(d.buffer, d.byteOffset, chunk.length);
     const y = i32((encrypt ? this.dataEnc! : this.dataDec!).update(pre));
-    xorInto(d, y, tw, words);
+    xorTweaks(y, d, t0s, n, wps);
     if (d.buffer !== chunk.buffer) chunk.set(new Uint8Array(d.buffer, d.byteOffset, chunk.length));
   }
 
@@ -212,6 +197,6 @@ export class JsSectorEngine {
     }
     this.dataEnc = this.dataDec = this.tweakEnc = this.essiv = null;
     this.keyObj = null; // a KeyObject's native copy is freed when collected; node offers no explicit wipe
-    wipe(this.ivBuf, new Uint8Array(this.scratch.buffer), new Uint8Array(this.tweaks.buffer));
+    wipe(this.ivBuf);
   }
 }
