@@ -39,6 +39,11 @@ export class FileBlockDevice implements BlockDevice {
     return this._size;
   }
 
+  /** The OS file descriptor, for workers that read the same file in parallel (positional reads only). */
+  get fd(): number {
+    return this.fh.fd;
+  }
+
   async read(buf: Uint8Array, offset: number): Promise<void> {
     if (offset < 0 || offset + buf.length > this._size)
       throw new TrustvolError("ETRUNCATED", `${this.name}: read of ${buf.length} bytes at ${offset} is past the end (${this._size} bytes)`, "the image is truncated or the wrong device");
