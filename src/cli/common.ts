@@ -76,3 +76,16 @@ export function formatFrom(o: Record<string, unknown>): FormatOptions {
 export function printJson(v: unknown): void {
   io.out(JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x), 2) + "\n");
 }
+
+/** Unlock options shared by commands that need the volume key first: an existing passphrase, a token, or the raw key. */
+export function addUnlockOptions(c: Command): Command {
+  return c
+    .option("-d, --key-file <file>", "an existing passphrase from FILE (- = stdin)")
+    .option("--unlock-volume-key-file <file>", "unlock with the raw volume key from FILE")
+    .option("--unlock-token", "unlock through an already enrolled token (TPM, PKCS#11...) instead of a passphrase");
+}
+
+/** Where a token PIN comes from: --pin-file FILE (- = stdin), else a prompt on a terminal, else none. */
+export function addPinOptions(c: Command): Command {
+  return c.option("--pin-file <file>", "token PIN from FILE (- = stdin); default: prompt on a terminal when the token needs one");
+}

@@ -8,6 +8,8 @@ import { registerTokenCommands } from "./commands/tokens.js";
 import { registerHeaderCommands } from "./commands/header.js";
 import { registerImageCommands } from "./commands/image.js";
 import { registerDemoCommand } from "./commands/demo.js";
+import { registerEnrollCommands } from "./commands/enroll.js";
+import { registerPkcs11Commands } from "./commands/pkcs11.js";
 import { VERSION } from "../version.js";
 import { resetStdinState } from "./secrets.js";
 
@@ -38,6 +40,8 @@ export function buildProgram(): Command {
   registerTokenCommands(program);
   registerHeaderCommands(program);
   registerImageCommands(program);
+  registerEnrollCommands(program);
+  registerPkcs11Commands(program);
   registerDemoCommand(program);
   return program;
 }

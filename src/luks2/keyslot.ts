@@ -76,10 +76,11 @@ export async function buildKeyslot(
   const keyLen = volumeKey.length;
   const areaKeySize = opts.areaKeySize ?? keyLen;
   const enc = opts.areaEncryption ?? "aes-xts-plain64";
-  const afHash = opts.afHash ?? "sha256";
   const size = keyslotAreaSize(keyLen);
   const offset = findAreaGap(m, hdrSize, size, ignoreSlot);
   const kdf = opts.kdf ?? (await chooseKdf(opts.pbkdf ?? {}, randomBytes(32), areaKeySize));
+  // cryptsetup takes the AF hash from the PBKDF2 hash, and uses sha256 with Argon2.
+  const afHash = opts.afHash ?? (kdf.type === "pbkdf2" ? kdf.hash : "sha256");
   const derived = await deriveKey(kdf, passphrase, areaKeySize);
   const split = afSplit(volumeKey, LUKS_STRIPES, afHash);
   const areaData = Buffer.alloc(afSectorsBytes(keyLen, LUKS_STRIPES));

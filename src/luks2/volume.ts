@@ -152,6 +152,42 @@ export class Luks2Volume {
     return slot;
   }
 
+  /**
+   * Add a keyslot and the token that unlocks it in ONE header commit (systemd-cryptenroll's result), so a power cut
+   * never leaves a keyslot without its token or a token pointing at nothing. `makeToken` gets the chosen slot id.
+   */
+  async addKeyslotWithToken(
+    volumeKey: Uint8Array,
+    makeToken: (slot: number) => Promise<{ tokenJson: Record<string, unknown>; passphrase: Buffer }>,
+    opts: NewKeyslotOptions & { slot?: number; tokenId?: number } = {},
+  ): Promise<{ keyslot: number; tokenId: number }> {
+    this.checkRequirements("write");
+    const digestId = this.verifyVolumeKey(volumeKey);
+    const slot = opts.slot ?? this.freeKeyslot();
+    if (String(slot) in this.metadata.keyslots) throw new TrustvolError("EBUSY", `keyslot ${slot} is already in use`, "pick another slot or remove it first");
+    const tokenId = opts.tokenId ?? this.freeTokenId();
+    if (String(tokenId) in this.metadata.tokens) throw new TrustvolError("EBUSY", `token ${tokenId} is already in use`);
+    const { tokenJson, passphrase } = await makeToken(slot);
+    try {
+      const { keyslot, areaOffset, areaData } = await buildKeyslot(this.metadata, this.header.hdrSize, volumeKey, passphrase, {
+        areaEncryption: this.dataSegment().seg.encryption,
+        ...opts,
+      });
+      await this.dev.write(areaData, areaOffset);
+      await this.dev.flush();
+      wipe(areaData);
+      const m = structuredClone(this.metadata);
+      m.keyslots[String(slot)] = keyslot;
+      m.digests[digestId]!.keyslots.push(String(slot));
+      m.digests[digestId]!.keyslots.sort((a, b) => Number(a) - Number(b));
+      m.tokens[String(tokenId)] = structuredClone(tokenJson) as Luks2Token;
+      await this.commit(m);
+      return { keyslot: slot, tokenId };
+    } finally {
+      wipe(passphrase);
+    }
+  }
+
   /** Replace the passphrase of a keyslot (same id, new area), like `cryptsetup luksChangeKey`. */
   async changeKeyslot(slot: number, oldPass: Uint8Array, newPass: Uint8Array, opts: NewKeyslotOptions = {}): Promise<void> {
     this.checkRequirements("write");

@@ -11,7 +11,11 @@ import { dumpText, dumpJson } from "../../luks2/dump.js";
 import { dumpLuks1Text } from "../../luks1/luks1.js";
 import { LuksHandle } from "../../ops/volume.js";
 import { getPassphrase } from "../secrets.js";
-import { addKeyOptions, addFormatOptions, formatFrom, printJson } from "../common.js";
+import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int } from "../common.js";
+import { unlockWithTokens } from "../../ops/tokens.js";
+import "../../ops/handlers.js";
+import { readPin } from "../../trust/pkcs11/pin.js";
+import { pinSourceFrom, requireTokenOnly } from "./enroll.js";
 
 export function registerVolumeCommands(program: Command): void {
   addFormatOptions(
@@ -77,23 +81,46 @@ export function registerVolumeCommands(program: Command): void {
       }
     });
 
-  addKeyOptions(
-    program
-      .command("unlock")
-      .description("unlock a volume; with --test only check that the passphrase opens it (like `cryptsetup open --test-passphrase`)")
-      .argument("<device>")
-      .option("--header <file>", "detached header")
-      .option("--test", "only verify; do not activate anything")
-      .option("--json", "print the result as JSON"),
+  addPinOptions(
+    addKeyOptions(
+      program
+        .command("unlock")
+        .description("unlock a volume; with --test only check that it opens (like `cryptsetup open --test-passphrase`)")
+        .argument("<device>")
+        .option("--header <file>", "detached header")
+        .option("--test", "only verify; do not activate anything")
+        .option("--token-only", "unlock only through tokens (TPM, PKCS#11, clevis), never ask for a passphrase")
+        .option("--token-id <n>", "use only this token", int("--token-id", 0, 31))
+        .option("--token-type <type>", "use only tokens of this type (e.g. systemd-tpm2)")
+        .option("--pkcs11-module <path>", "PKCS#11 module for systemd-pkcs11 tokens (default: p11-kit registrations)")
+        .option("--tpm2-device <dev>", "TPM for systemd-tpm2/clevis tokens: auto, a path, or swtpm:path=SOCKET")
+        .option("--json", "print the result as JSON"),
+    ),
   ).action(async (device: string, o: Record<string, unknown>) => {
-    if (!o.test) throw new TrustvolError("EUSAGE", "unlock without --test needs device-mapper: use `trustvol open`", "or add --test to only check the passphrase");
+    if (!o.test) throw new TrustvolError("EUSAGE", "unlock without --test needs device-mapper: use `trustvol open`", "or add --test to only check the key");
+    requireTokenOnly(o);
     const h = await LuksHandle.open(device, { header: o.header as string | undefined, readOnly: true });
     try {
-      const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, keyfileOffset: o.keyfileOffset as number, keyfileSize: o.keyfileSize as number });
-      const { volumeKey, keyslot } = await h.unlock(pass, { slot: o.keySlot as number | undefined }).finally(() => wipe(pass));
-      wipe(volumeKey);
-      if (o.json) printJson({ unlocked: true, keyslot, uuid: h.uuid });
-      else io.err(`Key slot ${keyslot} unlocked.\n`);
+      let keyslot: number, token: number | undefined;
+      if (o.tokenOnly || o.tokenId !== undefined || o.tokenType) {
+        const pinSrc = o.pinFile ? pinSourceFrom(o) : undefined;
+        const pin = pinSrc ? readPin(pinSrc) : undefined;
+        try {
+          const r = await unlockWithTokens(h, { pin, pkcs11Module: o.pkcs11Module as string | undefined, tpm2Device: o.tpm2Device as string | undefined }, { tokenId: o.tokenId as number | undefined, tokenType: o.tokenType as string | undefined });
+          wipe(r.volumeKey);
+          keyslot = r.keyslot;
+          token = r.tokenId;
+        } finally {
+          wipe(pin);
+        }
+      } else {
+        const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, keyfileOffset: o.keyfileOffset as number, keyfileSize: o.keyfileSize as number });
+        const r = await h.unlock(pass, { slot: o.keySlot as number | undefined }).finally(() => wipe(pass));
+        wipe(r.volumeKey);
+        keyslot = r.keyslot;
+      }
+      if (o.json) printJson({ unlocked: true, keyslot, token: token ?? null, uuid: h.uuid });
+      else io.err(token !== undefined ? `Key slot ${keyslot} unlocked through token ${token}.\n` : `Key slot ${keyslot} unlocked.\n`);
     } finally {
       await h.close();
     }

@@ -1,0 +1,107 @@
+// Token-driven unlock and enrollment: the bridge between LUKS2 tokens and trust sources.
+// A handler turns a token into the passphrase of the keyslot it names (systemd-pkcs11, systemd-tpm2, clevis...).
+import { TrustvolError } from "../util/errors.js";
+import { wipe } from "../util/secret.js";
+import type { Luks2Volume } from "../luks2/volume.js";
+import type { Luks2Token } from "../luks2/metadata.js";
+import type { NewKeyslotOptions } from "../luks2/keyslot.js";
+import type { LuksHandle } from "./volume.js";
+
+export interface TokenUnlockContext {
+  /** PIN bytes for tokens that need one (PKCS#11 user PIN, TPM PIN); the caller wipes them. */
+  pin?: Uint8Array;
+  /** PKCS#11 module to load instead of searching p11-kit registrations. */
+  pkcs11Module?: string;
+  /** TPM device selection (`auto`, a path, `swtpm:path=...`). */
+  tpm2Device?: string;
+}
+
+export interface TokenHandler {
+  type: string;
+  /** Return the keyslot passphrase for this token (caller wipes), or throw a TrustvolError that says why not. */
+  passphrase(token: Luks2Token, ctx: TokenUnlockContext): Promise<Buffer>;
+}
+
+const handlers = new Map<string, TokenHandler>();
+
+export function registerTokenHandler(h: TokenHandler): void {
+  handlers.set(h.type, h);
+}
+
+export function tokenHandler(type: string): TokenHandler | undefined {
+  return handlers.get(type);
+}
+
+export interface TokenUnlockResult {
+  volumeKey: Buffer;
+  keyslot: number;
+  tokenId: number;
+  tokenType: string;
+}
+
+/**
+ * Try each token (or the one named) whose type we know, like `cryptsetup open --token-only`: the first that yields a
+ * passphrase opening one of its keyslots wins. When all fail the error says what each token said.
+ */
+export async function unlockWithTokens(h: LuksHandle, ctx: TokenUnlockContext, opts: { tokenId?: number; tokenType?: string } = {}): Promise<TokenUnlockResult> {
+  const v = h.requireLuks2("token unlock");
+  const ids = opts.tokenId !== undefined ? [opts.tokenId] : v.tokenIds();
+  if (opts.tokenId !== undefined && !(String(opts.tokenId) in v.metadata.tokens)) throw new TrustvolError("ENOENT", `token ${opts.tokenId} is not in use`);
+  const failures: TrustvolError[] = [];
+  let tried = 0;
+  for (const id of ids) {
+    const token = v.metadata.tokens[String(id)]!;
+    if (opts.tokenType && token.type !== opts.tokenType) continue;
+    const handler = handlers.get(token.type);
+    if (!handler) continue;
+    tried++;
+    let pass: Buffer | undefined;
+    try {
+      pass = await handler.passphrase(token, ctx);
+      for (const ks of token.keyslots) {
+        try {
+          const r = await v.unlock(pass, { slot: Number(ks) });
+          return { ...r, tokenId: id, tokenType: token.type };
+        } catch (e) {
+          if (!(e instanceof TrustvolError) || (e.code !== "EBADPASS" && e.code !== "ENOENT")) throw e;
+        }
+      }
+      failures.push(new TrustvolError("EBADPASS", `token ${id} (${token.type}) yielded a passphrase that opens none of its keyslots`));
+    } catch (e) {
+      if (!(e instanceof TrustvolError)) throw e;
+      failures.push(e);
+    } finally {
+      wipe(pass);
+    }
+  }
+  if (!tried) throw new TrustvolError("ENOKEY", "no token on this volume that trustvol can use", "unlock with a passphrase or the recovery key");
+  if (failures.length === 1) throw failures[0]!;
+  // The most specific reason decides the exit code; the message lists them all on one line.
+  const first = failures.find((f) => f.code !== "EBADPASS") ?? failures[0]!;
+  throw new TrustvolError(first.code, failures.map((f) => f.message).join("; "), first.hint);
+}
+
+/** Enroll a token-backed keyslot: the maker seals a fresh secret and returns the token JSON + passphrase. */
+export async function enrollToken(
+  v: Luks2Volume,
+  volumeKey: Uint8Array,
+  makeToken: (slot: number) => Promise<{ tokenJson: Record<string, unknown>; passphrase: Buffer }>,
+  opts: NewKeyslotOptions & { slot?: number } = {},
+): Promise<{ keyslot: number; tokenId: number }> {
+  return v.addKeyslotWithToken(volumeKey, makeToken, opts);
+}
+
+/** `--wipe-slot`: remove passphrase keyslots (not token-backed ones, not the one just enrolled), as systemd-cryptenroll does. */
+export async function wipeSlots(v: Luks2Volume, spec: string, keep: number): Promise<number[]> {
+  const tokenSlots = new Set(Object.values(v.metadata.tokens).flatMap((t) => t.keyslots.map(Number)));
+  let targets: number[];
+  if (spec === "password") targets = v.keyslotIds().filter((k) => !tokenSlots.has(k) && v.metadata.keyslots[String(k)]!.type === "luks2");
+  else if (spec === "all") targets = v.keyslotIds();
+  else targets = spec.split(",").map((x) => {
+    if (!/^[0-9]+$/.test(x) || Number(x) > 31) throw new TrustvolError("EUSAGE", `--wipe-slot: "${x}" is not password, all or a keyslot number`);
+    return Number(x);
+  });
+  targets = targets.filter((k) => k !== keep);
+  for (const k of targets) await v.removeKeyslot(k);
+  return targets;
+}
