@@ -2,7 +2,7 @@
 // Runs the test suite with node's own test runner (through tsx for TypeScript).
 //   npm test            every tier: unit, reference-tool interop (cryptsetup, swtpm, SoftHSM...), real-kernel guest
 //   npm run test:fast   unit + host interop, skipping *.slow.test.ts and the QEMU tier (test/vm/)
-//   npm test -- PATTERN only files whose path contains PATTERN
+//   npm test -- PATTERN only files whose path contains PATTERN   (--no-build: skip the tsc build/type check)
 import { readdirSync, statSync } from "node:fs";
 import { join, relative } from "node:path";
 import { spawnSync } from "node:child_process";
@@ -28,6 +28,14 @@ if (patterns.length) files = files.filter((f) => patterns.some((p) => f.includes
 if (!files.length) {
   console.error("no test files matched");
   process.exit(1);
+}
+// Build first: type-checks the whole project, and the CLI the tests spawn then runs compiled (as it ships).
+if (!args.includes("--no-build")) {
+  const b = spawnSync(process.execPath, [join(root, "node_modules/typescript/bin/tsc"), "-p", join(root, "tsconfig.json")], { cwd: root, stdio: "inherit" });
+  if (b.status !== 0) {
+    console.error("type check / build failed");
+    process.exit(1);
+  }
 }
 const r = spawnSync(
   process.execPath,
