@@ -1,6 +1,7 @@
 // format, dump, unlock --test, repair: the cryptsetup luksFormat / luksDump / open --test-passphrase / repair verbs.
 import { io } from "../io.js";
 import type { Command } from "commander";
+import { writeFileSync } from "node:fs";
 import { FileBlockDevice } from "../../blockdev/file.js";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
@@ -52,7 +53,7 @@ export function registerVolumeCommands(program: Command): void {
     .option("--header <file>", "detached header")
     .option("--json", "JSON output (binary header fields and the metadata as stored)")
     .option("--dump-volume-key", "also reveal the volume key (needs the passphrase and --volume-key-file)")
-    .option("--volume-key-file <file>", "where to write the volume key (raw bytes, mode 0600; - = stdout if it is not a terminal)")
+    .option("--volume-key-file <file>", "where to write the volume key (raw bytes; a new file is 0600; /dev/fd/N = an open descriptor; - = stdout if it is not a terminal)")
     .option("-d, --key-file <file>", "passphrase for --dump-volume-key")
     .action(async (device: string, o: Record<string, unknown>) => {
       const h = await LuksHandle.open(device, { header: o.header as string | undefined, readOnly: true });
@@ -65,6 +66,7 @@ export function registerVolumeCommands(program: Command): void {
           const { volumeKey } = await h.unlock(pass).finally(() => wipe(pass));
           try {
             if (dest === "-") io.out(volumeKey);
+            else if (/^\/dev\/fd\/[0-9]+$/.test(dest)) writeFileSync(dest, volumeKey); // a descriptor the caller opened for us
             else atomicWriteFileSync(dest, volumeKey, 0o600);
           } finally {
             wipe(volumeKey);
