@@ -270,8 +270,12 @@ export async function runInGuest(opts: GuestRunOptions): Promise<GuestRunResult>
       }
     }
     if (runner === "") spawnSync("chmod", ["755", join(ctl, "script")]);
+    // The guest mounts fresh tmpfs on /tmp, /var/tmp and /run, hiding a checkout there (CI clones may live in /tmp):
+    // share the repository explicitly then, at the same path.
+    const repoHidden = /^\/(tmp|var\/tmp|run)(\/|$)/.test(realpathSync(REPO_ROOT));
     const shares = [scratch, ...(opts.share ?? []).map((d) => realpathSync(d))];
-    writeFileSync(join(ctl, "shares"), shares.map((d, i) => `share${i} ${d}\n`).join(""));
+    const roShares = repoHidden ? [realpathSync(REPO_ROOT)] : [];
+    writeFileSync(join(ctl, "shares"), [...shares.map((d, i) => `share${i} ${d}\n`), ...roShares.map((d, i) => `roshare${i} ${d} ro\n`)].join(""));
     const env: Record<string, string> = {
       TRUSTVOL_VM: "1",
       TRUSTVOL_VM_SCRATCH: scratch,
@@ -323,6 +327,7 @@ export async function runInGuest(opts: GuestRunOptions): Promise<GuestRunResult>
       "-device", "virtio-rng-pci",
       ...fs9p("hostroot", "/", true), ...fs9p("tvctl", ctl, false),
       ...shares.flatMap((d, i) => fs9p(`share${i}`, d, false)),
+      ...roShares.flatMap((d, i) => fs9p(`roshare${i}`, d, true)),
       ...(opts.disks ?? []).flatMap((d) => ["-drive", `file=${resolve(d)},if=virtio,format=raw,cache=writeback`]),
       ...qemuTpm,
     ];

@@ -48,10 +48,12 @@ rm -f $R/etc/mtab && ln -s /proc/self/mounts $R/etc/mtab
 hostname trustvol-vm
 ip link set lo up 2>/dev/null
 
-# writable shares: one "tag path" per line, mounted at the same path as on the host
-while read -r tag dir; do
+# shares: one "tag path [ro]" per line, mounted at the same path as on the host; writable ones uncached (every
+# write reaches the host), read-only ones (the repo when it sits under /tmp) cached for speed
+while read -r tag dir mode; do
   [ -n "$tag" ] || continue
-  mkdir -p "$R$dir" && mount -t 9p -o "$P9,cache=none" "$tag" "$R$dir" || fatal "9p share $dir"
+  if [ "$mode" = ro ]; then o="$P9,ro,cache=loose"; else o="$P9,cache=none"; fi
+  mkdir -p "$R$dir" && mount -t 9p -o "$o" "$tag" "$R$dir" || fatal "9p share $dir"
 done < $R/run/trustvol/shares
 
 exec switch_root $R /bin/sh /run/trustvol/stage2.sh
