@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/ioctl.h>
 
 /* Keep in sync with src/dmcrypt/native.ts */
 enum { IV_NONE = 0, IV_PLAIN64 = 1, IV_PLAIN = 2, IV_PLAIN64BE = 3, IV_ESSIV = 4, IV_NULL = 5 };
@@ -335,12 +337,87 @@ static napi_value tv_openssl_version(napi_env env, napi_callback_info info) {
   return s;
 }
 
+/*
+ * ioctl(fd, request, arg, pointers) -> number: ioctl(2) on an open file descriptor, for the few kernel interfaces
+ * trustvol needs that have no command-line tool (loop autoclear, NXP's /dev/caam-keygen). `arg` is the request's
+ * struct, laid out by the caller; `pointers` is an optional array of [offset, buffer, width] triples: before the
+ * call the address of each buffer is stored in `arg` at `offset` as a native-endian integer of `width` bytes
+ * (4 or 8), which is how structs with embedded user pointers (caam_keygen_cmd) are passed. The kernel's writes
+ * land in `arg` and in the buffers. Returns the ioctl result (>= 0), or -errno: no exception for kernel refusals.
+ */
+static napi_value tv_ioctl(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 3) {
+    napi_throw_type_error(env, NULL, "ioctl(fd, request, arg[, pointers])");
+    return NULL;
+  }
+  int32_t fd;
+  uint32_t request;
+  NAPI_CALL(env, napi_get_value_int32(env, argv[0], &fd));
+  NAPI_CALL(env, napi_get_value_uint32(env, argv[1], &request));
+  uint8_t *arg = NULL;
+  size_t arg_len = 0;
+  if (!tv_get_bytes(env, argv[2], &arg, &arg_len)) {
+    napi_throw_type_error(env, NULL, "ioctl: arg must be a Uint8Array");
+    return NULL;
+  }
+  if (argc >= 4) {
+    napi_valuetype pt;
+    NAPI_CALL(env, napi_typeof(env, argv[3], &pt));
+    if (pt != napi_undefined && pt != napi_null) {
+      bool is_array = false;
+      NAPI_CALL(env, napi_is_array(env, argv[3], &is_array));
+      if (!is_array) {
+        napi_throw_type_error(env, NULL, "ioctl: pointers must be an array of [offset, buffer, width]");
+        return NULL;
+      }
+      uint32_t n = 0;
+      NAPI_CALL(env, napi_get_array_length(env, argv[3], &n));
+      for (uint32_t i = 0; i < n; i++) {
+        napi_value entry, v;
+        uint32_t off = 0, width = 0;
+        uint8_t *buf = NULL;
+        size_t buf_len = 0;
+        NAPI_CALL(env, napi_get_element(env, argv[3], i, &entry));
+        NAPI_CALL(env, napi_get_element(env, entry, 0, &v));
+        NAPI_CALL(env, napi_get_value_uint32(env, v, &off));
+        NAPI_CALL(env, napi_get_element(env, entry, 1, &v));
+        if (!tv_get_bytes(env, v, &buf, &buf_len)) {
+          napi_throw_type_error(env, NULL, "ioctl: pointer target must be a Uint8Array");
+          return NULL;
+        }
+        NAPI_CALL(env, napi_get_element(env, entry, 2, &v));
+        NAPI_CALL(env, napi_get_value_uint32(env, v, &width));
+        if ((width != 4 && width != 8) || (size_t)off + width > arg_len || (width == 4 && sizeof(void *) > 4)) {
+          napi_throw_range_error(env, NULL, "ioctl: pointer slot out of range (or too narrow for this ABI)");
+          return NULL;
+        }
+        uintptr_t addr = (uintptr_t)buf;
+        if (width == 8) {
+          uint64_t a64 = (uint64_t)addr;
+          memcpy(arg + off, &a64, 8);
+        } else {
+          uint32_t a32 = (uint32_t)addr;
+          memcpy(arg + off, &a32, 4);
+        }
+      }
+    }
+  }
+  int r = ioctl(fd, (unsigned long)request, arg);
+  napi_value out;
+  NAPI_CALL(env, napi_create_int32(env, r < 0 ? -errno : r, &out));
+  return out;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"create", NULL, tv_create, NULL, NULL, NULL, napi_enumerable, NULL},
       {"crypt", NULL, tv_crypt, NULL, NULL, NULL, napi_enumerable, NULL},
       {"destroy", NULL, tv_destroy, NULL, NULL, NULL, napi_enumerable, NULL},
       {"opensslVersion", NULL, tv_openssl_version, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"ioctl", NULL, tv_ioctl, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

@@ -8,6 +8,8 @@ import { registerTokenCommands } from "./commands/tokens.js";
 import { registerHeaderCommands } from "./commands/header.js";
 import { registerImageCommands } from "./commands/image.js";
 import { registerDemoCommand } from "./commands/demo.js";
+import { registerKernelCommands } from "./commands/kernel.js";
+import { registerVerityCommands } from "./commands/verity.js";
 import { registerEnrollCommands } from "./commands/enroll.js";
 import { registerPkcs11Commands } from "./commands/pkcs11.js";
 import { VERSION } from "../version.js";
@@ -43,6 +45,8 @@ export function buildProgram(): Command {
   registerEnrollCommands(program);
   registerPkcs11Commands(program);
   registerDemoCommand(program);
+  registerKernelCommands(program);
+  registerVerityCommands(program);
   return program;
 }
 

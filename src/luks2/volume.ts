@@ -132,23 +132,8 @@ export class Luks2Volume {
 
   /** Add a passphrase keyslot for an already verified volume key; returns its id. */
   async addKeyslot(volumeKey: Uint8Array, passphrase: Uint8Array, opts: NewKeyslotOptions & { slot?: number } = {}): Promise<number> {
-    this.checkRequirements("write");
-    const digestId = this.verifyVolumeKey(volumeKey);
-    const slot = opts.slot ?? this.freeKeyslot();
-    if (slot < 0 || slot >= LUKS2_KEYSLOTS_MAX) throw new TrustvolError("EUSAGE", `keyslot ${slot} is out of range (0..31)`);
-    if (String(slot) in this.metadata.keyslots) throw new TrustvolError("EBUSY", `keyslot ${slot} is already in use`, "pick another slot or remove it first");
-    const { keyslot, areaOffset, areaData } = await buildKeyslot(this.metadata, this.header.hdrSize, volumeKey, passphrase, {
-      areaEncryption: this.dataSegment().seg.encryption,
-      ...opts,
-    });
-    await this.dev.write(areaData, areaOffset);
-    await this.dev.flush();
-    wipe(areaData);
-    const m = structuredClone(this.metadata);
-    m.keyslots[String(slot)] = keyslot;
-    m.digests[digestId]!.keyslots.push(String(slot));
-    m.digests[digestId]!.keyslots.sort((a, b) => Number(a) - Number(b));
-    await this.commit(m);
+    const slot = this.newSlotId(opts.slot);
+    await this.storeKeyslot(volumeKey, passphrase, slot, opts);
     return slot;
   }
 
@@ -161,31 +146,42 @@ export class Luks2Volume {
     makeToken: (slot: number) => Promise<{ tokenJson: Record<string, unknown>; passphrase: Buffer }>,
     opts: NewKeyslotOptions & { slot?: number; tokenId?: number } = {},
   ): Promise<{ keyslot: number; tokenId: number }> {
-    this.checkRequirements("write");
-    const digestId = this.verifyVolumeKey(volumeKey);
-    const slot = opts.slot ?? this.freeKeyslot();
-    if (String(slot) in this.metadata.keyslots) throw new TrustvolError("EBUSY", `keyslot ${slot} is already in use`, "pick another slot or remove it first");
+    const slot = this.newSlotId(opts.slot);
     const tokenId = opts.tokenId ?? this.freeTokenId();
     if (String(tokenId) in this.metadata.tokens) throw new TrustvolError("EBUSY", `token ${tokenId} is already in use`);
     const { tokenJson, passphrase } = await makeToken(slot);
     try {
-      const { keyslot, areaOffset, areaData } = await buildKeyslot(this.metadata, this.header.hdrSize, volumeKey, passphrase, {
-        areaEncryption: this.dataSegment().seg.encryption,
-        ...opts,
-      });
-      await this.dev.write(areaData, areaOffset);
-      await this.dev.flush();
-      wipe(areaData);
-      const m = structuredClone(this.metadata);
-      m.keyslots[String(slot)] = keyslot;
-      m.digests[digestId]!.keyslots.push(String(slot));
-      m.digests[digestId]!.keyslots.sort((a, b) => Number(a) - Number(b));
-      m.tokens[String(tokenId)] = structuredClone(tokenJson) as Luks2Token;
-      await this.commit(m);
+      await this.storeKeyslot(volumeKey, passphrase, slot, opts, (m) => void (m.tokens[String(tokenId)] = structuredClone(tokenJson) as Luks2Token));
       return { keyslot: slot, tokenId };
     } finally {
       wipe(passphrase);
     }
+  }
+
+  private newSlotId(wanted?: number): number {
+    this.checkRequirements("write");
+    const slot = wanted ?? this.freeKeyslot();
+    if (slot < 0 || slot >= LUKS2_KEYSLOTS_MAX) throw new TrustvolError("EUSAGE", `keyslot ${slot} is out of range (0..31)`);
+    if (String(slot) in this.metadata.keyslots) throw new TrustvolError("EBUSY", `keyslot ${slot} is already in use`, "pick another slot or remove it first");
+    return slot;
+  }
+
+  /** Write the new keyslot's material into free space, then commit the metadata that references it (plus `extra`). */
+  private async storeKeyslot(volumeKey: Uint8Array, passphrase: Uint8Array, slot: number, opts: NewKeyslotOptions, extra?: (m: Luks2Metadata) => void): Promise<void> {
+    const digestId = this.verifyVolumeKey(volumeKey);
+    const { keyslot, areaOffset, areaData } = await buildKeyslot(this.metadata, this.header.hdrSize, volumeKey, passphrase, {
+      areaEncryption: this.dataSegment().seg.encryption,
+      ...opts,
+    });
+    await this.dev.write(areaData, areaOffset);
+    await this.dev.flush();
+    wipe(areaData);
+    const m = structuredClone(this.metadata);
+    m.keyslots[String(slot)] = keyslot;
+    m.digests[digestId]!.keyslots.push(String(slot));
+    m.digests[digestId]!.keyslots.sort((a, b) => Number(a) - Number(b));
+    extra?.(m);
+    await this.commit(m);
   }
 
   /** Replace the passphrase of a keyslot (same id, new area), like `cryptsetup luksChangeKey`. */

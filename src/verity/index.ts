@@ -34,3 +34,27 @@ export {
   verifyRootHashSignature,
   rootHashSignedContent,
 } from "./sign.js";
+export { pkcs11RootHashSigner, type Pkcs11RootHashSigner, type Pkcs11RootHashSignerOptions } from "./pkcs11-signer.js";
+export {
+  verityOpen,
+  verityClose,
+  verityStatus,
+  checkDeviceMapperVerity,
+  VERITY_DM_UUID_PREFIX,
+  DEFAULT_VERITY_STATE_DIR,
+  type VerityOpenOptions,
+  type VerityOpenResult,
+  type VerityCloseResult,
+  type VerityStatus,
+} from "./activate.js";
+export {
+  verityFecEncode,
+  verityFecCheck,
+  verityFecLayout,
+  rsEncode,
+  FEC_MIN_ROOTS,
+  FEC_MAX_ROOTS,
+  FEC_DEFAULT_ROOTS,
+  type VerityFecOptions,
+  type VerityFecLayout,
+} from "./fec.js";

@@ -32,11 +32,7 @@ export interface Pkcs11RootHashSigner extends RootHashSigner {
   close(): void;
 }
 
-function certDer(c: Uint8Array | string): Buffer {
-  if (typeof c === "string") return fromPem(c, "CERTIFICATE");
-  const s = Buffer.from(c);
-  return s.subarray(0, 11).toString("latin1") === "-----BEGIN " ? fromPem(s.toString("latin1"), "CERTIFICATE") : s;
-}
+const certDer = (c: Uint8Array | string): Buffer => fromPem(c, "CERTIFICATE");
 
 /**
  * Open the token, log in and locate the private key and its certificate. The session stays open (logged in) until

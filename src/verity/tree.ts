@@ -421,6 +421,8 @@ export interface VerityTableOptions {
   onCorruption?: "ignore" | "restart" | "panic";
   ignoreZeroBlocks?: boolean;
   checkAtMostOnce?: boolean;
+  /** Forward error correction (see fec.ts): use_fec_from_device <device> fec_start <block> fec_blocks <n> fec_roots <n>. */
+  fec?: { device: string; start: bigint | number; blocks: bigint | number; roots: number };
 }
 
 /**
@@ -436,6 +438,7 @@ export function verityTable(dataDev: string, hashDev: string, p: VerityParams, r
   if (o.onCorruption === "panic") opt.push("panic_on_corruption");
   if (o.ignoreZeroBlocks) opt.push("ignore_zero_blocks");
   if (o.checkAtMostOnce) opt.push("check_at_most_once");
+  if (o.fec) opt.push("use_fec_from_device", o.fec.device, "fec_start", String(o.fec.start), "fec_blocks", String(o.fec.blocks), "fec_roots", String(o.fec.roots));
   if (o.rootHashSigKeyDesc) {
     if (/\s/.test(o.rootHashSigKeyDesc)) throw usage("verity: key description must not contain white space");
     opt.push("root_hash_sig_key_desc", o.rootHashSigKeyDesc);

@@ -5,7 +5,6 @@ import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { LuksHandle } from "../../ops/volume.js";
 import { enrollToken, wipeSlots, unlockWithTokens, type TokenUnlockContext } from "../../ops/tokens.js";
-import { createSystemdPkcs11Token, SYSTEMD_PKCS11_KEYSLOT_PBKDF } from "../../tokens/systemd-pkcs11.js";
 import { readPin, type PinSource } from "../../trust/pkcs11/pin.js";
 import { getPassphrase, readKeyFile } from "../secrets.js";
 import { addUnlockOptions, addPinOptions, int, printJson } from "../common.js";
@@ -73,6 +72,7 @@ export function registerEnrollCommands(program: Command): Command {
     let vk: Buffer | undefined;
     try {
       vk = await volumeKeyFor(h, device, o, { pin, pkcs11Module: o.module as string | undefined });
+      const { createSystemdPkcs11Token, SYSTEMD_PKCS11_KEYSLOT_PBKDF } = await import("../../tokens/systemd-pkcs11.js");
       const r = await enrollToken(h.requireLuks2("enroll"), vk, (slot) => createSystemdPkcs11Token({ uri: o.uri as string, keyslot: slot, pin: pin ? { kind: "buffer", pin } : undefined, ...(o.module ? { modulePath: o.module as string } : {}) }), {
         slot: o.keySlot as number | undefined,
         kdf: tokenKeyslotKdf(SYSTEMD_PKCS11_KEYSLOT_PBKDF),

@@ -7,6 +7,12 @@ import { getPassphrase, readKeyFile } from "../secrets.js";
 import { addFormatOptions, formatFrom, printJson, int } from "../common.js";
 import { progressBar } from "../progress.js";
 
+/** A run stopped by SIGINT/SIGTERM: say plainly that nothing was created and the input is unchanged. */
+function interruptedError(e: unknown, output: string): unknown {
+  if (e instanceof TrustvolError && e.message === "interrupted") return new TrustvolError("EBUSY", `interrupted: ${output} was not created`, "the input is unchanged; run the command again");
+  return e;
+}
+
 function abortOnSignal(): { signal: AbortSignal; done: () => void } {
   const ac = new AbortController();
   const h = () => ac.abort();
@@ -40,8 +46,7 @@ export function registerImageCommands(program: Command): void {
       if (o.json) printJson({ output, header: o.header ?? null, uuid: r.uuid, data_offset: r.dataOffset, data_length: r.dataLength });
     } catch (e) {
       bar.end();
-      if (e instanceof TrustvolError && e.message === "interrupted") throw new TrustvolError("EBUSY", `interrupted: ${output} was not created`, "the input is unchanged; run the command again");
-      throw e;
+      throw interruptedError(e, output);
     } finally {
       sig.done();
       wipe(pass, vk);
@@ -70,8 +75,7 @@ export function registerImageCommands(program: Command): void {
         if (o.json) printJson({ output, length: r.length });
       } catch (e) {
         bar.end();
-        if (e instanceof TrustvolError && e.message === "interrupted") throw new TrustvolError("EBUSY", `interrupted: ${output} was not created`, "the input is unchanged; run the command again");
-        throw e;
+        throw interruptedError(e, output);
       } finally {
         sig.done();
         wipe(pass, vk);

@@ -4,9 +4,12 @@ import type { Command } from "commander";
 import { readFileSync, writeFileSync } from "node:fs";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
-import { createIdentity, identityCsr, identityImportCert, identityShow } from "../../ops/identity.js";
-import { initToken, provisionKey, listTokens, type KeyAlgorithm } from "../../trust/pkcs11/index.js";
+import type { KeyAlgorithm } from "../../trust/pkcs11/index.js";
 import { readPin, type PinSource } from "../../trust/pkcs11/pin.js";
+
+// The token and X.509 code (pkcs11js, ASN.1 schemas) loads only when one of these commands runs.
+const identityOps = () => import("../../ops/identity.js");
+const pkcs11Lib = () => import("../../trust/pkcs11/index.js");
 import { addPinOptions, printJson, int } from "../common.js";
 import { io } from "../io.js";
 import { pinSourceFrom } from "./enroll.js";
@@ -35,7 +38,7 @@ export function registerPkcs11Commands(program: Command): void {
     .action(async (o: Record<string, unknown>) => {
       const p = pinOnce(o);
       try {
-        const r = await createIdentity({ uri: o.uri as string, pin: p.src, label: o.label as string, algorithm: o.algorithm as KeyAlgorithm, ...(o.module ? { modulePath: o.module as string } : {}) });
+        const r = await (await identityOps()).createIdentity({ uri: o.uri as string, pin: p.src, label: o.label as string, algorithm: o.algorithm as KeyAlgorithm, ...(o.module ? { modulePath: o.module as string } : {}) });
         if (o.json) printJson(r);
         else io.out(`Created ${r.keyType.toUpperCase()} key "${r.label}" on the token\nkey URI: ${r.keyUri}\nSPKI sha256: ${r.publicKeySha256}\nextractable: ${r.attributes.extractable}, sensitive: ${r.attributes.sensitive}\n`);
       } finally {
@@ -52,7 +55,7 @@ export function registerPkcs11Commands(program: Command): void {
     .action(async (o: Record<string, unknown>) => {
       const p = pinOnce(o);
       try {
-        const pem = await identityCsr({ uri: o.uri as string, pin: p.src, label: o.label as string, subject: o.subject as string, san: { dns: o.dns as string[], ip: o.ip as string[], email: o.email as string[], uri: o.sanUri as string[] }, ...(o.module ? { modulePath: o.module as string } : {}) });
+        const pem = await (await identityOps()).identityCsr({ uri: o.uri as string, pin: p.src, label: o.label as string, subject: o.subject as string, san: { dns: o.dns as string[], ip: o.ip as string[], email: o.email as string[], uri: o.sanUri as string[] }, ...(o.module ? { modulePath: o.module as string } : {}) });
         if (o.out) writeFileSync(o.out as string, pem);
         else io.out(pem);
       } finally {
@@ -66,7 +69,7 @@ export function registerPkcs11Commands(program: Command): void {
     .action(async (o: Record<string, unknown>) => {
       const p = pinOnce(o);
       try {
-        const r = await identityImportCert({ uri: o.uri as string, pin: p.src, label: o.label as string, certificate: readFileSync(o.cert as string), replace: !!o.replace, ...(o.module ? { modulePath: o.module as string } : {}) });
+        const r = await (await identityOps()).identityImportCert({ uri: o.uri as string, pin: p.src, label: o.label as string, certificate: readFileSync(o.cert as string), replace: !!o.replace, ...(o.module ? { modulePath: o.module as string } : {}) });
         if (o.json) printJson(r);
         else io.out(`Imported certificate for ${r.subject} (issuer ${r.issuer}, valid until ${r.notAfter})\n`);
       } finally {
@@ -78,7 +81,7 @@ export function registerPkcs11Commands(program: Command): void {
     .action(async (o: Record<string, unknown>) => {
       const p = pinOnce(o);
       try {
-        const r = await identityShow({ uri: o.uri as string, pin: p.src, label: o.label as string, ...(o.module ? { modulePath: o.module as string } : {}) });
+        const r = await (await identityOps()).identityShow({ uri: o.uri as string, pin: p.src, label: o.label as string, ...(o.module ? { modulePath: o.module as string } : {}) });
         if (o.json) printJson(r);
         else {
           io.out(`token: ${r.token.label} (${r.token.manufacturer} ${r.token.model}, serial ${r.token.serial})\nkey: ${r.keyUri} ${r.keyType.toUpperCase()} extractable=${r.attributes.extractable} sensitive=${r.attributes.sensitive}\n`);
@@ -96,7 +99,7 @@ export function registerPkcs11Commands(program: Command): void {
     .option("--module <path>", "only this module")
     .option("--json", "print as JSON")
     .action(async (o: Record<string, unknown>) => {
-      const ts = listTokens({ ...(o.module ? { modulePath: o.module as string } : {}), includeUninitialized: true });
+      const ts = (await pkcs11Lib()).listTokens({ ...(o.module ? { modulePath: o.module as string } : {}), includeUninitialized: true });
       if (o.json) printJson(ts);
       else for (const t of ts) io.out(`slot ${t.slotId}: ${t.label || "(uninitialized)"}  ${t.manufacturer} ${t.model} serial ${t.serial}  ${t.modulePath}\n`);
     });
@@ -112,7 +115,7 @@ export function registerPkcs11Commands(program: Command): void {
     .option("--json", "print as JSON")
     .action(async (o: Record<string, unknown>) => {
       if (o.soPinFile === "-" && o.pinFile === "-") throw new TrustvolError("EUSAGE", "the SO PIN and user PIN cannot both come from stdin");
-      const r = initToken({ modulePath: o.module as string, label: o.label as string, soPin: { kind: "file", path: o.soPinFile as string }, userPin: o.pinFile === "-" ? { kind: "stdin" } : { kind: "file", path: o.pinFile as string }, ...(o.slot !== undefined ? { slotId: o.slot as number } : {}), force: !!o.force });
+      const r = (await pkcs11Lib()).initToken({ modulePath: o.module as string, label: o.label as string, soPin: { kind: "file", path: o.soPinFile as string }, userPin: o.pinFile === "-" ? { kind: "stdin" } : { kind: "file", path: o.pinFile as string }, ...(o.slot !== undefined ? { slotId: o.slot as number } : {}), force: !!o.force });
       if (o.json) printJson({ uri: r.uri, slot: r.slotId.toString() });
       else io.out(`Token initialised: ${r.uri} (slot ${r.slotId})\n`);
     });
@@ -130,7 +133,7 @@ export function registerPkcs11Commands(program: Command): void {
     const p = pinOnce(o);
     try {
       if (!p.src) throw new TrustvolError("EUSAGE", "the token's user PIN is needed", "pass --pin-file FILE");
-      const r = provisionKey({ uri: o.uri as string, pin: p.src, algorithm: o.algorithm as KeyAlgorithm, label: o.label as string, subject: o.subject as string, ...(o.module ? { modulePath: o.module as string } : {}) });
+      const r = (await pkcs11Lib()).provisionKey({ uri: o.uri as string, pin: p.src, algorithm: o.algorithm as KeyAlgorithm, label: o.label as string, subject: o.subject as string, ...(o.module ? { modulePath: o.module as string } : {}) });
       if (o.json) printJson({ uri: r.uri, id: r.id.toString("hex"), label: r.label, key_type: r.keyType });
       else io.out(`Key pair generated: ${r.uri}\n`);
     } finally {

@@ -1,0 +1,68 @@
+// ioctl(2) from Node through the optional N-API addon (native/src/trustvol_native.c `ioctl`). Node has no ioctl, and
+// two interfaces trustvol drives have no command-line tool: the loop driver's autoclear flag (LOOP_SET_STATUS64) and
+// NXP's /dev/caam-keygen. The struct layouts live in TypeScript next to their users; the addon only patches buffer
+// addresses into a struct (for embedded user pointers) and makes the call.
+import { createRequire } from "node:module";
+import { existsSync } from "node:fs";
+import { constants } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { TrustvolError } from "../util/errors.js";
+
+/** [offset in the struct, buffer whose address is stored there, width of the pointer field in bytes]. */
+export type IoctlPointer = [offset: number, target: Uint8Array, width: 4 | 8];
+
+interface IoctlAddon {
+  ioctl(fd: number, request: number, arg: Uint8Array, pointers?: IoctlPointer[]): number;
+}
+
+let cached: IoctlAddon | null | undefined;
+
+/** The addon's ioctl, or null when the addon is not built (the sector engine's TRUSTVOL_NO_NATIVE does not apply here). */
+export function loadIoctl(): IoctlAddon | null {
+  if (cached !== undefined) return cached;
+  cached = null;
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const p = join(dir, "native", "build", "Release", "trustvol_native.node");
+    if (existsSync(p)) {
+      try {
+        const m = createRequire(import.meta.url)(p) as Partial<IoctlAddon>;
+        if (typeof m.ioctl === "function") cached = m as IoctlAddon;
+      } catch {
+        cached = null;
+      }
+      break;
+    }
+    dir = dirname(dir);
+  }
+  return cached;
+}
+
+export function ioctlAvailable(): boolean {
+  return loadIoctl() !== null;
+}
+
+const ERRNO_NAMES: Record<number, string> = Object.fromEntries(Object.entries(constants.errno).map(([k, v]) => [v, k]));
+
+export function errnoName(n: number): string {
+  return ERRNO_NAMES[n] ?? `errno ${n}`;
+}
+
+/** Linux's generic _IOC encoding (x86, arm, arm64, riscv): dir(2) | size(14) | type(8) | nr(8). */
+export function ioc(dir: "none" | "w" | "r" | "rw", type: string | number, nr: number, size: number): number {
+  const d = { none: 0, w: 1, r: 2, rw: 3 }[dir];
+  const t = typeof type === "string" ? type.charCodeAt(0) : type;
+  if (size < 0 || size >= 1 << 14) throw new RangeError(`ioctl struct size ${size} does not fit`);
+  return ((d << 30) | (size << 16) | (t << 8) | nr) >>> 0;
+}
+
+/** Call ioctl; returns the result (>= 0) or -errno. Throws EUNSUPPORTED when the addon is missing. */
+export function ioctlRaw(fd: number, request: number, arg: Uint8Array, pointers?: IoctlPointer[]): number {
+  const a = loadIoctl();
+  if (!a) throw new TrustvolError("EUNSUPPORTED", "ioctl is not available: the trustvol native addon is not built", "build it with `npm run build:native` (needs a C compiler and the Node headers)");
+  return a.ioctl(fd, request, arg, pointers);
+}
+
+/** Width of a C pointer / `unsigned long` for this process. */
+export const POINTER_WIDTH: 4 | 8 = process.arch === "x64" || process.arch === "arm64" || process.arch === "riscv64" || process.arch === "ppc64" || process.arch === "s390x" ? 8 : 4;

@@ -1,0 +1,434 @@
+// dm-verity activation through device-mapper: `verity open` / `verity close`.
+//
+// open: image files get read-only loop devices (losetup -f --show -r); the table comes from verityTable(); the mapping
+// is created read-only with a dm UUID "TRUSTVOL-VERITY-<superblock uuid>-<name>". Before anything is created the root
+// hash is checked against the top hash block (one block read): a wrong root hash is refused up front instead of
+// producing a device whose every read fails. Data blocks are verified by the kernel as they are read.
+// A root hash signature is handed to the kernel the way veritysetup does it: a `user` key holding the PKCS#7 DER, named
+// by the table option root_hash_sig_key_desc; the kernel (CONFIG_DM_VERITY_VERIFY_ROOTHASH_SIG) checks it against its
+// builtin/secondary trusted keyring while it builds the table, so the key is removed again right after.
+// The loop devices open() created are remembered in a state file (/run/trustvol/verity/<name>.json) for close().
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { randomBytes, createHash } from "node:crypto";
+import { TrustvolError, unsupported, usage } from "../util/errors.js";
+import { atomicWriteFileSync } from "../util/atomic.js";
+import { FileBlockDevice } from "../blockdev/file.js";
+import { readAt } from "../blockdev/types.js";
+import { hashBlock } from "./pool.js";
+import { resolveVerityParams, verityGeometry, type VerityParams } from "./superblock.js";
+import { verityDump, verityTable, parseRootHash, type VerityFormatInput, type VerityTableOptions } from "./tree.js";
+import { paddKey, unlinkKey, invalidateKey } from "../trust/kernel/keyring.js";
+import { verityFecLayout, type VerityFecLayout } from "./fec.js";
+
+export const VERITY_DM_UUID_PREFIX = "TRUSTVOL-VERITY-";
+export const DEFAULT_VERITY_STATE_DIR = "/run/trustvol/verity";
+
+export interface VerityOpenOptions {
+  /** Root hash (hex or bytes). */
+  rootHash: string | Uint8Array;
+  /** Superblock offset in the hash device (bytes, default 0). */
+  hashOffset?: number;
+  /** Explicit parameters for a hash device without superblock (noSuperblock: true). */
+  params?: VerityFormatInput & { noSuperblock?: boolean };
+  /** Detached PKCS#7 signature (DER) of the root hash, checked by the kernel. */
+  signature?: Uint8Array;
+  /** Extra table options (corruption handling, zero blocks). */
+  table?: Omit<VerityTableOptions, "rootHashSigKeyDesc">;
+  /** Reed-Solomon parity made by verity format --fec-device (veritysetup-compatible): the kernel repairs bad blocks. */
+  fec?: { device: string; roots?: number; offset?: number };
+  /** Where open() remembers the loop devices it attached (default /run/trustvol/verity). */
+  stateDir?: string;
+}
+
+export interface VerityOpenResult {
+  name: string;
+  device: string;
+  dmUuid: string;
+  dataDevice: string;
+  hashDevice: string;
+  /** Loop devices attached by open (detached again by close). */
+  loops: string[];
+  table: string;
+  /** Kernel status right after activation: V (verified so far) or C (corruption detected). */
+  status: "verified" | "corrupted" | "unknown";
+  signed: boolean;
+}
+
+interface State {
+  name: string;
+  dmUuid: string;
+  loops: string[];
+  data: string;
+  hash: string;
+}
+
+// ---------------------------------------------------------------- tools
+interface Res {
+  status: number;
+  stdout: string;
+  stderr: string;
+}
+
+function tool(cmd: string, args: string[], what: string): Res {
+  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 60_000, env: process.env });
+  if (r.error) {
+    const e = r.error as NodeJS.ErrnoException;
+    if (e.code === "ENOENT") throw unsupported(`${cmd} not found`, `${what} needs ${cmd} (install ${cmd === "dmsetup" ? "dmsetup" : "util-linux"})`);
+    throw new TrustvolError("EIO", `${cmd} ${args[0] ?? ""} failed: ${e.message}`);
+  }
+  return { status: r.status ?? -1, stdout: r.stdout ?? "", stderr: (r.stderr ?? "").trim() };
+}
+
+const firstLine = (s: string) => s.split("\n").map((l) => l.trim()).filter(Boolean).join("; ");
+
+function checkName(name: string): void {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._+:@-]{0,126}$/.test(name))
+    throw usage(`verity: "${name.slice(0, 140)}" is not a usable device name`, "use letters, digits and . _ + : @ - (at most 127 characters, no /)");
+}
+
+/** Device-mapper with the verity target present (loading dm-verity if it is a module). */
+const noDm = () =>
+  unsupported("verity: this kernel has no device-mapper driver (/dev/mapper/control does not answer)",
+    "load it (modprobe dm-mod) or boot a kernel with CONFIG_BLK_DEV_DM and CONFIG_DM_VERITY; verity format/verify/dump work without it");
+
+export function checkDeviceMapperVerity(): void {
+  if (!existsSync("/dev/mapper/control")) throw noDm();
+  const has = () => {
+    const r = tool("dmsetup", ["targets"], "verity open");
+    if (r.status !== 0) {
+      if (/Permission denied|Operation not permitted/i.test(r.stderr))
+        throw new TrustvolError("EDEVICE", `verity: no access to device-mapper: ${firstLine(r.stderr)}`, "run as root");
+      if (/No such device|Failure to communicate with kernel device-mapper|kernel driver \(unknown version\)/i.test(r.stderr)) throw noDm();
+      throw new TrustvolError("EIO", `verity: dmsetup targets failed: ${firstLine(r.stderr)}`);
+    }
+    return /^verity\s/m.test(r.stdout);
+  };
+  if (has()) return;
+  spawnSync("modprobe", ["-q", "dm-verity"], { stdio: "ignore", timeout: 30_000 });
+  if (!has()) throw unsupported("verity: this kernel has no dm-verity target", "load it (modprobe dm-verity) or build the kernel with CONFIG_DM_VERITY");
+}
+
+function dmExists(name: string): boolean {
+  return tool("dmsetup", ["info", name], "verity").status === 0;
+}
+
+/** Kernel log lines (best effort; dmesg may be restricted). */
+function kernelLog(): string[] {
+  const r = spawnSync("dmesg", [], { encoding: "utf8", timeout: 10_000 });
+  return r.status === 0 ? (r.stdout ?? "").split("\n").filter(Boolean) : [];
+}
+
+function attachLoop(path: string): string {
+  const r = tool("losetup", ["-f", "--show", "-r", path], "verity open");
+  if (r.status !== 0 || !r.stdout.trim().startsWith("/dev/")) {
+    if (/Permission denied|Operation not permitted/i.test(r.stderr))
+      throw new TrustvolError("EDEVICE", `verity: cannot attach a loop device to ${path}: ${firstLine(r.stderr)}`, "run as root");
+    if (/cannot find an unused loop device|No such device|loop-control/i.test(r.stderr))
+      throw new TrustvolError("EBUSY", `verity: no free loop device for ${path}: ${firstLine(r.stderr)}`, "detach unused ones (losetup -D) or load the loop driver (modprobe loop)");
+    throw new TrustvolError("EIO", `verity: losetup failed for ${path}: ${firstLine(r.stderr) || "no device printed"}`);
+  }
+  return r.stdout.trim();
+}
+
+function detachLoop(dev: string): boolean {
+  return tool("losetup", ["-d", dev], "verity close").status === 0;
+}
+
+function statePath(dir: string, name: string): string {
+  return join(dir, `${name}.json`);
+}
+
+// ---------------------------------------------------------------- open
+async function loadParams(hashPath: string, dataSize: number, o: VerityOpenOptions): Promise<{ p: VerityParams; hashSize: number; top: Buffer | undefined }> {
+  const hash = await FileBlockDevice.open(hashPath, { readOnly: true });
+  try {
+    let p: VerityParams;
+    if (o.params?.noSuperblock) {
+      p = resolveVerityParams({ ...o.params, noSuperblock: true, hashOffset: o.params.hashOffset ?? o.hashOffset ?? 0, salt: o.params.salt ?? Buffer.alloc(0) }, dataSize);
+    } else {
+      p = (await verityDump(hash, o.hashOffset ?? 0)).params;
+    }
+    const g = verityGeometry(p);
+    if (BigInt(hash.size) < g.hashDeviceSize)
+      throw new TrustvolError("ETRUNCATED", `verity: hash device ${hashPath} is truncated: ${hash.size} bytes, the hash tree needs ${g.hashDeviceSize}`, "restore the complete hash device");
+    const top = g.levels > 0 ? await readAt(hash, Number(g.levelStart[g.levels - 1]! * BigInt(p.hashBlockSize)), p.hashBlockSize) : undefined;
+    return { p, hashSize: hash.size, top };
+  } finally {
+    await hash.close();
+  }
+}
+
+async function sizeOf(path: string): Promise<number> {
+  const d = await FileBlockDevice.open(path, { readOnly: true });
+  try {
+    return d.size;
+  } finally {
+    await d.close();
+  }
+}
+
+function isRegularFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    throw new TrustvolError("ENOENT", `verity: ${path}: no such file or device`, "check the path");
+  }
+}
+
+function mapCreateError(name: string, stderr: string, newKernelLines: string[], signed: boolean): TrustvolError {
+  const kern = newKernelLines.filter((l) => /device-mapper|verity|PKCS#7|pkcs7|X\.509|asymmetric|keyring/i.test(l)).map((l) => l.replace(/^\[[^\]]*\]\s*/, ""));
+  const why = firstLine(stderr.replace(/^Command failed\.?$/m, ""));
+  const kernelSays = kern.length ? ` (kernel: ${kern.slice(-2).join("; ")})` : "";
+  const msg = `${why}${kernelSays}`;
+  const sigProblem =
+    signed &&
+    (/Required key not available|Key was rejected|Key has been revoked|Key has expired|Bad message|Package not installed/i.test(stderr) ||
+      /Root hash verification failed|Invalid key specified|signature/i.test(kernelSays));
+  if (sigProblem) {
+    if (/Invalid key specified/i.test(kernelSays))
+      return new TrustvolError("EPOLICY", `verity: the kernel could not read the root hash signature key for ${name}: ${msg}`,
+        "the kernel looks the key up from dmsetup's keyrings; check that the user keyring is reachable (keyctl show @us)");
+    if (/Bad message/i.test(stderr))
+      return new TrustvolError("ECORRUPT", `verity: the kernel could not parse the root hash signature for ${name}: ${msg}`, "give the DER PKCS#7 file made by verity sign (openssl smime -sign -binary -noattr -outform DER)");
+    return new TrustvolError("EPOLICY", `verity: the kernel refused the root hash signature for ${name}: ${msg}`,
+      "the signer's certificate must be in the kernel's builtin or secondary trusted keyring (CONFIG_SYSTEM_TRUSTED_KEYS, or added to %:.secondary_trusted_keys signed by a builtin key)");
+  }
+  if (/Operation not permitted/i.test(stderr))
+    return new TrustvolError("EPOLICY", `verity: the kernel refused to activate ${name}: ${msg}`, "run as root; if the kernel enforces signed root hashes (dm_verity.require_signatures=1) give --root-hash-signature");
+  if (/Device or resource busy|File exists/i.test(stderr))
+    return new TrustvolError("EBUSY", `verity: cannot create ${name}: ${msg}`, "the name or a device is in use");
+  if (/unknown target type/i.test(msg))
+    return unsupported(`verity: this kernel has no dm-verity target: ${msg}`, "load it (modprobe dm-verity) or build the kernel with CONFIG_DM_VERITY");
+  if (/Permission denied/i.test(stderr)) return new TrustvolError("EDEVICE", `verity: cannot create ${name}: ${msg}`, "run as root");
+  if (/Invalid argument/i.test(stderr))
+    return new TrustvolError("EUNSUPPORTED", `verity: the kernel rejected the dm-verity table for ${name}: ${msg}`, "the kernel may lack the hash algorithm, the block size or a table option");
+  return new TrustvolError("EIO", `verity: dmsetup create ${name} failed: ${msg || "no message"}`);
+}
+
+/** Activate a dm-verity mapping /dev/mapper/<name> over data and hash (files get read-only loop devices). */
+export async function verityOpen(data: string, name: string, hash: string, o: VerityOpenOptions): Promise<VerityOpenResult> {
+  checkName(name);
+  const dataIsFile = isRegularFile(data);
+  const hashIsFile = isRegularFile(hash);
+  const dataSize = await sizeOf(data);
+  const { p, top } = await loadParams(hash, dataSize, o);
+  const g = verityGeometry(p);
+  const root = parseRootHash(o.rootHash, g.digestSize);
+  const need = p.dataBlocks * BigInt(p.dataBlockSize);
+  if (BigInt(dataSize) < need)
+    throw new TrustvolError("ETRUNCATED", `verity: data device ${data} has ${dataSize} bytes, ${p.dataBlocks} blocks of ${p.dataBlockSize} need ${need}`, "the data image is truncated or belongs to another hash device");
+  // The root hash is the digest of the top hash block (or of the only data block): check it before creating anything.
+  const spec = { algorithm: p.hashAlgorithm, salt: p.salt, hashType: p.hashType, digestSize: g.digestSize };
+  let actual: Buffer;
+  if (top) actual = hashBlock(spec, top);
+  else {
+    const d = await FileBlockDevice.open(data, { readOnly: true });
+    try {
+      actual = hashBlock(spec, await readAt(d, 0, p.dataBlockSize));
+    } finally {
+      await d.close();
+    }
+  }
+  if (!actual.equals(root))
+    throw new TrustvolError("ECORRUPT", `verity: root hash ${root.toString("hex")} does not match the hash tree on ${hash} (its top block hashes to ${actual.toString("hex")})`,
+      "wrong root hash, or the hash device belongs to another image (or was modified)");
+  if (o.signature !== undefined && (o.signature.length < 16 || o.signature[0] !== 0x30))
+    throw new TrustvolError("ECORRUPT", "verity: the root hash signature is not DER PKCS#7", "give the .p7s file made by verity sign");
+
+  let fecLayout: VerityFecLayout | undefined;
+  let fecIsFile = false;
+  if (o.fec) {
+    fecIsFile = isRegularFile(o.fec.device);
+    const sameAsHash = realpathSync(o.fec.device) === realpathSync(hash);
+    const hashBytes = sameAsHash ? BigInt(o.fec.offset ?? 0) : BigInt(await sizeOf(hash));
+    fecLayout = verityFecLayout(p, g, hashBytes, { ...(o.fec.roots !== undefined ? { roots: o.fec.roots } : {}), ...(o.fec.offset !== undefined ? { offset: o.fec.offset } : {}) });
+    const fecSize = await sizeOf(o.fec.device);
+    if (BigInt(fecSize) < BigInt(fecLayout.offset) + fecLayout.size)
+      throw new TrustvolError("ETRUNCATED", `verity: FEC device ${o.fec.device} has ${fecSize} bytes, ${fecLayout.rsBlocks} parity blocks at offset ${fecLayout.offset} need ${BigInt(fecLayout.offset) + fecLayout.size}`,
+        "check --fec-roots and --fec-offset (they are not stored anywhere: give the values used at format)");
+  }
+
+  checkDeviceMapperVerity();
+  if (dmExists(name)) throw new TrustvolError("EBUSY", `verity: a device-mapper device named ${name} already exists`, `choose another name, or close it first (trustvol verity close ${name})`);
+  const stateDir = o.stateDir ?? DEFAULT_VERITY_STATE_DIR;
+  const sbHex = (p.uuid ?? randomBytes(16).toString("hex")).replace(/-/g, "");
+  let dmUuid = `${VERITY_DM_UUID_PREFIX}${sbHex}-${name}`;
+  if (dmUuid.length > 128) dmUuid = `${VERITY_DM_UUID_PREFIX}${sbHex}-${createHash("sha256").update(name).digest("hex").slice(0, 32)}`;
+
+  const loops: string[] = [];
+  let keySerial: number | undefined;
+  try {
+    const dataDev = dataIsFile ? attachLoop(data) : data;
+    if (dataIsFile) loops.push(dataDev);
+    let hashDev: string;
+    if (hashIsFile && dataIsFile && realpathSync(hash) === realpathSync(data)) hashDev = dataDev;
+    else if (hashIsFile) {
+      hashDev = attachLoop(hash);
+      loops.push(hashDev);
+    } else hashDev = hash;
+
+    let fecDev: string | undefined;
+    if (o.fec && fecLayout) {
+      if (fecIsFile && realpathSync(o.fec.device) === realpathSync(hash) && hashIsFile) fecDev = hashDev;
+      else if (fecIsFile && dataIsFile && realpathSync(o.fec.device) === realpathSync(data)) fecDev = dataDev;
+      else if (fecIsFile) {
+        fecDev = attachLoop(o.fec.device);
+        loops.push(fecDev);
+      } else fecDev = o.fec.device;
+    }
+
+    let keyDesc: string | undefined;
+    if (o.signature !== undefined) {
+      keyDesc = `trustvol:verity:${name}:${randomBytes(6).toString("hex")}`;
+      // The kernel looks the key up from the ioctl caller (dmsetup): @u is reachable from the user session keyring.
+      keySerial = paddKey("user", keyDesc, o.signature, "@u");
+    }
+    const table = verityTable(dataDev, hashDev, p, root, {
+      ...(o.table ?? {}),
+      ...(keyDesc ? { rootHashSigKeyDesc: keyDesc } : {}),
+      ...(fecDev && fecLayout ? { fec: { device: fecDev, start: fecLayout.start, blocks: fecLayout.fecBlocks, roots: fecLayout.roots } } : {}),
+    });
+    const before = kernelLog().length;
+    const r = tool("dmsetup", ["create", name, "--readonly", "--uuid", dmUuid, "--table", table], "verity open");
+    if (r.status !== 0) {
+      const after = kernelLog();
+      throw mapCreateError(name, r.stderr, after.slice(Math.min(before, after.length)), o.signature !== undefined);
+    }
+    const device = `/dev/mapper/${name}`;
+    try {
+      mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+      const st: State = { name, dmUuid, loops, data, hash };
+      atomicWriteFileSync(statePath(stateDir, name), Buffer.from(JSON.stringify(st) + "\n"), 0o600);
+    } catch (e) {
+      tool("dmsetup", ["remove", name], "verity open");
+      throw new TrustvolError("EIO", `verity: cannot record ${name} in ${stateDir}: ${(e as Error).message}`, "check that /run is writable");
+    }
+    const s = tool("dmsetup", ["status", name], "verity open");
+    const flag = s.status === 0 ? s.stdout.trim().split(/\s+/)[3] : undefined;
+    return {
+      name,
+      device,
+      dmUuid,
+      dataDevice: dataDev,
+      hashDevice: hashDev,
+      loops: [...loops],
+      table,
+      status: flag === "V" ? "verified" : flag === "C" ? "corrupted" : "unknown",
+      signed: o.signature !== undefined,
+    };
+  } catch (e) {
+    for (const l of loops.reverse()) detachLoop(l);
+    throw e;
+  } finally {
+    if (keySerial !== undefined) {
+      // Only needed while the table was loaded; do not leave the signature lying in the user keyring.
+      try { invalidateKey(keySerial); } catch { try { unlinkKey(keySerial, "@u"); } catch { /* gone */ } }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- close
+export interface VerityCloseResult {
+  name: string;
+  /** Loop devices detached. */
+  detached: string[];
+}
+
+/** Remove the dm-verity mapping <name> and detach the loop devices verity open attached for it. */
+export async function verityClose(name: string, o: { stateDir?: string } = {}): Promise<VerityCloseResult> {
+  checkName(name);
+  checkDeviceMapperVerity();
+  const t = tool("dmsetup", ["table", name], "verity close");
+  if (t.status !== 0) {
+    if (/No such device|not exist/i.test(t.stderr)) throw new TrustvolError("ENOENT", `verity: no device-mapper device named ${name}`, "list them with dmsetup ls --target verity");
+    if (/Permission denied|Operation not permitted/i.test(t.stderr)) throw new TrustvolError("EDEVICE", `verity: no access to device-mapper: ${firstLine(t.stderr)}`, "run as root");
+    throw new TrustvolError("EIO", `verity: dmsetup table ${name} failed: ${firstLine(t.stderr)}`);
+  }
+  const target = t.stdout.trim().split(/\s+/)[2];
+  if (target !== "verity") throw usage(`verity: ${name} is not a dm-verity device (target ${target ?? "none"})`, "close it with the tool that opened it");
+  const u = tool("dmsetup", ["info", "-c", "--noheadings", "-o", "uuid", name], "verity close");
+  const dmUuid = u.status === 0 ? u.stdout.trim() : "";
+  const sp = statePath(o.stateDir ?? DEFAULT_VERITY_STATE_DIR, name);
+  let state: State | undefined;
+  try {
+    state = JSON.parse(readFileSync(sp, "utf8")) as State;
+    if (state.dmUuid !== dmUuid) state = undefined; // stale: another device of that name
+  } catch {
+    state = undefined;
+  }
+  const r = tool("dmsetup", ["remove", name], "verity close");
+  if (r.status !== 0) {
+    if (/busy/i.test(r.stderr))
+      throw new TrustvolError("EBUSY", `verity: ${name} is in use (mounted or held open)`, `unmount it first (umount /dev/mapper/${name})`);
+    throw new TrustvolError("EIO", `verity: dmsetup remove ${name} failed: ${firstLine(r.stderr)}`);
+  }
+  const detached: string[] = [];
+  const failed: string[] = [];
+  if (state && dmUuid.startsWith(VERITY_DM_UUID_PREFIX)) for (const l of state.loops) (detachLoop(l) ? detached : failed).push(l);
+  rmSync(sp, { force: true });
+  if (failed.length)
+    throw new TrustvolError("EBUSY", `verity: ${name} was removed but loop device(s) ${failed.join(", ")} could not be detached`, `detach them with losetup -d ${failed.join(" ")}`);
+  return { name, detached };
+}
+
+// ---------------------------------------------------------------- status
+export interface VerityStatus {
+  name: string;
+  device: string;
+  dmUuid: string;
+  /** The kernel's verdict so far: V = no corruption seen, C = a corrupted block was read. */
+  status: "verified" | "corrupted" | "unknown";
+  /** The active table (devices as major:minor). */
+  table: string;
+  hashAlgorithm: string;
+  rootHash: string;
+  dataBlocks: bigint;
+  dataBlockSize: number;
+  hashBlockSize: number;
+  fec: boolean;
+  signed: boolean;
+  /** Loop devices verity open attached (from its state file), if any. */
+  loops: string[];
+}
+
+/** What the kernel says about an active dm-verity mapping (veritysetup status). */
+export async function verityStatus(name: string, o: { stateDir?: string } = {}): Promise<VerityStatus> {
+  checkName(name);
+  checkDeviceMapperVerity();
+  const t = tool("dmsetup", ["table", name], "verity status");
+  if (t.status !== 0) {
+    if (/No such device|not exist/i.test(t.stderr)) throw new TrustvolError("ENOENT", `verity: no device-mapper device named ${name}`, "list them with dmsetup ls --target verity");
+    throw new TrustvolError("EIO", `verity: dmsetup table ${name} failed: ${firstLine(t.stderr)}`);
+  }
+  const table = t.stdout.trim();
+  const f = table.split(/\s+/);
+  if (f[2] !== "verity") throw usage(`verity: ${name} is not a dm-verity device (target ${f[2] ?? "none"})`);
+  const s = tool("dmsetup", ["status", name], "verity status");
+  const flag = s.status === 0 ? s.stdout.trim().split(/\s+/)[3] : undefined;
+  const u = tool("dmsetup", ["info", "-c", "--noheadings", "-o", "uuid", name], "verity status");
+  const dmUuid = u.status === 0 ? u.stdout.trim() : "";
+  let loops: string[] = [];
+  try {
+    const st = JSON.parse(readFileSync(statePath(o.stateDir ?? DEFAULT_VERITY_STATE_DIR, name), "utf8")) as State;
+    if (st.dmUuid === dmUuid) loops = st.loops;
+  } catch {
+    /* not opened by trustvol */
+  }
+  return {
+    name,
+    device: `/dev/mapper/${name}`,
+    dmUuid,
+    status: flag === "V" ? "verified" : flag === "C" ? "corrupted" : "unknown",
+    table,
+    hashAlgorithm: f[10] ?? "",
+    rootHash: f[11] ?? "",
+    dataBlocks: BigInt(f[8] ?? "0"),
+    dataBlockSize: Number(f[6] ?? 0),
+    hashBlockSize: Number(f[7] ?? 0),
+    fec: /\buse_fec_from_device\b/.test(table),
+    signed: /\broot_hash_sig_key_desc\b/.test(table),
+    loops,
+  };
+}
