@@ -170,16 +170,7 @@ export async function unlockClevisToken(input: string | Uint8Array | Record<stri
   const jwkBytes = await unsealSecret(tpmOf(tpm), { blob: Buffer.concat([c.jwkPriv, c.jwkPub]), pcrs: c.pcrIds, bank: c.pcrBank ?? "sha1", primaryAlg: c.key, pin: false, nameAlg: c.hash });
   let k: Buffer | undefined;
   try {
-    let jwk: unknown;
-    try {
-      jwk = JSON.parse(jwkBytes.toString("utf8"));
-    } catch {
-      throw bad("the unsealed key is not a JWK");
-    }
-    if (!isObj(jwk) || jwk.kty !== "oct" || typeof jwk.k !== "string") throw bad("the unsealed key is not a symmetric JWK");
-    k = b64u(jwk.k, "k", 64);
-    jwk.k = "";
-    if (k.length !== 32) throw bad(`JWK has ${k.length}-byte key, A256GCM needs 32`);
+    k = jwkKeyBytes(jwkBytes);
     const d = createDecipheriv("aes-256-gcm", k, jwe.iv);
     d.setAAD(Buffer.from(jwe.protected, "ascii"));
     d.setAuthTag(jwe.tag);
@@ -212,7 +203,7 @@ export async function createClevisToken(
   const pcrBank = opts.pcrBank ?? "sha1";
   const passphrase = opts.passphrase ? Buffer.from(opts.passphrase) : randomPassphrase();
   const cek = randomBytesBuf(32);
-  const kB64 = Buffer.from(cek.toString("base64url"), "ascii");
+  const kB64 = base64urlAscii(cek);
   const jwk = Buffer.concat([Buffer.from('{"alg":"A256GCM","k":"'), kB64, Buffer.from('","key_ops":["encrypt","decrypt"],"kty":"oct"}')]);
   try {
     const attrs = TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent | TPMA_OBJECT.noDA | TPMA_OBJECT.adminWithPolicy | (pcrIds.length ? 0 : TPMA_OBJECT.userWithAuth);
@@ -237,10 +228,80 @@ export async function createClevisToken(
   }
 }
 
+const B64URL_CHARS = Buffer.from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", "ascii");
+
+/** base64url (no padding) of secret bytes, as ASCII bytes, without a JS string copy of the secret. */
+export function base64urlAscii(b: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafeSlow(Math.ceil((b.length * 4) / 3));
+  let o = 0;
+  for (let i = 0; i < b.length; i += 3) {
+    const n = (b[i]! << 16) | ((b[i + 1] ?? 0) << 8) | (b[i + 2] ?? 0);
+    out[o++] = B64URL_CHARS[(n >> 18) & 63]!;
+    out[o++] = B64URL_CHARS[(n >> 12) & 63]!;
+    if (i + 1 < b.length) out[o++] = B64URL_CHARS[(n >> 6) & 63]!;
+    if (i + 2 < b.length) out[o++] = B64URL_CHARS[n & 63]!;
+  }
+  return out.subarray(0, o);
+}
+
+/** Decode base64url ASCII bytes into a fresh Buffer (undefined on a bad character). */
+function fromBase64urlAscii(a: Uint8Array): Buffer | undefined {
+  const out = Buffer.allocUnsafeSlow(Math.floor((a.length * 3) / 4));
+  let acc = 0;
+  let bits = 0;
+  let o = 0;
+  for (const c of a) {
+    const v = B64URL_CHARS.indexOf(c);
+    if (v < 0) {
+      out.fill(0);
+      return undefined;
+    }
+    acc = ((acc << 6) | v) & 0xffffff;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[o++] = (acc >> bits) & 0xff;
+    }
+  }
+  acc = 0;
+  return out.subarray(0, o);
+}
+
+/**
+ * The `k` of the unsealed JWK as bytes. The key material is decoded straight from the buffer; JSON.parse only ever
+ * sees a copy with `k` blanked, so no JS string holds the key.
+ */
+function jwkKeyBytes(jwk: Buffer): Buffer {
+  const marker = Buffer.from('"k":"');
+  const at = jwk.indexOf(marker);
+  if (at < 0 || jwk.indexOf(marker, at + 1) >= 0) throw bad("the unsealed key is not a symmetric JWK");
+  const start = at + marker.length;
+  const end = jwk.indexOf(0x22, start);
+  if (end < 0) throw bad("the unsealed key is not a symmetric JWK");
+  const blank = Buffer.from(jwk);
+  blank.fill(0x41, start, end); // 'A'
+  let meta: unknown;
+  try {
+    meta = JSON.parse(blank.toString("utf8"));
+  } catch {
+    meta = undefined;
+  } finally {
+    blank.fill(0);
+  }
+  if (!isObj(meta) || meta.kty !== "oct" || typeof meta.k !== "string") throw bad("the unsealed key is not a symmetric JWK");
+  if (meta.alg !== undefined && meta.alg !== "A256GCM") throw bad(`JWK alg ${JSON.stringify(meta.alg)} is not A256GCM`);
+  const k = fromBase64urlAscii(jwk.subarray(start, end));
+  if (!k || k.length !== 32) {
+    if (k) k.fill(0);
+    throw bad("JWK does not hold a 32-byte AES-256 key");
+  }
+  return k;
+}
+
 /** 32 random bytes as base64url ASCII (43 characters), like a generated clevis key. */
 function randomPassphrase(): Buffer {
   const r = randomBytesBuf(32);
-  const out = Buffer.from(r.toString("base64url"), "ascii");
+  const out = base64urlAscii(r);
   wipe(r);
   return out;
 }

@@ -1,10 +1,15 @@
 // The `systemd-tpm2` LUKS2 token, as systemd-cryptenroll 252 writes it (and the underscore / array spellings of
 // newer systemd on input). Pure JSON <-> typed object codecs with strict validation of hostile JSON, plus unlock and
 // create against a TPM. The LUKS passphrase is the base64 of the 32 unsealed bytes.
-import { pbkdf2Sync } from "node:crypto";
+import { createHash, createPublicKey, pbkdf2Sync, type KeyObject } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
-import { isHashName, type HashName } from "../trust/tpm2/constants.js";
+import { HASH_SIZE, TPMA_OBJECT, TPM_ALG, TPM_RH, isHashName, type HashName } from "../trust/tpm2/constants.js";
+import * as C from "../trust/tpm2/commands.js";
+import { extendPolicyAuthorize, extendPolicyAuthValue, extendPolicyPCR, pcrCompositeDigest } from "../trust/tpm2/policy.js";
+import type { AuthSession } from "../trust/tpm2/session.js";
+import { objectName, type TpmtPublic } from "../trust/tpm2/structures.js";
 import { pinToAuthValue, sealSecret, splitBlob, unsealSecret } from "../trust/tpm2/seal.js";
 import type { PrimaryAlg } from "../trust/tpm2/structures.js";
 import { Tpm } from "../trust/tpm2/tpm.js";
@@ -22,6 +27,9 @@ export interface SystemdTpm2Token {
   pin: boolean;
   /** Newer systemd (254+): PBKDF2 salt applied to the PIN before hashing. */
   salt?: Buffer;
+  /** Signed PCR policy (systemd 252 --tpm2-public-key): the PEM public key and the PCRs its signatures cover. */
+  pubkey?: Buffer;
+  pubkeyPcrs?: number[];
 }
 
 const bad = (what: string) => new TrustvolError("ECORRUPT", `systemd-tpm2 token: ${what}`, "the LUKS2 token is damaged or was not written by systemd-cryptenroll; use another keyslot");
@@ -109,13 +117,100 @@ export function decodeSystemdTpm2Token(json: string | Uint8Array | Record<string
   const saltV = field(o, "tpm2-salt");
   const salt = saltV === undefined ? undefined : b64(saltV, "tpm2_salt", 1024);
 
-  for (const k of ["tpm2-pubkey", "tpm2-pubkey-pcrs", "tpm2-pcrlock", "tpm2-srk"]) {
+  const pkV = field(o, "tpm2-pubkey");
+  const pkPcrsV = field(o, "tpm2-pubkey-pcrs");
+  let pubkey: Buffer | undefined;
+  let pubkeyPcrs: number[] | undefined;
+  if (pkV !== undefined && pkV !== "") {
+    pubkey = b64(pkV, "tpm2_pubkey", 16 * 1024);
+    signingKeyOf(pubkey); // must be an RSA public key
+    if (!Array.isArray(pkPcrsV) || pkPcrsV.length > 24) throw bad("'tpm2_pubkey_pcrs' must be an array of PCR indexes");
+    pubkeyPcrs = pkPcrsV.map((p) => {
+      if (typeof p !== "number" || !Number.isInteger(p) || p < 0 || p > 23) throw bad(`invalid PCR index ${JSON.stringify(p)} in 'tpm2_pubkey_pcrs'`);
+      return p;
+    });
+    if (new Set(pubkeyPcrs).size !== pubkeyPcrs.length) throw bad("duplicate PCR indexes in 'tpm2_pubkey_pcrs'");
+  } else if (pkPcrsV !== undefined && !(Array.isArray(pkPcrsV) && pkPcrsV.length === 0)) throw bad("'tpm2_pubkey_pcrs' without 'tpm2_pubkey'");
+
+  for (const k of ["tpm2-pcrlock", "tpm2-srk", "tpm2-argon2id"]) {
     const v = field(o, k);
-    if (v === undefined || (Array.isArray(v) && v.length === 0) || v === "") continue;
-    throw new TrustvolError("EUNSUPPORTED", `systemd-tpm2 token uses '${k}' (newer systemd feature), which trustvol does not support yet`, "unlock with another keyslot (recovery key) or re-enroll with PCR-only binding");
+    if (v === undefined || (Array.isArray(v) && v.length === 0) || v === "" || v === false) continue;
+    throw new TrustvolError("EUNSUPPORTED", `systemd-tpm2 token uses '${k.replace(/-/g, "_")}' (newer systemd feature), which trustvol does not support yet`, "unlock with another keyslot (recovery key) or re-enroll with systemd 252-style options");
   }
 
-  return { type: "systemd-tpm2", keyslots, blob, pcrs, pcrBank: bankV, primaryAlg: algV, policyHash, pin: pinV, ...(salt ? { salt } : {}) };
+  return {
+    type: "systemd-tpm2", keyslots, blob, pcrs, pcrBank: bankV, primaryAlg: algV, policyHash, pin: pinV,
+    ...(salt ? { salt } : {}), ...(pubkey ? { pubkey, pubkeyPcrs: pubkeyPcrs ?? [] } : {}),
+  };
+}
+
+/** The RSA public key of a signed PCR policy, from PEM. */
+function signingKeyOf(pem: Buffer): KeyObject {
+  let k: KeyObject;
+  try {
+    k = createPublicKey({ key: pem, format: "pem" });
+  } catch {
+    throw bad("'tpm2_pubkey' is not a PEM public key");
+  }
+  if (k.asymmetricKeyType !== "rsa") throw new TrustvolError("EUNSUPPORTED", `signed PCR policies with ${k.asymmetricKeyType} keys are not supported`, "systemd 252 uses RSA keys");
+  return k;
+}
+
+/** The key as systemd 252 loads it for PolicyAuthorize: RSA, sha256, decrypt|sign|userwithauth, no scheme. */
+export function systemdPolicyKeyPublic(pem: Buffer): TpmtPublic {
+  const jwk = signingKeyOf(pem).export({ format: "jwk" });
+  const n = Buffer.from(jwk.n!, "base64url");
+  const e = Buffer.from(jwk.e!, "base64url");
+  if (e.length > 4) throw new TrustvolError("EUNSUPPORTED", "RSA public exponent too large");
+  return {
+    type: TPM_ALG.RSA, nameAlg: TPM_ALG.SHA256, objectAttributes: TPMA_OBJECT.decrypt | TPMA_OBJECT.sign | TPMA_OBJECT.userWithAuth, authPolicy: Buffer.alloc(0),
+    rsa: { symmetric: { algorithm: TPM_ALG.NULL }, scheme: { scheme: TPM_ALG.NULL }, keyBits: n.length * 8, exponent: e.readUIntBE(0, e.length) },
+    unique: n,
+  };
+}
+
+/** systemd's public-key fingerprint ("pkfp"): sha256 of the PKCS#1 RSAPublicKey DER. */
+export function systemdPubkeyFingerprint(pem: Buffer): string {
+  return createHash("sha256").update(signingKeyOf(pem).export({ type: "pkcs1", format: "der" })).digest("hex");
+}
+
+/** One entry of a systemd-measure signature JSON: {"sha256":[{"pcrs":[11],"pkfp":hex,"pol":hex,"sig":b64}]}. */
+export interface PcrSignature {
+  bank: HashName;
+  pcrs: number[];
+  pkfp: string;
+  pol: Buffer;
+  sig: Buffer;
+}
+
+export function decodePcrSignatureJson(json: string | Uint8Array | Record<string, unknown>): PcrSignature[] {
+  const o = parseObject(json);
+  const out: PcrSignature[] = [];
+  for (const [bank, list] of Object.entries(o)) {
+    if (!isHashName(bank)) continue;
+    if (!Array.isArray(list) || list.length > 256) throw bad(`signature JSON: '${bank}' must be an array`);
+    for (const e of list) {
+      if (typeof e !== "object" || e === null || Array.isArray(e)) throw bad("signature JSON entry is not an object");
+      const r = e as Record<string, unknown>;
+      if (!Array.isArray(r.pcrs) || !r.pcrs.every((p) => typeof p === "number" && Number.isInteger(p) && p >= 0 && p < 24)) throw bad("signature JSON: bad 'pcrs'");
+      if (typeof r.pkfp !== "string" || !HEX.test(r.pkfp)) throw bad("signature JSON: bad 'pkfp'");
+      if (typeof r.pol !== "string" || !HEX.test(r.pol) || r.pol.length !== HASH_SIZE[bank] * 2) throw bad("signature JSON: bad 'pol'");
+      out.push({ bank, pcrs: [...(r.pcrs as number[])].sort((a, b) => a - b), pkfp: r.pkfp.toLowerCase(), pol: Buffer.from(r.pol, "hex"), sig: b64(r.sig, "sig", 1024) });
+    }
+  }
+  return out;
+}
+
+/** Where systemd 252 looks for the signed PCR policy when none is given. */
+export const SYSTEMD_PCR_SIGNATURE_PATHS = ["/run/systemd/tpm2-pcr-signature.json", "/.extra/tpm2-pcr-signature.json"];
+
+/** The authPolicy systemd 252 builds: [PolicyAuthorize(key)] [PolicyPCR(bank, pcrs)] [PolicyAuthValue]. */
+export function systemdTpm2PolicyDigest(t: Pick<SystemdTpm2Token, "pcrs" | "pcrBank" | "pin" | "pubkey">, pcrValues: Map<number, Uint8Array>): Buffer {
+  let d: Buffer = Buffer.alloc(32);
+  if (t.pubkey) d = extendPolicyAuthorize("sha256", d, objectName(systemdPolicyKeyPublic(t.pubkey)));
+  if (t.pcrs.length) d = extendPolicyPCR("sha256", d, { hash: t.pcrBank, pcrs: t.pcrs }, pcrCompositeDigest("sha256", t.pcrBank, t.pcrs, pcrValues));
+  if (t.pin) d = extendPolicyAuthValue("sha256", d);
+  return d;
 }
 
 /** JSON exactly as systemd-cryptenroll 252 writes it (field order included). */
@@ -130,6 +225,10 @@ export function encodeSystemdTpm2Token(t: SystemdTpm2Token): string {
     "tpm2-policy-hash": t.policyHash.toString("hex"),
     "tpm2-pin": t.pin,
   };
+  if (t.pubkey) {
+    o["tpm2_pubkey_pcrs"] = [...(t.pubkeyPcrs ?? [])];
+    o["tpm2_pubkey"] = t.pubkey.toString("base64");
+  }
   if (t.salt) o["tpm2_salt"] = t.salt.toString("base64");
   return JSON.stringify(o);
 }
@@ -150,14 +249,54 @@ export function systemdPinAuthValue(pin: Uint8Array, salt?: Uint8Array): Buffer 
 type TpmLike = Tpm | { tpm: Tpm };
 const tpmOf = (t: TpmLike): Tpm => (t instanceof Tpm ? t : t.tpm);
 
+/** The PolicyAuthorize leg of a signed-PCR-policy token: find the signature for the current PCR state and apply it. */
+async function applySignedPolicy(tpm: Tpm, session: AuthSession, t: SystemdTpm2Token, signatures: PcrSignature[]): Promise<void> {
+  const pem = t.pubkey!;
+  const pcrs = [...(t.pubkeyPcrs ?? [])].sort((a, b) => a - b);
+  const fp = systemdPubkeyFingerprint(pem);
+  const current = pcrCompositeDigest("sha256", t.pcrBank, pcrs, await tpm.pcrRead(t.pcrBank, pcrs));
+  const approved = extendPolicyPCR("sha256", Buffer.alloc(32), { hash: t.pcrBank, pcrs }, current);
+  const candidates = signatures.filter((s) => s.bank === t.pcrBank && s.pkfp === fp && s.pcrs.join() === pcrs.join());
+  if (!candidates.length) throw new TrustvolError("EPOLICY", `no PCR signature for this key and PCRs ${pcrs.join(",")} (${t.pcrBank}) in the signature file`, "install the signed PCR policy that matches this kernel (tpm2-pcr-signature.json)");
+  const match = candidates.find((s) => s.pol.equals(approved));
+  if (!match) throw new TrustvolError("EPOLICY", `PCR ${pcrs.join(",")} (${t.pcrBank}) are in a state no signature approves: the boot chain or boot phase differs`, "boot a kernel signed for this enrollment, or use the recovery key");
+  // PolicyPCR with the current values, then prove the signer approved exactly that digest
+  await tpm.policyPCR(session, { hash: t.pcrBank, pcrs });
+  const key = await tpm.run(C.LoadExternal, { inPublic: systemdPolicyKeyPublic(pem), hierarchy: TPM_RH.OWNER });
+  try {
+    const aHash = createHash("sha256").update(match.pol).digest(); // policyRef is empty
+    const ticket = await tpm.run(C.VerifySignature, { keyHandle: { handle: key.handle, name: key.name }, digest: aHash, signature: { sigAlg: TPM_ALG.RSASSA, hash: "sha256", sig: match.sig } });
+    await tpm.run(C.PolicyAuthorize, { policySession: session.handle, approvedPolicy: match.pol, policyRef: Buffer.alloc(0), keySign: key.name, checkTicket: ticket });
+  } finally {
+    await tpm.flushQuiet(key.handle);
+  }
+  if (t.pcrs.length) await tpm.policyPCR(session, { hash: t.pcrBank, pcrs: t.pcrs });
+  if (t.pin) await tpm.policyAuthValue(session);
+}
+
+function loadSignatures(sig: string | Uint8Array | Record<string, unknown> | undefined): PcrSignature[] {
+  if (sig !== undefined) return decodePcrSignatureJson(sig);
+  for (const p of SYSTEMD_PCR_SIGNATURE_PATHS) if (existsSync(p)) return decodePcrSignatureJson(readFileSync(p));
+  throw new TrustvolError("ENOKEY", "this TPM2 token uses a signed PCR policy but no signature file was found", `provide the tpm2-pcr-signature.json (looked in ${SYSTEMD_PCR_SIGNATURE_PATHS.join(", ")})`);
+}
+
 /** Unseal a systemd-tpm2 token's secret and return the LUKS passphrase (ASCII base64 bytes). Caller wipes it. */
-export async function unlockSystemdTpm2Token(tokenJson: string | Uint8Array | Record<string, unknown>, tpm: TpmLike, opts: { pin?: Uint8Array } = {}): Promise<Buffer> {
+export async function unlockSystemdTpm2Token(
+  tokenJson: string | Uint8Array | Record<string, unknown>,
+  tpm: TpmLike,
+  opts: { pin?: Uint8Array; /** signed PCR policy JSON (systemd-measure sign); default: systemd's well-known paths */ signature?: string | Uint8Array | Record<string, unknown> } = {},
+): Promise<Buffer> {
   const t = decodeSystemdTpm2Token(tokenJson);
   if (t.pin && !opts.pin?.length) throw new TrustvolError("EBADPASS", "this TPM2 token needs a PIN", "supply the PIN");
+  const signatures = t.pubkey ? loadSignatures(opts.signature) : [];
   const authValue = t.pin && opts.pin ? systemdPinAuthValue(opts.pin, t.salt) : undefined;
   let secret: Buffer | undefined;
   try {
-    secret = await unsealSecret(tpmOf(tpm), { blob: t.blob, pcrs: t.pcrs, bank: t.pcrBank, primaryAlg: t.primaryAlg, policyHash: t.policyHash, pin: t.pin }, authValue ? { authValue } : {});
+    secret = await unsealSecret(
+      tpmOf(tpm),
+      { blob: t.blob, pcrs: t.pcrs, bank: t.pcrBank, primaryAlg: t.primaryAlg, policyHash: t.policyHash, pin: t.pin, ...(t.pubkey ? { runPolicy: (tp, session) => applySignedPolicy(tp, session, t, signatures) } : {}) },
+      authValue ? { authValue } : {},
+    );
     return base64Ascii(secret);
   } finally {
     wipe(authValue, secret);
@@ -185,7 +324,17 @@ export function base64Ascii(secret: Uint8Array): Buffer {
 /** Seal 32 fresh TPM random bytes like systemd-cryptenroll 252 and return the token plus the passphrase to add. */
 export async function createSystemdTpm2Token(
   tpm: TpmLike,
-  opts: { pcrs: readonly number[]; bank?: HashName; pin?: Uint8Array; keyslot: number; primaryAlg?: PrimaryAlg; pcrValues?: Map<number, Uint8Array> },
+  opts: {
+    pcrs: readonly number[];
+    bank?: HashName;
+    pin?: Uint8Array;
+    keyslot: number;
+    primaryAlg?: PrimaryAlg;
+    pcrValues?: Map<number, Uint8Array>;
+    /** Signed PCR policy: PEM RSA public key whose signatures (systemd-measure) approve PCR states of pubkeyPcrs. */
+    pubkey?: Buffer;
+    pubkeyPcrs?: readonly number[];
+  },
 ): Promise<{ tokenJson: string; token: SystemdTpm2Token; passphrase: Buffer }> {
   if (!Number.isInteger(opts.keyslot) || opts.keyslot < 0 || opts.keyslot > 31) throw new TrustvolError("EUSAGE", `invalid keyslot ${opts.keyslot}`);
   const t = tpmOf(tpm);
@@ -193,8 +342,17 @@ export async function createSystemdTpm2Token(
   const secret = await t.getRandom(32);
   const authValue = opts.pin?.length ? pinToAuthValue(opts.pin) : undefined;
   try {
-    const s = await sealSecret(t, secret, { pcrs: opts.pcrs, bank, primaryAlg: opts.primaryAlg ?? "ecc", ...(authValue ? { authValue } : {}), ...(opts.pcrValues ? { pcrValues: opts.pcrValues } : {}) });
-    const token: SystemdTpm2Token = { type: "systemd-tpm2", keyslots: [opts.keyslot], blob: s.blob, pcrs: s.pcrs, pcrBank: bank, primaryAlg: s.primaryAlg, policyHash: s.policyHash, pin: s.pin };
+    const pcrs = [...new Set(opts.pcrs)].sort((a, b) => a - b);
+    let authPolicy: Buffer | undefined;
+    if (opts.pubkey) {
+      const values = opts.pcrValues ?? (pcrs.length ? await t.pcrRead(bank, pcrs) : new Map());
+      authPolicy = systemdTpm2PolicyDigest({ pcrs, pcrBank: bank, pin: !!authValue, pubkey: opts.pubkey }, values);
+    }
+    const s = await sealSecret(t, secret, { pcrs, bank, primaryAlg: opts.primaryAlg ?? "ecc", ...(authValue ? { authValue } : {}), ...(opts.pcrValues ? { pcrValues: opts.pcrValues } : {}), ...(authPolicy ? { authPolicy } : {}) });
+    const token: SystemdTpm2Token = {
+      type: "systemd-tpm2", keyslots: [opts.keyslot], blob: s.blob, pcrs: s.pcrs, pcrBank: bank, primaryAlg: s.primaryAlg, policyHash: s.policyHash, pin: !!authValue,
+      ...(opts.pubkey ? { pubkey: Buffer.from(opts.pubkey), pubkeyPcrs: [...(opts.pubkeyPcrs ?? [11])] } : {}),
+    };
     return { tokenJson: encodeSystemdTpm2Token(token), token, passphrase: base64Ascii(secret) };
   } finally {
     wipe(secret, authValue);

@@ -1,10 +1,8 @@
 // TPM 2.0 Part 3 commands, each a typed definition with its own marshal (parameter area) and unmarshal (response).
+import { TrustvolError } from "../../util/errors.js";
 import { TpmReader, TpmWriter } from "./marshal.js";
-import { HASH_ALG, TPM_CC, TPM_CAP, TPM_RH, hashNameOf, type HashName } from "./constants.js";
-import {
-  decodePublic2B, encodePcrSelections, handleName, marshalPcrSelections, marshalPublic, marshalSymDef, unmarshalPcrSelections, unmarshalPublic,
-  type PcrSelection, type SymDef, type TpmtPublic,
-} from "./structures.js";
+import { HASH_ALG, TPM_CC, TPM_CAP, TPM_RH, type HashName } from "./constants.js";
+import { handleName, marshalPcrSelections, marshalPublic, marshalSymDef, unmarshalPcrSelections, unmarshalPublic, type PcrSelection, type SymDef, type TpmtPublic } from "./structures.js";
 
 /** A handle with the name the TPM knows it by (for cpHash) and, when it needs authorising, its authValue. */
 export interface HandleRef {
@@ -59,7 +57,7 @@ export const GetCapability = def<{ capability: number; property: number; propert
     const capability = r.u32();
     const count = () => {
       const n = r.u32();
-      if (n > 4096) throw new RangeError("capability list too long");
+      if (n > 4096) throw new TrustvolError("EDEVICE", "TPM GetCapability response: implausible list length");
       return n;
     };
     let data: CapabilityData;
@@ -218,7 +216,7 @@ export const PCR_Read = def<{ selections: PcrSelection[] }, { updateCounter: num
     const updateCounter = r.u32();
     const selections = unmarshalPcrSelections(r);
     const n = r.u32();
-    if (n > 32) throw new RangeError("too many PCR digests");
+    if (n > 32) throw new TrustvolError("EDEVICE", "TPM PCR_Read response: implausible digest count");
     const digests = [];
     for (let i = 0; i < n; i++) digests.push(r.tpm2b(64));
     return { updateCounter, selections, digests };
@@ -299,4 +297,49 @@ export const DictionaryAttackLockReset = def<{ lockHandle?: HandleRef }, void>({
   parse: () => undefined,
 });
 
-export { decodePublic2B, encodePcrSelections, hashNameOf };
+/** TPMT_TK_VERIFIED (and other tickets): tag, hierarchy, digest. */
+export interface Ticket {
+  tag: number;
+  hierarchy: number;
+  digest: Buffer;
+}
+const readTicket = (r: TpmReader): Ticket => ({ tag: r.u16(), hierarchy: r.u32(), digest: r.tpm2b(64) });
+
+/** TPMT_SIGNATURE for the schemes trustvol verifies: ECDSA (r, s) and RSASSA / RSAPSS (one blob). */
+export type TpmSignature = { sigAlg: number; hash: HashName; r: Buffer; s: Buffer } | { sigAlg: number; hash: HashName; sig: Buffer };
+
+/** Load only the public part of a key (e.g. a PCR-policy signing key) into `hierarchy` (OWNER: tickets are real). */
+export const LoadExternal = def<{ inPublic: TpmtPublic; hierarchy?: number }, { handle: number; name: Buffer }>({
+  cc: TPM_CC.LoadExternal, authHandles: 0, responseHandles: 1, encCommand: true,
+  handles: none,
+  params: (q, w) => {
+    w.u16(0); // no TPM2B_SENSITIVE: public only
+    publicIn(w, q.inPublic);
+    w.u32(q.hierarchy ?? TPM_RH.OWNER);
+  },
+  parse: (r, h) => ({ handle: h[0]!, name: r.tpm2b(66) }),
+});
+
+export const VerifySignature = def<{ keyHandle: HandleRef; digest: Buffer; signature: TpmSignature }, Ticket>({
+  cc: TPM_CC.VerifySignature, authHandles: 0, responseHandles: 0, encCommand: true,
+  handles: (q) => [q.keyHandle],
+  params: (q, w) => {
+    w.tpm2b(q.digest);
+    const sig = q.signature;
+    w.u16(sig.sigAlg).u16(HASH_ALG[sig.hash]);
+    if ("r" in sig) w.tpm2b(sig.r).tpm2b(sig.s);
+    else w.tpm2b(sig.sig);
+  },
+  parse: readTicket,
+});
+
+export const PolicyAuthorize = def<{ policySession: number; approvedPolicy: Buffer; policyRef: Buffer; keySign: Buffer; checkTicket: Ticket }, void>({
+  cc: TPM_CC.PolicyAuthorize, authHandles: 0, responseHandles: 0, encCommand: true,
+  handles: (q) => policyHandle(q.policySession),
+  params: (q, w) => {
+    w.tpm2b(q.approvedPolicy).tpm2b(q.policyRef).tpm2b(q.keySign);
+    w.u16(q.checkTicket.tag).u32(q.checkTicket.hierarchy).tpm2b(q.checkTicket.digest);
+  },
+  parse: () => undefined,
+});
+

@@ -82,7 +82,6 @@ export function makeSalt(pub: TpmtPublic, nameAlg: HashName): { salt: Buffer; en
     const ey = ephPub.subarray(33, 65);
     const salt = kdfe(nameAlg, z, "SECRET", ex, qx, digestBits);
     wipe(z);
-    ecdh.setPrivateKey(Buffer.alloc(32, 1)); // drop the ephemeral private key
     const enc = Buffer.alloc(4 + 64);
     enc.writeUInt16BE(32, 0);
     ex.copy(enc, 2);

@@ -46,7 +46,7 @@ export class TpmWriter {
   }
   /** TPM2B_*: a u16 size then the bytes. */
   tpm2b(b: Uint8Array): this {
-    if (b.length > 0xffff) throw new RangeError("TPM2B too large");
+    if (b.length > 0xffff) throw new TrustvolError("EUSAGE", `TPM2B of ${b.length} bytes exceeds 65535`);
     return this.u16(b.length).bytes(b);
   }
   /** Writes a u16 size placeholder, runs fn, then patches the size (for TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE...). */

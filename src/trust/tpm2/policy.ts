@@ -33,6 +33,20 @@ export function extendPolicyAuthValue(policyHash: HashName, prev: Buffer): Buffe
   return hashOf(policyHash, prev, cc(TPM_CC.PolicyAuthValue));
 }
 
+/**
+ * PolicyAuthorize(keySign, policyRef): policyDigest' = H(H(policyDigest ‖ TPM_CC_PolicyAuthorize ‖ keySign.name) ‖ policyRef).
+ * (On a real session the TPM first resets policyDigest to zeros, so `prev` is zeros for PolicyAuthorize-first policies.)
+ */
+export function extendPolicyAuthorize(policyHash: HashName, prev: Buffer, keyName: Uint8Array, policyRef: Uint8Array = Buffer.alloc(0)): Buffer {
+  const d = hashOf(policyHash, prev, cc(TPM_CC.PolicyAuthorize), keyName);
+  return hashOf(policyHash, d, policyRef);
+}
+
+/** What the authorising key signs for PolicyAuthorize: aHash = H(approvedPolicy ‖ policyRef). */
+export function policyAuthorizeDigest(policyHash: HashName, approvedPolicy: Uint8Array, policyRef: Uint8Array = Buffer.alloc(0)): Buffer {
+  return hashOf(policyHash, approvedPolicy, policyRef);
+}
+
 export interface PolicySpec {
   bank: HashName;
   pcrs: number[];

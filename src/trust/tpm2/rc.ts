@@ -71,6 +71,8 @@ export function tpmError(rc: number, cc: number): TpmRcError {
   const where = d.subject ? ` (${d.subject.kind} ${d.subject.index})` : "";
   const base = `TPM2_${ccName(cc)} failed: TPM_RC_${d.name}${where} 0x${rc.toString(16)}`;
   const mk = (code: ErrorCode, msg: string, hint?: string) => new TpmRcError(code, msg, hint, rc, d.name, cc);
+  if (cc === TPM_CC.PolicyAuthorize && d.name === "VALUE")
+    return mk("EPOLICY", `${base}: the signed policy does not match the current PCR state`, "the boot chain differs from what the policy signer approved; use the recovery key");
   switch (d.name) {
     case "LOCKOUT":
       return mk("ELOCKOUT", `${base}: the TPM is in dictionary-attack lockout after too many wrong PINs`, "wait for the lockout interval to pass, or clear it with the lockout authorization (tpm2_dictionarylockout --clear-lockout)");

@@ -5,7 +5,7 @@
 import { createHash } from "node:crypto";
 import { TrustvolError } from "../../util/errors.js";
 import { constantTimeEqual, wipe } from "../../util/secret.js";
-import { HASH_SIZE, TPMA_OBJECT, TPMA_SESSION, TPM_ALG, hashNameOf, type HashName } from "./constants.js";
+import { TPMA_OBJECT, TPMA_SESSION, TPM_ALG, hashNameOf, type HashName } from "./constants.js";
 import * as C from "./commands.js";
 import { TpmReader, TpmWriter } from "./marshal.js";
 import { computePolicyDigest } from "./policy.js";
@@ -26,6 +26,8 @@ export interface Tpm2SealOptions {
   nameAlg?: HashName;
   /** Object attributes of the sealed object (default fixedtpm|fixedparent, as systemd). */
   attributes?: number;
+  /** Use this authPolicy instead of computing PolicyPCR [+ PolicyAuthValue] (e.g. a PolicyAuthorize digest). */
+  authPolicy?: Buffer;
 }
 
 export interface Tpm2Sealed {
@@ -48,6 +50,11 @@ export interface Tpm2UnsealRequest {
   /** Whether a PIN (PolicyAuthValue) is part of the policy. */
   pin: boolean;
   nameAlg?: HashName;
+  /**
+   * Satisfy the object's policy yourself (e.g. PolicyPCR + PolicyAuthorize with a signed policy) instead of the
+   * default PolicyPCR(bank, pcrs) [+ PolicyAuthValue]. The session is salted and the response still encrypted.
+   */
+  runPolicy?: (tpm: Tpm, session: AuthSession) => Promise<void>;
 }
 
 /** Split TPM2B_PRIVATE ‖ TPM2B_PUBLIC: priv is the body, privBytes / pubBytes keep their size prefixes (tpm2-tools files). */
@@ -94,8 +101,8 @@ export async function sealSecret(tpm: Tpm, secret: Uint8Array, opts: Tpm2SealOpt
   const pcrs = [...new Set(opts.pcrs)].sort((a, b) => a - b);
   const pin = !!opts.authValue?.length;
   let values = opts.pcrValues;
-  if (pcrs.length && !values) values = await tpm.pcrRead(opts.bank, pcrs);
-  const policyHash = pcrs.length || pin ? computePolicyDigest({ bank: opts.bank, pcrs, pcrValues: values ?? new Map(), pin, policyHash: nameAlg }) : Buffer.alloc(0);
+  if (pcrs.length && !values && !opts.authPolicy) values = await tpm.pcrRead(opts.bank, pcrs);
+  const policyHash = opts.authPolicy ? Buffer.from(opts.authPolicy) : pcrs.length || pin ? computePolicyDigest({ bank: opts.bank, pcrs, pcrValues: values ?? new Map(), pin, policyHash: nameAlg }) : Buffer.alloc(0);
   const attributes = opts.attributes ?? (policyHash.length ? TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent : TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent | TPMA_OBJECT.userWithAuth);
 
   return withPrimary(tpm, primaryAlg, nameAlg, async (primary) => {
@@ -149,7 +156,9 @@ export async function unsealSecret(tpm: Tpm, req: Tpm2UnsealRequest, auth: { aut
       if (!constantTimeEqual(loaded.name, objectName(pub))) throw new TrustvolError("EDEVICE", "the TPM reports a different name for the loaded sealed object", "the TPM connection is not trustworthy");
 
       session = await tpm.startSession({ type: usesPolicy ? "policy" : "hmac", saltKey: primary, symmetric: true, hash: nameAlg });
-      if (usesPolicy) {
+      if (usesPolicy && req.runPolicy) {
+        await req.runPolicy(tpm, session);
+      } else if (usesPolicy) {
         if (pcrs.length) await tpm.policyPCR(session, { hash: req.bank, pcrs });
         if (req.pin) await tpm.policyAuthValue(session);
         const got = await tpm.policyGetDigest(session);
@@ -157,6 +166,12 @@ export async function unsealSecret(tpm: Tpm, req: Tpm2UnsealRequest, auth: { aut
           if (pcrs.length) throw pcrChangedError(pcrs, req.bank);
           throw new TrustvolError("EPOLICY", "the TPM policy of this sealed secret is not the one expected (PIN flag or PCR selection differ)", "the token does not describe this blob; re-enroll");
         }
+      }
+      if (req.pin) {
+        // Don't spend an authorization attempt on a TPM that is already locked out (it would refuse anyway).
+        const l = await tpm.lockoutInfo().catch(() => undefined);
+        if (l && l.maxTries > 0 && l.counter >= l.maxTries)
+          throw new TrustvolError("ELOCKOUT", "the TPM is in dictionary-attack lockout after too many wrong PINs", `wait ${l.recovery}s per attempt to recover, or clear it with the lockout authorization (tpm2_dictionarylockout --clear-lockout)`);
       }
       // The TPM encrypts outData and flushes the session afterwards.
       session.attributes = TPMA_SESSION.encrypt;
@@ -184,4 +199,3 @@ export async function unsealSecret(tpm: Tpm, req: Tpm2UnsealRequest, auth: { aut
   });
 }
 
-export { HASH_SIZE };

@@ -119,7 +119,12 @@ export class AuthSession implements Session {
 
   paramCrypt(decrypt: boolean, data: Buffer, entityAuth: Uint8Array | undefined, authorizes: boolean, direction: "cmd" | "rsp"): Buffer {
     if (!this.symKeyBits) throw new TrustvolError("EINTERNAL", "parameter encryption on a session without a cipher");
-    const key = this.hmacKey(entityAuth, authorizes);
+    // The encryption key includes the entity's authValue whenever the session authorises with it — for a policy
+    // session after PolicyAuthValue or PolicyPassword (measured against swtpm / the reference implementation).
+    const withAuth = authorizes && (!this.isPolicy || this.policyAuthValue || this.policyPassword);
+    const a = withAuth ? trimAuth(entityAuth) : Buffer.alloc(0);
+    const key = Buffer.concat([this.sessionKey, a]);
+    wipe(a);
     // Command: nonceNewer = nonceCaller, nonceOlder = nonceTPM. Response: the reverse (§21.2).
     const [newer, older] = direction === "cmd" ? [this.nonceCaller, this.nonceTPM] : [this.nonceTPM, this.nonceCaller];
     const { key: k, iv } = cfbKeyIv(this.hash, key, newer, older, this.symKeyBits);

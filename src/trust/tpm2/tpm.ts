@@ -3,13 +3,13 @@
 import { randomFillSync } from "node:crypto";
 import { TrustvolError } from "../../util/errors.js";
 import { constantTimeEqual, wipe } from "../../util/secret.js";
-import { HASH_SIZE, TPMA_SESSION, TPM_ALG, TPM_CAP, TPM_PT, TPM_RH, TPM_SE, TPM_ST, TPM_SU, type HashName } from "./constants.js";
+import { HASH_SIZE, TPMA_SESSION, TPM_ALG, TPM_CAP, TPM_PT, TPM_RH, TPM_SE, TPM_ST, TPM_SU, hashNameOf, type HashName } from "./constants.js";
 import * as C from "./commands.js";
 import { makeSalt, hashOf } from "./crypto.js";
 import { TpmReader, TpmWriter } from "./marshal.js";
 import { tpmError, TpmRcError } from "./rc.js";
 import { AuthSession, PasswordSession, type Session } from "./session.js";
-import { encodePublicArea, handleName, objectName, storagePrimaryTemplate, type PcrSelection, type PrimaryAlg, type TpmtPublic } from "./structures.js";
+import { encodePublicArea, objectName, storagePrimaryTemplate, type PcrSelection, type PrimaryAlg, type TpmtPublic } from "./structures.js";
 import type { Tpm2Transport } from "./transport.js";
 
 const u32 = (n: number) => {
@@ -237,7 +237,8 @@ export class Tpm {
     const hash = opts.hash ?? "sha256";
     const nonceCaller = Buffer.alloc(HASH_SIZE[hash]);
     randomFillSync(nonceCaller);
-    const salt = opts.saltKey ? makeSalt(opts.saltKey.public, hash) : undefined;
+    // The salt is sized and derived with the salt key's nameAlg (Part 1 §24.3), not the session's authHash.
+    const salt = opts.saltKey ? makeSalt(opts.saltKey.public, hashNameOf(opts.saltKey.public.nameAlg)) : undefined;
     const sessionType = opts.type === "hmac" ? TPM_SE.HMAC : opts.type === "policy" ? TPM_SE.POLICY : TPM_SE.TRIAL;
     const symmetric = opts.symmetric === false ? { algorithm: TPM_ALG.NULL } : { algorithm: TPM_ALG.AES, keyBits: 128, mode: TPM_ALG.CFB };
     try {
@@ -275,8 +276,9 @@ export class Tpm {
 
   /** Make a transient object persistent at `persistent` (0x81xxxxxx), or evict a persistent one (object = persistent). */
   async evictControl(object: LoadedKey | number, persistent: number, ownerAuth?: Uint8Array): Promise<void> {
-    const obj = typeof object === "number" ? { handle: object, name: handleName(object) } : { handle: object.handle, name: object.name };
-    await this.run(C.EvictControl, { auth: C.permanentHandle(TPM_RH.OWNER, ownerAuth), objectHandle: obj, persistentHandle: persistent });
+    // cpHash uses the object's name, not its handle (matters once the auth is an HMAC session)
+    const obj = typeof object === "number" ? await this.readPublicVerified(object) : object;
+    await this.run(C.EvictControl, { auth: C.permanentHandle(TPM_RH.OWNER, ownerAuth), objectHandle: { handle: obj.handle, name: obj.name }, persistentHandle: persistent });
   }
 
   async lockoutInfo(): Promise<{ counter: number; maxTries: number; interval: number; recovery: number }> {
