@@ -9,3 +9,32 @@ registerTokenHandler({
     return unlockSystemdPkcs11Token(token, { pin: ctx.pin ? { kind: "buffer", pin: ctx.pin } : undefined, ...(ctx.pkcs11Module ? { modulePath: ctx.pkcs11Module } : {}) });
   },
 });
+
+/** Open the TPM the context names (or the default), run fn, always close it. */
+async function withTpm<T>(ctx: { tpm2Device?: string }, fn: (tpm: import("../trust/tpm2/index.js").Tpm2TrustSource) => Promise<T>): Promise<T> {
+  const { Tpm2TrustSource } = await import("../trust/tpm2/index.js");
+  const src = new Tpm2TrustSource(ctx.tpm2Device ? { device: ctx.tpm2Device } : {});
+  try {
+    return await fn(src);
+  } finally {
+    await src.close().catch(() => {});
+  }
+}
+
+registerTokenHandler({
+  type: "systemd-tpm2",
+  passphrase: async (token, ctx) => {
+    const { unlockSystemdTpm2Token } = await import("../tokens/systemd-tpm2.js");
+    return withTpm(ctx, (tpm) => unlockSystemdTpm2Token(token, tpm, ctx.pin ? { pin: ctx.pin } : {}));
+  },
+});
+
+registerTokenHandler({
+  type: "clevis",
+  passphrase: async (token, ctx) => {
+    const { unlockClevisToken } = await import("../tokens/clevis.js");
+    return withTpm(ctx, (tpm) => unlockClevisToken(token, tpm));
+  },
+});
+
+export { withTpm };

@@ -11,6 +11,7 @@ import { addUnlockOptions, addPinOptions, int, printJson } from "../common.js";
 import { io } from "../io.js";
 import type { Kdf } from "../../luks2/metadata.js";
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 
 export function pinSourceFrom(o: Record<string, unknown>): PinSource | undefined {
   const f = o.pinFile as string | undefined;
@@ -81,6 +82,94 @@ export function registerEnrollCommands(program: Command): Command {
       await finishEnroll(h, r, o, "PKCS#11");
     } finally {
       wipe(vk, pin);
+      await h.close();
+    }
+  });
+
+  const pcrList = (v: string): number[] => {
+    if (v === "" || v === "none") return [];
+    return v.split(/[,+]/).map((x) => {
+      if (!/^[0-9]+$/.test(x) || Number(x) > 23) throw new TrustvolError("EUSAGE", `--pcrs: "${x}" is not a PCR index (0..23)`);
+      return Number(x);
+    });
+  };
+  const banks = ["sha1", "sha256", "sha384", "sha512"];
+  const bank = (v: string) => {
+    if (!banks.includes(v)) throw new TrustvolError("EUSAGE", `PCR bank must be one of ${banks.join(", ")}`);
+    return v;
+  };
+
+  addPinOptions(
+    addUnlockOptions(
+      enroll
+        .command("tpm2")
+        .description("enroll the TPM: a random secret sealed to the TPM's storage key under a PCR policy (systemd-tpm2 token, as systemd-cryptenroll 252 writes it)")
+        .argument("<device>")
+        .option("--pcrs <list>", "PCRs to bind to, e.g. 7 (Secure Boot state) or 0,7; \"none\" for no PCR binding", pcrList, [7])
+        .option("--pcr-bank <bank>", "PCR bank", bank, "sha256")
+        .option("--with-pin", "also require a PIN at unlock (from --pin-file, or prompted twice)")
+        .option("--primary-alg <alg>", "storage primary key: ecc (default) or rsa", "ecc")
+        .option("--tpm2-device <dev>", "auto (default), a device path like /dev/tpmrm0, or swtpm:path=SOCKET")
+        .option("--public-key <pem>", "bind to PCR policies signed by this RSA key (systemd-measure) instead of fixed PCR values")
+        .option("--public-key-pcrs <list>", "PCRs covered by the signed policy", pcrList, [11])
+        .option("-S, --key-slot <n>", "keyslot to use (default: first free)", int("--key-slot", 0, 31))
+        .option("--wipe-slot <spec>", "after enrolling, remove keyslots: password (all passphrase slots), all, or a list like 0,31")
+        .option("--header <file>", "detached header")
+        .option("--json", "print the result as JSON"),
+    ),
+  ).action(async (device: string, o: Record<string, unknown>) => {
+    if (o.primaryAlg !== "ecc" && o.primaryAlg !== "rsa") throw new TrustvolError("EUSAGE", "--primary-alg must be ecc or rsa");
+    const h = await LuksHandle.open(device, { header: o.header as string | undefined });
+    let pin: Buffer | undefined, vk: Buffer | undefined;
+    try {
+      if (o.withPin) pin = o.pinFile ? readPin(pinSourceFrom(o)!) : await getPassphrase({ prompt: "Enter new TPM2 PIN: ", verify: true });
+      vk = await volumeKeyFor(h, device, o, { tpm2Device: o.tpm2Device as string | undefined });
+      const { createSystemdTpm2Token } = await import("../../tokens/systemd-tpm2.js");
+      const { withTpm } = await import("../../ops/handlers.js");
+      const pubkey = o.publicKey ? readFileSync(o.publicKey as string) : undefined;
+      const r = await withTpm({ tpm2Device: o.tpm2Device as string | undefined }, (tpm) =>
+        enrollToken(h.requireLuks2("enroll"), vk!, async (slot) => {
+          const t = await createSystemdTpm2Token(tpm, { keyslot: slot, pcrs: o.publicKey ? [] : (o.pcrs as number[]), bank: o.pcrBank as "sha256", primaryAlg: o.primaryAlg as "ecc", ...(pin ? { pin } : {}), ...(pubkey ? { pubkey, pubkeyPcrs: o.publicKeyPcrs as number[] } : {}) });
+          return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
+        }, { slot: o.keySlot as number | undefined, kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha512", iterations: 1000 }) }),
+      );
+      await finishEnroll(h, r, o, "TPM2");
+    } finally {
+      wipe(vk, pin);
+      await h.close();
+    }
+  });
+
+  addUnlockOptions(
+    enroll
+      .command("clevis")
+      .description("enroll a clevis tpm2 pin (a clevis token that `clevis luks unlock` and `clevis luks pass` read)")
+      .argument("<device>")
+      .option("--pcrs <list>", "PCRs to bind to (clevis pcr_ids); \"none\" for none", pcrList, [7])
+      .option("--pcr-bank <bank>", "PCR bank (clevis 19 defaults to sha1 when absent; trustvol writes sha256 unless told)", bank, "sha256")
+      .option("--primary-alg <alg>", "clevis key: ecc (default) or rsa", "ecc")
+      .option("--tpm2-device <dev>", "auto (default), a device path, or swtpm:path=SOCKET")
+      .option("-S, --key-slot <n>", "keyslot to use (default: first free)", int("--key-slot", 0, 31))
+      .option("--wipe-slot <spec>", "after enrolling, remove keyslots: password, all, or a list")
+      .option("--header <file>", "detached header")
+      .option("--json", "print the result as JSON"),
+  ).action(async (device: string, o: Record<string, unknown>) => {
+    if (o.primaryAlg !== "ecc" && o.primaryAlg !== "rsa") throw new TrustvolError("EUSAGE", "--primary-alg must be ecc or rsa");
+    const h = await LuksHandle.open(device, { header: o.header as string | undefined });
+    let vk: Buffer | undefined;
+    try {
+      vk = await volumeKeyFor(h, device, o, { tpm2Device: o.tpm2Device as string | undefined });
+      const { createClevisToken } = await import("../../tokens/clevis.js");
+      const { withTpm } = await import("../../ops/handlers.js");
+      const r = await withTpm({ tpm2Device: o.tpm2Device as string | undefined }, (tpm) =>
+        enrollToken(h.requireLuks2("enroll"), vk!, async (slot) => {
+          const t = await createClevisToken(tpm, { keyslot: slot, pcrIds: o.pcrs as number[], pcrBank: o.pcrBank as "sha256", key: o.primaryAlg as "ecc" });
+          return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
+        }, { slot: o.keySlot as number | undefined, kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha256", iterations: 1000 }) }),
+      );
+      await finishEnroll(h, r, o, "clevis");
+    } finally {
+      wipe(vk);
       await h.close();
     }
   });
