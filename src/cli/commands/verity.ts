@@ -8,24 +8,15 @@ import { atomicWriteFileSync } from "../../util/atomic.js";
 import { FileBlockDevice } from "../../blockdev/file.js";
 import { int, printJson } from "../common.js";
 import { progressBar } from "../progress.js";
-import {
-  verityFormat,
-  verityVerify,
-  verityDump,
-  formatVerityDump,
-  signRootHash,
-  verifyRootHashSignature,
-  pemPrivateKeySigner,
-  VERITY_HASH_ALGORITHMS,
-  type VerityFormatInput,
-  type VerityHashAlgorithm,
-  type RootHashSigner,
-} from "../../verity/index.js";
-import { pkcs11RootHashSigner } from "../../verity/pkcs11-signer.js";
+import { verityFormat, verityVerify, verityDump, formatVerityDump, type VerityFormatInput } from "../../verity/tree.js";
+import { VERITY_HASH_ALGORITHMS, type VerityHashAlgorithm } from "../../verity/superblock.js";
+import type { RootHashSigner } from "../../verity/sign.js";
 import { verityOpen, verityClose, verityStatus } from "../../verity/activate.js";
 import { verityFecEncode, verityFecCheck, type VerityFecLayout } from "../../verity/fec.js";
 import type { PinSource } from "../../trust/pkcs11/pin.js";
 import { parsePkcs11Uri } from "../../trust/pkcs11/uri.js";
+// ASN.1/CMS (sign, verify-sig) and pkcs11js (sign --pkcs11-uri) are loaded only by the commands that need them.
+const signing = () => import("../../verity/sign.js");
 
 type Opts = Record<string, unknown>;
 
@@ -288,7 +279,7 @@ export function registerVerityCommands(program: Command): void {
     .description("sign a root hash: detached PKCS#7 (DER) as the kernel takes it through root_hash_sig_key_desc")
     .argument("[root-hash]", "root hash (hex)")
     .option("--root-hash-file <file>", "read the root hash from FILE")
-    .option("--key <file>", "private key (PEM, unencrypted) — or use --pkcs11-uri")
+    .option("--signing-key <file>", "signer private key file (PEM, unencrypted) — or use --pkcs11-uri")
     .option("--cert <file>", "signer certificate (PEM or DER); with --pkcs11-uri default: the certificate stored next to the key")
     .option("--pkcs11-uri <uri>", "key on a PKCS#11 token, e.g. pkcs11:token=lmp;object=verity")
     .option("--module <path>", "PKCS#11 module (default: the URI's module-path, else p11-kit's registered modules)")
@@ -301,10 +292,11 @@ export function registerVerityCommands(program: Command): void {
       const root = rootFrom(rootArg, o);
       let signer: RootHashSigner;
       let close = () => {};
-      if (o.pkcs11Uri && o.key) throw usage("give either --key or --pkcs11-uri, not both");
+      if (o.pkcs11Uri && o.signingKey) throw usage("give either --signing-key or --pkcs11-uri, not both");
       if (o.pkcs11Uri) {
         const uri = o.pkcs11Uri as string;
         const pin = pinFrom(o, uri);
+        const { pkcs11RootHashSigner } = await import("../../verity/pkcs11-signer.js");
         const s = pkcs11RootHashSigner({
           uri,
           ...(o.module ? { modulePath: o.module as string } : {}),
@@ -313,19 +305,21 @@ export function registerVerityCommands(program: Command): void {
         });
         signer = s;
         close = () => s.close();
-      } else if (o.key) {
-        if (!o.cert) throw usage("--key needs --cert (the signer certificate)");
-        let keyBytes = readBin(o.key as string, "private key");
+      } else if (o.signingKey) {
+        if (!o.cert) throw usage("--signing-key needs --cert (the signer certificate)");
+        const { pemPrivateKeySigner } = await signing();
+        let keyBytes = readBin(o.signingKey as string, "private key");
         try {
           signer = pemPrivateKeySigner(keyBytes, readText(o.cert as string, "certificate").includes("-----BEGIN") ? readText(o.cert as string, "certificate") : readBin(o.cert as string, "certificate"));
         } catch (e) {
           if (e instanceof TrustvolError) throw e;
-          throw usage(`cannot use private key ${o.key}: ${(e as Error).message.split("\n")[0]}`, "give an unencrypted PEM RSA or EC key");
+          throw usage(`cannot use private key ${o.signingKey}: ${(e as Error).message.split("\n")[0]}`, "give an unencrypted PEM RSA or EC key");
         } finally {
           keyBytes.fill(0);
         }
-      } else throw usage("no signing key", "give --key key.pem --cert cert.pem, or --pkcs11-uri pkcs11:token=…;object=…");
+      } else throw usage("no signing key", "give --signing-key key.pem --cert cert.pem, or --pkcs11-uri pkcs11:token=…;object=…");
       try {
+        const { signRootHash } = await signing();
         const sig = await signRootHash(root, signer, { includeCertificate: o.certs !== false });
         atomicWriteFileSync(o.output as string, sig, 0o644);
         if (o.json) printJson({ signature: o.output, bytes: sig.length, root_hash: root.toLowerCase(), algorithm: signer.algorithm });
@@ -350,6 +344,7 @@ export function registerVerityCommands(program: Command): void {
         const b = readBin(c, "certificate");
         return b.includes("-----BEGIN") ? b.toString("latin1") : b;
       });
+      const { verifyRootHashSignature } = await signing();
       const r = await verifyRootHashSignature(root, sig, certs);
       if (o.json) printJson({ valid: true, signer: r.signer, root_hash: root.toLowerCase() });
       else io.out(`Signature OK: root hash ${root.toLowerCase()} signed by ${r.signer}\n`);
