@@ -1,5 +1,6 @@
 // Run the trustvol CLI as a user would (a child process), secrets on stdin or in key files.
 import { spawnSync } from "node:child_process";
+import * as fsMod from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -25,4 +26,14 @@ export async function trustvolInProcess(args: string[]): Promise<{ status: numbe
   } finally {
     Object.assign(io, saved);
   }
+}
+
+/** True when bin/trustvol.mjs will run the compiled build (dist is newer than every source file), as it ships. */
+export function compiledCliIsFresh(): boolean {
+  const { existsSync, statSync, readdirSync } = fsMod;
+  const built = join(root, "dist/src/cli/run.js");
+  if (!existsSync(built)) return false;
+  const newest = (dir: string): number =>
+    readdirSync(dir, { withFileTypes: true }).reduce((m: number, e: { name: string; isDirectory(): boolean }) => Math.max(m, e.isDirectory() ? newest(join(dir, e.name)) : statSync(join(dir, e.name)).mtimeMs), 0);
+  return statSync(built).mtimeMs >= newest(join(root, "src"));
 }

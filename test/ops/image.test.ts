@@ -6,8 +6,8 @@ import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { tmpDir } from "../helpers/tools.js";
-import { TRUSTVOL_BIN } from "../helpers/cli.js";
+import { tmpDir, IN_CI } from "../helpers/tools.js";
+import { TRUSTVOL_BIN, compiledCliIsFresh } from "../helpers/cli.js";
 
 const RSS_PRELOAD = join(dirname(fileURLToPath(import.meta.url)), "..", "helpers", "report-rss.mjs");
 
@@ -29,6 +29,8 @@ function sparseImage(path: string, size: number): void {
 }
 
 test("image encrypt streams a 1 GiB image with peak RSS under 100 MiB, and decrypts back identically", async (t) => {
+  // Memory is measured on the CLI as it ships (compiled); `npm test` builds it first, `--no-build` may leave it stale.
+  if (!compiledCliIsFresh() && !IN_CI) return t.skip("dist/ is older than src/: run without --no-build to measure the shipped CLI");
   const { dir, cleanup } = tmpDir();
   t.after(cleanup);
   const img = join(dir, "in.img");

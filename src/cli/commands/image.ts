@@ -21,6 +21,20 @@ function abortOnSignal(): { signal: AbortSignal; done: () => void } {
   return { signal: ac.signal, done: () => { process.off("SIGINT", h); process.off("SIGTERM", h); } };
 }
 
+/** Run a conversion with a progress bar on a terminal and a clean stop on SIGINT/SIGTERM. */
+async function withProgress<T>(label: string, output: string, o: Record<string, unknown>, fn: (onProgress: (d: number, t: number) => void, signal: AbortSignal) => Promise<T>): Promise<T> {
+  const bar = progressBar(label, o.progress !== false && !o.json && process.stderr.isTTY === true);
+  const sig = abortOnSignal();
+  try {
+    return await fn(bar.update, sig.signal);
+  } catch (e) {
+    throw interruptedError(e, output);
+  } finally {
+    bar.end();
+    sig.done();
+  }
+}
+
 export function registerImageCommands(program: Command): void {
   const image = program.command("image").description("convert image files (for build pipelines: no root, no device-mapper)");
   addFormatOptions(
@@ -38,17 +52,10 @@ export function registerImageCommands(program: Command): void {
   ).action(async (input: string, output: string, o: Record<string, unknown>) => {
     const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: "Enter passphrase for the new volume: ", verify: true });
     const vk = o.volumeKeyFile ? readKeyFile(o.volumeKeyFile as string) : undefined;
-    const bar = progressBar("Encrypting", o.progress !== false && !o.json && process.stderr.isTTY === true);
-    const sig = abortOnSignal();
     try {
-      const r = await encryptImage(input, output, pass, { ...formatFrom(o), volumeKey: vk, header: o.header as string | undefined, force: !!o.force, onProgress: bar.update, signal: sig.signal });
-      bar.end();
+      const r = await withProgress("Encrypting", output, o, (onProgress, signal) => encryptImage(input, output, pass, { ...formatFrom(o), volumeKey: vk, header: o.header as string | undefined, force: !!o.force, onProgress, signal }));
       if (o.json) printJson({ output, header: o.header ?? null, uuid: r.uuid, data_offset: r.dataOffset, data_length: r.dataLength });
-    } catch (e) {
-      bar.end();
-      throw interruptedError(e, output);
     } finally {
-      sig.done();
       wipe(pass, vk);
     }
   });
@@ -67,17 +74,10 @@ export function registerImageCommands(program: Command): void {
     .action(async (input: string, output: string, o: Record<string, unknown>) => {
       const vk = o.volumeKeyFile ? readKeyFile(o.volumeKeyFile as string) : undefined;
       const pass = vk ? undefined : await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${input}: ` });
-      const bar = progressBar("Decrypting", o.progress !== false && !o.json && process.stderr.isTTY === true);
-      const sig = abortOnSignal();
       try {
-        const r = await decryptImage(input, output, { passphrase: pass, volumeKey: vk }, { header: o.header as string | undefined, keyslot: o.keySlot as number | undefined, force: !!o.force, onProgress: bar.update, signal: sig.signal });
-        bar.end();
+        const r = await withProgress("Decrypting", output, o, (onProgress, signal) => decryptImage(input, output, { passphrase: pass, volumeKey: vk }, { header: o.header as string | undefined, keyslot: o.keySlot as number | undefined, force: !!o.force, onProgress, signal }));
         if (o.json) printJson({ output, length: r.length });
-      } catch (e) {
-        bar.end();
-        throw interruptedError(e, output);
       } finally {
-        sig.done();
         wipe(pass, vk);
       }
     });
