@@ -12,6 +12,7 @@ import { io } from "../io.js";
 import type { Kdf } from "../../luks2/metadata.js";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { atomicWriteFileSync } from "../../util/atomic.js";
 
 export function pinSourceFrom(o: Record<string, unknown>): PinSource | undefined {
   const f = o.pinFile as string | undefined;
@@ -170,6 +171,42 @@ export function registerEnrollCommands(program: Command): Command {
       await finishEnroll(h, r, o, "clevis");
     } finally {
       wipe(vk);
+      await h.close();
+    }
+  });
+
+  addUnlockOptions(
+    enroll
+      .command("recovery")
+      .description("add a recovery key (systemd-recovery token): 64 modhex characters to type when the trust source is gone; printed once")
+      .argument("<device>")
+      .option("--out <file>", "write the recovery key to FILE (0600, atomically) instead of printing it")
+      .option("-S, --key-slot <n>", "keyslot to use (default: first free)", int("--key-slot", 0, 31))
+      .option("--header <file>", "detached header")
+      .option("--json", "print the result (including the key, unless --out) as JSON"),
+  ).action(async (device: string, o: Record<string, unknown>) => {
+    const h = await LuksHandle.open(device, { header: o.header as string | undefined });
+    const { newRecoveryKey, encodeSystemdRecoveryToken, SYSTEMD_RECOVERY_KEYSLOT_PBKDF } = await import("../../tokens/systemd-recovery.js");
+    const key = newRecoveryKey();
+    let vk: Buffer | undefined;
+    try {
+      vk = await volumeKeyFor(h, device, o);
+      // Write the key out before it is enrolled: a key nobody can read back must never guard a keyslot.
+      if (o.out) atomicWriteFileSync(o.out as string, Buffer.concat([key, Buffer.from("\n")]), 0o600);
+      const r = await enrollToken(h.requireLuks2("enroll"), vk, async (slot) => ({ tokenJson: encodeSystemdRecoveryToken(slot), passphrase: Buffer.from(key) }), {
+        slot: o.keySlot as number | undefined,
+        kdf: tokenKeyslotKdf(SYSTEMD_RECOVERY_KEYSLOT_PBKDF),
+      });
+      if (o.json) printJson({ keyslot: r.keyslot, token: r.tokenId, ...(o.out ? { file: o.out } : { recovery_key: key.toString("latin1") }) });
+      else {
+        if (!o.out) {
+          if (process.stdout.isTTY) io.err("A secret recovery key has been generated for this volume. Write it down and keep it somewhere safe:\n\n");
+          io.out(`${key.toString("latin1")}\n`);
+        }
+        io.err(`New recovery key enrolled as key slot ${r.keyslot} (token ${r.tokenId}).\n`);
+      }
+    } finally {
+      wipe(vk, key);
       await h.close();
     }
   });
