@@ -27,3 +27,8 @@ export type { TrustSource, TrustSourceInfo, SealPolicy, SealedBlob, TrustSourceK
 export * as pkcs11 from "./trust/pkcs11/index.js";
 export * as systemdPkcs11 from "./tokens/systemd-pkcs11.js";
 export * as verity from "./verity/index.js";
+export * as systemdTpm2 from "./tokens/systemd-tpm2.js";
+export * as clevis from "./tokens/clevis.js";
+export * as systemdRecovery from "./tokens/systemd-recovery.js";
+export { Tpm2TrustSource } from "./trust/tpm2/index.js";
+export { Pkcs11TrustSource } from "./trust/pkcs11/index.js";

@@ -16,6 +16,16 @@ import { VERSION } from "../version.js";
 import { resetStdinState } from "./secrets.js";
 
 const EXIT_HELP = `
+Examples:
+  trustvol image encrypt rootfs.ext4 rootfs.luks --key-file factory.key --target-ram 512   (CI, no root)
+  trustvol enroll tpm2 /dev/mmcblk0p3 --pcrs 7 --key-file factory.key --wipe-slot password  (first boot)
+  trustvol enroll recovery /dev/mmcblk0p3 --unlock-token --out /boot/recovery.key
+  trustvol open --token-only /dev/mmcblk0p3 rootfs                                          (every boot)
+  trustvol verity format rootfs.img rootfs.hash
+  trustvol doctor
+
+Run \`trustvol <command> --help\` for each command's options.
+
 Exit status:
   0  success
   1  failure (I/O error, internal error)
