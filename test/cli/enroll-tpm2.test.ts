@@ -95,3 +95,24 @@ test("systemd-cryptenroll's TPM2 token unlocks with trustvol; trustvol's clevis 
   assert.equal(r.status, 0, r.stderr);
   assert.equal(JSON.parse(r.stdout).keyslot, keyslot);
 });
+
+test("without --token-only, unlock tries tokens first, then falls back to a passphrase (cryptsetup's order)", async (t) => {
+  if (!needTools(t, "swtpm", "tpm2_pcrextend")) return;
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const tpm = await startSwtpm();
+  t.after(() => tpm.stop());
+  const { img, factory } = fresh(dir, "both.img");
+  assert.equal(trustvol(["enroll", "tpm2", img, "--tpm2-device", tpm.device, "--key-file", factory]).status, 0);
+  const env = { TRUSTVOL_TPM2_DEVICE: tpm.device };
+  let r = trustvol(["unlock", "--test", "--json", img], { env });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(JSON.parse(r.stdout).token, 0, "the TPM token opened it with nobody typing");
+  run("tpm2_pcrextend", ["7:sha256=" + "ef".repeat(32)], { env: tpm.env });
+  r = trustvol(["unlock", "--test", "--json", img], { env });
+  assert.equal(r.status, 3, "no passphrase to fall back to: the token's reason is reported");
+  assert.match(r.stderr, /PCR 7 changed/);
+  r = trustvol(["unlock", "--test", "--json", "--key-file", "-", img], { env, input: "factory-passphrase" });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(JSON.parse(r.stdout).keyslot, 31, "the factory passphrase still works when the TPM refuses");
+});

@@ -8,11 +8,10 @@ import { TrustvolError, ExitCode, usage } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 import { addKeyOptions, addPinOptions, int, printJson } from "../common.js";
-import { getPassphrase, readKeyFile } from "../secrets.js";
-import { unlockWithTokens } from "../../ops/tokens.js";
+import { readKeyFile } from "../secrets.js";
+import { unlockFromCli } from "../unlock.js";
 import "../../ops/handlers.js";
-import { readPin } from "../../trust/pkcs11/pin.js";
-import { pinSourceFrom, requireTokenOnly } from "./enroll.js";
+import { requireTokenOnly } from "./enroll.js";
 import { closeVolume, createTrustedVolume, detectVolumeKind, openLuks, openPlain, openTrustedVolume, type OpenResult } from "../../ops/open.js";
 import { runDoctor, formatDoctor } from "../../ops/doctor.js";
 import { createTrustedKey, detectTrustedSource, loadTrustedKeyFile, saveTrustedKeyBlob, unlinkKey, type TrustedKeyOptions, type TpmHash, type TrustedKeySource } from "../../trust/kernel/trusted.js";
@@ -129,23 +128,7 @@ export function registerKernelCommands(program: Command): void {
     const r = await openLuks(
       device,
       name,
-      async (h) => {
-        if (o.tokenOnly || o.tokenId !== undefined || o.tokenType) {
-          const pinSrc = o.pinFile ? pinSourceFrom(o) : undefined;
-          const pin = pinSrc ? readPin(pinSrc) : undefined;
-          try {
-            return await unlockWithTokens(h, { pin, pkcs11Module: o.pkcs11Module as string | undefined, tpm2Device: o.tpm2Device as string | undefined }, { tokenId: o.tokenId as number | undefined, tokenType: o.tokenType as string | undefined });
-          } finally {
-            wipe(pin);
-          }
-        }
-        const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, keyfileOffset: o.keyfileOffset as number, keyfileSize: o.keyfileSize as number });
-        try {
-          return await h.unlock(pass, { slot: o.keySlot as number | undefined });
-        } finally {
-          wipe(pass);
-        }
-      },
+      (h) => unlockFromCli(h, device, o),
       { ...common, header: o.header as string | undefined },
     );
     printOpen(r, !!o.json);

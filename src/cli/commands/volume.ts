@@ -13,10 +13,7 @@ import { dumpLuks1Text } from "../../luks1/luks1.js";
 import { LuksHandle } from "../../ops/volume.js";
 import { getPassphrase } from "../secrets.js";
 import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int } from "../common.js";
-import { unlockWithTokens } from "../../ops/tokens.js";
-import "../../ops/handlers.js";
-import { readPin } from "../../trust/pkcs11/pin.js";
-import { pinSourceFrom, requireTokenOnly } from "./enroll.js";
+import { unlockFromCli } from "../unlock.js";
 
 export function registerVolumeCommands(program: Command): void {
   addFormatOptions(
@@ -91,7 +88,7 @@ export function registerVolumeCommands(program: Command): void {
         .argument("<device>")
         .option("--header <file>", "detached header")
         .option("--test", "only verify; do not activate anything")
-        .option("--token-only", "unlock only through tokens (TPM, PKCS#11, clevis), never ask for a passphrase")
+        .option("--token-only", "unlock only through tokens (TPM, PKCS#11, clevis), never ask for a passphrase (default: tokens first, then a passphrase)")
         .option("--token-id <n>", "use only this token", int("--token-id", 0, 31))
         .option("--token-type <type>", "use only tokens of this type (e.g. systemd-tpm2)")
         .option("--pkcs11-module <path>", "PKCS#11 module for systemd-pkcs11 tokens (default: p11-kit registrations)")
@@ -100,27 +97,10 @@ export function registerVolumeCommands(program: Command): void {
     ),
   ).action(async (device: string, o: Record<string, unknown>) => {
     if (!o.test) throw new TrustvolError("EUSAGE", "unlock without --test needs device-mapper: use `trustvol open`", "or add --test to only check the key");
-    requireTokenOnly(o);
     const h = await LuksHandle.open(device, { header: o.header as string | undefined, readOnly: true });
     try {
-      let keyslot: number, token: number | undefined;
-      if (o.tokenOnly || o.tokenId !== undefined || o.tokenType) {
-        const pinSrc = o.pinFile ? pinSourceFrom(o) : undefined;
-        const pin = pinSrc ? readPin(pinSrc) : undefined;
-        try {
-          const r = await unlockWithTokens(h, { pin, pkcs11Module: o.pkcs11Module as string | undefined, tpm2Device: o.tpm2Device as string | undefined }, { tokenId: o.tokenId as number | undefined, tokenType: o.tokenType as string | undefined });
-          wipe(r.volumeKey);
-          keyslot = r.keyslot;
-          token = r.tokenId;
-        } finally {
-          wipe(pin);
-        }
-      } else {
-        const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, keyfileOffset: o.keyfileOffset as number, keyfileSize: o.keyfileSize as number });
-        const r = await h.unlock(pass, { slot: o.keySlot as number | undefined }).finally(() => wipe(pass));
-        wipe(r.volumeKey);
-        keyslot = r.keyslot;
-      }
+      const { volumeKey, keyslot, token } = await unlockFromCli(h, device, o);
+      wipe(volumeKey);
       if (o.json) printJson({ unlocked: true, keyslot, token: token ?? null, uuid: h.uuid });
       else io.err(token !== undefined ? `Key slot ${keyslot} unlocked through token ${token}.\n` : `Key slot ${keyslot} unlocked.\n`);
     } finally {
