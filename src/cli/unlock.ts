@@ -21,7 +21,12 @@ export async function unlockFromCli(h: LuksHandle, device: string, o: Record<str
   const usable = h.luks2 ? h.luks2.tokenIds().filter((id) => tokenHandler(h.luks2!.metadata.tokens[String(id)]!.type)) : [];
   let tokenError: TrustvolError | undefined;
   if (wantTokens || (!o.keyFile && o.keySlot === undefined && usable.length)) {
-    const pinSrc = o.pinFile ? pinSourceFrom(o) : undefined;
+    // A PIN from --pin-file; on a terminal, prompted for when a token that may be used needs one.
+    const needsPin = usable.some((id) => {
+      const t = h.luks2!.metadata.tokens[String(id)]!;
+      return t.type === "systemd-pkcs11" || (t.type === "systemd-tpm2" && (t["tpm2-pin"] === true || t["tpm2_pin"] === true));
+    });
+    const pinSrc = o.pinFile ? pinSourceFrom(o) : needsPin && process.stdin.isTTY ? ({ kind: "prompt", prompt: "Enter token PIN: " } as const) : undefined;
     const pin = pinSrc ? readPin(pinSrc) : undefined;
     try {
       const r = await unlockWithTokens(h, { pin, pkcs11Module: o.pkcs11Module as string | undefined, tpm2Device: o.tpm2Device as string | undefined }, { tokenId: o.tokenId as number | undefined, tokenType: o.tokenType as string | undefined });

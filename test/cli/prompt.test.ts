@@ -17,7 +17,7 @@ function onTerminal(argv: string[], answers: string[]): Promise<{ code: number |
     let screen = "";
     let sent = 0;
     const feed = () => {
-      const prompts = (screen.match(/passphrase[^:\n]*: /gi) ?? []).length;
+      const prompts = (screen.match(/(passphrase|PIN)[^:\n]*: /g) ?? []).length;
       while (sent < prompts && sent < answers.length) p.stdin.write(`${answers[sent++]}\r`);
     };
     p.stdout.on("data", (d) => ((screen += d), feed()));
@@ -48,4 +48,27 @@ test("passphrase prompt on a terminal: echo off, right and wrong answers", async
   assert.equal(fmt.code, 2, fmt.screen);
   assert.match(fmt.screen, /passphrases do not match/);
   assert.ok(!existsSync(join(dir, "new.img")), "nothing was created");
+});
+
+test("a TPM token with a PIN: the PIN is prompted for on a terminal (tokens first, no passphrase asked)", async (t) => {
+  if (!needTools(t, "script", "swtpm")) return;
+  const { startSwtpm } = await import("../helpers/swtpm.js");
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const tpm = await startSwtpm();
+  t.after(() => tpm.stop());
+  const dev = new MemoryBlockDevice(17 * 1024 * 1024);
+  await formatLuks2(dev, Buffer.from("factory"), { pbkdf: { type: "pbkdf2", forceIterations: 1000 }, digestIterations: 1000 });
+  const img = join(dir, "pin.img");
+  writeFileSync(img, dev.data);
+  writeFileSync(join(dir, "f"), "factory");
+  writeFileSync(join(dir, "pin"), "1357");
+  const { trustvol } = await import("../helpers/cli.js");
+  const e = trustvol(["enroll", "tpm2", img, "--tpm2-device", tpm.device, "--with-pin", "--pin-file", join(dir, "pin"), "--key-file", join(dir, "f")]);
+  assert.equal(e.status, 0, e.stderr);
+  const r = await onTerminal([process.execPath, TRUSTVOL_BIN, "unlock", "--test", "--tpm2-device", tpm.device, img], ["1357"]);
+  assert.equal(r.code, 0, r.screen);
+  assert.match(r.screen, /Enter token PIN: /);
+  assert.doesNotMatch(r.screen, /1357|Enter passphrase/);
+  assert.match(r.screen, /unlocked through token 0/);
 });
