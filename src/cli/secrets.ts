@@ -29,7 +29,11 @@ function readAllStdin(): Buffer {
     if (n === 0) break;
     chunks.push(Buffer.from(b.subarray(0, n)));
     total += n;
-    if (total > MAX_KEYFILE) throw new TrustvolError("EUSAGE", "key material on stdin is larger than 8 MiB");
+    if (total > MAX_KEYFILE) {
+      for (const c of chunks) c.fill(0);
+      b.fill(0);
+      throw new TrustvolError("EUSAGE", "key material on stdin is larger than 8 MiB");
+    }
   }
   b.fill(0);
   const out = Buffer.concat(chunks);
@@ -58,7 +62,10 @@ export function readKeyFile(path: string, opts: { offset?: number; size?: number
   }
   const off = opts.offset ?? 0;
   const end = opts.size !== undefined ? off + opts.size : data.length;
-  if (end > data.length) throw new TrustvolError("EUSAGE", "key file is shorter than the requested size");
+  if (end > data.length) {
+    data.fill(0);
+    throw new TrustvolError("EUSAGE", "key file is shorter than the requested size");
+  }
   const out = Buffer.from(data.subarray(off, end));
   data.fill(0);
   if (!out.length) throw new TrustvolError("EUSAGE", `key file ${path} is empty`);
@@ -77,13 +84,16 @@ async function promptTty(prompt: string): Promise<Buffer> {
   try {
     await new Promise<void>((resolve, reject) => {
       input.on("data", (d: Buffer) => {
-        for (const c of d) {
-          if (c === 0x0d || c === 0x0a) return resolve();
-          if (c === 0x03) return reject(new TrustvolError("EUSAGE", "interrupted"));
-          if (c === 0x7f || c === 0x08) bytes.pop();
-          else bytes.push(c);
+        try {
+          for (const c of d) {
+            if (c === 0x0d || c === 0x0a) return resolve();
+            if (c === 0x03) return reject(new TrustvolError("EUSAGE", "interrupted"));
+            if (c === 0x7f || c === 0x08) bytes.pop();
+            else bytes.push(c);
+          }
+        } finally {
+          d.fill(0); // a pasted passphrase arrives in one chunk
         }
-        d.fill(0);
       });
     });
   } finally {
@@ -104,7 +114,10 @@ export async function getPassphrase(opts: { keyFile?: string; prompt: string; ve
     const p = await promptTty(opts.prompt);
     if (!p.length) throw new TrustvolError("EUSAGE", "empty passphrase");
     if (opts.verify) {
-      const q = await promptTty("Verify passphrase: ");
+      const q = await promptTty("Verify passphrase: ").catch((e) => {
+        p.fill(0);
+        throw e;
+      });
       const same = p.equals(q);
       q.fill(0);
       if (!same) {

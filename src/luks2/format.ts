@@ -116,15 +116,21 @@ export async function planFormat(passphrase: Uint8Array, opts: FormatOptions = {
 export async function formatLuks2(headerDev: BlockDevice, passphrase: Uint8Array, opts: FormatOptions = {}, dataDev?: BlockDevice): Promise<{ volume: Luks2Volume; volumeKey: Buffer }> {
   const detached = dataDev !== undefined && dataDev !== headerDev;
   const plan = await planFormat(passphrase, opts, detached);
-  const dataOffset = Number(plan.header.metadata.segments["0"]!.offset);
-  if (!detached && (headerDev as { isBlockDevice?: boolean }).isBlockDevice && headerDev.size <= dataOffset)
-    throw new TrustvolError("ENOSPC", `${headerDev.name} (${headerDev.size} bytes) has no room for data after the ${dataOffset}-byte header`, "use a larger device or a detached header");
-  const zero = Buffer.alloc(1 << 20);
-  for (let pos = 0; pos < plan.metadataAreaEnd; pos += zero.length) await headerDev.write(zero.subarray(0, Math.min(zero.length, plan.metadataAreaEnd - pos)), pos);
-  await headerDev.write(plan.keyslotArea.data, plan.keyslotArea.offset);
-  wipe(plan.keyslotArea.data);
-  await headerDev.write(plan.copies[0], 0);
-  await headerDev.write(plan.copies[1], plan.header.hdrSize);
-  await headerDev.flush();
+  try {
+    const dataOffset = Number(plan.header.metadata.segments["0"]!.offset);
+    if (!detached && (headerDev as { isBlockDevice?: boolean }).isBlockDevice && headerDev.size <= dataOffset)
+      throw new TrustvolError("ENOSPC", `${headerDev.name} (${headerDev.size} bytes) has no room for data after the ${dataOffset}-byte header`, "use a larger device or a detached header");
+    const zero = Buffer.alloc(1 << 20);
+    for (let pos = 0; pos < plan.metadataAreaEnd; pos += zero.length) await headerDev.write(zero.subarray(0, Math.min(zero.length, plan.metadataAreaEnd - pos)), pos);
+    await headerDev.write(plan.keyslotArea.data, plan.keyslotArea.offset);
+    await headerDev.write(plan.copies[0], 0);
+    await headerDev.write(plan.copies[1], plan.header.hdrSize);
+    await headerDev.flush();
+  } catch (e) {
+    wipe(plan.volumeKey);
+    throw e;
+  } finally {
+    wipe(plan.keyslotArea.data);
+  }
   return { volume: Luks2Volume.fromHeader(headerDev, plan.header), volumeKey: plan.volumeKey };
 }

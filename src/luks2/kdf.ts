@@ -3,6 +3,7 @@ import { pbkdf2Sync, pbkdf2 } from "node:crypto";
 import { totalmem, availableParallelism } from "node:os";
 import { promisify } from "node:util";
 import { TrustvolError } from "../util/errors.js";
+import { wipe } from "../util/secret.js";
 import type { Kdf } from "./metadata.js";
 
 const pbkdf2Async = promisify(pbkdf2);
@@ -34,16 +35,21 @@ export async function deriveKey(kdf: Kdf, passphrase: Uint8Array, keyLen: number
   if (kdf.type === "pbkdf2") return pbkdf2Async(passphrase, salt, kdf.iterations, keyLen, opensslHash(kdf.hash));
   const a = await argon2();
   if (passphrase.length === 0) throw new TrustvolError("EUSAGE", "an empty passphrase cannot be used with Argon2 keyslots");
-  const out = await a.hash(Buffer.from(passphrase), {
-    raw: true,
-    salt,
-    type: kdf.type === "argon2i" ? a.argon2i : a.argon2id,
-    memoryCost: kdf.memory,
-    timeCost: kdf.time,
-    parallelism: kdf.cpus,
-    hashLength: keyLen,
-  });
-  return out as Buffer;
+  const pw = Buffer.from(passphrase); // the addon wants a Buffer; this copy is ours to wipe
+  try {
+    const out = await a.hash(pw, {
+      raw: true,
+      salt,
+      type: kdf.type === "argon2i" ? a.argon2i : a.argon2id,
+      memoryCost: kdf.memory,
+      timeCost: kdf.time,
+      parallelism: kdf.cpus,
+      hashLength: keyLen,
+    });
+    return out as Buffer;
+  } finally {
+    wipe(pw);
+  }
 }
 
 export interface PbkdfOptions {

@@ -82,19 +82,22 @@ export async function buildKeyslot(
   // cryptsetup takes the AF hash from the PBKDF2 hash, and uses sha256 with Argon2.
   const afHash = opts.afHash ?? (kdf.type === "pbkdf2" ? kdf.hash : "sha256");
   const derived = await deriveKey(kdf, passphrase, areaKeySize);
-  const split = afSplit(volumeKey, LUKS_STRIPES, afHash);
   const areaData = Buffer.alloc(afSectorsBytes(keyLen, LUKS_STRIPES));
-  split.copy(areaData);
-  wipe(split);
+  let split: Buffer | undefined;
   try {
+    split = afSplit(volumeKey, LUKS_STRIPES, afHash);
+    split.copy(areaData);
     const c = createSectorCipher({ cipher: enc, key: derived, sectorSize: SECTOR_SIZE });
     try {
       c.encrypt(areaData, 0);
     } finally {
       c.dispose();
     }
+  } catch (e) {
+    wipe(areaData); // it may hold the AF-split volume key in clear
+    throw e;
   } finally {
-    wipe(derived);
+    wipe(derived, split);
   }
   const keyslot: Luks2Keyslot = {
     type: "luks2",

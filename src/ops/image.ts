@@ -101,9 +101,10 @@ export async function encryptImage(input: string, output: string, passphrase: Ui
   const dataLength = Math.ceil(src.size / ss) * ss;
   const tmp = partialPath(output);
   const tmpHdr = opts.header ? partialPath(opts.header) : undefined;
-  const cipher = createSectorCipher({ cipher: plan.header.metadata.segments["0"]!.encryption!, key: plan.volumeKey, sectorSize: ss });
+  let cipher: SectorCipher | undefined;
   let dst: FileBlockDevice | undefined, hdr: FileBlockDevice | undefined;
   try {
+    cipher = createSectorCipher({ cipher: plan.header.metadata.segments["0"]!.encryption!, key: plan.volumeKey, sectorSize: ss });
     dst = await FileBlockDevice.open(tmp, { create: true });
     await dst.truncate(0);
     await pipeSectors(src, 0, dst, dataOffset, dataLength, sectorTransform(cipher, "encrypt"), { onProgress: opts.onProgress, signal: opts.signal, srcLength: src.size });
@@ -124,7 +125,7 @@ export async function encryptImage(input: string, output: string, passphrase: Ui
     for (const p of [tmp, tmpHdr]) if (p) try { unlinkSync(p); } catch { /* not created */ }
     throw e;
   } finally {
-    cipher.dispose();
+    cipher?.dispose();
     wipe(plan.volumeKey, plan.keyslotArea.data);
     await src.close();
   }

@@ -5,7 +5,7 @@
 // pbkdf2/sha512/1000 (cryptsetup_set_minimal_pbkdf). Unlock: log into the token, find the one private key matching
 // the URI (+ CKA_DECRYPT, CKK_RSA), C_Decrypt with CKM_RSA_PKCS.
 import { TrustvolError, corrupt, usage } from "../util/errors.js";
-import { wipe, randomBytesBuf } from "../util/secret.js";
+import { wipe, randomBytesBuf, base64Bytes } from "../util/secret.js";
 import pkcs11js from "pkcs11js";
 import { openToken } from "../trust/pkcs11/token.js";
 import { parsePkcs11Uri, formatPkcs11Uri, isSystemdValidUri, redactUri } from "../trust/pkcs11/uri.js";
@@ -74,10 +74,7 @@ export function encodeSystemdPkcs11Token(t: { keyslots: (string | number)[]; uri
 
 /** base64(secret) as ASCII bytes (systemd's passphrase form); wipes nothing, the caller owns both buffers. */
 export function systemdPassphrase(secret: Uint8Array): Buffer {
-  const s = Buffer.from(secret).toString("base64");
-  const out = Buffer.allocUnsafeSlow(s.length);
-  out.write(s, "latin1");
-  return out;
+  return base64Bytes(secret);
 }
 
 export interface UnlockOptions {

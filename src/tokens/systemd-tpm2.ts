@@ -4,7 +4,7 @@
 import { createHash, createPublicKey, pbkdf2Sync, type KeyObject } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { TrustvolError } from "../util/errors.js";
-import { wipe } from "../util/secret.js";
+import { wipe, base64Bytes } from "../util/secret.js";
 import { HASH_SIZE, TPMA_OBJECT, TPM_ALG, TPM_RH, isHashName, type HashName } from "../trust/tpm2/constants.js";
 import * as C from "../trust/tpm2/commands.js";
 import { extendPolicyAuthorize, extendPolicyAuthValue, extendPolicyPCR, pcrCompositeDigest } from "../trust/tpm2/policy.js";
@@ -237,7 +237,7 @@ export function encodeSystemdTpm2Token(t: SystemdTpm2Token): string {
 export function systemdPinAuthValue(pin: Uint8Array, salt?: Uint8Array): Buffer {
   if (!salt) return pinToAuthValue(pin);
   const k = pbkdf2Sync(pin, salt, 10000, 32, "sha256");
-  const s = Buffer.from(k.toString("base64"), "ascii");
+  const s = base64Bytes(k);
   wipe(k);
   try {
     return pinToAuthValue(s);
@@ -303,22 +303,10 @@ export async function unlockSystemdTpm2Token(
   }
 }
 
-const B64_ALPHABET = Buffer.from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", "ascii");
 
 /** base64 (with padding) of a secret as ASCII bytes, built without an intermediate JS string holding it. */
 export function base64Ascii(secret: Uint8Array): Buffer {
-  const out = Buffer.allocUnsafeSlow(Math.ceil(secret.length / 3) * 4);
-  let o = 0;
-  for (let i = 0; i < secret.length; i += 3) {
-    const a = secret[i]!;
-    const b = i + 1 < secret.length ? secret[i + 1]! : 0;
-    const c = i + 2 < secret.length ? secret[i + 2]! : 0;
-    out[o++] = B64_ALPHABET[a >> 2]!;
-    out[o++] = B64_ALPHABET[((a & 3) << 4) | (b >> 4)]!;
-    out[o++] = i + 1 < secret.length ? B64_ALPHABET[((b & 15) << 2) | (c >> 6)]! : 0x3d;
-    out[o++] = i + 2 < secret.length ? B64_ALPHABET[c & 63]! : 0x3d;
-  }
-  return out;
+  return base64Bytes(secret);
 }
 
 /** Seal 32 fresh TPM random bytes like systemd-cryptenroll 252 and return the token plus the passphrase to add. */

@@ -26,7 +26,12 @@ export async function volumeKeyFor(h: LuksHandle, device: string, o: Record<stri
   const v = h.requireLuks2("enroll");
   if (o.unlockVolumeKeyFile) {
     const vk = readKeyFile(o.unlockVolumeKeyFile as string);
-    v.verifyVolumeKey(vk);
+    try {
+      v.verifyVolumeKey(vk);
+    } catch (e) {
+      wipe(vk);
+      throw e;
+    }
     return vk;
   }
   if (o.unlockToken) return (await unlockWithTokens(h, ctx)).volumeKey;
@@ -192,7 +197,14 @@ export function registerEnrollCommands(program: Command): Command {
     try {
       vk = await volumeKeyFor(h, device, o);
       // Write the key out before it is enrolled: a key nobody can read back must never guard a keyslot.
-      if (o.out) atomicWriteFileSync(o.out as string, Buffer.concat([key, Buffer.from("\n")]), 0o600);
+      if (o.out) {
+        const line = Buffer.concat([key, Buffer.from("\n")]);
+        try {
+          atomicWriteFileSync(o.out as string, line, 0o600);
+        } finally {
+          wipe(line);
+        }
+      }
       const r = await enrollToken(h.requireLuks2("enroll"), vk, async (slot) => ({ tokenJson: encodeSystemdRecoveryToken(slot), passphrase: Buffer.from(key) }), {
         slot: o.keySlot as number | undefined,
         kdf: tokenKeyslotKdf(SYSTEMD_RECOVERY_KEYSLOT_PBKDF),

@@ -51,8 +51,9 @@ export function registerImageCommands(program: Command): void {
       .option("--json", "print the result as JSON"),
   ).action(async (input: string, output: string, o: Record<string, unknown>) => {
     const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: "Enter passphrase for the new volume: ", verify: true });
-    const vk = o.volumeKeyFile ? readKeyFile(o.volumeKeyFile as string) : undefined;
+    let vk: Buffer | undefined;
     try {
+      vk = o.volumeKeyFile ? readKeyFile(o.volumeKeyFile as string) : undefined;
       const r = await withProgress("Encrypting", output, o, (onProgress, signal) => encryptImage(input, output, pass, { ...formatFrom(o), volumeKey: vk, header: o.header as string | undefined, force: !!o.force, onProgress, signal }));
       if (o.json) printJson({ output, header: o.header ?? null, uuid: r.uuid, data_offset: r.dataOffset, data_length: r.dataLength });
     } finally {

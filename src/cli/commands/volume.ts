@@ -28,8 +28,14 @@ export function registerVolumeCommands(program: Command): void {
       .option("--json", "print the result as JSON"),
   ).action(async (device: string, o: Record<string, unknown>) => {
     const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, verify: true });
-    const dataDev = await FileBlockDevice.open(device, { create: !o.header && !device.startsWith("/dev/") });
-    const hdrDev = o.header ? await FileBlockDevice.open(o.header as string, { create: true }) : dataDev;
+    let dataDev: FileBlockDevice, hdrDev: FileBlockDevice;
+    try {
+      dataDev = await FileBlockDevice.open(device, { create: !o.header && !device.startsWith("/dev/") });
+      hdrDev = o.header ? await FileBlockDevice.open(o.header as string, { create: true }) : dataDev;
+    } catch (e) {
+      wipe(pass);
+      throw e;
+    }
     try {
       const { volume, volumeKey } = await formatLuks2(hdrDev, pass, { ...formatFrom(o), keyslot: Number(o.keySlot) }, o.header ? dataDev : undefined);
       wipe(volumeKey);

@@ -8,7 +8,7 @@
 import { readFileSync } from "node:fs";
 import { TrustvolError, corrupt, usage } from "../../util/errors.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
-import { wipe } from "../../util/secret.js";
+import { wipe, hexBytes } from "../../util/secret.js";
 import { paddKey, pipeKey, updateKey, type KeyRef, type KeyctlOptions } from "./keyring.js";
 
 export type EncryptedKeyFormat = "default" | "ecryptfs" | "enc32";
@@ -55,13 +55,14 @@ function encryptedError(e: unknown, op: string, master?: MasterKey): unknown {
 export function createEncryptedKey(description: string, spec: NewEncryptedKey, keyring: KeyRef = "@u", o?: KeyctlOptions): number {
   const format = spec.format ?? "default";
   checkLength(format, spec.length);
-  let data = "";
+  let data: Buffer | undefined;
   if (spec.decryptedData) {
     if (spec.decryptedData.length !== spec.length) throw usage(`decryptedData is ${spec.decryptedData.length} bytes, length says ${spec.length}`);
-    data = " " + Buffer.from(spec.decryptedData).toString("hex");
+    data = hexBytes(spec.decryptedData); // key material as hex straight into a wipeable Buffer, never a JS string
   }
-  const payload = Buffer.from(`new ${format} ${masterKeyString(spec.master)} ${spec.length}${data}`);
-  data = "";
+  const head = Buffer.from(`new ${format} ${masterKeyString(spec.master)} ${spec.length}`);
+  const payload = data ? Buffer.concat([head, Buffer.from(" "), data]) : head;
+  wipe(data);
   try {
     return paddKey("encrypted", description, payload, keyring, o);
   } catch (e) {

@@ -3,7 +3,7 @@
 import { publicEncrypt, constants, type KeyObject } from "node:crypto";
 import type { TrustSource, TrustSourceInfo, SealPolicy, SealedBlob } from "../types.js";
 import { TrustvolError, unsupported, corrupt } from "../../util/errors.js";
-import { wipe } from "../../util/secret.js";
+import { wipe, constantTimeEqual } from "../../util/secret.js";
 import pkcs11js from "pkcs11js";
 import { openToken, type RsaPadding, type Pkcs11Session } from "./token.js";
 import { parsePkcs11Uri, formatPkcs11Uri, redactUri, type Pkcs11Uri } from "./uri.js";
@@ -112,7 +112,7 @@ export class Pkcs11TrustSource implements TrustSource {
           data = encryptToPublicKey(pub.key, secret, padding);
           back = s.decrypt(key, data, padding);
         }
-        const ok = Buffer.compare(back, Buffer.from(secret)) === 0;
+        const ok = constantTimeEqual(back, secret);
         wipe(back);
         if (!ok) throw new TrustvolError("EDEVICE", `token '${s.token.label}' decrypted the test blob to something else`, "the public key and private key on the token do not match");
       }
