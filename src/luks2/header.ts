@@ -155,13 +155,17 @@ export function encodeHeaderCopies(h: Luks2Header): [Buffer, Buffer] {
   return [out[0]!, out[1]!];
 }
 
-/** Commit new metadata: seqid+1, primary first, flush, then secondary, flush (spec §2.3 update order). */
-export async function writeHeader(dev: BlockDevice, h: Luks2Header): Promise<void> {
+/**
+ * Commit new metadata: seqid+1, one copy, flush, the other copy, flush (spec §2.3). Primary first normally; when the
+ * copies differ, the stale one must go first so a torn write still leaves the newest valid copy intact.
+ */
+export async function writeHeader(dev: BlockDevice, h: Luks2Header, opts: { firstCopy?: "primary" | "secondary" } = {}): Promise<void> {
   const next = { ...h, seqid: h.seqid + 1n };
   const [p, s] = encodeHeaderCopies(next);
-  await dev.write(p, 0);
-  await dev.flush();
-  await dev.write(s, h.hdrSize);
-  await dev.flush();
+  const order: [Buffer, number][] = opts.firstCopy === "secondary" ? [[s, h.hdrSize], [p, 0]] : [[p, 0], [s, h.hdrSize]];
+  for (const [buf, off] of order) {
+    await dev.write(buf, off);
+    await dev.flush();
+  }
   h.seqid = next.seqid;
 }

@@ -144,18 +144,26 @@ export class Luks2Volume {
   async addKeyslotWithToken(
     volumeKey: Uint8Array,
     makeToken: (slot: number) => Promise<{ tokenJson: Record<string, unknown>; passphrase: Buffer }>,
-    opts: NewKeyslotOptions & { slot?: number; tokenId?: number } = {},
-  ): Promise<{ keyslot: number; tokenId: number }> {
+    opts: NewKeyslotOptions & { slot?: number; tokenId?: number; /** drop these keyslots in the same commit (--wipe-slot) */ removeSlots?: number[] } = {},
+  ): Promise<{ keyslot: number; tokenId: number; removed: number[] }> {
     const slot = this.newSlotId(opts.slot);
     const tokenId = opts.tokenId ?? this.freeTokenId();
     if (String(tokenId) in this.metadata.tokens) throw new TrustvolError("EBUSY", `token ${tokenId} is already in use`);
+    const removed = [...new Set(opts.removeSlots ?? [])].filter((k) => k !== slot);
+    for (const k of removed) if (!(String(k) in this.metadata.keyslots)) throw new TrustvolError("ENOENT", `keyslot ${k} is not in use`, "nothing was changed");
+    const areas = removed.map((k) => this.metadata.keyslots[String(k)]!.area);
     const { tokenJson, passphrase } = await makeToken(slot);
     try {
-      await this.storeKeyslot(volumeKey, passphrase, slot, opts, (m) => void (m.tokens[String(tokenId)] = structuredClone(tokenJson) as Luks2Token));
-      return { keyslot: slot, tokenId };
+      await this.storeKeyslot(volumeKey, passphrase, slot, opts, (m) => {
+        m.tokens[String(tokenId)] = structuredClone(tokenJson) as Luks2Token;
+        for (const k of removed) dropKeyslot(m, String(k));
+      });
     } finally {
       wipe(passphrase);
     }
+    // The header no longer references them: now their key material can go.
+    for (const a of areas) await wipeArea(this.dev, u64Num(a.offset, "area.offset"), u64Num(a.size, "area.size"));
+    return { keyslot: slot, tokenId, removed };
   }
 
   private newSlotId(wanted?: number): number {
@@ -166,8 +174,25 @@ export class Luks2Volume {
     return slot;
   }
 
+  /**
+   * Bring a stale or damaged header copy up to date before anything else is written (cryptsetup repairs on load too).
+   * Otherwise free space chosen from the newest copy could still be referenced by the stale one, and a torn write of
+   * the next commit would fall back to a copy whose keyslot area we just overwrote.
+   */
+  private async syncCopies(): Promise<void> {
+    if (!this.readStatus.needsRepair) return;
+    this.checkRequirements("write");
+    const p = this.readStatus.primary, s = this.readStatus.secondary;
+    const primaryIsStale = !p.ok || (s.ok && (s.seqid ?? 0n) > (p.seqid ?? 0n));
+    await writeHeader(this.dev, this.header, { firstCopy: primaryIsStale ? "primary" : "secondary" });
+    this.readStatus.primary = { offset: 0, ok: true, seqid: this.header.seqid };
+    this.readStatus.secondary = { offset: this.header.hdrSize, ok: true, seqid: this.header.seqid };
+    this.readStatus.needsRepair = false;
+  }
+
   /** Write the new keyslot's material into free space, then commit the metadata that references it (plus `extra`). */
   private async storeKeyslot(volumeKey: Uint8Array, passphrase: Uint8Array, slot: number, opts: NewKeyslotOptions, extra?: (m: Luks2Metadata) => void): Promise<void> {
+    await this.syncCopies();
     const digestId = this.verifyVolumeKey(volumeKey);
     const { keyslot, areaOffset, areaData } = await buildKeyslot(this.metadata, this.header.hdrSize, volumeKey, passphrase, {
       areaEncryption: this.dataSegment().seg.encryption,
@@ -181,12 +206,19 @@ export class Luks2Volume {
     m.digests[digestId]!.keyslots.push(String(slot));
     m.digests[digestId]!.keyslots.sort((a, b) => Number(a) - Number(b));
     extra?.(m);
-    await this.commit(m);
+    try {
+      await this.commit(m);
+    } catch (e) {
+      // Nothing references the new material: don't leave a usable copy of the volume key behind.
+      await wipeArea(this.dev, areaOffset, u64Num(keyslot.area.size, "area.size")).catch(() => {});
+      throw e;
+    }
   }
 
   /** Replace the passphrase of a keyslot (same id, new area), like `cryptsetup luksChangeKey`. */
   async changeKeyslot(slot: number, oldPass: Uint8Array, newPass: Uint8Array, opts: NewKeyslotOptions = {}): Promise<void> {
     this.checkRequirements("write");
+    await this.syncCopies();
     const { volumeKey } = await this.unlock(oldPass, { slot });
     try {
       const id = String(slot);
@@ -220,13 +252,7 @@ export class Luks2Volume {
     if (!remaining.length && !opts.allowLast)
       throw new TrustvolError("EUSAGE", `keyslot ${slot} is the last keyslot: removing it makes the data unrecoverable`, "add another key first, or pass --force if that is really what you want");
     const m = structuredClone(this.metadata);
-    delete m.keyslots[id];
-    for (const d of Object.values(m.digests)) d.keyslots = d.keyslots.filter((k) => k !== id);
-    for (const [tid, t] of Object.entries(m.tokens)) {
-      t.keyslots = t.keyslots.filter((k) => k !== id);
-      // A token that unlocks nothing any more is dead weight (systemd-cryptenroll --wipe-slot does the same).
-      if (!t.keyslots.length && t.type.startsWith("systemd-")) delete m.tokens[tid];
-    }
+    dropKeyslot(m, id);
     await this.commit(m);
     await wipeArea(this.dev, u64Num(ks.area.offset, "area.offset"), u64Num(ks.area.size, "area.size"));
   }
@@ -282,6 +308,7 @@ export class Luks2Volume {
 
   /** Validate then write new metadata (both copies); on success it becomes the volume's metadata. */
   async commit(m: Luks2Metadata, mapError?: (e: TrustvolError) => TrustvolError): Promise<void> {
+    await this.syncCopies();
     try {
       validateMetadata(JSON.parse(JSON.stringify(m)), this.header.hdrSize);
     } catch (e) {
@@ -296,8 +323,18 @@ export class Luks2Volume {
   /** Rewrite both header copies from the valid one (the one with the highest seqid). */
   async repair(): Promise<boolean> {
     if (!this.readStatus.needsRepair) return false;
-    this.checkRequirements("write");
-    await writeHeader(this.dev, this.header);
+    await this.syncCopies();
     return true;
+  }
+}
+
+/** Remove a keyslot and every reference to it from metadata (in place). */
+function dropKeyslot(m: Luks2Metadata, id: string): void {
+  delete m.keyslots[id];
+  for (const d of Object.values(m.digests)) d.keyslots = d.keyslots.filter((k) => k !== id);
+  for (const [tid, t] of Object.entries(m.tokens)) {
+    t.keyslots = t.keyslots.filter((k) => k !== id);
+    // A token that unlocks nothing any more is dead weight (systemd-cryptenroll --wipe-slot does the same).
+    if (!t.keyslots.length && t.type.startsWith("systemd-")) delete m.tokens[tid];
   }
 }

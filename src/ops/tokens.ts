@@ -86,22 +86,27 @@ export async function enrollToken(
   v: Luks2Volume,
   volumeKey: Uint8Array,
   makeToken: (slot: number) => Promise<{ tokenJson: Record<string, unknown>; passphrase: Buffer }>,
-  opts: NewKeyslotOptions & { slot?: number } = {},
-): Promise<{ keyslot: number; tokenId: number }> {
+  opts: NewKeyslotOptions & { slot?: number; removeSlots?: number[] } = {},
+): Promise<{ keyslot: number; tokenId: number; removed: number[] }> {
   return v.addKeyslotWithToken(volumeKey, makeToken, opts);
 }
 
-/** `--wipe-slot`: remove passphrase keyslots (not token-backed ones, not the one just enrolled), as systemd-cryptenroll does. */
-export async function wipeSlots(v: Luks2Volume, spec: string, keep: number): Promise<number[]> {
+/**
+ * `--wipe-slot` as systemd-cryptenroll reads it: "password" (passphrase keyslots, i.e. not token-backed), "all", or a
+ * list of numbers. Resolved and validated BEFORE enrolling, so a bad spec changes nothing; the enrollment then drops
+ * these slots in the same header commit that adds the new one.
+ */
+export function resolveWipeSlots(v: Luks2Volume, spec: string | undefined): number[] {
+  if (!spec) return [];
   const tokenSlots = new Set(Object.values(v.metadata.tokens).flatMap((t) => t.keyslots.map(Number)));
-  let targets: number[];
-  if (spec === "password") targets = v.keyslotIds().filter((k) => !tokenSlots.has(k) && v.metadata.keyslots[String(k)]!.type === "luks2");
-  else if (spec === "all") targets = v.keyslotIds();
-  else targets = spec.split(",").map((x) => {
-    if (!/^[0-9]+$/.test(x) || Number(x) > 31) throw new TrustvolError("EUSAGE", `--wipe-slot: "${x}" is not password, all or a keyslot number`);
-    return Number(x);
-  });
-  targets = targets.filter((k) => k !== keep);
-  for (const k of targets) await v.removeKeyslot(k);
-  return targets;
+  const out = new Set<number>();
+  for (const part of spec.split(",")) {
+    if (part === "password") v.keyslotIds().filter((k) => !tokenSlots.has(k) && v.metadata.keyslots[String(k)]!.type === "luks2").forEach((k) => out.add(k));
+    else if (part === "all") v.keyslotIds().forEach((k) => out.add(k));
+    else if (/^[0-9]+$/.test(part) && Number(part) <= 31) {
+      if (!(part in v.metadata.keyslots)) throw new TrustvolError("ENOENT", `--wipe-slot: keyslot ${part} is not in use`, "nothing was changed");
+      out.add(Number(part));
+    } else throw new TrustvolError("EUSAGE", `--wipe-slot: "${part}" is not password, all or a keyslot number`, "nothing was changed");
+  }
+  return [...out].sort((a, b) => a - b);
 }

@@ -116,3 +116,22 @@ test("without --token-only, unlock tries tokens first, then falls back to a pass
   assert.equal(r.status, 0, r.stderr);
   assert.equal(JSON.parse(r.stdout).keyslot, 31, "the factory passphrase still works when the TPM refuses");
 });
+
+test("--wipe-slot is validated before anything is enrolled, and applied in the same header commit", async (t) => {
+  if (!needTools(t, "swtpm")) return;
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const tpm = await startSwtpm();
+  t.after(() => tpm.stop());
+  const { img, factory } = fresh(dir, "w.img");
+  const before = readFileSync(img);
+  for (const bad of ["bogus", "31,9"]) {
+    const r = trustvol(["enroll", "tpm2", img, "--tpm2-device", tpm.device, "--key-file", factory, "--wipe-slot", bad]);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /^trustvol: --wipe-slot: .*nothing was changed\n$/);
+    assert.ok(readFileSync(img).equals(before), `--wipe-slot ${bad}: image unchanged`);
+  }
+  const r = trustvol(["enroll", "tpm2", img, "--tpm2-device", tpm.device, "--key-file", factory, "--wipe-slot", "31", "--json"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout).wiped_keyslots, [31]);
+});

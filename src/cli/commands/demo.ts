@@ -17,7 +17,7 @@ import { existsSync, accessSync as accessSyncFs, constants as fsConstants } from
 import { createHash } from "node:crypto";
 import { startSwtpm, type Swtpm } from "../../trust/tpm2/swtpm-process.js";
 import { withTpm } from "../../ops/handlers.js";
-import { enrollToken, unlockWithTokens, wipeSlots } from "../../ops/tokens.js";
+import { enrollToken, unlockWithTokens, resolveWipeSlots } from "../../ops/tokens.js";
 import { createSystemdTpm2Token } from "../../tokens/systemd-tpm2.js";
 import { tokenKeyslotKdf } from "./enroll.js";
 
@@ -99,10 +99,10 @@ export function registerDemoCommand(program: Command): void {
                 enrollToken(v, volumeKey, async (slot) => {
                   const t = await createSystemdTpm2Token(tpm, { keyslot: slot, pcrs: [7], bank: "sha256" });
                   return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
-                }, { kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha512", iterations: 1000 }) }),
+                }, { kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha512", iterations: 1000 }), removeSlots: resolveWipeSlots(v, "password") }),
               );
               wipe(volumeKey);
-              const wiped = await wipeSlots(v, "password", r.keyslot);
+              const wiped = r.removed;
               say(`    keyslot ${r.keyslot} + systemd-tpm2 token ${r.tokenId} (PCR 7, sha256 bank); factory passphrase keyslot ${wiped.join(",")} wiped`);
             } finally {
               await h.close();

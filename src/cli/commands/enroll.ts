@@ -4,7 +4,7 @@ import type { Command } from "commander";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { LuksHandle } from "../../ops/volume.js";
-import { enrollToken, wipeSlots, unlockWithTokens, type TokenUnlockContext } from "../../ops/tokens.js";
+import { enrollToken, resolveWipeSlots, unlockWithTokens, type TokenUnlockContext } from "../../ops/tokens.js";
 import { readPin, type PinSource } from "../../trust/pkcs11/pin.js";
 import { getPassphrase, readKeyFile } from "../secrets.js";
 import { addUnlockOptions, addPinOptions, int, printJson } from "../common.js";
@@ -48,8 +48,8 @@ export function tokenKeyslotKdf(p: { type: "pbkdf2"; hash: string; iterations: n
   return { ...p, salt: randomBytes(32).toString("base64") };
 }
 
-export async function finishEnroll(h: LuksHandle, r: { keyslot: number; tokenId: number }, o: Record<string, unknown>, what: string): Promise<void> {
-  const wiped = o.wipeSlot ? await wipeSlots(h.requireLuks2("enroll"), o.wipeSlot as string, r.keyslot) : [];
+export async function finishEnroll(r: { keyslot: number; tokenId: number; removed: number[] }, o: Record<string, unknown>, what: string): Promise<void> {
+  const wiped = r.removed;
   if (o.json) printJson({ keyslot: r.keyslot, token: r.tokenId, wiped_keyslots: wiped });
   else {
     io.err(`New ${what} token enrolled as key slot ${r.keyslot} (token ${r.tokenId}).\n`);
@@ -74,18 +74,20 @@ export function registerEnrollCommands(program: Command): Command {
     ),
   ).action(async (device: string, o: Record<string, unknown>) => {
     const h = await LuksHandle.open(device, { header: o.header as string | undefined });
-    const pinSrc = pinSourceFrom(o);
-    const pin = pinSrc ? readPin(pinSrc) : undefined;
-    let vk: Buffer | undefined;
+    let pin: Buffer | undefined, vk: Buffer | undefined;
     try {
+      const removeSlots = resolveWipeSlots(h.requireLuks2("enroll"), o.wipeSlot as string | undefined);
+      const pinSrc = pinSourceFrom(o);
+      pin = pinSrc ? readPin(pinSrc) : undefined;
       vk = await volumeKeyFor(h, device, o, { pin, pkcs11Module: o.module as string | undefined });
       const { createSystemdPkcs11Token, SYSTEMD_PKCS11_KEYSLOT_PBKDF } = await import("../../tokens/systemd-pkcs11.js");
       const r = await enrollToken(h.requireLuks2("enroll"), vk, (slot) => createSystemdPkcs11Token({ uri: o.uri as string, keyslot: slot, pin: pin ? { kind: "buffer", pin } : undefined, ...(o.module ? { modulePath: o.module as string } : {}) }), {
         slot: o.keySlot as number | undefined,
         kdf: tokenKeyslotKdf(SYSTEMD_PKCS11_KEYSLOT_PBKDF),
         afHash: "sha512",
+        removeSlots,
       });
-      await finishEnroll(h, r, o, "PKCS#11");
+      await finishEnroll(r, o, "PKCS#11");
     } finally {
       wipe(vk, pin);
       await h.close();
@@ -128,6 +130,7 @@ export function registerEnrollCommands(program: Command): Command {
     const h = await LuksHandle.open(device, { header: o.header as string | undefined });
     let pin: Buffer | undefined, vk: Buffer | undefined;
     try {
+      const removeSlots = resolveWipeSlots(h.requireLuks2("enroll"), o.wipeSlot as string | undefined);
       if (o.withPin) pin = o.pinFile ? readPin(pinSourceFrom(o)!) : await getPassphrase({ prompt: "Enter new TPM2 PIN: ", verify: true });
       vk = await volumeKeyFor(h, device, o, { tpm2Device: o.tpm2Device as string | undefined });
       const { createSystemdTpm2Token } = await import("../../tokens/systemd-tpm2.js");
@@ -137,9 +140,9 @@ export function registerEnrollCommands(program: Command): Command {
         enrollToken(h.requireLuks2("enroll"), vk!, async (slot) => {
           const t = await createSystemdTpm2Token(tpm, { keyslot: slot, pcrs: o.publicKey ? [] : (o.pcrs as number[]), bank: o.pcrBank as "sha256", primaryAlg: o.primaryAlg as "ecc", ...(pin ? { pin } : {}), ...(pubkey ? { pubkey, pubkeyPcrs: o.publicKeyPcrs as number[] } : {}) });
           return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
-        }, { slot: o.keySlot as number | undefined, kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha512", iterations: 1000 }) }),
+        }, { slot: o.keySlot as number | undefined, kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha512", iterations: 1000 }), removeSlots }),
       );
-      await finishEnroll(h, r, o, "TPM2");
+      await finishEnroll(r, o, "TPM2");
     } finally {
       wipe(vk, pin);
       await h.close();
@@ -164,6 +167,7 @@ export function registerEnrollCommands(program: Command): Command {
     const h = await LuksHandle.open(device, { header: o.header as string | undefined });
     let vk: Buffer | undefined;
     try {
+      const removeSlots = resolveWipeSlots(h.requireLuks2("enroll"), o.wipeSlot as string | undefined);
       vk = await volumeKeyFor(h, device, o, { tpm2Device: o.tpm2Device as string | undefined });
       const { createClevisToken } = await import("../../tokens/clevis.js");
       const { withTpm } = await import("../../ops/handlers.js");
@@ -171,9 +175,9 @@ export function registerEnrollCommands(program: Command): Command {
         enrollToken(h.requireLuks2("enroll"), vk!, async (slot) => {
           const t = await createClevisToken(tpm, { keyslot: slot, pcrIds: o.pcrs as number[], pcrBank: o.pcrBank as "sha256", key: o.primaryAlg as "ecc" });
           return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
-        }, { slot: o.keySlot as number | undefined, kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha256", iterations: 1000 }) }),
+        }, { slot: o.keySlot as number | undefined, kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha256", iterations: 1000 }), removeSlots }),
       );
-      await finishEnroll(h, r, o, "clevis");
+      await finishEnroll(r, o, "clevis");
     } finally {
       wipe(vk);
       await h.close();
