@@ -44,8 +44,13 @@ export function buildProgram(): Command {
   const program = new Command("trustvol")
     .description("LUKS2 / dm-crypt volumes whose keys are sealed to a device's hardware root of trust")
     .version(VERSION)
-    .showHelpAfterError("(run with --help for usage)")
     .addHelpText("after", EXIT_HELP)
+    // One line for usage errors too (subcommands inherit this), through the CLI's io like every other message.
+    .configureOutput({
+      writeOut: (str) => io.out(str),
+      writeErr: (str) => io.err(str),
+      outputError: (str) => io.err(`trustvol: ${oneLine(str.replace(/^error: /, ""))} (see --help)\n`),
+    })
     .exitOverride();
   registerVolumeCommands(program);
   registerKeyCommands(program);
@@ -68,20 +73,49 @@ export async function main(argv: string[]): Promise<number> {
     return ExitCode.OK;
   } catch (e) {
     if (e instanceof CommanderError) {
-      if (e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.code === "commander.help") return ExitCode.OK;
-      return ExitCode.USAGE;
+      if (e.code === "commander.helpDisplayed" || e.code === "commander.version") return ExitCode.OK;
+      return e.exitCode === 0 ? ExitCode.OK : ExitCode.USAGE; // e.g. `trustvol enroll` with no subcommand
     }
     if (e instanceof TrustvolError) {
-      io.err(`trustvol: ${e.oneLine()}\n`);
+      io.err(`trustvol: ${oneLine(e.oneLine())}\n`);
       return e.exitCode;
     }
     const err = e as NodeJS.ErrnoException;
-    if (err?.code === "ENOSPC") {
-      io.err("trustvol: no space left on device\n");
-      return ExitCode.FAILURE;
+    const sys = systemError(err);
+    if (sys) {
+      io.err(`trustvol: ${oneLine(sys.oneLine())}\n`);
+      return sys.exitCode;
     }
-    io.err(`trustvol: internal error: ${err?.message ?? String(e)}\n`);
+    io.err(`trustvol: internal error: ${oneLine(err?.message ?? String(e))}\n`);
     if (process.env.TRUSTVOL_DEBUG) io.err(`${err?.stack}\n`);
     return ExitCode.FAILURE;
+  }
+}
+
+/** Messages that quote a tool's stderr can span lines: the CLI always prints one. */
+function oneLine(s: string): string {
+  return s.replace(/\s*\n\s*/g, " ").trim();
+}
+
+/** Plain Node errors with an errno (a path we could not open or write) become the same one-line errors. */
+function systemError(err: NodeJS.ErrnoException | undefined): TrustvolError | undefined {
+  if (!err || typeof err.code !== "string") return undefined;
+  const path = typeof err.path === "string" ? err.path.replace(/\/\.([^/]+)\.[0-9a-f]{12}\.tmp$/, "/$1") : "a file";
+  switch (err.code) {
+    case "ENOENT":
+      return new TrustvolError("ENOENT", `${path}: no such file or directory`, "check the path");
+    case "EACCES":
+    case "EPERM":
+      return new TrustvolError("EDEVICE", `${path}: permission denied`, "run as a user who may access it (often root)");
+    case "EROFS":
+      return new TrustvolError("EDEVICE", `${path}: read-only file system`);
+    case "ENOSPC":
+      return new TrustvolError("ENOSPC", `${path}: no space left on device`);
+    case "EISDIR":
+      return new TrustvolError("EUSAGE", `${path} is a directory`);
+    case "EEXIST":
+      return new TrustvolError("EUSAGE", `${path} already exists`);
+    default:
+      return undefined;
   }
 }

@@ -4,7 +4,8 @@ import type { BlockDevice } from "../blockdev/types.js";
 import { MemoryBlockDevice } from "../blockdev/memory.js";
 import { TrustvolError } from "../util/errors.js";
 import { atomicWriteFileSync } from "../util/atomic.js";
-import { readHeader, probeLuksVersion } from "./header.js";
+import { readHeader, probeLuksVersion, encodeHeaderCopies } from "./header.js";
+import { LUKS2_MAGIC_PRIMARY, LUKS2_MAGIC_SECONDARY } from "./constants.js";
 import { u64Num } from "./metadata.js";
 
 /** Bytes the backup covers: both metadata copies and the keyslots area (cryptsetup LUKS2_hdr_and_areas_size). */
@@ -59,18 +60,38 @@ export async function restoreHeader(dev: BlockDevice, path: string, opts: Restor
   const dataOffset = seg ? u64Num(seg.offset, "segment.offset") : 0;
   if (dataOffset > 0 && dev.size < dataOffset && (dev as { isBlockDevice?: boolean }).isBlockDevice)
     throw new TrustvolError("ENOSPC", `${dev.name} is smaller than the backup's data offset (${dataOffset})`);
-  if ((await probeLuksVersion(dev).catch(() => null)) === 2 && !opts.force) {
-    const cur = await readHeader(dev).catch(() => null);
-    if (cur && cur.header.uuid !== backup.header.uuid)
+  // Only a device that holds this same volume (or a LUKS header too damaged to read) is restored without --force.
+  let currentSeqid = -1n;
+  const cur = await readHeader(dev).catch(() => null);
+  if (cur) {
+    currentSeqid = cur.header.seqid;
+    if (cur.header.uuid !== backup.header.uuid && !opts.force)
       throw new TrustvolError("EUSAGE", `${dev.name} holds a different LUKS2 volume (UUID ${cur.header.uuid}, backup is ${backup.header.uuid})`, "pass --force to overwrite it");
+  } else if (!opts.force && !(await hasLuksMagic(dev, backup.header.hdrSize))) {
+    const v = await probeLuksVersion(dev).catch(() => null);
+    throw new TrustvolError("EUSAGE", `${dev.name} ${v === 1 ? "is a LUKS1 volume" : "has no LUKS header"}; restoring would overwrite its first ${size} bytes`, "pass --force if that is really the device");
   }
   // Keyslots area first, then the secondary, then the primary header: the header copies are what make it "live".
+  // If the device's current header is newer, the restored copies get a higher seqid so they win over any leftover copy.
   const hs = backup.header.hdrSize;
+  let copies: [Buffer, Buffer] = [img.subarray(0, hs), img.subarray(hs, 2 * hs)];
+  if (currentSeqid >= backup.header.seqid) copies = encodeHeaderCopies({ ...backup.header, seqid: currentSeqid + 1n });
   await dev.write(img.subarray(2 * hs, size), 2 * hs);
   await dev.flush();
-  await dev.write(img.subarray(hs, 2 * hs), hs);
+  await dev.write(copies[1], hs);
   await dev.flush();
-  await dev.write(img.subarray(0, hs), 0);
+  await dev.write(copies[0], 0);
   await dev.flush();
   return { uuid: backup.header.uuid };
+}
+
+/** A LUKS magic at the primary or the secondary position: a damaged LUKS device rather than some other data. */
+async function hasLuksMagic(dev: BlockDevice, hdrSize: number): Promise<boolean> {
+  for (const [off, magic] of [[0, LUKS2_MAGIC_PRIMARY], [hdrSize, LUKS2_MAGIC_SECONDARY]] as const) {
+    if (dev.size < off + 6) continue;
+    const b = Buffer.alloc(6);
+    await dev.read(b, off);
+    if (b.equals(magic)) return true;
+  }
+  return false;
 }

@@ -9,7 +9,7 @@ import { createSectorCipher, type SectorCipher } from "../dmcrypt/sector-cipher.
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import { fsyncDir } from "../util/atomic.js";
-import { dirname } from "node:path";
+import { dirname, resolve } from "node:path";
 import { planFormat, type FormatOptions } from "../luks2/format.js";
 import { LuksHandle } from "./volume.js";
 
@@ -91,7 +91,9 @@ export interface EncryptImageOptions extends FormatOptions {
 
 /** Encrypt a plain image into a new LUKS2 image (or data file + detached header). Returns the new volume's UUID. */
 export async function encryptImage(input: string, output: string, passphrase: Uint8Array, opts: EncryptImageOptions = {}): Promise<{ uuid: string; dataOffset: number; dataLength: number }> {
-  if (input === output) throw new TrustvolError("EUSAGE", "input and output must differ (in-place encryption is `trustvol reencrypt --encrypt`)");
+  const abs = (p: string) => resolve(p);
+  if (abs(input) === abs(output)) throw new TrustvolError("EUSAGE", "input and output must differ", "encryption in place is not supported yet: write a new image");
+  if (opts.header && (abs(opts.header) === abs(output) || abs(opts.header) === abs(input))) throw new TrustvolError("EUSAGE", "--header must name a file other than the input and the output");
   refuseExisting(output, opts.force);
   if (opts.header) refuseExisting(opts.header, opts.force);
   const src = await FileBlockDevice.open(input, { readOnly: true });
@@ -141,7 +143,7 @@ export interface DecryptImageOptions {
 
 /** Decrypt a LUKS1/LUKS2 image's data area into a plain image. */
 export async function decryptImage(input: string, output: string, key: { passphrase?: Uint8Array; volumeKey?: Uint8Array }, opts: DecryptImageOptions = {}): Promise<{ length: number }> {
-  if (input === output) throw new TrustvolError("EUSAGE", "input and output must differ");
+  if (resolve(input) === resolve(output) || (opts.header && resolve(opts.header) === resolve(output))) throw new TrustvolError("EUSAGE", "the output must differ from the input and its header");
   refuseExisting(output, opts.force);
   const h = await LuksHandle.open(input, { header: opts.header, readOnly: true });
   let vk: Buffer | undefined;

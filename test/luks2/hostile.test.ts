@@ -234,3 +234,36 @@ test("a stale secondary (power cut between the two header writes) is synced befo
   assert.equal(after.readStatus.primary.ok, false);
   for (const pw of ["new", "third"]) await after.unlock(Buffer.from(pw)).then((r) => r.volumeKey.fill(0));
 });
+
+test("header restore refuses to overwrite a device that is not this LUKS2 volume unless forced", async (t) => {
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const base = await baseImage();
+  writeFileSync(join(dir, "v.img"), base);
+  assert.equal((await trustvolInProcess(["header", "backup", join(dir, "v.img"), "--file", join(dir, "b.bin")])).status, 0);
+  const other = Buffer.alloc(20 * 1024 * 1024, 0x5a); // some file system, not LUKS
+  writeFileSync(join(dir, "fs.img"), other);
+  const r = await trustvolInProcess(["header", "restore", join(dir, "fs.img"), "--file", join(dir, "b.bin")]);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /^trustvol: .*has no LUKS header; restoring would overwrite .*--force[^\n]*\n$/);
+  assert.ok(readFileSync(join(dir, "fs.img")).equals(other), "untouched");
+  // the same volume restores without --force; the restored copies win over the (newer) header on the device
+  writeFileSync(join(dir, "pw"), "pw");
+  const add = await trustvolInProcess(["key", "add", "--key-file", join(dir, "pw"), "--new-key-file", join(dir, "pw"), "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", join(dir, "v.img")]);
+  assert.equal(add.status, 0, add.stderr);
+  const r2 = await trustvolInProcess(["header", "restore", join(dir, "v.img"), "--file", join(dir, "b.bin"), "--json"]);
+  assert.equal(r2.status, 0, r2.stderr);
+  const d = JSON.parse((await trustvolInProcess(["dump", "--json", join(dir, "v.img")])).stdout);
+  assert.deepEqual(Object.keys(d.metadata.keyslots), ["0"]);
+  assert.equal(d.header_copies.needs_repair, false);
+});
+
+test("image encrypt refuses --header naming the output or the input", async (t) => {
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  writeFileSync(join(dir, "in.img"), Buffer.alloc(1 << 20));
+  writeFileSync(join(dir, "pw"), "pw");
+  const r = await trustvolInProcess(["image", "encrypt", "--key-file", join(dir, "pw"), "--header", join(dir, "out.img"), join(dir, "in.img"), join(dir, "out.img")]);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--header must name a file other than the input and the output/);
+});

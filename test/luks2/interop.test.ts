@@ -178,7 +178,8 @@ test("header backups cross-restore between trustvol and cryptsetup", async (t) =
   writeFileSync(img, Buffer.alloc(32768));
   truncateSync(img, orig.length);
   const dev2 = await FileBlockDevice.open(img);
-  await restoreHeader(dev2, join(dir, "theirs.bin"));
+  await assert.rejects(restoreHeader(dev2, join(dir, "theirs.bin")), (e: TrustvolError) => /has no LUKS header/.test(e.message) && /--force/.test(e.hint ?? ""));
+  await restoreHeader(dev2, join(dir, "theirs.bin"), { force: true }); // like cryptsetup's confirmation prompt
   await dev2.close();
   run("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, img]);
   assert.ok(readFileSync(img).equals(orig));
