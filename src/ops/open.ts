@@ -8,7 +8,7 @@
 // optionally loaded first from a trusted-key blob, or a CAAM black key loaded as a logon key.
 // Image files get a loop device with autoclear; the dm UUID follows cryptsetup (CRYPT-LUKS2-<uuid>-<name>,
 // CRYPT-PLAIN-<name>) so cryptsetup, systemd and lsblk recognise the mappings.
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync, openSync, closeSync, ftruncateSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, openSync, closeSync, ftruncateSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { TrustvolError, usage } from "../util/errors.js";
@@ -83,7 +83,7 @@ function remember(name: string, r: OpenResult): void {
   if (!r.loop || r.loopAutoclear) return;
   try {
     mkdirSync(stateDir(), { recursive: true, mode: 0o700 });
-    writeFileSync(join(stateDir(), `${name}.json`), JSON.stringify({ name, loop: r.loop, backing: loopBackingFile(r.loop) }) + "\n", { mode: 0o600 });
+    atomicWriteFileSync(join(stateDir(), `${name}.json`), Buffer.from(JSON.stringify({ name, loop: r.loop, backing: loopBackingFile(r.loop) }) + "\n"), 0o600);
   } catch {
     /* close falls back to the table's device */
   }
@@ -160,10 +160,19 @@ export async function openLuks(path: string, name: string, unlock: LuksUnlocker,
     const dmUuid = `CRYPT-${h.luks2 ? "LUKS2" : "LUKS1"}-${h.uuid.replace(/-/g, "")}-${name}`;
     const base = { name, device: `/dev/mapper/${name}`, uuid: dmUuid, kind: h.luks2 ? ("luks2" as const) : ("luks1" as const), keyslot: r.keyslot, ...(r.tokenId !== undefined ? { tokenId: r.tokenId } : {}) };
     if (o.dryRun) return { ...base, table: activate(name, spec, dmUuid, under, o, "logon"), dryRun: true };
-    const { value: table, unlinked } = withLogonKey(desc, volumeKey, o, () => {
-      wipe(volumeKey);
-      return activate(name, spec, dmUuid, under, o, "logon");
-    });
+    let activated = false;
+    let table: string, unlinked: boolean;
+    try {
+      ({ value: table, unlinked } = withLogonKey(desc, volumeKey, o, () => {
+        wipe(volumeKey);
+        const t = activate(name, spec, dmUuid, under, o, "logon");
+        activated = true;
+        return t;
+      }));
+    } catch (e) {
+      if (!activated) try { under.loop?.detach(); } catch { /* activate() may have detached it already */ }
+      throw e;
+    }
     const res: OpenResult = { ...base, table, keyUnlinked: unlinked, ...(under.loop ? { loop: under.loop.device, loopAutoclear: under.loop.autoclear } : {}) };
     remember(name, res);
     return res;
@@ -316,7 +325,7 @@ export function closeVolume(name: string, opts: { deferred?: boolean } = {}): Cl
     if (remembered?.loop === loop && loopBackingFile(loop) === remembered.backing && !opts.deferred) loopDetach(loop);
     res.loopDetached = loopBackingFile(loop) === undefined;
   }
-  rmSync(stateFile, { force: true });
+  if (!opts.deferred) rmSync(stateFile, { force: true }); // deferred: the loop is still ours to detach later
   return res;
 }
 
@@ -363,6 +372,8 @@ export function createTrustedVolume(image: string, o: CreateTrustedVolumeOptions
   if (!path) throw usage(`${image} is a block device: say where the key descriptor goes (--blob FILE)`);
   if (existsSync(path) && !o.force) throw new TrustvolError("EBUSY", `${path} already exists`, "it seals the key of an existing volume; use --force to replace it (the old data becomes unreadable)");
   cryptTable({ sectors: sectorSize / 512, cipher, key: { type: "trusted", description: "check", size: keySize }, device: "check", sectorSize }); // validate early
+  const source = o.source ?? detectTrustedSource().source; // before creating anything: a failed run changes nothing
+  if (!source) throw new TrustvolError("EDEVICE", "no trust source for kernel trusted keys", "boot with trusted.source=tpm|tee|caam|dcp on a kernel with CONFIG_TRUSTED_KEYS");
   if (!existsSync(image)) {
     if (!o.createSize) throw new TrustvolError("ENOENT", `${image} does not exist`, "give --size to create the image file");
     const fd = openSync(image, "wx", 0o600);
@@ -372,8 +383,6 @@ export function createTrustedVolume(image: string, o: CreateTrustedVolumeOptions
       closeSync(fd);
     }
   }
-  const source = o.source ?? detectTrustedSource().source;
-  if (!source) throw new TrustvolError("EDEVICE", "no trust source for kernel trusted keys", "boot with trusted.source=tpm|tee|caam|dcp on a kernel with CONFIG_TRUSTED_KEYS");
   const descName = `trustvol-new-${randomBytes(6).toString("hex")}`;
   const id = createTrustedKey(descName, keySize, o.keyOptions ?? {}, "@u", { source, keyctl: o.keyctl });
   try {
