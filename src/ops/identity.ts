@@ -80,25 +80,35 @@ export interface CsrOptionsIn extends IdentityTarget {
   extendedKeyUsage?: ("clientAuth" | "serverAuth")[];
 }
 
-/** PKCS#10 request for the on-token key, signed by the token. Returns PEM. */
-export async function identityCsr(o: CsrOptionsIn): Promise<string> {
-  const { u } = keyUri(o.uri, o.label);
-  const s = open(o, u);
+type Session = ReturnType<typeof openToken>;
+type IdentityKey = { s: Session; key: ReturnType<Session["findPrivateKey"]>; a: KeyAttributes & { keyType: "rsa" | "ec" }; pub: ReturnType<Session["publicKey"]>; label: string };
+
+/** Log in, find the identity's private key (RSA or EC) and its public half, run fn, close the session. */
+async function withIdentityKey<T>(o: IdentityTarget & { label?: string }, rw: boolean, fn: (k: IdentityKey) => Promise<T> | T): Promise<T> {
+  const { u, label } = keyUri(o.uri, o.label);
+  const s = open(o, u, rw);
   try {
     s.login(o.pin);
     const key = s.findPrivateKey();
     const a = s.keyAttributes(key);
     if (a.keyType === "other") throw new TrustvolError("EUNSUPPORTED", "identity key is neither RSA nor EC");
     const pub = s.publicKey(a.id.length ? { id: a.id } : u);
-    const der = buildCsr(pub.key, a.keyType, (tbs) => s.sign(key, a.keyType as "rsa" | "ec", tbs), {
+    return await fn({ s, key, a: a as IdentityKey["a"], pub, label });
+  } finally {
+    s.close();
+  }
+}
+
+/** PKCS#10 request for the on-token key, signed by the token. Returns PEM. */
+export async function identityCsr(o: CsrOptionsIn): Promise<string> {
+  return withIdentityKey(o, false, ({ s, key, a, pub }) => {
+    const der = buildCsr(pub.key, a.keyType, (tbs) => s.sign(key, a.keyType, tbs), {
       subject: o.subject,
       ...(o.san ? { san: o.san } : {}),
       ...(o.extendedKeyUsage ? { extendedKeyUsage: o.extendedKeyUsage } : {}),
     });
     return toPem(der, "CERTIFICATE REQUEST");
-  } finally {
-    s.close();
-  }
+  });
 }
 
 export interface ImportCertOptions extends IdentityTarget {
@@ -117,13 +127,7 @@ export async function identityImportCert(o: ImportCertOptions): Promise<{ subjec
   } catch (e) {
     throw new TrustvolError("ECORRUPT", `certificate does not parse: ${(e as Error).message}`);
   }
-  const { u, label } = keyUri(o.uri, o.label);
-  const s = open(o, u, true);
-  try {
-    s.login(o.pin);
-    const key = s.findPrivateKey();
-    const a = s.keyAttributes(key);
-    const pub = s.publicKey(a.id.length ? { id: a.id } : u);
+  return withIdentityKey(o, true, ({ s, a, pub, label }) => {
     const want = pub.key.export({ type: "spki", format: "der" });
     const have = cert.publicKey.export({ type: "spki", format: "der" });
     if (!want.equals(have))
@@ -131,9 +135,7 @@ export async function identityImportCert(o: ImportCertOptions): Promise<{ subjec
         "import the certificate issued for this device's CSR");
     importCertificate(s, der, { id: a.id, label, replace: o.replace ?? true });
     return { subject: cert.subject.replace(/\n/g, ", "), issuer: cert.issuer.replace(/\n/g, ", "), notAfter: cert.validTo };
-  } finally {
-    s.close();
-  }
+  });
 }
 
 export interface IdentityShow extends IdentityKeyInfo {
@@ -143,14 +145,7 @@ export interface IdentityShow extends IdentityKeyInfo {
 
 /** Key attributes and certificate of the identity (login needed to see a private key on most tokens). */
 export async function identityShow(o: IdentityTarget & { label?: string }): Promise<IdentityShow> {
-  const { u, label } = keyUri(o.uri, o.label);
-  const s = open(o, u);
-  try {
-    s.login(o.pin);
-    const key = s.findPrivateKey();
-    const a = s.keyAttributes(key);
-    if (a.keyType === "other") throw new TrustvolError("EUNSUPPORTED", "identity key is neither RSA nor EC");
-    const pub = s.publicKey(a.id.length ? { id: a.id } : u);
+  return withIdentityKey(o, false, ({ s, a, pub, label }) => {
     const out: IdentityShow = {
       keyUri: formatPkcs11Uri({ token: s.token.label, object: label, type: "private" }),
       label,
@@ -174,7 +169,5 @@ export async function identityShow(o: IdentityTarget & { label?: string }): Prom
       };
     }
     return out;
-  } finally {
-    s.close();
-  }
+  });
 }
