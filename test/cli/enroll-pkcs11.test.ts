@@ -4,13 +4,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { needTools, run } from "../helpers/tools.js";
+import { run } from "../helpers/tools.js";
 import { trustvol } from "../helpers/cli.js";
-import { makeSoftHsm, softhsmModulePath } from "../helpers/softhsm.js";
+import { makeSoftHsm, needSoftHsm } from "../helpers/softhsm.js";
 
 test("first boot with a PKCS#11 token: init, keygen, enroll --wipe-slot password, unattended unlock (trustvol and systemd plugin)", async (t) => {
-  if (!needTools(t, "cryptsetup", "softhsm2-util")) return;
-  if (!softhsmModulePath()) return t.skip("SoftHSM2 module missing");
+  if (!needSoftHsm(t, "cryptsetup", "softhsm2-util")) return;
   const h = makeSoftHsm();
   t.after(() => h.cleanup());
   const env = h.env;

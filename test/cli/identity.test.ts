@@ -2,13 +2,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { needTools, run } from "../helpers/tools.js";
+import { run } from "../helpers/tools.js";
 import { trustvol } from "../helpers/cli.js";
-import { makeSoftHsm, softhsmModulePath } from "../helpers/softhsm.js";
+import { makeSoftHsm, needSoftHsm } from "../helpers/softhsm.js";
 
 test("identity create → csr → CA signs → import-cert → show, all through the CLI; the key stays non-extractable", async (t) => {
-  if (!needTools(t, "openssl", "softhsm2-util")) return;
-  if (!softhsmModulePath()) return t.skip("SoftHSM2 module missing");
+  if (!needSoftHsm(t, "openssl", "softhsm2-util")) return;
   const h = makeSoftHsm();
   t.after(() => h.cleanup());
   const env = h.env;

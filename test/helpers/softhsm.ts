@@ -1,9 +1,10 @@
+import type { TestContext } from "node:test";
 // A throw-away SoftHSM2 world for one test file: its own SOFTHSM2_CONF and token directory, torn down afterwards.
 // SoftHSM reads SOFTHSM2_CONF at C_Initialize, so the in-process module (pkcs11js) and every child tool
 // (softhsm2-util, systemd-cryptenroll, cryptsetup's systemd plugin, openssl's pkcs11 engine) see the same tokens.
 import { writeFileSync, mkdirSync, existsSync } from "node:fs";
 import { join } from "node:path";
-import { tmpDir, run } from "./tools.js";
+import { tmpDir, run, needTools, IN_CI } from "./tools.js";
 
 export const SOFTHSM_MODULE_CANDIDATES = [
   "/usr/lib/softhsm/libsofthsm2.so",
@@ -66,4 +67,14 @@ export function makeSoftHsm(): SoftHsm {
       cleanup();
     },
   };
+}
+
+/** Skip without SoftHSM2 (or the named tools) on a dev box; in CI their absence is a failure, never a silent skip. */
+export function needSoftHsm(t: TestContext, ...tools: string[]): boolean {
+  if (!softhsmModulePath()) {
+    if (IN_CI) throw new Error("SoftHSM2 module missing in CI (.ci/run must install softhsm2)");
+    t.skip("SoftHSM2 not installed");
+    return false;
+  }
+  return needTools(t, ...tools);
 }

@@ -1,43 +1,34 @@
 // clevis tpm2 pin: interop both ways with clevis 19 (which drives tpm2-tools) on a swtpm, plus codec checks.
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { hasTool, needTools, run, tmpDir } from "../helpers/tools.js";
-import { startSwtpm, type Swtpm } from "../helpers/swtpm.js";
+import { run } from "../helpers/tools.js";
+import { swtpmForFile } from "../helpers/swtpm.js";
 import { addKey, exportToken, importToken, makeLuksImage, passphraseOpens } from "./luks-fixture.js";
 import { base64urlAscii, clevisCompact, createClevisToken, decodeClevisToken, encodeClevisToken, unlockClevisToken } from "../../src/tokens/clevis.js";
 import { Tpm, openTpm2Transport } from "../../src/trust/tpm2/index.js";
 import { TrustvolError } from "../../src/util/errors.js";
 
 const TOOLS = ["swtpm", "cryptsetup", "clevis", "clevis-luks-bind", "jose", "tpm2_createprimary"];
-let sw: Swtpm | undefined;
-let tmp: { dir: string; cleanup: () => void };
-before(async () => {
-  tmp = tmpDir();
-  if (TOOLS.every(hasTool)) sw = await startSwtpm();
-});
-after(async () => {
-  await sw?.stop();
-  tmp.cleanup();
-});
-const ready = (t: import("node:test").TestContext): boolean => needTools(t, ...TOOLS) && sw !== undefined;
+const fx = swtpmForFile(TOOLS);
+const ready = fx.ready;
 
 function bind(img: string, keyFile: string, cfg: string) {
-  run("clevis", ["luks", "bind", "-y", "-k", keyFile, "-d", img, "tpm2", cfg], { env: sw!.env, timeoutMs: 120_000 });
+  run("clevis", ["luks", "bind", "-y", "-k", keyFile, "-d", img, "tpm2", cfg], { env: fx.sw.env, timeoutMs: 120_000 });
 }
 function clevisPass(img: string, slot: number): Buffer {
-  return run("clevis", ["luks", "pass", "-d", img, "-s", String(slot)], { env: sw!.env }).stdout;
+  return run("clevis", ["luks", "pass", "-d", img, "-s", String(slot)], { env: fx.sw.env }).stdout;
 }
 
 test("clevis luks bind tpm2 (pcr 7, sha256) → trustvol unlock == clevis luks pass; PCR change refused", async (t) => {
   if (!ready(t)) return;
-  const l = makeLuksImage(tmp.dir, "a");
+  const l = makeLuksImage(fx.dir, "a");
   bind(l.img, l.keyFile, '{"pcr_ids":"7","pcr_bank":"sha256"}');
   const json = exportToken(l.img, 0);
   const tok = decodeClevisToken(json);
   assert.deepEqual(tok.keyslots, [1]);
   assert.deepEqual(tok.jwe.tpm2.pcrIds, [7]);
   assert.equal(tok.jwe.tpm2.pcrBank, "sha256");
-  const tpm = new Tpm(openTpm2Transport(sw!.device));
+  const tpm = new Tpm(openTpm2Transport(fx.sw.device));
   const pass = await unlockClevisToken(json, tpm);
   assert.deepEqual(pass, clevisPass(l.img, 1));
   assert.ok(passphraseOpens(l.img, pass, 1));
@@ -46,15 +37,15 @@ test("clevis luks bind tpm2 (pcr 7, sha256) → trustvol unlock == clevis luks p
 
   await tpm.pcrExtend(7, "sha256", Buffer.alloc(32, 0x42));
   await assert.rejects(unlockClevisToken(json, tpm), /PCR 7 changed since enrollment/);
-  await sw!.restart();
+  await fx.sw.restart();
   assert.deepEqual(await unlockClevisToken(json, tpm), pass);
 });
 
 test("clevis defaults: no pcr_bank (sha1) and no PCRs at all", async (t) => {
   if (!ready(t)) return;
-  const tpm = new Tpm(openTpm2Transport(sw!.device));
+  const tpm = new Tpm(openTpm2Transport(fx.sw.device));
   const banks = (await tpm.pcrBanks()).filter((b) => b.pcrs.length).map((b) => b.hash);
-  const l = makeLuksImage(tmp.dir, "b");
+  const l = makeLuksImage(fx.dir, "b");
   if (banks.includes("sha1")) {
     bind(l.img, l.keyFile, '{"pcr_ids":"7"}');
     const json = exportToken(l.img, 0);
@@ -71,8 +62,8 @@ test("clevis defaults: no pcr_bank (sha1) and no PCRs at all", async (t) => {
 
 test("trustvol createClevisToken → luksAddKey + token import → clevis luks pass returns the passphrase", async (t) => {
   if (!ready(t)) return;
-  const l = makeLuksImage(tmp.dir, "c");
-  const tpm = new Tpm(openTpm2Transport(sw!.device));
+  const l = makeLuksImage(fx.dir, "c");
+  const tpm = new Tpm(openTpm2Transport(fx.sw.device));
   for (const [slot, opts] of [
     [5, { pcrIds: [7], pcrBank: "sha256" as const }],
     [6, { pcrIds: [0, 7], pcrBank: "sha256" as const, key: "rsa" as const }],
@@ -84,7 +75,7 @@ test("trustvol createClevisToken → luksAddKey + token import → clevis luks p
     assert.deepEqual(clevisPass(l.img, slot), passphrase, `slot ${slot}`);
     assert.deepEqual(await unlockClevisToken(exportToken(l.img, slot), tpm), passphrase);
   }
-  const list = run("clevis", ["luks", "list", "-d", l.img], { env: sw!.env }).stdout.toString();
+  const list = run("clevis", ["luks", "list", "-d", l.img], { env: fx.sw.env }).stdout.toString();
   assert.match(list, /5: tpm2 '\{"hash":"sha256","key":"ecc","pcr_bank":"sha256","pcr_ids":"7"\}'/);
 });
 
@@ -111,7 +102,7 @@ test("codec: hostile JWEs are refused; tampering is detected", async (t) => {
   }
 
   if (!ready(t)) return;
-  const tpm = new Tpm(openTpm2Transport(sw!.device));
+  const tpm = new Tpm(openTpm2Transport(fx.sw.device));
   const { tokenJson, passphrase } = await createClevisToken(tpm, { keyslot: 2, pcrIds: [7], pcrBank: "sha256", passphrase: Buffer.from("given passphrase") });
   assert.equal(passphrase.toString(), "given passphrase");
   const tok = decodeClevisToken(tokenJson);

@@ -4,8 +4,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync, truncateSync } from "node:fs";
 import { join } from "node:path";
-import { makeSoftHsm, softhsmModulePath, type SoftHsm } from "../helpers/softhsm.js";
-import { needTools, run, IN_CI } from "../helpers/tools.js";
+import { makeSoftHsm, softhsmModulePath, type SoftHsm, needSoftHsm } from "../helpers/softhsm.js";
+import { run } from "../helpers/tools.js";
 import {
   decodeSystemdPkcs11Token,
   encodeSystemdPkcs11Token,
@@ -78,12 +78,7 @@ before(() => {
 after(() => h?.cleanup());
 
 function haveAll(t: import("node:test").TestContext): boolean {
-  if (!softhsmModulePath()) {
-    if (IN_CI) throw new Error("SoftHSM2 module missing in CI");
-    t.skip("SoftHSM2 not installed");
-    return false;
-  }
-  return needTools(t, "cryptsetup", "systemd-cryptenroll");
+  return needSoftHsm(t, "cryptsetup", "systemd-cryptenroll");
 }
 
 /** A small LUKS2 image with a factory passphrase in keyslot 0 (cheap KDF: tests run on 2 cores). */
@@ -160,7 +155,7 @@ test("trustvol → systemd: cryptsetup's systemd-pkcs11 plugin unlocks our token
 });
 
 test("createSystemdPkcs11Token: URI normalisation and refusals", async (t) => {
-  if (!softhsmModulePath()) return t.skip("SoftHSM2 not installed");
+  if (!needSoftHsm(t)) return;
   const pf = h!.pinFile(PIN);
   const a = await createSystemdPkcs11Token({ uri: `pkcs11:token=lmp;object=luks;type=cert?pin-source=file:${pf}`, keyslot: 2 });
   assert.equal(a.tokenJson["pkcs11-uri"], "pkcs11:token=lmp;object=luks;type=private", "pin-source stripped, type=cert → private");

@@ -1,12 +1,12 @@
 // systemd-tpm2 LUKS2 tokens: codec against hostile JSON, and interop both ways with systemd-cryptenroll 252 /
 // cryptsetup on a swtpm.
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { IN_CI, hasTool, needTools, run, tmpDir } from "../helpers/tools.js";
+import { IN_CI, run } from "../helpers/tools.js";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { generateKeyPairSync } from "node:crypto";
-import { startSwtpm, type Swtpm } from "../helpers/swtpm.js";
+import { swtpmForFile } from "../helpers/swtpm.js";
 import { addKey, exportToken, importToken, makeLuksImage, passphraseOpens } from "./luks-fixture.js";
 import {
   createSystemdTpm2Token, decodeSystemdTpm2Token, encodeSystemdTpm2Token, unlockSystemdTpm2Token, base64Ascii, systemdPinAuthValue, systemdTpm2PolicyDigest, decodePcrSignatureJson,
@@ -100,24 +100,15 @@ test("PIN → authValue: 252 = sha256(PIN); salted (tpm2_salt) = sha256(base64(P
 });
 
 const TOOLS = ["swtpm", "cryptsetup", "systemd-cryptenroll", "tpm2_flushcontext"];
-let sw: Swtpm | undefined;
-let tmp: { dir: string; cleanup: () => void };
-before(async () => {
-  tmp = tmpDir();
-  if (TOOLS.every(hasTool)) sw = await startSwtpm();
-});
-after(async () => {
-  await sw?.stop();
-  tmp.cleanup();
-});
-const ready = (t: import("node:test").TestContext): boolean => needTools(t, ...TOOLS) && sw !== undefined;
+const fx = swtpmForFile(TOOLS);
+const ready = fx.ready;
 
 test("systemd-cryptenroll 252 --tpm2-pcrs=7 → trustvol unlocks; cryptsetup accepts the passphrase", async (t) => {
   if (!ready(t)) return;
-  const l = makeLuksImage(tmp.dir, "a");
-  run("systemd-cryptenroll", [`--unlock-key-file=${l.keyFile}`, `--tpm2-device=${sw!.device}`, "--tpm2-pcrs=7", l.img], { env: sw!.env });
+  const l = makeLuksImage(fx.dir, "a");
+  run("systemd-cryptenroll", [`--unlock-key-file=${l.keyFile}`, `--tpm2-device=${fx.sw.device}`, "--tpm2-pcrs=7", l.img], { env: fx.sw.env });
   const json = exportToken(l.img, 0);
-  const tpm = new Tpm(openTpm2Transport(sw!.device));
+  const tpm = new Tpm(openTpm2Transport(fx.sw.device));
   const pass = await unlockSystemdTpm2Token(json, tpm);
   assert.equal(pass.length, 44);
   assert.ok(passphraseOpens(l.img, pass, 1));
@@ -125,17 +116,17 @@ test("systemd-cryptenroll 252 --tpm2-pcrs=7 → trustvol unlocks; cryptsetup acc
 
   await tpm.pcrExtend(7, "sha256", Buffer.alloc(32, 0xaa));
   await assert.rejects(unlockSystemdTpm2Token(json, tpm), /PCR 7 changed since enrollment: the boot chain differs/);
-  await sw!.restart();
+  await fx.sw.restart();
   assert.deepEqual(await unlockSystemdTpm2Token(json, tpm), pass);
 });
 
 test("systemd-cryptenroll 252 --tpm2-with-pin=yes (NEWPIN) → trustvol unlocks with the PIN, refuses a wrong one", async (t) => {
   if (!ready(t)) return;
-  const l = makeLuksImage(tmp.dir, "b");
-  run("systemd-cryptenroll", [`--unlock-key-file=${l.keyFile}`, `--tpm2-device=${sw!.device}`, "--tpm2-pcrs=0+7", "--tpm2-with-pin=yes", l.img], { env: { ...sw!.env, NEWPIN: "8642" }, timeoutMs: 60_000 });
+  const l = makeLuksImage(fx.dir, "b");
+  run("systemd-cryptenroll", [`--unlock-key-file=${l.keyFile}`, `--tpm2-device=${fx.sw.device}`, "--tpm2-pcrs=0+7", "--tpm2-with-pin=yes", l.img], { env: { ...fx.sw.env, NEWPIN: "8642" }, timeoutMs: 60_000 });
   const json = exportToken(l.img, 0);
   assert.equal(decodeSystemdTpm2Token(json).pin, true);
-  const tpm = new Tpm(openTpm2Transport(sw!.device));
+  const tpm = new Tpm(openTpm2Transport(fx.sw.device));
   await tpm.run(C.DictionaryAttackLockReset, {});
   await assert.rejects(unlockSystemdTpm2Token(json, tpm), (e: unknown) => e instanceof TrustvolError && e.code === "EBADPASS" && /needs a PIN/.test(e.message));
   await assert.rejects(unlockSystemdTpm2Token(json, tpm, { pin: Buffer.from("1111") }), (e: unknown) => e instanceof TrustvolError && e.code === "EBADPASS" && /wrong TPM PIN/.test(e.message));
@@ -146,8 +137,8 @@ test("systemd-cryptenroll 252 --tpm2-with-pin=yes (NEWPIN) → trustvol unlocks 
 
 test("trustvol createSystemdTpm2Token → luksAddKey + token import → luksDump shows it, unlock opens it", async (t) => {
   if (!ready(t)) return;
-  const l = makeLuksImage(tmp.dir, "c");
-  const tpm = new Tpm(openTpm2Transport(sw!.device));
+  const l = makeLuksImage(fx.dir, "c");
+  const tpm = new Tpm(openTpm2Transport(fx.sw.device));
   for (const [slot, pin] of [[3, undefined], [4, Buffer.from("97531")]] as const) {
     const { tokenJson, passphrase } = await createSystemdTpm2Token(tpm, { pcrs: [7], bank: "sha256", keyslot: slot, ...(pin ? { pin } : {}) });
     addKey(l, passphrase, slot);
@@ -162,7 +153,7 @@ test("trustvol createSystemdTpm2Token → luksAddKey + token import → luksDump
   assert.match(dump, /3: systemd-tpm2/);
   assert.match(dump, /4: systemd-tpm2/);
   // systemd-cryptenroll itself recognises the enrollments
-  const list = run("systemd-cryptenroll", [l.img], { env: sw!.env }).stdout.toString();
+  const list = run("systemd-cryptenroll", [l.img], { env: fx.sw.env }).stdout.toString();
   assert.match(list, /3\s+tpm2/);
   assert.match(list, /4\s+tpm2/);
 });
@@ -176,16 +167,16 @@ test("signed PCR policy (252 --tpm2-public-key + systemd-measure sign): unlock i
     t.skip("no systemd-measure");
     return;
   }
-  const d = tmp.dir;
+  const d = fx.dir;
   const { publicKey, privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
   writeFileSync(join(d, "pk.pem"), publicKey.export({ type: "spki", format: "pem" }));
   writeFileSync(join(d, "sk.pem"), privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 }); // test-only signing key
   const sections: [string, string, string][] = [[".linux", "linux", "test kernel"], [".osrel", "osrel", "ID=trustvol\n"], [".cmdline", "cmdline", "quiet\n"]];
   for (const [, f, c] of sections) writeFileSync(join(d, f), c);
-  const sig = run(MEASURE, ["sign", ...sections.map(([n, f]) => `--${n.slice(1)}=${join(d, f)}`), `--private-key=${join(d, "sk.pem")}`, `--public-key=${join(d, "pk.pem")}`, "--bank=sha256", "--phase=enter-initrd", `--tpm2-device=${sw!.device}`], { env: sw!.env }).stdout.toString();
+  const sig = run(MEASURE, ["sign", ...sections.map(([n, f]) => `--${n.slice(1)}=${join(d, f)}`), `--private-key=${join(d, "sk.pem")}`, `--public-key=${join(d, "pk.pem")}`, "--bank=sha256", "--phase=enter-initrd", `--tpm2-device=${fx.sw.device}`], { env: fx.sw.env }).stdout.toString();
   assert.equal(decodePcrSignatureJson(sig)[0]!.pcrs.join(), "11");
 
-  const tpm = new Tpm(openTpm2Transport(sw!.device));
+  const tpm = new Tpm(openTpm2Transport(fx.sw.device));
   const sha = (b: string | Buffer) => createHash("sha256").update(b).digest();
   const bootToInitrd = async () => {
     // what systemd-stub measures into PCR 11: each section's name (with NUL) and contents, then the phase
@@ -196,15 +187,15 @@ test("signed PCR policy (252 --tpm2-public-key + systemd-measure sign): unlock i
     await tpm.pcrExtend(11, "sha256", sha("enter-initrd"));
   };
 
-  const l = makeLuksImage(tmp.dir, "s");
-  run("systemd-cryptenroll", [`--unlock-key-file=${l.keyFile}`, `--tpm2-device=${sw!.device}`, `--tpm2-public-key=${join(d, "pk.pem")}`, "--tpm2-public-key-pcrs=11", "--tpm2-pcrs=7", l.img], { env: sw!.env });
+  const l = makeLuksImage(fx.dir, "s");
+  run("systemd-cryptenroll", [`--unlock-key-file=${l.keyFile}`, `--tpm2-device=${fx.sw.device}`, `--tpm2-public-key=${join(d, "pk.pem")}`, "--tpm2-public-key-pcrs=11", "--tpm2-pcrs=7", l.img], { env: fx.sw.env });
   const json = exportToken(l.img, 0);
   const tok = decodeSystemdTpm2Token(json);
   assert.deepEqual(tok.pubkeyPcrs, [11]);
   assert.equal(encodeSystemdTpm2Token(tok), JSON.stringify(JSON.parse(json)));
   assert.deepEqual(systemdTpm2PolicyDigest(tok, await tpm.pcrRead("sha256", [7])), tok.policyHash);
 
-  await sw!.restart();
+  await fx.sw.restart();
   await bootToInitrd();
   const pass = await unlockSystemdTpm2Token(json, tpm, { signature: sig });
   assert.ok(passphraseOpens(l.img, pass, 1));
@@ -213,7 +204,7 @@ test("signed PCR policy (252 --tpm2-public-key + systemd-measure sign): unlock i
   await assert.rejects(unlockSystemdTpm2Token(json, tpm, { signature: sig }), (e: unknown) => e instanceof TrustvolError && e.code === "EPOLICY" && /no signature approves/.test(e.message));
 
   // trustvol enrolls the same kind of token; systemd's policy digest rules, our unlock
-  await sw!.restart();
+  await fx.sw.restart();
   const { tokenJson, passphrase } = await createSystemdTpm2Token(tpm, { pcrs: [7], keyslot: 2, pubkey: readFileSync(join(d, "pk.pem")), pubkeyPcrs: [11] });
   addKey(l, passphrase, 2);
   importToken(l.img, tokenJson, 2);

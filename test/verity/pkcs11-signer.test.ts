@@ -5,8 +5,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { makeSoftHsm, softhsmModulePath, type SoftHsm } from "../helpers/softhsm.js";
-import { needTools, run, IN_CI } from "../helpers/tools.js";
+import { makeSoftHsm, softhsmModulePath, type SoftHsm, needSoftHsm } from "../helpers/softhsm.js";
+import { run } from "../helpers/tools.js";
 import { trustvol } from "../helpers/cli.js";
 import { provisionKey } from "../../src/trust/pkcs11/setup.js";
 import { toPem } from "../../src/trust/pkcs11/x509.js";
@@ -36,12 +36,7 @@ before(() => {
 after(() => h?.cleanup());
 
 function ready(t: import("node:test").TestContext): boolean {
-  if (!softhsmModulePath()) {
-    if (IN_CI) throw new Error("SoftHSM2 module missing in CI");
-    t.skip("SoftHSM2 not installed");
-    return false;
-  }
-  return needTools(t, "openssl", "softhsm2-util");
+  return needSoftHsm(t, "openssl", "softhsm2-util");
 }
 
 function opensslVerify(sig: Buffer, root: string, cert: string): number {

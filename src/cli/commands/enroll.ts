@@ -57,6 +57,42 @@ export async function finishEnroll(r: { keyslot: number; tokenId: number; remove
   }
 }
 
+type MadeToken = { tokenJson: Record<string, unknown>; passphrase: Buffer };
+
+/**
+ * Every token enrollment has one shape: open the volume, resolve --wipe-slot (before anything is written), get the
+ * volume key, then — with the trust source open (`withSource`) — add the keyslot, its token and the slot removals in
+ * one header commit, report, wipe the key, close.
+ */
+async function runEnroll<S>(
+  device: string,
+  o: Record<string, unknown>,
+  what: string,
+  p: { ctx?: TokenUnlockContext; kdf: Kdf; afHash?: string; withSource: <T>(fn: (src: S) => Promise<T>) => Promise<T>; makeToken: (src: S, slot: number) => Promise<MadeToken> },
+): Promise<void> {
+  const h = await LuksHandle.open(device, { header: o.header as string | undefined });
+  let vk: Buffer | undefined;
+  try {
+    const v = h.requireLuks2("enroll");
+    const removeSlots = resolveWipeSlots(v, o.wipeSlot as string | undefined);
+    vk = await volumeKeyFor(h, device, o, p.ctx);
+    const key = vk;
+    const r = await p.withSource((src) =>
+      enrollToken(v, key, (slot) => p.makeToken(src, slot), { slot: o.keySlot as number | undefined, kdf: p.kdf, ...(p.afHash ? { afHash: p.afHash } : {}), removeSlots }),
+    );
+    await finishEnroll(r, o, what);
+  } finally {
+    wipe(vk);
+    await h.close();
+  }
+}
+
+const noSource = <T>(fn: (src: undefined) => Promise<T>): Promise<T> => fn(undefined);
+const tpmSource = (o: Record<string, unknown>) => async <T>(fn: (tpm: import("../../trust/tpm2/index.js").Tpm2TrustSource) => Promise<T>): Promise<T> => {
+  const { withTpm } = await import("../../ops/handlers.js");
+  return withTpm({ tpm2Device: o.tpm2Device as string | undefined }, fn);
+};
+
 export function registerEnrollCommands(program: Command): Command {
   const enroll = program.command("enroll").description("seal a new keyslot's passphrase to a trust source (writes systemd-cryptenroll compatible tokens)");
   addPinOptions(
@@ -73,24 +109,19 @@ export function registerEnrollCommands(program: Command): Command {
         .option("--json", "print the result as JSON"),
     ),
   ).action(async (device: string, o: Record<string, unknown>) => {
-    const h = await LuksHandle.open(device, { header: o.header as string | undefined });
-    let pin: Buffer | undefined, vk: Buffer | undefined;
+    const pinSrc = pinSourceFrom(o);
+    const pin = pinSrc ? readPin(pinSrc) : undefined;
     try {
-      const removeSlots = resolveWipeSlots(h.requireLuks2("enroll"), o.wipeSlot as string | undefined);
-      const pinSrc = pinSourceFrom(o);
-      pin = pinSrc ? readPin(pinSrc) : undefined;
-      vk = await volumeKeyFor(h, device, o, { pin, pkcs11Module: o.module as string | undefined });
       const { createSystemdPkcs11Token, SYSTEMD_PKCS11_KEYSLOT_PBKDF } = await import("../../tokens/systemd-pkcs11.js");
-      const r = await enrollToken(h.requireLuks2("enroll"), vk, (slot) => createSystemdPkcs11Token({ uri: o.uri as string, keyslot: slot, pin: pin ? { kind: "buffer", pin } : undefined, ...(o.module ? { modulePath: o.module as string } : {}) }), {
-        slot: o.keySlot as number | undefined,
+      await runEnroll(device, o, "PKCS#11", {
+        ctx: { pin, pkcs11Module: o.module as string | undefined },
         kdf: tokenKeyslotKdf(SYSTEMD_PKCS11_KEYSLOT_PBKDF),
         afHash: "sha512",
-        removeSlots,
+        withSource: noSource,
+        makeToken: (_src, slot) => createSystemdPkcs11Token({ uri: o.uri as string, keyslot: slot, pin: pin ? { kind: "buffer", pin } : undefined, ...(o.module ? { modulePath: o.module as string } : {}) }),
       });
-      await finishEnroll(r, o, "PKCS#11");
     } finally {
-      wipe(vk, pin);
-      await h.close();
+      wipe(pin);
     }
   });
 
@@ -127,25 +158,21 @@ export function registerEnrollCommands(program: Command): Command {
     ),
   ).action(async (device: string, o: Record<string, unknown>) => {
     if (o.primaryAlg !== "ecc" && o.primaryAlg !== "rsa") throw new TrustvolError("EUSAGE", "--primary-alg must be ecc or rsa");
-    const h = await LuksHandle.open(device, { header: o.header as string | undefined });
-    let pin: Buffer | undefined, vk: Buffer | undefined;
+    const pubkey = o.publicKey ? readFileSync(o.publicKey as string) : undefined;
+    const pin = o.withPin ? (o.pinFile ? readPin(pinSourceFrom(o)!) : await getPassphrase({ prompt: "Enter new TPM2 PIN: ", verify: true })) : undefined;
     try {
-      const removeSlots = resolveWipeSlots(h.requireLuks2("enroll"), o.wipeSlot as string | undefined);
-      if (o.withPin) pin = o.pinFile ? readPin(pinSourceFrom(o)!) : await getPassphrase({ prompt: "Enter new TPM2 PIN: ", verify: true });
-      vk = await volumeKeyFor(h, device, o, { tpm2Device: o.tpm2Device as string | undefined });
       const { createSystemdTpm2Token } = await import("../../tokens/systemd-tpm2.js");
-      const { withTpm } = await import("../../ops/handlers.js");
-      const pubkey = o.publicKey ? readFileSync(o.publicKey as string) : undefined;
-      const r = await withTpm({ tpm2Device: o.tpm2Device as string | undefined }, (tpm) =>
-        enrollToken(h.requireLuks2("enroll"), vk!, async (slot) => {
+      await runEnroll(device, o, "TPM2", {
+        ctx: { tpm2Device: o.tpm2Device as string | undefined },
+        kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha512", iterations: 1000 }),
+        withSource: tpmSource(o),
+        makeToken: async (tpm, slot) => {
           const t = await createSystemdTpm2Token(tpm, { keyslot: slot, pcrs: o.publicKey ? [] : (o.pcrs as number[]), bank: o.pcrBank as "sha256", primaryAlg: o.primaryAlg as "ecc", ...(pin ? { pin } : {}), ...(pubkey ? { pubkey, pubkeyPcrs: o.publicKeyPcrs as number[] } : {}) });
           return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
-        }, { slot: o.keySlot as number | undefined, kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha512", iterations: 1000 }), removeSlots }),
-      );
-      await finishEnroll(r, o, "TPM2");
+        },
+      });
     } finally {
-      wipe(vk, pin);
-      await h.close();
+      wipe(pin);
     }
   });
 
@@ -164,24 +191,16 @@ export function registerEnrollCommands(program: Command): Command {
       .option("--json", "print the result as JSON"),
   ).action(async (device: string, o: Record<string, unknown>) => {
     if (o.primaryAlg !== "ecc" && o.primaryAlg !== "rsa") throw new TrustvolError("EUSAGE", "--primary-alg must be ecc or rsa");
-    const h = await LuksHandle.open(device, { header: o.header as string | undefined });
-    let vk: Buffer | undefined;
-    try {
-      const removeSlots = resolveWipeSlots(h.requireLuks2("enroll"), o.wipeSlot as string | undefined);
-      vk = await volumeKeyFor(h, device, o, { tpm2Device: o.tpm2Device as string | undefined });
-      const { createClevisToken } = await import("../../tokens/clevis.js");
-      const { withTpm } = await import("../../ops/handlers.js");
-      const r = await withTpm({ tpm2Device: o.tpm2Device as string | undefined }, (tpm) =>
-        enrollToken(h.requireLuks2("enroll"), vk!, async (slot) => {
-          const t = await createClevisToken(tpm, { keyslot: slot, pcrIds: o.pcrs as number[], pcrBank: o.pcrBank as "sha256", key: o.primaryAlg as "ecc" });
-          return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
-        }, { slot: o.keySlot as number | undefined, kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha256", iterations: 1000 }), removeSlots }),
-      );
-      await finishEnroll(r, o, "clevis");
-    } finally {
-      wipe(vk);
-      await h.close();
-    }
+    const { createClevisToken } = await import("../../tokens/clevis.js");
+    await runEnroll(device, o, "clevis", {
+      ctx: { tpm2Device: o.tpm2Device as string | undefined },
+      kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha256", iterations: 1000 }),
+      withSource: tpmSource(o),
+      makeToken: async (tpm, slot) => {
+        const t = await createClevisToken(tpm, { keyslot: slot, pcrIds: o.pcrs as number[], pcrBank: o.pcrBank as "sha256", key: o.primaryAlg as "ecc" });
+        return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
+      },
+    });
   });
 
   addUnlockOptions(

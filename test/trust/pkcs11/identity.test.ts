@@ -8,8 +8,8 @@ import { join } from "node:path";
 import { spawn } from "node:child_process";
 import { createServer } from "node:net";
 import pkcs11js from "pkcs11js";
-import { makeSoftHsm, softhsmModulePath, type SoftHsm } from "../../helpers/softhsm.js";
-import { needTools, run, IN_CI } from "../../helpers/tools.js";
+import { makeSoftHsm, softhsmModulePath, type SoftHsm, needSoftHsm } from "../../helpers/softhsm.js";
+import { run, IN_CI } from "../../helpers/tools.js";
 import { createIdentity, identityCsr, identityImportCert, identityShow } from "../../../src/ops/identity.js";
 import { openToken } from "../../../src/trust/pkcs11/token.js";
 import { TrustvolError } from "../../../src/util/errors.js";
@@ -28,12 +28,7 @@ before(() => {
 after(() => h?.cleanup());
 
 function ready(t: import("node:test").TestContext): boolean {
-  if (!softhsmModulePath()) {
-    if (IN_CI) throw new Error("SoftHSM2 module missing in CI");
-    t.skip("SoftHSM2 not installed");
-    return false;
-  }
-  return needTools(t, "openssl", "softhsm2-util");
+  return needSoftHsm(t, "openssl", "softhsm2-util");
 }
 
 function freePort(): Promise<number> {

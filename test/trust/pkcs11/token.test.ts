@@ -4,8 +4,8 @@ import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import pkcs11js from "pkcs11js";
-import { makeSoftHsm, softhsmModulePath, type SoftHsm } from "../../helpers/softhsm.js";
-import { hasTool, needTools, IN_CI, run } from "../../helpers/tools.js";
+import { makeSoftHsm, softhsmModulePath, type SoftHsm, needSoftHsm } from "../../helpers/softhsm.js";
+import { hasTool, needTools, run } from "../../helpers/tools.js";
 import { initToken, provisionKey, generateKeyPair } from "../../../src/trust/pkcs11/setup.js";
 import { openToken, listTokens } from "../../../src/trust/pkcs11/token.js";
 import { Pkcs11TrustSource } from "../../../src/trust/pkcs11/source.js";
@@ -19,12 +19,7 @@ const pin = () => ({ kind: "buffer" as const, pin: PIN });
 let h: SoftHsm | undefined;
 
 function ready(t: import("node:test").TestContext): boolean {
-  if (!softhsmModulePath()) {
-    if (IN_CI) throw new Error("SoftHSM2 module missing in CI");
-    t.skip("SoftHSM2 not installed");
-    return false;
-  }
-  return !!h;
+  return needSoftHsm(t) && !!h;
 }
 
 before(() => {
