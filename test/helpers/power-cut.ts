@@ -1,0 +1,110 @@
+// Power-cut simulation for write paths: a BlockDevice that loses power at its Nth write.
+// Model (what a disk with a volatile write cache may do): writes made durable by flush() survive; of the writes since
+// the last flush, any subset may have landed (chosen by a seeded PRNG); the write in flight when power goes lands
+// torn (a byte prefix of it, so the sector it stops in holds old and new bytes). The writer sees PowerCut thrown.
+import type { BlockDevice } from "../../src/blockdev/types.js";
+import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
+
+export class PowerCut extends Error {
+  constructor(readonly atWrite: number) {
+    super(`simulated power cut at write ${atWrite}`);
+  }
+}
+
+/** What survives of the writes since the last flush. */
+export type UnsyncedPolicy = "drop" | "keep" | "random";
+
+export interface PowerCutOptions {
+  /** Lose power during this write (1-based); undefined = never (use it to count writes). */
+  cutAtWrite?: number;
+  unsynced?: UnsyncedPolicy;
+  /** PRNG seed: which unsynced writes land and where the torn write stops. */
+  seed?: number;
+}
+
+/** Small deterministic PRNG (mulberry32) so a failing cut point can be replayed. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export class PowerCutDevice implements BlockDevice {
+  readonly readOnly = false;
+  readonly name = "power-cut";
+  /** Number of write() calls so far (including the torn one). */
+  writes = 0;
+  flushes = 0;
+  cut = false;
+  private durable: Buffer;
+  private view: MemoryBlockDevice; // durable + pending, as the writer sees it (page cache)
+  private pending: { off: number; data: Buffer }[] = [];
+  private readonly rnd: () => number;
+
+  constructor(image: Uint8Array, private readonly opts: PowerCutOptions = {}) {
+    this.durable = Buffer.from(image);
+    this.view = new MemoryBlockDevice(this.durable);
+    this.rnd = prng(opts.seed ?? 1);
+  }
+  get size(): number {
+    return this.view.size;
+  }
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    if (this.cut) throw new PowerCut(this.writes);
+    await this.view.read(buf, offset);
+  }
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    if (this.cut) throw new PowerCut(this.writes);
+    this.writes++;
+    if (this.opts.cutAtWrite === this.writes) {
+      this.powerFail(Buffer.from(buf), offset);
+      throw new PowerCut(this.writes);
+    }
+    this.pending.push({ off: offset, data: Buffer.from(buf) });
+    await this.view.write(buf, offset);
+  }
+  async flush(): Promise<void> {
+    if (this.cut) throw new PowerCut(this.writes);
+    this.flushes++;
+    this.durable = Buffer.from(this.view.data);
+    this.pending = [];
+  }
+  async close(): Promise<void> {}
+
+  /** What the disk holds after the cut (or now, if power never went): durable state plus what survived. */
+  image(): Buffer {
+    return Buffer.from(this.cut ? this.durable : this.view.data);
+  }
+
+  private powerFail(inFlight: Buffer, offset: number): void {
+    const policy = this.opts.unsynced ?? "random";
+    let img = this.durable;
+    const put = (off: number, data: Buffer) => {
+      if (off + data.length > img.length) {
+        const n = Buffer.alloc(off + data.length);
+        img.copy(n);
+        img = n;
+      }
+      data.copy(img, off);
+    };
+    for (const w of this.pending) if (policy === "keep" || (policy === "random" && this.rnd() < 0.5)) put(w.off, w.data);
+    // The in-flight write stops at a random byte: whole sectors before it, one torn sector, nothing after.
+    const landed = Math.floor(this.rnd() * inFlight.length);
+    if (landed > 0) put(offset, inFlight.subarray(0, landed));
+    this.durable = img;
+    this.pending = [];
+    this.cut = true;
+  }
+}
+
+/** Run `op` once on a fresh device without a cut and return how many writes it makes. */
+export async function countWrites(image: Uint8Array, op: (dev: PowerCutDevice) => Promise<unknown>): Promise<number> {
+  const dev = new PowerCutDevice(image);
+  await op(dev);
+  return dev.writes;
+}
