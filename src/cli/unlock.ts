@@ -6,7 +6,7 @@ import type { LuksHandle } from "../ops/volume.js";
 import { unlockWithTokens, tokenHandler } from "../ops/tokens.js";
 import "../ops/handlers.js";
 import { readPin } from "../trust/pkcs11/pin.js";
-import { getPassphrase } from "./secrets.js";
+import { getPassphrase, keyFileLimits } from "./secrets.js";
 import { pinSourceFrom } from "./commands/enroll.js";
 
 export interface CliUnlockResult {
@@ -40,7 +40,7 @@ export async function unlockFromCli(h: LuksHandle, device: string, o: Record<str
   }
   let pass: Buffer;
   try {
-    pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, keyfileOffset: o.keyfileOffset as number, keyfileSize: o.keyfileSize as number });
+    pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, ...keyFileLimits(o) });
   } catch (e) {
     // Nothing to fall back to (no key file, no terminal, empty stdin): the token's reason is the useful one.
     if (tokenError && e instanceof TrustvolError && e.code === "EUSAGE") throw tokenError;
