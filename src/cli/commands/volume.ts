@@ -2,7 +2,7 @@
 import { io } from "../io.js";
 import type { Command } from "commander";
 import { writeFileSync } from "node:fs";
-import { FileBlockDevice } from "../../blockdev/file.js";
+import { FileBlockDevice, checkVolumePath } from "../../blockdev/file.js";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
@@ -29,10 +29,13 @@ export function registerVolumeCommands(program: Command): void {
       .option("-q, --batch", "do not ask for confirmation")
       .option("--json", "print the result as JSON"),
   ).action(async (device: string, o: Record<string, unknown>) => {
+    // Like cryptsetup: the target must exist and hold a volume; checked before any prompt, nothing is created.
+    checkVolumePath(device, { createHint: `create the image first (truncate -s 64M ${device}) or name an existing block device` });
+    if (o.header) checkVolumePath(o.header as string, { allowMissing: true });
     const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, verify: true, ...keyFileLimits(o) });
     let dataDev: FileBlockDevice, hdrDev: FileBlockDevice;
     try {
-      dataDev = await FileBlockDevice.open(device, { create: !o.header && !device.startsWith("/dev/") });
+      dataDev = await FileBlockDevice.open(device);
       hdrDev = o.header ? await FileBlockDevice.open(o.header as string, { create: true }) : dataDev;
     } catch (e) {
       wipe(pass);
