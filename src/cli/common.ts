@@ -16,7 +16,8 @@ export function int(name: string, min = 0, max = Number.MAX_SAFE_INTEGER) {
 
 export function addKeyOptions(c: Command): Command {
   return addKeyFileLimitOptions(c.option("-d, --key-file <file>", "read the passphrase from FILE (all bytes, at most 8 MiB; - = standard input)"))
-    .option("-S, --key-slot <n>", "use only keyslot N", int("--key-slot", 0, 31));
+    .option("-S, --key-slot <n>", "use only keyslot N", int("--key-slot", 0, 31))
+    .option("-T, --tries <n>", "how many times a passphrase typed at the terminal may be tried", int("--tries", 1, 1000), 3);
 }
 
 /** cryptsetup's --keyfile-offset / --keyfile-size, for every command that takes --key-file. */
@@ -91,6 +92,7 @@ export function printJson(v: unknown): void {
 /** Unlock options shared by commands that need the volume key first: an existing passphrase, a token, or the raw key. */
 export function addUnlockOptions(c: Command): Command {
   return addKeyFileLimitOptions(c.option("-d, --key-file <file>", "an existing passphrase from FILE (- = stdin)"))
+    .option("-T, --tries <n>", "how many times a passphrase typed at the terminal may be tried", int("--tries", 1, 1000), 3)
     .option("--unlock-volume-key-file <file>", "unlock with the raw volume key from FILE")
     .option("--unlock-token", "unlock through an already enrolled token (TPM, PKCS#11...) instead of a passphrase");
 }

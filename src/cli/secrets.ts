@@ -165,6 +165,28 @@ export function willPrompt(keyFile: unknown): boolean {
   return !keyFile && !!process.stdin.isTTY;
 }
 
+/**
+ * Ask for a passphrase and try it; a wrong one typed at the terminal is asked again, `tries` times in all (cryptsetup's
+ * --tries, default 3). Key files and stdin get one try. Each passphrase is wiped after its attempt.
+ */
+export async function withPassphraseTries<T>(
+  opts: { keyFile?: string; prompt: string; tries?: number; keyfileOffset?: number; keyfileSize?: number },
+  attempt: (pass: Buffer) => Promise<T>,
+): Promise<T> {
+  const tries = willPrompt(opts.keyFile) ? Math.max(1, opts.tries ?? 3) : 1;
+  for (let i = 1; ; i++) {
+    const pass = await getPassphrase(opts);
+    try {
+      return await attempt(pass);
+    } catch (e) {
+      if (i >= tries || !(e instanceof TrustvolError) || e.code !== "EBADPASS") throw e;
+      io.err(`trustvol: ${e.message}\n`);
+    } finally {
+      wipe(pass);
+    }
+  }
+}
+
 /** A passphrase from: --key-file, else a terminal prompt, else one line of stdin (cryptsetup's rules). */
 export async function getPassphrase(opts: { keyFile?: string; prompt: string; verify?: boolean; keyfileOffset?: number; keyfileSize?: number }): Promise<Buffer> {
   if (opts.keyFile) return readKeyFile(opts.keyFile, { offset: opts.keyfileOffset, size: opts.keyfileSize });
