@@ -40,7 +40,7 @@ test("passphrase prompt on a terminal: echo off, right and wrong answers", async
   assert.match(ok.screen, /Enter passphrase for .*v\.img: /);
   assert.doesNotMatch(ok.screen, /typed-secret/, "the passphrase is not echoed");
   assert.match(ok.screen, /Key slot 0 unlocked/);
-  const bad = await onTerminal([process.execPath, TRUSTVOL_BIN, "unlock", "--test", img], ["nope"]);
+  const bad = await onTerminal([process.execPath, TRUSTVOL_BIN, "unlock", "--test", img], ["nope", "nope", "nope"]);
   assert.equal(bad.code, 3, bad.screen);
   assert.match(bad.screen, /no key available with this passphrase/);
   // A new passphrase is asked twice; a mismatch is refused before anything is written.
@@ -85,8 +85,7 @@ function onTerminalProbingEcho(argv: string[], answers: string[], ttyFile: strin
     const feed = () => {
       const prompts = (screen.match(/passphrase[^:\n]*: /g) ?? []).length;
       while (sent < prompts && sent < answers.length) {
-        // Typed the instant the prompt shows (type-ahead on a slow board): the terminal must already be silent.
-        p.stdin.write(`${answers[sent++]}\r`);
+        // The prompt is visible: the terminal must already be silent (no window for type-ahead to echo).
         const fd = openSync(`/proc/${readFileSync(ttyFile, "utf8").trim()}/fd/0`, "r");
         try {
           const st = spawnSync("stty", ["-a"], { stdio: [fd, "pipe", "pipe"], encoding: "utf8" });
@@ -94,6 +93,7 @@ function onTerminalProbingEcho(argv: string[], answers: string[], ttyFile: strin
         } finally {
           closeSync(fd);
         }
+        p.stdin.write(`${answers[sent++]}\r`);
       }
     };
     p.stdout.on("data", (d) => ((screen += d), feed()));
