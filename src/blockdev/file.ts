@@ -56,7 +56,7 @@ export class FileBlockDevice implements BlockDevice {
         throw new TrustvolError("EDEVICE", `${path}: permission denied`, readOnly ? "run as a user who can read it" : "run as root or fix its permissions");
       if (err.code === "EROFS") throw new TrustvolError("EDEVICE", `${path}: read-only file system`);
       if (err.code === "EISDIR") throw new TrustvolError("EUSAGE", `${path} is a directory, not an image file or a block device`, "name an image file or a block device");
-      throw new TrustvolError("EIO", `${path} cannot be opened (${err.code ?? "error"})`, "check the path");
+      throw new TrustvolError("EIO", `${path} cannot be opened`, "check the path, and that nothing else holds it exclusively");
     }
     const st = await fh.stat();
     const kind = unusableKind(st);

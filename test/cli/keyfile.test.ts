@@ -97,3 +97,15 @@ test("key file errors say what is wrong in words (no errno), and a file others c
   assert.equal(r.status, 0, r.stderr);
   assert.doesNotMatch(r.stderr, /warning/);
 });
+
+test("token import from a missing or directory JSON file: words, not errno", () => {
+  let r = trustvol(["token", "import", img, "--json-file", join(dir, "missing.json")]);
+  assert.equal(r.status, 5, r.stderr);
+  assert.match(r.stderr, /token JSON file \S+missing\.json does not exist/);
+  assert.doesNotMatch(r.stderr, /ENOENT|errno/);
+  oneLine(r.stderr);
+  r = trustvol(["token", "import", img, "--json-file", dir]);
+  assert.equal(r.status, 2, r.stderr);
+  assert.doesNotMatch(r.stderr, /EISDIR|illegal operation/);
+  oneLine(r.stderr);
+});
