@@ -4,7 +4,7 @@ import type { Command } from "commander";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { LuksHandle } from "../../ops/volume.js";
-import { getPassphrase, readKeyFile, keyFileLimits, newKeyFileLimits } from "../secrets.js";
+import { getPassphrase, readKeyFile, keyFileLimits, newKeyFileLimits, withPassphraseTries } from "../secrets.js";
 import { addKeyOptions, addNewKeyFileLimitOptions, addPbkdfOptions, pbkdfFrom, printJson, int } from "../common.js";
 
 export function registerKeyCommands(program: Command): void {
@@ -31,8 +31,9 @@ export function registerKeyCommands(program: Command): void {
         vk = readKeyFile(o.volumeKeyFile as string);
         v.verifyVolumeKey(vk);
       } else {
-        const old = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter any existing passphrase: `, ...keyFileLimits(o) });
-        vk = (await h.unlock(old, { slot: o.keySlot as number | undefined }).finally(() => wipe(old))).volumeKey;
+        const r = await withPassphraseTries({ keyFile: o.keyFile as string | undefined, prompt: `Enter any existing passphrase: `, tries: o.tries as number | undefined, ...keyFileLimits(o) },
+          (old) => h.unlock(old, { slot: o.keySlot as number | undefined }));
+        vk = r.volumeKey;
       }
       const neu = await getPassphrase({ keyFile: o.newKeyFile as string | undefined, prompt: "Enter new passphrase for key slot: ", verify: true, ...newKeyFileLimits(o) });
       const slot = await v.addKeyslot(vk, neu, { slot: o.newKeySlot as number | undefined, pbkdf: pbkdfFrom(o) }).finally(() => wipe(neu));
@@ -85,8 +86,7 @@ export function registerKeyCommands(program: Command): void {
       const v = h.requireLuks2("key remove");
       let slot = o.keySlot as number | undefined;
       if (slot === undefined) {
-        const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: "Enter passphrase to be deleted: ", ...keyFileLimits(o) });
-        const r = await v.unlock(pass).finally(() => wipe(pass));
+        const r = await withPassphraseTries({ keyFile: o.keyFile as string | undefined, prompt: "Enter passphrase to be deleted: ", tries: o.tries as number | undefined, ...keyFileLimits(o) }, (pass) => v.unlock(pass));
         wipe(r.volumeKey);
         slot = r.keyslot;
       }
