@@ -100,10 +100,12 @@ export function readKeyFile(path: string, opts: { offset?: number; size?: number
   } else fd = openKeyFile(path);
   const name = path === "-" ? "on standard input" : path;
   let r: { data: Buffer; more: boolean; skipped: boolean };
+  let looseMode = false;
   try {
     const st = fstatSync(fd);
     if (st.isDirectory()) throw new TrustvolError("EUSAGE", `key file ${name} is a directory`, "give the path of a file");
-    if (path !== "-" && st.isFile() && st.mode & 0o044) io.err(`trustvol: warning: key file ${path} is readable by other users (chmod 600 it)\n`);
+    looseMode = path !== "-" && st.isFile() && (st.mode & 0o044) !== 0;
+    if (st.isFile() && offset > st.size) throw new TrustvolError("EUSAGE", `key file ${name} is shorter than --keyfile-offset ${offset}`, "check --keyfile-offset");
     if (opts.size === undefined && st.isFile() && st.size - offset > MAX_KEYFILE)
       throw new TrustvolError("EUSAGE", `key file ${name} is larger than ${MiB(MAX_KEYFILE)} (cryptsetup's maximum)`, "give --keyfile-size N to use only its first N bytes");
     try {
@@ -127,6 +129,8 @@ export function readKeyFile(path: string, opts: { offset?: number; size?: number
     throw new TrustvolError("EUSAGE", `key file ${name} has fewer than ${opts.size} bytes${offset ? ` after offset ${offset}` : ""}`, "check --keyfile-size and --keyfile-offset");
   }
   if (!data.length) throw new TrustvolError("EUSAGE", `key file ${name} is empty`);
+  // Warned only once the key is read, so a refusal stays a single line.
+  if (looseMode) io.err(`trustvol: warning: key file ${path} is readable by other users (chmod 600 it)\n`);
   return data;
 }
 
