@@ -6,7 +6,7 @@ import type { LuksHandle } from "../ops/volume.js";
 import { unlockWithTokens, tokenHandler } from "../ops/tokens.js";
 import "../ops/handlers.js";
 import { readPin } from "../trust/pkcs11/pin.js";
-import { getPassphrase } from "./secrets.js";
+import { withPassphraseTries, keyFileLimits } from "./secrets.js";
 import { pinSourceFrom } from "./commands/enroll.js";
 
 export interface CliUnlockResult {
@@ -38,18 +38,14 @@ export async function unlockFromCli(h: LuksHandle, device: string, o: Record<str
       wipe(pin);
     }
   }
-  let pass: Buffer;
+  let asked = false;
   try {
-    pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, keyfileOffset: o.keyfileOffset as number, keyfileSize: o.keyfileSize as number });
+    const r = await withPassphraseTries({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, tries: o.tries as number | undefined, ...keyFileLimits(o) },
+      (pass) => ((asked = true), h.unlock(pass, { slot: o.keySlot as number | undefined })));
+    return { volumeKey: r.volumeKey, keyslot: r.keyslot };
   } catch (e) {
     // Nothing to fall back to (no key file, no terminal, empty stdin): the token's reason is the useful one.
-    if (tokenError && e instanceof TrustvolError && e.code === "EUSAGE") throw tokenError;
+    if (tokenError && !asked && e instanceof TrustvolError && e.code === "EUSAGE") throw tokenError;
     throw e;
-  }
-  try {
-    const r = await h.unlock(pass, { slot: o.keySlot as number | undefined });
-    return { volumeKey: r.volumeKey, keyslot: r.keyslot };
-  } finally {
-    wipe(pass);
   }
 }

@@ -388,7 +388,9 @@ export function readTrustedVolumeDescriptor(path: string): TrustedVolumeDescript
   try {
     d = JSON.parse(readFileSync(path, "utf8"));
   } catch (e) {
-    throw new TrustvolError((e as NodeJS.ErrnoException).code === "ENOENT" ? "ENOENT" : "ECORRUPT", `cannot read the key descriptor ${path}: ${(e as Error).message.split("\n")[0]}`, "restore it from backup; without it the volume cannot be opened");
+    const missing = (e as NodeJS.ErrnoException).code === "ENOENT";
+    const why = missing ? "does not exist" : e instanceof SyntaxError ? "is not valid JSON" : "cannot be read";
+    throw new TrustvolError(missing ? "ENOENT" : "ECORRUPT", `the key descriptor ${path} ${why}`, "restore it from backup; without it the volume cannot be opened");
   }
   if (d?.type !== "trustvol-trusted-volume" || d.version !== 1 || typeof d.blob !== "string" || !Number.isInteger(d.key_size))
     throw new TrustvolError("ECORRUPT", `${path} is not a trustvol trusted-volume descriptor`);

@@ -6,7 +6,7 @@ import { wipe } from "../../util/secret.js";
 import { LuksHandle } from "../../ops/volume.js";
 import { enrollToken, resolveWipeSlots, unlockWithTokens, type TokenUnlockContext } from "../../ops/tokens.js";
 import { readPin, type PinSource } from "../../trust/pkcs11/pin.js";
-import { getPassphrase, readKeyFile } from "../secrets.js";
+import { getPassphrase, readKeyFile, keyFileLimits, withPassphraseTries } from "../secrets.js";
 import { addUnlockOptions, addPinOptions, int, printJson } from "../common.js";
 import { io } from "../io.js";
 import type { Kdf } from "../../luks2/metadata.js";
@@ -35,12 +35,8 @@ export async function volumeKeyFor(h: LuksHandle, device: string, o: Record<stri
     return vk;
   }
   if (o.unlockToken) return (await unlockWithTokens(h, ctx)).volumeKey;
-  const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter an existing passphrase for ${device}: ` });
-  try {
-    return (await h.unlock(pass)).volumeKey;
-  } finally {
-    wipe(pass);
-  }
+  const r = await withPassphraseTries({ keyFile: o.keyFile as string | undefined, prompt: `Enter an existing passphrase for ${device}: `, tries: o.tries as number | undefined, ...keyFileLimits(o) }, (pass) => h.unlock(pass));
+  return r.volumeKey;
 }
 
 /** systemd's token keyslots use PBKDF2 with few iterations: the secret is already high-entropy (systemd-cryptenroll). */

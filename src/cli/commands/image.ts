@@ -3,7 +3,7 @@ import type { Command } from "commander";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { encryptImage, decryptImage } from "../../ops/image.js";
-import { getPassphrase, readKeyFile } from "../secrets.js";
+import { getPassphrase, readKeyFile, keyFileLimits } from "../secrets.js";
 import { addFormatOptions, formatFrom, printJson, int } from "../common.js";
 import { progressBar } from "../progress.js";
 
@@ -45,12 +45,14 @@ export function registerImageCommands(program: Command): void {
       .argument("<output>", "LUKS2 image to create (written as <output>.partial, renamed when complete)")
       .option("--header <file>", "detached header: <output> then holds only the encrypted data")
       .option("-d, --key-file <file>", "passphrase from FILE (- = stdin)")
+      .option("--keyfile-offset <bytes>", "skip BYTES at the start of the key file", int("--keyfile-offset"))
+      .option("--keyfile-size <bytes>", "read only BYTES from the key file (default: all of it, at most 8 MiB)", int("--keyfile-size", 1, 1 << 30))
       .option("--volume-key-file <file>", "use the raw volume key from FILE instead of a random one")
       .option("--force", "overwrite an existing output")
       .option("--no-progress", "no progress bar")
       .option("--json", "print the result as JSON"),
   ).action(async (input: string, output: string, o: Record<string, unknown>) => {
-    const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: "Enter passphrase for the new volume: ", verify: true });
+    const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: "Enter passphrase for the new volume: ", verify: true, ...keyFileLimits(o) });
     let vk: Buffer | undefined;
     try {
       vk = o.volumeKeyFile ? readKeyFile(o.volumeKeyFile as string) : undefined;
@@ -67,6 +69,8 @@ export function registerImageCommands(program: Command): void {
     .argument("<output>", "plain image to create")
     .option("--header <file>", "detached header")
     .option("-d, --key-file <file>", "passphrase from FILE (- = stdin)")
+    .option("--keyfile-offset <bytes>", "skip BYTES at the start of the key file", int("--keyfile-offset"))
+    .option("--keyfile-size <bytes>", "read only BYTES from the key file (default: all of it, at most 8 MiB)", int("--keyfile-size", 1, 1 << 30))
     .option("-S, --key-slot <n>", "use only keyslot N", int("--key-slot", 0, 31))
     .option("--volume-key-file <file>", "use the raw volume key from FILE instead of a passphrase")
     .option("--force", "overwrite an existing output")
@@ -74,7 +78,7 @@ export function registerImageCommands(program: Command): void {
     .option("--json", "print the result as JSON")
     .action(async (input: string, output: string, o: Record<string, unknown>) => {
       const vk = o.volumeKeyFile ? readKeyFile(o.volumeKeyFile as string) : undefined;
-      const pass = vk ? undefined : await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${input}: ` });
+      const pass = vk ? undefined : await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${input}: `, ...keyFileLimits(o) });
       try {
         const r = await withProgress("Decrypting", output, o, (onProgress, signal) => decryptImage(input, output, { passphrase: pass, volumeKey: vk }, { header: o.header as string | undefined, keyslot: o.keySlot as number | undefined, force: !!o.force, onProgress, signal }));
         if (o.json) printJson({ output, length: r.length });

@@ -2,7 +2,7 @@
 import { io } from "../io.js";
 import type { Command } from "commander";
 import { writeFileSync } from "node:fs";
-import { FileBlockDevice } from "../../blockdev/file.js";
+import { FileBlockDevice, checkVolumePath } from "../../blockdev/file.js";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
@@ -11,7 +11,7 @@ import { Luks2Volume } from "../../luks2/volume.js";
 import { dumpText, dumpJson } from "../../luks2/dump.js";
 import { dumpLuks1Text } from "../../luks1/luks1.js";
 import { LuksHandle } from "../../ops/volume.js";
-import { getPassphrase } from "../secrets.js";
+import { getPassphrase, keyFileLimits } from "../secrets.js";
 import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int } from "../common.js";
 import { unlockFromCli } from "../unlock.js";
 
@@ -23,14 +23,19 @@ export function registerVolumeCommands(program: Command): void {
       .argument("<device>", "block device or image file")
       .option("--header <file>", "write the header to a separate file (data starts at offset 0 of <device>)")
       .option("-d, --key-file <file>", "new passphrase from FILE (- = stdin)")
+      .option("--keyfile-offset <bytes>", "skip BYTES at the start of the key file", int("--keyfile-offset"))
+      .option("--keyfile-size <bytes>", "read only BYTES from the key file (default: all of it, at most 8 MiB)", int("--keyfile-size", 1, 1 << 30))
       .option("-S, --key-slot <n>", "keyslot for the passphrase", "0")
       .option("-q, --batch", "do not ask for confirmation")
       .option("--json", "print the result as JSON"),
   ).action(async (device: string, o: Record<string, unknown>) => {
-    const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, verify: true });
+    // Like cryptsetup: the target must exist and hold a volume; checked before any prompt, nothing is created.
+    checkVolumePath(device, { createHint: `create the image first (truncate -s 64M ${device}) or name an existing block device` });
+    if (o.header) checkVolumePath(o.header as string, { allowMissing: true });
+    const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, verify: true, ...keyFileLimits(o) });
     let dataDev: FileBlockDevice, hdrDev: FileBlockDevice;
     try {
-      dataDev = await FileBlockDevice.open(device, { create: !o.header && !device.startsWith("/dev/") });
+      dataDev = await FileBlockDevice.open(device);
       hdrDev = o.header ? await FileBlockDevice.open(o.header as string, { create: true }) : dataDev;
     } catch (e) {
       wipe(pass);
@@ -58,6 +63,8 @@ export function registerVolumeCommands(program: Command): void {
     .option("--dump-volume-key", "also reveal the volume key (needs the passphrase and --volume-key-file)")
     .option("--volume-key-file <file>", "where to write the volume key (raw bytes; a new file is 0600; /dev/fd/N = an open descriptor; - = stdout if it is not a terminal)")
     .option("-d, --key-file <file>", "passphrase for --dump-volume-key")
+    .option("--keyfile-offset <bytes>", "skip BYTES at the start of the key file", int("--keyfile-offset"))
+    .option("--keyfile-size <bytes>", "read only BYTES from the key file (default: all of it, at most 8 MiB)", int("--keyfile-size", 1, 1 << 30))
     .action(async (device: string, o: Record<string, unknown>) => {
       const h = await LuksHandle.open(device, { header: o.header as string | undefined, readOnly: true });
       try {
@@ -65,7 +72,7 @@ export function registerVolumeCommands(program: Command): void {
           const dest = o.volumeKeyFile as string | undefined;
           if (!dest) throw new TrustvolError("EUSAGE", "--dump-volume-key needs --volume-key-file", "the volume key is never printed to a terminal");
           if (dest === "-" && process.stdout.isTTY) throw new TrustvolError("EUSAGE", "refusing to write the volume key to a terminal", "redirect stdout or name a file");
-          const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: ` });
+          const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, ...keyFileLimits(o) });
           const { volumeKey } = await h.unlock(pass).finally(() => wipe(pass));
           try {
             if (dest === "-") io.out(volumeKey);
