@@ -46,25 +46,25 @@ export function dmTargets(o?: DmsetupOptions): Map<string, string> {
   return m;
 }
 
-const noDeviceMapper = () =>
-  new TrustvolError("EUNSUPPORTED", "this kernel has no device-mapper (no /dev/mapper/control)", "enable CONFIG_BLK_DEV_DM (and the dm-crypt / dm-verity targets), or load dm_mod");
+const noDeviceMapper = (target = "crypt") =>
+  new TrustvolError("EUNSUPPORTED", "this kernel has no device-mapper (no /dev/mapper/control)", `enable CONFIG_BLK_DEV_DM and CONFIG_DM_${target.toUpperCase()}, or load dm_mod`);
 
 const firstLines = (s: string) => s.split("\n").map((l) => l.trim()).filter((l) => l && !/^Command failed\.?$/.test(l)).join("; ");
 
 /** Failures every dmsetup call can meet: no device-mapper, no permission. Undefined when it is something else. */
-function commonFailure(op: string, stderr: string): TrustvolError | undefined {
+function commonFailure(op: string, stderr: string, target?: string): TrustvolError | undefined {
   if (/Permission denied|Operation not permitted/i.test(stderr) && !/Key|signature/i.test(stderr))
     return new TrustvolError("EDEVICE", `no access to device-mapper (dmsetup ${op}: ${firstLines(stderr)})`, "run as root");
-  if (/Failure to communicate with kernel device-mapper|kernel driver \(unknown version\)/i.test(stderr)) return noDeviceMapper();
+  if (/Failure to communicate with kernel device-mapper|kernel driver \(unknown version\)/i.test(stderr)) return noDeviceMapper(target);
   return undefined;
 }
 
 /** Make sure the kernel offers a target (loading its module when it is one). */
 export function requireTarget(target: "crypt" | "verity" | "linear" | "integrity", o?: DmsetupOptions): void {
-  if (!deviceMapperPresent()) throw noDeviceMapper();
+  if (!deviceMapperPresent()) throw noDeviceMapper(target);
   const has = () => {
     const r = dmsetupRun(["targets"], undefined, o);
-    if (r.status !== 0) throw commonFailure("targets", r.stderr) ?? new TrustvolError("EIO", `dmsetup targets failed: ${firstLines(r.stderr)}`);
+    if (r.status !== 0) throw commonFailure("targets", r.stderr, target) ?? new TrustvolError("EIO", `dmsetup targets failed: ${firstLines(r.stderr)}`);
     return new RegExp(`^${target}\\s`, "m").test(r.stdout);
   };
   if (has()) return;

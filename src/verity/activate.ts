@@ -64,7 +64,11 @@ function checkName(name: string): void {
 }
 
 export function checkDeviceMapperVerity(): void {
-  requireTarget("verity");
+  try {
+    requireTarget("verity");
+  } catch (e) {
+    throw verityError(e, "");
+  }
 }
 
 // ---------------------------------------------------------------- open
