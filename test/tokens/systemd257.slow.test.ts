@@ -1,0 +1,142 @@
+// Interop with Debian 13's systemd 257 (systemd-cryptenroll, its token plugins) and cryptsetup 2.7.5, run from the
+// cached trixie root (test/helpers/debian13.ts) against a host swtpm reached through its bind-mounted socket.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { swtpmForFile } from "../helpers/swtpm.js";
+import { run } from "../helpers/tools.js";
+import { DEB13_WORK, deb13SwtpmDevice, needDebian13, runInDebian13 } from "../helpers/debian13.js";
+import { addKey, exportToken, importToken, makeLuksImage, passphraseOpens } from "./luks-fixture.js";
+import { createSystemdTpm2Token, decodeSystemdTpm2Token, encodeSystemdTpm2Token, unlockSystemdTpm2Token } from "../../src/tokens/systemd-tpm2.js";
+import { decodeSerializedKeyHandle, encodeSerializedKeyHandle } from "../../src/trust/tpm2/esys-tr.js";
+import { Tpm, openTpm2Transport } from "../../src/trust/tpm2/index.js";
+import * as C from "../../src/trust/tpm2/commands.js";
+import { TrustvolError } from "../../src/util/errors.js";
+
+// Exactly as systemd-cryptenroll 257.13 (Debian 13) wrote it here: swtpm, --tpm2-pcrs=7, no PIN.
+const TOKEN_257 =
+  '{"type":"systemd-tpm2","keyslots":["1"],"tpm2-blob":"AJ4AIGIjcRyinDYEszAqU8EBMStFefxo2jkQHHV+xTQH8VTAABDidb7+3Mlw/dTANmGrk0p6XHovapelspuJ9pO1xATomNNOpnZG9+Jf20HzqAYw38GIIbvl8KPUXRA2rjvYQ3Ro7fuRl5IGTZa+xniEWLKCc+1egqwhQKCgBpkw0GinEEsFiF6w0i4FhqniEEGkZ0oUiiSXEJKc8G0UowBOAAgACwAABBIAIItWgtgbKUNdCNeSeBUGEdx+WSOy/vzOaEoJV3tAEwqLABAAIHRKRBxaMXDuVcSIsM56oiGY+FDTAR0SrwdiV3Lm56zx","tpm2-pcrs":[7],"tpm2-pcr-bank":"sha256","tpm2-primary-alg":"ecc","tpm2-policy-hash":"8b5682d81b29435d08d79278150611dc7e5923b2fefcce684a09577b40130a8b","tpm2_srk":"gQAAAQAiAAvio8H1ddmWvc80L01EBjajcfJomOUBivaWaFDTU/b4NgAAAAEAWgAjAAsAAwRyAAAABgCAAEMAEAADABAAIIjj5Vy1AVGr6Gl2jOkefA7ydDh2v90gNazvFCMUTx96ACBdl55+aKEG81X03otCiJ5aURX8FZ1Xvgziq8YaMqSMfQ=="}';
+
+const isErr = (code: string, re: RegExp) => (e: unknown) => e instanceof TrustvolError && e.code === code && re.test(e.message);
+
+test("257 token: tpm2_srk decodes (persistent 0x81000001, name checked), JSON round-trips byte for byte", () => {
+  const t = decodeSystemdTpm2Token(TOKEN_257);
+  assert.equal(t.srkKey!.handle, 0x81000001);
+  assert.equal(t.pin, false);
+  assert.equal(t.blobs.length, 1);
+  assert.equal(encodeSystemdTpm2Token(t), TOKEN_257);
+  assert.deepEqual(encodeSerializedKeyHandle(t.srkKey!), t.srk);
+});
+
+test("257 token: hostile tpm2_srk, pcrlock and blob arrays are refused with one clear error", () => {
+  const o = JSON.parse(TOKEN_257);
+  const srk = Buffer.from(o.tpm2_srk, "base64");
+  const transient = Buffer.from(srk);
+  transient.writeUInt32BE(0x80000001, 0);
+  const wrongName = Buffer.from(srk);
+  wrongName[10]! ^= 1;
+  const notKey = Buffer.from(srk);
+  notKey.writeUInt32BE(2, 40);
+  const cases: [unknown, string, RegExp][] = [
+    [{ ...o, tpm2_srk: transient.toString("base64") }, "ECORRUPT", /not a persistent handle/],
+    [{ ...o, tpm2_srk: wrongName.toString("base64") }, "ECORRUPT", /name does not match/],
+    [{ ...o, tpm2_srk: notKey.toString("base64") }, "ECORRUPT", /not a key/],
+    [{ ...o, tpm2_srk: Buffer.concat([srk, Buffer.from([0])]).toString("base64") }, "ECORRUPT", /tpm2_srk/],
+    [{ ...o, tpm2_srk: srk.subarray(0, 20).toString("base64") }, "ECORRUPT", /tpm2_srk/],
+    [{ ...o, tpm2_pcrlock: true }, "EUNSUPPORTED", /pcrlock/],
+    [{ ...o, tpm2_pcrlock: "yes" }, "ECORRUPT", /boolean/],
+    [{ ...o, tpm2_pcrlock_nv: "AAAA" }, "EUNSUPPORTED", /pcrlock/],
+    [{ ...o, "tpm2-blob": [o["tpm2-blob"], o["tpm2-blob"]] }, "ECORRUPT", /2 blobs but 1 policy hashes/],
+    [{ ...o, "tpm2-blob": [] }, "ECORRUPT", /1\.\.16/],
+  ];
+  for (const [input, code, re] of cases) assert.throws(() => decodeSystemdTpm2Token(input as Record<string, unknown>), isErr(code, re), JSON.stringify(input).slice(-80));
+  assert.throws(() => decodeSerializedKeyHandle(Buffer.alloc(3)), isErr("ECORRUPT", /tpm2_srk/));
+  // several blobs, each with its policy hash, are accepted and re-encoded as arrays
+  const two = decodeSystemdTpm2Token({ ...o, "tpm2-blob": [o["tpm2-blob"], o["tpm2-blob"]], "tpm2-policy-hash": [o["tpm2-policy-hash"], o["tpm2-policy-hash"]] });
+  assert.equal(two.blobs.length, 2);
+  assert.ok(Array.isArray(JSON.parse(encodeSystemdTpm2Token(two))["tpm2-blob"]));
+});
+
+const fx = swtpmForFile(["swtpm", "cryptsetup"]);
+
+function deb13(t: import("node:test").TestContext) {
+  if (!fx.ready(t)) return undefined;
+  const root = needDebian13(t);
+  if (!root) return undefined;
+  const { tpmDir, device } = deb13SwtpmDevice(fx.sw.sock);
+  const sh = (cmd: string, args: string[], o: { env?: Record<string, string>; input?: string | Uint8Array; check?: boolean } = {}) => runInDebian13(root, cmd, args, { work: fx.dir, tpmDir, ...o });
+  return { root, device, sh, w: (f: string) => `${DEB13_WORK}/${f}` };
+}
+
+const tpmOf = () => new Tpm(openTpm2Transport(fx.sw.device));
+
+test("systemd-cryptenroll 257 --tpm2-pcrs=7 → trustvol unlocks under the persistent SRK, and after it was evicted", async (t) => {
+  const d = deb13(t);
+  if (!d) return;
+  const l = makeLuksImage(fx.dir, "e257");
+  d.sh("systemd-cryptenroll", [`--unlock-key-file=${d.w("e257.key")}`, `--tpm2-device=${d.device}`, "--tpm2-pcrs=7", d.w("e257.luks")]);
+  const json = exportToken(l.img, 0);
+  const tok = decodeSystemdTpm2Token(json);
+  assert.equal(tok.srkKey?.handle, 0x81000001);
+  assert.equal(encodeSystemdTpm2Token(tok), JSON.stringify(JSON.parse(json)));
+  const tpm = tpmOf();
+  const pass = await unlockSystemdTpm2Token(json, tpm);
+  assert.ok(passphraseOpens(l.img, pass, 1));
+  // systemd's SRK gone (e.g. evicted by another tool): the same key is recreated from the owner seed
+  await tpm.evictControl(0x81000001, 0x81000001);
+  assert.deepEqual(await unlockSystemdTpm2Token(json, tpm), pass);
+  await tpm.pcrExtend(7, "sha256", Buffer.alloc(32, 0xaa));
+  await assert.rejects(unlockSystemdTpm2Token(json, tpm), isErr("EPOLICY", /PCR 7 changed/));
+  await fx.sw.restart();
+});
+
+test("systemd-cryptenroll 257 --tpm2-with-pin (salted PIN, tpm2_salt) → trustvol unlocks with the PIN only", async (t) => {
+  const d = deb13(t);
+  if (!d) return;
+  const l = makeLuksImage(fx.dir, "p257");
+  // test-only PIN: systemd-cryptenroll takes it from $NEWPIN when there is no terminal
+  d.sh("systemd-cryptenroll", [`--unlock-key-file=${d.w("p257.key")}`, `--tpm2-device=${d.device}`, "--tpm2-pcrs=7", "--tpm2-with-pin=yes", d.w("p257.luks")], { env: { NEWPIN: "24680" } });
+  const json = exportToken(l.img, 0);
+  const tok = decodeSystemdTpm2Token(json);
+  assert.equal(tok.pin, true);
+  assert.equal(tok.salt?.length, 32);
+  assert.equal(encodeSystemdTpm2Token(tok), JSON.stringify(JSON.parse(json)));
+  const tpm = tpmOf();
+  await tpm.run(C.DictionaryAttackLockReset, {});
+  await assert.rejects(unlockSystemdTpm2Token(json, tpm), isErr("EBADPASS", /needs a PIN/));
+  await assert.rejects(unlockSystemdTpm2Token(json, tpm, { pin: Buffer.from("1111") }), isErr("EBADPASS", /wrong TPM PIN/));
+  const pass = await unlockSystemdTpm2Token(json, tpm, { pin: Buffer.from("24680") });
+  assert.ok(passphraseOpens(l.img, pass, 1));
+  await tpm.run(C.DictionaryAttackLockReset, {});
+});
+
+test("trustvol enrolls → systemd 257 unseals it (systemd-cryptenroll --unlock-tpm2-device), with and without PIN", async (t) => {
+  const d = deb13(t);
+  if (!d) return;
+  const l = makeLuksImage(fx.dir, "t257");
+  const tpm = tpmOf();
+  await tpm.run(C.DictionaryAttackLockReset, {});
+  for (const [slot, pin] of [[3, undefined], [4, "97531"]] as const) {
+    const { tokenJson, passphrase } = await createSystemdTpm2Token(tpm, { pcrs: [7], keyslot: slot, ...(pin ? { pin: Buffer.from(pin) } : {}) });
+    addKey(l, passphrase, slot);
+    importToken(l.img, tokenJson, slot);
+    // systemd unlocks with the TPM token alone, then enrolls a recovery key: proof it unsealed our blob
+    const rk = d.sh("systemd-cryptenroll", [`--unlock-tpm2-device=${d.device}`, "--recovery-key", d.w("t257.luks")], { env: pin ? { PIN: pin } : {} }).stdout.toString().trim();
+    assert.match(rk, /^([cbdefghijklnrtuv]{8}-){7}[cbdefghijklnrtuv]{8}$/);
+    assert.ok(passphraseOpens(l.img, Buffer.from(rk)));
+    const listed = d.sh("systemd-cryptenroll", [d.w("t257.luks")]).stdout.toString();
+    assert.match(listed, new RegExp(`${slot}\\s+tpm2`));
+    // the next round must prove the PIN token on its own
+    run("cryptsetup", ["token", "remove", "--token-id", String(slot), l.img]);
+  }
+});
+
+test("systemd 257's token plugin (cryptsetup 2.7 --token-only) needs a kernel TPM: with only swtpm it says so", (t) => {
+  const d = deb13(t);
+  if (!d) return;
+  const l = makeLuksImage(fx.dir, "plug");
+  d.sh("systemd-cryptenroll", [`--unlock-key-file=${d.w("plug.key")}`, `--tpm2-device=${d.device}`, "--tpm2-pcrs=7", d.w("plug.luks")]);
+  const r = d.sh("cryptsetup", ["open", "--test-passphrase", "--token-only", "--debug", d.w("plug.luks")], { check: false, env: { SYSTEMD_TPM2_DEVICE: d.device } });
+  assert.notEqual(r.status, 0);
+  assert.match(r.stdout.toString() + r.stderr, /TPM2 device not found/);
+  assert.equal(exportToken(l.img, 0).includes("tpm2_srk"), true);
+});
