@@ -2,11 +2,14 @@
 // cached trixie root (test/helpers/debian13.ts) against a host swtpm reached through its bind-mounted socket.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { createHash, generateKeyPairSync } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { swtpmForFile } from "../helpers/swtpm.js";
 import { run } from "../helpers/tools.js";
 import { DEB13_WORK, deb13SwtpmDevice, needDebian13, runInDebian13 } from "../helpers/debian13.js";
 import { addKey, exportToken, importToken, makeLuksImage, passphraseOpens } from "./luks-fixture.js";
-import { createSystemdTpm2Token, decodeSystemdTpm2Token, encodeSystemdTpm2Token, unlockSystemdTpm2Token } from "../../src/tokens/systemd-tpm2.js";
+import { createSystemdTpm2Token, decodePcrSignatureJson, decodeSystemdTpm2Token, encodeSystemdTpm2Token, systemdTpm2PolicyDigest, unlockSystemdTpm2Token } from "../../src/tokens/systemd-tpm2.js";
 import { decodeSerializedKeyHandle, encodeSerializedKeyHandle } from "../../src/trust/tpm2/esys-tr.js";
 import { Tpm, openTpm2Transport } from "../../src/trust/tpm2/index.js";
 import * as C from "../../src/trust/tpm2/commands.js";
@@ -139,4 +142,58 @@ test("systemd 257's token plugin (cryptsetup 2.7 --token-only) needs a kernel TP
   assert.notEqual(r.status, 0);
   assert.match(r.stdout.toString() + r.stderr, /TPM2 device not found/);
   assert.equal(exportToken(l.img, 0).includes("tpm2_srk"), true);
+});
+
+test("signed PCR policy with systemd 257 (systemd-measure sign, --tpm2-public-key): enrolled by either, unlocked by the other", async (t) => {
+  const d = deb13(t);
+  if (!d) return;
+  const dir = fx.dir;
+  const { publicKey, privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+  writeFileSync(join(dir, "pk.pem"), publicKey.export({ type: "spki", format: "pem" }));
+  writeFileSync(join(dir, "sk.pem"), privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 }); // test-only signing key
+  const sections: [string, string][] = [[".linux", "test kernel 6.12"], [".osrel", "ID=trustvol\n"], [".cmdline", "quiet\n"]];
+  for (const [n, c] of sections) writeFileSync(join(dir, n.slice(1)), c);
+  const sig = d.sh("/usr/lib/systemd/systemd-measure", ["sign", ...sections.map(([n]) => `--${n.slice(1)}=${d.w(n.slice(1))}`), `--private-key=${d.w("sk.pem")}`, `--public-key=${d.w("pk.pem")}`, "--bank=sha256", "--phase=enter-initrd"]).stdout.toString();
+  writeFileSync(join(dir, "sig.json"), sig);
+  assert.equal(decodePcrSignatureJson(sig)[0]!.pcrs.join(), "11");
+
+  const tpm = tpmOf();
+  const sha = (b: string | Buffer) => createHash("sha256").update(b).digest();
+  const bootToInitrd = async () => {
+    // what systemd-stub measures into PCR 11: each section's name (with NUL) and contents, then the phase
+    for (const [n, c] of sections) {
+      await tpm.pcrExtend(11, "sha256", sha(`${n}\0`));
+      await tpm.pcrExtend(11, "sha256", sha(c));
+    }
+    await tpm.pcrExtend(11, "sha256", sha("enter-initrd"));
+  };
+
+  // systemd 257 enrolls → trustvol unlocks in the signed phase only
+  await fx.sw.restart();
+  const l = makeLuksImage(dir, "sig257");
+  d.sh("systemd-cryptenroll", [`--unlock-key-file=${d.w("sig257.key")}`, `--tpm2-device=${d.device}`, `--tpm2-public-key=${d.w("pk.pem")}`, "--tpm2-public-key-pcrs=11", "--tpm2-pcrs=7", d.w("sig257.luks")]);
+  const json = exportToken(l.img, 0);
+  const tok = decodeSystemdTpm2Token(json);
+  assert.deepEqual(tok.pubkeyPcrs, [11]);
+  assert.ok(tok.srkKey);
+  assert.equal(encodeSystemdTpm2Token(tok), JSON.stringify(JSON.parse(json)));
+  assert.deepEqual(systemdTpm2PolicyDigest(tok, await tpm.pcrRead("sha256", [7])), tok.policyHash);
+  await bootToInitrd();
+  const pass = await unlockSystemdTpm2Token(json, tpm, { signature: sig });
+  assert.ok(passphraseOpens(l.img, pass, 1));
+  await tpm.pcrExtend(11, "sha256", sha("leave-initrd"));
+  await assert.rejects(unlockSystemdTpm2Token(json, tpm, { signature: sig }), isErr("EPOLICY", /no signature approves/));
+
+  // trustvol enrolls → systemd 257 unseals with the signature where systemd looks for it
+  await fx.sw.restart();
+  run("cryptsetup", ["token", "remove", "--token-id", "0", l.img]);
+  const { tokenJson } = await createSystemdTpm2Token(tpm, { pcrs: [7], keyslot: 2, pubkey: readFileSync(join(dir, "pk.pem")), pubkeyPcrs: [11] }).then(async (c) => {
+    addKey(l, c.passphrase, 2);
+    return c;
+  });
+  importToken(l.img, tokenJson, 2);
+  await bootToInitrd();
+  const script = 'mkdir -p /run/systemd && cp /w/sig.json /run/systemd/tpm2-pcr-signature.json && exec "$@"';
+  const rk = d.sh("sh", ["-c", script, "sh", "systemd-cryptenroll", `--unlock-tpm2-device=${d.device}`, "--recovery-key", d.w("sig257.luks")]).stdout.toString().trim();
+  assert.ok(passphraseOpens(l.img, Buffer.from(rk)));
 });
