@@ -1,0 +1,127 @@
+// `trustvol tpm2 sign-policy` against systemd-measure 257 (byte-identical JSON: RSASSA-PKCS1-v1_5 is deterministic),
+// and end to end: a token systemd-cryptenroll 257 enrolled against the vendor key unlocks, in systemd 257 and in
+// trustvol, with the signature trustvol made.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createHash, generateKeyPairSync } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { swtpmForFile } from "../helpers/swtpm.js";
+import { trustvolInProcess } from "../helpers/cli.js";
+import { DEB13_WORK, deb13SwtpmDevice, needDebian13, runInDebian13 } from "../helpers/debian13.js";
+import { exportToken, makeLuksImage, passphraseOpens } from "../tokens/luks-fixture.js";
+import { unlockSystemdTpm2Token } from "../../src/tokens/systemd-tpm2.js";
+import { peSizeOfImage, predictPcr11, signPcrPolicy } from "../../src/ops/sign-policy.js";
+import { Tpm, openTpm2Transport } from "../../src/trust/tpm2/index.js";
+import { TrustvolError } from "../../src/util/errors.js";
+
+const fx = swtpmForFile(["swtpm", "cryptsetup"]);
+const MEASURE = "/usr/lib/systemd/systemd-measure";
+
+/** A minimal PE32+ header whose SizeOfImage (64 KiB) exceeds the file: the stub measures the zero tail too. */
+function fakePeKernel(): Buffer {
+  const b = Buffer.alloc(4096, 0x5a);
+  b.writeUInt16LE(0x5a4d, 0);
+  b.writeUInt32LE(0x80, 0x3c);
+  b.writeUInt32LE(0x00004550, 0x80);
+  b.writeUInt16LE(112 + 8 * 16, 0x80 + 20); // SizeOfOptionalHeader: PE32+ fields and 16 data directories
+  b.writeUInt16LE(0x20b, 0x80 + 24);
+  b.writeUInt32LE(65536, 0x80 + 24 + 56);
+  b.writeUInt32LE(16, 0x80 + 24 + 108);
+  return b;
+}
+
+function keys(dir: string) {
+  const { publicKey, privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+  writeFileSync(join(dir, "pk.pem"), publicKey.export({ type: "spki", format: "pem" }));
+  writeFileSync(join(dir, "sk.pem"), privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 }); // test-only signing key
+}
+
+test("sign-policy: the same JSON as systemd-measure 257 sign (default banks and phases, chosen ones, --append, PE kernel padding)", async (t) => {
+  if (!fx.ready(t)) return;
+  const root = needDebian13(t);
+  if (!root) return;
+  const d = fx.dir;
+  keys(d);
+  writeFileSync(join(d, "linux"), "not a PE kernel");
+  writeFileSync(join(d, "pe-linux"), fakePeKernel());
+  writeFileSync(join(d, "osrel"), "ID=trustvol\nVERSION_ID=1\n");
+  writeFileSync(join(d, "cmdline"), "root=/dev/mapper/root quiet\n");
+  writeFileSync(join(d, "initrd"), Buffer.alloc(3000, 7));
+  writeFileSync(join(d, "uname"), "6.12.0-trustvol\n");
+  writeFileSync(join(d, "empty"), "");
+  assert.equal(peSizeOfImage(fakePeKernel()), 65536);
+  const broken = fakePeKernel();
+  broken.writeUInt32LE(15, 0x80 + 24 + 108); // data directory count disagrees with the header size: not a PE to systemd
+  assert.equal(peSizeOfImage(broken), undefined);
+  const sd = (args: string[]) => runInDebian13(root, MEASURE, ["sign", `--private-key=${DEB13_WORK}/sk.pem`, `--public-key=${DEB13_WORK}/pk.pem`, ...args], { work: d }).stdout.toString();
+  const tv = async (args: string[]) => {
+    const r = await trustvolInProcess(["tpm2", "sign-policy", "--private-key", join(d, "sk.pem"), "--public-key", join(d, "pk.pem"), ...args]);
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout;
+  };
+  const cases: [string[], string[]][] = [
+    [[`--linux=${DEB13_WORK}/linux`, `--osrel=${DEB13_WORK}/osrel`], ["--linux", join(d, "linux"), "--osrel", join(d, "osrel")]],
+    [[`--linux=${DEB13_WORK}/pe-linux`, `--cmdline=${DEB13_WORK}/cmdline`, `--initrd=${DEB13_WORK}/initrd`, `--uname=${DEB13_WORK}/uname`, `--splash=${DEB13_WORK}/empty`, "--bank=sha256", "--phase=enter-initrd", "--phase=::enter-initrd:leave-initrd:"],
+      ["--linux", join(d, "pe-linux"), "--cmdline", join(d, "cmdline"), "--initrd", join(d, "initrd"), "--uname", join(d, "uname"), "--splash", join(d, "empty"), "--bank", "SHA256", "--phase", "enter-initrd", "--phase", "::enter-initrd:leave-initrd:", "--no-linux-padding"]],
+  ];
+  for (const [sdArgs, tvArgs] of cases) assert.equal((await tv(tvArgs)).trimEnd(), sd(sdArgs).trimEnd(), tvArgs.join(" "));
+  // systemd-measure 257 hashes a PE kernel as the file is; the stub measures it padded to SizeOfImage (measure pads since 258)
+  const pe = readFileSync(join(d, "pe-linux"));
+  const padded = predictPcr11("sha256", new Map([[".linux", pe]]), "enter-initrd");
+  assert.deepEqual(padded, predictPcr11("sha256", new Map([[".linux", Buffer.concat([pe, Buffer.alloc(65536 - pe.length)])]]), "enter-initrd", false));
+  assert.notDeepEqual(padded, predictPcr11("sha256", new Map([[".linux", pe]]), "enter-initrd", false));
+  // --append: both add to the same earlier signature file
+  writeFileSync(join(d, "earlier.json"), sd([`--linux=${DEB13_WORK}/linux`, "--bank=sha256", "--phase=enter-initrd"]).trim());
+  assert.equal(
+    (await tv(["--linux", join(d, "pe-linux"), "--no-linux-padding", "--bank", "sha256", "--phase", "sysinit", "--append", join(d, "earlier.json")])).trimEnd(),
+    sd([`--linux=${DEB13_WORK}/pe-linux`, "--bank=sha256", "--phase=sysinit", `--append=${DEB13_WORK}/earlier.json`]).trimEnd(),
+  );
+});
+
+test("sign-policy → a token systemd-cryptenroll 257 enrolled against the key unlocks in systemd 257 and in trustvol", async (t) => {
+  if (!fx.ready(t)) return;
+  const root = needDebian13(t);
+  if (!root) return;
+  const d = fx.dir;
+  keys(d);
+  const { tpmDir, device } = deb13SwtpmDevice(fx.sw.sock);
+  const sections: [string, string][] = [[".linux", "kernel 6.12 for the next OTA"], [".osrel", "ID=trustvol\n"], [".cmdline", "quiet\n"]];
+  for (const [n, c] of sections) writeFileSync(join(d, `s${n}`), c);
+  const r = await trustvolInProcess(["tpm2", "sign-policy", "--private-key", join(d, "sk.pem"), ...sections.flatMap(([n]) => [`--${n.slice(1)}`, join(d, `s${n}`)]), "--bank", "sha256", "--output", join(d, "sig.json")]);
+  assert.equal(r.status, 0, r.stderr);
+
+  await fx.sw.restart();
+  const l = makeLuksImage(d, "ota");
+  runInDebian13(root, "systemd-cryptenroll", [`--unlock-key-file=${DEB13_WORK}/ota.key`, `--tpm2-device=${device}`, `--tpm2-public-key=${DEB13_WORK}/pk.pem`, "--tpm2-public-key-pcrs=11", "--tpm2-pcrs=", `${DEB13_WORK}/ota.luks`], { work: d, tpmDir });
+  const tpm = new Tpm(openTpm2Transport(fx.sw.device));
+  const sha = (b: string | Buffer) => createHash("sha256").update(b).digest();
+  // boot the signed UKI up to sysinit, as systemd-stub and systemd-pcrphase would measure it
+  for (const [n, c] of sections) {
+    await tpm.pcrExtend(11, "sha256", sha(`${n}\0`));
+    await tpm.pcrExtend(11, "sha256", sha(c));
+  }
+  for (const w of ["enter-initrd", "leave-initrd", "sysinit"]) await tpm.pcrExtend(11, "sha256", sha(w));
+  const sig = readFileSync(join(d, "sig.json"));
+  const pass = await unlockSystemdTpm2Token(exportToken(l.img, 0), tpm, { signature: sig });
+  assert.ok(passphraseOpens(l.img, pass, 1));
+  const script = `mkdir -p /run/systemd && cp ${DEB13_WORK}/sig.json /run/systemd/tpm2-pcr-signature.json && exec "$@"`;
+  const rk = runInDebian13(root, "sh", ["-c", script, "sh", "systemd-cryptenroll", `--unlock-tpm2-device=${device}`, "--recovery-key", `${DEB13_WORK}/ota.luks`], { work: d, tpmDir }).stdout.toString().trim();
+  assert.ok(passphraseOpens(l.img, Buffer.from(rk)));
+});
+
+test("sign-policy refuses bad keys and inputs with one-line errors", () => {
+  const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+  const other = generateKeyPairSync("rsa", { modulusLength: 2048 }).publicKey;
+  const ec = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
+  const pem = (k: import("node:crypto").KeyObject, type: "pkcs8" | "spki") => Buffer.from(k.export({ type, format: "pem" }) as string);
+  const sections = new Map([[".linux" as const, Buffer.from("k")]]);
+  const cases: [() => unknown, string, RegExp][] = [
+    [() => signPcrPolicy({ sections: new Map(), privateKeyPem: pem(privateKey, "pkcs8") }), "EUSAGE", /--linux is required/],
+    [() => signPcrPolicy({ sections, privateKeyPem: Buffer.from("junk") }), "EUSAGE", /not a PEM private key/],
+    [() => signPcrPolicy({ sections, privateKeyPem: pem(ec, "pkcs8") }), "EUNSUPPORTED", /ec keys/],
+    [() => signPcrPolicy({ sections, privateKeyPem: pem(privateKey, "pkcs8"), publicKeyPem: pem(other, "spki") }), "EUSAGE", /does not belong/],
+    [() => signPcrPolicy({ sections, privateKeyPem: pem(privateKey, "pkcs8"), append: "[1]" }), "ECORRUPT", /./],
+  ];
+  for (const [fn, code, re] of cases) assert.throws(fn, (e: unknown) => e instanceof TrustvolError && e.code === code && re.test(e.message) && !e.message.includes("\n"));
+});
