@@ -7,6 +7,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { swtpmForFile } from "../helpers/swtpm.js";
 import { run } from "../helpers/tools.js";
+import { trustvolInProcess } from "../helpers/cli.js";
 import { DEB13_WORK, deb13SwtpmDevice, needDebian13, runInDebian13 } from "../helpers/debian13.js";
 import { addKey, exportToken, importToken, makeLuksImage, passphraseOpens } from "./luks-fixture.js";
 import { createSystemdTpm2Token, decodePcrSignatureJson, decodeSystemdTpm2Token, encodeSystemdTpm2Token, systemdTpm2PolicyDigest, unlockSystemdTpm2Token } from "../../src/tokens/systemd-tpm2.js";
@@ -84,6 +85,9 @@ test("systemd-cryptenroll 257 --tpm2-pcrs=7 → trustvol unlocks under the persi
   const tpm = tpmOf();
   const pass = await unlockSystemdTpm2Token(json, tpm);
   assert.ok(passphraseOpens(l.img, pass, 1));
+  const cli = await trustvolInProcess(["unlock", "--test", "--token-only", "--tpm2-device", fx.sw.device, "--json", l.img]);
+  assert.equal(cli.status, 0, cli.stderr);
+  assert.equal(JSON.parse(cli.stdout).keyslot, 1);
   // systemd's SRK gone (e.g. evicted by another tool): the same key is recreated from the owner seed
   await tpm.evictControl(0x81000001, 0x81000001);
   assert.deepEqual(await unlockSystemdTpm2Token(json, tpm), pass);
