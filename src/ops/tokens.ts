@@ -14,6 +14,8 @@ export interface TokenUnlockContext {
   pkcs11Module?: string;
   /** TPM device selection (`auto`, a path, `swtpm:path=...`). */
   tpm2Device?: string;
+  /** Signed PCR policy file (systemd-measure's tpm2-pcr-signature.json) for tpm2_pubkey tokens; default: systemd's paths. */
+  tpm2Signature?: string;
 }
 
 export interface TokenHandler {

@@ -7,6 +7,7 @@ import { createHash, generateKeyPairSync } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { swtpmForFile } from "../helpers/swtpm.js";
+import { run } from "../helpers/tools.js";
 import { trustvolInProcess } from "../helpers/cli.js";
 import { DEB13_WORK, deb13SwtpmDevice, needDebian13, runInDebian13 } from "../helpers/debian13.js";
 import { exportToken, makeLuksImage, passphraseOpens } from "../tokens/luks-fixture.js";
@@ -108,6 +109,23 @@ test("sign-policy → a token systemd-cryptenroll 257 enrolled against the key u
   const script = `mkdir -p /run/systemd && cp ${DEB13_WORK}/sig.json /run/systemd/tpm2-pcr-signature.json && exec "$@"`;
   const rk = runInDebian13(root, "sh", ["-c", script, "sh", "systemd-cryptenroll", `--unlock-tpm2-device=${device}`, "--recovery-key", `${DEB13_WORK}/ota.luks`], { work: d, tpmDir }).stdout.toString().trim();
   assert.ok(passphraseOpens(l.img, Buffer.from(rk)));
+
+  // trustvol enrolls against the vendor key instead: systemd 257 and trustvol's CLI unlock with the same signature
+  run("cryptsetup", ["token", "remove", "--token-id", "0", l.img]);
+  let cli = await trustvolInProcess(["enroll", "tpm2", l.img, "--tpm2-device", fx.sw.device, "--public-key", join(d, "pk.pem"), "--public-key-pcrs", "11", "--key-file", l.keyFile, "--json"]);
+  assert.equal(cli.status, 0, cli.stderr);
+  const slot = JSON.parse(cli.stdout).keyslot as number;
+  cli = await trustvolInProcess(["unlock", "--test", "--token-only", "--tpm2-device", fx.sw.device, "--tpm2-signature", join(d, "sig.json"), "--json", l.img]);
+  assert.equal(cli.status, 0, cli.stderr);
+  assert.equal(JSON.parse(cli.stdout).keyslot, slot);
+  const rk2 = runInDebian13(root, "sh", ["-c", script, "sh", "systemd-cryptenroll", `--unlock-tpm2-device=${device}`, "--recovery-key", `${DEB13_WORK}/ota.luks`], { work: d, tpmDir }).stdout.toString().trim();
+  assert.ok(passphraseOpens(l.img, Buffer.from(rk2)));
+  // a boot chain the vendor never signed: refused
+  await tpm.pcrExtend(11, "sha256", sha("ready"));
+  await tpm.pcrExtend(11, "sha256", sha("an unsigned extra"));
+  cli = await trustvolInProcess(["unlock", "--test", "--token-only", "--tpm2-device", fx.sw.device, "--tpm2-signature", join(d, "sig.json"), l.img]);
+  assert.equal(cli.status, 3, cli.stderr);
+  assert.match(cli.stderr, /no signature approves/);
 });
 
 test("sign-policy refuses bad keys and inputs with one-line errors", () => {
