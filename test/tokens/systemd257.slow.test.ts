@@ -201,3 +201,17 @@ test("signed PCR policy with systemd 257 (systemd-measure sign, --tpm2-public-ke
   const rk = d.sh("sh", ["-c", script, "sh", "systemd-cryptenroll", `--unlock-tpm2-device=${d.device}`, "--recovery-key", d.w("sig257.luks")]).stdout.toString().trim();
   assert.ok(passphraseOpens(l.img, Buffer.from(rk)));
 });
+
+test("several blobs (systemd 255+ arrays): the first that unseals wins; when none does, the first error", async (t) => {
+  if (!fx.ready(t)) return;
+  const tpm = tpmOf();
+  const good = await createSystemdTpm2Token(tpm, { pcrs: [7], keyslot: 1 });
+  const stale = await createSystemdTpm2Token(tpm, { pcrs: [7], keyslot: 1, pcrValues: new Map([[7, Buffer.alloc(32, 0xaa)]]) });
+  const o = JSON.parse(good.tokenJson);
+  const s = JSON.parse(stale.tokenJson);
+  const both = { ...o, "tpm2-blob": [s["tpm2-blob"], o["tpm2-blob"]], "tpm2-policy-hash": [s["tpm2-policy-hash"], o["tpm2-policy-hash"]] };
+  assert.deepEqual(await unlockSystemdTpm2Token(both, tpm), good.passphrase);
+  await assert.rejects(unlockSystemdTpm2Token({ ...o, "tpm2-blob": [s["tpm2-blob"]], "tpm2-policy-hash": [s["tpm2-policy-hash"]] }, tpm), isErr("EPOLICY", /PCR 7 changed/));
+  // a blob paired with another blob's policy hash is caught before the TPM is asked
+  await assert.rejects(unlockSystemdTpm2Token({ ...o, "tpm2-blob": [o["tpm2-blob"]], "tpm2-policy-hash": [s["tpm2-policy-hash"]] }, tpm), isErr("ECORRUPT", /policy does not match/));
+});
