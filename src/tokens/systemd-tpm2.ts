@@ -1,7 +1,7 @@
 // The `systemd-tpm2` LUKS2 token, as systemd-cryptenroll 252 writes it (and the underscore / array spellings of
 // newer systemd on input). Pure JSON <-> typed object codecs with strict validation of hostile JSON, plus unlock and
 // create against a TPM. The LUKS passphrase is the base64 of the 32 unsealed bytes.
-import { createHash, createPublicKey, pbkdf2Sync, type KeyObject } from "node:crypto";
+import { createHash, createPublicKey, pbkdf2Sync, randomBytes, type KeyObject } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { TrustvolError } from "../util/errors.js";
 import { wipe, base64Bytes } from "../util/secret.js";
@@ -14,6 +14,7 @@ import { pinToAuthValue, sealSecret, splitBlob, unsealSecret } from "../trust/tp
 import type { PrimaryAlg } from "../trust/tpm2/structures.js";
 import { Tpm } from "../trust/tpm2/tpm.js";
 import { decodeSerializedKeyHandle, type SerializedKeyHandle } from "../trust/tpm2/esys-tr.js";
+import { getOrCreateSrk } from "../trust/tpm2/srk.js";
 
 export interface SystemdTpm2Token {
   type: "systemd-tpm2";
@@ -360,13 +361,17 @@ export async function createSystemdTpm2Token(
     /** Signed PCR policy: PEM RSA public key whose signatures (systemd-measure) approve PCR states of pubkeyPcrs. */
     pubkey?: Buffer;
     pubkeyPcrs?: readonly number[];
+    /** Seal under the persistent SRK (0x81000001, created if missing) and record it as tpm2_srk, as systemd 255+ does. */
+    srk?: boolean;
   },
 ): Promise<{ tokenJson: string; token: SystemdTpm2Token; passphrase: Buffer }> {
   if (!Number.isInteger(opts.keyslot) || opts.keyslot < 0 || opts.keyslot > 31) throw new TrustvolError("EUSAGE", `invalid keyslot ${opts.keyslot}`);
   const t = tpmOf(tpm);
   const bank = opts.bank ?? "sha256";
   const secret = await t.getRandom(32);
-  const authValue = opts.pin?.length ? pinToAuthValue(opts.pin) : undefined;
+  // systemd 255+ salts the PIN (PBKDF2) whenever it seals under the SRK; 252-style tokens hash it plainly
+  const salt = opts.srk && opts.pin?.length ? randomBytes(32) : undefined;
+  const authValue = opts.pin?.length ? systemdPinAuthValue(opts.pin, salt) : undefined;
   try {
     const pcrs = [...new Set(opts.pcrs)].sort((a, b) => a - b);
     let authPolicy: Buffer | undefined;
@@ -374,10 +379,13 @@ export async function createSystemdTpm2Token(
       const values = opts.pcrValues ?? (pcrs.length ? await t.pcrRead(bank, pcrs) : new Map());
       authPolicy = systemdTpm2PolicyDigest({ pcrs, pcrBank: bank, pin: !!authValue, pubkey: opts.pubkey }, values);
     }
-    const s = await sealSecret(t, secret, { pcrs, bank, primaryAlg: opts.primaryAlg ?? "ecc", ...(authValue ? { authValue } : {}), ...(opts.pcrValues ? { pcrValues: opts.pcrValues } : {}), ...(authPolicy ? { authPolicy } : {}) });
+    const srk = opts.srk ? await getOrCreateSrk(t, opts.primaryAlg ?? "ecc") : undefined;
+    const s = await sealSecret(t, secret, { pcrs, bank, primaryAlg: opts.primaryAlg ?? "ecc", ...(authValue ? { authValue } : {}), ...(opts.pcrValues ? { pcrValues: opts.pcrValues } : {}), ...(authPolicy ? { authPolicy } : {}), ...(srk ? { parent: srk.key } : {}) });
     const token: SystemdTpm2Token = {
       type: "systemd-tpm2", keyslots: [opts.keyslot], blob: s.blob, blobs: [s.blob], policyHashes: [s.policyHash], pcrs: s.pcrs, pcrBank: bank, primaryAlg: s.primaryAlg, policyHash: s.policyHash, pin: !!authValue,
       ...(opts.pubkey ? { pubkey: Buffer.from(opts.pubkey), pubkeyPcrs: [...(opts.pubkeyPcrs ?? [11])] } : {}),
+      ...(srk ? { srk: srk.serialized, srkKey: decodeSerializedKeyHandle(srk.serialized) } : {}),
+      ...(salt ? { salt } : {}),
     };
     return { tokenJson: encodeSystemdTpm2Token(token), token, passphrase: base64Ascii(secret) };
   } finally {

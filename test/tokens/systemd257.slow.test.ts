@@ -11,7 +11,9 @@ import { trustvolInProcess } from "../helpers/cli.js";
 import { DEB13_WORK, deb13SwtpmDevice, needDebian13, runInDebian13 } from "../helpers/debian13.js";
 import { addKey, exportToken, importToken, makeLuksImage, passphraseOpens } from "./luks-fixture.js";
 import { createSystemdTpm2Token, decodePcrSignatureJson, decodeSystemdTpm2Token, encodeSystemdTpm2Token, systemdTpm2PolicyDigest, unlockSystemdTpm2Token } from "../../src/tokens/systemd-tpm2.js";
-import { decodeSerializedKeyHandle, encodeSerializedKeyHandle } from "../../src/trust/tpm2/esys-tr.js";
+import { decodeSerializedKeyHandle, encodeSerializedKeyHandle, primaryTemplateOf } from "../../src/trust/tpm2/esys-tr.js";
+import { systemdSrkTemplate } from "../../src/trust/tpm2/srk.js";
+import { encodePublicArea } from "../../src/trust/tpm2/structures.js";
 import { Tpm, openTpm2Transport } from "../../src/trust/tpm2/index.js";
 import * as C from "../../src/trust/tpm2/commands.js";
 import { TrustvolError } from "../../src/util/errors.js";
@@ -29,6 +31,8 @@ test("257 token: tpm2_srk decodes (persistent 0x81000001, name checked), JSON ro
   assert.equal(t.blobs.length, 1);
   assert.equal(encodeSystemdTpm2Token(t), TOKEN_257);
   assert.deepEqual(encodeSerializedKeyHandle(t.srkKey!), t.srk);
+  // the SRK trustvol creates (--srk) has systemd's template
+  assert.deepEqual(encodePublicArea(primaryTemplateOf(t.srkKey!.public)), encodePublicArea(systemdSrkTemplate("ecc")));
 });
 
 test("257 token: hostile tpm2_srk, pcrlock and blob arrays are refused with one clear error", () => {
@@ -214,4 +218,31 @@ test("several blobs (systemd 255+ arrays): the first that unseals wins; when non
   await assert.rejects(unlockSystemdTpm2Token({ ...o, "tpm2-blob": [s["tpm2-blob"]], "tpm2-policy-hash": [s["tpm2-policy-hash"]] }, tpm), isErr("EPOLICY", /PCR 7 changed/));
   // a blob paired with another blob's policy hash is caught before the TPM is asked
   await assert.rejects(unlockSystemdTpm2Token({ ...o, "tpm2-blob": [o["tpm2-blob"]], "tpm2-policy-hash": [s["tpm2-policy-hash"]] }, tpm), isErr("ECORRUPT", /policy does not match/));
+});
+
+test("trustvol enroll tpm2 --srk (systemd 257's shape: persistent SRK, salted PIN) → systemd 257 unseals it and shares the SRK", async (t) => {
+  const d = deb13(t);
+  if (!d) return;
+  const tpm = tpmOf();
+  await tpm.evictControl(0x81000001, 0x81000001).catch(() => {}); // start without an SRK: trustvol creates it
+  await tpm.run(C.DictionaryAttackLockReset, {});
+  const l = makeLuksImage(fx.dir, "srk");
+  writeFileSync(join(fx.dir, "srk.pin"), "13579", { mode: 0o600 });
+  let r = await trustvolInProcess(["enroll", "tpm2", l.img, "--tpm2-device", fx.sw.device, "--pcrs", "7", "--srk", "--with-pin", "--pin-file", join(fx.dir, "srk.pin"), "--key-file", l.keyFile, "--json"]);
+  assert.equal(r.status, 0, r.stderr);
+  const slot = JSON.parse(r.stdout).keyslot as number;
+  const json = exportToken(l.img, 0);
+  assert.deepEqual(Object.keys(JSON.parse(json)), ["type", "keyslots", "tpm2-blob", "tpm2-pcrs", "tpm2-pcr-bank", "tpm2-primary-alg", "tpm2-policy-hash", "tpm2-pin", "tpm2_salt", "tpm2_srk"]);
+  const tok = decodeSystemdTpm2Token(json);
+  assert.equal(tok.srkKey?.handle, 0x81000001);
+  r = await trustvolInProcess(["unlock", "--test", "--token-only", "--tpm2-device", fx.sw.device, "--pin-file", join(fx.dir, "srk.pin"), "--json", l.img]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(JSON.parse(r.stdout).keyslot, slot);
+  // systemd 257 unseals it with the PIN, then enrolls its own token under the same SRK
+  const rk = d.sh("systemd-cryptenroll", [`--unlock-tpm2-device=${d.device}`, "--recovery-key", d.w("srk.luks")], { env: { PIN: "13579" } }).stdout.toString().trim();
+  assert.ok(passphraseOpens(l.img, Buffer.from(rk)));
+  d.sh("systemd-cryptenroll", [`--unlock-key-file=${d.w("srk.key")}`, `--tpm2-device=${d.device}`, "--tpm2-pcrs=0+7", d.w("srk.luks")]);
+  const theirs = decodeSystemdTpm2Token(exportToken(l.img, 2));
+  assert.deepEqual(theirs.srk, tok.srk);
+  await tpm.run(C.DictionaryAttackLockReset, {});
 });

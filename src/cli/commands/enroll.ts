@@ -151,6 +151,7 @@ export function registerEnrollCommands(program: Command): Command {
         .option("--tpm2-device <dev>", "auto (default), a device path like /dev/tpmrm0, or swtpm:path=SOCKET")
         .option("--public-key <pem>", "bind to PCR policies signed by this RSA key (systemd-measure) instead of fixed PCR values")
         .option("--public-key-pcrs <list>", "PCRs covered by the signed policy", pcrList, [11])
+        .option("--srk", "as systemd 255+: seal under the persistent SRK at 0x81000001 (created if missing), PIN salted (tpm2_srk, tpm2_salt)")
         .option("-S, --key-slot <n>", "keyslot to use (default: first free)", int("--key-slot", 0, 31))
         .option("--wipe-slot <spec>", "after enrolling, remove keyslots as systemd-cryptenroll does: all, empty, password, recovery, pkcs11, fido2, tpm2, keyslot numbers; comma list")
         .option("--header <file>", "detached header")
@@ -167,7 +168,7 @@ export function registerEnrollCommands(program: Command): Command {
         kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha512", iterations: 1000 }),
         withSource: tpmSource(o),
         makeToken: async (tpm, slot) => {
-          const t = await createSystemdTpm2Token(tpm, { keyslot: slot, pcrs: o.publicKey ? [] : (o.pcrs as number[]), bank: o.pcrBank as "sha256", primaryAlg: o.primaryAlg as "ecc", ...(pin ? { pin } : {}), ...(pubkey ? { pubkey, pubkeyPcrs: o.publicKeyPcrs as number[] } : {}) });
+          const t = await createSystemdTpm2Token(tpm, { keyslot: slot, pcrs: o.publicKey ? [] : (o.pcrs as number[]), bank: o.pcrBank as "sha256", primaryAlg: o.primaryAlg as "ecc", ...(pin ? { pin } : {}), ...(pubkey ? { pubkey, pubkeyPcrs: o.publicKeyPcrs as number[] } : {}), ...(o.srk ? { srk: true } : {}) });
           return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
         },
       });

@@ -29,6 +29,8 @@ export interface Tpm2SealOptions {
   attributes?: number;
   /** Use this authPolicy instead of computing PolicyPCR [+ PolicyAuthValue] (e.g. a PolicyAuthorize digest). */
   authPolicy?: Buffer;
+  /** Seal under this (persistent, verified) parent instead of a transient primary, e.g. systemd 255+'s SRK. */
+  parent?: LoadedKey;
 }
 
 export interface Tpm2Sealed {
@@ -128,7 +130,8 @@ export async function sealSecret(tpm: Tpm, secret: Uint8Array, opts: Tpm2SealOpt
   const policyHash = opts.authPolicy ? Buffer.from(opts.authPolicy) : pcrs.length || pin ? computePolicyDigest({ bank: opts.bank, pcrs, pcrValues: values ?? new Map(), pin, policyHash: nameAlg }) : Buffer.alloc(0);
   const attributes = opts.attributes ?? (policyHash.length ? TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent : TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent | TPMA_OBJECT.userWithAuth);
 
-  return withPrimary(tpm, primaryAlg, nameAlg, async (primary) => {
+  const withParent = <T>(fn: (p: LoadedKey) => Promise<T>) => (opts.parent ? fn(opts.parent) : withPrimary(tpm, primaryAlg, nameAlg, fn));
+  return withParent(async (primary) => {
     let session: AuthSession | undefined;
     try {
       session = await tpm.startSession({ type: "hmac", saltKey: primary, symmetric: true });
