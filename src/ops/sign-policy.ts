@@ -7,6 +7,7 @@ import { TrustvolError } from "../util/errors.js";
 import { HASH_SIZE, type HashName } from "../trust/tpm2/constants.js";
 import { extendPolicyPCR, pcrCompositeDigest, predictPcr } from "../trust/tpm2/policy.js";
 import { decodePcrSignatureJson } from "../tokens/systemd-tpm2.js";
+import type { PinSource } from "../trust/pkcs11/pin.js";
 
 /** PCR systemd-stub measures the UKI into. */
 export const PCR_KERNEL_BOOT = 11;
@@ -63,10 +64,20 @@ export function predictPcr11(bank: HashName, sections: ReadonlyMap<UkiSection, B
   return predictPcr(bank, events);
 }
 
+/** Who signs: a PEM key in memory, or a key that never leaves a PKCS#11 token. */
+export interface PolicySigner {
+  publicKey: KeyObject;
+  /** Banks it can sign for (the PKCS#11 mechanism hashes with SHA-256 only). */
+  banks?: HashName[];
+  /** RSASSA-PKCS1-v1_5 over H_bank(data). */
+  sign(bank: HashName, data: Buffer): Buffer;
+}
+
 export interface SignPolicyOptions {
   sections: ReadonlyMap<UkiSection, Buffer>;
-  /** PEM private key (RSA). Its bytes are not kept. */
-  privateKeyPem: Buffer;
+  /** PEM private key (RSA). Its bytes are not kept. Either this or `signer`. */
+  privateKeyPem?: Buffer;
+  signer?: PolicySigner;
   /** PEM public key to fingerprint; must match the private key. Default: derived from it. */
   publicKeyPem?: Buffer;
   banks?: HashName[];
@@ -88,11 +99,47 @@ function rsaPrivateKey(pem: Buffer): KeyObject {
   return k;
 }
 
+function pemSigner(pem: Buffer | undefined): PolicySigner {
+  if (!pem) throw new TrustvolError("EUSAGE", "no signing key", "pass --private-key FILE or a pkcs11: URI");
+  const key = rsaPrivateKey(pem);
+  return { publicKey: createPublicKey(key), sign: (bank, data) => sign(bank, data, key) };
+}
+
+/**
+ * A signer whose RSA key stays on a PKCS#11 token (CKM_SHA256_RSA_PKCS: the sha256 bank only). The session stays
+ * logged in until close().
+ */
+export async function pkcs11PolicySigner(o: { uri: string; pin?: PinSource; modulePath?: string }): Promise<PolicySigner & { close(): void }> {
+  const { openToken } = await import("../trust/pkcs11/token.js");
+  const { parsePkcs11Uri } = await import("../trust/pkcs11/uri.js");
+  const u = { ...parsePkcs11Uri(o.uri), type: undefined };
+  const s = openToken({ uri: u, ...(o.modulePath ? { modulePath: o.modulePath } : {}) });
+  try {
+    s.login(o.pin);
+    const key = s.findPrivateKey();
+    const a = s.keyAttributes(key);
+    if (a.keyType !== "rsa") throw new TrustvolError("EUNSUPPORTED", "signing PCR policies needs an RSA key on the token", "generate an RSA key (trustvol pkcs11 keygen)");
+    const pub = s.publicKey(a.id.length ? { ...u, id: a.id } : u).key;
+    return {
+      publicKey: pub,
+      banks: ["sha256"],
+      sign: (bank, data) => {
+        if (bank !== "sha256") throw new TrustvolError("EUNSUPPORTED", `a PKCS#11 key signs for the sha256 bank only, not ${bank}`);
+        return s.sign(key, "rsa", data);
+      },
+      close: () => s.close(),
+    };
+  } catch (e) {
+    s.close();
+    throw e;
+  }
+}
+
 /** The signature JSON, compact, as systemd-measure prints it (no trailing newline). */
 export function signPcrPolicy(o: SignPolicyOptions): string {
   if (!o.sections.get(".linux")?.length) throw new TrustvolError("EUSAGE", "--linux is required (the kernel image systemd-stub boots)", "pass the kernel with --linux and the other UKI sections it carries");
-  const key = rsaPrivateKey(o.privateKeyPem);
-  const pub = createPublicKey(key);
+  const signer = o.signer ?? pemSigner(o.privateKeyPem);
+  const pub = signer.publicKey;
   if (o.publicKeyPem) {
     let given: KeyObject;
     try {
@@ -104,7 +151,9 @@ export function signPcrPolicy(o: SignPolicyOptions): string {
   }
   // systemd's fingerprint ("pkfp"): sha256 of the PKCS#1 RSAPublicKey DER
   const pkfp = createHash("sha256").update(pub.export({ type: "pkcs1", format: "der" })).digest("hex");
-  const banks = [...new Set(o.banks?.length ? o.banks : ALL_BANKS)].sort();
+  const banks = [...new Set(o.banks?.length ? o.banks : (signer.banks ?? ALL_BANKS))].sort();
+  const unsigned = banks.filter((b) => signer.banks && !signer.banks.includes(b));
+  if (unsigned.length) throw new TrustvolError("EUNSUPPORTED", `this key can only sign for the ${signer.banks!.join(", ")} bank, not ${unsigned.join(", ")}`, "choose --bank sha256 (the bank systemd enrolls by default)");
   const phases = o.phases?.length ? [...new Set(o.phases.map(normalizePhase))].sort() : DEFAULT_PHASES;
 
   let out: Record<string, unknown[]> = {};
@@ -116,7 +165,7 @@ export function signPcrPolicy(o: SignPolicyOptions): string {
     for (const bank of banks) {
       const value = predictPcr11(bank, o.sections, phase, o.linuxPadding ?? true);
       const pol = extendPolicyPCR("sha256", Buffer.alloc(HASH_SIZE.sha256), { hash: bank, pcrs: [PCR_KERNEL_BOOT] }, pcrCompositeDigest("sha256", bank, [PCR_KERNEL_BOOT], new Map([[PCR_KERNEL_BOOT, value]])));
-      const sig = sign(bank, pol, key); // RSASSA-PKCS1-v1_5 over H_bank(pol), as systemd-measure's digest_and_sign
+      const sig = signer.sign(bank, pol); // RSASSA-PKCS1-v1_5 over H_bank(pol), as systemd-measure's digest_and_sign
       if (out[bank] !== undefined && !Array.isArray(out[bank])) throw new TrustvolError("ECORRUPT", `--append: '${bank}' is not an array`);
       (out[bank] ??= []).push({ pcrs: [PCR_KERNEL_BOOT], pkfp, pol: pol.toString("hex"), sig: sig.toString("base64") });
     }

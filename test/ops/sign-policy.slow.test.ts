@@ -3,7 +3,7 @@
 // trustvol, with the signature trustvol made.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { createHash, generateKeyPairSync } from "node:crypto";
+import { createHash, generateKeyPairSync, verify } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { swtpmForFile } from "../helpers/swtpm.js";
@@ -11,7 +11,11 @@ import { run } from "../helpers/tools.js";
 import { trustvolInProcess } from "../helpers/cli.js";
 import { DEB13_WORK, deb13SwtpmDevice, needDebian13, runInDebian13 } from "../helpers/debian13.js";
 import { exportToken, makeLuksImage, passphraseOpens } from "../tokens/luks-fixture.js";
-import { unlockSystemdTpm2Token } from "../../src/tokens/systemd-tpm2.js";
+import { decodePcrSignatureJson, systemdPubkeyFingerprint, unlockSystemdTpm2Token } from "../../src/tokens/systemd-tpm2.js";
+import { makeSoftHsm, needSoftHsm } from "../helpers/softhsm.js";
+import { initToken, provisionKey } from "../../src/trust/pkcs11/setup.js";
+import { openToken } from "../../src/trust/pkcs11/token.js";
+import { parsePkcs11Uri } from "../../src/trust/pkcs11/uri.js";
 import { peSizeOfImage, predictPcr11, signPcrPolicy } from "../../src/ops/sign-policy.js";
 import { Tpm, openTpm2Transport } from "../../src/trust/tpm2/index.js";
 import { TrustvolError } from "../../src/util/errors.js";
@@ -142,4 +146,40 @@ test("sign-policy refuses bad keys and inputs with one-line errors", () => {
     [() => signPcrPolicy({ sections, privateKeyPem: pem(privateKey, "pkcs8"), append: "[1]" }), "ECORRUPT", /./],
   ];
   for (const [fn, code, re] of cases) assert.throws(fn, (e: unknown) => e instanceof TrustvolError && e.code === code && re.test(e.message) && !e.message.includes("\n"));
+});
+
+test("sign-policy with the vendor key on a PKCS#11 token (SoftHSM2): systemd-measure's policy digests, signatures the token's public key verifies", async (t) => {
+  if (!fx.ready(t) || !needSoftHsm(t)) return;
+  const root = needDebian13(t);
+  if (!root) return;
+  const h = makeSoftHsm();
+  t.after(() => h.cleanup());
+  const pin = { kind: "buffer" as const, pin: Buffer.from("vendor-pin") };
+  initToken({ modulePath: h.modulePath, label: "vendor", soPin: { kind: "buffer", pin: Buffer.from("so-pin-1357") }, userPin: pin });
+  provisionKey({ uri: "pkcs11:token=vendor", modulePath: h.modulePath, pin, label: "pcr-signing", subject: "CN=Vendor PCR signing" });
+  const d = fx.dir;
+  writeFileSync(join(d, "tk-linux"), "kernel signed on a token");
+  const r = await trustvolInProcess(["tpm2", "sign-policy", "--private-key", "pkcs11:token=vendor;object=pcr-signing", "--pin-file", h.pinFile("vendor-pin"), "--module", h.modulePath, "--linux", join(d, "tk-linux")]);
+  assert.equal(r.status, 0, r.stderr);
+  const sigs = decodePcrSignatureJson(r.stdout);
+  assert.deepEqual([...new Set(sigs.map((s) => s.bank))], ["sha256"]); // the token mechanism hashes with SHA-256
+  // the policy digests do not depend on the key: systemd-measure 257 (no policy-digest verb yet) signs them with a PEM one
+  keys(d);
+  const digests = JSON.parse(runInDebian13(root, MEASURE, ["sign", `--private-key=${DEB13_WORK}/sk.pem`, `--linux=${DEB13_WORK}/tk-linux`, "--bank=sha256"], { work: d }).stdout.toString()) as { sha256: { pol: string }[] };
+  assert.deepEqual(sigs.map((s) => s.pol.toString("hex")), digests.sha256.map((e) => e.pol));
+  const s = openToken({ uri: parsePkcs11Uri("pkcs11:token=vendor;object=pcr-signing"), modulePath: h.modulePath });
+  let pub: import("node:crypto").KeyObject;
+  try {
+    pub = s.publicKey().key;
+  } finally {
+    s.close();
+  }
+  const pem = Buffer.from(pub.export({ type: "spki", format: "pem" }) as string);
+  for (const e of sigs) {
+    assert.equal(e.pkfp, systemdPubkeyFingerprint(pem));
+    assert.ok(verify("sha256", e.pol, pub, e.sig));
+  }
+  const bad = await trustvolInProcess(["tpm2", "sign-policy", "--private-key", "pkcs11:token=vendor;object=pcr-signing", "--pin-file", h.pinFile("vendor-pin"), "--module", h.modulePath, "--linux", join(d, "tk-linux"), "--bank", "sha1"]);
+  assert.equal(bad.status, 6);
+  assert.match(bad.stderr, /^trustvol: this key can only sign for the sha256 bank, not sha1; [^\n]*\n$/);
 });
