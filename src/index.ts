@@ -19,7 +19,7 @@ export { readLuks1Header, unlockLuks1, type Luks1Header } from "./luks1/luks1.js
 // lifecycle operations
 export { LuksHandle, type DataArea } from "./ops/volume.js";
 export { encryptImage, decryptImage, type EncryptImageOptions, type DecryptImageOptions } from "./ops/image.js";
-export { unlockWithTokens, enrollToken, resolveWipeSlots, registerTokenHandler, type TokenHandler, type TokenUnlockContext } from "./ops/tokens.js";
+export { unlockWithTokens, enrollToken, resolveWipeSlots, resolveWipeSlotsFull, findEmptyPassphraseSlots, registerTokenHandler, type TokenHandler, type TokenUnlockContext } from "./ops/tokens.js";
 import "./ops/handlers.js";
 export { createIdentity, identityCsr, identityImportCert, identityShow } from "./ops/identity.js";
 // trust sources and token codecs

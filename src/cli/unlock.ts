@@ -29,7 +29,7 @@ export async function unlockFromCli(h: LuksHandle, device: string, o: Record<str
     const pinSrc = o.pinFile ? pinSourceFrom(o) : needsPin && process.stdin.isTTY ? ({ kind: "prompt", prompt: "Enter token PIN: " } as const) : undefined;
     const pin = pinSrc ? readPin(pinSrc) : undefined;
     try {
-      const r = await unlockWithTokens(h, { pin, pkcs11Module: o.pkcs11Module as string | undefined, tpm2Device: o.tpm2Device as string | undefined }, { tokenId: o.tokenId as number | undefined, tokenType: o.tokenType as string | undefined });
+      const r = await unlockWithTokens(h, { pin, pkcs11Module: o.pkcs11Module as string | undefined, tpm2Device: o.tpm2Device as string | undefined, tpm2Signature: o.tpm2Signature as string | undefined }, { tokenId: o.tokenId as number | undefined, tokenType: o.tokenType as string | undefined });
       return { volumeKey: r.volumeKey, keyslot: r.keyslot, token: r.tokenId };
     } catch (e) {
       if (!(e instanceof TrustvolError) || wantTokens) throw e;

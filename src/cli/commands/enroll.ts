@@ -4,7 +4,7 @@ import type { Command } from "commander";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { LuksHandle } from "../../ops/volume.js";
-import { enrollToken, resolveWipeSlots, unlockWithTokens, type TokenUnlockContext } from "../../ops/tokens.js";
+import { enrollToken, resolveWipeSlotsFull, unlockWithTokens, type TokenUnlockContext } from "../../ops/tokens.js";
 import { readPin, type PinSource } from "../../trust/pkcs11/pin.js";
 import { getPassphrase, readKeyFile, keyFileLimits, withPassphraseTries } from "../secrets.js";
 import { addUnlockOptions, addPinOptions, int, printJson } from "../common.js";
@@ -70,7 +70,7 @@ async function runEnroll<S>(
   let vk: Buffer | undefined;
   try {
     const v = h.requireLuks2("enroll");
-    const removeSlots = resolveWipeSlots(v, o.wipeSlot as string | undefined);
+    const removeSlots = await resolveWipeSlotsFull(v, o.wipeSlot as string | undefined);
     vk = await volumeKeyFor(h, device, o, p.ctx);
     const key = vk;
     const r = await p.withSource((src) =>
@@ -100,7 +100,7 @@ export function registerEnrollCommands(program: Command): Command {
         .requiredOption("--uri <uri>", "PKCS#11 URI of the token/key, e.g. pkcs11:token=lmp;object=luks")
         .option("--module <path>", "PKCS#11 module to load (default: p11-kit registrations)")
         .option("-S, --key-slot <n>", "keyslot to use (default: first free)", int("--key-slot", 0, 31))
-        .option("--wipe-slot <spec>", "after enrolling, remove keyslots: password (all passphrase slots), all, or a list like 0,31")
+        .option("--wipe-slot <spec>", "after enrolling, remove keyslots as systemd-cryptenroll does: all, empty, password, recovery, pkcs11, fido2, tpm2, keyslot numbers; comma list")
         .option("--header <file>", "detached header")
         .option("--json", "print the result as JSON"),
     ),
@@ -147,8 +147,9 @@ export function registerEnrollCommands(program: Command): Command {
         .option("--tpm2-device <dev>", "auto (default), a device path like /dev/tpmrm0, or swtpm:path=SOCKET")
         .option("--public-key <pem>", "bind to PCR policies signed by this RSA key (systemd-measure) instead of fixed PCR values")
         .option("--public-key-pcrs <list>", "PCRs covered by the signed policy", pcrList, [11])
+        .option("--srk", "as systemd 255+: seal under the persistent SRK at 0x81000001 (created if missing), PIN salted (tpm2_srk, tpm2_salt)")
         .option("-S, --key-slot <n>", "keyslot to use (default: first free)", int("--key-slot", 0, 31))
-        .option("--wipe-slot <spec>", "after enrolling, remove keyslots: password (all passphrase slots), all, or a list like 0,31")
+        .option("--wipe-slot <spec>", "after enrolling, remove keyslots as systemd-cryptenroll does: all, empty, password, recovery, pkcs11, fido2, tpm2, keyslot numbers; comma list")
         .option("--header <file>", "detached header")
         .option("--json", "print the result as JSON"),
     ),
@@ -163,7 +164,7 @@ export function registerEnrollCommands(program: Command): Command {
         kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha512", iterations: 1000 }),
         withSource: tpmSource(o),
         makeToken: async (tpm, slot) => {
-          const t = await createSystemdTpm2Token(tpm, { keyslot: slot, pcrs: o.publicKey ? [] : (o.pcrs as number[]), bank: o.pcrBank as "sha256", primaryAlg: o.primaryAlg as "ecc", ...(pin ? { pin } : {}), ...(pubkey ? { pubkey, pubkeyPcrs: o.publicKeyPcrs as number[] } : {}) });
+          const t = await createSystemdTpm2Token(tpm, { keyslot: slot, pcrs: o.publicKey ? [] : (o.pcrs as number[]), bank: o.pcrBank as "sha256", primaryAlg: o.primaryAlg as "ecc", ...(pin ? { pin } : {}), ...(pubkey ? { pubkey, pubkeyPcrs: o.publicKeyPcrs as number[] } : {}), ...(o.srk ? { srk: true } : {}) });
           return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
         },
       });
@@ -182,7 +183,7 @@ export function registerEnrollCommands(program: Command): Command {
       .option("--primary-alg <alg>", "clevis key: ecc (default) or rsa", "ecc")
       .option("--tpm2-device <dev>", "auto (default), a device path, or swtpm:path=SOCKET")
       .option("-S, --key-slot <n>", "keyslot to use (default: first free)", int("--key-slot", 0, 31))
-      .option("--wipe-slot <spec>", "after enrolling, remove keyslots: password, all, or a list")
+      .option("--wipe-slot <spec>", "after enrolling, remove keyslots as systemd-cryptenroll does: all, empty, password, recovery, pkcs11, fido2, tpm2, keyslot numbers; comma list")
       .option("--header <file>", "detached header")
       .option("--json", "print the result as JSON"),
   ).action(async (device: string, o: Record<string, unknown>) => {

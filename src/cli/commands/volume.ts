@@ -106,6 +106,7 @@ export function registerVolumeCommands(program: Command): void {
         .option("--token-type <type>", "use only tokens of this type (e.g. systemd-tpm2)")
         .option("--pkcs11-module <path>", "PKCS#11 module for systemd-pkcs11 tokens (default: p11-kit registrations)")
         .option("--tpm2-device <dev>", "TPM for systemd-tpm2/clevis tokens: auto, a path, or swtpm:path=SOCKET")
+        .option("--tpm2-signature <file>", "signed PCR policy (tpm2-pcr-signature.json) for tokens enrolled against a public key (default: systemd's paths)")
         .option("--json", "print the result as JSON"),
     ),
   ).action(async (device: string, o: Record<string, unknown>) => {
