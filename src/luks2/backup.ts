@@ -113,7 +113,8 @@ export async function restoreHeader(dev: BlockDevice, path: string, opts: Restor
   const hs = backup.header.hdrSize;
   const oldHs = cur?.header.hdrSize ?? hs;
   const live: Range[] = cur ? [[0, 2 * oldHs], ...keyslotRanges(cur.header.metadata).map((k) => k.range)] : [];
-  if (cur && hs > oldHs && keyslotRanges(cur.header.metadata).some((k) => overlaps(k.range, [hs, 2 * hs])))
+  // A larger restored header would write over live keyslots in the same writes that replace the current copies.
+  if (cur && hs > oldHs && keyslotRanges(cur.header.metadata).some((k) => overlaps(k.range, [0, 2 * hs])))
     throw new TrustvolError("EUNSUPPORTED", `${dev.name}: the backup's larger header would overwrite live keyslots before it takes over; refusing`, "remove the keyslots at the start of the device's keyslots area first, or restore onto a wiped device");
   const areas = keyslotRanges(backup.header.metadata);
   const staged = structuredClone(backup.header.metadata); // the backup's metadata with colliding areas moved aside
@@ -129,7 +130,7 @@ export async function restoreHeader(dev: BlockDevice, path: string, opts: Restor
     }
     const at = firstFit(2 * hs, size, data.length, taken);
     if (at < 0)
-      throw new TrustvolError("ENOSPC", `${dev.name}: no free space in the keyslots area to stage the backup's keyslot ${id} without destroying the live one`, "remove unused keyslots on the device first, or restore onto a wiped device");
+      throw new TrustvolError("ENOSPC", `${dev.name}: no free space in the keyslots area to stage the backup's keyslot ${id} without destroying the live one`, "remove unused keyslots on the device first, or zero its header (then nothing old needs keeping) and restore with --force");
     taken.push([at, at + data.length]);
     staged.keyslots[id]!.area.offset = String(at);
     firstWrites.push({ off: at, data });

@@ -154,3 +154,24 @@ test("header restore: a backup with larger header copies that would cover live k
   assert.ok(small.dev.data.equals(before));
   wipe(big.vk, small.vk);
 });
+
+test("header restore: no free space to stage colliding keyslots is refused before anything is written", async (t) => {
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  // Two keyslots fill a small keyslots area on both volumes: every restored area collides and nothing is free.
+  const tight: FormatOptions = { keyslotsSize: 2 * 258048 + 4096 };
+  const bk = await newVolume("N0", tight);
+  await bk.vol.addKeyslot(bk.vk, b("N1"), FAST);
+  const file = join(dir, "tight.hdr");
+  await backupHeader(bk.dev, file);
+  const cur = await newVolume("C0", tight);
+  await cur.vol.addKeyslot(cur.vk, b("C1"), FAST);
+  const before = Buffer.from(cur.dev.data);
+  await assert.rejects(restoreHeader(cur.dev, file, { force: true }), (e: TrustvolError) => e.code === "ENOSPC" && /no free space/.test(e.message) && !e.message.includes("\n"));
+  assert.ok(cur.dev.data.equals(before));
+  // Once the device's header is gone there is nothing left to keep openable: the restore goes ahead.
+  cur.dev.data.fill(0, 0, 32768);
+  await restoreHeader(cur.dev, file, { force: true });
+  assert.ok(await opensWithAll(cur.dev.data, ["N0", "N1"]));
+  wipe(bk.vk, cur.vk);
+});
