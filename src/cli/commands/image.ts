@@ -37,7 +37,7 @@ async function withProgress<T>(label: string, output: string, o: Record<string, 
 
 export function registerImageCommands(program: Command): void {
   const image = program.command("image").description("convert image files (for build pipelines: no root, no device-mapper)");
-  addFormatOptions(
+  const encrypt = addFormatOptions(
     image
       .command("encrypt")
       .description("encrypt a plain image (e.g. an ext4 rootfs) into a new LUKS2 image; the input is only read")
@@ -51,13 +51,21 @@ export function registerImageCommands(program: Command): void {
       .option("--force", "overwrite an existing output")
       .option("--no-progress", "no progress bar")
       .option("--json", "print the result as JSON"),
-  ).action(async (input: string, output: string, o: Record<string, unknown>) => {
+  );
+  const ssOpt = encrypt.options.find((x) => x.long === "--sector-size");
+  if (ssOpt) {
+    ssOpt.description = "encryption sector size: 512, 1024, 2048 or 4096 (default: the largest the image's file system allows, up to 4096)";
+    ssOpt.defaultValue = undefined;
+  }
+  encrypt.action(async (input: string, output: string, o: Record<string, unknown>, cmd: Command) => {
+    // Without an explicit --sector-size the file system in the image decides (never a sector larger than its blocks).
+    const sectorSize = cmd.getOptionValueSource("sectorSize") === "cli" ? (o.sectorSize as number) : undefined;
     const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: "Enter passphrase for the new volume: ", verify: true, ...keyFileLimits(o) });
     let vk: Buffer | undefined;
     try {
       vk = o.volumeKeyFile ? readKeyFile(o.volumeKeyFile as string) : undefined;
-      const r = await withProgress("Encrypting", output, o, (onProgress, signal) => encryptImage(input, output, pass, { ...formatFrom(o), volumeKey: vk, header: o.header as string | undefined, force: !!o.force, onProgress, signal }));
-      if (o.json) printJson({ output, header: o.header ?? null, uuid: r.uuid, data_offset: r.dataOffset, data_length: r.dataLength });
+      const r = await withProgress("Encrypting", output, o, (onProgress, signal) => encryptImage(input, output, pass, { ...formatFrom(o), sectorSize, volumeKey: vk, header: o.header as string | undefined, force: !!o.force, onProgress, signal }));
+      if (o.json) printJson({ output, header: o.header ?? null, uuid: r.uuid, data_offset: r.dataOffset, data_length: r.dataLength, sector_size: r.sectorSize, filesystem: r.filesystem ? { type: r.filesystem.type, block_size: r.filesystem.blockSize ?? null } : null });
     } finally {
       wipe(pass, vk);
     }
