@@ -9,6 +9,7 @@
  *
  * The key is handed to OpenSSL at creation and never stored here; EVP_CIPHER_CTX_free cleanses the schedules.
  */
+#define _XOPEN_SOURCE 700 /* pread under -std=c11 */
 #include <node_api.h>
 #include <openssl/evp.h>
 #include <openssl/err.h>
@@ -19,6 +20,7 @@
 #include <string.h>
 #include <errno.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 
 /* Keep in sync with src/dmcrypt/native.ts */
 enum { IV_NONE = 0, IV_PLAIN64 = 1, IV_PLAIN = 2, IV_PLAIN64BE = 3, IV_ESSIV = 4, IV_NULL = 5 };
@@ -625,6 +627,8 @@ static tv_hasher *tv_hasher_unwrap(napi_env env, napi_value v) {
   return (tv_hasher *)p;
 }
 
+static int tv_hash_run(const tv_hasher *h, EVP_MD_CTX *work, const uint8_t *inp, uint32_t count, uint32_t bs, uint8_t *out);
+
 /* hashBlocks(hasher, inp: Uint8Array, count, blockSize, out: Uint8Array) -> undefined: out[i*ds..] = digest(block i) */
 static napi_value tv_hash_blocks(napi_env env, napi_callback_info info) {
   size_t argc = 5;
@@ -650,20 +654,171 @@ static napi_value tv_hash_blocks(napi_env env, napi_callback_info info) {
     return NULL;
   }
   ERR_clear_error();
+  if (!tv_hash_run(h, h->work, inp, count, bs, out)) return tv_throw_ossl(env, "hashing failed");
+  return NULL;
+}
+
+/* Hash count blocks of bs bytes from inp into out with a scratch context; 1 on success. Thread-safe for one hasher:
+ * base is only read (copied), work is the caller's. */
+static int tv_hash_run(const tv_hasher *h, EVP_MD_CTX *work, const uint8_t *inp, uint32_t count, uint32_t bs, uint8_t *out) {
   for (uint32_t i = 0; i < count; i++) {
     const uint8_t *blk = inp + (size_t)i * bs;
     uint8_t *dst = out + (size_t)i * (size_t)h->ds;
     int ok;
     if (h->type == 1)
-      ok = EVP_MD_CTX_copy_ex(h->work, h->base) == 1 && EVP_DigestUpdate(h->work, blk, bs) == 1 &&
-           EVP_DigestFinal_ex(h->work, dst, NULL) == 1;
+      ok = EVP_MD_CTX_copy_ex(work, h->base) == 1 && EVP_DigestUpdate(work, blk, bs) == 1 &&
+           EVP_DigestFinal_ex(work, dst, NULL) == 1;
     else
-      ok = EVP_DigestInit_ex(h->work, h->md, NULL) == 1 && EVP_DigestUpdate(h->work, blk, bs) == 1 &&
-           (h->salt_len == 0 || EVP_DigestUpdate(h->work, h->salt, h->salt_len) == 1) &&
-           EVP_DigestFinal_ex(h->work, dst, NULL) == 1;
-    if (!ok) return tv_throw_ossl(env, "hashing failed");
+      ok = EVP_DigestInit_ex(work, h->md, NULL) == 1 && EVP_DigestUpdate(work, blk, bs) == 1 &&
+           (h->salt_len == 0 || EVP_DigestUpdate(work, h->salt, h->salt_len) == 1) &&
+           EVP_DigestFinal_ex(work, dst, NULL) == 1;
+    if (!ok) return 0;
   }
-  return NULL;
+  return 1;
+}
+
+/*
+ * hashBlocksAsync(hasher, fd, pos, inp, count, blockSize, out) -> Promise<void>: the same on a libuv thread-pool
+ * thread, so several chunks hash on several cores without worker isolates. fd >= 0: first pread count*blockSize bytes
+ * at byte offset pos into inp (a scratch buffer the caller does not touch until the promise settles; read and hashed
+ * in 256 KiB slices, so it needs only min(count*blockSize, 256 KiB rounded to blocks) bytes); fd < 0: hash
+ * inp as it is. The JS values stay referenced until completion.
+ */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref refs[3];
+  tv_hasher *h;
+  int fd;
+  int64_t pos;
+  uint32_t count, bs;
+  uint8_t *inp, *out;
+  int err;         /* errno of a failed pread, or 0 */
+  int eof;         /* pread hit the end of the file */
+  int hash_failed; /* OpenSSL failure */
+} tv_hash_job;
+
+/* Read in slices this big and hash each right away, while it is still in the core's L2 (a 4 MiB read-then-hash
+ * would copy the data out to L3 and fetch it back). */
+#define TV_HASH_SLICE (256 * 1024)
+
+static void tv_hash_execute(napi_env env, void *data) {
+  (void)env;
+  tv_hash_job *j = (tv_hash_job *)data;
+  EVP_MD_CTX *work = EVP_MD_CTX_new();
+  if (!work) {
+    j->hash_failed = 1;
+    return;
+  }
+  if (j->fd < 0) {
+    j->hash_failed = !tv_hash_run(j->h, work, j->inp, j->count, j->bs, j->out);
+  } else {
+    const uint32_t per = j->bs >= TV_HASH_SLICE ? 1 : TV_HASH_SLICE / j->bs;
+    for (uint32_t first = 0; first < j->count && !j->hash_failed; first += per) {
+      const uint32_t n = j->count - first < per ? j->count - first : per;
+      const size_t len = (size_t)n * j->bs;
+      const int64_t pos = j->pos + (int64_t)first * j->bs;
+      size_t done = 0;
+      while (done < len) {
+        ssize_t r = pread(j->fd, j->inp + done, len - done, (off_t)(pos + (int64_t)done));
+        if (r < 0) {
+          if (errno == EINTR) continue;
+          j->err = errno;
+          goto out;
+        }
+        if (r == 0) {
+          j->eof = 1;
+          goto out;
+        }
+        done += (size_t)r;
+      }
+      j->hash_failed = !tv_hash_run(j->h, work, j->inp, n, j->bs, j->out + (size_t)first * (size_t)j->h->ds);
+    }
+  }
+out:
+  EVP_MD_CTX_free(work);
+  ERR_clear_error();
+}
+
+static void tv_hash_complete(napi_env env, napi_status status, void *data) {
+  tv_hash_job *j = (tv_hash_job *)data;
+  napi_value result = NULL;
+  char msg[160] = "";
+  if (status != napi_ok) snprintf(msg, sizeof msg, "hashing job cancelled");
+  else if (j->err) snprintf(msg, sizeof msg, "read failed at %lld: %s", (long long)j->pos, strerror(j->err));
+  else if (j->eof) snprintf(msg, sizeof msg, "unexpected end of data in the %u blocks at %lld", j->count, (long long)j->pos);
+  else if (j->hash_failed) snprintf(msg, sizeof msg, "hashing failed in OpenSSL");
+  if (msg[0]) {
+    napi_value m;
+    if (napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m) == napi_ok && napi_create_error(env, NULL, m, &result) == napi_ok)
+      napi_reject_deferred(env, j->deferred, result);
+  } else {
+    napi_get_undefined(env, &result);
+    napi_resolve_deferred(env, j->deferred, result);
+  }
+  for (int i = 0; i < 3; i++)
+    if (j->refs[i]) napi_delete_reference(env, j->refs[i]);
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+static napi_value tv_hash_blocks_async(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 7) {
+    napi_throw_type_error(env, NULL, "hashBlocksAsync: 7 arguments expected");
+    return NULL;
+  }
+  tv_hasher *h = tv_hasher_unwrap(env, argv[0]);
+  if (!h) return NULL;
+  int32_t fd = -1;
+  int64_t pos = 0;
+  uint32_t count = 0, bs = 0;
+  NAPI_CALL(env, napi_get_value_int32(env, argv[1], &fd));
+  NAPI_CALL(env, napi_get_value_int64(env, argv[2], &pos));
+  uint8_t *inp = NULL, *out = NULL;
+  size_t inp_len = 0, out_len = 0;
+  if (!tv_get_bytes(env, argv[3], &inp, &inp_len) || !tv_get_bytes(env, argv[6], &out, &out_len)) {
+    napi_throw_type_error(env, NULL, "hashBlocksAsync: inp and out must be Uint8Arrays");
+    return NULL;
+  }
+  NAPI_CALL(env, napi_get_value_uint32(env, argv[4], &count));
+  NAPI_CALL(env, napi_get_value_uint32(env, argv[5], &bs));
+  uint64_t need = (uint64_t)count * bs;
+  if (fd >= 0 && bs > 0) {
+    const uint64_t per = bs >= TV_HASH_SLICE ? 1 : TV_HASH_SLICE / bs;
+    if (count > per) need = per * bs;
+  }
+  if (bs == 0 || need > inp_len || (uint64_t)count * (uint64_t)h->ds > out_len || pos < 0) {
+    napi_throw_range_error(env, NULL, "hashBlocksAsync: buffers too small for count blocks, or negative position");
+    return NULL;
+  }
+  tv_hash_job *j = (tv_hash_job *)calloc(1, sizeof *j);
+  if (!j) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  j->h = h;
+  j->fd = fd;
+  j->pos = pos;
+  j->count = count;
+  j->bs = bs;
+  j->inp = inp;
+  j->out = out;
+  napi_value promise, name;
+  if (napi_create_reference(env, argv[0], 1, &j->refs[0]) != napi_ok || napi_create_reference(env, argv[3], 1, &j->refs[1]) != napi_ok ||
+      napi_create_reference(env, argv[6], 1, &j->refs[2]) != napi_ok || napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, "trustvol:hashBlocks", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, tv_hash_execute, tv_hash_complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    for (int i = 0; i < 3; i++)
+      if (j->refs[i]) napi_delete_reference(env, j->refs[i]);
+    free(j);
+    napi_throw_error(env, NULL, "hashBlocksAsync: could not queue the job");
+    return NULL;
+  }
+  return promise;
 }
 
 /* hasherDigestSize(hasher) -> number */
@@ -768,6 +923,7 @@ NAPI_MODULE_INIT() {
       {"destroy", NULL, tv_destroy, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherCreate", NULL, tv_hasher_create, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hashBlocks", NULL, tv_hash_blocks, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"hashBlocksAsync", NULL, tv_hash_blocks_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherDigestSize", NULL, tv_hasher_digest_size, NULL, NULL, NULL, napi_enumerable, NULL},
       {"opensslVersion", NULL, tv_openssl_version, NULL, NULL, NULL, napi_enumerable, NULL},
       {"ioctl", NULL, tv_ioctl, NULL, NULL, NULL, napi_enumerable, NULL},

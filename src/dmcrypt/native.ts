@@ -23,6 +23,8 @@ export interface NativeAddon {
   hasherCreate?(algorithm: string, salt: Uint8Array, hashType: number): NativeHasher;
   hashBlocks?(h: NativeHasher, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): void;
   hasherDigestSize?(h: NativeHasher): number;
+  /** On a libuv thread-pool thread; fd >= 0: pread count·blockSize bytes at pos into inp first. */
+  hashBlocksAsync?(h: NativeHasher, fd: number, pos: number, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): Promise<void>;
 }
 
 /** Absolute path of the built addon, or null (for worker threads that load it themselves). */
