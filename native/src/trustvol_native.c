@@ -423,6 +423,65 @@ static const char *tv_xts_ecb(tv_cipher *c, uint8_t *data, size_t len, int enc, 
   return NULL;
 }
 
+/* The sector loop: len bytes (a multiple of the sector size) in place from IV sector ivs. NULL or what failed. */
+static const char *tv_crypt_core(tv_cipher *c, uint8_t *data, size_t len, int enc, uint64_t ivs) {
+  EVP_CIPHER_CTX *ctx = enc ? c->enc : c->dec;
+  int outl = 0;
+  const size_t ss = c->sector_size;
+
+  if (c->iv_mode == IV_NONE) { /* ECB: no IV, one update per (bounded) chunk */
+    const size_t chunk = (size_t)1 << 24;
+    for (size_t off = 0; off < len; off += chunk) {
+      size_t n = len - off < chunk ? len - off : chunk;
+      if (EVP_CipherUpdate(ctx, data + off, &outl, data + off, (int)n) != 1 || (size_t)outl != n)
+        return "EVP_CipherUpdate failed";
+    }
+    return NULL;
+  }
+
+  if (c->xk1e) return tv_xts_ecb(c, data, len, enc, ivs);
+
+  const int cbc_dec = c->cbc_dec_ecb && !enc;
+  uint8_t iv[16], blk[16], prev[4096];
+  memset(iv, 0, sizeof iv);
+  for (size_t off = 0; off < len; off += ss, ivs += c->iv_step) {
+    switch (c->iv_mode) {
+      case IV_PLAIN64:
+        put_le64(iv, ivs);
+        break;
+      case IV_PLAIN:
+        put_le64(iv, ivs & 0xffffffffu);
+        break;
+      case IV_PLAIN64BE:
+        put_be64(iv + 8, ivs);
+        break;
+      case IV_ESSIV:
+        memset(blk, 0, sizeof blk);
+        put_le64(blk, ivs);
+        if (EVP_CipherUpdate(c->essiv, iv, &outl, blk, 16) != 1 || outl != 16)
+          return "essiv IV generation failed";
+        break;
+      default: /* IV_NULL: stays zero */
+        break;
+    }
+    uint8_t *p = data + off;
+    if (cbc_dec) {
+      /* P_0 = D(C_0) ^ IV, P_i = D(C_i) ^ C_(i-1): keep the ciphertext, ECB-decrypt in place, XOR. */
+      memcpy(prev, p, ss);
+      if (EVP_CipherUpdate(ctx, p, &outl, p, (int)ss) != 1 || (size_t)outl != ss)
+        return "EVP_CipherUpdate failed";
+      for (size_t i = 0; i < 16; i++) p[i] ^= iv[i];
+      for (size_t i = 16; i < ss; i++) p[i] ^= prev[i - 16];
+      continue;
+    }
+    if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1) != 1)
+      return "EVP_CipherInit_ex (IV) failed";
+    if (EVP_CipherUpdate(ctx, p, &outl, p, (int)ss) != 1 || (size_t)outl != ss)
+      return "EVP_CipherUpdate failed";
+  }
+  return NULL;
+}
+
 /* crypt(handle, data: Uint8Array, encrypt: boolean, ivSector: bigint) -> undefined; in place */
 static napi_value tv_crypt(napi_env env, napi_callback_info info) {
   size_t argc = 4;
@@ -453,66 +512,186 @@ static napi_value tv_crypt(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "crypt: length is not a multiple of the sector size");
     return NULL;
   }
-  EVP_CIPHER_CTX *ctx = enc ? c->enc : c->dec;
-  int outl = 0;
-  const size_t ss = c->sector_size;
   ERR_clear_error();
-
-  if (c->iv_mode == IV_NONE) { /* ECB: no IV, one update per (bounded) chunk */
-    const size_t chunk = (size_t)1 << 24;
-    for (size_t off = 0; off < len; off += chunk) {
-      size_t n = len - off < chunk ? len - off : chunk;
-      if (EVP_CipherUpdate(ctx, data + off, &outl, data + off, (int)n) != 1 || (size_t)outl != n)
-        return tv_throw_ossl(env, "EVP_CipherUpdate failed");
-    }
-    return NULL;
-  }
-
-  if (c->xk1e) {
-    const char *err = tv_xts_ecb(c, data, len, enc, ivs);
-    if (err) return tv_throw_ossl(env, err);
-    return NULL;
-  }
-
-  const int cbc_dec = c->cbc_dec_ecb && !enc;
-  uint8_t iv[16], blk[16], prev[4096];
-  memset(iv, 0, sizeof iv);
-  for (size_t off = 0; off < len; off += ss, ivs += c->iv_step) {
-    switch (c->iv_mode) {
-      case IV_PLAIN64:
-        put_le64(iv, ivs);
-        break;
-      case IV_PLAIN:
-        put_le64(iv, ivs & 0xffffffffu);
-        break;
-      case IV_PLAIN64BE:
-        put_be64(iv + 8, ivs);
-        break;
-      case IV_ESSIV:
-        memset(blk, 0, sizeof blk);
-        put_le64(blk, ivs);
-        if (EVP_CipherUpdate(c->essiv, iv, &outl, blk, 16) != 1 || outl != 16)
-          return tv_throw_ossl(env, "essiv IV generation failed");
-        break;
-      default: /* IV_NULL: stays zero */
-        break;
-    }
-    uint8_t *p = data + off;
-    if (cbc_dec) {
-      /* P_0 = D(C_0) ^ IV, P_i = D(C_i) ^ C_(i-1): keep the ciphertext, ECB-decrypt in place, XOR. */
-      memcpy(prev, p, ss);
-      if (EVP_CipherUpdate(ctx, p, &outl, p, (int)ss) != 1 || (size_t)outl != ss)
-        return tv_throw_ossl(env, "EVP_CipherUpdate failed");
-      for (size_t i = 0; i < 16; i++) p[i] ^= iv[i];
-      for (size_t i = 16; i < ss; i++) p[i] ^= prev[i - 16];
-      continue;
-    }
-    if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1) != 1)
-      return tv_throw_ossl(env, "EVP_CipherInit_ex (IV) failed");
-    if (EVP_CipherUpdate(ctx, p, &outl, p, (int)ss) != 1 || (size_t)outl != ss)
-      return tv_throw_ossl(env, "EVP_CipherUpdate failed");
-  }
+  const char *err = tv_crypt_core(c, data, len, enc, ivs);
+  if (err) return tv_throw_ossl(env, err);
   return NULL;
+}
+
+/* A private copy of a cipher object (same key schedules, own scratch) for one thread-pool job. */
+static EVP_CIPHER_CTX *tv_ctx_dup(const EVP_CIPHER_CTX *in, int *ok) {
+  if (!in) return NULL;
+  EVP_CIPHER_CTX *o = EVP_CIPHER_CTX_new();
+  if (!o || EVP_CIPHER_CTX_copy(o, in) != 1) {
+    if (o) EVP_CIPHER_CTX_free(o);
+    *ok = 0;
+    return NULL;
+  }
+  return o;
+}
+
+static tv_cipher *tv_clone(const tv_cipher *c) {
+  tv_cipher *d = (tv_cipher *)calloc(1, sizeof *d);
+  if (!d) return NULL;
+  int ok = 1;
+  d->iv_mode = c->iv_mode;
+  d->iv_len = c->iv_len;
+  d->cbc_dec_ecb = c->cbc_dec_ecb;
+  d->sector_size = c->sector_size;
+  d->iv_step = c->iv_step;
+  d->enc = tv_ctx_dup(c->enc, &ok);
+  d->dec = tv_ctx_dup(c->dec, &ok);
+  d->essiv = tv_ctx_dup(c->essiv, &ok);
+  d->xk1e = tv_ctx_dup(c->xk1e, &ok);
+  d->xk1d = tv_ctx_dup(c->xk1d, &ok);
+  d->xk2e = tv_ctx_dup(c->xk2e, &ok);
+  if (c->scratch && !(d->scratch = (uint8_t *)malloc(TV_XTS_CHUNK + TV_XTS_CHUNK / 16))) ok = 0;
+  if (!ok) {
+    tv_free_ctxs(d);
+    free(d);
+    return NULL;
+  }
+  return d;
+}
+
+/*
+ * cryptAsync(handle, data, encrypt, ivSector, parts) -> Promise<void>: the same as crypt, with the data split into up
+ * to `parts` runs of whole sectors, each on a libuv thread-pool thread with its own copy of the contexts: several
+ * cores for one large buffer. The caller must not touch `data` until the promise settles.
+ */
+typedef struct {
+  napi_deferred deferred;
+  napi_ref data_ref;
+  int pending;
+  const char *err;
+} tv_crypt_batch;
+
+typedef struct {
+  napi_async_work work;
+  tv_crypt_batch *b;
+  tv_cipher *c;
+  uint8_t *data;
+  size_t len;
+  int enc;
+  uint64_t ivs;
+  const char *err;
+} tv_crypt_job;
+
+static void tv_crypt_execute(napi_env env, void *data) {
+  (void)env;
+  tv_crypt_job *j = (tv_crypt_job *)data;
+  j->err = tv_crypt_core(j->c, j->data, j->len, j->enc, j->ivs);
+  ERR_clear_error();
+}
+
+static void tv_crypt_settle(napi_env env, tv_crypt_batch *b) {
+  napi_value v;
+  if (b->err) {
+    napi_value m;
+    if (napi_create_string_utf8(env, b->err, NAPI_AUTO_LENGTH, &m) == napi_ok && napi_create_error(env, NULL, m, &v) == napi_ok)
+      napi_reject_deferred(env, b->deferred, v);
+  } else {
+    napi_get_undefined(env, &v);
+    napi_resolve_deferred(env, b->deferred, v);
+  }
+  napi_delete_reference(env, b->data_ref);
+  free(b);
+}
+
+static void tv_crypt_complete(napi_env env, napi_status status, void *data) {
+  tv_crypt_job *j = (tv_crypt_job *)data;
+  tv_crypt_batch *b = j->b;
+  if (status != napi_ok && !b->err) b->err = "sector job cancelled";
+  if (j->err && !b->err) b->err = j->err;
+  tv_free_ctxs(j->c);
+  free(j->c);
+  napi_delete_async_work(env, j->work);
+  free(j);
+  if (--b->pending == 0) tv_crypt_settle(env, b);
+}
+
+static napi_value tv_crypt_async(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) {
+    napi_throw_type_error(env, NULL, "cryptAsync: 5 arguments expected");
+    return NULL;
+  }
+  tv_cipher *c = tv_unwrap(env, argv[0]);
+  if (!c) return NULL;
+  if (!c->enc) {
+    napi_throw_error(env, "ERR_TRUSTVOL_DISPOSED", "sector cipher used after dispose()");
+    return NULL;
+  }
+  uint8_t *data = NULL;
+  size_t len = 0;
+  if (!tv_get_bytes(env, argv[1], &data, &len)) {
+    napi_throw_type_error(env, NULL, "cryptAsync: data must be a Uint8Array");
+    return NULL;
+  }
+  bool enc = false;
+  NAPI_CALL(env, napi_get_value_bool(env, argv[2], &enc));
+  uint64_t ivs = 0;
+  bool lossless = false;
+  NAPI_CALL(env, napi_get_value_bigint_uint64(env, argv[3], &ivs, &lossless));
+  int32_t parts = 1;
+  NAPI_CALL(env, napi_get_value_int32(env, argv[4], &parts));
+  if (len % c->sector_size) {
+    napi_throw_range_error(env, NULL, "cryptAsync: length is not a multiple of the sector size");
+    return NULL;
+  }
+  const size_t sectors = len / c->sector_size;
+  if (parts < 1) parts = 1;
+  if ((size_t)parts > sectors) parts = sectors ? (int32_t)sectors : 1;
+  tv_crypt_batch *b = (tv_crypt_batch *)calloc(1, sizeof *b);
+  napi_value promise;
+  if (!b || napi_create_promise(env, &b->deferred, &promise) != napi_ok) {
+    free(b);
+    napi_throw_error(env, NULL, "cryptAsync: out of memory");
+    return NULL;
+  }
+  if (napi_create_reference(env, argv[1], 1, &b->data_ref) != napi_ok) {
+    napi_value v;
+    napi_get_undefined(env, &v);
+    b->err = "cryptAsync: cannot reference the data";
+    napi_reject_deferred(env, b->deferred, v);
+    free(b);
+    return promise;
+  }
+  b->pending = 1; /* held until every job is queued */
+  napi_value name;
+  napi_create_string_utf8(env, "trustvol:crypt", NAPI_AUTO_LENGTH, &name);
+  size_t first = 0;
+  for (int32_t k = 0; k < parts && sectors; k++) {
+    const size_t n = sectors / (size_t)parts + ((size_t)k < sectors % (size_t)parts ? 1 : 0);
+    tv_crypt_job *j = (tv_crypt_job *)calloc(1, sizeof *j);
+    tv_cipher *cl = j ? tv_clone(c) : NULL;
+    if (!cl) {
+      free(j);
+      b->err = "cryptAsync: could not copy the cipher contexts";
+      break;
+    }
+    j->b = b;
+    j->c = cl;
+    j->data = data + first * c->sector_size;
+    j->len = n * c->sector_size;
+    j->enc = enc;
+    j->ivs = ivs + (uint64_t)first * c->iv_step;
+    if (napi_create_async_work(env, NULL, name, tv_crypt_execute, tv_crypt_complete, j, &j->work) != napi_ok ||
+        napi_queue_async_work(env, j->work) != napi_ok) {
+      tv_free_ctxs(cl);
+      free(cl);
+      free(j);
+      b->err = "cryptAsync: could not queue a job";
+      break;
+    }
+    b->pending++;
+    first += n;
+  }
+  ERR_clear_error();
+  if (--b->pending == 0) tv_crypt_settle(env, b);
+  return promise;
 }
 
 /* destroy(handle) -> undefined; frees the contexts now (the finalizer frees the shell later) */
@@ -920,6 +1099,7 @@ NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"create", NULL, tv_create, NULL, NULL, NULL, napi_enumerable, NULL},
       {"crypt", NULL, tv_crypt, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"cryptAsync", NULL, tv_crypt_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"destroy", NULL, tv_destroy, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherCreate", NULL, tv_hasher_create, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hashBlocks", NULL, tv_hash_blocks, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -17,6 +17,8 @@ export type NativeHasher = object & { readonly __trustvolHasher: unique symbol }
 export interface NativeAddon {
   create(evpName: string, key: Uint8Array, essivKey: Uint8Array | null, ivMode: number, ivStep: number, sectorSize: number, flags?: number): NativeHandle;
   crypt(h: NativeHandle, data: Uint8Array, encrypt: boolean, ivSector: bigint): void;
+  /** The same split into up to `parts` runs on libuv's thread pool (own context copies per run); absent in old builds. */
+  cryptAsync?(h: NativeHandle, data: Uint8Array, encrypt: boolean, ivSector: bigint, parts: number): Promise<void>;
   destroy(h: NativeHandle): void;
   opensslVersion(): string;
   /** dm-verity block hashing (src/verity/pool.ts); absent in addons built before it existed. */

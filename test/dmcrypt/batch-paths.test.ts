@@ -117,3 +117,36 @@ test("public API: native and JS backends agree with OpenSSL for every sector siz
     }
   }
 });
+
+test("encryptAsync/decryptAsync (split across the thread pool) = encrypt/decrypt for every chain mode, odd sizes, thread counts", async () => {
+  const backends = nativeAvailable() ? (["native", "js"] as const) : (["js"] as const);
+  const xkey = xtsKey(64);
+  for (const backend of backends) {
+    for (const [cipher, key, ss] of [
+      ["aes-xts-plain64", xkey, 512],
+      ["aes-xts-plain64", xkey, 4096],
+      ["aes-xts-plain64", xkey.subarray(0, 32), 1024],
+      ["aes-cbc-essiv:sha256", xkey.subarray(0, 32), 4096],
+      ["aes-cbc-plain64", xkey.subarray(0, 16), 512],
+      ["aes-ecb", xkey.subarray(0, 32), 2048],
+    ] as const) {
+      for (const sectors of [1, 7, Math.floor((3 << 20) / ss) + 5]) {
+        const plain = randomBytes(sectors * ss);
+        const c = createSectorCipher({ cipher, key, sectorSize: ss, ivOffset: 24n, backend });
+        const want = Buffer.from(plain);
+        c.encrypt(want, 0x1234_5678_9an);
+        for (const threads of [undefined, 1, 2, 3, 7]) {
+          const label = `${backend} ${cipher} ss=${ss} sectors=${sectors} threads=${threads}`;
+          const buf = Buffer.from(plain);
+          await c.encryptAsync!(buf, 0x1234_5678_9an, threads);
+          assert.ok(buf.equals(want), `encryptAsync ${label}`);
+          await c.decryptAsync!(buf, 0x1234_5678_9an, threads);
+          assert.ok(buf.equals(plain), `decryptAsync ${label}`);
+        }
+        await assert.rejects(c.encryptAsync!(Buffer.alloc(ss + 16), 0), /multiple/);
+        c.dispose();
+        await assert.rejects(c.encryptAsync!(Buffer.alloc(ss), 0), /dispose/);
+      }
+    }
+  }
+});
