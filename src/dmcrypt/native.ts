@@ -25,6 +25,8 @@ export interface NativeAddon {
   hasherCreate?(algorithm: string, salt: Uint8Array, hashType: number): NativeHasher;
   hashBlocks?(h: NativeHasher, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): void;
   hasherDigestSize?(h: NativeHasher): number;
+  /** dm-verity FEC: one Reed-Solomon round over whole block columns (src/verity/fec.ts). */
+  rsParity?(mul: Uint8Array, roots: number, inp: Uint8Array, rsn: number, blockSize: number, out: Uint8Array): void;
   /** On a libuv thread-pool thread; fd >= 0: pread count·blockSize bytes at pos into inp first. */
   hashBlocksAsync?(h: NativeHasher, fd: number, pos: number, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): Promise<void>;
 }

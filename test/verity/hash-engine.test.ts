@@ -1,6 +1,7 @@
-// The native verity hashing engine (hashBlocks, hashBlocksAsync with and without its own pread) against node:crypto:
-// hash types 0 and 1, several algorithms, salt lengths, block sizes, odd block counts, reads in slices; and the
-// HashPool on every engine (calling thread, native thread pool, worker threads of the JS fallback) gives one answer.
+// The native verity engines against the JavaScript ones and node:crypto: hashBlocks and hashBlocksAsync (with and
+// without its own pread) for hash types 0 and 1, several algorithms, salt lengths, block sizes, odd block counts, reads
+// in slices; the HashPool on every engine (calling thread, native thread pool, worker threads of the JS fallback); and
+// the FEC round encoder rsParity against RsColumnEncoder.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
@@ -9,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadNative, type NativeHasher } from "../../src/dmcrypt/native.js";
 import { HashPool, hashBlocksSync, type HashSpec } from "../../src/verity/pool.js";
+import { RsColumnEncoder } from "../../src/verity/fec.js";
 
 function reference(spec: HashSpec, inp: Uint8Array, count: number, bs: number): Buffer {
   const out = Buffer.alloc(count * spec.digestSize);
@@ -92,6 +94,27 @@ test("HashPool: calling thread, native thread pool and worker threads agree", as
       assert.ok(Buffer.from(out).equals(want), `pool threads=${threads}`);
     } finally {
       await pool.close();
+    }
+  }
+});
+
+test("native rsParity (FEC round) = RsColumnEncoder for roots 2..24, several block sizes", (t) => {
+  const a = loadNative();
+  if (!a?.rsParity) return t.skip("native addon not built (npm run build:native)");
+  for (const roots of [2, 3, 5, 8, 16, 24]) {
+    for (const bs of [16, 100, 512, 4096]) {
+      const rsn = 255 - roots;
+      const inp = randomBytes(rsn * bs);
+      if (bs === 512) inp.fill(0, 7 * bs); // trailing zero rows, as past the end of the input
+      const enc = new RsColumnEncoder(roots, bs);
+      for (let i = 0; i < rsn; i++) enc.push(inp.subarray(i * bs, (i + 1) * bs));
+      const want = Buffer.alloc(bs * roots);
+      enc.parity(want);
+      const mul = new Uint8Array(roots * 256);
+      enc.mul.forEach((m, j) => mul.set(m, j * 256));
+      const got = Buffer.alloc(bs * roots);
+      a.rsParity(mul, roots, inp, rsn, bs, got);
+      assert.ok(got.equals(want), `roots=${roots} bs=${bs}`);
     }
   }
 });
