@@ -38,7 +38,10 @@ export interface SectorCipher {
    */
   encryptAsync?(data: Uint8Array, sector: number | bigint, threads?: number): Promise<void>;
   decryptAsync?(data: Uint8Array, sector: number | bigint, threads?: number): Promise<void>;
-  /** Wipes the key copies / key schedules; the object is unusable afterwards. */
+  /**
+   * Wipes the key copies / key schedules; the object is unusable afterwards. (The context copies of encryptAsync jobs
+   * still running are freed, and cleansed by OpenSSL, when those jobs end.)
+   */
   dispose(): void;
 }
 
