@@ -8,13 +8,33 @@ import { fileURLToPath } from "node:url";
 /** IV generator codes shared with native/src/trustvol_native.c */
 export const NativeIv = { none: 0, plain64: 1, plain: 2, plain64be: 3, essiv: 4, null: 5 } as const;
 
+/** create() flags shared with native/src/trustvol_native.c: force one XTS implementation (tests, benchmarks). */
+export const NativeFlags = { xtsEvp: 1, xtsEcb: 2 } as const;
+
 export type NativeHandle = object & { readonly __trustvolCipher: unique symbol };
+export type NativeHasher = object & { readonly __trustvolHasher: unique symbol };
 
 export interface NativeAddon {
-  create(evpName: string, key: Uint8Array, essivKey: Uint8Array | null, ivMode: number, ivStep: number, sectorSize: number): NativeHandle;
+  create(evpName: string, key: Uint8Array, essivKey: Uint8Array | null, ivMode: number, ivStep: number, sectorSize: number, flags?: number): NativeHandle;
   crypt(h: NativeHandle, data: Uint8Array, encrypt: boolean, ivSector: bigint): void;
+  /** The same split into up to `parts` runs on libuv's thread pool (own context copies per run); absent in old builds. */
+  cryptAsync?(h: NativeHandle, data: Uint8Array, encrypt: boolean, ivSector: bigint, parts: number): Promise<void>;
   destroy(h: NativeHandle): void;
   opensslVersion(): string;
+  /** dm-verity block hashing (src/verity/pool.ts); absent in addons built before it existed. */
+  hasherCreate?(algorithm: string, salt: Uint8Array, hashType: number): NativeHasher;
+  hashBlocks?(h: NativeHasher, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): void;
+  hasherDigestSize?(h: NativeHasher): number;
+  /** dm-verity FEC: one Reed-Solomon round over whole block columns (src/verity/fec.ts). */
+  rsParity?(mul: Uint8Array, roots: number, inp: Uint8Array, rsn: number, blockSize: number, out: Uint8Array): void;
+  /** On a libuv thread-pool thread; fd >= 0: pread count·blockSize bytes at pos into inp first. */
+  hashBlocksAsync?(h: NativeHasher, fd: number, pos: number, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): Promise<void>;
+}
+
+/** Absolute path of the built addon, or null (for worker threads that load it themselves). */
+export function nativeAddonPath(): string | null {
+  if (process.env.TRUSTVOL_NO_NATIVE === "1") return null;
+  return loadNative() ? addonPath() : null;
 }
 
 const ADDON = join("native", "build", "Release", "trustvol_native.node");

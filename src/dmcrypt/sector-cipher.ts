@@ -5,6 +5,7 @@
 // ivOffset is in IV units (512-byte units unless ivLargeSectors). A dm table's <iv_offset> is always in 512-byte
 // sectors; with iv_large_sectors pass table_iv_offset / (sectorSize/512) here (the kernel requires it aligned).
 import { createHash } from "node:crypto";
+import { availableParallelism } from "node:os";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import { parseCipherSpec, validKeySizes, type CipherSpec } from "./cipher-spec.js";
@@ -30,7 +31,17 @@ export interface SectorCipher {
   /** In place. `sector` = index (in sectorSize units) of data[0] relative to the segment start; data.length a multiple of sectorSize. */
   encrypt(data: Uint8Array, sector: number | bigint): void;
   decrypt(data: Uint8Array, sector: number | bigint): void;
-  /** Wipes the key copies / key schedules; the object is unusable afterwards. */
+  /**
+   * Like encrypt/decrypt, spread over up to `threads` cores (default: the cores libuv's thread pool can use) on the
+   * native engine, with the event loop free meanwhile; the pure-TypeScript engine runs synchronously. `data` must not
+   * be read or written until the promise settles. Optional only for implementations outside this module.
+   */
+  encryptAsync?(data: Uint8Array, sector: number | bigint, threads?: number): Promise<void>;
+  decryptAsync?(data: Uint8Array, sector: number | bigint, threads?: number): Promise<void>;
+  /**
+   * Wipes the key copies / key schedules; the object is unusable afterwards. (The context copies of encryptAsync jobs
+   * still running are freed, and cleansed by OpenSSL, when those jobs end.)
+   */
   dispose(): void;
 }
 
@@ -71,6 +82,14 @@ function nativeIvCode(spec: CipherSpec): number {
     case "null":
       return NativeIv.null;
   }
+}
+
+/** Runs below this size are not worth splitting across threads. */
+const MIN_PART_BYTES = 256 * 1024;
+
+function defaultParts(): number {
+  const uv = Number(process.env.UV_THREADPOOL_SIZE);
+  return Math.max(1, Math.min(availableParallelism(), Number.isInteger(uv) && uv > 0 ? uv : 4));
 }
 
 export function createSectorCipher(opts: SectorCipherOptions): SectorCipher {
@@ -135,11 +154,21 @@ export function createSectorCipher(opts: SectorCipherOptions): SectorCipher {
         if (!h) throw internal("sector cipher used after dispose()");
         if (data.length) a.crypt(h, data, enc, ivFor(sector));
       };
+      const runAsync = async (data: Uint8Array, sector: number | bigint, enc: boolean, threads?: number): Promise<void> => {
+        check(data);
+        if (!h) throw internal("sector cipher used after dispose()");
+        if (!data.length) return;
+        const parts = Math.max(1, Math.min(Math.floor(threads ?? defaultParts()), Math.floor(data.length / MIN_PART_BYTES)));
+        if (!a.cryptAsync) return run(data, sector, enc);
+        await a.cryptAsync(h, data, enc, ivFor(sector), parts);
+      };
       return {
         sectorSize,
         backend: "native",
         encrypt: (d, s) => run(d, s, true),
         decrypt: (d, s) => run(d, s, false),
+        encryptAsync: (d, s, t) => runAsync(d, s, true, t),
+        decryptAsync: (d, s, t) => runAsync(d, s, false, t),
         dispose() {
           if (h) a.destroy(h);
           h = null;
@@ -157,6 +186,8 @@ export function createSectorCipher(opts: SectorCipherOptions): SectorCipher {
       backend: "js",
       encrypt: (d, s) => run(d, s, true),
       decrypt: (d, s) => run(d, s, false),
+      encryptAsync: async (d, s) => run(d, s, true),
+      decryptAsync: async (d, s) => run(d, s, false),
       dispose() {
         eng?.dispose();
         eng = null;
