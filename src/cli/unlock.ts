@@ -4,7 +4,6 @@ import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import type { LuksHandle } from "../ops/volume.js";
 import { unlockWithTokens, tokenHandler } from "../ops/tokens.js";
-import "../ops/handlers.js";
 import { readPin } from "../trust/pkcs11/pin.js";
 import { getPassphrase } from "./secrets.js";
 import { pinSourceFrom } from "./commands/enroll.js";
@@ -24,7 +23,7 @@ export async function unlockFromCli(h: LuksHandle, device: string, o: Record<str
     // A PIN from --pin-file; on a terminal, prompted for when a token that may be used needs one.
     const needsPin = usable.some((id) => {
       const t = h.luks2!.metadata.tokens[String(id)]!;
-      return t.type === "systemd-pkcs11" || (t.type === "systemd-tpm2" && (t["tpm2-pin"] === true || t["tpm2_pin"] === true));
+      return tokenHandler(t.type)!.needsPin(t);
     });
     const pinSrc = o.pinFile ? pinSourceFrom(o) : needsPin && process.stdin.isTTY ? ({ kind: "prompt", prompt: "Enter token PIN: " } as const) : undefined;
     const pin = pinSrc ? readPin(pinSrc) : undefined;
