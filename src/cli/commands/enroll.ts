@@ -208,7 +208,7 @@ export function registerEnrollCommands(program: Command): Command {
       .command("recovery")
       .description("add a recovery key (systemd-recovery token): 64 modhex characters to type when the trust source is gone; printed once")
       .argument("<device>")
-      .option("--out <file>", "write the recovery key to FILE (0600, atomically) instead of printing it")
+      .option("--out <file>", "write the recovery key to FILE (0600, no newline: a key file for --key-file) instead of printing it; keep it off the device")
       .option("-S, --key-slot <n>", "keyslot to use (default: first free)", int("--key-slot", 0, 31))
       .option("--header <file>", "detached header")
       .option("--json", "print the result (including the key, unless --out) as JSON"),
@@ -220,14 +220,8 @@ export function registerEnrollCommands(program: Command): Command {
     try {
       vk = await volumeKeyFor(h, device, o);
       // Write the key out before it is enrolled: a key nobody can read back must never guard a keyslot.
-      if (o.out) {
-        const line = Buffer.concat([key, Buffer.from("\n")]);
-        try {
-          atomicWriteFileSync(o.out as string, line, 0o600);
-        } finally {
-          wipe(line);
-        }
-      }
+      // The bare key, no newline: the file is a key file (`--key-file`) that cryptsetup and trustvol read whole.
+      if (o.out) atomicWriteFileSync(o.out as string, key, 0o600);
       const r = await enrollToken(h.requireLuks2("enroll"), vk, async (slot) => ({ tokenJson: encodeSystemdRecoveryToken(slot), passphrase: Buffer.from(key) }), {
         slot: o.keySlot as number | undefined,
         kdf: tokenKeyslotKdf(SYSTEMD_RECOVERY_KEYSLOT_PBKDF),

@@ -1,6 +1,6 @@
 // format, dump, unlock --test, repair: the cryptsetup luksFormat / luksDump / open --test-passphrase / repair verbs.
 import { io } from "../io.js";
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { writeFileSync } from "node:fs";
 import { FileBlockDevice } from "../../blockdev/file.js";
 import { TrustvolError } from "../../util/errors.js";
@@ -14,6 +14,7 @@ import { LuksHandle } from "../../ops/volume.js";
 import { getPassphrase } from "../secrets.js";
 import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int } from "../common.js";
 import { unlockFromCli } from "../unlock.js";
+import { confirmOverwrite } from "../confirm.js";
 
 export function registerVolumeCommands(program: Command): void {
   addFormatOptions(
@@ -24,9 +25,17 @@ export function registerVolumeCommands(program: Command): void {
       .option("--header <file>", "write the header to a separate file (data starts at offset 0 of <device>)")
       .option("-d, --key-file <file>", "new passphrase from FILE (- = stdin)")
       .option("-S, --key-slot <n>", "keyslot for the passphrase", "0")
-      .option("-q, --batch", "do not ask for confirmation")
+      .option("-q, --batch-mode", "do not ask for confirmation before overwriting a file system or LUKS volume")
+      .addOption(new Option("--batch").hideHelp())
       .option("--json", "print the result as JSON"),
   ).action(async (device: string, o: Record<string, unknown>) => {
+    if (!o.batchMode && !o.batch) {
+      const { probePath } = await import("../../ops/probe.js");
+      for (const p of o.header ? [o.header as string, device] : [device]) {
+        const found = await probePath(p);
+        if (found) await confirmOverwrite(`${p} is not empty (${found} found)`);
+      }
+    }
     const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, verify: true });
     let dataDev: FileBlockDevice, hdrDev: FileBlockDevice;
     try {
