@@ -4,6 +4,8 @@ import { Option, type Command } from "commander";
 import { TrustvolError } from "../util/errors.js";
 import type { PbkdfOptions } from "../luks2/kdf.js";
 import type { FormatOptions } from "../luks2/format.js";
+import { readPin, type PinSource } from "../trust/pkcs11/pin.js";
+import type { PinInput } from "../ops/unlock.js";
 
 export function int(name: string, min = 0, max = Number.MAX_SAFE_INTEGER) {
   return (v: string): number => {
@@ -88,4 +90,17 @@ export function addUnlockOptions(c: Command): Command {
 /** Where a token PIN comes from: --pin-file FILE (- = stdin), else a prompt on a terminal, else none. */
 export function addPinOptions(c: Command): Command {
   return c.option("--pin-file <file>", "token PIN from FILE (- = stdin); default: prompt on a terminal when the token needs one");
+}
+
+export function pinSourceFrom(o: Record<string, unknown>): PinSource | undefined {
+  const f = o.pinFile as string | undefined;
+  if (f === "-") return { kind: "stdin" };
+  if (f) return { kind: "file", path: f };
+  return process.stdin.isTTY ? { kind: "prompt" } : undefined;
+}
+
+/** The token PIN for an unlock: --pin-file, else a prompt on a terminal; read only when a token to try needs one. */
+export function cliPin(o: Record<string, unknown>): PinInput | undefined {
+  if (o.pinFile) return () => readPin(pinSourceFrom(o)!);
+  return process.stdin.isTTY ? () => readPin({ kind: "prompt", prompt: "Enter token PIN: " }) : undefined;
 }

@@ -5,6 +5,7 @@ import { wipe } from "../util/secret.js";
 import type { Luks2Volume } from "../luks2/volume.js";
 import type { Luks2Token } from "../luks2/metadata.js";
 import type { NewKeyslotOptions } from "../luks2/keyslot.js";
+import type { PbkdfOptions } from "../luks2/kdf.js";
 import type { LuksHandle } from "./volume.js";
 import { BUILTIN_TOKEN_HANDLERS } from "./handlers.js";
 
@@ -50,9 +51,9 @@ export interface TokenUnlockResult {
  * Try each token (or the one named) whose type we know, like `cryptsetup open --token-only`: the first that yields a
  * passphrase opening one of its keyslots wins. When all fail the error says what each token said.
  */
-export async function unlockWithTokens(h: LuksHandle, ctx: TokenUnlockContext, opts: { tokenId?: number; tokenType?: string } = {}): Promise<TokenUnlockResult> {
+export async function unlockWithTokens(h: LuksHandle, ctx: TokenUnlockContext, opts: { tokenId?: number; tokenType?: string; tokenOrder?: number[] } = {}): Promise<TokenUnlockResult> {
   const v = h.requireLuks2("token unlock");
-  const ids = opts.tokenId !== undefined ? [opts.tokenId] : v.tokenIds();
+  const ids = opts.tokenId !== undefined ? [opts.tokenId] : (opts.tokenOrder ?? v.tokenIds()).filter((id) => String(id) in v.metadata.tokens);
   if (opts.tokenId !== undefined && !(String(opts.tokenId) in v.metadata.tokens)) throw new TrustvolError("ENOENT", `token ${opts.tokenId} is not in use`);
   const failures: { id: number; type: string; err: TrustvolError }[] = [];
   let tried = 0;
@@ -89,14 +90,20 @@ export async function unlockWithTokens(h: LuksHandle, ctx: TokenUnlockContext, o
   throw new TrustvolError(first.err.code, said.join("; "), first.err.hint);
 }
 
-/** Enroll a token-backed keyslot: the maker seals a fresh secret and returns the token JSON + passphrase. */
+/** Token keyslots hold a random high-entropy secret: PBKDF2, 1000 iterations, as systemd-cryptenroll writes them. */
+export const TOKEN_KEYSLOT_PBKDF: Readonly<PbkdfOptions> = { type: "pbkdf2", hash: "sha512", forceIterations: 1000 };
+
+/**
+ * Enroll a token-backed keyslot: the maker seals a fresh secret and returns the token JSON + passphrase. The keyslot
+ * KDF defaults to TOKEN_KEYSLOT_PBKDF (not the argon2id of passphrase keyslots: the secret is already random).
+ */
 export async function enrollToken(
   v: Luks2Volume,
   volumeKey: Uint8Array,
   makeToken: (slot: number) => Promise<{ tokenJson: Record<string, unknown>; passphrase: Buffer }>,
   opts: NewKeyslotOptions & { slot?: number; removeSlots?: number[] } = {},
 ): Promise<{ keyslot: number; tokenId: number; removed: number[] }> {
-  return v.addKeyslotWithToken(volumeKey, makeToken, opts);
+  return v.addKeyslotWithToken(volumeKey, makeToken, { ...opts, pbkdf: opts.pbkdf ?? { ...TOKEN_KEYSLOT_PBKDF } });
 }
 
 /**

@@ -3,95 +3,40 @@
 import type { Command } from "commander";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
-import { LuksHandle } from "../../ops/volume.js";
-import { enrollToken, resolveWipeSlots, unlockWithTokens, type TokenUnlockContext } from "../../ops/tokens.js";
-import { readPin, type PinSource } from "../../trust/pkcs11/pin.js";
+import { enrollClevis, enrollPkcs11, enrollRecovery, enrollTpm2, type EnrollOptions, type EnrollResult, type EnrollUnlock } from "../../ops/enroll.js";
+import type { HashName } from "../../trust/tpm2/constants.js";
+import type { PrimaryAlg } from "../../trust/tpm2/structures.js";
+import { readPin } from "../../trust/pkcs11/pin.js";
 import { getPassphrase, readKeyFile } from "../secrets.js";
-import { addUnlockOptions, addPinOptions, int, printJson } from "../common.js";
+import { addUnlockOptions, addPinOptions, cliPin, int, pinSourceFrom, printJson } from "../common.js";
 import { io } from "../io.js";
-import type { Kdf } from "../../luks2/metadata.js";
-import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 
-export function pinSourceFrom(o: Record<string, unknown>): PinSource | undefined {
-  const f = o.pinFile as string | undefined;
-  if (f === "-") return { kind: "stdin" };
-  if (f) return { kind: "file", path: f };
-  return process.stdin.isTTY ? { kind: "prompt" } : undefined;
+export { pinSourceFrom } from "../common.js";
+
+/** How an enrolment gets the volume key, from the CLI's options: raw volume key file, an enrolled token, or a passphrase. */
+async function enrollUnlock(device: string, o: Record<string, unknown>): Promise<EnrollUnlock> {
+  if (o.unlockVolumeKeyFile) return { volumeKey: readKeyFile(o.unlockVolumeKeyFile as string) };
+  if (o.unlockToken) return { tokens: { ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}), pin: cliPin(o) } };
+  return { passphrase: await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter an existing passphrase for ${device}: ` }) };
 }
 
-/** Get the volume key for an enrollment: passphrase, raw key file, or an existing token. Caller wipes. */
-export async function volumeKeyFor(h: LuksHandle, device: string, o: Record<string, unknown>, ctx: TokenUnlockContext = {}): Promise<Buffer> {
-  const v = h.requireLuks2("enroll");
-  if (o.unlockVolumeKeyFile) {
-    const vk = readKeyFile(o.unlockVolumeKeyFile as string);
-    try {
-      v.verifyVolumeKey(vk);
-    } catch (e) {
-      wipe(vk);
-      throw e;
+/** Run an ops enrolment with the volume key source from the CLI's options; wipe what was read; print the result. */
+async function runEnroll(device: string, o: Record<string, unknown>, what: string, enroll: (common: EnrollOptions) => Promise<EnrollResult>): Promise<void> {
+  const u = await enrollUnlock(device, o);
+  try {
+    const r = await enroll({ unlock: u, ...(o.header ? { header: o.header as string } : {}), ...(o.keySlot !== undefined ? { keyslot: o.keySlot as number } : {}), ...(o.wipeSlot ? { wipeSlots: o.wipeSlot as string } : {}) });
+    if (o.json) printJson({ keyslot: r.keyslot, token: r.tokenId, wiped_keyslots: r.wipedKeyslots });
+    else {
+      io.err(`New ${what} token enrolled as key slot ${r.keyslot} (token ${r.tokenId}).\n`);
+      for (const k of r.wipedKeyslots) io.err(`Wiped slot ${k}.\n`);
     }
-    return vk;
-  }
-  if (o.unlockToken) return (await unlockWithTokens(h, ctx)).volumeKey;
-  const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter an existing passphrase for ${device}: ` });
-  try {
-    return (await h.unlock(pass)).volumeKey;
   } finally {
-    wipe(pass);
+    if ("passphrase" in u) wipe(u.passphrase);
+    if ("volumeKey" in u) wipe(u.volumeKey);
   }
 }
-
-/** systemd's token keyslots use PBKDF2 with few iterations: the secret is already high-entropy (systemd-cryptenroll). */
-export function tokenKeyslotKdf(p: { type: "pbkdf2"; hash: string; iterations: number }): Kdf {
-  return { ...p, salt: randomBytes(32).toString("base64") };
-}
-
-export async function finishEnroll(r: { keyslot: number; tokenId: number; removed: number[] }, o: Record<string, unknown>, what: string): Promise<void> {
-  const wiped = r.removed;
-  if (o.json) printJson({ keyslot: r.keyslot, token: r.tokenId, wiped_keyslots: wiped });
-  else {
-    io.err(`New ${what} token enrolled as key slot ${r.keyslot} (token ${r.tokenId}).\n`);
-    for (const k of wiped) io.err(`Wiped slot ${k}.\n`);
-  }
-}
-
-type MadeToken = { tokenJson: Record<string, unknown>; passphrase: Buffer };
-
-/**
- * Every token enrollment has one shape: open the volume, resolve --wipe-slot (before anything is written), get the
- * volume key, then — with the trust source open (`withSource`) — add the keyslot, its token and the slot removals in
- * one header commit, report, wipe the key, close.
- */
-async function runEnroll<S>(
-  device: string,
-  o: Record<string, unknown>,
-  what: string,
-  p: { ctx?: TokenUnlockContext; kdf: Kdf; afHash?: string; withSource: <T>(fn: (src: S) => Promise<T>) => Promise<T>; makeToken: (src: S, slot: number) => Promise<MadeToken> },
-): Promise<void> {
-  const h = await LuksHandle.open(device, { header: o.header as string | undefined });
-  let vk: Buffer | undefined;
-  try {
-    const v = h.requireLuks2("enroll");
-    const removeSlots = resolveWipeSlots(v, o.wipeSlot as string | undefined);
-    vk = await volumeKeyFor(h, device, o, p.ctx);
-    const key = vk;
-    const r = await p.withSource((src) =>
-      enrollToken(v, key, (slot) => p.makeToken(src, slot), { slot: o.keySlot as number | undefined, kdf: p.kdf, ...(p.afHash ? { afHash: p.afHash } : {}), removeSlots }),
-    );
-    await finishEnroll(r, o, what);
-  } finally {
-    wipe(vk);
-    await h.close();
-  }
-}
-
-const noSource = <T>(fn: (src: undefined) => Promise<T>): Promise<T> => fn(undefined);
-const tpmSource = (o: Record<string, unknown>) => async <T>(fn: (tpm: import("../../trust/tpm2/index.js").Tpm2TrustSource) => Promise<T>): Promise<T> => {
-  const { withTpm } = await import("../../ops/handlers.js");
-  return withTpm({ tpm2Device: o.tpm2Device as string | undefined }, fn);
-};
 
 export function registerEnrollCommands(program: Command): Command {
   const enroll = program.command("enroll").description("seal a new keyslot's passphrase to a trust source (writes systemd-cryptenroll compatible tokens)");
@@ -112,14 +57,7 @@ export function registerEnrollCommands(program: Command): Command {
     const pinSrc = pinSourceFrom(o);
     const pin = pinSrc ? readPin(pinSrc) : undefined;
     try {
-      const { createSystemdPkcs11Token, SYSTEMD_PKCS11_KEYSLOT_PBKDF } = await import("../../tokens/systemd-pkcs11.js");
-      await runEnroll(device, o, "PKCS#11", {
-        ctx: { pin, pkcs11Module: o.module as string | undefined },
-        kdf: tokenKeyslotKdf(SYSTEMD_PKCS11_KEYSLOT_PBKDF),
-        afHash: "sha512",
-        withSource: noSource,
-        makeToken: (_src, slot) => createSystemdPkcs11Token({ uri: o.uri as string, keyslot: slot, pin: pin ? { kind: "buffer", pin } : undefined, ...(o.module ? { modulePath: o.module as string } : {}) }),
-      });
+      await runEnroll(device, o, "PKCS#11", (c) => enrollPkcs11(device, { ...c, uri: o.uri as string, ...(pin ? { pin } : {}), ...(o.module ? { pkcs11Module: o.module as string } : {}) }));
     } finally {
       wipe(pin);
     }
@@ -161,16 +99,17 @@ export function registerEnrollCommands(program: Command): Command {
     const pubkey = o.publicKey ? readFileSync(o.publicKey as string) : undefined;
     const pin = o.withPin ? (o.pinFile ? readPin(pinSourceFrom(o)!) : await getPassphrase({ prompt: "Enter new TPM2 PIN: ", verify: true })) : undefined;
     try {
-      const { createSystemdTpm2Token } = await import("../../tokens/systemd-tpm2.js");
-      await runEnroll(device, o, "TPM2", {
-        ctx: { tpm2Device: o.tpm2Device as string | undefined },
-        kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha512", iterations: 1000 }),
-        withSource: tpmSource(o),
-        makeToken: async (tpm, slot) => {
-          const t = await createSystemdTpm2Token(tpm, { keyslot: slot, pcrs: o.publicKey ? [] : (o.pcrs as number[]), bank: o.pcrBank as "sha256", primaryAlg: o.primaryAlg as "ecc", ...(pin ? { pin } : {}), ...(pubkey ? { pubkey, pubkeyPcrs: o.publicKeyPcrs as number[] } : {}) });
-          return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
-        },
-      });
+      await runEnroll(device, o, "TPM2", (c) =>
+        enrollTpm2(device, {
+          ...c,
+          pcrs: o.pcrs as number[],
+          bank: o.pcrBank as HashName,
+          primaryAlg: o.primaryAlg as PrimaryAlg,
+          ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}),
+          ...(pin ? { pin } : {}),
+          ...(pubkey ? { publicKey: pubkey, publicKeyPcrs: o.publicKeyPcrs as number[] } : {}),
+        }),
+      );
     } finally {
       wipe(pin);
     }
@@ -191,16 +130,9 @@ export function registerEnrollCommands(program: Command): Command {
       .option("--json", "print the result as JSON"),
   ).action(async (device: string, o: Record<string, unknown>) => {
     if (o.primaryAlg !== "ecc" && o.primaryAlg !== "rsa") throw new TrustvolError("EUSAGE", "--primary-alg must be ecc or rsa");
-    const { createClevisToken } = await import("../../tokens/clevis.js");
-    await runEnroll(device, o, "clevis", {
-      ctx: { tpm2Device: o.tpm2Device as string | undefined },
-      kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha256", iterations: 1000 }),
-      withSource: tpmSource(o),
-      makeToken: async (tpm, slot) => {
-        const t = await createClevisToken(tpm, { keyslot: slot, pcrIds: o.pcrs as number[], pcrBank: o.pcrBank as "sha256", key: o.primaryAlg as "ecc" });
-        return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
-      },
-    });
+    await runEnroll(device, o, "clevis", (c) =>
+      enrollClevis(device, { ...c, pcrs: o.pcrs as number[], bank: o.pcrBank as HashName, primaryAlg: o.primaryAlg as PrimaryAlg, ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}) }),
+    );
   });
 
   addUnlockOptions(
@@ -213,19 +145,17 @@ export function registerEnrollCommands(program: Command): Command {
       .option("--header <file>", "detached header")
       .option("--json", "print the result (including the key, unless --out) as JSON"),
   ).action(async (device: string, o: Record<string, unknown>) => {
-    const h = await LuksHandle.open(device, { header: o.header as string | undefined });
-    const { newRecoveryKey, encodeSystemdRecoveryToken, SYSTEMD_RECOVERY_KEYSLOT_PBKDF } = await import("../../tokens/systemd-recovery.js");
-    const key = newRecoveryKey();
-    let vk: Buffer | undefined;
+    const u = await enrollUnlock(device, o);
+    let key: Buffer | undefined;
     try {
-      vk = await volumeKeyFor(h, device, o);
-      // Write the key out before it is enrolled: a key nobody can read back must never guard a keyslot.
-      // The bare key, no newline: the file is a key file (`--key-file`) that cryptsetup and trustvol read whole.
-      if (o.out) atomicWriteFileSync(o.out as string, key, 0o600);
-      const r = await enrollToken(h.requireLuks2("enroll"), vk, async (slot) => ({ tokenJson: encodeSystemdRecoveryToken(slot), passphrase: Buffer.from(key) }), {
-        slot: o.keySlot as number | undefined,
-        kdf: tokenKeyslotKdf(SYSTEMD_RECOVERY_KEYSLOT_PBKDF),
+      const r = await enrollRecovery(device, {
+        unlock: u,
+        ...(o.header ? { header: o.header as string } : {}),
+        ...(o.keySlot !== undefined ? { keyslot: o.keySlot as number } : {}),
+        // The bare key, no newline: the file is a key file (`--key-file`) that cryptsetup and trustvol read whole.
+        ...(o.out ? { save: (k: Buffer) => atomicWriteFileSync(o.out as string, k, 0o600) } : {}),
       });
+      key = r.recoveryKey;
       if (o.json) printJson({ keyslot: r.keyslot, token: r.tokenId, ...(o.out ? { file: o.out } : { recovery_key: key.toString("latin1") }) });
       else {
         if (!o.out) {
@@ -235,8 +165,9 @@ export function registerEnrollCommands(program: Command): Command {
         io.err(`New recovery key enrolled as key slot ${r.keyslot} (token ${r.tokenId}).\n`);
       }
     } finally {
-      wipe(vk, key);
-      await h.close();
+      wipe(key);
+      if ("passphrase" in u) wipe(u.passphrase);
+      if ("volumeKey" in u) wipe(u.volumeKey);
     }
   });
   return enroll;

@@ -1,4 +1,5 @@
 // format, dump, unlock --test, repair: the cryptsetup luksFormat / luksDump / open --test-passphrase / repair verbs.
+// What only one verb needs is imported in its action: `dump` runs at boot and should load little.
 import { io } from "../io.js";
 import { Option, type Command } from "commander";
 import { writeFileSync } from "node:fs";
@@ -6,15 +7,12 @@ import { FileBlockDevice } from "../../blockdev/file.js";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
-import { formatLuks2 } from "../../luks2/format.js";
 import { Luks2Volume } from "../../luks2/volume.js";
 import { dumpText, dumpJson } from "../../luks2/dump.js";
 import { dumpLuks1Text } from "../../luks1/luks1.js";
 import { LuksHandle } from "../../ops/volume.js";
 import { getPassphrase } from "../secrets.js";
 import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int } from "../common.js";
-import { unlockFromCli } from "../unlock.js";
-import { confirmOverwrite } from "../confirm.js";
 
 export function registerVolumeCommands(program: Command): void {
   addFormatOptions(
@@ -33,7 +31,7 @@ export function registerVolumeCommands(program: Command): void {
       const { probePath } = await import("../../ops/probe.js");
       for (const p of o.header ? [o.header as string, device] : [device]) {
         const found = await probePath(p);
-        if (found) await confirmOverwrite(`${p} is not empty (${found} found)`);
+        if (found) await (await import("../confirm.js")).confirmOverwrite(`${p} is not empty (${found} found)`);
       }
     }
     const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, verify: true });
@@ -46,6 +44,7 @@ export function registerVolumeCommands(program: Command): void {
       throw e;
     }
     try {
+      const { formatLuks2 } = await import("../../luks2/format.js");
       const { volume, volumeKey } = await formatLuks2(hdrDev, pass, { ...formatFrom(o), keyslot: Number(o.keySlot) }, o.header ? dataDev : undefined);
       wipe(volumeKey);
       const area = volume.dataArea(dataDev.size);
@@ -114,6 +113,7 @@ export function registerVolumeCommands(program: Command): void {
     if (!o.test) throw new TrustvolError("EUSAGE", "unlock without --test needs device-mapper: use `trustvol open`", "or add --test to only check the key");
     const h = await LuksHandle.open(device, { header: o.header as string | undefined, readOnly: true });
     try {
+      const { unlockFromCli } = await import("../unlock.js");
       const { volumeKey, keyslot, token } = await unlockFromCli(h, device, o);
       wipe(volumeKey);
       if (o.json) printJson({ unlocked: true, keyslot, token: token ?? null, uuid: h.uuid });
