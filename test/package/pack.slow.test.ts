@@ -3,7 +3,7 @@
 // Needs the npm registry (or its cache) for the dependencies; argon2 and pkcs11js are built from source on install.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, symlinkSync, writeFileSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { spawnSync, type SpawnSyncOptions } from "node:child_process";
@@ -29,7 +29,7 @@ test("npm pack → npm install in an empty project → CLI format/unlock, typed 
   for (const e of ["package.json", "package-lock.json", "tsconfig.json", "tsconfig.build.json", "README.md", "LICENSE", "bin", "src", "native", "scripts"]) {
     cpSync(join(root, e), join(src, e), { recursive: true, filter: (p) => !p.includes(`${join("native", "build")}`) });
   }
-  symlinkSync(join(root, "node_modules"), join(src, "node_modules"));
+  symlinkSync(realpathSync(join(root, "node_modules")), join(src, "node_modules")); // for tsc in prepack
   let r = sh("npm", ["pack", "--pack-destination", dir], { cwd: src });
   assert.equal(r.status, 0, r.stderr);
   const tgz = join(dir, `${pkg.name}-${pkg.version}.tgz`);
