@@ -18,7 +18,7 @@ export function registerVolumeCommands(program: Command): void {
   addFormatOptions(
     program
       .command("format")
-      .description("create a LUKS2 volume on a device or image file (like `cryptsetup luksFormat`); destroys what was there")
+      .description("create a LUKS2 volume on a device or image file (like `cryptsetup luksFormat`); asks before overwriting a file system or LUKS volume")
       .argument("<device>", "block device or image file")
       .option("--header <file>", "write the header to a separate file (data starts at offset 0 of <device>)")
       .option("-d, --key-file <file>", "new passphrase from FILE (- = stdin)")
