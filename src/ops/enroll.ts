@@ -8,14 +8,17 @@ import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import { withTpm } from "./handlers.js";
 import { enrollToken, resolveWipeSlots, TOKEN_KEYSLOT_PBKDF } from "./tokens.js";
-import { unlock, withVolume, type UnlockOptions } from "./unlock.js";
+import { unlock, withVolume, type SecretInput, type UnlockOptions } from "./unlock.js";
 import type { LuksHandle } from "./volume.js";
 
 /** clevis's keyslots (clevis luks bind): PBKDF2-SHA256. */
 export const CLEVIS_KEYSLOT_PBKDF: Readonly<PbkdfOptions> = { type: "pbkdf2", hash: "sha256", forceIterations: 1000 };
 
-/** How to get the volume key for the enrolment. */
-export type EnrollUnlock = { passphrase: Uint8Array } | { volumeKey: Uint8Array } | { tokens: Omit<UnlockOptions, "passphrase" | "keyslot" | "header"> };
+/**
+ * How to get the volume key for the enrolment: an existing passphrase (bytes, or a function asked only after the
+ * volume opened and wipeSlots checked out), the raw volume key, or the volume's enrolled tokens.
+ */
+export type EnrollUnlock = { passphrase: SecretInput } | { volumeKey: Uint8Array } | { tokens: Omit<UnlockOptions, "passphrase" | "keyslot" | "header"> };
 
 export interface EnrollOptions {
   unlock: EnrollUnlock;
@@ -43,7 +46,13 @@ async function volumeKeyFor(h: LuksHandle, u: EnrollUnlock): Promise<Buffer> {
     return Buffer.from(u.volumeKey);
   }
   if ("tokens" in u) return (await unlock(h, { ...u.tokens, tokenOnly: true })).volumeKey;
-  return (await h.unlock(u.passphrase)).volumeKey;
+  const asked = !(u.passphrase instanceof Uint8Array);
+  const pass = u.passphrase instanceof Uint8Array ? u.passphrase : await u.passphrase();
+  try {
+    return (await h.unlock(pass)).volumeKey;
+  } finally {
+    if (asked) wipe(pass);
+  }
 }
 
 /**

@@ -16,15 +16,16 @@ import { atomicWriteFileSync } from "../../util/atomic.js";
 export { pinSourceFrom } from "../common.js";
 
 /** How an enrolment gets the volume key, from the CLI's options: raw volume key file, an enrolled token, or a passphrase. */
-async function enrollUnlock(device: string, o: Record<string, unknown>): Promise<EnrollUnlock> {
+function enrollUnlock(device: string, o: Record<string, unknown>): EnrollUnlock {
   if (o.unlockVolumeKeyFile) return { volumeKey: readKeyFile(o.unlockVolumeKeyFile as string) };
   if (o.unlockToken) return { tokens: { ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}), pin: cliPin(o) } };
-  return { passphrase: await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter an existing passphrase for ${device}: ` }) };
+  // Asked for only once the volume has opened and --wipe-slot has checked out.
+  return { passphrase: () => getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter an existing passphrase for ${device}: ` }) };
 }
 
 /** Run an ops enrolment with the volume key source from the CLI's options; wipe what was read; print the result. */
 async function runEnroll(device: string, o: Record<string, unknown>, what: string, enroll: (common: EnrollOptions) => Promise<EnrollResult>): Promise<void> {
-  const u = await enrollUnlock(device, o);
+  const u = enrollUnlock(device, o);
   try {
     const r = await enroll({ unlock: u, ...(o.header ? { header: o.header as string } : {}), ...(o.keySlot !== undefined ? { keyslot: o.keySlot as number } : {}), ...(o.wipeSlot ? { wipeSlots: o.wipeSlot as string } : {}) });
     if (o.json) printJson({ keyslot: r.keyslot, token: r.tokenId, wiped_keyslots: r.wipedKeyslots });
@@ -33,7 +34,6 @@ async function runEnroll(device: string, o: Record<string, unknown>, what: strin
       for (const k of r.wipedKeyslots) io.err(`Wiped slot ${k}.\n`);
     }
   } finally {
-    if ("passphrase" in u) wipe(u.passphrase);
     if ("volumeKey" in u) wipe(u.volumeKey);
   }
 }
@@ -145,7 +145,7 @@ export function registerEnrollCommands(program: Command): Command {
       .option("--header <file>", "detached header")
       .option("--json", "print the result (including the key, unless --out) as JSON"),
   ).action(async (device: string, o: Record<string, unknown>) => {
-    const u = await enrollUnlock(device, o);
+    const u = enrollUnlock(device, o);
     let key: Buffer | undefined;
     try {
       const r = await enrollRecovery(device, {
@@ -166,7 +166,6 @@ export function registerEnrollCommands(program: Command): Command {
       }
     } finally {
       wipe(key);
-      if ("passphrase" in u) wipe(u.passphrase);
       if ("volumeKey" in u) wipe(u.volumeKey);
     }
   });
