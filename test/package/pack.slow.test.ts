@@ -36,6 +36,7 @@ test("npm pack → npm install in an empty project → CLI format/unlock, typed 
   assert.ok(existsSync(tgz), r.stdout);
   const listing = sh("tar", ["tzf", tgz]).stdout.split("\n").filter(Boolean);
   assert.ok(listing.includes("package/dist/src/index.js") && listing.includes("package/dist/src/index.d.ts") && listing.includes("package/LICENSE"));
+  assert.ok(listing.includes("package/dist/man/trustvol.1") && listing.includes("package/dist/completion/trustvol.bash"), "man page and completions");
   assert.ok(listing.includes("package/native/src/trustvol_native.c") && listing.includes("package/scripts/build-native.mjs"), "the optional addon can be built on install");
   assert.deepEqual(listing.filter((f) => /^package\/(test|bench|\.ci|src|scripts\/vm|dist\/test|dist\/bench)\//.test(f) || f.endsWith(".map")), []);
 
