@@ -79,8 +79,25 @@ export function printJson(v: unknown): void {
   io.out(JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x), 2) + "\n");
 }
 
+/**
+ * Accept another tool's spelling of an option (systemd-cryptenroll's --tpm2-pcrs for --pcrs), hidden from help: the
+ * value lands on the target option, parsed by its parser, while commander parses (so required options see it).
+ */
+export function addAlias(c: Command, flags: string, targetLong: string): Command {
+  const alias = new Option(flags).hideHelp();
+  c.addOption(alias);
+  c.on(`option:${alias.name()}`, (val?: string) => {
+    const t = c.options.find((o) => o.long === targetLong);
+    if (!t) throw new Error(`alias ${flags}: no option ${targetLong}`);
+    const v = val === undefined ? true : t.parseArg ? t.parseArg(val, c.getOptionValue(t.attributeName())) : val;
+    c.setOptionValueWithSource(t.attributeName(), v, "cli");
+  });
+  return c;
+}
+
 /** Unlock options shared by commands that need the volume key first: an existing passphrase, a token, or the raw key. */
 export function addUnlockOptions(c: Command): Command {
+  addAlias(c, "--unlock-key-file <file>", "--key-file"); // systemd-cryptenroll's name
   return c
     .option("-d, --key-file <file>", "an existing passphrase from FILE (- = stdin)")
     .option("--unlock-volume-key-file <file>", "unlock with the raw volume key from FILE")

@@ -70,6 +70,8 @@ export async function buildProgram(argv: string[] = []): Promise<Command> {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // `help enroll tpm2` means `enroll tpm2 --help` (commander's help command looks only one level down).
+  if (argv[0] === "help" && argv.length > 1) argv = [...argv.slice(1), "--help"];
   resetStdinState();
   try {
     const program = await buildProgram(argv);

@@ -8,7 +8,7 @@ import type { HashName } from "../../trust/tpm2/constants.js";
 import type { PrimaryAlg } from "../../trust/tpm2/structures.js";
 import { readPin } from "../../trust/pkcs11/pin.js";
 import { getPassphrase, readKeyFile } from "../secrets.js";
-import { addUnlockOptions, addPinOptions, cliPin, int, pinSourceFrom, printJson } from "../common.js";
+import { addAlias, addUnlockOptions, addPinOptions, cliPin, int, pinSourceFrom, printJson } from "../common.js";
 import { io } from "../io.js";
 import { readFileSync } from "node:fs";
 import { atomicWriteFileSync } from "../../util/atomic.js";
@@ -40,7 +40,7 @@ async function runEnroll(device: string, o: Record<string, unknown>, what: strin
 
 export function registerEnrollCommands(program: Command): Command {
   const enroll = program.command("enroll").description("seal a new keyslot's passphrase to a trust source (writes systemd-cryptenroll compatible tokens)");
-  addPinOptions(
+  const pkcs11Cmd = addPinOptions(
     addUnlockOptions(
       enroll
         .command("pkcs11")
@@ -53,7 +53,9 @@ export function registerEnrollCommands(program: Command): Command {
         .option("--header <file>", "detached header")
         .option("--json", "print the result as JSON"),
     ),
-  ).action(async (device: string, o: Record<string, unknown>) => {
+  );
+  for (const [a, t] of [["--pkcs11-token-uri <uri>", "--uri"], ["--pkcs11-uri <uri>", "--uri"], ["--pkcs11-module <path>", "--module"]] as const) addAlias(pkcs11Cmd, a, t);
+  pkcs11Cmd.action(async (device: string, o: Record<string, unknown>) => {
     const pinSrc = pinSourceFrom(o);
     const pin = pinSrc ? readPin(pinSrc) : undefined;
     try {
@@ -76,7 +78,7 @@ export function registerEnrollCommands(program: Command): Command {
     return v;
   };
 
-  addPinOptions(
+  const tpm2Cmd = addPinOptions(
     addUnlockOptions(
       enroll
         .command("tpm2")
@@ -94,7 +96,10 @@ export function registerEnrollCommands(program: Command): Command {
         .option("--header <file>", "detached header")
         .option("--json", "print the result as JSON"),
     ),
-  ).action(async (device: string, o: Record<string, unknown>) => {
+  );
+  // systemd-cryptenroll's spellings.
+  for (const [a, t] of [["--tpm2-pcrs <list>", "--pcrs"], ["--tpm2-with-pin", "--with-pin"], ["--tpm2-public-key <pem>", "--public-key"], ["--tpm2-public-key-pcrs <list>", "--public-key-pcrs"]] as const) addAlias(tpm2Cmd, a, t);
+  tpm2Cmd.action(async (device: string, o: Record<string, unknown>) => {
     if (o.primaryAlg !== "ecc" && o.primaryAlg !== "rsa") throw new TrustvolError("EUSAGE", "--primary-alg must be ecc or rsa");
     const pubkey = o.publicKey ? readFileSync(o.publicKey as string) : undefined;
     const pin = o.withPin ? (o.pinFile ? readPin(pinSourceFrom(o)!) : await getPassphrase({ prompt: "Enter new TPM2 PIN: ", verify: true })) : undefined;
@@ -115,7 +120,7 @@ export function registerEnrollCommands(program: Command): Command {
     }
   });
 
-  addUnlockOptions(
+  const clevisCmd = addUnlockOptions(
     enroll
       .command("clevis")
       .description("enroll a clevis tpm2 pin (a clevis token that `clevis luks unlock` and `clevis luks pass` read)")
@@ -128,7 +133,9 @@ export function registerEnrollCommands(program: Command): Command {
       .option("--wipe-slot <spec>", "after enrolling, remove keyslots: password, all, or a list")
       .option("--header <file>", "detached header")
       .option("--json", "print the result as JSON"),
-  ).action(async (device: string, o: Record<string, unknown>) => {
+  );
+  addAlias(clevisCmd, "--tpm2-pcrs <list>", "--pcrs");
+  clevisCmd.action(async (device: string, o: Record<string, unknown>) => {
     if (o.primaryAlg !== "ecc" && o.primaryAlg !== "rsa") throw new TrustvolError("EUSAGE", "--primary-alg must be ecc or rsa");
     await runEnroll(device, o, "clevis", (c) =>
       enrollClevis(device, { ...c, pcrs: o.pcrs as number[], bank: o.pcrBank as HashName, primaryAlg: o.primaryAlg as PrimaryAlg, ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}) }),

@@ -6,7 +6,7 @@ import { Option, type Command } from "commander";
 import { TrustvolError, usage } from "../../util/errors.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 import { FileBlockDevice } from "../../blockdev/file.js";
-import { int, printJson } from "../common.js";
+import { addAlias, int, printJson } from "../common.js";
 import { progressBar } from "../progress.js";
 import { verityFormat, verityVerify, verityDump, formatVerityDump, type VerityFormatInput } from "../../verity/tree.js";
 import { VERITY_HASH_ALGORITHMS, type VerityHashAlgorithm } from "../../verity/superblock.js";
@@ -423,4 +423,6 @@ export function registerVerityCommands(program: Command): void {
       const r = await verityClose(name);
       if (o.json) printJson({ name: r.name, detached: r.detached });
     });
+  const sign = verity.commands.find((c) => c.name() === "sign");
+  if (sign) addAlias(sign, "--pkcs11-module <path>", "--module"); // the name unlock and the pkcs11 commands accept
 }
