@@ -29,9 +29,9 @@ export function addPbkdfOptions(c: Command): Command {
     .addOption(new Option("--pbkdf <kdf>", "keyslot KDF").choices(["argon2id", "argon2i", "pbkdf2"]).default("argon2id"))
     .option("--hash <hash>", "PBKDF2 hash", "sha256")
     .option("-i, --iter-time <ms>", "benchmark the KDF to take MS milliseconds on this machine", int("--iter-time", 1), 2000)
-    .option("--pbkdf-force-iterations <n>", "fixed PBKDF2 iterations / Argon2 time cost (no benchmark)", int("--pbkdf-force-iterations", 1))
-    .option("--pbkdf-memory <kib>", "Argon2 memory in KiB", int("--pbkdf-memory", 32, 4 * 1024 * 1024))
-    .option("--pbkdf-parallel <n>", "Argon2 lanes", int("--pbkdf-parallel", 1, 64))
+    .option("--pbkdf-force-iterations <n>", "fixed PBKDF2 iterations / Argon2 time cost (default: benchmarked to --iter-time)", int("--pbkdf-force-iterations", 1))
+    .option("--pbkdf-memory <kib>", "Argon2 memory in KiB (default: half the RAM of this machine or of --target-ram, at most 1048576)", int("--pbkdf-memory", 32, 4 * 1024 * 1024))
+    .option("--pbkdf-parallel <n>", "Argon2 lanes (default: the CPU count, at most 4)", int("--pbkdf-parallel", 1, 64))
     .option("--target-ram <mib>", "size Argon2 memory for a device with MIB of RAM (not this build host)", int("--target-ram", 64));
 }
 
@@ -50,14 +50,14 @@ export function pbkdfFrom(o: Record<string, unknown>): PbkdfOptions {
 export function addFormatOptions(c: Command): Command {
   return addPbkdfOptions(c)
     .option("-c, --cipher <spec>", "data cipher: aes-xts-plain64, aes-cbc-essiv:sha256, aes-cbc-plain64", "aes-xts-plain64")
-    .option("-s, --key-size <bits>", "volume key size in bits (xts: 256 or 512; cbc: 128, 192, 256)", int("--key-size", 128, 512))
+    .option("-s, --key-size <bits>", "volume key size in bits (xts: 256 or 512, default 512; cbc: 128, 192, 256, default 256)", int("--key-size", 128, 512))
     .option("--sector-size <bytes>", "encryption sector size: 512, 1024, 2048 or 4096", int("--sector-size", 512, 4096), 4096)
     .option("--label <label>", "LUKS2 label")
     .option("--subsystem <name>", "LUKS2 subsystem")
     .option("--uuid <uuid>", "use this UUID instead of a random one")
     .option("--offset <bytes>", "data offset in bytes (default 16 MiB, 0 with --header)", int("--offset"))
-    .option("--luks2-metadata-size <bytes>", "size of one metadata copy (16384 .. 4194304)", int("--luks2-metadata-size"))
-    .option("--luks2-keyslots-size <bytes>", "size of the keyslots area", int("--luks2-keyslots-size"));
+    .option("--luks2-metadata-size <bytes>", "size of one metadata copy (16384 .. 4194304; default 16384)", int("--luks2-metadata-size"))
+    .option("--luks2-keyslots-size <bytes>", "size of the keyslots area (default: up to the data offset, 16 MiB less both metadata copies)", int("--luks2-keyslots-size"));
 }
 
 export function formatFrom(o: Record<string, unknown>): FormatOptions {

@@ -55,10 +55,10 @@ function saltFrom(v: string | undefined): Buffer | undefined {
 function addParamOptions(c: Command, forFormat: boolean): Command {
   return c
     .addOption(new Option("--hash <alg>", "hash algorithm").choices([...VERITY_HASH_ALGORITHMS]).default(forFormat ? "sha256" : undefined))
-    .option("--data-block-size <bytes>", "data block size (512 .. 524288, power of two)", int("--data-block-size", 512, 524288))
-    .option("--hash-block-size <bytes>", "hash block size (512 .. 524288, power of two)", int("--hash-block-size", 512, 524288))
+    .option("--data-block-size <bytes>", "data block size (512 .. 524288, power of two; default 4096)", int("--data-block-size", 512, 524288))
+    .option("--hash-block-size <bytes>", "hash block size (512 .. 524288, power of two; default 4096)", int("--hash-block-size", 512, 524288))
     .option("--salt <hex>", forFormat ? "salt as hex, - for none (default: 32 random bytes)" : "salt as hex, - for none (with --no-superblock)")
-    .addOption(new Option("--format <type>", "hash type: 1 normal, 0 original Chrome OS").choices(["0", "1"]))
+    .addOption(new Option("--format <type>", "hash type: 1 normal (default), 0 original Chrome OS").choices(["0", "1"]))
     .option("--data-blocks <n>", "number of data blocks (default: the whole data device)", int("--data-blocks", 1))
     .option("--hash-offset <bytes>", "superblock / hash area offset in the hash device (multiple of 512)", int("--hash-offset"))
     .option("--no-superblock", forFormat ? "do not write a superblock (parameters must then be given again to verify/open)" : "the hash device has no superblock: take the parameters from the options");
@@ -140,7 +140,7 @@ export function registerVerityCommands(program: Command): void {
         .option("--uuid <uuid>", "superblock UUID (default: random)")
         .option("--root-hash-file <file>", "also write the root hash (hex, no newline) to FILE")
         .option("--fec-device <file>", "also write Reed-Solomon parity (veritysetup --fec-device) to FILE or device")
-        .option("--fec-roots <n>", "FEC parity bytes per codeword (2 .. 24)", int("--fec-roots", 2, 24))
+        .option("--fec-roots <n>", "FEC parity bytes per codeword (2 .. 24; default 2)", int("--fec-roots", 2, 24))
         .option("--fec-offset <bytes>", "FEC area offset in the FEC device (multiple of the block size)", int("--fec-offset"))
         .option("--json", "print the result as JSON"),
       true,
