@@ -7,7 +7,7 @@ import { TrustvolError, usage } from "../../util/errors.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 import { FileBlockDevice } from "../../blockdev/file.js";
 import { addAlias, int, printJson } from "../common.js";
-import { progressBar } from "../progress.js";
+import { progressBar, progressMode } from "../progress.js";
 import { verityFormat, verityVerify, verityDump, formatVerityDump, type VerityFormatInput } from "../../verity/tree.js";
 import { VERITY_HASH_ALGORITHMS, type VerityHashAlgorithm } from "../../verity/superblock.js";
 import type { RootHashSigner } from "../../verity/sign.js";
@@ -80,7 +80,7 @@ function paramsFrom(o: Opts): VerityFormatInput & { noSuperblock?: boolean } {
 }
 
 function threadsOpt(c: Command): Command {
-  return c.option("--threads <n>", "hashing threads (default: all cores; 0 = none)", int("--threads", 0, 256)).option("--no-progress", "no progress bar");
+  return c.option("--threads <n>", "hashing threads (default: all cores; 0 = none)", int("--threads", 0, 256)).option("--no-progress", "no progress bar").option("--progress-json", "progress as JSON lines on stderr (for programs; works without a terminal)");
 }
 
 /** veritysetup format's text: the dump with "Root hash:" before the device size. */
@@ -115,7 +115,7 @@ function paramsJson(p: Awaited<ReturnType<typeof verityDump>>["params"], g: Awai
 }
 
 function bar(label: string, o: Opts, blockSize: number) {
-  const b = progressBar(label, o.progress !== false && !o.json && process.stderr.isTTY === true);
+  const b = progressBar(label, progressMode(o));
   return { onProgress: (done: number, total: number) => b.update(done * blockSize, total * blockSize), end: b.end };
 }
 
@@ -166,7 +166,7 @@ export function registerVerityCommands(program: Command): void {
       b.end();
       let fec: VerityFecLayout | undefined;
       if (fecDev) {
-        const fb = progressBar("FEC", o.progress !== false && !o.json && process.stderr.isTTY === true);
+        const fb = progressBar("FEC", progressMode(o));
         try {
           fec = await verityFecEncode(dataDev, hashDev, fecDev, r.params, r.geometry, {
             ...(o.fecRoots !== undefined ? { roots: o.fecRoots as number } : {}),
