@@ -9,6 +9,8 @@ PKGS=(
   systemd                                           # systemd-cryptenroll and its cryptsetup token plugins
   qemu-system-x86 busybox-static                    # the real-kernel guest tier
   openssl curl xxd build-essential python3          # oracles; compiler for the native addon
+  dosfstools xfsprogs squashfs-tools erofs-utils btrfs-progs f2fs-tools exfatprogs   # file systems the sector-size probe reads
+  mmdebstrap                                        # the Debian 13 reference-tool root (scripts/debian13-root.sh)
 )
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done

@@ -4,6 +4,34 @@ import { constants, statSync, readFileSync } from "node:fs";
 import { TrustvolError } from "../util/errors.js";
 import type { BlockDevice } from "./types.js";
 
+/** What a path is when it is neither an image file nor a block device ("a FIFO"), else undefined. */
+function unusableKind(st: { isFIFO(): boolean; isCharacterDevice(): boolean; isDirectory(): boolean; isSocket(): boolean; isFile(): boolean; isBlockDevice(): boolean }): string | undefined {
+  if (st.isFile() || st.isBlockDevice()) return undefined;
+  return st.isDirectory() ? "a directory" : st.isFIFO() ? "a FIFO" : st.isCharacterDevice() ? "a character device" : st.isSocket() ? "a socket" : "not a regular file";
+}
+
+/**
+ * Refuse, before anything is read or written, a path that cannot hold a volume: missing (unless allowMissing),
+ * a directory, FIFO, character device or socket. Opening a FIFO could block forever, so this only stats.
+ */
+export function checkVolumePath(path: string, o: { allowMissing?: boolean; createHint?: string } = {}): "missing" | "ok" {
+  let st;
+  try {
+    st = statSync(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "ENOTDIR") {
+      if (o.allowMissing) return "missing";
+      throw new TrustvolError("ENOENT", `${path} does not exist`, o.createHint ?? "check the path");
+    }
+    if (code === "EACCES") throw new TrustvolError("EDEVICE", `${path}: permission denied`, "run as root or fix its permissions");
+    throw new TrustvolError("EIO", `${path} cannot be examined`, "check the path");
+  }
+  const kind = unusableKind(st);
+  if (kind) throw new TrustvolError("EUSAGE", `${path} is ${kind}, not an image file or a block device`, "name an image file or a block device");
+  return "ok";
+}
+
 export class FileBlockDevice implements BlockDevice {
   private constructor(
     private readonly fh: FileHandle,
@@ -17,6 +45,7 @@ export class FileBlockDevice implements BlockDevice {
     const readOnly = opts.readOnly ?? false;
     let flags = readOnly ? constants.O_RDONLY : constants.O_RDWR;
     if (opts.create) flags |= constants.O_CREAT;
+    checkVolumePath(path, { allowMissing: !!opts.create });
     let fh: FileHandle;
     try {
       fh = await open(path, flags, 0o600);
@@ -26,9 +55,15 @@ export class FileBlockDevice implements BlockDevice {
       if (err.code === "EACCES" || err.code === "EPERM")
         throw new TrustvolError("EDEVICE", `${path}: permission denied`, readOnly ? "run as a user who can read it" : "run as root or fix its permissions");
       if (err.code === "EROFS") throw new TrustvolError("EDEVICE", `${path}: read-only file system`);
-      throw new TrustvolError("EIO", `${path}: ${err.message}`);
+      if (err.code === "EISDIR") throw new TrustvolError("EUSAGE", `${path} is a directory, not an image file or a block device`, "name an image file or a block device");
+      throw new TrustvolError("EIO", `${path} cannot be opened`, "check the path, and that nothing else holds it exclusively");
     }
     const st = await fh.stat();
+    const kind = unusableKind(st);
+    if (kind) {
+      await fh.close();
+      throw new TrustvolError("EUSAGE", `${path} is ${kind}, not an image file or a block device`, "name an image file or a block device");
+    }
     let size = st.size;
     const isBlk = st.isBlockDevice();
     if (isBlk) size = blockDeviceSize(path);

@@ -17,11 +17,23 @@ export function int(name: string, min = 0, max = Number.MAX_SAFE_INTEGER) {
 }
 
 export function addKeyOptions(c: Command): Command {
+  return addKeyFileLimitOptions(c.option("-d, --key-file <file>", "read the passphrase from FILE (all bytes, at most 8 MiB; - = standard input)"))
+    .option("-S, --key-slot <n>", "use only keyslot N", int("--key-slot", 0, 31))
+    .option("-T, --tries <n>", "how many times a passphrase typed at the terminal may be tried", int("--tries", 1, 1000), 3);
+}
+
+/** cryptsetup's --keyfile-offset / --keyfile-size, for every command that takes --key-file. */
+export function addKeyFileLimitOptions(c: Command): Command {
   return c
-    .option("-d, --key-file <file>", "read the passphrase from FILE (all bytes; - = standard input)")
     .option("--keyfile-offset <bytes>", "skip BYTES at the start of the key file", int("--keyfile-offset"))
-    .option("--keyfile-size <bytes>", "read only BYTES from the key file", int("--keyfile-size", 1))
-    .option("-S, --key-slot <n>", "use only keyslot N", int("--key-slot", 0, 31));
+    .option("--keyfile-size <bytes>", "read only BYTES from the key file (default: all of it, at most 8 MiB)", int("--keyfile-size", 1, 1 << 30));
+}
+
+/** cryptsetup's --new-keyfile-offset / --new-keyfile-size, for --new-key-file. */
+export function addNewKeyFileLimitOptions(c: Command): Command {
+  return c
+    .option("--new-keyfile-offset <bytes>", "skip BYTES at the start of the new key file", int("--new-keyfile-offset"))
+    .option("--new-keyfile-size <bytes>", "read only BYTES from the new key file (default: all of it, at most 8 MiB)", int("--new-keyfile-size", 1, 1 << 30));
 }
 
 export function addPbkdfOptions(c: Command): Command {
@@ -98,8 +110,8 @@ export function addAlias(c: Command, flags: string, targetLong: string): Command
 /** Unlock options shared by commands that need the volume key first: an existing passphrase, a token, or the raw key. */
 export function addUnlockOptions(c: Command): Command {
   addAlias(c, "--unlock-key-file <file>", "--key-file"); // systemd-cryptenroll's name
-  return c
-    .option("-d, --key-file <file>", "an existing passphrase from FILE (- = stdin)")
+  return addKeyFileLimitOptions(c.option("-d, --key-file <file>", "an existing passphrase from FILE (- = stdin)"))
+    .option("-T, --tries <n>", "how many times a passphrase typed at the terminal may be tried", int("--tries", 1, 1000), 3)
     .option("--unlock-volume-key-file <file>", "unlock with the raw volume key from FILE")
     .option("--unlock-token", "unlock through an already enrolled token (TPM, PKCS#11...) instead of a passphrase");
 }

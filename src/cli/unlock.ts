@@ -2,7 +2,8 @@
 // unless --token-only). The rules themselves live in ops/unlock.ts, shared with the library.
 import type { LuksHandle } from "../ops/volume.js";
 import { unlock } from "../ops/unlock.js";
-import { getPassphrase } from "./secrets.js";
+import { getPassphrase, keyFileLimits, willPrompt } from "./secrets.js";
+import { io } from "./io.js";
 import { cliPin } from "./common.js";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
@@ -14,7 +15,7 @@ export interface CliUnlockResult {
 }
 
 export async function unlockFromCli(h: LuksHandle, device: string, o: Record<string, unknown>): Promise<CliUnlockResult> {
-  const readPass = () => getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, keyfileOffset: o.keyfileOffset as number, keyfileSize: o.keyfileSize as number });
+  const readPass = () => getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, ...keyFileLimits(o) });
   if (o.tokenOnly && (o.keyFile || o.keySlot !== undefined)) throw new TrustvolError("EUSAGE", "--token-only cannot be combined with --key-file or --key-slot");
   const wantTokens = !!(o.tokenOnly || o.tokenId !== undefined || o.tokenType);
   // A key file is read up front and used alone (no tokens), like cryptsetup's --key-file; a prompt only when needed.
@@ -29,6 +30,10 @@ export async function unlockFromCli(h: LuksHandle, device: string, o: Record<str
     ...(pin ? { pin } : {}),
     ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}),
     ...(o.pkcs11Module ? { pkcs11Module: o.pkcs11Module as string } : {}),
+    ...(o.tpm2Signature ? { tpm2Signature: o.tpm2Signature as string } : {}),
+    // --tries: only a passphrase typed at the terminal is asked again
+    tries: willPrompt(o.keyFile) ? Math.max(1, (o.tries as number | undefined) ?? 3) : 1,
+    onWrongPassphrase: (e) => io.err(`trustvol: ${e.message}\n`),
   }).finally(() => wipe(given));
   return { volumeKey: r.volumeKey, keyslot: r.keyslot, ...(r.tokenId !== undefined ? { token: r.tokenId } : {}) };
 }

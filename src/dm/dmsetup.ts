@@ -1,10 +1,12 @@
-// device-mapper through dmsetup(8). Tables go to dmsetup on stdin and only ever hold keyring references
+// device-mapper through dmsetup(8): the one place that drives it (cryptsetup keeps the same in lib/libdevmapper.c).
+// Every mapping trustvol makes — LUKS/plain/trusted-key/CAAM volumes, dm-verity, re-encryption overlays — is created,
+// reloaded, suspended, resumed and removed here. Tables go to dmsetup on stdin and only ever hold keyring references
 // (see table.ts), so nothing secret passes through here. Without udev (initramfs, test guest) dmsetup is told to
 // create the /dev/mapper nodes itself.
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { TrustvolError } from "../util/errors.js";
-import { assertKeyringOnly, kernelCryptoNames, parseCryptTable, type ParsedCryptTable } from "./table.js";
+import { assertKeyringOnly, checkMappingName, kernelCryptoNames, parseCryptTable, type ParsedCryptTable } from "./table.js";
 
 export interface DmsetupOptions {
   dmsetup?: string;
@@ -44,6 +46,32 @@ export function dmTargets(o?: DmsetupOptions): Map<string, string> {
   return m;
 }
 
+const noDeviceMapper = (target = "crypt") =>
+  new TrustvolError("EUNSUPPORTED", "this kernel has no device-mapper (no /dev/mapper/control)", `enable CONFIG_BLK_DEV_DM and CONFIG_DM_${target.toUpperCase()}, or load dm_mod`);
+
+const firstLines = (s: string) => s.split("\n").map((l) => l.trim()).filter((l) => l && !/^Command failed\.?$/.test(l)).join("; ");
+
+/** Failures every dmsetup call can meet: no device-mapper, no permission. Undefined when it is something else. */
+function commonFailure(op: string, stderr: string, target?: string): TrustvolError | undefined {
+  if (/Permission denied|Operation not permitted/i.test(stderr) && !/Key|signature/i.test(stderr))
+    return new TrustvolError("EDEVICE", `no access to device-mapper (dmsetup ${op}: ${firstLines(stderr)})`, "run as root");
+  if (/Failure to communicate with kernel device-mapper|kernel driver \(unknown version\)/i.test(stderr)) return noDeviceMapper(target);
+  return undefined;
+}
+
+/** Make sure the kernel offers a target (loading its module when it is one). */
+export function requireTarget(target: "crypt" | "verity" | "linear" | "integrity", o?: DmsetupOptions): void {
+  if (!deviceMapperPresent()) throw noDeviceMapper(target);
+  const has = () => {
+    const r = dmsetupRun(["targets"], undefined, o);
+    if (r.status !== 0) throw commonFailure("targets", r.stderr, target) ?? new TrustvolError("EIO", `dmsetup targets failed: ${firstLines(r.stderr)}`);
+    return new RegExp(`^${target}\\s`, "m").test(r.stdout);
+  };
+  if (has()) return;
+  spawnSync("modprobe", ["-q", `dm-${target}`], { stdio: "ignore", timeout: 30_000 });
+  if (!has()) throw new TrustvolError("EUNSUPPORTED", `this kernel has no dm-${target} target`, `load it (modprobe dm-${target}) or build the kernel with CONFIG_DM_${target.toUpperCase()}`);
+}
+
 export function deviceMapperPresent(): boolean {
   if (existsSync("/dev/mapper/control")) return true;
   try {
@@ -75,10 +103,26 @@ export function dmInfo(name: string, o?: DmsetupOptions): DmInfo | undefined {
   return { name: n!, uuid: uuid ?? "", open: Number(open), major: Number(major), minor: Number(minor), readOnly: (attr ?? "").includes("r"), suspended: (attr ?? "").startsWith("s") };
 }
 
+export function dmExists(name: string, o?: DmsetupOptions): boolean {
+  return dmInfo(name, o) !== undefined;
+}
+
+function queryFailure(op: string, name: string, stderr: string): TrustvolError {
+  if (/not exist|No such device/i.test(stderr)) return new TrustvolError("ENOENT", `no mapping named ${name}`, "list mappings with `dmsetup ls`");
+  return commonFailure(op, stderr) ?? new TrustvolError("EIO", `dmsetup ${op} ${name} failed: ${firstLines(stderr)}`);
+}
+
 /** The live table of a mapping (keys are shown as dmsetup shows them: keyring references, or zeros for inline keys). */
 export function dmTable(name: string, o?: DmsetupOptions): string {
   const r = dmsetupRun(["table", name], undefined, o);
-  if (r.status !== 0) throw new TrustvolError("ENOENT", `no mapping named ${name}`, "list mappings with `dmsetup ls`");
+  if (r.status !== 0) throw queryFailure("table", name, r.stderr);
+  return r.stdout.trim();
+}
+
+/** The targets' status lines (`dmsetup status`). */
+export function dmStatus(name: string, o?: DmsetupOptions): string {
+  const r = dmsetupRun(["status", name], undefined, o);
+  if (r.status !== 0) throw queryFailure("status", name, r.stderr);
   return r.stdout.trim();
 }
 
@@ -98,23 +142,69 @@ export interface CreateContext {
   /** What the table needs, to explain a refusal: the cipher and the key type. */
   cipher?: string;
   keyType?: string;
+  /** A target-specific explanation of a refusal (stderr, kernel log lines written meanwhile); undefined = the generic one. */
+  explain?: (stderr: string, kernel: string[]) => TrustvolError | undefined;
 }
 
-/** Create and activate a mapping from a keyring-only table (stdin). Explains the usual kernel refusals. */
-export function dmCreate(name: string, table: string, opts: { uuid?: string; readOnly?: boolean } = {}, ctx: CreateContext = {}, o?: DmsetupOptions): void {
+export interface CreateOptions {
+  uuid?: string;
+  readOnly?: boolean;
+}
+
+/**
+ * Create and activate a mapping from a keyring-only table (one or more lines, on stdin). Explains the usual kernel
+ * refusals. A multi-target table (re-encryption: old-key, new-key and linear segments) is one string of lines.
+ */
+export function dmCreate(name: string, table: string, opts: CreateOptions = {}, ctx: CreateContext = {}, o?: DmsetupOptions): void {
+  checkMappingName(name);
   assertKeyringOnly(table);
-  if (!deviceMapperPresent()) throw new TrustvolError("EUNSUPPORTED", "this kernel has no device-mapper (no /dev/mapper/control)", "enable CONFIG_BLK_DEV_DM and CONFIG_DM_CRYPT, or load dm_mod / dm_crypt");
+  if (!deviceMapperPresent()) throw noDeviceMapper();
   if (dmInfo(name, o)) throw new TrustvolError("EBUSY", `a mapping named ${name} already exists`, `close it first (trustvol close ${name}) or pick another name`);
   const args = ["create", name, ...(opts.uuid ? ["--uuid", opts.uuid] : []), ...(opts.readOnly ? ["--readonly"] : [])];
+  const before = ctx.explain ? kernelLog().length : 0; // only a target-specific explanation reads the kernel's lines
   const r = dmsetupRun(args, table + "\n", o);
   if (r.status === 0) return;
-  throw explainCreateFailure(name, r.stderr, ctx, o);
+  const after = ctx.explain ? kernelLog() : [];
+  const kernel = after.slice(Math.min(before, after.length));
+  // A failed create can leave an empty device behind (dmsetup creates, then loads): never leave it.
+  if (dmInfo(name, o)) dmsetupRun(["remove", name], undefined, o);
+  throw ctx.explain?.(r.stderr, kernel) ?? commonFailure("create", r.stderr) ?? explainCreateFailure(name, r.stderr, ctx, o);
+}
+
+/** Load a new (inactive) table into an existing mapping; it takes effect at the next resume. */
+export function dmLoad(name: string, table: string, o?: DmsetupOptions): void {
+  assertKeyringOnly(table);
+  const r = dmsetupRun(["load", name], table + "\n", o);
+  if (r.status !== 0) throw commonFailure("load", r.stderr) ?? new TrustvolError("EDEVICE", `device-mapper refused the new table for ${name}: ${firstLines(r.stderr)}`);
+}
+
+/** Suspend I/O to a mapping. noflush: keep queued I/O (a mounted file system keeps running, as cryptsetup reencrypt does). */
+export function dmSuspend(name: string, opts: { noflush?: boolean; nolockfs?: boolean } = {}, o?: DmsetupOptions): void {
+  const r = dmsetupRun(["suspend", ...(opts.noflush ? ["--noflush"] : []), ...(opts.nolockfs ? ["--nolockfs"] : []), name], undefined, o);
+  if (r.status !== 0) throw queryFailure("suspend", name, r.stderr);
+}
+
+/** Resume a mapping (activating a table loaded with dmLoad). */
+export function dmResume(name: string, o?: DmsetupOptions): void {
+  const r = dmsetupRun(["resume", name], undefined, o);
+  if (r.status !== 0) throw queryFailure("resume", name, r.stderr);
+}
+
+/** Replace a live mapping's table: load, suspend, resume (the table switch is atomic for I/O). */
+export function dmReload(name: string, table: string, opts: { noflush?: boolean } = {}, o?: DmsetupOptions): void {
+  dmLoad(name, table, o);
+  dmSuspend(name, { noflush: opts.noflush }, o);
+  dmResume(name, o);
+}
+
+/** Kernel log lines (best effort: dmesg may be restricted), to say why the kernel refused a table. */
+export function kernelLog(): string[] {
+  const r = spawnSync("dmesg", [], { encoding: "utf8", timeout: 5000 });
+  return r.status === 0 && r.stdout ? r.stdout.trim().split("\n") : [];
 }
 
 function lastKernelDmLine(): string | undefined {
-  const r = spawnSync("dmesg", [], { encoding: "utf8", timeout: 5000 });
-  if (r.status !== 0 || !r.stdout) return undefined;
-  const lines = r.stdout.trim().split("\n").filter((l) => /device-mapper|crypt/.test(l));
+  const lines = kernelLog().filter((l) => /device-mapper|crypt/.test(l));
   return lines.pop()?.replace(/^\[[^\]]*\]\s*/, "");
 }
 
@@ -150,7 +240,6 @@ export function explainCreateFailure(name: string, stderr: string, ctx: CreateCo
 export function dmRemove(name: string, opts: { deferred?: boolean } = {}, o?: DmsetupOptions): void {
   const r = dmsetupRun(["remove", "--retry", ...(opts.deferred ? ["--deferred"] : []), name], undefined, o);
   if (r.status === 0) return;
-  if (/not exist|No such device/i.test(r.stderr)) throw new TrustvolError("ENOENT", `no mapping named ${name}`, "list mappings with `dmsetup ls`");
-  if (/busy|in use/i.test(r.stderr)) throw new TrustvolError("EBUSY", `${name} is in use (${r.stderr.split("\n").pop()})`, "unmount it and close whatever holds it open; or use --deferred");
-  throw new TrustvolError("EDEVICE", `dmsetup remove ${name} failed: ${r.stderr.split("\n").pop()}`);
+  if (/busy|in use/i.test(r.stderr)) throw new TrustvolError("EBUSY", `${name} is in use (${r.stderr.split("\n").pop()})`, `unmount it first (umount /dev/mapper/${name}) and close whatever holds it open`);
+  throw queryFailure("remove", name, r.stderr);
 }

@@ -56,6 +56,7 @@ function setAutoclear(fd: number): boolean {
 /** Attach `file` to a free loop device. */
 export function loopAttach(file: string, opts: { readOnly?: boolean } = {}): LoopHandle {
   const device = losetup(["-f", "--show", ...(opts.readOnly ? ["-r"] : []), file]);
+  const backing = loopBackingFile(device);
   let fd: number | undefined;
   let autoclear = false;
   try {
@@ -74,7 +75,8 @@ export function loopAttach(file: string, opts: { readOnly?: boolean } = {}): Loo
     release,
     detach: () => {
       release();
-      if (loopBackingFile(device) !== undefined) spawnSync("losetup", ["-d", device]);
+      // Only ours: after autoclear the same /dev/loopN may already serve another file.
+      if (loopBackingFile(device) !== undefined && loopBackingFile(device) === backing) spawnSync("losetup", ["-d", device]);
     },
   };
 }

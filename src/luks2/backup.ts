@@ -4,9 +4,9 @@ import type { BlockDevice } from "../blockdev/types.js";
 import { MemoryBlockDevice } from "../blockdev/memory.js";
 import { TrustvolError } from "../util/errors.js";
 import { atomicWriteFileSync } from "../util/atomic.js";
-import { readHeader, probeLuksVersion, encodeHeaderCopies } from "./header.js";
-import { LUKS2_MAGIC_PRIMARY, LUKS2_MAGIC_SECONDARY } from "./constants.js";
-import { u64Num } from "./metadata.js";
+import { readHeader, probeLuksVersion, encodeHeaderCopies, writeHeader } from "./header.js";
+import { LUKS2_MAGIC_PRIMARY, LUKS2_MAGIC_SECONDARY, ALIGN_4K } from "./constants.js";
+import { u64Num, type Luks2Metadata } from "./metadata.js";
 
 /** Bytes the backup covers: both metadata copies and the keyslots area (cryptsetup LUKS2_hdr_and_areas_size). */
 export function backupSize(hdrSize: number, keyslotsSize: number): number {
@@ -35,9 +35,45 @@ export interface RestoreOptions {
   force?: boolean;
 }
 
+type Range = [number, number]; // [start, end) in bytes
+
+const overlaps = (a: Range, b: Range) => a[0] < b[1] && b[0] < a[1];
+
+function keyslotRanges(m: Luks2Metadata): { id: string; range: Range }[] {
+  return Object.entries(m.keyslots).map(([id, ks]) => {
+    const off = u64Num(ks.area.offset, "area.offset");
+    return { id, range: [off, off + u64Num(ks.area.size, "area.size")] as Range };
+  });
+}
+
+/** Lowest 4 KiB-aligned offset in [lo, hi) where `size` bytes avoid every taken range, or -1. Pure. */
+function firstFit(lo: number, hi: number, size: number, taken: Range[]): number {
+  let pos = lo;
+  for (const [s, e] of [...taken].sort((a, b) => a[0] - b[0])) {
+    if (s - pos >= size) break;
+    if (e > pos) pos = Math.ceil(e / ALIGN_4K) * ALIGN_4K;
+  }
+  return pos + size <= hi ? pos : -1;
+}
+
+async function sameBytes(dev: BlockDevice, offset: number, data: Buffer): Promise<boolean> {
+  if (offset + data.length > dev.size) return false;
+  const cur = Buffer.alloc(data.length);
+  await dev.read(cur, offset);
+  return cur.equals(data);
+}
+
+/** Commit two header copies: secondary, flush, primary, flush (the caller has made sure both current copies agree). */
+async function commitCopies(dev: BlockDevice, [p, s]: [Buffer, Buffer], hdrSize: number): Promise<void> {
+  await dev.write(s, hdrSize);
+  await dev.flush();
+  await dev.write(p, 0);
+  await dev.flush();
+}
+
 /**
- * Restore a header backup onto a device. Validates the backup fully before touching the device; the write is
- * idempotent, so if it is interrupted the same command can be run again from the intact backup file.
+ * Restore a header backup onto a device. Validates the backup fully before touching the device; if it is interrupted
+ * the device opens with its old or with the restored passphrases, and the same command can be run again.
  */
 export async function restoreHeader(dev: BlockDevice, path: string, opts: RestoreOptions = {}): Promise<{ uuid: string }> {
   let img: Buffer;
@@ -61,26 +97,74 @@ export async function restoreHeader(dev: BlockDevice, path: string, opts: Restor
   if (dataOffset > 0 && dev.size < dataOffset && (dev as { isBlockDevice?: boolean }).isBlockDevice)
     throw new TrustvolError("ENOSPC", `${dev.name} is smaller than the backup's data offset (${dataOffset})`);
   // Only a device that holds this same volume (or a LUKS header too damaged to read) is restored without --force.
-  let currentSeqid = -1n;
   const cur = await readHeader(dev).catch(() => null);
   if (cur) {
-    currentSeqid = cur.header.seqid;
     if (cur.header.uuid !== backup.header.uuid && !opts.force)
       throw new TrustvolError("EUSAGE", `${dev.name} holds a different LUKS2 volume (UUID ${cur.header.uuid}, backup is ${backup.header.uuid})`, "pass --force to overwrite it");
   } else if (!opts.force && !(await hasLuksMagic(dev, backup.header.hdrSize))) {
     const v = await probeLuksVersion(dev).catch(() => null);
     throw new TrustvolError("EUSAGE", `${dev.name} ${v === 1 ? "is a LUKS1 volume" : "has no LUKS header"}; restoring would overwrite its first ${size} bytes`, "pass --force if that is really the device");
   }
-  // Keyslots area first, then the secondary, then the primary header: the header copies are what make it "live".
-  // If the device's current header is newer, the restored copies get a higher seqid so they win over any leftover copy.
+
+  // Invariant: at every instant the header a reader picks is either the current one with all its keyslot areas intact
+  // or the restored one (perhaps staged with moved areas) with all its areas written: restored areas go only where the
+  // current header keeps nothing, a commit writes the secondary (higher seqid) before the primary over two agreeing
+  // copies, and bytes the current header uses are overwritten only once a restored header has superseded it.
   const hs = backup.header.hdrSize;
-  let copies: [Buffer, Buffer] = [img.subarray(0, hs), img.subarray(hs, 2 * hs)];
-  if (currentSeqid >= backup.header.seqid) copies = encodeHeaderCopies({ ...backup.header, seqid: currentSeqid + 1n });
-  await dev.write(img.subarray(2 * hs, size), 2 * hs);
+  const oldHs = cur?.header.hdrSize ?? hs;
+  const live: Range[] = cur ? [[0, 2 * oldHs], ...keyslotRanges(cur.header.metadata).map((k) => k.range)] : [];
+  // A larger restored header would write over live keyslots in the same writes that replace the current copies.
+  if (cur && hs > oldHs && keyslotRanges(cur.header.metadata).some((k) => overlaps(k.range, [0, 2 * hs])))
+    throw new TrustvolError("EUNSUPPORTED", `${dev.name}: the backup's larger header would overwrite live keyslots before it takes over; refusing`, "remove the keyslots at the start of the device's keyslots area first, or restore onto a wiped device");
+  const areas = keyslotRanges(backup.header.metadata);
+  const staged = structuredClone(backup.header.metadata); // the backup's metadata with colliding areas moved aside
+  const taken: Range[] = [...live, ...areas.map((a) => a.range)];
+  const firstWrites: { off: number; data: Buffer }[] = [];
+  const finalWrites: { off: number; data: Buffer }[] = [];
+  for (const { id, range } of areas) {
+    const data = img.subarray(range[0], range[1]);
+    if (await sameBytes(dev, range[0], data)) continue; // already in place (the same keyslot on the same volume)
+    if (!live.some((r) => overlaps(r, range))) {
+      firstWrites.push({ off: range[0], data });
+      continue;
+    }
+    const at = firstFit(2 * hs, size, data.length, taken);
+    if (at < 0)
+      throw new TrustvolError("ENOSPC", `${dev.name}: no free space in the keyslots area to stage the backup's keyslot ${id} without destroying the live one`, "remove unused keyslots on the device first, or zero its header (then nothing old needs keeping) and restore with --force");
+    taken.push([at, at + data.length]);
+    staged.keyslots[id]!.area.offset = String(at);
+    firstWrites.push({ off: at, data });
+    finalWrites.push({ off: range[0], data });
+  }
+
+  // Make both current copies agree first, so either can be overwritten while the other still holds the current state.
+  let seqid = -1n;
+  if (cur) {
+    if (cur.needsRepair) {
+      const p = cur.primary, s = cur.secondary;
+      const primaryIsStale = !p.ok || (s.ok && (s.seqid ?? 0n) > (p.seqid ?? 0n));
+      await writeHeader(dev, cur.header, { firstCopy: primaryIsStale ? "primary" : "secondary" });
+    }
+    seqid = cur.header.seqid;
+  }
+  for (const w of firstWrites) await dev.write(w.data, w.off);
   await dev.flush();
-  await dev.write(copies[1], hs);
-  await dev.flush();
-  await dev.write(copies[0], 0);
+  if (finalWrites.length) {
+    seqid += 1n;
+    await commitCopies(dev, encodeHeaderCopies({ ...backup.header, seqid, metadata: staged }), hs);
+    for (const w of finalWrites) await dev.write(w.data, w.off);
+    await dev.flush();
+  }
+  // The backup's own copies, byte for byte, unless a newer header has been on the device: then they must outrank it.
+  if (seqid < backup.header.seqid) await commitCopies(dev, [img.subarray(0, hs), img.subarray(hs, 2 * hs)], hs);
+  else await commitCopies(dev, encodeHeaderCopies({ ...backup.header, seqid: seqid + 1n }), hs);
+  // Now only the restored header is live: the rest of its keyslots area (free space, old material) as in the backup.
+  const used = areas.map((a) => a.range).sort((a, b) => a[0] - b[0]);
+  let pos = 2 * hs;
+  for (const [s, e] of [...used, [size, size] as Range]) {
+    if (s > pos) await dev.write(img.subarray(pos, s), pos);
+    pos = Math.max(pos, e);
+  }
   await dev.flush();
   return { uuid: backup.header.uuid };
 }

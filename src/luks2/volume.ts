@@ -156,7 +156,10 @@ export class Luks2Volume {
     try {
       await this.storeKeyslot(volumeKey, passphrase, slot, opts, (m) => {
         m.tokens[String(tokenId)] = structuredClone(tokenJson) as Luks2Token;
+        // like systemd-cryptenroll --wipe-slot: a token whose keyslots all went goes too, whatever its type
+        const emptied = Object.keys(m.tokens).filter((id) => m.tokens[id]!.keyslots.some((k) => removed.includes(Number(k))));
         for (const k of removed) dropKeyslot(m, String(k));
+        for (const id of emptied) if (!m.tokens[id]?.keyslots.length) delete m.tokens[id];
       });
     } finally {
       wipe(passphrase);

@@ -7,7 +7,7 @@ import type { Tpm2TrustSource } from "../trust/tpm2/index.js";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import { withTpm } from "./handlers.js";
-import { enrollToken, resolveWipeSlots, TOKEN_KEYSLOT_PBKDF } from "./tokens.js";
+import { enrollToken, resolveWipeSlotsFull, TOKEN_KEYSLOT_PBKDF } from "./tokens.js";
 import { unlock, withVolume, type SecretInput, type UnlockOptions } from "./unlock.js";
 import type { LuksHandle } from "./volume.js";
 
@@ -18,7 +18,16 @@ export const CLEVIS_KEYSLOT_PBKDF: Readonly<PbkdfOptions> = { type: "pbkdf2", ha
  * How to get the volume key for the enrolment: an existing passphrase (bytes, or a function asked only after the
  * volume opened and wipeSlots checked out), the raw volume key, or the volume's enrolled tokens.
  */
-export type EnrollUnlock = { passphrase: SecretInput } | { volumeKey: Uint8Array } | { tokens: Omit<UnlockOptions, "passphrase" | "keyslot" | "header"> };
+export type EnrollUnlock =
+  | {
+      passphrase: SecretInput;
+      /** How many times a passphrase function may be asked while the passphrase is wrong (default 1; cryptsetup's --tries). */
+      tries?: number;
+      /** Told about each wrong passphrase that is followed by another try. */
+      onWrongPassphrase?: (err: TrustvolError, attempt: number) => void;
+    }
+  | { volumeKey: Uint8Array }
+  | { tokens: Omit<UnlockOptions, "passphrase" | "keyslot" | "header"> };
 
 export interface EnrollOptions {
   unlock: EnrollUnlock;
@@ -26,7 +35,10 @@ export interface EnrollOptions {
   header?: string;
   /** Keyslot for the new key (default: the first free one). */
   keyslot?: number;
-  /** Remove keyslots in the same header commit, as systemd-cryptenroll --wipe-slot: "password", "all" or "0,31". */
+  /**
+   * Remove keyslots in the same header commit, as systemd-cryptenroll (257) --wipe-slot: a comma list of all, empty,
+   * password, recovery, pkcs11, fido2, tpm2 and keyslot numbers, e.g. "password" or "tpm2,0".
+   */
   wipeSlots?: string;
 }
 
@@ -46,12 +58,18 @@ async function volumeKeyFor(h: LuksHandle, u: EnrollUnlock): Promise<Buffer> {
     return Buffer.from(u.volumeKey);
   }
   if ("tokens" in u) return (await unlock(h, { ...u.tokens, tokenOnly: true })).volumeKey;
-  const asked = !(u.passphrase instanceof Uint8Array);
-  const pass = u.passphrase instanceof Uint8Array ? u.passphrase : await u.passphrase();
-  try {
-    return (await h.unlock(pass)).volumeKey;
-  } finally {
-    if (asked) wipe(pass);
+  const ask = u.passphrase;
+  const tries = ask instanceof Uint8Array ? 1 : Math.max(1, u.tries ?? 1);
+  for (let attempt = 1; ; attempt++) {
+    const pass = ask instanceof Uint8Array ? ask : await ask();
+    try {
+      return (await h.unlock(pass)).volumeKey;
+    } catch (e) {
+      if (attempt >= tries || !(e instanceof TrustvolError) || e.code !== "EBADPASS") throw e;
+      u.onWrongPassphrase?.(e, attempt);
+    } finally {
+      if (!(ask instanceof Uint8Array)) wipe(pass);
+    }
   }
 }
 
@@ -66,7 +84,7 @@ async function enrollWith<S>(
 ): Promise<EnrollResult> {
   return withVolume(volume, { ...(o.header ? { header: o.header } : {}), readOnly: false }, async (h) => {
     const v = h.requireLuks2("enroll");
-    const removeSlots = resolveWipeSlots(v, o.wipeSlots);
+    const removeSlots = await resolveWipeSlotsFull(v, o.wipeSlots);
     const vk = await volumeKeyFor(h, o.unlock);
     try {
       const r = await p.withSource((src) =>
@@ -97,6 +115,8 @@ export interface EnrollTpm2Options extends EnrollOptions {
   publicKey?: Buffer;
   /** PCRs covered by the signed policy (default [11]). */
   publicKeyPcrs?: number[];
+  /** As systemd 255+: seal under the persistent SRK at 0x81000001 (created if missing), PIN salted (tpm2_srk, tpm2_salt). */
+  srk?: boolean;
 }
 
 /** Seal a new keyslot's passphrase to the TPM (systemd-tpm2 token, as systemd-cryptenroll 252 writes it). */
@@ -113,6 +133,7 @@ export async function enrollTpm2(volume: string | LuksHandle, o: EnrollTpm2Optio
         primaryAlg: o.primaryAlg ?? "ecc",
         ...(o.pin ? { pin: o.pin } : {}),
         ...(o.publicKey ? { pubkey: o.publicKey, pubkeyPcrs: o.publicKeyPcrs ?? [11] } : {}),
+        ...(o.srk ? { srk: true } : {}),
       });
       return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
     },

@@ -29,7 +29,9 @@ export const BUILTIN_TOKEN_HANDLERS: readonly TokenHandler[] = [
     needsPin: (token) => token["tpm2-pin"] === true || token["tpm2_pin"] === true,
     passphrase: async (token, ctx) => {
       const { unlockSystemdTpm2Token } = await import("../tokens/systemd-tpm2.js");
-      return withTpm(ctx, (tpm) => unlockSystemdTpm2Token(token, tpm, ctx.pin ? { pin: ctx.pin } : {}));
+      const { readFileSync } = await import("node:fs");
+      const signature = ctx.tpm2Signature ? readFileSync(ctx.tpm2Signature) : undefined;
+      return withTpm(ctx, (tpm) => unlockSystemdTpm2Token(token, tpm, { ...(ctx.pin ? { pin: ctx.pin } : {}), ...(signature ? { signature } : {}) }));
     },
   },
   {

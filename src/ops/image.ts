@@ -10,7 +10,8 @@ import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import { fsyncDir } from "../util/atomic.js";
 import { dirname, resolve } from "node:path";
-import { planFormat, type FormatOptions } from "../luks2/format.js";
+import { planFormat, type FormatOptions, type FormatPlan } from "../luks2/format.js";
+import { probeFilesystem, chooseEncryptionSectorSize, FS_PROBE_BYTES, type FsProbe } from "../fs/probe.js";
 import { LuksHandle } from "./volume.js";
 
 export type Progress = (done: number, total: number) => void;
@@ -89,15 +90,29 @@ export interface EncryptImageOptions extends FormatOptions {
   sync?: boolean;
 }
 
-/** Encrypt a plain image into a new LUKS2 image (or data file + detached header). Returns the new volume's UUID. */
-export async function encryptImage(input: string, output: string, passphrase: Uint8Array, opts: EncryptImageOptions = {}): Promise<{ uuid: string; dataOffset: number; dataLength: number }> {
+/**
+ * Encrypt a plain image into a new LUKS2 image (or data file + detached header). Returns the new volume's UUID.
+ * The sector size defaults to the largest the image's file system can be mounted on; `sectorSize` is a request.
+ */
+export async function encryptImage(input: string, output: string, passphrase: Uint8Array, opts: EncryptImageOptions = {}): Promise<{ uuid: string; dataOffset: number; dataLength: number; sectorSize: number; filesystem?: FsProbe }> {
   const abs = (p: string) => resolve(p);
   if (abs(input) === abs(output)) throw new TrustvolError("EUSAGE", "input and output must differ", "encryption in place is not supported yet: write a new image");
   if (opts.header && (abs(opts.header) === abs(output) || abs(opts.header) === abs(input))) throw new TrustvolError("EUSAGE", "--header must name a file other than the input and the output");
   refuseExisting(output, opts.force);
   if (opts.header) refuseExisting(opts.header, opts.force);
   const src = await FileBlockDevice.open(input, { readOnly: true });
-  const plan = await planFormat(passphrase, opts, !!opts.header);
+  let plan: FormatPlan;
+  let fs: FsProbe | undefined;
+  try {
+    const head = Buffer.alloc(Math.min(FS_PROBE_BYTES, src.size));
+    await src.read(head, 0);
+    fs = probeFilesystem(head);
+    const sectorSize = chooseEncryptionSectorSize({ fsBlockSize: fs?.blockSize, fsType: fs?.type, requested: opts.sectorSize });
+    plan = await planFormat(passphrase, { ...opts, sectorSize }, !!opts.header);
+  } catch (e) {
+    await src.close();
+    throw e;
+  }
   const ss = plan.header.metadata.segments["0"]!.sector_size!;
   const dataOffset = Number(plan.header.metadata.segments["0"]!.offset);
   const dataLength = Math.ceil(src.size / ss) * ss;
@@ -120,7 +135,7 @@ export async function encryptImage(input: string, output: string, passphrase: Ui
     await hdr.write(plan.copies[1], plan.header.hdrSize);
     if (hdr !== dst) await finish(hdr, tmpHdr!, opts.header!, opts.sync ?? true);
     await finish(dst, tmp, output, opts.sync ?? true);
-    return { uuid: plan.header.uuid, dataOffset, dataLength };
+    return { uuid: plan.header.uuid, dataOffset, dataLength, sectorSize: ss, filesystem: fs };
   } catch (e) {
     await dst?.close().catch(() => {});
     if (hdr && hdr !== dst) await hdr.close().catch(() => {});

@@ -8,8 +8,7 @@
 // optionally loaded first from a trusted-key blob, or a CAAM black key loaded as a logon key.
 // Image files get a loop device with autoclear; the dm UUID follows cryptsetup (CRYPT-LUKS2-<uuid>-<name>,
 // CRYPT-PLAIN-<name>) so cryptsetup, systemd and lsblk recognise the mappings.
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync, openSync, closeSync, ftruncateSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, readFileSync, statSync, openSync, closeSync, ftruncateSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { TrustvolError, usage } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
@@ -19,13 +18,9 @@ import { LuksHandle } from "./volume.js";
 import { paddKey, searchKey, unlinkKey, type KeyRef, type KeyctlOptions } from "../trust/kernel/keyring.js";
 import { createTrustedKey, detectTrustedSource, exportTrustedKey, loadTrustedKey, parseTrustedBlob, type TrustedKeyOptions, type TrustedKeySource, type TpmHash } from "../trust/kernel/trusted.js";
 import { checkMappingName, cryptTable, type CryptTableSpec, type KeyringKeyRef, type KeyringKeyType } from "../dm/table.js";
-import { dmCreate, dmDeps, dmInfo, dmRemove } from "../dm/dmsetup.js";
-import { isBlockDevice, loopAttach, loopBackingFile, loopDetach, loopDeviceFor, type LoopHandle } from "../dm/loop.js";
-
-/** Where trustvol remembers loop devices it attached without autoclear (one small file per mapping). */
-export function stateDir(): string {
-  return process.env.TRUSTVOL_STATE_DIR || "/run/trustvol-volumes";
-}
+import { dmCreate } from "../dm/dmsetup.js";
+import { isBlockDevice, loopAttach, loopBackingFile, type LoopHandle } from "../dm/loop.js";
+import { closeMapping, rememberMapping } from "../dm/state.js";
 
 export interface OpenResult {
   name: string;
@@ -80,12 +75,11 @@ async function underlying(path: string, readOnly: boolean, dryRun: boolean): Pro
 }
 
 function remember(name: string, r: OpenResult): void {
-  if (!r.loop || r.loopAutoclear) return;
+  if (!r.loop) return;
   try {
-    mkdirSync(stateDir(), { recursive: true, mode: 0o700 });
-    atomicWriteFileSync(join(stateDir(), `${name}.json`), Buffer.from(JSON.stringify({ name, loop: r.loop, backing: loopBackingFile(r.loop) }) + "\n"), 0o600);
+    rememberMapping({ name, dmUuid: r.uuid, loops: [{ device: r.loop, backing: loopBackingFile(r.loop) }] });
   } catch {
-    /* close falls back to the table's device */
+    /* the mapping is up; without the record close detaches only what autoclear does */
   }
 }
 
@@ -306,27 +300,9 @@ export interface CloseResult {
 }
 
 export function closeVolume(name: string, opts: { deferred?: boolean } = {}): CloseResult {
-  checkMappingName(name);
-  const deps = dmDeps(name);
-  if (!deps.length && !dmInfo(name)) throw new TrustvolError("ENOENT", `no mapping named ${name}`, "list mappings with `dmsetup ls`");
-  const stateFile = join(stateDir(), `${name}.json`);
-  let remembered: { loop?: string; backing?: string } | undefined;
-  try {
-    remembered = JSON.parse(readFileSync(stateFile, "utf8"));
-  } catch {
-    remembered = undefined;
-  }
-  dmRemove(name, opts);
-  const loop = deps.length === 1 ? loopDeviceFor(deps[0]![0], deps[0]![1]) : undefined;
-  const res: CloseResult = { name };
-  if (loop) {
-    res.loop = loop;
-    // autoclear: the kernel detached it when dm released it; else detach what we remember attaching
-    if (remembered?.loop === loop && loopBackingFile(loop) === remembered.backing && !opts.deferred) loopDetach(loop);
-    res.loopDetached = loopBackingFile(loop) === undefined;
-  }
-  if (!opts.deferred) rmSync(stateFile, { force: true }); // deferred: the loop is still ours to detach later
-  return res;
+  const r = closeMapping(name, opts);
+  const loop = r.loops[0];
+  return { name, ...(loop ? { loop, loopDetached: r.detached.includes(loop) } : {}) };
 }
 
 // ------------------------------------------------------------------ trusted-key volumes (seed 000 convenience)
@@ -412,7 +388,9 @@ export function readTrustedVolumeDescriptor(path: string): TrustedVolumeDescript
   try {
     d = JSON.parse(readFileSync(path, "utf8"));
   } catch (e) {
-    throw new TrustvolError((e as NodeJS.ErrnoException).code === "ENOENT" ? "ENOENT" : "ECORRUPT", `cannot read the key descriptor ${path}: ${(e as Error).message.split("\n")[0]}`, "restore it from backup; without it the volume cannot be opened");
+    const missing = (e as NodeJS.ErrnoException).code === "ENOENT";
+    const why = missing ? "does not exist" : e instanceof SyntaxError ? "is not valid JSON" : "cannot be read";
+    throw new TrustvolError(missing ? "ENOENT" : "ECORRUPT", `the key descriptor ${path} ${why}`, "restore it from backup; without it the volume cannot be opened");
   }
   if (d?.type !== "trustvol-trusted-volume" || d.version !== 1 || typeof d.blob !== "string" || !Number.isInteger(d.key_size))
     throw new TrustvolError("ECORRUPT", `${path} is not a trustvol trusted-volume descriptor`);

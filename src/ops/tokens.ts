@@ -16,6 +16,8 @@ export interface TokenUnlockContext {
   pkcs11Module?: string;
   /** TPM device selection (`auto`, a path, `swtpm:path=...`). */
   tpm2Device?: string;
+  /** Signed PCR policy file (systemd-measure's tpm2-pcr-signature.json) for tpm2_pubkey tokens; default: systemd's paths. */
+  tpm2Signature?: string;
 }
 
 /** A token type trustvol can unlock: register your own with registerTokenHandler (replaces one of the same type). */
@@ -106,22 +108,59 @@ export async function enrollToken(
   return v.addKeyslotWithToken(volumeKey, makeToken, { ...opts, pbkdf: opts.pbkdf ?? { ...TOKEN_KEYSLOT_PBKDF } });
 }
 
+/** systemd-cryptenroll's --wipe-slot type selectors and the token types they pick. */
+const WIPE_TOKEN_TYPES: Record<string, string> = { recovery: "systemd-recovery", pkcs11: "systemd-pkcs11", fido2: "systemd-fido2", tpm2: "systemd-tpm2" };
+
 /**
- * `--wipe-slot` as systemd-cryptenroll reads it: "password" (passphrase keyslots, i.e. not token-backed), "all", or a
- * list of numbers. Resolved and validated BEFORE enrolling, so a bad spec changes nothing; the enrollment then drops
- * these slots in the same header commit that adds the new one.
+ * `--wipe-slot` as systemd-cryptenroll (257) reads it: a comma list of `all` (every keyslot), `empty` (keyslots
+ * that open with an empty passphrase), `password` (keyslots no token lists), `recovery`, `pkcs11`, `fido2`, `tpm2`
+ * (keyslots of those systemd tokens) and keyslot numbers. Like systemd, a token with a wiped keyslot takes its other
+ * keyslots with it. Resolved and validated BEFORE enrolling, so a bad spec changes nothing; the enrollment then drops
+ * these slots in the same header commit that adds the new one (which is never among them). `empty` needs
+ * `emptySlots` from findEmptyPassphraseSlots (resolveWipeSlotsFull does both).
  */
-export function resolveWipeSlots(v: Luks2Volume, spec: string | undefined): number[] {
-  if (!spec) return [];
-  const tokenSlots = new Set(Object.values(v.metadata.tokens).flatMap((t) => t.keyslots.map(Number)));
+export function resolveWipeSlots(v: Luks2Volume, spec: string | undefined, emptySlots?: readonly number[]): number[] {
+  if (spec === undefined) return [];
+  if (spec === "") throw new TrustvolError("EUSAGE", "--wipe-slot: empty list", "nothing was changed");
+  const passSlots = v.keyslotIds().filter((k) => v.metadata.keyslots[String(k)]!.type === "luks2");
+  const tokens = Object.values(v.metadata.tokens);
+  const tokenSlots = new Set(tokens.flatMap((t) => t.keyslots.map(Number)));
   const out = new Set<number>();
   for (const part of spec.split(",")) {
-    if (part === "password") v.keyslotIds().filter((k) => !tokenSlots.has(k) && v.metadata.keyslots[String(k)]!.type === "luks2").forEach((k) => out.add(k));
-    else if (part === "all") v.keyslotIds().forEach((k) => out.add(k));
-    else if (/^[0-9]+$/.test(part) && Number(part) <= 31) {
+    if (part === "all") passSlots.forEach((k) => out.add(k));
+    else if (part === "empty") {
+      if (!emptySlots) throw new TrustvolError("EINTERNAL", "--wipe-slot=empty needs the empty-passphrase keyslots");
+      emptySlots.forEach((k) => out.add(k));
+    } else if (part === "password") passSlots.filter((k) => !tokenSlots.has(k)).forEach((k) => out.add(k));
+    else if (part in WIPE_TOKEN_TYPES) tokens.filter((t) => t.type === WIPE_TOKEN_TYPES[part]).forEach((t) => t.keyslots.forEach((k) => out.add(Number(k))));
+    else if (/^(?:0|[1-9][0-9]?)$/.test(part) && Number(part) <= 31) {
       if (!(part in v.metadata.keyslots)) throw new TrustvolError("ENOENT", `--wipe-slot: keyslot ${part} is not in use`, "nothing was changed");
       out.add(Number(part));
-    } else throw new TrustvolError("EUSAGE", `--wipe-slot: "${part}" is not password, all or a keyslot number`, "nothing was changed");
+    } else throw new TrustvolError("EUSAGE", `--wipe-slot: "${part.slice(0, 40)}" is not all, empty, password, recovery, pkcs11, fido2, tpm2 or a keyslot number 0..31`, "nothing was changed");
   }
-  return [...out].sort((a, b) => a - b);
+  // a token goes when one of its keyslots goes, and takes the rest with it (systemd-cryptenroll's wipe_slots)
+  for (const t of tokens) if (t.keyslots.some((k) => out.has(Number(k)))) t.keyslots.forEach((k) => out.add(Number(k)));
+  return [...out].filter((k) => String(k) in v.metadata.keyslots).sort((a, b) => a - b);
+}
+
+/** Keyslots that open with the empty passphrase (`--wipe-slot=empty`). */
+export async function findEmptyPassphraseSlots(v: Luks2Volume): Promise<number[]> {
+  const out: number[] = [];
+  for (const k of v.keyslotIds()) {
+    if (v.metadata.keyslots[String(k)]!.type !== "luks2") continue;
+    try {
+      const { volumeKey } = await v.unlock(Buffer.alloc(0), { slot: k });
+      wipe(volumeKey);
+      out.push(k);
+    } catch (e) {
+      if (!(e instanceof TrustvolError && (e.code === "EBADPASS" || e.code === "ENOKEY"))) throw e;
+    }
+  }
+  return out;
+}
+
+/** resolveWipeSlots, trying the empty passphrase on each keyslot first when the spec says `empty`. */
+export async function resolveWipeSlotsFull(v: Luks2Volume, spec: string | undefined): Promise<number[]> {
+  const needEmpty = spec?.split(",").includes("empty");
+  return resolveWipeSlots(v, spec, needEmpty ? await findEmptyPassphraseSlots(v) : undefined);
 }

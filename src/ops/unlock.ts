@@ -35,6 +35,15 @@ export interface UnlockOptions {
   tpm2Device?: string;
   /** PKCS#11 module for systemd-pkcs11 tokens (default: p11-kit registrations). */
   pkcs11Module?: string;
+  /** Signed PCR policy file (systemd-measure's tpm2-pcr-signature.json) for tpm2_pubkey tokens; default: systemd's paths. */
+  tpm2Signature?: string;
+  /**
+   * How many times a passphrase function may be asked while the passphrase it gives is wrong (default 1). Bytes
+   * given as the passphrase are tried once.
+   */
+  tries?: number;
+  /** Told about each wrong passphrase that is followed by another try (e.g. to print it before the next prompt). */
+  onWrongPassphrase?: (err: TrustvolError, attempt: number) => void;
 }
 
 export interface VolumeUnlockResult {
@@ -75,7 +84,7 @@ async function unlockHandle(h: LuksHandle, o: UnlockOptions): Promise<VolumeUnlo
     : [];
   let tokenError: TrustvolError | undefined;
   if (wantTokens || (!givenPass && o.keyslot === undefined && usable.length)) {
-    const ctx = { tpm2Device: o.tpm2Device, pkcs11Module: o.pkcs11Module };
+    const ctx = { tpm2Device: o.tpm2Device, pkcs11Module: o.pkcs11Module, ...(o.tpm2Signature ? { tpm2Signature: o.tpm2Signature } : {}) };
     let pin: Uint8Array | undefined;
     let ownPin = false;
     try {
@@ -96,21 +105,29 @@ async function unlockHandle(h: LuksHandle, o: UnlockOptions): Promise<VolumeUnlo
       if (ownPin) wipe(pin);
     }
   }
-  let pass: Uint8Array;
-  if (o.passphrase instanceof Uint8Array) pass = o.passphrase;
-  else if (o.passphrase) {
-    try {
-      pass = await o.passphrase();
-    } catch (e) {
-      // Nothing to fall back to (no terminal, empty stdin): the token's reason is the useful one.
-      if (tokenError && e instanceof TrustvolError && e.code === "EUSAGE") throw tokenError;
-      throw e;
+  const ask = o.passphrase;
+  if (!ask) throw tokenError ?? new TrustvolError("ENOKEY", "no passphrase given and no token on this volume that trustvol can use", "pass a passphrase");
+  const tries = ask instanceof Uint8Array ? 1 : Math.max(1, o.tries ?? 1);
+  for (let attempt = 1; ; attempt++) {
+    let pass: Uint8Array;
+    if (ask instanceof Uint8Array) pass = ask;
+    else {
+      try {
+        pass = await ask();
+      } catch (e) {
+        // Nothing to fall back to (no terminal, empty stdin): the token's reason is the useful one.
+        if (tokenError && attempt === 1 && e instanceof TrustvolError && e.code === "EUSAGE") throw tokenError;
+        throw e;
+      }
     }
-  } else throw tokenError ?? new TrustvolError("ENOKEY", "no passphrase given and no token on this volume that trustvol can use", "pass a passphrase");
-  try {
-    const r = await h.unlock(pass, { ...(o.keyslot !== undefined ? { slot: o.keyslot } : {}) });
-    return { volumeKey: r.volumeKey, keyslot: r.keyslot };
-  } finally {
-    if (!givenPass) wipe(pass);
+    try {
+      const r = await h.unlock(pass, { ...(o.keyslot !== undefined ? { slot: o.keyslot } : {}) });
+      return { volumeKey: r.volumeKey, keyslot: r.keyslot };
+    } catch (e) {
+      if (attempt >= tries || !(e instanceof TrustvolError) || e.code !== "EBADPASS") throw e;
+      o.onWrongPassphrase?.(e, attempt);
+    } finally {
+      if (!givenPass) wipe(pass);
+    }
   }
 }

@@ -9,7 +9,7 @@ import { wipe, randomBytesBuf, base64Bytes } from "../util/secret.js";
 import type * as Pkcs11js from "pkcs11js";
 import { pkcs11js } from "../trust/pkcs11/pkcs11js.js";
 import { openToken } from "../trust/pkcs11/token.js";
-import { parsePkcs11Uri, formatPkcs11Uri, isSystemdValidUri, redactUri } from "../trust/pkcs11/uri.js";
+import { parsePkcs11Uri, formatPkcs11Uri, isSystemdValidUri, redactUri, headerUri } from "../trust/pkcs11/uri.js";
 import { encryptToPublicKey } from "../trust/pkcs11/source.js";
 import type { PinSource } from "../trust/pkcs11/pin.js";
 
@@ -87,7 +87,8 @@ export interface UnlockOptions {
 /** Decrypt the token's key on the PKCS#11 token and return the keyslot passphrase (caller wipes it). */
 export async function unlockSystemdPkcs11Token(tokenJson: unknown, opts: UnlockOptions): Promise<Buffer> {
   const t = decodeSystemdPkcs11Token(tokenJson);
-  const s = openToken({ uri: t.uri, ...(opts.modulePath ? { modulePath: opts.modulePath } : {}) });
+  // The header is hostile input: it never picks the module to load nor a PIN file to open.
+  const s = openToken({ uri: headerUri(parsePkcs11Uri(t.uri)), ...(opts.modulePath ? { modulePath: opts.modulePath } : {}) });
   let secret: Buffer | undefined;
   try {
     s.login(opts.pin);
@@ -121,11 +122,12 @@ export async function createSystemdPkcs11Token(opts: CreateOptions): Promise<{ t
   if (!Number.isInteger(opts.keyslot) || opts.keyslot < 0 || opts.keyslot > 31) throw usage(`bad keyslot ${opts.keyslot}`);
   const u = parsePkcs11Uri(opts.uri);
   let stored = opts.uri;
-  if (u.pinSource !== undefined || u.type === "cert" || u.type === "public" || u.modulePath !== undefined) {
+  if (u.pinSource !== undefined || u.type === "cert" || u.type === "public" || u.modulePath !== undefined || u.moduleName !== undefined) {
     // Host-local bits (PIN file, module path) don't belong in the header; systemd's plugin needs type=private if any.
     const v = { ...u };
     delete v.pinSource;
     delete v.modulePath;
+    delete v.moduleName;
     if (v.type === "cert" || v.type === "public") v.type = "private";
     stored = formatPkcs11Uri(v);
   }

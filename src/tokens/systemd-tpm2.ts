@@ -1,7 +1,7 @@
 // The `systemd-tpm2` LUKS2 token, as systemd-cryptenroll 252 writes it (and the underscore / array spellings of
 // newer systemd on input). Pure JSON <-> typed object codecs with strict validation of hostile JSON, plus unlock and
 // create against a TPM. The LUKS passphrase is the base64 of the 32 unsealed bytes.
-import { createHash, createPublicKey, pbkdf2Sync, type KeyObject } from "node:crypto";
+import { createHash, createPublicKey, pbkdf2Sync, randomBytes, type KeyObject } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { TrustvolError } from "../util/errors.js";
 import { wipe, base64Bytes } from "../util/secret.js";
@@ -13,6 +13,8 @@ import { objectName, type TpmtPublic } from "../trust/tpm2/structures.js";
 import { pinToAuthValue, sealSecret, splitBlob, unsealSecret } from "../trust/tpm2/seal.js";
 import type { PrimaryAlg } from "../trust/tpm2/structures.js";
 import { Tpm } from "../trust/tpm2/tpm.js";
+import { decodeSerializedKeyHandle, type SerializedKeyHandle } from "../trust/tpm2/esys-tr.js";
+import { getOrCreateSrk } from "../trust/tpm2/srk.js";
 
 export interface SystemdTpm2Token {
   type: "systemd-tpm2";
@@ -30,6 +32,12 @@ export interface SystemdTpm2Token {
   /** Signed PCR policy (systemd 252 --tpm2-public-key): the PEM public key and the PCRs its signatures cover. */
   pubkey?: Buffer;
   pubkeyPcrs?: number[];
+  /** systemd 255+: the persistent SRK (serialized ESYS_TR) the blob was sealed under, raw and decoded. */
+  srk?: Buffer;
+  srkKey?: SerializedKeyHandle;
+  /** systemd 255+ may store several blobs, each with its policy hash; any one unlocks. blob/policyHash = the first. */
+  blobs: Buffer[];
+  policyHashes: Buffer[];
 }
 
 const bad = (what: string) => new TrustvolError("ECORRUPT", `systemd-tpm2 token: ${what}`, "the LUKS2 token is damaged or was not written by systemd-cryptenroll; use another keyslot");
@@ -68,11 +76,11 @@ function b64(v: unknown, what: string, max: number): Buffer {
   return b;
 }
 
-/** A single value, or (newer systemd) an array holding exactly one. */
-function single(v: unknown, what: string): unknown {
-  if (!Array.isArray(v)) return v;
-  if (v.length !== 1) throw new TrustvolError("EUNSUPPORTED", `systemd-tpm2 token: ${v.length} values in '${what}' (multi-blob tokens) are not supported yet`, "enroll with systemd-cryptenroll 252-style options or use the recovery key");
-  return v[0];
+/** A single value, or (systemd 255+) an array of them. */
+function several(v: unknown, what: string): unknown[] {
+  if (!Array.isArray(v)) return [v];
+  if (v.length < 1 || v.length > 16) throw bad(`'${what}' must hold 1..16 values, not ${v.length}`);
+  return v;
 }
 
 export function decodeSystemdTpm2Token(json: string | Uint8Array | Record<string, unknown>): SystemdTpm2Token {
@@ -87,10 +95,13 @@ export function decodeSystemdTpm2Token(json: string | Uint8Array | Record<string
   });
   if (new Set(keyslots).size !== keyslots.length) throw bad("duplicate keyslot ids");
 
-  const blobV = single(field(o, "tpm2-blob"), "tpm2-blob");
-  if (blobV === undefined) throw bad("missing 'tpm2-blob'");
-  const blob = b64(blobV, "tpm2-blob", 4096);
-  splitBlob(blob); // structure check: TPM2B_PRIVATE ‖ TPM2B_PUBLIC of a sealed object
+  const blobF = field(o, "tpm2-blob");
+  if (blobF === undefined) throw bad("missing 'tpm2-blob'");
+  const blobs = several(blobF, "tpm2-blob").map((v) => {
+    const b = b64(v, "tpm2-blob", 4096);
+    splitBlob(b); // structure check: TPM2B_PRIVATE ‖ TPM2B_PUBLIC of a sealed object
+    return b;
+  });
 
   const pcrsV = field(o, "tpm2-pcrs");
   if (pcrsV === undefined) throw bad("missing 'tpm2-pcrs'");
@@ -107,9 +118,12 @@ export function decodeSystemdTpm2Token(json: string | Uint8Array | Record<string
   const algV = field(o, "tpm2-primary-alg") ?? "ecc"; // absent in older tokens: ECC
   if (algV !== "ecc" && algV !== "rsa") throw bad(`unknown primary algorithm ${JSON.stringify(algV)}`);
 
-  const phV = single(field(o, "tpm2-policy-hash"), "tpm2-policy-hash");
-  if (typeof phV !== "string" || !HEX.test(phV) || phV.length < 40 || phV.length > 128) throw bad("'tpm2-policy-hash' must be a hex digest");
-  const policyHash = Buffer.from(phV, "hex");
+  const policyHashes = several(field(o, "tpm2-policy-hash"), "tpm2-policy-hash").map((phV) => {
+    if (typeof phV !== "string" || !HEX.test(phV) || phV.length < 40 || phV.length > 128) throw bad("'tpm2-policy-hash' must be a hex digest");
+    return Buffer.from(phV, "hex");
+  });
+  // systemd pairs blob i with policy hash i
+  if (policyHashes.length !== blobs.length) throw bad(`${blobs.length} blobs but ${policyHashes.length} policy hashes`);
 
   const pinV = field(o, "tpm2-pin") ?? false;
   if (typeof pinV !== "boolean") throw bad("'tpm2-pin' must be a boolean");
@@ -132,15 +146,24 @@ export function decodeSystemdTpm2Token(json: string | Uint8Array | Record<string
     if (new Set(pubkeyPcrs).size !== pubkeyPcrs.length) throw bad("duplicate PCR indexes in 'tpm2_pubkey_pcrs'");
   } else if (pkPcrsV !== undefined && !(Array.isArray(pkPcrsV) && pkPcrsV.length === 0)) throw bad("'tpm2_pubkey_pcrs' without 'tpm2_pubkey'");
 
-  for (const k of ["tpm2-pcrlock", "tpm2-srk", "tpm2-argon2id"]) {
-    const v = field(o, k);
-    if (v === undefined || (Array.isArray(v) && v.length === 0) || v === "" || v === false) continue;
-    throw new TrustvolError("EUNSUPPORTED", `systemd-tpm2 token uses '${k.replace(/-/g, "_")}' (newer systemd feature), which trustvol does not support yet`, "unlock with another keyslot (recovery key) or re-enroll with systemd 252-style options");
-  }
+  const srkV = field(o, "tpm2-srk");
+  const srk = srkV === undefined ? undefined : b64(srkV, "tpm2_srk", 1024);
+  const srkKey = srk ? decodeSerializedKeyHandle(srk) : undefined;
+
+  // pcrlock (systemd 255+): the policy lives in an NV index (PolicyAuthorizeNV + PolicyOR); parsed, not run yet
+  const lockV = field(o, "tpm2-pcrlock");
+  if (lockV !== undefined && typeof lockV !== "boolean") throw bad("'tpm2_pcrlock' must be a boolean");
+  const nvV = field(o, "tpm2-pcrlock-nv");
+  if (nvV !== undefined) b64(nvV, "tpm2_pcrlock_nv", 4096);
+  if (lockV === true || nvV !== undefined)
+    throw new TrustvolError("EUNSUPPORTED", "systemd-tpm2 token uses a pcrlock policy (tpm2_pcrlock, systemd-pcrlock), which trustvol does not support yet", "unlock with another keyslot (recovery key), or enroll with --tpm2-pcrs / --tpm2-public-key instead of --tpm2-pcrlock");
+  const argonV = field(o, "tpm2-argon2id");
+  if (!(argonV === undefined || argonV === false))
+    throw new TrustvolError("EUNSUPPORTED", "systemd-tpm2 token uses 'tpm2_argon2id', which trustvol does not support yet", "unlock with another keyslot (recovery key)");
 
   return {
-    type: "systemd-tpm2", keyslots, blob, pcrs, pcrBank: bankV, primaryAlg: algV, policyHash, pin: pinV,
-    ...(salt ? { salt } : {}), ...(pubkey ? { pubkey, pubkeyPcrs: pubkeyPcrs ?? [] } : {}),
+    type: "systemd-tpm2", keyslots, blob: blobs[0]!, blobs, pcrs, pcrBank: bankV, primaryAlg: algV, policyHash: policyHashes[0]!, policyHashes, pin: pinV,
+    ...(salt ? { salt } : {}), ...(pubkey ? { pubkey, pubkeyPcrs: pubkeyPcrs ?? [] } : {}), ...(srk ? { srk, srkKey } : {}),
   };
 }
 
@@ -213,23 +236,29 @@ export function systemdTpm2PolicyDigest(t: Pick<SystemdTpm2Token, "pcrs" | "pcrB
   return d;
 }
 
-/** JSON exactly as systemd-cryptenroll 252 writes it (field order included). */
+/**
+ * JSON exactly as systemd-cryptenroll writes it (field order included): 252's shape, or 257's when the token has an
+ * SRK (no "tpm2-pin" when false, tpm2_srk last; arrays only for several blobs).
+ */
 export function encodeSystemdTpm2Token(t: SystemdTpm2Token): string {
+  const blobs = t.blobs?.length ? t.blobs : [t.blob];
+  const hashes = t.policyHashes?.length ? t.policyHashes : [t.policyHash];
   const o: Record<string, unknown> = {
     type: "systemd-tpm2",
     keyslots: t.keyslots.map(String),
-    "tpm2-blob": t.blob.toString("base64"),
+    "tpm2-blob": blobs.length > 1 ? blobs.map((b) => b.toString("base64")) : blobs[0]!.toString("base64"),
     "tpm2-pcrs": [...t.pcrs],
     "tpm2-pcr-bank": t.pcrBank,
     "tpm2-primary-alg": t.primaryAlg,
-    "tpm2-policy-hash": t.policyHash.toString("hex"),
-    "tpm2-pin": t.pin,
+    "tpm2-policy-hash": hashes.length > 1 ? hashes.map((h) => h.toString("hex")) : hashes[0]!.toString("hex"),
   };
+  if (t.pin || !t.srk) o["tpm2-pin"] = t.pin;
   if (t.pubkey) {
     o["tpm2_pubkey_pcrs"] = [...(t.pubkeyPcrs ?? [])];
     o["tpm2_pubkey"] = t.pubkey.toString("base64");
   }
   if (t.salt) o["tpm2_salt"] = t.salt.toString("base64");
+  if (t.srk) o["tpm2_srk"] = t.srk.toString("base64");
   return JSON.stringify(o);
 }
 
@@ -292,11 +321,21 @@ export async function unlockSystemdTpm2Token(
   const authValue = t.pin && opts.pin ? systemdPinAuthValue(opts.pin, t.salt) : undefined;
   let secret: Buffer | undefined;
   try {
-    secret = await unsealSecret(
-      tpmOf(tpm),
-      { blob: t.blob, pcrs: t.pcrs, bank: t.pcrBank, primaryAlg: t.primaryAlg, policyHash: t.policyHash, pin: t.pin, ...(t.pubkey ? { runPolicy: (tp, session) => applySignedPolicy(tp, session, t, signatures) } : {}) },
-      authValue ? { authValue } : {},
-    );
+    // several blobs (systemd 255+): the first that unseals wins; a wrong PIN or lockout stops at once
+    let first: unknown;
+    for (let i = 0; i < t.blobs.length && !secret; i++) {
+      try {
+        secret = await unsealSecret(
+          tpmOf(tpm),
+          { blob: t.blobs[i]!, pcrs: t.pcrs, bank: t.pcrBank, primaryAlg: t.primaryAlg, policyHash: t.policyHashes[i]!, pin: t.pin, ...(t.srkKey ? { srk: t.srkKey } : {}), ...(t.pubkey ? { runPolicy: (tp, session) => applySignedPolicy(tp, session, t, signatures) } : {}) },
+          authValue ? { authValue } : {},
+        );
+      } catch (e) {
+        if (e instanceof TrustvolError && (e.code === "EBADPASS" || e.code === "ELOCKOUT")) throw e;
+        first ??= e;
+      }
+    }
+    if (!secret) throw first;
     return base64Ascii(secret);
   } finally {
     wipe(authValue, secret);
@@ -322,13 +361,17 @@ export async function createSystemdTpm2Token(
     /** Signed PCR policy: PEM RSA public key whose signatures (systemd-measure) approve PCR states of pubkeyPcrs. */
     pubkey?: Buffer;
     pubkeyPcrs?: readonly number[];
+    /** Seal under the persistent SRK (0x81000001, created if missing) and record it as tpm2_srk, as systemd 255+ does. */
+    srk?: boolean;
   },
 ): Promise<{ tokenJson: string; token: SystemdTpm2Token; passphrase: Buffer }> {
   if (!Number.isInteger(opts.keyslot) || opts.keyslot < 0 || opts.keyslot > 31) throw new TrustvolError("EUSAGE", `invalid keyslot ${opts.keyslot}`);
   const t = tpmOf(tpm);
   const bank = opts.bank ?? "sha256";
   const secret = await t.getRandom(32);
-  const authValue = opts.pin?.length ? pinToAuthValue(opts.pin) : undefined;
+  // systemd 255+ salts the PIN (PBKDF2) whenever it seals under the SRK; 252-style tokens hash it plainly
+  const salt = opts.srk && opts.pin?.length ? randomBytes(32) : undefined;
+  const authValue = opts.pin?.length ? systemdPinAuthValue(opts.pin, salt) : undefined;
   try {
     const pcrs = [...new Set(opts.pcrs)].sort((a, b) => a - b);
     let authPolicy: Buffer | undefined;
@@ -336,10 +379,13 @@ export async function createSystemdTpm2Token(
       const values = opts.pcrValues ?? (pcrs.length ? await t.pcrRead(bank, pcrs) : new Map());
       authPolicy = systemdTpm2PolicyDigest({ pcrs, pcrBank: bank, pin: !!authValue, pubkey: opts.pubkey }, values);
     }
-    const s = await sealSecret(t, secret, { pcrs, bank, primaryAlg: opts.primaryAlg ?? "ecc", ...(authValue ? { authValue } : {}), ...(opts.pcrValues ? { pcrValues: opts.pcrValues } : {}), ...(authPolicy ? { authPolicy } : {}) });
+    const srk = opts.srk ? await getOrCreateSrk(t, opts.primaryAlg ?? "ecc") : undefined;
+    const s = await sealSecret(t, secret, { pcrs, bank, primaryAlg: opts.primaryAlg ?? "ecc", ...(authValue ? { authValue } : {}), ...(opts.pcrValues ? { pcrValues: opts.pcrValues } : {}), ...(authPolicy ? { authPolicy } : {}), ...(srk ? { parent: srk.key } : {}) });
     const token: SystemdTpm2Token = {
-      type: "systemd-tpm2", keyslots: [opts.keyslot], blob: s.blob, pcrs: s.pcrs, pcrBank: bank, primaryAlg: s.primaryAlg, policyHash: s.policyHash, pin: !!authValue,
+      type: "systemd-tpm2", keyslots: [opts.keyslot], blob: s.blob, blobs: [s.blob], policyHashes: [s.policyHash], pcrs: s.pcrs, pcrBank: bank, primaryAlg: s.primaryAlg, policyHash: s.policyHash, pin: !!authValue,
       ...(opts.pubkey ? { pubkey: Buffer.from(opts.pubkey), pubkeyPcrs: [...(opts.pubkeyPcrs ?? [11])] } : {}),
+      ...(srk ? { srk: srk.serialized, srkKey: decodeSerializedKeyHandle(srk.serialized) } : {}),
+      ...(salt ? { salt } : {}),
     };
     return { tokenJson: encodeSystemdTpm2Token(token), token, passphrase: base64Ascii(secret) };
   } finally {

@@ -7,13 +7,14 @@
 // A root hash signature is handed to the kernel the way veritysetup does it: a `user` key holding the PKCS#7 DER, named
 // by the table option root_hash_sig_key_desc; the kernel (CONFIG_DM_VERITY_VERIFY_ROOTHASH_SIG) checks it against its
 // builtin/secondary trusted keyring while it builds the table, so the key is removed again right after.
-// The loop devices open() created are remembered in a state file (/run/trustvol/verity/<name>.json) for close().
-import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, statSync } from "node:fs";
-import { join } from "node:path";
+// Everything device-mapper and loop goes through src/dm/ (one state directory, see dm/state.ts).
+import { realpathSync, statSync } from "node:fs";
 import { randomBytes, createHash } from "node:crypto";
 import { TrustvolError, unsupported, usage } from "../util/errors.js";
-import { atomicWriteFileSync } from "../util/atomic.js";
+import { checkMappingName } from "../dm/table.js";
+import { dmCreate, dmExists, dmStatus, dmTable, dmInfo, dmRemove, requireTarget } from "../dm/dmsetup.js";
+import { loopAttach, loopBackingFile, type LoopHandle } from "../dm/loop.js";
+import { closeMapping, recallMapping, rememberMapping } from "../dm/state.js";
 import { FileBlockDevice } from "../blockdev/file.js";
 import { readAt } from "../blockdev/types.js";
 import { hashBlock } from "./pool.js";
@@ -23,7 +24,6 @@ import { paddKey, unlinkKey, invalidateKey } from "../trust/kernel/keyring.js";
 import { verityFecLayout, type VerityFecLayout } from "./fec.js";
 
 export const VERITY_DM_UUID_PREFIX = "TRUSTVOL-VERITY-";
-export const DEFAULT_VERITY_STATE_DIR = "/run/trustvol/verity";
 
 export interface VerityOpenOptions {
   /** Root hash (hex or bytes). */
@@ -38,8 +38,6 @@ export interface VerityOpenOptions {
   table?: Omit<VerityTableOptions, "rootHashSigKeyDesc">;
   /** Reed-Solomon parity made by verity format --fec-device (veritysetup-compatible): the kernel repairs bad blocks. */
   fec?: { device: string; roots?: number; offset?: number };
-  /** Where open() remembers the loop devices it attached (default /run/trustvol/verity). */
-  stateDir?: string;
 }
 
 export interface VerityOpenResult {
@@ -56,88 +54,21 @@ export interface VerityOpenResult {
   signed: boolean;
 }
 
-interface State {
-  name: string;
-  dmUuid: string;
-  loops: string[];
-  data: string;
-  hash: string;
-}
-
-// ---------------------------------------------------------------- tools
-interface Res {
-  status: number;
-  stdout: string;
-  stderr: string;
-}
-
-function tool(cmd: string, args: string[], what: string): Res {
-  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 60_000, env: process.env });
-  if (r.error) {
-    const e = r.error as NodeJS.ErrnoException;
-    if (e.code === "ENOENT") throw unsupported(`${cmd} not found`, `${what} needs ${cmd} (install ${cmd === "dmsetup" ? "dmsetup" : "util-linux"})`);
-    throw new TrustvolError("EIO", `${cmd} ${args[0] ?? ""} failed: ${e.message}`);
-  }
-  return { status: r.status ?? -1, stdout: r.stdout ?? "", stderr: (r.stderr ?? "").trim() };
-}
-
-const firstLine = (s: string) => s.split("\n").map((l) => l.trim()).filter(Boolean).join("; ");
-
+// ---------------------------------------------------------------- devices
 function checkName(name: string): void {
-  if (!/^[A-Za-z0-9][A-Za-z0-9._+:@-]{0,126}$/.test(name))
-    throw usage(`verity: "${name.slice(0, 140)}" is not a usable device name`, "use letters, digits and . _ + : @ - (at most 127 characters, no /)");
+  try {
+    checkMappingName(name);
+  } catch {
+    throw usage(`verity: "${name.slice(0, 140)}" is not a usable device name`, "use letters, digits and _ . + - (at most 127 characters, no /)");
+  }
 }
-
-/** Device-mapper with the verity target present (loading dm-verity if it is a module). */
-const noDm = () =>
-  unsupported("verity: this kernel has no device-mapper driver (/dev/mapper/control does not answer)",
-    "load it (modprobe dm-mod) or boot a kernel with CONFIG_BLK_DEV_DM and CONFIG_DM_VERITY; verity format/verify/dump work without it");
 
 export function checkDeviceMapperVerity(): void {
-  if (!existsSync("/dev/mapper/control")) throw noDm();
-  const has = () => {
-    const r = tool("dmsetup", ["targets"], "verity open");
-    if (r.status !== 0) {
-      if (/Permission denied|Operation not permitted/i.test(r.stderr))
-        throw new TrustvolError("EDEVICE", `verity: no access to device-mapper: ${firstLine(r.stderr)}`, "run as root");
-      if (/No such device|Failure to communicate with kernel device-mapper|kernel driver \(unknown version\)/i.test(r.stderr)) throw noDm();
-      throw new TrustvolError("EIO", `verity: dmsetup targets failed: ${firstLine(r.stderr)}`);
-    }
-    return /^verity\s/m.test(r.stdout);
-  };
-  if (has()) return;
-  spawnSync("modprobe", ["-q", "dm-verity"], { stdio: "ignore", timeout: 30_000 });
-  if (!has()) throw unsupported("verity: this kernel has no dm-verity target", "load it (modprobe dm-verity) or build the kernel with CONFIG_DM_VERITY");
-}
-
-function dmExists(name: string): boolean {
-  return tool("dmsetup", ["info", name], "verity").status === 0;
-}
-
-/** Kernel log lines (best effort; dmesg may be restricted). */
-function kernelLog(): string[] {
-  const r = spawnSync("dmesg", [], { encoding: "utf8", timeout: 10_000 });
-  return r.status === 0 ? (r.stdout ?? "").split("\n").filter(Boolean) : [];
-}
-
-function attachLoop(path: string): string {
-  const r = tool("losetup", ["-f", "--show", "-r", path], "verity open");
-  if (r.status !== 0 || !r.stdout.trim().startsWith("/dev/")) {
-    if (/Permission denied|Operation not permitted/i.test(r.stderr))
-      throw new TrustvolError("EDEVICE", `verity: cannot attach a loop device to ${path}: ${firstLine(r.stderr)}`, "run as root");
-    if (/cannot find an unused loop device|No such device|loop-control/i.test(r.stderr))
-      throw new TrustvolError("EBUSY", `verity: no free loop device for ${path}: ${firstLine(r.stderr)}`, "detach unused ones (losetup -D) or load the loop driver (modprobe loop)");
-    throw new TrustvolError("EIO", `verity: losetup failed for ${path}: ${firstLine(r.stderr) || "no device printed"}`);
+  try {
+    requireTarget("verity");
+  } catch (e) {
+    throw verityError(e, "");
   }
-  return r.stdout.trim();
-}
-
-function detachLoop(dev: string): boolean {
-  return tool("losetup", ["-d", dev], "verity close").status === 0;
-}
-
-function statePath(dir: string, name: string): string {
-  return join(dir, `${name}.json`);
 }
 
 // ---------------------------------------------------------------- open
@@ -176,6 +107,8 @@ function isRegularFile(path: string): boolean {
     throw new TrustvolError("ENOENT", `verity: ${path}: no such file or device`, "check the path");
   }
 }
+
+const firstLine = (s: string) => s.split("\n").map((l) => l.trim()).filter(Boolean).join("; ");
 
 function mapCreateError(name: string, stderr: string, newKernelLines: string[], signed: boolean): TrustvolError {
   const kern = newKernelLines.filter((l) => /device-mapper|verity|PKCS#7|pkcs7|X\.509|asymmetric|keyring/i.test(l)).map((l) => l.replace(/^\[[^\]]*\]\s*/, ""));
@@ -252,31 +185,30 @@ export async function verityOpen(data: string, name: string, hash: string, o: Ve
 
   checkDeviceMapperVerity();
   if (dmExists(name)) throw new TrustvolError("EBUSY", `verity: a device-mapper device named ${name} already exists`, `choose another name, or close it first (trustvol verity close ${name})`);
-  const stateDir = o.stateDir ?? DEFAULT_VERITY_STATE_DIR;
   const sbHex = (p.uuid ?? randomBytes(16).toString("hex")).replace(/-/g, "");
   let dmUuid = `${VERITY_DM_UUID_PREFIX}${sbHex}-${name}`;
   if (dmUuid.length > 128) dmUuid = `${VERITY_DM_UUID_PREFIX}${sbHex}-${createHash("sha256").update(name).digest("hex").slice(0, 32)}`;
 
-  const loops: string[] = [];
+  const handles: LoopHandle[] = [];
+  const attach = (path: string) => {
+    const h = loopAttach(path, { readOnly: true });
+    handles.push(h);
+    return h.device;
+  };
   let keySerial: number | undefined;
   try {
-    const dataDev = dataIsFile ? attachLoop(data) : data;
-    if (dataIsFile) loops.push(dataDev);
+    const dataDev = dataIsFile ? attach(data) : data;
     let hashDev: string;
     if (hashIsFile && dataIsFile && realpathSync(hash) === realpathSync(data)) hashDev = dataDev;
-    else if (hashIsFile) {
-      hashDev = attachLoop(hash);
-      loops.push(hashDev);
-    } else hashDev = hash;
+    else if (hashIsFile) hashDev = attach(hash);
+    else hashDev = hash;
 
     let fecDev: string | undefined;
     if (o.fec && fecLayout) {
       if (fecIsFile && realpathSync(o.fec.device) === realpathSync(hash) && hashIsFile) fecDev = hashDev;
       else if (fecIsFile && dataIsFile && realpathSync(o.fec.device) === realpathSync(data)) fecDev = dataDev;
-      else if (fecIsFile) {
-        fecDev = attachLoop(o.fec.device);
-        loops.push(fecDev);
-      } else fecDev = o.fec.device;
+      else if (fecIsFile) fecDev = attach(o.fec.device);
+      else fecDev = o.fec.device;
     }
 
     let keyDesc: string | undefined;
@@ -290,36 +222,30 @@ export async function verityOpen(data: string, name: string, hash: string, o: Ve
       ...(keyDesc ? { rootHashSigKeyDesc: keyDesc } : {}),
       ...(fecDev && fecLayout ? { fec: { device: fecDev, start: fecLayout.start, blocks: fecLayout.fecBlocks, roots: fecLayout.roots } } : {}),
     });
-    const before = kernelLog().length;
-    const r = tool("dmsetup", ["create", name, "--readonly", "--uuid", dmUuid, "--table", table], "verity open");
-    if (r.status !== 0) {
-      const after = kernelLog();
-      throw mapCreateError(name, r.stderr, after.slice(Math.min(before, after.length)), o.signature !== undefined);
-    }
+    const loops = handles.map((h) => h.device);
+    dmCreate(name, table, { readOnly: true, uuid: dmUuid }, { explain: (stderr, kernel) => mapCreateError(name, stderr, kernel, o.signature !== undefined) });
+    for (const h of handles) h.release(); // the mapping holds them now: autoclear detaches them at close
     const device = `/dev/mapper/${name}`;
     try {
-      mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-      const st: State = { name, dmUuid, loops, data, hash };
-      atomicWriteFileSync(statePath(stateDir, name), Buffer.from(JSON.stringify(st) + "\n"), 0o600);
+      rememberMapping({ name, dmUuid, loops: loops.map((l) => ({ device: l, backing: loopBackingFile(l) })) });
     } catch (e) {
-      tool("dmsetup", ["remove", name], "verity open");
-      throw new TrustvolError("EIO", `verity: cannot record ${name} in ${stateDir}: ${(e as Error).message}`, "check that /run is writable");
+      dmRemove(name);
+      throw e;
     }
-    const s = tool("dmsetup", ["status", name], "verity open");
-    const flag = s.status === 0 ? s.stdout.trim().split(/\s+/)[3] : undefined;
+    const flag = dmStatus(name).split(/\s+/)[3];
     return {
       name,
       device,
       dmUuid,
       dataDevice: dataDev,
       hashDevice: hashDev,
-      loops: [...loops],
+      loops,
       table,
       status: flag === "V" ? "verified" : flag === "C" ? "corrupted" : "unknown",
       signed: o.signature !== undefined,
     };
   } catch (e) {
-    for (const l of loops.reverse()) detachLoop(l);
+    for (const h of handles.reverse()) h.detach();
     throw e;
   } finally {
     if (keySerial !== undefined) {
@@ -337,40 +263,25 @@ export interface VerityCloseResult {
 }
 
 /** Remove the dm-verity mapping <name> and detach the loop devices verity open attached for it. */
-export async function verityClose(name: string, o: { stateDir?: string } = {}): Promise<VerityCloseResult> {
+export async function verityClose(name: string): Promise<VerityCloseResult> {
   checkName(name);
   checkDeviceMapperVerity();
-  const t = tool("dmsetup", ["table", name], "verity close");
-  if (t.status !== 0) {
-    if (/No such device|not exist/i.test(t.stderr)) throw new TrustvolError("ENOENT", `verity: no device-mapper device named ${name}`, "list them with dmsetup ls --target verity");
-    if (/Permission denied|Operation not permitted/i.test(t.stderr)) throw new TrustvolError("EDEVICE", `verity: no access to device-mapper: ${firstLine(t.stderr)}`, "run as root");
-    throw new TrustvolError("EIO", `verity: dmsetup table ${name} failed: ${firstLine(t.stderr)}`);
-  }
-  const target = t.stdout.trim().split(/\s+/)[2];
-  if (target !== "verity") throw usage(`verity: ${name} is not a dm-verity device (target ${target ?? "none"})`, "close it with the tool that opened it");
-  const u = tool("dmsetup", ["info", "-c", "--noheadings", "-o", "uuid", name], "verity close");
-  const dmUuid = u.status === 0 ? u.stdout.trim() : "";
-  const sp = statePath(o.stateDir ?? DEFAULT_VERITY_STATE_DIR, name);
-  let state: State | undefined;
+  let r;
   try {
-    state = JSON.parse(readFileSync(sp, "utf8")) as State;
-    if (state.dmUuid !== dmUuid) state = undefined; // stale: another device of that name
-  } catch {
-    state = undefined;
+    r = closeMapping(name, { target: "verity" });
+  } catch (e) {
+    throw verityError(e, name);
   }
-  const r = tool("dmsetup", ["remove", name], "verity close");
-  if (r.status !== 0) {
-    if (/busy/i.test(r.stderr))
-      throw new TrustvolError("EBUSY", `verity: ${name} is in use (mounted or held open)`, `unmount it first (umount /dev/mapper/${name})`);
-    throw new TrustvolError("EIO", `verity: dmsetup remove ${name} failed: ${firstLine(r.stderr)}`);
-  }
-  const detached: string[] = [];
-  const failed: string[] = [];
-  if (state && dmUuid.startsWith(VERITY_DM_UUID_PREFIX)) for (const l of state.loops) (detachLoop(l) ? detached : failed).push(l);
-  rmSync(sp, { force: true });
-  if (failed.length)
-    throw new TrustvolError("EBUSY", `verity: ${name} was removed but loop device(s) ${failed.join(", ")} could not be detached`, `detach them with losetup -d ${failed.join(" ")}`);
-  return { name, detached };
+  if (r.failed.length)
+    throw new TrustvolError("EBUSY", `verity: ${name} was removed but loop device(s) ${r.failed.join(", ")} could not be detached`, `detach them with losetup -d ${r.failed.join(" ")}`);
+  return { name, detached: r.detached };
+}
+
+/** Say "verity:" and point at the verity listing for the generic device-mapper errors. */
+function verityError(e: unknown, name: string): unknown {
+  if (!(e instanceof TrustvolError)) return e;
+  if (e.code === "ENOENT") return new TrustvolError("ENOENT", `verity: no device-mapper device named ${name}`, "list them with dmsetup ls --target verity");
+  return new TrustvolError(e.code, `verity: ${e.message}`, e.hint);
 }
 
 // ---------------------------------------------------------------- status
@@ -394,28 +305,23 @@ export interface VerityStatus {
 }
 
 /** What the kernel says about an active dm-verity mapping (veritysetup status). */
-export async function verityStatus(name: string, o: { stateDir?: string } = {}): Promise<VerityStatus> {
+export async function verityStatus(name: string): Promise<VerityStatus> {
   checkName(name);
   checkDeviceMapperVerity();
-  const t = tool("dmsetup", ["table", name], "verity status");
-  if (t.status !== 0) {
-    if (/No such device|not exist/i.test(t.stderr)) throw new TrustvolError("ENOENT", `verity: no device-mapper device named ${name}`, "list them with dmsetup ls --target verity");
-    throw new TrustvolError("EIO", `verity: dmsetup table ${name} failed: ${firstLine(t.stderr)}`);
-  }
-  const table = t.stdout.trim();
-  const f = table.split(/\s+/);
-  if (f[2] !== "verity") throw usage(`verity: ${name} is not a dm-verity device (target ${f[2] ?? "none"})`);
-  const s = tool("dmsetup", ["status", name], "verity status");
-  const flag = s.status === 0 ? s.stdout.trim().split(/\s+/)[3] : undefined;
-  const u = tool("dmsetup", ["info", "-c", "--noheadings", "-o", "uuid", name], "verity status");
-  const dmUuid = u.status === 0 ? u.stdout.trim() : "";
-  let loops: string[] = [];
+  let table: string, status: string;
+  let dmUuid = "";
   try {
-    const st = JSON.parse(readFileSync(statePath(o.stateDir ?? DEFAULT_VERITY_STATE_DIR, name), "utf8")) as State;
-    if (st.dmUuid === dmUuid) loops = st.loops;
-  } catch {
-    /* not opened by trustvol */
+    table = dmTable(name);
+    const f0 = table.split(/\s+/);
+    if (f0[2] !== "verity") throw usage(`verity: ${name} is not a dm-verity device (target ${f0[2] ?? "none"})`);
+    status = dmStatus(name);
+    dmUuid = dmInfo(name)?.uuid ?? "";
+  } catch (e) {
+    throw verityError(e, name);
   }
+  const f = table.split(/\s+/);
+  const flag = status.split(/\s+/)[3];
+  const loops = recallMapping(name, dmUuid)?.loops.map((l) => l.device) ?? [];
   return {
     name,
     device: `/dev/mapper/${name}`,

@@ -41,7 +41,6 @@ export {
   verityStatus,
   checkDeviceMapperVerity,
   VERITY_DM_UUID_PREFIX,
-  DEFAULT_VERITY_STATE_DIR,
   type VerityOpenOptions,
   type VerityOpenResult,
   type VerityCloseResult,

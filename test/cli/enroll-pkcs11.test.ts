@@ -23,6 +23,7 @@ test("first boot with a PKCS#11 token: init, keygen, enroll --wipe-slot password
   const img = join(h.dir, "disk.img");
   const factory = join(h.dir, "factory");
   writeFileSync(factory, "factory-passphrase", { mode: 0o600 });
+  run("truncate", ["-s", "20M", img]);
   r = trustvol(["format", "--key-file", factory, "--key-slot", "31", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", img], { env });
   assert.equal(r.status, 0, r.stderr);
   run("truncate", ["-s", "20M", img]);

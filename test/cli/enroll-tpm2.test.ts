@@ -12,6 +12,7 @@ function fresh(dir: string, name: string): { img: string; factory: string } {
   const img = join(dir, name);
   const factory = join(dir, `${name}.factory`);
   writeFileSync(factory, "factory-passphrase", { mode: 0o600 });
+  run("truncate", ["-s", "20M", img]);
   const r = trustvol(["format", "--key-file", factory, "--key-slot", "31", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", img]);
   assert.equal(r.status, 0, r.stderr);
   run("truncate", ["-s", "20M", img]);

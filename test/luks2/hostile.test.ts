@@ -47,7 +47,7 @@ test("damaged images: one-line error, non-zero exit, file unchanged", async (t) 
   t.after(cleanup);
   const base = await baseImage();
   const pw = join(dir, "pw");
-  writeFileSync(pw, "pw");
+  writeFileSync(pw, "pw", { mode: 0o600 });
   const cases: { name: string; img: Buffer; re: RegExp; valid?: boolean }[] = [
     { name: "empty file", img: Buffer.alloc(0), re: /too small|truncated/ },
     { name: "truncated inside binary header", img: base.subarray(0, 1000), re: /too small|truncated/ },
@@ -120,7 +120,7 @@ test("a damaged primary is survived through the secondary; repair rewrites it; a
   const broken = Buffer.from(base);
   broken.fill(0, 0, 4096);
   writeFileSync(p, broken);
-  writeFileSync(join(dir, "pw"), "pw");
+  writeFileSync(join(dir, "pw"), "pw", { mode: 0o600 });
   assert.equal(trustvol(["unlock", "--test", "--key-file", join(dir, "pw"), p]).status, 0);
   assert.ok(readFileSync(p).equals(broken), "read-only commands do not write");
   const dump = JSON.parse(trustvol(["dump", "--json", p]).stdout);
@@ -248,7 +248,7 @@ test("header restore refuses to overwrite a device that is not this LUKS2 volume
   assert.match(r.stderr, /^trustvol: .*has no LUKS header; restoring would overwrite .*--force[^\n]*\n$/);
   assert.ok(readFileSync(join(dir, "fs.img")).equals(other), "untouched");
   // the same volume restores without --force; the restored copies win over the (newer) header on the device
-  writeFileSync(join(dir, "pw"), "pw");
+  writeFileSync(join(dir, "pw"), "pw", { mode: 0o600 });
   const add = await trustvolInProcess(["key", "add", "--key-file", join(dir, "pw"), "--new-key-file", join(dir, "pw"), "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", join(dir, "v.img")]);
   assert.equal(add.status, 0, add.stderr);
   const r2 = await trustvolInProcess(["header", "restore", join(dir, "v.img"), "--file", join(dir, "b.bin"), "--json"]);
@@ -262,7 +262,7 @@ test("image encrypt refuses --header naming the output or the input", async (t) 
   const { dir, cleanup } = tmpDir();
   t.after(cleanup);
   writeFileSync(join(dir, "in.img"), Buffer.alloc(1 << 20));
-  writeFileSync(join(dir, "pw"), "pw");
+  writeFileSync(join(dir, "pw"), "pw", { mode: 0o600 });
   const r = await trustvolInProcess(["image", "encrypt", "--key-file", join(dir, "pw"), "--header", join(dir, "out.img"), join(dir, "in.img"), join(dir, "out.img")]);
   assert.equal(r.status, 2);
   assert.match(r.stderr, /--header must name a file other than the input and the output/);

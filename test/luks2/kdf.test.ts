@@ -26,7 +26,8 @@ test("chooseKdf honours forced parameters without benchmarking", async () => {
 test("format --target-ram sizes the keyslot for the device (not this build host); PBKDF2 keyslots take the AF hash from the KDF", async () => {
   const { dir, cleanup } = tmpDir();
   try {
-    writeFileSync(join(dir, "pw"), "pw");
+    writeFileSync(join(dir, "pw"), "pw", { mode: 0o600 });
+    writeFileSync(join(dir, "v.img"), Buffer.alloc(0));
     const r = await trustvolInProcess(["format", "--key-file", join(dir, "pw"), "--target-ram", "128", "--pbkdf-force-iterations", "4", "--pbkdf-parallel", "1", "--json", join(dir, "v.img")]);
     assert.equal(r.status, 0, r.stderr);
     const d = JSON.parse((await trustvolInProcess(["dump", "--json", join(dir, "v.img")])).stdout);

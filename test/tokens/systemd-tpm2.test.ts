@@ -67,10 +67,10 @@ test("decode rejects hostile or damaged tokens with clear errors", () => {
     [{ ...o, "tpm2-policy-hash": "xyz" }, "ECORRUPT", /hex/],
     [{ ...o, "tpm2-pin": "yes" }, "ECORRUPT", /boolean/],
     [{ ...o, tpm2_blob: o["tpm2-blob"] }, "ECORRUPT", /both/],
-    [{ ...o, "tpm2-blob": [o["tpm2-blob"], o["tpm2-blob"]] }, "EUNSUPPORTED", /multi-blob/],
+    [{ ...o, "tpm2-blob": [o["tpm2-blob"], o["tpm2-blob"]] }, "ECORRUPT", /2 blobs but 1 policy hashes/],
     [{ ...o, tpm2_pubkey: "AAAA", tpm2_pubkey_pcrs: [11] }, "ECORRUPT", /not a PEM public key/],
     [{ ...o, tpm2_pubkey_pcrs: [11] }, "ECORRUPT", /without 'tpm2_pubkey'/],
-    [{ ...o, tpm2_srk: "AAAA" }, "EUNSUPPORTED", /tpm2_srk/],
+    [{ ...o, tpm2_srk: "AAAA" }, "ECORRUPT", /tpm2_srk/],
     [{ ...o, "tpm2-pcrs": undefined }, "ECORRUPT", /missing 'tpm2-pcrs'/],
     [JSON.stringify({ ...o, pad: "x".repeat(70000) }), "ECORRUPT", /too large/],
   ];

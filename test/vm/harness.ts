@@ -314,7 +314,8 @@ export async function runInGuest(opts: GuestRunOptions): Promise<GuestRunResult>
       "-device", `virtio-9p-pci,fsdev=${id},mount_tag=${id}`,
     ];
     const cmdline = [
-      "console=ttyS0", "quiet", "loglevel=4", "panic=-1", "random.trust_cpu=on", "i8042.noaux", "i8042.nokbd", "mitigations=off",
+      "console=ttyS0", "quiet", "loglevel=4", "panic=-1", "no_timer_check", // a loaded TCG host can miss the IO-APIC timer check and panic at boot
+      "random.trust_cpu=on", "i8042.noaux", "i8042.nokbd", "mitigations=off",
       ...(useTpm || opts.trustedSource ? [`trusted.source=${opts.trustedSource ?? "tpm"}`] : []),
       ...(opts.append ? [opts.append] : []),
     ].join(" ");

@@ -60,13 +60,13 @@ export function registerDemoCommand(program: Command): void {
         if (mk.status !== 0) throw new TrustvolError("EIO", `mkfs.ext4 failed: ${mk.stderr.trim()}`);
         say(`    ${plain}: 16 MiB ext4 with /etc/device.conf = "${secretLine}"`);
 
-        step(2, "Encrypt it into a LUKS2 image with a factory passphrase (argon2id keyslot, aes-xts-plain64, 4096-byte sectors)");
+        step(2, "Encrypt it into a LUKS2 image with a factory passphrase (argon2id keyslot, aes-xts-plain64, sectors no larger than the file system's blocks)");
         const keyFile = join(dir, "factory-passphrase");
         atomicWriteFileSync(keyFile, pass, 0o600);
         const luks = join(dir, "rootfs.luks");
         const t0 = Date.now();
         const r = await encryptImage(plain, luks, pass, { pbkdf: { type: "argon2id", memoryKiB: 64 * 1024, forceIterations: 4, parallel: 2 }, label: "demo-root", force: true });
-        say(`    ${luks}: LUKS2 volume ${r.uuid}, data at offset ${r.dataOffset}, ${Date.now() - t0} ms`);
+        say(`    ${luks}: LUKS2 volume ${r.uuid}, data at offset ${r.dataOffset}, ${r.sectorSize}-byte sectors, ${Date.now() - t0} ms`);
         const ct = readFileSync(luks);
         say(`    plaintext visible in the encrypted image? ${ct.includes(secretLine) ? "YES (bug!)" : "no"}`);
 

@@ -7,7 +7,7 @@ import { enrollClevis, enrollPkcs11, enrollRecovery, enrollTpm2, type EnrollOpti
 import type { HashName } from "../../trust/tpm2/constants.js";
 import type { PrimaryAlg } from "../../trust/tpm2/structures.js";
 import { readPin } from "../../trust/pkcs11/pin.js";
-import { getPassphrase, readKeyFile } from "../secrets.js";
+import { getPassphrase, readKeyFile, keyFileLimits, willPrompt } from "../secrets.js";
 import { addAlias, addUnlockOptions, addPinOptions, cliPin, int, pinSourceFrom, printJson } from "../common.js";
 import { io } from "../io.js";
 import { readFileSync } from "node:fs";
@@ -20,7 +20,12 @@ function enrollUnlock(device: string, o: Record<string, unknown>): EnrollUnlock 
   if (o.unlockVolumeKeyFile) return { volumeKey: readKeyFile(o.unlockVolumeKeyFile as string) };
   if (o.unlockToken) return { tokens: { ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}), pin: cliPin(o) } };
   // Asked for only once the volume has opened and --wipe-slot has checked out.
-  return { passphrase: () => getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter an existing passphrase for ${device}: ` }) };
+  return {
+    passphrase: () => getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter an existing passphrase for ${device}: `, ...keyFileLimits(o) }),
+    // --tries: only a passphrase typed at the terminal is asked again
+    tries: willPrompt(o.keyFile) ? Math.max(1, (o.tries as number | undefined) ?? 3) : 1,
+    onWrongPassphrase: (e) => io.err(`trustvol: ${e.message}\n`),
+  };
 }
 
 /** Run an ops enrolment with the volume key source from the CLI's options; wipe what was read; print the result. */
@@ -49,7 +54,7 @@ export function registerEnrollCommands(program: Command): Command {
         .requiredOption("--uri <uri>", "PKCS#11 URI of the token/key, e.g. pkcs11:token=lmp;object=luks")
         .option("--module <path>", "PKCS#11 module to load (default: p11-kit registrations)")
         .option("-S, --key-slot <n>", "keyslot to use (default: first free)", int("--key-slot", 0, 31))
-        .option("--wipe-slot <spec>", "after enrolling, remove keyslots: password (all passphrase slots), all, or a list like 0,31")
+        .option("--wipe-slot <spec>", "after enrolling, remove keyslots as systemd-cryptenroll does: all, empty, password, recovery, pkcs11, fido2, tpm2, keyslot numbers; comma list")
         .option("--header <file>", "detached header")
         .option("--json", "print the result as JSON"),
     ),
@@ -91,8 +96,9 @@ export function registerEnrollCommands(program: Command): Command {
         .option("--tpm2-device <dev>", "auto (default), a device path like /dev/tpmrm0, or swtpm:path=SOCKET")
         .option("--public-key <pem>", "bind to PCR policies signed by this RSA key (systemd-measure) instead of fixed PCR values")
         .option("--public-key-pcrs <list>", "PCRs covered by the signed policy", pcrList, [11])
+        .option("--srk", "as systemd 255+: seal under the persistent SRK at 0x81000001 (created if missing), PIN salted (tpm2_srk, tpm2_salt)")
         .option("-S, --key-slot <n>", "keyslot to use (default: first free)", int("--key-slot", 0, 31))
-        .option("--wipe-slot <spec>", "after enrolling, remove keyslots: password (all passphrase slots), all, or a list like 0,31")
+        .option("--wipe-slot <spec>", "after enrolling, remove keyslots as systemd-cryptenroll does: all, empty, password, recovery, pkcs11, fido2, tpm2, keyslot numbers; comma list")
         .option("--header <file>", "detached header")
         .option("--json", "print the result as JSON"),
     ),
@@ -113,6 +119,7 @@ export function registerEnrollCommands(program: Command): Command {
           ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}),
           ...(pin ? { pin } : {}),
           ...(pubkey ? { publicKey: pubkey, publicKeyPcrs: o.publicKeyPcrs as number[] } : {}),
+          ...(o.srk ? { srk: true } : {}),
         }),
       );
     } finally {
@@ -130,7 +137,7 @@ export function registerEnrollCommands(program: Command): Command {
       .option("--primary-alg <alg>", "clevis key: ecc (default) or rsa", "ecc")
       .option("--tpm2-device <dev>", "auto (default), a device path, or swtpm:path=SOCKET")
       .option("-S, --key-slot <n>", "keyslot to use (default: first free)", int("--key-slot", 0, 31))
-      .option("--wipe-slot <spec>", "after enrolling, remove keyslots: password, all, or a list")
+      .option("--wipe-slot <spec>", "after enrolling, remove keyslots as systemd-cryptenroll does: all, empty, password, recovery, pkcs11, fido2, tpm2, keyslot numbers; comma list")
       .option("--header <file>", "detached header")
       .option("--json", "print the result as JSON"),
   );

@@ -4,14 +4,14 @@ import type { Command } from "commander";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { LuksHandle } from "../../ops/volume.js";
-import { getPassphrase, readKeyFile } from "../secrets.js";
-import { addKeyOptions, addPbkdfOptions, pbkdfFrom, printJson, int } from "../common.js";
+import { getPassphrase, readKeyFile, keyFileLimits, newKeyFileLimits, withPassphraseTries } from "../secrets.js";
+import { addKeyOptions, addNewKeyFileLimitOptions, addPbkdfOptions, pbkdfFrom, printJson, int } from "../common.js";
 
 export function registerKeyCommands(program: Command): void {
   const key = program.command("key").description("manage passphrase keyslots");
 
   addPbkdfOptions(
-    addKeyOptions(
+    addKeyOptions(addNewKeyFileLimitOptions(
       key
         .command("add")
         .description("add a passphrase keyslot, unlocking with an existing passphrase (like `cryptsetup luksAddKey`)")
@@ -21,7 +21,7 @@ export function registerKeyCommands(program: Command): void {
         .option("--new-key-slot <n>", "keyslot for the new passphrase", int("--new-key-slot", 0, 31))
         .option("--volume-key-file <file>", "unlock with the raw volume key from FILE instead of a passphrase")
         .option("--json", "print the result as JSON"),
-    ),
+    )),
   ).action(async (device: string, o: Record<string, unknown>) => {
     const h = await LuksHandle.open(device, { header: o.header as string | undefined });
     let vk: Buffer | undefined;
@@ -31,10 +31,11 @@ export function registerKeyCommands(program: Command): void {
         vk = readKeyFile(o.volumeKeyFile as string);
         v.verifyVolumeKey(vk);
       } else {
-        const old = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter any existing passphrase: `, keyfileOffset: o.keyfileOffset as number, keyfileSize: o.keyfileSize as number });
-        vk = (await h.unlock(old, { slot: o.keySlot as number | undefined }).finally(() => wipe(old))).volumeKey;
+        const r = await withPassphraseTries({ keyFile: o.keyFile as string | undefined, prompt: `Enter any existing passphrase: `, tries: o.tries as number | undefined, ...keyFileLimits(o) },
+          (old) => h.unlock(old, { slot: o.keySlot as number | undefined }));
+        vk = r.volumeKey;
       }
-      const neu = await getPassphrase({ keyFile: o.newKeyFile as string | undefined, prompt: "Enter new passphrase for key slot: ", verify: true });
+      const neu = await getPassphrase({ keyFile: o.newKeyFile as string | undefined, prompt: "Enter new passphrase for key slot: ", verify: true, ...newKeyFileLimits(o) });
       const slot = await v.addKeyslot(vk, neu, { slot: o.newKeySlot as number | undefined, pbkdf: pbkdfFrom(o) }).finally(() => wipe(neu));
       if (o.json) printJson({ keyslot: slot });
       else io.err(`Key slot ${slot} created.\n`);
@@ -45,23 +46,23 @@ export function registerKeyCommands(program: Command): void {
   });
 
   addPbkdfOptions(
-    addKeyOptions(
+    addKeyOptions(addNewKeyFileLimitOptions(
       key
         .command("change")
         .description("replace a passphrase in place (like `cryptsetup luksChangeKey`): the new keyslot is written before the old one is wiped")
         .argument("<device>")
         .option("--header <file>", "detached header")
         .option("--new-key-file <file>", "the new passphrase from FILE"),
-    ),
+    )),
   ).action(async (device: string, o: Record<string, unknown>) => {
     const h = await LuksHandle.open(device, { header: o.header as string | undefined });
     try {
       const v = h.requireLuks2("key change");
-      const old = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: "Enter passphrase to be changed: " });
+      const old = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: "Enter passphrase to be changed: ", ...keyFileLimits(o) });
       try {
         const { keyslot, volumeKey } = await v.unlock(old, { slot: o.keySlot as number | undefined });
         wipe(volumeKey);
-        const neu = await getPassphrase({ keyFile: o.newKeyFile as string | undefined, prompt: "Enter new passphrase: ", verify: true });
+        const neu = await getPassphrase({ keyFile: o.newKeyFile as string | undefined, prompt: "Enter new passphrase: ", verify: true, ...newKeyFileLimits(o) });
         await v.changeKeyslot(keyslot, old, neu, { pbkdf: pbkdfFrom(o) }).finally(() => wipe(neu));
         io.err(`Key slot ${keyslot} changed.\n`);
       } finally {
@@ -85,8 +86,7 @@ export function registerKeyCommands(program: Command): void {
       const v = h.requireLuks2("key remove");
       let slot = o.keySlot as number | undefined;
       if (slot === undefined) {
-        const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: "Enter passphrase to be deleted: " });
-        const r = await v.unlock(pass).finally(() => wipe(pass));
+        const r = await withPassphraseTries({ keyFile: o.keyFile as string | undefined, prompt: "Enter passphrase to be deleted: ", tries: o.tries as number | undefined, ...keyFileLimits(o) }, (pass) => v.unlock(pass));
         wipe(r.volumeKey);
         slot = r.keyslot;
       }

@@ -11,7 +11,11 @@ function readJson(file: string | undefined): unknown {
   try {
     text = file && file !== "-" ? readFileSync(file, "utf8") : readFileSync(0, "utf8");
   } catch (e) {
-    throw new TrustvolError("ENOENT", `cannot read token JSON: ${(e as Error).message}`);
+    const code = (e as NodeJS.ErrnoException).code;
+    const what = file && file !== "-" ? `token JSON file ${file}` : "token JSON on standard input";
+    if (code === "ENOENT" || code === "ENOTDIR") throw new TrustvolError("ENOENT", `${what} does not exist`, "check the --json-file path");
+    if (code === "EISDIR") throw new TrustvolError("EUSAGE", `${what} is a directory`, "give the path of a JSON file");
+    throw new TrustvolError("EUSAGE", `cannot read ${what}`, "check the --json-file path and its permissions");
   }
   if (text.length > 4 * 1024 * 1024) throw new TrustvolError("EUSAGE", "token JSON is too large");
   try {

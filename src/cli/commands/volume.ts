@@ -3,7 +3,7 @@
 import { io } from "../io.js";
 import { Option, type Command } from "commander";
 import { writeFileSync } from "node:fs";
-import { FileBlockDevice } from "../../blockdev/file.js";
+import { FileBlockDevice, checkVolumePath } from "../../blockdev/file.js";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
@@ -11,7 +11,7 @@ import { Luks2Volume } from "../../luks2/volume.js";
 import { dumpText, dumpJson } from "../../luks2/dump.js";
 import { dumpLuks1Text } from "../../luks1/luks1.js";
 import { LuksHandle } from "../../ops/volume.js";
-import { getPassphrase } from "../secrets.js";
+import { getPassphrase, keyFileLimits } from "../secrets.js";
 import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int } from "../common.js";
 
 export function registerVolumeCommands(program: Command): void {
@@ -22,11 +22,16 @@ export function registerVolumeCommands(program: Command): void {
       .argument("<device>", "block device or image file")
       .option("--header <file>", "write the header to a separate file (data starts at offset 0 of <device>)")
       .option("-d, --key-file <file>", "new passphrase from FILE (- = stdin)")
+      .option("--keyfile-offset <bytes>", "skip BYTES at the start of the key file", int("--keyfile-offset"))
+      .option("--keyfile-size <bytes>", "read only BYTES from the key file (default: all of it, at most 8 MiB)", int("--keyfile-size", 1, 1 << 30))
       .option("-S, --key-slot <n>", "keyslot for the passphrase", "0")
       .option("-q, --batch-mode", "do not ask for confirmation before overwriting a file system or LUKS volume")
       .addOption(new Option("--batch").hideHelp())
       .option("--json", "print the result as JSON"),
   ).action(async (device: string, o: Record<string, unknown>) => {
+    // Like cryptsetup: the target must exist and hold a volume; checked before any prompt, nothing is created.
+    checkVolumePath(device, { createHint: `create the image first (truncate -s 64M ${device}) or name an existing block device` });
+    if (o.header) checkVolumePath(o.header as string, { allowMissing: true });
     if (!o.batchMode && !o.batch) {
       const { probePath } = await import("../../ops/probe.js");
       for (const p of o.header ? [o.header as string, device] : [device]) {
@@ -34,10 +39,10 @@ export function registerVolumeCommands(program: Command): void {
         if (found) await (await import("../confirm.js")).confirmOverwrite(`${p} is not empty (${found} found)`);
       }
     }
-    const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, verify: true });
+    const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, verify: true, ...keyFileLimits(o) });
     let dataDev: FileBlockDevice, hdrDev: FileBlockDevice;
     try {
-      dataDev = await FileBlockDevice.open(device, { create: !o.header && !device.startsWith("/dev/") });
+      dataDev = await FileBlockDevice.open(device);
       hdrDev = o.header ? await FileBlockDevice.open(o.header as string, { create: true }) : dataDev;
     } catch (e) {
       wipe(pass);
@@ -66,6 +71,8 @@ export function registerVolumeCommands(program: Command): void {
     .option("--dump-volume-key", "also reveal the volume key (needs the passphrase and --volume-key-file)")
     .option("--volume-key-file <file>", "where to write the volume key (raw bytes; a new file is 0600; /dev/fd/N = an open descriptor; - = stdout if it is not a terminal)")
     .option("-d, --key-file <file>", "passphrase for --dump-volume-key")
+    .option("--keyfile-offset <bytes>", "skip BYTES at the start of the key file", int("--keyfile-offset"))
+    .option("--keyfile-size <bytes>", "read only BYTES from the key file (default: all of it, at most 8 MiB)", int("--keyfile-size", 1, 1 << 30))
     .action(async (device: string, o: Record<string, unknown>) => {
       const h = await LuksHandle.open(device, { header: o.header as string | undefined, readOnly: true });
       try {
@@ -73,7 +80,7 @@ export function registerVolumeCommands(program: Command): void {
           const dest = o.volumeKeyFile as string | undefined;
           if (!dest) throw new TrustvolError("EUSAGE", "--dump-volume-key needs --volume-key-file", "the volume key is never printed to a terminal");
           if (dest === "-" && process.stdout.isTTY) throw new TrustvolError("EUSAGE", "refusing to write the volume key to a terminal", "redirect stdout or name a file");
-          const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: ` });
+          const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, ...keyFileLimits(o) });
           const { volumeKey } = await h.unlock(pass).finally(() => wipe(pass));
           try {
             if (dest === "-") io.out(volumeKey);
@@ -107,6 +114,7 @@ export function registerVolumeCommands(program: Command): void {
         .option("--token-type <type>", "use only tokens of this type (e.g. systemd-tpm2)")
         .option("--pkcs11-module <path>", "PKCS#11 module for systemd-pkcs11 tokens (default: p11-kit registrations)")
         .option("--tpm2-device <dev>", "TPM for systemd-tpm2/clevis tokens: auto, a path, or swtpm:path=SOCKET")
+        .option("--tpm2-signature <file>", "signed PCR policy (tpm2-pcr-signature.json) for tokens enrolled against a public key (default: systemd's paths)")
         .option("--json", "print the result as JSON"),
     ),
   ).action(async (device: string, o: Record<string, unknown>) => {

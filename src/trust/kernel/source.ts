@@ -3,13 +3,16 @@
 // 512-byte sector: seal = write [len ‖ secret ‖ random padding] through the mapping and keep the ciphertext;
 // unseal = load the trusted key from its blob, map the ciphertext, read the sector back. The plaintext exists only
 // in our Buffers and in the kernel; the temporary file behind the loop device holds ciphertext only.
-// Needs root, device-mapper, loop devices, losetup and dmsetup (the initramfs of a device that unlocks this way).
-import { spawnSync } from "node:child_process";
+// Needs root, device-mapper, loop devices, losetup and dmsetup (the initramfs of a device that unlocks this way);
+// all of it through src/dm/.
 import { createHash } from "node:crypto";
 import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync, writeSync, existsSync, constants } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { TrustvolError, unsupported } from "../../util/errors.js";
+import { dmCreate, dmRemove } from "../../dm/dmsetup.js";
+import { loopAttach, type LoopHandle } from "../../dm/loop.js";
+import { cryptTable } from "../../dm/table.js";
 import { randomBytesBuf, wipe } from "../../util/secret.js";
 import type { SealPolicy, SealedBlob, TrustSource, TrustSourceInfo } from "../types.js";
 import { ensureKeyring, unlinkKey, type KeyctlOptions } from "./keyring.js";
@@ -27,25 +30,19 @@ export interface KernelTrustedSourceOptions {
   keyctl?: KeyctlOptions;
 }
 
-function run(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 60_000 });
-  if (r.error && (r.error as NodeJS.ErrnoException).code === "ENOENT") throw unsupported(`${cmd} not found`, "sealing with kernel trusted keys needs losetup and dmsetup");
-  if (r.status !== 0) throw new TrustvolError("EDEVICE", `${cmd} ${args[0]} failed: ${(r.stderr || "").trim()}`, "needs root, device-mapper (dm-crypt) and loop devices");
-  return r.stdout.trim();
-}
-
 /** Run one 512-byte sector through dm-crypt keyed by the trusted key `desc`. */
 function kernelCrypt(desc: string, op: "encrypt" | "decrypt", input: Buffer): Buffer {
   const dir = mkdtempSync(join(existsSync("/run") ? "/run" : tmpdir(), "trustvol-kc-"));
   const file = join(dir, "sector");
   const name = `trustvol-kc-${desc.replace(/[^0-9a-z]/gi, "").slice(-16)}`;
-  let loop: string | undefined;
+  let loop: LoopHandle | undefined;
   let mapped = false;
   try {
     writeFileSync(file, op === "decrypt" ? input : Buffer.alloc(SECTOR), { mode: 0o600 });
-    loop = run("losetup", ["-f", "--show", file]);
-    run("dmsetup", ["create", name, "--table", `0 1 crypt aes-xts-plain64 :64:trusted:${desc} 0 ${loop} 0`]);
+    loop = loopAttach(file);
+    dmCreate(name, cryptTable({ sectors: 1, cipher: "aes-xts-plain64", key: { size: 64, type: "trusted", description: desc }, device: loop.device }), {}, { cipher: "aes-xts-plain64", keyType: "trusted" });
     mapped = true;
+    loop.release();
     const dev = `/dev/mapper/${name}`;
     if (op === "encrypt") {
       const fd = openSync(dev, constants.O_WRONLY);
@@ -55,9 +52,9 @@ function kernelCrypt(desc: string, op: "encrypt" | "decrypt", input: Buffer): Bu
       } finally {
         closeSync(fd);
       }
-      run("dmsetup", ["remove", name]);
+      dmRemove(name);
       mapped = false;
-      run("losetup", ["-d", loop]);
+      loop.detach();
       loop = undefined;
       return readFileSync(file);
     }
@@ -70,8 +67,8 @@ function kernelCrypt(desc: string, op: "encrypt" | "decrypt", input: Buffer): Bu
     }
     return out;
   } finally {
-    if (mapped) spawnSync("dmsetup", ["remove", name]);
-    if (loop) spawnSync("losetup", ["-d", loop]);
+    if (mapped) try { dmRemove(name); } catch { /* best effort on the error path */ }
+    if (loop) try { loop.detach(); } catch { /* autoclear or already gone */ }
     rmSync(dir, { recursive: true, force: true });
   }
 }

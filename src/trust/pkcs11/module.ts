@@ -146,7 +146,9 @@ export function loadModule(path: string): ModuleHandle {
     key = realpathSync(path);
     if (!statSync(key).isFile()) throw new Error("not a regular file");
   } catch (e) {
-    throw new TrustvolError("EDEVICE", `PKCS#11 module ${path} cannot be loaded: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === "ENOENT" || code === "ENOTDIR" ? "does not exist" : code === "EACCES" ? "is not readable (permission denied)" : code ? "cannot be examined" : "is not a regular file";
+    throw new TrustvolError("EDEVICE", `PKCS#11 module ${path} ${why}`,
       "check the module path (e.g. /usr/lib/libckteec.so.0 for OP-TEE, /usr/lib/softhsm/libsofthsm2.so) or its p11-kit registration");
   }
   const have = loaded.get(key);

@@ -1,7 +1,7 @@
 // Where a token PIN comes from: a file, stdin, an interactive prompt, or bytes the caller already holds.
 // Never argv, never the environment, never a URI's pin-value. The caller wipes the returned buffer.
-import { openSync, readSync, writeSync, closeSync, fstatSync, constants } from "node:fs";
-import { spawnSync } from "node:child_process";
+import { openSync, readSync, closeSync, fstatSync, constants } from "node:fs";
+import { promptHidden } from "../../util/tty.js";
 import { TrustvolError, usage } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 
@@ -68,40 +68,7 @@ function checkPin(b: Buffer, from: string): Buffer {
 }
 
 function promptTty(prompt: string): Buffer {
-  let fd: number;
-  try {
-    fd = openSync("/dev/tty", constants.O_RDWR | constants.O_NOCTTY);
-  } catch {
-    throw new TrustvolError("EUSAGE", "no terminal to ask for the token PIN", "give the PIN with --pin-file or on stdin (--pin-stdin)");
-  }
-  try {
-    // Turn off echo on the controlling terminal for the duration of the read (stty works on stdin = the tty).
-    const stty = (args: string[]) => spawnSync("stty", args, { stdio: [fd, "ignore", "ignore"] });
-    const echoOff = stty(["-echo"]).status === 0;
-    try {
-      const p = Buffer.from(prompt);
-      let off = 0;
-      while (off < p.length) off += writeSync(fd, p, off);
-      const out: number[] = [];
-      const one = Buffer.alloc(1);
-      for (;;) {
-        const n = readSync(fd, one, 0, 1, null);
-        if (n === 0 || one[0] === 0x0a || one[0] === 0x0d) break;
-        out.push(one[0]!);
-        if (out.length > MAX_PIN) break;
-      }
-      const b = Buffer.allocUnsafeSlow(out.length);
-      for (let i = 0; i < out.length; i++) b[i] = out[i]!;
-      out.fill(0);
-      one.fill(0);
-      return b;
-    } finally {
-      if (echoOff) stty(["echo"]);
-      writeSync(fd, "\n");
-    }
-  } finally {
-    closeSync(fd);
-  }
+  return promptHidden(prompt, { max: MAX_PIN, noTerminalHint: "give the PIN with --pin-file or on stdin (--pin-file -)" });
 }
 
 /** Read the PIN. Returns a fresh Buffer the caller must wipe. */
@@ -117,10 +84,12 @@ export function readPin(src: PinSource): Buffer {
       try {
         fd = openSync(src.path, constants.O_RDONLY);
       } catch (e) {
-        throw new TrustvolError("ENOENT", `cannot read PIN file ${src.path}: ${(e as NodeJS.ErrnoException).code ?? e}`, "check the --pin-file path");
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === "ENOENT" || code === "ENOTDIR") throw new TrustvolError("ENOENT", `PIN file ${src.path} does not exist`, "check the --pin-file path");
+        throw new TrustvolError("EUSAGE", `PIN file ${src.path} cannot be opened${code === "EACCES" ? " (permission denied)" : ""}`, "check the --pin-file path");
       }
       try {
-        if (!fstatSync(fd).isFile() && !fstatSync(fd).isFIFO()) throw usage(`PIN file ${src.path} is not a regular file or pipe`);
+        if (!fstatSync(fd).isFile() && !fstatSync(fd).isFIFO()) throw usage(`PIN file ${src.path} is not a regular file or pipe`, "give the path of a file holding the PIN");
         return checkPin(trimNewline(readAllFd(fd)), `file ${src.path}`);
       } finally {
         closeSync(fd);

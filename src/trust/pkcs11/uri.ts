@@ -196,6 +196,19 @@ export function formatPkcs11Uri(u: Pkcs11Uri): string {
   return "pkcs11:" + path.join(";") + (query.length ? "?" + query.join("&") : "");
 }
 
+/**
+ * A URI read from a LUKS2 header, with the host-local query attributes dropped: module-path / module-name would
+ * let the disk choose a library to load as root, pin-source a file to open. systemd's plugin ignores them too
+ * (it loads every p11-kit registered module); modules come from p11-kit or the administrator only.
+ */
+export function headerUri(u: Pkcs11Uri): Pkcs11Uri {
+  const v = { ...u };
+  delete v.modulePath;
+  delete v.moduleName;
+  delete v.pinSource;
+  return v;
+}
+
 /** systemd's own check (pkcs11_uri_valid): "pkcs11:" then only [A-Za-z0-9-_?;&%=]. Its plugin refuses anything else. */
 export function isSystemdValidUri(uri: string): boolean {
   return /^pkcs11:[A-Za-z0-9\-_?;&%=]+$/.test(uri);

@@ -5,7 +5,7 @@
 import { createHash } from "node:crypto";
 import { TrustvolError } from "../../util/errors.js";
 import { constantTimeEqual, wipe } from "../../util/secret.js";
-import { TPMA_OBJECT, TPMA_SESSION, TPM_ALG, hashNameOf, type HashName } from "./constants.js";
+import { TPMA_OBJECT, TPMA_SESSION, TPM_ALG, TPM_RH, hashNameOf, type HashName } from "./constants.js";
 import * as C from "./commands.js";
 import { TpmReader, TpmWriter } from "./marshal.js";
 import { computePolicyDigest } from "./policy.js";
@@ -13,6 +13,7 @@ import { TpmRcError } from "./rc.js";
 import type { AuthSession } from "./session.js";
 import { objectName, sealedObjectTemplate, unmarshalPublic, type PrimaryAlg, type TpmtPublic } from "./structures.js";
 import type { LoadedKey, Tpm } from "./tpm.js";
+import { primaryTemplateOf, type SerializedKeyHandle } from "./esys-tr.js";
 
 export interface Tpm2SealOptions {
   pcrs: readonly number[];
@@ -28,6 +29,8 @@ export interface Tpm2SealOptions {
   attributes?: number;
   /** Use this authPolicy instead of computing PolicyPCR [+ PolicyAuthValue] (e.g. a PolicyAuthorize digest). */
   authPolicy?: Buffer;
+  /** Seal under this (persistent, verified) parent instead of a transient primary, e.g. systemd 255+'s SRK. */
+  parent?: LoadedKey;
 }
 
 export interface Tpm2Sealed {
@@ -55,6 +58,8 @@ export interface Tpm2UnsealRequest {
    * default PolicyPCR(bank, pcrs) [+ PolicyAuthValue]. The session is salted and the response still encrypted.
    */
   runPolicy?: (tpm: Tpm, session: AuthSession) => Promise<void>;
+  /** The parent recorded by systemd 255+ (`tpm2_srk`): a persistent SRK instead of a transient primary. */
+  srk?: SerializedKeyHandle;
 }
 
 /** Split TPM2B_PRIVATE ‖ TPM2B_PUBLIC: priv is the body, privBytes / pubBytes keep their size prefixes (tpm2-tools files). */
@@ -88,6 +93,26 @@ async function withPrimary<T>(tpm: Tpm, alg: PrimaryAlg, nameAlg: HashName, fn: 
   }
 }
 
+/**
+ * The SRK a token names: the persistent handle when it holds that very key, else the same key recreated from its
+ * template (the owner seed is unchanged unless the TPM was cleared). Either way its name must equal the token's.
+ */
+async function withSrk<T>(tpm: Tpm, srk: SerializedKeyHandle, fn: (p: LoadedKey) => Promise<T>): Promise<T> {
+  const persisted = await tpm.readPublicVerified(srk.handle).catch((e) => {
+    if (e instanceof TpmRcError) return undefined; // not there (evicted, or never persisted on this TPM)
+    throw e;
+  });
+  if (persisted && constantTimeEqual(persisted.name, srk.name)) return fn(persisted);
+  const res = await tpm.run(C.CreatePrimary, { primaryHandle: C.permanentHandle(TPM_RH.OWNER), inSensitive: { userAuth: Buffer.alloc(0), data: Buffer.alloc(0) }, inPublic: primaryTemplateOf(srk.public) });
+  try {
+    if (!constantTimeEqual(objectName(res.outPublic), res.name) || !constantTimeEqual(res.name, srk.name))
+      throw new TrustvolError("EPOLICY", `the TPM's storage root key is not the one this token was sealed under (0x${srk.handle.toString(16)}): a different TPM, or it was cleared since enrollment`, "use the recovery key and re-enroll on this device");
+    return await fn({ handle: res.handle, public: res.outPublic, name: res.name });
+  } finally {
+    await tpm.flushQuiet(res.handle);
+  }
+}
+
 async function closeSession(tpm: Tpm, s: AuthSession | undefined): Promise<void> {
   if (!s) return;
   s.wipe();
@@ -105,7 +130,8 @@ export async function sealSecret(tpm: Tpm, secret: Uint8Array, opts: Tpm2SealOpt
   const policyHash = opts.authPolicy ? Buffer.from(opts.authPolicy) : pcrs.length || pin ? computePolicyDigest({ bank: opts.bank, pcrs, pcrValues: values ?? new Map(), pin, policyHash: nameAlg }) : Buffer.alloc(0);
   const attributes = opts.attributes ?? (policyHash.length ? TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent : TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent | TPMA_OBJECT.userWithAuth);
 
-  return withPrimary(tpm, primaryAlg, nameAlg, async (primary) => {
+  const withParent = <T>(fn: (p: LoadedKey) => Promise<T>) => (opts.parent ? fn(opts.parent) : withPrimary(tpm, primaryAlg, nameAlg, fn));
+  return withParent(async (primary) => {
     let session: AuthSession | undefined;
     try {
       session = await tpm.startSession({ type: "hmac", saltKey: primary, symmetric: true });
@@ -142,7 +168,8 @@ export async function unsealSecret(tpm: Tpm, req: Tpm2UnsealRequest, auth: { aut
   const usesPolicy = pub.authPolicy.length > 0;
   const nameAlg = req.nameAlg ?? hashNameOf(pub.nameAlg);
 
-  return withPrimary(tpm, req.primaryAlg ?? "ecc", nameAlg, async (primary) => {
+  const withParent = <T>(fn: (p: LoadedKey) => Promise<T>) => (req.srk ? withSrk(tpm, req.srk, fn) : withPrimary(tpm, req.primaryAlg ?? "ecc", nameAlg, fn));
+  return withParent(async (primary) => {
     let loaded: { handle: number; name: Buffer } | undefined;
     let session: AuthSession | undefined;
     try {

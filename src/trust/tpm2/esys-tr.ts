@@ -1,0 +1,56 @@
+// tpm2-tss's serialized ESYS_TR (Esys_TR_Serialize), as systemd 255+ stores the persistent SRK in a token's
+// `tpm2_srk`: IESYS_RESOURCE { TPM2_HANDLE handle; TPM2B_NAME name; UINT32 rsrcType; union misc }, big-endian, where
+// misc is a TPM2B_PUBLIC for a key (rsrcType 1). Hostile input: every field is checked against the others.
+import { TrustvolError } from "../../util/errors.js";
+import { constantTimeEqual } from "../../util/secret.js";
+import { TPMA_OBJECT, TPM_ALG } from "./constants.js";
+import { TpmReader, TpmWriter } from "./marshal.js";
+import { marshalPublic, objectName, unmarshalPublic, type TpmtPublic } from "./structures.js";
+
+/** IESYSC_KEY_RSRC: the resource is a loaded or persistent key, misc holds its public area. */
+const IESYSC_KEY_RSRC = 1;
+const PERSISTENT_FIRST = 0x81000000;
+const PERSISTENT_LAST = 0x81ffffff;
+
+export interface SerializedKeyHandle {
+  /** Persistent handle (0x81xxxxxx), e.g. 0x81000001 for systemd's SRK. */
+  handle: number;
+  name: Buffer;
+  public: TpmtPublic;
+}
+
+const bad = (what: string) => new TrustvolError("ECORRUPT", `tpm2_srk: ${what}`, "the token's SRK record is damaged; use the recovery key and re-enroll");
+
+export function decodeSerializedKeyHandle(b: Buffer): SerializedKeyHandle {
+  let out: SerializedKeyHandle;
+  try {
+    const r = new TpmReader(b, "tpm2_srk");
+    const handle = r.u32();
+    const name = r.tpm2b(66);
+    const rsrcType = r.u32();
+    if (rsrcType !== IESYSC_KEY_RSRC) throw bad(`resource type ${rsrcType} is not a key`);
+    const pub = r.sized(unmarshalPublic);
+    r.end();
+    out = { handle, name, public: pub };
+  } catch (e) {
+    if (e instanceof TrustvolError && e.code === "ECORRUPT" && e.message.startsWith("tpm2_srk")) throw e;
+    throw bad(`not a serialized TPM key handle (${e instanceof Error ? e.message : String(e)})`);
+  }
+  if (out.handle < PERSISTENT_FIRST || out.handle > PERSISTENT_LAST) throw bad(`handle 0x${out.handle.toString(16)} is not a persistent handle`);
+  if (!constantTimeEqual(out.name, objectName(out.public))) throw bad("name does not match the public area");
+  const p = out.public;
+  const storage = TPMA_OBJECT.restricted | TPMA_OBJECT.decrypt | TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent;
+  if ((p.type !== TPM_ALG.ECC && p.type !== TPM_ALG.RSA) || (p.objectAttributes & storage) !== storage || (p.objectAttributes & TPMA_OBJECT.sign) !== 0)
+    throw bad("the key is not a storage key (restricted decrypt, fixedtpm, fixedparent)");
+  return out;
+}
+
+export function encodeSerializedKeyHandle(k: SerializedKeyHandle): Buffer {
+  return new TpmWriter(256).u32(k.handle).tpm2b(k.name).u32(IESYSC_KEY_RSRC).sized((w) => marshalPublic(w, k.public)).finish();
+}
+
+/** The template that recreates a primary from its public area: the same parameters with an empty unique. */
+export function primaryTemplateOf(p: TpmtPublic): TpmtPublic {
+  if (p.type === TPM_ALG.ECC) return { ...p, unique: Buffer.alloc(0), eccPoint: { x: Buffer.alloc(0), y: Buffer.alloc(0) } };
+  return { ...p, unique: Buffer.alloc(0) };
+}
