@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { writeFileSync } from "node:fs";
+import { writeFileSync, truncateSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { tmpDir } from "../helpers/tools.js";
 import { trustvol, TRUSTVOL_BIN } from "../helpers/cli.js";
@@ -14,6 +14,8 @@ test("aliases: --unlock-key-file, --tpm2-pcrs (parsed like --pcrs), --pkcs11-tok
   const key = join(dir, "key");
   writeFileSync(key, "pass", { mode: 0o600 });
   const img = join(dir, "v.img");
+  writeFileSync(img, "");
+  truncateSync(img, 20 << 20); // format refuses a path that does not exist
   assert.equal(trustvol(["format", "--key-file", key, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", img]).status, 0);
   let r = trustvol(["enroll", "recovery", img, "--unlock-key-file", key, "--out", join(dir, "rk")]);
   assert.equal(r.status, 0, r.stderr);

@@ -18,7 +18,9 @@ test("format refuses to overwrite a LUKS volume or a file system without confirm
   const key = join(dir, "key");
   writeFileSync(key, "pass", { mode: 0o600 });
   const img = join(dir, "v.img");
-  // A path that does not exist yet holds nothing: no question.
+  // An all-zero image holds nothing: no question. (format refuses a path that does not exist.)
+  writeFileSync(img, "");
+  truncateSync(img, 20 << 20);
   let r = trustvol(["format", "--key-file", key, ...FAST, img]);
   assert.equal(r.status, 0, r.stderr);
   const before = digest(img);
@@ -52,6 +54,8 @@ test("format on a terminal: only YES goes ahead", async (t) => {
   const key = join(dir, "key");
   writeFileSync(key, "pass", { mode: 0o600 });
   const img = join(dir, "v.img");
+  writeFileSync(img, "");
+  truncateSync(img, 20 << 20);
   assert.equal(trustvol(["format", "--key-file", key, ...FAST, img]).status, 0);
   const before = digest(img);
   const onTerminal = (answer: string) => {
@@ -74,6 +78,8 @@ test("header backup refuses to replace an existing file", async (t) => {
   const key = join(dir, "key");
   writeFileSync(key, "pass", { mode: 0o600 });
   const img = join(dir, "v.img");
+  writeFileSync(img, "");
+  truncateSync(img, 20 << 20);
   assert.equal(trustvol(["format", "--key-file", key, ...FAST, img]).status, 0);
   const bak = join(dir, "v.hdr");
   writeFileSync(bak, "an older backup");

@@ -2,7 +2,7 @@
 // (argon2, pkcs11js) says which one, in one line.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { spawnSync } from "node:child_process";
@@ -22,6 +22,11 @@ test("the bundle runs alone and names the native module a command is missing", (
   mkdirSync(dev);
   copyFileSync(out, join(dev, "trustvol.mjs"));
   writeFileSync(join(dev, "key"), "pw", { mode: 0o600 });
+  // format refuses a path that does not exist: the images are made first
+  for (const img of ["v.img", "w.img"]) {
+    writeFileSync(join(dev, img), "");
+    truncateSync(join(dev, img), 20 << 20);
+  }
   const tv = (...args: string[]) => spawnSync(process.execPath, ["trustvol.mjs", ...args], { cwd: dev, encoding: "utf8", env: { ...process.env, NODE_PATH: "" } });
   let r = tv("--version");
   assert.equal(r.stdout.trim(), (JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { version: string }).version, r.stderr);

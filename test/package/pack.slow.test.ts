@@ -3,7 +3,7 @@
 // Needs the npm registry (or its cache) for the dependencies; argon2 and pkcs11js are built from source on install.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, symlinkSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { spawnSync, type SpawnSyncOptions } from "node:child_process";
@@ -55,6 +55,8 @@ test("npm pack → npm install in an empty project → CLI format/unlock, typed 
   // The installed CLI, compiled, with a key file.
   const env = { ...process.env, TRUSTVOL_FROM_SOURCE: "" };
   writeFileSync(join(app, "key"), "installed-passphrase", { mode: 0o600 });
+  writeFileSync(join(app, "disk.img"), "");
+  truncateSync(join(app, "disk.img"), 20 << 20); // format refuses a path that does not exist
   r = sh("npx", ["--no-install", "trustvol", "--version"], { cwd: app, env });
   assert.equal(r.stdout.trim(), pkg.version, r.stderr);
   r = sh("npx", ["--no-install", "trustvol", "format", "disk.img", "--key-file", "key", "--pbkdf-memory", "65536", "--pbkdf-force-iterations", "4", "--json"], { cwd: app, env });
