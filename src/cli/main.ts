@@ -2,25 +2,38 @@
 import { io } from "./io.js";
 import { Command, CommanderError } from "commander";
 import { TrustvolError, ExitCode } from "../util/errors.js";
-import { registerVolumeCommands } from "./commands/volume.js";
-import { registerKeyCommands } from "./commands/keys.js";
-import { registerTokenCommands } from "./commands/tokens.js";
-import { registerHeaderCommands } from "./commands/header.js";
-import { registerImageCommands } from "./commands/image.js";
-import { registerDemoCommand } from "./commands/demo.js";
-import { registerKernelCommands } from "./commands/kernel.js";
-import { registerVerityCommands } from "./commands/verity.js";
-import { registerEnrollCommands } from "./commands/enroll.js";
-import { registerPkcs11Commands } from "./commands/pkcs11.js";
-import { registerTpm2Commands } from "./commands/tpm2.js";
 import { VERSION } from "../version.js";
 import { resetStdinState } from "./secrets.js";
+
+type Register = (program: Command) => unknown;
+// Command modules in help order, each imported only when its command runs (start-up time is boot time).
+const MODULES: { commands: string[]; load: () => Promise<Register> }[] = [
+  { commands: ["format", "dump", "unlock", "repair"], load: async () => (await import("./commands/volume.js")).registerVolumeCommands },
+  { commands: ["key"], load: async () => (await import("./commands/keys.js")).registerKeyCommands },
+  { commands: ["token"], load: async () => (await import("./commands/tokens.js")).registerTokenCommands },
+  { commands: ["header"], load: async () => (await import("./commands/header.js")).registerHeaderCommands },
+  { commands: ["image"], load: async () => (await import("./commands/image.js")).registerImageCommands },
+  { commands: ["enroll"], load: async () => (await import("./commands/enroll.js")).registerEnrollCommands },
+  { commands: ["identity", "pkcs11"], load: async () => (await import("./commands/pkcs11.js")).registerPkcs11Commands },
+  { commands: ["tpm2"], load: async () => (await import("./commands/tpm2.js")).registerTpm2Commands },
+  { commands: ["demo"], load: async () => (await import("./commands/demo.js")).registerDemoCommand },
+  { commands: ["open", "close", "trusted", "caam", "doctor"], load: async () => (await import("./commands/kernel.js")).registerKernelCommands },
+  { commands: ["verity"], load: async () => (await import("./commands/verity.js")).registerVerityCommands },
+];
+
+/** The modules argv needs: the named command's, none for a bare --version, all for help or an unknown command. */
+function modulesFor(argv: string[]): typeof MODULES {
+  const word = argv.find((a) => !a.startsWith("-"));
+  if (word === undefined && argv.length > 0 && argv.every((a) => a === "-V" || a === "--version")) return [];
+  const m = word === undefined ? undefined : MODULES.find((x) => x.commands.includes(word));
+  return m ? [m] : MODULES;
+}
 
 const EXIT_HELP = `
 Examples:
   trustvol image encrypt rootfs.ext4 rootfs.luks --key-file factory.key --target-ram 512   (CI, no root)
   trustvol enroll tpm2 /dev/mmcblk0p3 --pcrs 7 --key-file factory.key --wipe-slot password  (first boot)
-  trustvol enroll recovery /dev/mmcblk0p3 --unlock-token --out /boot/recovery.key
+  trustvol enroll recovery /dev/mmcblk0p3 --unlock-token       (prints the key once: store it off the device)
   trustvol open --token-only /dev/mmcblk0p3 rootfs                                          (every boot)
   trustvol verity format rootfs.img rootfs.hash
   trustvol doctor
@@ -41,7 +54,7 @@ Exit status:
 Secrets are never taken from the command line: use --key-file FILE, --key-file - (stdin), or the prompt.
 `;
 
-export function buildProgram(): Command {
+export async function buildProgram(argv: string[] = []): Promise<Command> {
   const program = new Command("trustvol")
     .description("LUKS2 / dm-crypt volumes whose keys are sealed to a device's hardware root of trust")
     .version(VERSION)
@@ -53,24 +66,16 @@ export function buildProgram(): Command {
       outputError: (str) => io.err(`trustvol: ${oneLine(str.replace(/^error: /, ""))} (see --help)\n`),
     })
     .exitOverride();
-  registerVolumeCommands(program);
-  registerKeyCommands(program);
-  registerTokenCommands(program);
-  registerHeaderCommands(program);
-  registerImageCommands(program);
-  registerEnrollCommands(program);
-  registerPkcs11Commands(program);
-  registerTpm2Commands(program);
-  registerDemoCommand(program);
-  registerKernelCommands(program);
-  registerVerityCommands(program);
+  for (const register of await Promise.all(modulesFor(argv).map((m) => m.load()))) register(program);
   return program;
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const program = buildProgram();
+  // `help enroll tpm2` means `enroll tpm2 --help` (commander's help command looks only one level down).
+  if (argv[0] === "help" && argv.length > 1) argv = [...argv.slice(1), "--help"];
   resetStdinState();
   try {
+    const program = await buildProgram(argv);
     await program.parseAsync(argv, { from: "user" });
     return ExitCode.OK;
   } catch (e) {

@@ -1,13 +1,12 @@
-// How the CLI gets a volume key, cryptsetup's way: a key file if one is named; otherwise the volume's tokens first
-// (TPM, PKCS#11, clevis — nobody has to type anything), then a passphrase unless --token-only.
+// How the CLI gets a volume key: options → ops/unlock (a key file alone; otherwise tokens first, then a passphrase
+// unless --token-only). The rules themselves live in ops/unlock.ts, shared with the library.
+import type { LuksHandle } from "../ops/volume.js";
+import { unlock } from "../ops/unlock.js";
+import { getPassphrase, keyFileLimits, willPrompt } from "./secrets.js";
+import { io } from "./io.js";
+import { cliPin } from "./common.js";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
-import type { LuksHandle } from "../ops/volume.js";
-import { unlockWithTokens, tokenHandler } from "../ops/tokens.js";
-import "../ops/handlers.js";
-import { readPin } from "../trust/pkcs11/pin.js";
-import { withPassphraseTries, keyFileLimits } from "./secrets.js";
-import { pinSourceFrom } from "./commands/enroll.js";
 
 export interface CliUnlockResult {
   volumeKey: Buffer;
@@ -16,36 +15,25 @@ export interface CliUnlockResult {
 }
 
 export async function unlockFromCli(h: LuksHandle, device: string, o: Record<string, unknown>): Promise<CliUnlockResult> {
-  const wantTokens = !!(o.tokenOnly || o.tokenId !== undefined || o.tokenType);
+  const readPass = () => getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, ...keyFileLimits(o) });
   if (o.tokenOnly && (o.keyFile || o.keySlot !== undefined)) throw new TrustvolError("EUSAGE", "--token-only cannot be combined with --key-file or --key-slot");
-  const usable = h.luks2 ? h.luks2.tokenIds().filter((id) => tokenHandler(h.luks2!.metadata.tokens[String(id)]!.type)) : [];
-  let tokenError: TrustvolError | undefined;
-  if (wantTokens || (!o.keyFile && o.keySlot === undefined && usable.length)) {
-    // A PIN from --pin-file; on a terminal, prompted for when a token that may be used needs one.
-    const needsPin = usable.some((id) => {
-      const t = h.luks2!.metadata.tokens[String(id)]!;
-      return t.type === "systemd-pkcs11" || (t.type === "systemd-tpm2" && (t["tpm2-pin"] === true || t["tpm2_pin"] === true));
-    });
-    const pinSrc = o.pinFile ? pinSourceFrom(o) : needsPin && process.stdin.isTTY ? ({ kind: "prompt", prompt: "Enter token PIN: " } as const) : undefined;
-    const pin = pinSrc ? readPin(pinSrc) : undefined;
-    try {
-      const r = await unlockWithTokens(h, { pin, pkcs11Module: o.pkcs11Module as string | undefined, tpm2Device: o.tpm2Device as string | undefined, tpm2Signature: o.tpm2Signature as string | undefined }, { tokenId: o.tokenId as number | undefined, tokenType: o.tokenType as string | undefined });
-      return { volumeKey: r.volumeKey, keyslot: r.keyslot, token: r.tokenId };
-    } catch (e) {
-      if (!(e instanceof TrustvolError) || wantTokens) throw e;
-      tokenError = e; // fall back to a passphrase, like cryptsetup
-    } finally {
-      wipe(pin);
-    }
-  }
-  let asked = false;
-  try {
-    const r = await withPassphraseTries({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, tries: o.tries as number | undefined, ...keyFileLimits(o) },
-      (pass) => ((asked = true), h.unlock(pass, { slot: o.keySlot as number | undefined })));
-    return { volumeKey: r.volumeKey, keyslot: r.keyslot };
-  } catch (e) {
-    // Nothing to fall back to (no key file, no terminal, empty stdin): the token's reason is the useful one.
-    if (tokenError && !asked && e instanceof TrustvolError && e.code === "EUSAGE") throw tokenError;
-    throw e;
-  }
+  const wantTokens = !!(o.tokenOnly || o.tokenId !== undefined || o.tokenType);
+  // A key file is read up front and used alone (no tokens), like cryptsetup's --key-file; a prompt only when needed.
+  const given = o.keyFile && !wantTokens ? await readPass() : undefined;
+  const pin = cliPin(o);
+  const r = await unlock(h, {
+    passphrase: given ?? readPass,
+    ...(o.keySlot !== undefined ? { keyslot: o.keySlot as number } : {}),
+    ...(o.tokenOnly ? { tokenOnly: true } : {}),
+    ...(o.tokenId !== undefined ? { tokenId: o.tokenId as number } : {}),
+    ...(o.tokenType ? { tokenType: o.tokenType as string } : {}),
+    ...(pin ? { pin } : {}),
+    ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}),
+    ...(o.pkcs11Module ? { pkcs11Module: o.pkcs11Module as string } : {}),
+    ...(o.tpm2Signature ? { tpm2Signature: o.tpm2Signature as string } : {}),
+    // --tries: only a passphrase typed at the terminal is asked again
+    tries: willPrompt(o.keyFile) ? Math.max(1, (o.tries as number | undefined) ?? 3) : 1,
+    onWrongPassphrase: (e) => io.err(`trustvol: ${e.message}\n`),
+  }).finally(() => wipe(given));
+  return { volumeKey: r.volumeKey, keyslot: r.keyslot, ...(r.tokenId !== undefined ? { token: r.tokenId } : {}) };
 }

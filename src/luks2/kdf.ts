@@ -16,7 +16,14 @@ async function argon2(): Promise<Argon2Mod> {
       argon2Mod = (await import("argon2")) as Argon2Mod;
       if ((argon2Mod as unknown as { default?: Argon2Mod }).default?.hash) argon2Mod = (argon2Mod as unknown as { default: Argon2Mod }).default;
     } catch (e) {
-      throw new TrustvolError("EUNSUPPORTED", "Argon2 is not available (the argon2 module failed to load)", "reinstall trustvol, or use --pbkdf pbkdf2", { cause: e });
+      // A bundle ships without its native modules: say which one is missing, not just that something failed.
+      const missing = ["ERR_MODULE_NOT_FOUND", "MODULE_NOT_FOUND"].includes((e as NodeJS.ErrnoException)?.code ?? "");
+      throw new TrustvolError(
+        "EUNSUPPORTED",
+        missing ? "Argon2 needs the argon2 native module, which is not installed" : "Argon2 is not available (the argon2 module failed to load)",
+        missing ? "install argon2 next to trustvol (npm install argon2), or use --pbkdf pbkdf2" : "reinstall trustvol, or use --pbkdf pbkdf2",
+        { cause: e },
+      );
     }
   }
   return argon2Mod;

@@ -38,8 +38,6 @@ export interface NewKeyslotOptions {
   areaKeySize?: number;
   afHash?: string;
   priority?: number;
-  /** Precomputed KDF (e.g. systemd's pbkdf2/sha512/1000 for token keyslots). */
-  kdf?: Luks2Keyslot["kdf"];
 }
 
 /** Bytes a keyslot area needs for a key of keyLen bytes (cryptsetup aligns to 4 KiB). */
@@ -78,7 +76,7 @@ export async function buildKeyslot(
   const enc = opts.areaEncryption ?? "aes-xts-plain64";
   const size = keyslotAreaSize(keyLen);
   const offset = findAreaGap(m, hdrSize, size, ignoreSlot);
-  const kdf = opts.kdf ?? (await chooseKdf(opts.pbkdf ?? {}, randomBytes(32), areaKeySize));
+  const kdf = await chooseKdf(opts.pbkdf ?? {}, randomBytes(32), areaKeySize);
   // cryptsetup takes the AF hash from the PBKDF2 hash, and uses sha256 with Argon2.
   const afHash = opts.afHash ?? (kdf.type === "pbkdf2" ? kdf.hash : "sha256");
   const derived = await deriveKey(kdf, passphrase, areaKeySize);

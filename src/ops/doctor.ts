@@ -11,6 +11,8 @@ import { gunzipSync } from "node:zlib";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { discoverP11KitModules } from "../trust/pkcs11/module.js";
+import { TPM2_DEVICE_ENV, parseTpm2Device } from "../trust/tpm2/transport-select.js";
+import { TrustvolError } from "../util/errors.js";
 
 export type Severity = "critical" | "warning" | "info";
 
@@ -53,6 +55,8 @@ export interface DoctorOptions {
   p11KitDirs?: string[];
   /** Do not open block devices to look for LUKS headers. */
   skipVolumeScan?: boolean;
+  /** Environment (TRUSTVOL_TPM2_DEVICE); default process.env when root is "/", none otherwise. */
+  env?: NodeJS.ProcessEnv;
 }
 
 const EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
@@ -60,6 +64,15 @@ const OPTEE_TRUSTED_KEYS_TA = "optee-ta-f04a0fe7-1f5d-4b9b-abf7-619b85b4ce8c";
 
 export function runDoctor(o: DoctorOptions = {}): DoctorReport {
   const root = o.root ?? "/";
+  // Auditing a tree that is not there would report a device with nothing in it: refuse instead.
+  let isDir = false;
+  try {
+    isDir = statSync(root).isDirectory();
+  } catch {
+    /* reported below */
+  }
+  if (!isDir) throw new TrustvolError("ENOENT", `${root}: no such directory to audit`, "--root names the directory where the device's root file system is mounted");
+  const env = o.env ?? (root === "/" ? process.env : {});
   const p = (...s: string[]) => join(root, ...s);
   const read = (f: string): string | undefined => {
     try {
@@ -142,6 +155,24 @@ export function runDoctor(o: DoctorOptions = {}): DoctorReport {
       if (m) pcr7 = m[1]!.toLowerCase();
     }
     ts.tpm = { device: exists("dev/tpmrm0") ? "/dev/tpmrm0" : "/dev/tpm0", ...(v ? { version: Number(v) } : {}), resourceManager: exists("dev/tpmrm0"), ...(pcr7 ? { pcr7 } : {}) };
+  }
+  // The TPM trustvol itself would use: TRUSTVOL_TPM2_DEVICE overrides the kernel's (as for `--tpm2-device auto`).
+  const envTpm = env[TPM2_DEVICE_ENV]?.trim();
+  if (envTpm) {
+    let spec: ReturnType<typeof parseTpm2Device> | undefined;
+    try {
+      spec = parseTpm2Device(envTpm);
+    } catch {
+      add({ id: "tpm.env-invalid", severity: "warning", title: `${TPM2_DEVICE_ENV}=${envTpm} is not a TPM device trustvol understands`, hint: "use a device path (/dev/tpmrm0), swtpm:path=SOCKET or swtpm:host=H,port=P" });
+    }
+    if (spec && spec !== "auto") {
+      const path = spec.kind === "device" ? spec.path : "path" in spec.addr ? spec.addr.path : undefined;
+      if (path !== undefined && !existsSync(path)) add({ id: "tpm.env-missing", severity: "warning", title: `${TPM2_DEVICE_ENV} names ${path}, which does not exist`, hint: `start the TPM (or swtpm) or unset ${TPM2_DEVICE_ENV}` });
+      else {
+        const same = spec.kind === "device" && ts.tpm?.device === spec.path ? ts.tpm : undefined; // sysfs facts only for the kernel's TPM
+        ts.tpm = { device: envTpm, ...(spec.kind === "swtpm" ? { version: 2 } : same?.version ? { version: same.version } : {}), resourceManager: spec.kind === "swtpm" || /tpmrm/.test(envTpm), ...(same?.pcr7 ? { pcr7: same.pcr7 } : {}) };
+      }
+    }
   }
   if (exists("dev/tee0") || exists("sys/class/tee/tee0")) ts.tee = { device: "/dev/tee0", trustedKeysTa: exists(`sys/bus/tee/devices/${OPTEE_TRUSTED_KEYS_TA}`) };
   const jr = ls("sys/bus/platform/drivers/caam_jr").filter((n) => !["bind", "unbind", "uevent", "module"].includes(n));

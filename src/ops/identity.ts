@@ -5,7 +5,8 @@
 //   show        → key attributes + certificate summary
 // The private key never leaves the token; TLS clients use it through pkcs11:token=…;object=…;type=private.
 import { X509Certificate, createHash } from "node:crypto";
-import pkcs11js from "pkcs11js";
+import type * as Pkcs11js from "pkcs11js";
+import { pkcs11js } from "../trust/pkcs11/pkcs11js.js";
 import { TrustvolError } from "../util/errors.js";
 import { openToken, type KeyAlgorithm, type KeyAttributes } from "../trust/pkcs11/token.js";
 import { generateKeyPair, importCertificate } from "../trust/pkcs11/setup.js";

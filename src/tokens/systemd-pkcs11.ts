@@ -6,7 +6,8 @@
 // the URI (+ CKA_DECRYPT, CKK_RSA), C_Decrypt with CKM_RSA_PKCS.
 import { TrustvolError, corrupt, usage } from "../util/errors.js";
 import { wipe, randomBytesBuf, base64Bytes } from "../util/secret.js";
-import pkcs11js from "pkcs11js";
+import type * as Pkcs11js from "pkcs11js";
+import { pkcs11js } from "../trust/pkcs11/pkcs11js.js";
 import { openToken } from "../trust/pkcs11/token.js";
 import { parsePkcs11Uri, formatPkcs11Uri, isSystemdValidUri, redactUri, headerUri } from "../trust/pkcs11/uri.js";
 import { encryptToPublicKey } from "../trust/pkcs11/source.js";

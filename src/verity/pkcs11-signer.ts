@@ -3,7 +3,8 @@
 // ECDSA with CKM_ECDSA over a SHA-256 digest we compute, the raw r‖s converted to the DER form CMS carries.
 // The certificate comes from the token (CKO_CERTIFICATE with the key's CKA_ID) unless the caller gives one.
 import { X509Certificate } from "node:crypto";
-import pkcs11js from "pkcs11js";
+import type * as Pkcs11js from "pkcs11js";
+import { pkcs11js } from "../trust/pkcs11/pkcs11js.js";
 import { TrustvolError, usage } from "../util/errors.js";
 import { openToken, type Pkcs11Session } from "../trust/pkcs11/token.js";
 import { parsePkcs11Uri, formatPkcs11Uri, redactUri, type Pkcs11Uri } from "../trust/pkcs11/uri.js";
@@ -54,7 +55,7 @@ export function pkcs11RootHashSigner(o: Pkcs11RootHashSignerOptions): Pkcs11Root
     let der: Buffer;
     if (o.certificate !== undefined) der = certDer(o.certificate);
     else {
-      const tmpl: pkcs11js.Template = [{ type: P.CKA_CLASS, value: P.CKO_CERTIFICATE }, { type: P.CKA_CERTIFICATE_TYPE, value: P.CKC_X_509 }];
+      const tmpl: Pkcs11js.Template = [{ type: P.CKA_CLASS, value: P.CKO_CERTIFICATE }, { type: P.CKA_CERTIFICATE_TYPE, value: P.CKC_X_509 }];
       if (a.id.length) tmpl.push({ type: P.CKA_ID, value: a.id });
       else if (a.label) tmpl.push({ type: P.CKA_LABEL, value: Buffer.from(a.label, "utf8") });
       const certs = s.findObjects(tmpl, 4);

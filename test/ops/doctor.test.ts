@@ -8,6 +8,7 @@ import { tmpDir } from "../helpers/tools.js";
 import { runDoctor, formatDoctor } from "../../src/ops/doctor.js";
 import { main } from "../../src/cli/main.js";
 import { io } from "../../src/cli/io.js";
+import type { TrustvolError } from "../../src/util/errors.js";
 
 const EFI = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 
@@ -128,4 +129,26 @@ test("CLI: doctor --json --root, exit 8 on a critical finding, 0 otherwise", asy
   } finally {
     Object.assign(io, saved);
   }
+});
+
+test("doctor refuses a --root that is not a directory, and reports the TPM TRUSTVOL_TPM2_DEVICE names", async (t) => {
+  const { dir, cleanup } = tmpDir("trustvol-doctor-");
+  t.after(cleanup);
+  assert.throws(() => runDoctor({ root: join(dir, "nonexistent"), p11KitDirs: [] }), (e: TrustvolError) => e.code === "ENOENT" && /no such directory/.test(e.message));
+  let err = "";
+  const saved = { ...io };
+  io.out = () => {};
+  io.err = (s) => void (err += s.toString());
+  try {
+    assert.equal(await main(["doctor", "--root", join(dir, "nonexistent")]), 5);
+    assert.match(err, /nonexistent: no such directory/);
+  } finally {
+    Object.assign(io, saved);
+  }
+  tree(dir, { "run/swtpm.sock": "" });
+  const r = runDoctor({ root: dir, p11KitDirs: [], env: { TRUSTVOL_TPM2_DEVICE: `swtpm:path=${join(dir, "run/swtpm.sock")}` } });
+  assert.equal(r.trustSources.tpm?.device, `swtpm:path=${join(dir, "run/swtpm.sock")}`);
+  assert.ok(!r.findings.some((f) => f.id === "trust.none"));
+  const missing = runDoctor({ root: dir, p11KitDirs: [], env: { TRUSTVOL_TPM2_DEVICE: "/dev/nonexistent-tpm" } });
+  assert.ok(missing.findings.some((f) => f.id === "tpm.env-missing"), JSON.stringify(missing.findings));
 });

@@ -19,7 +19,6 @@ import { startSwtpm, type Swtpm } from "../../trust/tpm2/swtpm-process.js";
 import { withTpm } from "../../ops/handlers.js";
 import { enrollToken, unlockWithTokens, resolveWipeSlots } from "../../ops/tokens.js";
 import { createSystemdTpm2Token } from "../../tokens/systemd-tpm2.js";
-import { tokenKeyslotKdf } from "./enroll.js";
 
 function accessSync(p: string): boolean {
   try {
@@ -99,7 +98,7 @@ export function registerDemoCommand(program: Command): void {
                 enrollToken(v, volumeKey, async (slot) => {
                   const t = await createSystemdTpm2Token(tpm, { keyslot: slot, pcrs: [7], bank: "sha256" });
                   return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
-                }, { kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha512", iterations: 1000 }), removeSlots: resolveWipeSlots(v, "password") }),
+                }, { removeSlots: resolveWipeSlots(v, "password") }),
               );
               wipe(volumeKey);
               const wiped = r.removed;

@@ -3,95 +3,49 @@
 import type { Command } from "commander";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
-import { LuksHandle } from "../../ops/volume.js";
-import { enrollToken, resolveWipeSlotsFull, unlockWithTokens, type TokenUnlockContext } from "../../ops/tokens.js";
-import { readPin, type PinSource } from "../../trust/pkcs11/pin.js";
-import { getPassphrase, readKeyFile, keyFileLimits, withPassphraseTries } from "../secrets.js";
-import { addUnlockOptions, addPinOptions, int, printJson } from "../common.js";
+import { enrollClevis, enrollPkcs11, enrollRecovery, enrollTpm2, type EnrollOptions, type EnrollResult, type EnrollUnlock } from "../../ops/enroll.js";
+import type { HashName } from "../../trust/tpm2/constants.js";
+import type { PrimaryAlg } from "../../trust/tpm2/structures.js";
+import { readPin } from "../../trust/pkcs11/pin.js";
+import { getPassphrase, readKeyFile, keyFileLimits, willPrompt } from "../secrets.js";
+import { addAlias, addUnlockOptions, addPinOptions, cliPin, int, pinSourceFrom, printJson } from "../common.js";
 import { io } from "../io.js";
-import type { Kdf } from "../../luks2/metadata.js";
-import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 
-export function pinSourceFrom(o: Record<string, unknown>): PinSource | undefined {
-  const f = o.pinFile as string | undefined;
-  if (f === "-") return { kind: "stdin" };
-  if (f) return { kind: "file", path: f };
-  return process.stdin.isTTY ? { kind: "prompt" } : undefined;
+export { pinSourceFrom } from "../common.js";
+
+/** How an enrolment gets the volume key, from the CLI's options: raw volume key file, an enrolled token, or a passphrase. */
+function enrollUnlock(device: string, o: Record<string, unknown>): EnrollUnlock {
+  if (o.unlockVolumeKeyFile) return { volumeKey: readKeyFile(o.unlockVolumeKeyFile as string) };
+  if (o.unlockToken) return { tokens: { ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}), pin: cliPin(o) } };
+  // Asked for only once the volume has opened and --wipe-slot has checked out.
+  return {
+    passphrase: () => getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter an existing passphrase for ${device}: `, ...keyFileLimits(o) }),
+    // --tries: only a passphrase typed at the terminal is asked again
+    tries: willPrompt(o.keyFile) ? Math.max(1, (o.tries as number | undefined) ?? 3) : 1,
+    onWrongPassphrase: (e) => io.err(`trustvol: ${e.message}\n`),
+  };
 }
 
-/** Get the volume key for an enrollment: passphrase, raw key file, or an existing token. Caller wipes. */
-export async function volumeKeyFor(h: LuksHandle, device: string, o: Record<string, unknown>, ctx: TokenUnlockContext = {}): Promise<Buffer> {
-  const v = h.requireLuks2("enroll");
-  if (o.unlockVolumeKeyFile) {
-    const vk = readKeyFile(o.unlockVolumeKeyFile as string);
-    try {
-      v.verifyVolumeKey(vk);
-    } catch (e) {
-      wipe(vk);
-      throw e;
-    }
-    return vk;
-  }
-  if (o.unlockToken) return (await unlockWithTokens(h, ctx)).volumeKey;
-  const r = await withPassphraseTries({ keyFile: o.keyFile as string | undefined, prompt: `Enter an existing passphrase for ${device}: `, tries: o.tries as number | undefined, ...keyFileLimits(o) }, (pass) => h.unlock(pass));
-  return r.volumeKey;
-}
-
-/** systemd's token keyslots use PBKDF2 with few iterations: the secret is already high-entropy (systemd-cryptenroll). */
-export function tokenKeyslotKdf(p: { type: "pbkdf2"; hash: string; iterations: number }): Kdf {
-  return { ...p, salt: randomBytes(32).toString("base64") };
-}
-
-export async function finishEnroll(r: { keyslot: number; tokenId: number; removed: number[] }, o: Record<string, unknown>, what: string): Promise<void> {
-  const wiped = r.removed;
-  if (o.json) printJson({ keyslot: r.keyslot, token: r.tokenId, wiped_keyslots: wiped });
-  else {
-    io.err(`New ${what} token enrolled as key slot ${r.keyslot} (token ${r.tokenId}).\n`);
-    for (const k of wiped) io.err(`Wiped slot ${k}.\n`);
-  }
-}
-
-type MadeToken = { tokenJson: Record<string, unknown>; passphrase: Buffer };
-
-/**
- * Every token enrollment has one shape: open the volume, resolve --wipe-slot (before anything is written), get the
- * volume key, then — with the trust source open (`withSource`) — add the keyslot, its token and the slot removals in
- * one header commit, report, wipe the key, close.
- */
-async function runEnroll<S>(
-  device: string,
-  o: Record<string, unknown>,
-  what: string,
-  p: { ctx?: TokenUnlockContext; kdf: Kdf; afHash?: string; withSource: <T>(fn: (src: S) => Promise<T>) => Promise<T>; makeToken: (src: S, slot: number) => Promise<MadeToken> },
-): Promise<void> {
-  const h = await LuksHandle.open(device, { header: o.header as string | undefined });
-  let vk: Buffer | undefined;
+/** Run an ops enrolment with the volume key source from the CLI's options; wipe what was read; print the result. */
+async function runEnroll(device: string, o: Record<string, unknown>, what: string, enroll: (common: EnrollOptions) => Promise<EnrollResult>): Promise<void> {
+  const u = enrollUnlock(device, o);
   try {
-    const v = h.requireLuks2("enroll");
-    const removeSlots = await resolveWipeSlotsFull(v, o.wipeSlot as string | undefined);
-    vk = await volumeKeyFor(h, device, o, p.ctx);
-    const key = vk;
-    const r = await p.withSource((src) =>
-      enrollToken(v, key, (slot) => p.makeToken(src, slot), { slot: o.keySlot as number | undefined, kdf: p.kdf, ...(p.afHash ? { afHash: p.afHash } : {}), removeSlots }),
-    );
-    await finishEnroll(r, o, what);
+    const r = await enroll({ unlock: u, ...(o.header ? { header: o.header as string } : {}), ...(o.keySlot !== undefined ? { keyslot: o.keySlot as number } : {}), ...(o.wipeSlot ? { wipeSlots: o.wipeSlot as string } : {}) });
+    if (o.json) printJson({ keyslot: r.keyslot, token: r.tokenId, wiped_keyslots: r.wipedKeyslots });
+    else {
+      io.err(`New ${what} token enrolled as key slot ${r.keyslot} (token ${r.tokenId}).\n`);
+      for (const k of r.wipedKeyslots) io.err(`Wiped slot ${k}.\n`);
+    }
   } finally {
-    wipe(vk);
-    await h.close();
+    if ("volumeKey" in u) wipe(u.volumeKey);
   }
 }
-
-const noSource = <T>(fn: (src: undefined) => Promise<T>): Promise<T> => fn(undefined);
-const tpmSource = (o: Record<string, unknown>) => async <T>(fn: (tpm: import("../../trust/tpm2/index.js").Tpm2TrustSource) => Promise<T>): Promise<T> => {
-  const { withTpm } = await import("../../ops/handlers.js");
-  return withTpm({ tpm2Device: o.tpm2Device as string | undefined }, fn);
-};
 
 export function registerEnrollCommands(program: Command): Command {
   const enroll = program.command("enroll").description("seal a new keyslot's passphrase to a trust source (writes systemd-cryptenroll compatible tokens)");
-  addPinOptions(
+  const pkcs11Cmd = addPinOptions(
     addUnlockOptions(
       enroll
         .command("pkcs11")
@@ -104,18 +58,13 @@ export function registerEnrollCommands(program: Command): Command {
         .option("--header <file>", "detached header")
         .option("--json", "print the result as JSON"),
     ),
-  ).action(async (device: string, o: Record<string, unknown>) => {
+  );
+  for (const [a, t] of [["--pkcs11-token-uri <uri>", "--uri"], ["--pkcs11-uri <uri>", "--uri"], ["--pkcs11-module <path>", "--module"]] as const) addAlias(pkcs11Cmd, a, t);
+  pkcs11Cmd.action(async (device: string, o: Record<string, unknown>) => {
     const pinSrc = pinSourceFrom(o);
     const pin = pinSrc ? readPin(pinSrc) : undefined;
     try {
-      const { createSystemdPkcs11Token, SYSTEMD_PKCS11_KEYSLOT_PBKDF } = await import("../../tokens/systemd-pkcs11.js");
-      await runEnroll(device, o, "PKCS#11", {
-        ctx: { pin, pkcs11Module: o.module as string | undefined },
-        kdf: tokenKeyslotKdf(SYSTEMD_PKCS11_KEYSLOT_PBKDF),
-        afHash: "sha512",
-        withSource: noSource,
-        makeToken: (_src, slot) => createSystemdPkcs11Token({ uri: o.uri as string, keyslot: slot, pin: pin ? { kind: "buffer", pin } : undefined, ...(o.module ? { modulePath: o.module as string } : {}) }),
-      });
+      await runEnroll(device, o, "PKCS#11", (c) => enrollPkcs11(device, { ...c, uri: o.uri as string, ...(pin ? { pin } : {}), ...(o.module ? { pkcs11Module: o.module as string } : {}) }));
     } finally {
       wipe(pin);
     }
@@ -134,7 +83,7 @@ export function registerEnrollCommands(program: Command): Command {
     return v;
   };
 
-  addPinOptions(
+  const tpm2Cmd = addPinOptions(
     addUnlockOptions(
       enroll
         .command("tpm2")
@@ -153,27 +102,32 @@ export function registerEnrollCommands(program: Command): Command {
         .option("--header <file>", "detached header")
         .option("--json", "print the result as JSON"),
     ),
-  ).action(async (device: string, o: Record<string, unknown>) => {
+  );
+  // systemd-cryptenroll's spellings.
+  for (const [a, t] of [["--tpm2-pcrs <list>", "--pcrs"], ["--tpm2-with-pin", "--with-pin"], ["--tpm2-public-key <pem>", "--public-key"], ["--tpm2-public-key-pcrs <list>", "--public-key-pcrs"]] as const) addAlias(tpm2Cmd, a, t);
+  tpm2Cmd.action(async (device: string, o: Record<string, unknown>) => {
     if (o.primaryAlg !== "ecc" && o.primaryAlg !== "rsa") throw new TrustvolError("EUSAGE", "--primary-alg must be ecc or rsa");
     const pubkey = o.publicKey ? readFileSync(o.publicKey as string) : undefined;
     const pin = o.withPin ? (o.pinFile ? readPin(pinSourceFrom(o)!) : await getPassphrase({ prompt: "Enter new TPM2 PIN: ", verify: true })) : undefined;
     try {
-      const { createSystemdTpm2Token } = await import("../../tokens/systemd-tpm2.js");
-      await runEnroll(device, o, "TPM2", {
-        ctx: { tpm2Device: o.tpm2Device as string | undefined },
-        kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha512", iterations: 1000 }),
-        withSource: tpmSource(o),
-        makeToken: async (tpm, slot) => {
-          const t = await createSystemdTpm2Token(tpm, { keyslot: slot, pcrs: o.publicKey ? [] : (o.pcrs as number[]), bank: o.pcrBank as "sha256", primaryAlg: o.primaryAlg as "ecc", ...(pin ? { pin } : {}), ...(pubkey ? { pubkey, pubkeyPcrs: o.publicKeyPcrs as number[] } : {}), ...(o.srk ? { srk: true } : {}) });
-          return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
-        },
-      });
+      await runEnroll(device, o, "TPM2", (c) =>
+        enrollTpm2(device, {
+          ...c,
+          pcrs: o.pcrs as number[],
+          bank: o.pcrBank as HashName,
+          primaryAlg: o.primaryAlg as PrimaryAlg,
+          ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}),
+          ...(pin ? { pin } : {}),
+          ...(pubkey ? { publicKey: pubkey, publicKeyPcrs: o.publicKeyPcrs as number[] } : {}),
+          ...(o.srk ? { srk: true } : {}),
+        }),
+      );
     } finally {
       wipe(pin);
     }
   });
 
-  addUnlockOptions(
+  const clevisCmd = addUnlockOptions(
     enroll
       .command("clevis")
       .description("enroll a clevis tpm2 pin (a clevis token that `clevis luks unlock` and `clevis luks pass` read)")
@@ -186,18 +140,13 @@ export function registerEnrollCommands(program: Command): Command {
       .option("--wipe-slot <spec>", "after enrolling, remove keyslots as systemd-cryptenroll does: all, empty, password, recovery, pkcs11, fido2, tpm2, keyslot numbers; comma list")
       .option("--header <file>", "detached header")
       .option("--json", "print the result as JSON"),
-  ).action(async (device: string, o: Record<string, unknown>) => {
+  );
+  addAlias(clevisCmd, "--tpm2-pcrs <list>", "--pcrs");
+  clevisCmd.action(async (device: string, o: Record<string, unknown>) => {
     if (o.primaryAlg !== "ecc" && o.primaryAlg !== "rsa") throw new TrustvolError("EUSAGE", "--primary-alg must be ecc or rsa");
-    const { createClevisToken } = await import("../../tokens/clevis.js");
-    await runEnroll(device, o, "clevis", {
-      ctx: { tpm2Device: o.tpm2Device as string | undefined },
-      kdf: tokenKeyslotKdf({ type: "pbkdf2", hash: "sha256", iterations: 1000 }),
-      withSource: tpmSource(o),
-      makeToken: async (tpm, slot) => {
-        const t = await createClevisToken(tpm, { keyslot: slot, pcrIds: o.pcrs as number[], pcrBank: o.pcrBank as "sha256", key: o.primaryAlg as "ecc" });
-        return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
-      },
-    });
+    await runEnroll(device, o, "clevis", (c) =>
+      enrollClevis(device, { ...c, pcrs: o.pcrs as number[], bank: o.pcrBank as HashName, primaryAlg: o.primaryAlg as PrimaryAlg, ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}) }),
+    );
   });
 
   addUnlockOptions(
@@ -205,30 +154,22 @@ export function registerEnrollCommands(program: Command): Command {
       .command("recovery")
       .description("add a recovery key (systemd-recovery token): 64 modhex characters to type when the trust source is gone; printed once")
       .argument("<device>")
-      .option("--out <file>", "write the recovery key to FILE (0600, atomically) instead of printing it")
+      .option("--out <file>", "write the recovery key to FILE (0600, no newline: a key file for --key-file) instead of printing it; keep it off the device")
       .option("-S, --key-slot <n>", "keyslot to use (default: first free)", int("--key-slot", 0, 31))
       .option("--header <file>", "detached header")
       .option("--json", "print the result (including the key, unless --out) as JSON"),
   ).action(async (device: string, o: Record<string, unknown>) => {
-    const h = await LuksHandle.open(device, { header: o.header as string | undefined });
-    const { newRecoveryKey, encodeSystemdRecoveryToken, SYSTEMD_RECOVERY_KEYSLOT_PBKDF } = await import("../../tokens/systemd-recovery.js");
-    const key = newRecoveryKey();
-    let vk: Buffer | undefined;
+    const u = enrollUnlock(device, o);
+    let key: Buffer | undefined;
     try {
-      vk = await volumeKeyFor(h, device, o);
-      // Write the key out before it is enrolled: a key nobody can read back must never guard a keyslot.
-      if (o.out) {
-        const line = Buffer.concat([key, Buffer.from("\n")]);
-        try {
-          atomicWriteFileSync(o.out as string, line, 0o600);
-        } finally {
-          wipe(line);
-        }
-      }
-      const r = await enrollToken(h.requireLuks2("enroll"), vk, async (slot) => ({ tokenJson: encodeSystemdRecoveryToken(slot), passphrase: Buffer.from(key) }), {
-        slot: o.keySlot as number | undefined,
-        kdf: tokenKeyslotKdf(SYSTEMD_RECOVERY_KEYSLOT_PBKDF),
+      const r = await enrollRecovery(device, {
+        unlock: u,
+        ...(o.header ? { header: o.header as string } : {}),
+        ...(o.keySlot !== undefined ? { keyslot: o.keySlot as number } : {}),
+        // The bare key, no newline: the file is a key file (`--key-file`) that cryptsetup and trustvol read whole.
+        ...(o.out ? { save: (k: Buffer) => atomicWriteFileSync(o.out as string, k, 0o600) } : {}),
       });
+      key = r.recoveryKey;
       if (o.json) printJson({ keyslot: r.keyslot, token: r.tokenId, ...(o.out ? { file: o.out } : { recovery_key: key.toString("latin1") }) });
       else {
         if (!o.out) {
@@ -238,8 +179,8 @@ export function registerEnrollCommands(program: Command): Command {
         io.err(`New recovery key enrolled as key slot ${r.keyslot} (token ${r.tokenId}).\n`);
       }
     } finally {
-      wipe(vk, key);
-      await h.close();
+      wipe(key);
+      if ("volumeKey" in u) wipe(u.volumeKey);
     }
   });
   return enroll;

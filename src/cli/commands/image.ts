@@ -5,7 +5,7 @@ import { wipe } from "../../util/secret.js";
 import { encryptImage, decryptImage } from "../../ops/image.js";
 import { getPassphrase, readKeyFile, keyFileLimits } from "../secrets.js";
 import { addFormatOptions, formatFrom, printJson, int } from "../common.js";
-import { progressBar } from "../progress.js";
+import { progressBar, progressMode } from "../progress.js";
 
 /** A run stopped by SIGINT/SIGTERM: say plainly that nothing was created and the input is unchanged. */
 function interruptedError(e: unknown, output: string): unknown {
@@ -23,7 +23,7 @@ function abortOnSignal(): { signal: AbortSignal; done: () => void } {
 
 /** Run a conversion with a progress bar on a terminal and a clean stop on SIGINT/SIGTERM. */
 async function withProgress<T>(label: string, output: string, o: Record<string, unknown>, fn: (onProgress: (d: number, t: number) => void, signal: AbortSignal) => Promise<T>): Promise<T> {
-  const bar = progressBar(label, o.progress !== false && !o.json && process.stderr.isTTY === true);
+  const bar = progressBar(label, progressMode(o));
   const sig = abortOnSignal();
   try {
     return await fn(bar.update, sig.signal);
@@ -50,6 +50,7 @@ export function registerImageCommands(program: Command): void {
       .option("--volume-key-file <file>", "use the raw volume key from FILE instead of a random one")
       .option("--force", "overwrite an existing output")
       .option("--no-progress", "no progress bar")
+      .option("--progress-json", "progress as JSON lines on stderr (for programs; works without a terminal)")
       .option("--json", "print the result as JSON"),
   );
   const ssOpt = encrypt.options.find((x) => x.long === "--sector-size");
@@ -83,6 +84,7 @@ export function registerImageCommands(program: Command): void {
     .option("--volume-key-file <file>", "use the raw volume key from FILE instead of a passphrase")
     .option("--force", "overwrite an existing output")
     .option("--no-progress", "no progress bar")
+    .option("--progress-json", "progress as JSON lines on stderr (for programs; works without a terminal)")
     .option("--json", "print the result as JSON")
     .action(async (input: string, output: string, o: Record<string, unknown>) => {
       const vk = o.volumeKeyFile ? readKeyFile(o.volumeKeyFile as string) : undefined;

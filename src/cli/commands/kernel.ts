@@ -10,7 +10,6 @@ import { atomicWriteFileSync } from "../../util/atomic.js";
 import { addKeyOptions, addPinOptions, int, printJson } from "../common.js";
 import { readKeyFile } from "../secrets.js";
 import { unlockFromCli } from "../unlock.js";
-import "../../ops/handlers.js";
 import { requireTokenOnly } from "./enroll.js";
 import { closeVolume, createTrustedVolume, detectVolumeKind, openLuks, openPlain, openTrustedVolume, type OpenResult } from "../../ops/open.js";
 import { runDoctor, formatDoctor } from "../../ops/doctor.js";

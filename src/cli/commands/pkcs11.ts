@@ -10,7 +10,7 @@ import { readPin, type PinSource } from "../../trust/pkcs11/pin.js";
 // The token and X.509 code (pkcs11js, ASN.1 schemas) loads only when one of these commands runs.
 const identityOps = () => import("../../ops/identity.js");
 const pkcs11Lib = () => import("../../trust/pkcs11/index.js");
-import { addPinOptions, printJson, int } from "../common.js";
+import { addAlias, addPinOptions, printJson, int } from "../common.js";
 import { io } from "../io.js";
 import { pinSourceFrom } from "./enroll.js";
 
@@ -140,4 +140,9 @@ export function registerPkcs11Commands(program: Command): void {
       p.done();
     }
   });
+  // One name across commands: --pkcs11-module / --pkcs11-uri (as unlock and verity sign spell them) work here too.
+  for (const c of [...id.commands, ...tok.commands]) {
+    if (c.options.some((x) => x.long === "--module")) addAlias(c, "--pkcs11-module <path>", "--module");
+    if (c.options.some((x) => x.long === "--uri")) addAlias(c, "--pkcs11-uri <uri>", "--uri");
+  }
 }

@@ -7,7 +7,7 @@ import { wipe } from "../../util/secret.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 import { isHashName, type HashName } from "../../trust/tpm2/constants.js";
 import { UKI_MEASURED_SECTIONS, pkcs11PolicySigner, signPcrPolicy, type UkiSection } from "../../ops/sign-policy.js";
-import { pinSourceFrom } from "./enroll.js";
+import { addAlias, pinSourceFrom } from "../common.js";
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -26,6 +26,7 @@ export function registerTpm2Commands(program: Command): void {
     .option("--output <file>", "write the JSON to FILE (atomically) instead of stdout")
     .option("--no-linux-padding", "do not zero-pad a PE kernel to its SizeOfImage (what systemd-measure 257 computes; the stub measures the padding)");
   for (const s of UKI_MEASURED_SECTIONS) c.option(`--${s.slice(1)} <file>`, `file of the UKI's ${s} section`);
+  addAlias(c, "--pkcs11-module <path>", "--module"); // one PKCS#11 module option name across commands
   c.action(async (o: Record<string, unknown>) => {
     const sections = new Map<UkiSection, Buffer>();
     for (const s of UKI_MEASURED_SECTIONS) {

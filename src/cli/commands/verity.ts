@@ -6,8 +6,8 @@ import { Option, type Command } from "commander";
 import { TrustvolError, usage } from "../../util/errors.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 import { FileBlockDevice } from "../../blockdev/file.js";
-import { int, printJson } from "../common.js";
-import { progressBar } from "../progress.js";
+import { addAlias, int, printJson } from "../common.js";
+import { progressBar, progressMode } from "../progress.js";
 import { verityFormat, verityVerify, verityDump, formatVerityDump, type VerityFormatInput } from "../../verity/tree.js";
 import { VERITY_HASH_ALGORITHMS, type VerityHashAlgorithm } from "../../verity/superblock.js";
 import type { RootHashSigner } from "../../verity/sign.js";
@@ -55,10 +55,10 @@ function saltFrom(v: string | undefined): Buffer | undefined {
 function addParamOptions(c: Command, forFormat: boolean): Command {
   return c
     .addOption(new Option("--hash <alg>", "hash algorithm").choices([...VERITY_HASH_ALGORITHMS]).default(forFormat ? "sha256" : undefined))
-    .option("--data-block-size <bytes>", "data block size (512 .. 524288, power of two)", int("--data-block-size", 512, 524288))
-    .option("--hash-block-size <bytes>", "hash block size (512 .. 524288, power of two)", int("--hash-block-size", 512, 524288))
+    .option("--data-block-size <bytes>", "data block size (512 .. 524288, power of two; default 4096)", int("--data-block-size", 512, 524288))
+    .option("--hash-block-size <bytes>", "hash block size (512 .. 524288, power of two; default 4096)", int("--hash-block-size", 512, 524288))
     .option("--salt <hex>", forFormat ? "salt as hex, - for none (default: 32 random bytes)" : "salt as hex, - for none (with --no-superblock)")
-    .addOption(new Option("--format <type>", "hash type: 1 normal, 0 original Chrome OS").choices(["0", "1"]))
+    .addOption(new Option("--format <type>", "hash type: 1 normal (default), 0 original Chrome OS").choices(["0", "1"]))
     .option("--data-blocks <n>", "number of data blocks (default: the whole data device)", int("--data-blocks", 1))
     .option("--hash-offset <bytes>", "superblock / hash area offset in the hash device (multiple of 512)", int("--hash-offset"))
     .option("--no-superblock", forFormat ? "do not write a superblock (parameters must then be given again to verify/open)" : "the hash device has no superblock: take the parameters from the options");
@@ -80,7 +80,7 @@ function paramsFrom(o: Opts): VerityFormatInput & { noSuperblock?: boolean } {
 }
 
 function threadsOpt(c: Command): Command {
-  return c.option("--threads <n>", "hashing threads (default: all cores; 0 = none)", int("--threads", 0, 256)).option("--no-progress", "no progress bar");
+  return c.option("--threads <n>", "hashing threads (default: all cores; 0 = none)", int("--threads", 0, 256)).option("--no-progress", "no progress bar").option("--progress-json", "progress as JSON lines on stderr (for programs; works without a terminal)");
 }
 
 /** veritysetup format's text: the dump with "Root hash:" before the device size. */
@@ -115,7 +115,7 @@ function paramsJson(p: Awaited<ReturnType<typeof verityDump>>["params"], g: Awai
 }
 
 function bar(label: string, o: Opts, blockSize: number) {
-  const b = progressBar(label, o.progress !== false && !o.json && process.stderr.isTTY === true);
+  const b = progressBar(label, progressMode(o));
   return { onProgress: (done: number, total: number) => b.update(done * blockSize, total * blockSize), end: b.end };
 }
 
@@ -140,7 +140,7 @@ export function registerVerityCommands(program: Command): void {
         .option("--uuid <uuid>", "superblock UUID (default: random)")
         .option("--root-hash-file <file>", "also write the root hash (hex, no newline) to FILE")
         .option("--fec-device <file>", "also write Reed-Solomon parity (veritysetup --fec-device) to FILE or device")
-        .option("--fec-roots <n>", "FEC parity bytes per codeword (2 .. 24)", int("--fec-roots", 2, 24))
+        .option("--fec-roots <n>", "FEC parity bytes per codeword (2 .. 24; default 2)", int("--fec-roots", 2, 24))
         .option("--fec-offset <bytes>", "FEC area offset in the FEC device (multiple of the block size)", int("--fec-offset"))
         .option("--json", "print the result as JSON"),
       true,
@@ -166,7 +166,7 @@ export function registerVerityCommands(program: Command): void {
       b.end();
       let fec: VerityFecLayout | undefined;
       if (fecDev) {
-        const fb = progressBar("FEC", o.progress !== false && !o.json && process.stderr.isTTY === true);
+        const fb = progressBar("FEC", progressMode(o));
         try {
           fec = await verityFecEncode(dataDev, hashDev, fecDev, r.params, r.geometry, {
             ...(o.fecRoots !== undefined ? { roots: o.fecRoots as number } : {}),
@@ -423,4 +423,6 @@ export function registerVerityCommands(program: Command): void {
       const r = await verityClose(name);
       if (o.json) printJson({ name: r.name, detached: r.detached });
     });
+  const sign = verity.commands.find((c) => c.name() === "sign");
+  if (sign) addAlias(sign, "--pkcs11-module <path>", "--module"); // the name unlock and the pkcs11 commands accept
 }

@@ -1,37 +1,44 @@
 // format, dump, unlock --test, repair: the cryptsetup luksFormat / luksDump / open --test-passphrase / repair verbs.
+// What only one verb needs is imported in its action: `dump` runs at boot and should load little.
 import { io } from "../io.js";
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { writeFileSync } from "node:fs";
 import { FileBlockDevice, checkVolumePath } from "../../blockdev/file.js";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
-import { formatLuks2 } from "../../luks2/format.js";
 import { Luks2Volume } from "../../luks2/volume.js";
 import { dumpText, dumpJson } from "../../luks2/dump.js";
 import { dumpLuks1Text } from "../../luks1/luks1.js";
 import { LuksHandle } from "../../ops/volume.js";
 import { getPassphrase, keyFileLimits } from "../secrets.js";
 import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int } from "../common.js";
-import { unlockFromCli } from "../unlock.js";
 
 export function registerVolumeCommands(program: Command): void {
   addFormatOptions(
     program
       .command("format")
-      .description("create a LUKS2 volume on a device or image file (like `cryptsetup luksFormat`); destroys what was there")
+      .description("create a LUKS2 volume on a device or image file (like `cryptsetup luksFormat`); asks before overwriting a file system or LUKS volume")
       .argument("<device>", "block device or image file")
       .option("--header <file>", "write the header to a separate file (data starts at offset 0 of <device>)")
       .option("-d, --key-file <file>", "new passphrase from FILE (- = stdin)")
       .option("--keyfile-offset <bytes>", "skip BYTES at the start of the key file", int("--keyfile-offset"))
       .option("--keyfile-size <bytes>", "read only BYTES from the key file (default: all of it, at most 8 MiB)", int("--keyfile-size", 1, 1 << 30))
       .option("-S, --key-slot <n>", "keyslot for the passphrase", "0")
-      .option("-q, --batch", "do not ask for confirmation")
+      .option("-q, --batch-mode", "do not ask for confirmation before overwriting a file system or LUKS volume")
+      .addOption(new Option("--batch").hideHelp())
       .option("--json", "print the result as JSON"),
   ).action(async (device: string, o: Record<string, unknown>) => {
     // Like cryptsetup: the target must exist and hold a volume; checked before any prompt, nothing is created.
     checkVolumePath(device, { createHint: `create the image first (truncate -s 64M ${device}) or name an existing block device` });
     if (o.header) checkVolumePath(o.header as string, { allowMissing: true });
+    if (!o.batchMode && !o.batch) {
+      const { probePath } = await import("../../ops/probe.js");
+      for (const p of o.header ? [o.header as string, device] : [device]) {
+        const found = await probePath(p);
+        if (found) await (await import("../confirm.js")).confirmOverwrite(`${p} is not empty (${found} found)`);
+      }
+    }
     const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, verify: true, ...keyFileLimits(o) });
     let dataDev: FileBlockDevice, hdrDev: FileBlockDevice;
     try {
@@ -42,6 +49,7 @@ export function registerVolumeCommands(program: Command): void {
       throw e;
     }
     try {
+      const { formatLuks2 } = await import("../../luks2/format.js");
       const { volume, volumeKey } = await formatLuks2(hdrDev, pass, { ...formatFrom(o), keyslot: Number(o.keySlot) }, o.header ? dataDev : undefined);
       wipe(volumeKey);
       const area = volume.dataArea(dataDev.size);
@@ -113,6 +121,7 @@ export function registerVolumeCommands(program: Command): void {
     if (!o.test) throw new TrustvolError("EUSAGE", "unlock without --test needs device-mapper: use `trustvol open`", "or add --test to only check the key");
     const h = await LuksHandle.open(device, { header: o.header as string | undefined, readOnly: true });
     try {
+      const { unlockFromCli } = await import("../unlock.js");
       const { volumeKey, keyslot, token } = await unlockFromCli(h, device, o);
       wipe(volumeKey);
       if (o.json) printJson({ unlocked: true, keyslot, token: token ?? null, uuid: h.uuid });

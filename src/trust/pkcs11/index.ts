@@ -6,3 +6,5 @@ export { discoverP11KitModules, candidateModules, findModuleByName, loadModule, 
 export { openToken, listTokens, Pkcs11Session, type TokenInfo, type KeyAlgorithm, type KeyAttributes, type RsaPadding } from "./token.js";
 export { initToken, generateKeyPair, importCertificate, provisionKey, type InitTokenOptions, type ProvisionOptions } from "./setup.js";
 export { buildCsr, buildSelfSignedCert, parseDn, toPem, fromPem, type SanOptions } from "./x509.js";
+// device identity on a PKCS#11 token (mTLS key, CSR, certificate)
+export { createIdentity, identityCsr, identityImportCert, identityShow } from "../../ops/identity.js";

@@ -3,7 +3,8 @@
 import { readdirSync, readFileSync, existsSync, realpathSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, isAbsolute, basename } from "node:path";
-import pkcs11js from "pkcs11js";
+import type * as Pkcs11js from "pkcs11js";
+import { pkcs11js } from "./pkcs11js.js";
 import { TrustvolError } from "../../util/errors.js";
 
 export interface P11KitModule {

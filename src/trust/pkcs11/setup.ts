@@ -2,7 +2,8 @@
 // generate a non-extractable, sensitive key pair (RSA-2048 for LUKS, or EC P-256 for a device identity) and put a
 // self-signed certificate next to it (systemd 252 finds the public key through the certificate).
 import { X509Certificate } from "node:crypto";
-import pkcs11js from "pkcs11js";
+import type * as Pkcs11js from "pkcs11js";
+import { pkcs11js } from "./pkcs11js.js";
 import { TrustvolError, usage } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { loadModule } from "./module.js";
@@ -109,8 +110,8 @@ export function generateKeyPair(s: Pkcs11Session, o: GenerateKeyOptions): Genera
     { type: P.CKA_LABEL, value: label },
     { type: P.CKA_ID, value: id },
   ];
-  const pub: pkcs11js.Template = [...common, { type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY }, { type: P.CKA_PRIVATE, value: false }, { type: P.CKA_VERIFY, value: true }];
-  const priv: pkcs11js.Template = [
+  const pub: Pkcs11js.Template = [...common, { type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY }, { type: P.CKA_PRIVATE, value: false }, { type: P.CKA_VERIFY, value: true }];
+  const priv: Pkcs11js.Template = [
     ...common,
     { type: P.CKA_CLASS, value: P.CKO_PRIVATE_KEY },
     { type: P.CKA_PRIVATE, value: true },
@@ -118,7 +119,7 @@ export function generateKeyPair(s: Pkcs11Session, o: GenerateKeyOptions): Genera
     { type: P.CKA_EXTRACTABLE, value: false },
     { type: P.CKA_SIGN, value: true },
   ];
-  let mech: pkcs11js.Mechanism;
+  let mech: Pkcs11js.Mechanism;
   if (isRsa) {
     const bits = Number(alg.slice(4));
     pub.push({ type: P.CKA_KEY_TYPE, value: P.CKK_RSA }, { type: P.CKA_MODULUS_BITS, value: bits }, { type: P.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },

@@ -1,7 +1,8 @@
 // A session on one PKCS#11 token chosen by a URI: module selection, token lookup, login with clear errors,
 // object search, key-pair generation, on-token decrypt/sign. All errors are TrustvolError; PINs never appear in them.
 import { createPublicKey, createHash, X509Certificate, type KeyObject } from "node:crypto";
-import pkcs11js from "pkcs11js";
+import type * as Pkcs11js from "pkcs11js";
+import { pkcs11js } from "./pkcs11js.js";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe, randomBytesBuf } from "../../util/secret.js";
 import { loadModule, candidateModules, findModuleByName, discoverP11KitModules, oneLineErr, type ModuleHandle, type Pkcs11Lib } from "./module.js";
@@ -271,7 +272,7 @@ export class Pkcs11Session {
     }
   }
 
-  findObjects(template: pkcs11js.Template, max = 64): Handle[] {
+  findObjects(template: Pkcs11js.Template, max = 64): Handle[] {
     const out: Handle[] = [];
     this.lib.C_FindObjectsInit(this.session, template);
     try {
@@ -287,8 +288,8 @@ export class Pkcs11Session {
   }
 
   /** The URI's object selectors (object=, id=) as a template, plus a class. */
-  objectTemplate(cls: number, u: Pkcs11Uri = this.uri): pkcs11js.Template {
-    const t: pkcs11js.Template = [{ type: P.CKA_CLASS, value: cls }];
+  objectTemplate(cls: number, u: Pkcs11Uri = this.uri): Pkcs11js.Template {
+    const t: Pkcs11js.Template = [{ type: P.CKA_CLASS, value: cls }];
     if (u.object !== undefined) t.push({ type: P.CKA_LABEL, value: Buffer.from(u.object, "utf8") });
     if (u.id !== undefined) t.push({ type: P.CKA_ID, value: u.id });
     return t;
@@ -334,7 +335,7 @@ export class Pkcs11Session {
    * Exactly one private key selected by the URI (plus `extra` attributes). Missing → ENOKEY naming the recovery
    * key as the way back; ambiguous → EUSAGE asking for object=/id=.
    */
-  findPrivateKey(extra: pkcs11js.Template = []): Handle {
+  findPrivateKey(extra: Pkcs11js.Template = []): Handle {
     if (this.uri.type && this.uri.type !== "private" && this.uri.type !== "cert" && this.uri.type !== "public")
       throw new TrustvolError("EUSAGE", `PKCS#11 URI selects type=${this.uri.type}, not a key pair`);
     const objs = this.findObjects([...this.objectTemplate(P.CKO_PRIVATE_KEY), ...extra], 4);
@@ -446,7 +447,7 @@ export class Pkcs11Session {
 
 export type RsaPadding = "pkcs1" | "oaep-sha1" | "oaep-sha256";
 
-export function rsaMechanism(padding: RsaPadding): pkcs11js.Mechanism {
+export function rsaMechanism(padding: RsaPadding): Pkcs11js.Mechanism {
   if (padding === "pkcs1") return { mechanism: P.CKM_RSA_PKCS };
   const sha1 = padding === "oaep-sha1";
   return {
@@ -456,7 +457,7 @@ export function rsaMechanism(padding: RsaPadding): pkcs11js.Mechanism {
       hashAlg: sha1 ? P.CKM_SHA_1 : P.CKM_SHA256,
       mgf: sha1 ? P.CKG_MGF1_SHA1 : P.CKG_MGF1_SHA256,
       source: 1 /* CKZ_DATA_SPECIFIED */,
-    } as pkcs11js.RsaOAEP,
+    } as Pkcs11js.RsaOAEP,
   };
 }
 

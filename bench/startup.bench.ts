@@ -1,0 +1,92 @@
+// Start-up time (boot-critical): `trustvol --version`, `trustvol dump` and a TPM2 token unlock (swtpm) against
+// `node -e ''`, `cryptsetup luksDump` and `cryptsetup open --test-passphrase` on the same keyslot,
+// interleaved in one run so machine load hits all alike; wall-clock medians plus CPU time (user+sys, less load-bound).
+// Runs the compiled CLI (dist/, `npm run build` first) as an installed package does: bin/trustvol.mjs in a checkout also
+// compares src/ and dist/ mtimes on every start (~20 ms of stat calls), which an installed package never does.
+import { mkdtempSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { tmpdir, loadavg } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { spawnSync } from "node:child_process";
+import { MemoryBlockDevice } from "../src/blockdev/memory.js";
+import { formatLuks2 } from "../src/luks2/format.js";
+import { LuksHandle } from "../src/ops/volume.js";
+import { enrollTpm2 } from "../src/ops/enroll.js";
+import { tokenHandler } from "../src/ops/tokens.js";
+import { hasTool } from "../test/helpers/tools.js";
+import { startSwtpm } from "../test/helpers/swtpm.js";
+
+const ROUNDS = Number(process.env.STARTUP_BENCH_ROUNDS ?? 15);
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const bin = join(root, "dist", "src", "cli", "run.js");
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+
+/** Wall ms and, with /usr/bin/time, CPU ms (user+sys) of one run. */
+function once(argv: string[]): { wall: number; cpu?: number } {
+  const timed = existsSync("/usr/bin/time");
+  const t0 = performance.now();
+  const r = timed ? spawnSync("/usr/bin/time", ["-f", "CPU %U %S", ...argv], { encoding: "utf8" }) : spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8" });
+  const wall = performance.now() - t0;
+  if (r.status !== 0) throw new Error(`${argv.join(" ")} failed: ${r.stderr}`);
+  const m = /CPU ([\d.]+) ([\d.]+)\s*$/.exec(r.stderr);
+  return m ? { wall, cpu: (Number(m[1]) + Number(m[2])) * 1000 } : { wall };
+}
+
+export default async function (): Promise<void> {
+  if (!existsSync(join(root, "dist/src/cli/run.js"))) throw new Error("build first: npm run build");
+  const dir = mkdtempSync(join(tmpdir(), "trustvol-startup-bench-"));
+  try {
+    const dev = new MemoryBlockDevice(17 * 1024 * 1024);
+    await formatLuks2(dev, Buffer.from("bench"), { pbkdf: { type: "pbkdf2", forceIterations: 1000 }, digestIterations: 1000 });
+    const img = join(dir, "v.img");
+    writeFileSync(img, dev.data);
+    const env = process.env;
+    const cases: { name: string; argv: string[] }[] = [
+      { name: "node -e ''", argv: [process.execPath, "-e", ""] },
+      { name: "trustvol --version", argv: [process.execPath, bin, "--version"] },
+      { name: "trustvol dump", argv: [process.execPath, bin, "dump", img] },
+    ];
+    const hasCryptsetup = spawnSync("sh", ["-c", "command -v cryptsetup"], { stdio: "ignore", env }).status === 0;
+    if (hasCryptsetup) cases.push({ name: "cryptsetup luksDump", argv: ["cryptsetup", "luksDump", img] });
+    // Unlock through a TPM2 token (swtpm) against cryptsetup opening the same keyslot with its passphrase.
+    let stopTpm: (() => Promise<void>) | undefined;
+    if (hasCryptsetup && hasTool("swtpm")) {
+      const tpm = await startSwtpm();
+      stopTpm = () => tpm.stop();
+      const r = await enrollTpm2(img, { unlock: { passphrase: Buffer.from("bench") }, tpm2Device: tpm.device, pcrs: [7] });
+      const h = await LuksHandle.open(img, { readOnly: true });
+      const pass = await tokenHandler("systemd-tpm2")!.passphrase(h.luks2!.metadata.tokens[String(r.tokenId)]!, { tpm2Device: tpm.device }).finally(() => h.close());
+      writeFileSync(join(dir, "slot.pass"), pass, { mode: 0o600 });
+      pass.fill(0);
+      cases.push({ name: "trustvol unlock --test --token-only (TPM2)", argv: [process.execPath, bin, "unlock", "--test", "--token-only", "--tpm2-device", tpm.device, img] });
+      cases.push({ name: "cryptsetup open --test-passphrase (same slot)", argv: ["cryptsetup", "open", "--test-passphrase", "--key-slot", String(r.keyslot), "--key-file", join(dir, "slot.pass"), img] });
+    }
+    const wall = new Map<string, number[]>(cases.map((c) => [c.name, []]));
+    const cpu = new Map<string, number[]>(cases.map((c) => [c.name, []]));
+    for (const c of cases) once(c.argv); // warm the page cache (and the compile cache on Node >= 22)
+    for (let r = 0; r < ROUNDS; r++) {
+      for (const c of cases) {
+        const t = once(c.argv);
+        wall.get(c.name)!.push(t.wall);
+        if (t.cpu !== undefined) cpu.get(c.name)!.push(t.cpu);
+      }
+    }
+    const nodeWall = median(wall.get("node -e ''")!);
+    console.log(`node ${process.version}, ${ROUNDS} interleaved rounds, load average ${loadavg()[0]!.toFixed(2)}`);
+    console.log("| command | wall median ms | over node -e '' | CPU median ms |");
+    console.log("|---|---:|---:|---:|");
+    for (const c of cases) {
+      const w = median(wall.get(c.name)!);
+      const cp = cpu.get(c.name)!;
+      console.log(`| ${c.name} | ${w.toFixed(0)} | ${c.argv[0] === process.execPath ? `+${(w - nodeWall).toFixed(0)}` : ""} | ${cp.length ? median(cp).toFixed(0) : "n/a"} |`);
+    }
+    console.log("goals (issue 13): --version ≤ node + 30 ms, dump ≤ node + 60 ms, TPM2 token unlock ≤ cryptsetup's + 100 ms");
+    await stopTpm?.();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

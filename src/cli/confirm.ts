@@ -1,0 +1,18 @@
+// cryptsetup's "Type YES" confirmation before destroying data. Without a terminal there is nobody to ask: refuse, and
+// let scripts say -q/--batch-mode.
+import { createInterface } from "node:readline";
+import { TrustvolError } from "../util/errors.js";
+import { io } from "./io.js";
+
+export async function confirmOverwrite(what: string): Promise<void> {
+  if (!process.stdin.isTTY) throw new TrustvolError("EUSAGE", `${what}; refusing to overwrite it without confirmation`, "pass -q/--batch-mode to overwrite it anyway");
+  io.err(`WARNING: ${what}; formatting destroys it irrevocably.\nAre you sure? (Type 'YES' in capital letters): `);
+  const rl = createInterface({ input: process.stdin, terminal: false });
+  const line = await new Promise<string>((resolve) => {
+    rl.once("line", resolve);
+    rl.once("close", () => resolve(""));
+  });
+  rl.close();
+  process.stdin.pause();
+  if (line.trim() !== "YES") throw new TrustvolError("EUSAGE", "format aborted; nothing was changed");
+}
