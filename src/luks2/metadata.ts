@@ -12,6 +12,7 @@ import {
   ALIGN_4K,
   SECTOR_SIZE,
 } from "./constants.js";
+import { validateReencryptKeyslot } from "./reencrypt-validate.js";
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 export type JsonObject = { [k: string]: Json };
@@ -179,6 +180,7 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
       str(ks.mode, `${w}.mode`, 32);
       str(ks.direction, `${w}.direction`, 32);
       int(ks.key_size, `${w}.key_size`, 1, 1);
+      validateReencryptKeyslot(ks, w);
     }
     if (off % SECTOR_SIZE !== 0 || size % SECTOR_SIZE !== 0) throw bad(`${w}.area is not sector-aligned`);
     if (size === 0 || off < areaStart || off + size > areaEnd) throw bad(`${w}.area [${off}, ${off + size}) lies outside the keyslots area [${areaStart}, ${areaEnd})`);
