@@ -517,3 +517,34 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
 function interrupted(done: number, total: number): TrustvolError {
   return new TrustvolError("EINTR", `re-encryption interrupted at a safe point (${done} of ${total} bytes done)`, "resume it with `trustvol reencrypt --resume-only` (or cryptsetup's)");
 }
+
+/**
+ * Passphrases of token-backed keyslots (TPM2, PKCS#11, clevis...), asked from their tokens, so that key rotation can
+ * re-create those keyslots for the new volume key with the same passphrase: the token keeps working. Tokens that fail
+ * are reported in `failures` (the caller decides whether that is fatal). The caller wipes the passphrases.
+ */
+export async function tokenKeyslotPassphrases(
+  m: Luks2Metadata,
+  ctx: import("./tokens.js").TokenUnlockContext,
+  opts: { tokenId?: number; tokenType?: string } = {},
+): Promise<{ passphrases: Map<number, Buffer>; failures: TrustvolError[] }> {
+  const { tokenHandler } = await import("./tokens.js");
+  await import("./handlers.js");
+  const passphrases = new Map<number, Buffer>();
+  const failures: TrustvolError[] = [];
+  for (const [id, t] of Object.entries(m.tokens).sort((a, b) => Number(a[0]) - Number(b[0]))) {
+    if (opts.tokenId !== undefined && Number(id) !== opts.tokenId) continue;
+    if (opts.tokenType && t.type !== opts.tokenType) continue;
+    const h = tokenHandler(t.type);
+    if (!h) continue;
+    try {
+      const p = await h.passphrase(t, ctx);
+      for (const k of t.keyslots) if (!passphrases.has(Number(k))) passphrases.set(Number(k), Buffer.from(p));
+      wipe(p);
+    } catch (e) {
+      if (!(e instanceof TrustvolError)) throw e;
+      failures.push(e);
+    }
+  }
+  return { passphrases, failures };
+}
