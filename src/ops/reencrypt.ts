@@ -57,6 +57,11 @@ export interface ReencryptOptions {
   resumeOnly?: boolean;
   label?: string;
   uuid?: string;
+  /**
+   * Checksum resilience only: also keep, after the checksums cryptsetup reads, the checksums of the new data and a copy
+   * of the old hotzone, so a write torn inside a block is recoverable too (default true; false = cryptsetup's I/O).
+   */
+  tornWriteSafe?: boolean;
   onProgress?: (p: { done: number; total: number }) => void;
   signal?: AbortSignal;
 }
@@ -376,11 +381,20 @@ interface Engine {
   hotzone: number;
   block: number;
   hashLen: number;
+  /** Checksum mode with the torn-write extension (new checksums + old data copy in the area). */
+  extended: boolean;
   buf: Buffer;
   dispose(): void;
 }
 
-async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: Pick<ReencryptOptions, "hotzoneSize">): Promise<Engine> {
+/** Area layout of the torn-write extension for a hotzone of len bytes: [old sums | new sums | 4K-aligned old data]. */
+export function extendedLayout(len: number, block: number, hashLen: number): { sums: number; newSums: number; copy: number; end: number } {
+  const n = Math.floor(len / block) * hashLen;
+  const copy = Math.ceil((2 * n) / 4096) * 4096;
+  return { sums: 0, newSums: n, copy, end: copy + len };
+}
+
+async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: Pick<ReencryptOptions, "hotzoneSize" | "tornWriteSafe">): Promise<Engine> {
   const st = loadReencryptState(v.metadata);
   if (st.direction !== "forward" || st.resilience === "datashift")
     throw new TrustvolError("EUNSUPPORTED", `re-encryption with direction ${st.direction} / resilience ${st.resilience} (data shift) is not implemented yet`, "finish it with `cryptsetup reencrypt --resume-only --force-offline-reencrypt`");
@@ -399,6 +413,8 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   const want = opts.hotzoneSize ?? (st.resilience === "none" ? Math.max(DEFAULT_NONE_HOTZONE, DEFAULT_HOTZONE) : DEFAULT_HOTZONE);
   let hotzone = Math.min(cap, want);
   hotzone -= hotzone % block;
+  const extended = st.resilience === "checksum" && opts.tornWriteSafe !== false;
+  if (extended) while (hotzone > block && extendedLayout(hotzone, block, hashLen).end > area.size) hotzone -= Math.max(block, (Math.floor(hotzone / 8 / block) * block));
   // A crashed hotzone is recovered in one piece: the buffer must hold it whatever the chosen size.
   const hot = dataSegments(v.metadata).find((s) => s.flags.includes("in-reencryption"));
   const need = Math.max(hotzone, hot?.size ?? 0);
@@ -415,7 +431,7 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   }
   const buf = Buffer.allocUnsafeSlow(cap);
   return {
-    v, dev, hdrDev, st, dataOffset, dataSize, oldC, newC, hotzone, block, hashLen, buf,
+    v, dev, hdrDev, st, dataOffset, dataSize, oldC, newC, hotzone, block, hashLen, extended, buf,
     dispose() {
       wipe(buf);
       oldC?.dispose();
@@ -454,10 +470,27 @@ async function recoverHotzone(e: Engine): Promise<void> {
     await e.hdrDev.read(sums, area.offset);
     await e.dev.read(data, e.dataOffset + off);
     const now = checksums(e, data.subarray(0, count * e.block));
-    // A block whose checksum is the stored one still holds old data: re-encrypt it; any other block is new already.
+    // Our own runs also left the new data's checksums and a copy of the old data (cryptsetup ignores both).
+    const lay = extendedLayout(len, e.block, e.hashLen);
+    let newSums: Buffer | null = null;
+    if (lay.end <= area.size) {
+      newSums = Buffer.alloc(count * e.hashLen);
+      await e.hdrDev.read(newSums, area.offset + lay.newSums);
+    }
+    const at = (b: Buffer, i: number) => b.subarray(i * e.hashLen, (i + 1) * e.hashLen);
+    // A block whose checksum is the stored one still holds old data: re-encrypt it; a block with the new checksum is
+    // done; any other block was torn by the cut: take its old data from the copy (verified by the old checksum).
     for (let i = 0; i < count; i++) {
-      if (!now.subarray(i * e.hashLen, (i + 1) * e.hashLen).equals(sums.subarray(i * e.hashLen, (i + 1) * e.hashLen))) continue;
       const b = data.subarray(i * e.block, (i + 1) * e.block);
+      if (!at(now, i).equals(at(sums, i))) {
+        if (!newSums || at(now, i).equals(at(newSums, i)) || !newSums.some((x) => x !== 0)) continue;
+        await e.hdrDev.read(b, area.offset + lay.copy + i * e.block);
+        if (!at(checksums(e, b), 0).equals(at(sums, i))) {
+          // No verified copy: cryptsetup's rule (assume new). Only a torn write outside our own runs lands here.
+          await e.dev.read(b, e.dataOffset + off + i * e.block);
+          continue;
+        }
+      }
       recrypt(e, b, off + i * e.block);
       await e.dev.write(b, e.dataOffset + off + i * e.block);
     }
@@ -488,7 +521,16 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       const data = e.buf.subarray(0, len);
       await dev.read(data, e.dataOffset + off);
       const area = e.st.keyslot.area;
-      if (e.st.resilience === "checksum") {
+      let recrypted = false;
+      if (e.st.resilience === "checksum" && e.extended) {
+        const lay = extendedLayout(len, e.block, e.hashLen);
+        const oldSums = checksums(e, data);
+        await hdrDev.write(data, area.offset + lay.copy);
+        recrypt(e, data, off);
+        recrypted = true;
+        await hdrDev.write(Buffer.concat([oldSums, checksums(e, data)]), area.offset);
+        await hdrDev.flush();
+      } else if (e.st.resilience === "checksum") {
         await hdrDev.write(checksums(e, data), area.offset);
         await hdrDev.flush();
       } else if (e.st.resilience === "journal") {
@@ -497,7 +539,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       }
       // Metadata commit point: from here the header says the hotzone may hold old or new data.
       if (e.st.resilience !== "none") await v.commit(hotMetadata(v.metadata, e.st, off, len, e.dataSize));
-      recrypt(e, data, off);
+      if (!recrypted) recrypt(e, data, off);
       await dev.write(data, e.dataOffset + off);
       await dev.flush();
       await v.commit(postMetadata(v.metadata, e.st, off, len, e.dataSize));
