@@ -127,32 +127,30 @@ export function forwardOffset(m: Luks2Metadata, st: ReencryptState, devSize: num
   throw bad("cannot locate the re-encryption offset in the segments");
 }
 
+type Kind = "old" | "new" | "hot";
+type Part = { seg: Omit<Segment, "id">; kind: Kind };
+
 /** Set the data segments (ids 0..n-1), re-append backup segments, re-bind digests the way cryptsetup does. */
-function setSegments(m: Luks2Metadata, st: ReencryptState, segs: Omit<Segment, "id">[], hot: boolean): void {
+function setSegments(m: Luks2Metadata, st: ReencryptState, parts: Part[]): void {
   const backups = allSegments(m).filter((s) => s.flags.some((f) => f.startsWith("backup-")));
   for (const d of Object.values(m.digests)) d.segments = [];
   m.segments = {};
-  segs.forEach((s, i) => (m.segments[String(i)] = segmentJson(s)));
+  parts.forEach((p, i) => (m.segments[String(i)] = segmentJson(p.seg)));
   const bind = (segId: number, digest: number) => {
     if (digest < 0) return;
     const d = m.digests[String(digest)];
     if (!d) throw bad(`digest ${digest} is missing`);
     if (!d.segments.includes(String(segId))) d.segments.push(String(segId));
   };
-  if (st.mode === "reencrypt") {
-    const rseg = segs.findIndex((s) => s.flags.includes("in-reencryption"));
-    if (hot) {
-      bind(rseg, st.digestNew);
-      bind(rseg, st.digestOld);
-      if (rseg > 0) bind(0, st.digestNew);
-      if (segs.length > rseg + 1) bind(rseg + 1, st.digestOld);
-    } else {
-      bind(0, st.digestNew);
-      if (segs.length > 1) bind(1, st.digestOld);
+  parts.forEach((p, i) => {
+    if (st.mode !== "reencrypt") {
+      // encrypt/decrypt: every crypt segment holds the one key there is (reencrypt_assign_segments_simple)
+      if (p.seg.type === "crypt") bind(i, st.mode === "encrypt" ? st.digestNew : st.digestOld);
+      return;
     }
-  } else {
-    segs.forEach((s, i) => s.type === "crypt" && bind(i, st.mode === "encrypt" ? st.digestNew : st.digestOld));
-  }
+    if (p.kind !== "old") bind(i, st.digestNew);
+    if (p.kind !== "new") bind(i, st.digestOld);
+  });
   for (const flag of ["backup-previous", "backup-final", "backup-moved-segment"]) {
     const b = backups.find((s) => s.flags.includes(flag));
     if (!b) continue;
@@ -163,24 +161,62 @@ function setSegments(m: Luks2Metadata, st: ReencryptState, segs: Omit<Segment, "
   for (const d of Object.values(m.digests)) d.segments.sort((a, b) => Number(a) - Number(b));
 }
 
-/** Metadata with the hotzone [off, off+len) marked in-reencryption (forward). Returns a new object. */
+/** The next hotzone [off, off+len) of at most `max` bytes, or null when every byte is done. */
+export function nextHotzone(m: Luks2Metadata, st: ReencryptState, devSize: number, max: number): { off: number; len: number } | null {
+  if (st.direction === "forward") {
+    const off = forwardOffset(m, st, devSize);
+    return off >= devSize ? null : { off, len: Math.min(max, devSize - off) };
+  }
+  const end = backwardEnd(m, st, devSize);
+  if (end <= 0) return null;
+  const len = Math.min(max, end);
+  return { off: end - len, len };
+}
+
+/** Backward direction: the old data is [0, end) (cryptsetup _offset_backward); 0 when done. */
+export function backwardEnd(m: Luks2Metadata, st: ReencryptState, devSize: number): number {
+  const segs = dataSegments(m);
+  if (segs.some((s) => s.flags.includes("in-reencryption"))) throw bad("a hotzone must be recovered first");
+  if (segs.length === 1) return isFinal(st, segs[0]!, m) ? 0 : devSize;
+  if (segs.length === 2 && segs[0]!.size) {
+    const end = segs[0]!.size;
+    if (segs[1]!.offset - st.newSeg.offset !== end) throw bad("old and new segments do not meet");
+    return end;
+  }
+  throw bad("cannot locate the re-encryption offset in the segments");
+}
+
+/** Metadata with the hotzone [off, off+len) marked in-reencryption. Returns a new object. */
 export function hotMetadata(m: Luks2Metadata, st: ReencryptState, off: number, len: number, devSize: number): Luks2Metadata {
   const out = structuredClone(m);
-  const segs: Omit<Segment, "id">[] = [];
-  if (off) segs.push(segAt(st.newSeg, 0, off));
-  segs.push(segAt(st.newSeg, off, len, ["in-reencryption"]));
-  if (off + len < devSize) segs.push(segAt(st.oldSeg, off + len, null));
-  setSegments(out, st, segs, true);
+  const parts: Part[] = [];
+  const hot: Part = { seg: segAt(st.newSeg, off, len, ["in-reencryption"]), kind: "hot" };
+  if (st.direction === "forward") {
+    if (off) parts.push({ seg: segAt(st.newSeg, 0, off), kind: "new" });
+    parts.push(hot);
+    if (off + len < devSize) parts.push({ seg: segAt(st.oldSeg, off + len, null), kind: "old" });
+  } else {
+    if (off) parts.push({ seg: segAt(st.oldSeg, 0, off), kind: "old" });
+    parts.push(hot);
+    if (off + len < devSize) parts.push({ seg: segAt(st.newSeg, off + len, null), kind: "new" });
+  }
+  setSegments(out, st, parts);
   return out;
 }
 
-/** Metadata after the hotzone [off, off+len) is done (forward). */
+/** Metadata after the hotzone [off, off+len) is done. */
 export function postMetadata(m: Luks2Metadata, st: ReencryptState, off: number, len: number, devSize: number): Luks2Metadata {
   const out = structuredClone(m);
-  const end = off + len;
-  const segs: Omit<Segment, "id">[] = [segAt(st.newSeg, 0, end < devSize ? end : null)];
-  if (end < devSize) segs.push(segAt(st.oldSeg, end, null));
-  setSegments(out, st, segs, false);
+  const parts: Part[] = [];
+  if (st.direction === "forward") {
+    const end = off + len;
+    parts.push({ seg: segAt(st.newSeg, 0, end < devSize ? end : null), kind: "new" });
+    if (end < devSize) parts.push({ seg: segAt(st.oldSeg, end, null), kind: "old" });
+  } else {
+    if (off) parts.push({ seg: segAt(st.oldSeg, 0, off), kind: "old" });
+    parts.push({ seg: segAt(st.newSeg, off, null), kind: "new" });
+  }
+  setSegments(out, st, parts);
   return out;
 }
 

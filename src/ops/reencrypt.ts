@@ -25,7 +25,7 @@ import {
   DEFAULT_NONE_HOTZONE,
   REQUIREMENT_V2,
   finalMetadata,
-  forwardOffset,
+  nextHotzone,
   hotMetadata,
   loadReencryptState,
   maxAreaGap,
@@ -396,8 +396,8 @@ export function extendedLayout(len: number, block: number, hashLen: number): { s
 
 async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: Pick<ReencryptOptions, "hotzoneSize" | "tornWriteSafe">): Promise<Engine> {
   const st = loadReencryptState(v.metadata);
-  if (st.direction !== "forward" || st.resilience === "datashift")
-    throw new TrustvolError("EUNSUPPORTED", `re-encryption with direction ${st.direction} / resilience ${st.resilience} (data shift) is not implemented yet`, "finish it with `cryptsetup reencrypt --resume-only --force-offline-reencrypt`");
+  if (st.resilience === "datashift")
+    throw new TrustvolError("EUNSUPPORTED", `re-encryption with resilience datashift (data shift, direction ${st.direction}) is not implemented yet`, "finish it with `cryptsetup reencrypt --resume-only --force-offline-reencrypt`");
   if (st.oldSeg.offset !== st.newSeg.offset) throw new TrustvolError("EUNSUPPORTED", "old and new data offsets differ (data shift)");
   if (st.oldSeg.size !== null || st.newSeg.size !== null) throw new TrustvolError("EUNSUPPORTED", "fixed-size re-encryption segments are not supported");
   const dataOffset = st.newSeg.offset;
@@ -513,11 +513,12 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       await recoverHotzone(e);
       recovered = true;
     }
-    let off = forwardOffset(v.metadata, e.st, e.dataSize);
-    opts.onProgress?.({ done: off, total: e.dataSize });
-    while (off < e.dataSize) {
-      if (opts.signal?.aborted) throw interrupted(off, e.dataSize);
-      const len = Math.min(e.hotzone, e.dataSize - off);
+    const doneBytes = (hz: { off: number; len: number } | null) => (!hz ? e.dataSize : e.st.direction === "forward" ? hz.off : e.dataSize - hz.off - hz.len);
+    let hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
+    opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
+    while (hz) {
+      const { off, len } = hz;
+      if (opts.signal?.aborted) throw interrupted(doneBytes(hz), e.dataSize);
       const data = e.buf.subarray(0, len);
       await dev.read(data, e.dataOffset + off);
       const area = e.st.keyslot.area;
@@ -543,9 +544,9 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       await dev.write(data, e.dataOffset + off);
       await dev.flush();
       await v.commit(postMetadata(v.metadata, e.st, off, len, e.dataSize));
-      off += len;
       bytes += len;
-      opts.onProgress?.({ done: off, total: e.dataSize });
+      hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
+      opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
     }
     const fin = finalMetadata(v.metadata, e.st);
     await v.commit(fin.metadata);
