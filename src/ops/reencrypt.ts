@@ -206,7 +206,8 @@ function reencryptAreaKeyslot(m: Luks2Metadata, hdrSize: number, mode: "reencryp
   let id = 0;
   while (String(id) in m.keyslots) id++;
   if (id >= 32) throw new TrustvolError("ENOSPC", "all 32 keyslots are in use", "remove one first");
-  m.keyslots[String(id)] = reencryptKeyslotJson({ mode, direction: "forward", offset: gap.offset, size: gap.size, resilience, hash: opts.hash ?? "sha256", sectorSize: checksumBlock(dataSize, ss) });
+  m.keyslots[String(id)] = reencryptKeyslotJson({ mode, direction: mode === "decrypt" ? "backward" : "forward", // cryptsetup 2.6.1 decrypts backward
+    offset: gap.offset, size: gap.size, resilience, hash: opts.hash ?? "sha256", sectorSize: checksumBlock(dataSize, ss) });
   const req = (m.config.requirements ??= {});
   req.mandatory = [...(req.mandatory ?? []).filter((r) => r !== REQUIREMENT_V2), REQUIREMENT_V2];
 }
