@@ -14,7 +14,7 @@ import { createSectorCipher, type SectorCipher } from "../dmcrypt/sector-cipher.
 import { parseCipherSpec } from "../dmcrypt/cipher-spec.js";
 import { Luks2Volume } from "../luks2/volume.js";
 import { probeLuksVersion, encodeHeaderCopies } from "../luks2/header.js";
-import { openKeyslotCandidate, buildKeyslot, wipeArea } from "../luks2/keyslot.js";
+import { openKeyslotCandidate, buildKeyslot, wipeArea, findAreaGap } from "../luks2/keyslot.js";
 import { verifyDigest, createDigest } from "../luks2/digest.js";
 import { newVolumeKey, planFormat } from "../luks2/format.js";
 import { opensslHash, type PbkdfOptions } from "../luks2/kdf.js";
@@ -26,6 +26,7 @@ import {
   REQUIREMENT_V2,
   finalMetadata,
   nextHotzone,
+  shiftSource,
   hotMetadata,
   loadReencryptState,
   maxAreaGap,
@@ -337,8 +338,8 @@ async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice
 
 /** Encrypt a plain device with a detached header: the header is built whole in memory, then written once. */
 async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<Luks2Volume> {
-  if (opts.reduceDeviceSize !== undefined || hdrDev === dev)
-    throw new TrustvolError("EUNSUPPORTED", "in-place encryption with --reduce-device-size (data shift) is not implemented yet", "use a detached --header FILE, or cryptsetup for the data-shift encryption (trustvol resumes other modes)");
+  if (hdrDev === dev) return initEncryptShift(dev, opts);
+  if (opts.reduceDeviceSize !== undefined) throw usage("--reduce-device-size is for in-place encryption without --header");
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
   const ss = defaultEncryptSectorSize(dev, opts.sectorSize);
   const dataSize = dev.size;
@@ -370,6 +371,74 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
   }
 }
 
+/**
+ * In-place encryption with a data shift (cryptsetup --encrypt --reduce-device-size R): the new data offset and the
+ * shift are R/2; the first chunk of the device is copied to the free end first (backup-moved-segment), then the header
+ * is written over the device's head, keyslot areas and secondary copy before the primary (a torn primary falls back to
+ * a complete secondary). As in cryptsetup, the few KiB written before the first valid header copy are the one window
+ * a power cut leaves the file system's head only in the copy at the end of the device.
+ */
+async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promise<Luks2Volume> {
+  const reduce = opts.reduceDeviceSize;
+  if (reduce === undefined) throw usage("in-place --encrypt needs --reduce-device-size (e.g. 32M) or a detached --header", "shrink the file system by that much first");
+  if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
+  const ss = defaultEncryptSectorSize(dev, opts.sectorSize);
+  const shift = reduce / 2;
+  if (!Number.isSafeInteger(shift) || shift % Math.max(ss, 4096) || shift < MiB) throw usage(`--reduce-device-size ${reduce} must be at least 2 MiB and a multiple of ${2 * Math.max(ss, 4096)} bytes`);
+  const total = dev.size;
+  const devSize = total - shift; // bytes after the new data offset
+  const dataSize = total - reduce; // the (shrunk) file system
+  if (dataSize <= 0) throw new TrustvolError("ENOSPC", `${dev.name} (${total} bytes) is too small for --reduce-device-size ${reduce}`, "use a smaller reduction or a larger device");
+  checkDataSize(dataSize, [ss]);
+  const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: shift, label: opts.label, uuid: opts.uuid, digestIterations: digestIterations(opts) }, false);
+  let head: Buffer | undefined;
+  try {
+    const m = plan.header.metadata;
+    const crypt = m.segments["0"]!;
+    const firstLen = Math.min(dataSize, shift);
+    const lin = (offset: number, size: number, flags?: string[]) => segmentJson({ type: "linear", offset, size, ivTweak: 0n, sectorSize: 512, flags: flags ?? [] });
+    m.segments = { "0": lin(devSize, firstLen) };
+    if (dataSize > shift) m.segments["1"] = lin(shift, dataSize - shift);
+    let id = Object.keys(m.segments).length;
+    m.segments[String(id++)] = lin(devSize, firstLen, ["backup-moved-segment"]);
+    m.segments[String(id++)] = lin(0, dataSize, ["backup-previous"]);
+    m.segments[String(id)] = { ...crypt, flags: ["backup-final"] };
+    const dNew = Object.keys(m.digests)[0]!;
+    m.digests[dNew]!.segments = [String(id)];
+    let rk = 0;
+    while (String(rk) in m.keyslots) rk++;
+    const gap = findAreaGap(m, plan.header.hdrSize, 4096);
+    m.keyslots[String(rk)] = reencryptKeyslotJson({ mode: "encrypt", direction: "backward", offset: gap, size: 4096, resilience: "datashift", shiftSize: shift });
+    m.config.requirements = { mandatory: [REQUIREMENT_V2] };
+    assignReencryptDigest(m, new Map([[Number(dNew), plan.volumeKey]]), { iterations: digestIterations(opts) });
+    const [p, sc] = encodeHeaderCopies(plan.header);
+    // 1. copy the device's first chunk to the free end (cryptsetup reencrypt_move_data)
+    head = Buffer.allocUnsafeSlow(firstLen);
+    await dev.read(head, 0);
+    await dev.write(head, devSize);
+    await dev.flush();
+    // 2. keyslot material, the secondary copy, then the primary
+    await dev.write(plan.keyslotArea.data, plan.keyslotArea.offset);
+    await dev.flush();
+    await dev.write(sc, plan.header.hdrSize);
+    await dev.flush();
+    await dev.write(p, 0);
+    await dev.flush();
+    // 3. no plaintext of the old head may stay in the unused metadata/keyslots area
+    const used = [[plan.keyslotArea.offset, plan.keyslotArea.offset + Number(m.keyslots[String(opts.keyslot ?? 0)]!.area.size)], [gap, gap + 4096]].sort((a, b) => a[0]! - b[0]!);
+    let pos = 2 * plan.header.hdrSize;
+    const zero = Buffer.alloc(MiB);
+    for (const [a, b] of [...used, [shift, shift]]) {
+      for (; pos < a!; pos += Math.min(zero.length, a! - pos)) await dev.write(zero.subarray(0, Math.min(zero.length, a! - pos)), pos);
+      pos = Math.max(pos, b!);
+    }
+    await dev.flush();
+    return await Luks2Volume.open(dev);
+  } finally {
+    wipe(plan.volumeKey, plan.keyslotArea.data, head);
+  }
+}
+
 interface Engine {
   v: Luks2Volume;
   dev: BlockDevice;
@@ -397,10 +466,8 @@ export function extendedLayout(len: number, block: number, hashLen: number): { s
 
 async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: Pick<ReencryptOptions, "hotzoneSize" | "tornWriteSafe">): Promise<Engine> {
   const st = loadReencryptState(v.metadata);
-  if (st.resilience === "datashift")
-    throw new TrustvolError("EUNSUPPORTED", `re-encryption with resilience datashift (data shift, direction ${st.direction}) is not implemented yet`, "finish it with `cryptsetup reencrypt --resume-only --force-offline-reencrypt`");
-  if (st.oldSeg.offset !== st.newSeg.offset) throw new TrustvolError("EUNSUPPORTED", "old and new data offsets differ (data shift)");
-  if (st.oldSeg.size !== null || st.newSeg.size !== null) throw new TrustvolError("EUNSUPPORTED", "fixed-size re-encryption segments are not supported");
+  if (!st.movedSeg && st.oldSeg.offset !== st.newSeg.offset) throw new TrustvolError("EUNSUPPORTED", "old and new data offsets differ (data shift)");
+  if ((!st.movedSeg && st.oldSeg.size !== null) || st.newSeg.size !== null) throw new TrustvolError("EUNSUPPORTED", "fixed-size re-encryption segments are not supported");
   const dataOffset = st.newSeg.offset;
   const dataSize = dev.size - dataOffset;
   const ss = [st.oldSeg.sectorSize, st.newSeg.sectorSize];
@@ -410,8 +477,8 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   const block = st.resilience === "checksum" ? area.sectorSize! : Math.max(4096, ...ss);
   const hashLen = st.resilience === "checksum" ? createHash(opensslHash(area.hash!)).digest().length : 0;
   if (block % Math.max(...ss)) throw new TrustvolError("ECORRUPT", `checksum block ${block} is not a multiple of the encryption sector size`);
-  let cap = st.resilience === "checksum" ? Math.floor(area.size / hashLen) * block : st.resilience === "journal" ? area.size : Infinity;
-  const want = opts.hotzoneSize ?? (st.resilience === "none" ? Math.max(DEFAULT_NONE_HOTZONE, DEFAULT_HOTZONE) : DEFAULT_HOTZONE);
+  let cap = st.resilience === "checksum" ? Math.floor(area.size / hashLen) * block : st.resilience === "journal" ? area.size : st.resilience === "datashift" ? area.shiftSize! : Infinity;
+  const want = st.resilience === "datashift" ? area.shiftSize! : (opts.hotzoneSize ?? (st.resilience === "none" ? Math.max(DEFAULT_NONE_HOTZONE, DEFAULT_HOTZONE) : DEFAULT_HOTZONE));
   let hotzone = Math.min(cap, want);
   hotzone -= hotzone % block;
   const extended = st.resilience === "checksum" && opts.tornWriteSafe !== false;
@@ -439,6 +506,15 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
       newC?.dispose();
     },
   };
+}
+
+/** Where the old data of the hotzone at off is read from, given metadata with that hotzone in-reencryption. */
+function sourceOf(e: Engine, hot: Luks2Metadata, off: number): number {
+  if (!e.st.movedSeg) return e.dataOffset + off;
+  const r = dataSegments(hot).findIndex((s) => s.flags.includes("in-reencryption"));
+  const src = shiftSource(e.st, off, r);
+  if (src < 0) throw new TrustvolError("ECORRUPT", "the data-shift hotzone has no source");
+  return src;
 }
 
 function recrypt(e: Engine, data: Buffer, off: number): void {
@@ -500,6 +576,11 @@ async function recoverHotzone(e: Engine): Promise<void> {
     await e.hdrDev.read(data, area.offset);
     recrypt(e, data, off);
     await e.dev.write(data, e.dataOffset + off);
+  } else if (e.st.resilience === "datashift") {
+    // The hotzone's source was never overwritten (moved copy for the first chunk, else shift bytes before it).
+    await e.dev.read(data, sourceOf(e, m, off));
+    recrypt(e, data, off);
+    await e.dev.write(data, e.dataOffset + off);
   } else throw new TrustvolError("ECORRUPT", `a hotzone interrupted with resilience "${e.st.resilience}" cannot be recovered`, "restore the data from a backup");
   await e.dev.flush();
   await e.v.commit(postMetadata(m, e.st, off, len, e.dataSize));
@@ -521,7 +602,8 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       const { off, len } = hz;
       if (opts.signal?.aborted) throw interrupted(doneBytes(hz), e.dataSize);
       const data = e.buf.subarray(0, len);
-      await dev.read(data, e.dataOffset + off);
+      const hot = hotMetadata(v.metadata, e.st, off, len, e.dataSize);
+      await dev.read(data, sourceOf(e, hot, off));
       const area = e.st.keyslot.area;
       let recrypted = false;
       if (e.st.resilience === "checksum" && e.extended) {
@@ -540,7 +622,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
         await hdrDev.flush();
       }
       // Metadata commit point: from here the header says the hotzone may hold old or new data.
-      if (e.st.resilience !== "none") await v.commit(hotMetadata(v.metadata, e.st, off, len, e.dataSize));
+      if (e.st.resilience !== "none") await v.commit(hot);
       if (!recrypted) recrypt(e, data, off);
       await dev.write(data, e.dataOffset + off);
       await dev.flush();
@@ -549,6 +631,8 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
       opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
     }
+    // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
+    if (e.st.movedSeg) await wipeArea(dev, e.st.movedSeg.offset, e.st.movedSeg.size!);
     const fin = finalMetadata(v.metadata, e.st);
     await v.commit(fin.metadata);
     for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);

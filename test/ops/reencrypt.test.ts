@@ -58,7 +58,23 @@ test("encrypt and decrypt with a detached header", async () => {
   assert.ok((await plaintextOf(data, hdr)).equals(plain));
   await reencrypt(data, { mode: "decrypt", header: hdr, passphrase: PASS, hotzoneSize: HOTZONE });
   assert.ok(data.data.equals(plain));
-  await assert.rejects(reencrypt(new MemoryBlockDevice(plain), { mode: "encrypt", passphrase: PASS }), (e: TrustvolError) => e.code === "EUNSUPPORTED");
+  await assert.rejects(reencrypt(new MemoryBlockDevice(plain), { mode: "encrypt", passphrase: PASS }), (e: TrustvolError) => e.code === "EUSAGE");
+});
+
+test("encrypt in place with a data shift (--reduce-device-size): first chunk moved to the end, backward, moved copy wiped", async () => {
+  for (const fsSize of [3 << 20, 512 * 1024]) {
+    const reduce = 2 << 20;
+    const plain = randomBytes(fsSize);
+    const dev = new MemoryBlockDevice(Buffer.concat([plain, Buffer.alloc(reduce)]));
+    await assert.rejects(reencrypt(new MemoryBlockDevice(randomBytes(reduce)), { mode: "encrypt", passphrase: PASS, reduceDeviceSize: reduce }), (e: TrustvolError) => e.code === "ENOSPC");
+    const r = await reencrypt(dev, { mode: "encrypt", passphrase: PASS, pbkdf: PBKDF, reduceDeviceSize: reduce });
+    assert.equal(r.state, "finished");
+    const v = await Luks2Volume.open(dev);
+    assert.equal(v.metadata.segments["0"]!.offset, String(reduce / 2));
+    assert.deepEqual(Object.keys(v.metadata.segments), ["0"]);
+    assert.ok((await plaintextOf(dev)).subarray(0, fsSize).equals(plain), `fs of ${fsSize} bytes`);
+    assert.equal(dev.data.indexOf(plain.subarray(0, 4096)), -1, "no plaintext copy of the head left");
+  }
 });
 
 test("wrong passphrase, unknown resilience, hostile reencrypt keyslot: one-line error, device unchanged", async () => {
