@@ -415,6 +415,17 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     // 1. copy the device's first chunk to the free end (cryptsetup reencrypt_move_data)
     head = Buffer.allocUnsafeSlow(firstLen);
     await dev.read(head, 0);
+    // A previous attempt cut before its first header copy landed left the true head at the end and part of the head
+    // overwritten by keyslot material: the copy matches the head everywhere else. Then the copy is the source.
+    const tail = Buffer.allocUnsafeSlow(firstLen);
+    try {
+      await dev.read(tail, devSize);
+      const touched = [plan.header.hdrSize, plan.keyslotArea.offset + plan.keyslotArea.data.length] as const;
+      const same = (a: number, b: number) => a >= b || tail.subarray(a, b).equals(head!.subarray(a, b));
+      if (firstLen > touched[1] && same(0, touched[0]) && same(touched[1], firstLen) && !same(touched[0], touched[1])) tail.copy(head);
+    } finally {
+      wipe(tail);
+    }
     await dev.write(head, devSize);
     await dev.flush();
     // 2. keyslot material, the secondary copy, then the primary

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import { sweep } from "./reencrypt-fixture.js";
 
-for (const resilience of ["checksum", "journal"] as const) {
+for (const resilience of ["checksum", "journal", "datashift"] as const) {
   test(`power cut at every write of a ${resilience} run, three unsynced-write policies: 0 bytes lost`, async () => {
     const { survived, writes } = await sweep(resilience, 1, ["drop", "keep", "random"]);
     console.log(`# ${resilience}: survived ${survived} cuts (${writes} writes × 3 policies)`);
