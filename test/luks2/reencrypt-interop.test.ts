@@ -191,3 +191,53 @@ test("a trustvol run cut by a power loss mid-hotzone: cryptsetup repair + --resu
     cleanup();
   }
 });
+
+test("data shift (--encrypt --reduce-device-size): cryptsetup init → trustvol finishes; trustvol init → cryptsetup finishes; same segments", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir();
+  try {
+    const fs = randomBytes(12 * MiB);
+    const a = join(dir, "a.img"), b = join(dir, "b.img");
+    writeFileSync(a, Buffer.concat([fs, Buffer.alloc(4 * MiB)]));
+    copyFileSync(a, b);
+    cs(["reencrypt", "--encrypt", "--init-only", "--reduce-device-size", "4M", "--force-offline-reencrypt", "-q", ...P, "--key-file", "-", a]);
+    const pf = join(dir, "pass");
+    writeFileSync(pf, PASS, { mode: 0o600 });
+    const r = await trustvolInProcess(["reencrypt", "--encrypt", "--init-only", "--reduce-device-size", "4M", b, "--key-file", pf, ...P]);
+    assert.equal(r.status, 0, r.stderr);
+    const segs = (f: string) => JSON.parse(run("cryptsetup", ["luksDump", "--dump-json-metadata", f]).stdout.toString()).segments;
+    assert.deepEqual(segs(b), segs(a), "trustvol's data-shift segments are cryptsetup's");
+    assert.equal(run("cryptsetup", ["luksDump", b]).stdout.toString().replace(/UUID:.*|Salt:[^]*?AF|Digest:[^]*$/g, ""), dumpText(await Luks2Volume.open(await FileBlockDevice.open(b, { readOnly: true }))).replace(/UUID:.*|Salt:[^]*?AF|Digest:[^]*$/g, ""));
+    const dev = await FileBlockDevice.open(a);
+    await reencrypt(dev, { mode: "encrypt", passphrase: Buffer.from(PASS), resumeOnly: true });
+    await dev.close();
+    cs(["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--key-file", "-", b]);
+    for (const f of [a, b]) assert.ok(oracle(dir, f).subarray(0, fs.length).equals(fs), `${f}: the file system, encrypted in place`);
+  } finally {
+    cleanup();
+  }
+});
+
+test("a trustvol data-shift run cut mid-chunk: cryptsetup repair + --resume-only finish it", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir();
+  try {
+    const fs = randomBytes(6 * MiB);
+    const image = Buffer.concat([fs, Buffer.alloc(4 * MiB)]);
+    let crashed: Buffer | undefined;
+    for (let cut = 12; cut < 40 && !crashed; cut++) {
+      const pc = new PowerCutDevice(image, { cutAtWrite: cut, unsynced: "random", seed: cut });
+      await reencrypt(pc, { mode: "encrypt", passphrase: Buffer.from(PASS), pbkdf: { type: "pbkdf2", forceIterations: 1000 }, reduceDeviceSize: 4 * MiB }).catch((e) => assert.ok(e instanceof PowerCut));
+      const img = pc.image();
+      if (reencryptStatus((await Luks2Volume.open(new MemoryBlockDevice(img))).metadata) === "crash" && pc.writes > 14) crashed = img;
+    }
+    assert.ok(crashed, "a cut point with a data-shift hotzone in re-encryption");
+    const c = join(dir, "c.img");
+    writeFileSync(c, crashed);
+    cs(["repair", "-q", "--key-file", "-", c]);
+    cs(["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--key-file", "-", c]);
+    assert.ok(oracle(dir, c).subarray(0, fs.length).equals(fs));
+  } finally {
+    cleanup();
+  }
+});
