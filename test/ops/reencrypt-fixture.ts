@@ -15,9 +15,9 @@ export const PBKDF = { type: "pbkdf2" as const, forceIterations: 1000 };
 export const HOTZONE = 64 * 1024;
 
 /** A small LUKS2 volume (1 MiB metadata+keyslots, dataSize of random plaintext) as an image buffer. */
-export async function makeVolume(dataSize: number, sectorSize = 4096): Promise<{ image: Buffer; plain: Buffer }> {
+export async function makeVolume(dataSize: number, sectorSize = 4096, keySizeBits = 512): Promise<{ image: Buffer; plain: Buffer }> {
   const dev = new MemoryBlockDevice(0);
-  const { volume, volumeKey } = await formatLuks2(dev, PASS, { pbkdf: PBKDF, dataOffset: 1 << 20, sectorSize, digestIterations: 1000 });
+  const { volume, volumeKey } = await formatLuks2(dev, PASS, { pbkdf: PBKDF, dataOffset: 1 << 20, sectorSize, keySizeBits, digestIterations: 1000 });
   await dev.write(Buffer.alloc(dataSize), 1 << 20);
   const h = await LuksHandle.fromDevices(dev);
   const plain = randomBytes(dataSize);

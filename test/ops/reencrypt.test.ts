@@ -123,3 +123,32 @@ for (const resilience of ["checksum", "journal", "datashift"] as const) {
     console.log(`# ${resilience}: survived ${survived} cut points of ${writes} writes (full sweep: reencrypt-powercut.slow.test.ts)`);
   });
 }
+
+test("rotation keeps tokens: a token's keyslot is re-created for the new key with the same passphrase; all-slots rule", async () => {
+  const { image, plain } = await makeVolume(128 * 1024, 4096, 256);
+  const dev = new MemoryBlockDevice(image);
+  const v = await Luks2Volume.open(dev);
+  const { volumeKey } = await v.unlock(PASS);
+  const rec = Buffer.from("token secret");
+  await v.addKeyslotWithToken(volumeKey, async () => ({ tokenJson: { type: "systemd-recovery", keyslots: ["1"] }, passphrase: Buffer.from(rec) }), { pbkdf: PBKDF, slot: 1 });
+  const before = Buffer.from(dev.data);
+  // cryptsetup needs every keyslot's passphrase unless --key-slot names one: same here, nothing changed.
+  await assert.rejects(reencrypt(dev, { passphrase: PASS, pbkdf: PBKDF }), (e: TrustvolError) => e.code === "EBADPASS" && /keyslot 1/.test(e.message));
+  assert.ok(dev.data.equals(before));
+  await reencrypt(dev, { passphrase: PASS, keyslotPassphrases: new Map([[1, rec]]), pbkdf: PBKDF, hotzoneSize: HOTZONE });
+  const after = await Luks2Volume.open(dev);
+  const tok = Object.values(after.metadata.tokens)[0]!;
+  assert.equal(tok.keyslots.length, 1);
+  assert.equal((await after.unlock(rec, { slot: Number(tok.keyslots[0]) })).keyslot, Number(tok.keyslots[0]));
+  assert.ok((await plaintextOf(dev)).equals(plain));
+  // --key-slot: only that keyslot survives; the token's old keyslot (and the token) go with the old key.
+  const { image: img2 } = await makeVolume(64 * 1024, 4096, 256);
+  const d2 = new MemoryBlockDevice(img2);
+  const v2 = await Luks2Volume.open(d2);
+  const k2 = (await v2.unlock(PASS)).volumeKey;
+  await v2.addKeyslotWithToken(k2, async () => ({ tokenJson: { type: "systemd-recovery", keyslots: ["1"] }, passphrase: Buffer.from(rec) }), { pbkdf: PBKDF, slot: 1 });
+  await reencrypt(d2, { passphrase: PASS, keyslot: 0, pbkdf: PBKDF });
+  const a2 = await Luks2Volume.open(d2);
+  assert.deepEqual(Object.keys(a2.metadata.keyslots), ["2"]);
+  assert.deepEqual(Object.keys(a2.metadata.tokens), []);
+});
