@@ -6,6 +6,7 @@
 // reencrypt keyslot area, flush → commit metadata marking the hotzone in-reencryption → write the re-encrypted data,
 // flush → commit metadata with the hotzone done. A power cut at any write leaves a header (old or new copy) whose
 // state is recoverable: before the hot commit the area is unused; after it the area describes the old data.
+import * as crypto from "node:crypto";
 import { createHash, randomBytes } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";
 import { TrustvolError } from "../util/errors.js";
@@ -59,8 +60,8 @@ export interface ReencryptOptions {
   label?: string;
   uuid?: string;
   /**
-   * Checksum resilience only: also keep, after the checksums cryptsetup reads, the checksums of the new data and a copy
-   * of the old hotzone, so a write torn inside a block is recoverable too (default true; false = cryptsetup's I/O).
+   * Checksum resilience only: also keep, after the checksums cryptsetup reads, a copy of the old hotzone, so a write
+   * torn inside a block is recoverable too (default true; false = cryptsetup's I/O, one block per torn write at risk).
    */
   tornWriteSafe?: boolean;
   onProgress?: (p: { done: number; total: number }) => void;
@@ -468,11 +469,11 @@ interface Engine {
   dispose(): void;
 }
 
-/** Area layout of the torn-write extension for a hotzone of len bytes: [old sums | new sums | 4K-aligned old data]. */
-export function extendedLayout(len: number, block: number, hashLen: number): { sums: number; newSums: number; copy: number; end: number } {
+/** Area layout of the torn-write extension for a hotzone of len bytes: [old checksums | 4K-aligned copy of the old data]. */
+export function extendedLayout(len: number, block: number, hashLen: number): { sums: number; copy: number; end: number } {
   const n = Math.floor(len / block) * hashLen;
-  const copy = Math.ceil((2 * n) / 4096) * 4096;
-  return { sums: 0, newSums: n, copy, end: copy + len };
+  const copy = Math.ceil(n / 4096) * 4096;
+  return { sums: 0, copy, end: copy + len };
 }
 
 async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: Pick<ReencryptOptions, "hotzoneSize" | "tornWriteSafe">): Promise<Engine> {
@@ -533,11 +534,16 @@ function recrypt(e: Engine, data: Buffer, off: number): void {
   if (e.newC) e.newC.encrypt(data, off / e.newC.sectorSize);
 }
 
+const oneShot = (crypto as unknown as { hash?: (alg: string, data: Uint8Array, enc: "buffer") => Buffer }).hash;
+function hashBlock(e: Engine, b: Uint8Array): Buffer {
+  const alg = opensslHash(e.st.keyslot.area.hash!);
+  return oneShot ? oneShot(alg, b, "buffer") : createHash(alg).update(b).digest();
+}
+
 function checksums(e: Engine, data: Buffer): Buffer {
   const n = Math.ceil(data.length / e.block);
   const out = Buffer.alloc(n * e.hashLen);
-  const alg = opensslHash(e.st.keyslot.area.hash!);
-  for (let i = 0; i < n; i++) createHash(alg).update(data.subarray(i * e.block, (i + 1) * e.block)).digest().copy(out, i * e.hashLen);
+  for (let i = 0; i < n; i++) hashBlock(e, data.subarray(i * e.block, (i + 1) * e.block)).copy(out, i * e.hashLen);
   return out;
 }
 
@@ -558,26 +564,17 @@ async function recoverHotzone(e: Engine): Promise<void> {
     await e.hdrDev.read(sums, area.offset);
     await e.dev.read(data, e.dataOffset + off);
     const now = checksums(e, data.subarray(0, count * e.block));
-    // Our own runs also left the new data's checksums and a copy of the old data (cryptsetup ignores both).
+    // Our own runs also left a copy of the old hotzone after the checksums (cryptsetup ignores it): a block that is not
+    // old any more is rewritten from its copy when the copy is verified by the old checksum, whether the cut left it
+    // new or torn. Without a verified copy, cryptsetup's rule: not old = new already.
     const lay = extendedLayout(len, e.block, e.hashLen);
-    let newSums: Buffer | null = null;
-    if (lay.end <= area.size) {
-      newSums = Buffer.alloc(count * e.hashLen);
-      await e.hdrDev.read(newSums, area.offset + lay.newSums);
-    }
     const at = (b: Buffer, i: number) => b.subarray(i * e.hashLen, (i + 1) * e.hashLen);
-    // A block whose checksum is the stored one still holds old data: re-encrypt it; a block with the new checksum is
-    // done; any other block was torn by the cut: take its old data from the copy (verified by the old checksum).
     for (let i = 0; i < count; i++) {
       const b = data.subarray(i * e.block, (i + 1) * e.block);
       if (!at(now, i).equals(at(sums, i))) {
-        if (!newSums || at(now, i).equals(at(newSums, i)) || !newSums.some((x) => x !== 0)) continue;
+        if (lay.end > area.size) continue;
         await e.hdrDev.read(b, area.offset + lay.copy + i * e.block);
-        if (!at(checksums(e, b), 0).equals(at(sums, i))) {
-          // No verified copy: cryptsetup's rule (assume new). Only a torn write outside our own runs lands here.
-          await e.dev.read(b, e.dataOffset + off + i * e.block);
-          continue;
-        }
+        if (!hashBlock(e, b).equals(at(sums, i))) continue;
       }
       recrypt(e, b, off + i * e.block);
       await e.dev.write(b, e.dataOffset + off + i * e.block);
@@ -616,14 +613,10 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       const hot = hotMetadata(v.metadata, e.st, off, len, e.dataSize);
       await dev.read(data, sourceOf(e, hot, off));
       const area = e.st.keyslot.area;
-      let recrypted = false;
       if (e.st.resilience === "checksum" && e.extended) {
         const lay = extendedLayout(len, e.block, e.hashLen);
-        const oldSums = checksums(e, data);
         await hdrDev.write(data, area.offset + lay.copy);
-        recrypt(e, data, off);
-        recrypted = true;
-        await hdrDev.write(Buffer.concat([oldSums, checksums(e, data)]), area.offset);
+        await hdrDev.write(checksums(e, data), area.offset);
         await hdrDev.flush();
       } else if (e.st.resilience === "checksum") {
         await hdrDev.write(checksums(e, data), area.offset);
@@ -634,7 +627,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       }
       // Metadata commit point: from here the header says the hotzone may hold old or new data.
       if (e.st.resilience !== "none") await v.commit(hot);
-      if (!recrypted) recrypt(e, data, off);
+      recrypt(e, data, off);
       await dev.write(data, e.dataOffset + off);
       await dev.flush();
       await v.commit(postMetadata(v.metadata, e.st, off, len, e.dataSize));
