@@ -615,8 +615,15 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       const area = e.st.keyslot.area;
       if (e.st.resilience === "checksum" && e.extended) {
         const lay = extendedLayout(len, e.block, e.hashLen);
-        await hdrDev.write(data, area.offset + lay.copy);
-        await hdrDev.write(checksums(e, data), area.offset);
+        // Hash while the copy is being written (both only read `data`; it is re-encrypted after both).
+        const copying = hdrDev.write(data, area.offset + lay.copy);
+        let sums: Buffer;
+        try {
+          sums = checksums(e, data);
+        } finally {
+          await copying;
+        }
+        await hdrDev.write(sums, area.offset);
         await hdrDev.flush();
       } else if (e.st.resilience === "checksum") {
         await hdrDev.write(checksums(e, data), area.offset);
