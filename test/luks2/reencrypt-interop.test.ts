@@ -241,3 +241,40 @@ test("a trustvol data-shift run cut mid-chunk: cryptsetup repair + --resume-only
     cleanup();
   }
 });
+
+test("CLI: SIGINT stops at a safe point with exit 7 and one line; --resume-only finishes; progress JSON lines", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { spawn } = await import("node:child_process");
+  const { TRUSTVOL_BIN } = await import("../helpers/cli.js");
+  const { dir, cleanup } = tmpDir();
+  try {
+    const img = join(dir, "v.img");
+    const plain = await csVolume(img, 8);
+    const pf = join(dir, "pass");
+    writeFileSync(pf, PASS, { mode: 0o600 });
+    const child = spawn(process.execPath, [TRUSTVOL_BIN, "reencrypt", img, "--key-file", pf, ...P, "--hotzone-size", "64K", "--resilience", "journal", "--progress-json"], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "", err = "";
+    child.stderr.on("data", (d) => (err += d));
+    const code = await new Promise<number | null>((resolve) => {
+      child.stdout.on("data", (d) => {
+        out += d;
+        if (out.split("\n").length > 3 && !child.killed) child.kill("SIGINT");
+      });
+      child.on("exit", (c) => resolve(c));
+    });
+    const lines = out.trim().split("\n").map((l) => JSON.parse(l) as { device_bytes: string; device_size: string });
+    assert.ok(lines.length >= 2 && lines.every((l) => Number(l.device_size) === 8 * MiB));
+    if (code === 0) t.diagnostic("the run finished before the signal arrived");
+    else {
+      assert.equal(code, 7, err);
+      assert.equal(err.trim().split("\n").length, 1, err);
+      assert.match(err, /interrupted at a safe point.*--resume-only/);
+      assert.equal(reencryptStatus((await Luks2Volume.open(await FileBlockDevice.open(img, { readOnly: true }))).metadata), "clean");
+      const r = await trustvolInProcess(["reencrypt", img, "--resume-only", "--key-file", pf]);
+      assert.equal(r.status, 0, r.stderr);
+    }
+    assert.ok(oracle(dir, img).equals(plain));
+  } finally {
+    cleanup();
+  }
+});
