@@ -39,8 +39,9 @@ export const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex
 
 /** Cut power at write `cut` of a full run, then resume from what the disk holds; the plaintext must be intact. */
 export type SweepMode = "checksum" | "journal" | "datashift";
+let hotzone = HOTZONE;
 const runOpts = (resilience: SweepMode) =>
-  resilience === "datashift" ? { mode: "encrypt" as const, passphrase: PASS, pbkdf: PBKDF, reduceDeviceSize: SHIFT_REDUCE } : { passphrase: PASS, pbkdf: PBKDF, hotzoneSize: HOTZONE, resilience };
+  resilience === "datashift" ? { mode: "encrypt" as const, passphrase: PASS, pbkdf: PBKDF, reduceDeviceSize: SHIFT_REDUCE } : { passphrase: PASS, pbkdf: PBKDF, hotzoneSize: hotzone, resilience };
 /** --reduce-device-size of the data-shift sweep: shift 1 MiB over a 3.5 MiB file system = 4 chunks, one partial. */
 export const SHIFT_REDUCE = 2 << 20;
 
@@ -73,10 +74,11 @@ export async function cutAndResume(image: Buffer, plain: Buffer, resilience: Swe
 
 
 /** Every write of a full run at which to cut power (step > 1 samples them, spread over the whole run). */
-export async function sweep(resilience: SweepMode, step: number, policies: UnsyncedPolicy[]): Promise<{ survived: number; writes: number }> {
+export async function sweep(resilience: SweepMode, step: number, policies: UnsyncedPolicy[], opts: { hotzone?: number; fsSize?: number } = {}): Promise<{ survived: number; writes: number }> {
+  hotzone = opts.hotzone ?? HOTZONE;
   let image: Buffer, plain: Buffer;
   if (resilience === "datashift") {
-    plain = randomBytes(3.5 * (1 << 20));
+    plain = randomBytes(opts.fsSize ?? 3.5 * (1 << 20));
     image = Buffer.concat([plain, Buffer.alloc(SHIFT_REDUCE)]);
   } else ({ image, plain } = await makeVolume(384 * 1024));
   const probe = new PowerCutDevice(image);
