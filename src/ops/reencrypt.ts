@@ -496,8 +496,7 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   const extended = st.resilience === "checksum" && opts.tornWriteSafe !== false;
   if (extended) while (hotzone > block && extendedLayout(hotzone, block, hashLen).end > area.size) hotzone -= Math.max(block, (Math.floor(hotzone / 8 / block) * block));
   // A crashed hotzone is recovered in one piece: the buffer must hold it whatever the chosen size.
-  const hot = dataSegments(v.metadata).find((s) => s.flags.includes("in-reencryption"));
-  const need = Math.max(hotzone, hot?.size ?? 0);
+  const need = hotzone;
   if (hotzone < Math.max(...ss)) throw new TrustvolError("ECORRUPT", "the re-encryption area is too small for one hotzone");
   cap = need;
   const mk = (seg: Segment, digest: number) => (seg.type === "crypt" ? createSectorCipher({ cipher: seg.encryption!, key: keys.get(digest)!, sectorSize: seg.sectorSize, ivOffset: seg.ivTweak }) : null);
@@ -554,42 +553,48 @@ async function recoverHotzone(e: Engine): Promise<void> {
   if (!hot || hot.size === null) throw new TrustvolError("ECORRUPT", "the segment in re-encryption has no fixed size");
   const off = hot.offset - e.dataOffset;
   const len = hot.size;
-  if (off < 0 || off + len > e.dataSize || len % Math.max(e.st.oldSeg.sectorSize, e.st.newSeg.sectorSize)) throw new TrustvolError("ECORRUPT", "the segment in re-encryption lies outside the data area");
-  const data = e.buf.subarray(0, len);
+  if (off < 0 || len <= 0 || off + len > e.dataSize || len % Math.max(e.st.oldSeg.sectorSize, e.st.newSeg.sectorSize)) throw new TrustvolError("ECORRUPT", "the segment in re-encryption lies outside the data area");
   const area = e.st.keyslot.area;
-  if (e.st.resilience === "checksum") {
-    const count = Math.floor(len / e.block);
-    if (count * e.hashLen > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its checksum area");
-    const sums = Buffer.alloc(count * e.hashLen);
-    await e.hdrDev.read(sums, area.offset);
-    await e.dev.read(data, e.dataOffset + off);
-    const now = checksums(e, data.subarray(0, count * e.block));
-    // Our own runs also left a copy of the old hotzone after the checksums (cryptsetup ignores it): a block that is not
-    // old any more is rewritten from its copy when the copy is verified by the old checksum, whether the cut left it
-    // new or torn. Without a verified copy, cryptsetup's rule: not old = new already.
-    const lay = extendedLayout(len, e.block, e.hashLen);
-    const at = (b: Buffer, i: number) => b.subarray(i * e.hashLen, (i + 1) * e.hashLen);
-    for (let i = 0; i < count; i++) {
-      const b = data.subarray(i * e.block, (i + 1) * e.block);
-      if (!at(now, i).equals(at(sums, i))) {
-        if (lay.end > area.size) continue;
-        await e.hdrDev.read(b, area.offset + lay.copy + i * e.block);
-        if (!hashBlock(e, b).equals(at(sums, i))) continue;
+  const count = Math.floor(len / e.block);
+  if (e.st.resilience === "checksum" && count * e.hashLen > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its checksum area");
+  if (e.st.resilience === "journal" && len > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its journal");
+  if (e.st.resilience === "datashift" && len > area.shiftSize!) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than the data shift");
+  if (e.st.resilience === "none") throw new TrustvolError("ECORRUPT", `a hotzone interrupted with resilience "none" cannot be recovered`, "restore the data from a backup");
+  const src = e.st.resilience === "datashift" ? sourceOf(e, m, off) : 0;
+  const lay = extendedLayout(len, e.block, e.hashLen);
+  const at = (b: Buffer, i: number) => b.subarray(i * e.hashLen, (i + 1) * e.hashLen);
+  // In pieces of the engine's buffer (a hotzone cryptsetup left may be far larger than our memory budget); every
+  // piece is idempotent, so a cut during recovery is recovered again the same way.
+  for (let p = 0; p < len; p += e.hotzone) {
+    const n = Math.min(e.hotzone, len - p);
+    const data = e.buf.subarray(0, n);
+    if (e.st.resilience === "checksum") {
+      // A block whose checksum is the stored one still holds old data: re-encrypt it. Our own runs also left a copy
+      // of the old hotzone after the checksums (cryptsetup ignores it): any other block is rewritten from its copy
+      // when the copy matches the old checksum, whether the cut left it new or torn. Without a verified copy,
+      // cryptsetup's rule: not old = new already.
+      const first = p / e.block, blocks = Math.min(count - first, Math.floor(n / e.block));
+      if (blocks <= 0) break;
+      const sums = Buffer.alloc(blocks * e.hashLen);
+      await e.hdrDev.read(sums, area.offset + first * e.hashLen);
+      await e.dev.read(data, e.dataOffset + off + p);
+      for (let i = 0; i < blocks; i++) {
+        const b = data.subarray(i * e.block, (i + 1) * e.block);
+        if (!hashBlock(e, b).equals(at(sums, i))) {
+          if (lay.end > area.size) continue;
+          await e.hdrDev.read(b, area.offset + lay.copy + p + i * e.block);
+          if (!hashBlock(e, b).equals(at(sums, i))) continue;
+        }
+        recrypt(e, b, off + p + i * e.block);
+        await e.dev.write(b, e.dataOffset + off + p + i * e.block);
       }
-      recrypt(e, b, off + i * e.block);
-      await e.dev.write(b, e.dataOffset + off + i * e.block);
+    } else {
+      // journal: the old data as it was; datashift: the source was never overwritten (moved copy or shift before)
+      await (e.st.resilience === "journal" ? e.hdrDev.read(data, area.offset + p) : e.dev.read(data, src + p));
+      recrypt(e, data, off + p);
+      await e.dev.write(data, e.dataOffset + off + p);
     }
-  } else if (e.st.resilience === "journal") {
-    if (len > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its journal");
-    await e.hdrDev.read(data, area.offset);
-    recrypt(e, data, off);
-    await e.dev.write(data, e.dataOffset + off);
-  } else if (e.st.resilience === "datashift") {
-    // The hotzone's source was never overwritten (moved copy for the first chunk, else shift bytes before it).
-    await e.dev.read(data, sourceOf(e, m, off));
-    recrypt(e, data, off);
-    await e.dev.write(data, e.dataOffset + off);
-  } else throw new TrustvolError("ECORRUPT", `a hotzone interrupted with resilience "${e.st.resilience}" cannot be recovered`, "restore the data from a backup");
+  }
   await e.dev.flush();
   await e.v.commit(postMetadata(m, e.st, off, len, e.dataSize));
 }
