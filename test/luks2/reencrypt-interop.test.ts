@@ -278,3 +278,37 @@ test("CLI: SIGINT stops at a safe point with exit 7 and one line; --resume-only 
     cleanup();
   }
 });
+
+test("CLI errors: wrong passphrase, unknown resilience, device too small for the shift, --resume-only on a plain volume: one line, exit code, file unchanged", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir();
+  try {
+    const img = join(dir, "v.img");
+    await csVolume(img, 1);
+    const bad = join(dir, "bad");
+    writeFileSync(bad, "wrong", { mode: 0o600 });
+    const before = readFileSync(img);
+    const cases: [string[], number, RegExp][] = [
+      [["reencrypt", img, "--key-file", bad, ...P], 3, /no key available/],
+      [["reencrypt", img, "--key-file", bad, "--resilience", "magic"], 2, /magic/],
+      [["reencrypt", img, "--key-file", bad, "--resume-only"], 2, /not in re-encryption/],
+      [["reencrypt", img, "--key-file", bad, "--hotzone-size", "12Q"], 2, /not a size/],
+    ];
+    for (const [args, code, msg] of cases) {
+      const r = await trustvolInProcess(args);
+      assert.equal(r.status, code, `${args.join(" ")}: ${r.stderr}`);
+      assert.match(r.stderr, msg);
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+      assert.ok(readFileSync(img).equals(before), `${args.join(" ")} changed the file`);
+    }
+    const small = join(dir, "small.img");
+    writeFileSync(small, randomBytes(3 * MiB));
+    const snap = readFileSync(small);
+    const r = await trustvolInProcess(["reencrypt", "--encrypt", small, "--reduce-device-size", "4M", "--key-file", bad, ...P]);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /too small/);
+    assert.ok(readFileSync(small).equals(snap));
+  } finally {
+    cleanup();
+  }
+});
