@@ -312,3 +312,35 @@ test("CLI errors: wrong passphrase, unknown resilience, device too small for the
     cleanup();
   }
 });
+
+test("stopped after the last hotzone, before the final commit (cryptsetup's 'datashift tail'): trustvol finishes; cryptsetup 2.6.1 cannot", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir();
+  try {
+    const fs = randomBytes(6 * MiB);
+    const image = Buffer.concat([fs, Buffer.alloc(4 * MiB)]);
+    const opts = { mode: "encrypt" as const, passphrase: Buffer.from(PASS), pbkdf: { type: "pbkdf2" as const, forceIterations: 1000 }, reduceDeviceSize: 4 * MiB };
+    const probe = new PowerCutDevice(image);
+    await reencrypt(probe, opts);
+    let tail: Buffer | undefined;
+    for (let cut = probe.writes; cut > 0 && !tail; cut--) {
+      const pc = new PowerCutDevice(image, { cutAtWrite: cut, unsynced: "drop" });
+      await reencrypt(pc, opts).catch((e) => assert.ok(e instanceof PowerCut));
+      const m = (await Luks2Volume.open(new MemoryBlockDevice(pc.image()))).metadata;
+      if (reencryptStatus(m) === "clean" && Object.values(m.segments).filter((s) => !(s.flags ?? []).length).every((s) => s.type === "crypt")) tail = pc.image();
+    }
+    assert.ok(tail, "a cut after the last hotzone's commit");
+    const a = join(dir, "a.img"), b = join(dir, "b.img");
+    writeFileSync(a, tail);
+    writeFileSync(b, tail);
+    const r = run("cryptsetup", ["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--key-file", "-", a], { input: PASS, check: false });
+    t.diagnostic(`cryptsetup --resume-only: exit ${r.status} ${r.stderr.trim()}`);
+    const dev = await FileBlockDevice.open(b);
+    await reencrypt(dev, { passphrase: Buffer.from(PASS), resumeOnly: true });
+    await dev.close();
+    assert.ok(oracle(dir, b).subarray(0, fs.length).equals(fs));
+    assert.equal(readFileSync(b).indexOf(fs.subarray(0, 4096)), -1, "the moved plaintext copy is wiped");
+  } finally {
+    cleanup();
+  }
+});
