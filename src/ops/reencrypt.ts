@@ -167,14 +167,18 @@ async function unlockForState(v: Luks2Volume, hdrDev: BlockDevice, st: Reencrypt
       const slots = m.digests[String(d)]!.keyslots.filter((k) => m.keyslots[k]?.type === "luks2").sort((a, b) => Number(a) - Number(b));
       if (opts.keyslot !== undefined && slots.includes(String(opts.keyslot))) slots.unshift(...slots.splice(slots.indexOf(String(opts.keyslot)), 1));
       for (const s of slots) {
-        const pass = opts.keyslotPassphrases?.get(Number(s)) ?? opts.passphrase;
-        if (!pass) continue;
-        const cand = await openKeyslotCandidate(hdrDev, m.keyslots[s]!, pass);
-        if (verifyDigest(m.digests[String(d)]!, cand)) {
-          keys.set(d, cand);
-          break;
+        // A new keyslot has the passphrase of the old one it replaces (a token's covers both): try those too.
+        const viaToken = Object.values(m.tokens).filter((t) => t.keyslots.includes(s)).flatMap((t) => t.keyslots.map((k) => opts.keyslotPassphrases?.get(Number(k))));
+        const cands = [opts.keyslotPassphrases?.get(Number(s)), ...viaToken, opts.passphrase].filter((p, i, a): p is Uint8Array => !!p && a.indexOf(p) === i);
+        for (const pass of cands) {
+          const cand = await openKeyslotCandidate(hdrDev, m.keyslots[s]!, pass);
+          if (verifyDigest(m.digests[String(d)]!, cand)) {
+            keys.set(d, cand);
+            break;
+          }
+          wipe(cand);
         }
-        wipe(cand);
+        if (keys.has(d)) break;
       }
       if (!keys.has(d)) {
         if (!opts.passphrase && !opts.keyslotPassphrases?.size) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume keys", "give --key-file or a token");
