@@ -417,22 +417,38 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     m.config.requirements = { mandatory: [REQUIREMENT_V2] };
     assignReencryptDigest(m, new Map([[Number(dNew), plan.volumeKey]]), { iterations: digestIterations(opts) });
     const [p, sc] = encodeHeaderCopies(plan.header);
-    // 1. copy the device's first chunk to the free end (cryptsetup reencrypt_move_data)
-    head = Buffer.allocUnsafeSlow(firstLen);
-    await dev.read(head, 0);
     // A previous attempt cut before its first header copy landed left the true head at the end and part of the head
-    // overwritten by keyslot material: the copy matches the head everywhere else. Then the copy is the source.
-    const tail = Buffer.allocUnsafeSlow(firstLen);
+    // overwritten by keyslot material: the copy matches the head everywhere else. Then the copy is already the source.
+    const PIECE = 8 * MiB;
+    head = Buffer.allocUnsafeSlow(Math.min(PIECE, firstLen));
+    const tail = Buffer.allocUnsafeSlow(head.length);
     try {
-      await dev.read(tail, devSize);
       const touched = [plan.header.hdrSize, plan.keyslotArea.offset + plan.keyslotArea.data.length] as const;
-      const same = (a: number, b: number) => a >= b || tail.subarray(a, b).equals(head!.subarray(a, b));
-      if (firstLen > touched[1] && same(0, touched[0]) && same(touched[1], firstLen) && !same(touched[0], touched[1])) tail.copy(head);
+      let outside = firstLen > touched[1], inside = false;
+      for (let p = 0; p < firstLen && outside; p += head.length) {
+        const n = Math.min(head.length, firstLen - p);
+        await dev.read(head.subarray(0, n), p);
+        await dev.read(tail.subarray(0, n), devSize + p);
+        for (const [a, b, isInside] of [[0, touched[0], false], [touched[0], touched[1], true], [touched[1], firstLen, false]] as const) {
+          const lo = Math.max(a, p), hi = Math.min(b, p + n);
+          if (lo >= hi) continue;
+          const eq = head.subarray(lo - p, hi - p).equals(tail.subarray(lo - p, hi - p));
+          if (isInside) inside ||= !eq;
+          else if (!eq) outside = false;
+        }
+      }
+      if (!(outside && inside)) {
+        // 1. copy the device's first chunk to the free end (cryptsetup reencrypt_move_data)
+        for (let p = 0; p < firstLen; p += head.length) {
+          const n = Math.min(head.length, firstLen - p);
+          await dev.read(head.subarray(0, n), p);
+          await dev.write(head.subarray(0, n), devSize + p);
+        }
+        await dev.flush();
+      }
     } finally {
       wipe(tail);
     }
-    await dev.write(head, devSize);
-    await dev.flush();
     // 2. keyslot material, the secondary copy, then the primary
     await dev.write(plan.keyslotArea.data, plan.keyslotArea.offset);
     await dev.flush();
@@ -494,7 +510,8 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   const hashLen = st.resilience === "checksum" ? createHash(opensslHash(area.hash!)).digest().length : 0;
   if (block % Math.max(...ss)) throw new TrustvolError("ECORRUPT", `checksum block ${block} is not a multiple of the encryption sector size`);
   let cap = st.resilience === "checksum" ? Math.floor(area.size / hashLen) * block : st.resilience === "journal" ? area.size : st.resilience === "datashift" ? area.shiftSize! : Infinity;
-  const want = st.resilience === "datashift" ? area.shiftSize! : (opts.hotzoneSize ?? (st.resilience === "none" ? Math.max(DEFAULT_NONE_HOTZONE, DEFAULT_HOTZONE) : DEFAULT_HOTZONE));
+  // datashift: the hotzone is the shift (cryptsetup's rule); this is only the buffer it is processed through.
+  const want = st.resilience === "datashift" ? Math.min(area.shiftSize!, DEFAULT_HOTZONE / 2) : (opts.hotzoneSize ?? (st.resilience === "none" ? Math.max(DEFAULT_NONE_HOTZONE, DEFAULT_HOTZONE) : DEFAULT_HOTZONE));
   let hotzone = Math.min(cap, want);
   hotzone -= hotzone % block;
   const extended = st.resilience === "checksum" && opts.tornWriteSafe !== false;
@@ -618,8 +635,26 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
     while (hz) {
       const { off, len } = hz;
       if (opts.signal?.aborted) throw interrupted(doneBytes(hz), e.dataSize);
-      const data = e.buf.subarray(0, len);
       const hot = hotMetadata(v.metadata, e.st, off, len, e.dataSize);
+      if (e.st.resilience === "datashift") {
+        // The header is the protection (the source stays intact); the chunk goes through the buffer in pieces, so
+        // memory does not grow with the shift.
+        await v.commit(hot);
+        const src = sourceOf(e, hot, off);
+        for (let p = 0; p < len; p += e.hotzone) {
+          const piece = e.buf.subarray(0, Math.min(e.hotzone, len - p));
+          await dev.read(piece, src + p);
+          recrypt(e, piece, off + p);
+          await dev.write(piece, e.dataOffset + off + p);
+        }
+        await dev.flush();
+        await v.commit(postMetadata(v.metadata, e.st, off, len, e.dataSize));
+        bytes += len;
+        hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
+        opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
+        continue;
+      }
+      const data = e.buf.subarray(0, len);
       await dev.read(data, sourceOf(e, hot, off));
       const area = e.st.keyslot.area;
       if (e.st.resilience === "checksum" && e.extended) {
@@ -652,7 +687,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
     }
     // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
-    if (e.st.movedSeg) await wipeArea(dev, e.st.movedSeg.offset, e.st.movedSeg.size!);
+    if (e.st.movedSeg) await wipeRandom(dev, e.st.movedSeg.offset, e.st.movedSeg.size!, e.buf);
     const fin = finalMetadata(v.metadata, e.st);
     await v.commit(fin.metadata);
     for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);
@@ -660,6 +695,16 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
   } finally {
     e.dispose();
   }
+}
+
+/** Overwrite [offset, offset+size) with random data through one reused buffer (no garbage per MiB), then flush. */
+async function wipeRandom(dev: BlockDevice, offset: number, size: number, buf: Buffer): Promise<void> {
+  for (let p = 0; p < size; p += buf.length) {
+    const piece = buf.subarray(0, Math.min(buf.length, size - p));
+    crypto.randomFillSync(piece);
+    await dev.write(piece, offset + p);
+  }
+  await dev.flush();
 }
 
 function interrupted(done: number, total: number): TrustvolError {
