@@ -318,7 +318,7 @@ function randomSalt(): string {
 }
 
 async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<void> {
-  if (hdrDev === dev) throw new TrustvolError("EUNSUPPORTED", "decryption of a volume whose header is on the data device needs a data shift (cryptsetup 2.7+ online-reencrypt-v3)", "move the header out first (`trustvol header backup`, then use --header), or use cryptsetup 2.7+");
+  if (hdrDev === dev) throw new TrustvolError("EUNSUPPORTED", "LUKS2 decryption requires a detached --header (as in cryptsetup 2.6.1; in place needs cryptsetup 2.7's online-reencrypt-v3)", "copy the header out (`trustvol header backup`) and pass it with --header");
   const m = structuredClone(v.metadata);
   const segs = dataSegments(m);
   if (segs.length !== 1 || segs[0]!.type !== "crypt" || Object.keys(m.segments).length !== 1) throw new TrustvolError("EUNSUPPORTED", "the volume does not have exactly one crypt data segment");
