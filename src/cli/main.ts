@@ -15,6 +15,7 @@ const MODULES: { commands: string[]; load: () => Promise<Register> }[] = [
   { commands: ["image"], load: async () => (await import("./commands/image.js")).registerImageCommands },
   { commands: ["enroll"], load: async () => (await import("./commands/enroll.js")).registerEnrollCommands },
   { commands: ["identity", "pkcs11"], load: async () => (await import("./commands/pkcs11.js")).registerPkcs11Commands },
+  { commands: ["reencrypt"], load: async () => (await import("./commands/reencrypt.js")).registerReencryptCommands },
   { commands: ["tpm2"], load: async () => (await import("./commands/tpm2.js")).registerTpm2Commands },
   { commands: ["demo"], load: async () => (await import("./commands/demo.js")).registerDemoCommand },
   { commands: ["open", "close", "trusted", "caam", "doctor"], load: async () => (await import("./commands/kernel.js")).registerKernelCommands },

@@ -1,0 +1,740 @@
+// Offline LUKS2 re-encryption, on-disk compatible with cryptsetup 2.6.1 `reencrypt --force-offline-reencrypt`
+// (lib/luks2/luks2_reencrypt.c): key rotation, encrypt/decrypt with a detached header, resilience checksum/journal/none,
+// --init-only, --resume-only, crash recovery of an interrupted hotzone (what `cryptsetup repair` does).
+//
+// Write order per hotzone (cryptsetup reencrypt_step): read old data → store its checksums / a journal copy in the
+// reencrypt keyslot area, flush → commit metadata marking the hotzone in-reencryption → write the re-encrypted data,
+// flush → commit metadata with the hotzone done. A power cut at any write leaves a header (old or new copy) whose
+// state is recoverable: before the hot commit the area is unused; after it the area describes the old data.
+import * as crypto from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
+import type { BlockDevice } from "../blockdev/types.js";
+import { TrustvolError } from "../util/errors.js";
+import { wipe } from "../util/secret.js";
+import { createSectorCipher, type SectorCipher } from "../dmcrypt/sector-cipher.js";
+import { parseCipherSpec } from "../dmcrypt/cipher-spec.js";
+import { Luks2Volume } from "../luks2/volume.js";
+import { probeLuksVersion, encodeHeaderCopies } from "../luks2/header.js";
+import { openKeyslotCandidate, buildKeyslot, wipeArea, findAreaGap } from "../luks2/keyslot.js";
+import { verifyDigest, createDigest } from "../luks2/digest.js";
+import { newVolumeKey, planFormat } from "../luks2/format.js";
+import { opensslHash, type PbkdfOptions } from "../luks2/kdf.js";
+import type { Luks2Metadata } from "../luks2/metadata.js";
+import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
+import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
+import {
+  DEFAULT_NONE_HOTZONE,
+  REQUIREMENT_V2,
+  finalMetadata,
+  nextHotzone,
+  shiftSource,
+  hotMetadata,
+  loadReencryptState,
+  maxAreaGap,
+  postMetadata,
+  reencryptKeyslotJson,
+  reencryptStatus,
+  type ReencryptState,
+  type ResilienceType,
+} from "../luks2/reencrypt-metadata.js";
+
+export interface ReencryptOptions {
+  mode?: "reencrypt" | "encrypt" | "decrypt";
+  /** Unlocks the volume (reencrypt/decrypt); the new keyslot's passphrase (encrypt). */
+  passphrase?: Uint8Array;
+  /** Only this keyslot is unlocked and carried over to the new key (cryptsetup --key-slot). */
+  keyslot?: number;
+  /** Passphrases of other keyslots (e.g. obtained through their tokens), so they are re-created for the new key. */
+  keyslotPassphrases?: Map<number, Uint8Array>;
+  header?: BlockDevice;
+  resilience?: ResilienceType;
+  hash?: string;
+  hotzoneSize?: number;
+  reduceDeviceSize?: number;
+  cipher?: string;
+  keySize?: number;
+  sectorSize?: number;
+  pbkdf?: PbkdfOptions;
+  initOnly?: boolean;
+  resumeOnly?: boolean;
+  label?: string;
+  uuid?: string;
+  /**
+   * Checksum resilience only: also keep, after the checksums cryptsetup reads, a copy of the old hotzone, so a write
+   * torn inside a block is recoverable too (default true; false = cryptsetup's I/O, one block per torn write at risk).
+   */
+  tornWriteSafe?: boolean;
+  onProgress?: (p: { done: number; total: number }) => void;
+  signal?: AbortSignal;
+}
+
+export interface ReencryptResult {
+  mode: "reencrypt" | "encrypt" | "decrypt";
+  /** finished = the device is in its final state; initialized = metadata only (--init-only). */
+  state: "finished" | "initialized";
+  /** A crashed hotzone was recovered first. */
+  recovered: boolean;
+  /** Bytes of data (re-)encrypted in this run. */
+  bytes: number;
+  /** Keyslots that hold the new volume key (reencrypt/encrypt). */
+  keyslots: number[];
+}
+
+const MiB = 1 << 20;
+/** Our default hotzone: large sequential I/O, well inside the 128 MiB RSS budget (one buffer). */
+const DEFAULT_HOTZONE = 32 * MiB;
+
+/** Default encryption sector size for --encrypt until the file-system probe (src/fs/probe.ts) is wired in. */
+export function defaultEncryptSectorSize(_dev: BlockDevice, sectorSize?: number): number {
+  return sectorSize ?? 512;
+}
+
+const usage = (msg: string, hint?: string) => new TrustvolError("EUSAGE", msg, hint);
+
+export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): Promise<ReencryptResult> {
+  const mode = opts.mode ?? "reencrypt";
+  const hdrDev = opts.header ?? dev;
+  if (opts.initOnly && opts.resumeOnly) throw usage("--init-only and --resume-only exclude each other");
+  if (opts.resilience && !["checksum", "journal", "none", "datashift"].includes(opts.resilience)) throw usage(`unknown resilience mode "${opts.resilience}"`, "use checksum, journal or none");
+  if (opts.hash) opensslHash(opts.hash);
+  if (opts.hotzoneSize !== undefined && (!Number.isSafeInteger(opts.hotzoneSize) || opts.hotzoneSize < 4096)) throw usage(`hotzone size ${opts.hotzoneSize} is too small`);
+  const version = await probeLuksVersion(hdrDev);
+  if (version === 1) throw new TrustvolError("EUNSUPPORTED", `${hdrDev.name} is LUKS1`, "convert it to LUKS2 first (`cryptsetup convert --type luks2`)");
+
+  let volume: Luks2Volume;
+  let recovered = false;
+  if (version === null) {
+    if (mode !== "encrypt") throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, "use --encrypt to encrypt a plain device");
+    if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
+    volume = await initEncrypt(dev, hdrDev, opts);
+  } else {
+    volume = await Luks2Volume.open(hdrDev);
+    volume.checkRequirements("write");
+    const status = reencryptStatus(volume.metadata);
+    if (status === "none") {
+      if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
+      if (mode === "encrypt") throw usage(`${hdrDev.name} is already a LUKS2 volume`, "use reencrypt (key rotation) instead of --encrypt");
+      if (mode === "decrypt") await initDecrypt(volume, dev, hdrDev, opts);
+      else await initRotation(volume, dev, opts);
+    } else if (opts.initOnly) throw new TrustvolError("EBUSY", "LUKS2 re-encryption is already initialized in the metadata", "resume it with --resume-only");
+  }
+  const st = loadReencryptState(volume.metadata);
+  if (opts.initOnly) return { mode: st.mode, state: "initialized", recovered, bytes: 0, keyslots: newKeyslots(volume.metadata, st) };
+
+  const keys = await unlockForState(volume, hdrDev, st, opts);
+  try {
+    const run = await runEngine(volume, dev, hdrDev, keys, opts);
+    recovered = run.recovered;
+    return { mode: st.mode, state: "finished", recovered, bytes: run.bytes, keyslots: newKeyslots(volume.metadata, st) };
+  } finally {
+    for (const k of keys.values()) wipe(k);
+  }
+}
+
+/** Recover a crashed hotzone (cryptsetup `repair` of a device in re-encryption); the run stays resumable. */
+export async function repairReencryption(dev: BlockDevice, opts: { passphrase?: Uint8Array; keyslot?: number; header?: BlockDevice; keyslotPassphrases?: Map<number, Uint8Array> } = {}): Promise<{ recovered: boolean }> {
+  const hdrDev = opts.header ?? dev;
+  const volume = await Luks2Volume.open(hdrDev);
+  volume.checkRequirements("write");
+  if (reencryptStatus(volume.metadata) !== "crash") return { recovered: false };
+  const st = loadReencryptState(volume.metadata);
+  const keys = await unlockForState(volume, hdrDev, st, opts);
+  try {
+    const eng = await prepare(volume, dev, hdrDev, keys, {});
+    try {
+      await recoverHotzone(eng);
+    } finally {
+      eng.dispose();
+    }
+    return { recovered: true };
+  } finally {
+    for (const k of keys.values()) wipe(k);
+  }
+}
+
+function newKeyslots(m: Luks2Metadata, st: ReencryptState): number[] {
+  if (st.digestNew < 0) return [];
+  return (m.digests[String(st.digestNew)]?.keyslots ?? []).map(Number).sort((a, b) => a - b);
+}
+
+/** Unlock the keys the state needs (old and/or new digest) and verify the re-encryption digest against them. */
+async function unlockForState(v: Luks2Volume, hdrDev: BlockDevice, st: ReencryptState, opts: Pick<ReencryptOptions, "passphrase" | "keyslot" | "keyslotPassphrases">): Promise<Map<number, Buffer>> {
+  const m = v.metadata;
+  const keys = new Map<number, Buffer>();
+  const need = [st.digestOld, st.digestNew].filter((d, i, a) => d >= 0 && a.indexOf(d) === i);
+  try {
+    for (const d of need) {
+      const slots = m.digests[String(d)]!.keyslots.filter((k) => m.keyslots[k]?.type === "luks2").sort((a, b) => Number(a) - Number(b));
+      if (opts.keyslot !== undefined && slots.includes(String(opts.keyslot))) slots.unshift(...slots.splice(slots.indexOf(String(opts.keyslot)), 1));
+      for (const s of slots) {
+        // A new keyslot has the passphrase of the old one it replaces (a token's covers both): try those too.
+        const viaToken = Object.values(m.tokens).filter((t) => t.keyslots.includes(s)).flatMap((t) => t.keyslots.map((k) => opts.keyslotPassphrases?.get(Number(k))));
+        const cands = [opts.keyslotPassphrases?.get(Number(s)), ...viaToken, opts.passphrase].filter((p, i, a): p is Uint8Array => !!p && a.indexOf(p) === i);
+        for (const pass of cands) {
+          const cand = await openKeyslotCandidate(hdrDev, m.keyslots[s]!, pass);
+          if (verifyDigest(m.digests[String(d)]!, cand)) {
+            keys.set(d, cand);
+            break;
+          }
+          wipe(cand);
+        }
+        if (keys.has(d)) break;
+      }
+      if (!keys.has(d)) {
+        if (!opts.passphrase && !opts.keyslotPassphrases?.size) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume keys", "give --key-file or a token");
+        throw new TrustvolError("EBADPASS", `no key available with this passphrase for the ${d === st.digestNew ? "new" : "old"} volume key`, "check the passphrase (or key file) and try again");
+      }
+    }
+    if (!verifyReencryptDigest(m, keys)) throw new TrustvolError("ECORRUPT", "re-encryption metadata is invalid (its digest does not match the keys and metadata)", "the header was tampered with or damaged; restore a header backup");
+    return keys;
+  } catch (e) {
+    for (const k of keys.values()) wipe(k);
+    throw e;
+  }
+}
+
+function checkDataSize(dataSize: number, sectorSizes: number[]): void {
+  if (dataSize <= 0) throw new TrustvolError("ENOSPC", "the device has no data area to re-encrypt", "check the device and header");
+  for (const ss of sectorSizes) if (dataSize % ss) throw usage(`data area of ${dataSize} bytes is not a multiple of the ${ss}-byte encryption sector size`, "choose a smaller --sector-size");
+}
+
+/** Checksum block: the largest of 4096..max sector size that divides the data area (cryptsetup aligns to 4096 on files). */
+function checksumBlock(dataSize: number, ss: number[]): number {
+  const min = Math.max(512, ...ss);
+  for (let b = 4096; b >= min; b /= 2) if (dataSize % b === 0) return b;
+  return min;
+}
+
+function reencryptAreaKeyslot(m: Luks2Metadata, hdrSize: number, mode: "reencrypt" | "encrypt" | "decrypt", opts: ReencryptOptions, dataSize: number, ss: number[]): void {
+  const resilience = opts.resilience ?? "checksum";
+  if (resilience === "datashift") throw new TrustvolError("EUNSUPPORTED", "resilience datashift needs --encrypt --reduce-device-size, which this engine does not do yet", "use cryptsetup for the data-shift encryption, or a detached --header");
+  const gap = maxAreaGap(m, hdrSize);
+  let id = 0;
+  while (String(id) in m.keyslots) id++;
+  if (id >= 32) throw new TrustvolError("ENOSPC", "all 32 keyslots are in use", "remove one first");
+  m.keyslots[String(id)] = reencryptKeyslotJson({ mode, direction: mode === "decrypt" ? "backward" : "forward", // cryptsetup 2.6.1 decrypts backward
+    offset: gap.offset, size: gap.size, resilience, hash: opts.hash ?? "sha256", sectorSize: checksumBlock(dataSize, ss) });
+  const req = (m.config.requirements ??= {});
+  req.mandatory = [...(req.mandatory ?? []).filter((r) => r !== REQUIREMENT_V2), REQUIREMENT_V2];
+}
+
+const digestIterations = (opts: ReencryptOptions) => (opts.pbkdf?.forceIterations ? 1000 : undefined);
+
+/** Key rotation: new volume key, new keyslots with the same passphrases (tokens follow), backup segments, requirement. */
+async function initRotation(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOptions): Promise<void> {
+  const m0 = v.metadata;
+  const segs = dataSegments(m0);
+  if (segs.length !== 1 || segs[0]!.type !== "crypt" || Object.keys(m0.segments).length !== 1) throw new TrustvolError("EUNSUPPORTED", "the volume does not have exactly one crypt data segment");
+  const seg = segs[0]!;
+  if (!opts.passphrase && !opts.keyslotPassphrases?.size) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume", "give --key-file or a token");
+  const dOld = Object.keys(m0.digests).find((d) => m0.digests[d]!.segments.includes(String(seg.id)));
+  if (dOld === undefined) throw new TrustvolError("ECORRUPT", "no digest covers the data segment");
+  const cipher = opts.cipher ?? seg.encryption!;
+  const spec = parseCipherSpec(cipher);
+  const oldKeySlots = m0.digests[dOld]!.keyslots.filter((k) => m0.keyslots[k]?.type === "luks2").sort((a, b) => Number(a) - Number(b));
+  const oldKeyLen = m0.keyslots[oldKeySlots[0] ?? ""]?.key_size ?? 64;
+  const keyBytes = opts.keySize ? opts.keySize / 8 : cipher === seg.encryption ? oldKeyLen : spec.chainMode === "xts" ? 64 : 32;
+  const ss = opts.sectorSize ?? seg.sectorSize;
+  const dataSize = dev.size - seg.offset;
+  checkDataSize(dataSize, [seg.sectorSize, ss]);
+  if (![512, 1024, 2048, 4096].includes(ss)) throw usage(`sector size ${ss} is not one of 512, 1024, 2048, 4096`);
+  if (opts.keyslot !== undefined && !oldKeySlots.includes(String(opts.keyslot))) throw new TrustvolError("ENOENT", `keyslot ${opts.keyslot} is not a keyslot of this volume key`);
+
+  // Which keyslots move to the new key: --key-slot names one; otherwise all of them (cryptsetup asks for each).
+  const carry = opts.keyslot !== undefined ? [String(opts.keyslot)] : oldKeySlots;
+  const passOf = new Map<string, Uint8Array>();
+  let oldKey: Buffer | undefined;
+  const newKey = newVolumeKey(keyBytes, spec.chainMode === "xts");
+  const written: { offset: number; size: number }[] = [];
+  try {
+    for (const s of carry) {
+      const cands = [opts.keyslotPassphrases?.get(Number(s)), opts.passphrase].filter((p): p is Uint8Array => !!p);
+      for (const p of cands) {
+        const k = await openKeyslotCandidate(v.dev, m0.keyslots[s]!, p);
+        if (verifyDigest(m0.digests[dOld]!, k)) {
+          passOf.set(s, p);
+          if (!oldKey) oldKey = k;
+          else wipe(k);
+          break;
+        }
+        wipe(k);
+      }
+    }
+    const missing = carry.filter((s) => !passOf.has(s));
+    if (!oldKey) throw new TrustvolError("EBADPASS", "no key available with this passphrase", "check the passphrase (or key file) and try again");
+    if (missing.length)
+      throw new TrustvolError("EBADPASS", `keyslot${missing.length > 1 ? "s" : ""} ${missing.join(", ")} do${missing.length > 1 ? "" : "es"} not open with this passphrase`, "give --key-slot N to keep only the keyslot you can unlock (the others are removed when re-encryption finishes), or unlock them through their tokens");
+
+    const m = structuredClone(m0);
+    const newSlots: string[] = [];
+    for (const s of carry) {
+      let id = 0;
+      while (String(id) in m.keyslots) id++;
+      if (id >= 32) throw new TrustvolError("ENOSPC", "all 32 keyslots are in use", "remove one first");
+      const old = m0.keyslots[s]!;
+      const { keyslot, areaOffset, areaData } = await buildKeyslot(m, v.header.hdrSize, newKey, passOf.get(s)!, { pbkdf: reuseTokenKdf(m0, s) ?? opts.pbkdf, priority: old.priority });
+      try {
+        await v.dev.write(areaData, areaOffset);
+        written.push({ offset: areaOffset, size: Number(keyslot.area.size) });
+      } finally {
+        wipe(areaData);
+      }
+      m.keyslots[String(id)] = keyslot;
+      newSlots.push(String(id));
+      // The token that unlocked the old keyslot unlocks the new one too (same passphrase).
+      for (const t of Object.values(m.tokens)) if (t.keyslots.includes(s)) t.keyslots = [...t.keyslots, String(id)].sort((a, b) => Number(a) - Number(b));
+    }
+    await v.dev.flush();
+    let dNew = 0;
+    while (String(dNew) in m.digests) dNew++;
+    m.digests[String(dNew)] = createDigest(newKey, { keyslots: newSlots, segments: [], iterations: digestIterations(opts) });
+    const bp = { ...seg, flags: ["backup-previous"] };
+    const bf: Omit<Segment, "id"> = { type: "crypt", offset: seg.offset, size: null, ivTweak: 0n, encryption: cipher, sectorSize: ss, flags: ["backup-final"] };
+    m.segments["1"] = segmentJson(bp);
+    m.segments["2"] = segmentJson(bf);
+    m.digests[dOld]!.segments = ["0", "1"];
+    m.digests[String(dNew)]!.segments = ["2"];
+    reencryptAreaKeyslot(m, v.header.hdrSize, "reencrypt", opts, dataSize, [seg.sectorSize, ss]);
+    assignReencryptDigest(m, new Map([[Number(dOld), oldKey], [dNew, newKey]]), { iterations: digestIterations(opts) });
+    await v.commit(m);
+  } catch (e) {
+    // Nothing references the new keyslots' material: don't leave the new key behind.
+    for (const a of written) await wipeArea(v.dev, a.offset, a.size).catch(() => {});
+    throw e;
+  } finally {
+    wipe(oldKey, newKey);
+  }
+}
+
+/** systemd token keyslots use pbkdf2/sha512/1000 (the secret is strong): keep that KDF shape for their new keyslot. */
+function reuseTokenKdf(m: Luks2Metadata, slot: string): PbkdfOptions | undefined {
+  const tok = Object.values(m.tokens).some((t) => t.keyslots.includes(slot) && t.type.startsWith("systemd-"));
+  const k = m.keyslots[slot]!.kdf;
+  if (!tok || !k || k.type !== "pbkdf2") return undefined;
+  return { type: "pbkdf2", hash: k.hash, forceIterations: k.iterations }; // a fresh salt comes with the new keyslot
+}
+
+async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<void> {
+  if (hdrDev === dev) throw new TrustvolError("EUNSUPPORTED", "LUKS2 decryption requires a detached --header (as in cryptsetup 2.6.1; in place needs cryptsetup 2.7's online-reencrypt-v3)", "copy the header out (`trustvol header backup`) and pass it with --header");
+  const m = structuredClone(v.metadata);
+  const segs = dataSegments(m);
+  if (segs.length !== 1 || segs[0]!.type !== "crypt" || Object.keys(m.segments).length !== 1) throw new TrustvolError("EUNSUPPORTED", "the volume does not have exactly one crypt data segment");
+  const seg = segs[0]!;
+  const dataSize = dev.size - seg.offset;
+  checkDataSize(dataSize, [seg.sectorSize]);
+  const dOld = Object.keys(m.digests).find((d) => m.digests[d]!.segments.includes("0"));
+  if (dOld === undefined) throw new TrustvolError("ECORRUPT", "no digest covers the data segment");
+  if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume", "give --key-file or a token");
+  const { volumeKey } = await v.unlock(opts.passphrase, { slot: opts.keyslot });
+  try {
+    m.segments["1"] = segmentJson({ ...seg, flags: ["backup-previous"] });
+    m.segments["2"] = segmentJson({ type: "linear", offset: seg.offset, size: null, ivTweak: 0n, sectorSize: 512, flags: ["backup-final"] });
+    m.digests[dOld]!.segments = ["0", "1"];
+    reencryptAreaKeyslot(m, v.header.hdrSize, "decrypt", opts, dataSize, [seg.sectorSize]);
+    assignReencryptDigest(m, new Map([[Number(dOld), volumeKey]]), { iterations: digestIterations(opts) });
+    await v.commit(m);
+  } finally {
+    wipe(volumeKey);
+  }
+}
+
+/** Encrypt a plain device with a detached header: the header is built whole in memory, then written once. */
+async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<Luks2Volume> {
+  if (hdrDev === dev) return initEncryptShift(dev, opts);
+  if (opts.reduceDeviceSize !== undefined) throw usage("--reduce-device-size is for in-place encryption without --header");
+  if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
+  const ss = defaultEncryptSectorSize(dev, opts.sectorSize);
+  const dataSize = dev.size;
+  checkDataSize(dataSize, [ss]);
+  const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: 0, label: opts.label, uuid: opts.uuid, digestIterations: digestIterations(opts) }, true);
+  try {
+    const m = plan.header.metadata;
+    const crypt = m.segments["0"]!;
+    m.segments = {
+      "0": { type: "linear", offset: "0", size: "dynamic" },
+      "1": { type: "linear", offset: "0", size: "dynamic", flags: ["backup-previous"] },
+      "2": { ...crypt, flags: ["backup-final"] },
+    };
+    const dNew = Object.keys(m.digests)[0]!;
+    m.digests[dNew]!.segments = ["2"];
+    reencryptAreaKeyslot(m, plan.header.hdrSize, "encrypt", opts, dataSize, [ss]);
+    assignReencryptDigest(m, new Map([[Number(dNew), plan.volumeKey]]), { iterations: digestIterations(opts) });
+    const [p, s] = encodeHeaderCopies(plan.header);
+    const zero = Buffer.alloc(MiB);
+    for (let pos = 0; pos < plan.metadataAreaEnd; pos += zero.length) await hdrDev.write(zero.subarray(0, Math.min(zero.length, plan.metadataAreaEnd - pos)), pos);
+    await hdrDev.write(plan.keyslotArea.data, plan.keyslotArea.offset);
+    await hdrDev.flush();
+    await hdrDev.write(p, 0);
+    await hdrDev.write(s, plan.header.hdrSize);
+    await hdrDev.flush();
+    return await Luks2Volume.open(hdrDev);
+  } finally {
+    wipe(plan.volumeKey, plan.keyslotArea.data);
+  }
+}
+
+/**
+ * In-place encryption with a data shift (cryptsetup --encrypt --reduce-device-size R): the new data offset and the
+ * shift are R/2; the first chunk of the device is copied to the free end first (backup-moved-segment), then the header
+ * is written over the device's head, keyslot areas and secondary copy before the primary (a torn primary falls back to
+ * a complete secondary). As in cryptsetup, the few KiB written before the first valid header copy are the one window
+ * a power cut leaves the file system's head only in the copy at the end of the device.
+ */
+async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promise<Luks2Volume> {
+  const reduce = opts.reduceDeviceSize;
+  if (reduce === undefined) throw usage("in-place --encrypt needs --reduce-device-size (e.g. 32M) or a detached --header", "shrink the file system by that much first");
+  if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
+  const ss = defaultEncryptSectorSize(dev, opts.sectorSize);
+  const shift = reduce / 2;
+  if (!Number.isSafeInteger(shift) || shift % Math.max(ss, 4096) || shift < MiB) throw usage(`--reduce-device-size ${reduce} must be at least 2 MiB and a multiple of ${2 * Math.max(ss, 4096)} bytes`);
+  const total = dev.size;
+  const devSize = total - shift; // bytes after the new data offset
+  const dataSize = total - reduce; // the (shrunk) file system
+  if (dataSize <= 0) throw new TrustvolError("ENOSPC", `${dev.name} (${total} bytes) is too small for --reduce-device-size ${reduce}`, "use a smaller reduction or a larger device");
+  checkDataSize(dataSize, [ss]);
+  const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: shift, label: opts.label, uuid: opts.uuid, digestIterations: digestIterations(opts) }, false);
+  let head: Buffer | undefined;
+  try {
+    const m = plan.header.metadata;
+    const crypt = m.segments["0"]!;
+    const firstLen = Math.min(dataSize, shift);
+    const lin = (offset: number, size: number, flags?: string[]) => segmentJson({ type: "linear", offset, size, ivTweak: 0n, sectorSize: 512, flags: flags ?? [] });
+    m.segments = { "0": lin(devSize, firstLen) };
+    if (dataSize > shift) m.segments["1"] = lin(shift, dataSize - shift);
+    let id = Object.keys(m.segments).length;
+    m.segments[String(id++)] = lin(devSize, firstLen, ["backup-moved-segment"]);
+    m.segments[String(id++)] = lin(0, dataSize, ["backup-previous"]);
+    m.segments[String(id)] = { ...crypt, flags: ["backup-final"] };
+    const dNew = Object.keys(m.digests)[0]!;
+    m.digests[dNew]!.segments = [String(id)];
+    let rk = 0;
+    while (String(rk) in m.keyslots) rk++;
+    const gap = findAreaGap(m, plan.header.hdrSize, 4096);
+    m.keyslots[String(rk)] = reencryptKeyslotJson({ mode: "encrypt", direction: "backward", offset: gap, size: 4096, resilience: "datashift", shiftSize: shift });
+    m.config.requirements = { mandatory: [REQUIREMENT_V2] };
+    assignReencryptDigest(m, new Map([[Number(dNew), plan.volumeKey]]), { iterations: digestIterations(opts) });
+    const [p, sc] = encodeHeaderCopies(plan.header);
+    // A previous attempt cut before its first header copy landed left the true head at the end and part of the head
+    // overwritten by keyslot material: the copy matches the head everywhere else. Then the copy is already the source.
+    const PIECE = 8 * MiB;
+    head = Buffer.allocUnsafeSlow(Math.min(PIECE, firstLen));
+    const tail = Buffer.allocUnsafeSlow(head.length);
+    try {
+      const touched = [plan.header.hdrSize, plan.keyslotArea.offset + plan.keyslotArea.data.length] as const;
+      let outside = firstLen > touched[1], inside = false;
+      for (let p = 0; p < firstLen && outside; p += head.length) {
+        const n = Math.min(head.length, firstLen - p);
+        await dev.read(head.subarray(0, n), p);
+        await dev.read(tail.subarray(0, n), devSize + p);
+        for (const [a, b, isInside] of [[0, touched[0], false], [touched[0], touched[1], true], [touched[1], firstLen, false]] as const) {
+          const lo = Math.max(a, p), hi = Math.min(b, p + n);
+          if (lo >= hi) continue;
+          const eq = head.subarray(lo - p, hi - p).equals(tail.subarray(lo - p, hi - p));
+          if (isInside) inside ||= !eq;
+          else if (!eq) outside = false;
+        }
+      }
+      if (!(outside && inside)) {
+        // 1. copy the device's first chunk to the free end (cryptsetup reencrypt_move_data)
+        for (let p = 0; p < firstLen; p += head.length) {
+          const n = Math.min(head.length, firstLen - p);
+          await dev.read(head.subarray(0, n), p);
+          await dev.write(head.subarray(0, n), devSize + p);
+        }
+        await dev.flush();
+      }
+    } finally {
+      wipe(tail);
+    }
+    // 2. keyslot material, the secondary copy, then the primary
+    await dev.write(plan.keyslotArea.data, plan.keyslotArea.offset);
+    await dev.flush();
+    await dev.write(sc, plan.header.hdrSize);
+    await dev.flush();
+    await dev.write(p, 0);
+    await dev.flush();
+    // 3. no plaintext of the old head may stay in the unused metadata/keyslots area
+    const used = [[plan.keyslotArea.offset, plan.keyslotArea.offset + Number(m.keyslots[String(opts.keyslot ?? 0)]!.area.size)], [gap, gap + 4096]].sort((a, b) => a[0]! - b[0]!);
+    let pos = 2 * plan.header.hdrSize;
+    const zero = Buffer.alloc(MiB);
+    for (const [a, b] of [...used, [shift, shift]]) {
+      for (; pos < a!; pos += Math.min(zero.length, a! - pos)) await dev.write(zero.subarray(0, Math.min(zero.length, a! - pos)), pos);
+      pos = Math.max(pos, b!);
+    }
+    await dev.flush();
+    return await Luks2Volume.open(dev);
+  } finally {
+    wipe(plan.volumeKey, plan.keyslotArea.data, head);
+  }
+}
+
+interface Engine {
+  v: Luks2Volume;
+  dev: BlockDevice;
+  hdrDev: BlockDevice;
+  st: ReencryptState;
+  dataOffset: number;
+  dataSize: number;
+  oldC: SectorCipher | null;
+  newC: SectorCipher | null;
+  hotzone: number;
+  block: number;
+  hashLen: number;
+  /** Checksum mode with the torn-write extension (new checksums + old data copy in the area). */
+  extended: boolean;
+  buf: Buffer;
+  dispose(): void;
+}
+
+/** Area layout of the torn-write extension for a hotzone of len bytes: [old checksums | 4K-aligned copy of the old data]. */
+export function extendedLayout(len: number, block: number, hashLen: number): { sums: number; copy: number; end: number } {
+  const n = Math.floor(len / block) * hashLen;
+  const copy = Math.ceil(n / 4096) * 4096;
+  return { sums: 0, copy, end: copy + len };
+}
+
+async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: Pick<ReencryptOptions, "hotzoneSize" | "tornWriteSafe">): Promise<Engine> {
+  const st = loadReencryptState(v.metadata);
+  if (!st.movedSeg && st.oldSeg.offset !== st.newSeg.offset) throw new TrustvolError("EUNSUPPORTED", "old and new data offsets differ (data shift)");
+  if ((!st.movedSeg && st.oldSeg.size !== null) || st.newSeg.size !== null) throw new TrustvolError("EUNSUPPORTED", "fixed-size re-encryption segments are not supported");
+  const dataOffset = st.newSeg.offset;
+  const dataSize = dev.size - dataOffset;
+  const ss = [st.oldSeg.sectorSize, st.newSeg.sectorSize];
+  if (dataSize <= 0) throw new TrustvolError("ETRUNCATED", `${dev.name} ends before the data offset ${dataOffset}`);
+  checkDataSize(dataSize, ss);
+  const area = st.keyslot.area;
+  const block = st.resilience === "checksum" ? area.sectorSize! : Math.max(4096, ...ss);
+  const hashLen = st.resilience === "checksum" ? createHash(opensslHash(area.hash!)).digest().length : 0;
+  if (block % Math.max(...ss)) throw new TrustvolError("ECORRUPT", `checksum block ${block} is not a multiple of the encryption sector size`);
+  let cap = st.resilience === "checksum" ? Math.floor(area.size / hashLen) * block : st.resilience === "journal" ? area.size : st.resilience === "datashift" ? area.shiftSize! : Infinity;
+  // datashift: the hotzone is the shift (cryptsetup's rule); this is only the buffer it is processed through.
+  const want = st.resilience === "datashift" ? Math.min(area.shiftSize!, DEFAULT_HOTZONE / 2) : (opts.hotzoneSize ?? (st.resilience === "none" ? Math.max(DEFAULT_NONE_HOTZONE, DEFAULT_HOTZONE) : DEFAULT_HOTZONE));
+  let hotzone = Math.min(cap, want);
+  hotzone -= hotzone % block;
+  const extended = st.resilience === "checksum" && opts.tornWriteSafe !== false;
+  if (extended) while (hotzone > block && extendedLayout(hotzone, block, hashLen).end > area.size) hotzone -= Math.max(block, (Math.floor(hotzone / 8 / block) * block));
+  // A crashed hotzone is recovered in one piece: the buffer must hold it whatever the chosen size.
+  const need = hotzone;
+  if (hotzone < Math.max(...ss)) throw new TrustvolError("ECORRUPT", "the re-encryption area is too small for one hotzone");
+  cap = need;
+  const mk = (seg: Segment, digest: number) => (seg.type === "crypt" ? createSectorCipher({ cipher: seg.encryption!, key: keys.get(digest)!, sectorSize: seg.sectorSize, ivOffset: seg.ivTweak }) : null);
+  const oldC = mk(st.oldSeg, st.digestOld);
+  let newC: SectorCipher | null = null;
+  try {
+    newC = mk(st.newSeg, st.digestNew);
+  } catch (e) {
+    oldC?.dispose();
+    throw e;
+  }
+  const buf = Buffer.allocUnsafeSlow(cap);
+  return {
+    v, dev, hdrDev, st, dataOffset, dataSize, oldC, newC, hotzone, block, hashLen, extended, buf,
+    dispose() {
+      wipe(buf);
+      oldC?.dispose();
+      newC?.dispose();
+    },
+  };
+}
+
+/** Where the old data of the hotzone at off is read from, given metadata with that hotzone in-reencryption. */
+function sourceOf(e: Engine, hot: Luks2Metadata, off: number): number {
+  if (!e.st.movedSeg) return e.dataOffset + off;
+  const r = dataSegments(hot).findIndex((s) => s.flags.includes("in-reencryption"));
+  const src = shiftSource(e.st, off, r);
+  if (src < 0) throw new TrustvolError("ECORRUPT", "the data-shift hotzone has no source");
+  return src;
+}
+
+function recrypt(e: Engine, data: Buffer, off: number): void {
+  if (e.oldC) e.oldC.decrypt(data, off / e.oldC.sectorSize);
+  if (e.newC) e.newC.encrypt(data, off / e.newC.sectorSize);
+}
+
+const oneShot = (crypto as unknown as { hash?: (alg: string, data: Uint8Array, enc: "buffer") => Buffer }).hash;
+function hashBlock(e: Engine, b: Uint8Array): Buffer {
+  const alg = opensslHash(e.st.keyslot.area.hash!);
+  return oneShot ? oneShot(alg, b, "buffer") : createHash(alg).update(b).digest();
+}
+
+function checksums(e: Engine, data: Buffer): Buffer {
+  const n = Math.ceil(data.length / e.block);
+  const out = Buffer.alloc(n * e.hashLen);
+  for (let i = 0; i < n; i++) hashBlock(e, data.subarray(i * e.block, (i + 1) * e.block)).copy(out, i * e.hashLen);
+  return out;
+}
+
+/** Recover the hotzone marked in-reencryption (cryptsetup reencrypt_recover_segment), then commit it as done. */
+async function recoverHotzone(e: Engine): Promise<void> {
+  const m = e.v.metadata;
+  const hot = dataSegments(m).find((s) => s.flags.includes("in-reencryption"));
+  if (!hot || hot.size === null) throw new TrustvolError("ECORRUPT", "the segment in re-encryption has no fixed size");
+  const off = hot.offset - e.dataOffset;
+  const len = hot.size;
+  if (off < 0 || len <= 0 || off + len > e.dataSize || len % Math.max(e.st.oldSeg.sectorSize, e.st.newSeg.sectorSize)) throw new TrustvolError("ECORRUPT", "the segment in re-encryption lies outside the data area");
+  const area = e.st.keyslot.area;
+  const count = Math.floor(len / e.block);
+  if (e.st.resilience === "checksum" && count * e.hashLen > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its checksum area");
+  if (e.st.resilience === "journal" && len > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its journal");
+  if (e.st.resilience === "datashift" && len > area.shiftSize!) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than the data shift");
+  if (e.st.resilience === "none") throw new TrustvolError("ECORRUPT", `a hotzone interrupted with resilience "none" cannot be recovered`, "restore the data from a backup");
+  const src = e.st.resilience === "datashift" ? sourceOf(e, m, off) : 0;
+  const lay = extendedLayout(len, e.block, e.hashLen);
+  const at = (b: Buffer, i: number) => b.subarray(i * e.hashLen, (i + 1) * e.hashLen);
+  // In pieces of the engine's buffer (a hotzone cryptsetup left may be far larger than our memory budget); every
+  // piece is idempotent, so a cut during recovery is recovered again the same way.
+  for (let p = 0; p < len; p += e.hotzone) {
+    const n = Math.min(e.hotzone, len - p);
+    const data = e.buf.subarray(0, n);
+    if (e.st.resilience === "checksum") {
+      // A block whose checksum is the stored one still holds old data: re-encrypt it. Our own runs also left a copy
+      // of the old hotzone after the checksums (cryptsetup ignores it): any other block is rewritten from its copy
+      // when the copy matches the old checksum, whether the cut left it new or torn. Without a verified copy,
+      // cryptsetup's rule: not old = new already.
+      const first = p / e.block, blocks = Math.min(count - first, Math.floor(n / e.block));
+      if (blocks <= 0) break;
+      const sums = Buffer.alloc(blocks * e.hashLen);
+      await e.hdrDev.read(sums, area.offset + first * e.hashLen);
+      await e.dev.read(data, e.dataOffset + off + p);
+      for (let i = 0; i < blocks; i++) {
+        const b = data.subarray(i * e.block, (i + 1) * e.block);
+        if (!hashBlock(e, b).equals(at(sums, i))) {
+          if (lay.end > area.size) continue;
+          await e.hdrDev.read(b, area.offset + lay.copy + p + i * e.block);
+          if (!hashBlock(e, b).equals(at(sums, i))) continue;
+        }
+        recrypt(e, b, off + p + i * e.block);
+        await e.dev.write(b, e.dataOffset + off + p + i * e.block);
+      }
+    } else {
+      // journal: the old data as it was; datashift: the source was never overwritten (moved copy or shift before)
+      await (e.st.resilience === "journal" ? e.hdrDev.read(data, area.offset + p) : e.dev.read(data, src + p));
+      recrypt(e, data, off + p);
+      await e.dev.write(data, e.dataOffset + off + p);
+    }
+  }
+  await e.dev.flush();
+  await e.v.commit(postMetadata(m, e.st, off, len, e.dataSize));
+}
+
+async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: ReencryptOptions): Promise<{ recovered: boolean; bytes: number }> {
+  const e = await prepare(v, dev, hdrDev, keys, opts);
+  let recovered = false;
+  let bytes = 0;
+  try {
+    if (e.st.status === "crash") {
+      await recoverHotzone(e);
+      recovered = true;
+    }
+    const doneBytes = (hz: { off: number; len: number } | null) => (!hz ? e.dataSize : e.st.direction === "forward" ? hz.off : e.dataSize - hz.off - hz.len);
+    let hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
+    opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
+    while (hz) {
+      const { off, len } = hz;
+      if (opts.signal?.aborted) throw interrupted(doneBytes(hz), e.dataSize);
+      const hot = hotMetadata(v.metadata, e.st, off, len, e.dataSize);
+      if (e.st.resilience === "datashift") {
+        // The header is the protection (the source stays intact); the chunk goes through the buffer in pieces, so
+        // memory does not grow with the shift.
+        await v.commit(hot);
+        const src = sourceOf(e, hot, off);
+        for (let p = 0; p < len; p += e.hotzone) {
+          const piece = e.buf.subarray(0, Math.min(e.hotzone, len - p));
+          await dev.read(piece, src + p);
+          recrypt(e, piece, off + p);
+          await dev.write(piece, e.dataOffset + off + p);
+        }
+        await dev.flush();
+        await v.commit(postMetadata(v.metadata, e.st, off, len, e.dataSize));
+        bytes += len;
+        hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
+        opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
+        continue;
+      }
+      const data = e.buf.subarray(0, len);
+      await dev.read(data, sourceOf(e, hot, off));
+      const area = e.st.keyslot.area;
+      if (e.st.resilience === "checksum" && e.extended) {
+        const lay = extendedLayout(len, e.block, e.hashLen);
+        // Hash while the copy is being written (both only read `data`; it is re-encrypted after both).
+        const copying = hdrDev.write(data, area.offset + lay.copy);
+        let sums: Buffer;
+        try {
+          sums = checksums(e, data);
+        } finally {
+          await copying;
+        }
+        await hdrDev.write(sums, area.offset);
+        await hdrDev.flush();
+      } else if (e.st.resilience === "checksum") {
+        await hdrDev.write(checksums(e, data), area.offset);
+        await hdrDev.flush();
+      } else if (e.st.resilience === "journal") {
+        await hdrDev.write(data, area.offset);
+        await hdrDev.flush();
+      }
+      // Metadata commit point: from here the header says the hotzone may hold old or new data.
+      if (e.st.resilience !== "none") await v.commit(hot);
+      recrypt(e, data, off);
+      await dev.write(data, e.dataOffset + off);
+      await dev.flush();
+      await v.commit(postMetadata(v.metadata, e.st, off, len, e.dataSize));
+      bytes += len;
+      hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
+      opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
+    }
+    // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
+    if (e.st.movedSeg) await wipeRandom(dev, e.st.movedSeg.offset, e.st.movedSeg.size!, e.buf);
+    const fin = finalMetadata(v.metadata, e.st);
+    await v.commit(fin.metadata);
+    for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);
+    return { recovered, bytes };
+  } finally {
+    e.dispose();
+  }
+}
+
+/** Overwrite [offset, offset+size) with random data through one reused buffer (no garbage per MiB), then flush. */
+async function wipeRandom(dev: BlockDevice, offset: number, size: number, buf: Buffer): Promise<void> {
+  for (let p = 0; p < size; p += buf.length) {
+    const piece = buf.subarray(0, Math.min(buf.length, size - p));
+    crypto.randomFillSync(piece);
+    await dev.write(piece, offset + p);
+  }
+  await dev.flush();
+}
+
+function interrupted(done: number, total: number): TrustvolError {
+  return new TrustvolError("EINTR", `re-encryption interrupted at a safe point (${done} of ${total} bytes done)`, "resume it with `trustvol reencrypt --resume-only` (or cryptsetup's)");
+}
+
+/**
+ * Passphrases of token-backed keyslots (TPM2, PKCS#11, clevis...), asked from their tokens, so that key rotation can
+ * re-create those keyslots for the new volume key with the same passphrase: the token keeps working. Tokens that fail
+ * are reported in `failures` (the caller decides whether that is fatal). The caller wipes the passphrases.
+ */
+export async function tokenKeyslotPassphrases(
+  m: Luks2Metadata,
+  ctx: import("./tokens.js").TokenUnlockContext,
+  opts: { tokenId?: number; tokenType?: string } = {},
+): Promise<{ passphrases: Map<number, Buffer>; failures: TrustvolError[] }> {
+  const { tokenHandler } = await import("./tokens.js");
+  await import("./handlers.js");
+  const passphrases = new Map<number, Buffer>();
+  const failures: TrustvolError[] = [];
+  for (const [id, t] of Object.entries(m.tokens).sort((a, b) => Number(a[0]) - Number(b[0]))) {
+    if (opts.tokenId !== undefined && Number(id) !== opts.tokenId) continue;
+    if (opts.tokenType && t.type !== opts.tokenType) continue;
+    const h = tokenHandler(t.type);
+    if (!h) continue;
+    try {
+      const p = await h.passphrase(t, ctx);
+      for (const k of t.keyslots) if (!passphrases.has(Number(k))) passphrases.set(Number(k), Buffer.from(p));
+      wipe(p);
+    } catch (e) {
+      if (!(e instanceof TrustvolError)) throw e;
+      failures.push(e);
+    }
+  }
+  return { passphrases, failures };
+}
