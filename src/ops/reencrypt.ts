@@ -19,6 +19,7 @@ import { openKeyslotCandidate, buildKeyslot, wipeArea, findAreaGap } from "../lu
 import { verifyDigest, createDigest } from "../luks2/digest.js";
 import { newVolumeKey, planFormat } from "../luks2/format.js";
 import { opensslHash, type PbkdfOptions } from "../luks2/kdf.js";
+import { chooseEncryptionSectorSize, FS_PROBE_BYTES, probeFilesystem } from "../fs/probe.js";
 import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
@@ -84,9 +85,14 @@ const MiB = 1 << 20;
 /** Our default hotzone: large sequential I/O, well inside the 128 MiB RSS budget (one buffer). */
 const DEFAULT_HOTZONE = 32 * MiB;
 
-/** Default encryption sector size for --encrypt until the file-system probe (src/fs/probe.ts) is wired in. */
-export function defaultEncryptSectorSize(_dev: BlockDevice, sectorSize?: number): number {
-  return sectorSize ?? 512;
+/** Encryption sector size for --encrypt: never larger than the file system's block size (the kernel could not mount it). */
+export async function defaultEncryptSectorSize(dev: BlockDevice, sectorSize?: number): Promise<number> {
+  const head = Buffer.alloc(Math.min(FS_PROBE_BYTES, dev.size));
+  await dev.read(head, 0);
+  const fs = probeFilesystem(head);
+  // Nothing recognised: 512 as cryptsetup 2.6.1's reencrypt --encrypt picks (safe under any file system).
+  if (!fs && sectorSize === undefined) return 512;
+  return chooseEncryptionSectorSize({ fsBlockSize: fs?.blockSize, fsType: fs?.type, requested: sectorSize });
 }
 
 const usage = (msg: string, hint?: string) => new TrustvolError("EUSAGE", msg, hint);
@@ -343,7 +349,7 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
   if (hdrDev === dev) return initEncryptShift(dev, opts);
   if (opts.reduceDeviceSize !== undefined) throw usage("--reduce-device-size is for in-place encryption without --header");
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
-  const ss = defaultEncryptSectorSize(dev, opts.sectorSize);
+  const ss = await defaultEncryptSectorSize(dev, opts.sectorSize);
   const dataSize = dev.size;
   checkDataSize(dataSize, [ss]);
   const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: 0, label: opts.label, uuid: opts.uuid, digestIterations: digestIterations(opts) }, true);
@@ -384,7 +390,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   const reduce = opts.reduceDeviceSize;
   if (reduce === undefined) throw usage("in-place --encrypt needs --reduce-device-size (e.g. 32M) or a detached --header", "shrink the file system by that much first");
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
-  const ss = defaultEncryptSectorSize(dev, opts.sectorSize);
+  const ss = await defaultEncryptSectorSize(dev, opts.sectorSize);
   const shift = reduce / 2;
   if (!Number.isSafeInteger(shift) || shift % Math.max(ss, 4096) || shift < MiB) throw usage(`--reduce-device-size ${reduce} must be at least 2 MiB and a multiple of ${2 * Math.max(ss, 4096)} bytes`);
   const total = dev.size;

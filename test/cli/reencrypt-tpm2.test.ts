@@ -17,6 +17,7 @@ test("TPM-enrolled volume: reencrypt --token-only rotates the volume key; the to
   const img = join(dir, "disk.img");
   const factory = join(dir, "factory");
   writeFileSync(factory, "factory-passphrase", { mode: 0o600 });
+  writeFileSync(img, Buffer.alloc(20 << 20)); // format refuses a missing path
   let r = await trustvolInProcess(["format", "--key-file", factory, "--key-slot", "31", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", img]);
   assert.equal(r.status, 0, r.stderr);
   run("truncate", ["-s", "20M", img]);

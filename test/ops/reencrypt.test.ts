@@ -152,3 +152,24 @@ test("rotation keeps tokens: a token's keyslot is re-created for the new key wit
   assert.deepEqual(Object.keys(a2.metadata.keyslots), ["2"]);
   assert.deepEqual(Object.keys(a2.metadata.tokens), []);
 });
+
+test("encrypt in place never picks a sector larger than the file system's blocks (ext4 with 1024-byte blocks → 1024)", async (t) => {
+  const { needTools, run, tmpDir } = await import("../helpers/tools.js");
+  if (!needTools(t, "mkfs.ext4")) return;
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const { join } = await import("node:path");
+  const { readFileSync } = await import("node:fs");
+  const img = join(dir, "fs.img");
+  run("truncate", ["-s", "8M", img]);
+  run("mkfs.ext4", ["-q", "-F", "-b", "1024", img]);
+  const dev = new MemoryBlockDevice(readFileSync(img));
+  const hdr = new MemoryBlockDevice(16 << 20);
+  await reencrypt(dev, { mode: "encrypt", header: hdr, passphrase: PASS, pbkdf: PBKDF, hotzoneSize: HOTZONE });
+  const v = await Luks2Volume.open(hdr);
+  assert.equal(v.metadata.segments["0"]!.sector_size, 1024);
+  await assert.rejects(
+    reencrypt(new MemoryBlockDevice(readFileSync(img)), { mode: "encrypt", header: new MemoryBlockDevice(16 << 20), passphrase: PASS, pbkdf: PBKDF, sectorSize: 4096 }),
+    (e: TrustvolError) => e.code === "EUSAGE" && /larger than the ext4 file system's block size \(1024\)/.test(e.message),
+  );
+});
