@@ -25,7 +25,7 @@ export async function pipeSectors(
   dst: BlockDevice,
   dstOff: number,
   length: number,
-  transform: (buf: Buffer, byteOffset: number) => void,
+  transform: (buf: Buffer, byteOffset: number) => void | Promise<void>,
   opts: { onProgress?: Progress; signal?: AbortSignal; padTo?: number; srcLength?: number } = {},
 ): Promise<void> {
   const srcLen = opts.srcLength ?? length; // bytes actually present in src; the rest (padding) is zeros
@@ -47,7 +47,7 @@ export async function pipeSectors(
       const cur = await pending!;
       const next = pos + CHUNK;
       pending = next < length ? read(next, bufs[(i + 1) % 3]!) : null;
-      transform(cur, pos);
+      await transform(cur, pos);
       await writing;
       writing = dst.write(cur, dstOff + pos);
       i++;
@@ -61,7 +61,10 @@ export async function pipeSectors(
   }
 }
 
+/** The native engine splits each chunk over libuv's thread pool (both cores); the TS engine runs it in line. */
 function sectorTransform(c: SectorCipher, mode: "encrypt" | "decrypt") {
+  const parallel = mode === "encrypt" ? c.encryptAsync : c.decryptAsync;
+  if (parallel) return (buf: Buffer, byteOffset: number) => parallel.call(c, buf, byteOffset / c.sectorSize);
   return (buf: Buffer, byteOffset: number) => c[mode](buf, byteOffset / c.sectorSize);
 }
 
