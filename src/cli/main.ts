@@ -12,6 +12,7 @@ import { registerKernelCommands } from "./commands/kernel.js";
 import { registerVerityCommands } from "./commands/verity.js";
 import { registerEnrollCommands } from "./commands/enroll.js";
 import { registerPkcs11Commands } from "./commands/pkcs11.js";
+import { registerReencryptCommands } from "./commands/reencrypt.js";
 import { VERSION } from "../version.js";
 import { resetStdinState } from "./secrets.js";
 
@@ -59,6 +60,7 @@ export function buildProgram(): Command {
   registerImageCommands(program);
   registerEnrollCommands(program);
   registerPkcs11Commands(program);
+  registerReencryptCommands(program);
   registerDemoCommand(program);
   registerKernelCommands(program);
   registerVerityCommands(program);

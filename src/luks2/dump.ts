@@ -10,8 +10,17 @@ function hexLines(b: Buffer, indent: string): string {
 
 const PRIO = ["ignored", "normal", "prefer"];
 
-function keyslotText(id: string, ks: Luks2Keyslot, digestId: string | undefined): string {
-  const l: string[] = [`  ${id}: ${ks.type}`];
+/** cryptsetup reenc_keyslot_dump: "%-12s%s" lines; the shift size has no space before "[bytes]". */
+function reencryptKeyslotLines(ks: Luks2Keyslot): string[] {
+  const a = ks.area;
+  const l = [`\t${"Mode:".padEnd(12)}${String(ks.mode)}`, `\t${"Direction:".padEnd(12)}${String(ks.direction)}`, `\t${"Resilience:".padEnd(12)}${String(a.type)}`];
+  if (a.type === "checksum") l.push(`\t${"Hash:".padEnd(12)}${String(a.hash)}`, `\t${"Hash data:".padEnd(12)}${String(a.sector_size)} [bytes]`);
+  else if (a.type === "datashift") l.push(`\t${"Shift size:".padEnd(12)}${String(a.shift_size)}[bytes]`);
+  return l;
+}
+
+function keyslotText(id: string, ks: Luks2Keyslot, digestId: string | undefined, bound: boolean): string {
+  const l: string[] = [`  ${id}: ${ks.type}${bound ? "" : " (unbound)"}`];
   if (ks.type === "luks2" && ks.kdf && ks.af) {
     l.push(`\tKey:        ${ks.key_size * 8} bits`);
     l.push(`\tPriority:   ${PRIO[ks.priority ?? 1]}`);
@@ -31,8 +40,8 @@ function keyslotText(id: string, ks: Luks2Keyslot, digestId: string | undefined)
     l.push(`\tAF hash:    ${ks.af.hash}`);
   } else {
     l.push(`\tKey:        ${ks.key_size * 8} bits`);
-    if (ks.mode) l.push(`\tMode:       ${ks.mode as string}`);
-    if (ks.direction) l.push(`\tDirection:  ${ks.direction as string}`);
+    l.push(`\tPriority:   ${PRIO[ks.priority ?? 1]}`);
+    if (ks.type === "reencrypt") l.push(...reencryptKeyslotLines(ks));
   }
   l.push(`\tArea offset:${ks.area.offset} [bytes]`);
   l.push(`\tArea length:${ks.area.size} [bytes]`);
@@ -67,10 +76,11 @@ export function dumpText(v: Luks2Volume): string {
     `Subsystem:     \t${h.subsystem || "(no subsystem)"}`,
     `Flags:       \t${flags}`,
   ];
-  if (reqs.length) out.push(`Requirements:\t${reqs.join(" ")}`);
+  if (reqs.length) out.push(`Requirements:\t${reqs.map((r) => `${r} `).join("")}`);
   out.push("", "Data segments:");
   for (const id of Object.keys(m.segments).sort((a, b) => Number(a) - Number(b))) {
     const s = m.segments[id]!;
+    if (id !== Object.keys(m.segments).sort((a, b) => Number(a) - Number(b))[0]) out.push(""); // cryptsetup separates segments
     out.push(`  ${id}: ${s.type}`);
     out.push(`\toffset: ${s.offset} [bytes]`);
     out.push(`\tlength: ${s.size === "dynamic" ? "(whole device)" : `${s.size} [bytes]`}`);
@@ -80,7 +90,10 @@ export function dumpText(v: Luks2Volume): string {
   }
   out.push("", "Keyslots:");
   const owner = (k: string) => Object.keys(m.digests).find((d) => m.digests[d]!.keyslots.includes(k));
-  for (const id of Object.keys(m.keyslots).sort((a, b) => Number(a) - Number(b))) out.push(keyslotText(id, m.keyslots[id]!, owner(id)));
+  // "(unbound)": the keyslot's digest covers no data segment (a new key during re-encryption, the reencrypt keyslot).
+  const live = Object.keys(m.segments).filter((s) => !(m.segments[s]!.flags ?? []).some((f) => f.startsWith("backup-")));
+  const bound = (k: string) => { const d = owner(k); return d !== undefined && m.digests[d]!.segments.some((s) => live.includes(s)); };
+  for (const id of Object.keys(m.keyslots).sort((a, b) => Number(a) - Number(b))) out.push(keyslotText(id, m.keyslots[id]!, owner(id), bound(id)));
   out.push("Tokens:");
   for (const id of Object.keys(m.tokens).sort((a, b) => Number(a) - Number(b))) out.push(tokenText(id, m.tokens[id]!));
   out.push("Digests:");

@@ -12,6 +12,7 @@ import {
   ALIGN_4K,
   SECTOR_SIZE,
 } from "./constants.js";
+import { validateReencryptKeyslot } from "./reencrypt-validate.js";
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 export type JsonObject = { [k: string]: Json };
@@ -179,6 +180,7 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
       str(ks.mode, `${w}.mode`, 32);
       str(ks.direction, `${w}.direction`, 32);
       int(ks.key_size, `${w}.key_size`, 1, 1);
+      validateReencryptKeyslot(ks, w);
     }
     if (off % SECTOR_SIZE !== 0 || size % SECTOR_SIZE !== 0) throw bad(`${w}.area is not sector-aligned`);
     if (size === 0 || off < areaStart || off + size > areaEnd) throw bad(`${w}.area [${off}, ${off + size}) lies outside the keyslots area [${areaStart}, ${areaEnd})`);
@@ -211,9 +213,11 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
       if (!dynamic && size % ss !== 0) throw bad(`${w}.size is not a multiple of its sector size`);
     }
     if (off % SECTOR_SIZE !== 0) throw bad(`${w}.offset is not sector-aligned`);
-    if (off !== 0 && off < areaEnd) throw bad(`${w}.offset ${off} lies inside the metadata/keyslots area (ends at ${areaEnd})`);
     segs.push({ id, start: off, end: off + size, backup });
   }
+  // cryptsetup checks the lowest segment offset only: 0 = detached header (mid re-encryption others may be > 0).
+  const firstOff = Math.min(...segs.map((s) => s.start));
+  if (segs.length && firstOff !== 0 && firstOff < areaEnd) throw bad(`segment offset ${firstOff} lies inside the metadata/keyslots area (ends at ${areaEnd})`);
   const live = segs.filter((s) => !s.backup).sort((a, b) => a.start - b.start);
   for (let i = 1; i < live.length; i++) if (live[i]!.start < live[i - 1]!.end) throw bad(`segments ${live[i - 1]!.id} and ${live[i]!.id} overlap`);
 

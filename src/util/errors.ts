@@ -9,7 +9,7 @@ export const ExitCode = {
   CORRUPT: 4, // on-disk data is damaged or not what it claims to be
   NOT_FOUND: 5, // device, file, token, TPM or object missing
   UNSUPPORTED: 6, // valid but not supported (cipher, requirement, kernel feature)
-  BUSY: 7, // locked, in use, or TPM lockout
+  BUSY: 7, // locked, in use, TPM lockout, or interrupted at a safe point
   CRITICAL: 8, // `doctor` found a critical finding
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
@@ -29,7 +29,8 @@ export type ErrorCode =
   | "EPOLICY"
   | "ELOCKOUT"
   | "EDEVICE"
-  | "EINTERNAL";
+  | "EINTERNAL"
+  | "EINTR";
 
 const exitFor: Record<ErrorCode, ExitCodeValue> = {
   EUSAGE: ExitCode.USAGE,
@@ -47,6 +48,7 @@ const exitFor: Record<ErrorCode, ExitCodeValue> = {
   ELOCKOUT: ExitCode.BUSY,
   EIO: ExitCode.FAILURE,
   EINTERNAL: ExitCode.FAILURE,
+  EINTR: ExitCode.BUSY, // stopped at a safe point (signal): the operation can be resumed
 };
 
 export class TrustvolError extends Error {

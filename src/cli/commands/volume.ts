@@ -14,6 +14,8 @@ import { LuksHandle } from "../../ops/volume.js";
 import { getPassphrase } from "../secrets.js";
 import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int } from "../common.js";
 import { unlockFromCli } from "../unlock.js";
+import { repairReencryption } from "../../ops/reencrypt.js";
+import { reencryptStatus } from "../../luks2/reencrypt-metadata.js";
 
 export function registerVolumeCommands(program: Command): void {
   addFormatOptions(
@@ -118,18 +120,36 @@ export function registerVolumeCommands(program: Command): void {
     .command("repair")
     .description("rewrite a damaged or stale LUKS2 header copy from the valid one (the one with the highest sequence id)")
     .argument("<device>")
+    .option("--header <file>", "detached header")
+    .option("-d, --key-file <file>", "passphrase (needed to recover an interrupted re-encryption)")
+    .option("-S, --key-slot <n>", "keyslot to unlock", int("--key-slot", 0, 31))
     .option("--json", "print the result as JSON")
     .action(async (device: string, o: Record<string, unknown>) => {
       const dev = await FileBlockDevice.open(device);
+      const hdr = o.header ? await FileBlockDevice.open(o.header as string) : dev;
       try {
-        const v = await Luks2Volume.open(dev);
+        const v = await Luks2Volume.open(hdr);
         const before = { primary: v.readStatus.primary, secondary: v.readStatus.secondary };
         const repaired = await v.repair();
-        if (o.json) printJson({ repaired, ...JSON.parse(JSON.stringify(before, (_k, x) => (typeof x === "bigint" ? x.toString() : x))) });
-        else if (repaired) io.err(`Repaired: primary ${before.primary.ok ? "ok" : `was damaged (${before.primary.error})`}, secondary ${before.secondary.ok ? "ok" : `was damaged (${before.secondary.error})`}; both copies rewritten.\n`);
-        else io.err("Both header copies are valid; nothing to repair.\n");
+        // A re-encryption that crashed mid-hotzone: recover the hotzone as `cryptsetup repair` does.
+        let reencryption = false;
+        if (reencryptStatus(v.metadata) === "crash") {
+          const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: ` });
+          try {
+            reencryption = (await repairReencryption(dev, { passphrase: pass, keyslot: o.keySlot as number | undefined, header: hdr !== dev ? hdr : undefined })).recovered;
+          } finally {
+            wipe(pass);
+          }
+        }
+        if (o.json) printJson({ repaired, reencryption_recovered: reencryption, ...JSON.parse(JSON.stringify(before, (_k, x) => (typeof x === "bigint" ? x.toString() : x))) });
+        else {
+          if (repaired) io.err(`Repaired: primary ${before.primary.ok ? "ok" : `was damaged (${before.primary.error})`}, secondary ${before.secondary.ok ? "ok" : `was damaged (${before.secondary.error})`}; both copies rewritten.\n`);
+          if (reencryption) io.err("Recovered the interrupted re-encryption hotzone; resume with `trustvol reencrypt --resume-only`.\n");
+          if (!repaired && !reencryption) io.err("Both header copies are valid; nothing to repair.\n");
+        }
       } finally {
         await dev.close();
+        if (hdr !== dev) await hdr.close();
       }
     });
 }

@@ -1,0 +1,156 @@
+// `trustvol reencrypt DEVICE`: cryptsetup's `reencrypt --force-offline-reencrypt` verb and option spellings.
+// Parses and prints only; the engine is src/ops/reencrypt.ts.
+import { Option, type Command } from "commander";
+import { io } from "../io.js";
+import { FileBlockDevice } from "../../blockdev/file.js";
+import type { BlockDevice } from "../../blockdev/types.js";
+import { TrustvolError } from "../../util/errors.js";
+import { wipe } from "../../util/secret.js";
+import { probeLuksVersion } from "../../luks2/header.js";
+import { Luks2Volume } from "../../luks2/volume.js";
+import { reencrypt, repairReencryption, tokenKeyslotPassphrases, type ReencryptOptions } from "../../ops/reencrypt.js";
+import { readPin } from "../../trust/pkcs11/pin.js";
+import { getPassphrase } from "../secrets.js";
+import { int, printJson } from "../common.js";
+import { progressBar } from "../progress.js";
+import { pinSourceFrom } from "./enroll.js";
+
+/** cryptsetup-style sizes: bytes, or with a unit: 512S, 32K/32KiB (1024), 32KB (1000), M, G, T. */
+export function parseSize(name: string) {
+  return (v: string): number => {
+    const x = /^([0-9]+)(?:(S)|([KMGTP])(iB)?|([KMGTP])B)?$/i.exec(v.trim());
+    if (!x) throw new TrustvolError("EUSAGE", `${name}: "${v}" is not a size (e.g. 32M, 4096, 8S)`);
+    const n = Number(x[1]);
+    const p = "KMGTP".indexOf((x[3] ?? x[5] ?? "").toUpperCase()) + 1;
+    const mul = x[2] ? 512 : x[5] ? 1000 ** p : 1024 ** p;
+    const r = n * mul;
+    if (!Number.isSafeInteger(r)) throw new TrustvolError("EUSAGE", `${name}: ${v} is too large`);
+    return r;
+  };
+}
+
+function abortOnSignal(): { signal: AbortSignal; done: () => void } {
+  const ac = new AbortController();
+  const h = () => ac.abort();
+  process.on("SIGINT", h);
+  process.on("SIGTERM", h);
+  return { signal: ac.signal, done: () => { process.off("SIGINT", h); process.off("SIGTERM", h); } };
+}
+
+export function registerReencryptCommands(program: Command): void {
+  program
+    .command("reencrypt")
+    .description("re-encrypt a LUKS2 device offline (new volume key), or --encrypt / --decrypt it in place; cryptsetup-compatible and resumable")
+    .argument("<device>", "block device or image file (not mapped, not mounted)")
+    .option("--encrypt", "encrypt a plain device (with --header FILE)")
+    .option("--decrypt", "decrypt to a plain device (with --header FILE)")
+    .option("--init-only", "only write the re-encryption metadata; finish later with --resume-only")
+    .option("--resume-only", "only resume a re-encryption already in the metadata")
+    .addOption(new Option("--resilience <mode>", "hotzone protection: checksum (default), journal, none").choices(["checksum", "journal", "none", "datashift"]))
+    .option("--resilience-hash <hash>", "checksum resilience hash (default sha256)")
+    .option("--hotzone-size <size>", "largest hotzone (e.g. 32M)", parseSize("--hotzone-size"))
+    .option("--reduce-device-size <size>", "in-place --encrypt with a data shift (e.g. 32M)", parseSize("--reduce-device-size"))
+    .option("--header <file>", "detached LUKS2 header")
+    .option("-d, --key-file <file>", "passphrase from FILE (- = stdin)")
+    .option("-S, --key-slot <n>", "unlock and keep only keyslot N (the others are removed when re-encryption finishes)", int("--key-slot", 0, 31))
+    .option("-c, --cipher <spec>", "new data cipher (default: the current one, aes-xts-plain64 for --encrypt)")
+    .option("-s, --key-size <bits>", "new volume key size in bits", int("--key-size", 128, 512))
+    .option("--sector-size <bytes>", "new encryption sector size: 512, 1024, 2048 or 4096", int("--sector-size", 512, 4096))
+    .addOption(new Option("--pbkdf <kdf>", "KDF of the new keyslots").choices(["argon2id", "argon2i", "pbkdf2"]))
+    .option("--pbkdf-force-iterations <n>", "fixed PBKDF2 iterations / Argon2 time cost (no benchmark)", int("--pbkdf-force-iterations", 1))
+    .option("--pbkdf-memory <kib>", "Argon2 memory in KiB", int("--pbkdf-memory", 32, 4 * 1024 * 1024))
+    .option("-i, --iter-time <ms>", "benchmark the KDF to take MS milliseconds", int("--iter-time", 1))
+    .option("--label <label>", "LUKS2 label (--encrypt)")
+    .option("--uuid <uuid>", "LUKS2 UUID (--encrypt)")
+    .option("--token-only", "unlock only through tokens (TPM2, PKCS#11, clevis...)")
+    .option("--token-id <n>", "use only this token", int("--token-id", 0, 31))
+    .option("--token-type <type>", "use only tokens of this type")
+    .option("--pin-file <file>", "token PIN from FILE (- = stdin)")
+    .option("--pkcs11-module <path>", "PKCS#11 module for systemd-pkcs11 tokens")
+    .option("--tpm2-device <dev>", "TPM for systemd-tpm2/clevis tokens: auto, a path, or swtpm:path=SOCKET")
+    .option("--progress-json", "print progress as JSON lines on stdout")
+    .option("--no-progress", "no progress bar")
+    .option("-q, --batch-mode", "do not ask for confirmation")
+    .option("--force-offline-reencrypt", "accepted for cryptsetup compatibility (trustvol is always offline)")
+    .option("--json", "print the result as JSON")
+    .action(async (device: string, o: Record<string, unknown>) => {
+      if (o.encrypt && o.decrypt) throw new TrustvolError("EUSAGE", "--encrypt and --decrypt exclude each other");
+      if (o.tokenOnly && o.keyFile) throw new TrustvolError("EUSAGE", "--token-only cannot be combined with --key-file");
+      const mode: ReencryptOptions["mode"] = o.encrypt ? "encrypt" : o.decrypt ? "decrypt" : "reencrypt";
+      const dev = await FileBlockDevice.open(device);
+      let hdr: BlockDevice = dev;
+      const secrets: Buffer[] = [];
+      const sig = abortOnSignal();
+      const bar = progressBar("Re-encrypting", o.progress !== false && !o.progressJson && !o.json && process.stderr.isTTY === true);
+      try {
+        if (o.header) hdr = await FileBlockDevice.open(o.header as string, { create: mode === "encrypt" });
+        const isLuks = (await probeLuksVersion(hdr)) !== null;
+        let passphrase: Buffer | undefined;
+        let keyslotPassphrases: Map<number, Uint8Array> | undefined;
+        let uncovered = true; // a keyslot to carry over that no token opens: the typed passphrase is needed
+        // Tokens first (unattended), like the CLI's unlock path; then a key file or the prompt unless --token-only.
+        if (isLuks && !o.keyFile) {
+          const v = await Luks2Volume.open(hdr);
+          if (Object.keys(v.metadata.tokens).length) {
+            const pinSrc = o.pinFile ? pinSourceFrom(o) : undefined;
+            const pin = pinSrc ? readPin(pinSrc) : undefined;
+            try {
+              const r = await tokenKeyslotPassphrases(v.metadata, { pin, pkcs11Module: o.pkcs11Module as string | undefined, tpm2Device: o.tpm2Device as string | undefined }, { tokenId: o.tokenId as number | undefined, tokenType: o.tokenType as string | undefined });
+              keyslotPassphrases = r.passphrases;
+              secrets.push(...r.passphrases.values());
+              const slots = o.keySlot !== undefined ? [o.keySlot as number] : Object.keys(v.metadata.keyslots).filter((k) => v.metadata.keyslots[k]!.type === "luks2").map(Number);
+              uncovered = mode === "reencrypt" && !o.resumeOnly ? slots.some((k) => !r.passphrases.has(k)) : !r.passphrases.size;
+              if (o.tokenOnly && !r.passphrases.size) throw r.failures[0] ?? new TrustvolError("ENOKEY", "no token on this volume that trustvol can use", "unlock with a passphrase");
+            } finally {
+              wipe(pin);
+            }
+          } else if (o.tokenOnly) throw new TrustvolError("ENOKEY", "the volume has no tokens", "unlock with a passphrase");
+        }
+        const needPass = !o.tokenOnly && (!!o.keyFile || uncovered);
+        if (needPass) {
+          passphrase = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, verify: mode === "encrypt" && !isLuks });
+          secrets.push(passphrase);
+        }
+        const t0 = Date.now();
+        const onProgress = (p: { done: number; total: number }) => {
+          bar.update(p.done, p.total);
+          if (o.progressJson) {
+            const ms = Date.now() - t0;
+            io.out(JSON.stringify({ device, device_bytes: String(p.done), device_size: String(p.total), speed: String(ms ? Math.round((p.done / ms) * 1000) : 0), eta_ms: "0", time_ms: String(ms) }) + "\n");
+          }
+        };
+        const r = await reencrypt(dev, {
+          mode,
+          passphrase,
+          keyslot: o.keySlot as number | undefined,
+          keyslotPassphrases,
+          header: o.header ? hdr : undefined,
+          resilience: o.resilience as ReencryptOptions["resilience"],
+          hash: o.resilienceHash as string | undefined,
+          hotzoneSize: o.hotzoneSize as number | undefined,
+          reduceDeviceSize: o.reduceDeviceSize as number | undefined,
+          cipher: o.cipher as string | undefined,
+          keySize: o.keySize as number | undefined,
+          sectorSize: o.sectorSize as number | undefined,
+          pbkdf: o.pbkdf || o.pbkdfForceIterations || o.iterTime || o.pbkdfMemory ? { type: o.pbkdf as "pbkdf2" | undefined, forceIterations: o.pbkdfForceIterations as number | undefined, iterTimeMs: o.iterTime as number | undefined, memoryKiB: o.pbkdfMemory as number | undefined } : undefined,
+          initOnly: !!o.initOnly,
+          resumeOnly: !!o.resumeOnly,
+          label: o.label as string | undefined,
+          uuid: o.uuid as string | undefined,
+          onProgress,
+          signal: sig.signal,
+        });
+        bar.end();
+        if (o.json) printJson(r);
+        else if (r.state === "initialized") io.err(`Re-encryption (${r.mode}) initialized in the metadata; finish it with \`trustvol reencrypt --resume-only ${device}\`.\n`);
+        else io.err(`Re-encryption (${r.mode}) finished${r.recovered ? " (an interrupted hotzone was recovered first)" : ""}.\n`);
+      } finally {
+        sig.done();
+        for (const s of secrets) wipe(s);
+        await dev.close();
+        if (hdr !== dev) await hdr.close();
+      }
+    });
+}
+
+export { repairReencryption };

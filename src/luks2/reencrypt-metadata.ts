@@ -1,0 +1,287 @@
+// LUKS2 re-encryption metadata (LUKS2 spec §4.9; cryptsetup lib/luks2/luks2_reencrypt.c, luks2_keyslot_reenc.c):
+// the `reencrypt` keyslot, the online-reencrypt-v2 requirement, backup segments, and the pure hotzone state machine
+// that computes the "hot" (hotzone in-reencryption) and "post" (hotzone done) segment sets cryptsetup commits.
+// Pure over metadata objects: no I/O.
+import { TrustvolError } from "../util/errors.js";
+import type { Json, Luks2Keyslot, Luks2Metadata } from "./metadata.js";
+import { allSegments, dataSegments, segmentByFlag, segmentJson, firstUnusedSegmentId, type Segment } from "./segment.js";
+import { validateReencryptKeyslot } from "./reencrypt-validate.js";
+import { reencryptDigestIds, reencryptKeyslotId, reencryptRequirementVersion } from "./reencrypt-digest.js";
+
+export type ReencryptMode = "reencrypt" | "encrypt" | "decrypt";
+export type ReencryptDirection = "forward" | "backward";
+export type ResilienceType = "none" | "checksum" | "journal" | "datashift";
+export const REQUIREMENT_V2 = "online-reencrypt-v2";
+/** cryptsetup LUKS2_DEFAULT_NONE_REENCRYPTION_LENGTH (8 MiB): hotzone of resilience "none" without --hotzone-size. */
+export const DEFAULT_NONE_HOTZONE = 8 << 20;
+
+export interface ReencryptKeyslot {
+  id: number;
+  mode: ReencryptMode;
+  direction: ReencryptDirection;
+  area: { type: string; offset: number; size: number; hash?: string; sectorSize?: number; shiftSize?: number };
+}
+
+export type ReencryptStatus = "none" | "clean" | "crash";
+
+const hint = "the header is damaged or was not written by cryptsetup; restore a header backup";
+const bad = (msg: string) => new TrustvolError("ECORRUPT", `LUKS2 re-encryption metadata: ${msg}`, hint);
+const isObj = (v: unknown): v is Record<string, Json> => typeof v === "object" && v !== null && !Array.isArray(v);
+const U64 = /^[0-9]{1,20}$/;
+const num = (v: unknown, what: string): number => {
+  if (typeof v !== "string" || !U64.test(v) || BigInt(v) > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(`${what} must be a decimal string`);
+  return Number(v);
+};
+const HASHES = new Set(["sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160", "whirlpool", "sha3-256", "sha3-512", "blake2b512"]);
+
+export function parseReencryptKeyslot(m: Luks2Metadata): ReencryptKeyslot | undefined {
+  const id = reencryptKeyslotId(m);
+  if (id === undefined) return undefined;
+  const ks = m.keyslots[id] as Luks2Keyslot & Record<string, unknown>;
+  validateReencryptKeyslot(ks, `keyslot ${id}`);
+  const a = ks.area as Record<string, Json>;
+  return {
+    id: Number(id),
+    mode: ks.mode as ReencryptMode,
+    direction: ks.direction as ReencryptDirection,
+    area: {
+      type: a.type as string,
+      offset: num(a.offset, "area.offset"),
+      size: num(a.size, "area.size"),
+      hash: typeof a.hash === "string" ? a.hash : undefined,
+      sectorSize: typeof a.sector_size === "number" ? a.sector_size : undefined,
+      shiftSize: a.shift_size !== undefined ? num(a.shift_size, "area.shift_size") : undefined,
+    },
+  };
+}
+
+/** cryptsetup LUKS2_reencrypt_status: none (no requirement), clean (stopped safely), crash (a hotzone in flight). */
+export function reencryptStatus(m: Luks2Metadata): ReencryptStatus {
+  if (reencryptRequirementVersion(m) === undefined) return "none";
+  return dataSegments(m).some((s) => s.flags.includes("in-reencryption")) ? "crash" : "clean";
+}
+
+/** Everything the engine needs, checked as strictly as cryptsetup's context load (refuse, never guess). */
+export interface ReencryptState {
+  keyslot: ReencryptKeyslot;
+  mode: ReencryptMode;
+  direction: ReencryptDirection;
+  resilience: ResilienceType;
+  oldSeg: Segment; // backup-previous
+  newSeg: Segment; // backup-final
+  digestOld: number; // -1 for encrypt
+  digestNew: number; // -1 for decrypt
+  status: ReencryptStatus;
+}
+
+export function loadReencryptState(m: Luks2Metadata): ReencryptState {
+  const version = reencryptRequirementVersion(m);
+  if (version === undefined) throw new TrustvolError("EUSAGE", "the device is not in re-encryption");
+  if (version < 2) throw new TrustvolError("EUNSUPPORTED", "re-encryption metadata of the old online-reencrypt (v1) kind", "run `cryptsetup repair` first");
+  if (version > 2) throw new TrustvolError("EUNSUPPORTED", `re-encryption requirement online-reencrypt-v${version} is newer than this engine (v2)`, "finish it with the cryptsetup that started it");
+  const ks = parseReencryptKeyslot(m);
+  if (!ks) throw bad("the online-reencrypt-v2 requirement is set but there is no reencrypt keyslot");
+  if (Object.values(m.keyslots).filter((k) => k.type === "reencrypt").length > 1) throw bad("more than one reencrypt keyslot");
+  const oldSeg = segmentByFlag(m, "backup-previous");
+  const newSeg = segmentByFlag(m, "backup-final");
+  if (!oldSeg || !newSeg) throw bad("backup-previous or backup-final segment missing");
+  const ids = reencryptDigestIds(m);
+  const t = ks.area.type;
+  const resilience: ResilienceType = t === "checksum" ? "checksum" : t === "journal" ? "journal" : t === "none" ? "none" : t === "datashift" ? "datashift" : (undefined as never);
+  if (!resilience) throw new TrustvolError("EUNSUPPORTED", `resilience "${t}" needs online-reencrypt-v3 (cryptsetup 2.7+)`);
+  if (ks.mode === "encrypt" && (oldSeg.type !== "linear" || newSeg.type !== "crypt" || ids.new < 0)) throw bad("encrypt mode needs a linear backup-previous and a crypt backup-final with a digest");
+  if (ks.mode === "decrypt" && (oldSeg.type !== "crypt" || newSeg.type !== "linear" || ids.old < 0)) throw bad("decrypt mode needs a crypt backup-previous with a digest and a linear backup-final");
+  if (ks.mode === "reencrypt" && (oldSeg.type !== "crypt" || newSeg.type !== "crypt" || ids.old < 0 || ids.new < 0)) throw bad("reencrypt mode needs crypt backup segments bound to the old and new digests");
+  const segs = dataSegments(m);
+  if (segs.length === 0 || segs.length > 3) throw bad(`${segs.length} data segments (1..3 expected)`);
+  if (segs.filter((s) => s.flags.includes("in-reencryption")).length > 1) throw bad("more than one segment in re-encryption");
+  for (const s of segs) if (s.flags.some((f) => f !== "in-reencryption")) throw bad(`data segment ${s.id} has an unknown flag`);
+  if (ks.area.type === "checksum" && ks.area.hash && !HASHES.has(ks.area.hash)) throw new TrustvolError("EUNSUPPORTED", `resilience hash "${ks.area.hash}" is not supported`);
+  return { keyslot: ks, mode: ks.mode, direction: ks.direction, resilience, oldSeg, newSeg, digestOld: ids.old, digestNew: ids.new, status: segs.some((s) => s.flags.includes("in-reencryption")) ? "crash" : "clean" };
+}
+
+/** A segment of the new (or old) kind covering data-relative [off, off+len) (len null = to the end). */
+function segAt(proto: Segment, off: number, len: number | null, flags: string[] = []): Omit<Segment, "id"> {
+  return { type: proto.type, offset: proto.offset + off, size: len, ivTweak: proto.type === "crypt" ? proto.ivTweak + BigInt(off / 512) : 0n, encryption: proto.encryption, sectorSize: proto.sectorSize, flags };
+}
+
+/** Is the one remaining data segment already the final one (a run that stopped after its last hotzone)? */
+function isFinal(st: ReencryptState, s: Segment, m: Luks2Metadata): boolean {
+  if (s.type !== st.newSeg.type || s.offset !== st.newSeg.offset || s.size !== null) return false;
+  if (s.type === "linear") return true;
+  const d = Object.keys(m.digests).filter((k) => m.digests[k]!.segments.includes(String(s.id))).map(Number);
+  return s.encryption === st.newSeg.encryption && s.sectorSize === st.newSeg.sectorSize && d.length === 1 && d[0] === st.digestNew;
+}
+
+/** Where the next hotzone starts (data-relative bytes), forward direction; devSize when everything is done. */
+export function forwardOffset(m: Luks2Metadata, st: ReencryptState, devSize: number): number {
+  const segs = dataSegments(m);
+  const hot = segs.find((s) => s.flags.includes("in-reencryption"));
+  if (hot) return hot.offset - st.newSeg.offset;
+  if (segs.length === 1) return isFinal(st, segs[0]!, m) ? devSize : 0;
+  if (segs.length === 2 && segs[0]!.size) {
+    const off = segs[0]!.size;
+    if (segs[1]!.offset - st.oldSeg.offset !== off) throw bad("old and new segments do not meet");
+    return off;
+  }
+  throw bad("cannot locate the re-encryption offset in the segments");
+}
+
+type Kind = "old" | "new" | "hot";
+type Part = { seg: Omit<Segment, "id">; kind: Kind };
+
+/** Set the data segments (ids 0..n-1), re-append backup segments, re-bind digests the way cryptsetup does. */
+function setSegments(m: Luks2Metadata, st: ReencryptState, parts: Part[]): void {
+  const backups = allSegments(m).filter((s) => s.flags.some((f) => f.startsWith("backup-")));
+  for (const d of Object.values(m.digests)) d.segments = [];
+  m.segments = {};
+  parts.forEach((p, i) => (m.segments[String(i)] = segmentJson(p.seg)));
+  const bind = (segId: number, digest: number) => {
+    if (digest < 0) return;
+    const d = m.digests[String(digest)];
+    if (!d) throw bad(`digest ${digest} is missing`);
+    if (!d.segments.includes(String(segId))) d.segments.push(String(segId));
+  };
+  parts.forEach((p, i) => {
+    if (st.mode !== "reencrypt") {
+      // encrypt/decrypt: every crypt segment holds the one key there is (reencrypt_assign_segments_simple)
+      if (p.seg.type === "crypt") bind(i, st.mode === "encrypt" ? st.digestNew : st.digestOld);
+      return;
+    }
+    if (p.kind !== "old") bind(i, st.digestNew);
+    if (p.kind !== "new") bind(i, st.digestOld);
+  });
+  for (const flag of ["backup-previous", "backup-final", "backup-moved-segment"]) {
+    const b = backups.find((s) => s.flags.includes(flag));
+    if (!b) continue;
+    const id = firstUnusedSegmentId(m);
+    m.segments[String(id)] = segmentJson(b);
+    if (b.type === "crypt" && flag !== "backup-moved-segment") bind(id, flag === "backup-previous" ? st.digestOld : st.digestNew);
+  }
+  for (const d of Object.values(m.digests)) d.segments.sort((a, b) => Number(a) - Number(b));
+}
+
+/** The next hotzone [off, off+len) of at most `max` bytes, or null when every byte is done. */
+export function nextHotzone(m: Luks2Metadata, st: ReencryptState, devSize: number, max: number): { off: number; len: number } | null {
+  if (st.direction === "forward") {
+    const off = forwardOffset(m, st, devSize);
+    return off >= devSize ? null : { off, len: Math.min(max, devSize - off) };
+  }
+  const end = backwardEnd(m, st, devSize);
+  if (end <= 0) return null;
+  const len = Math.min(max, end);
+  return { off: end - len, len };
+}
+
+/** Backward direction: the old data is [0, end) (cryptsetup _offset_backward); 0 when done. */
+export function backwardEnd(m: Luks2Metadata, st: ReencryptState, devSize: number): number {
+  const segs = dataSegments(m);
+  if (segs.some((s) => s.flags.includes("in-reencryption"))) throw bad("a hotzone must be recovered first");
+  if (segs.length === 1) return isFinal(st, segs[0]!, m) ? 0 : devSize;
+  if (segs.length === 2 && segs[0]!.size) {
+    const end = segs[0]!.size;
+    if (segs[1]!.offset - st.newSeg.offset !== end) throw bad("old and new segments do not meet");
+    return end;
+  }
+  throw bad("cannot locate the re-encryption offset in the segments");
+}
+
+/** Metadata with the hotzone [off, off+len) marked in-reencryption. Returns a new object. */
+export function hotMetadata(m: Luks2Metadata, st: ReencryptState, off: number, len: number, devSize: number): Luks2Metadata {
+  const out = structuredClone(m);
+  const parts: Part[] = [];
+  const hot: Part = { seg: segAt(st.newSeg, off, len, ["in-reencryption"]), kind: "hot" };
+  if (st.direction === "forward") {
+    if (off) parts.push({ seg: segAt(st.newSeg, 0, off), kind: "new" });
+    parts.push(hot);
+    if (off + len < devSize) parts.push({ seg: segAt(st.oldSeg, off + len, null), kind: "old" });
+  } else {
+    if (off) parts.push({ seg: segAt(st.oldSeg, 0, off), kind: "old" });
+    parts.push(hot);
+    if (off + len < devSize) parts.push({ seg: segAt(st.newSeg, off + len, null), kind: "new" });
+  }
+  setSegments(out, st, parts);
+  return out;
+}
+
+/** Metadata after the hotzone [off, off+len) is done. */
+export function postMetadata(m: Luks2Metadata, st: ReencryptState, off: number, len: number, devSize: number): Luks2Metadata {
+  const out = structuredClone(m);
+  const parts: Part[] = [];
+  if (st.direction === "forward") {
+    const end = off + len;
+    parts.push({ seg: segAt(st.newSeg, 0, end < devSize ? end : null), kind: "new" });
+    if (end < devSize) parts.push({ seg: segAt(st.oldSeg, end, null), kind: "old" });
+  } else {
+    if (off) parts.push({ seg: segAt(st.oldSeg, 0, off), kind: "old" });
+    parts.push({ seg: segAt(st.newSeg, off, null), kind: "new" });
+  }
+  setSegments(out, st, parts);
+  return out;
+}
+
+/**
+ * The metadata once re-encryption is complete (cryptsetup reencrypt_teardown_ok): one final segment, keyslots of the
+ * old key removed, backup segments, reencrypt keyslot, its digest and the requirement gone. Returns the removed
+ * keyslots' areas so the caller wipes them after the commit.
+ */
+export function finalMetadata(m: Luks2Metadata, st: ReencryptState): { metadata: Luks2Metadata; wipeAreas: { offset: number; size: number }[] } {
+  const out = structuredClone(m);
+  const wipeAreas: { offset: number; size: number }[] = [];
+  for (const d of Object.values(out.digests)) d.segments = [];
+  out.segments = { "0": segmentJson({ ...st.newSeg, flags: [] }) };
+  if (st.digestNew >= 0) out.digests[String(st.digestNew)]!.segments = ["0"];
+  const drop = (id: string) => {
+    delete out.keyslots[id];
+    for (const d of Object.values(out.digests)) d.keyslots = d.keyslots.filter((k) => k !== id);
+    for (const [tid, t] of Object.entries(out.tokens)) {
+      t.keyslots = t.keyslots.filter((k) => k !== id);
+      if (!t.keyslots.length) delete out.tokens[tid];
+    }
+  };
+  if (st.digestOld >= 0 && st.digestOld !== st.digestNew) {
+    for (const k of [...out.digests[String(st.digestOld)]!.keyslots]) {
+      const ks = out.keyslots[k]!;
+      wipeAreas.push({ offset: Number(ks.area.offset), size: Number(ks.area.size) });
+      drop(k);
+    }
+  }
+  drop(String(st.keyslot.id));
+  for (const [id, d] of Object.entries(out.digests)) if (!d.keyslots.length && !d.segments.length) delete out.digests[id];
+  const req = out.config.requirements;
+  if (req?.mandatory) {
+    req.mandatory = req.mandatory.filter((r) => !/^online-reencrypt(-v[0-9]+)?$/.test(r));
+    if (!req.mandatory.length) delete req.mandatory;
+    if (!Object.keys(req).length) delete out.config.requirements;
+  }
+  return { metadata: out, wipeAreas };
+}
+
+/** The reencrypt keyslot JSON, field order as cryptsetup 2.6.1 writes it. */
+export function reencryptKeyslotJson(k: { mode: ReencryptMode; direction: ReencryptDirection; offset: number; size: number; resilience: ResilienceType; hash?: string; sectorSize?: number; shiftSize?: number }): Luks2Keyslot {
+  const area: Record<string, Json> = { offset: String(k.offset), size: String(k.size), type: k.resilience };
+  if (k.resilience === "checksum") {
+    area.hash = k.hash ?? "sha256";
+    area.sector_size = k.sectorSize ?? 4096;
+  }
+  if (k.resilience === "datashift") area.shift_size = String(k.shiftSize ?? 0);
+  return { area, type: "reencrypt", key_size: 1, mode: k.mode, direction: k.direction, priority: 0 } as unknown as Luks2Keyslot;
+}
+
+/** The largest free gap of the keyslots area (cryptsetup LUKS2_find_area_max_gap). */
+export function maxAreaGap(m: Luks2Metadata, hdrSize: number): { offset: number; size: number } {
+  const start = 2 * hdrSize;
+  const end = start + Number(m.config.keyslots_size);
+  const used = Object.values(m.keyslots)
+    .map((ks) => [Number(ks.area.offset), Number(ks.area.offset) + Number(ks.area.size)] as const)
+    .sort((a, b) => a[0] - b[0]);
+  let best = { offset: 0, size: 0 };
+  let pos = start;
+  for (const [s, e] of used) {
+    if (s - pos > best.size) best = { offset: pos, size: s - pos };
+    pos = Math.max(pos, e);
+  }
+  if (end - pos > best.size) best = { offset: pos, size: end - pos };
+  if (best.size === 0) throw new TrustvolError("ENOSPC", "no free space in the LUKS2 keyslots area for the re-encryption area", "remove an unused keyslot first");
+  return best;
+}

@@ -1,0 +1,594 @@
+// Offline LUKS2 re-encryption, on-disk compatible with cryptsetup 2.6.1 `reencrypt --force-offline-reencrypt`
+// (lib/luks2/luks2_reencrypt.c): key rotation, encrypt/decrypt with a detached header, resilience checksum/journal/none,
+// --init-only, --resume-only, crash recovery of an interrupted hotzone (what `cryptsetup repair` does).
+//
+// Write order per hotzone (cryptsetup reencrypt_step): read old data → store its checksums / a journal copy in the
+// reencrypt keyslot area, flush → commit metadata marking the hotzone in-reencryption → write the re-encrypted data,
+// flush → commit metadata with the hotzone done. A power cut at any write leaves a header (old or new copy) whose
+// state is recoverable: before the hot commit the area is unused; after it the area describes the old data.
+import { createHash, randomBytes } from "node:crypto";
+import type { BlockDevice } from "../blockdev/types.js";
+import { TrustvolError } from "../util/errors.js";
+import { wipe } from "../util/secret.js";
+import { createSectorCipher, type SectorCipher } from "../dmcrypt/sector-cipher.js";
+import { parseCipherSpec } from "../dmcrypt/cipher-spec.js";
+import { Luks2Volume } from "../luks2/volume.js";
+import { probeLuksVersion, encodeHeaderCopies } from "../luks2/header.js";
+import { openKeyslotCandidate, buildKeyslot, wipeArea } from "../luks2/keyslot.js";
+import { verifyDigest, createDigest } from "../luks2/digest.js";
+import { newVolumeKey, planFormat } from "../luks2/format.js";
+import { opensslHash, type PbkdfOptions } from "../luks2/kdf.js";
+import type { Luks2Metadata } from "../luks2/metadata.js";
+import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
+import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
+import {
+  DEFAULT_NONE_HOTZONE,
+  REQUIREMENT_V2,
+  finalMetadata,
+  nextHotzone,
+  hotMetadata,
+  loadReencryptState,
+  maxAreaGap,
+  postMetadata,
+  reencryptKeyslotJson,
+  reencryptStatus,
+  type ReencryptState,
+  type ResilienceType,
+} from "../luks2/reencrypt-metadata.js";
+
+export interface ReencryptOptions {
+  mode?: "reencrypt" | "encrypt" | "decrypt";
+  /** Unlocks the volume (reencrypt/decrypt); the new keyslot's passphrase (encrypt). */
+  passphrase?: Uint8Array;
+  /** Only this keyslot is unlocked and carried over to the new key (cryptsetup --key-slot). */
+  keyslot?: number;
+  /** Passphrases of other keyslots (e.g. obtained through their tokens), so they are re-created for the new key. */
+  keyslotPassphrases?: Map<number, Uint8Array>;
+  header?: BlockDevice;
+  resilience?: ResilienceType;
+  hash?: string;
+  hotzoneSize?: number;
+  reduceDeviceSize?: number;
+  cipher?: string;
+  keySize?: number;
+  sectorSize?: number;
+  pbkdf?: PbkdfOptions;
+  initOnly?: boolean;
+  resumeOnly?: boolean;
+  label?: string;
+  uuid?: string;
+  /**
+   * Checksum resilience only: also keep, after the checksums cryptsetup reads, the checksums of the new data and a copy
+   * of the old hotzone, so a write torn inside a block is recoverable too (default true; false = cryptsetup's I/O).
+   */
+  tornWriteSafe?: boolean;
+  onProgress?: (p: { done: number; total: number }) => void;
+  signal?: AbortSignal;
+}
+
+export interface ReencryptResult {
+  mode: "reencrypt" | "encrypt" | "decrypt";
+  /** finished = the device is in its final state; initialized = metadata only (--init-only). */
+  state: "finished" | "initialized";
+  /** A crashed hotzone was recovered first. */
+  recovered: boolean;
+  /** Bytes of data (re-)encrypted in this run. */
+  bytes: number;
+  /** Keyslots that hold the new volume key (reencrypt/encrypt). */
+  keyslots: number[];
+}
+
+const MiB = 1 << 20;
+/** Our default hotzone: large sequential I/O, well inside the 128 MiB RSS budget (one buffer). */
+const DEFAULT_HOTZONE = 32 * MiB;
+
+/** Default encryption sector size for --encrypt until the file-system probe (src/fs/probe.ts) is wired in. */
+export function defaultEncryptSectorSize(_dev: BlockDevice, sectorSize?: number): number {
+  return sectorSize ?? 512;
+}
+
+const usage = (msg: string, hint?: string) => new TrustvolError("EUSAGE", msg, hint);
+
+export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): Promise<ReencryptResult> {
+  const mode = opts.mode ?? "reencrypt";
+  const hdrDev = opts.header ?? dev;
+  if (opts.initOnly && opts.resumeOnly) throw usage("--init-only and --resume-only exclude each other");
+  if (opts.resilience && !["checksum", "journal", "none", "datashift"].includes(opts.resilience)) throw usage(`unknown resilience mode "${opts.resilience}"`, "use checksum, journal or none");
+  if (opts.hash) opensslHash(opts.hash);
+  if (opts.hotzoneSize !== undefined && (!Number.isSafeInteger(opts.hotzoneSize) || opts.hotzoneSize < 4096)) throw usage(`hotzone size ${opts.hotzoneSize} is too small`);
+  const version = await probeLuksVersion(hdrDev);
+  if (version === 1) throw new TrustvolError("EUNSUPPORTED", `${hdrDev.name} is LUKS1`, "convert it to LUKS2 first (`cryptsetup convert --type luks2`)");
+
+  let volume: Luks2Volume;
+  let recovered = false;
+  if (version === null) {
+    if (mode !== "encrypt") throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, "use --encrypt to encrypt a plain device");
+    if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
+    volume = await initEncrypt(dev, hdrDev, opts);
+  } else {
+    volume = await Luks2Volume.open(hdrDev);
+    volume.checkRequirements("write");
+    const status = reencryptStatus(volume.metadata);
+    if (status === "none") {
+      if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
+      if (mode === "encrypt") throw usage(`${hdrDev.name} is already a LUKS2 volume`, "use reencrypt (key rotation) instead of --encrypt");
+      if (mode === "decrypt") await initDecrypt(volume, dev, hdrDev, opts);
+      else await initRotation(volume, dev, opts);
+    } else if (opts.initOnly) throw new TrustvolError("EBUSY", "LUKS2 re-encryption is already initialized in the metadata", "resume it with --resume-only");
+  }
+  const st = loadReencryptState(volume.metadata);
+  if (opts.initOnly) return { mode: st.mode, state: "initialized", recovered, bytes: 0, keyslots: newKeyslots(volume.metadata, st) };
+
+  const keys = await unlockForState(volume, hdrDev, st, opts);
+  try {
+    const run = await runEngine(volume, dev, hdrDev, keys, opts);
+    recovered = run.recovered;
+    return { mode: st.mode, state: "finished", recovered, bytes: run.bytes, keyslots: newKeyslots(volume.metadata, st) };
+  } finally {
+    for (const k of keys.values()) wipe(k);
+  }
+}
+
+/** Recover a crashed hotzone (cryptsetup `repair` of a device in re-encryption); the run stays resumable. */
+export async function repairReencryption(dev: BlockDevice, opts: { passphrase?: Uint8Array; keyslot?: number; header?: BlockDevice; keyslotPassphrases?: Map<number, Uint8Array> } = {}): Promise<{ recovered: boolean }> {
+  const hdrDev = opts.header ?? dev;
+  const volume = await Luks2Volume.open(hdrDev);
+  volume.checkRequirements("write");
+  if (reencryptStatus(volume.metadata) !== "crash") return { recovered: false };
+  const st = loadReencryptState(volume.metadata);
+  const keys = await unlockForState(volume, hdrDev, st, opts);
+  try {
+    const eng = await prepare(volume, dev, hdrDev, keys, {});
+    try {
+      await recoverHotzone(eng);
+    } finally {
+      eng.dispose();
+    }
+    return { recovered: true };
+  } finally {
+    for (const k of keys.values()) wipe(k);
+  }
+}
+
+function newKeyslots(m: Luks2Metadata, st: ReencryptState): number[] {
+  if (st.digestNew < 0) return [];
+  return (m.digests[String(st.digestNew)]?.keyslots ?? []).map(Number).sort((a, b) => a - b);
+}
+
+/** Unlock the keys the state needs (old and/or new digest) and verify the re-encryption digest against them. */
+async function unlockForState(v: Luks2Volume, hdrDev: BlockDevice, st: ReencryptState, opts: Pick<ReencryptOptions, "passphrase" | "keyslot" | "keyslotPassphrases">): Promise<Map<number, Buffer>> {
+  const m = v.metadata;
+  const keys = new Map<number, Buffer>();
+  const need = [st.digestOld, st.digestNew].filter((d, i, a) => d >= 0 && a.indexOf(d) === i);
+  try {
+    for (const d of need) {
+      const slots = m.digests[String(d)]!.keyslots.filter((k) => m.keyslots[k]?.type === "luks2").sort((a, b) => Number(a) - Number(b));
+      if (opts.keyslot !== undefined && slots.includes(String(opts.keyslot))) slots.unshift(...slots.splice(slots.indexOf(String(opts.keyslot)), 1));
+      for (const s of slots) {
+        const pass = opts.keyslotPassphrases?.get(Number(s)) ?? opts.passphrase;
+        if (!pass) continue;
+        const cand = await openKeyslotCandidate(hdrDev, m.keyslots[s]!, pass);
+        if (verifyDigest(m.digests[String(d)]!, cand)) {
+          keys.set(d, cand);
+          break;
+        }
+        wipe(cand);
+      }
+      if (!keys.has(d)) {
+        if (!opts.passphrase && !opts.keyslotPassphrases?.size) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume keys", "give --key-file or a token");
+        throw new TrustvolError("EBADPASS", `no key available with this passphrase for the ${d === st.digestNew ? "new" : "old"} volume key`, "check the passphrase (or key file) and try again");
+      }
+    }
+    if (!verifyReencryptDigest(m, keys)) throw new TrustvolError("ECORRUPT", "re-encryption metadata is invalid (its digest does not match the keys and metadata)", "the header was tampered with or damaged; restore a header backup");
+    return keys;
+  } catch (e) {
+    for (const k of keys.values()) wipe(k);
+    throw e;
+  }
+}
+
+function checkDataSize(dataSize: number, sectorSizes: number[]): void {
+  if (dataSize <= 0) throw new TrustvolError("ENOSPC", "the device has no data area to re-encrypt", "check the device and header");
+  for (const ss of sectorSizes) if (dataSize % ss) throw usage(`data area of ${dataSize} bytes is not a multiple of the ${ss}-byte encryption sector size`, "choose a smaller --sector-size");
+}
+
+/** Checksum block: the largest of 4096..max sector size that divides the data area (cryptsetup aligns to 4096 on files). */
+function checksumBlock(dataSize: number, ss: number[]): number {
+  const min = Math.max(512, ...ss);
+  for (let b = 4096; b >= min; b /= 2) if (dataSize % b === 0) return b;
+  return min;
+}
+
+function reencryptAreaKeyslot(m: Luks2Metadata, hdrSize: number, mode: "reencrypt" | "encrypt" | "decrypt", opts: ReencryptOptions, dataSize: number, ss: number[]): void {
+  const resilience = opts.resilience ?? "checksum";
+  if (resilience === "datashift") throw new TrustvolError("EUNSUPPORTED", "resilience datashift needs --encrypt --reduce-device-size, which this engine does not do yet", "use cryptsetup for the data-shift encryption, or a detached --header");
+  const gap = maxAreaGap(m, hdrSize);
+  let id = 0;
+  while (String(id) in m.keyslots) id++;
+  if (id >= 32) throw new TrustvolError("ENOSPC", "all 32 keyslots are in use", "remove one first");
+  m.keyslots[String(id)] = reencryptKeyslotJson({ mode, direction: mode === "decrypt" ? "backward" : "forward", // cryptsetup 2.6.1 decrypts backward
+    offset: gap.offset, size: gap.size, resilience, hash: opts.hash ?? "sha256", sectorSize: checksumBlock(dataSize, ss) });
+  const req = (m.config.requirements ??= {});
+  req.mandatory = [...(req.mandatory ?? []).filter((r) => r !== REQUIREMENT_V2), REQUIREMENT_V2];
+}
+
+const digestIterations = (opts: ReencryptOptions) => (opts.pbkdf?.forceIterations ? 1000 : undefined);
+
+/** Key rotation: new volume key, new keyslots with the same passphrases (tokens follow), backup segments, requirement. */
+async function initRotation(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOptions): Promise<void> {
+  const m0 = v.metadata;
+  const segs = dataSegments(m0);
+  if (segs.length !== 1 || segs[0]!.type !== "crypt" || Object.keys(m0.segments).length !== 1) throw new TrustvolError("EUNSUPPORTED", "the volume does not have exactly one crypt data segment");
+  const seg = segs[0]!;
+  if (!opts.passphrase && !opts.keyslotPassphrases?.size) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume", "give --key-file or a token");
+  const dOld = Object.keys(m0.digests).find((d) => m0.digests[d]!.segments.includes(String(seg.id)));
+  if (dOld === undefined) throw new TrustvolError("ECORRUPT", "no digest covers the data segment");
+  const cipher = opts.cipher ?? seg.encryption!;
+  const spec = parseCipherSpec(cipher);
+  const oldKeySlots = m0.digests[dOld]!.keyslots.filter((k) => m0.keyslots[k]?.type === "luks2").sort((a, b) => Number(a) - Number(b));
+  const oldKeyLen = m0.keyslots[oldKeySlots[0] ?? ""]?.key_size ?? 64;
+  const keyBytes = opts.keySize ? opts.keySize / 8 : cipher === seg.encryption ? oldKeyLen : spec.chainMode === "xts" ? 64 : 32;
+  const ss = opts.sectorSize ?? seg.sectorSize;
+  const dataSize = dev.size - seg.offset;
+  checkDataSize(dataSize, [seg.sectorSize, ss]);
+  if (![512, 1024, 2048, 4096].includes(ss)) throw usage(`sector size ${ss} is not one of 512, 1024, 2048, 4096`);
+  if (opts.keyslot !== undefined && !oldKeySlots.includes(String(opts.keyslot))) throw new TrustvolError("ENOENT", `keyslot ${opts.keyslot} is not a keyslot of this volume key`);
+
+  // Which keyslots move to the new key: --key-slot names one; otherwise all of them (cryptsetup asks for each).
+  const carry = opts.keyslot !== undefined ? [String(opts.keyslot)] : oldKeySlots;
+  const passOf = new Map<string, Uint8Array>();
+  let oldKey: Buffer | undefined;
+  const newKey = newVolumeKey(keyBytes, spec.chainMode === "xts");
+  const written: { offset: number; size: number }[] = [];
+  try {
+    for (const s of carry) {
+      const cands = [opts.keyslotPassphrases?.get(Number(s)), opts.passphrase].filter((p): p is Uint8Array => !!p);
+      for (const p of cands) {
+        const k = await openKeyslotCandidate(v.dev, m0.keyslots[s]!, p);
+        if (verifyDigest(m0.digests[dOld]!, k)) {
+          passOf.set(s, p);
+          if (!oldKey) oldKey = k;
+          else wipe(k);
+          break;
+        }
+        wipe(k);
+      }
+    }
+    const missing = carry.filter((s) => !passOf.has(s));
+    if (!oldKey) throw new TrustvolError("EBADPASS", "no key available with this passphrase", "check the passphrase (or key file) and try again");
+    if (missing.length)
+      throw new TrustvolError("EBADPASS", `keyslot${missing.length > 1 ? "s" : ""} ${missing.join(", ")} do${missing.length > 1 ? "" : "es"} not open with this passphrase`, "give --key-slot N to keep only the keyslot you can unlock (the others are removed when re-encryption finishes), or unlock them through their tokens");
+
+    const m = structuredClone(m0);
+    const newSlots: string[] = [];
+    for (const s of carry) {
+      let id = 0;
+      while (String(id) in m.keyslots) id++;
+      if (id >= 32) throw new TrustvolError("ENOSPC", "all 32 keyslots are in use", "remove one first");
+      const old = m0.keyslots[s]!;
+      const { keyslot, areaOffset, areaData } = await buildKeyslot(m, v.header.hdrSize, newKey, passOf.get(s)!, { pbkdf: opts.pbkdf, priority: old.priority, kdf: reuseTokenKdf(m0, s) });
+      try {
+        await v.dev.write(areaData, areaOffset);
+        written.push({ offset: areaOffset, size: Number(keyslot.area.size) });
+      } finally {
+        wipe(areaData);
+      }
+      m.keyslots[String(id)] = keyslot;
+      newSlots.push(String(id));
+      // The token that unlocked the old keyslot unlocks the new one too (same passphrase).
+      for (const t of Object.values(m.tokens)) if (t.keyslots.includes(s)) t.keyslots = [...t.keyslots, String(id)].sort((a, b) => Number(a) - Number(b));
+    }
+    await v.dev.flush();
+    let dNew = 0;
+    while (String(dNew) in m.digests) dNew++;
+    m.digests[String(dNew)] = createDigest(newKey, { keyslots: newSlots, segments: [], iterations: digestIterations(opts) });
+    const bp = { ...seg, flags: ["backup-previous"] };
+    const bf: Omit<Segment, "id"> = { type: "crypt", offset: seg.offset, size: null, ivTweak: 0n, encryption: cipher, sectorSize: ss, flags: ["backup-final"] };
+    m.segments["1"] = segmentJson(bp);
+    m.segments["2"] = segmentJson(bf);
+    m.digests[dOld]!.segments = ["0", "1"];
+    m.digests[String(dNew)]!.segments = ["2"];
+    reencryptAreaKeyslot(m, v.header.hdrSize, "reencrypt", opts, dataSize, [seg.sectorSize, ss]);
+    assignReencryptDigest(m, new Map([[Number(dOld), oldKey], [dNew, newKey]]), { iterations: digestIterations(opts) });
+    await v.commit(m);
+  } catch (e) {
+    // Nothing references the new keyslots' material: don't leave the new key behind.
+    for (const a of written) await wipeArea(v.dev, a.offset, a.size).catch(() => {});
+    throw e;
+  } finally {
+    wipe(oldKey, newKey);
+  }
+}
+
+/** systemd token keyslots use pbkdf2/sha512/1000 (the secret is strong): keep that KDF shape for their new keyslot. */
+function reuseTokenKdf(m: Luks2Metadata, slot: string): Luks2Metadata["keyslots"][string]["kdf"] | undefined {
+  const tok = Object.values(m.tokens).some((t) => t.keyslots.includes(slot) && t.type.startsWith("systemd-"));
+  const k = m.keyslots[slot]!.kdf;
+  if (!tok || !k || k.type !== "pbkdf2") return undefined;
+  return { type: "pbkdf2", hash: k.hash, iterations: k.iterations, salt: randomSalt() };
+}
+function randomSalt(): string {
+  return randomBytes(32).toString("base64");
+}
+
+async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<void> {
+  if (hdrDev === dev) throw new TrustvolError("EUNSUPPORTED", "decryption of a volume whose header is on the data device needs a data shift (cryptsetup 2.7+ online-reencrypt-v3)", "move the header out first (`trustvol header backup`, then use --header), or use cryptsetup 2.7+");
+  const m = structuredClone(v.metadata);
+  const segs = dataSegments(m);
+  if (segs.length !== 1 || segs[0]!.type !== "crypt" || Object.keys(m.segments).length !== 1) throw new TrustvolError("EUNSUPPORTED", "the volume does not have exactly one crypt data segment");
+  const seg = segs[0]!;
+  const dataSize = dev.size - seg.offset;
+  checkDataSize(dataSize, [seg.sectorSize]);
+  const dOld = Object.keys(m.digests).find((d) => m.digests[d]!.segments.includes("0"));
+  if (dOld === undefined) throw new TrustvolError("ECORRUPT", "no digest covers the data segment");
+  if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume", "give --key-file or a token");
+  const { volumeKey } = await v.unlock(opts.passphrase, { slot: opts.keyslot });
+  try {
+    m.segments["1"] = segmentJson({ ...seg, flags: ["backup-previous"] });
+    m.segments["2"] = segmentJson({ type: "linear", offset: seg.offset, size: null, ivTweak: 0n, sectorSize: 512, flags: ["backup-final"] });
+    m.digests[dOld]!.segments = ["0", "1"];
+    reencryptAreaKeyslot(m, v.header.hdrSize, "decrypt", opts, dataSize, [seg.sectorSize]);
+    assignReencryptDigest(m, new Map([[Number(dOld), volumeKey]]), { iterations: digestIterations(opts) });
+    await v.commit(m);
+  } finally {
+    wipe(volumeKey);
+  }
+}
+
+/** Encrypt a plain device with a detached header: the header is built whole in memory, then written once. */
+async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<Luks2Volume> {
+  if (opts.reduceDeviceSize !== undefined || hdrDev === dev)
+    throw new TrustvolError("EUNSUPPORTED", "in-place encryption with --reduce-device-size (data shift) is not implemented yet", "use a detached --header FILE, or cryptsetup for the data-shift encryption (trustvol resumes other modes)");
+  if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
+  const ss = defaultEncryptSectorSize(dev, opts.sectorSize);
+  const dataSize = dev.size;
+  checkDataSize(dataSize, [ss]);
+  const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: 0, label: opts.label, uuid: opts.uuid, digestIterations: digestIterations(opts) }, true);
+  try {
+    const m = plan.header.metadata;
+    const crypt = m.segments["0"]!;
+    m.segments = {
+      "0": { type: "linear", offset: "0", size: "dynamic" },
+      "1": { type: "linear", offset: "0", size: "dynamic", flags: ["backup-previous"] },
+      "2": { ...crypt, flags: ["backup-final"] },
+    };
+    const dNew = Object.keys(m.digests)[0]!;
+    m.digests[dNew]!.segments = ["2"];
+    reencryptAreaKeyslot(m, plan.header.hdrSize, "encrypt", opts, dataSize, [ss]);
+    assignReencryptDigest(m, new Map([[Number(dNew), plan.volumeKey]]), { iterations: digestIterations(opts) });
+    const [p, s] = encodeHeaderCopies(plan.header);
+    const zero = Buffer.alloc(MiB);
+    for (let pos = 0; pos < plan.metadataAreaEnd; pos += zero.length) await hdrDev.write(zero.subarray(0, Math.min(zero.length, plan.metadataAreaEnd - pos)), pos);
+    await hdrDev.write(plan.keyslotArea.data, plan.keyslotArea.offset);
+    await hdrDev.flush();
+    await hdrDev.write(p, 0);
+    await hdrDev.write(s, plan.header.hdrSize);
+    await hdrDev.flush();
+    return await Luks2Volume.open(hdrDev);
+  } finally {
+    wipe(plan.volumeKey, plan.keyslotArea.data);
+  }
+}
+
+interface Engine {
+  v: Luks2Volume;
+  dev: BlockDevice;
+  hdrDev: BlockDevice;
+  st: ReencryptState;
+  dataOffset: number;
+  dataSize: number;
+  oldC: SectorCipher | null;
+  newC: SectorCipher | null;
+  hotzone: number;
+  block: number;
+  hashLen: number;
+  /** Checksum mode with the torn-write extension (new checksums + old data copy in the area). */
+  extended: boolean;
+  buf: Buffer;
+  dispose(): void;
+}
+
+/** Area layout of the torn-write extension for a hotzone of len bytes: [old sums | new sums | 4K-aligned old data]. */
+export function extendedLayout(len: number, block: number, hashLen: number): { sums: number; newSums: number; copy: number; end: number } {
+  const n = Math.floor(len / block) * hashLen;
+  const copy = Math.ceil((2 * n) / 4096) * 4096;
+  return { sums: 0, newSums: n, copy, end: copy + len };
+}
+
+async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: Pick<ReencryptOptions, "hotzoneSize" | "tornWriteSafe">): Promise<Engine> {
+  const st = loadReencryptState(v.metadata);
+  if (st.resilience === "datashift")
+    throw new TrustvolError("EUNSUPPORTED", `re-encryption with resilience datashift (data shift, direction ${st.direction}) is not implemented yet`, "finish it with `cryptsetup reencrypt --resume-only --force-offline-reencrypt`");
+  if (st.oldSeg.offset !== st.newSeg.offset) throw new TrustvolError("EUNSUPPORTED", "old and new data offsets differ (data shift)");
+  if (st.oldSeg.size !== null || st.newSeg.size !== null) throw new TrustvolError("EUNSUPPORTED", "fixed-size re-encryption segments are not supported");
+  const dataOffset = st.newSeg.offset;
+  const dataSize = dev.size - dataOffset;
+  const ss = [st.oldSeg.sectorSize, st.newSeg.sectorSize];
+  if (dataSize <= 0) throw new TrustvolError("ETRUNCATED", `${dev.name} ends before the data offset ${dataOffset}`);
+  checkDataSize(dataSize, ss);
+  const area = st.keyslot.area;
+  const block = st.resilience === "checksum" ? area.sectorSize! : Math.max(4096, ...ss);
+  const hashLen = st.resilience === "checksum" ? createHash(opensslHash(area.hash!)).digest().length : 0;
+  if (block % Math.max(...ss)) throw new TrustvolError("ECORRUPT", `checksum block ${block} is not a multiple of the encryption sector size`);
+  let cap = st.resilience === "checksum" ? Math.floor(area.size / hashLen) * block : st.resilience === "journal" ? area.size : Infinity;
+  const want = opts.hotzoneSize ?? (st.resilience === "none" ? Math.max(DEFAULT_NONE_HOTZONE, DEFAULT_HOTZONE) : DEFAULT_HOTZONE);
+  let hotzone = Math.min(cap, want);
+  hotzone -= hotzone % block;
+  const extended = st.resilience === "checksum" && opts.tornWriteSafe !== false;
+  if (extended) while (hotzone > block && extendedLayout(hotzone, block, hashLen).end > area.size) hotzone -= Math.max(block, (Math.floor(hotzone / 8 / block) * block));
+  // A crashed hotzone is recovered in one piece: the buffer must hold it whatever the chosen size.
+  const hot = dataSegments(v.metadata).find((s) => s.flags.includes("in-reencryption"));
+  const need = Math.max(hotzone, hot?.size ?? 0);
+  if (hotzone < Math.max(...ss)) throw new TrustvolError("ECORRUPT", "the re-encryption area is too small for one hotzone");
+  cap = need;
+  const mk = (seg: Segment, digest: number) => (seg.type === "crypt" ? createSectorCipher({ cipher: seg.encryption!, key: keys.get(digest)!, sectorSize: seg.sectorSize, ivOffset: seg.ivTweak }) : null);
+  const oldC = mk(st.oldSeg, st.digestOld);
+  let newC: SectorCipher | null = null;
+  try {
+    newC = mk(st.newSeg, st.digestNew);
+  } catch (e) {
+    oldC?.dispose();
+    throw e;
+  }
+  const buf = Buffer.allocUnsafeSlow(cap);
+  return {
+    v, dev, hdrDev, st, dataOffset, dataSize, oldC, newC, hotzone, block, hashLen, extended, buf,
+    dispose() {
+      wipe(buf);
+      oldC?.dispose();
+      newC?.dispose();
+    },
+  };
+}
+
+function recrypt(e: Engine, data: Buffer, off: number): void {
+  if (e.oldC) e.oldC.decrypt(data, off / e.oldC.sectorSize);
+  if (e.newC) e.newC.encrypt(data, off / e.newC.sectorSize);
+}
+
+function checksums(e: Engine, data: Buffer): Buffer {
+  const n = Math.ceil(data.length / e.block);
+  const out = Buffer.alloc(n * e.hashLen);
+  const alg = opensslHash(e.st.keyslot.area.hash!);
+  for (let i = 0; i < n; i++) createHash(alg).update(data.subarray(i * e.block, (i + 1) * e.block)).digest().copy(out, i * e.hashLen);
+  return out;
+}
+
+/** Recover the hotzone marked in-reencryption (cryptsetup reencrypt_recover_segment), then commit it as done. */
+async function recoverHotzone(e: Engine): Promise<void> {
+  const m = e.v.metadata;
+  const hot = dataSegments(m).find((s) => s.flags.includes("in-reencryption"));
+  if (!hot || hot.size === null) throw new TrustvolError("ECORRUPT", "the segment in re-encryption has no fixed size");
+  const off = hot.offset - e.dataOffset;
+  const len = hot.size;
+  if (off < 0 || off + len > e.dataSize || len % Math.max(e.st.oldSeg.sectorSize, e.st.newSeg.sectorSize)) throw new TrustvolError("ECORRUPT", "the segment in re-encryption lies outside the data area");
+  const data = e.buf.subarray(0, len);
+  const area = e.st.keyslot.area;
+  if (e.st.resilience === "checksum") {
+    const count = Math.floor(len / e.block);
+    if (count * e.hashLen > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its checksum area");
+    const sums = Buffer.alloc(count * e.hashLen);
+    await e.hdrDev.read(sums, area.offset);
+    await e.dev.read(data, e.dataOffset + off);
+    const now = checksums(e, data.subarray(0, count * e.block));
+    // Our own runs also left the new data's checksums and a copy of the old data (cryptsetup ignores both).
+    const lay = extendedLayout(len, e.block, e.hashLen);
+    let newSums: Buffer | null = null;
+    if (lay.end <= area.size) {
+      newSums = Buffer.alloc(count * e.hashLen);
+      await e.hdrDev.read(newSums, area.offset + lay.newSums);
+    }
+    const at = (b: Buffer, i: number) => b.subarray(i * e.hashLen, (i + 1) * e.hashLen);
+    // A block whose checksum is the stored one still holds old data: re-encrypt it; a block with the new checksum is
+    // done; any other block was torn by the cut: take its old data from the copy (verified by the old checksum).
+    for (let i = 0; i < count; i++) {
+      const b = data.subarray(i * e.block, (i + 1) * e.block);
+      if (!at(now, i).equals(at(sums, i))) {
+        if (!newSums || at(now, i).equals(at(newSums, i)) || !newSums.some((x) => x !== 0)) continue;
+        await e.hdrDev.read(b, area.offset + lay.copy + i * e.block);
+        if (!at(checksums(e, b), 0).equals(at(sums, i))) {
+          // No verified copy: cryptsetup's rule (assume new). Only a torn write outside our own runs lands here.
+          await e.dev.read(b, e.dataOffset + off + i * e.block);
+          continue;
+        }
+      }
+      recrypt(e, b, off + i * e.block);
+      await e.dev.write(b, e.dataOffset + off + i * e.block);
+    }
+  } else if (e.st.resilience === "journal") {
+    if (len > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its journal");
+    await e.hdrDev.read(data, area.offset);
+    recrypt(e, data, off);
+    await e.dev.write(data, e.dataOffset + off);
+  } else throw new TrustvolError("ECORRUPT", `a hotzone interrupted with resilience "${e.st.resilience}" cannot be recovered`, "restore the data from a backup");
+  await e.dev.flush();
+  await e.v.commit(postMetadata(m, e.st, off, len, e.dataSize));
+}
+
+async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: ReencryptOptions): Promise<{ recovered: boolean; bytes: number }> {
+  const e = await prepare(v, dev, hdrDev, keys, opts);
+  let recovered = false;
+  let bytes = 0;
+  try {
+    if (e.st.status === "crash") {
+      await recoverHotzone(e);
+      recovered = true;
+    }
+    const doneBytes = (hz: { off: number; len: number } | null) => (!hz ? e.dataSize : e.st.direction === "forward" ? hz.off : e.dataSize - hz.off - hz.len);
+    let hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
+    opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
+    while (hz) {
+      const { off, len } = hz;
+      if (opts.signal?.aborted) throw interrupted(doneBytes(hz), e.dataSize);
+      const data = e.buf.subarray(0, len);
+      await dev.read(data, e.dataOffset + off);
+      const area = e.st.keyslot.area;
+      let recrypted = false;
+      if (e.st.resilience === "checksum" && e.extended) {
+        const lay = extendedLayout(len, e.block, e.hashLen);
+        const oldSums = checksums(e, data);
+        await hdrDev.write(data, area.offset + lay.copy);
+        recrypt(e, data, off);
+        recrypted = true;
+        await hdrDev.write(Buffer.concat([oldSums, checksums(e, data)]), area.offset);
+        await hdrDev.flush();
+      } else if (e.st.resilience === "checksum") {
+        await hdrDev.write(checksums(e, data), area.offset);
+        await hdrDev.flush();
+      } else if (e.st.resilience === "journal") {
+        await hdrDev.write(data, area.offset);
+        await hdrDev.flush();
+      }
+      // Metadata commit point: from here the header says the hotzone may hold old or new data.
+      if (e.st.resilience !== "none") await v.commit(hotMetadata(v.metadata, e.st, off, len, e.dataSize));
+      if (!recrypted) recrypt(e, data, off);
+      await dev.write(data, e.dataOffset + off);
+      await dev.flush();
+      await v.commit(postMetadata(v.metadata, e.st, off, len, e.dataSize));
+      bytes += len;
+      hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
+      opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
+    }
+    const fin = finalMetadata(v.metadata, e.st);
+    await v.commit(fin.metadata);
+    for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);
+    return { recovered, bytes };
+  } finally {
+    e.dispose();
+  }
+}
+
+function interrupted(done: number, total: number): TrustvolError {
+  return new TrustvolError("EINTR", `re-encryption interrupted at a safe point (${done} of ${total} bytes done)`, "resume it with `trustvol reencrypt --resume-only` (or cryptsetup's)");
+}
+
+/**
+ * Passphrases of token-backed keyslots (TPM2, PKCS#11, clevis...), asked from their tokens, so that key rotation can
+ * re-create those keyslots for the new volume key with the same passphrase: the token keeps working. Tokens that fail
+ * are reported in `failures` (the caller decides whether that is fatal). The caller wipes the passphrases.
+ */
+export async function tokenKeyslotPassphrases(
+  m: Luks2Metadata,
+  ctx: import("./tokens.js").TokenUnlockContext,
+  opts: { tokenId?: number; tokenType?: string } = {},
+): Promise<{ passphrases: Map<number, Buffer>; failures: TrustvolError[] }> {
+  const { tokenHandler } = await import("./tokens.js");
+  await import("./handlers.js");
+  const passphrases = new Map<number, Buffer>();
+  const failures: TrustvolError[] = [];
+  for (const [id, t] of Object.entries(m.tokens).sort((a, b) => Number(a[0]) - Number(b[0]))) {
+    if (opts.tokenId !== undefined && Number(id) !== opts.tokenId) continue;
+    if (opts.tokenType && t.type !== opts.tokenType) continue;
+    const h = tokenHandler(t.type);
+    if (!h) continue;
+    try {
+      const p = await h.passphrase(t, ctx);
+      for (const k of t.keyslots) if (!passphrases.has(Number(k))) passphrases.set(Number(k), Buffer.from(p));
+      wipe(p);
+    } catch (e) {
+      if (!(e instanceof TrustvolError)) throw e;
+      failures.push(e);
+    }
+  }
+  return { passphrases, failures };
+}
