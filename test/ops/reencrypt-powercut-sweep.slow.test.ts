@@ -22,7 +22,7 @@ import {
 
 const PW = Buffer.from(PASSPHRASE);
 const PBKDF = { type: "pbkdf2" as const, forceIterations: 1000 };
-const MIN_CUTS = 200;
+const MIN_CUTS = Number(process.env.REENC_MIN_CUTS ?? 200);
 const POLICIES: UnsyncedPolicy[] = ["drop", "keep", "random"];
 /** Every Nth crashed state also goes to cryptsetup (slow: two processes per state). */
 const CRYPTSETUP_SAMPLE = Number(process.env.REENC_CS_SAMPLE ?? 25);
@@ -38,7 +38,7 @@ interface Mode {
   lossAllowed?: boolean;
 }
 
-const ROT_SIZE = 6 * MiB, ROT_OFFSET = 4 * MiB; // 2 MiB of data, 32 hotzones of 64 KiB
+const ROT_SIZE = 2 * MiB, ROT_OFFSET = 1 * MiB; // 1 MiB of data, 16 hotzones of 64 KiB; 1 MiB of metadata
 function rotationImage(dir: string): { image: Buffer; plain: Buffer; plainLen: number } {
   const img = join(dir, "rot.img"), plainPath = join(dir, "rot.plain"), pw = join(dir, "pw");
   writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
@@ -135,7 +135,7 @@ async function finish(engine: Engine & Record<string, unknown>, dev: BlockDevice
       return "resumed";
     } catch (e) {
       const msg = (e as Error).message;
-      const recover = (engine.recover ?? engine.repair) as ((d: BlockDevice, o: ReencryptOptions) => Promise<unknown>) | undefined;
+      const recover = (engine.repairReencryption ?? engine.recover ?? engine.repair) as ((d: BlockDevice, o: ReencryptOptions) => Promise<unknown>) | undefined;
       if (!/repair|recover/i.test(msg) || !recover) throw e;
       await recover(dev, { ...mode.opts });
       await engine.reencrypt(dev, { ...mode.opts, resumeOnly: true });
@@ -181,7 +181,13 @@ for (const mode of modes) {
 
     // A clean run: how many writes, where they go, and that it produces the right plaintext at all.
     const clean = new RecordingCutDevice(image);
-    await engine.reencrypt(clean, { ...mode.opts });
+    try {
+      await engine.reencrypt(clean, { ...mode.opts });
+    } catch (e) {
+      const err = e as { code?: string; message: string };
+      if (err.code === "EUNSUPPORTED") return t.todo(`engine lacks this mode: ${err.message}`);
+      throw e;
+    }
     const done = await plaintextOf(new MemoryBlockDevice(clean.image()), plainLen);
     assert.equal(shaBuf(done.plain), wantSha, "plaintext after an uninterrupted run");
     if (oldKey) assert.ok(!done.key.equals(oldKey), "rotation made a new volume key");
@@ -245,7 +251,9 @@ for (const mode of modes) {
     for (const f of csFailures) t.diagnostic(`cryptsetup could not finish a trustvol-crashed state: ${f}`);
     assert.deepEqual(failures.slice(0, 10), [], `${failures.length} of ${plan.length} cuts lost data or could not be resumed`);
     assert.ok(plan.length >= MIN_CUTS || replay, `at least ${MIN_CUTS} cut points`);
-    assert.deepEqual(csFailures.filter((f) => !/Failed to set device segments for next reencryption hotzone/.test(f)), [], "cryptsetup resumes what trustvol left");
+    // cryptsetup on trustvol's crashed states: it must resume them; with resilience none it may lose data (by design).
+    const csHard = csFailures.filter((f) => !/Failed to set device segments for next reencryption hotzone/.test(f) && !(mode.lossAllowed && /plaintext differs/.test(f)));
+    assert.deepEqual(csHard, [], "cryptsetup resumes what trustvol left");
   });
 }
 
