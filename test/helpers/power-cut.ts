@@ -41,6 +41,8 @@ export class PowerCutDevice implements BlockDevice {
   writes = 0;
   flushes = 0;
   cut = false;
+  /** The write in flight when power went: where, how long, and how many of its bytes landed. */
+  torn?: { offset: number; length: number; landed: number };
   private durable: Buffer;
   private view: MemoryBlockDevice; // durable + pending, as the writer sees it (page cache)
   private pending: { off: number; data: Buffer }[] = [];
@@ -89,6 +91,7 @@ export class PowerCutDevice implements BlockDevice {
     for (const w of this.pending) if (policy === "keep" || (policy === "random" && this.rnd() < 0.5)) put(w.off, w.data);
     // The in-flight write stops at a random byte: whole sectors before it, one torn sector, nothing after.
     const landed = Math.floor(this.rnd() * inFlight.length);
+    this.torn = { offset, length: inFlight.length, landed };
     if (landed > 0) put(offset, inFlight.subarray(0, landed));
     this.durable = img;
     this.pending = [];

@@ -201,7 +201,8 @@ for (const mode of modes) {
     const plan = replay ? [{ at: Number(replay[1]), policy: replay[2] as UnsyncedPolicy, seed: Number(replay[3]) }] : cutPlan(W);
     const failures: string[] = [];
     const outcomes = new Map<string, number>();
-    let survived = 0, lostBytesNone = 0, tailSurvived = 0, headerCutsSurvived = 0, csChecked = 0;
+    let survived = 0, lostBytesNone = 0, tailSurvived = 0, headerCutsSurvived = 0, csChecked = 0, csTornBlock = 0;
+    const dataStart = mode.opts.mode === "encrypt" ? 0 : ROT_OFFSET;
     const csFailures: string[] = [];
     for (const [i, c] of plan.entries()) {
       const dev = new PowerCutDevice(image, { cutAtWrite: c.at, unsynced: c.policy, seed: c.seed });
@@ -219,9 +220,16 @@ for (const mode of modes) {
       const crashed = dev.image();
       // A sample of crashed states goes to cryptsetup as well.
       if (CRYPTSETUP_SAMPLE > 0 && i % CRYPTSETUP_SAMPLE === 0) {
-        const r = cryptsetupFinishes(dir, crashed, plainLen, wantSha);
+        let r = cryptsetupFinishes(dir, crashed, plainLen, wantSha);
         csChecked++;
-        if (r) csFailures.push(`${tag}: ${r}`);
+        // cryptsetup's checksum rule assumes a data block is written whole (old or new): a write torn inside a block
+        // of the data area is beyond it (trustvol keeps extra data for that case, see tornWriteSafe). Counted apart.
+        const tw = dev.torn;
+        if (r && /plaintext differs/.test(r) && tw && tw.offset >= dataStart && tw.landed % 4096 !== 0) {
+          csTornBlock++;
+          r = "";
+        }
+        if (r) csFailures.push(`${tag}: ${r} (cut write at ${tw?.offset}, ${tw?.landed}/${tw?.length} bytes landed)`);
       }
       const after = new MemoryBlockDevice(crashed);
       try {
@@ -244,7 +252,7 @@ for (const mode of modes) {
         failures.push(`${tag}: could not finish after the cut: ${(e as Error).message}`);
       }
     }
-    const summary = `resilience ${mode.name}: survived ${survived}/${plan.length} power cuts (${headerCutsSurvived} in header writes, ${tailSurvived} in the last 20 % of writes); ${[...outcomes].map(([k, v]) => `${k} ${v}`).join(", ")}; cryptsetup resumed ${csChecked - csFailures.length}/${csChecked} sampled crashed states`;
+    const summary = `resilience ${mode.name}: survived ${survived}/${plan.length} power cuts (${headerCutsSurvived} in header writes, ${tailSurvived} in the last 20 % of writes); ${[...outcomes].map(([k, v]) => `${k} ${v}`).join(", ")}; cryptsetup resumed ${csChecked - csFailures.length - csTornBlock}/${csChecked} sampled crashed states (${csTornBlock} more had a data block torn mid-write, beyond cryptsetup's checksum rule)`;
     t.diagnostic(summary);
     console.log(`# ${summary}`);
     if (mode.lossAllowed) t.diagnostic(`resilience none: ${lostBytesNone} bytes lost over all cuts (no crash guarantee by design)`);
@@ -272,7 +280,13 @@ function cryptsetupFinishes(dir: string, crashed: Buffer, plainLen: number, want
       if (rep.status !== 0) return `cryptsetup repair: ${rep.stderr.trim()}`;
       r = go();
     }
-    if (r.status !== 0) return `cryptsetup --resume-only: ${(r.stderr + r.stdout.toString()).trim()}`;
+    if (r.status !== 0) {
+      const d = cs(["luksDump", "--dump-json-metadata", img], { check: false });
+      if (d.status !== 0) return `cryptsetup --resume-only: ${(r.stderr + r.stdout.toString()).trim()} — luksDump: ${d.stderr.trim()}`;
+      const j = JSON.parse(d.stdout.toString());
+      const state = `keyslots ${Object.values(j.keyslots).map((k: any) => k.type).join(",")}; segments ${Object.values(j.segments).map((x: any) => `${x.type}@${x.offset}+${x.size}${x.flags ? "[" + x.flags.join(",") + "]" : ""}`).join(" ")}; requirements ${JSON.stringify(j.config.requirements ?? {})}`;
+      return `cryptsetup --resume-only: ${(r.stderr + r.stdout.toString()).trim()} — crashed state: ${state}`;
+    }
   } else return ""; // finished, or the re-encryption was never recorded: nothing for cryptsetup to resume
   try {
     return oraclePlainSha(img, pw, plainLen) === wantSha ? "" : "cryptsetup finished, but the plaintext differs";
