@@ -308,14 +308,17 @@ export function timeRun(cmd: string, args: string[], cwd?: string): number {
 
 /**
  * Kill a run mid-way: `prepare()` rebuilds the starting state, `midRun()` says whether the device was left in the
- * middle of a re-encryption. The first delay is `frac` of a calibrated run; retries move it towards the middle.
- * Returns the delay that landed (or throws after `tries`).
+ * middle of a re-encryption, `touched()` whether it differs from the prepared state (so a kill that missed is known
+ * to be too early — nothing written — or too late — finished). The first delay is `frac` of a calibrated run; misses
+ * bisect towards the run's re-encryption window, with a little jitter so a window narrower than the timer's noise is
+ * still hit. Returns the delay that landed (or throws after `tries`, listing every attempt).
  */
 export async function killMidRun(opts: {
   cmd: string;
   args: string[];
   prepare: () => void;
   midRun: () => boolean;
+  touched?: () => boolean;
   calibratedMs: number;
   frac: number;
   tries?: number;
@@ -325,18 +328,19 @@ export async function killMidRun(opts: {
   let lo = 0, hi = opts.calibratedMs * 2;
   let delay = Math.max(1, opts.calibratedMs * opts.frac);
   const tries = opts.tries ?? 12;
+  const jitter = seeded(Math.floor(opts.calibratedMs));
   const log: string[] = [];
   for (let i = 1; i <= tries; i++) {
     opts.prepare();
     const o = await runAndKill(opts.cmd, opts.args, delay, opts.signal, opts.cwd);
     const mid = o.killed && opts.midRun();
-    log.push(`${delay.toFixed(0)}ms: ${o.killed ? "signalled" : "exited"} status ${o.status}${mid ? " mid-run" : ""}`);
+    const late = !o.killed || (opts.signal && opts.signal !== "SIGKILL" && o.status === 0) || (!mid && (opts.touched?.() ?? false));
+    log.push(`${delay.toFixed(0)}ms: ${o.killed ? "signalled" : "exited"} status ${o.status}${mid ? " mid-run" : late ? " (too late)" : " (too early)"}`);
     if (mid) return { delayMs: delay, attempts: i, outcome: o };
-    if (!o.killed || (opts.signal && opts.signal !== "SIGKILL" && o.status === 0)) {
-      if (o.status !== 0) throw new Error(`${opts.cmd} ${opts.args.join(" ")} failed before the kill (${o.status}): ${o.stderr}`);
-      hi = delay; // finished: kill earlier
-    } else lo = delay; // killed before it began re-encrypting: kill later
-    delay = (lo + hi) / 2;
+    if (!o.killed && o.status !== 0) throw new Error(`${opts.cmd} ${opts.args.join(" ")} failed before the kill (${o.status}): ${o.stderr}`);
+    if (late) hi = delay;
+    else lo = delay;
+    delay = lo + (hi - lo) * (0.3 + 0.4 * jitter());
   }
   throw new Error(`could not land a kill mid-run of ${opts.cmd} ${opts.args.join(" ")} in ${tries} tries (${log.join("; ")})`);
 }
