@@ -69,6 +69,8 @@ export interface ReencryptState {
   resilience: ResilienceType;
   oldSeg: Segment; // backup-previous
   newSeg: Segment; // backup-final
+  /** backup-moved-segment: where --encrypt --reduce-device-size copied the device's first chunk. */
+  movedSeg?: Segment;
   digestOld: number; // -1 for encrypt
   digestNew: number; // -1 for decrypt
   status: ReencryptStatus;
@@ -93,11 +95,18 @@ export function loadReencryptState(m: Luks2Metadata): ReencryptState {
   if (ks.mode === "decrypt" && (oldSeg.type !== "crypt" || newSeg.type !== "linear" || ids.old < 0)) throw bad("decrypt mode needs a crypt backup-previous with a digest and a linear backup-final");
   if (ks.mode === "reencrypt" && (oldSeg.type !== "crypt" || newSeg.type !== "crypt" || ids.old < 0 || ids.new < 0)) throw bad("reencrypt mode needs crypt backup segments bound to the old and new digests");
   const segs = dataSegments(m);
-  if (segs.length === 0 || segs.length > 3) throw bad(`${segs.length} data segments (1..3 expected)`);
+  if (segs.length === 0 || segs.length > 4) throw bad(`${segs.length} data segments (1..4 expected)`);
   if (segs.filter((s) => s.flags.includes("in-reencryption")).length > 1) throw bad("more than one segment in re-encryption");
   for (const s of segs) if (s.flags.some((f) => f !== "in-reencryption")) throw bad(`data segment ${s.id} has an unknown flag`);
   if (ks.area.type === "checksum" && ks.area.hash && !HASHES.has(ks.area.hash)) throw new TrustvolError("EUNSUPPORTED", `resilience hash "${ks.area.hash}" is not supported`);
-  return { keyslot: ks, mode: ks.mode, direction: ks.direction, resilience, oldSeg, newSeg, digestOld: ids.old, digestNew: ids.new, status: segs.some((s) => s.flags.includes("in-reencryption")) ? "crash" : "clean" };
+  const movedSeg = segmentByFlag(m, "backup-moved-segment");
+  if (resilience === "datashift") {
+    if (ks.mode !== "encrypt" || ks.direction !== "backward" || !movedSeg || movedSeg.type !== "linear" || movedSeg.size === null)
+      throw new TrustvolError("EUNSUPPORTED", "data-shift re-encryption other than cryptsetup 2.6.1's --encrypt --reduce-device-size (backward, moved first segment)", "finish it with the cryptsetup that started it");
+    if (ks.area.shiftSize !== newSeg.offset || oldSeg.offset !== 0) throw new TrustvolError("EUNSUPPORTED", "a data shift that differs from the new data offset");
+    for (const sg of segs) if (sg.size === null && sg.type === "linear") throw bad("a linear segment of a data-shift encryption has no fixed size");
+  } else if (movedSeg) throw bad("a backup-moved-segment without a data shift");
+  return { keyslot: ks, mode: ks.mode, direction: ks.direction, resilience, oldSeg, newSeg, movedSeg, digestOld: ids.old, digestNew: ids.new, status: segs.some((s) => s.flags.includes("in-reencryption")) ? "crash" : "clean" };
 }
 
 /** A segment of the new (or old) kind covering data-relative [off, off+len) (len null = to the end). */
@@ -163,6 +172,7 @@ function setSegments(m: Luks2Metadata, st: ReencryptState, parts: Part[]): void 
 
 /** The next hotzone [off, off+len) of at most `max` bytes, or null when every byte is done. */
 export function nextHotzone(m: Luks2Metadata, st: ReencryptState, devSize: number, max: number): { off: number; len: number } | null {
+  if (st.movedSeg) return nextShiftHotzone(m, st);
   if (st.direction === "forward") {
     const off = forwardOffset(m, st, devSize);
     return off >= devSize ? null : { off, len: Math.min(max, devSize - off) };
@@ -188,6 +198,7 @@ export function backwardEnd(m: Luks2Metadata, st: ReencryptState, devSize: numbe
 
 /** Metadata with the hotzone [off, off+len) marked in-reencryption. Returns a new object. */
 export function hotMetadata(m: Luks2Metadata, st: ReencryptState, off: number, len: number, devSize: number): Luks2Metadata {
+  if (st.movedSeg) return hotShift(m, st, off, len);
   const out = structuredClone(m);
   const parts: Part[] = [];
   const hot: Part = { seg: segAt(st.newSeg, off, len, ["in-reencryption"]), kind: "hot" };
@@ -206,6 +217,7 @@ export function hotMetadata(m: Luks2Metadata, st: ReencryptState, off: number, l
 
 /** Metadata after the hotzone [off, off+len) is done. */
 export function postMetadata(m: Luks2Metadata, st: ReencryptState, off: number, len: number, devSize: number): Luks2Metadata {
+  if (st.movedSeg) return postShift(m, st, off, len);
   const out = structuredClone(m);
   const parts: Part[] = [];
   if (st.direction === "forward") {
@@ -218,6 +230,63 @@ export function postMetadata(m: Luks2Metadata, st: ReencryptState, off: number, 
   }
   setSegments(out, st, parts);
   return out;
+}
+
+// --- Encryption with a data shift (cryptsetup: encrypt, backward, "backup-moved-segment"). The plain data is
+// [moved first chunk][linear rest] (logical), re-encrypted chunk by chunk from the end into the crypt segment at the
+// new data offset = shift: a chunk's source [x, x+shift) is never overwritten by its own write [x+shift, x+2·shift).
+
+const strip = (sg: Segment): Omit<Segment, "id"> => ({ type: sg.type, offset: sg.offset, size: sg.size, ivTweak: sg.ivTweak, encryption: sg.encryption, sectorSize: sg.sectorSize, flags: sg.flags });
+
+/** cryptsetup reencrypt_offset_backward_moved. */
+function nextShiftHotzone(m: Luks2Metadata, st: ReencryptState): { off: number; len: number } | null {
+  const segs = dataSegments(m);
+  if (segs.some((sg) => sg.flags.includes("in-reencryption"))) throw bad("a hotzone must be recovered first");
+  const shift = st.keyslot.area.shiftSize!;
+  if (segs.every((sg) => sg.type === "crypt")) return null;
+  const linear = segs.filter((sg) => sg.type === "linear").reduce((n, sg) => n + sg.size!, 0);
+  if (segs.length === 1) return { off: 0, len: shift };
+  if (linear < shift) throw bad("the linear segments are shorter than the data shift");
+  const tmp = linear - shift;
+  if (tmp && tmp < shift) return { off: shift, len: tmp };
+  return { off: tmp, len: shift };
+}
+
+/** cryptsetup reencrypt_make_hot_segments_encrypt_shift. */
+function hotShift(m: Luks2Metadata, st: ReencryptState, off: number, len: number): Luks2Metadata {
+  const out = structuredClone(m);
+  const segs = dataSegments(m);
+  let sg = -1;
+  segs.forEach((x, i) => x.type === "linear" && (sg = i));
+  if (sg < 0) throw bad("no linear segment left to encrypt");
+  const parts: Part[] = segs.slice(0, sg).map((x) => ({ seg: strip(x), kind: "old" as Kind }));
+  const last = segs[sg]!;
+  if (last.size! > len) parts.push({ seg: { ...strip(last), size: last.size! - len }, kind: "old" });
+  parts.push({ seg: segAt(st.newSeg, off, len, ["in-reencryption"]), kind: "hot" });
+  const crypt = segs.find((x) => x.type === "crypt");
+  if (crypt) parts.push({ seg: strip(crypt), kind: "new" });
+  setSegments(out, st, parts);
+  return out;
+}
+
+/** cryptsetup _enc_create_segments_shift_after: the finished hotzone merges with the crypt segment after it. */
+function postShift(m: Luks2Metadata, st: ReencryptState, off: number, len: number): Luks2Metadata {
+  const out = structuredClone(m);
+  const segs = dataSegments(m);
+  const r = segs.findIndex((x) => x.flags.includes("in-reencryption"));
+  if (r < 0) throw bad("no hotzone to finish");
+  const parts: Part[] = segs.slice(0, r).map((x) => ({ seg: strip(x), kind: "old" as Kind }));
+  const next = segs[r + 1];
+  const size = next ? next.size! + len : len;
+  parts.push({ seg: segAt(st.newSeg, off, r > 0 ? size : null), kind: "new" });
+  setSegments(out, st, parts);
+  return out;
+}
+
+/** Where a data-shift hotzone's plain source is: the moved copy for the first chunk, else in place (old offset). */
+export function shiftSource(st: ReencryptState, off: number, segIndex: number): number {
+  if (segIndex === 0) return st.movedSeg!.offset;
+  return st.newSeg.offset + off - st.keyslot.area.shiftSize!;
 }
 
 /**

@@ -83,7 +83,7 @@ export class Luks2Volume {
     const unknown = unknownRequirements(this.metadata, KNOWN_REQUIREMENTS);
     if (unknown.length) throw new TrustvolError("EUNSUPPORTED", `volume requires unsupported feature(s): ${unknown.join(", ")}; refusing to ${op}`, "use a newer cryptsetup");
     if (op === "activate" && (this.metadata.config.requirements?.mandatory ?? []).some((r) => r.startsWith("online-reencrypt")))
-      throw new TrustvolError("EBUSY", "volume is in the middle of re-encryption", "finish it first (`cryptsetup reencrypt --resume-only`)");
+      throw new TrustvolError("EBUSY", "volume is in the middle of re-encryption", "finish it first (`trustvol reencrypt --resume-only`, or cryptsetup's)");
   }
 
   /** Check a candidate volume key against the segment digest; returns the digest id. */

@@ -6,6 +6,7 @@
 // reencrypt keyslot area, flush → commit metadata marking the hotzone in-reencryption → write the re-encrypted data,
 // flush → commit metadata with the hotzone done. A power cut at any write leaves a header (old or new copy) whose
 // state is recoverable: before the hot commit the area is unused; after it the area describes the old data.
+import * as crypto from "node:crypto";
 import { createHash, randomBytes } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";
 import { TrustvolError } from "../util/errors.js";
@@ -14,7 +15,7 @@ import { createSectorCipher, type SectorCipher } from "../dmcrypt/sector-cipher.
 import { parseCipherSpec } from "../dmcrypt/cipher-spec.js";
 import { Luks2Volume } from "../luks2/volume.js";
 import { probeLuksVersion, encodeHeaderCopies } from "../luks2/header.js";
-import { openKeyslotCandidate, buildKeyslot, wipeArea } from "../luks2/keyslot.js";
+import { openKeyslotCandidate, buildKeyslot, wipeArea, findAreaGap } from "../luks2/keyslot.js";
 import { verifyDigest, createDigest } from "../luks2/digest.js";
 import { newVolumeKey, planFormat } from "../luks2/format.js";
 import { opensslHash, type PbkdfOptions } from "../luks2/kdf.js";
@@ -26,6 +27,7 @@ import {
   REQUIREMENT_V2,
   finalMetadata,
   nextHotzone,
+  shiftSource,
   hotMetadata,
   loadReencryptState,
   maxAreaGap,
@@ -58,8 +60,8 @@ export interface ReencryptOptions {
   label?: string;
   uuid?: string;
   /**
-   * Checksum resilience only: also keep, after the checksums cryptsetup reads, the checksums of the new data and a copy
-   * of the old hotzone, so a write torn inside a block is recoverable too (default true; false = cryptsetup's I/O).
+   * Checksum resilience only: also keep, after the checksums cryptsetup reads, a copy of the old hotzone, so a write
+   * torn inside a block is recoverable too (default true; false = cryptsetup's I/O, one block per torn write at risk).
    */
   tornWriteSafe?: boolean;
   onProgress?: (p: { done: number; total: number }) => void;
@@ -165,14 +167,18 @@ async function unlockForState(v: Luks2Volume, hdrDev: BlockDevice, st: Reencrypt
       const slots = m.digests[String(d)]!.keyslots.filter((k) => m.keyslots[k]?.type === "luks2").sort((a, b) => Number(a) - Number(b));
       if (opts.keyslot !== undefined && slots.includes(String(opts.keyslot))) slots.unshift(...slots.splice(slots.indexOf(String(opts.keyslot)), 1));
       for (const s of slots) {
-        const pass = opts.keyslotPassphrases?.get(Number(s)) ?? opts.passphrase;
-        if (!pass) continue;
-        const cand = await openKeyslotCandidate(hdrDev, m.keyslots[s]!, pass);
-        if (verifyDigest(m.digests[String(d)]!, cand)) {
-          keys.set(d, cand);
-          break;
+        // A new keyslot has the passphrase of the old one it replaces (a token's covers both): try those too.
+        const viaToken = Object.values(m.tokens).filter((t) => t.keyslots.includes(s)).flatMap((t) => t.keyslots.map((k) => opts.keyslotPassphrases?.get(Number(k))));
+        const cands = [opts.keyslotPassphrases?.get(Number(s)), ...viaToken, opts.passphrase].filter((p, i, a): p is Uint8Array => !!p && a.indexOf(p) === i);
+        for (const pass of cands) {
+          const cand = await openKeyslotCandidate(hdrDev, m.keyslots[s]!, pass);
+          if (verifyDigest(m.digests[String(d)]!, cand)) {
+            keys.set(d, cand);
+            break;
+          }
+          wipe(cand);
         }
-        wipe(cand);
+        if (keys.has(d)) break;
       }
       if (!keys.has(d)) {
         if (!opts.passphrase && !opts.keyslotPassphrases?.size) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume keys", "give --key-file or a token");
@@ -312,7 +318,7 @@ function randomSalt(): string {
 }
 
 async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<void> {
-  if (hdrDev === dev) throw new TrustvolError("EUNSUPPORTED", "decryption of a volume whose header is on the data device needs a data shift (cryptsetup 2.7+ online-reencrypt-v3)", "move the header out first (`trustvol header backup`, then use --header), or use cryptsetup 2.7+");
+  if (hdrDev === dev) throw new TrustvolError("EUNSUPPORTED", "LUKS2 decryption requires a detached --header (as in cryptsetup 2.6.1; in place needs cryptsetup 2.7's online-reencrypt-v3)", "copy the header out (`trustvol header backup`) and pass it with --header");
   const m = structuredClone(v.metadata);
   const segs = dataSegments(m);
   if (segs.length !== 1 || segs[0]!.type !== "crypt" || Object.keys(m.segments).length !== 1) throw new TrustvolError("EUNSUPPORTED", "the volume does not have exactly one crypt data segment");
@@ -337,8 +343,8 @@ async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice
 
 /** Encrypt a plain device with a detached header: the header is built whole in memory, then written once. */
 async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<Luks2Volume> {
-  if (opts.reduceDeviceSize !== undefined || hdrDev === dev)
-    throw new TrustvolError("EUNSUPPORTED", "in-place encryption with --reduce-device-size (data shift) is not implemented yet", "use a detached --header FILE, or cryptsetup for the data-shift encryption (trustvol resumes other modes)");
+  if (hdrDev === dev) return initEncryptShift(dev, opts);
+  if (opts.reduceDeviceSize !== undefined) throw usage("--reduce-device-size is for in-place encryption without --header");
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
   const ss = defaultEncryptSectorSize(dev, opts.sectorSize);
   const dataSize = dev.size;
@@ -370,6 +376,101 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
   }
 }
 
+/**
+ * In-place encryption with a data shift (cryptsetup --encrypt --reduce-device-size R): the new data offset and the
+ * shift are R/2; the first chunk of the device is copied to the free end first (backup-moved-segment), then the header
+ * is written over the device's head, keyslot areas and secondary copy before the primary (a torn primary falls back to
+ * a complete secondary). As in cryptsetup, the few KiB written before the first valid header copy are the one window
+ * a power cut leaves the file system's head only in the copy at the end of the device.
+ */
+async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promise<Luks2Volume> {
+  const reduce = opts.reduceDeviceSize;
+  if (reduce === undefined) throw usage("in-place --encrypt needs --reduce-device-size (e.g. 32M) or a detached --header", "shrink the file system by that much first");
+  if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
+  const ss = defaultEncryptSectorSize(dev, opts.sectorSize);
+  const shift = reduce / 2;
+  if (!Number.isSafeInteger(shift) || shift % Math.max(ss, 4096) || shift < MiB) throw usage(`--reduce-device-size ${reduce} must be at least 2 MiB and a multiple of ${2 * Math.max(ss, 4096)} bytes`);
+  const total = dev.size;
+  const devSize = total - shift; // bytes after the new data offset
+  const dataSize = total - reduce; // the (shrunk) file system
+  if (dataSize <= 0) throw new TrustvolError("ENOSPC", `${dev.name} (${total} bytes) is too small for --reduce-device-size ${reduce}`, "use a smaller reduction or a larger device");
+  checkDataSize(dataSize, [ss]);
+  const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: shift, label: opts.label, uuid: opts.uuid, digestIterations: digestIterations(opts) }, false);
+  let head: Buffer | undefined;
+  try {
+    const m = plan.header.metadata;
+    const crypt = m.segments["0"]!;
+    const firstLen = Math.min(dataSize, shift);
+    const lin = (offset: number, size: number, flags?: string[]) => segmentJson({ type: "linear", offset, size, ivTweak: 0n, sectorSize: 512, flags: flags ?? [] });
+    m.segments = { "0": lin(devSize, firstLen) };
+    if (dataSize > shift) m.segments["1"] = lin(shift, dataSize - shift);
+    let id = Object.keys(m.segments).length;
+    m.segments[String(id++)] = lin(devSize, firstLen, ["backup-moved-segment"]);
+    m.segments[String(id++)] = lin(0, dataSize, ["backup-previous"]);
+    m.segments[String(id)] = { ...crypt, flags: ["backup-final"] };
+    const dNew = Object.keys(m.digests)[0]!;
+    m.digests[dNew]!.segments = [String(id)];
+    let rk = 0;
+    while (String(rk) in m.keyslots) rk++;
+    const gap = findAreaGap(m, plan.header.hdrSize, 4096);
+    m.keyslots[String(rk)] = reencryptKeyslotJson({ mode: "encrypt", direction: "backward", offset: gap, size: 4096, resilience: "datashift", shiftSize: shift });
+    m.config.requirements = { mandatory: [REQUIREMENT_V2] };
+    assignReencryptDigest(m, new Map([[Number(dNew), plan.volumeKey]]), { iterations: digestIterations(opts) });
+    const [p, sc] = encodeHeaderCopies(plan.header);
+    // A previous attempt cut before its first header copy landed left the true head at the end and part of the head
+    // overwritten by keyslot material: the copy matches the head everywhere else. Then the copy is already the source.
+    const PIECE = 8 * MiB;
+    head = Buffer.allocUnsafeSlow(Math.min(PIECE, firstLen));
+    const tail = Buffer.allocUnsafeSlow(head.length);
+    try {
+      const touched = [plan.header.hdrSize, plan.keyslotArea.offset + plan.keyslotArea.data.length] as const;
+      let outside = firstLen > touched[1], inside = false;
+      for (let p = 0; p < firstLen && outside; p += head.length) {
+        const n = Math.min(head.length, firstLen - p);
+        await dev.read(head.subarray(0, n), p);
+        await dev.read(tail.subarray(0, n), devSize + p);
+        for (const [a, b, isInside] of [[0, touched[0], false], [touched[0], touched[1], true], [touched[1], firstLen, false]] as const) {
+          const lo = Math.max(a, p), hi = Math.min(b, p + n);
+          if (lo >= hi) continue;
+          const eq = head.subarray(lo - p, hi - p).equals(tail.subarray(lo - p, hi - p));
+          if (isInside) inside ||= !eq;
+          else if (!eq) outside = false;
+        }
+      }
+      if (!(outside && inside)) {
+        // 1. copy the device's first chunk to the free end (cryptsetup reencrypt_move_data)
+        for (let p = 0; p < firstLen; p += head.length) {
+          const n = Math.min(head.length, firstLen - p);
+          await dev.read(head.subarray(0, n), p);
+          await dev.write(head.subarray(0, n), devSize + p);
+        }
+        await dev.flush();
+      }
+    } finally {
+      wipe(tail);
+    }
+    // 2. keyslot material, the secondary copy, then the primary
+    await dev.write(plan.keyslotArea.data, plan.keyslotArea.offset);
+    await dev.flush();
+    await dev.write(sc, plan.header.hdrSize);
+    await dev.flush();
+    await dev.write(p, 0);
+    await dev.flush();
+    // 3. no plaintext of the old head may stay in the unused metadata/keyslots area
+    const used = [[plan.keyslotArea.offset, plan.keyslotArea.offset + Number(m.keyslots[String(opts.keyslot ?? 0)]!.area.size)], [gap, gap + 4096]].sort((a, b) => a[0]! - b[0]!);
+    let pos = 2 * plan.header.hdrSize;
+    const zero = Buffer.alloc(MiB);
+    for (const [a, b] of [...used, [shift, shift]]) {
+      for (; pos < a!; pos += Math.min(zero.length, a! - pos)) await dev.write(zero.subarray(0, Math.min(zero.length, a! - pos)), pos);
+      pos = Math.max(pos, b!);
+    }
+    await dev.flush();
+    return await Luks2Volume.open(dev);
+  } finally {
+    wipe(plan.volumeKey, plan.keyslotArea.data, head);
+  }
+}
+
 interface Engine {
   v: Luks2Volume;
   dev: BlockDevice;
@@ -388,19 +489,17 @@ interface Engine {
   dispose(): void;
 }
 
-/** Area layout of the torn-write extension for a hotzone of len bytes: [old sums | new sums | 4K-aligned old data]. */
-export function extendedLayout(len: number, block: number, hashLen: number): { sums: number; newSums: number; copy: number; end: number } {
+/** Area layout of the torn-write extension for a hotzone of len bytes: [old checksums | 4K-aligned copy of the old data]. */
+export function extendedLayout(len: number, block: number, hashLen: number): { sums: number; copy: number; end: number } {
   const n = Math.floor(len / block) * hashLen;
-  const copy = Math.ceil((2 * n) / 4096) * 4096;
-  return { sums: 0, newSums: n, copy, end: copy + len };
+  const copy = Math.ceil(n / 4096) * 4096;
+  return { sums: 0, copy, end: copy + len };
 }
 
 async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: Pick<ReencryptOptions, "hotzoneSize" | "tornWriteSafe">): Promise<Engine> {
   const st = loadReencryptState(v.metadata);
-  if (st.resilience === "datashift")
-    throw new TrustvolError("EUNSUPPORTED", `re-encryption with resilience datashift (data shift, direction ${st.direction}) is not implemented yet`, "finish it with `cryptsetup reencrypt --resume-only --force-offline-reencrypt`");
-  if (st.oldSeg.offset !== st.newSeg.offset) throw new TrustvolError("EUNSUPPORTED", "old and new data offsets differ (data shift)");
-  if (st.oldSeg.size !== null || st.newSeg.size !== null) throw new TrustvolError("EUNSUPPORTED", "fixed-size re-encryption segments are not supported");
+  if (!st.movedSeg && st.oldSeg.offset !== st.newSeg.offset) throw new TrustvolError("EUNSUPPORTED", "old and new data offsets differ (data shift)");
+  if ((!st.movedSeg && st.oldSeg.size !== null) || st.newSeg.size !== null) throw new TrustvolError("EUNSUPPORTED", "fixed-size re-encryption segments are not supported");
   const dataOffset = st.newSeg.offset;
   const dataSize = dev.size - dataOffset;
   const ss = [st.oldSeg.sectorSize, st.newSeg.sectorSize];
@@ -410,15 +509,15 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   const block = st.resilience === "checksum" ? area.sectorSize! : Math.max(4096, ...ss);
   const hashLen = st.resilience === "checksum" ? createHash(opensslHash(area.hash!)).digest().length : 0;
   if (block % Math.max(...ss)) throw new TrustvolError("ECORRUPT", `checksum block ${block} is not a multiple of the encryption sector size`);
-  let cap = st.resilience === "checksum" ? Math.floor(area.size / hashLen) * block : st.resilience === "journal" ? area.size : Infinity;
-  const want = opts.hotzoneSize ?? (st.resilience === "none" ? Math.max(DEFAULT_NONE_HOTZONE, DEFAULT_HOTZONE) : DEFAULT_HOTZONE);
+  let cap = st.resilience === "checksum" ? Math.floor(area.size / hashLen) * block : st.resilience === "journal" ? area.size : st.resilience === "datashift" ? area.shiftSize! : Infinity;
+  // datashift: the hotzone is the shift (cryptsetup's rule); this is only the buffer it is processed through.
+  const want = st.resilience === "datashift" ? Math.min(area.shiftSize!, DEFAULT_HOTZONE / 2) : (opts.hotzoneSize ?? (st.resilience === "none" ? Math.max(DEFAULT_NONE_HOTZONE, DEFAULT_HOTZONE) : DEFAULT_HOTZONE));
   let hotzone = Math.min(cap, want);
   hotzone -= hotzone % block;
   const extended = st.resilience === "checksum" && opts.tornWriteSafe !== false;
   if (extended) while (hotzone > block && extendedLayout(hotzone, block, hashLen).end > area.size) hotzone -= Math.max(block, (Math.floor(hotzone / 8 / block) * block));
   // A crashed hotzone is recovered in one piece: the buffer must hold it whatever the chosen size.
-  const hot = dataSegments(v.metadata).find((s) => s.flags.includes("in-reencryption"));
-  const need = Math.max(hotzone, hot?.size ?? 0);
+  const need = hotzone;
   if (hotzone < Math.max(...ss)) throw new TrustvolError("ECORRUPT", "the re-encryption area is too small for one hotzone");
   cap = need;
   const mk = (seg: Segment, digest: number) => (seg.type === "crypt" ? createSectorCipher({ cipher: seg.encryption!, key: keys.get(digest)!, sectorSize: seg.sectorSize, ivOffset: seg.ivTweak }) : null);
@@ -441,16 +540,30 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   };
 }
 
+/** Where the old data of the hotzone at off is read from, given metadata with that hotzone in-reencryption. */
+function sourceOf(e: Engine, hot: Luks2Metadata, off: number): number {
+  if (!e.st.movedSeg) return e.dataOffset + off;
+  const r = dataSegments(hot).findIndex((s) => s.flags.includes("in-reencryption"));
+  const src = shiftSource(e.st, off, r);
+  if (src < 0) throw new TrustvolError("ECORRUPT", "the data-shift hotzone has no source");
+  return src;
+}
+
 function recrypt(e: Engine, data: Buffer, off: number): void {
   if (e.oldC) e.oldC.decrypt(data, off / e.oldC.sectorSize);
   if (e.newC) e.newC.encrypt(data, off / e.newC.sectorSize);
 }
 
+const oneShot = (crypto as unknown as { hash?: (alg: string, data: Uint8Array, enc: "buffer") => Buffer }).hash;
+function hashBlock(e: Engine, b: Uint8Array): Buffer {
+  const alg = opensslHash(e.st.keyslot.area.hash!);
+  return oneShot ? oneShot(alg, b, "buffer") : createHash(alg).update(b).digest();
+}
+
 function checksums(e: Engine, data: Buffer): Buffer {
   const n = Math.ceil(data.length / e.block);
   const out = Buffer.alloc(n * e.hashLen);
-  const alg = opensslHash(e.st.keyslot.area.hash!);
-  for (let i = 0; i < n; i++) createHash(alg).update(data.subarray(i * e.block, (i + 1) * e.block)).digest().copy(out, i * e.hashLen);
+  for (let i = 0; i < n; i++) hashBlock(e, data.subarray(i * e.block, (i + 1) * e.block)).copy(out, i * e.hashLen);
   return out;
 }
 
@@ -461,46 +574,48 @@ async function recoverHotzone(e: Engine): Promise<void> {
   if (!hot || hot.size === null) throw new TrustvolError("ECORRUPT", "the segment in re-encryption has no fixed size");
   const off = hot.offset - e.dataOffset;
   const len = hot.size;
-  if (off < 0 || off + len > e.dataSize || len % Math.max(e.st.oldSeg.sectorSize, e.st.newSeg.sectorSize)) throw new TrustvolError("ECORRUPT", "the segment in re-encryption lies outside the data area");
-  const data = e.buf.subarray(0, len);
+  if (off < 0 || len <= 0 || off + len > e.dataSize || len % Math.max(e.st.oldSeg.sectorSize, e.st.newSeg.sectorSize)) throw new TrustvolError("ECORRUPT", "the segment in re-encryption lies outside the data area");
   const area = e.st.keyslot.area;
-  if (e.st.resilience === "checksum") {
-    const count = Math.floor(len / e.block);
-    if (count * e.hashLen > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its checksum area");
-    const sums = Buffer.alloc(count * e.hashLen);
-    await e.hdrDev.read(sums, area.offset);
-    await e.dev.read(data, e.dataOffset + off);
-    const now = checksums(e, data.subarray(0, count * e.block));
-    // Our own runs also left the new data's checksums and a copy of the old data (cryptsetup ignores both).
-    const lay = extendedLayout(len, e.block, e.hashLen);
-    let newSums: Buffer | null = null;
-    if (lay.end <= area.size) {
-      newSums = Buffer.alloc(count * e.hashLen);
-      await e.hdrDev.read(newSums, area.offset + lay.newSums);
-    }
-    const at = (b: Buffer, i: number) => b.subarray(i * e.hashLen, (i + 1) * e.hashLen);
-    // A block whose checksum is the stored one still holds old data: re-encrypt it; a block with the new checksum is
-    // done; any other block was torn by the cut: take its old data from the copy (verified by the old checksum).
-    for (let i = 0; i < count; i++) {
-      const b = data.subarray(i * e.block, (i + 1) * e.block);
-      if (!at(now, i).equals(at(sums, i))) {
-        if (!newSums || at(now, i).equals(at(newSums, i)) || !newSums.some((x) => x !== 0)) continue;
-        await e.hdrDev.read(b, area.offset + lay.copy + i * e.block);
-        if (!at(checksums(e, b), 0).equals(at(sums, i))) {
-          // No verified copy: cryptsetup's rule (assume new). Only a torn write outside our own runs lands here.
-          await e.dev.read(b, e.dataOffset + off + i * e.block);
-          continue;
+  const count = Math.floor(len / e.block);
+  if (e.st.resilience === "checksum" && count * e.hashLen > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its checksum area");
+  if (e.st.resilience === "journal" && len > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its journal");
+  if (e.st.resilience === "datashift" && len > area.shiftSize!) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than the data shift");
+  if (e.st.resilience === "none") throw new TrustvolError("ECORRUPT", `a hotzone interrupted with resilience "none" cannot be recovered`, "restore the data from a backup");
+  const src = e.st.resilience === "datashift" ? sourceOf(e, m, off) : 0;
+  const lay = extendedLayout(len, e.block, e.hashLen);
+  const at = (b: Buffer, i: number) => b.subarray(i * e.hashLen, (i + 1) * e.hashLen);
+  // In pieces of the engine's buffer (a hotzone cryptsetup left may be far larger than our memory budget); every
+  // piece is idempotent, so a cut during recovery is recovered again the same way.
+  for (let p = 0; p < len; p += e.hotzone) {
+    const n = Math.min(e.hotzone, len - p);
+    const data = e.buf.subarray(0, n);
+    if (e.st.resilience === "checksum") {
+      // A block whose checksum is the stored one still holds old data: re-encrypt it. Our own runs also left a copy
+      // of the old hotzone after the checksums (cryptsetup ignores it): any other block is rewritten from its copy
+      // when the copy matches the old checksum, whether the cut left it new or torn. Without a verified copy,
+      // cryptsetup's rule: not old = new already.
+      const first = p / e.block, blocks = Math.min(count - first, Math.floor(n / e.block));
+      if (blocks <= 0) break;
+      const sums = Buffer.alloc(blocks * e.hashLen);
+      await e.hdrDev.read(sums, area.offset + first * e.hashLen);
+      await e.dev.read(data, e.dataOffset + off + p);
+      for (let i = 0; i < blocks; i++) {
+        const b = data.subarray(i * e.block, (i + 1) * e.block);
+        if (!hashBlock(e, b).equals(at(sums, i))) {
+          if (lay.end > area.size) continue;
+          await e.hdrDev.read(b, area.offset + lay.copy + p + i * e.block);
+          if (!hashBlock(e, b).equals(at(sums, i))) continue;
         }
+        recrypt(e, b, off + p + i * e.block);
+        await e.dev.write(b, e.dataOffset + off + p + i * e.block);
       }
-      recrypt(e, b, off + i * e.block);
-      await e.dev.write(b, e.dataOffset + off + i * e.block);
+    } else {
+      // journal: the old data as it was; datashift: the source was never overwritten (moved copy or shift before)
+      await (e.st.resilience === "journal" ? e.hdrDev.read(data, area.offset + p) : e.dev.read(data, src + p));
+      recrypt(e, data, off + p);
+      await e.dev.write(data, e.dataOffset + off + p);
     }
-  } else if (e.st.resilience === "journal") {
-    if (len > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its journal");
-    await e.hdrDev.read(data, area.offset);
-    recrypt(e, data, off);
-    await e.dev.write(data, e.dataOffset + off);
-  } else throw new TrustvolError("ECORRUPT", `a hotzone interrupted with resilience "${e.st.resilience}" cannot be recovered`, "restore the data from a backup");
+  }
   await e.dev.flush();
   await e.v.commit(postMetadata(m, e.st, off, len, e.dataSize));
 }
@@ -520,17 +635,39 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
     while (hz) {
       const { off, len } = hz;
       if (opts.signal?.aborted) throw interrupted(doneBytes(hz), e.dataSize);
+      const hot = hotMetadata(v.metadata, e.st, off, len, e.dataSize);
+      if (e.st.resilience === "datashift") {
+        // The header is the protection (the source stays intact); the chunk goes through the buffer in pieces, so
+        // memory does not grow with the shift.
+        await v.commit(hot);
+        const src = sourceOf(e, hot, off);
+        for (let p = 0; p < len; p += e.hotzone) {
+          const piece = e.buf.subarray(0, Math.min(e.hotzone, len - p));
+          await dev.read(piece, src + p);
+          recrypt(e, piece, off + p);
+          await dev.write(piece, e.dataOffset + off + p);
+        }
+        await dev.flush();
+        await v.commit(postMetadata(v.metadata, e.st, off, len, e.dataSize));
+        bytes += len;
+        hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
+        opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
+        continue;
+      }
       const data = e.buf.subarray(0, len);
-      await dev.read(data, e.dataOffset + off);
+      await dev.read(data, sourceOf(e, hot, off));
       const area = e.st.keyslot.area;
-      let recrypted = false;
       if (e.st.resilience === "checksum" && e.extended) {
         const lay = extendedLayout(len, e.block, e.hashLen);
-        const oldSums = checksums(e, data);
-        await hdrDev.write(data, area.offset + lay.copy);
-        recrypt(e, data, off);
-        recrypted = true;
-        await hdrDev.write(Buffer.concat([oldSums, checksums(e, data)]), area.offset);
+        // Hash while the copy is being written (both only read `data`; it is re-encrypted after both).
+        const copying = hdrDev.write(data, area.offset + lay.copy);
+        let sums: Buffer;
+        try {
+          sums = checksums(e, data);
+        } finally {
+          await copying;
+        }
+        await hdrDev.write(sums, area.offset);
         await hdrDev.flush();
       } else if (e.st.resilience === "checksum") {
         await hdrDev.write(checksums(e, data), area.offset);
@@ -540,8 +677,8 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
         await hdrDev.flush();
       }
       // Metadata commit point: from here the header says the hotzone may hold old or new data.
-      if (e.st.resilience !== "none") await v.commit(hotMetadata(v.metadata, e.st, off, len, e.dataSize));
-      if (!recrypted) recrypt(e, data, off);
+      if (e.st.resilience !== "none") await v.commit(hot);
+      recrypt(e, data, off);
       await dev.write(data, e.dataOffset + off);
       await dev.flush();
       await v.commit(postMetadata(v.metadata, e.st, off, len, e.dataSize));
@@ -549,6 +686,8 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
       opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
     }
+    // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
+    if (e.st.movedSeg) await wipeRandom(dev, e.st.movedSeg.offset, e.st.movedSeg.size!, e.buf);
     const fin = finalMetadata(v.metadata, e.st);
     await v.commit(fin.metadata);
     for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);
@@ -556,6 +695,16 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
   } finally {
     e.dispose();
   }
+}
+
+/** Overwrite [offset, offset+size) with random data through one reused buffer (no garbage per MiB), then flush. */
+async function wipeRandom(dev: BlockDevice, offset: number, size: number, buf: Buffer): Promise<void> {
+  for (let p = 0; p < size; p += buf.length) {
+    const piece = buf.subarray(0, Math.min(buf.length, size - p));
+    crypto.randomFillSync(piece);
+    await dev.write(piece, offset + p);
+  }
+  await dev.flush();
 }
 
 function interrupted(done: number, total: number): TrustvolError {

@@ -191,3 +191,156 @@ test("a trustvol run cut by a power loss mid-hotzone: cryptsetup repair + --resu
     cleanup();
   }
 });
+
+test("data shift (--encrypt --reduce-device-size): cryptsetup init → trustvol finishes; trustvol init → cryptsetup finishes; same segments", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir();
+  try {
+    const fs = randomBytes(12 * MiB);
+    const a = join(dir, "a.img"), b = join(dir, "b.img");
+    writeFileSync(a, Buffer.concat([fs, Buffer.alloc(4 * MiB)]));
+    copyFileSync(a, b);
+    cs(["reencrypt", "--encrypt", "--init-only", "--reduce-device-size", "4M", "--force-offline-reencrypt", "-q", ...P, "--key-file", "-", a]);
+    const pf = join(dir, "pass");
+    writeFileSync(pf, PASS, { mode: 0o600 });
+    const r = await trustvolInProcess(["reencrypt", "--encrypt", "--init-only", "--reduce-device-size", "4M", b, "--key-file", pf, ...P]);
+    assert.equal(r.status, 0, r.stderr);
+    const segs = (f: string) => JSON.parse(run("cryptsetup", ["luksDump", "--dump-json-metadata", f]).stdout.toString()).segments;
+    assert.deepEqual(segs(b), segs(a), "trustvol's data-shift segments are cryptsetup's");
+    assert.equal(run("cryptsetup", ["luksDump", b]).stdout.toString().replace(/UUID:.*|Salt:[^]*?AF|Digest:[^]*$/g, ""), dumpText(await Luks2Volume.open(await FileBlockDevice.open(b, { readOnly: true }))).replace(/UUID:.*|Salt:[^]*?AF|Digest:[^]*$/g, ""));
+    const dev = await FileBlockDevice.open(a);
+    await reencrypt(dev, { mode: "encrypt", passphrase: Buffer.from(PASS), resumeOnly: true });
+    await dev.close();
+    cs(["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--key-file", "-", b]);
+    for (const f of [a, b]) assert.ok(oracle(dir, f).subarray(0, fs.length).equals(fs), `${f}: the file system, encrypted in place`);
+  } finally {
+    cleanup();
+  }
+});
+
+test("a trustvol data-shift run cut mid-chunk: cryptsetup repair + --resume-only finish it", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir();
+  try {
+    const fs = randomBytes(6 * MiB);
+    const image = Buffer.concat([fs, Buffer.alloc(4 * MiB)]);
+    let crashed: Buffer | undefined;
+    for (let cut = 12; cut < 40 && !crashed; cut++) {
+      const pc = new PowerCutDevice(image, { cutAtWrite: cut, unsynced: "random", seed: cut });
+      await reencrypt(pc, { mode: "encrypt", passphrase: Buffer.from(PASS), pbkdf: { type: "pbkdf2", forceIterations: 1000 }, reduceDeviceSize: 4 * MiB }).catch((e) => assert.ok(e instanceof PowerCut));
+      const img = pc.image();
+      if (reencryptStatus((await Luks2Volume.open(new MemoryBlockDevice(img))).metadata) === "crash" && pc.writes > 14) crashed = img;
+    }
+    assert.ok(crashed, "a cut point with a data-shift hotzone in re-encryption");
+    const c = join(dir, "c.img");
+    writeFileSync(c, crashed);
+    cs(["repair", "-q", "--key-file", "-", c]);
+    cs(["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--key-file", "-", c]);
+    assert.ok(oracle(dir, c).subarray(0, fs.length).equals(fs));
+  } finally {
+    cleanup();
+  }
+});
+
+test("CLI: SIGINT stops at a safe point with exit 7 and one line; --resume-only finishes; progress JSON lines", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { spawn } = await import("node:child_process");
+  const { TRUSTVOL_BIN } = await import("../helpers/cli.js");
+  const { dir, cleanup } = tmpDir();
+  try {
+    const img = join(dir, "v.img");
+    const plain = await csVolume(img, 8);
+    const pf = join(dir, "pass");
+    writeFileSync(pf, PASS, { mode: 0o600 });
+    const child = spawn(process.execPath, [TRUSTVOL_BIN, "reencrypt", img, "--key-file", pf, ...P, "--hotzone-size", "64K", "--resilience", "journal", "--progress-json"], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "", err = "";
+    child.stderr.on("data", (d) => (err += d));
+    const code = await new Promise<number | null>((resolve) => {
+      child.stdout.on("data", (d) => {
+        out += d;
+        if (out.split("\n").length > 3 && !child.killed) child.kill("SIGINT");
+      });
+      child.on("exit", (c) => resolve(c));
+    });
+    const lines = out.trim().split("\n").map((l) => JSON.parse(l) as { device_bytes: string; device_size: string });
+    assert.ok(lines.length >= 2 && lines.every((l) => Number(l.device_size) === 8 * MiB));
+    if (code === 0) t.diagnostic("the run finished before the signal arrived");
+    else {
+      assert.equal(code, 7, err);
+      assert.equal(err.trim().split("\n").length, 1, err);
+      assert.match(err, /interrupted at a safe point.*--resume-only/);
+      assert.equal(reencryptStatus((await Luks2Volume.open(await FileBlockDevice.open(img, { readOnly: true }))).metadata), "clean");
+      const r = await trustvolInProcess(["reencrypt", img, "--resume-only", "--key-file", pf]);
+      assert.equal(r.status, 0, r.stderr);
+    }
+    assert.ok(oracle(dir, img).equals(plain));
+  } finally {
+    cleanup();
+  }
+});
+
+test("CLI errors: wrong passphrase, unknown resilience, device too small for the shift, --resume-only on a plain volume: one line, exit code, file unchanged", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir();
+  try {
+    const img = join(dir, "v.img");
+    await csVolume(img, 1);
+    const bad = join(dir, "bad");
+    writeFileSync(bad, "wrong", { mode: 0o600 });
+    const before = readFileSync(img);
+    const cases: [string[], number, RegExp][] = [
+      [["reencrypt", img, "--key-file", bad, ...P], 3, /no key available/],
+      [["reencrypt", img, "--key-file", bad, "--resilience", "magic"], 2, /magic/],
+      [["reencrypt", img, "--key-file", bad, "--resume-only"], 2, /not in re-encryption/],
+      [["reencrypt", img, "--key-file", bad, "--hotzone-size", "12Q"], 2, /not a size/],
+    ];
+    for (const [args, code, msg] of cases) {
+      const r = await trustvolInProcess(args);
+      assert.equal(r.status, code, `${args.join(" ")}: ${r.stderr}`);
+      assert.match(r.stderr, msg);
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+      assert.ok(readFileSync(img).equals(before), `${args.join(" ")} changed the file`);
+    }
+    const small = join(dir, "small.img");
+    writeFileSync(small, randomBytes(3 * MiB));
+    const snap = readFileSync(small);
+    const r = await trustvolInProcess(["reencrypt", "--encrypt", small, "--reduce-device-size", "4M", "--key-file", bad, ...P]);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /too small/);
+    assert.ok(readFileSync(small).equals(snap));
+  } finally {
+    cleanup();
+  }
+});
+
+test("stopped after the last hotzone, before the final commit (cryptsetup's 'datashift tail'): trustvol finishes; cryptsetup 2.6.1 cannot", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir();
+  try {
+    const fs = randomBytes(6 * MiB);
+    const image = Buffer.concat([fs, Buffer.alloc(4 * MiB)]);
+    const opts = { mode: "encrypt" as const, passphrase: Buffer.from(PASS), pbkdf: { type: "pbkdf2" as const, forceIterations: 1000 }, reduceDeviceSize: 4 * MiB };
+    const probe = new PowerCutDevice(image);
+    await reencrypt(probe, opts);
+    let tail: Buffer | undefined;
+    for (let cut = probe.writes; cut > 0 && !tail; cut--) {
+      const pc = new PowerCutDevice(image, { cutAtWrite: cut, unsynced: "drop" });
+      await reencrypt(pc, opts).catch((e) => assert.ok(e instanceof PowerCut));
+      const m = (await Luks2Volume.open(new MemoryBlockDevice(pc.image()))).metadata;
+      if (reencryptStatus(m) === "clean" && Object.values(m.segments).filter((s) => !(s.flags ?? []).length).every((s) => s.type === "crypt")) tail = pc.image();
+    }
+    assert.ok(tail, "a cut after the last hotzone's commit");
+    const a = join(dir, "a.img"), b = join(dir, "b.img");
+    writeFileSync(a, tail);
+    writeFileSync(b, tail);
+    const r = run("cryptsetup", ["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--key-file", "-", a], { input: PASS, check: false });
+    t.diagnostic(`cryptsetup --resume-only: exit ${r.status} ${r.stderr.trim()}`);
+    const dev = await FileBlockDevice.open(b);
+    await reencrypt(dev, { passphrase: Buffer.from(PASS), resumeOnly: true });
+    await dev.close();
+    assert.ok(oracle(dir, b).subarray(0, fs.length).equals(fs));
+    assert.equal(readFileSync(b).indexOf(fs.subarray(0, 4096)), -1, "the moved plaintext copy is wiped");
+  } finally {
+    cleanup();
+  }
+});

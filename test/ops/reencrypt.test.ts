@@ -58,7 +58,23 @@ test("encrypt and decrypt with a detached header", async () => {
   assert.ok((await plaintextOf(data, hdr)).equals(plain));
   await reencrypt(data, { mode: "decrypt", header: hdr, passphrase: PASS, hotzoneSize: HOTZONE });
   assert.ok(data.data.equals(plain));
-  await assert.rejects(reencrypt(new MemoryBlockDevice(plain), { mode: "encrypt", passphrase: PASS }), (e: TrustvolError) => e.code === "EUNSUPPORTED");
+  await assert.rejects(reencrypt(new MemoryBlockDevice(plain), { mode: "encrypt", passphrase: PASS }), (e: TrustvolError) => e.code === "EUSAGE");
+});
+
+test("encrypt in place with a data shift (--reduce-device-size): first chunk moved to the end, backward, moved copy wiped", async () => {
+  for (const fsSize of [3 << 20, 512 * 1024]) {
+    const reduce = 2 << 20;
+    const plain = randomBytes(fsSize);
+    const dev = new MemoryBlockDevice(Buffer.concat([plain, Buffer.alloc(reduce)]));
+    await assert.rejects(reencrypt(new MemoryBlockDevice(randomBytes(reduce)), { mode: "encrypt", passphrase: PASS, reduceDeviceSize: reduce }), (e: TrustvolError) => e.code === "ENOSPC");
+    const r = await reencrypt(dev, { mode: "encrypt", passphrase: PASS, pbkdf: PBKDF, reduceDeviceSize: reduce });
+    assert.equal(r.state, "finished");
+    const v = await Luks2Volume.open(dev);
+    assert.equal(v.metadata.segments["0"]!.offset, String(reduce / 2));
+    assert.deepEqual(Object.keys(v.metadata.segments), ["0"]);
+    assert.ok((await plaintextOf(dev)).subarray(0, fsSize).equals(plain), `fs of ${fsSize} bytes`);
+    assert.equal(dev.data.indexOf(plain.subarray(0, 4096)), -1, "no plaintext copy of the head left");
+  }
 });
 
 test("wrong passphrase, unknown resilience, hostile reencrypt keyslot: one-line error, device unchanged", async () => {
@@ -99,11 +115,40 @@ test("hostile mode value is refused by metadata validation", async () => {
   }
 });
 
-for (const resilience of ["checksum", "journal"] as const) {
+for (const resilience of ["checksum", "journal", "datashift"] as const) {
   test(`power cut at sampled writes of a ${resilience} run (header copies, data chunks, keyslot areas): 0 bytes lost`, async () => {
     const policies: UnsyncedPolicy[] = ["drop", "keep", "random"];
-    const { survived, writes } = await sweep(resilience, 5, [policies[resilience.length % 3]!]);
-    assert.ok(writes > 40, `a run makes ${writes} writes`);
+    const { survived, writes } = await sweep(resilience, resilience === "datashift" ? 2 : 5, [policies[resilience.length % 3]!]);
+    assert.ok(writes > 20, `a run makes ${writes} writes`);
     console.log(`# ${resilience}: survived ${survived} cut points of ${writes} writes (full sweep: reencrypt-powercut.slow.test.ts)`);
   });
 }
+
+test("rotation keeps tokens: a token's keyslot is re-created for the new key with the same passphrase; all-slots rule", async () => {
+  const { image, plain } = await makeVolume(128 * 1024, 4096, 256);
+  const dev = new MemoryBlockDevice(image);
+  const v = await Luks2Volume.open(dev);
+  const { volumeKey } = await v.unlock(PASS);
+  const rec = Buffer.from("token secret");
+  await v.addKeyslotWithToken(volumeKey, async () => ({ tokenJson: { type: "systemd-recovery", keyslots: ["1"] }, passphrase: Buffer.from(rec) }), { pbkdf: PBKDF, slot: 1 });
+  const before = Buffer.from(dev.data);
+  // cryptsetup needs every keyslot's passphrase unless --key-slot names one: same here, nothing changed.
+  await assert.rejects(reencrypt(dev, { passphrase: PASS, pbkdf: PBKDF }), (e: TrustvolError) => e.code === "EBADPASS" && /keyslot 1/.test(e.message));
+  assert.ok(dev.data.equals(before));
+  await reencrypt(dev, { passphrase: PASS, keyslotPassphrases: new Map([[1, rec]]), pbkdf: PBKDF, hotzoneSize: HOTZONE });
+  const after = await Luks2Volume.open(dev);
+  const tok = Object.values(after.metadata.tokens)[0]!;
+  assert.equal(tok.keyslots.length, 1);
+  assert.equal((await after.unlock(rec, { slot: Number(tok.keyslots[0]) })).keyslot, Number(tok.keyslots[0]));
+  assert.ok((await plaintextOf(dev)).equals(plain));
+  // --key-slot: only that keyslot survives; the token's old keyslot (and the token) go with the old key.
+  const { image: img2 } = await makeVolume(64 * 1024, 4096, 256);
+  const d2 = new MemoryBlockDevice(img2);
+  const v2 = await Luks2Volume.open(d2);
+  const k2 = (await v2.unlock(PASS)).volumeKey;
+  await v2.addKeyslotWithToken(k2, async () => ({ tokenJson: { type: "systemd-recovery", keyslots: ["1"] }, passphrase: Buffer.from(rec) }), { pbkdf: PBKDF, slot: 1 });
+  await reencrypt(d2, { passphrase: PASS, keyslot: 0, pbkdf: PBKDF });
+  const a2 = await Luks2Volume.open(d2);
+  assert.deepEqual(Object.keys(a2.metadata.keyslots), ["2"]);
+  assert.deepEqual(Object.keys(a2.metadata.tokens), []);
+});

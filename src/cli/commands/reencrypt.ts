@@ -112,11 +112,16 @@ export function registerReencryptCommands(program: Command): void {
           secrets.push(passphrase);
         }
         const t0 = Date.now();
+        let first: number | undefined;
         const onProgress = (p: { done: number; total: number }) => {
           bar.update(p.done, p.total);
           if (o.progressJson) {
+            // cryptsetup's --progress-json fields (strings); speed in bytes/s over this run
             const ms = Date.now() - t0;
-            io.out(JSON.stringify({ device, device_bytes: String(p.done), device_size: String(p.total), speed: String(ms ? Math.round((p.done / ms) * 1000) : 0), eta_ms: "0", time_ms: String(ms) }) + "\n");
+            if (first === undefined) first = p.done;
+            const rate = ms ? (p.done - first) / ms : 0;
+            const eta = rate > 0 ? Math.round((p.total - p.done) / rate) : 0;
+            io.out(JSON.stringify({ device, device_bytes: String(p.done), device_size: String(p.total), speed: String(Math.round(rate * 1000)), eta_ms: String(eta), time_ms: String(ms) }) + "\n");
           }
         };
         const r = await reencrypt(dev, {
