@@ -334,7 +334,9 @@ export async function killMidRun(opts: {
     opts.prepare();
     const o = await runAndKill(opts.cmd, opts.args, delay, opts.signal, opts.cwd);
     const mid = o.killed && opts.midRun();
-    const late = !o.killed || (opts.signal && opts.signal !== "SIGKILL" && o.status === 0) || (!mid && (opts.touched?.() ?? false));
+    // Missed: too late when it finished on its own or had already written (touched); else too early. Without a
+    // touched() probe, a signalled run that still exited 0 counts as finished.
+    const late = !o.killed || (!mid && (opts.touched ? opts.touched() : !!opts.signal && opts.signal !== "SIGKILL" && o.status === 0));
     log.push(`${delay.toFixed(0)}ms: ${o.killed ? "signalled" : "exited"} status ${o.status}${mid ? " mid-run" : late ? " (too late)" : " (too early)"}`);
     if (mid) return { delayMs: delay, attempts: i, outcome: o };
     if (!o.killed && o.status !== 0) throw new Error(`${opts.cmd} ${opts.args.join(" ")} failed before the kill (${o.status}): ${o.stderr}`);
