@@ -339,8 +339,13 @@ function normalize(j: LuksJson): unknown {
 // A graceful stop: SIGTERM mid-run stops at a safe point (trustvol: exit 7) and the other tool resumes with nothing
 // lost — for resilience "none" too, where it is the only guarantee there is.
 for (const resilience of ["none", "checksum"]) {
-  const s = rotation(resilience);
-  for (const [starter, finisher] of [["cryptsetup", "cryptsetup"], ["trustvol", "cryptsetup"], ["cryptsetup", "trustvol"]] as [Tool, Tool][]) {
+  // 64 KiB hotzones: cryptsetup only honours SIGTERM inside its hotzone loop (earlier it finishes and exits 0), so the
+  // loop has to last long enough for a signal to land in it.
+  const s: Scenario = { ...rotation(resilience), name: `rotation, resilience ${resilience}, 64K hotzones`, args: ["--resilience", resilience, "--hotzone-size", "64K"] };
+  // cryptsetup 2.6.1 with resilience none does not stop cleanly on SIGTERM here (measured: early signals are ignored
+  // and it finishes with exit 0; later ones exit 1 with no re-encryption recorded), so for none only trustvol starts.
+  const pairs: [Tool, Tool][] = resilience === "none" ? [["trustvol", "cryptsetup"]] : [["cryptsetup", "cryptsetup"], ["trustvol", "cryptsetup"], ["cryptsetup", "trustvol"]];
+  for (const [starter, finisher] of pairs) {
     test(`${s.name}: ${starter} gets SIGTERM mid-run, stops resumable, ${finisher} finishes → identical plaintext`, async (t) => todoIfEngineLacks(t, async () => {
       if (!needTools(t, "cryptsetup")) return;
       if ((starter === "trustvol" || finisher === "trustvol") && !needCliEngine(t)) return;
