@@ -277,14 +277,32 @@ export interface KillOutcome {
 }
 
 /** Start cmd, SIGKILL it after delayMs (unless it exits first). Key material only via files named in argv. */
-export function runAndKill(cmd: string, args: string[], delayMs: number, signal: NodeJS.Signals = "SIGKILL", cwd?: string): Promise<KillOutcome> {
+export function runAndKill(cmd: string, args: string[], delayMs: number, signal: NodeJS.Signals = "SIGKILL", cwd?: string, atProgress?: number): Promise<KillOutcome> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     // cwd: cryptsetup --encrypt --header stages a LUKS2-temp-<uuid>.new file in the working directory
-    const p = spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"], cwd });
+    const p = spawn(cmd, args, { stdio: ["ignore", atProgress === undefined ? "ignore" : "pipe", "pipe"], cwd });
     let stderr = "";
     let killed = false;
-    p.stderr.on("data", (d) => (stderr += d));
+    p.stderr!.on("data", (d) => (stderr += d));
+    if (atProgress !== undefined) {
+      // --progress-json lines (cryptsetup's fields): signal as soon as device_bytes/device_size reaches atProgress.
+      let buf = "";
+      p.stdout!.on("data", (d) => {
+        buf += d;
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          try {
+            const j = JSON.parse(line) as { device_bytes: string; device_size: string };
+            if (!killed && Number(j.device_bytes) >= atProgress * Number(j.device_size)) killed = p.kill(signal);
+          } catch {
+            /* not a progress line */
+          }
+        }
+      });
+    }
     const timer = setTimeout(() => {
       killed = p.kill(signal);
     }, delayMs);
@@ -324,6 +342,8 @@ export async function killMidRun(opts: {
   tries?: number;
   signal?: NodeJS.Signals;
   cwd?: string;
+  /** The command prints --progress-json: signal at this fraction of the progress instead of after a delay. */
+  progress?: boolean;
 }): Promise<{ delayMs: number; attempts: number; outcome: KillOutcome }> {
   let lo = 0, hi = opts.calibratedMs * 2;
   let delay = Math.max(1, opts.calibratedMs * opts.frac);
@@ -332,7 +352,10 @@ export async function killMidRun(opts: {
   const log: string[] = [];
   for (let i = 1; i <= tries; i++) {
     opts.prepare();
-    const o = await runAndKill(opts.cmd, opts.args, delay, opts.signal, opts.cwd);
+    const frac = Math.min(0.95, Math.max(0.02, opts.calibratedMs ? delay / opts.calibratedMs : opts.frac));
+    const o = opts.progress
+      ? await runAndKill(opts.cmd, opts.args, opts.calibratedMs * 20, opts.signal, opts.cwd, frac)
+      : await runAndKill(opts.cmd, opts.args, delay, opts.signal, opts.cwd);
     const mid = o.killed && opts.midRun();
     // Missed: too late when it finished on its own or had already written (touched); else too early. Without a
     // touched() probe, a signalled run that still exited 0 counts as finished.
