@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { needTools } from "../helpers/tools.js";
 import {
   MiB, FAST_PBKDF, PASSPHRASE, writePlain, shaFile, cs, luksJson, inReencryption, oraclePlainSha, oracleFill, oracleDiff,
-  csTestPassphrase, tv, fastTmpDir, runAndKill, checkEngineLacks, todoIfEngineLacks, trustvolCmd, needCliEngine, killMidRun, timeRun, seeded, type LuksJson,
+  csTestPassphrase, tv, fastTmpDir, runAndKill, isLuks, checkEngineLacks, todoIfEngineLacks, trustvolCmd, needCliEngine, killMidRun, timeRun, seeded, type LuksJson,
 } from "../helpers/reencrypt.js";
 
 const SEED = Number(process.env.REENC_SEED ?? Math.floor(Math.random() * 1e6));
@@ -154,11 +154,18 @@ function cmdFor(tool: Tool, f: Fixture, s: Scenario, img: string, hdr: string, e
 }
 
 /**
- * A fingerprint of the prepared data (the whole image: a detached header appears before anything is re-encrypted,
- * and a backward run changes the end first): did a killed run get past its start?
+ * A fingerprint of the data segments and the digest each one is bound to: a killed run that is not mid-way changed
+ * it only if it had finished (adding the new keyslot and its digest at the start does not count: that is too early).
  */
-function fingerprint(img: string, _hdr: string, _s: Scenario): string {
-  return shaFile(img);
+function fingerprint(img: string, hdr: string, s: Scenario): string {
+  const h = s.detached ? hdr : img;
+  if (!existsSync(h) || !isLuks(h)) return "not LUKS";
+  try {
+    const j = luksJson(img, s.detached ? hdr : undefined);
+    return JSON.stringify(Object.entries(j.segments).map(([id, seg]) => [seg, Object.values(j.digests).filter((d: any) => d.segments.includes(id)).map((d: any) => d.salt)]));
+  } catch {
+    return "unreadable";
+  }
 }
 
 /** Full-run wall time per tool and scenario, measured once per file run (the kill search adapts from there). */
