@@ -41,6 +41,8 @@ export class PowerCutDevice implements BlockDevice {
   writes = 0;
   flushes = 0;
   cut = false;
+  /** The write in flight when power went: where, how long, and how many of its bytes landed. */
+  torn?: { offset: number; length: number; landed: number };
   private durable: Buffer;
   private view: MemoryBlockDevice; // durable + pending, as the writer sees it (page cache)
   private pending: { off: number; data: Buffer }[] = [];
@@ -71,7 +73,8 @@ export class PowerCutDevice implements BlockDevice {
   async flush(): Promise<void> {
     if (this.cut) throw new PowerCut(this.writes);
     this.flushes++;
-    this.durable = Buffer.from(this.view.data);
+    // Make the pending writes durable in place (cost: the bytes written since the last flush, not the image size).
+    for (const w of this.pending) this.durable = putAt(this.durable, w.off, w.data);
     this.pending = [];
   }
   async close(): Promise<void> {}
@@ -84,22 +87,27 @@ export class PowerCutDevice implements BlockDevice {
   private powerFail(inFlight: Buffer, offset: number): void {
     const policy = this.opts.unsynced ?? "random";
     let img = this.durable;
-    const put = (off: number, data: Buffer) => {
-      if (off + data.length > img.length) {
-        const n = Buffer.alloc(off + data.length);
-        img.copy(n);
-        img = n;
-      }
-      data.copy(img, off);
-    };
+    const put = (off: number, data: Buffer) => void (img = putAt(img, off, data));
     for (const w of this.pending) if (policy === "keep" || (policy === "random" && this.rnd() < 0.5)) put(w.off, w.data);
     // The in-flight write stops at a random byte: whole sectors before it, one torn sector, nothing after.
     const landed = Math.floor(this.rnd() * inFlight.length);
+    this.torn = { offset, length: inFlight.length, landed };
     if (landed > 0) put(offset, inFlight.subarray(0, landed));
     this.durable = img;
     this.pending = [];
     this.cut = true;
   }
+}
+
+/** Write data into img at off (growing it like a file would); returns the buffer that now holds the result. */
+function putAt(img: Buffer, off: number, data: Buffer): Buffer {
+  if (off + data.length > img.length) {
+    const n = Buffer.alloc(off + data.length);
+    img.copy(n);
+    img = n;
+  }
+  data.copy(img, off);
+  return img;
 }
 
 /** Run `op` once on a fresh device without a cut and return how many writes it makes. */

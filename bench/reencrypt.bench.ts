@@ -1,0 +1,119 @@
+// Re-encryption (issue 10) on the same 1 GiB device, side by side in one run, same resilience (checksum, cryptsetup's
+// default) and the same fast keyslot KDF for every tool:
+//   key rotation:       trustvol reencrypt            vs cryptsetup reencrypt --force-offline-reencrypt
+//   encrypt in place:   trustvol reencrypt --encrypt --reduce-device-size 32M  vs the same with cryptsetup
+//   the floor:          dd if=F of=F bs=4M conv=notrunc,fdatasync (an in-place read+write of the whole device)
+// Targets: ≥ 2× cryptsetup, ≥ 0.7× dd, trustvol peak RSS ≤ 128 MiB whatever the size. Wall time, CPU seconds and
+// peak RSS come from /usr/bin/time around each process. Runs in /dev/shm when it has room (the tools, not the VM's
+// shared disk; BENCH_DIR overrides). BENCH_REENC_MIB sets the size (default 1024); use a small one while developing.
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync, openSync, writeSync, closeSync, copyFileSync, statfsSync, existsSync, readFileSync } from "node:fs";
+import { tmpdir, loadavg } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { randomBytes } from "node:crypto";
+
+const MiB = 1024 * 1024;
+const SIZE_MIB = Number(process.env.BENCH_REENC_MIB ?? 1024);
+const TRUSTVOL_BIN = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "trustvol.mjs");
+const KDF = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+
+interface Measured {
+  wall: number;
+  cpu: number;
+  rssMiB: number;
+}
+
+/** Run a command under /usr/bin/time: wall seconds, user+sys CPU seconds, peak RSS (of that process tree's max). */
+function measure(cmd: string, args: string[]): Measured {
+  const tf = join(tmpdir(), `trustvol-bench-time-${process.pid}`);
+  const r = spawnSync("/usr/bin/time", ["-o", tf, "-f", "%e %U %S %M", cmd, ...args], { encoding: "utf8", stdio: ["ignore", "ignore", "pipe"], cwd: tmpdir() });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.status}): ${r.stderr.trim()}`);
+  const [wall, user, sys, rssKiB] = readFileSync(tf, "utf8").trim().split("\n").at(-1)!.split(" ").map(Number) as [number, number, number, number];
+  rmSync(tf, { force: true });
+  return { wall, cpu: user + sys, rssMiB: rssKiB / 1024 };
+}
+
+function trustvolHasReencrypt(): boolean {
+  const r = spawnSync(process.execPath, [TRUSTVOL_BIN, "reencrypt", "--help"], { encoding: "utf8" });
+  return r.status === 0 && /resume-only/.test(r.stdout);
+}
+
+export default async function (): Promise<void> {
+  const shmRoom = existsSync("/dev/shm") ? statfsSync("/dev/shm").bavail * statfsSync("/dev/shm").bsize : 0;
+  const base = process.env.BENCH_DIR ?? (shmRoom > 4 * SIZE_MIB * MiB ? "/dev/shm" : tmpdir());
+  const dir = mkdtempSync(join(base, "trustvol-bench-reenc-"));
+  console.log(`working in ${base}; ${SIZE_MIB} MiB device, resilience checksum; load ${loadavg()[0]!.toFixed(1)}`);
+  try {
+    const pw = join(dir, "pw");
+    writeFileSync(pw, "bench", { mode: 0o600 });
+    const plain = join(dir, "plain.img");
+    const fd = openSync(plain, "w");
+    const chunk = randomBytes(8 * MiB);
+    for (let i = 0; i < SIZE_MIB / 8; i++) writeSync(fd, chunk);
+    closeSync(fd);
+    // A LUKS2 volume of the same size (its data is whatever was there: rotation speed does not depend on it).
+    const luks = join(dir, "luks.img");
+    copyFileSync(plain, luks);
+    const f = spawnSync("cryptsetup", ["luksFormat", "-q", "--type", "luks2", ...KDF, "--key-file", pw, luks], { encoding: "utf8" });
+    if (f.status !== 0) throw new Error(`cryptsetup luksFormat: ${f.stderr}`);
+    spawnSync("sync");
+    const work = join(dir, "work.img");
+    const fresh = (from: string) => {
+      rmSync(work, { force: true });
+      copyFileSync(from, work);
+      spawnSync("sync");
+    };
+    const ours = trustvolHasReencrypt();
+    if (!ours) console.log("trustvol reencrypt is not available here (engine not merged): reference tools only");
+
+    const rows: { what: string; m: Measured }[] = [];
+    const row = (what: string, m: Measured) => {
+      rows.push({ what, m });
+      console.log(`${what.padEnd(44)} ${m.wall.toFixed(2).padStart(7)} s wall ${m.cpu.toFixed(2).padStart(7)} s CPU ${(SIZE_MIB / m.wall).toFixed(0).padStart(6)} MiB/s  peak RSS ${m.rssMiB.toFixed(0).padStart(4)} MiB`);
+    };
+
+    fresh(luks);
+    const dd = measure("dd", [`if=${work}`, `of=${work}`, "bs=4M", "conv=notrunc,fdatasync", "status=none"]);
+    row("dd in-place read+write (floor)", dd);
+
+    fresh(luks);
+    const csRot = measure("cryptsetup", ["reencrypt", "--force-offline-reencrypt", "-q", "--resilience", "checksum", ...KDF, "--key-file", pw, work]);
+    row("cryptsetup reencrypt (rotation)", csRot);
+    let tvRot: Measured | undefined;
+    if (ours) {
+      fresh(luks);
+      tvRot = measure(process.execPath, [TRUSTVOL_BIN, "reencrypt", "-q", "--resilience", "checksum", ...KDF, "--key-file", pw, work]);
+      row("trustvol reencrypt (rotation)", tvRot);
+      const ok = spawnSync("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, work]).status === 0;
+      if (!ok) console.log("  !! cryptsetup cannot open trustvol's rotated volume");
+    }
+
+    fresh(plain);
+    const csEnc = measure("cryptsetup", ["reencrypt", "--encrypt", "--force-offline-reencrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, work]);
+    row("cryptsetup reencrypt --encrypt (datashift)", csEnc);
+    let tvEnc: Measured | undefined;
+    if (ours) {
+      fresh(plain);
+      tvEnc = measure(process.execPath, [TRUSTVOL_BIN, "reencrypt", "--encrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, work]);
+      row("trustvol reencrypt --encrypt (datashift)", tvEnc);
+      const ok = spawnSync("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, work]).status === 0;
+      if (!ok) console.log("  !! cryptsetup cannot open trustvol's encrypted volume");
+    }
+
+    const x = (a: number, b: number) => `${(a / b).toFixed(2)}×`;
+    if (tvRot) {
+      console.log(`rotation:         trustvol ${x(csRot.wall, tvRot.wall)} cryptsetup (target ≥ 2×), ${x(dd.wall, tvRot.wall)} dd (target ≥ 0.7×); CPU ${tvRot.cpu.toFixed(1)} s vs cryptsetup ${csRot.cpu.toFixed(1)} s`);
+    }
+    if (tvEnc) {
+      console.log(`encrypt in place: trustvol ${x(csEnc.wall, tvEnc.wall)} cryptsetup (target ≥ 2×), ${x(dd.wall, tvEnc.wall)} dd (target ≥ 0.7×); CPU ${tvEnc.cpu.toFixed(1)} s vs cryptsetup ${csEnc.cpu.toFixed(1)} s`);
+    }
+    if (tvRot || tvEnc) {
+      const peak = Math.max(tvRot?.rssMiB ?? 0, tvEnc?.rssMiB ?? 0);
+      console.log(`trustvol peak RSS ${peak.toFixed(0)} MiB (target ≤ 128 MiB) ${peak <= 128 ? "ok" : "OVER"}`);
+    }
+    console.log(`cryptsetup vs dd: rotation ${x(dd.wall, csRot.wall)}, encrypt ${x(dd.wall, csEnc.wall)}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,419 @@
+// Shared plumbing for the re-encryption tests (issue 10): plaintext fixtures, cryptsetup wrappers, the independent
+// sector oracle (volume key from `cryptsetup luksDump --dump-volume-key`, one AES-XTS decipher per sector, nothing of
+// trustvol involved), kill-at-a-random-moment runners, and a loader for the engine that marks tests `todo` until the
+// engine (src/ops/reencrypt.ts, `trustvol reencrypt`) is merged.
+import { openSync, readSync, writeSync, closeSync, fstatSync, existsSync, mkdtempSync, rmSync, statfsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { spawn, spawnSync } from "node:child_process";
+import { createHash, createDecipheriv, createCipheriv } from "node:crypto";
+import { join, dirname } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import type { TestContext } from "node:test";
+import { run } from "./tools.js";
+import { TRUSTVOL_BIN } from "./cli.js";
+import type { BlockDevice } from "../../src/blockdev/types.js";
+
+export const MiB = 1024 * 1024;
+/** Fast keyslots for every tool: pbkdf2, 1000 iterations (cryptsetup's spelling; trustvol uses the same). */
+export const FAST_PBKDF = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+export const PASSPHRASE = "reencrypt-pw";
+
+// ---------------------------------------------------------------------------------------------------------------
+// Deterministic plaintext: AES-256-CTR keystream of a seed, so a failing case can be replayed byte for byte.
+
+export function writePlain(path: string, size: number, seed: number): void {
+  const key = createHash("sha256").update(`trustvol-reencrypt-fixture-${seed}`).digest();
+  const c = createCipheriv("aes-256-ctr", key, Buffer.alloc(16));
+  const fd = openSync(path, "w");
+  const zero = Buffer.alloc(4 * MiB);
+  for (let off = 0; off < size; off += zero.length) writeSync(fd, c.update(zero.subarray(0, Math.min(zero.length, size - off))));
+  closeSync(fd);
+}
+
+/** sha256 of [offset, offset+length) of a file (length defaults to the rest of the file). */
+export function shaFile(path: string, offset = 0, length?: number): string {
+  const fd = openSync(path, "r");
+  try {
+    const end = length === undefined ? fstatSync(fd).size : offset + length;
+    const h = createHash("sha256");
+    const b = Buffer.alloc(4 * MiB);
+    for (let pos = offset; pos < end; ) {
+      const n = readSync(fd, b, 0, Math.min(b.length, end - pos), pos);
+      if (n <= 0) throw new Error(`${path}: short read at ${pos} (wanted up to ${end})`);
+      h.update(b.subarray(0, n));
+      pos += n;
+    }
+    return h.digest("hex");
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export function shaBuf(b: Uint8Array): string {
+  return createHash("sha256").update(b).digest("hex");
+}
+
+/**
+ * A temp dir in /dev/shm when it has room (fsync is free there: the tests measure the tools' logic, not the shared
+ * VM disk that six engineers hammer at once), else the normal temp dir.
+ */
+export function fastTmpDir(prefix = "trustvol-reenc-"): { dir: string; cleanup: () => void } {
+  let base = tmpdir();
+  try {
+    const st = statfsSync("/dev/shm");
+    if (st.bavail * st.bsize > 2048 * MiB) base = "/dev/shm";
+  } catch {
+    /* no /dev/shm */
+  }
+  const dir = mkdtempSync(join(base, prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// cryptsetup
+
+export function cs(args: string[], opts: { check?: boolean; input?: string; cwd?: string } = {}) {
+  // never the checkout: cryptsetup --encrypt --header stages LUKS2-temp-<uuid>.new in the working directory
+  return run("cryptsetup", args, { check: opts.check, input: opts.input, timeoutMs: 600_000, cwd: opts.cwd ?? tmpdir() });
+}
+
+export interface LuksJson {
+  keyslots: Record<string, any>;
+  tokens: Record<string, any>;
+  segments: Record<string, any>;
+  digests: Record<string, any>;
+  config: { json_size: string; keyslots_size: string; requirements?: { mandatory?: string[] }; flags?: string[] };
+}
+
+/** The JSON metadata as cryptsetup reads it (`header` = detached header file, else the image itself). */
+export function luksJson(img: string, header?: string): LuksJson {
+  const r = cs(["luksDump", "--dump-json-metadata", ...(header ? ["--header", header] : []), img]);
+  return JSON.parse(r.stdout.toString()) as LuksJson;
+}
+
+export function isLuks(path: string): boolean {
+  return cs(["isLuks", path], { check: false }).status === 0;
+}
+
+/** The reencrypt keyslot (if a re-encryption is in progress), as cryptsetup sees it. */
+export function reencryptKeyslot(img: string, header?: string): any | undefined {
+  const hdr = header ?? img;
+  if (!isLuks(hdr)) return undefined;
+  const j = luksJson(img, header);
+  return Object.values(j.keyslots).find((k: any) => k.type === "reencrypt");
+}
+
+export function inReencryption(img: string, header?: string): boolean {
+  return reencryptKeyslot(img, header) !== undefined;
+}
+
+export function volumeKey(img: string, keyFile: string, header?: string): Buffer {
+  const out = cs(["luksDump", "--dump-volume-key", "-q", "--key-file", keyFile, ...(header ? ["--header", header] : []), img]).stdout.toString();
+  const m = out.match(/MK dump:\s*((?:[0-9a-f]{2}\s+)+)/);
+  if (!m) throw new Error("cryptsetup printed no volume key");
+  return Buffer.from(m[1]!.replace(/\s+/g, ""), "hex");
+}
+
+/** cryptsetup open --test-passphrase: 0 = the passphrase opens the volume. */
+export function csTestPassphrase(img: string, keyFile: string, header?: string): { status: number; stderr: string } {
+  const r = cs(["open", "--test-passphrase", "--key-file", keyFile, ...(header ? ["--header", header] : []), img], { check: false });
+  return { status: r.status, stderr: r.stderr };
+}
+
+/**
+ * The independent oracle: the first `length` plaintext bytes of the (single, finished) data segment, decrypted sector
+ * by sector with the volume key cryptsetup dumps, handed to `sink` in order. aes-xts-plain64 only: IV = le64(iv_tweak
+ * + byte offset in the segment / 512) ‖ 0⁸, whatever the sector size.
+ */
+export function oraclePlain(img: string, keyFile: string, length: number, header: string | undefined, sink: (pos: number, plain: Buffer) => void): void {
+  const j = luksJson(img, header);
+  // One data segment — or, in a re-encryption whose data is all done (killed in its finalisation), the one segment
+  // that is not a backup and covers the whole device.
+  let segs = Object.values(j.segments);
+  if (segs.length > 1) segs = segs.filter((x: any) => !x.flags?.length && x.size === "dynamic");
+  if (segs.length !== 1) throw new Error(`oracle: expected one data segment, found ${JSON.stringify(j.segments)}`);
+  const seg = segs[0]!;
+  if (seg.type !== "crypt" || seg.encryption !== "aes-xts-plain64") throw new Error(`oracle: unsupported segment ${JSON.stringify(seg)}`);
+  const key = volumeKey(img, keyFile, header);
+  const ss = Number(seg.sector_size);
+  const base = Number(seg.offset);
+  const tweak = BigInt(seg.iv_tweak ?? "0");
+  const cipher = key.length === 64 ? "aes-256-xts" : "aes-128-xts";
+  const fd = openSync(img, "r");
+  try {
+    const size = fstatSync(fd).size;
+    const segLen = seg.size === "dynamic" ? size - base : Number(seg.size);
+    if (length > segLen) throw new Error(`oracle: wanted ${length} plaintext bytes, the segment has ${segLen}`);
+    const chunk = Buffer.alloc(MiB);
+    const iv = Buffer.alloc(16);
+    for (let pos = 0; pos < length; pos += chunk.length) {
+      const n = Math.min(chunk.length, length - pos);
+      const m = Math.ceil(n / ss) * ss;
+      if (readSync(fd, chunk, 0, m, base + pos) !== m) throw new Error("oracle: short read");
+      const out: Buffer[] = [];
+      for (let s = 0; s < m; s += ss) {
+        iv.fill(0);
+        iv.writeBigUInt64LE(tweak + BigInt((pos + s) / 512));
+        const d = createDecipheriv(cipher, key, iv).setAutoPadding(false);
+        out.push(d.update(chunk.subarray(s, s + ss)), d.final());
+      }
+      sink(pos, Buffer.concat(out).subarray(0, n));
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export function oraclePlainSha(img: string, keyFile: string, length: number, header?: string): string {
+  const h = createHash("sha256");
+  oraclePlain(img, keyFile, length, header, (_pos, b) => h.update(b));
+  return h.digest("hex");
+}
+
+/** Byte ranges (at `grain` granularity) where the oracle's plaintext differs from plainPath's first `length` bytes. */
+export function oracleDiff(img: string, keyFile: string, plainPath: string, length: number, header?: string, grain = 512): { bad: number; first: number; last: number } {
+  const fd = openSync(plainPath, "r");
+  const want = Buffer.alloc(MiB);
+  let bad = 0, first = -1, last = -1;
+  try {
+    oraclePlain(img, keyFile, length, header, (pos, b) => {
+      readSync(fd, want, 0, b.length, pos);
+      for (let o = 0; o < b.length; o += grain) {
+        const e = Math.min(o + grain, b.length);
+        if (!b.subarray(o, e).equals(want.subarray(o, e))) {
+          bad += e - o;
+          if (first < 0) first = pos + o;
+          last = pos + e;
+        }
+      }
+    });
+  } finally {
+    closeSync(fd);
+  }
+  return { bad, first, last };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The engine under test
+
+export const trustvolCmd = (args: string[]): [string, string[]] => [process.execPath, [TRUSTVOL_BIN, ...args]];
+
+export function tv(args: string[], opts: { input?: string } = {}): { status: number; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [TRUSTVOL_BIN, ...args], { input: opts.input ?? "", encoding: "utf8", timeout: 600_000, maxBuffer: 1 << 26, cwd: tmpdir() });
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+let cliState: boolean | undefined;
+/** True when the CLI knows `reencrypt` (the engine is merged). */
+export function cliHasReencrypt(): boolean {
+  if (cliState === undefined) {
+    const r = tv(["reencrypt", "--help"]);
+    cliState = r.status === 0 && /resume-only/.test(r.stdout + r.stderr);
+  }
+  return cliState;
+}
+
+export interface ReencryptOptions {
+  mode?: "reencrypt" | "encrypt" | "decrypt";
+  passphrase?: Uint8Array;
+  keyslot?: number;
+  header?: BlockDevice;
+  resilience?: "checksum" | "journal" | "datashift" | "none";
+  hash?: string;
+  hotzoneSize?: number;
+  reduceDeviceSize?: number;
+  cipher?: string;
+  keySize?: number;
+  sectorSize?: number;
+  pbkdf?: { type: "pbkdf2" | "argon2i" | "argon2id"; forceIterations?: number; hash?: string; memoryKiB?: number; parallel?: number };
+  initOnly?: boolean;
+  resumeOnly?: boolean;
+  onProgress?: (p: unknown) => void;
+  signal?: AbortSignal;
+}
+export interface Engine {
+  reencrypt(dev: BlockDevice, opts: ReencryptOptions): Promise<unknown>;
+}
+
+const ENGINE_PATH = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "src", "ops", "reencrypt.ts");
+/** The library engine, or undefined before it is merged (a path in a variable: tsc never needs the module). */
+export async function loadEngine(): Promise<Engine | undefined> {
+  if (!existsSync(ENGINE_PATH)) return undefined;
+  const mod = (await import(pathToFileURL(ENGINE_PATH).href)) as Partial<Engine>;
+  return typeof mod.reencrypt === "function" ? (mod as Engine) : undefined;
+}
+
+/** The engine said it does not implement this yet (exit 6, EUNSUPPORTED): the test is `todo`, not failed. */
+export class EngineLacks extends Error {}
+export function checkEngineLacks(status: number, stderr: string): void {
+  if (status === 6 && /not implemented|does not do yet|not supported yet/i.test(stderr)) throw new EngineLacks(`engine lacks a feature: ${stderr.trim()}`);
+}
+/** Run a test body; an EngineLacks anywhere in it marks the test todo with the engine's own words. */
+export async function todoIfEngineLacks(t: TestContext, body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+  } catch (e) {
+    if (e instanceof EngineLacks) return void t.todo(e.message);
+    throw e;
+  }
+}
+
+/** Mark a test todo (and return false) while the engine's CLI is missing, so main stays green before the merge. */
+export function needCliEngine(t: TestContext): boolean {
+  if (cliHasReencrypt()) return true;
+  t.todo("engine not merged: `trustvol reencrypt` is an unknown command (issue 10)");
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Kill at a random moment
+
+export interface KillOutcome {
+  /** The process was killed (false: it exited on its own first). */
+  killed: boolean;
+  status: number | null;
+  stderr: string;
+  ms: number;
+}
+
+/** Start cmd, SIGKILL it after delayMs (unless it exits first). Key material only via files named in argv. */
+export function runAndKill(cmd: string, args: string[], delayMs: number, signal: NodeJS.Signals = "SIGKILL", cwd?: string, atProgress?: number): Promise<KillOutcome> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    // cwd: cryptsetup --encrypt --header stages a LUKS2-temp-<uuid>.new file in the working directory
+    const p = spawn(cmd, args, { stdio: ["ignore", atProgress === undefined ? "ignore" : "pipe", "pipe"], cwd });
+    let stderr = "";
+    let killed = false;
+    p.stderr!.on("data", (d) => (stderr += d));
+    if (atProgress !== undefined) {
+      // --progress-json lines (cryptsetup's fields): signal as soon as device_bytes/device_size reaches atProgress.
+      let buf = "";
+      p.stdout!.on("data", (d) => {
+        buf += d;
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          try {
+            const j = JSON.parse(line) as { device_bytes: string; device_size: string };
+            if (!killed && Number(j.device_bytes) >= atProgress * Number(j.device_size)) killed = p.kill(signal);
+          } catch {
+            /* not a progress line */
+          }
+        }
+      });
+    }
+    const timer = setTimeout(() => {
+      killed = p.kill(signal);
+    }, delayMs);
+    p.on("error", reject);
+    p.on("exit", (code, sig) => {
+      clearTimeout(timer);
+      // SIGKILL: the process died of it. Other signals: it was sent while the process ran (it may exit gracefully).
+      resolve({ killed: killed && (signal !== "SIGKILL" || sig === "SIGKILL"), status: code, stderr, ms: performance.now() - t0 });
+    });
+  });
+}
+
+/** Wall time of a full run of cmd (used to aim a kill into the middle of the next run). */
+export function timeRun(cmd: string, args: string[], cwd?: string): number {
+  const t0 = performance.now();
+  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 600_000, cwd });
+  if (cmd === process.execPath) checkEngineLacks(r.status ?? -1, r.stderr);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.status}): ${r.stderr}`);
+  return performance.now() - t0;
+}
+
+/**
+ * Kill a run mid-way: `prepare()` rebuilds the starting state, `midRun()` says whether the device was left in the
+ * middle of a re-encryption, `touched()` whether it differs from the prepared state (so a kill that missed is known
+ * to be too early — nothing written — or too late — finished). The first delay is `frac` of a calibrated run; misses
+ * bisect towards the run's re-encryption window, with a little jitter so a window narrower than the timer's noise is
+ * still hit. Returns the delay that landed (or throws after `tries`, listing every attempt).
+ */
+export async function killMidRun(opts: {
+  cmd: string;
+  args: string[];
+  prepare: () => void;
+  midRun: () => boolean;
+  touched?: () => boolean;
+  calibratedMs: number;
+  frac: number;
+  tries?: number;
+  signal?: NodeJS.Signals;
+  cwd?: string;
+  /** The command prints --progress-json: signal at this fraction of the progress instead of after a delay. */
+  progress?: boolean;
+}): Promise<{ delayMs: number; attempts: number; outcome: KillOutcome }> {
+  let lo = 0, hi = opts.calibratedMs * 2;
+  let delay = Math.max(1, opts.calibratedMs * opts.frac);
+  const tries = opts.tries ?? 12;
+  const jitter = seeded(Math.floor(opts.calibratedMs));
+  const log: string[] = [];
+  for (let i = 1; i <= tries; i++) {
+    opts.prepare();
+    const frac = Math.min(0.95, Math.max(0.02, opts.calibratedMs ? delay / opts.calibratedMs : opts.frac));
+    const o = opts.progress
+      ? await runAndKill(opts.cmd, opts.args, opts.calibratedMs * 20, opts.signal, opts.cwd, frac)
+      : await runAndKill(opts.cmd, opts.args, delay, opts.signal, opts.cwd);
+    const mid = o.killed && opts.midRun();
+    // Missed: too late when it finished on its own or had already written (touched); else too early. Without a
+    // touched() probe, a signalled run that still exited 0 counts as finished.
+    const late = !o.killed || (!mid && (opts.touched ? opts.touched() : !!opts.signal && opts.signal !== "SIGKILL" && o.status === 0));
+    log.push(`${delay.toFixed(0)}ms: ${o.killed ? "signalled" : "exited"} status ${o.status}${mid ? " mid-run" : late ? " (too late)" : " (too early)"}`);
+    if (mid) return { delayMs: delay, attempts: i, outcome: o };
+    if (!o.killed && o.status !== 0) throw new Error(`${opts.cmd} ${opts.args.join(" ")} failed before the kill (${o.status}): ${o.stderr}`);
+    if (late) hi = delay;
+    else lo = delay;
+    delay = lo + (hi - lo) * (0.3 + 0.4 * jitter());
+  }
+  throw new Error(`could not land a kill mid-run of ${opts.cmd} ${opts.args.join(" ")} in ${tries} tries (${log.join("; ")})`);
+}
+
+/** Seeded PRNG (mulberry32) for kill moments. */
+export function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * The oracle in reverse: write `length` bytes of plain file `plainPath` into the (single) data segment of a freshly
+ * formatted LUKS2 image, encrypted sector by sector with the volume key cryptsetup dumps (no trustvol code involved).
+ */
+export function oracleFill(img: string, keyFile: string, plainPath: string, length: number, header?: string): void {
+  const j = luksJson(img, header);
+  const seg = Object.values(j.segments)[0]!;
+  if (seg.encryption !== "aes-xts-plain64") throw new Error(`oracleFill: unsupported segment ${JSON.stringify(seg)}`);
+  const key = volumeKey(img, keyFile, header);
+  const ss = Number(seg.sector_size);
+  const base = Number(seg.offset);
+  const cipher = key.length === 64 ? "aes-256-xts" : "aes-128-xts";
+  if (length % ss) throw new Error("oracleFill: length must be whole sectors");
+  const src = openSync(plainPath, "r");
+  const dst = openSync(img, "r+");
+  try {
+    const chunk = Buffer.alloc(MiB);
+    const iv = Buffer.alloc(16);
+    for (let pos = 0; pos < length; pos += chunk.length) {
+      const n = Math.min(chunk.length, length - pos);
+      if (readSync(src, chunk, 0, n, pos) !== n) throw new Error("oracleFill: short read");
+      const out: Buffer[] = [];
+      for (let s = 0; s < n; s += ss) {
+        iv.fill(0);
+        iv.writeBigUInt64LE(BigInt((pos + s) / 512));
+        const c = createCipheriv(cipher, key, iv).setAutoPadding(false);
+        out.push(c.update(chunk.subarray(s, s + ss)), c.final());
+      }
+      writeSync(dst, Buffer.concat(out), 0, n, base + pos);
+    }
+  } finally {
+    closeSync(src);
+    closeSync(dst);
+  }
+}

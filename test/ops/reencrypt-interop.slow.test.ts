@@ -1,0 +1,457 @@
+// Re-encryption interop with the real cryptsetup 2.6.1 (issue 10), both directions:
+//   one tool starts, is SIGKILLed at a random moment mid-run, the other (after `repair` if it asks for it) resumes
+//   and finishes → the plaintext is byte-identical (independent sector oracle: cryptsetup's volume key + AES-XTS per
+//   sector) and the volume opens with both tools. Also --init-only by one tool, --resume-only by the other, and
+//   --init-only metadata compared field by field.
+// The cryptsetup → cryptsetup baseline runs now; the halves that need `trustvol reencrypt` are `todo` until the
+// engine is merged. Kill moments are seeded (REENC_SEED=n replays the choice of moments; timing still varies).
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { writeFileSync, copyFileSync, rmSync, existsSync } from "node:fs";
+import { join } from "node:path";
+import { needTools } from "../helpers/tools.js";
+import {
+  MiB, FAST_PBKDF, PASSPHRASE, writePlain, shaFile, cs, luksJson, inReencryption, oraclePlainSha, oracleFill, oracleDiff,
+  csTestPassphrase, tv, fastTmpDir, runAndKill, isLuks, checkEngineLacks, todoIfEngineLacks, trustvolCmd, needCliEngine, killMidRun, timeRun, seeded, type LuksJson,
+} from "../helpers/reencrypt.js";
+
+const SEED = Number(process.env.REENC_SEED ?? Math.floor(Math.random() * 1e6));
+const rnd = seeded(SEED);
+const SIZE = 32 * MiB; // rotation/decrypt/detached encrypt
+const SHIFT_SIZE = 64 * MiB; // encrypt with data shift 16 MiB (two hotzones and the tail)
+
+type Tool = "cryptsetup" | "trustvol";
+interface Scenario {
+  name: string;
+  /** Build the starting state: the image (and detached header) at img/hdr. */
+  prepare(f: Fixture, img: string, hdr: string): void;
+  /** Options both tools take for the run (cryptsetup spellings). */
+  args: string[];
+  detached: boolean;
+  /** A dead end cryptsetup cannot resume: check what can be checked. */
+  verifyDeadEnd?(f: Fixture, img: string, hdr: string): void;
+  /** Check the finished result (killed: a run was interrupted on the way). */
+  verify(f: Fixture, img: string, hdr: string, killed: boolean): void;
+}
+interface Fixture {
+  dir: string;
+  pw: string;
+  plain: string; // SIZE bytes of plaintext
+  plainBig: string; // SHIFT_SIZE bytes
+  luks: string; // LUKS2 by luksFormat, data segment = plain[0, SIZE-16M)
+  encHdr: string; // plain encrypted with a detached header (by cryptsetup)
+  encHdrHdr: string;
+}
+
+let shared: Fixture | undefined;
+let sharedCleanup: (() => void) | undefined;
+after(() => sharedCleanup?.());
+/** The fixtures, built once per file run (read-only afterwards: every case copies what it changes). */
+function fixture(_dir?: string): Fixture {
+  if (shared) return shared;
+  const { dir, cleanup } = fastTmpDir("trustvol-reenc-fixture-");
+  sharedCleanup = cleanup;
+  const pw = join(dir, "pw");
+  writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
+  const plain = join(dir, "plain.img"), plainBig = join(dir, "plain-big.img");
+  writePlain(plain, SIZE, SEED);
+  writePlain(plainBig, SHIFT_SIZE, SEED + 1);
+  const luks = join(dir, "luks.img");
+  copyFileSync(plain, luks);
+  cs(["luksFormat", "-q", "--type", "luks2", ...FAST_PBKDF, "--key-file", pw, luks]);
+  oracleFill(luks, pw, plain, SIZE - 16 * MiB);
+  const encHdr = join(dir, "enc-hdr.img"), encHdrHdr = join(dir, "enc-hdr.hdr");
+  copyFileSync(plain, encHdr);
+  cs(["reencrypt", "--encrypt", "-q", "--force-offline-reencrypt", "--header", encHdrHdr, ...FAST_PBKDF, "--key-file", pw, encHdr]);
+  shared = { dir, pw, plain, plainBig, luks, encHdr, encHdrHdr };
+  return shared;
+}
+
+/** The oracle's plaintext equals plainPath's first len bytes; on a mismatch, say which bytes differ. */
+function assertPlain(img: string, pw: string, plainPath: string, len: number, hdr: string | undefined, what: string): void {
+  if (oraclePlainSha(img, pw, len, hdr) === shaFile(plainPath, 0, len)) return;
+  const d = oracleDiff(img, pw, plainPath, len, hdr);
+  assert.fail(`${what}: ${d.bad} bytes of plaintext differ, first at ${d.first}, last ending at ${d.last} (of ${len})`);
+}
+
+function opensWithBoth(f: Fixture, img: string, hdr?: string): void {
+  const c = csTestPassphrase(img, f.pw, hdr);
+  assert.equal(c.status, 0, `cryptsetup open --test-passphrase: ${c.stderr}`);
+  const t = tv(["unlock", "--test", "--key-file", f.pw, ...(hdr ? ["--header", hdr] : []), img]);
+  assert.equal(t.status, 0, `trustvol unlock --test: ${t.stderr}`);
+  const j = luksJson(img, hdr);
+  assert.equal(Object.values(j.keyslots).some((k: any) => k.type === "reencrypt"), false, "no reencrypt keyslot left");
+  assert.equal(j.config.requirements?.mandatory?.includes("online-reencrypt-v2") ?? false, false, "requirement cleared");
+}
+
+const rotation = (resilience: string): Scenario => ({
+  name: `rotation, resilience ${resilience}`,
+  prepare: (f, img) => copyFileSync(f.luks, img),
+  args: ["--resilience", resilience, "--hotzone-size", "256K"],
+  detached: false,
+  verify: (f, img, _hdr, killed) => {
+    if (resilience === "none" && killed) {
+      // cryptsetup-reencrypt(8): resilience "none" protects nothing against a crash; measured here, cryptsetup 2.6.1
+      // offline does not even commit progress during a "none" run (10 header writes for 192 hotzones: start and
+      // end only), so after SIGKILL --resume-only starts again from offset 0 and everything already re-encrypted
+      // decrypts to garbage. The guarantee that exists: the device resumes, finishes and opens (checked below);
+      // the loss is reported, not asserted. A graceful stop (SIGTERM) loses nothing: tested separately.
+      const d = oracleDiff(img, f.pw, f.plain, SIZE - 16 * MiB);
+      lostWithNone.push(d.bad);
+    } else assertPlain(img, f.pw, f.plain, SIZE - 16 * MiB, undefined, "plaintext after rotation");
+    opensWithBoth(f, img);
+  },
+  verifyDeadEnd: (f, img) => {
+    // cryptsetup still dumps the (new) volume key from the surviving keyslot: the data is all re-encrypted.
+    assert.equal(oraclePlainSha(img, f.pw, SIZE - 16 * MiB), shaFile(f.plain, 0, SIZE - 16 * MiB), "plaintext of the dead end");
+  },
+});
+const lostWithNone: number[] = [];
+
+const scenarios: Scenario[] = [
+  {
+    name: "encrypt in place, --reduce-device-size 32M (datashift)",
+    prepare: (f, img) => copyFileSync(f.plainBig, img),
+    args: ["--encrypt", "--reduce-device-size", "32M"],
+    detached: false,
+    verify: (f, img) => {
+      assertPlain(img, f.pw, f.plainBig, SHIFT_SIZE - 32 * MiB, undefined, "plaintext after encrypt");
+      opensWithBoth(f, img);
+    },
+  },
+  {
+    name: "encrypt, detached --header",
+    prepare: (f, img, hdr) => {
+      copyFileSync(f.plain, img);
+      rmSync(hdr, { force: true });
+    },
+    args: ["--encrypt", "--hotzone-size", "1M"],
+    detached: true,
+    verify: (f, img, hdr) => {
+      assertPlain(img, f.pw, f.plain, SIZE, hdr, "plaintext after encrypt");
+      opensWithBoth(f, img, hdr);
+    },
+  },
+  rotation("checksum"),
+  rotation("journal"),
+  rotation("none"),
+  {
+    name: "decrypt, detached --header",
+    prepare: (f, img, hdr) => {
+      copyFileSync(f.encHdr, img);
+      copyFileSync(f.encHdrHdr, hdr);
+    },
+    args: ["--decrypt", "--hotzone-size", "1M"],
+    detached: true,
+    verify: (f, img) => assert.equal(shaFile(img), shaFile(f.plain), "plain device after decrypt"),
+    verifyDeadEnd: (f, img) => assert.equal(shaFile(img), shaFile(f.plain), "plain device after a decrypt killed in its finalisation"),
+  },
+];
+
+function cmdFor(tool: Tool, f: Fixture, s: Scenario, img: string, hdr: string, extra: string[]): [string, string[]] {
+  const common = [...extra, "-q", "--key-file", f.pw, ...(s.detached ? ["--header", hdr] : []), img];
+  return tool === "cryptsetup" ? ["cryptsetup", ["reencrypt", "--force-offline-reencrypt", ...common]] : trustvolCmd(["reencrypt", ...common]);
+}
+
+/**
+ * A fingerprint of the data segments and the digest each one is bound to: a killed run that is not mid-way changed
+ * it only if it had finished (adding the new keyslot and its digest at the start does not count: that is too early).
+ */
+function fingerprint(img: string, hdr: string, s: Scenario): string {
+  const h = s.detached ? hdr : img;
+  if (!existsSync(h) || !isLuks(h)) return "not LUKS";
+  try {
+    const j = luksJson(img, s.detached ? hdr : undefined);
+    return JSON.stringify(Object.entries(j.segments).map(([id, seg]) => [seg, Object.values(j.digests).filter((d: any) => d.segments.includes(id)).map((d: any) => d.salt)]));
+  } catch {
+    return "unreadable";
+  }
+}
+
+/** Full-run wall time per tool and scenario, measured once per file run (the kill search adapts from there). */
+const calibrations = new Map<string, number>();
+function calibrate(tool: Tool, s: Scenario, measure: () => number): number {
+  const k = `${tool}|${s.name}`;
+  if (!calibrations.has(k)) calibrations.set(k, measure());
+  return calibrations.get(k)!;
+}
+
+interface Finish {
+  ok: boolean;
+  repaired: boolean;
+  /** What the tool said when it could not finish. */
+  message: string;
+}
+
+/** Resume with `tool`; if it asks for recovery first, run its `repair` and resume again. */
+function finishWith(tool: Tool, f: Fixture, s: Scenario, img: string, hdr: string): Finish {
+  const [, args] = cmdFor(tool, f, s, img, hdr, ["--resume-only"]);
+  const go = () => {
+    if (tool === "cryptsetup") return cs(args, { check: false });
+    const r = tv(args.slice(1));
+    checkEngineLacks(r.status, r.stderr);
+    return r;
+  };
+  const said = (r: { stdout: Buffer | string; stderr: string }) => `${r.stderr.toString().trim()} ${r.stdout.toString().trim()}`.trim();
+  let r = go();
+  if (r.status === 0) return { ok: true, repaired: false, message: "" };
+  const err1 = said(r);
+  if (!/repair|recover/i.test(err1)) return { ok: false, repaired: false, message: `--resume-only: ${err1}` };
+  const hdrArgs = s.detached ? ["--header", hdr] : [];
+  const rep = tool === "cryptsetup"
+    ? cs(["repair", "-q", "--key-file", f.pw, ...hdrArgs, img], { check: false })
+    : tv(["repair", "--key-file", f.pw, ...hdrArgs, img]);
+  if (rep.status !== 0) return { ok: false, repaired: true, message: `repair: ${said(rep)} (after: ${err1})` };
+  r = go();
+  if (r.status === 0) return { ok: true, repaired: true, message: "" };
+  // cryptsetup's repair sometimes finishes the job itself (a crash after the last hotzone): nothing left to resume.
+  if (/not in progress/i.test(said(r)) && !inReencryption(img, s.detached ? hdr : undefined)) return { ok: true, repaired: true, message: "" };
+  return { ok: false, repaired: true, message: `--resume-only after repair: ${said(r)}` };
+}
+
+/**
+ * States cryptsetup 2.6.1 leaves after its own SIGKILL and then cannot resume (measured here). Returns a name, or
+ * undefined for a state it should have resumed.
+ */
+function knownCryptsetupDeadEnd(j: LuksJson, message: string): string | undefined {
+  const reenc = Object.values(j.keyslots).find((k: any) => k.type === "reencrypt");
+  const segs = Object.entries(j.segments);
+  const live = segs.filter(([, x]) => !x.flags?.length);
+  const final = segs.find(([, x]) => x.flags?.includes("backup-final"));
+  const digestOf = (id: string) => Object.keys(j.digests).find((d) => j.digests[d].segments.includes(id));
+  if (reenc && live.length === 1 && final && live[0]![1].size === "dynamic" && live[0]![1].type === final[1].type && digestOf(live[0]![0]) === digestOf(final[0]))
+    // Measured for rotation (old keyslot already wiped) and decrypt (every passphrase keyslot wiped): the data is
+    // all done, the reencrypt keyslot and backup segments are still there, and --resume-only fails.
+    return `${reenc.mode} finalisation: data all done (one whole-device segment = backup-final), reencrypt keyslot still there, ${Object.values(j.keyslots).filter((k: any) => k.type === "luks2").length} passphrase keyslot(s) left`;
+  if (reenc?.area?.type === "datashift" && /Failed to set device segments for next reencryption hotzone/.test(message))
+    return "datashift tail of --encrypt --reduce-device-size";
+  return undefined;
+}
+
+/** Every dead end cryptsetup left in this file run (printed at the end). */
+const deadEnds: string[] = [];
+after(() => {
+  if (deadEnds.length) console.log(`# cryptsetup 2.6.1 could not resume its own crash in ${deadEnds.length} case(s):\n#   ${deadEnds.join("\n#   ")}`);
+});
+
+for (const s of scenarios) {
+  const pairs: [Tool, Tool][] = [["cryptsetup", "cryptsetup"], ["trustvol", "cryptsetup"], ["cryptsetup", "trustvol"]];
+  for (const [starter, finisher] of pairs) {
+    test(`${s.name}: ${starter} starts, SIGKILL mid-run, ${finisher} resumes → identical plaintext, opens with both`, async (t) => todoIfEngineLacks(t, async () => {
+      if (!needTools(t, "cryptsetup")) return;
+      if ((starter === "trustvol" || finisher === "trustvol") && !needCliEngine(t)) return;
+      const { dir, cleanup } = fastTmpDir();
+      t.after(cleanup);
+      const f = fixture();
+      const img = join(dir, "work.img"), hdr = join(dir, "work.hdr");
+      // trustvol prints --progress-json lines: it is killed at a seeded fraction of its progress (its data phase can
+      // be a few ms after a second of start-up, too narrow for a timer); cryptsetup after a seeded delay.
+      const progress = starter === "trustvol";
+      const [cmd, args] = cmdFor(starter, f, s, img, hdr, [...s.args, ...FAST_PBKDF, ...(progress ? ["--progress-json"] : [])]);
+      s.prepare(f, img, hdr);
+      const calibratedMs = calibrate(starter, s, () => timeRun(cmd, args, dir));
+      const frac = 0.15 + 0.7 * rnd();
+      let start = "";
+      const { delayMs, attempts } = await killMidRun({
+        cmd, args, calibratedMs, frac, cwd: dir, progress,
+        prepare: () => {
+          s.prepare(f, img, hdr);
+          start = fingerprint(img, hdr, s);
+        },
+        midRun: () => inReencryption(img, s.detached ? hdr : undefined),
+        touched: () => fingerprint(img, hdr, s) !== start,
+      });
+      const crashed = luksJson(img, s.detached ? hdr : undefined);
+      const fin = finishWith(finisher, f, s, img, hdr);
+      t.diagnostic(`seed ${SEED}: full run ${calibratedMs.toFixed(0)} ms, killed at ${delayMs.toFixed(0)} ms (attempt ${attempts}); ${finisher} ${fin.ok ? (fin.repaired ? "needed repair first" : "resumed directly") : "could not finish"}`);
+      if (!fin.ok) {
+        const known = starter === "cryptsetup" && finisher === "cryptsetup" ? knownCryptsetupDeadEnd(crashed, fin.message) : undefined;
+        const kind = knownCryptsetupDeadEnd(crashed, fin.message);
+        if (!known && kind && finisher === "trustvol" && /finalisation/.test(kind)) {
+          // Reported to the engine author: cryptsetup's finalisation crash (data all done, old keyslot already wiped)
+          // needs no old key, only the final metadata; trustvol asks for the old key and stops. Until fixed: todo.
+          t.todo(`engine gap: trustvol cannot finish cryptsetup's finalisation crash (${kind}): ${fin.message}`);
+          return;
+        }
+        assert.ok(known, `${finisher} could not finish after ${starter} was killed${kind ? ` (a state cryptsetup cannot resume either: ${kind})` : ""}: ${fin.message}\ncrashed state: ${JSON.stringify(crashed)}`);
+        deadEnds.push(`${s.name}: ${known}: ${fin.message}`);
+        t.diagnostic(`cryptsetup cannot resume its own crash here (${known}): ${fin.message}`);
+        if (s.verifyDeadEnd) s.verifyDeadEnd(f, img, hdr);
+        return;
+      }
+      const lost = lostWithNone.length;
+      const kind = knownCryptsetupDeadEnd(crashed, "");
+      if (starter === "cryptsetup" && finisher === "cryptsetup" && kind) {
+        // Measured: cryptsetup 2.6.1 killed in the finalisation of `--encrypt --header` resumes "successfully" and
+        // leaves every byte wrong (its --resume-only re-runs the data pass over already-encrypted data).
+        try {
+          s.verify(f, img, hdr, true);
+        } catch (e) {
+          deadEnds.push(`${s.name}: ${kind}: --resume-only exits 0 but the data is corrupted (${(e as Error).message.split("\n")[0]})`);
+          t.diagnostic(`cryptsetup resumed its own finalisation crash and corrupted the data: ${(e as Error).message.split("\n")[0]}`);
+        }
+        return;
+      }
+      s.verify(f, img, hdr, true);
+      if (lostWithNone.length > lost) t.diagnostic(`resilience none: ${lostWithNone.at(-1)} bytes of plaintext lost after SIGKILL`);
+    }));
+  }
+  for (const [initer, resumer] of [["cryptsetup", "trustvol"], ["trustvol", "cryptsetup"]] as [Tool, Tool][]) {
+    test(`${s.name}: ${initer} --init-only, ${resumer} --resume-only`, async (t) => todoIfEngineLacks(t, async () => {
+      if (!needTools(t, "cryptsetup") || !needCliEngine(t)) return;
+      const { dir, cleanup } = fastTmpDir();
+      t.after(cleanup);
+      const f = fixture();
+      const img = join(dir, "work.img"), hdr = join(dir, "work.hdr");
+      s.prepare(f, img, hdr);
+      const [cmd, args] = cmdFor(initer, f, s, img, hdr, [...s.args, ...FAST_PBKDF, "--init-only"]);
+      timeRun(cmd, args, dir);
+      assert.ok(inReencryption(img, s.detached ? hdr : undefined), `${initer} --init-only left a re-encryption in progress`);
+      const fin = finishWith(resumer, f, s, img, hdr);
+      assert.ok(fin.ok, `${resumer} could not resume: ${fin.message}`);
+      assert.equal(fin.repaired, false, "an --init-only state needs no repair");
+      s.verify(f, img, hdr, false);
+    }));
+  }
+  test(`${s.name}: trustvol --init-only writes the metadata cryptsetup writes`, async (t) => todoIfEngineLacks(t, async () => {
+    if (!needTools(t, "cryptsetup") || !needCliEngine(t)) return;
+    const { dir, cleanup } = fastTmpDir();
+    t.after(cleanup);
+    const f = fixture();
+    const got: Record<Tool, LuksJson> = {} as Record<Tool, LuksJson>;
+    for (const tool of ["cryptsetup", "trustvol"] as Tool[]) {
+      const img = join(dir, `${tool}.img`), hdr = join(dir, `${tool}.hdr`);
+      s.prepare(f, img, hdr);
+      const [cmd, args] = cmdFor(tool, f, s, img, hdr, [...s.args, ...FAST_PBKDF, "--init-only"]);
+      timeRun(cmd, args, dir);
+      got[tool] = luksJson(img, s.detached ? hdr : undefined);
+    }
+    assert.deepEqual(normalize(got.trustvol), normalize(got.cryptsetup));
+  }));
+}
+
+/**
+ * Drop what is random per run (salts, digests) and the digests' PBKDF2 iteration counts (cryptsetup benchmarks the
+ * re-encryption digest's cost for --decrypt whatever --pbkdf-force-iterations says); keep every other field.
+ */
+function normalize(j: LuksJson): unknown {
+  j = JSON.parse(JSON.stringify(j)) as LuksJson;
+  for (const d of Object.values(j.digests)) delete d.iterations;
+  const scrub = (v: unknown): unknown => {
+    if (Array.isArray(v)) return v.map(scrub);
+    if (v && typeof v === "object")
+      return Object.fromEntries(Object.entries(v).filter(([k]) => k !== "salt" && k !== "digest").map(([k, x]) => [k, scrub(x)]));
+    return v;
+  };
+  return scrub(j);
+}
+
+// A graceful stop: SIGTERM mid-run stops at a safe point (trustvol: exit 7) and the other tool resumes with nothing
+// lost — for resilience "none" too, where it is the only guarantee there is.
+for (const resilience of ["none", "checksum"]) {
+  // 16 KiB hotzones: cryptsetup only honours SIGTERM inside its hotzone loop (earlier it finishes and exits 0), so the
+  // loop has to last long enough for a signal to land in it.
+  const s: Scenario = { ...rotation(resilience), name: `rotation, resilience ${resilience}, 16K hotzones`, args: ["--resilience", resilience, "--hotzone-size", "16K"] };
+  // cryptsetup 2.6.1 with resilience none does not stop cleanly on SIGTERM here (measured: early signals are ignored
+  // and it finishes with exit 0; later ones exit 1 with no re-encryption recorded), so for none only trustvol starts.
+  const pairs: [Tool, Tool][] = resilience === "none" ? [["trustvol", "cryptsetup"]] : [["cryptsetup", "cryptsetup"], ["trustvol", "cryptsetup"], ["cryptsetup", "trustvol"]];
+  for (const [starter, finisher] of pairs) {
+    test(`${s.name}: ${starter} gets SIGTERM mid-run, stops resumable, ${finisher} finishes → identical plaintext`, async (t) => todoIfEngineLacks(t, async () => {
+      if (!needTools(t, "cryptsetup")) return;
+      if ((starter === "trustvol" || finisher === "trustvol") && !needCliEngine(t)) return;
+      const { dir, cleanup } = fastTmpDir();
+      t.after(cleanup);
+      const f = fixture();
+      const img = join(dir, "work.img"), hdr = join(dir, "work.hdr");
+      const [cmd, args] = cmdFor(starter, f, s, img, hdr, [...s.args, ...FAST_PBKDF]);
+      s.prepare(f, img, hdr);
+      const calibratedMs = calibrate(starter, s, () => timeRun(cmd, args, dir));
+      let start = "";
+      const { outcome } = await killMidRun({
+        cmd, args, calibratedMs, frac: 0.15 + 0.7 * rnd(), signal: "SIGTERM", cwd: dir,
+        prepare: () => {
+          s.prepare(f, img, hdr);
+          start = fingerprint(img, hdr, s);
+        },
+        midRun: () => inReencryption(img),
+        touched: () => fingerprint(img, hdr, s) !== start,
+      });
+      if (starter === "trustvol") {
+        assert.equal(outcome.status, 7, `trustvol exit status after SIGTERM (stderr: ${outcome.stderr.trim()})`);
+        assert.equal(outcome.stderr.trim().split("\n").length, 1, `one line on stderr: ${outcome.stderr}`);
+      } else assert.notEqual(outcome.status, 0, "cryptsetup reports the interruption");
+      const fin = finishWith(finisher, f, s, img, hdr);
+      assert.ok(fin.ok, `${finisher} could not finish: ${fin.message}`);
+      assert.equal(fin.repaired, false, "a graceful stop needs no repair");
+      s.verify(f, img, hdr, false);
+    }));
+  }
+}
+
+// cryptsetup's own dead ends, hunted on purpose: kill it late (where its finalisation and the datashift tail are),
+// keep every state that `repair` + `--resume-only` cannot finish, and hand those to trustvol. Measured here with
+// cryptsetup 2.6.1: a rotation killed after the old keyslot is wiped but before the reencrypt keyslot is dropped
+// cannot be repaired, resumed or opened by cryptsetup (it looks for a keyslot of the old key: "Keyslot 1 unusable for
+// digest 0"), though the data is all re-encrypted; the same for decrypt. The datashift tail ("Failed to set device
+// segments for next reencryption hotzone", issue 10: 1 of 11 kills on 384 MiB) is looked for too.
+test("cryptsetup's unrecoverable crashes: found by late kills, and trustvol resumes them", async (t) => todoIfEngineLacks(t, async () => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = fastTmpDir();
+  t.after(cleanup);
+  const f = fixture();
+  const hunt = [scenarios[0]!, scenarios[2]!, scenarios[5]!]; // encrypt+datashift, rotation checksum, decrypt
+  const found: { s: Scenario; img: string; hdr: string; what: string }[] = [];
+  const tries = Number(process.env.REENC_DEADEND_TRIES ?? 4);
+  for (const s of hunt) {
+    const img = join(dir, "hunt.img"), hdr = join(dir, "hunt.hdr");
+    const [cmd, args] = cmdFor("cryptsetup", f, s, img, hdr, [...s.args, ...FAST_PBKDF]);
+    s.prepare(f, img, hdr);
+    let full = timeRun(cmd, args, dir); // measured now: the late window is narrow, a stale estimate misses it
+    let kills = 0, deadEndsHere = 0;
+    for (let i = 0; i < tries; i++) {
+      s.prepare(f, img, hdr);
+      const o = await runAndKill(cmd, args, full * (0.55 + 0.4 * rnd()), "SIGKILL", dir);
+      if (!o.killed) full = o.ms; // it finished first: aim inside this run's length next time
+      if (!o.killed || !inReencryption(img, s.detached ? hdr : undefined)) continue;
+      kills++;
+      const keep = join(dir, `dead-${found.length}`);
+      copyFileSync(img, keep + ".img");
+      if (s.detached) copyFileSync(hdr, keep + ".hdr");
+      const crashed = luksJson(img, s.detached ? hdr : undefined);
+      const fin = finishWith("cryptsetup", f, s, img, hdr);
+      if (fin.ok) continue;
+      const what = knownCryptsetupDeadEnd(crashed, fin.message) ?? `unclassified: ${fin.message}`;
+      deadEndsHere++;
+      found.push({ s, img: keep + ".img", hdr: keep + ".hdr", what });
+    }
+    t.diagnostic(`${s.name}: ${kills} late kills landed mid-run, cryptsetup could not finish ${deadEndsHere}`);
+  }
+  for (const d of found) t.diagnostic(`cryptsetup dead end (${d.s.name}): ${d.what}`);
+  if (!found.length) return t.diagnostic("no dead end this run (timing): nothing for trustvol to resume");
+  if (!needCliEngine(t)) return;
+  const gaps: string[] = [];
+  for (const d of found) {
+    const fin = finishWith("trustvol", f, d.s, d.img, d.hdr);
+    if (!fin.ok && /finalisation/.test(d.what)) {
+      gaps.push(`${d.s.name}: ${d.what}: ${fin.message}`); // the engine gap reported with the SIGKILL matrix
+      continue;
+    }
+    assert.ok(fin.ok, `trustvol could not resume cryptsetup's dead end (${d.s.name}: ${d.what}): ${fin.message}`);
+    d.s.verify(f, d.img, d.hdr, true);
+    t.diagnostic(`trustvol finished cryptsetup's dead end (${d.s.name}: ${d.what})`);
+  }
+  if (gaps.length) t.todo(`engine gap: trustvol cannot finish ${gaps.length} of cryptsetup's finalisation crashes: ${gaps[0]}`);
+}));
+
+test("cryptsetup baseline fixture sanity: the oracle reads what cryptsetup encrypts", async (t) => todoIfEngineLacks(t, async () => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = fastTmpDir();
+  t.after(cleanup);
+  const f = fixture();
+  // the luksFormat + oracleFill volume: cryptsetup's own decrypt (detached header trick impossible here) — use
+  // cryptsetup reencrypt --decrypt? It cannot decrypt an attached-header volume without a shift in 2.6.1, so instead
+  // check the oracle against cryptsetup's encryption of the detached-header fixture.
+  assert.equal(oraclePlainSha(f.encHdr, f.pw, SIZE, f.encHdrHdr), shaFile(f.plain));
+  assert.ok(existsSync(f.luks));
+  assert.equal(oraclePlainSha(f.luks, f.pw, SIZE - 16 * MiB), shaFile(f.plain, 0, SIZE - 16 * MiB));
+}));
