@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";
 import { TrustvolError } from "../util/errors.js";
 import { parseBinaryHeader, encodeBinaryHeader, verifyChecksum, sealChecksum, checksumLength, type Luks2BinaryHeader } from "./binary-header.js";
-import { parseMetadata, serializeMetadata, validateMetadata, type Luks2Metadata } from "./metadata.js";
+import { parseMetadata, serializeMetadata, validateMetadata, u64Num, type Luks2Metadata } from "./metadata.js";
 import { LUKS2_BINARY_HEADER_SIZE, LUKS2_HDR_SIZES, LUKS2_MAGIC_PRIMARY, LUKS2_MAGIC_SECONDARY, LUKS2_SALT_L } from "./constants.js";
 
 export interface Luks2Header {
@@ -112,6 +112,9 @@ export async function readHeader(dev: BlockDevice): Promise<ReadResult> {
     if (pc.bin.uuid !== sc.bin.uuid && pc.bin.seqid === sc.bin.seqid) throw new TrustvolError("ECORRUPT", `${dev.name}: header copies disagree (uuid)`, "restore a header backup");
     use = sc.bin.seqid > pc.bin.seqid ? sc : pc;
   } else use = (pc ?? sc)!;
+  // cryptsetup refuses a device that cannot hold both header copies and the whole keyslots area ("Device too small").
+  const need = 2 * use.bin.hdrSize + u64Num(use.metadata.config.keyslots_size, "config.keyslots_size");
+  if (dev.size < need) throw new TrustvolError("ETRUNCATED", `${dev.name} is too small (${dev.size} bytes): its LUKS2 metadata and keyslots need at least ${need} bytes`, "the image is truncated or this is the wrong device");
   const needsRepair = !pc || !sc || pc.bin.seqid !== sc.bin.seqid;
   const other = use === pc ? sc : pc;
   const header: Luks2Header = {

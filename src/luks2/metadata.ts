@@ -104,24 +104,57 @@ function strArray(v: unknown, what: string): string[] {
   return v as string[];
 }
 
+/** Structure only, like cryptsetup: an unknown KDF type or absurd costs leave the header readable (refused at unlock). */
 export function validateKdf(k: unknown, what: string): Kdf {
   if (!isObj(k)) throw bad(`${what}.kdf missing`);
-  const type = str(k.type, `${what}.kdf.type`);
-  const salt = b64(k.salt, `${what}.kdf.salt`);
-  if (salt.length === 0 || salt.length > 256) throw bad(`${what}.kdf.salt has a bad length`);
+  const type = str(k.type, `${what}.kdf.type`, 64);
+  b64(k.salt, `${what}.kdf.salt`);
   if (type === "pbkdf2") {
     str(k.hash, `${what}.kdf.hash`, 32);
-    int(k.iterations, `${what}.kdf.iterations`, 1, 0xffffffff);
+    int(k.iterations, `${what}.kdf.iterations`, 0, Number.MAX_SAFE_INTEGER);
   } else if (type === "argon2i" || type === "argon2id") {
-    int(k.time, `${what}.kdf.time`, 1, 0xffffffff);
-    int(k.memory, `${what}.kdf.memory`, 8, 4 * 1024 * 1024); // KiB; cryptsetup caps at 4 GiB
-    int(k.cpus, `${what}.kdf.cpus`, 1, 0xffffff);
-  } else throw bad(`${what}: unknown KDF "${type.slice(0, 32)}"`);
+    int(k.time, `${what}.kdf.time`, 0, Number.MAX_SAFE_INTEGER);
+    int(k.memory, `${what}.kdf.memory`, 0, Number.MAX_SAFE_INTEGER);
+    int(k.cpus, `${what}.kdf.cpus`, 0, Number.MAX_SAFE_INTEGER);
+  }
   return k as unknown as Kdf;
+}
+
+/** json-c (cryptsetup's parser) refuses nesting deeper than this (JSON_TOKENER_DEFAULT_DEPTH). */
+export const JSON_MAX_DEPTH = 32;
+
+/** Nesting depth of JSON text, counted without parsing (so hostile depth can't overflow the parser's stack). */
+export function jsonDepth(text: string): number {
+  let depth = 0, max = 0, inStr = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inStr) {
+      if (c === 0x5c) i++;
+      else if (c === 0x22) inStr = false;
+    } else if (c === 0x22) inStr = true;
+    else if (c === 0x7b || c === 0x5b) max = Math.max(max, ++depth);
+    else if (c === 0x7d || c === 0x5d) depth--;
+  }
+  return max;
+}
+
+/** Nesting depth of a parsed value, walked without recursion (a deep token must not overflow the stack). */
+function valueDepth(v: unknown): number {
+  let max = 0;
+  const stack: [unknown, number][] = [[v, 1]];
+  while (stack.length) {
+    const [x, d] = stack.pop()!;
+    if (typeof x !== "object" || x === null) continue;
+    max = Math.max(max, d);
+    if (d > JSON_MAX_DEPTH) return d;
+    for (const c of Object.values(x)) stack.push([c, d + 1]);
+  }
+  return max;
 }
 
 /** Parse and validate the JSON text of one header copy. hdrSize is the copy's binary hdr_size. */
 export function parseMetadata(jsonText: string, hdrSize: number): Luks2Metadata {
+  if (jsonDepth(jsonText) > JSON_MAX_DEPTH) throw bad(`JSON is nested deeper than ${JSON_MAX_DEPTH} levels`);
   let j: unknown;
   try {
     j = JSON.parse(jsonText);
@@ -133,6 +166,7 @@ export function parseMetadata(jsonText: string, hdrSize: number): Luks2Metadata 
 
 export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
   if (!isObj(j)) throw bad("top level is not an object");
+  if (valueDepth(j) > JSON_MAX_DEPTH) throw bad(`JSON is nested deeper than ${JSON_MAX_DEPTH} levels`);
   for (const sect of ["keyslots", "tokens", "segments", "digests", "config"]) if (!isObj(j[sect])) throw bad(`missing "${sect}" object`);
   const m = j as unknown as Luks2Metadata;
 
