@@ -13,9 +13,14 @@ export function computeDigest(d: Pick<Luks2Digest, "hash" | "iterations" | "salt
   return pbkdf2Sync(volumeKey, Buffer.from(d.salt, "base64"), d.iterations, len, opensslHash(d.hash));
 }
 
+const B64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
 export function verifyDigest(d: Luks2Digest, volumeKey: Uint8Array): boolean {
   if (d.type !== "pbkdf2") return false;
+  // Loaded unchecked (as cryptsetup does): a digest that is not base64 of 1..64 bytes matches no key.
+  if (!B64.test(d.digest) || !B64.test(d.salt) || d.digest.length % 4 || d.salt.length % 4) return false;
   const want = Buffer.from(d.digest, "base64");
+  if (want.length === 0 || want.length > 64 || d.salt.length === 0) return false;
   const got = computeDigest(d, volumeKey, want.length);
   const ok = constantTimeEqual(got, want);
   wipe(got);

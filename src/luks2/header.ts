@@ -52,6 +52,8 @@ export function parseHeaderCopy(area: Buffer, expectOffset: number, expectPrimar
   const nul = json.indexOf(0);
   if (nul < 0) throw new TrustvolError("ECORRUPT", "LUKS2 metadata: JSON area is not NUL-terminated");
   if (nul === 0) throw new TrustvolError("ECORRUPT", "LUKS2 metadata: JSON area is empty");
+  // cryptsetup requires the rest of the JSON area to be zero: nothing may hide after the text.
+  for (let i = nul; i < json.length; i++) if (json[i] !== 0) throw new TrustvolError("ECORRUPT", `LUKS2 metadata: non-zero byte after the JSON text (offset ${4096 + i})`);
   const metadata = parseMetadata(json.subarray(0, nul).toString("utf8"), bin.hdrSize);
   return { bin, metadata };
 }

@@ -108,7 +108,7 @@ function strArray(v: unknown, what: string): string[] {
 export function validateKdf(k: unknown, what: string): Kdf {
   if (!isObj(k)) throw bad(`${what}.kdf missing`);
   const type = str(k.type, `${what}.kdf.type`, 64);
-  b64(k.salt, `${what}.kdf.salt`);
+  str(k.salt, `${what}.kdf.salt`, 1024);
   if (type === "pbkdf2") {
     str(k.hash, `${what}.kdf.hash`, 32);
     int(k.iterations, `${what}.kdf.iterations`, 0, Number.MAX_SAFE_INTEGER);
@@ -154,6 +154,7 @@ function valueDepth(v: unknown): number {
 
 /** Parse and validate the JSON text of one header copy. hdrSize is the copy's binary hdr_size. */
 export function parseMetadata(jsonText: string, hdrSize: number): Luks2Metadata {
+  if (!jsonText.startsWith("{")) throw bad("JSON area does not start with \"{\"");
   if (jsonDepth(jsonText) > JSON_MAX_DEPTH) throw bad(`JSON is nested deeper than ${JSON_MAX_DEPTH} levels`);
   let j: unknown;
   try {
@@ -182,6 +183,9 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     if (!isObj(cfg.requirements)) throw bad("config.requirements must be an object");
     if (cfg.requirements.mandatory !== undefined) strArray(cfg.requirements.mandatory, "config.requirements.mandatory");
   }
+  const reqs = (cfg.requirements as { mandatory?: string[] } | undefined)?.mandatory ?? [];
+  if (reqs.some((r) => r.startsWith("online-reencrypt")) && !Object.values(m.keyslots).some((k) => isObj(k) && k.type === "reencrypt"))
+    throw bad("online-reencrypt requirement without a reencrypt keyslot");
   const areaStart = 2 * hdrSize;
   const areaEnd = areaStart + keyslotsSize;
 
@@ -232,7 +236,10 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     const type = str(s.type, `${w}.type`, 32);
     const off = u64Num(s.offset, `${w}.offset`);
     const dynamic = s.size === "dynamic";
-    const size = dynamic ? Infinity : u64Num(s.size, `${w}.size`);
+    // Up to 2^64-1 like cryptsetup (BigInt); only overlap arithmetic needs a number, where 2^53+ is as good as infinite.
+    const bigSize = dynamic ? 0n : parseU64String(s.size, `${w}.size`);
+    if (!dynamic && bigSize === 0n) throw bad(`${w}.size is zero`);
+    const size = dynamic ? Infinity : Number(bigSize);
     let backup = false;
     if (s.flags !== undefined) backup = strArray(s.flags, `${w}.flags`).some((f) => f.startsWith("backup-"));
     if (type === "crypt") {
@@ -242,7 +249,7 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
       if (![512, 1024, 2048, 4096].includes(ss)) throw bad(`${w}.sector_size must be 512, 1024, 2048 or 4096`);
       if (s.integrity !== undefined && !isObj(s.integrity)) throw bad(`${w}.integrity must be an object`);
       if (off % ss !== 0 && off % SECTOR_SIZE !== 0) throw bad(`${w}.offset is not aligned`);
-      if (!dynamic && size % ss !== 0) throw bad(`${w}.size is not a multiple of its sector size`);
+      if (!dynamic && bigSize % BigInt(ss) !== 0n) throw bad(`${w}.size is not a multiple of its sector size`);
     }
     if (off % SECTOR_SIZE !== 0) throw bad(`${w}.offset is not sector-aligned`);
     if (off !== 0 && off < areaEnd) throw bad(`${w}.offset ${off} lies inside the metadata/keyslots area (ends at ${areaEnd})`);
@@ -268,11 +275,13 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     if (type === "pbkdf2") {
       str(d.hash, `${w}.hash`, 32);
       int(d.iterations, `${w}.iterations`, 1, 0xffffffff);
-      if (b64(d.salt, `${w}.salt`).length === 0) throw bad(`${w}.salt is empty`);
-      const dg = b64(d.digest, `${w}.digest`);
-      if (dg.length === 0 || dg.length > 64) throw bad(`${w}.digest has a bad length`);
+      str(d.salt, `${w}.salt`, 1024);
+      str(d.digest, `${w}.digest`, 1024);
     }
   }
+
+  // cryptsetup refuses a keyslot no digest references: nothing could ever verify the key it yields.
+  for (const k of ksIds) if (!slotOwner.has(k)) throw bad(`keyslot ${k} is not assigned to any digest`);
 
   // tokens (spec §3.6)
   const tIds = numberedKeys(m.tokens, "token", LUKS2_TOKENS_MAX);

@@ -7,7 +7,7 @@ import { wipe } from "../util/secret.js";
 import { readHeader, writeHeader, type Luks2Header, type ReadResult } from "./header.js";
 import { openKeyslotCandidate, buildKeyslot, wipeArea, type NewKeyslotOptions } from "./keyslot.js";
 import { verifyDigest, digestForSegment } from "./digest.js";
-import { unknownRequirements, u64Num, validateMetadata, type Luks2Metadata, type Luks2Segment, type Luks2Keyslot, type Luks2Token, type Json } from "./metadata.js";
+import { unknownRequirements, u64Num, parseU64String, validateMetadata, type Luks2Metadata, type Luks2Segment, type Luks2Keyslot, type Luks2Token, type Json } from "./metadata.js";
 import { KNOWN_REQUIREMENTS, LUKS2_KEYSLOTS_MAX, LUKS2_TOKENS_MAX } from "./constants.js";
 
 export interface UnlockResult {
@@ -54,7 +54,10 @@ export class Luks2Volume {
   dataArea(dataDevSize = this.dev.size): { offset: number; length: number; sectorSize: number; cipher: string; ivTweak: bigint } {
     const { seg } = this.dataSegment();
     const offset = u64Num(seg.offset, "segment.offset");
-    const length = seg.size === "dynamic" ? dataDevSize - offset : u64Num(seg.size, "segment.size");
+    const size = seg.size === "dynamic" ? undefined : parseU64String(seg.size, "segment.size");
+    // A fixed size beyond what the device holds (up to 2^64-1 is valid metadata) is checked against the device.
+    const length = size === undefined ? dataDevSize - offset : size > BigInt(dataDevSize - offset) ? -1 : Number(size);
+    if (length < 0 && size !== undefined && offset <= dataDevSize) throw new TrustvolError("ETRUNCATED", `the data segment (${size} bytes at ${offset}) runs past the end of the device (${dataDevSize} bytes)`, "the image is truncated");
     if (length < 0) throw new TrustvolError("ETRUNCATED", `the device (${dataDevSize} bytes) ends before the data segment offset ${offset}`, "the image is truncated");
     if (seg.type !== "crypt") throw new TrustvolError("EUNSUPPORTED", `data segment type "${seg.type}" is not supported`);
     const sectorSize = seg.sector_size ?? 512;
