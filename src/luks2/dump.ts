@@ -10,8 +10,9 @@ function hexLines(b: Buffer, indent: string): string {
 
 const PRIO = ["ignored", "normal", "prefer"];
 
-function keyslotText(id: string, ks: Luks2Keyslot, digestId: string | undefined): string {
-  const l: string[] = [`  ${id}: ${ks.type}`];
+function keyslotText(id: string, ks: Luks2Keyslot, digestId: string | undefined, unbound = false): string {
+  // cryptsetup marks a keyslot whose digest covers no segment: its key opens nothing.
+  const l: string[] = [`  ${id}: ${ks.type}${unbound ? " (unbound)" : ""}`];
   if (ks.type === "luks2" && ks.kdf && ks.af) {
     l.push(`\tKey:        ${ks.key_size * 8} bits`);
     l.push(`\tPriority:   ${PRIO[ks.priority ?? 1]}`);
@@ -80,7 +81,7 @@ export function dumpText(v: Luks2Volume): string {
   }
   out.push("", "Keyslots:");
   const owner = (k: string) => Object.keys(m.digests).find((d) => m.digests[d]!.keyslots.includes(k));
-  for (const id of Object.keys(m.keyslots).sort((a, b) => Number(a) - Number(b))) out.push(keyslotText(id, m.keyslots[id]!, owner(id)));
+  for (const id of Object.keys(m.keyslots).sort((a, b) => Number(a) - Number(b))) out.push(keyslotText(id, m.keyslots[id]!, owner(id), owner(id) !== undefined && !m.digests[owner(id)!]!.segments.length));
   out.push("Tokens:");
   for (const id of Object.keys(m.tokens).sort((a, b) => Number(a) - Number(b))) out.push(tokenText(id, m.tokens[id]!));
   out.push("Digests:");

@@ -350,3 +350,21 @@ test("segment sizes up to 2^64-1 are valid metadata (cryptsetup accepts them); t
     assert.ok(readFileSync(p).equals(img));
   }
 });
+
+test("repair never grows a file: a truncated image with a damaged primary is refused, size and bytes unchanged", async (t) => {
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const base = await baseImage();
+  for (const size of [HDR + 4096, 2 * HDR + 1000, 1 << 20]) {
+    const img = Buffer.from(base.subarray(0, size));
+    img.fill(0, 0, 4096); // primary destroyed: repair would rewrite it from the secondary
+    const p = join(dir, "r.img");
+    writeFileSync(p, img);
+    const r = await trustvolInProcess(["repair", p]);
+    assert.notEqual(r.status, 0, r.stdout);
+    assert.match(r.stderr, /^trustvol: [^\n]*(too small|truncated|past the end)[^\n]*\n$/);
+    const after = readFileSync(p);
+    assert.equal(after.length, size, "the file did not grow");
+    assert.ok(after.equals(img), "nothing was written");
+  }
+});

@@ -49,6 +49,8 @@ test("a keyslot whose digest is not bound to the data segment never unlocks (lib
     assert.equal(r.status, 3, `${args.slice(0, 2).join(" ")}: ${r.stderr}`);
     assert.match(r.stderr, /^trustvol: no (usable keyslot|key available)[^\n]*\n$/);
   }
+  const d = await trustvolInProcess(["dump", p]);
+  assert.match(d.stdout, /^  1: luks2 \(unbound\)$/m, "dump marks it as cryptsetup does");
   assert.ok(readFileSync(p).equals(img), "read-only commands leave the image as it was");
   if (needTools(t, "cryptsetup")) {
     const c = run("cryptsetup", ["open", "--test-passphrase", "--key-file", "-", p], { input: "other", check: false });
