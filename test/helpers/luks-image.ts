@@ -20,6 +20,7 @@ export function withJson(img: Buffer, edit: (j: any) => any, raw?: string): Buff
 /** Re-seal both copies after a raw edit of the header bytes (checksum algorithm sha256). */
 export function reseal(img: Buffer): Buffer {
   const hdr = Number(img.readBigUInt64BE(8));
+  if (hdr < 4096 || hdr > 4 << 20) return img; // a mutated hdr_size names no area to seal
   for (const off of [0, hdr]) if (off + hdr <= img.length) sealChecksum(img.subarray(off, off + hdr), "sha256");
   return img;
 }
