@@ -1,19 +1,26 @@
 // Volume-key digests (LUKS2 spec §3.4): type "pbkdf2" = PBKDF2(hash, volume key, salt, iterations).
 import { pbkdf2Sync, createHash, randomBytes } from "node:crypto";
 import { constantTimeEqual, wipe } from "../util/secret.js";
-import { opensslHash } from "./kdf.js";
+import { opensslHash, PBKDF2_MAX_ITERATIONS } from "./kdf.js";
+import { TrustvolError } from "../util/errors.js";
 import type { Luks2Digest, Luks2Metadata } from "./metadata.js";
 
 const DIGEST_ITER_MS = 125; // cryptsetup LUKS_MKD_ITERATIONS_MS
 const DIGEST_MIN_ITER = 1000;
 
 export function computeDigest(d: Pick<Luks2Digest, "hash" | "iterations" | "salt">, volumeKey: Uint8Array, len: number): Buffer {
+  if (!(d.iterations >= 1 && d.iterations <= PBKDF2_MAX_ITERATIONS)) throw new TrustvolError("EUNSUPPORTED", `volume key digest iterations ${d.iterations} out of range (1..${PBKDF2_MAX_ITERATIONS})`);
   return pbkdf2Sync(volumeKey, Buffer.from(d.salt, "base64"), d.iterations, len, opensslHash(d.hash));
 }
 
+const B64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
 export function verifyDigest(d: Luks2Digest, volumeKey: Uint8Array): boolean {
   if (d.type !== "pbkdf2") return false;
+  // Loaded unchecked (as cryptsetup does): a digest that is not base64 of 1..64 bytes matches no key.
+  if (!B64.test(d.digest) || !B64.test(d.salt) || d.digest.length % 4 || d.salt.length % 4) return false;
   const want = Buffer.from(d.digest, "base64");
+  if (want.length === 0 || want.length > 64 || d.salt.length === 0) return false;
   const got = computeDigest(d, volumeKey, want.length);
   const ok = constantTimeEqual(got, want);
   wipe(got);

@@ -30,7 +30,7 @@ function keyslotText(id: string, ks: Luks2Keyslot, digestId: string | undefined,
     if (ks.kdf.type === "pbkdf2") {
       l.push(`\tHash:       ${ks.kdf.hash}`);
       l.push(`\tIterations: ${ks.kdf.iterations}`);
-    } else {
+    } else if (ks.kdf.type === "argon2i" || ks.kdf.type === "argon2id") {
       l.push(`\tTime cost:  ${ks.kdf.time}`);
       l.push(`\tMemory:     ${ks.kdf.memory}`);
       l.push(`\tThreads:    ${ks.kdf.cpus}`);

@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";
 import { TrustvolError } from "../util/errors.js";
 import { parseBinaryHeader, encodeBinaryHeader, verifyChecksum, sealChecksum, checksumLength, type Luks2BinaryHeader } from "./binary-header.js";
-import { parseMetadata, serializeMetadata, validateMetadata, type Luks2Metadata } from "./metadata.js";
+import { parseMetadata, serializeMetadata, validateMetadata, u64Num, type Luks2Metadata } from "./metadata.js";
 import { LUKS2_BINARY_HEADER_SIZE, LUKS2_HDR_SIZES, LUKS2_MAGIC_PRIMARY, LUKS2_MAGIC_SECONDARY, LUKS2_SALT_L } from "./constants.js";
 
 export interface Luks2Header {
@@ -52,6 +52,8 @@ export function parseHeaderCopy(area: Buffer, expectOffset: number, expectPrimar
   const nul = json.indexOf(0);
   if (nul < 0) throw new TrustvolError("ECORRUPT", "LUKS2 metadata: JSON area is not NUL-terminated");
   if (nul === 0) throw new TrustvolError("ECORRUPT", "LUKS2 metadata: JSON area is empty");
+  // cryptsetup requires the rest of the JSON area to be zero: nothing may hide after the text.
+  for (let i = nul; i < json.length; i++) if (json[i] !== 0) throw new TrustvolError("ECORRUPT", `LUKS2 metadata: non-zero byte after the JSON text (offset ${4096 + i})`);
   const metadata = parseMetadata(json.subarray(0, nul).toString("utf8"), bin.hdrSize);
   return { bin, metadata };
 }
@@ -112,6 +114,9 @@ export async function readHeader(dev: BlockDevice): Promise<ReadResult> {
     if (pc.bin.uuid !== sc.bin.uuid && pc.bin.seqid === sc.bin.seqid) throw new TrustvolError("ECORRUPT", `${dev.name}: header copies disagree (uuid)`, "restore a header backup");
     use = sc.bin.seqid > pc.bin.seqid ? sc : pc;
   } else use = (pc ?? sc)!;
+  // cryptsetup refuses a device that cannot hold both header copies and the whole keyslots area ("Device too small").
+  const need = 2 * use.bin.hdrSize + u64Num(use.metadata.config.keyslots_size, "config.keyslots_size");
+  if (dev.size < need) throw new TrustvolError("ETRUNCATED", `${dev.name} is too small (${dev.size} bytes): its LUKS2 metadata and keyslots need at least ${need} bytes`, "the image is truncated or this is the wrong device");
   const needsRepair = !pc || !sc || pc.bin.seqid !== sc.bin.seqid;
   const other = use === pc ? sc : pc;
   const header: Luks2Header = {

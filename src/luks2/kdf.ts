@@ -1,5 +1,5 @@
 // Keyslot KDFs (LUKS2 spec §3.2.2): PBKDF2 via OpenSSL, Argon2i/Argon2id via the `argon2` addon (raw output).
-import { pbkdf2Sync, pbkdf2 } from "node:crypto";
+import { pbkdf2Sync, pbkdf2, createHash } from "node:crypto";
 import { totalmem, availableParallelism } from "node:os";
 import { promisify } from "node:util";
 import { TrustvolError } from "../util/errors.js";
@@ -30,14 +30,52 @@ async function argon2(): Promise<Argon2Mod> {
 }
 
 const OPENSSL_HASH: Record<string, string> = { sha1: "sha1", sha224: "sha224", sha256: "sha256", sha384: "sha384", sha512: "sha512", ripemd160: "ripemd160", whirlpool: "whirlpool", "sha3-256": "sha3-256", "sha3-512": "sha3-512", blake2b512: "blake2b512" };
+/** OpenSSL's name for a LUKS hash spec; EUNSUPPORTED (exit 6) when unknown or not loadable in this process. */
 export function opensslHash(h: string): string {
-  const n = OPENSSL_HASH[h.toLowerCase()];
-  if (!n) throw new TrustvolError("EUNSUPPORTED", `hash "${h}" is not supported`);
+  const n = OPENSSL_HASH[String(h).toLowerCase()];
+  if (!n) throw new TrustvolError("EUNSUPPORTED", `hash "${String(h).slice(0, 32)}" is not supported`);
+  if (!hashAvailable(n))
+    // whirlpool and ripemd160 live in OpenSSL 3's legacy provider, which Node loads only when started with the flag.
+    throw new TrustvolError("EUNSUPPORTED", `hash "${n}" is not available in this Node.js (OpenSSL legacy provider not loaded)`, "run trustvol with NODE_OPTIONS=--openssl-legacy-provider");
   return n;
+}
+const available = new Map<string, boolean>();
+function hashAvailable(n: string): boolean {
+  let ok = available.get(n);
+  if (ok === undefined) {
+    try {
+      createHash(n).digest();
+      ok = true;
+    } catch {
+      ok = false;
+    }
+    available.set(n, ok);
+  }
+  return ok;
+}
+
+// Beyond these a header asks for hours of CPU or gigabytes of RAM in the boot path: refuse the keyslot instead.
+export const PBKDF2_MAX_ITERATIONS = 0x7fffffff; // OpenSSL's PKCS5_PBKDF2_HMAC takes an int
+export const ARGON2_MAX_MEMORY_KIB = 4 * 1024 * 1024; // cryptsetup MAX_PBKDF_MEMORY
+export const ARGON2_MAX_THREADS = 16; // cryptsetup MAX_PBKDF_THREADS
+export const ARGON2_MAX_TIME = 1 << 20;
+
+/** Refuse KDF parameters this process cannot (or must not) run; the header stays readable, only the keyslot is refused. */
+export function checkKdfRunnable(kdf: Kdf): void {
+  const no = (what: string) => new TrustvolError("EUNSUPPORTED", `keyslot KDF ${what}`, "this keyslot cannot be used; unlock with another keyslot or a token");
+  if (kdf.type === "pbkdf2") {
+    opensslHash(kdf.hash);
+    if (!(kdf.iterations >= 1 && kdf.iterations <= PBKDF2_MAX_ITERATIONS)) throw no(`pbkdf2 iterations ${kdf.iterations} out of range (1..${PBKDF2_MAX_ITERATIONS})`);
+  } else if (kdf.type === "argon2i" || kdf.type === "argon2id") {
+    if (!(kdf.time >= 1 && kdf.time <= ARGON2_MAX_TIME)) throw no(`argon2 time ${kdf.time} out of range (1..${ARGON2_MAX_TIME})`);
+    if (!(kdf.cpus >= 1 && kdf.cpus <= ARGON2_MAX_THREADS)) throw no(`argon2 cpus ${kdf.cpus} out of range (1..${ARGON2_MAX_THREADS})`);
+    if (!(kdf.memory >= 8 * kdf.cpus && kdf.memory <= ARGON2_MAX_MEMORY_KIB)) throw no(`argon2 memory ${kdf.memory} KiB out of range (${8 * kdf.cpus}..${ARGON2_MAX_MEMORY_KIB})`);
+  } else throw no(`"${String((kdf as { type: unknown }).type).slice(0, 32)}" is not supported`);
 }
 
 /** Derive keyLen bytes from a passphrase with the keyslot's KDF. The result must be wiped by the caller. */
 export async function deriveKey(kdf: Kdf, passphrase: Uint8Array, keyLen: number): Promise<Buffer> {
+  checkKdfRunnable(kdf);
   const salt = Buffer.from(kdf.salt, "base64");
   if (kdf.type === "pbkdf2") return pbkdf2Async(passphrase, salt, kdf.iterations, keyLen, opensslHash(kdf.hash));
   const a = await argon2();
@@ -54,6 +92,9 @@ export async function deriveKey(kdf: Kdf, passphrase: Uint8Array, keyLen: number
       hashLength: keyLen,
     });
     return out as Buffer;
+  } catch (e) {
+    // The addon refuses some parameters (salt length, lanes) with a plain Error: one clean line instead of a crash.
+    throw new TrustvolError("EUNSUPPORTED", `argon2 refused this keyslot's parameters (${String((e as Error).message ?? e).split("\n")[0]!.slice(0, 80)})`, "this keyslot cannot be used; unlock with another keyslot or a token");
   } finally {
     wipe(pw);
   }
@@ -70,7 +111,7 @@ export interface PbkdfOptions {
   targetRamMiB?: number;
 }
 
-const ARGON2_MAX_MEMORY_KIB = 1024 * 1024; // cryptsetup default max: 1 GiB
+const ARGON2_DEFAULT_MAX_MEMORY_KIB = 1024 * 1024; // cryptsetup default max: 1 GiB
 const ARGON2_MIN_MEMORY_KIB = 32; // cryptsetup minimum
 const PBKDF2_MIN_ITERATIONS = 1000;
 
@@ -78,7 +119,7 @@ const PBKDF2_MIN_ITERATIONS = 1000;
 export function argon2MemoryFor(opts: PbkdfOptions): number {
   if (opts.memoryKiB) return opts.memoryKiB;
   const ramKiB = opts.targetRamMiB ? opts.targetRamMiB * 1024 : Math.floor(totalmem() / 1024);
-  return Math.max(ARGON2_MIN_MEMORY_KIB, Math.min(ARGON2_MAX_MEMORY_KIB, Math.floor(ramKiB / 2)));
+  return Math.max(ARGON2_MIN_MEMORY_KIB, Math.min(ARGON2_DEFAULT_MAX_MEMORY_KIB, Math.floor(ramKiB / 2)));
 }
 
 /** Choose KDF parameters (benchmarking on this host unless forced) and produce the JSON kdf object with a fresh salt. */

@@ -5,13 +5,14 @@ import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import { createSectorCipher } from "../dmcrypt/sector-cipher.js";
 import { afMerge, afSplit, afSectorsBytes } from "./af.js";
-import { deriveKey, chooseKdf, type PbkdfOptions } from "./kdf.js";
+import { deriveKey, chooseKdf, opensslHash, type PbkdfOptions } from "./kdf.js";
 import { LUKS_STRIPES, ALIGN_4K, SECTOR_SIZE } from "./constants.js";
 import { u64Num, type Luks2Keyslot, type Luks2Metadata } from "./metadata.js";
 
 /** Decrypt keyslot `id` with a passphrase; returns the candidate volume key (unverified) — caller checks the digest and wipes. */
 export async function openKeyslotCandidate(dev: BlockDevice, ks: Luks2Keyslot, passphrase: Uint8Array): Promise<Buffer> {
-  if (ks.type !== "luks2" || !ks.af || !ks.kdf) throw new TrustvolError("EUNSUPPORTED", `keyslot type "${ks.type}" cannot be opened with a passphrase`);
+  if (ks.type !== "luks2" || !ks.af || !ks.kdf) throw new TrustvolError("EUNSUPPORTED", `keyslot type "${String(ks.type).slice(0, 32)}" cannot be opened with a passphrase`);
+  const afHash = opensslHash(ks.af.hash); // refuse an unknown hash before any work, not as a crash inside afMerge
   const areaKeySize = ks.area.key_size as number;
   const derived = await deriveKey(ks.kdf, passphrase, areaKeySize);
   const len = afSectorsBytes(ks.key_size, ks.af.stripes);
@@ -24,7 +25,7 @@ export async function openKeyslotCandidate(dev: BlockDevice, ks: Luks2Keyslot, p
     } finally {
       c.dispose();
     }
-    return afMerge(material, ks.key_size, ks.af.stripes, ks.af.hash);
+    return afMerge(material, ks.key_size, ks.af.stripes, afHash);
   } finally {
     wipe(derived, material);
   }

@@ -105,24 +105,58 @@ function strArray(v: unknown, what: string): string[] {
   return v as string[];
 }
 
+/** Structure only, like cryptsetup: an unknown KDF type or absurd costs leave the header readable (refused at unlock). */
 export function validateKdf(k: unknown, what: string): Kdf {
   if (!isObj(k)) throw bad(`${what}.kdf missing`);
-  const type = str(k.type, `${what}.kdf.type`);
-  const salt = b64(k.salt, `${what}.kdf.salt`);
-  if (salt.length === 0 || salt.length > 256) throw bad(`${what}.kdf.salt has a bad length`);
+  const type = str(k.type, `${what}.kdf.type`, 64);
+  str(k.salt, `${what}.kdf.salt`, 1024);
   if (type === "pbkdf2") {
     str(k.hash, `${what}.kdf.hash`, 32);
-    int(k.iterations, `${what}.kdf.iterations`, 1, 0xffffffff);
+    int(k.iterations, `${what}.kdf.iterations`, 0, Number.MAX_SAFE_INTEGER);
   } else if (type === "argon2i" || type === "argon2id") {
-    int(k.time, `${what}.kdf.time`, 1, 0xffffffff);
-    int(k.memory, `${what}.kdf.memory`, 8, 4 * 1024 * 1024); // KiB; cryptsetup caps at 4 GiB
-    int(k.cpus, `${what}.kdf.cpus`, 1, 0xffffff);
-  } else throw bad(`${what}: unknown KDF "${type.slice(0, 32)}"`);
+    int(k.time, `${what}.kdf.time`, 0, Number.MAX_SAFE_INTEGER);
+    int(k.memory, `${what}.kdf.memory`, 0, Number.MAX_SAFE_INTEGER);
+    int(k.cpus, `${what}.kdf.cpus`, 0, Number.MAX_SAFE_INTEGER);
+  }
   return k as unknown as Kdf;
+}
+
+/** json-c (cryptsetup's parser) refuses nesting deeper than this (JSON_TOKENER_DEFAULT_DEPTH). */
+export const JSON_MAX_DEPTH = 32;
+
+/** Nesting depth of JSON text, counted without parsing (so hostile depth can't overflow the parser's stack). */
+export function jsonDepth(text: string): number {
+  let depth = 0, max = 0, inStr = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inStr) {
+      if (c === 0x5c) i++;
+      else if (c === 0x22) inStr = false;
+    } else if (c === 0x22) inStr = true;
+    else if (c === 0x7b || c === 0x5b) max = Math.max(max, ++depth);
+    else if (c === 0x7d || c === 0x5d) depth--;
+  }
+  return max;
+}
+
+/** Nesting depth of a parsed value, walked without recursion (a deep token must not overflow the stack). */
+function valueDepth(v: unknown): number {
+  let max = 0;
+  const stack: [unknown, number][] = [[v, 1]];
+  while (stack.length) {
+    const [x, d] = stack.pop()!;
+    if (typeof x !== "object" || x === null) continue;
+    max = Math.max(max, d);
+    if (d > JSON_MAX_DEPTH) return d;
+    for (const c of Object.values(x)) stack.push([c, d + 1]);
+  }
+  return max;
 }
 
 /** Parse and validate the JSON text of one header copy. hdrSize is the copy's binary hdr_size. */
 export function parseMetadata(jsonText: string, hdrSize: number): Luks2Metadata {
+  if (!jsonText.startsWith("{")) throw bad("JSON area does not start with \"{\"");
+  if (jsonDepth(jsonText) > JSON_MAX_DEPTH) throw bad(`JSON is nested deeper than ${JSON_MAX_DEPTH} levels`);
   let j: unknown;
   try {
     j = JSON.parse(jsonText);
@@ -134,6 +168,7 @@ export function parseMetadata(jsonText: string, hdrSize: number): Luks2Metadata 
 
 export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
   if (!isObj(j)) throw bad("top level is not an object");
+  if (valueDepth(j) > JSON_MAX_DEPTH) throw bad(`JSON is nested deeper than ${JSON_MAX_DEPTH} levels`);
   for (const sect of ["keyslots", "tokens", "segments", "digests", "config"]) if (!isObj(j[sect])) throw bad(`missing "${sect}" object`);
   const m = j as unknown as Luks2Metadata;
 
@@ -149,6 +184,9 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     if (!isObj(cfg.requirements)) throw bad("config.requirements must be an object");
     if (cfg.requirements.mandatory !== undefined) strArray(cfg.requirements.mandatory, "config.requirements.mandatory");
   }
+  const reqs = (cfg.requirements as { mandatory?: string[] } | undefined)?.mandatory ?? [];
+  if (reqs.some((r) => r.startsWith("online-reencrypt")) && !Object.values(m.keyslots).some((k) => isObj(k) && k.type === "reencrypt"))
+    throw bad("online-reencrypt requirement without a reencrypt keyslot");
   const areaStart = 2 * hdrSize;
   const areaEnd = areaStart + keyslotsSize;
 
@@ -200,7 +238,10 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     const type = str(s.type, `${w}.type`, 32);
     const off = u64Num(s.offset, `${w}.offset`);
     const dynamic = s.size === "dynamic";
-    const size = dynamic ? Infinity : u64Num(s.size, `${w}.size`);
+    // Up to 2^64-1 like cryptsetup (BigInt); only overlap arithmetic needs a number, where 2^53+ is as good as infinite.
+    const bigSize = dynamic ? 0n : parseU64String(s.size, `${w}.size`);
+    if (!dynamic && bigSize === 0n) throw bad(`${w}.size is zero`);
+    const size = dynamic ? Infinity : Number(bigSize);
     let backup = false;
     if (s.flags !== undefined) backup = strArray(s.flags, `${w}.flags`).some((f) => f.startsWith("backup-"));
     if (type === "crypt") {
@@ -210,7 +251,7 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
       if (![512, 1024, 2048, 4096].includes(ss)) throw bad(`${w}.sector_size must be 512, 1024, 2048 or 4096`);
       if (s.integrity !== undefined && !isObj(s.integrity)) throw bad(`${w}.integrity must be an object`);
       if (off % ss !== 0 && off % SECTOR_SIZE !== 0) throw bad(`${w}.offset is not aligned`);
-      if (!dynamic && size % ss !== 0) throw bad(`${w}.size is not a multiple of its sector size`);
+      if (!dynamic && bigSize % BigInt(ss) !== 0n) throw bad(`${w}.size is not a multiple of its sector size`);
     }
     if (off % SECTOR_SIZE !== 0) throw bad(`${w}.offset is not sector-aligned`);
     segs.push({ id, start: off, end: off + size, backup });
@@ -238,11 +279,13 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     if (type === "pbkdf2") {
       str(d.hash, `${w}.hash`, 32);
       int(d.iterations, `${w}.iterations`, 1, 0xffffffff);
-      if (b64(d.salt, `${w}.salt`).length === 0) throw bad(`${w}.salt is empty`);
-      const dg = b64(d.digest, `${w}.digest`);
-      if (dg.length === 0 || dg.length > 64) throw bad(`${w}.digest has a bad length`);
+      str(d.salt, `${w}.salt`, 1024);
+      str(d.digest, `${w}.digest`, 1024);
     }
   }
+
+  // cryptsetup refuses a keyslot no digest references: nothing could ever verify the key it yields.
+  for (const k of ksIds) if (!slotOwner.has(k)) throw bad(`keyslot ${k} is not assigned to any digest`);
 
   // tokens (spec §3.6)
   const tIds = numberedKeys(m.tokens, "token", LUKS2_TOKENS_MAX);

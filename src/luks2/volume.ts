@@ -6,8 +6,8 @@ import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import { readHeader, writeHeader, type Luks2Header, type ReadResult } from "./header.js";
 import { openKeyslotCandidate, buildKeyslot, wipeArea, type NewKeyslotOptions } from "./keyslot.js";
-import { verifyDigest, digestForKeyslot, digestForSegment } from "./digest.js";
-import { unknownRequirements, u64Num, validateMetadata, type Luks2Metadata, type Luks2Segment, type Luks2Token, type Json } from "./metadata.js";
+import { verifyDigest, digestForSegment } from "./digest.js";
+import { unknownRequirements, u64Num, parseU64String, validateMetadata, type Luks2Metadata, type Luks2Segment, type Luks2Keyslot, type Luks2Token, type Json } from "./metadata.js";
 import { KNOWN_REQUIREMENTS, LUKS2_KEYSLOTS_MAX, LUKS2_TOKENS_MAX } from "./constants.js";
 
 export interface UnlockResult {
@@ -54,7 +54,10 @@ export class Luks2Volume {
   dataArea(dataDevSize = this.dev.size): { offset: number; length: number; sectorSize: number; cipher: string; ivTweak: bigint } {
     const { seg } = this.dataSegment();
     const offset = u64Num(seg.offset, "segment.offset");
-    const length = seg.size === "dynamic" ? dataDevSize - offset : u64Num(seg.size, "segment.size");
+    const size = seg.size === "dynamic" ? undefined : parseU64String(seg.size, "segment.size");
+    // A fixed size beyond what the device holds (up to 2^64-1 is valid metadata) is checked against the device.
+    const length = size === undefined ? dataDevSize - offset : size > BigInt(dataDevSize - offset) ? -1 : Number(size);
+    if (length < 0 && size !== undefined && offset <= dataDevSize) throw new TrustvolError("ETRUNCATED", `the data segment (${size} bytes at ${offset}) runs past the end of the device (${dataDevSize} bytes)`, "the image is truncated");
     if (length < 0) throw new TrustvolError("ETRUNCATED", `the device (${dataDevSize} bytes) ends before the data segment offset ${offset}`, "the image is truncated");
     if (seg.type !== "crypt") throw new TrustvolError("EUNSUPPORTED", `data segment type "${seg.type}" is not supported`);
     const sectorSize = seg.sector_size ?? 512;
@@ -106,18 +109,37 @@ export class Luks2Volume {
     return ids.filter((k) => prio(k) > 0).sort((a, b) => prio(b) - prio(a) || Number(a) - Number(b));
   }
 
-  /** Unlock with a passphrase; the caller wipes both the passphrase and the returned key. */
-  async unlock(passphrase: Uint8Array, opts: { slot?: number } = {}): Promise<UnlockResult> {
-    const slots = this.candidateSlots(opts.slot);
-    if (!slots.length) throw new TrustvolError("ENOKEY", "no passphrase keyslot on this volume", "unlock with a token or the recovery key");
+  /**
+   * Unlock with a passphrase; the caller wipes both the passphrase and the returned key.
+   * Only keyslots whose digest covers `segment` (default: the data segment) count: an unbound keyslot's key
+   * decrypts nothing, and trusting it would hand garbage to the data path (cryptsetup: "No usable keyslot").
+   */
+  async unlock(passphrase: Uint8Array, opts: { slot?: number; segment?: string } = {}): Promise<UnlockResult> {
+    const segment = opts.segment ?? this.dataSegment().id;
+    const dId = digestForSegment(this.metadata, segment);
+    const bound = new Set(dId ? this.metadata.digests[dId]!.keyslots : []);
+    const slots = this.candidateSlots(opts.slot).filter((id) => bound.has(id));
+    if (!slots.length) {
+      if (opts.slot !== undefined) throw new TrustvolError("EBADPASS", `no key available with this passphrase in keyslot ${opts.slot} (it is not bound to data segment ${segment})`, "use a keyslot bound to the data segment");
+      throw new TrustvolError("ENOKEY", "no usable keyslot is available", "no passphrase keyslot is bound to the data segment; unlock with a token or the recovery key");
+    }
+    let unusable: TrustvolError | undefined;
+    let tried = 0;
     for (const id of slots) {
-      const ks = this.metadata.keyslots[id]!;
-      const dId = digestForKeyslot(this.metadata, id);
-      if (!dId) continue;
-      const cand = await openKeyslotCandidate(this.dev, ks, passphrase);
-      if (verifyDigest(this.metadata.digests[dId]!, cand)) return { volumeKey: cand, keyslot: Number(id) };
+      let cand: Buffer;
+      try {
+        cand = await openKeyslotCandidate(this.dev, this.metadata.keyslots[id]!, passphrase);
+      } catch (e) {
+        // One keyslot we cannot use (unknown KDF, type or hash) must not hide the others.
+        if (!(e instanceof TrustvolError) || e.code !== "EUNSUPPORTED" || opts.slot !== undefined) throw e;
+        unusable ??= e;
+        continue;
+      }
+      tried++;
+      if (verifyDigest(this.metadata.digests[dId!]!, cand)) return { volumeKey: cand, keyslot: Number(id) };
       wipe(cand);
     }
+    if (unusable && !tried) throw unusable;
     throw new TrustvolError("EBADPASS", opts.slot !== undefined ? `no key available with this passphrase in keyslot ${opts.slot}` : "no key available with this passphrase", "check the passphrase (or key file) and try again");
   }
 
@@ -201,19 +223,29 @@ export class Luks2Volume {
       areaEncryption: this.dataSegment().seg.encryption,
       ...opts,
     });
-    await this.dev.write(areaData, areaOffset);
-    await this.dev.flush();
-    wipe(areaData);
-    const m = structuredClone(this.metadata);
-    m.keyslots[String(slot)] = keyslot;
-    m.digests[digestId]!.keyslots.push(String(slot));
-    m.digests[digestId]!.keyslots.sort((a, b) => Number(a) - Number(b));
-    extra?.(m);
-    try {
+    // From the first byte written until the header references it, any failure must take the material with it.
+    await this.withAreaRollback(areaOffset, keyslot, areaData, async () => {
+      const m = structuredClone(this.metadata);
+      m.keyslots[String(slot)] = keyslot;
+      m.digests[digestId]!.keyslots.push(String(slot));
+      m.digests[digestId]!.keyslots.sort((a, b) => Number(a) - Number(b));
+      extra?.(m);
       await this.commit(m);
+    });
+  }
+
+  /** Write a new keyslot area, run `commit`; on any failure overwrite the area (nothing references it) and rethrow. */
+  private async withAreaRollback(areaOffset: number, keyslot: Luks2Keyslot, areaData: Buffer, commit: () => Promise<void>): Promise<void> {
+    try {
+      await this.dev.write(areaData, areaOffset);
+      await this.dev.flush();
+      wipe(areaData);
+      await commit();
     } catch (e) {
-      // Nothing references the new material: don't leave a usable copy of the volume key behind.
-      await wipeArea(this.dev, areaOffset, u64Num(keyslot.area.size, "area.size")).catch(() => {});
+      wipe(areaData);
+      // A commit that failed after one header copy landed may already reference the area: then it is live, keep it.
+      const live = await readHeader(this.dev).then((r) => Object.values(r.header.metadata.keyslots).some((k) => k.area?.offset === String(areaOffset)), () => false);
+      if (!live) await wipeArea(this.dev, areaOffset, u64Num(keyslot.area.size, "area.size")).catch(() => {});
       throw e;
     }
   }
@@ -233,12 +265,11 @@ export class Luks2Volume {
         priority: old.priority,
         ...opts,
       });
-      await this.dev.write(areaData, areaOffset);
-      await this.dev.flush();
-      wipe(areaData);
-      const m = structuredClone(this.metadata);
-      m.keyslots[id] = keyslot;
-      await this.commit(m);
+      await this.withAreaRollback(areaOffset, keyslot, areaData, async () => {
+        const m = structuredClone(this.metadata);
+        m.keyslots[id] = keyslot;
+        await this.commit(m);
+      });
       await wipeArea(this.dev, u64Num(old.area.offset, "area.offset"), u64Num(old.area.size, "area.size"));
     } finally {
       wipe(volumeKey);

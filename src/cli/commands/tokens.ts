@@ -5,6 +5,7 @@ import { readFileSync } from "node:fs";
 import { TrustvolError } from "../../util/errors.js";
 import { LuksHandle } from "../../ops/volume.js";
 import { int, printJson } from "../common.js";
+import { jsonDepth, JSON_MAX_DEPTH } from "../../luks2/metadata.js";
 
 function readJson(file: string | undefined): unknown {
   let text: string;
@@ -18,6 +19,7 @@ function readJson(file: string | undefined): unknown {
     throw new TrustvolError("EUSAGE", `cannot read ${what}`, "check the --json-file path and its permissions");
   }
   if (text.length > 4 * 1024 * 1024) throw new TrustvolError("EUSAGE", "token JSON is too large");
+  if (jsonDepth(text) > JSON_MAX_DEPTH - 2) throw new TrustvolError("EUSAGE", `token JSON is nested deeper than ${JSON_MAX_DEPTH - 2} levels`, "the header's JSON (tokens → id → token) may nest at most 32 levels, as cryptsetup's parser allows");
   try {
     return JSON.parse(text);
   } catch {
