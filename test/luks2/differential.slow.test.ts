@@ -27,9 +27,9 @@ const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 function makeLuks2(dir: string): Buffer {
   const p = join(dir, "base2.img");
   writeFileSync(p, Buffer.alloc(2 << 20));
-  writeFileSync(join(dir, "vk2"), Buffer.alloc(64, 7).map((_, i) => (i * 37 + 11) & 0xff));
-  writeFileSync(join(dir, "pw"), PW);
-  writeFileSync(join(dir, "pw2"), "pw2");
+  writeFileSync(join(dir, "vk2"), Buffer.alloc(64, 7).map((_, i) => (i * 37 + 11) & 0xff), { mode: 0o600 });
+  writeFileSync(join(dir, "pw"), PW, { mode: 0o600 });
+  writeFileSync(join(dir, "pw2"), "pw2", { mode: 0o600 });
   const common = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "-q"];
   run("cryptsetup", ["luksFormat", "--type", "luks2", ...common, "--luks2-keyslots-size", "512k", "--offset", "2048", "--volume-key-file", join(dir, "vk2"), "--key-file", join(dir, "pw"), p]);
   run("cryptsetup", ["luksAddKey", ...common, "--key-file", join(dir, "pw"), p, join(dir, "pw2")]);

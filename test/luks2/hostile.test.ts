@@ -276,7 +276,7 @@ test("one keyslot or token trustvol cannot use leaves the header readable and on
   t.after(cleanup);
   const base = await twoSlotImage();
   const pw = join(dir, "pw");
-  writeFileSync(pw, "pw");
+  writeFileSync(pw, "pw", { mode: 0o600 });
   const salt = "c2FsdHNhbHRzYWx0c2FsdA==";
   const cases: { name: string; edit: (j: any) => void; dump: RegExp; slot0: RegExp }[] = [
     { name: "unknown KDF", edit: (j) => (j.keyslots["0"].kdf.type = "scrypt"), dump: /PBKDF:\s+scrypt/, slot0: /KDF "scrypt" is not supported/ },
@@ -335,7 +335,7 @@ test("segment sizes up to 2^64-1 are valid metadata (cryptsetup accepts them); t
   const { dir, cleanup } = tmpDir();
   t.after(cleanup);
   const base = await baseImage();
-  writeFileSync(join(dir, "pw"), "pw");
+  writeFileSync(join(dir, "pw"), "pw", { mode: 0o600 });
   for (const size of ["9007199254740992", "18446744073709547520"]) {
     const img = withJson(base, (j) => ((j.segments["0"].size = size), j));
     const p = join(dir, "v.img");

@@ -38,7 +38,7 @@ test("a keyslot whose digest is not bound to the data segment never unlocks (lib
   t.after(cleanup);
   const p = join(dir, "v.img");
   writeFileSync(p, img);
-  writeFileSync(join(dir, "other"), "other");
+  writeFileSync(join(dir, "other"), "other", { mode: 0o600 });
   for (const args of [
     ["unlock", "--test", "--key-file", join(dir, "other"), p],
     ["unlock", "--test", "--key-slot", "1", "--key-file", join(dir, "other"), p],
