@@ -12,6 +12,7 @@ import type { TestContext } from "node:test";
 import { run } from "./tools.js";
 import { TRUSTVOL_BIN } from "./cli.js";
 import type { BlockDevice } from "../../src/blockdev/types.js";
+import { prng } from "./power-cut.js";
 
 export const MiB = 1024 * 1024;
 /** Fast keyslots for every tool: pbkdf2, 1000 iterations (cryptsetup's spelling; trustvol uses the same). */
@@ -370,17 +371,8 @@ export async function killMidRun(opts: {
   throw new Error(`could not land a kill mid-run of ${opts.cmd} ${opts.args.join(" ")} in ${tries} tries (${log.join("; ")})`);
 }
 
-/** Seeded PRNG (mulberry32) for kill moments. */
-export function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded PRNG for kill moments (the power-cut device's mulberry32). */
+export const seeded = prng;
 
 /**
  * The oracle in reverse: write `length` bytes of plain file `plainPath` into the (single) data segment of a freshly
