@@ -111,13 +111,13 @@ export async function readHeader(dev: BlockDevice): Promise<ReadResult> {
   }
   let use: ParsedCopy;
   if (pc && sc) {
-    if (pc.bin.uuid !== sc.bin.uuid && pc.bin.seqid === sc.bin.seqid) throw new TrustvolError("ECORRUPT", `${dev.name}: header copies disagree (uuid)`, "restore a header backup");
+    // Same seqid, different UUIDs: cryptsetup takes the primary and rewrites the secondary at the next write; so do we.
     use = sc.bin.seqid > pc.bin.seqid ? sc : pc;
   } else use = (pc ?? sc)!;
   // cryptsetup refuses a device that cannot hold both header copies and the whole keyslots area ("Device too small").
   const need = 2 * use.bin.hdrSize + u64Num(use.metadata.config.keyslots_size, "config.keyslots_size");
   if (dev.size < need) throw new TrustvolError("ETRUNCATED", `${dev.name} is too small (${dev.size} bytes): its LUKS2 metadata and keyslots need at least ${need} bytes`, "the image is truncated or this is the wrong device");
-  const needsRepair = !pc || !sc || pc.bin.seqid !== sc.bin.seqid;
+  const needsRepair = !pc || !sc || pc.bin.seqid !== sc.bin.seqid || pc.bin.uuid !== sc.bin.uuid;
   const other = use === pc ? sc : pc;
   const header: Luks2Header = {
     hdrSize: use.bin.hdrSize,

@@ -345,6 +345,11 @@ const ALLOWED: { id: string; reason: string; match: (r: Result) => boolean }[] =
     reason: "when only the primary's hdr_size is changed (and re-sealed), cryptsetup looks for the secondary at that wrong offset and gives up; trustvol, like the spec's recovery rule (§2.3), finds the intact secondary at a standard offset and reads it",
     match: (r) => /^bin hdr_size=\d+ copies=0 /.test(r.m.what) && !r.cs.dump && r.tv.dump,
   },
+  {
+    id: "trustvol-finds-the-secondary-version",
+    reason: "when only the primary's version field is damaged (and re-sealed), cryptsetup's version probe reads the primary alone and says 'not a valid LUKS device'; trustvol reads the intact secondary (spec §2.3 recovery), as it does for a damaged primary checksum",
+    match: (r) => /^bin version=\d+ copies=0 /.test(r.m.what) && !r.cs.dump && r.tv.dump,
+  },
 ];
 
 test("differential: mutated LUKS1/LUKS2 headers — trustvol agrees with cryptsetup 2.6.1", { timeout: 30 * 60_000 }, async (t) => {

@@ -368,3 +368,22 @@ test("repair never grows a file: a truncated image with a damaged primary is ref
     assert.ok(after.equals(img), "nothing was written");
   }
 });
+
+test("header copies with the same seqid but different UUIDs: the primary wins (as cryptsetup), a write repairs the secondary", async () => {
+  const { sealChecksum } = await import("../../src/luks2/binary-header.js");
+  const img = await baseImage();
+  const area = img.subarray(HDR, 2 * HDR);
+  area.fill(0, 168, 208);
+  area.write("12345678-1234-1234-1234-123456789abc", 168, "latin1");
+  sealChecksum(area, "sha256");
+  const before = Buffer.from(img);
+  const dev = new MemoryBlockDevice(img);
+  const v = await Luks2Volume.open(dev);
+  assert.notEqual(v.uuid, "12345678-1234-1234-1234-123456789abc");
+  const { volumeKey } = await v.unlock(Buffer.from("pw"));
+  assert.ok(dev.data.equals(before), "reading and unlocking write nothing");
+  await v.addKeyslot(volumeKey, Buffer.from("pw2"), { pbkdf: { type: "pbkdf2", forceIterations: 1000 } });
+  const r = await readHeader(dev);
+  assert.equal(r.needsRepair, false);
+  assert.equal(r.header.uuid, v.uuid);
+});
