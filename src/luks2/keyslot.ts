@@ -16,6 +16,8 @@ export async function openKeyslotCandidate(dev: BlockDevice, ks: Luks2Keyslot, p
   const areaKeySize = ks.area.key_size as number;
   const derived = await deriveKey(ks.kdf, passphrase, areaKeySize);
   const len = afSectorsBytes(ks.key_size, ks.af.stripes);
+  if (u64Num(ks.area.size, "area.size") < len)
+    throw new TrustvolError("ECORRUPT", `keyslot area (${ks.area.size} bytes) is smaller than the ${len} bytes of key material it should hold`, "this keyslot is damaged; unlock with another keyslot or a token");
   const material = Buffer.allocUnsafeSlow(len);
   try {
     await dev.read(material, u64Num(ks.area.offset, "area.offset"));

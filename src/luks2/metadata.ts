@@ -204,7 +204,7 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     const size = u64Num(ks.area.size, `${w}.area.size`);
     if (ks.priority !== undefined) int(ks.priority, `${w}.priority`, 0, 2);
     if (type === "luks2") {
-      const keySize = int(ks.key_size, `${w}.key_size`, 1, 1024);
+      int(ks.key_size, `${w}.key_size`, 1, 1024);
       if (!isObj(ks.af) || ks.af.type !== "luks1") throw bad(`${w}.af must be of type luks1`);
       if (int(ks.af.stripes, `${w}.af.stripes`, 1) !== LUKS_STRIPES) throw bad(`${w}.af.stripes must be ${LUKS_STRIPES}`);
       str(ks.af.hash, `${w}.af.hash`, 32);
@@ -212,8 +212,7 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
       str(ks.area.encryption, `${w}.area.encryption`, 64);
       int(ks.area.key_size, `${w}.area.key_size`, 1, 1024);
       validateKdf(ks.kdf, w);
-      const need = Math.ceil((keySize * LUKS_STRIPES) / SECTOR_SIZE) * SECTOR_SIZE;
-      if (size < need) throw bad(`${w}.area.size ${size} is smaller than the ${need} bytes its key material needs`);
+      // An area too small for its key material makes only this keyslot unusable (checked when it is opened), as in cryptsetup.
     } else if (type === "reencrypt") {
       str(ks.mode, `${w}.mode`, 32);
       str(ks.direction, `${w}.direction`, 32);

@@ -131,7 +131,7 @@ export class Luks2Volume {
         cand = await openKeyslotCandidate(this.dev, this.metadata.keyslots[id]!, passphrase);
       } catch (e) {
         // One keyslot we cannot use (unknown KDF, type or hash) must not hide the others.
-        if (!(e instanceof TrustvolError) || e.code !== "EUNSUPPORTED" || opts.slot !== undefined) throw e;
+        if (!(e instanceof TrustvolError) || (e.code !== "EUNSUPPORTED" && e.code !== "ECORRUPT") || opts.slot !== undefined) throw e;
         unusable ??= e;
         continue;
       }
