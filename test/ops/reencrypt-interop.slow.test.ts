@@ -252,7 +252,7 @@ for (const s of scenarios) {
       const calibratedMs = calibrate(starter, s, () => timeRun(cmd, args, dir));
       const frac = 0.15 + 0.7 * rnd();
       let start = "";
-      const { delayMs, attempts } = await killMidRun({
+      const landed = await killMidRun({
         cmd, args, calibratedMs, frac, cwd: dir, progress,
         prepare: () => {
           s.prepare(f, img, hdr);
@@ -260,7 +260,13 @@ for (const s of scenarios) {
         },
         midRun: () => inReencryption(img, s.detached ? hdr : undefined),
         touched: () => fingerprint(img, hdr, s) !== start,
+      }).catch((e: Error) => {
+        // cryptsetup's own baseline (both halves cryptsetup) claims nothing about trustvol: a missed kill under load skips it.
+        if (starter === "cryptsetup" && finisher === "cryptsetup" && /could not land a kill/.test(e.message)) return undefined;
+        throw e;
       });
+      if (!landed) return t.skip("cryptsetup's run was too short to interrupt under this load (baseline case)");
+      const { delayMs, attempts } = landed;
       const crashed = luksJson(img, s.detached ? hdr : undefined);
       const fin = finishWith(finisher, f, s, img, hdr);
       t.diagnostic(`seed ${SEED}: full run ${calibratedMs.toFixed(0)} ms, killed at ${delayMs.toFixed(0)} ms (attempt ${attempts}); ${finisher} ${fin.ok ? (fin.repaired ? "needed repair first" : "resumed directly") : "could not finish"}`);
