@@ -100,10 +100,11 @@ export function dumpText(v: Luks2Volume): string {
   for (const id of Object.keys(m.digests).sort((a, b) => Number(a) - Number(b))) {
     const d = m.digests[id]!;
     out.push(`  ${id}: ${d.type}`);
-    out.push(`\tHash:       ${d.hash}`);
+    // hash and digest are checked when used (as cryptsetup loads them): print only what is there.
+    if (typeof d.hash === "string") out.push(`\tHash:       ${d.hash}`);
     out.push(`\tIterations: ${d.iterations}`);
     out.push(`\tSalt:       ${hexLines(Buffer.from(d.salt, "base64"), "\t            ")}`);
-    out.push(`\tDigest:     ${hexLines(Buffer.from(d.digest, "base64"), "\t            ")}`);
+    if (typeof d.digest === "string") out.push(`\tDigest:     ${hexLines(Buffer.from(d.digest, "base64"), "\t            ")}`);
   }
   return out.join("\n") + "\n";
 }

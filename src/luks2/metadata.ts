@@ -88,14 +88,14 @@ function numberedKeys(o: Record<string, unknown>, what: string, max: number): st
   for (const k of keys) if (!/^(0|[1-9][0-9]?)$/.test(k) || Number(k) >= max) throw bad(`${what} id "${k.slice(0, 16)}" is not a number below ${max}`);
   return keys;
 }
-function idArray(v: unknown, what: string, exists: (id: string) => boolean): string[] {
+function idArray(v: unknown, what: string, exists: (id: string) => boolean, allowDuplicates = false): string[] {
   if (!Array.isArray(v)) throw bad(`${what} must be an array`);
   if (v.length > 64) throw bad(`${what} has too many entries`);
   const seen = new Set<string>();
   for (const x of v) {
     if (typeof x !== "string" || !/^(0|[1-9][0-9]?)$/.test(x)) throw bad(`${what} must list ids as decimal strings`);
     if (!exists(x)) throw bad(`${what} references missing id ${x}`);
-    if (seen.has(x)) throw bad(`${what} lists id ${x} twice`);
+    if (seen.has(x) && !allowDuplicates) throw bad(`${what} lists id ${x} twice`);
     seen.add(x);
   }
   return v as string[];
@@ -270,16 +270,15 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     if (!isObj(d)) throw bad(`${w} is not an object`);
     const type = str(d.type, `${w}.type`, 32);
     const kss = idArray(d.keyslots, `${w}.keyslots`, (x) => x in m.keyslots);
-    idArray(d.segments, `${w}.segments`, (x) => x in m.segments);
+    idArray(d.segments, `${w}.segments`, (x) => x in m.segments, true); // cryptsetup accepts a segment listed twice
     for (const k of kss) {
       if (slotOwner.has(k)) throw bad(`keyslot ${k} is assigned to digests ${slotOwner.get(k)} and ${id}`);
       slotOwner.set(k, id);
     }
     if (type === "pbkdf2") {
-      str(d.hash, `${w}.hash`, 32);
+      // hash and digest are checked when a key is verified (cryptsetup loads them unchecked; a bad one matches no key).
       int(d.iterations, `${w}.iterations`, 1, 0xffffffff);
       str(d.salt, `${w}.salt`, 1024);
-      str(d.digest, `${w}.digest`, 1024);
     }
   }
 

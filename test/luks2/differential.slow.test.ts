@@ -346,6 +346,11 @@ const ALLOWED: { id: string; reason: string; match: (r: Result) => boolean }[] =
     match: (r) => /^bin hdr_size=\d+ copies=0 /.test(r.m.what) && !r.cs.dump && r.tv.dump,
   },
   {
+    id: "cryptsetup-opens-without-a-digest-value",
+    reason: "measured: with a digest's 'digest' field deleted, cryptsetup 2.6.1 still reports the passphrase as opening; trustvol loads the header (dump agrees) but cannot verify any key against a missing digest, so no keyslot of it unlocks (exit 3)",
+    match: (r) => /^json delete \/digests\/\d+\/digest$/.test(r.m.what) && r.cs.open === true && r.tv.dump && r.tv.openRc === 3,
+  },
+  {
     id: "trustvol-finds-the-secondary-version",
     reason: "when only the primary's version field is damaged (and re-sealed), cryptsetup's version probe reads the primary alone and says 'not a valid LUKS device'; trustvol reads the intact secondary (spec §2.3 recovery), as it does for a damaged primary checksum",
     match: (r) => /^bin version=\d+ copies=0 /.test(r.m.what) && !r.cs.dump && r.tv.dump,

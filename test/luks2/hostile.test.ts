@@ -401,3 +401,20 @@ test("a keyslot area too small for its key material: the header stays readable, 
   assert.equal((await v.unlock(Buffer.from("pw"))).keyslot, 0);
   await assert.rejects(v.unlock(Buffer.from("pw2"), { slot: 1 }), (e: TrustvolError) => e.code === "ECORRUPT" && /smaller than the 256000 bytes/.test(e.message) && !e.message.includes("\n"));
 });
+
+test("digest hash/digest fields are checked when used, a segment listed twice is accepted (cryptsetup loads all three)", async () => {
+  const { dumpText } = await import("../../src/luks2/dump.js");
+  const base = await baseImage();
+  const cases: [string, (j: any) => any, boolean][] = [
+    ["digest deleted", (j) => (delete j.digests["0"].digest, j), false],
+    ["hash deleted", (j) => (delete j.digests["0"].hash, j), false],
+    ["hash not a string", (j) => ((j.digests["0"].hash = 7), j), false],
+    ["segment listed twice", (j) => ((j.digests["0"].segments = ["0", "0"]), j), true],
+  ];
+  for (const [name, edit, opens] of cases) {
+    const v = await Luks2Volume.open(new MemoryBlockDevice(withJson(base, edit)));
+    assert.match(dumpText(v), /Digests:/, name);
+    if (opens) assert.equal((await v.unlock(Buffer.from("pw"))).keyslot, 0, name);
+    else await assert.rejects(v.unlock(Buffer.from("pw")), (e: TrustvolError) => e.code === "EBADPASS", name);
+  }
+});
