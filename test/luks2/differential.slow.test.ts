@@ -327,8 +327,10 @@ const ALLOWED: { id: string; reason: string; match: (r: Result) => boolean }[] =
   },
   {
     id: "cryptsetup-untyped-digest-fields",
-    reason: "cryptsetup 2.6.1 loads a pbkdf2 digest whose salt, digest, hash or iterations has the wrong JSON type (json-c converts it); the spec defines their types and trustvol refuses the header",
-    match: (r) => /^json (retype|set) \/digests\/\d+\/(salt|digest|hash|iterations)\b/.test(r.m.what) && r.cs.dump && !r.tv.dump && /digests? \d+\.(salt|digest|hash|iterations) must be/.test(r.tv.err),
+    reason: "cryptsetup 2.6.1 loads a pbkdf2 digest whose salt, digest, hash or iterations has the wrong JSON type (json-c converts it) and still reports the passphrase as opening; the spec defines their types: trustvol refuses the header (salt, iterations) or loads it and verifies no key against the malformed digest (hash, digest: exit 3)",
+    match: (r) =>
+      /^json (retype|set) \/digests\/\d+\/(salt|digest|hash|iterations)\b/.test(r.m.what) && r.cs.dump &&
+      ((!r.tv.dump && /digests? \d+\.(salt|digest|hash|iterations) must be/.test(r.tv.err)) || (/\/(digest|hash)\b/.test(r.m.what) && r.tv.dump && r.tv.openRc === 3)),
   },
   {
     id: "cryptsetup-ignores-unknown-digest-hash",
