@@ -11,7 +11,7 @@ import { Luks2Volume } from "../../luks2/volume.js";
 import { reencrypt, repairReencryption, tokenKeyslotPassphrases, type ReencryptOptions } from "../../ops/reencrypt.js";
 import { readPin } from "../../trust/pkcs11/pin.js";
 import { getPassphrase } from "../secrets.js";
-import { int, printJson } from "../common.js";
+import { int, pbkdfFrom, printJson } from "../common.js";
 import { progressBar } from "../progress.js";
 import { pinSourceFrom } from "./enroll.js";
 
@@ -137,7 +137,7 @@ export function registerReencryptCommands(program: Command): void {
           cipher: o.cipher as string | undefined,
           keySize: o.keySize as number | undefined,
           sectorSize: o.sectorSize as number | undefined,
-          pbkdf: o.pbkdf || o.pbkdfForceIterations || o.iterTime || o.pbkdfMemory ? { type: o.pbkdf as "pbkdf2" | undefined, forceIterations: o.pbkdfForceIterations as number | undefined, iterTimeMs: o.iterTime as number | undefined, memoryKiB: o.pbkdfMemory as number | undefined } : undefined,
+          pbkdf: pbkdfFrom(o),
           initOnly: !!o.initOnly,
           resumeOnly: !!o.resumeOnly,
           label: o.label as string | undefined,
