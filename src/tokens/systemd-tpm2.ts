@@ -5,11 +5,9 @@ import { createHash, createPublicKey, pbkdf2Sync, randomBytes, type KeyObject } 
 import { existsSync, readFileSync } from "node:fs";
 import { TrustvolError } from "../util/errors.js";
 import { wipe, base64Bytes } from "../util/secret.js";
-import { HASH_SIZE, TPMA_OBJECT, TPM_ALG, TPM_RH, isHashName, type HashName } from "../trust/tpm2/constants.js";
-import * as C from "../trust/tpm2/commands.js";
-import { extendPolicyAuthorize, extendPolicyAuthValue, extendPolicyPCR, pcrCompositeDigest } from "../trust/tpm2/policy.js";
-import type { AuthSession } from "../trust/tpm2/session.js";
-import { objectName, type TpmtPublic } from "../trust/tpm2/structures.js";
+import { HASH_SIZE, TPMA_OBJECT, TPM_ALG, isHashName, type HashName } from "../trust/tpm2/constants.js";
+import { PolicyAuthValue, PolicyAuthorize, PolicyPCR, policyDigestOf, runPolicy, type Approval, type PolicyStep } from "../trust/tpm2/policy.js";
+import type { TpmtPublic } from "../trust/tpm2/structures.js";
 import { pinToAuthValue, sealSecret, splitBlob, unsealSecret } from "../trust/tpm2/seal.js";
 import type { PrimaryAlg } from "../trust/tpm2/structures.js";
 import { Tpm } from "../trust/tpm2/tpm.js";
@@ -227,13 +225,28 @@ export function decodePcrSignatureJson(json: string | Uint8Array | Record<string
 /** Where systemd 252 looks for the signed PCR policy when none is given. */
 export const SYSTEMD_PCR_SIGNATURE_PATHS = ["/run/systemd/tpm2-pcr-signature.json", "/.extra/tpm2-pcr-signature.json"];
 
-/** The authPolicy systemd 252 builds: [PolicyAuthorize(key)] [PolicyPCR(bank, pcrs)] [PolicyAuthValue]. */
+/**
+ * The policy systemd 252+ builds, as steps: [PolicyAuthorize(key) after PolicyPCR(pubkey PCRs) approved by a
+ * signature] [PolicyPCR(bank, pcrs)] [PolicyAuthValue]. Its digest (offline: needs `pcrValues` for the bound PCRs)
+ * and its execution (needs `signatures` when there is a key) both follow from this one list.
+ */
+export function systemdTpm2PolicySteps(
+  t: Pick<SystemdTpm2Token, "pcrs" | "pcrBank" | "pin" | "pubkey" | "pubkeyPcrs">,
+  opts: { pcrValues?: Map<number, Uint8Array>; signatures?: PcrSignature[] } = {},
+): PolicyStep[] {
+  const steps: PolicyStep[] = [];
+  if (t.pubkey) {
+    const pem = t.pubkey;
+    steps.push(PolicyAuthorize(systemdPolicyKeyPublic(pem), Buffer.alloc(0), (tpm) => approveSignedPcrs(tpm, pem, t.pcrBank, t.pubkeyPcrs ?? [], opts.signatures ?? [])));
+  }
+  if (t.pcrs.length) steps.push(PolicyPCR({ hash: t.pcrBank, pcrs: t.pcrs }, opts.pcrValues ? { values: opts.pcrValues } : {}));
+  if (t.pin) steps.push(PolicyAuthValue());
+  return steps;
+}
+
+/** The authPolicy of a token for the given PCR values. */
 export function systemdTpm2PolicyDigest(t: Pick<SystemdTpm2Token, "pcrs" | "pcrBank" | "pin" | "pubkey">, pcrValues: Map<number, Uint8Array>): Buffer {
-  let d: Buffer = Buffer.alloc(32);
-  if (t.pubkey) d = extendPolicyAuthorize("sha256", d, objectName(systemdPolicyKeyPublic(t.pubkey)));
-  if (t.pcrs.length) d = extendPolicyPCR("sha256", d, { hash: t.pcrBank, pcrs: t.pcrs }, pcrCompositeDigest("sha256", t.pcrBank, t.pcrs, pcrValues));
-  if (t.pin) d = extendPolicyAuthValue("sha256", d);
-  return d;
+  return policyDigestOf("sha256", systemdTpm2PolicySteps(t, { pcrValues }));
 }
 
 /**
@@ -278,29 +291,18 @@ export function systemdPinAuthValue(pin: Uint8Array, salt?: Uint8Array): Buffer 
 type TpmLike = Tpm | { tpm: Tpm };
 const tpmOf = (t: TpmLike): Tpm => (t instanceof Tpm ? t : t.tpm);
 
-/** The PolicyAuthorize leg of a signed-PCR-policy token: find the signature for the current PCR state and apply it. */
-async function applySignedPolicy(tpm: Tpm, session: AuthSession, t: SystemdTpm2Token, signatures: PcrSignature[]): Promise<void> {
-  const pem = t.pubkey!;
-  const pcrs = [...(t.pubkeyPcrs ?? [])].sort((a, b) => a - b);
+/** The PolicyAuthorize leg of a signed-PCR-policy token: the signature that approves the current PCR state. */
+async function approveSignedPcrs(tpm: Tpm, pem: Buffer, bank: HashName, pubkeyPcrs: number[], signatures: PcrSignature[]): Promise<Approval> {
+  const pcrs = [...pubkeyPcrs].sort((a, b) => a - b);
   const fp = systemdPubkeyFingerprint(pem);
-  const current = pcrCompositeDigest("sha256", t.pcrBank, pcrs, await tpm.pcrRead(t.pcrBank, pcrs));
-  const approved = extendPolicyPCR("sha256", Buffer.alloc(32), { hash: t.pcrBank, pcrs }, current);
-  const candidates = signatures.filter((s) => s.bank === t.pcrBank && s.pkfp === fp && s.pcrs.join() === pcrs.join());
-  if (!candidates.length) throw new TrustvolError("EPOLICY", `no PCR signature for this key and PCRs ${pcrs.join(",")} (${t.pcrBank}) in the signature file`, "install the signed PCR policy that matches this kernel (tpm2-pcr-signature.json)");
+  const sel = { hash: bank, pcrs };
+  const approved = policyDigestOf("sha256", [PolicyPCR(sel, { values: await tpm.pcrRead(bank, pcrs) })]);
+  const candidates = signatures.filter((s) => s.bank === bank && s.pkfp === fp && s.pcrs.join() === pcrs.join());
+  if (!candidates.length) throw new TrustvolError("EPOLICY", `no PCR signature for this key and PCRs ${pcrs.join(",")} (${bank}) in the signature file`, "install the signed PCR policy that matches this kernel (tpm2-pcr-signature.json)");
   const match = candidates.find((s) => s.pol.equals(approved));
-  if (!match) throw new TrustvolError("EPOLICY", `PCR ${pcrs.join(",")} (${t.pcrBank}) are in a state no signature approves: the boot chain or boot phase differs`, "boot a kernel signed for this enrollment, or use the recovery key");
-  // PolicyPCR with the current values, then prove the signer approved exactly that digest
-  await tpm.policyPCR(session, { hash: t.pcrBank, pcrs });
-  const key = await tpm.run(C.LoadExternal, { inPublic: systemdPolicyKeyPublic(pem), hierarchy: TPM_RH.OWNER });
-  try {
-    const aHash = createHash("sha256").update(match.pol).digest(); // policyRef is empty
-    const ticket = await tpm.run(C.VerifySignature, { keyHandle: { handle: key.handle, name: key.name }, digest: aHash, signature: { sigAlg: TPM_ALG.RSASSA, hash: "sha256", sig: match.sig } });
-    await tpm.run(C.PolicyAuthorize, { policySession: session.handle, approvedPolicy: match.pol, policyRef: Buffer.alloc(0), keySign: key.name, checkTicket: ticket });
-  } finally {
-    await tpm.flushQuiet(key.handle);
-  }
-  if (t.pcrs.length) await tpm.policyPCR(session, { hash: t.pcrBank, pcrs: t.pcrs });
-  if (t.pin) await tpm.policyAuthValue(session);
+  if (!match) throw new TrustvolError("EPOLICY", `PCR ${pcrs.join(",")} (${bank}) are in a state no signature approves: the boot chain or boot phase differs`, "boot a kernel signed for this enrollment, or use the recovery key");
+  // PolicyPCR with the current values, then the TPM checks the signer approved exactly that digest
+  return { steps: [PolicyPCR(sel)], approvedPolicy: match.pol, signature: { sigAlg: TPM_ALG.RSASSA, hash: "sha256", sig: match.sig } };
 }
 
 function loadSignatures(sig: string | Uint8Array | Record<string, unknown> | undefined): PcrSignature[] {
@@ -327,7 +329,7 @@ export async function unlockSystemdTpm2Token(
       try {
         secret = await unsealSecret(
           tpmOf(tpm),
-          { blob: t.blobs[i]!, pcrs: t.pcrs, bank: t.pcrBank, primaryAlg: t.primaryAlg, policyHash: t.policyHashes[i]!, pin: t.pin, ...(t.srkKey ? { srk: t.srkKey } : {}), ...(t.pubkey ? { runPolicy: (tp, session) => applySignedPolicy(tp, session, t, signatures) } : {}) },
+          { blob: t.blobs[i]!, pcrs: t.pcrs, bank: t.pcrBank, primaryAlg: t.primaryAlg, policyHash: t.policyHashes[i]!, pin: t.pin, ...(t.srkKey ? { srk: t.srkKey } : {}), ...(t.pubkey ? { runPolicy: (tp, session) => runPolicy(tp, session, systemdTpm2PolicySteps(t, { signatures })) } : {}) },
           authValue ? { authValue } : {},
         );
       } catch (e) {

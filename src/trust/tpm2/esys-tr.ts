@@ -4,8 +4,11 @@
 import { TrustvolError } from "../../util/errors.js";
 import { constantTimeEqual } from "../../util/secret.js";
 import { TPMA_OBJECT, TPM_ALG } from "./constants.js";
-import { TpmReader, TpmWriter } from "./marshal.js";
-import { marshalPublic, objectName, unmarshalPublic, type TpmtPublic } from "./structures.js";
+import { decode, encode, struct, tpm2b, u32 } from "./schema.js";
+import { PUBLIC_2B, objectName, type TpmtPublic } from "./structures.js";
+
+/** IESYS_RESOURCE of a key as Esys_TR_Serialize writes it. */
+const IESYS_KEY_RESOURCE = struct({ handle: u32, name: tpm2b(66), rsrcType: u32, public: PUBLIC_2B });
 
 /** IESYSC_KEY_RSRC: the resource is a loaded or persistent key, misc holds its public area. */
 const IESYSC_KEY_RSRC = 1;
@@ -24,14 +27,10 @@ const bad = (what: string) => new TrustvolError("ECORRUPT", `tpm2_srk: ${what}`,
 export function decodeSerializedKeyHandle(b: Buffer): SerializedKeyHandle {
   let out: SerializedKeyHandle;
   try {
-    const r = new TpmReader(b, "tpm2_srk");
-    const handle = r.u32();
-    const name = r.tpm2b(66);
-    const rsrcType = r.u32();
+    // rsrcType selects what misc holds: only a key (its TPM2B_PUBLIC) is accepted, checked after the parse
+    const { rsrcType, ...k } = decode(IESYS_KEY_RESOURCE, b, "tpm2_srk");
     if (rsrcType !== IESYSC_KEY_RSRC) throw bad(`resource type ${rsrcType} is not a key`);
-    const pub = r.sized(unmarshalPublic);
-    r.end();
-    out = { handle, name, public: pub };
+    out = k;
   } catch (e) {
     if (e instanceof TrustvolError && e.code === "ECORRUPT" && e.message.startsWith("tpm2_srk")) throw e;
     throw bad(`not a serialized TPM key handle (${e instanceof Error ? e.message : String(e)})`);
@@ -46,7 +45,7 @@ export function decodeSerializedKeyHandle(b: Buffer): SerializedKeyHandle {
 }
 
 export function encodeSerializedKeyHandle(k: SerializedKeyHandle): Buffer {
-  return new TpmWriter(256).u32(k.handle).tpm2b(k.name).u32(IESYSC_KEY_RSRC).sized((w) => marshalPublic(w, k.public)).finish();
+  return encode(IESYS_KEY_RESOURCE, { handle: k.handle, name: k.name, rsrcType: IESYSC_KEY_RSRC, public: k.public });
 }
 
 /** The template that recreates a primary from its public area: the same parameters with an empty unique. */
