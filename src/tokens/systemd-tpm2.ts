@@ -413,13 +413,20 @@ export async function createSystemdTpm2Token(
   const authValue = opts.pin?.length ? systemdPinAuthValue(opts.pin, salt) : undefined;
   try {
     const pcrs = [...new Set(opts.pcrs)].sort((a, b) => a - b);
+    // values given for some PCRs (a boot chain that has not happened yet): the others are read from the TPM
+    let pcrValues = opts.pcrValues;
+    if (pcrValues) {
+      for (const p of pcrValues.keys()) if (!pcrs.includes(p)) throw new TrustvolError("EUSAGE", `a value was given for PCR ${p}, which is not bound`, "list it in --pcrs");
+      const missing = pcrs.filter((p) => !pcrValues!.has(p));
+      if (missing.length) pcrValues = new Map([...(await t.pcrRead(bank, missing)), ...pcrValues]);
+    }
     let authPolicy: Buffer | undefined;
     if (opts.pubkey || opts.pcrlock) {
-      const values = opts.pcrValues ?? (pcrs.length ? await t.pcrRead(bank, pcrs) : new Map());
+      const values = pcrValues ?? (pcrs.length ? await t.pcrRead(bank, pcrs) : new Map());
       authPolicy = systemdTpm2PolicyDigest({ pcrs, pcrBank: bank, pin: !!authValue, ...(opts.pubkey ? { pubkey: opts.pubkey } : {}), pcrlock: !!opts.pcrlock }, values, opts.pcrlock);
     }
     const srk = useSrk ? await getOrCreateSrk(t, opts.primaryAlg ?? "ecc") : undefined;
-    const s = await sealSecret(t, secret, { pcrs, bank, primaryAlg: opts.primaryAlg ?? "ecc", ...(authValue ? { authValue } : {}), ...(opts.pcrValues ? { pcrValues: opts.pcrValues } : {}), ...(authPolicy ? { authPolicy } : {}), ...(srk ? { parent: srk.key } : {}) });
+    const s = await sealSecret(t, secret, { pcrs, bank, primaryAlg: opts.primaryAlg ?? "ecc", ...(authValue ? { authValue } : {}), ...(pcrValues ? { pcrValues } : {}), ...(authPolicy ? { authPolicy } : {}), ...(srk ? { parent: srk.key } : {}) });
     const token: SystemdTpm2Token = {
       type: "systemd-tpm2", keyslots: [opts.keyslot], blob: s.blob, blobs: [s.blob], policyHashes: [s.policyHash], pcrs: s.pcrs, pcrBank: bank, primaryAlg: s.primaryAlg, policyHash: s.policyHash, pin: !!authValue,
       ...(opts.pubkey ? { pubkey: Buffer.from(opts.pubkey), pubkeyPcrs: [...(opts.pubkeyPcrs ?? [11])] } : {}),

@@ -12,7 +12,7 @@ import { addAlias, pinSourceFrom } from "../common.js";
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
 export function registerTpm2Commands(program: Command): void {
-  const tpm2 = program.command("tpm2").description("TPM2 policy tooling for the build host (signed PCR policies)");
+  const tpm2 = program.command("tpm2").description("TPM2 policy tooling: signed PCR policies, PCR prediction, OTA re-enrolment");
   const c = tpm2
     .command("sign-policy")
     .description("sign the PCR 11 values a unified kernel image will produce, per boot phase (systemd-measure sign): prints tpm2-pcr-signature.json")
@@ -56,5 +56,54 @@ export function registerTpm2Commands(program: Command): void {
     }
     if (o.output) atomicWriteFileSync(o.output as string, Buffer.from(json + "\n"), 0o644);
     else io.out(json + "\n");
+  });
+
+  const p = tpm2
+    .command("predict")
+    .description("predict PCR values of the next boot from what an update installs: PCR 7 (Secure Boot variables) and PCR 4 (EFI binaries) by replaying the firmware event log, PCR 11 from a UKI's sections (systemd-measure calculate); prints PCR:BANK=HEX for enroll tpm2 --pcrs")
+    .option("--pcrs <list>", "PCRs to predict (default: those the inputs cover)", (v: string) => v.split(/[,+]/).map((x) => {
+      if (!/^[0-9]+$/.test(x) || Number(x) > 23) throw usage(`--pcrs: "${x}" is not a PCR index (0..23)`);
+      return Number(x);
+    }))
+    .option("--bank <bank>", "PCR bank", "sha256")
+    .option("--eventlog <file>", "firmware event log (default /sys/kernel/security/tpm0/binary_bios_measurements when PCR 4 or 7 is predicted)")
+    .option("--efi-var <name=file>", "PCR 7: a Secure Boot variable's new contents (PK, KEK, db, dbx; the variable data without its authentication header); repeatable", collect)
+    .option("--pe <file>", "PCR 4: an EFI binary the firmware will load (shim, boot loader, UKI), in load order; repeatable", collect)
+    .option("--phase <phase>", "PCR 11: boot phase (default enter-initrd, where the root volume is unlocked)", "enter-initrd")
+    .option("--no-linux-padding", "PCR 11: do not zero-pad a PE kernel to its SizeOfImage (systemd-measure 257)")
+    .option("--json", "print JSON");
+  for (const s of UKI_MEASURED_SECTIONS) p.option(`--${s.slice(1)} <file>`, `PCR 11: file of the UKI's ${s} section`);
+  p.action(async (o: Record<string, unknown>) => {
+    const bank = String(o.bank).toLowerCase();
+    if (!isHashName(bank)) throw usage(`--bank: unknown bank "${bank.slice(0, 20)}" (sha1, sha256, sha384, sha512)`);
+    const { parseEventLog, predictFromLog } = await import("../../trust/tpm2/predict.js");
+    const { predictPcr11 } = await import("../../ops/sign-policy.js");
+    const sections = new Map<UkiSection, Buffer>();
+    for (const s of UKI_MEASURED_SECTIONS) {
+      const f = o[s.slice(1)] as string | undefined;
+      if (f) sections.set(s, readFileSync(f));
+    }
+    const efiVars = new Map<string, Buffer>();
+    for (const e of (o.efiVar as string[] | undefined) ?? []) {
+      const i = e.indexOf("=");
+      if (i < 1) throw usage(`--efi-var: "${e.slice(0, 40)}" is not NAME=FILE`);
+      efiVars.set(e.slice(0, i), readFileSync(e.slice(i + 1)));
+    }
+    const peImages = ((o.pe as string[] | undefined) ?? []).map((f) => readFileSync(f));
+    const pcrs: number[] = (o.pcrs as number[] | undefined) ?? [...(efiVars.size ? [7] : []), ...(peImages.length ? [4] : []), ...(sections.size ? [11] : [])].sort((a, b) => a - b);
+    if (!pcrs.length) throw usage("nothing to predict", "give --efi-var (PCR 7), --pe (PCR 4) or UKI sections such as --linux (PCR 11), or --pcrs");
+    const logPcrs = pcrs.filter((x) => x !== 11);
+    const log = logPcrs.length ? parseEventLog(readFileSync((o.eventlog as string | undefined) ?? "/sys/kernel/security/tpm0/binary_bios_measurements")) : undefined;
+    const out: { pcr: number; bank: string; value: string }[] = [];
+    for (const pcr of pcrs) {
+      let v: Buffer;
+      if (pcr === 11) {
+        if (!sections.size) throw usage("PCR 11 needs the UKI's sections", "pass --linux FILE and the other sections the UKI has");
+        v = predictPcr11(bank as HashName, sections, String(o.phase), o.linuxPadding !== false);
+      } else v = predictFromLog(pcr, { log: log!.events, startupLocality: log!.startupLocality, bank: bank as HashName, efiVars, ...(peImages.length ? { peImages } : {}) });
+      out.push({ pcr, bank, value: v.toString("hex") });
+    }
+    if (o.json) io.out(JSON.stringify(out) + "\n");
+    else io.out(out.map((x) => `${x.pcr}:${x.bank}=${x.value}`).join(",") + "\n");
   });
 }
