@@ -121,6 +121,8 @@ export interface EnrollTpm2Options extends EnrollOptions {
   pcrValues?: Map<number, Buffer>;
   /** Bind to systemd-pcrlock's NV index policy: the pcrlock.json path (implies srk, as systemd-cryptenroll --tpm2-pcrlock). */
   pcrlock?: string;
+  /** Extra fields for the token JSON (readers that do not know them ignore them), e.g. the OTA update mark. */
+  tokenFields?: Record<string, string | number | boolean>;
 }
 
 /** Seal a new keyslot's passphrase to the TPM (systemd-tpm2 token, as systemd-cryptenroll 252 writes it). */
@@ -142,7 +144,7 @@ export async function enrollTpm2(volume: string | LuksHandle, o: EnrollTpm2Optio
         ...(o.publicKey ? { pubkey: o.publicKey, pubkeyPcrs: o.publicKeyPcrs ?? [11] } : {}),
         ...(o.srk ? { srk: true } : {}),
       });
-      return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
+      return { tokenJson: { ...(JSON.parse(t.tokenJson) as Record<string, unknown>), ...(o.tokenFields ?? {}) }, passphrase: t.passphrase };
     },
   });
 }

@@ -15,8 +15,32 @@ import { atomicWriteFileSync } from "../../util/atomic.js";
 
 export { pinSourceFrom } from "../common.js";
 
+/** systemd 255+'s --tpm2-pcrs: "7", "7+11", or with expected values "7:sha256=HEX+11:sha256=HEX" (a chain not yet booted). */
+export const pcrSpec = (v: string): { pcrs: number[]; values?: Map<number, Buffer>; bank?: HashName } => {
+  if (v === "" || v === "none") return { pcrs: [] };
+  const pcrs: number[] = [];
+  const values = new Map<number, Buffer>();
+  let specBank: HashName | undefined;
+  for (const x of v.split(/[,+]/)) {
+    const m = /^([0-9]+)(?::(sha1|sha256|sha384|sha512)=([0-9a-fA-F]+))?$/.exec(x);
+    if (!m || Number(m[1]) > 23) throw new TrustvolError("EUSAGE", `--pcrs: "${x}" is not a PCR index (0..23) or PCR:BANK=HEX`, "e.g. --pcrs 7:sha256=<64 hex digits>,11");
+    const pcr = Number(m[1]);
+    if (pcrs.includes(pcr)) throw new TrustvolError("EUSAGE", `--pcrs: PCR ${pcr} given twice`);
+    pcrs.push(pcr);
+    if (m[2]) {
+      const b = m[2] as HashName;
+      if (specBank && specBank !== b) throw new TrustvolError("EUSAGE", "--pcrs: all values must be of one bank", "a token binds one PCR bank");
+      specBank = b;
+      const size = { sha1: 20, sha256: 32, sha384: 48, sha512: 64 }[b];
+      if (m[3]!.length !== size * 2) throw new TrustvolError("EUSAGE", `--pcrs: PCR ${pcr}: a ${b} value has ${size * 2} hex digits, not ${m[3]!.length}`);
+      values.set(pcr, Buffer.from(m[3]!, "hex"));
+    }
+  }
+  return { pcrs, ...(values.size ? { values, bank: specBank! } : {}) };
+};
+
 /** How an enrolment gets the volume key, from the CLI's options: raw volume key file, an enrolled token, or a passphrase. */
-function enrollUnlock(device: string, o: Record<string, unknown>): EnrollUnlock {
+export function enrollUnlock(device: string, o: Record<string, unknown>): EnrollUnlock {
   if (o.unlockVolumeKeyFile) return { volumeKey: readKeyFile(o.unlockVolumeKeyFile as string) };
   if (o.unlockToken) return { tokens: { ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}), pin: cliPin(o) } };
   // Asked for only once the volume has opened and --wipe-slot has checked out.
@@ -76,29 +100,6 @@ export function registerEnrollCommands(program: Command): Command {
       if (!/^[0-9]+$/.test(x) || Number(x) > 23) throw new TrustvolError("EUSAGE", `--pcrs: "${x}" is not a PCR index (0..23)`);
       return Number(x);
     });
-  };
-  /** systemd 255+'s --tpm2-pcrs: "7", "7+11", or with expected values "7:sha256=HEX+11:sha256=HEX" (a chain not yet booted). */
-  const pcrSpec = (v: string): { pcrs: number[]; values?: Map<number, Buffer>; bank?: HashName } => {
-    if (v === "" || v === "none") return { pcrs: [] };
-    const pcrs: number[] = [];
-    const values = new Map<number, Buffer>();
-    let specBank: HashName | undefined;
-    for (const x of v.split(/[,+]/)) {
-      const m = /^([0-9]+)(?::(sha1|sha256|sha384|sha512)=([0-9a-fA-F]+))?$/.exec(x);
-      if (!m || Number(m[1]) > 23) throw new TrustvolError("EUSAGE", `--pcrs: "${x}" is not a PCR index (0..23) or PCR:BANK=HEX`, "e.g. --pcrs 7:sha256=<64 hex digits>,11");
-      const pcr = Number(m[1]);
-      if (pcrs.includes(pcr)) throw new TrustvolError("EUSAGE", `--pcrs: PCR ${pcr} given twice`);
-      pcrs.push(pcr);
-      if (m[2]) {
-        const b = m[2] as HashName;
-        if (specBank && specBank !== b) throw new TrustvolError("EUSAGE", "--pcrs: all values must be of one bank", "a token binds one PCR bank");
-        specBank = b;
-        const size = { sha1: 20, sha256: 32, sha384: 48, sha512: 64 }[b];
-        if (m[3]!.length !== size * 2) throw new TrustvolError("EUSAGE", `--pcrs: PCR ${pcr}: a ${b} value has ${size * 2} hex digits, not ${m[3]!.length}`);
-        values.set(pcr, Buffer.from(m[3]!, "hex"));
-      }
-    }
-    return { pcrs, ...(values.size ? { values, bank: specBank! } : {}) };
   };
   const banks = ["sha1", "sha256", "sha384", "sha512"];
   const bank = (v: string) => {

@@ -7,7 +7,8 @@ import { wipe } from "../../util/secret.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 import { isHashName, type HashName } from "../../trust/tpm2/constants.js";
 import { UKI_MEASURED_SECTIONS, pkcs11PolicySigner, signPcrPolicy, type UkiSection } from "../../ops/sign-policy.js";
-import { addAlias, pinSourceFrom } from "../common.js";
+import { addAlias, addPinOptions, addUnlockOptions, pinSourceFrom, printJson } from "../common.js";
+import { enrollUnlock, pcrSpec } from "./enroll.js";
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -106,4 +107,70 @@ export function registerTpm2Commands(program: Command): void {
     if (o.json) io.out(JSON.stringify(out) + "\n");
     else io.out(out.map((x) => `${x.pcr}:${x.bank}=${x.value}`).join(",") + "\n");
   });
+
+  // ---- OTA-transactional re-enrolment ----
+  const stage = addPinOptions(
+    addUnlockOptions(
+      tpm2
+        .command("stage-update")
+        .description("before an update commits: add a TPM2 token sealed to the next boot chain's PCR values (from tpm2 predict), keeping the current one; unlocks with the current token unless a key is given")
+        .argument("<device>")
+        .requiredOption("--pcrs <list>", "PCRs of the next chain, with their predicted values: 7:sha256=HEX,4:sha256=HEX (PCRs without a value are sealed to their current value)", pcrSpec)
+        .option("--pcr-bank <bank>", "PCR bank", "sha256")
+        .option("--tpm2-device <dev>", "auto (default), a device path like /dev/tpmrm0, or swtpm:path=SOCKET")
+        .option("--srk", "seal under the persistent SRK at 0x81000001, as systemd 255+")
+        .option("--header <file>", "detached header")
+        .option("--json", "print the result as JSON"),
+    ),
+  );
+  stage.action(async (device: string, o: Record<string, unknown>) => {
+    const spec = o.pcrs as ReturnType<typeof pcrSpec>;
+    const { stageTpm2Update } = await import("../../ops/tpm2-update.js");
+    // unattended OTA: the current boot's token opens the volume unless a key is given
+    const u = enrollUnlock(device, o.keyFile || o.unlockVolumeKeyFile ? o : { ...o, unlockToken: true });
+    try {
+      const r = await stageTpm2Update(device, {
+        unlock: u, ...(o.header ? { header: o.header as string } : {}),
+        pcrs: spec.pcrs, ...(spec.values ? { pcrValues: spec.values } : {}), bank: (spec.bank ?? o.pcrBank) as HashName,
+        ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}), ...(o.srk ? { srk: true } : {}),
+      });
+      if (o.json) printJson({ keyslot: r.keyslot, token: r.tokenId, staged: true });
+      else io.err(`Staged TPM2 token ${r.tokenId} (key slot ${r.keyslot}) for the next boot chain; run tpm2 commit-update once it has booted.\n`);
+    } finally {
+      if ("volumeKey" in u) wipe(u.volumeKey);
+    }
+  });
+  const report = (o: Record<string, unknown>, r: { committed: number[]; removedTokens: number[]; removedKeyslots: number[] }, what: string) => {
+    if (o.json) printJson({ committed_tokens: r.committed, removed_tokens: r.removedTokens, removed_keyslots: r.removedKeyslots });
+    else if (!r.committed.length && !r.removedTokens.length) io.err("No update is staged; nothing to do.\n");
+    else io.err(`${what}: removed token(s) ${r.removedTokens.join(", ") || "none"}, key slot(s) ${r.removedKeyslots.join(", ") || "none"}.\n`);
+  };
+  addPinOptions(
+    tpm2
+      .command("commit-update")
+      .description("after the updated chain booted: check the staged token unlocks now, then retire the old TPM2 token(s) in one header commit")
+      .argument("<device>")
+      .option("--tpm2-device <dev>", "auto (default), a device path, or swtpm:path=SOCKET")
+      .option("--header <file>", "detached header")
+      .option("--json", "print the result as JSON"),
+  ).action(async (device: string, o: Record<string, unknown>) => {
+    const { commitTpm2Update } = await import("../../ops/tpm2-update.js");
+    const src = pinSourceFrom(o);
+    const pin = o.pinFile && src ? (await import("../../trust/pkcs11/pin.js")).readPin(src) : undefined;
+    try {
+      report(o, await commitTpm2Update(device, { ...(o.header ? { header: o.header as string } : {}), ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}), ...(pin ? { pin } : {}) }), "Update committed");
+    } finally {
+      wipe(pin);
+    }
+  });
+  tpm2
+    .command("abort-update")
+    .description("the update was abandoned: drop the staged TPM2 token and its key slot; the current token stays")
+    .argument("<device>")
+    .option("--header <file>", "detached header")
+    .option("--json", "print the result as JSON")
+    .action(async (device: string, o: Record<string, unknown>) => {
+      const { abortTpm2Update } = await import("../../ops/tpm2-update.js");
+      report(o, await abortTpm2Update(device, o.header ? { header: o.header as string } : {}), "Update aborted");
+    });
 }
