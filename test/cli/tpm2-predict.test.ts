@@ -88,3 +88,18 @@ test("predict the next boot (new db, new UKI), enroll against it, reboot into it
   assert.match(r.stderr, /^trustvol: --pcrs: PCR 7: a sha256 value has 64 hex digits, not 4/);
   assert.equal(createHash("sha256").update(bootB.vars.db).digest().length, 32);
 });
+
+test("predict --extend: a known measurement on top of the TPM's current value equals the PCR after it", async (t) => {
+  if (!needTools(t, "swtpm")) return;
+  const sw = await startSwtpm();
+  t.after(() => sw.stop());
+  const tpm = new Tpm(openTpm2Transport(sw.device));
+  await tpm.pcrExtend(9, "sha256", Buffer.alloc(32, 1));
+  const x = createHash("sha256").update("the update's measurement").digest("hex");
+  const r = trustvol(["tpm2", "predict", "--tpm2-device", sw.device, "--extend", `9=${x}`, "--extend", `9=${x}`]);
+  assert.equal(r.status, 0, r.stderr);
+  await tpm.pcrExtend(9, "sha256", Buffer.from(x, "hex"));
+  await tpm.pcrExtend(9, "sha256", Buffer.from(x, "hex"));
+  assert.equal(r.stdout.trim(), `9:sha256=${(await tpm.pcrRead("sha256", [9])).get(9)!.toString("hex")}`);
+  assert.equal(trustvol(["tpm2", "predict", "--extend", "9=abcd"]).status, 2);
+});

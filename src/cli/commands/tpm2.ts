@@ -72,6 +72,8 @@ export function registerTpm2Commands(program: Command): void {
     .option("--pe <file>", "PCR 4: an EFI binary the firmware will load (shim, boot loader, UKI), in load order; repeatable", collect)
     .option("--phase <phase>", "PCR 11: boot phase (default enter-initrd, where the root volume is unlocked)", "enter-initrd")
     .option("--no-linux-padding", "PCR 11: do not zero-pad a PE kernel to its SizeOfImage (systemd-measure 257)")
+    .option("--extend <pcr=hex>", "a known measurement the update adds: PCR N's current value (read from the TPM) extended by this digest; repeatable, in order", collect)
+    .option("--tpm2-device <dev>", "TPM to read current values from for --extend: auto (default), a path, or swtpm:path=SOCKET")
     .option("--json", "print JSON");
   for (const s of UKI_MEASURED_SECTIONS) p.option(`--${s.slice(1)} <file>`, `PCR 11: file of the UKI's ${s} section`);
   p.action(async (o: Record<string, unknown>) => {
@@ -91,14 +93,34 @@ export function registerTpm2Commands(program: Command): void {
       efiVars.set(e.slice(0, i), readFileSync(e.slice(i + 1)));
     }
     const peImages = ((o.pe as string[] | undefined) ?? []).map((f) => readFileSync(f));
-    const pcrs: number[] = (o.pcrs as number[] | undefined) ?? [...(efiVars.size ? [7] : []), ...(peImages.length ? [4] : []), ...(sections.size ? [11] : [])].sort((a, b) => a - b);
+    const extend = new Map<number, Buffer[]>();
+    for (const e of (o.extend as string[] | undefined) ?? []) {
+      const m = /^([0-9]+)=([0-9a-fA-F]+)$/.exec(e);
+      if (!m || Number(m[1]) > 23) throw usage(`--extend: "${e.slice(0, 40)}" is not PCR=HEX`);
+      const d = Buffer.from(m[2]!, "hex");
+      if (d.length !== { sha1: 20, sha256: 32, sha384: 48, sha512: 64 }[bank as HashName]) throw usage(`--extend: PCR ${m[1]}: not a ${bank} digest`);
+      extend.set(Number(m[1]), [...(extend.get(Number(m[1])) ?? []), d]);
+    }
+    const pcrs: number[] = (o.pcrs as number[] | undefined) ?? [...new Set([...(efiVars.size ? [7] : []), ...(peImages.length ? [4] : []), ...(sections.size ? [11] : []), ...extend.keys()])].sort((a, b) => a - b);
     if (!pcrs.length) throw usage("nothing to predict", "give --efi-var (PCR 7), --pe (PCR 4) or UKI sections such as --linux (PCR 11), or --pcrs");
-    const logPcrs = pcrs.filter((x) => x !== 11);
+    const logPcrs = pcrs.filter((x) => x !== 11 && !extend.has(x));
+    let current = new Map<number, Buffer>();
+    if (extend.size) {
+      const { Tpm2TrustSource } = await import("../../trust/tpm2/index.js");
+      const src = new Tpm2TrustSource(o.tpm2Device ? { device: o.tpm2Device as string } : {});
+      try {
+        current = await src.tpm.pcrRead(bank as HashName, [...extend.keys()]);
+      } finally {
+        await src.close();
+      }
+    }
+    const { predictPcr } = await import("../../trust/tpm2/policy.js");
     const log = logPcrs.length ? parseEventLog(readFileSync((o.eventlog as string | undefined) ?? "/sys/kernel/security/tpm0/binary_bios_measurements")) : undefined;
     const out: { pcr: number; bank: string; value: string }[] = [];
     for (const pcr of pcrs) {
       let v: Buffer;
-      if (pcr === 11) {
+      if (extend.has(pcr)) v = predictPcr(bank as HashName, extend.get(pcr)!, current.get(pcr));
+      else if (pcr === 11) {
         if (!sections.size) throw usage("PCR 11 needs the UKI's sections", "pass --linux FILE and the other sections the UKI has");
         v = predictPcr11(bank as HashName, sections, String(o.phase), o.linuxPadding !== false);
       } else v = predictFromLog(pcr, { log: log!.events, startupLocality: log!.startupLocality, bank: bank as HashName, efiVars, ...(peImages.length ? { peImages } : {}) });
