@@ -112,6 +112,10 @@ export {
 } from "./policy.js";
 export type { PolicyStep, Approval, NvRef } from "./policy.js";
 export { TPMA_NV, TPM_NT, nvName } from "./nv.js";
+export { decodePcrlockPolicy, encodePcrlockPolicy, loadPcrlockPolicy, pcrlockStep, pcrlockSuperPcrSteps, pcrlockSuperPcrDigest, SYSTEMD_PCRLOCK_PATHS } from "./pcrlock.js";
+export type { PcrlockPolicy } from "./pcrlock.js";
+export { parseEventLog, predictFromLog, authenticodeHash, EV } from "./predict.js";
+export type { LogEvent, PredictInput } from "./predict.js";
 export type { NvPublic } from "./nv.js";
 export { openTpm2Transport, parseTpm2Device, resolveTpm2Device, swtpmControlFor, TPM2_DEVICE_ENV } from "./transport-select.js";
 export type { Tpm2DeviceSpec } from "./transport-select.js";
