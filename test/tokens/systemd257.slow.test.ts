@@ -141,6 +141,19 @@ test("trustvol enrolls → systemd 257 unseals it (systemd-cryptenroll --unlock-
   }
 });
 
+test("a token staged by tpm2 stage-update (\"trustvol-update\": \"staged\") is an ordinary token to systemd 257: it unseals it", async (t) => {
+  const d = deb13(t);
+  if (!d) return;
+  const l = makeLuksImage(fx.dir, "st257");
+  const tpm = tpmOf();
+  const { tokenJson, passphrase } = await createSystemdTpm2Token(tpm, { pcrs: [7], keyslot: 5, srk: true });
+  addKey(l, passphrase, 5);
+  importToken(l.img, JSON.stringify({ ...JSON.parse(tokenJson), "trustvol-update": "staged" }), 0);
+  const rk = d.sh("systemd-cryptenroll", [`--unlock-tpm2-device=${d.device}`, "--recovery-key", d.w("st257.luks")]).stdout.toString().trim();
+  assert.match(rk, /^([cbdefghijklnrtuv]{8}-){7}[cbdefghijklnrtuv]{8}$/);
+  assert.match(d.sh("systemd-cryptenroll", [d.w("st257.luks")]).stdout.toString(), /5\s+tpm2/);
+});
+
 test("systemd 257's token plugin (cryptsetup 2.7 --token-only) needs a kernel TPM: with only swtpm it says so", (t) => {
   const d = deb13(t);
   if (!d) return;
