@@ -31,6 +31,7 @@ export async function unlockFromCli(h: LuksHandle, device: string, o: Record<str
     ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}),
     ...(o.pkcs11Module ? { pkcs11Module: o.pkcs11Module as string } : {}),
     ...(o.tpm2Signature ? { tpm2Signature: o.tpm2Signature as string } : {}),
+    ...(o.tpm2Pcrlock ? { tpm2Pcrlock: o.tpm2Pcrlock as string } : {}),
     // --tries: only a passphrase typed at the terminal is asked again
     tries: willPrompt(o.keyFile) ? Math.max(1, (o.tries as number | undefined) ?? 3) : 1,
     onWrongPassphrase: (e) => io.err(`trustvol: ${e.message}\n`),

@@ -291,6 +291,22 @@ export class Luks2Volume {
     await wipeArea(this.dev, u64Num(ks.area.offset, "area.offset"), u64Num(ks.area.size, "area.size"));
   }
 
+  /**
+   * One header commit that drops `slots` (and their references) and applies `edit` to the tokens; only then are the
+   * dropped keyslots' areas wiped. A power cut leaves the old metadata or the new, never a token without its keyslot.
+   */
+  async editTokensDroppingSlots(slots: number[], edit: (tokens: Luks2Metadata["tokens"]) => void): Promise<void> {
+    this.checkRequirements("write");
+    const drop = [...new Set(slots)];
+    for (const k of drop) if (!(String(k) in this.metadata.keyslots)) throw new TrustvolError("ENOENT", `keyslot ${k} is not in use`, "nothing was changed");
+    const areas = drop.map((k) => this.metadata.keyslots[String(k)]!.area);
+    const m = structuredClone(this.metadata);
+    for (const k of drop) dropKeyslot(m, String(k));
+    edit(m.tokens);
+    await this.commit(m);
+    for (const a of areas) await wipeArea(this.dev, u64Num(a.offset, "area.offset"), u64Num(a.size, "area.size"));
+  }
+
   async setPriority(slot: number, priority: 0 | 1 | 2): Promise<void> {
     const m = structuredClone(this.metadata);
     const ks = m.keyslots[String(slot)];

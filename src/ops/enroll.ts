@@ -117,25 +117,34 @@ export interface EnrollTpm2Options extends EnrollOptions {
   publicKeyPcrs?: number[];
   /** As systemd 255+: seal under the persistent SRK at 0x81000001 (created if missing), PIN salted (tpm2_srk, tpm2_salt). */
   srk?: boolean;
+  /** Expected PCR values to seal against instead of the current ones (a boot chain that has not run yet); others are read. */
+  pcrValues?: Map<number, Buffer>;
+  /** Bind to systemd-pcrlock's NV index policy: the pcrlock.json path (implies srk, as systemd-cryptenroll --tpm2-pcrlock). */
+  pcrlock?: string;
+  /** Extra fields for the token JSON (readers that do not know them ignore them), e.g. the OTA update mark. */
+  tokenFields?: Record<string, string | number | boolean>;
 }
 
 /** Seal a new keyslot's passphrase to the TPM (systemd-tpm2 token, as systemd-cryptenroll 252 writes it). */
 export async function enrollTpm2(volume: string | LuksHandle, o: EnrollTpm2Options): Promise<EnrollResult> {
   const { createSystemdTpm2Token } = await import("../tokens/systemd-tpm2.js");
+  const pcrlock = o.pcrlock ? (await import("../trust/tpm2/pcrlock.js")).loadPcrlockPolicy(o.pcrlock) : undefined;
   return enrollWith(volume, withTokenCtx(o, { tpm2Device: o.tpm2Device }), {
     pbkdf: TOKEN_KEYSLOT_PBKDF,
     withSource: tpmSource(o.tpm2Device),
     makeToken: async (tpm, slot) => {
       const t = await createSystemdTpm2Token(tpm, {
         keyslot: slot,
-        pcrs: o.publicKey ? [] : (o.pcrs ?? [7]),
+        pcrs: o.publicKey || (pcrlock && !o.pcrs) ? [] : (o.pcrs ?? [7]),
+        ...(o.pcrValues ? { pcrValues: o.pcrValues } : {}),
+        ...(pcrlock ? { pcrlock } : {}),
         bank: o.bank ?? "sha256",
         primaryAlg: o.primaryAlg ?? "ecc",
         ...(o.pin ? { pin: o.pin } : {}),
         ...(o.publicKey ? { pubkey: o.publicKey, pubkeyPcrs: o.publicKeyPcrs ?? [11] } : {}),
         ...(o.srk ? { srk: true } : {}),
       });
-      return { tokenJson: JSON.parse(t.tokenJson) as Record<string, unknown>, passphrase: t.passphrase };
+      return { tokenJson: { ...(JSON.parse(t.tokenJson) as Record<string, unknown>), ...(o.tokenFields ?? {}) }, passphrase: t.passphrase };
     },
   });
 }

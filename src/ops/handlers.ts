@@ -31,7 +31,7 @@ export const BUILTIN_TOKEN_HANDLERS: readonly TokenHandler[] = [
       const { unlockSystemdTpm2Token } = await import("../tokens/systemd-tpm2.js");
       const { readFileSync } = await import("node:fs");
       const signature = ctx.tpm2Signature ? readFileSync(ctx.tpm2Signature) : undefined;
-      return withTpm(ctx, (tpm) => unlockSystemdTpm2Token(token, tpm, { ...(ctx.pin ? { pin: ctx.pin } : {}), ...(signature ? { signature } : {}) }));
+      return withTpm(ctx, (tpm) => unlockSystemdTpm2Token(token, tpm, { ...(ctx.pin ? { pin: ctx.pin } : {}), ...(signature ? { signature } : {}), ...(ctx.tpm2Pcrlock ? { pcrlockPath: ctx.tpm2Pcrlock } : {}) }));
     },
   },
   {

@@ -7,4 +7,5 @@ export { runDoctor, formatDoctor, type DoctorReport, type DoctorOptions, type Fi
 export { unlock, type UnlockOptions, type VolumeUnlockResult, type SecretInput, type PinInput } from "./unlock.js";
 export { enrollTpm2, enrollPkcs11, enrollClevis, enrollRecovery, CLEVIS_KEYSLOT_PBKDF, type EnrollOptions, type EnrollResult, type EnrollUnlock, type EnrollTpm2Options, type EnrollPkcs11Options, type EnrollClevisOptions, type EnrollRecoveryOptions } from "./enroll.js";
 export { TOKEN_KEYSLOT_PBKDF } from "./tokens.js";
+export { stageTpm2Update, commitTpm2Update, abortTpm2Update, updateTokens, UPDATE_FIELD, type UpdateCommitOptions, type UpdateCommitResult } from "./tpm2-update.js";
 export { probeSignature, probePath } from "./probe.js";

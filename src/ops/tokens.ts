@@ -18,6 +18,8 @@ export interface TokenUnlockContext {
   tpm2Device?: string;
   /** Signed PCR policy file (systemd-measure's tpm2-pcr-signature.json) for tpm2_pubkey tokens; default: systemd's paths. */
   tpm2Signature?: string;
+  /** systemd-pcrlock policy file (pcrlock.json) for tpm2_pcrlock tokens; default: systemd's paths (never a path from the header). */
+  tpm2Pcrlock?: string;
 }
 
 /** A token type trustvol can unlock: register your own with registerTokenHandler (replaces one of the same type). */

@@ -37,6 +37,8 @@ export interface UnlockOptions {
   pkcs11Module?: string;
   /** Signed PCR policy file (systemd-measure's tpm2-pcr-signature.json) for tpm2_pubkey tokens; default: systemd's paths. */
   tpm2Signature?: string;
+  /** systemd-pcrlock policy file (pcrlock.json) for tpm2_pcrlock tokens; default: /run/systemd, /var/lib/systemd. */
+  tpm2Pcrlock?: string;
   /**
    * How many times a passphrase function may be asked while the passphrase it gives is wrong (default 1). Bytes
    * given as the passphrase are tried once.
@@ -84,7 +86,7 @@ async function unlockHandle(h: LuksHandle, o: UnlockOptions): Promise<VolumeUnlo
     : [];
   let tokenError: TrustvolError | undefined;
   if (wantTokens || (!givenPass && o.keyslot === undefined && usable.length)) {
-    const ctx = { tpm2Device: o.tpm2Device, pkcs11Module: o.pkcs11Module, ...(o.tpm2Signature ? { tpm2Signature: o.tpm2Signature } : {}) };
+    const ctx = { tpm2Device: o.tpm2Device, pkcs11Module: o.pkcs11Module, ...(o.tpm2Signature ? { tpm2Signature: o.tpm2Signature } : {}), ...(o.tpm2Pcrlock ? { tpm2Pcrlock: o.tpm2Pcrlock } : {}) };
     let pin: Uint8Array | undefined;
     let ownPin = false;
     try {

@@ -5,15 +5,14 @@ import { createHash, createPublicKey, pbkdf2Sync, randomBytes, type KeyObject } 
 import { existsSync, readFileSync } from "node:fs";
 import { TrustvolError } from "../util/errors.js";
 import { wipe, base64Bytes } from "../util/secret.js";
-import { HASH_SIZE, TPMA_OBJECT, TPM_ALG, TPM_RH, isHashName, type HashName } from "../trust/tpm2/constants.js";
-import * as C from "../trust/tpm2/commands.js";
-import { extendPolicyAuthorize, extendPolicyAuthValue, extendPolicyPCR, pcrCompositeDigest } from "../trust/tpm2/policy.js";
-import type { AuthSession } from "../trust/tpm2/session.js";
-import { objectName, type TpmtPublic } from "../trust/tpm2/structures.js";
+import { HASH_SIZE, TPMA_OBJECT, TPM_ALG, isHashName, type HashName } from "../trust/tpm2/constants.js";
+import { PolicyAuthValue, PolicyAuthorize, PolicyPCR, policyDigestOf, runPolicy, type Approval, type PolicyStep } from "../trust/tpm2/policy.js";
+import type { TpmtPublic } from "../trust/tpm2/structures.js";
 import { pinToAuthValue, sealSecret, splitBlob, unsealSecret } from "../trust/tpm2/seal.js";
 import type { PrimaryAlg } from "../trust/tpm2/structures.js";
 import { Tpm } from "../trust/tpm2/tpm.js";
-import { decodeSerializedKeyHandle, type SerializedKeyHandle } from "../trust/tpm2/esys-tr.js";
+import { decodeSerializedKeyHandle, decodeSerializedNvHandle, type SerializedKeyHandle, type SerializedNvHandle } from "../trust/tpm2/esys-tr.js";
+import { decodePcrlockPolicy, loadPcrlockPolicy, pcrlockStep, type PcrlockPolicy } from "../trust/tpm2/pcrlock.js";
 import { getOrCreateSrk } from "../trust/tpm2/srk.js";
 
 export interface SystemdTpm2Token {
@@ -35,6 +34,10 @@ export interface SystemdTpm2Token {
   /** systemd 255+: the persistent SRK (serialized ESYS_TR) the blob was sealed under, raw and decoded. */
   srk?: Buffer;
   srkKey?: SerializedKeyHandle;
+  /** systemd 255+ pcrlock: the policy is PolicyAuthorizeNV of systemd-pcrlock's NV index (tpm2_pcrlock_nv names it). */
+  pcrlock?: boolean;
+  pcrlockNv?: Buffer;
+  pcrlockNvKey?: SerializedNvHandle;
   /** systemd 255+ may store several blobs, each with its policy hash; any one unlocks. blob/policyHash = the first. */
   blobs: Buffer[];
   policyHashes: Buffer[];
@@ -150,13 +153,15 @@ export function decodeSystemdTpm2Token(json: string | Uint8Array | Record<string
   const srk = srkV === undefined ? undefined : b64(srkV, "tpm2_srk", 1024);
   const srkKey = srk ? decodeSerializedKeyHandle(srk) : undefined;
 
-  // pcrlock (systemd 255+): the policy lives in an NV index (PolicyAuthorizeNV + PolicyOR); parsed, not run yet
-  const lockV = field(o, "tpm2-pcrlock");
-  if (lockV !== undefined && typeof lockV !== "boolean") throw bad("'tpm2_pcrlock' must be a boolean");
+  // pcrlock (systemd 255+): the policy lives in an NV index (PolicyAuthorizeNV after PolicyPCR/PolicyOR); the
+  // allowed values come from the administrator's pcrlock.json, never from a path in this header
+  const lockV = field(o, "tpm2-pcrlock") ?? false;
+  if (typeof lockV !== "boolean") throw bad("'tpm2_pcrlock' must be a boolean");
   const nvV = field(o, "tpm2-pcrlock-nv");
-  if (nvV !== undefined) b64(nvV, "tpm2_pcrlock_nv", 4096);
-  if (lockV === true || nvV !== undefined)
-    throw new TrustvolError("EUNSUPPORTED", "systemd-tpm2 token uses a pcrlock policy (tpm2_pcrlock, systemd-pcrlock), which trustvol does not support yet", "unlock with another keyslot (recovery key), or enroll with --tpm2-pcrs / --tpm2-public-key instead of --tpm2-pcrlock");
+  if (nvV !== undefined && !lockV) throw bad("'tpm2_pcrlock_nv' without 'tpm2_pcrlock'");
+  const pcrlockNv = nvV === undefined ? undefined : b64(nvV, "tpm2_pcrlock_nv", 4096);
+  const pcrlockNvKey = pcrlockNv ? decodeSerializedNvHandle(pcrlockNv) : undefined;
+  if (lockV && pkV !== undefined && pkV !== "") throw bad("a signed PCR policy and a pcrlock policy together (systemd refuses them too)");
   const argonV = field(o, "tpm2-argon2id");
   if (!(argonV === undefined || argonV === false))
     throw new TrustvolError("EUNSUPPORTED", "systemd-tpm2 token uses 'tpm2_argon2id', which trustvol does not support yet", "unlock with another keyslot (recovery key)");
@@ -164,6 +169,7 @@ export function decodeSystemdTpm2Token(json: string | Uint8Array | Record<string
   return {
     type: "systemd-tpm2", keyslots, blob: blobs[0]!, blobs, pcrs, pcrBank: bankV, primaryAlg: algV, policyHash: policyHashes[0]!, policyHashes, pin: pinV,
     ...(salt ? { salt } : {}), ...(pubkey ? { pubkey, pubkeyPcrs: pubkeyPcrs ?? [] } : {}), ...(srk ? { srk, srkKey } : {}),
+    ...(lockV ? { pcrlock: true } : {}), ...(pcrlockNv ? { pcrlockNv, pcrlockNvKey } : {}),
   };
 }
 
@@ -227,13 +233,32 @@ export function decodePcrSignatureJson(json: string | Uint8Array | Record<string
 /** Where systemd 252 looks for the signed PCR policy when none is given. */
 export const SYSTEMD_PCR_SIGNATURE_PATHS = ["/run/systemd/tpm2-pcr-signature.json", "/.extra/tpm2-pcr-signature.json"];
 
-/** The authPolicy systemd 252 builds: [PolicyAuthorize(key)] [PolicyPCR(bank, pcrs)] [PolicyAuthValue]. */
-export function systemdTpm2PolicyDigest(t: Pick<SystemdTpm2Token, "pcrs" | "pcrBank" | "pin" | "pubkey">, pcrValues: Map<number, Uint8Array>): Buffer {
-  let d: Buffer = Buffer.alloc(32);
-  if (t.pubkey) d = extendPolicyAuthorize("sha256", d, objectName(systemdPolicyKeyPublic(t.pubkey)));
-  if (t.pcrs.length) d = extendPolicyPCR("sha256", d, { hash: t.pcrBank, pcrs: t.pcrs }, pcrCompositeDigest("sha256", t.pcrBank, t.pcrs, pcrValues));
-  if (t.pin) d = extendPolicyAuthValue("sha256", d);
-  return d;
+/**
+ * The policy systemd 252+ builds, as steps: [PolicyAuthorize(key) after PolicyPCR(pubkey PCRs) approved by a
+ * signature] [PolicyPCR(bank, pcrs)] [PolicyAuthValue]. Its digest (offline: needs `pcrValues` for the bound PCRs)
+ * and its execution (needs `signatures` when there is a key) both follow from this one list.
+ */
+export function systemdTpm2PolicySteps(
+  t: Pick<SystemdTpm2Token, "pcrs" | "pcrBank" | "pin" | "pubkey" | "pubkeyPcrs" | "pcrlock">,
+  opts: { pcrValues?: Map<number, Uint8Array>; signatures?: PcrSignature[]; pcrlock?: PcrlockPolicy } = {},
+): PolicyStep[] {
+  const steps: PolicyStep[] = [];
+  if (t.pubkey) {
+    const pem = t.pubkey;
+    steps.push(PolicyAuthorize(systemdPolicyKeyPublic(pem), Buffer.alloc(0), (tpm) => approveSignedPcrs(tpm, pem, t.pcrBank, t.pubkeyPcrs ?? [], opts.signatures ?? [])));
+  }
+  if (t.pcrlock) {
+    if (!opts.pcrlock) throw new TrustvolError("ENOKEY", "this TPM2 token is bound to a pcrlock policy but none was given", "name the pcrlock.json with --tpm2-pcrlock FILE");
+    steps.push(pcrlockStep(opts.pcrlock));
+  }
+  if (t.pcrs.length) steps.push(PolicyPCR({ hash: t.pcrBank, pcrs: t.pcrs }, opts.pcrValues ? { values: opts.pcrValues } : {}));
+  if (t.pin) steps.push(PolicyAuthValue());
+  return steps;
+}
+
+/** The authPolicy of a token for the given PCR values. */
+export function systemdTpm2PolicyDigest(t: Pick<SystemdTpm2Token, "pcrs" | "pcrBank" | "pin" | "pubkey" | "pcrlock">, pcrValues: Map<number, Uint8Array>, pcrlock?: PcrlockPolicy): Buffer {
+  return policyDigestOf("sha256", systemdTpm2PolicySteps(t, { pcrValues, ...(pcrlock ? { pcrlock } : {}) }));
 }
 
 /**
@@ -248,17 +273,20 @@ export function encodeSystemdTpm2Token(t: SystemdTpm2Token): string {
     keyslots: t.keyslots.map(String),
     "tpm2-blob": blobs.length > 1 ? blobs.map((b) => b.toString("base64")) : blobs[0]!.toString("base64"),
     "tpm2-pcrs": [...t.pcrs],
-    "tpm2-pcr-bank": t.pcrBank,
+    // systemd 257 leaves the bank out when no PCR is bound directly (a pcrlock token)
+    ...(!t.srk || t.pcrs.length || t.pubkey ? { "tpm2-pcr-bank": t.pcrBank } : {}),
     "tpm2-primary-alg": t.primaryAlg,
     "tpm2-policy-hash": hashes.length > 1 ? hashes.map((h) => h.toString("hex")) : hashes[0]!.toString("hex"),
   };
   if (t.pin || !t.srk) o["tpm2-pin"] = t.pin;
+  if (t.pcrlock) o["tpm2_pcrlock"] = true;
   if (t.pubkey) {
     o["tpm2_pubkey_pcrs"] = [...(t.pubkeyPcrs ?? [])];
     o["tpm2_pubkey"] = t.pubkey.toString("base64");
   }
   if (t.salt) o["tpm2_salt"] = t.salt.toString("base64");
   if (t.srk) o["tpm2_srk"] = t.srk.toString("base64");
+  if (t.pcrlockNv) o["tpm2_pcrlock_nv"] = t.pcrlockNv.toString("base64");
   return JSON.stringify(o);
 }
 
@@ -278,29 +306,18 @@ export function systemdPinAuthValue(pin: Uint8Array, salt?: Uint8Array): Buffer 
 type TpmLike = Tpm | { tpm: Tpm };
 const tpmOf = (t: TpmLike): Tpm => (t instanceof Tpm ? t : t.tpm);
 
-/** The PolicyAuthorize leg of a signed-PCR-policy token: find the signature for the current PCR state and apply it. */
-async function applySignedPolicy(tpm: Tpm, session: AuthSession, t: SystemdTpm2Token, signatures: PcrSignature[]): Promise<void> {
-  const pem = t.pubkey!;
-  const pcrs = [...(t.pubkeyPcrs ?? [])].sort((a, b) => a - b);
+/** The PolicyAuthorize leg of a signed-PCR-policy token: the signature that approves the current PCR state. */
+async function approveSignedPcrs(tpm: Tpm, pem: Buffer, bank: HashName, pubkeyPcrs: number[], signatures: PcrSignature[]): Promise<Approval> {
+  const pcrs = [...pubkeyPcrs].sort((a, b) => a - b);
   const fp = systemdPubkeyFingerprint(pem);
-  const current = pcrCompositeDigest("sha256", t.pcrBank, pcrs, await tpm.pcrRead(t.pcrBank, pcrs));
-  const approved = extendPolicyPCR("sha256", Buffer.alloc(32), { hash: t.pcrBank, pcrs }, current);
-  const candidates = signatures.filter((s) => s.bank === t.pcrBank && s.pkfp === fp && s.pcrs.join() === pcrs.join());
-  if (!candidates.length) throw new TrustvolError("EPOLICY", `no PCR signature for this key and PCRs ${pcrs.join(",")} (${t.pcrBank}) in the signature file`, "install the signed PCR policy that matches this kernel (tpm2-pcr-signature.json)");
+  const sel = { hash: bank, pcrs };
+  const approved = policyDigestOf("sha256", [PolicyPCR(sel, { values: await tpm.pcrRead(bank, pcrs) })]);
+  const candidates = signatures.filter((s) => s.bank === bank && s.pkfp === fp && s.pcrs.join() === pcrs.join());
+  if (!candidates.length) throw new TrustvolError("EPOLICY", `no PCR signature for this key and PCRs ${pcrs.join(",")} (${bank}) in the signature file`, "install the signed PCR policy that matches this kernel (tpm2-pcr-signature.json)");
   const match = candidates.find((s) => s.pol.equals(approved));
-  if (!match) throw new TrustvolError("EPOLICY", `PCR ${pcrs.join(",")} (${t.pcrBank}) are in a state no signature approves: the boot chain or boot phase differs`, "boot a kernel signed for this enrollment, or use the recovery key");
-  // PolicyPCR with the current values, then prove the signer approved exactly that digest
-  await tpm.policyPCR(session, { hash: t.pcrBank, pcrs });
-  const key = await tpm.run(C.LoadExternal, { inPublic: systemdPolicyKeyPublic(pem), hierarchy: TPM_RH.OWNER });
-  try {
-    const aHash = createHash("sha256").update(match.pol).digest(); // policyRef is empty
-    const ticket = await tpm.run(C.VerifySignature, { keyHandle: { handle: key.handle, name: key.name }, digest: aHash, signature: { sigAlg: TPM_ALG.RSASSA, hash: "sha256", sig: match.sig } });
-    await tpm.run(C.PolicyAuthorize, { policySession: session.handle, approvedPolicy: match.pol, policyRef: Buffer.alloc(0), keySign: key.name, checkTicket: ticket });
-  } finally {
-    await tpm.flushQuiet(key.handle);
-  }
-  if (t.pcrs.length) await tpm.policyPCR(session, { hash: t.pcrBank, pcrs: t.pcrs });
-  if (t.pin) await tpm.policyAuthValue(session);
+  if (!match) throw new TrustvolError("EPOLICY", `PCR ${pcrs.join(",")} (${bank}) are in a state no signature approves: the boot chain or boot phase differs`, "boot a kernel signed for this enrollment, or use the recovery key");
+  // PolicyPCR with the current values, then the TPM checks the signer approved exactly that digest
+  return { steps: [PolicyPCR(sel)], approvedPolicy: match.pol, signature: { sigAlg: TPM_ALG.RSASSA, hash: "sha256", sig: match.sig } };
 }
 
 function loadSignatures(sig: string | Uint8Array | Record<string, unknown> | undefined): PcrSignature[] {
@@ -309,15 +326,33 @@ function loadSignatures(sig: string | Uint8Array | Record<string, unknown> | und
   throw new TrustvolError("ENOKEY", "this TPM2 token uses a signed PCR policy but no signature file was found", `provide the tpm2-pcr-signature.json (looked in ${SYSTEMD_PCR_SIGNATURE_PATHS.join(", ")})`);
 }
 
+/** The pcrlock policy for a token: given, or read from the administrator's file; it must name the token's NV index. */
+function pcrlockFor(t: SystemdTpm2Token, opts: { pcrlock?: string | Uint8Array | Record<string, unknown> | PcrlockPolicy; pcrlockPath?: string }): PcrlockPolicy {
+  const p = opts.pcrlock === undefined ? loadPcrlockPolicy(opts.pcrlockPath) : isPcrlockPolicy(opts.pcrlock) ? opts.pcrlock : decodePcrlockPolicy(opts.pcrlock);
+  if (t.pcrlockNvKey && (t.pcrlockNvKey.handle !== p.nvIndex || !t.pcrlockNvKey.name.equals(p.nv.name)))
+    throw new TrustvolError("EPOLICY", `the pcrlock policy names NV index 0x${p.nvIndex.toString(16)}, the token was enrolled against 0x${t.pcrlockNvKey.handle.toString(16)}`, "name the pcrlock.json this volume was enrolled with (--tpm2-pcrlock), or use the recovery key");
+  return p;
+}
+const isPcrlockPolicy = (v: unknown): v is PcrlockPolicy => typeof v === "object" && v !== null && (v as PcrlockPolicy).pcrValues instanceof Map;
+
 /** Unseal a systemd-tpm2 token's secret and return the LUKS passphrase (ASCII base64 bytes). Caller wipes it. */
 export async function unlockSystemdTpm2Token(
   tokenJson: string | Uint8Array | Record<string, unknown>,
   tpm: TpmLike,
-  opts: { pin?: Uint8Array; /** signed PCR policy JSON (systemd-measure sign); default: systemd's well-known paths */ signature?: string | Uint8Array | Record<string, unknown> } = {},
+  opts: {
+    pin?: Uint8Array;
+    /** signed PCR policy JSON (systemd-measure sign); default: systemd's well-known paths */
+    signature?: string | Uint8Array | Record<string, unknown>;
+    /** pcrlock policy (systemd-pcrlock's pcrlock.json contents); default: the administrator's file at `pcrlockPath`, else systemd's search path */
+    pcrlock?: string | Uint8Array | Record<string, unknown> | PcrlockPolicy;
+    pcrlockPath?: string;
+  } = {},
 ): Promise<Buffer> {
   const t = decodeSystemdTpm2Token(tokenJson);
   if (t.pin && !opts.pin?.length) throw new TrustvolError("EBADPASS", "this TPM2 token needs a PIN", "supply the PIN");
   const signatures = t.pubkey ? loadSignatures(opts.signature) : [];
+  const pcrlock = t.pcrlock ? pcrlockFor(t, opts) : undefined;
+  const custom = t.pubkey || pcrlock;
   const authValue = t.pin && opts.pin ? systemdPinAuthValue(opts.pin, t.salt) : undefined;
   let secret: Buffer | undefined;
   try {
@@ -327,7 +362,7 @@ export async function unlockSystemdTpm2Token(
       try {
         secret = await unsealSecret(
           tpmOf(tpm),
-          { blob: t.blobs[i]!, pcrs: t.pcrs, bank: t.pcrBank, primaryAlg: t.primaryAlg, policyHash: t.policyHashes[i]!, pin: t.pin, ...(t.srkKey ? { srk: t.srkKey } : {}), ...(t.pubkey ? { runPolicy: (tp, session) => applySignedPolicy(tp, session, t, signatures) } : {}) },
+          { blob: t.blobs[i]!, pcrs: t.pcrs, bank: t.pcrBank, primaryAlg: t.primaryAlg, policyHash: t.policyHashes[i]!, pin: t.pin, ...(t.srkKey ? { srk: t.srkKey } : {}), ...(custom ? { runPolicy: (tp, session) => runPolicy(tp, session, systemdTpm2PolicySteps(t, { signatures, ...(pcrlock ? { pcrlock } : {}) })) } : {}) },
           authValue ? { authValue } : {},
         );
       } catch (e) {
@@ -363,6 +398,8 @@ export async function createSystemdTpm2Token(
     pubkeyPcrs?: readonly number[];
     /** Seal under the persistent SRK (0x81000001, created if missing) and record it as tpm2_srk, as systemd 255+ does. */
     srk?: boolean;
+    /** Bind to systemd-pcrlock's NV index policy (implies srk, as systemd-cryptenroll --tpm2-pcrlock). */
+    pcrlock?: PcrlockPolicy;
   },
 ): Promise<{ tokenJson: string; token: SystemdTpm2Token; passphrase: Buffer }> {
   if (!Number.isInteger(opts.keyslot) || opts.keyslot < 0 || opts.keyslot > 31) throw new TrustvolError("EUSAGE", `invalid keyslot ${opts.keyslot}`);
@@ -370,22 +407,32 @@ export async function createSystemdTpm2Token(
   const bank = opts.bank ?? "sha256";
   const secret = await t.getRandom(32);
   // systemd 255+ salts the PIN (PBKDF2) whenever it seals under the SRK; 252-style tokens hash it plainly
-  const salt = opts.srk && opts.pin?.length ? randomBytes(32) : undefined;
+  const useSrk = opts.srk || !!opts.pcrlock;
+  if (opts.pcrlock && opts.pubkey) throw new TrustvolError("EUSAGE", "a signed PCR policy and a pcrlock policy cannot be combined", "choose --tpm2-public-key or --tpm2-pcrlock");
+  const salt = useSrk && opts.pin?.length ? randomBytes(32) : undefined;
   const authValue = opts.pin?.length ? systemdPinAuthValue(opts.pin, salt) : undefined;
   try {
     const pcrs = [...new Set(opts.pcrs)].sort((a, b) => a - b);
-    let authPolicy: Buffer | undefined;
-    if (opts.pubkey) {
-      const values = opts.pcrValues ?? (pcrs.length ? await t.pcrRead(bank, pcrs) : new Map());
-      authPolicy = systemdTpm2PolicyDigest({ pcrs, pcrBank: bank, pin: !!authValue, pubkey: opts.pubkey }, values);
+    // values given for some PCRs (a boot chain that has not happened yet): the others are read from the TPM
+    let pcrValues = opts.pcrValues;
+    if (pcrValues) {
+      for (const p of pcrValues.keys()) if (!pcrs.includes(p)) throw new TrustvolError("EUSAGE", `a value was given for PCR ${p}, which is not bound`, "list it in --pcrs");
+      const missing = pcrs.filter((p) => !pcrValues!.has(p));
+      if (missing.length) pcrValues = new Map([...(await t.pcrRead(bank, missing)), ...pcrValues]);
     }
-    const srk = opts.srk ? await getOrCreateSrk(t, opts.primaryAlg ?? "ecc") : undefined;
-    const s = await sealSecret(t, secret, { pcrs, bank, primaryAlg: opts.primaryAlg ?? "ecc", ...(authValue ? { authValue } : {}), ...(opts.pcrValues ? { pcrValues: opts.pcrValues } : {}), ...(authPolicy ? { authPolicy } : {}), ...(srk ? { parent: srk.key } : {}) });
+    let authPolicy: Buffer | undefined;
+    if (opts.pubkey || opts.pcrlock) {
+      const values = pcrValues ?? (pcrs.length ? await t.pcrRead(bank, pcrs) : new Map());
+      authPolicy = systemdTpm2PolicyDigest({ pcrs, pcrBank: bank, pin: !!authValue, ...(opts.pubkey ? { pubkey: opts.pubkey } : {}), pcrlock: !!opts.pcrlock }, values, opts.pcrlock);
+    }
+    const srk = useSrk ? await getOrCreateSrk(t, opts.primaryAlg ?? "ecc") : undefined;
+    const s = await sealSecret(t, secret, { pcrs, bank, primaryAlg: opts.primaryAlg ?? "ecc", ...(authValue ? { authValue } : {}), ...(pcrValues ? { pcrValues } : {}), ...(authPolicy ? { authPolicy } : {}), ...(srk ? { parent: srk.key } : {}) });
     const token: SystemdTpm2Token = {
       type: "systemd-tpm2", keyslots: [opts.keyslot], blob: s.blob, blobs: [s.blob], policyHashes: [s.policyHash], pcrs: s.pcrs, pcrBank: bank, primaryAlg: s.primaryAlg, policyHash: s.policyHash, pin: !!authValue,
       ...(opts.pubkey ? { pubkey: Buffer.from(opts.pubkey), pubkeyPcrs: [...(opts.pubkeyPcrs ?? [11])] } : {}),
       ...(srk ? { srk: srk.serialized, srkKey: decodeSerializedKeyHandle(srk.serialized) } : {}),
       ...(salt ? { salt } : {}),
+      ...(opts.pcrlock ? { pcrlock: true, pcrlockNv: Buffer.from(opts.pcrlock.nvHandle), pcrlockNvKey: opts.pcrlock.nv } : {}),
     };
     return { tokenJson: encodeSystemdTpm2Token(token), token, passphrase: base64Ascii(secret) };
   } finally {

@@ -22,7 +22,7 @@ test("aliases: --unlock-key-file, --tpm2-pcrs (parsed like --pcrs), --pkcs11-tok
   assert.equal(trustvol(["unlock", "--test", img, "--key-file", join(dir, "rk")]).status, 0);
   r = trustvol(["enroll", "tpm2", img, "--tpm2-pcrs", "99", "--unlock-key-file", key]);
   assert.equal(r.status, 2);
-  assert.equal(r.stderr, 'trustvol: --pcrs: "99" is not a PCR index (0..23)\n');
+  assert.equal(r.stderr, 'trustvol: --pcrs: "99" is not a PCR index (0..23) or PCR:BANK=HEX; e.g. --pcrs 7:sha256=<64 hex digits>,11\n');
   r = trustvol(["enroll", "pkcs11", join(dir, "missing.img"), "--pkcs11-token-uri", "pkcs11:token=x", "--unlock-key-file", key]);
   assert.equal(r.status, 5, r.stderr); // past the required-option check: the device is what is missing
   r = trustvol(["identity", "show", "--pkcs11-uri", "pkcs11:token=x", "--pkcs11-module", join(dir, "nope.so")]);

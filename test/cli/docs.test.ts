@@ -29,7 +29,7 @@ test("gen-docs: a man page groff renders without warnings, completions that know
     spawnSync("bash", ["-c", `source ${bash}; COMP_WORDS=(${words.map((w) => `'${w}'`).join(" ")}); COMP_CWORD=${words.length - 1}; _trustvol; echo "\${COMPREPLY[@]}"`], { encoding: "utf8" }).stdout.trim();
   assert.equal(complete("trustvol", "enr"), "enroll");
   assert.equal(complete("trustvol", "enroll", "tp"), "tpm2");
-  assert.match(complete("trustvol", "enroll", "tpm2", "--pcr"), /^--pcrs --pcr-bank$/);
+  assert.match(complete("trustvol", "enroll", "tpm2", "--pcr"), /^--pcrs --pcr-bank --pcrlock$/);
   assert.match(complete("trustvol", "format", "--batch"), /^--batch-mode$/, "hidden aliases are not offered");
   const zsh = readFileSync(join(root, "dist/completion/_trustvol"), "utf8");
   assert.match(zsh, /^#compdef trustvol/);

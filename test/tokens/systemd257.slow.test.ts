@@ -35,7 +35,7 @@ test("257 token: tpm2_srk decodes (persistent 0x81000001, name checked), JSON ro
   assert.deepEqual(encodePublicArea(primaryTemplateOf(t.srkKey!.public)), encodePublicArea(systemdSrkTemplate("ecc")));
 });
 
-test("257 token: hostile tpm2_srk, pcrlock and blob arrays are refused with one clear error", () => {
+test("257 token: hostile tpm2_srk, pcrlock fields and blob arrays are refused with one clear error", () => {
   const o = JSON.parse(TOKEN_257);
   const srk = Buffer.from(o.tpm2_srk, "base64");
   const transient = Buffer.from(srk);
@@ -50,9 +50,9 @@ test("257 token: hostile tpm2_srk, pcrlock and blob arrays are refused with one 
     [{ ...o, tpm2_srk: notKey.toString("base64") }, "ECORRUPT", /not a key/],
     [{ ...o, tpm2_srk: Buffer.concat([srk, Buffer.from([0])]).toString("base64") }, "ECORRUPT", /tpm2_srk/],
     [{ ...o, tpm2_srk: srk.subarray(0, 20).toString("base64") }, "ECORRUPT", /tpm2_srk/],
-    [{ ...o, tpm2_pcrlock: true }, "EUNSUPPORTED", /pcrlock/],
     [{ ...o, tpm2_pcrlock: "yes" }, "ECORRUPT", /boolean/],
-    [{ ...o, tpm2_pcrlock_nv: "AAAA" }, "EUNSUPPORTED", /pcrlock/],
+    [{ ...o, tpm2_pcrlock_nv: "AAAA" }, "ECORRUPT", /tpm2_pcrlock_nv' without/],
+    [{ ...o, tpm2_pcrlock: true, tpm2_pcrlock_nv: "AAAA" }, "ECORRUPT", /tpm2_pcrlock_nv/],
     [{ ...o, "tpm2-blob": [o["tpm2-blob"], o["tpm2-blob"]] }, "ECORRUPT", /2 blobs but 1 policy hashes/],
     [{ ...o, "tpm2-blob": [] }, "ECORRUPT", /1\.\.16/],
   ];
@@ -139,6 +139,19 @@ test("trustvol enrolls → systemd 257 unseals it (systemd-cryptenroll --unlock-
     // the next round must prove the PIN token on its own
     run("cryptsetup", ["token", "remove", "--token-id", String(slot), l.img]);
   }
+});
+
+test("a token staged by tpm2 stage-update (\"trustvol-update\": \"staged\") is an ordinary token to systemd 257: it unseals it", async (t) => {
+  const d = deb13(t);
+  if (!d) return;
+  const l = makeLuksImage(fx.dir, "st257");
+  const tpm = tpmOf();
+  const { tokenJson, passphrase } = await createSystemdTpm2Token(tpm, { pcrs: [7], keyslot: 5, srk: true });
+  addKey(l, passphrase, 5);
+  importToken(l.img, JSON.stringify({ ...JSON.parse(tokenJson), "trustvol-update": "staged" }), 0);
+  const rk = d.sh("systemd-cryptenroll", [`--unlock-tpm2-device=${d.device}`, "--recovery-key", d.w("st257.luks")]).stdout.toString().trim();
+  assert.match(rk, /^([cbdefghijklnrtuv]{8}-){7}[cbdefghijklnrtuv]{8}$/);
+  assert.match(d.sh("systemd-cryptenroll", [d.w("st257.luks")]).stdout.toString(), /5\s+tpm2/);
 });
 
 test("systemd 257's token plugin (cryptsetup 2.7 --token-only) needs a kernel TPM: with only swtpm it says so", (t) => {

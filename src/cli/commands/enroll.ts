@@ -15,8 +15,32 @@ import { atomicWriteFileSync } from "../../util/atomic.js";
 
 export { pinSourceFrom } from "../common.js";
 
+/** systemd 255+'s --tpm2-pcrs: "7", "7+11", or with expected values "7:sha256=HEX+11:sha256=HEX" (a chain not yet booted). */
+export const pcrSpec = (v: string): { pcrs: number[]; values?: Map<number, Buffer>; bank?: HashName } => {
+  if (v === "" || v === "none") return { pcrs: [] };
+  const pcrs: number[] = [];
+  const values = new Map<number, Buffer>();
+  let specBank: HashName | undefined;
+  for (const x of v.split(/[,+]/)) {
+    const m = /^([0-9]+)(?::(sha1|sha256|sha384|sha512)=([0-9a-fA-F]+))?$/.exec(x);
+    if (!m || Number(m[1]) > 23) throw new TrustvolError("EUSAGE", `--pcrs: "${x}" is not a PCR index (0..23) or PCR:BANK=HEX`, "e.g. --pcrs 7:sha256=<64 hex digits>,11");
+    const pcr = Number(m[1]);
+    if (pcrs.includes(pcr)) throw new TrustvolError("EUSAGE", `--pcrs: PCR ${pcr} given twice`);
+    pcrs.push(pcr);
+    if (m[2]) {
+      const b = m[2] as HashName;
+      if (specBank && specBank !== b) throw new TrustvolError("EUSAGE", "--pcrs: all values must be of one bank", "a token binds one PCR bank");
+      specBank = b;
+      const size = { sha1: 20, sha256: 32, sha384: 48, sha512: 64 }[b];
+      if (m[3]!.length !== size * 2) throw new TrustvolError("EUSAGE", `--pcrs: PCR ${pcr}: a ${b} value has ${size * 2} hex digits, not ${m[3]!.length}`);
+      values.set(pcr, Buffer.from(m[3]!, "hex"));
+    }
+  }
+  return { pcrs, ...(values.size ? { values, bank: specBank! } : {}) };
+};
+
 /** How an enrolment gets the volume key, from the CLI's options: raw volume key file, an enrolled token, or a passphrase. */
-function enrollUnlock(device: string, o: Record<string, unknown>): EnrollUnlock {
+export function enrollUnlock(device: string, o: Record<string, unknown>): EnrollUnlock {
   if (o.unlockVolumeKeyFile) return { volumeKey: readKeyFile(o.unlockVolumeKeyFile as string) };
   if (o.unlockToken) return { tokens: { ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}), pin: cliPin(o) } };
   // Asked for only once the volume has opened and --wipe-slot has checked out.
@@ -89,8 +113,9 @@ export function registerEnrollCommands(program: Command): Command {
         .command("tpm2")
         .description("enroll the TPM: a random secret sealed to the TPM's storage key under a PCR policy (systemd-tpm2 token, as systemd-cryptenroll 252 writes it)")
         .argument("<device>")
-        .option("--pcrs <list>", "PCRs to bind to, e.g. 7 (Secure Boot state) or 0,7; \"none\" for no PCR binding", pcrList, [7])
+        .option("--pcrs <list>", "PCRs to bind to, e.g. 7 (Secure Boot state) or 0,7; PCR:BANK=HEX seals to an expected value instead of the current one (see `tpm2 predict`); \"none\" for no PCR binding", pcrSpec)
         .option("--pcr-bank <bank>", "PCR bank", bank, "sha256")
+        .option("--pcrlock <file>", "bind to systemd-pcrlock's policy (pcrlock.json and its NV index) instead of fixed PCR values, as systemd-cryptenroll --tpm2-pcrlock")
         .option("--with-pin", "also require a PIN at unlock (from --pin-file, or prompted twice)")
         .option("--primary-alg <alg>", "storage primary key: ecc (default) or rsa", "ecc")
         .option("--tpm2-device <dev>", "auto (default), a device path like /dev/tpmrm0, or swtpm:path=SOCKET")
@@ -104,17 +129,21 @@ export function registerEnrollCommands(program: Command): Command {
     ),
   );
   // systemd-cryptenroll's spellings.
-  for (const [a, t] of [["--tpm2-pcrs <list>", "--pcrs"], ["--tpm2-with-pin", "--with-pin"], ["--tpm2-public-key <pem>", "--public-key"], ["--tpm2-public-key-pcrs <list>", "--public-key-pcrs"]] as const) addAlias(tpm2Cmd, a, t);
+  for (const [a, t] of [["--tpm2-pcrs <list>", "--pcrs"], ["--tpm2-with-pin", "--with-pin"], ["--tpm2-public-key <pem>", "--public-key"], ["--tpm2-public-key-pcrs <list>", "--public-key-pcrs"], ["--tpm2-pcrlock <file>", "--pcrlock"]] as const) addAlias(tpm2Cmd, a, t);
   tpm2Cmd.action(async (device: string, o: Record<string, unknown>) => {
     if (o.primaryAlg !== "ecc" && o.primaryAlg !== "rsa") throw new TrustvolError("EUSAGE", "--primary-alg must be ecc or rsa");
     const pubkey = o.publicKey ? readFileSync(o.publicKey as string) : undefined;
     const pin = o.withPin ? (o.pinFile ? readPin(pinSourceFrom(o)!) : await getPassphrase({ prompt: "Enter new TPM2 PIN: ", verify: true })) : undefined;
+    const spec = o.pcrs as ReturnType<typeof pcrSpec> | undefined;
+    if (spec?.bank && o.pcrBank !== "sha256" && o.pcrBank !== spec.bank) throw new TrustvolError("EUSAGE", `--pcrs values are ${spec.bank} but --pcr-bank is ${String(o.pcrBank)}`);
     try {
       await runEnroll(device, o, "TPM2", (c) =>
         enrollTpm2(device, {
           ...c,
-          pcrs: o.pcrs as number[],
-          bank: o.pcrBank as HashName,
+          ...(spec ? { pcrs: spec.pcrs } : o.pcrlock ? {} : { pcrs: [7] }),
+          ...(spec?.values ? { pcrValues: spec.values } : {}),
+          ...(o.pcrlock ? { pcrlock: o.pcrlock as string } : {}),
+          bank: (spec?.bank ?? o.pcrBank) as HashName,
           primaryAlg: o.primaryAlg as PrimaryAlg,
           ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}),
           ...(pin ? { pin } : {}),

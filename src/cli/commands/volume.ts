@@ -116,6 +116,7 @@ export function registerVolumeCommands(program: Command): void {
         .option("--pkcs11-module <path>", "PKCS#11 module for systemd-pkcs11 tokens (default: p11-kit registrations)")
         .option("--tpm2-device <dev>", "TPM for systemd-tpm2/clevis tokens: auto, a path, or swtpm:path=SOCKET")
         .option("--tpm2-signature <file>", "signed PCR policy (tpm2-pcr-signature.json) for tokens enrolled against a public key (default: systemd's paths)")
+        .option("--tpm2-pcrlock <file>", "systemd-pcrlock policy (pcrlock.json) for tokens enrolled with --tpm2-pcrlock (default: /run/systemd, /var/lib/systemd)")
         .option("--json", "print the result as JSON"),
     ),
   ).action(async (device: string, o: Record<string, unknown>) => {

@@ -7,13 +7,18 @@ export const TPM_SU = { CLEAR: 0x0000, STATE: 0x0001 } as const;
 /** Command codes (Part 2, Table 12). */
 export const TPM_CC = {
   EvictControl: 0x0120,
+  NV_UndefineSpace: 0x0122,
   Clear: 0x0126,
   HierarchyChangeAuth: 0x0129,
+  NV_DefineSpace: 0x012a,
   CreatePrimary: 0x0131,
   DictionaryAttackLockReset: 0x0139,
   SelfTest: 0x0143,
   Startup: 0x0144,
   Shutdown: 0x0145,
+  NV_Write: 0x0137,
+  PolicyNV: 0x0149,
+  NV_Read: 0x014e,
   Create: 0x0153,
   Load: 0x0157,
   Unseal: 0x015e,
@@ -22,6 +27,9 @@ export const TPM_CC = {
   LoadExternal: 0x0167,
   PolicyAuthorize: 0x016a,
   PolicyAuthValue: 0x016b,
+  NV_ReadPublic: 0x0169,
+  PolicyCommandCode: 0x016c,
+  PolicyOR: 0x0171,
   ReadPublic: 0x0173,
   StartAuthSession: 0x0176,
   VerifySignature: 0x0177,
@@ -32,6 +40,7 @@ export const TPM_CC = {
   PCR_Extend: 0x0182,
   PolicyGetDigest: 0x0189,
   PolicyPassword: 0x018c,
+  PolicyAuthorizeNV: 0x0192,
 } as const;
 
 /** Algorithm ids (Part 2, Table 9 / TCG Algorithm Registry). */
@@ -52,6 +61,7 @@ export const TPM_ALG = {
   OAEP: 0x0017,
   ECDSA: 0x0018,
   ECDH: 0x0019,
+  ECDAA: 0x001a,
   ECC: 0x0023,
   SYMCIPHER: 0x0025,
   CTR: 0x0040,

@@ -4,7 +4,8 @@ import { createCipheriv, createDecipheriv, createECDH, createHash, createHmac, c
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { HASH_SIZE, TPM_ALG, TPM_ECC, type HashName } from "./constants.js";
-import type { TpmtPublic } from "./structures.js";
+import { ECC_POINT, type TpmtPublic } from "./structures.js";
+import { encode } from "./schema.js";
 
 const u32be = (n: number) => {
   const b = Buffer.alloc(4);
@@ -82,12 +83,7 @@ export function makeSalt(pub: TpmtPublic, nameAlg: HashName): { salt: Buffer; en
     const ey = ephPub.subarray(33, 65);
     const salt = kdfe(nameAlg, z, "SECRET", ex, qx, digestBits);
     wipe(z);
-    const enc = Buffer.alloc(4 + 64);
-    enc.writeUInt16BE(32, 0);
-    ex.copy(enc, 2);
-    enc.writeUInt16BE(32, 34);
-    ey.copy(enc, 36);
-    return { salt, encrypted: enc };
+    return { salt, encrypted: encode(ECC_POINT, { x: Buffer.from(ex), y: Buffer.from(ey) }, 68) };
   }
   if (pub.type === TPM_ALG.RSA) {
     const e = pub.rsa?.exponent || 65537;

@@ -4,8 +4,12 @@
 import { TrustvolError } from "../../util/errors.js";
 import { constantTimeEqual } from "../../util/secret.js";
 import { TPMA_OBJECT, TPM_ALG } from "./constants.js";
-import { TpmReader, TpmWriter } from "./marshal.js";
-import { marshalPublic, objectName, unmarshalPublic, type TpmtPublic } from "./structures.js";
+import { decode, encode, struct, tpm2b, u32 } from "./schema.js";
+import { PUBLIC_2B, objectName, type TpmtPublic } from "./structures.js";
+import { NV_PUBLIC_2B, nvName, type NvPublic } from "./nv.js";
+
+/** IESYS_RESOURCE of a key as Esys_TR_Serialize writes it. */
+const IESYS_KEY_RESOURCE = struct({ handle: u32, name: tpm2b(66), rsrcType: u32, public: PUBLIC_2B });
 
 /** IESYSC_KEY_RSRC: the resource is a loaded or persistent key, misc holds its public area. */
 const IESYSC_KEY_RSRC = 1;
@@ -24,14 +28,10 @@ const bad = (what: string) => new TrustvolError("ECORRUPT", `tpm2_srk: ${what}`,
 export function decodeSerializedKeyHandle(b: Buffer): SerializedKeyHandle {
   let out: SerializedKeyHandle;
   try {
-    const r = new TpmReader(b, "tpm2_srk");
-    const handle = r.u32();
-    const name = r.tpm2b(66);
-    const rsrcType = r.u32();
+    // rsrcType selects what misc holds: only a key (its TPM2B_PUBLIC) is accepted, checked after the parse
+    const { rsrcType, ...k } = decode(IESYS_KEY_RESOURCE, b, "tpm2_srk");
     if (rsrcType !== IESYSC_KEY_RSRC) throw bad(`resource type ${rsrcType} is not a key`);
-    const pub = r.sized(unmarshalPublic);
-    r.end();
-    out = { handle, name, public: pub };
+    out = k;
   } catch (e) {
     if (e instanceof TrustvolError && e.code === "ECORRUPT" && e.message.startsWith("tpm2_srk")) throw e;
     throw bad(`not a serialized TPM key handle (${e instanceof Error ? e.message : String(e)})`);
@@ -46,11 +46,36 @@ export function decodeSerializedKeyHandle(b: Buffer): SerializedKeyHandle {
 }
 
 export function encodeSerializedKeyHandle(k: SerializedKeyHandle): Buffer {
-  return new TpmWriter(256).u32(k.handle).tpm2b(k.name).u32(IESYSC_KEY_RSRC).sized((w) => marshalPublic(w, k.public)).finish();
+  return encode(IESYS_KEY_RESOURCE, { handle: k.handle, name: k.name, rsrcType: IESYSC_KEY_RSRC, public: k.public });
 }
 
 /** The template that recreates a primary from its public area: the same parameters with an empty unique. */
 export function primaryTemplateOf(p: TpmtPublic): TpmtPublic {
   if (p.type === TPM_ALG.ECC) return { ...p, unique: Buffer.alloc(0), eccPoint: { x: Buffer.alloc(0), y: Buffer.alloc(0) } };
   return { ...p, unique: Buffer.alloc(0) };
+}
+
+/** IESYSC_NV_RSRC: the resource is an NV index, misc holds its TPM2B_NV_PUBLIC (systemd's `nvHandle`, `tpm2_pcrlock_nv`). */
+const IESYSC_NV_RSRC = 2;
+const IESYS_NV_RESOURCE = struct({ handle: u32, name: tpm2b(66), rsrcType: u32, public: NV_PUBLIC_2B });
+export interface SerializedNvHandle {
+  handle: number;
+  name: Buffer;
+  public: NvPublic;
+}
+export function decodeSerializedNvHandle(b: Buffer, what = "tpm2_pcrlock_nv"): SerializedNvHandle {
+  const badNv = (m: string) => new TrustvolError("ECORRUPT", `${what}: ${m}`, "the pcrlock NV index record is damaged; use the recovery key and re-enroll");
+  let v;
+  try {
+    v = decode(IESYS_NV_RESOURCE, b, what);
+  } catch (e) {
+    throw badNv(`not a serialized TPM NV index handle (${e instanceof Error ? e.message : String(e)})`);
+  }
+  if (v.rsrcType !== IESYSC_NV_RSRC) throw badNv(`resource type ${v.rsrcType} is not an NV index`);
+  if (v.handle >>> 24 !== 0x01 || v.public.nvIndex !== v.handle) throw badNv(`handle 0x${v.handle.toString(16)} is not the NV index its public area names`);
+  if (!constantTimeEqual(v.name, nvName(v.public))) throw badNv("name does not match the public area");
+  return { handle: v.handle, name: v.name, public: v.public };
+}
+export function encodeSerializedNvHandle(k: SerializedNvHandle): Buffer {
+  return encode(IESYS_NV_RESOURCE, { handle: k.handle, name: k.name, rsrcType: IESYSC_NV_RSRC, public: k.public });
 }

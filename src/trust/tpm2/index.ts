@@ -106,7 +106,17 @@ export { Tpm } from "./tpm.js";
 export type { LoadedKey } from "./tpm.js";
 export { sealSecret, unsealSecret, pinToAuthValue, splitBlob, joinBlob } from "./seal.js";
 export type { Tpm2Sealed, Tpm2SealOptions, Tpm2UnsealRequest } from "./seal.js";
-export { computePolicyDigest, pcrCompositeDigest, extendPolicyPCR, extendPolicyAuthValue, extendPolicyAuthorize, policyAuthorizeDigest, predictPcr } from "./policy.js";
+export {
+  computePolicyDigest, pcrCompositeDigest, extendPolicyPCR, extendPolicyAuthValue, extendPolicyAuthorize, policyAuthorizeDigest, predictPcr,
+  PolicyPCR, PolicyAuthValue, PolicyPassword, PolicyAuthorize, PolicyOR, PolicyAuthorizeNV, PolicyNV, TPM_EO, policyDigestOf, runPolicy, encodeNvPolicy,
+} from "./policy.js";
+export type { PolicyStep, Approval, NvRef } from "./policy.js";
+export { TPMA_NV, TPM_NT, nvName } from "./nv.js";
+export { decodePcrlockPolicy, encodePcrlockPolicy, loadPcrlockPolicy, pcrlockStep, pcrlockSuperPcrSteps, pcrlockSuperPcrDigest, SYSTEMD_PCRLOCK_PATHS } from "./pcrlock.js";
+export type { PcrlockPolicy } from "./pcrlock.js";
+export { parseEventLog, predictFromLog, authenticodeHash, EV } from "./predict.js";
+export type { LogEvent, PredictInput } from "./predict.js";
+export type { NvPublic } from "./nv.js";
 export { openTpm2Transport, parseTpm2Device, resolveTpm2Device, swtpmControlFor, TPM2_DEVICE_ENV } from "./transport-select.js";
 export type { Tpm2DeviceSpec } from "./transport-select.js";
 export { SwtpmTransport, SwtpmControl } from "./transport-swtpm.js";

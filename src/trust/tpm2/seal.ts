@@ -7,11 +7,11 @@ import { TrustvolError } from "../../util/errors.js";
 import { constantTimeEqual, wipe } from "../../util/secret.js";
 import { TPMA_OBJECT, TPMA_SESSION, TPM_ALG, TPM_RH, hashNameOf, type HashName } from "./constants.js";
 import * as C from "./commands.js";
-import { TpmReader, TpmWriter } from "./marshal.js";
-import { computePolicyDigest } from "./policy.js";
+import { decode, encode, keepBytes, struct, tpm2b } from "./schema.js";
+import { pcrPinSteps, policyDigestOf, runPolicy } from "./policy.js";
 import { TpmRcError } from "./rc.js";
 import type { AuthSession } from "./session.js";
-import { objectName, sealedObjectTemplate, unmarshalPublic, type PrimaryAlg, type TpmtPublic } from "./structures.js";
+import { PUBLIC_2B, objectName, sealedObjectTemplate, type PrimaryAlg, type TpmtPublic } from "./structures.js";
 import type { LoadedKey, Tpm } from "./tpm.js";
 import { primaryTemplateOf, type SerializedKeyHandle } from "./esys-tr.js";
 
@@ -62,21 +62,20 @@ export interface Tpm2UnsealRequest {
   srk?: SerializedKeyHandle;
 }
 
+/** systemd's tpm2-blob: TPM2B_PRIVATE ‖ TPM2B_PUBLIC, both kept byte for byte. */
+const SEALED_BLOB = struct({ inPrivate: keepBytes(tpm2b()), inPublic: keepBytes(PUBLIC_2B) });
+
 /** Split TPM2B_PRIVATE ‖ TPM2B_PUBLIC: priv is the body, privBytes / pubBytes keep their size prefixes (tpm2-tools files). */
 export function splitBlob(blob: Uint8Array): { priv: Buffer; privBytes: Buffer; pubBytes: Buffer; pub: TpmtPublic } {
-  const r = new TpmReader(Buffer.from(blob), "tpm2-blob");
-  const priv = r.tpm2b();
-  const privBytes = Buffer.from(r.buf.subarray(0, r.off));
-  const start = r.off;
-  const pub = r.sized(unmarshalPublic);
-  const pubBytes = Buffer.from(r.buf.subarray(start, r.off));
-  r.end();
+  const { inPrivate, inPublic } = decode(SEALED_BLOB, Buffer.from(blob), "tpm2-blob");
+  const [priv, privBytes, pub, pubBytes] = [inPrivate.value, inPrivate.bytes, inPublic.value, inPublic.bytes];
   if (pub.type !== TPM_ALG.KEYEDHASH) throw new TrustvolError("ECORRUPT", "tpm2-blob does not hold a sealed data object", "the token is damaged; use the recovery key and re-enroll");
   return { priv, privBytes, pubBytes, pub };
 }
 
 export function joinBlob(priv: Buffer, pubBytes: Buffer): Buffer {
-  return new TpmWriter(priv.length + pubBytes.length + 2).tpm2b(priv).bytes(pubBytes).finish();
+  // what Load takes, in the same order
+  return encode(struct(C.LOAD_PARAMS), { inPrivate: priv, inPublic: pubBytes }, priv.length + pubBytes.length + 2);
 }
 
 /** systemd 252: the TPM authValue of a PIN is sha256 of its bytes. */
@@ -105,9 +104,9 @@ async function withSrk<T>(tpm: Tpm, srk: SerializedKeyHandle, fn: (p: LoadedKey)
   if (persisted && constantTimeEqual(persisted.name, srk.name)) return fn(persisted);
   const res = await tpm.run(C.CreatePrimary, { primaryHandle: C.permanentHandle(TPM_RH.OWNER), inSensitive: { userAuth: Buffer.alloc(0), data: Buffer.alloc(0) }, inPublic: primaryTemplateOf(srk.public) });
   try {
-    if (!constantTimeEqual(objectName(res.outPublic), res.name) || !constantTimeEqual(res.name, srk.name))
+    if (!constantTimeEqual(objectName(res.outPublic.value), res.name) || !constantTimeEqual(res.name, srk.name))
       throw new TrustvolError("EPOLICY", `the TPM's storage root key is not the one this token was sealed under (0x${srk.handle.toString(16)}): a different TPM, or it was cleared since enrollment`, "use the recovery key and re-enroll on this device");
-    return await fn({ handle: res.handle, public: res.outPublic, name: res.name });
+    return await fn({ handle: res.handle, public: res.outPublic.value, name: res.name });
   } finally {
     await tpm.flushQuiet(res.handle);
   }
@@ -127,7 +126,7 @@ export async function sealSecret(tpm: Tpm, secret: Uint8Array, opts: Tpm2SealOpt
   const pin = !!opts.authValue?.length;
   let values = opts.pcrValues;
   if (pcrs.length && !values && !opts.authPolicy) values = await tpm.pcrRead(opts.bank, pcrs);
-  const policyHash = opts.authPolicy ? Buffer.from(opts.authPolicy) : pcrs.length || pin ? computePolicyDigest({ bank: opts.bank, pcrs, pcrValues: values ?? new Map(), pin, policyHash: nameAlg }) : Buffer.alloc(0);
+  const policyHash = opts.authPolicy ? Buffer.from(opts.authPolicy) : pcrs.length || pin ? policyDigestOf(nameAlg, pcrPinSteps({ bank: opts.bank, pcrs, pcrValues: values ?? new Map(), pin })) : Buffer.alloc(0);
   const attributes = opts.attributes ?? (policyHash.length ? TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent : TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent | TPMA_OBJECT.userWithAuth);
 
   const withParent = <T>(fn: (p: LoadedKey) => Promise<T>) => (opts.parent ? fn(opts.parent) : withPrimary(tpm, primaryAlg, nameAlg, fn));
@@ -144,7 +143,7 @@ export async function sealSecret(tpm: Tpm, secret: Uint8Array, opts: Tpm2SealOpt
           { parentHandle: { handle: primary.handle, name: primary.name }, inSensitive: { userAuth, data }, inPublic: sealedObjectTemplate({ nameAlg, authPolicy: policyHash, attributes }) },
           [session],
         );
-        return { blob: joinBlob(res.outPrivate, res.outPublicBytes), policyHash, pcrs, bank: opts.bank, primaryAlg, pin };
+        return { blob: joinBlob(res.outPrivate, res.outPublic.bytes), policyHash, pcrs, bank: opts.bank, primaryAlg, pin };
       } finally {
         wipe(userAuth, data);
       }
@@ -186,8 +185,7 @@ export async function unsealSecret(tpm: Tpm, req: Tpm2UnsealRequest, auth: { aut
       if (usesPolicy && req.runPolicy) {
         await req.runPolicy(tpm, session);
       } else if (usesPolicy) {
-        if (pcrs.length) await tpm.policyPCR(session, { hash: req.bank, pcrs });
-        if (req.pin) await tpm.policyAuthValue(session);
+        await runPolicy(tpm, session, pcrPinSteps({ bank: req.bank, pcrs, pin: req.pin }));
         const got = await tpm.policyGetDigest(session);
         if (!constantTimeEqual(got, pub.authPolicy)) {
           if (pcrs.length) throw pcrChangedError(pcrs, req.bank);
@@ -203,7 +201,7 @@ export async function unsealSecret(tpm: Tpm, req: Tpm2UnsealRequest, auth: { aut
       // The TPM encrypts outData and flushes the session afterwards.
       session.attributes = TPMA_SESSION.encrypt;
       try {
-        return await tpm.run(C.Unseal, { itemHandle: { handle: loaded.handle, name: loaded.name, ...(auth.authValue ? { authValue: auth.authValue } : {}) } }, [session]);
+        return (await tpm.run(C.Unseal, { itemHandle: { handle: loaded.handle, name: loaded.name, ...(auth.authValue ? { authValue: auth.authValue } : {}) } }, [session])).outData;
       } catch (e) {
         if (e instanceof TpmRcError && e.rcName === "POLICY_FAIL" && pcrs.length) throw pcrChangedError(pcrs, req.bank);
         if (e instanceof TpmRcError && (e.rcName === "AUTH_FAIL" || e.rcName === "BAD_AUTH")) {

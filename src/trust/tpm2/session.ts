@@ -5,7 +5,8 @@ import { TrustvolError } from "../../util/errors.js";
 import { constantTimeEqual, wipe } from "../../util/secret.js";
 import { HASH_SIZE, TPMA_SESSION, TPM_RH, TPM_SE, type HashName } from "./constants.js";
 import { aesCfb, cfbKeyIv, hmacOf, kdfa } from "./crypto.js";
-import { TpmWriter } from "./marshal.js";
+import { encode } from "./schema.js";
+import { AUTH_COMMAND } from "./structures.js";
 
 /** Auth values are compared by the TPM with trailing zero octets removed (Part 1 §19.6.4.3 / §19.6.5). */
 export function trimAuth(a: Uint8Array | undefined): Buffer {
@@ -34,9 +35,12 @@ export class PasswordSession implements Session {
   attributes = TPMA_SESSION.continueSession;
   closed = false;
   commandAuth(_: unknown, entityAuth: Uint8Array | undefined): Buffer {
-    const w = new TpmWriter(16);
-    w.u32(this.handle).u16(0).u8(this.attributes).tpm2b(entityAuth ?? Buffer.alloc(0));
-    return w.finish();
+    const hmac = Buffer.from(entityAuth ?? Buffer.alloc(0)); // a password session carries the authValue itself
+    try {
+      return encode(AUTH_COMMAND, { sessionHandle: this.handle, nonce: Buffer.alloc(0), sessionAttributes: this.attributes, hmac }, 16);
+    } finally {
+      wipe(hmac);
+    }
   }
   responseAuth(_: unknown, nonceTPM: Buffer, _attrs: number, hmac: Buffer): void {
     if (nonceTPM.length || hmac.length) throw new TrustvolError("EDEVICE", "TPM answered a password session with a nonce or HMAC", "the TPM or something on the bus misbehaves");
@@ -83,18 +87,19 @@ export class AuthSession implements Session {
   commandAuth(cpHashFor: (h: HashName) => Buffer, entityAuth: Uint8Array | undefined, authorizes: boolean): Buffer {
     if (this.closed) throw new TrustvolError("EINTERNAL", "TPM session used after it was closed");
     // the nonce was refreshed by prepare() before parameter encryption
-    const w = new TpmWriter(128);
-    w.u32(this.handle).tpm2b(this.nonceCaller).u8(this.attributes);
+    let hmac: Buffer;
     if (this.isPolicy && this.policyPassword && authorizes) {
-      w.tpm2b(trimAuth(entityAuth));
+      hmac = trimAuth(entityAuth);
     } else {
       const key = this.hmacKey(entityAuth, authorizes);
-      const attrs = Buffer.from([this.attributes]);
-      const mac = hmacOf(this.hash, key, cpHashFor(this.hash), this.nonceCaller, this.nonceTPM, attrs);
+      hmac = hmacOf(this.hash, key, cpHashFor(this.hash), this.nonceCaller, this.nonceTPM, Buffer.from([this.attributes]));
       wipe(key);
-      w.tpm2b(mac);
     }
-    return w.finish();
+    try {
+      return encode(AUTH_COMMAND, { sessionHandle: this.handle, nonce: this.nonceCaller, sessionAttributes: this.attributes, hmac }, 128);
+    } finally {
+      wipe(hmac);
+    }
   }
 
   /** A fresh nonceCaller for the next command (called before any parameter encryption). */

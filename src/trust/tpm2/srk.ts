@@ -35,9 +35,10 @@ export async function getOrCreateSrk(tpm: Tpm, alg: PrimaryAlg = "ecc"): Promise
   const template = systemdSrkTemplate(alg);
   const res = await tpm.run(C.CreatePrimary, { primaryHandle: C.permanentHandle(TPM_RH.OWNER), inSensitive: { userAuth: Buffer.alloc(0), data: Buffer.alloc(0) }, inPublic: template });
   try {
-    if (!constantTimeEqual(objectName(res.outPublic), res.name) || res.outPublic.objectAttributes !== template.objectAttributes || res.outPublic.type !== template.type)
+    const pub = res.outPublic.value;
+    if (!constantTimeEqual(objectName(pub), res.name) || pub.objectAttributes !== template.objectAttributes || pub.type !== template.type)
       throw new TrustvolError("EDEVICE", "the TPM returned a storage key that does not match the SRK template or its name", "do not trust this TPM connection");
-    await tpm.evictControl({ handle: res.handle, public: res.outPublic, name: res.name }, SYSTEMD_SRK_HANDLE);
+    await tpm.evictControl({ handle: res.handle, public: pub, name: res.name }, SYSTEMD_SRK_HANDLE);
   } finally {
     await tpm.flushQuiet(res.handle);
   }

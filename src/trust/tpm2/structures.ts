@@ -1,7 +1,8 @@
-// TPM 2.0 Part 2 structures trustvol needs, each with marshal/unmarshal, plus object names and the key templates.
+// TPM 2.0 Part 2 structures trustvol needs, each described once as a codec (schema.ts), plus object names and the
+// key templates.
 import { createHash } from "node:crypto";
-import { TpmReader, TpmWriter } from "./marshal.js";
-import { HASH_ALG, TPMA_OBJECT, TPM_ALG, TPM_ECC, hashNameOf, type HashName } from "./constants.js";
+import { HASH_ALG, HASH_SIZE, TPMA_OBJECT, TPM_ALG, TPM_ECC, hashNameOf, type HashName } from "./constants.js";
+import { decode, encode, hashAlg, opt, sized, struct, tpm2b, u16, u32, u8, union, type Codec, type TypeOf } from "./schema.js";
 import { TrustvolError } from "../../util/errors.js";
 
 // ---------- algorithm parameter pieces ----------
@@ -12,19 +13,12 @@ export interface SymDef {
   keyBits?: number;
   mode?: number;
 }
-export function marshalSymDef(w: TpmWriter, s: SymDef): void {
-  w.u16(s.algorithm);
-  if (s.algorithm === TPM_ALG.NULL) return;
-  w.u16(s.keyBits ?? 0);
-  if (s.algorithm !== TPM_ALG.XOR) w.u16(s.mode ?? TPM_ALG.NULL);
-}
-export function unmarshalSymDef(r: TpmReader): SymDef {
-  const algorithm = r.u16();
-  if (algorithm === TPM_ALG.NULL) return { algorithm };
-  const keyBits = r.u16();
-  if (algorithm === TPM_ALG.XOR) return { algorithm, keyBits };
-  return { algorithm, keyBits, mode: r.u16() };
-}
+export const SYM_DEF = union<SymDef>({
+  what: "TPMT_SYM_DEF",
+  tag: ["algorithm", u16],
+  cases: { [TPM_ALG.NULL]: {}, [TPM_ALG.XOR]: { keyBits: opt(u16, () => 0) } },
+  other: { keyBits: opt(u16, () => 0), mode: opt(u16, () => TPM_ALG.NULL) },
+});
 
 /** Asymmetric / keyed-hash / KDF schemes: a scheme id followed (unless NULL or RSAES) by a hash (XOR adds a KDF). */
 export interface Scheme {
@@ -33,21 +27,18 @@ export interface Scheme {
   kdf?: number;
   count?: number; // ECDAA
 }
-export function marshalScheme(w: TpmWriter, s: Scheme): void {
-  w.u16(s.scheme);
-  if (s.scheme === TPM_ALG.NULL || s.scheme === TPM_ALG.RSAES) return;
-  w.u16(s.hashAlg ?? TPM_ALG.SHA256);
-  if (s.scheme === TPM_ALG.XOR) w.u16(s.kdf ?? TPM_ALG.NULL);
-  if (s.scheme === 0x001a /* ECDAA */) w.u16(s.count ?? 0);
-}
-export function unmarshalScheme(r: TpmReader): Scheme {
-  const scheme = r.u16();
-  if (scheme === TPM_ALG.NULL || scheme === TPM_ALG.RSAES) return { scheme };
-  const hashAlg = r.u16();
-  if (scheme === TPM_ALG.XOR) return { scheme, hashAlg, kdf: r.u16() };
-  if (scheme === 0x001a) return { scheme, hashAlg, count: r.u16() };
-  return { scheme, hashAlg };
-}
+const schemeHash = opt(u16, () => TPM_ALG.SHA256);
+export const SCHEME = union<Scheme>({
+  what: "TPMT_*_SCHEME",
+  tag: ["scheme", u16],
+  cases: {
+    [TPM_ALG.NULL]: {},
+    [TPM_ALG.RSAES]: {},
+    [TPM_ALG.XOR]: { hashAlg: schemeHash, kdf: opt(u16, () => TPM_ALG.NULL) },
+    [TPM_ALG.ECDAA]: { hashAlg: schemeHash, count: opt(u16, () => 0) },
+  },
+  other: { hashAlg: schemeHash },
+});
 
 // ---------- TPMT_PUBLIC ----------
 
@@ -83,88 +74,38 @@ export interface TpmtPublic {
   eccPoint?: EccPoint;
 }
 
-export function marshalPublic(w: TpmWriter, p: TpmtPublic): void {
-  w.u16(p.type).u16(p.nameAlg).u32(p.objectAttributes).tpm2b(p.authPolicy);
-  switch (p.type) {
-    case TPM_ALG.KEYEDHASH:
-      marshalScheme(w, p.keyedHash ?? { scheme: TPM_ALG.NULL });
-      w.tpm2b(p.unique);
-      break;
-    case TPM_ALG.SYMCIPHER:
-      marshalSymDef(w, p.symCipher ?? { algorithm: TPM_ALG.NULL });
-      w.tpm2b(p.unique);
-      break;
-    case TPM_ALG.RSA: {
-      const rsa = need(p.rsa, "rsa parameters");
-      marshalSymDef(w, rsa.symmetric);
-      marshalScheme(w, rsa.scheme);
-      w.u16(rsa.keyBits).u32(rsa.exponent);
-      w.tpm2b(p.unique);
-      break;
-    }
-    case TPM_ALG.ECC: {
-      const ecc = need(p.ecc, "ecc parameters");
-      marshalSymDef(w, ecc.symmetric);
-      marshalScheme(w, ecc.scheme);
-      w.u16(ecc.curveId);
-      marshalScheme(w, ecc.kdf);
-      const pt = p.eccPoint ?? { x: Buffer.alloc(0), y: Buffer.alloc(0) };
-      w.tpm2b(pt.x).tpm2b(pt.y);
-      break;
-    }
-    default:
-      throw new TrustvolError("EUNSUPPORTED", `unsupported TPM object type 0x${p.type.toString(16)}`);
-  }
-}
+const required = <T>(c: Codec<T>, what: string): Codec<T> => ({
+  read: c.read,
+  write: (w, v) => {
+    if (v === undefined) throw new TrustvolError("EINTERNAL", `TPMT_PUBLIC lacks ${what}`);
+    c.write(w, v);
+  },
+});
+export const RSA_PARMS = struct({ symmetric: SYM_DEF, scheme: SCHEME, keyBits: u16, exponent: u32 });
+export const ECC_PARMS = struct({ symmetric: SYM_DEF, scheme: SCHEME, curveId: u16, kdf: SCHEME });
+export const ECC_POINT = struct({ x: tpm2b(128), y: tpm2b(128) });
+const emptyPoint = (): EccPoint => ({ x: Buffer.alloc(0), y: Buffer.alloc(0) });
 
-export function unmarshalPublic(r: TpmReader): TpmtPublic {
-  const type = r.u16();
-  const nameAlg = r.u16();
-  const objectAttributes = r.u32();
-  const authPolicy = r.tpm2b(64);
-  switch (type) {
-    case TPM_ALG.KEYEDHASH:
-      return { type, nameAlg, objectAttributes, authPolicy, keyedHash: unmarshalScheme(r), unique: r.tpm2b(64) };
-    case TPM_ALG.SYMCIPHER:
-      return { type, nameAlg, objectAttributes, authPolicy, symCipher: unmarshalSymDef(r), unique: r.tpm2b(64) };
-    case TPM_ALG.RSA: {
-      const symmetric = unmarshalSymDef(r);
-      const scheme = unmarshalScheme(r);
-      const keyBits = r.u16();
-      const exponent = r.u32();
-      return { type, nameAlg, objectAttributes, authPolicy, rsa: { symmetric, scheme, keyBits, exponent }, unique: r.tpm2b(512) };
-    }
-    case TPM_ALG.ECC: {
-      const symmetric = unmarshalSymDef(r);
-      const scheme = unmarshalScheme(r);
-      const curveId = r.u16();
-      const kdf = unmarshalScheme(r);
-      const x = r.tpm2b(128);
-      const y = r.tpm2b(128);
-      return { type, nameAlg, objectAttributes, authPolicy, ecc: { symmetric, scheme, curveId, kdf }, unique: Buffer.alloc(0), eccPoint: { x, y } };
-    }
-    default:
-      throw new TrustvolError("EUNSUPPORTED", `unsupported TPM object type 0x${type.toString(16)}`, "the sealed blob was not made by a TPM 2.0 tool trustvol knows");
-  }
-}
+/** TPMT_PUBLIC (Part 2 §12.2.4): type selects TPMU_PUBLIC_PARMS and TPMU_PUBLIC_ID. */
+export const TPMT_PUBLIC = union<TpmtPublic>({
+  what: "TPMT_PUBLIC (object type)",
+  tag: ["type", u16],
+  common: { nameAlg: u16, objectAttributes: u32, authPolicy: tpm2b(64) },
+  cases: {
+    [TPM_ALG.KEYEDHASH]: { keyedHash: opt(SCHEME, () => ({ scheme: TPM_ALG.NULL })), unique: tpm2b(64) },
+    [TPM_ALG.SYMCIPHER]: { symCipher: opt(SYM_DEF, () => ({ algorithm: TPM_ALG.NULL })), unique: tpm2b(64) },
+    [TPM_ALG.RSA]: { rsa: required(RSA_PARMS, "rsa parameters"), unique: tpm2b(512) },
+    [TPM_ALG.ECC]: { ecc: required(ECC_PARMS, "ecc parameters"), eccPoint: opt(ECC_POINT, emptyPoint) },
+  },
+  defaults: { [TPM_ALG.ECC]: () => ({ unique: Buffer.alloc(0) }) },
+});
+/** TPM2B_PUBLIC. */
+export const PUBLIC_2B = sized(TPMT_PUBLIC);
 
 /** TPM2B_PUBLIC bytes (with the size prefix). */
-export function encodePublic2B(p: TpmtPublic): Buffer {
-  const w = new TpmWriter();
-  w.sized((x) => marshalPublic(x, p));
-  return w.finish();
-}
-export function decodePublic2B(b: Buffer): TpmtPublic {
-  const r = new TpmReader(b, "TPM2B_PUBLIC");
-  const p = r.sized(unmarshalPublic);
-  r.end();
-  return p;
-}
-export function encodePublicArea(p: TpmtPublic): Buffer {
-  const w = new TpmWriter();
-  marshalPublic(w, p);
-  return w.finish();
-}
+export const encodePublic2B = (p: TpmtPublic): Buffer => encode(PUBLIC_2B, p);
+export const decodePublic2B = (b: Buffer): TpmtPublic => decode(PUBLIC_2B, b, "TPM2B_PUBLIC");
+export const encodePublicArea = (p: TpmtPublic): Buffer => encode(TPMT_PUBLIC, p);
 
 /** Object name: nameAlg ‖ H_nameAlg(TPMT_PUBLIC) (Part 1 §16). */
 export function objectName(p: TpmtPublic): Buffer {
@@ -175,16 +116,11 @@ export function objectName(p: TpmtPublic): Buffer {
   return out;
 }
 
-/** Name of a handle that is not an object (permanent, PCR, session, NV is not covered): the handle itself. */
+/** Name of a handle that is not an object or NV index (permanent, PCR, session): the handle itself. */
 export function handleName(handle: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32BE(handle >>> 0, 0);
   return b;
-}
-
-function need<T>(v: T | undefined, what: string): T {
-  if (v === undefined) throw new TrustvolError("EINTERNAL", `TPMT_PUBLIC lacks ${what}`);
-  return v;
 }
 
 // ---------- PCR selections ----------
@@ -194,54 +130,70 @@ export interface PcrSelection {
   pcrs: number[];
 }
 
-export function marshalPcrSelections(w: TpmWriter, sels: PcrSelection[]): void {
-  w.u32(sels.length);
-  for (const s of sels) {
-    w.u16(HASH_ALG[s.hash]);
-    const max = Math.max(23, ...s.pcrs);
-    const size = Math.max(3, Math.ceil((max + 1) / 8));
-    const bits = Buffer.alloc(size);
-    for (const p of s.pcrs) {
-      if (!Number.isInteger(p) || p < 0 || p > 31) throw new TrustvolError("EUSAGE", `invalid PCR index ${p}`, "PCR indexes are 0..23");
-      bits[p >> 3]! |= 1 << (p & 7);
+/** TPMS_PCR_SELECTION list (TPML_PCR_SELECTION): hash, sizeofSelect (>= 3), bitmap with bit i of byte i/8. */
+export const PCR_SELECTIONS: Codec<PcrSelection[]> = {
+  write: (w, sels) => {
+    w.u32(sels.length);
+    for (const s of sels) {
+      w.u16(HASH_ALG[s.hash]);
+      const max = Math.max(23, ...s.pcrs);
+      const size = Math.max(3, Math.ceil((max + 1) / 8));
+      const bits = Buffer.alloc(size);
+      for (const p of s.pcrs) {
+        if (!Number.isInteger(p) || p < 0 || p > 31) throw new TrustvolError("EUSAGE", `invalid PCR index ${p}`, "PCR indexes are 0..23");
+        bits[p >> 3]! |= 1 << (p & 7);
+      }
+      w.u8(size).bytes(bits);
     }
-    w.u8(size).bytes(bits);
-  }
-}
-export function unmarshalPcrSelections(r: TpmReader): PcrSelection[] {
-  const n = r.u32();
-  if (n > 16) throw new TrustvolError("ECORRUPT", `implausible PCR selection count ${n}`);
-  const out: PcrSelection[] = [];
-  for (let i = 0; i < n; i++) {
-    const alg = r.u16();
-    const size = r.u8();
-    const bits = r.bytes(size);
-    const pcrs: number[] = [];
-    for (let j = 0; j < size * 8; j++) if (bits[j >> 3]! & (1 << (j & 7))) pcrs.push(j);
-    let hash: HashName;
-    try {
-      hash = hashNameOf(alg);
-    } catch {
-      continue; // banks with hashes we don't know (sm3...) are skipped
+  },
+  read: (r) => {
+    const n = r.u32();
+    if (n > 16) throw new TrustvolError("ECORRUPT", `implausible PCR selection count ${n}`);
+    const out: PcrSelection[] = [];
+    for (let i = 0; i < n; i++) {
+      const alg = r.u16();
+      const size = r.u8();
+      const bits = r.bytes(size);
+      const pcrs: number[] = [];
+      for (let j = 0; j < size * 8; j++) if (bits[j >> 3]! & (1 << (j & 7))) pcrs.push(j);
+      let hash: HashName;
+      try {
+        hash = hashNameOf(alg);
+      } catch {
+        continue; // banks with hashes we don't know (sm3...) are skipped
+      }
+      out.push({ hash, pcrs });
     }
-    out.push({ hash, pcrs });
-  }
-  return out;
-}
-export function encodePcrSelections(sels: PcrSelection[]): Buffer {
-  const w = new TpmWriter(32);
-  marshalPcrSelections(w, sels);
-  return w.finish();
-}
+    return out;
+  },
+};
+export const encodePcrSelections = (sels: PcrSelection[]): Buffer => encode(PCR_SELECTIONS, sels, 32);
 
-// ---------- sensitive-create ----------
+// ---------- other structures shared by commands ----------
 
-/** TPM2B_SENSITIVE_CREATE { userAuth, data }. Caller wipes the inputs; the returned buffer holds secrets too. */
-export function encodeSensitiveCreate(userAuth: Uint8Array, data: Uint8Array): Buffer {
-  const w = new TpmWriter(64 + data.length);
-  w.sized((x) => x.tpm2b(userAuth).tpm2b(data));
-  return w.finish();
-}
+/** TPM2B_SENSITIVE_CREATE { userAuth, data } (holds secrets: the writer wipes its buffers). */
+export const SENSITIVE_CREATE = sized(struct({ userAuth: tpm2b(64), data: tpm2b(256) }));
+/** TPMT_TK_* tickets: tag, hierarchy, digest. */
+export const TICKET = struct({ tag: u16, hierarchy: u32, digest: tpm2b(64) });
+export type Ticket = TypeOf<typeof TICKET>;
+/** TPMT_HA: hash algorithm then a digest of that hash's size. */
+export const TPMT_HA: Codec<{ hash: HashName; digest: Buffer }> = {
+  write: (w, v) => {
+    if (v.digest.length !== HASH_SIZE[v.hash]) throw new TrustvolError("EUSAGE", `a ${v.hash} digest has ${HASH_SIZE[v.hash]} bytes, not ${v.digest.length}`);
+    w.u16(HASH_ALG[v.hash]).bytes(v.digest);
+  },
+  read: (r) => {
+    const hash = hashAlg.read(r);
+    return { hash, digest: Buffer.from(r.bytes(HASH_SIZE[hash])) };
+  },
+};
+/** TPM2B_DIGEST / TPM2B_NONCE / TPM2B_NAME bounds. */
+export const DIGEST = tpm2b(64);
+export const NAME = tpm2b(68);
+/** TPMS_AUTH_COMMAND / TPMS_AUTH_RESPONSE (Part 2 §10.13): one per session in the authorization areas. */
+export const AUTH_COMMAND = struct({ sessionHandle: u32, nonce: DIGEST, sessionAttributes: u8, hmac: DIGEST });
+export const AUTH_RESPONSE = struct({ nonce: DIGEST, sessionAttributes: u8, hmac: DIGEST });
+
 
 // ---------- templates ----------
 

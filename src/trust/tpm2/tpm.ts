@@ -5,11 +5,12 @@ import { TrustvolError } from "../../util/errors.js";
 import { constantTimeEqual, wipe } from "../../util/secret.js";
 import { HASH_SIZE, TPMA_SESSION, TPM_ALG, TPM_CAP, TPM_PT, TPM_RH, TPM_SE, TPM_ST, TPM_SU, hashNameOf, type HashName } from "./constants.js";
 import * as C from "./commands.js";
+import * as P from "./policy.js";
 import { makeSalt, hashOf } from "./crypto.js";
 import { TpmReader, TpmWriter } from "./marshal.js";
 import { tpmError, TpmRcError } from "./rc.js";
 import { AuthSession, PasswordSession, type Session } from "./session.js";
-import { encodePublicArea, objectName, storagePrimaryTemplate, type PcrSelection, type PrimaryAlg, type TpmtPublic } from "./structures.js";
+import { AUTH_RESPONSE, encodePublicArea, objectName, storagePrimaryTemplate, type PcrSelection, type PrimaryAlg, type TpmtPublic } from "./structures.js";
 import type { Tpm2Transport } from "./transport.js";
 
 const u32 = (n: number) => {
@@ -100,10 +101,8 @@ export class Tpm {
         rparams = Buffer.from(r.bytes(psize));
         const rpHashFor = (h: HashName) => hashOf(h, u32(0), u32(def.cc), rparams);
         for (let i = 0; i < sess.length; i++) {
-          const nonce = r.tpm2b(64);
-          const attrs = r.u8();
-          const hmac = r.tpm2b(64);
-          sess[i]!.responseAuth(rpHashFor, nonce, attrs, hmac, authOf(i), i < def.authHandles);
+          const a = AUTH_RESPONSE.read(r);
+          sess[i]!.responseAuth(rpHashFor, a.nonce, a.sessionAttributes, a.hmac, authOf(i), i < def.authHandles);
         }
         r.end();
       } else {
@@ -147,7 +146,7 @@ export class Tpm {
     const out = Buffer.allocUnsafeSlow(n);
     let off = 0;
     while (off < n) {
-      const chunk = await this.run(C.GetRandom, { bytesRequested: Math.min(32, n - off) }, session ? [session] : []);
+      const { randomBytes: chunk } = await this.run(C.GetRandom, { bytesRequested: Math.min(32, n - off) }, session ? [session] : []);
       if (!chunk.length) throw new TrustvolError("EDEVICE", "TPM returned no random bytes");
       chunk.copy(out, off, 0, Math.min(chunk.length, n - off));
       off += chunk.length;
@@ -210,23 +209,23 @@ export class Tpm {
       { primaryHandle: C.permanentHandle(TPM_RH.OWNER, ownerAuth), inSensitive: { userAuth: Buffer.alloc(0), data: Buffer.alloc(0) }, inPublic: template },
       session ? [session] : [],
     );
-    const check = { ...res.outPublic, unique: Buffer.alloc(0), eccPoint: template.eccPoint } as TpmtPublic;
+    const check = { ...res.outPublic.value, unique: Buffer.alloc(0), eccPoint: template.eccPoint } as TpmtPublic;
     if (alg === "ecc") check.eccPoint = { x: Buffer.alloc(0), y: Buffer.alloc(0) };
     const sameTemplate = encodePublicArea(check).equals(encodePublicArea(template));
-    const name = objectName(res.outPublic);
+    const name = objectName(res.outPublic.value);
     if (!sameTemplate || !constantTimeEqual(name, res.name)) {
       await this.flushQuiet(res.handle);
       throw new TrustvolError("EDEVICE", "the TPM returned a storage key that does not match the requested template or its name", "something between trustvol and the TPM is interfering; do not trust this TPM connection");
     }
-    return { handle: res.handle, public: res.outPublic, name };
+    return { handle: res.handle, public: res.outPublic.value, name };
   }
 
   /** Read back a loaded object's public area and check its name (e.g. a persistent SRK at 0x81000001). */
   async readPublicVerified(handle: number): Promise<LoadedKey> {
     const res = await this.run(C.ReadPublic, { objectHandle: handle });
-    const name = objectName(res.outPublic);
+    const name = objectName(res.outPublic.value);
     if (!constantTimeEqual(name, res.name)) throw new TrustvolError("EDEVICE", `TPM object 0x${handle.toString(16)}: name does not match its public area`, "the TPM connection is not trustworthy");
-    return { handle, public: res.outPublic, name };
+    return { handle, public: res.outPublic.value, name };
   }
 
   /**
@@ -243,8 +242,7 @@ export class Tpm {
     const symmetric = opts.symmetric === false ? { algorithm: TPM_ALG.NULL } : { algorithm: TPM_ALG.AES, keyBits: 128, mode: TPM_ALG.CFB };
     try {
       const res = await this.run(C.StartAuthSession, {
-        tpmKey: opts.saltKey?.handle ?? TPM_RH.NULL,
-        ...(opts.saltKey ? { tpmKeyName: opts.saltKey.name } : {}),
+        tpmKey: opts.saltKey ? { handle: opts.saltKey.handle, name: opts.saltKey.name } : TPM_RH.NULL,
         bind: TPM_RH.NULL,
         nonceCaller,
         encryptedSalt: salt?.encrypted ?? Buffer.alloc(0),
@@ -259,19 +257,18 @@ export class Tpm {
     }
   }
 
-  async policyPCR(session: AuthSession, sel: PcrSelection, pcrDigest: Buffer = Buffer.alloc(0)): Promise<void> {
-    await this.run(C.PolicyPCR, { policySession: session.handle, pcrDigest, pcrs: [sel] });
+  // shorthands for single policy steps (policy.ts describes each step once)
+  async policyPCR(session: AuthSession, sel: PcrSelection): Promise<void> {
+    await P.PolicyPCR(sel).execute(this, session);
   }
   async policyAuthValue(session: AuthSession): Promise<void> {
-    await this.run(C.PolicyAuthValue, { policySession: session.handle });
-    session.policyAuthValue = true;
+    await P.PolicyAuthValue().execute(this, session);
   }
   async policyPassword(session: AuthSession): Promise<void> {
-    await this.run(C.PolicyPassword, { policySession: session.handle });
-    session.policyPassword = true;
+    await P.PolicyPassword().execute(this, session);
   }
   async policyGetDigest(session: AuthSession): Promise<Buffer> {
-    return this.run(C.PolicyGetDigest, { policySession: session.handle });
+    return (await this.run(C.PolicyGetDigest, { policySession: session.handle })).policyDigest;
   }
 
   /** Make a transient object persistent at `persistent` (0x81xxxxxx), or evict a persistent one (object = persistent). */

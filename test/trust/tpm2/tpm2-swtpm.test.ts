@@ -244,7 +244,7 @@ test("bus sniffing: neither the secret, its base64 nor the PIN cross the bus in 
   const { priv, pubBytes } = splitBlob(open.blob);
   const obj = await t2.run(C.Load, { parentHandle: { handle: primary.handle, name: primary.name }, inPrivate: priv, inPublic: pubBytes });
   seen.length = 0;
-  const clear = await t2.run(C.Unseal, { itemHandle: { handle: obj.handle, name: obj.name } }, [new PasswordSession()]);
+  const { outData: clear } = await t2.run(C.Unseal, { itemHandle: { handle: obj.handle, name: obj.name } }, [new PasswordSession()]);
   await t2.flush(obj.handle);
   await t2.flush(primary.handle);
   assert.deepEqual(clear, secret);
@@ -300,7 +300,7 @@ test("PolicyAuthorize: sealed to a signing key, unsealed with a signed PCR polic
     try {
       assert.deepEqual(key.name, keyName);
       const aHash = createHash("sha256").update(approved).digest();
-      const ticket = await tp.run(C.VerifySignature, { keyHandle: { handle: key.handle, name: key.name }, digest: aHash, signature: { sigAlg: TPM_ALG.ECDSA, hash: "sha256", r: rs.subarray(0, 32), s: rs.subarray(32) } });
+      const { validation: ticket } = await tp.run(C.VerifySignature, { keyHandle: { handle: key.handle, name: key.name }, digest: aHash, signature: { sigAlg: TPM_ALG.ECDSA, hash: "sha256", r: rs.subarray(0, 32), s: rs.subarray(32) } });
       await tp.run(C.PolicyAuthorize, { policySession: session.handle, approvedPolicy: approved, policyRef: Buffer.alloc(0), keySign: key.name, checkTicket: ticket });
     } finally {
       await tp.flushQuiet(key.handle);
