@@ -87,9 +87,7 @@ export function formatFrom(o: Record<string, unknown>): FormatOptions {
   };
 }
 
-export function printJson(v: unknown): void {
-  io.out(JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x), 2) + "\n");
-}
+export { printJson, verbatim } from "./io.js";
 
 /**
  * Accept another tool's spelling of an option (systemd-cryptenroll's --tpm2-pcrs for --pcrs), hidden from help: the

@@ -1,5 +1,5 @@
 // The trustvol CLI: parse, call the library, print. Exit codes are a contract with scripts (see --help).
-import { io } from "./io.js";
+import { io, jsonError, status, wantsJson } from "./io.js";
 import { Command, CommanderError } from "commander";
 import { TrustvolError, ExitCode } from "../util/errors.js";
 import { VERSION } from "../version.js";
@@ -75,28 +75,32 @@ export async function main(argv: string[]): Promise<number> {
   // `help enroll tpm2` means `enroll tpm2 --help` (commander's help command looks only one level down).
   if (argv[0] === "help" && argv.length > 1) argv = [...argv.slice(1), "--help"];
   resetStdinState();
+  const json = wantsJson(argv);
+  /** One line on stderr for people; with --json also the error document on stdout for programs. */
+  const fail = (e: TrustvolError, details?: Record<string, unknown>): number => {
+    io.err(`trustvol: ${oneLine(e.oneLine())}\n`);
+    if (json) io.out(jsonError({ code: e.code, exitCode: e.exitCode, message: oneLine(e.message), hint: e.hint === undefined ? undefined : oneLine(e.hint) }, details));
+    return e.exitCode;
+  };
   try {
     const program = await buildProgram(argv);
+    status.exitCode = ExitCode.OK;
     await program.parseAsync(argv, { from: "user" });
-    return ExitCode.OK;
+    return status.exitCode;
   } catch (e) {
     if (e instanceof CommanderError) {
       if (e.code === "commander.helpDisplayed" || e.code === "commander.version") return ExitCode.OK;
-      return e.exitCode === 0 ? ExitCode.OK : ExitCode.USAGE; // e.g. `trustvol enroll` with no subcommand
+      const rc = e.exitCode === 0 ? ExitCode.OK : ExitCode.USAGE; // e.g. `trustvol enroll` with no subcommand
+      // commander already printed its one line on stderr
+      if (json && rc !== ExitCode.OK) io.out(jsonError({ code: "EUSAGE", exitCode: rc, message: oneLine(e.message.replace(/^error: /, "")), hint: "see --help" }));
+      return rc;
     }
-    if (e instanceof TrustvolError) {
-      io.err(`trustvol: ${oneLine(e.oneLine())}\n`);
-      return e.exitCode;
-    }
+    if (e instanceof TrustvolError) return fail(e, "corruption" in e ? { corruption: (e as { corruption: unknown }).corruption } : {});
     const err = e as NodeJS.ErrnoException;
     const sys = systemError(err);
-    if (sys) {
-      io.err(`trustvol: ${oneLine(sys.oneLine())}\n`);
-      return sys.exitCode;
-    }
-    io.err(`trustvol: internal error: ${oneLine(err?.message ?? String(e))}\n`);
+    if (sys) return fail(sys);
     if (process.env.TRUSTVOL_DEBUG) io.err(`${err?.stack}\n`);
-    return ExitCode.FAILURE;
+    return fail(new TrustvolError("EINTERNAL", `internal error: ${oneLine(err?.message ?? String(e))}`));
   }
 }
 

@@ -12,7 +12,7 @@ import { dumpText, dumpJson } from "../../luks2/dump.js";
 import { dumpLuks1Text } from "../../luks1/luks1.js";
 import { LuksHandle } from "../../ops/volume.js";
 import { getPassphrase, keyFileLimits } from "../secrets.js";
-import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int } from "../common.js";
+import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, verbatim, int } from "../common.js";
 import { reencryptStatus } from "../../luks2/reencrypt-metadata.js";
 
 export function registerVolumeCommands(program: Command): void {
@@ -93,9 +93,12 @@ export function registerVolumeCommands(program: Command): void {
           if (dest === "-") return;
         }
         if (h.luks2) {
-          if (o.json) printJson(dumpJson(h.luks2));
+          if (o.json) {
+            const { version, metadata, ...rest } = dumpJson(h.luks2);
+            printJson({ luks_version: version, ...rest, metadata: verbatim(metadata) }); // metadata: the header's JSON as stored
+          }
           else io.out(dumpText(h.luks2));
-        } else if (o.json) printJson({ version: 1, ...h.luks1, keyslots: h.luks1!.keyslots.map((k) => ({ ...k, salt: k.salt.toString("hex") })), mkDigest: h.luks1!.mkDigest.toString("hex"), mkDigestSalt: h.luks1!.mkDigestSalt.toString("hex") });
+        } else if (o.json) printJson({ luks_version: 1, ...h.luks1 });
         else io.out(dumpLuks1Text(h.luks1!));
       } finally {
         await h.close();
@@ -157,7 +160,7 @@ export function registerVolumeCommands(program: Command): void {
             wipe(pass);
           }
         }
-        if (o.json) printJson({ repaired, reencryption_recovered: reencryption, ...JSON.parse(JSON.stringify(before, (_k, x) => (typeof x === "bigint" ? x.toString() : x))) });
+        if (o.json) printJson({ repaired, reencryption_recovered: reencryption, ...before });
         else {
           if (repaired) io.err(`Repaired: primary ${before.primary.ok ? "ok" : `was damaged (${before.primary.error})`}, secondary ${before.secondary.ok ? "ok" : `was damaged (${before.secondary.error})`}; both copies rewritten.\n`);
           if (reencryption) io.err("Recovered the interrupted re-encryption hotzone; resume with `trustvol reencrypt --resume-only`.\n");
