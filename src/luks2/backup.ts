@@ -87,7 +87,7 @@ export async function restoreHeader(dev: BlockDevice, path: string, opts: Restor
   try {
     backup = await readHeader(mem);
   } catch (e) {
-    if (e instanceof TrustvolError) throw new TrustvolError("ECORRUPT", `${path} is not a valid LUKS2 header backup: ${e.message}`, "use another backup");
+    if (e instanceof TrustvolError) throw new TrustvolError("ECORRUPT", `${path} is not a valid LUKS2 header backup: ${e.message.replace(/^memory:? /, "")}`, "use another backup");
     throw e;
   }
   const size = backupSize(backup.header.hdrSize, u64Num(backup.header.metadata.config.keyslots_size, "keyslots_size"));
