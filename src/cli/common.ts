@@ -1,5 +1,4 @@
 // Option helpers shared by commands: parsing numbers, PBKDF/format options, JSON output.
-import { io } from "./io.js";
 import { Option, type Command } from "commander";
 import { TrustvolError } from "../util/errors.js";
 import type { PbkdfOptions } from "../luks2/kdf.js";

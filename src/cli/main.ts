@@ -1,7 +1,8 @@
 // The trustvol CLI: parse, call the library, print. Exit codes are a contract with scripts (see --help).
 import { io, jsonError, status, wantsJson } from "./io.js";
 import { Command, CommanderError } from "commander";
-import { TrustvolError, ExitCode } from "../util/errors.js";
+import { ExitCode } from "../util/errors.js";
+import { oneLine, reportError } from "./report.js";
 import { VERSION } from "../version.js";
 import { resetStdinState } from "./secrets.js";
 
@@ -76,12 +77,6 @@ export async function main(argv: string[]): Promise<number> {
   if (argv[0] === "help" && argv.length > 1) argv = [...argv.slice(1), "--help"];
   resetStdinState();
   const json = wantsJson(argv);
-  /** One line on stderr for people; with --json also the error document on stdout for programs. */
-  const fail = (e: TrustvolError, details?: Record<string, unknown>): number => {
-    io.err(`trustvol: ${oneLine(e.oneLine())}\n`);
-    if (json) io.out(jsonError({ code: e.code, exitCode: e.exitCode, message: oneLine(e.message), hint: e.hint === undefined ? undefined : oneLine(e.hint) }, details));
-    return e.exitCode;
-  };
   try {
     const program = await buildProgram(argv);
     status.exitCode = ExitCode.OK;
@@ -95,39 +90,6 @@ export async function main(argv: string[]): Promise<number> {
       if (json && rc !== ExitCode.OK) io.out(jsonError({ code: "EUSAGE", exitCode: rc, message: oneLine(e.message.replace(/^error: /, "")), hint: "see --help" }));
       return rc;
     }
-    if (e instanceof TrustvolError) return fail(e, "corruption" in e ? { corruption: (e as { corruption: unknown }).corruption } : {});
-    const err = e as NodeJS.ErrnoException;
-    const sys = systemError(err);
-    if (sys) return fail(sys);
-    if (process.env.TRUSTVOL_DEBUG) io.err(`${err?.stack}\n`);
-    return fail(new TrustvolError("EINTERNAL", `internal error: ${oneLine(err?.message ?? String(e))}`));
-  }
-}
-
-/** Messages that quote a tool's stderr can span lines: the CLI always prints one. */
-function oneLine(s: string): string {
-  return s.replace(/\s*\n\s*/g, " ").trim();
-}
-
-/** Plain Node errors with an errno (a path we could not open or write) become the same one-line errors. */
-function systemError(err: NodeJS.ErrnoException | undefined): TrustvolError | undefined {
-  if (!err || typeof err.code !== "string") return undefined;
-  const path = typeof err.path === "string" ? err.path.replace(/\/\.([^/]+)\.[0-9a-f]{12}\.tmp$/, "/$1") : "a file";
-  switch (err.code) {
-    case "ENOENT":
-      return new TrustvolError("ENOENT", `${path}: no such file or directory`, "check the path");
-    case "EACCES":
-    case "EPERM":
-      return new TrustvolError("EDEVICE", `${path}: permission denied`, "run as a user who may access it (often root)");
-    case "EROFS":
-      return new TrustvolError("EDEVICE", `${path}: read-only file system`);
-    case "ENOSPC":
-      return new TrustvolError("ENOSPC", `${path}: no space left on device`);
-    case "EISDIR":
-      return new TrustvolError("EUSAGE", `${path} is a directory`);
-    case "EEXIST":
-      return new TrustvolError("EUSAGE", `${path} already exists`);
-    default:
-      return undefined;
+    return reportError(e, json);
   }
 }
