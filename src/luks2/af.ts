@@ -35,14 +35,20 @@ function nativeDiffuser(hash: string, len: number, ds: number): Diffuse | undefi
     return undefined;
   }
   const tail = Buffer.alloc(ds);
+  // The merge diffuses the same block buffer thousands of times: its chunk views are made once.
+  let last: Buffer | undefined;
+  let views: Buffer[] = [];
   return (buf) => {
+    if (buf !== last) {
+      last = buf;
+      views = hashers.map((_, i) => buf.subarray(i * ds, Math.min(len, (i + 1) * ds)));
+    }
     for (let i = 0; i < chunks; i++) {
-      const start = i * ds;
-      const n = Math.min(ds, len - start);
-      if (n === ds) hashBlocks(hashers[i]!, buf.subarray(start, start + ds), 1, ds, buf.subarray(start, start + ds));
+      const v = views[i]!;
+      if (v.length === ds) hashBlocks(hashers[i]!, v, 1, ds, v);
       else {
-        hashBlocks(hashers[i]!, buf.subarray(start, start + n), 1, n, tail);
-        tail.copy(buf, start, 0, n);
+        hashBlocks(hashers[i]!, v, 1, v.length, tail);
+        tail.copy(v, 0, 0, v.length);
         wipe(tail);
       }
     }
