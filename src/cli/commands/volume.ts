@@ -9,7 +9,6 @@ import { Luks2Volume } from "../../luks2/volume.js";
 import { LuksHandle } from "../../ops/volume.js";
 import { getPassphrase, keyFileLimits } from "../secrets.js";
 import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int } from "../common.js";
-import { reencryptStatus } from "../../luks2/reencrypt-metadata.js";
 import { dumpCommand } from "./dump.js";
 
 export function registerVolumeCommands(program: Command): void {
@@ -120,7 +119,7 @@ export function registerVolumeCommands(program: Command): void {
         const repaired = await v.repair();
         // A re-encryption that crashed mid-hotzone: recover the hotzone as `cryptsetup repair` does.
         let reencryption = false;
-        if (reencryptStatus(v.metadata) === "crash") {
+        if ((await import("../../luks2/reencrypt-metadata.js")).reencryptStatus(v.metadata) === "crash") {
           const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: ` });
           try {
             reencryption = (await (await import("../../ops/reencrypt.js")).repairReencryption(dev, { passphrase: pass, keyslot: o.keySlot as number | undefined, header: hdr !== dev ? hdr : undefined })).recovered;
