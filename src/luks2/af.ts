@@ -117,9 +117,27 @@ export function afMerge(material: Uint8Array, keyLen: number, stripes: number, h
   if (material.length < keyLen * stripes) throw new RangeError("AF material too short");
   const block = Buffer.alloc(keyLen);
   const diffuse = diffuser(hash, keyLen);
-  for (let i = 0; i < stripes - 1; i++) {
-    xorInto(block, block, material.subarray(i * keyLen, (i + 1) * keyLen));
-    diffuse(block);
+  if (keyLen % 4 === 0) {
+    // A word at a time over an aligned copy: a quarter of the iterations of the byte loop and no view per stripe —
+    // this loop runs cold once per unlock, so its iteration count is what costs.
+    const words = keyLen / 4;
+    const mat = Buffer.allocUnsafeSlow(keyLen * (stripes - 1));
+    try {
+      mat.set(material.subarray(0, keyLen * (stripes - 1)));
+      const b32 = new Uint32Array(block.buffer, block.byteOffset, words);
+      const m32 = new Uint32Array(mat.buffer, mat.byteOffset, words * (stripes - 1));
+      for (let i = 0, o = 0; i < stripes - 1; i++, o += words) {
+        for (let j = 0; j < words; j++) b32[j]! ^= m32[o + j]!;
+        diffuse(block);
+      }
+    } finally {
+      wipe(mat);
+    }
+  } else {
+    for (let i = 0; i < stripes - 1; i++) {
+      xorInto(block, block, material.subarray(i * keyLen, (i + 1) * keyLen));
+      diffuse(block);
+    }
   }
   const key = Buffer.allocUnsafeSlow(keyLen);
   xorInto(key, block, material.subarray((stripes - 1) * keyLen, stripes * keyLen));

@@ -42,10 +42,14 @@ test("AF diffusion: native and TypeScript equal the spec for every hash and key 
   }
 });
 
-test("AF split then merge gives the key back (4000 stripes)", () => {
+test("AF split then merge gives the key back (4000 stripes; word-wise and byte-wise XOR; unaligned material)", () => {
   for (const hash of ["sha1", "sha256", "sha512"]) {
-    const key = randomBytes(64);
-    const m = afSplit(key, 4000, hash);
-    assert.ok(afMerge(m, 64, 4000, hash).equals(key), hash);
+    for (const len of [16, 32, 33, 64]) {
+      const key = randomBytes(len);
+      const m = afSplit(key, 4000, hash);
+      assert.ok(afMerge(m, len, 4000, hash).equals(key), `${hash} ${len}`);
+      const odd = Buffer.concat([Buffer.alloc(3), m]).subarray(3); // material at an odd byte offset
+      assert.ok(afMerge(odd, len, 4000, hash).equals(key), `${hash} ${len} unaligned`);
+    }
   }
 });
