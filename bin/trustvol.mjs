@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// Entry point. Runs the compiled CLI (dist/) — or, in a development checkout whose sources are newer than the build,
-// the TypeScript sources through tsx (a dev dependency), so a stale build is never what runs.
+// Entry point. Runs the compiled CLI — the bundle in dist/cli/ (fastest start), else tsc's dist/src/ — or, in a
+// development checkout whose sources are newer than both builds, the TypeScript sources through tsx (a dev
+// dependency), so a stale build is never what runs.
 import { existsSync, statSync, readdirSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { dirname, join } from "node:path";
@@ -10,7 +11,8 @@ import module from "node:module";
 module.enableCompileCache?.();
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const built = join(root, "dist/src/cli/run.js");
+const bundled = join(root, "dist/cli/run.js");
+const compiled = join(root, "dist/src/cli/run.js");
 const srcDir = join(root, "src");
 
 function newestMtime(dir) {
@@ -24,11 +26,15 @@ function newestMtime(dir) {
 
 // An installed package has no src/: it always runs dist/. Only a checkout compares the two.
 const checkout = existsSync(join(srcDir, "cli/run.ts"));
-const useBuilt = existsSync(built) && (!checkout || (!process.env.TRUSTVOL_FROM_SOURCE && statSync(built).mtimeMs >= newestMtime(srcDir)));
-if (useBuilt) {
-  await import(pathToFileURL(built).href);
+let built = [bundled, compiled].filter((f) => existsSync(f));
+if (checkout) {
+  const newest = process.env.TRUSTVOL_FROM_SOURCE ? Infinity : newestMtime(srcDir);
+  built = built.filter((f) => statSync(f).mtimeMs >= newest);
+}
+if (built.length) {
+  await import(pathToFileURL(built[0]).href);
 } else if (!checkout) {
-  process.stderr.write(`trustvol: ${built} is missing; reinstall trustvol\n`);
+  process.stderr.write(`trustvol: ${compiled} is missing; reinstall trustvol\n`);
   process.exitCode = 1;
 } else {
   let register;

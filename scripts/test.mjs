@@ -36,6 +36,12 @@ if (!args.includes("--no-build")) {
     console.error("type check / build failed");
     process.exit(1);
   }
+  // the bundled CLI (dist/cli/) that bin/trustvol.mjs prefers, as the package ships it
+  const c = spawnSync(process.execPath, [join(root, "scripts/build-cli.mjs")], { cwd: root, stdio: "inherit" });
+  if (c.status !== 0) {
+    console.error("CLI bundle failed");
+    process.exit(1);
+  }
 }
 const r = spawnSync(
   process.execPath,

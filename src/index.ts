@@ -14,7 +14,7 @@ export * from "./luks2/index.js";
 // lifecycle operations
 export * from "./ops/index.js";
 // trust sources and token codecs
-export type { TrustSource, TrustSourceInfo, SealPolicy, SealedBlob, TrustSourceKind } from "./trust/types.js";
+export type { TrustSourceInfo, SealPolicy, SealedBlob, TrustSourceKind } from "./trust/types.js";
 export * from "./tokens/index.js";
 export { Tpm2TrustSource } from "./trust/tpm2/index.js";
 export { Pkcs11TrustSource } from "./trust/pkcs11/source.js";

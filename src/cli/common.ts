@@ -1,5 +1,4 @@
 // Option helpers shared by commands: parsing numbers, PBKDF/format options, JSON output.
-import { io } from "./io.js";
 import { Option, type Command } from "commander";
 import { TrustvolError } from "../util/errors.js";
 import type { PbkdfOptions } from "../luks2/kdf.js";
@@ -87,9 +86,7 @@ export function formatFrom(o: Record<string, unknown>): FormatOptions {
   };
 }
 
-export function printJson(v: unknown): void {
-  io.out(JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x), 2) + "\n");
-}
+export { printJson, verbatim } from "./io.js";
 
 /**
  * Accept another tool's spelling of an option (systemd-cryptenroll's --tpm2-pcrs for --pcrs), hidden from help: the

@@ -1,7 +1,8 @@
 // The trustvol CLI: parse, call the library, print. Exit codes are a contract with scripts (see --help).
-import { io } from "./io.js";
+import { io, jsonError, status, wantsJson } from "./io.js";
 import { Command, CommanderError } from "commander";
-import { TrustvolError, ExitCode } from "../util/errors.js";
+import { ExitCode } from "../util/errors.js";
+import { oneLine, reportError } from "./report.js";
 import { VERSION } from "../version.js";
 import { resetStdinState } from "./secrets.js";
 
@@ -75,55 +76,20 @@ export async function main(argv: string[]): Promise<number> {
   // `help enroll tpm2` means `enroll tpm2 --help` (commander's help command looks only one level down).
   if (argv[0] === "help" && argv.length > 1) argv = [...argv.slice(1), "--help"];
   resetStdinState();
+  const json = wantsJson(argv);
   try {
     const program = await buildProgram(argv);
+    status.exitCode = ExitCode.OK;
     await program.parseAsync(argv, { from: "user" });
-    return ExitCode.OK;
+    return status.exitCode;
   } catch (e) {
     if (e instanceof CommanderError) {
       if (e.code === "commander.helpDisplayed" || e.code === "commander.version") return ExitCode.OK;
-      return e.exitCode === 0 ? ExitCode.OK : ExitCode.USAGE; // e.g. `trustvol enroll` with no subcommand
+      const rc = e.exitCode === 0 ? ExitCode.OK : ExitCode.USAGE; // e.g. `trustvol enroll` with no subcommand
+      // commander already printed its one line on stderr
+      if (json && rc !== ExitCode.OK) io.out(jsonError({ code: "EUSAGE", exitCode: rc, message: oneLine(e.message.replace(/^error: /, "")), hint: "see --help" }));
+      return rc;
     }
-    if (e instanceof TrustvolError) {
-      io.err(`trustvol: ${oneLine(e.oneLine())}\n`);
-      return e.exitCode;
-    }
-    const err = e as NodeJS.ErrnoException;
-    const sys = systemError(err);
-    if (sys) {
-      io.err(`trustvol: ${oneLine(sys.oneLine())}\n`);
-      return sys.exitCode;
-    }
-    io.err(`trustvol: internal error: ${oneLine(err?.message ?? String(e))}\n`);
-    if (process.env.TRUSTVOL_DEBUG) io.err(`${err?.stack}\n`);
-    return ExitCode.FAILURE;
-  }
-}
-
-/** Messages that quote a tool's stderr can span lines: the CLI always prints one. */
-function oneLine(s: string): string {
-  return s.replace(/\s*\n\s*/g, " ").trim();
-}
-
-/** Plain Node errors with an errno (a path we could not open or write) become the same one-line errors. */
-function systemError(err: NodeJS.ErrnoException | undefined): TrustvolError | undefined {
-  if (!err || typeof err.code !== "string") return undefined;
-  const path = typeof err.path === "string" ? err.path.replace(/\/\.([^/]+)\.[0-9a-f]{12}\.tmp$/, "/$1") : "a file";
-  switch (err.code) {
-    case "ENOENT":
-      return new TrustvolError("ENOENT", `${path}: no such file or directory`, "check the path");
-    case "EACCES":
-    case "EPERM":
-      return new TrustvolError("EDEVICE", `${path}: permission denied`, "run as a user who may access it (often root)");
-    case "EROFS":
-      return new TrustvolError("EDEVICE", `${path}: read-only file system`);
-    case "ENOSPC":
-      return new TrustvolError("ENOSPC", `${path}: no space left on device`);
-    case "EISDIR":
-      return new TrustvolError("EUSAGE", `${path} is a directory`);
-    case "EEXIST":
-      return new TrustvolError("EUSAGE", `${path} already exists`);
-    default:
-      return undefined;
+    return reportError(e, json);
   }
 }

@@ -7,4 +7,20 @@ process.stdout.on("error", (e: NodeJS.ErrnoException) => (e.code === "EPIPE" ? p
 const argv = process.argv.slice(2);
 // Scripts ask `--version` at boot: answer without loading commander or any command (same output as commander's).
 if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-V")) process.stdout.write(`${VERSION}\n`);
-else process.exitCode = await (await import("./main.js")).main(argv);
+else if (plainDump(argv)) {
+  // `dump DEVICE [--json]` at boot: the same action without loading commander or the other volume commands
+  const json = argv.includes("--json");
+  const device = argv.find((a, i) => i > 0 && a !== "--json")!;
+  const [{ dumpCommand }, { reportError }] = await Promise.all([import("./commands/dump.js"), import("./report.js")]);
+  process.exitCode = await dumpCommand(device, { json }).then(
+    () => 0,
+    (e: unknown) => reportError(e, json),
+  );
+} else process.exitCode = await (await import("./main.js")).main(argv);
+
+/** Exactly `dump DEVICE` or `dump DEVICE --json` (either order), DEVICE not an option: nothing for commander to do. */
+function plainDump(a: string[]): boolean {
+  if (a[0] !== "dump" || (a.length !== 2 && a.length !== 3)) return false;
+  const rest = a.slice(1).filter((x) => x !== "--json");
+  return rest.length === 1 && a.length - 1 - rest.length === (a.length === 3 ? 1 : 0) && !rest[0]!.startsWith("-") && rest[0] !== "";
+}

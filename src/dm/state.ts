@@ -4,7 +4,7 @@
 // device of the same name is ignored.
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { TrustvolError, usage } from "../util/errors.js";
+import { TrustvolError, fsReason, usage } from "../util/errors.js";
 import { atomicWriteFileSync } from "../util/atomic.js";
 import { checkMappingName } from "./table.js";
 import { dmDeps, dmInfo, dmRemove, dmTable, type DmsetupOptions } from "./dmsetup.js";
@@ -29,7 +29,7 @@ export function rememberMapping(s: MappingState): void {
     mkdirSync(stateDir(), { recursive: true, mode: 0o700 });
     atomicWriteFileSync(statePath(s.name), Buffer.from(JSON.stringify(s) + "\n"), 0o600);
   } catch (e) {
-    throw new TrustvolError("EIO", `cannot record ${s.name} in ${stateDir()} (${(e as NodeJS.ErrnoException).code ?? "error"})`, "check that /run is writable");
+    throw new TrustvolError("EIO", `cannot record ${s.name} in ${stateDir()} (${fsReason(e)})`, "check that /run is writable");
   }
 }
 

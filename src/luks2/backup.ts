@@ -2,7 +2,7 @@
 import { readFileSync } from "node:fs";
 import type { BlockDevice } from "../blockdev/types.js";
 import { MemoryBlockDevice } from "../blockdev/memory.js";
-import { TrustvolError } from "../util/errors.js";
+import { TrustvolError, fsErrorCode, fsReason } from "../util/errors.js";
 import { atomicWriteFileSync } from "../util/atomic.js";
 import { readHeader, probeLuksVersion, encodeHeaderCopies, writeHeader } from "./header.js";
 import { LUKS2_MAGIC_PRIMARY, LUKS2_MAGIC_SECONDARY, ALIGN_4K } from "./constants.js";
@@ -80,14 +80,14 @@ export async function restoreHeader(dev: BlockDevice, path: string, opts: Restor
   try {
     img = readFileSync(path);
   } catch (e) {
-    throw new TrustvolError("ENOENT", `cannot read header backup ${path}: ${(e as Error).message}`);
+    throw new TrustvolError(fsErrorCode(e), `cannot read header backup ${path}: ${fsReason(e)}`, "check the --file path");
   }
   const mem = new MemoryBlockDevice(img, true);
   let backup;
   try {
     backup = await readHeader(mem);
   } catch (e) {
-    if (e instanceof TrustvolError) throw new TrustvolError("ECORRUPT", `${path} is not a valid LUKS2 header backup: ${e.message}`, "use another backup");
+    if (e instanceof TrustvolError) throw new TrustvolError("ECORRUPT", `${path} is not a valid LUKS2 header backup: ${e.message.replace(/^memory:? /, "")}`, "use another backup");
     throw e;
   }
   const size = backupSize(backup.header.hdrSize, u64Num(backup.header.metadata.config.keyslots_size, "keyslots_size"));

@@ -1,6 +1,7 @@
-// The one small interface every hardware root of trust implements (TPM 2.0, PKCS#11, kernel trusted keys, CAAM, DCP).
-// A trust source seals a short secret (a LUKS passphrase / key-encryption key) to an opaque blob that only
-// this device's hardware can open again, under a policy (PCR values, PIN, token login).
+// Value types shared by the trust-source classes (Tpm2TrustSource, Pkcs11TrustSource, KernelTrustedSource): each seals a
+// short secret to an opaque blob that only this device's hardware can open again, under a policy (PCR values, PIN,
+// token login). There is no common TrustSource interface: LUKS2 tokens are unlocked through TokenHandler
+// (ops/tokens.ts, the one extension point), whose handlers call the source-specific APIs their token formats need.
 
 export type TrustSourceKind = "tpm2" | "pkcs11" | "kernel-trusted" | "caam" | "dcp" | "tee";
 
@@ -30,14 +31,4 @@ export interface SealedBlob {
   kind: TrustSourceKind;
   data: Uint8Array;
   meta: Record<string, unknown>;
-}
-
-export interface TrustSource {
-  readonly kind: TrustSourceKind;
-  describe(): Promise<TrustSourceInfo>;
-  getRandom(n: number): Promise<Buffer>;
-  seal(secret: Uint8Array, policy?: SealPolicy): Promise<SealedBlob>;
-  /** Returns a fresh Buffer the caller must wipe. Throws TrustvolError (EPOLICY, ELOCKOUT, ENOKEY, EDEVICE...) on refusal. */
-  unseal(blob: SealedBlob, auth?: { pin?: Uint8Array }): Promise<Buffer>;
-  close(): Promise<void>;
 }

@@ -72,3 +72,31 @@ export class TrustvolError extends Error {
 export const corrupt = (message: string, hint?: string) => new TrustvolError("ECORRUPT", message, hint);
 export const unsupported = (message: string, hint?: string) => new TrustvolError("EUNSUPPORTED", message, hint);
 export const usage = (message: string, hint?: string) => new TrustvolError("EUSAGE", message, hint);
+
+const ERRNO_TEXT: Record<string, string> = {
+  ENOENT: "no such file or directory",
+  ENOTDIR: "a path component is not a directory",
+  EISDIR: "is a directory",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  EROFS: "read-only file system",
+  ENOSPC: "no space left on device",
+  EIO: "I/O error",
+  ENXIO: "no such device",
+  ENODEV: "no such device",
+  EBUSY: "device or resource busy",
+  ELOOP: "too many symbolic links",
+  ENAMETOOLONG: "name too long",
+};
+
+/** A plain-words reason for a failed file operation ("no such file or directory"), never Node's errno text. */
+export function fsReason(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  return (code && ERRNO_TEXT[code]) ?? "cannot be read";
+}
+
+/** The error code for a failed file operation: ENOENT for a missing path, EDEVICE for permissions, else EIO. */
+export function fsErrorCode(e: unknown): ErrorCode {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  return code === "ENOENT" || code === "ENOTDIR" ? "ENOENT" : code === "EACCES" || code === "EPERM" ? "EDEVICE" : code === "EISDIR" ? "EUSAGE" : "EIO";
+}

@@ -41,7 +41,7 @@ test("first boot with a PKCS#11 token: init, keygen, enroll --wipe-slot password
   // trustvol unlocks through the token; wrong PIN and missing token fail with clear one-liners
   r = trustvol(["unlock", "--test", "--token-only", "--pin-file", pin, "--pkcs11-module", h.modulePath, "--json", img], { env });
   assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout), { unlocked: true, keyslot: 0, token: 0, uuid: JSON.parse(trustvol(["dump", "--json", img]).stdout).uuid });
+  assert.deepEqual(JSON.parse(r.stdout), { version: 1, unlocked: true, keyslot: 0, token: 0, uuid: JSON.parse(trustvol(["dump", "--json", img]).stdout).uuid });
   const before = readFileSync(img);
   r = trustvol(["unlock", "--test", "--token-only", "--pin-file", "-", "--pkcs11-module", h.modulePath, img], { env, input: "9999" });
   assert.equal(r.status, 3, r.stderr);

@@ -28,7 +28,7 @@ test("enroll tpm2 (PCR 7), wipe the factory passphrase, reboot, unlock unattende
   const { img, factory } = fresh(dir, "disk.img");
   let r = trustvol(["enroll", "tpm2", img, "--tpm2-device", tpm.device, "--pcrs", "7", "--key-file", factory, "--wipe-slot", "password", "--json"]);
   assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout), { keyslot: 0, token: 0, wiped_keyslots: [31] });
+  assert.deepEqual(JSON.parse(r.stdout), { version: 1, keyslot: 0, token: 0, wiped_keyslots: [31] });
   const dump = run("cryptsetup", ["luksDump", img]).stdout.toString();
   assert.match(dump, /systemd-tpm2/);
   assert.match(dump, /PBKDF:\s+pbkdf2\s+Hash:\s+sha512\s+Iterations: 1000/);

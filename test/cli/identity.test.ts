@@ -18,7 +18,7 @@ test("identity create → csr → CA signs → import-cert → show, all through
   let r = trustvol(["identity", "create", ...base, "--json"], { env });
   assert.equal(r.status, 0, r.stderr);
   const created = JSON.parse(r.stdout);
-  assert.equal(created.keyUri, "pkcs11:token=dev;object=device;type=private");
+  assert.equal(created.key_uri, "pkcs11:token=dev;object=device;type=private");
   assert.equal(created.attributes.extractable, false);
   assert.equal(created.attributes.sensitive, true);
   r = trustvol(["identity", "create", ...base], { env });

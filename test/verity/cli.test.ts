@@ -35,7 +35,7 @@ test("CLI verity format: stdout and hash file identical to veritysetup format; -
   assert.equal(j.status, 0, j.stderr);
   const o = JSON.parse(j.stdout);
   assert.equal(o.salt, "-");
-  assert.equal(o.data_blocks, "300");
+  assert.equal(o.data_blocks, 300);
   assert.match(o.root_hash, /^[0-9a-f]{64}$/);
   assert.equal(o.root_hash, vsFormat(data, join(dir, "vsj.hash"), { salt: "-", uuid: o.uuid }));
 });

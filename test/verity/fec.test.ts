@@ -75,8 +75,8 @@ test("CLI verity format --fec-device: parity bytes and output identical to verit
   assert.equal(j.status, 0, j.stderr);
   const o = JSON.parse(j.stdout);
   assert.equal(o.fec_roots, 2);
-  assert.equal(o.fec_covered_blocks, "259"); // 256 data blocks + 3 hash blocks
-  assert.equal(o.fec_blocks, "4");
+  assert.equal(o.fec_covered_blocks, 259); // 256 data blocks + 3 hash blocks
+  assert.equal(o.fec_blocks, 4);
 });
 
 test("CLI verity format --fec-device: bad FEC parameters are usage errors", async (t) => {

@@ -32,7 +32,7 @@ test("trustvol open/close: seed 000 across two boots, LUKS2 vs cryptsetup both w
   assert.match(f.seedTable, /^0 65536 crypt aes-cbc-plain :32:trusted:kmk 0 \/dev\/loop\d+ 0$/);
   assert.match(f.seedDmTable, /:32:trusted:kmk/);
   assert.equal(f.seedLoopAutoclear, true, "loop devices are set to autoclear through the ioctl");
-  assert.equal(f.seedClose.loopDetached, true);
+  assert.equal(f.seedClose.loop_detached, true);
   // trusted-key volume
   assert.equal(f.tvDescriptorMode, "600");
   assert.equal(f.tvDescriptorHasBlob, true);

@@ -1,10 +1,10 @@
 // Real-kernel commands: open / close (dm-crypt through the kernel keyring), trusted (kernel trusted keys: the seed
 // 000 flow), caam (NXP black keys through /dev/caam-keygen or the test simulator), doctor (platform audit).
-import { io } from "../io.js";
+import { io, status } from "../io.js";
 import { Option, type Command } from "commander";
 import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { TrustvolError, ExitCode, usage } from "../../util/errors.js";
+import { TrustvolError, ExitCode, fsErrorCode, fsReason, usage } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 import { addKeyOptions, addPinOptions, int, printJson } from "../common.js";
@@ -270,7 +270,7 @@ export function registerKernelCommands(program: Command): void {
       try {
         blob = readFileSync(blobPath);
       } catch (e) {
-        throw new TrustvolError("ENOENT", `cannot read blob ${blobPath}: ${(e as NodeJS.ErrnoException).code}`);
+        throw new TrustvolError(fsErrorCode(e), `cannot read blob ${blobPath}: ${fsReason(e)}`, "check the path");
       }
       const bk = await kg.import(blob);
       const dir = o.dir as string;
@@ -295,16 +295,11 @@ export function registerKernelCommands(program: Command): void {
       const r = runDoctor({ ...(o.root ? { root: o.root as string } : {}), skipVolumeScan: o.scan === false });
       if (o.json) printJson(r);
       else io.out(formatDoctor(r));
-      if (r.critical) throw new DoctorCritical(r.findings.filter((f) => f.severity === "critical").length);
+      if (r.critical) {
+        // a report, not an error: exit 8 with the report as the only JSON document
+        const n = r.findings.filter((f) => f.severity === "critical").length;
+        io.err(`trustvol: ${n} critical finding${n === 1 ? "" : "s"}\n`);
+        status.exitCode = ExitCode.CRITICAL;
+      }
     });
-}
-
-/** Makes `doctor` exit with 8 through the CLI's error path without printing a second report. */
-class DoctorCritical extends TrustvolError {
-  constructor(n: number) {
-    super("EPOLICY", `${n} critical finding${n === 1 ? "" : "s"}`);
-  }
-  override get exitCode() {
-    return ExitCode.CRITICAL;
-  }
 }

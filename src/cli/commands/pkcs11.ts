@@ -100,7 +100,7 @@ export function registerPkcs11Commands(program: Command): void {
     .option("--json", "print as JSON")
     .action(async (o: Record<string, unknown>) => {
       const ts = (await pkcs11Lib()).listTokens({ ...(o.module ? { modulePath: o.module as string } : {}), includeUninitialized: true });
-      if (o.json) printJson(ts);
+      if (o.json) printJson({ tokens: ts });
       else for (const t of ts) io.out(`slot ${t.slotId}: ${t.label || "(uninitialized)"}  ${t.manufacturer} ${t.model} serial ${t.serial}  ${t.modulePath}\n`);
     });
   tok
@@ -116,7 +116,7 @@ export function registerPkcs11Commands(program: Command): void {
     .action(async (o: Record<string, unknown>) => {
       if (o.soPinFile === "-" && o.pinFile === "-") throw new TrustvolError("EUSAGE", "the SO PIN and user PIN cannot both come from stdin");
       const r = (await pkcs11Lib()).initToken({ modulePath: o.module as string, label: o.label as string, soPin: { kind: "file", path: o.soPinFile as string }, userPin: o.pinFile === "-" ? { kind: "stdin" } : { kind: "file", path: o.pinFile as string }, ...(o.slot !== undefined ? { slotId: o.slot as number } : {}), force: !!o.force });
-      if (o.json) printJson({ uri: r.uri, slot: r.slotId.toString() });
+      if (o.json) printJson({ uri: r.uri, slot: r.slotId });
       else io.out(`Token initialised: ${r.uri} (slot ${r.slotId})\n`);
     });
   addPinOptions(

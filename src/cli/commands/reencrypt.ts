@@ -68,7 +68,7 @@ export function registerReencryptCommands(program: Command): void {
     .option("--pin-file <file>", "token PIN from FILE (- = stdin)")
     .option("--pkcs11-module <path>", "PKCS#11 module for systemd-pkcs11 tokens")
     .option("--tpm2-device <dev>", "TPM for systemd-tpm2/clevis tokens: auto, a path, or swtpm:path=SOCKET")
-    .option("--progress-json", "print progress as JSON lines on stdout")
+    .option("--progress-json", "print progress as JSON lines on stdout (on stderr with --json), cryptsetup's fields")
     .option("--no-progress", "no progress bar")
     .option("-q, --batch-mode", "do not ask for confirmation")
     .option("--force-offline-reencrypt", "accepted for cryptsetup compatibility (trustvol is always offline)")
@@ -121,7 +121,8 @@ export function registerReencryptCommands(program: Command): void {
             if (first === undefined) first = p.done;
             const rate = ms ? (p.done - first) / ms : 0;
             const eta = rate > 0 ? Math.round((p.total - p.done) / rate) : 0;
-            io.out(JSON.stringify({ device, device_bytes: String(p.done), device_size: String(p.total), speed: String(Math.round(rate * 1000)), eta_ms: String(eta), time_ms: String(ms) }) + "\n");
+            // stdout as cryptsetup; stderr when --json keeps stdout for the one result document
+            (o.json ? io.err : io.out)(JSON.stringify({ device, device_bytes: String(p.done), device_size: String(p.total), speed: String(Math.round(rate * 1000)), eta_ms: String(eta), time_ms: String(ms) }) + "\n");
           }
         };
         const r = await reencrypt(dev, {

@@ -3,7 +3,7 @@
 import { io } from "../io.js";
 import { readFileSync, writeFileSync, realpathSync, existsSync } from "node:fs";
 import { Option, type Command } from "commander";
-import { TrustvolError, usage } from "../../util/errors.js";
+import { TrustvolError, fsErrorCode, fsReason, usage } from "../../util/errors.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 import { FileBlockDevice } from "../../blockdev/file.js";
 import { addAlias, int, printJson } from "../common.js";
@@ -24,7 +24,7 @@ function readText(path: string, what: string): string {
   try {
     return readFileSync(path, "latin1");
   } catch (e) {
-    throw new TrustvolError("ENOENT", `cannot read ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? "error"}`, "check the path");
+    throw new TrustvolError(fsErrorCode(e), `cannot read ${what} ${path}: ${fsReason(e)}`, "check the path");
   }
 }
 
@@ -32,7 +32,7 @@ function readBin(path: string, what: string): Buffer {
   try {
     return readFileSync(path);
   } catch (e) {
-    throw new TrustvolError("ENOENT", `cannot read ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? "error"}`, "check the path");
+    throw new TrustvolError(fsErrorCode(e), `cannot read ${what} ${path}: ${fsReason(e)}`, "check the path");
   }
 }
 
@@ -247,10 +247,7 @@ export function registerVerityCommands(program: Command): void {
       else io.err(`Verification of ${data} against root hash ${root.toLowerCase()} succeeded (${r.params.dataBlocks} data blocks${fecPath ? ", FEC parity matches" : ""}).\n`);
     } catch (e) {
       b.end();
-      if (o.json && e instanceof TrustvolError && "corruption" in e) {
-        printJson({ verified: false, error: e.message, corruption: (e as { corruption: unknown }).corruption });
-      }
-      throw e;
+      throw e; // with --json, main prints the error document (its `corruption` included)
     } finally {
       await hashDev.close();
       await dataDev.close();

@@ -2,18 +2,14 @@
 // What only one verb needs is imported in its action: `dump` runs at boot and should load little.
 import { io } from "../io.js";
 import { Option, type Command } from "commander";
-import { writeFileSync } from "node:fs";
 import { FileBlockDevice, checkVolumePath } from "../../blockdev/file.js";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
-import { atomicWriteFileSync } from "../../util/atomic.js";
 import { Luks2Volume } from "../../luks2/volume.js";
-import { dumpText, dumpJson } from "../../luks2/dump.js";
-import { dumpLuks1Text } from "../../luks1/luks1.js";
 import { LuksHandle } from "../../ops/volume.js";
 import { getPassphrase, keyFileLimits } from "../secrets.js";
 import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int } from "../common.js";
-import { reencryptStatus } from "../../luks2/reencrypt-metadata.js";
+import { dumpCommand } from "./dump.js";
 
 export function registerVolumeCommands(program: Command): void {
   addFormatOptions(
@@ -74,33 +70,7 @@ export function registerVolumeCommands(program: Command): void {
     .option("-d, --key-file <file>", "passphrase for --dump-volume-key")
     .option("--keyfile-offset <bytes>", "skip BYTES at the start of the key file", int("--keyfile-offset"))
     .option("--keyfile-size <bytes>", "read only BYTES from the key file (default: all of it, at most 8 MiB)", int("--keyfile-size", 1, 1 << 30))
-    .action(async (device: string, o: Record<string, unknown>) => {
-      const h = await LuksHandle.open(device, { header: o.header as string | undefined, readOnly: true });
-      try {
-        if (o.dumpVolumeKey) {
-          const dest = o.volumeKeyFile as string | undefined;
-          if (!dest) throw new TrustvolError("EUSAGE", "--dump-volume-key needs --volume-key-file", "the volume key is never printed to a terminal");
-          if (dest === "-" && process.stdout.isTTY) throw new TrustvolError("EUSAGE", "refusing to write the volume key to a terminal", "redirect stdout or name a file");
-          const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, ...keyFileLimits(o) });
-          const { volumeKey } = await h.unlock(pass).finally(() => wipe(pass));
-          try {
-            if (dest === "-") io.out(volumeKey);
-            else if (/^\/dev\/fd\/[0-9]+$/.test(dest)) writeFileSync(dest, volumeKey); // a descriptor the caller opened for us
-            else atomicWriteFileSync(dest, volumeKey, 0o600);
-          } finally {
-            wipe(volumeKey);
-          }
-          if (dest === "-") return;
-        }
-        if (h.luks2) {
-          if (o.json) printJson(dumpJson(h.luks2));
-          else io.out(dumpText(h.luks2));
-        } else if (o.json) printJson({ version: 1, ...h.luks1, keyslots: h.luks1!.keyslots.map((k) => ({ ...k, salt: k.salt.toString("hex") })), mkDigest: h.luks1!.mkDigest.toString("hex"), mkDigestSalt: h.luks1!.mkDigestSalt.toString("hex") });
-        else io.out(dumpLuks1Text(h.luks1!));
-      } finally {
-        await h.close();
-      }
-    });
+    .action(dumpCommand);
 
   addPinOptions(
     addKeyOptions(
@@ -150,7 +120,7 @@ export function registerVolumeCommands(program: Command): void {
         const repaired = await v.repair();
         // A re-encryption that crashed mid-hotzone: recover the hotzone as `cryptsetup repair` does.
         let reencryption = false;
-        if (reencryptStatus(v.metadata) === "crash") {
+        if ((await import("../../luks2/reencrypt-metadata.js")).reencryptStatus(v.metadata) === "crash") {
           const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: ` });
           try {
             reencryption = (await (await import("../../ops/reencrypt.js")).repairReencryption(dev, { passphrase: pass, keyslot: o.keySlot as number | undefined, header: hdr !== dev ? hdr : undefined })).recovered;
@@ -158,7 +128,7 @@ export function registerVolumeCommands(program: Command): void {
             wipe(pass);
           }
         }
-        if (o.json) printJson({ repaired, reencryption_recovered: reencryption, ...JSON.parse(JSON.stringify(before, (_k, x) => (typeof x === "bigint" ? x.toString() : x))) });
+        if (o.json) printJson({ repaired, reencryption_recovered: reencryption, ...before });
         else {
           if (repaired) io.err(`Repaired: primary ${before.primary.ok ? "ok" : `was damaged (${before.primary.error})`}, secondary ${before.secondary.ok ? "ok" : `was damaged (${before.secondary.error})`}; both copies rewritten.\n`);
           if (reencryption) io.err("Recovered the interrupted re-encryption hotzone; resume with `trustvol reencrypt --resume-only`.\n");

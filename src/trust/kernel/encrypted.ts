@@ -6,7 +6,7 @@
 // All payloads go to keyctl on stdin: a supplied key (decrypted data) is a secret, and blobs are kept out of argv
 // as a rule.
 import { readFileSync } from "node:fs";
-import { TrustvolError, corrupt, usage } from "../../util/errors.js";
+import { TrustvolError, corrupt, fsErrorCode, fsReason, usage } from "../../util/errors.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 import { wipe, hexBytes } from "../../util/secret.js";
 import { paddKey, pipeKey, updateKey, type KeyRef, type KeyctlOptions } from "./keyring.js";
@@ -127,7 +127,7 @@ export function loadEncryptedKeyFile(description: string, path: string, keyring:
   try {
     data = readFileSync(path);
   } catch (e) {
-    throw new TrustvolError("ENOENT", `cannot read encrypted key blob ${path}: ${(e as Error).message}`, undefined, { cause: e });
+    throw new TrustvolError(fsErrorCode(e), `cannot read encrypted key blob ${path}: ${fsReason(e)}`, undefined, { cause: e });
   }
   return loadEncryptedKey(description, data, keyring, o);
 }

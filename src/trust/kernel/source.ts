@@ -1,4 +1,4 @@
-// Kernel trusted keys as a TrustSource. The kernel never hands a trusted key's plaintext to user space, so a secret
+// Kernel trusted keys as a trust source. The kernel never hands a trusted key's plaintext to user space, so a secret
 // is sealed by letting dm-crypt — keyed by reference to a fresh trusted key (`:64:trusted:<desc>`) — encrypt one
 // 512-byte sector: seal = write [len ‖ secret ‖ random padding] through the mapping and keep the ciphertext;
 // unseal = load the trusted key from its blob, map the ciphertext, read the sector back. The plaintext exists only
@@ -14,7 +14,7 @@ import { dmCreate, dmRemove } from "../../dm/dmsetup.js";
 import { loopAttach, type LoopHandle } from "../../dm/loop.js";
 import { cryptTable } from "../../dm/table.js";
 import { randomBytesBuf, wipe } from "../../util/secret.js";
-import type { SealPolicy, SealedBlob, TrustSource, TrustSourceInfo } from "../types.js";
+import type { SealPolicy, SealedBlob, TrustSourceInfo } from "../types.js";
 import { ensureKeyring, unlinkKey, type KeyctlOptions } from "./keyring.js";
 import { createTrustedKey, detectTrustedSource, exportTrustedKey, loadTrustedKey, parseTrustedBlob, uniqueKeyDescription, type TrustedKeyOptions, type TrustedKeySource } from "./trusted.js";
 
@@ -73,7 +73,7 @@ function kernelCrypt(desc: string, op: "encrypt" | "decrypt", input: Buffer): Bu
   }
 }
 
-export class KernelTrustedSource implements TrustSource {
+export class KernelTrustedSource {
   readonly kind = "kernel-trusted" as const;
   private readonly source: TrustedKeySource;
   private readonly tpmVersion: 1 | 2;

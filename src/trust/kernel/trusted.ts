@@ -12,7 +12,7 @@
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
-import { TrustvolError, corrupt, usage } from "../../util/errors.js";
+import { TrustvolError, corrupt, fsErrorCode, fsReason, usage } from "../../util/errors.js";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 import { wipe } from "../../util/secret.js";
 import { paddKey, pipeKey, searchKey, unlinkKey, type KeyRef, type KeyctlOptions } from "./keyring.js";
@@ -232,7 +232,7 @@ export function loadTrustedKeyFile(description: string, path: string, options: T
   try {
     data = readFileSync(path);
   } catch (e) {
-    throw new TrustvolError("ENOENT", `cannot read trusted key blob ${path}: ${(e as Error).message}`, "was the key created and saved on this device?", { cause: e });
+    throw new TrustvolError(fsErrorCode(e), `cannot read trusted key blob ${path}: ${fsReason(e)}`, "was the key created and saved on this device?", { cause: e });
   }
   return loadTrustedKey(description, data, options, keyring, ctx);
 }

@@ -1,7 +1,7 @@
 // The PKCS#11 trust source: a secret is encrypted to the token key's RSA public key (host side, no PIN needed) and
 // decrypted on the token after login. Works with OP-TEE's libckteec (secure storage in RPMB), SoftHSM2, smart cards.
 import { publicEncrypt, constants, type KeyObject } from "node:crypto";
-import type { TrustSource, TrustSourceInfo, SealPolicy, SealedBlob } from "../types.js";
+import type { TrustSourceInfo, SealPolicy, SealedBlob } from "../types.js";
 import { TrustvolError, unsupported, corrupt } from "../../util/errors.js";
 import { wipe, constantTimeEqual } from "../../util/secret.js";
 import type * as Pkcs11js from "pkcs11js";
@@ -36,7 +36,7 @@ export function encryptToPublicKey(pub: KeyObject, secret: Uint8Array, padding: 
     : publicEncrypt({ key: pub, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: padding === "oaep-sha1" ? "sha1" : "sha256" }, secret);
 }
 
-export class Pkcs11TrustSource implements TrustSource {
+export class Pkcs11TrustSource {
   readonly kind = "pkcs11" as const;
   private readonly uri: Pkcs11Uri;
   constructor(private readonly opts: Pkcs11SourceOptions) {

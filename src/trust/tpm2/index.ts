@@ -2,7 +2,7 @@
 // systemd-cryptenroll 252 does, so blobs are interchangeable with systemd-tpm2 tokens.
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
-import type { SealPolicy, SealedBlob, TrustSource, TrustSourceInfo } from "../types.js";
+import type { SealPolicy, SealedBlob, TrustSourceInfo } from "../types.js";
 import { TPM_PT, isHashName, type HashName } from "./constants.js";
 import { pinToAuthValue, sealSecret, unsealSecret } from "./seal.js";
 import type { PrimaryAlg } from "./structures.js";
@@ -29,7 +29,7 @@ export interface Tpm2BlobMeta {
   pin: boolean;
 }
 
-export class Tpm2TrustSource implements TrustSource {
+export class Tpm2TrustSource {
   readonly kind = "tpm2" as const;
   readonly tpm: Tpm;
   private readonly primaryAlg: PrimaryAlg;

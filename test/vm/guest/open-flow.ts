@@ -100,7 +100,7 @@ if (phase === "boot1") {
   sparse(seedImg, 32);
   const o1 = await ok("open", "--plain", "--cipher", "aes-cbc-plain", "--key-type", "trusted", "--key-desc", "kmk", "--key-size", "32", "--sector-size", "512", seedImg, "encrypted", "--json");
   facts.seedTable = o1.json.table;
-  facts.seedLoopAutoclear = o1.json.loopAutoclear;
+  facts.seedLoopAutoclear = o1.json.loop_autoclear;
   facts.seedDmTable = sh("dmsetup", ["table", "--showkeys", "encrypted"]).out;
   mkfsWrite("/dev/mapper/encrypted", SEED_MSG);
   const c1 = await ok("close", "encrypted", "--json");
@@ -112,7 +112,7 @@ if (phase === "boot1") {
   facts.tvDescriptorHasBlob = JSON.parse(readFileSync(f.json.descriptor, "utf8")).blob.length > 100;
   const o2 = await ok("open", tvImg, "tv", "--json");
   facts.tvTable = o2.json.table;
-  facts.tvKeyUnlinked = o2.json.keyUnlinked;
+  facts.tvKeyUnlinked = o2.json.key_unlinked;
   facts.tvKeysLeft = sh("keyctl", ["show", "@u"]).out.split("\n").filter((l) => /trusted: trustvol-tv/.test(l)).length;
   mkfsWrite("/dev/mapper/tv", "trusted volume, boot 1");
   await ok("close", "tv");
@@ -123,7 +123,7 @@ if (phase === "boot1") {
   await ok("format", a, "--key-file", PASS, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--batch");
   const oa = await ok("open", a, "tva", "--key-file", PASS, "--json");
   facts.luksTable = oa.json.table;
-  facts.luksKeyUnlinked = oa.json.keyUnlinked;
+  facts.luksKeyUnlinked = oa.json.key_unlinked;
   facts.luksLogonKeysLeft = logonKeys();
   facts.luksDmTableShowkeys = sh("dmsetup", ["table", "--showkeys", "tva"]).out;
   facts.luksDmUuid = sh("dmsetup", ["info", "-c", "--noheadings", "-o", "uuid", "tva"]).out;
@@ -179,7 +179,7 @@ if (phase === "boot1") {
 
   // ---- CAAM through the simulator: keygen, logon key, the tk() table; the guest kernel has no CAAM
   const kg = await ok("caam", "keygen", "randomkey", "--size", "16", "--dir", caamDir, "--simulator", simState, "--json");
-  facts.caamKeygen = { blackKeySize: kg.json.blackKeySize, blobSize: kg.json.blobSize, backend: kg.json.backend, mode: (statSync(join(caamDir, "randomkey")).mode & 0o777).toString(8) };
+  facts.caamKeygen = { blackKeySize: kg.json.black_key_size, blobSize: kg.json.blob_size, backend: kg.json.backend, mode: (statSync(join(caamDir, "randomkey")).mode & 0o777).toString(8) };
   const dry = await ok("open", "--plain", "--black-key", join(caamDir, "randomkey"), c, "caamvol", "--dry-run", "--json");
   facts.caamDryTable = dry.json.table;
   const padd = spawnSync("keyctl", ["padd", "logon", "logkey:", "@u"], { input: readFileSync(join(caamDir, "randomkey")), encoding: "utf8" });
@@ -195,7 +195,7 @@ if (phase === "boot1") {
 
   // ---- doctor on a real kernel
   const d = await cli("doctor", "--json");
-  facts.doctor = { code: d.code, tpm: d.json?.trustSources?.tpm, dmCrypt: d.json?.kernel?.dmCrypt, dmVerity: d.json?.kernel?.dmVerity, trustedTpm: d.json?.kernel?.trustedSources?.tpm, source: d.json?.trustSources?.trustedKeySource, secureBoot: d.json?.secureBoot?.state, tmp: d.json?.tmp, findings: d.json?.findings?.map((f: { id: string; severity: string }) => `${f.severity}:${f.id}`) };
+  facts.doctor = { code: d.code, tpm: d.json?.trust_sources?.tpm, dmCrypt: d.json?.kernel?.dm_crypt, dmVerity: d.json?.kernel?.dm_verity, trustedTpm: d.json?.kernel?.trusted_sources?.tpm, source: d.json?.trust_sources?.trusted_key_source, secureBoot: d.json?.secure_boot?.state, tmp: d.json?.tmp, findings: d.json?.findings?.map((f: { id: string; severity: string }) => `${f.severity}:${f.id}`) };
 
   // ---- the native ioctl wrapper with an embedded pointer: BLKPG add/remove a partition on a loop device
   const pimg = join(T, "p.img");

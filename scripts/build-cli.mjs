@@ -1,0 +1,33 @@
+#!/usr/bin/env node
+// The CLI as it starts fastest: src/cli/run.ts bundled by esbuild into dist/cli/ — run.js plus shared chunks, each
+// command module still its own chunk loaded only when that command runs (code splitting keeps MODULES lazy).
+// A handful of files instead of ~40 ES modules and commander's CommonJS: fewer resolves, reads and compiles at boot.
+// Native modules (argon2, pkcs11js) stay outside, found in node_modules next to the package as before; the sector
+// addon is found by walking up from dist/cli/ to native/build/. bin/trustvol.mjs runs dist/cli/run.js when present.
+import { rmSync } from "node:fs";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const out = join(root, "dist", "cli");
+let esbuild;
+try {
+  esbuild = await import("esbuild");
+} catch {
+  console.error("build-cli: esbuild (a dev dependency) is not installed; bin/trustvol.mjs falls back to dist/src");
+  process.exit(1);
+}
+rmSync(out, { recursive: true, force: true });
+await esbuild.build({
+  entryPoints: [join(root, "src", "cli", "run.ts")],
+  outdir: out,
+  bundle: true,
+  splitting: true,
+  format: "esm",
+  platform: "node",
+  target: "node20",
+  external: ["argon2", "pkcs11js"],
+  // commander and other CommonJS code bundled into ESM call require() for Node built-ins
+  banner: { js: "import { createRequire as __trustvolRequire } from 'node:module'; const require = __trustvolRequire(import.meta.url);" },
+  logLevel: "warning",
+});
