@@ -9,9 +9,9 @@
 //     data-shift write [x+shift, x+2·shift) never meets a source [x', x'+shift) with x' < x);
 //   - the checksums are hashed on libuv's thread pool (native addon), split over the cores, while the copy of the
 //     old data is written;
-//   - the data is decrypted/re-encrypted (thread pool, in slices so each slice stays in the core's cache between
-//     the two passes) while the area is flushed and the "in re-encryption" metadata committed — the new data is
-//     written only after that commit, as before.
+//   - the data is decrypted/re-encrypted (thread pool, 4 MiB slices, decrypt then encrypt per slice, one lane per
+//     core) while the area is flushed and the "in re-encryption" metadata committed — the new data is written only
+//     after that commit, as before.
 // Memory: two hotzone buffers (the current one and the one being read ahead), whatever the device size.
 import * as crypto from "node:crypto";
 import { createHash } from "node:crypto";
@@ -44,8 +44,8 @@ export interface HotzoneEngine {
   buf: Buffer;
 }
 
-/** Bytes handed to the thread pool per crypto job: decrypted then re-encrypted while still in the core's L2. */
-const SLICE = 1 << 20;
+/** Bytes per thread-pool crypto job (decrypt then re-encrypt): each job clones the cipher contexts, so not too small. */
+const SLICE = 4 << 20;
 
 /** Lanes of parallel thread-pool work (crypto, hashing): the cores libuv's pool can use. */
 function lanes(): number {
