@@ -185,7 +185,7 @@ export default async function (): Promise<void> {
     // Rotation must at least decrypt, encrypt and checksum every byte; spread over every core at best.
     const rotCpu = SIZE_MIB * (2 / fl.xts + 1 / fl.sha);
     const cores = availableParallelism();
-    console.log(`CPU floor (one core, per CPU-second): AES-256-XTS ${fl.xts.toFixed(0)} MiB/s, SHA-256 ${fl.sha.toFixed(0)} MiB/s → rotation needs ≥ ${rotCpu.toFixed(2)} CPU-s of crypto+hashing alone, ≥ ${(rotCpu / cores).toFixed(2)} s wall on ${cores} cores = at most ${x(dd.wall, rotCpu / cores)} dd before any I/O`);
+    console.log(`CPU floor (one core, per CPU-second): AES-256-XTS ${fl.xts.toFixed(0)} MiB/s, SHA-256 ${fl.sha.toFixed(0)} MiB/s → rotation needs ≥ ${rotCpu.toFixed(2)} CPU-s of crypto+hashing alone, ≥ ${(rotCpu / cores).toFixed(2)} s wall on ${cores} idle cores = at most ${x(Math.min(dd.wall, dd.cpu), rotCpu / cores)} dd before any I/O (dd's ${Math.min(dd.wall, dd.cpu).toFixed(2)} s: its CPU-seconds when the machine is loaded)`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
