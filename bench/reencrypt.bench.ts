@@ -2,16 +2,22 @@
 // default) and the same fast keyslot KDF for every tool:
 //   key rotation:       trustvol reencrypt            vs cryptsetup reencrypt --force-offline-reencrypt
 //   encrypt in place:   trustvol reencrypt --encrypt --reduce-device-size 32M  vs the same with cryptsetup
+//   decrypt:            trustvol reencrypt --decrypt --header H  vs the same with cryptsetup
 //   the floor:          dd if=F of=F bs=4M conv=notrunc,fdatasync (an in-place read+write of the whole device)
 // Targets: ≥ 2× cryptsetup, ≥ 0.7× dd, trustvol peak RSS ≤ 128 MiB whatever the size. Wall time, CPU seconds and
 // peak RSS come from /usr/bin/time around each process. Runs in /dev/shm when it has room (the tools, not the VM's
 // shared disk; BENCH_DIR overrides). BENCH_REENC_MIB sets the size (default 1024); use a small one while developing.
+// trustvol runs as shipped (dist/, rebuilt first when src/ is newer: tsx would add a second of start-up).
+// The "CPU floor" line measures, in this process, what one core needs for the crypto and hashing alone: with the dd
+// floor in RAM (/dev/shm) that, not the I/O, bounds the dd ratio.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync, openSync, writeSync, closeSync, copyFileSync, statfsSync, existsSync, readFileSync } from "node:fs";
-import { tmpdir, loadavg } from "node:os";
+import { mkdtempSync, rmSync, writeFileSync, openSync, writeSync, closeSync, copyFileSync, statfsSync, existsSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { tmpdir, loadavg, availableParallelism } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { randomBytes } from "node:crypto";
+import { randomBytes, createHash } from "node:crypto";
+import { createSectorCipher } from "../src/dmcrypt/sector-cipher.js";
+import { loadNative } from "../src/dmcrypt/native.js";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = Number(process.env.BENCH_REENC_MIB ?? 1024);
@@ -34,6 +40,43 @@ function measure(cmd: string, args: string[]): Measured {
   return { wall, cpu: user + sys, rssMiB: rssKiB / 1024 };
 }
 
+/** dist/ as fresh as src/ (bin/trustvol.mjs runs the sources through tsx otherwise). */
+function ensureBuilt(): void {
+  const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+  const newest = (d: string): number => readdirSync(d, { withFileTypes: true }).reduce((m, e) => Math.max(m, e.isDirectory() ? newest(join(d, e.name)) : statSync(join(d, e.name)).mtimeMs), 0);
+  const built = join(root, "dist/src/cli/run.js");
+  if (existsSync(built) && statSync(built).mtimeMs >= newest(join(root, "src"))) return;
+  console.log("building dist/ (npm run build) so the CLI runs compiled, as it ships");
+  const r = spawnSync("npm", ["run", "build"], { cwd: root, encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`npm run build failed: ${r.stdout}${r.stderr}`);
+}
+
+/**
+ * One core's throughput (MiB per CPU-second, so a loaded machine does not skew it) of trustvol's sector engine
+ * (AES-256-XTS, 4 KiB sectors) and of SHA-256 over 4 KiB blocks (native hasher when built), on 64 MiB.
+ */
+function cpuFloor(): { xts: number; sha: number } {
+  const data = randomBytes(64 * MiB);
+  const cpuS = (f: () => void) => {
+    const c = process.cpuUsage();
+    f();
+    const d = process.cpuUsage(c);
+    return (d.user + d.system) / 1e6;
+  };
+  const c = createSectorCipher({ cipher: "aes-xts-plain64", key: randomBytes(64), sectorSize: 4096 });
+  const xts = 64 / cpuS(() => c.encrypt(data, 0));
+  c.dispose();
+  const a = loadNative();
+  const out = Buffer.alloc((data.length / 4096) * 32);
+  const sha =
+    64 /
+    cpuS(() => {
+      if (a?.hasherCreate && a.hashBlocks) a.hashBlocks(a.hasherCreate("sha256", new Uint8Array(0), 1), data, data.length / 4096, 4096, out);
+      else for (let o = 0; o < data.length; o += 4096) createHash("sha256").update(data.subarray(o, o + 4096)).digest();
+    });
+  return { xts, sha };
+}
+
 function trustvolHasReencrypt(): boolean {
   const r = spawnSync(process.execPath, [TRUSTVOL_BIN, "reencrypt", "--help"], { encoding: "utf8" });
   return r.status === 0 && /resume-only/.test(r.stdout);
@@ -43,6 +86,7 @@ export default async function (): Promise<void> {
   const shmRoom = existsSync("/dev/shm") ? statfsSync("/dev/shm").bavail * statfsSync("/dev/shm").bsize : 0;
   const base = process.env.BENCH_DIR ?? (shmRoom > 4 * SIZE_MIB * MiB ? "/dev/shm" : tmpdir());
   const dir = mkdtempSync(join(base, "trustvol-bench-reenc-"));
+  ensureBuilt();
   console.log(`working in ${base}; ${SIZE_MIB} MiB device, resilience checksum; load ${loadavg()[0]!.toFixed(1)}`);
   try {
     const pw = join(dir, "pw");
@@ -101,6 +145,27 @@ export default async function (): Promise<void> {
       if (!ok) console.log("  !! cryptsetup cannot open trustvol's encrypted volume");
     }
 
+    // Decryption needs a detached header in cryptsetup 2.6.1: format one over the plain image, decrypt back.
+    const hdr = join(dir, "hdr.img");
+    const hdrWork = join(dir, "hdr-work.img");
+    const fh = spawnSync("cryptsetup", ["luksFormat", "-q", "--type", "luks2", ...KDF, "--key-file", pw, "--header", hdr, luks], { encoding: "utf8" });
+    if (fh.status !== 0) throw new Error(`cryptsetup luksFormat --header: ${fh.stderr}`);
+    const freshHdr = () => {
+      fresh(luks);
+      rmSync(hdrWork, { force: true });
+      copyFileSync(hdr, hdrWork);
+    };
+    freshHdr();
+    const csDec = measure("cryptsetup", ["reencrypt", "--decrypt", "--force-offline-reencrypt", "-q", "--header", hdrWork, "--key-file", pw, work]);
+    row("cryptsetup reencrypt --decrypt (--header)", csDec);
+    let tvDec: Measured | undefined;
+    if (ours) {
+      freshHdr();
+      tvDec = measure(process.execPath, [TRUSTVOL_BIN, "reencrypt", "--decrypt", "-q", "--header", hdrWork, "--key-file", pw, work]);
+      row("trustvol reencrypt --decrypt (--header)", tvDec);
+      freshHdr();
+    }
+
     const x = (a: number, b: number) => `${(a / b).toFixed(2)}×`;
     if (tvRot) {
       console.log(`rotation:         trustvol ${x(csRot.wall, tvRot.wall)} cryptsetup (target ≥ 2×), ${x(dd.wall, tvRot.wall)} dd (target ≥ 0.7×); CPU ${tvRot.cpu.toFixed(1)} s vs cryptsetup ${csRot.cpu.toFixed(1)} s`);
@@ -108,11 +173,19 @@ export default async function (): Promise<void> {
     if (tvEnc) {
       console.log(`encrypt in place: trustvol ${x(csEnc.wall, tvEnc.wall)} cryptsetup (target ≥ 2×), ${x(dd.wall, tvEnc.wall)} dd (target ≥ 0.7×); CPU ${tvEnc.cpu.toFixed(1)} s vs cryptsetup ${csEnc.cpu.toFixed(1)} s`);
     }
-    if (tvRot || tvEnc) {
-      const peak = Math.max(tvRot?.rssMiB ?? 0, tvEnc?.rssMiB ?? 0);
+    if (tvDec) {
+      console.log(`decrypt:          trustvol ${x(csDec.wall, tvDec.wall)} cryptsetup, ${x(dd.wall, tvDec.wall)} dd; CPU ${tvDec.cpu.toFixed(1)} s vs cryptsetup ${csDec.cpu.toFixed(1)} s`);
+    }
+    if (tvRot || tvEnc || tvDec) {
+      const peak = Math.max(tvRot?.rssMiB ?? 0, tvEnc?.rssMiB ?? 0, tvDec?.rssMiB ?? 0);
       console.log(`trustvol peak RSS ${peak.toFixed(0)} MiB (target ≤ 128 MiB) ${peak <= 128 ? "ok" : "OVER"}`);
     }
-    console.log(`cryptsetup vs dd: rotation ${x(dd.wall, csRot.wall)}, encrypt ${x(dd.wall, csEnc.wall)}`);
+    console.log(`cryptsetup vs dd: rotation ${x(dd.wall, csRot.wall)}, encrypt ${x(dd.wall, csEnc.wall)}, decrypt ${x(dd.wall, csDec.wall)}`);
+    const fl = cpuFloor();
+    // Rotation must at least decrypt, encrypt and checksum every byte; spread over every core at best.
+    const rotCpu = SIZE_MIB * (2 / fl.xts + 1 / fl.sha);
+    const cores = availableParallelism();
+    console.log(`CPU floor (one core, per CPU-second): AES-256-XTS ${fl.xts.toFixed(0)} MiB/s, SHA-256 ${fl.sha.toFixed(0)} MiB/s → rotation needs ≥ ${rotCpu.toFixed(2)} CPU-s of crypto+hashing alone, ≥ ${(rotCpu / cores).toFixed(2)} s wall on ${cores} idle cores = at most ${x(Math.min(dd.wall, dd.cpu), rotCpu / cores)} dd before any I/O (dd's ${Math.min(dd.wall, dd.cpu).toFixed(2)} s: its CPU-seconds when the machine is loaded)`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -23,6 +23,8 @@ import { chooseEncryptionSectorSize, FS_PROBE_BYTES, probeFilesystem } from "../
 import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
+import { extendedLayout, hashBlock, recrypt, runHotzones, sourceOf, type HotzoneEngine } from "./reencrypt-io.js";
+export { extendedLayout };
 import {
   DEFAULT_NONE_HOTZONE,
   REQUIREMENT_V2,
@@ -474,7 +476,8 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   }
 }
 
-interface Engine {
+/** The data path (reencrypt-io.ts) works on this; the buffer is one of its two. */
+interface Engine extends HotzoneEngine {
   v: Luks2Volume;
   dev: BlockDevice;
   hdrDev: BlockDevice;
@@ -492,12 +495,6 @@ interface Engine {
   dispose(): void;
 }
 
-/** Area layout of the torn-write extension for a hotzone of len bytes: [old checksums | 4K-aligned copy of the old data]. */
-export function extendedLayout(len: number, block: number, hashLen: number): { sums: number; copy: number; end: number } {
-  const n = Math.floor(len / block) * hashLen;
-  const copy = Math.ceil(n / 4096) * 4096;
-  return { sums: 0, copy, end: copy + len };
-}
 
 async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: Pick<ReencryptOptions, "hotzoneSize" | "tornWriteSafe">): Promise<Engine> {
   const st = loadReencryptState(v.metadata);
@@ -541,33 +538,6 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
       newC?.dispose();
     },
   };
-}
-
-/** Where the old data of the hotzone at off is read from, given metadata with that hotzone in-reencryption. */
-function sourceOf(e: Engine, hot: Luks2Metadata, off: number): number {
-  if (!e.st.movedSeg) return e.dataOffset + off;
-  const r = dataSegments(hot).findIndex((s) => s.flags.includes("in-reencryption"));
-  const src = shiftSource(e.st, off, r);
-  if (src < 0) throw new TrustvolError("ECORRUPT", "the data-shift hotzone has no source");
-  return src;
-}
-
-function recrypt(e: Engine, data: Buffer, off: number): void {
-  if (e.oldC) e.oldC.decrypt(data, off / e.oldC.sectorSize);
-  if (e.newC) e.newC.encrypt(data, off / e.newC.sectorSize);
-}
-
-const oneShot = (crypto as unknown as { hash?: (alg: string, data: Uint8Array, enc: "buffer") => Buffer }).hash;
-function hashBlock(e: Engine, b: Uint8Array): Buffer {
-  const alg = opensslHash(e.st.keyslot.area.hash!);
-  return oneShot ? oneShot(alg, b, "buffer") : createHash(alg).update(b).digest();
-}
-
-function checksums(e: Engine, data: Buffer): Buffer {
-  const n = Math.ceil(data.length / e.block);
-  const out = Buffer.alloc(n * e.hashLen);
-  for (let i = 0; i < n; i++) hashBlock(e, data.subarray(i * e.block, (i + 1) * e.block)).copy(out, i * e.hashLen);
-  return out;
 }
 
 /** Recover the hotzone marked in-reencryption (cryptsetup reencrypt_recover_segment), then commit it as done. */
@@ -632,63 +602,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       await recoverHotzone(e);
       recovered = true;
     }
-    const doneBytes = (hz: { off: number; len: number } | null) => (!hz ? e.dataSize : e.st.direction === "forward" ? hz.off : e.dataSize - hz.off - hz.len);
-    let hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
-    opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
-    while (hz) {
-      const { off, len } = hz;
-      if (opts.signal?.aborted) throw interrupted(doneBytes(hz), e.dataSize);
-      const hot = hotMetadata(v.metadata, e.st, off, len, e.dataSize);
-      if (e.st.resilience === "datashift") {
-        // The header is the protection (the source stays intact); the chunk goes through the buffer in pieces, so
-        // memory does not grow with the shift.
-        await v.commit(hot);
-        const src = sourceOf(e, hot, off);
-        for (let p = 0; p < len; p += e.hotzone) {
-          const piece = e.buf.subarray(0, Math.min(e.hotzone, len - p));
-          await dev.read(piece, src + p);
-          recrypt(e, piece, off + p);
-          await dev.write(piece, e.dataOffset + off + p);
-        }
-        await dev.flush();
-        await v.commit(postMetadata(v.metadata, e.st, off, len, e.dataSize));
-        bytes += len;
-        hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
-        opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
-        continue;
-      }
-      const data = e.buf.subarray(0, len);
-      await dev.read(data, sourceOf(e, hot, off));
-      const area = e.st.keyslot.area;
-      if (e.st.resilience === "checksum" && e.extended) {
-        const lay = extendedLayout(len, e.block, e.hashLen);
-        // Hash while the copy is being written (both only read `data`; it is re-encrypted after both).
-        const copying = hdrDev.write(data, area.offset + lay.copy);
-        let sums: Buffer;
-        try {
-          sums = checksums(e, data);
-        } finally {
-          await copying;
-        }
-        await hdrDev.write(sums, area.offset);
-        await hdrDev.flush();
-      } else if (e.st.resilience === "checksum") {
-        await hdrDev.write(checksums(e, data), area.offset);
-        await hdrDev.flush();
-      } else if (e.st.resilience === "journal") {
-        await hdrDev.write(data, area.offset);
-        await hdrDev.flush();
-      }
-      // Metadata commit point: from here the header says the hotzone may hold old or new data.
-      if (e.st.resilience !== "none") await v.commit(hot);
-      recrypt(e, data, off);
-      await dev.write(data, e.dataOffset + off);
-      await dev.flush();
-      await v.commit(postMetadata(v.metadata, e.st, off, len, e.dataSize));
-      bytes += len;
-      hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
-      opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
-    }
+    bytes = await runHotzones(e, { signal: opts.signal, onProgress: opts.onProgress, interrupted });
     // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
     if (e.st.movedSeg) await wipeRandom(dev, e.st.movedSeg.offset, e.st.movedSeg.size!, e.buf);
     const fin = finalMetadata(v.metadata, e.st);

@@ -1,0 +1,254 @@
+// The data path of offline re-encryption (src/ops/reencrypt.ts): the hotzone loop, pipelined.
+//
+// Crash safety is the write order of reencrypt.ts, unchanged: per hotzone, the old data's checksums (+ our copy) or
+// journal reach the area and are flushed → metadata commit "hotzone in re-encryption" → the re-encrypted data is
+// written and flushed → metadata commit "hotzone done". What the pipeline overlaps with that order is only work that
+// writes nothing to disk:
+//   - the read of the next hotzone (or data-shift piece) starts as soon as the current one is in memory: it reads a
+//     range no write of the current hotzone touches (forward: after it; backward / data shift: before it, and a
+//     data-shift write [x+shift, x+2·shift) never meets a source [x', x'+shift) with x' < x);
+//   - the checksums are hashed on libuv's thread pool (native addon), split over the cores, while the copy of the
+//     old data is written;
+//   - the data is decrypted/re-encrypted (thread pool, 4 MiB slices, decrypt then encrypt per slice, one lane per
+//     core) while the area is flushed and the "in re-encryption" metadata committed — the new data is written only
+//     after that commit, as before.
+// Memory: two hotzone buffers (the current one and the one being read ahead), whatever the device size.
+import * as crypto from "node:crypto";
+import { createHash } from "node:crypto";
+import { availableParallelism } from "node:os";
+import type { BlockDevice } from "../blockdev/types.js";
+import { TrustvolError } from "../util/errors.js";
+import { wipe } from "../util/secret.js";
+import type { SectorCipher } from "../dmcrypt/sector-cipher.js";
+import { loadNative, type NativeAddon, type NativeHasher } from "../dmcrypt/native.js";
+import type { Luks2Volume } from "../luks2/volume.js";
+import { opensslHash } from "../luks2/kdf.js";
+import type { Luks2Metadata } from "../luks2/metadata.js";
+import { dataSegments } from "../luks2/segment.js";
+import { hotMetadata, nextHotzone, postMetadata, shiftSource, type ReencryptState } from "../luks2/reencrypt-metadata.js";
+
+/** What the data path needs of reencrypt.ts's engine. */
+export interface HotzoneEngine {
+  v: Luks2Volume;
+  dev: BlockDevice;
+  hdrDev: BlockDevice;
+  st: ReencryptState;
+  dataOffset: number;
+  dataSize: number;
+  oldC: SectorCipher | null;
+  newC: SectorCipher | null;
+  hotzone: number;
+  block: number;
+  hashLen: number;
+  extended: boolean;
+  buf: Buffer;
+}
+
+/** Bytes per thread-pool crypto job (decrypt then re-encrypt): each job clones the cipher contexts, so not too small. */
+const SLICE = 4 << 20;
+
+/** Lanes of parallel thread-pool work (crypto, hashing): the cores libuv's pool can use. */
+function lanes(): number {
+  const uv = Number(process.env.UV_THREADPOOL_SIZE);
+  return Math.max(1, Math.min(availableParallelism(), Number.isInteger(uv) && uv > 0 ? uv : 4));
+}
+
+/** Where the old data of the hotzone at off is read from, given metadata with that hotzone in-reencryption. */
+export function sourceOf(e: HotzoneEngine, hot: Luks2Metadata, off: number): number {
+  if (!e.st.movedSeg) return e.dataOffset + off;
+  const r = dataSegments(hot).findIndex((s) => s.flags.includes("in-reencryption"));
+  const src = shiftSource(e.st, off, r);
+  if (src < 0) throw new TrustvolError("ECORRUPT", "the data-shift hotzone has no source");
+  return src;
+}
+
+/** Decrypt with the old key and encrypt with the new one, in place, on this thread. */
+export function recrypt(e: HotzoneEngine, data: Buffer, off: number): void {
+  if (e.oldC) e.oldC.decrypt(data, off / e.oldC.sectorSize);
+  if (e.newC) e.newC.encrypt(data, off / e.newC.sectorSize);
+}
+
+/** The same on the thread pool, `lanes()` slices at a time; `data` must not be touched until it settles. */
+export async function recryptAsync(e: HotzoneEngine, data: Buffer, off: number): Promise<void> {
+  const { oldC, newC } = e;
+  if (!(oldC?.decryptAsync ?? true) || !(newC?.encryptAsync ?? true)) return recrypt(e, data, off);
+  const n = Math.ceil(data.length / SLICE);
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    for (let i = next++; i < n; i = next++) {
+      const s = data.subarray(i * SLICE, Math.min(data.length, (i + 1) * SLICE));
+      const at = off + i * SLICE;
+      if (oldC) await oldC.decryptAsync!(s, at / oldC.sectorSize, 1);
+      if (newC) await newC.encryptAsync!(s, at / newC.sectorSize, 1);
+    }
+  };
+  await settleAll(Array.from({ length: Math.min(n, lanes()) }, lane));
+}
+
+const oneShot = (crypto as unknown as { hash?: (alg: string, data: Uint8Array, enc: "buffer") => Buffer }).hash;
+/** Checksum of one block (cryptsetup's reencrypt checksum: the area's hash over the block). */
+export function hashBlock(e: HotzoneEngine, b: Uint8Array): Buffer {
+  const alg = opensslHash(e.st.keyslot.area.hash!);
+  return oneShot ? oneShot(alg, b, "buffer") : createHash(alg).update(b).digest();
+}
+
+/** Checksums of every block of data, on this thread. */
+export function checksums(e: HotzoneEngine, data: Buffer): Buffer {
+  const n = Math.ceil(data.length / e.block);
+  const out = Buffer.alloc(n * e.hashLen);
+  for (let i = 0; i < n; i++) hashBlock(e, data.subarray(i * e.block, (i + 1) * e.block)).copy(out, i * e.hashLen);
+  return out;
+}
+
+/** Wait for every promise (so no thread-pool job still uses a buffer), then throw the first failure. */
+async function settleAll(ps: Promise<unknown>[]): Promise<void> {
+  const r = await Promise.allSettled(ps);
+  const bad = r.find((x): x is PromiseRejectedResult => x.status === "rejected");
+  if (bad) throw bad.reason;
+}
+
+/** Native block hasher for the checksums (H(block): hash type 1 with no salt), or null (pure TypeScript). */
+function nativeHasher(e: HotzoneEngine): { a: NativeAddon; h: NativeHasher } | null {
+  if (e.st.resilience !== "checksum") return null;
+  const a = loadNative();
+  if (!a?.hasherCreate || !a.hashBlocksAsync || !a.hasherDigestSize) return null;
+  try {
+    const h = a.hasherCreate(opensslHash(e.st.keyslot.area.hash!), new Uint8Array(0), 1);
+    return a.hasherDigestSize(h) === e.hashLen ? { a, h } : null;
+  } catch {
+    return null; // an algorithm the addon's OpenSSL lacks: hash in TypeScript
+  }
+}
+
+export interface HotzoneRun {
+  signal?: AbortSignal;
+  onProgress?: (p: { done: number; total: number }) => void;
+  interrupted: (done: number, total: number) => Error;
+}
+
+/** Re-encrypt every hotzone left (after any crash recovery); returns the bytes processed. */
+export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<number> {
+  const { v, dev, hdrDev, st } = e;
+  const area = st.keyslot.area;
+  const hasher = nativeHasher(e);
+  const lanesN = lanes();
+  const doneBytes = (hz: { off: number; len: number } | null) => (!hz ? e.dataSize : st.direction === "forward" ? hz.off : e.dataSize - hz.off - hz.len);
+  let cur: Buffer = e.buf;
+  let other: Buffer = Buffer.allocUnsafeSlow(e.buf.length);
+  /** The read ahead into `other`: source offset, length, completion. */
+  let ahead: { src: number; n: number; done: Promise<void> } | null = null;
+  const pending = new Set<Promise<unknown>>();
+  const track = <T>(p: Promise<T>): Promise<T> => {
+    const q: Promise<unknown> = p.then(() => pending.delete(q), () => pending.delete(q));
+    pending.add(q);
+    return p;
+  };
+  const readAhead = (src: number, n: number) => {
+    ahead = { src, n, done: track(dev.read(other.subarray(0, n), src)) };
+  };
+  /** The old data at [src, src+n) in `cur`: the read ahead when it is that range, else read now. */
+  const take = async (src: number, n: number): Promise<Buffer> => {
+    const a = ahead as { src: number; n: number; done: Promise<void> } | null;
+    ahead = null;
+    if (a) {
+      const hit = a.src === src && a.n === n;
+      await (hit ? a.done : a.done.catch(() => {}));
+      if (hit) {
+        [cur, other] = [other, cur];
+        return cur.subarray(0, n);
+      }
+    }
+    const b = cur.subarray(0, n);
+    await dev.read(b, src);
+    return b;
+  };
+  const checksumsAsync = async (data: Buffer): Promise<Buffer> => {
+    if (!hasher) return checksums(e, data);
+    const count = Math.ceil(data.length / e.block);
+    const out = Buffer.alloc(count * e.hashLen);
+    const per = Math.ceil(count / lanesN);
+    const jobs: Promise<void>[] = [];
+    for (let first = 0; first < count; first += per) {
+      const k = Math.min(per, count - first);
+      jobs.push(hasher.a.hashBlocksAsync!(hasher.h, -1, 0, data.subarray(first * e.block, (first + k) * e.block), k, e.block, out.subarray(first * e.hashLen, (first + k) * e.hashLen)));
+    }
+    await settleAll(jobs);
+    return out;
+  };
+
+  let bytes = 0;
+  try {
+    let hz = nextHotzone(v.metadata, st, e.dataSize, e.hotzone);
+    run.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
+    while (hz) {
+      const { off, len } = hz;
+      if (run.signal?.aborted) throw run.interrupted(doneBytes(hz), e.dataSize);
+      const hot = hotMetadata(v.metadata, st, off, len, e.dataSize);
+      const src = sourceOf(e, hot, off);
+      // What the next hotzone will be once this one is committed done (pure functions of the metadata committed).
+      const post = postMetadata(st.resilience === "none" ? v.metadata : hot, st, off, len, e.dataSize);
+      const nz = nextHotzone(post, st, e.dataSize, e.hotzone);
+      const nextSrc = nz ? sourceOf(e, hotMetadata(post, st, nz.off, nz.len, e.dataSize), nz.off) : -1;
+      const firstPiece = (n: number) => Math.min(e.hotzone, n);
+
+      if (st.resilience === "datashift") {
+        // The header is the protection (the source stays intact); the chunk goes through the buffers in pieces,
+        // so memory does not grow with the shift.
+        await v.commit(hot);
+        for (let p = 0; p < len; p += e.hotzone) {
+          const n = Math.min(e.hotzone, len - p);
+          const piece = await take(src + p, n);
+          if (p + n < len) readAhead(src + p + n, Math.min(e.hotzone, len - p - n));
+          else if (nz) readAhead(nextSrc, firstPiece(nz.len));
+          await track(recryptAsync(e, piece, off + p));
+          await dev.write(piece, e.dataOffset + off + p);
+        }
+      } else {
+        const data = await take(src, len);
+        if (nz) readAhead(nextSrc, nz.len);
+        // The copy (extended checksum) or journal is written while the checksums are hashed: both only read data.
+        const copying = st.resilience === "journal" ? hdrDev.write(data, area.offset) : st.resilience === "checksum" && e.extended ? hdrDev.write(data, area.offset + extendedLayout(len, e.block, e.hashLen).copy) : null;
+        copying?.catch(() => {}); // awaited below; a failure must not count as unhandled while the hashing runs
+        let sums: Buffer | null = null;
+        try {
+          if (st.resilience === "checksum") sums = await track(checksumsAsync(data));
+        } finally {
+          if (copying) await copying;
+        }
+        if (sums) await hdrDev.write(sums, area.offset);
+        // From here data's old content is on disk (journal / copy) or not needed (checksums taken): re-encrypt it
+        // while the area is flushed and the metadata commit point is written.
+        const recrypting = track(recryptAsync(e, data, off));
+        try {
+          if (st.resilience !== "none") {
+            await hdrDev.flush();
+            // Metadata commit point: from here the header says the hotzone may hold old or new data.
+            await v.commit(hot);
+          }
+        } finally {
+          await recrypting.catch(() => {});
+        }
+        await recrypting;
+        await dev.write(data, e.dataOffset + off);
+      }
+      await dev.flush();
+      await v.commit(post);
+      bytes += len;
+      hz = nz;
+      run.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
+    }
+    return bytes;
+  } finally {
+    await Promise.allSettled([...pending]);
+    wipe(other);
+    // e.buf (one of the two) is wiped by the engine's dispose(); `cur` may be the spare: wipe both to be sure.
+    wipe(cur);
+  }
+}
+
+/** Area layout of the torn-write extension for a hotzone of len bytes: [old checksums | 4K-aligned copy of the old data]. */
+export function extendedLayout(len: number, block: number, hashLen: number): { sums: number; copy: number; end: number } {
+  const n = Math.floor(len / block) * hashLen;
+  const copy = Math.ceil(n / 4096) * 4096;
+  return { sums: 0, copy, end: copy + len };
+}
