@@ -3,7 +3,7 @@
 // (the engines it calls are power-cut tested), and loops; a run after a power cut at any instant continues from what
 // the device holds. Inputs (config, PINs, factory key, TPM / token presence, posture, room for the data shift) are
 // all checked before the first write: a refusal leaves the device as it was.
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync, truncateSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import type { KeyObject } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";
@@ -159,8 +159,11 @@ function ext4MinimumBytes(path: string, blockSize: number): number {
 
 /** e2fsck -f -p, then resize2fs to `bytes` (a multiple of the block size). Not itself power-cut safe (resize2fs). */
 export function resizeExt4(path: string, bytes: number): void {
+  // resize2fs also truncates an image file it shrinks: the device (file) keeps its size, only the fs shrinks.
+  const st = statSync(path);
   runTool("e2fsck", ["-f", "-p", path], [0, 1]);
   runTool("resize2fs", [path, `${Math.floor(bytes / 1024)}K`]);
+  if (st.isFile() && statSync(path).size < st.size) truncateSync(path, st.size);
 }
 
 // ------------------------------------------------------------------ inputs
@@ -371,7 +374,7 @@ async function checkShift(vol: VolumeConfig, f: string, dev: BlockDevice, path: 
   const target = dev.size - vol.reduce_device_size;
   const fs = await readExtSuperblock(dev);
   const fsBytes = fs ? fs.blocks * fs.blockSize : undefined;
-  if (target < 4 * 1024 * 1024) throw new TrustvolError("ENOSPC", `${f}: ${dev.name} (${dev.size} bytes) is too small for a ${vol.reduce_device_size}-byte shift`, "use a larger partition or a smaller reduce_device_size; nothing was changed");
+  if (target < 4 * 1024 * 1024) throw new TrustvolError("ENOSPC", `${f}: the partition is too small for the shift: ${dev.name} has ${dev.size} bytes, reduce_device_size is ${vol.reduce_device_size}`, "use a larger partition or a smaller reduce_device_size; nothing was changed");
   if (fsBytes === undefined) {
     // Not ext*: it must already leave the room (the shrink is the file system's job).
     return;
