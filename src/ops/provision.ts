@@ -280,6 +280,14 @@ async function provisionVolume(vol: VolumeConfig, i: number, o: ProvisionOptions
       throw e;
     }
 
+    if (st.luks === 2) {
+      // A cut inside a header commit leaves one copy torn or stale: both copies from the valid one first (cryptsetup
+      // repair), so every later step (and the header backup) starts from a whole header.
+      if (await (await Luks2Volume.open(dev)).repair()) {
+        wrote = true;
+        report.steps.push("repair-header");
+      }
+    }
     let rotationStartedHere = false;
     for (let guard = 0; guard < 16; guard++) {
       st = await readVolumeState(dev, vol);
@@ -343,9 +351,19 @@ async function gatherInputs(vol: VolumeConfig, i: number, st: VolumeState, o: Pr
     if (inp.pin) inp.ctx.pin = inp.pin;
   }
   if (early) {
-    if (vol.factory) inp.factory = readSecretFile(vol.factory.key_file, `${f}.factory.key_file`);
-    else if (st.state === "factory") throw new TrustvolError("EUSAGE", `${f}.factory: ${vol.device} is a LUKS2 volume with a passphrase keyslot but no factory key is configured`, 'give factory: {"key_file": "/path"}; nothing was changed');
-    else inp.factory = Buffer.from(TRANSITIONAL_PASSPHRASE);
+    // No factory key: a device this provisioning encrypted itself (the transitional secret).
+    inp.factory = vol.factory ? readSecretFile(vol.factory.key_file, `${f}.factory.key_file`) : Buffer.from(TRANSITIONAL_PASSPHRASE);
+    if (st.state === "factory") {
+      // The secret must open the volume before the first write (the rotation marker precedes the enrolment).
+      const h = await LuksHandle.fromDevices(dev);
+      try {
+        wipe((await h.unlock(inp.factory)).volumeKey);
+      } catch (e) {
+        if (!(e instanceof TrustvolError) || (e.code !== "EBADPASS" && e.code !== "ENOKEY")) throw e;
+        if (vol.factory) throw new TrustvolError("EBADPASS", `${f}.factory.key_file: ${vol.factory.key_file} opens no keyslot of ${vol.device}`, "give the key file the image was made with; nothing was changed");
+        throw new TrustvolError("EUSAGE", `${f}.factory: ${vol.device} is a LUKS2 volume with a passphrase keyslot but no factory key is configured`, 'give factory: {"key_file": "/path"}; nothing was changed');
+      }
+    }
   }
   if (vol.recovery.mode === "escrow") {
     const { loadEscrowPublicKey } = await import("../provision/escrow.js");
