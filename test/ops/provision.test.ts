@@ -251,3 +251,33 @@ test("PKCS#11 (SoftHSM): token `lmp` and RSA-2048 key `luks` created when absent
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout).volumes[0].steps, []);
 });
+
+test("a token enrolled by hand beside the factory slot (state `enrolled`): provision removes the factory slot; recovery show-once prints the key once", async (t) => {
+  if (!needTools(t, "swtpm", "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const tpm = await startSwtpm();
+  t.after(() => tpm.stop());
+  const img = join(dir, "disk.img");
+  const factory = join(dir, "factory.key");
+  writeFileSync(factory, "factory-passphrase", { mode: 0o600 });
+  run("truncate", ["-s", "8M", img]);
+  let r = trustvol(["format", "--key-file", factory, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--offset", "2097152", img]);
+  assert.equal(r.status, 0, r.stderr);
+  r = trustvol(["enroll", "tpm2", img, "--tpm2-device", tpm.device, "--pcrs", "7", "--key-file", factory]);
+  assert.equal(r.status, 0, r.stderr);
+  const vol = { name: "data", device: img, trust: { type: "tpm2", device: tpm.device }, factory: { key_file: factory }, recovery: "show-once", posture: NO_POSTURE };
+  assert.equal((await stateOf(img, vol)).state, "enrolled");
+  const cfg = writeConfig(dir, [vol]);
+  r = trustvol(["provision", "--config", cfg, "--no-open", "--json"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout).volumes[0].steps, ["wipe-factory", "enroll-recovery"]);
+  const key = /recovery key \(shown once, write it down now\):\n\s+(\S+)\n/.exec(r.stderr)?.[1];
+  assert.ok(key, r.stderr);
+  assert.ok(!r.stdout.includes(key!), "the key is not in the JSON report");
+  assert.equal(run("cryptsetup", ["open", "--test-passphrase", "--key-file", "-", img], { input: key, check: false }).status, 0);
+  assert.notEqual(run("cryptsetup", ["open", "--test-passphrase", "--key-file", factory, img], { check: false }).status, 0);
+  r = trustvol(["provision", "--config", cfg, "--no-open", "--json"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.doesNotMatch(r.stderr, /recovery key/, "shown once");
+});
