@@ -301,7 +301,9 @@ async function provisionVolume(vol: VolumeConfig, i: number, o: ProvisionOptions
     st = await readVolumeState(dev, vol);
     report.state = st.state;
 
-    if (o.stage === "system" && st.state === "provisioned" && vol.header_backup) {
+    const deferred = st.state === "needs-recovery" && vol.recovery.mode === "show-once" && o.stage === "system";
+    if (deferred) log(`${vol.name}: the recovery key is shown on the console by the next boot's initramfs stage`);
+    if (o.stage === "system" && (st.state === "provisioned" || deferred) && vol.header_backup) {
       if (await backupIfChanged(dev, vol.header_backup)) report.steps.push("header-backup");
       report.headerBackup = vol.header_backup;
     }
@@ -481,6 +483,10 @@ async function nextStep(st: VolumeState, vol: VolumeConfig, i: number, o: Provis
     }
     case "enrolled": {
       // A trust token beside a passphrase keyslot: check the token unlocks, then remove the passphrase keyslots.
+      if (vol.rotate_key && st.markerToken === undefined) {
+        await (await Luks2Volume.open(dev)).addToken({ type: MARKER_TOKEN_TYPE, keyslots: [], rotate_key: "pending" });
+        return "mark-rotation";
+      }
       const h = await LuksHandle.fromDevices(dev);
       const { unlockWithTokens } = await import("./tokens.js");
       const r = await unlockWithTokens(h, inp.ctx, { tokenType: TRUST_TOKEN_TYPE[vol.trust.type as "tpm2" | "pkcs11"] });
@@ -524,6 +530,8 @@ async function nextStep(st: VolumeState, vol: VolumeConfig, i: number, o: Provis
       return "rotate";
     }
     case "needs-recovery": {
+      // A key shown once belongs on the initramfs console, never in the system stage's journal: the next boot shows it.
+      if (vol.recovery.mode === "show-once" && o.stage === "system") return undefined;
       await enrollRecoveryKey(vol, inp, dev, o);
       return "enroll-recovery";
     }

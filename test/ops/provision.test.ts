@@ -281,3 +281,32 @@ test("a token enrolled by hand beside the factory slot (state `enrolled`): provi
   assert.equal(r.status, 0, r.stderr);
   assert.doesNotMatch(r.stderr, /recovery key/, "shown once");
 });
+
+test("show-once is never shown by the system stage (its output goes to the journal): deferred to the next initramfs stage, the backup still written", async (t) => {
+  if (!needTools(t, "swtpm")) return;
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const tpm = await startSwtpm();
+  t.after(() => tpm.stop());
+  const img = join(dir, "disk.img");
+  const factory = join(dir, "factory.key");
+  writeFileSync(factory, "factory-passphrase", { mode: 0o600 });
+  run("truncate", ["-s", "8M", img]);
+  assert.equal(trustvol(["format", "--key-file", factory, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--offset", "2097152", img]).status, 0);
+  const { provision } = await import("../../src/ops/provision.js");
+  const vol = { name: "data", device: img, trust: { type: "tpm2", device: tpm.device }, factory: { key_file: factory }, header_backup: join(dir, "hdr"), posture: NO_POSTURE };
+  let r = await provision({ config: parseProvisionConfig({ volumes: [vol] as unknown[] }), stage: "initramfs", open: false, doctor: false });
+  assert.equal(r.volumes[0]!.state, "provisioned");
+  const shown: string[] = [];
+  const cfg = parseProvisionConfig({ volumes: [{ ...vol, recovery: "show-once" }] as unknown[] });
+  r = await provision({ config: cfg, stage: "system", doctor: false, showRecoveryKey: (_n, k) => void shown.push(k.toString()) });
+  assert.equal(r.volumes[0]!.state, "needs-recovery");
+  assert.deepEqual(r.volumes[0]!.steps, ["header-backup"]);
+  assert.equal(shown.length, 0);
+  r = await provision({ config: cfg, stage: "initramfs", open: false, doctor: false, showRecoveryKey: (_n, k) => void shown.push(k.toString()) });
+  assert.deepEqual(r.volumes[0]!.steps, ["enroll-recovery"]);
+  assert.equal(shown.length, 1);
+  assert.match(await volumeKey(img, {}, Buffer.from(shown[0]!)), /^[0-9a-f]+$/);
+  r = await provision({ config: cfg, stage: "system", doctor: false });
+  assert.deepEqual(r.volumes[0]!.steps, ["header-backup"], "the backup follows the new header");
+});
