@@ -33,7 +33,8 @@ export function registerProvisionCommands(program: Command): void {
     .option("--no-progress", "no progress bar")
     .addHelpText("after", `
 States read from the device: plain, encrypting, factory, enrolled, rotate-pending, rotating, needs-recovery, provisioned.
-Exit status: 0 done for this stage (initramfs: /dev/mapper/NAME is open unless --no-open); 9 a volume was left
+Exit status: 0 done for this stage (initramfs: /dev/mapper/NAME is open unless --no-open; system: every volume
+provisioned, the header backed up); 7 the system stage stopped (SIGTERM) or left something for the next boot; 9 a volume was left
 unencrypted because its config says on_failure: continue-unencrypted (mount the plain device); otherwise the
 codes of \`trustvol --help\` (2 bad config, 3 no key / posture refused, 5 device, TPM or token missing, 7 busy).`)
     .action(async (o: Record<string, unknown>) => {
@@ -41,6 +42,12 @@ codes of \`trustvol --help\` (2 bad config, 3 no key / posture refused, 5 device
       const { provision } = await import("../../ops/provision.js");
       const config = loadProvisionConfig(o.config as string);
       const mode = progressMode(o);
+      // SIGTERM (shutdown) / SIGINT: the re-encryption stops after its current hotzone, resumable (exit 7).
+      const ac = new AbortController();
+      const onSig = () => ac.abort();
+      process.on("SIGINT", onSig);
+      process.on("SIGTERM", onSig);
+      const stop = { done: () => { process.off("SIGINT", onSig); process.off("SIGTERM", onSig); } };
       let bar: ReturnType<typeof progressBar> | undefined;
       let barKey = "";
       const log = (s: string) => io.err(`${s}\n`);
@@ -51,6 +58,7 @@ codes of \`trustvol --help\` (2 bad config, 3 no key / posture refused, 5 device
           ...(o.volume ? { volume: o.volume as string } : {}),
           dryRun: !!o.dryRun,
           open: o.open !== false,
+          signal: ac.signal,
           log: (s) => {
             bar?.end();
             bar = undefined;
@@ -82,8 +90,13 @@ codes of \`trustvol --help\` (2 bad config, 3 no key / posture refused, 5 device
             io.out(`${v.name}: ${v.stateBefore} -> ${v.state}${v.steps.length ? ` (${o.dryRun ? "would run" : "ran"}: ${v.steps.join(", ")})` : ""}${v.mapped ? `, open as ${v.mapped}` : ""}${v.headerBackup ? `, header backup ${v.headerBackup}` : ""}${v.unencrypted ? `, LEFT UNENCRYPTED: ${v.unencrypted}` : ""}\n`);
         const left = r.volumes.filter((v) => v.unencrypted).map((v) => v.name);
         if (left.length) throw new LeftUnencrypted(left);
+        // The system stage's service disables itself on exit 0: only when every volume is really done.
+        const open = r.volumes.filter((v) => v.state !== "provisioned" && v.state !== "trusted-volume");
+        if (o.stage === "system" && !o.dryRun && open.length)
+          throw new TrustvolError("EBUSY", `provisioning not finished: ${open.map((v) => `${v.name} (${v.state})`).join(", ")}`, "the next boot's initramfs stage continues it");
       } finally {
         bar?.end();
+        stop.done();
       }
     });
 
