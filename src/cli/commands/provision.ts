@@ -32,11 +32,15 @@ export function registerProvisionCommands(program: Command): void {
     .option("--progress-json", "progress as JSON lines on stderr")
     .option("--no-progress", "no progress bar")
     .addHelpText("after", `
-States read from the device: plain, encrypting, factory, enrolled, rotate-pending, rotating, needs-recovery, provisioned.
-Exit status: 0 done for this stage (initramfs: /dev/mapper/NAME is open unless --no-open; system: every volume
-provisioned, the header backed up); 7 the system stage stopped (SIGTERM) or left something for the next boot; 9 a volume was left
-unencrypted because its config says on_failure: continue-unencrypted (mount the plain device); otherwise the
-codes of \`trustvol --help\` (2 bad config, 3 no key / posture refused, 5 device, TPM or token missing, 7 busy).`)
+States read from the device: plain, encrypting, factory, enrolled, rotate-pending,
+rotating, needs-recovery, provisioned (docs/provisioning.md).
+Exit status: 0 done for this stage (initramfs: /dev/mapper/NAME open unless
+--no-open; system: every volume provisioned, header backed up); 7 the system
+stage was stopped (SIGTERM, resumable) or left something for the next boot;
+9 a volume was left unencrypted because its config says on_failure:
+continue-unencrypted (mount the plain device); otherwise the codes of
+\`trustvol --help\` (2 bad config, 3 no key / posture refused, 5 device, TPM
+or token missing).`)
     .action(async (o: Record<string, unknown>) => {
       const { loadProvisionConfig } = await import("../../provision/config.js");
       const { provision } = await import("../../ops/provision.js");
