@@ -82,7 +82,7 @@ export interface VolumeReport {
   name: string;
   device: string;
   stateBefore: ProvisionStateName | "trusted-volume" | "new";
-  state: ProvisionStateName | "trusted-volume";
+  state: ProvisionStateName | "trusted-volume" | "new";
   steps: string[];
   mapped?: string;
   headerBackup?: string;
@@ -656,11 +656,17 @@ async function trustedKeyVolume(vol: VolumeConfig, i: number, path: string | und
   report.stateBefore = exists ? "trusted-volume" : "new";
   report.state = "trusted-volume";
   if (o.dryRun) {
-    report.steps = [...(exists ? [] : ["create-trusted-key"]), ...(o.stage === "initramfs" && o.open !== false ? ["open"] : [])];
+    report.steps = exists ? (o.open !== false ? ["open"] : []) : o.stage === "system" ? ["create-trusted-key", ...(o.open !== false ? ["open"] : [])] : [];
     return report;
   }
   const { createTrustedVolume, openTrustedVolume } = await import("./open.js");
   const keyOptions = t.keyhandle !== undefined ? { keyhandle: t.keyhandle } : {};
+  if (!exists && o.stage === "initramfs") {
+    // /etc in an initramfs is a RAM copy: a descriptor written there would be lost. The system stage creates it.
+    log(`${vol.name}: no trusted-key descriptor yet (${t.descriptor}): the system stage creates the volume`);
+    report.state = "new";
+    return report;
+  }
   if (!exists) {
     // A new, empty data volume: refuse a device that holds a file system or a LUKS header (its data would be lost).
     const d = await FileBlockDevice.open(path, { readOnly: true });
@@ -677,7 +683,7 @@ async function trustedKeyVolume(vol: VolumeConfig, i: number, path: string | und
     report.steps.push("create-trusted-key");
     log(`${vol.name}: new data volume keyed by a ${t.source} trusted key`);
   }
-  if (o.stage === "initramfs" && o.open !== false) {
+  if (o.open !== false) {
     const mapper = `/dev/mapper/${vol.name}`;
     if (!existsSync(mapper)) await openTrustedVolume(path, vol.name, { descriptor: t.descriptor, keyOptions });
     report.mapped = mapper;
