@@ -3,6 +3,7 @@
 import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { TrustvolError } from "../util/errors.js";
+import { parsePkcs11Uri } from "../trust/pkcs11/uri.js";
 
 export const DEFAULT_CONFIG_PATH = "/etc/trustvol/provision.json";
 /** LmP's shift: the file system is shrunk by 32 MiB, the LUKS2 header (16 MiB) takes half of it. */
@@ -149,7 +150,7 @@ function level(c: Ctx, o: J, k: string, field: string, def: PostureLevel): Postu
 }
 
 function trust(c: Ctx, v: unknown, field: string, name: string): TrustConfig {
-  const o = obj(c, v, field);
+  let o = obj(c, v, field);
   const type = oneOf(c, o, "type", field, ["tpm2", "pkcs11", "trusted-key", "caam"] as const);
   switch (type) {
     case "tpm2": {
@@ -159,7 +160,19 @@ function trust(c: Ctx, v: unknown, field: string, name: string): TrustConfig {
       return { type, pcrs: [...(pcrs as number[])].sort((a, b) => a - b), bank: oneOf(c, o, "bank", field, ["sha256", "sha1", "sha384", "sha512"] as const, "sha256"), pin: pinSource(c, o.pin, `${field}.pin`), device: str(c, o, "device", field, "auto") };
     }
     case "pkcs11": {
-      only(c, o, field, ["type", "module", "token_label", "key_label", "create", "slot", "pin", "so_pin"]);
+      only(c, o, field, ["type", "uri", "module", "token_label", "key_label", "create", "slot", "pin", "so_pin"]);
+      // A PKCS#11 URI (pkcs11:token=lmp;object=luks) may name the token and key instead of the two labels.
+      let fromUri: { token?: string; object?: string } = {};
+      if (o.uri !== undefined) {
+        if (o.token_label !== undefined || o.key_label !== undefined) c.fail(`${field}.uri`, "give either uri or token_label/key_label");
+        try {
+          fromUri = parsePkcs11Uri(str(c, o, "uri", field));
+        } catch (e) {
+          c.fail(`${field}.uri`, e instanceof TrustvolError ? e.message : "not a PKCS#11 URI");
+        }
+        if (!fromUri.token || !fromUri.object) c.fail(`${field}.uri`, "must name the token and the key (pkcs11:token=LABEL;object=LABEL)");
+        o = { ...o, token_label: fromUri.token, key_label: fromUri.object };
+      }
       const pin = pinSource(c, o.pin, `${field}.pin`);
       const create = bool(c, o, "create", field, false);
       const so = o.so_pin === undefined ? undefined : pinSource(c, o.so_pin, `${field}.so_pin`);

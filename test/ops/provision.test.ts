@@ -310,3 +310,10 @@ test("show-once is never shown by the system stage (its output goes to the journ
   r = await provision({ config: cfg, stage: "system", doctor: false });
   assert.deepEqual(r.volumes[0]!.steps, ["header-backup"], "the backup follows the new header");
 });
+
+test("config: a PKCS#11 URI names the token and key", () => {
+  const c = parseProvisionConfig({ volumes: [{ name: "r", device: "/d", trust: { type: "pkcs11", uri: "pkcs11:token=lmp;object=luks", pin: "prompt" } }] });
+  assert.deepEqual(c.volumes[0]!.trust, { type: "pkcs11", token_label: "lmp", key_label: "luks", create: false, pin: "prompt" });
+  assert.throws(() => parseProvisionConfig({ volumes: [{ name: "r", device: "/d", trust: { type: "pkcs11", uri: "pkcs11:token=lmp", pin: "prompt" } }] }), /volumes\[0\]\.trust\.uri: must name the token and the key/);
+  assert.throws(() => parseProvisionConfig({ volumes: [{ name: "r", device: "/d", trust: { type: "pkcs11", uri: "http://x", pin: "prompt" } }] }), /volumes\[0\]\.trust\.uri: /);
+});
