@@ -513,11 +513,12 @@ async function nextStep(st: VolumeState, vol: VolumeConfig, i: number, o: Provis
         return "unmark-rotation";
       }
       const seams = o.seams ?? provisionSeams;
-      const mapped = vol.name && existsSync(`/dev/mapper/${vol.name}`) && path !== undefined && o.open !== false;
+      // Mapped (by us, by systemd-cryptsetup, whatever --no-open says): the data must not be rewritten offline under it.
+      const mapped = path !== undefined && existsSync(`/dev/mapper/${vol.name}`);
       if (o.stage === "initramfs" && rotationStartedHere && seams.openInReencryption && o.open !== false && path) return undefined; // opened online below
       const pass = await tokenPassphrases(dev, inp, vol);
       try {
-        if (o.stage === "system" && mapped) {
+        if (mapped) {
           if (!seams.reencryptOnline) throw new TrustvolError("EUNSUPPORTED", `${vol.name} is open and its key rotation is unfinished, but the online re-encryption engine is not wired in this build`, "reboot: the initramfs stage finishes it before opening (provisionSeams.reencryptOnline)");
           await seams.reencryptOnline({ name: vol.name, devicePath: path!, keyslotPassphrases: pass, onProgress: (d, t) => progress("rotate")({ done: d, total: t }), ...(o.signal ? { signal: o.signal } : {}) });
         } else {
