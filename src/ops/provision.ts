@@ -519,7 +519,7 @@ async function nextStep(st: VolumeState, vol: VolumeConfig, i: number, o: Provis
       const pass = await tokenPassphrases(dev, inp, vol);
       try {
         if (mapped) {
-          if (!seams.reencryptOnline) throw new TrustvolError("EUNSUPPORTED", `${vol.name} is open and its key rotation is unfinished, but the online re-encryption engine is not wired in this build`, "reboot: the initramfs stage finishes it before opening (provisionSeams.reencryptOnline)");
+          if (!seams.reencryptOnline) throw new TrustvolError("EUNSUPPORTED", `${vol.name} is open and its key rotation is unfinished, but the online re-encryption engine is not wired in this build`, "it continues offline when the volume is closed (the next boot's initramfs stage does that before opening it)");
           await seams.reencryptOnline({ name: vol.name, devicePath: path!, keyslotPassphrases: pass, onProgress: (d, t) => progress("rotate")({ done: d, total: t }), ...(o.signal ? { signal: o.signal } : {}) });
         } else {
           log(`${vol.name}: rotating the volume key${o.stage === "initramfs" ? " (blocking)" : ""}`);
