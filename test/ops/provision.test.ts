@@ -317,3 +317,28 @@ test("config: a PKCS#11 URI names the token and key", () => {
   assert.throws(() => parseProvisionConfig({ volumes: [{ name: "r", device: "/d", trust: { type: "pkcs11", uri: "pkcs11:token=lmp", pin: "prompt" } }] }), /volumes\[0\]\.trust\.uri: must name the token and the key/);
   assert.throws(() => parseProvisionConfig({ volumes: [{ name: "r", device: "/d", trust: { type: "pkcs11", uri: "http://x", pin: "prompt" } }] }), /volumes\[0\]\.trust\.uri: /);
 });
+
+test("escrow file: RSA-OAEP-SHA256 to the fleet key, 0600; another key or a damaged file is refused in one line", async () => {
+  const { writeEscrow, decryptEscrow, loadEscrowPublicKey } = await import("../../src/provision/escrow.js");
+  const { dir, cleanup } = tmpDir();
+  try {
+    const fleet = generateKeyPairSync("rsa", { modulusLength: 2048 });
+    const other = generateKeyPairSync("rsa", { modulusLength: 2048 });
+    writeFileSync(join(dir, "fleet.pem"), fleet.publicKey.export({ type: "spki", format: "pem" }));
+    const key = loadEscrowPublicKey(join(dir, "fleet.pem"));
+    writeEscrow(join(dir, "e.json"), key, Buffer.from("cbdefghi-jklnrtuv"), { volumeUuid: "u", volume: "root" });
+    assert.equal(statSync(join(dir, "e.json")).mode & 0o777, 0o600);
+    const text = readFileSync(join(dir, "e.json"), "utf8");
+    assert.ok(!text.includes("cbdefghi"));
+    const pem = (k: typeof fleet) => Buffer.from(k.privateKey.export({ type: "pkcs8", format: "pem" }) as string);
+    assert.equal(decryptEscrow(text, pem(fleet)).recoveryKey.toString(), "cbdefghi-jklnrtuv");
+    assert.throws(() => decryptEscrow(text, pem(other)), (e: unknown) => e instanceof TrustvolError && e.code === "ENOKEY" && /encrypted to another key/.test(e.message));
+    const j = JSON.parse(text);
+    j.ciphertext = Buffer.alloc(256, 1).toString("base64");
+    assert.throws(() => decryptEscrow(JSON.stringify(j), pem(fleet)), (e: unknown) => e instanceof TrustvolError && e.code === "ECORRUPT");
+    writeFileSync(join(dir, "ec.pem"), generateKeyPairSync("ec", { namedCurve: "P-256" }).publicKey.export({ type: "spki", format: "pem" }));
+    assert.throws(() => loadEscrowPublicKey(join(dir, "ec.pem")), /is not an RSA public key of at least 2048 bits/);
+  } finally {
+    cleanup();
+  }
+});
