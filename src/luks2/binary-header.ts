@@ -34,14 +34,15 @@ function cstr(buf: Buffer, off: number, len: number, field: string): string {
   const raw = buf.subarray(off, off + len);
   const nul = raw.indexOf(0);
   if (nul < 0) throw new TrustvolError("ECORRUPT", `LUKS2 header: ${field} is not NUL-terminated`, "the header is damaged; try `trustvol repair` or restore a header backup");
-  const s = raw.subarray(0, nul);
-  for (const c of s) if (c < 0x20 || c > 0x7e) throw new TrustvolError("ECORRUPT", `LUKS2 header: ${field} contains non-printable bytes`, "the header is damaged; try `trustvol repair` or restore a header backup");
-  return s.toString("latin1");
+  // Any bytes, as cryptsetup 2.6.1 loads them (a UTF-8 label such as "persist-ä" is ordinary; the differential test
+  // found control bytes accepted too). Text output escapes control characters (dump.ts). A label that is not valid
+  // UTF-8 is rewritten as UTF-8 (U+FFFD) by the next header write.
+  return raw.subarray(0, nul).toString("utf8");
 }
 
 function putStr(buf: Buffer, off: number, len: number, s: string, field: string): void {
-  const b = Buffer.from(s, "latin1");
-  if (b.length >= len) throw new TrustvolError("EUSAGE", `${field} is too long (max ${len - 1} characters)`);
+  const b = Buffer.from(s, "utf8");
+  if (b.length >= len) throw new TrustvolError("EUSAGE", `${field} is too long (max ${len - 1} bytes)`);
   buf.fill(0, off, off + len);
   b.copy(buf, off);
 }

@@ -60,6 +60,9 @@ function tokenText(id: string, t: Luks2Token): string {
   return l.join("\n");
 }
 
+/** Header strings are hostile input: control characters are shown escaped, never sent to the terminal. */
+const printable = (s: string) => s.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+
 export function dumpText(v: Luks2Volume): string {
   const h = v.header;
   const m = h.metadata;
@@ -71,9 +74,9 @@ export function dumpText(v: Luks2Volume): string {
     `Epoch:         \t${h.seqid}`,
     `Metadata area: \t${h.hdrSize} [bytes]`,
     `Keyslots area: \t${m.config.keyslots_size} [bytes]`,
-    `UUID:          \t${h.uuid}`,
-    `Label:         \t${h.label || "(no label)"}`,
-    `Subsystem:     \t${h.subsystem || "(no subsystem)"}`,
+    `UUID:          \t${printable(h.uuid)}`,
+    `Label:         \t${printable(h.label) || "(no label)"}`,
+    `Subsystem:     \t${printable(h.subsystem) || "(no subsystem)"}`,
     `Flags:       \t${flags}`,
   ];
   if (reqs.length) out.push(`Requirements:\t${reqs.map((r) => `${r} `).join("")}`);
