@@ -120,6 +120,7 @@ export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): 
   const mode = opts.mode ?? "reencrypt";
   const hdrDev = opts.header ?? dev;
   if (opts.initOnly && opts.resumeOnly) throw usage("--init-only and --resume-only exclude each other");
+  if (mode !== "encrypt" && (opts.label !== undefined || opts.subsystem !== undefined || opts.uuid !== undefined || opts.labelFromFs)) throw usage("--label, --subsystem, --uuid and --label-from-fs are for --encrypt", "set them on an existing volume with `cryptsetup config`");
   if (opts.resilience && !["checksum", "journal", "none", "datashift"].includes(opts.resilience)) throw usage(`unknown resilience mode "${opts.resilience}"`, "use checksum, journal or none");
   if (opts.hash) opensslHash(opts.hash);
   if (opts.hotzoneSize !== undefined && (!Number.isSafeInteger(opts.hotzoneSize) || opts.hotzoneSize < 4096)) throw usage(`hotzone size ${opts.hotzoneSize} is too small`);
