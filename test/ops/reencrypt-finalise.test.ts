@@ -159,3 +159,45 @@ test("cryptsetup opens the volume trustvol finished metadata-only, and its luksD
   assert.doesNotMatch(dump, /reencrypt|backup-|Requirements:\s*online/);
   assert.equal(sha(readFileSync(img)), sha(dev.data), "read-only checks");
 });
+
+// The real thing, deterministically: cryptsetup 2.6.1 SIGKILLed (strace fault injection) at the write that follows
+// the commit dropping the old keyslot — the reencrypt area wipe before its final commit. It cannot resume that state.
+test("cryptsetup killed in its finalisation (old keyslot wiped, reencrypt keyslot left): trustvol finishes it, no old key, plaintext intact", async (t) => {
+  if (!needTools(t, "cryptsetup", "strace")) return;
+  const { dir, cleanup } = tmpDir("trustvol-finalise-cs-");
+  t.after(cleanup);
+  const { oracleFill, oraclePlainSha, writePlain, shaFile, luksJson } = await import("../helpers/reencrypt.js");
+  const img = join(dir, "img"), pw = join(dir, "pw"), plain = join(dir, "plain"), trace = join(dir, "trace");
+  const SIZE = 4 << 20, OFF = 2 << 20;
+  writeFileSync(pw, "pw", { mode: 0o600 });
+  writePlain(plain, SIZE, 11);
+  writeFileSync(img, Buffer.alloc(OFF + SIZE));
+  const FAST = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+  run("cryptsetup", ["luksFormat", "--type", "luks2", "-q", ...FAST, "--luks2-keyslots-size", "1m", "--offset", String(OFF / 512), "--key-file", pw, img]);
+  oracleFill(img, pw, plain, SIZE);
+  const start = readFileSync(img);
+  const args = ["reencrypt", "--force-offline-reencrypt", "-q", ...FAST, "--key-file", pw, img];
+  // 1. a full run, traced: which write() is the reencrypt area wipe after the old keyslot's commit?
+  run("strace", ["-f", "-o", trace, "-e", "trace=write", "cryptsetup", ...args]);
+  const writes = readFileSync(trace, "utf8").split("\n").filter((l) => /\bwrite\(/.test(l));
+  // the last large write before the last header commit (4096-byte binary headers + JSON areas)
+  const headerish = (l: string) => /= (4096|12288)$/.test(l.trim());
+  let k = writes.length - 1;
+  while (k >= 0 && headerish(writes[k]!)) k--;
+  assert.ok(k > 0 && /write\(\d+, .*\) = \d+$/.test(writes[k]!), `found the area wipe: ${writes[k]}`);
+  // 2. the same run, SIGKILLed on entry to that write
+  writeFileSync(img, start);
+  const killed = run("strace", ["-f", "-o", "/dev/null", "-e", "trace=write", "-e", `inject=write:signal=SIGKILL:when=${k + 1}`, "cryptsetup", ...args], { check: false });
+  assert.notEqual(killed.status, 0, "cryptsetup was killed");
+  const j = luksJson(img);
+  const ks = Object.values(j.keyslots) as { type: string }[];
+  assert.deepEqual(ks.map((x) => x.type).sort(), ["luks2", "reencrypt"], "old keyslot gone, new keyslot and reencrypt keyslot left");
+  assert.equal(run("cryptsetup", ["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--key-file", pw, img], { check: false }).status === 0, false, "cryptsetup 2.6.1 cannot resume it (if it ever can, this test's premise changed)");
+  // 3. trustvol finishes it
+  const { trustvolInProcess } = await import("../helpers/cli.js");
+  const r = await trustvolInProcess(["reencrypt", "--resume-only", "--key-file", pw, img]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.doesNotMatch(run("cryptsetup", ["luksDump", img]).stdout.toString(), /reencrypt|backup-|online-reencrypt/);
+  run("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, img]);
+  assert.equal(oraclePlainSha(img, pw, SIZE), shaFile(plain), "plaintext intact (cryptsetup's volume key, independent AES-XTS)");
+});
