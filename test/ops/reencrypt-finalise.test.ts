@@ -201,3 +201,30 @@ test("cryptsetup killed in its finalisation (old keyslot wiped, reencrypt keyslo
   run("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, img]);
   assert.equal(oraclePlainSha(img, pw, SIZE), shaFile(plain), "plaintext intact (cryptsetup's volume key, independent AES-XTS)");
 });
+
+test("decrypt finalisation: with every old keyslot wiped it finishes with no key at all; with one left, the old key is required", async () => {
+  const { randomBytes } = await import("node:crypto");
+  const plain = randomBytes(256 * 1024);
+  const data = new MemoryBlockDevice(plain);
+  const hdr = new MemoryBlockDevice(0);
+  await reencrypt(data, { mode: "encrypt", header: hdr, passphrase: PASS, pbkdf: PBKDF, hotzoneSize: HOTZONE });
+  // record the decrypt run on the header device: the last state before the final commit
+  const rec = new Recorder(hdr.data);
+  await reencrypt(data, { mode: "decrypt", header: rec, passphrase: PASS, hotzoneSize: HOTZONE });
+  assert.ok(data.data.equals(plain));
+  let done: Buffer | undefined;
+  for (let i = rec.snaps.length - 1; i >= 0 && !done; i--) if ((await status(rec.snaps[i]!)) === "clean") done = rec.snaps[i];
+  assert.ok(done);
+  // one old keyslot left: a wrong passphrase is refused (the old key vouches for the plain result), header unchanged
+  const h1 = new MemoryBlockDevice(done);
+  await assert.rejects(reencrypt(data, { mode: "decrypt", header: h1, passphrase: Buffer.from("wrong"), resumeOnly: true }), (e: TrustvolError) => e.code === "EBADPASS");
+  assert.equal(sha(h1.data), sha(done));
+  // every old keyslot wiped (cryptsetup's decrypt finalisation crash): nothing left to verify or to lose
+  const wiped = new MemoryBlockDevice(await destroyOldKeyslots(done));
+  const r = await reencrypt(data, { mode: "decrypt", header: wiped, passphrase: Buffer.from("anything"), resumeOnly: true });
+  assert.equal(r.bytes, 0);
+  const v = await Luks2Volume.open(wiped);
+  assert.equal(reencryptStatus(v.metadata), "none");
+  assert.deepEqual(Object.keys(v.metadata.keyslots), []);
+  assert.ok(data.data.equals(plain), "no data write");
+});
