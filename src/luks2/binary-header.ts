@@ -49,8 +49,10 @@ function putStr(buf: Buffer, off: number, len: number, s: string, field: string)
 
 /** Digest length for a checksum algorithm name as cryptsetup writes it ("sha256"). */
 export function checksumLength(alg: string): number {
-  if (!/^[a-z0-9-]+$/.test(alg) || !getHashes().includes(alg)) return -1;
-  return createHash(alg).digest().length;
+  // OpenSSL looks digest names up case-insensitively, so cryptsetup 2.6.1 accepts "SHA256" (differential test).
+  const a = alg.toLowerCase();
+  if (!/^[a-z0-9-]+$/.test(a) || !getHashes().includes(a)) return -1;
+  return createHash(a).digest().length;
 }
 
 /** Parse the binary part; `kind` tells which magic is expected. Does not check the checksum (needs the JSON area). */
@@ -101,7 +103,7 @@ export function encodeBinaryHeader(h: Omit<Luks2BinaryHeader, "checksum">): Buff
 export function computeChecksum(alg: string, headerArea: Buffer): Buffer {
   const copy = Buffer.from(headerArea);
   copy.fill(0, OFF.csum, OFF.csum + LUKS2_CHECKSUM_L);
-  return createHash(alg).update(copy).digest();
+  return createHash(alg.toLowerCase()).update(copy).digest();
 }
 
 /** Write the checksum into a full header area (binary header + JSON area) in place. */

@@ -103,10 +103,10 @@ export function dumpText(v: Luks2Volume): string {
   for (const id of Object.keys(m.digests).sort((a, b) => Number(a) - Number(b))) {
     const d = m.digests[id]!;
     out.push(`  ${id}: ${d.type}`);
-    // hash and digest are checked when used (as cryptsetup loads them): print only what is there.
+    // hash, digest, salt and iterations are checked when used (as cryptsetup loads them): print only what is there.
     if (typeof d.hash === "string") out.push(`\tHash:       ${d.hash}`);
-    out.push(`\tIterations: ${d.iterations}`);
-    out.push(`\tSalt:       ${hexLines(Buffer.from(d.salt, "base64"), "\t            ")}`);
+    if (typeof d.iterations === "number") out.push(`\tIterations: ${d.iterations}`);
+    if (typeof d.salt === "string") out.push(`\tSalt:       ${hexLines(Buffer.from(d.salt, "base64"), "\t            ")}`);
     if (typeof d.digest === "string") out.push(`\tDigest:     ${hexLines(Buffer.from(d.digest, "base64"), "\t            ")}`);
   }
   return out.join("\n") + "\n";

@@ -210,7 +210,9 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
       str(ks.af.hash, `${w}.af.hash`, 32);
       if (aType !== "raw") throw bad(`${w}.area.type must be raw`);
       str(ks.area.encryption, `${w}.area.encryption`, 64);
-      int(ks.area.key_size, `${w}.area.key_size`, 1, 1024);
+      // Any JSON integer loads (cryptsetup 2.6.1 loads 4000, -1, 2^53 and opens through the other keyslots); the range is
+      // checked when this keyslot is opened (keyslot.ts), so only it is unusable.
+      if (typeof ks.area.key_size !== "number" || !Number.isInteger(ks.area.key_size)) throw bad(`${w}.area.key_size must be an integer`);
       validateKdf(ks.kdf, w);
       // An area too small for its key material makes only this keyslot unusable (checked when it is opened), as in cryptsetup.
     } else if (type === "reencrypt") {
@@ -219,7 +221,9 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
       int(ks.key_size, `${w}.key_size`, 1, 1);
       validateReencryptKeyslot(ks, w);
     }
-    if (off % SECTOR_SIZE !== 0 || size % SECTOR_SIZE !== 0) throw bad(`${w}.area is not sector-aligned`);
+    // The size need not be sector-aligned to load (cryptsetup 2.6.1 loads area.size "01"): a size below the key
+    // material makes only that keyslot unusable, checked when it is opened.
+    if (off % SECTOR_SIZE !== 0) throw bad(`${w}.area is not sector-aligned`);
     if (size === 0 || off < areaStart || off + size > areaEnd) throw bad(`${w}.area [${off}, ${off + size}) lies outside the keyslots area [${areaStart}, ${areaEnd})`);
     areas.push({ id, start: off, end: off + size });
   }
@@ -277,8 +281,9 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     }
     if (type === "pbkdf2") {
       // hash and digest are checked when a key is verified (cryptsetup loads them unchecked; a bad one matches no key).
-      int(d.iterations, `${w}.iterations`, 1, 0xffffffff);
-      str(d.salt, `${w}.salt`, 1024);
+      // A missing salt or iterations loads too (cryptsetup 2.6.1: luksDump works, the key check fails); a mistyped one is refused.
+      if (d.iterations !== undefined) int(d.iterations, `${w}.iterations`, 1, 0xffffffff);
+      if (d.salt !== undefined) str(d.salt, `${w}.salt`, 1024);
     }
   }
 

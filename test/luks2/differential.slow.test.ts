@@ -373,8 +373,8 @@ const ALLOWED: { id: string; reason: string; match: (r: Result) => boolean }[] =
   },
   {
     id: "trustvol-finds-the-secondary",
-    reason: "when only the primary's hdr_size is changed (and re-sealed), cryptsetup looks for the secondary at that wrong offset and gives up; trustvol, like the spec's recovery rule (§2.3), finds the intact secondary at a standard offset and reads it",
-    match: (r) => /^bin hdr_size=\d+ copies=0 /.test(r.m.what) && !r.cs.dump && r.tv.dump,
+    reason: "when only the primary's hdr_size is changed (re-sealed or not), cryptsetup looks for the secondary at that wrong offset and gives up; trustvol, like the spec's recovery rule (§2.3), finds the intact secondary at a standard offset and reads it",
+    match: (r) => /^bin hdr_size=\d+ copies=0( |$)/.test(r.m.what) && !r.cs.dump && r.tv.dump,
   },
   {
     id: "cryptsetup-opens-without-a-digest-value",
@@ -382,9 +382,15 @@ const ALLOWED: { id: string; reason: string; match: (r: Result) => boolean }[] =
     match: (r) => /^json delete \/digests\/\d+\/digest$/.test(r.m.what) && r.cs.open === true && r.tv.dump && r.tv.openRc === 3,
   },
   {
+    id: "cryptsetup-accepts-short-digest-salt-or-value",
+    reason:
+      "measured: cryptsetup 2.6.1 reports the passphrase as opening when a digest's salt or digest is replaced by another valid base64 string of a different length ('AAAA', 'argon2id'), though one flipped salt bit makes it refuse — and then a wrong passphrase 'opens' too (measured: its key check is skipped, the key is garbage); trustvol computes the digest with the stored salt and compares it whole, so no key verifies (exit 3)",
+    match: (r) => /^json (set|retype) \/digests\/\d+\/(salt|digest)\b/.test(r.m.what) && r.cs.open === true && r.tv.dump && r.tv.openRc === 3,
+  },
+  {
     id: "trustvol-finds-the-secondary-version",
-    reason: "when only the primary's version field is damaged (and re-sealed), cryptsetup's version probe reads the primary alone and says 'not a valid LUKS device'; trustvol reads the intact secondary (spec §2.3 recovery), as it does for a damaged primary checksum",
-    match: (r) => /^bin version=\d+ copies=0 /.test(r.m.what) && !r.cs.dump && r.tv.dump,
+    reason: "when only the primary's version field is damaged (re-sealed or not), cryptsetup's version probe reads the primary alone and says 'not a valid LUKS device'; trustvol reads the intact secondary (spec §2.3 recovery), as it does for a damaged primary checksum",
+    match: (r) => /^bin version=\d+ copies=0( |$)/.test(r.m.what) && !r.cs.dump && r.tv.dump,
   },
 ];
 
@@ -409,7 +415,8 @@ test("differential: mutated LUKS1/LUKS2 headers — trustvol agrees with cryptse
     return i === N2 + N1 ? { kind: "luks2", what: "unmodified", img: base2 } : { kind: "luks1", what: "unmodified", img: base1 };
   };
 
-  let agree = 0, skippedOpen = 0, spawnedSamples = 0, csMs = 0, tvMs = 0;
+  let agree = 0, skippedOpen = 0, spawnedSamples = 0, csMs = 0, tvMs = 0, repeats = 0;
+  const seen = new Map<string, Promise<[Verdict, Verdict]>>();
   const counts = new Map<string, number>();
   const bad: Result[] = [];
   const allowedHits = new Map<string, number>();
@@ -422,12 +429,20 @@ test("differential: mutated LUKS1/LUKS2 headers — trustvol agrees with cryptse
       const i = made;
       const m = nextMutation();
       const cp = join(dir, `c${w}.img`), tp = join(dir, `t${w}.img`);
-      writeFileSync(cp, m.img);
-      writeFileSync(tp, m.img);
       const doOpen = !expensive(m);
-      const ta = Date.now();
-      const [cs, tv] = await Promise.all([judges[w]!.judge(cp, doOpen).then((v) => ((csMs += Date.now() - ta), v)), tvJudges[w]!.judge(tp, pwFile, doOpen).then((v) => ((tvMs += Date.now() - ta), v))]);
-      if (i % 500 === 0) {
+      // The same image again (truncations, repeated picks): both verdicts are deterministic, judge it once.
+      const key = sha(m.img);
+      let judged = seen.get(key);
+      const fresh = !judged;
+      if (!judged) {
+        writeFileSync(cp, m.img);
+        writeFileSync(tp, m.img);
+        const ta = Date.now();
+        judged = Promise.all([judges[w]!.judge(cp, doOpen).then((v) => ((csMs += Date.now() - ta), v)), tvJudges[w]!.judge(tp, pwFile, doOpen).then((v) => ((tvMs += Date.now() - ta), v))]);
+        seen.set(key, judged);
+      } else repeats++;
+      const [cs, tv] = await judged;
+      if (i % 500 === 0 && fresh) {
         // A sample through the spawned CLI, as it ships: same verdicts as in-process.
         const sd = trustvol(["dump", tp]);
         assert.equal(sd.status === 0, tv.dump, `spawned dump disagrees with in-process on ${m.what}: ${sd.stderr}`);
@@ -451,7 +466,7 @@ test("differential: mutated LUKS1/LUKS2 headers — trustvol agrees with cryptse
   await Promise.all(judges.map((_, w) => worker(w)));
 
   const secs = ((Date.now() - t0) / 1000).toFixed(1);
-  t.diagnostic(`seed ${SEED}: ${total} mutations (${N2} LUKS2, ${N1} LUKS1, 2 unmodified) in ${secs}s, pool ${POOL} (bases ${tBase} ms; cryptsetup ${csMs} ms, trustvol ${tvMs} ms, summed over the pool); ${agree} agreements; ${skippedOpen} compared on dump only (costly KDF); ${spawnedSamples} spawned-CLI samples`);
+  t.diagnostic(`seed ${SEED}: ${total} mutations (${N2} LUKS2, ${N1} LUKS1, 2 unmodified) in ${secs}s, pool ${POOL} (bases ${tBase} ms; cryptsetup ${csMs} ms, trustvol ${tvMs} ms, summed over the pool); ${agree} agreements; ${skippedOpen} compared on dump only (costly KDF); ${spawnedSamples} spawned-CLI samples; ${repeats} repeated images judged once`);
   for (const [k, n] of counts) t.diagnostic(`disagreement: ${k}: ${n}`);
   for (const [k, n] of allowedHits) t.diagnostic(`allowed (${k}): ${n}`);
   const line = (b: Result) => `${b.m.kind} ${b.m.what} | cs dump=${b.cs.dump} open=${b.cs.open}(${b.cs.openRc}) ${b.cs.err} | tv dump=${b.tv.dump} open=${b.tv.open}(${b.tv.openRc}) ${b.tv.err}`;
