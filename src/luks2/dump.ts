@@ -1,6 +1,6 @@
 // `luksDump`-style text (mirrors cryptsetup 2.6's layout so scripts and eyes find the same fields) and a JSON view.
 import type { Luks2Volume } from "./volume.js";
-import type { Luks2Keyslot, Luks2Token } from "./metadata.js";
+import { keyslotPriority, type Luks2Keyslot, type Luks2Token } from "./metadata.js";
 
 function hexLines(b: Buffer, indent: string): string {
   const out: string[] = [];
@@ -23,7 +23,7 @@ function keyslotText(id: string, ks: Luks2Keyslot, digestId: string | undefined,
   const l: string[] = [`  ${id}: ${ks.type}${bound ? "" : " (unbound)"}`];
   if (ks.type === "luks2" && ks.kdf && ks.af) {
     l.push(`\tKey:        ${ks.key_size * 8} bits`);
-    l.push(`\tPriority:   ${PRIO[ks.priority ?? 1]}`);
+    l.push(`\tPriority:   ${(PRIO[keyslotPriority(ks.priority)] ?? String(keyslotPriority(ks.priority)))}`);
     l.push(`\tCipher:     ${ks.area.encryption}`);
     l.push(`\tCipher key: ${(ks.area.key_size as number) * 8} bits`);
     l.push(`\tPBKDF:      ${ks.kdf.type}`);
@@ -40,7 +40,7 @@ function keyslotText(id: string, ks: Luks2Keyslot, digestId: string | undefined,
     l.push(`\tAF hash:    ${ks.af.hash}`);
   } else {
     l.push(`\tKey:        ${ks.key_size * 8} bits`);
-    l.push(`\tPriority:   ${PRIO[ks.priority ?? 1]}`);
+    l.push(`\tPriority:   ${(PRIO[keyslotPriority(ks.priority)] ?? String(keyslotPriority(ks.priority)))}`);
     if (ks.type === "reencrypt") l.push(...reencryptKeyslotLines(ks));
   }
   l.push(`\tArea offset:${ks.area.offset} [bytes]`);

@@ -202,7 +202,7 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     const aType = str(ks.area.type, `${w}.area.type`, 32);
     const off = u64Num(ks.area.offset, `${w}.area.offset`);
     const size = u64Num(ks.area.size, `${w}.area.size`);
-    if (ks.priority !== undefined) int(ks.priority, `${w}.priority`, 0, 2);
+    // priority: any JSON value loads (cryptsetup 2.6.1 reads it with json-c's int conversion when it unlocks): keyslotPriority()
     if (type === "luks2") {
       int(ks.key_size, `${w}.key_size`, 1, 1024);
       if (!isObj(ks.af) || ks.af.type !== "luks1") throw bad(`${w}.af must be of type luks1`);
@@ -315,4 +315,19 @@ export function serializeMetadata(m: Luks2Metadata): string {
 
 export function sortedIds(o: Record<string, unknown>): number[] {
   return Object.keys(o).map(Number).sort((a, b) => a - b);
+}
+
+/**
+ * A keyslot's priority as cryptsetup 2.6.1 reads it (json_object_get_int: numbers truncated, booleans 0/1, a string's
+ * leading integer, anything else 0; absent = 1 normal). Only 2 (prefer) and 1 (normal) are tried without --key-slot.
+ */
+export function keyslotPriority(v: unknown): number {
+  if (v === undefined) return 1;
+  if (typeof v === "number") return Number.isFinite(v) ? Math.max(-(2 ** 31), Math.min(2 ** 31 - 1, Math.trunc(v))) : 0;
+  if (typeof v === "boolean") return v ? 1 : 0;
+  if (typeof v === "string") {
+    const x = /^\s*([+-]?\d+)/.exec(v);
+    return x ? Math.max(-(2 ** 31), Math.min(2 ** 31 - 1, Number(x[1]))) : 0;
+  }
+  return 0;
 }

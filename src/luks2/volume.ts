@@ -7,7 +7,7 @@ import { wipe } from "../util/secret.js";
 import { readHeader, writeHeader, type Luks2Header, type ReadResult } from "./header.js";
 import { openKeyslotCandidate, buildKeyslot, wipeArea, type NewKeyslotOptions } from "./keyslot.js";
 import { verifyDigest, digestForSegment } from "./digest.js";
-import { unknownRequirements, u64Num, parseU64String, validateMetadata, type Luks2Metadata, type Luks2Segment, type Luks2Keyslot, type Luks2Token, type Json } from "./metadata.js";
+import { unknownRequirements, keyslotPriority, u64Num, parseU64String, validateMetadata, type Luks2Metadata, type Luks2Segment, type Luks2Keyslot, type Luks2Token, type Json } from "./metadata.js";
 import { KNOWN_REQUIREMENTS, LUKS2_KEYSLOTS_MAX, LUKS2_TOKENS_MAX } from "./constants.js";
 
 export interface UnlockResult {
@@ -112,7 +112,7 @@ export class Luks2Volume {
     return d;
   }
 
-  /** Try keyslots in cryptsetup's order (priority high first, then id); ignore prio 0 unless named. */
+  /** Try keyslots in cryptsetup's order (prefer, then normal, each by id); others (ignore, odd values) only when named. */
   private candidateSlots(slot?: number): string[] {
     if (slot !== undefined) {
       const ks = this.metadata.keyslots[String(slot)];
@@ -120,8 +120,8 @@ export class Luks2Volume {
       return [String(slot)];
     }
     const ids = Object.keys(this.metadata.keyslots).filter((k) => this.metadata.keyslots[k]!.type === "luks2");
-    const prio = (k: string) => this.metadata.keyslots[k]!.priority ?? 1;
-    return ids.filter((k) => prio(k) > 0).sort((a, b) => prio(b) - prio(a) || Number(a) - Number(b));
+    const prio = (k: string) => keyslotPriority(this.metadata.keyslots[k]!.priority);
+    return ids.filter((k) => prio(k) === 1 || prio(k) === 2).sort((a, b) => prio(b) - prio(a) || Number(a) - Number(b));
   }
 
   /**

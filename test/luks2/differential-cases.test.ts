@@ -120,3 +120,15 @@ test("LUKS1 with a hash shorter than its 20-byte digest (md5): refused at load, 
   const r = await judge(img, pw);
   assert.deepEqual([r.csDump, r.tvDump, r.csOpen, r.tvOpen], [false, false, false, false]);
 });
+
+test("keyslot priority of any JSON value loads; which keyslots a passphrase tries follows cryptsetup's int reading", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, pw, img } = setup(t);
+  const base = luks2Base(dir, pw);
+  for (const v of [7, "2", "1", "x", true, false, null, -1, 2.5, [], {}, "4096"]) {
+    writeFileSync(img, edit(base, (j) => (j.keyslots["0"].priority = v)));
+    const r = await judge(img, pw);
+    assert.deepEqual([r.tvDump, r.tvOpen], [r.csDump, r.csOpen], `keyslot 0 priority ${JSON.stringify(v)}: cryptsetup dump=${r.csDump} open=${r.csOpen}`);
+    assert.ok(r.csDump);
+  }
+});
