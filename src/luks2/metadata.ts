@@ -287,6 +287,10 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     }
   }
 
+  // cryptsetup 2.6.1 refuses a crypt data segment that no digest lists (differential test, seed 99): its key could never be verified.
+  for (const [id, sg] of Object.entries(m.segments))
+    if (isObj(sg) && sg.type === "crypt" && !(Array.isArray(sg.flags) && sg.flags.some((f) => typeof f === "string" && f.startsWith("backup-"))) && !Object.values(m.digests).some((d) => isObj(d) && Array.isArray(d.segments) && d.segments.includes(id)))
+      throw bad(`segment ${id} is not assigned to any digest`);
   // cryptsetup refuses a keyslot no digest references: nothing could ever verify the key it yields.
   for (const k of ksIds) if (!slotOwner.has(k)) throw bad(`keyslot ${k} is not assigned to any digest`);
 

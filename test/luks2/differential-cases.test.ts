@@ -132,3 +132,21 @@ test("keyslot priority of any JSON value loads; which keyslots a passphrase trie
     assert.ok(r.csDump);
   }
 });
+
+test("a crypt data segment no digest lists: header refused, as cryptsetup (seed 99)", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, pw, img } = setup(t);
+  writeFileSync(img, edit(luks2Base(dir, pw), (j) => (j.digests["0"].segments = [])));
+  const r = await judge(img, pw);
+  assert.deepEqual([r.csDump, r.tvDump, r.csOpen, r.tvOpen], [false, false, false, false]);
+});
+
+test("keyslot area.size smaller than its key material: cryptsetup reads past it and opens; trustvol keeps to the declared area (ALLOWED)", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, pw, img } = setup(t);
+  writeFileSync(img, edit(luks2Base(dir, pw), (j) => (j.keyslots["0"].area.size = "32768")));
+  const r = await judge(img, pw);
+  assert.deepEqual([r.csDump, r.csOpen, r.tvDump, r.tvOpen], [true, true, true, false], "measured cryptsetup 2.6.1 behaviour (if it changes, drop the ALLOWED entry)");
+  const other = await trustvolInProcess(["unlock", "--test", "--key-file", join(dir, "pw2"), img]);
+  assert.equal(other.status, 0, "the other keyslot still opens");
+});

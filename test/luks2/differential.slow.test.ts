@@ -107,14 +107,15 @@ function mutateLuks2(base: Buffer, r: Rnd): Mutation {
     let desc = "";
     for (const c of copies) {
       const f = img.subarray(c + off, c + off + len);
+      // desc names every copy's value ("version=3,2": primary 3, secondary 2)
       if (len === 8 && r() < 0.7) {
         const v = pick(r, [...U64S, 16384n, 32768n, 65536n, 131072n, 262144n, 524288n, 1048576n, 2097152n, 4194304n, 12288n, 3n]);
         f.writeBigUInt64BE(v);
-        desc = `=${v}`;
+        desc += `${desc ? "," : "="}${v}`;
       } else if (len === 2) {
         const v = pick(r, [0, 1, 2, 3, 0xffff]);
         f.writeUInt16BE(v);
-        desc = `=${v}`;
+        desc += `${desc ? "," : "="}${v}`;
       } else if (r() < 0.5 && len >= 32) {
         const s = pick(r, [...STRINGS, "sha256", "sha1", "sha512", "crc32", "a".repeat(len), "12345678-1234-1234-1234-123456789abc", "not-a-uuid", "LUKS\xba\xbe"]);
         f.fill(0);
@@ -388,9 +389,15 @@ const ALLOWED: { id: string; reason: string; match: (r: Result) => boolean }[] =
     match: (r) => /^json (set|retype) \/digests\/\d+\/(salt|digest)\b/.test(r.m.what) && r.cs.open === true && r.tv.dump && r.tv.openRc === 3,
   },
   {
+    id: "trustvol-reads-only-the-declared-keyslot-area",
+    reason:
+      "measured: cryptsetup 2.6.1 opens a keyslot whose area.size is smaller than its key material, reading past the declared area (into free space or the next keyslot's area); trustvol reads key material only inside the area the metadata declares, so that keyslot is unusable (the header loads, other keyslots still open)",
+    match: (r) => /^json (set|retype) \/keyslots\/\d+\/area\/size=/.test(r.m.what) && r.cs.dump && r.tv.dump && r.cs.open === true && r.tv.open === false,
+  },
+  {
     id: "trustvol-finds-the-secondary-version",
     reason: "when only the primary's version field is damaged (re-sealed or not), cryptsetup's version probe reads the primary alone and says 'not a valid LUKS device'; trustvol reads the intact secondary (spec §2.3 recovery), as it does for a damaged primary checksum",
-    match: (r) => /^bin version=\d+ copies=0( |$)/.test(r.m.what) && !r.cs.dump && r.tv.dump,
+    match: (r) => (/^bin version=\d+ copies=0( |$)/.test(r.m.what) || /^bin version=\d+,2 copies=0\+16384( |$)/.test(r.m.what)) && !r.cs.dump && r.tv.dump,
   },
 ];
 
