@@ -8,7 +8,7 @@ PKGS=(
   clevis clevis-luks clevis-tpm2                    # clevis tokens
   systemd                                           # systemd-cryptenroll and its cryptsetup token plugins
   qemu-system-x86 busybox-static                    # the real-kernel guest tier
-  openssl curl xxd build-essential python3          # oracles; compiler for the native addon
+  openssl curl xxd build-essential python3 strace   # oracles (strace: a SIGKILL at an exact write of cryptsetup); compiler for the native addon
   dosfstools xfsprogs squashfs-tools erofs-utils btrfs-progs f2fs-tools exfatprogs   # file systems the sector-size probe reads
   mmdebstrap                                        # the Debian 13 reference-tool root (scripts/debian13-root.sh)
 )

@@ -7,6 +7,10 @@ export interface FsProbe {
   type: string;
   /** libblkid's BLOCK_SIZE in bytes; absent when libblkid reports none (squashfs: the kernel reads it at any sector size). */
   blockSize?: number;
+  /** libblkid's LABEL (ext2/3/4, xfs, btrfs, vfat); absent when the file system has none. */
+  label?: string;
+  /** libblkid's UUID as it prints it (ext2/3/4, xfs, btrfs: 8-4-4-4-12 hex; vfat: XXXX-XXXX). */
+  uuid?: string;
 }
 
 /** Bytes from the start of the image the probe looks at (the btrfs superblock sits at 64 KiB). */
@@ -18,6 +22,27 @@ function has(buf: Buffer, off: number, len: number): boolean {
   return buf.length >= off + len;
 }
 
+/** A 16-byte UUID as libblkid prints it; undefined when all zero (libblkid reports none). */
+function uuid16(b: Buffer): string | undefined {
+  if (b.every((x) => x === 0)) return undefined;
+  const h = b.toString("hex");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+/** A NUL-padded label field (UTF-8); undefined when empty. */
+function cLabel(b: Buffer): string | undefined {
+  const end = b.indexOf(0);
+  const s = b.subarray(0, end < 0 ? b.length : end).toString("utf8");
+  return s.length ? s : undefined;
+}
+
+/** Copy label/uuid onto a probe result, leaving absent ones out (deepEqual-friendly). */
+function withIds(r: FsProbe, label: string | undefined, uuid: string | undefined): FsProbe {
+  if (label !== undefined) r.label = label;
+  if (uuid !== undefined) r.uuid = uuid;
+  return r;
+}
+
 function probeExt(buf: Buffer): FsProbe | undefined {
   const sb = 1024;
   if (!has(buf, sb, 104) || buf.readUInt16LE(sb + 56) !== 0xef53) return undefined;
@@ -27,20 +52,23 @@ function probeExt(buf: Buffer): FsProbe | undefined {
   if (incompat & 0x8) return undefined; // an external journal device (libblkid "jbd"), not a mountable file system
   // libblkid: any feature beyond ext3's set (incompat filetype|recover|meta_bg, ro_compat sparse|large_file|btree) is ext4.
   const type = incompat & ~0x16 || roCompat & ~0x7 ? "ext4" : compat & 0x4 ? "ext3" : "ext2";
-  return { type, blockSize: 1024 << log };
+  return withIds({ type, blockSize: 1024 << log }, cLabel(buf.subarray(sb + 120, sb + 136)), uuid16(buf.subarray(sb + 104, sb + 120)));
 }
 
 function probeXfs(buf: Buffer): FsProbe | undefined {
   if (!has(buf, 0, 104) || buf.toString("latin1", 0, 4) !== "XFSB") return undefined;
   const sect = buf.readUInt16BE(102); // sb_sectsize: libblkid's BLOCK_SIZE for xfs (the fs block size is at 4)
-  return pow2In(sect, 512, 32768) ? { type: "xfs", blockSize: sect } : undefined;
+  if (!pow2In(sect, 512, 32768)) return undefined;
+  return withIds({ type: "xfs", blockSize: sect }, cLabel(buf.subarray(108, 120)), uuid16(buf.subarray(32, 48))); // sb_fname, sb_uuid
 }
 
 function probeBtrfs(buf: Buffer): FsProbe | undefined {
   const sb = 0x10000;
   if (!has(buf, sb, 0x98) || buf.toString("latin1", sb + 0x40, sb + 0x48) !== "_BHRfS_M") return undefined;
   const sect = buf.readUInt32LE(sb + 0x90);
-  return pow2In(sect, 512, 65536) ? { type: "btrfs", blockSize: sect } : undefined;
+  if (!pow2In(sect, 512, 65536)) return undefined;
+  const label = has(buf, sb, 0x12b + 256) ? cLabel(buf.subarray(sb + 0x12b, sb + 0x12b + 256)) : undefined;
+  return withIds({ type: "btrfs", blockSize: sect }, label, uuid16(buf.subarray(sb + 0x20, sb + 0x30))); // fsid
 }
 
 function probeF2fs(buf: Buffer): FsProbe | undefined {
@@ -74,8 +102,20 @@ function probeVfat(buf: Buffer): FsProbe | undefined {
   const bytesPerSector = buf.readUInt16LE(11), perCluster = buf[13]!, reserved = buf.readUInt16LE(14), fats = buf[16]!, media = buf[21]!;
   if (!pow2In(bytesPerSector, 512, 4096) || !pow2In(perCluster, 1, 128) || reserved === 0 || fats < 1 || fats > 4) return undefined;
   if (media !== 0xf0 && media < 0xf8) return undefined;
-  const label = buf.toString("latin1", 82, 87) === "FAT32" || buf.toString("latin1", 54, 57) === "FAT" || buf.readUInt16LE(22) === 0;
-  return label ? { type: "vfat", blockSize: bytesPerSector } : undefined;
+  const fat32 = buf.readUInt16LE(22) === 0; // sectors per FAT (16-bit) 0: the FAT32 extended boot record
+  const marked = buf.toString("latin1", 82, 87) === "FAT32" || buf.toString("latin1", 54, 57) === "FAT" || fat32;
+  if (!marked) return undefined;
+  // Extended boot record (signature 0x29): volume id and label at 67/71 (FAT32) or 39/43 (FAT12/16). libblkid prefers
+  // the root directory's volume-label entry, which mkfs.vfat -n writes with the same text.
+  const ebr = fat32 ? 64 : 36;
+  let label: string | undefined, uuid: string | undefined;
+  if (buf[ebr + 2] === 0x29) {
+    const id = buf.readUInt32LE(ebr + 3);
+    uuid = `${(id >>> 16).toString(16).padStart(4, "0")}-${(id & 0xffff).toString(16).padStart(4, "0")}`.toUpperCase();
+    const l = buf.toString("latin1", ebr + 7, ebr + 18).replace(/[ \0]+$/, "");
+    if (l && l !== "NO NAME") label = l;
+  }
+  return withIds({ type: "vfat", blockSize: bytesPerSector }, label, uuid);
 }
 
 /** Identify the file system at the start of `head` (at least FS_PROBE_BYTES of the image, or all of it). Pure. */

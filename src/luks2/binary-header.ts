@@ -34,22 +34,25 @@ function cstr(buf: Buffer, off: number, len: number, field: string): string {
   const raw = buf.subarray(off, off + len);
   const nul = raw.indexOf(0);
   if (nul < 0) throw new TrustvolError("ECORRUPT", `LUKS2 header: ${field} is not NUL-terminated`, "the header is damaged; try `trustvol repair` or restore a header backup");
-  const s = raw.subarray(0, nul);
-  for (const c of s) if (c < 0x20 || c > 0x7e) throw new TrustvolError("ECORRUPT", `LUKS2 header: ${field} contains non-printable bytes`, "the header is damaged; try `trustvol repair` or restore a header backup");
-  return s.toString("latin1");
+  // Any bytes, as cryptsetup 2.6.1 loads them (a UTF-8 label such as "persist-ä" is ordinary; the differential test
+  // found control bytes accepted too). Text output escapes control characters (dump.ts). A label that is not valid
+  // UTF-8 is rewritten as UTF-8 (U+FFFD) by the next header write.
+  return raw.subarray(0, nul).toString("utf8");
 }
 
 function putStr(buf: Buffer, off: number, len: number, s: string, field: string): void {
-  const b = Buffer.from(s, "latin1");
-  if (b.length >= len) throw new TrustvolError("EUSAGE", `${field} is too long (max ${len - 1} characters)`);
+  const b = Buffer.from(s, "utf8");
+  if (b.length >= len) throw new TrustvolError("EUSAGE", `${field} is too long (max ${len - 1} bytes)`);
   buf.fill(0, off, off + len);
   b.copy(buf, off);
 }
 
 /** Digest length for a checksum algorithm name as cryptsetup writes it ("sha256"). */
 export function checksumLength(alg: string): number {
-  if (!/^[a-z0-9-]+$/.test(alg) || !getHashes().includes(alg)) return -1;
-  return createHash(alg).digest().length;
+  // OpenSSL looks digest names up case-insensitively, so cryptsetup 2.6.1 accepts "SHA256" (differential test).
+  const a = alg.toLowerCase();
+  if (!/^[a-z0-9-]+$/.test(a) || !getHashes().includes(a)) return -1;
+  return createHash(a).digest().length;
 }
 
 /** Parse the binary part; `kind` tells which magic is expected. Does not check the checksum (needs the JSON area). */
@@ -100,7 +103,7 @@ export function encodeBinaryHeader(h: Omit<Luks2BinaryHeader, "checksum">): Buff
 export function computeChecksum(alg: string, headerArea: Buffer): Buffer {
   const copy = Buffer.from(headerArea);
   copy.fill(0, OFF.csum, OFF.csum + LUKS2_CHECKSUM_L);
-  return createHash(alg).update(copy).digest();
+  return createHash(alg.toLowerCase()).update(copy).digest();
 }
 
 /** Write the checksum into a full header area (binary header + JSON area) in place. */

@@ -16,7 +16,7 @@ export function computeDigest(d: Pick<Luks2Digest, "hash" | "iterations" | "salt
 const B64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
 export function verifyDigest(d: Luks2Digest, volumeKey: Uint8Array): boolean {
-  if (d.type !== "pbkdf2" || typeof d.hash !== "string" || typeof d.digest !== "string" || typeof d.salt !== "string") return false;
+  if (d.type !== "pbkdf2" || typeof d.hash !== "string" || typeof d.digest !== "string" || typeof d.salt !== "string" || typeof d.iterations !== "number") return false;
   // Loaded unchecked (as cryptsetup does): a digest that is not base64 of 1..64 bytes matches no key.
   if (!B64.test(d.digest) || !B64.test(d.salt) || d.digest.length % 4 || d.salt.length % 4) return false;
   const want = Buffer.from(d.digest, "base64");

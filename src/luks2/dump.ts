@@ -1,6 +1,6 @@
 // `luksDump`-style text (mirrors cryptsetup 2.6's layout so scripts and eyes find the same fields) and a JSON view.
 import type { Luks2Volume } from "./volume.js";
-import type { Luks2Keyslot, Luks2Token } from "./metadata.js";
+import { keyslotPriority, type Luks2Keyslot, type Luks2Token } from "./metadata.js";
 
 function hexLines(b: Buffer, indent: string): string {
   const out: string[] = [];
@@ -23,7 +23,7 @@ function keyslotText(id: string, ks: Luks2Keyslot, digestId: string | undefined,
   const l: string[] = [`  ${id}: ${ks.type}${bound ? "" : " (unbound)"}`];
   if (ks.type === "luks2" && ks.kdf && ks.af) {
     l.push(`\tKey:        ${ks.key_size * 8} bits`);
-    l.push(`\tPriority:   ${PRIO[ks.priority ?? 1]}`);
+    l.push(`\tPriority:   ${(PRIO[keyslotPriority(ks.priority)] ?? String(keyslotPriority(ks.priority)))}`);
     l.push(`\tCipher:     ${ks.area.encryption}`);
     l.push(`\tCipher key: ${(ks.area.key_size as number) * 8} bits`);
     l.push(`\tPBKDF:      ${ks.kdf.type}`);
@@ -40,7 +40,7 @@ function keyslotText(id: string, ks: Luks2Keyslot, digestId: string | undefined,
     l.push(`\tAF hash:    ${ks.af.hash}`);
   } else {
     l.push(`\tKey:        ${ks.key_size * 8} bits`);
-    l.push(`\tPriority:   ${PRIO[ks.priority ?? 1]}`);
+    l.push(`\tPriority:   ${(PRIO[keyslotPriority(ks.priority)] ?? String(keyslotPriority(ks.priority)))}`);
     if (ks.type === "reencrypt") l.push(...reencryptKeyslotLines(ks));
   }
   l.push(`\tArea offset:${ks.area.offset} [bytes]`);
@@ -60,6 +60,9 @@ function tokenText(id: string, t: Luks2Token): string {
   return l.join("\n");
 }
 
+/** Header strings are hostile input: control characters are shown escaped, never sent to the terminal. */
+const printable = (s: string) => s.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+
 export function dumpText(v: Luks2Volume): string {
   const h = v.header;
   const m = h.metadata;
@@ -71,9 +74,9 @@ export function dumpText(v: Luks2Volume): string {
     `Epoch:         \t${h.seqid}`,
     `Metadata area: \t${h.hdrSize} [bytes]`,
     `Keyslots area: \t${m.config.keyslots_size} [bytes]`,
-    `UUID:          \t${h.uuid}`,
-    `Label:         \t${h.label || "(no label)"}`,
-    `Subsystem:     \t${h.subsystem || "(no subsystem)"}`,
+    `UUID:          \t${printable(h.uuid)}`,
+    `Label:         \t${printable(h.label) || "(no label)"}`,
+    `Subsystem:     \t${printable(h.subsystem) || "(no subsystem)"}`,
     `Flags:       \t${flags}`,
   ];
   if (reqs.length) out.push(`Requirements:\t${reqs.map((r) => `${r} `).join("")}`);
@@ -100,10 +103,10 @@ export function dumpText(v: Luks2Volume): string {
   for (const id of Object.keys(m.digests).sort((a, b) => Number(a) - Number(b))) {
     const d = m.digests[id]!;
     out.push(`  ${id}: ${d.type}`);
-    // hash and digest are checked when used (as cryptsetup loads them): print only what is there.
+    // hash, digest, salt and iterations are checked when used (as cryptsetup loads them): print only what is there.
     if (typeof d.hash === "string") out.push(`\tHash:       ${d.hash}`);
-    out.push(`\tIterations: ${d.iterations}`);
-    out.push(`\tSalt:       ${hexLines(Buffer.from(d.salt, "base64"), "\t            ")}`);
+    if (typeof d.iterations === "number") out.push(`\tIterations: ${d.iterations}`);
+    if (typeof d.salt === "string") out.push(`\tSalt:       ${hexLines(Buffer.from(d.salt, "base64"), "\t            ")}`);
     if (typeof d.digest === "string") out.push(`\tDigest:     ${hexLines(Buffer.from(d.digest, "base64"), "\t            ")}`);
   }
   return out.join("\n") + "\n";

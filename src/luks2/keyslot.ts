@@ -14,6 +14,8 @@ export async function openKeyslotCandidate(dev: BlockDevice, ks: Luks2Keyslot, p
   if (ks.type !== "luks2" || !ks.af || !ks.kdf) throw new TrustvolError("EUNSUPPORTED", `keyslot type "${String(ks.type).slice(0, 32)}" cannot be opened with a passphrase`);
   const afHash = opensslHash(ks.af.hash); // refuse an unknown hash before any work, not as a crash inside afMerge
   const areaKeySize = ks.area.key_size as number;
+  if (!Number.isInteger(areaKeySize) || areaKeySize < 1 || areaKeySize > 1024)
+    throw new TrustvolError("ECORRUPT", `keyslot area key size ${String(areaKeySize).slice(0, 24)} is out of range (1..1024 bytes)`, "this keyslot is damaged; unlock with another keyslot or a token");
   const derived = await deriveKey(ks.kdf, passphrase, areaKeySize);
   const len = afSectorsBytes(ks.key_size, ks.af.stripes);
   if (u64Num(ks.area.size, "area.size") < len)

@@ -202,7 +202,7 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     const aType = str(ks.area.type, `${w}.area.type`, 32);
     const off = u64Num(ks.area.offset, `${w}.area.offset`);
     const size = u64Num(ks.area.size, `${w}.area.size`);
-    if (ks.priority !== undefined) int(ks.priority, `${w}.priority`, 0, 2);
+    // priority: any JSON value loads (cryptsetup 2.6.1 reads it with json-c's int conversion when it unlocks): keyslotPriority()
     if (type === "luks2") {
       int(ks.key_size, `${w}.key_size`, 1, 1024);
       if (!isObj(ks.af) || ks.af.type !== "luks1") throw bad(`${w}.af must be of type luks1`);
@@ -210,7 +210,9 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
       str(ks.af.hash, `${w}.af.hash`, 32);
       if (aType !== "raw") throw bad(`${w}.area.type must be raw`);
       str(ks.area.encryption, `${w}.area.encryption`, 64);
-      int(ks.area.key_size, `${w}.area.key_size`, 1, 1024);
+      // Any JSON integer loads (cryptsetup 2.6.1 loads 4000, -1, 2^53 and opens through the other keyslots); the range is
+      // checked when this keyslot is opened (keyslot.ts), so only it is unusable.
+      if (typeof ks.area.key_size !== "number" || !Number.isInteger(ks.area.key_size)) throw bad(`${w}.area.key_size must be an integer`);
       validateKdf(ks.kdf, w);
       // An area too small for its key material makes only this keyslot unusable (checked when it is opened), as in cryptsetup.
     } else if (type === "reencrypt") {
@@ -219,7 +221,9 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
       int(ks.key_size, `${w}.key_size`, 1, 1);
       validateReencryptKeyslot(ks, w);
     }
-    if (off % SECTOR_SIZE !== 0 || size % SECTOR_SIZE !== 0) throw bad(`${w}.area is not sector-aligned`);
+    // The size need not be sector-aligned to load (cryptsetup 2.6.1 loads area.size "01"): a size below the key
+    // material makes only that keyslot unusable, checked when it is opened.
+    if (off % SECTOR_SIZE !== 0) throw bad(`${w}.area is not sector-aligned`);
     if (size === 0 || off < areaStart || off + size > areaEnd) throw bad(`${w}.area [${off}, ${off + size}) lies outside the keyslots area [${areaStart}, ${areaEnd})`);
     areas.push({ id, start: off, end: off + size });
   }
@@ -277,11 +281,16 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     }
     if (type === "pbkdf2") {
       // hash and digest are checked when a key is verified (cryptsetup loads them unchecked; a bad one matches no key).
-      int(d.iterations, `${w}.iterations`, 1, 0xffffffff);
-      str(d.salt, `${w}.salt`, 1024);
+      // A missing salt or iterations loads too (cryptsetup 2.6.1: luksDump works, the key check fails); a mistyped one is refused.
+      if (d.iterations !== undefined) int(d.iterations, `${w}.iterations`, 1, 0xffffffff);
+      if (d.salt !== undefined) str(d.salt, `${w}.salt`, 1024);
     }
   }
 
+  // cryptsetup 2.6.1 refuses a crypt data segment that no digest lists (differential test, seed 99): its key could never be verified.
+  for (const [id, sg] of Object.entries(m.segments))
+    if (isObj(sg) && sg.type === "crypt" && !(Array.isArray(sg.flags) && sg.flags.some((f) => typeof f === "string" && f.startsWith("backup-"))) && !Object.values(m.digests).some((d) => isObj(d) && Array.isArray(d.segments) && d.segments.includes(id)))
+      throw bad(`segment ${id} is not assigned to any digest`);
   // cryptsetup refuses a keyslot no digest references: nothing could ever verify the key it yields.
   for (const k of ksIds) if (!slotOwner.has(k)) throw bad(`keyslot ${k} is not assigned to any digest`);
 
@@ -310,4 +319,19 @@ export function serializeMetadata(m: Luks2Metadata): string {
 
 export function sortedIds(o: Record<string, unknown>): number[] {
   return Object.keys(o).map(Number).sort((a, b) => a - b);
+}
+
+/**
+ * A keyslot's priority as cryptsetup 2.6.1 reads it (json_object_get_int: numbers truncated, booleans 0/1, a string's
+ * leading integer, anything else 0; absent = 1 normal). Only 2 (prefer) and 1 (normal) are tried without --key-slot.
+ */
+export function keyslotPriority(v: unknown): number {
+  if (v === undefined) return 1;
+  if (typeof v === "number") return Number.isFinite(v) ? Math.max(-(2 ** 31), Math.min(2 ** 31 - 1, Math.trunc(v))) : 0;
+  if (typeof v === "boolean") return v ? 1 : 0;
+  if (typeof v === "string") {
+    const x = /^\s*([+-]?\d+)/.exec(v);
+    return x ? Math.max(-(2 ** 31), Math.min(2 ** 31 - 1, Number(x[1]))) : 0;
+  }
+  return 0;
 }

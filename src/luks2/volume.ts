@@ -7,7 +7,7 @@ import { wipe } from "../util/secret.js";
 import { readHeader, writeHeader, type Luks2Header, type ReadResult } from "./header.js";
 import { openKeyslotCandidate, buildKeyslot, wipeArea, type NewKeyslotOptions } from "./keyslot.js";
 import { verifyDigest, digestForSegment } from "./digest.js";
-import { unknownRequirements, u64Num, parseU64String, validateMetadata, type Luks2Metadata, type Luks2Segment, type Luks2Keyslot, type Luks2Token, type Json } from "./metadata.js";
+import { unknownRequirements, keyslotPriority, u64Num, parseU64String, validateMetadata, type Luks2Metadata, type Luks2Segment, type Luks2Keyslot, type Luks2Token, type Json } from "./metadata.js";
 import { KNOWN_REQUIREMENTS, LUKS2_KEYSLOTS_MAX, LUKS2_TOKENS_MAX } from "./constants.js";
 
 export interface UnlockResult {
@@ -89,6 +89,21 @@ export class Luks2Volume {
       throw new TrustvolError("EBUSY", "volume is in the middle of re-encryption", "finish it first (`trustvol reencrypt --resume-only`, or cryptsetup's)");
   }
 
+  /** Is the volume marked for re-encryption (an online-reencrypt requirement)? */
+  inReencryption(): boolean {
+    return (this.metadata.config.requirements?.mandatory ?? []).some((r) => r.startsWith("online-reencrypt"));
+  }
+
+  /**
+   * Keyslot/token changes are refused mid-re-encryption, as cryptsetup 2.6.1 does for luksAddKey, luksChangeKey,
+   * token import/add, config ("Operation incompatible with device marked for LUKS2 reencryption"): the keyslots area
+   * holds the re-encryption area and the re-encryption digest binds the keys.
+   */
+  refuseInReencryption(op: string): void {
+    if (this.inReencryption())
+      throw new TrustvolError("EBUSY", `${op} refused: ${this.dev.name} is in the middle of re-encryption`, `finish or resume the re-encryption first: trustvol reencrypt --resume-only ${this.dev.name}`);
+  }
+
   /** Check a candidate volume key against the segment digest; returns the digest id. */
   verifyVolumeKey(vk: Uint8Array): string {
     const { id } = this.dataSegment();
@@ -97,7 +112,7 @@ export class Luks2Volume {
     return d;
   }
 
-  /** Try keyslots in cryptsetup's order (priority high first, then id); ignore prio 0 unless named. */
+  /** Try keyslots in cryptsetup's order (prefer, then normal, each by id); others (ignore, odd values) only when named. */
   private candidateSlots(slot?: number): string[] {
     if (slot !== undefined) {
       const ks = this.metadata.keyslots[String(slot)];
@@ -105,8 +120,8 @@ export class Luks2Volume {
       return [String(slot)];
     }
     const ids = Object.keys(this.metadata.keyslots).filter((k) => this.metadata.keyslots[k]!.type === "luks2");
-    const prio = (k: string) => this.metadata.keyslots[k]!.priority ?? 1;
-    return ids.filter((k) => prio(k) > 0).sort((a, b) => prio(b) - prio(a) || Number(a) - Number(b));
+    const prio = (k: string) => keyslotPriority(this.metadata.keyslots[k]!.priority);
+    return ids.filter((k) => prio(k) === 1 || prio(k) === 2).sort((a, b) => prio(b) - prio(a) || Number(a) - Number(b));
   }
 
   /**
@@ -193,6 +208,7 @@ export class Luks2Volume {
 
   private newSlotId(wanted?: number): number {
     this.checkRequirements("write");
+    this.refuseInReencryption("adding a keyslot");
     const slot = wanted ?? this.freeKeyslot();
     if (slot < 0 || slot >= LUKS2_KEYSLOTS_MAX) throw new TrustvolError("EUSAGE", `keyslot ${slot} is out of range (0..31)`);
     if (String(slot) in this.metadata.keyslots) throw new TrustvolError("EBUSY", `keyslot ${slot} is already in use`, "pick another slot or remove it first");
@@ -253,6 +269,7 @@ export class Luks2Volume {
   /** Replace the passphrase of a keyslot (same id, new area), like `cryptsetup luksChangeKey`. */
   async changeKeyslot(slot: number, oldPass: Uint8Array, newPass: Uint8Array, opts: NewKeyslotOptions = {}): Promise<void> {
     this.checkRequirements("write");
+    this.refuseInReencryption("changing a keyslot");
     await this.syncCopies();
     const { volumeKey } = await this.unlock(oldPass, { slot });
     try {
@@ -282,6 +299,14 @@ export class Luks2Volume {
     const id = String(slot);
     const ks = this.metadata.keyslots[id];
     if (!ks) throw new TrustvolError("ENOENT", `keyslot ${slot} is not in use`);
+    if (this.inReencryption()) {
+      // cryptsetup 2.6.1 lets luksKillSlot remove any keyslot here, even the reencrypt keyslot or the last keyslot of
+      // the new key (then nothing can finish the run); trustvol refuses those and allows the rest, as cryptsetup does.
+      const d = Object.values(this.metadata.digests).find((x) => x.keyslots.includes(id));
+      const lastOfDigest = !!d && d.keyslots.filter((k) => k !== id && this.metadata.keyslots[k]?.type === "luks2").length === 0 && ks.type === "luks2";
+      if (ks.type === "reencrypt" || lastOfDigest)
+        throw new TrustvolError("EBUSY", `removing keyslot ${slot} refused: ${this.dev.name} is in the middle of re-encryption and needs it (${ks.type === "reencrypt" ? "the re-encryption state" : "the last keyslot of one of its volume keys"})`, `finish or resume the re-encryption first: trustvol reencrypt --resume-only ${this.dev.name}`);
+    }
     const remaining = Object.keys(this.metadata.keyslots).filter((k) => k !== id && this.metadata.keyslots[k]!.type === "luks2");
     if (!remaining.length && !opts.allowLast)
       throw new TrustvolError("EUSAGE", `keyslot ${slot} is the last keyslot: removing it makes the data unrecoverable`, "add another key first, or pass --force if that is really what you want");
@@ -319,6 +344,7 @@ export class Luks2Volume {
   /** Add (import) a token object; validated like cryptsetup's `token import`. Returns its id. */
   async addToken(token: unknown, opts: { tokenId?: number; replace?: boolean } = {}): Promise<number> {
     this.checkRequirements("write");
+    this.refuseInReencryption("importing a token");
     if (typeof token !== "object" || token === null || Array.isArray(token)) throw new TrustvolError("EUSAGE", "token must be a JSON object");
     const t = token as Luks2Token;
     if (typeof t.type !== "string" || !t.type) throw new TrustvolError("EUSAGE", 'token has no "type"');

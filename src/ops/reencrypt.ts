@@ -60,8 +60,16 @@ export interface ReencryptOptions {
   pbkdf?: PbkdfOptions;
   initOnly?: boolean;
   resumeOnly?: boolean;
+  /** --encrypt: the new header's label, subsystem, UUID (cryptsetup --label, --subsystem, --uuid). */
   label?: string;
+  subsystem?: string;
   uuid?: string;
+  /**
+   * --encrypt: put the plain file system's label (ext2/3/4, xfs, btrfs, vfat) on the LUKS2 header, so the partition
+   * stays findable by LABEL= (LmP's `cryptsetup config --label otaroot` after its reencrypt --encrypt). Its UUID is
+   * not copied: the opened mapping still shows it, and a second device with the same UUID would confuse blkid/udev.
+   */
+  labelFromFs?: boolean;
   /**
    * Checksum resilience only: also keep, after the checksums cryptsetup reads, a copy of the old hotzone, so a write
    * torn inside a block is recoverable too (default true; false = cryptsetup's I/O, one block per torn write at risk).
@@ -99,10 +107,22 @@ export async function defaultEncryptSectorSize(dev: BlockDevice, sectorSize?: nu
 
 const usage = (msg: string, hint?: string) => new TrustvolError("EUSAGE", msg, hint);
 
+/** The LUKS2 label for --encrypt: --label, or the plain file system's own label with --label-from-fs. */
+async function encryptLabel(dev: BlockDevice, opts: ReencryptOptions): Promise<string | undefined> {
+  if (!opts.labelFromFs) return opts.label;
+  if (opts.label !== undefined) throw usage("--label and --label-from-fs exclude each other");
+  const head = Buffer.alloc(Math.min(FS_PROBE_BYTES, dev.size));
+  await dev.read(head, 0);
+  const fs = probeFilesystem(head);
+  if (!fs?.label) throw usage(`--label-from-fs: ${dev.name} holds ${fs ? `a ${fs.type} file system without a label` : "no file system trustvol recognises"}`, "give --label LABEL, or drop --label-from-fs");
+  return fs.label;
+}
+
 export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): Promise<ReencryptResult> {
   const mode = opts.mode ?? "reencrypt";
   const hdrDev = opts.header ?? dev;
   if (opts.initOnly && opts.resumeOnly) throw usage("--init-only and --resume-only exclude each other");
+  if (mode !== "encrypt" && (opts.label !== undefined || opts.subsystem !== undefined || opts.uuid !== undefined || opts.labelFromFs)) throw usage("--label, --subsystem, --uuid and --label-from-fs are for --encrypt", "set them on an existing volume with `cryptsetup config`");
   if (opts.resilience && !["checksum", "journal", "none", "datashift"].includes(opts.resilience)) throw usage(`unknown resilience mode "${opts.resilience}"`, "use checksum, journal or none");
   if (opts.hash) opensslHash(opts.hash);
   if (opts.hotzoneSize !== undefined && (!Number.isSafeInteger(opts.hotzoneSize) || opts.hotzoneSize < 4096)) throw usage(`hotzone size ${opts.hotzoneSize} is too small`);
@@ -128,6 +148,11 @@ export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): 
   }
   const st = loadReencryptState(volume.metadata);
   if (opts.initOnly) return { mode: st.mode, state: "initialized", recovered, bytes: 0, keyslots: newKeyslots(volume.metadata, st) };
+  if (dataAllDone(volume.metadata, st, dev)) {
+    const keyslots = newKeyslots(finalMetadata(volume.metadata, st).metadata, st);
+    await finishMetadataOnly(volume, dev, hdrDev, st, opts);
+    return { mode: st.mode, state: "finished", recovered, bytes: 0, keyslots };
+  }
 
   const keys = await unlockForState(volume, hdrDev, st, opts);
   try {
@@ -165,8 +190,56 @@ function newKeyslots(m: Luks2Metadata, st: ReencryptState): number[] {
   return (m.digests[String(st.digestNew)]?.keyslots ?? []).map(Number).sort((a, b) => a - b);
 }
 
-/** Unlock the keys the state needs (old and/or new digest) and verify the re-encryption digest against them. */
-async function unlockForState(v: Luks2Volume, hdrDev: BlockDevice, st: ReencryptState, opts: Pick<ReencryptOptions, "passphrase" | "keyslot" | "keyslotPassphrases">): Promise<Map<number, Buffer>> {
+/**
+ * Every data segment already holds its final form: a run stopped, or cryptsetup was killed, in its finalisation
+ * (cryptsetup wipes the old keyslots one commit at a time before it drops the reencrypt keyslot). Only metadata is left.
+ */
+function dataAllDone(m: Luks2Metadata, st: ReencryptState, dev: BlockDevice): boolean {
+  if (st.status !== "clean") return false;
+  try {
+    return nextHotzone(m, st, dev.size - st.newSeg.offset, Number.MAX_SAFE_INTEGER) === null;
+  } catch {
+    return false; // segments the engine would refuse: let the normal path report them
+  }
+}
+
+/**
+ * Finish a re-encryption whose data is all done: no data is (re-)encrypted, so no old key is needed. The key of the
+ * final data segment (encrypt/reencrypt) must unlock and verify against its digest; the old key is used, when a
+ * keyslot of it still opens, to verify the re-encryption digest too. Decrypt's final segment is plain (no key vouches
+ * for it): there the old key is required while any old keyslot is left, as on the normal path. A power cut before the
+ * final commit leaves the same state (run it again); after it, the volume is finished.
+ */
+async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, opts: ReencryptOptions): Promise<void> {
+  const m = v.metadata;
+  const oldLeft = st.digestOld >= 0 && (m.digests[String(st.digestOld)]?.keyslots ?? []).some((k) => m.keyslots[k]?.type === "luks2");
+  const optional = new Set<number>();
+  // decrypt with every old keyslot already wiped: no key is left to check or to lose, and no data is written.
+  if (st.digestOld >= 0 && st.digestOld !== st.digestNew && (st.digestNew >= 0 || !oldLeft)) optional.add(st.digestOld);
+  const keys = await unlockForState(v, hdrDev, st, opts, optional);
+  try {
+    const buf = st.movedSeg ? Buffer.allocUnsafeSlow(Math.min(st.movedSeg.size!, 8 * MiB)) : Buffer.alloc(0);
+    await finishRun(v, dev, hdrDev, st, buf);
+  } finally {
+    for (const k of keys.values()) wipe(k);
+  }
+}
+
+/** The end of every run: the moved plaintext copy wiped, the final metadata committed, the old keyslots' areas wiped. */
+async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, buf: Buffer): Promise<void> {
+  // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
+  if (st.movedSeg) await wipeRandom(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
+  const fin = finalMetadata(v.metadata, st);
+  await v.commit(fin.metadata);
+  for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);
+}
+
+/**
+ * Unlock the keys the state needs (old and/or new digest) and verify the re-encryption digest against them. A digest
+ * in `optional` may stay locked (no keyslot of it opens, or none is left); then the re-encryption digest, which binds
+ * both keys, cannot be checked and only the keys that did unlock are verified (against their own digests).
+ */
+async function unlockForState(v: Luks2Volume, hdrDev: BlockDevice, st: ReencryptState, opts: Pick<ReencryptOptions, "passphrase" | "keyslot" | "keyslotPassphrases">, optional: ReadonlySet<number> = new Set()): Promise<Map<number, Buffer>> {
   const m = v.metadata;
   const keys = new Map<number, Buffer>();
   const need = [st.digestOld, st.digestNew].filter((d, i, a) => d >= 0 && a.indexOf(d) === i);
@@ -179,7 +252,13 @@ async function unlockForState(v: Luks2Volume, hdrDev: BlockDevice, st: Reencrypt
         const viaToken = Object.values(m.tokens).filter((t) => t.keyslots.includes(s)).flatMap((t) => t.keyslots.map((k) => opts.keyslotPassphrases?.get(Number(k))));
         const cands = [opts.keyslotPassphrases?.get(Number(s)), ...viaToken, opts.passphrase].filter((p, i, a): p is Uint8Array => !!p && a.indexOf(p) === i);
         for (const pass of cands) {
-          const cand = await openKeyslotCandidate(hdrDev, m.keyslots[s]!, pass);
+          let cand: Buffer;
+          try {
+            cand = await openKeyslotCandidate(hdrDev, m.keyslots[s]!, pass);
+          } catch (e) {
+            if (optional.has(d) && e instanceof TrustvolError) break; // an unusable keyslot of a key we can do without
+            throw e;
+          }
           if (verifyDigest(m.digests[String(d)]!, cand)) {
             keys.set(d, cand);
             break;
@@ -189,11 +268,12 @@ async function unlockForState(v: Luks2Volume, hdrDev: BlockDevice, st: Reencrypt
         if (keys.has(d)) break;
       }
       if (!keys.has(d)) {
+        if (optional.has(d)) continue;
         if (!opts.passphrase && !opts.keyslotPassphrases?.size) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume keys", "give --key-file or a token");
         throw new TrustvolError("EBADPASS", `no key available with this passphrase for the ${d === st.digestNew ? "new" : "old"} volume key`, "check the passphrase (or key file) and try again");
       }
     }
-    if (!verifyReencryptDigest(m, keys)) throw new TrustvolError("ECORRUPT", "re-encryption metadata is invalid (its digest does not match the keys and metadata)", "the header was tampered with or damaged; restore a header backup");
+    if (need.every((d) => keys.has(d)) && !verifyReencryptDigest(m, keys)) throw new TrustvolError("ECORRUPT", "re-encryption metadata is invalid (its digest does not match the keys and metadata)", "the header was tampered with or damaged; restore a header backup");
     return keys;
   } catch (e) {
     for (const k of keys.values()) wipe(k);
@@ -354,7 +434,8 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
   const ss = await defaultEncryptSectorSize(dev, opts.sectorSize);
   const dataSize = dev.size;
   checkDataSize(dataSize, [ss]);
-  const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: 0, label: opts.label, uuid: opts.uuid, digestIterations: digestIterations(opts) }, true);
+  const label = await encryptLabel(dev, opts);
+  const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: 0, label, subsystem: opts.subsystem, uuid: opts.uuid, digestIterations: digestIterations(opts) }, true);
   try {
     const m = plan.header.metadata;
     const crypt = m.segments["0"]!;
@@ -400,7 +481,8 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   const dataSize = total - reduce; // the (shrunk) file system
   if (dataSize <= 0) throw new TrustvolError("ENOSPC", `${dev.name} (${total} bytes) is too small for --reduce-device-size ${reduce}`, "use a smaller reduction or a larger device");
   checkDataSize(dataSize, [ss]);
-  const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: shift, label: opts.label, uuid: opts.uuid, digestIterations: digestIterations(opts) }, false);
+  const label = await encryptLabel(dev, opts);
+  const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: shift, label, subsystem: opts.subsystem, uuid: opts.uuid, digestIterations: digestIterations(opts) }, false);
   let head: Buffer | undefined;
   try {
     const m = plan.header.metadata;
@@ -603,11 +685,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       recovered = true;
     }
     bytes = await runHotzones(e, { signal: opts.signal, onProgress: opts.onProgress, interrupted });
-    // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
-    if (e.st.movedSeg) await wipeRandom(dev, e.st.movedSeg.offset, e.st.movedSeg.size!, e.buf);
-    const fin = finalMetadata(v.metadata, e.st);
-    await v.commit(fin.metadata);
-    for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);
+    await finishRun(v, dev, hdrDev, e.st, e.buf);
     return { recovered, bytes };
   } finally {
     e.dispose();

@@ -274,12 +274,6 @@ for (const s of scenarios) {
       if (!fin.ok) {
         const known = starter === "cryptsetup" && finisher === "cryptsetup" ? knownCryptsetupDeadEnd(crashed, fin.message) : undefined;
         const kind = knownCryptsetupDeadEnd(crashed, fin.message);
-        if (!known && kind && finisher === "trustvol" && /finalisation/.test(kind)) {
-          // Reported to the engine author: cryptsetup's finalisation crash (data all done, old keyslot already wiped)
-          // needs no old key, only the final metadata; trustvol asks for the old key and stops. Until fixed: todo.
-          t.todo(`engine gap: trustvol cannot finish cryptsetup's finalisation crash (${kind}): ${fin.message}`);
-          return;
-        }
         if (!known && kind && starter === "trustvol" && finisher === "cryptsetup") {
           // trustvol was killed in a state that cryptsetup 2.6.1 cannot resume even after its own crash (its datashift
           // tail / finalisation dead end): cryptsetup is the one that is wrong here, so trustvol must finish it.
@@ -446,18 +440,13 @@ test("cryptsetup's unrecoverable crashes: found by late kills, and trustvol resu
   for (const d of found) t.diagnostic(`cryptsetup dead end (${d.s.name}): ${d.what}`);
   if (!found.length) return t.diagnostic("no dead end this run (timing): nothing for trustvol to resume");
   if (!needCliEngine(t)) return;
-  const gaps: string[] = [];
   for (const d of found) {
+    // A finalisation crash (data all done, old keyslot already wiped) is finished metadata-only, without the old key.
     const fin = finishWith("trustvol", f, d.s, d.img, d.hdr);
-    if (!fin.ok && /finalisation/.test(d.what)) {
-      gaps.push(`${d.s.name}: ${d.what}: ${fin.message}`); // the engine gap reported with the SIGKILL matrix
-      continue;
-    }
     assert.ok(fin.ok, `trustvol could not resume cryptsetup's dead end (${d.s.name}: ${d.what}): ${fin.message}`);
     d.s.verify(f, d.img, d.hdr, true);
     t.diagnostic(`trustvol finished cryptsetup's dead end (${d.s.name}: ${d.what})`);
   }
-  if (gaps.length) t.todo(`engine gap: trustvol cannot finish ${gaps.length} of cryptsetup's finalisation crashes: ${gaps[0]}`);
 }));
 
 test("cryptsetup baseline fixture sanity: the oracle reads what cryptsetup encrypts", async (t) => todoIfEngineLacks(t, async () => {

@@ -27,6 +27,7 @@ export function registerKeyCommands(program: Command): void {
     let vk: Buffer | undefined;
     try {
       const v = h.requireLuks2("key add");
+      v.refuseInReencryption("key add"); // before any passphrase is asked
       if (o.volumeKeyFile) {
         vk = readKeyFile(o.volumeKeyFile as string);
         v.verifyVolumeKey(vk);
@@ -58,6 +59,7 @@ export function registerKeyCommands(program: Command): void {
     const h = await LuksHandle.open(device, { header: o.header as string | undefined });
     try {
       const v = h.requireLuks2("key change");
+      v.refuseInReencryption("key change");
       const old = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: "Enter passphrase to be changed: ", ...keyFileLimits(o) });
       try {
         const { keyslot, volumeKey } = await v.unlock(old, { slot: o.keySlot as number | undefined });

@@ -61,7 +61,9 @@ export function registerReencryptCommands(program: Command): void {
     .option("--pbkdf-memory <kib>", "Argon2 memory in KiB", int("--pbkdf-memory", 32, 4 * 1024 * 1024))
     .option("-i, --iter-time <ms>", "benchmark the KDF to take MS milliseconds", int("--iter-time", 1))
     .option("--label <label>", "LUKS2 label (--encrypt)")
-    .option("--uuid <uuid>", "LUKS2 UUID (--encrypt)")
+    .option("--label-from-fs", "--encrypt: copy the file system's label (ext2/3/4, xfs, btrfs, vfat) to the LUKS2 header, so LABEL= still finds the partition; its UUID is not copied: the opened device keeps it, and a duplicate UUID would confuse blkid/udev")
+    .option("--subsystem <name>", "LUKS2 subsystem (--encrypt)")
+    .option("--uuid <uuid>", "LUKS2 UUID (--encrypt; default: a new one, never the file system's)")
     .option("--token-only", "unlock only through tokens (TPM2, PKCS#11, clevis...)")
     .option("--token-id <n>", "use only this token", int("--token-id", 0, 31))
     .option("--token-type <type>", "use only tokens of this type")
@@ -142,6 +144,8 @@ export function registerReencryptCommands(program: Command): void {
           initOnly: !!o.initOnly,
           resumeOnly: !!o.resumeOnly,
           label: o.label as string | undefined,
+          labelFromFs: !!o.labelFromFs,
+          subsystem: o.subsystem as string | undefined,
           uuid: o.uuid as string | undefined,
           onProgress,
           signal: sig.signal,
