@@ -103,6 +103,17 @@ export function dmInfo(name: string, o?: DmsetupOptions): DmInfo | undefined {
   return { name: n!, uuid: uuid ?? "", open: Number(open), major: Number(major), minor: Number(minor), readOnly: (attr ?? "").includes("r"), suspended: (attr ?? "").startsWith("s") };
 }
 
+/** Every mapping: name and dm UUID (`dmsetup info -c` without a name). */
+export function dmList(o?: DmsetupOptions): { name: string; uuid: string }[] {
+  if (!deviceMapperPresent()) return [];
+  const r = dmsetupRun(["info", "-c", "--noheadings", "--separator", "|", "-o", "name,uuid"], undefined, o);
+  if (r.status !== 0 || /No devices found/.test(r.stdout)) return [];
+  return r.stdout.trim().split("\n").filter((l) => l.includes("|")).map((l) => {
+    const [name, uuid] = l.trim().split("|");
+    return { name: name!, uuid: uuid ?? "" };
+  });
+}
+
 export function dmExists(name: string, o?: DmsetupOptions): boolean {
   return dmInfo(name, o) !== undefined;
 }

@@ -67,6 +67,12 @@ export interface ReencryptOptions {
   tornWriteSafe?: boolean;
   onProgress?: (p: { done: number; total: number }) => void;
   signal?: AbortSignal;
+  /**
+   * Online re-encryption (reencrypt-online.ts) maps the device around each hotzone: `before` gets the metadata about
+   * to be committed with the hotzone in-reencryption (and the unlocked keys, by digest), before its data is read;
+   * `after` runs once the hotzone is committed as done.
+   */
+  hotzoneHooks?: { before(hot: Luks2Metadata, keys: Map<number, Buffer>): Promise<void> | void; after(post: Luks2Metadata): Promise<void> | void };
 }
 
 export interface ReencryptResult {
@@ -164,7 +170,7 @@ function newKeyslots(m: Luks2Metadata, st: ReencryptState): number[] {
 }
 
 /** Unlock the keys the state needs (old and/or new digest) and verify the re-encryption digest against them. */
-async function unlockForState(v: Luks2Volume, hdrDev: BlockDevice, st: ReencryptState, opts: Pick<ReencryptOptions, "passphrase" | "keyslot" | "keyslotPassphrases">): Promise<Map<number, Buffer>> {
+export async function unlockForState(v: Luks2Volume, hdrDev: BlockDevice, st: ReencryptState, opts: Pick<ReencryptOptions, "passphrase" | "keyslot" | "keyslotPassphrases">): Promise<Map<number, Buffer>> {
   const m = v.metadata;
   const keys = new Map<number, Buffer>();
   const need = [st.digestOld, st.digestNew].filter((d, i, a) => d >= 0 && a.indexOf(d) === i);
@@ -657,6 +663,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
         opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
         continue;
       }
+      await opts.hotzoneHooks?.before(hot, keys);
       const data = e.buf.subarray(0, len);
       await dev.read(data, sourceOf(e, hot, off));
       const area = e.st.keyslot.area;
@@ -685,6 +692,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       await dev.write(data, e.dataOffset + off);
       await dev.flush();
       await v.commit(postMetadata(v.metadata, e.st, off, len, e.dataSize));
+      await opts.hotzoneHooks?.after(v.metadata);
       bytes += len;
       hz = nextHotzone(v.metadata, e.st, e.dataSize, e.hotzone);
       opts.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
