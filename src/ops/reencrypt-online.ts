@@ -23,6 +23,7 @@ import { loadReencryptState, reencryptStatus } from "../luks2/reencrypt-metadata
 import { cryptTable, checkMappingName } from "../dm/table.js";
 import { dmCreate, dmInfo, dmList, dmLoad, dmRemove, dmResume, dmSuspend, dmTable } from "../dm/dmsetup.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
+import { ioctlAvailable, ioctlRaw } from "../dm/ioctl.js";
 import { paddKey, unlinkKey, type KeyRef } from "../trust/kernel/keyring.js";
 import { reencrypt, unlockForState, type ReencryptOptions, type ReencryptResult } from "./reencrypt.js";
 
@@ -160,10 +161,22 @@ export function findActiveMapping(uuid: string): string | undefined {
   return dmList().find((d) => d.uuid.startsWith(prefix) && d.uuid === prefix + d.name)?.name;
 }
 
-/** Drop the raw device's page cache: the mapping's I/O bypasses it, our reads must not see stale pages. */
-function dropCache(path: string): void {
-  spawnSync("blockdev", ["--flushbufs", path], { stdio: "ignore", timeout: 60_000 });
+/**
+ * Drop the raw device's page cache (BLKFLSBUF): the mapping's I/O bypasses it, our reads must not see stale pages.
+ * Through the native ioctl when it is there (no process per hotzone), else blockdev --flushbufs.
+ */
+function dropCache(path: string, fd: number): void {
+  if (ioctlAvailable()) {
+    try {
+      if (ioctlRaw(fd, BLKFLSBUF, new Uint8Array(8)) === 0) return;
+    } catch {
+      /* fall back */
+    }
+  }
+  const r = spawnSync("blockdev", ["--flushbufs", path], { stdio: "ignore", timeout: 60_000 });
+  if (r.status !== 0) throw new TrustvolError("EIO", `cannot drop the page cache of ${path} (blockdev --flushbufs failed)`, "is util-linux installed?");
 }
+const BLKFLSBUF = 0x1261; // _IO(0x12, 97)
 
 /**
  * Re-encrypt (rotate the volume key of) an active LUKS2 mapping `name` — given as the name, /dev/mapper/NAME, or the
@@ -197,7 +210,7 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
   const dev = await FileBlockDevice.open(under.path);
   let lock: HeldLock | undefined;
   let unlinkKeys: (() => void) | undefined;
-  let stack: { hotzone: string; created: boolean; swapped: boolean; hzSuspended: boolean } | undefined;
+  let stack: { hotzone: string; majmin: string; created: boolean; swapped: boolean; hzSuspended: boolean } | undefined;
   let uuid = "";
   let failed = true;
   let result!: ReencryptResult;
@@ -222,12 +235,14 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
         if (!stack) {
           unlinkKeys = loadLogonKeys(uuid, keys);
           const hotzone = `${name}-hotzone-${st.direction}`;
-          stack = { hotzone, created: false, swapped: false, hzSuspended: false };
+          stack = { hotzone, majmin: "", created: false, swapped: false, hzSuspended: false };
           if (dmInfo(hotzone)) throw new TrustvolError("EBUSY", `${hotzone} already exists`, "remove the leftover helper (dmsetup remove) if no re-encryption runs");
           const total = mappedSectors(hot, deviceSize);
           const sub = (n: string) => `CRYPT-SUBDEV-${m[1]}-${n}`;
           dmCreate(hotzone, `0 ${total} linear ${under.majmin} ${st.newSeg.offset / 512}`, { uuid: sub(hotzone) });
           stack.created = true;
+          const hz = dmInfo(hotzone)!;
+          stack.majmin = `${hz.major}:${hz.minor}`;
           // the overlay starts with what the top device maps now: the metadata before this hotzone (re-encryption
           // is initialised by now, so the old key is referenced by cryptsetup's description, loaded above)
           const curTable = segmentTable((await Luks2Volume.open(dev)).metadata, { device: under.majmin, deviceSize, keySize, uuid, flags });
@@ -238,14 +253,13 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
           dmResume(name);
           stack.swapped = true;
         }
-        const hz = dmInfo(stack.hotzone)!;
-        dmLoad(overlay, segmentTable(hot, { device: under.majmin, deviceSize, keySize, uuid, flags, hotzoneDevice: `${hz.major}:${hz.minor}` }));
+        dmLoad(overlay, segmentTable(hot, { device: under.majmin, deviceSize, keySize, uuid, flags, hotzoneDevice: stack.majmin }));
         // top to bottom: the overlay first, then the hotzone device, then the overlay's new table goes live
         dmSuspend(overlay, { noflush: true, nolockfs: true });
         dmSuspend(stack.hotzone, { noflush: true, nolockfs: true });
         stack.hzSuspended = true;
         dmResume(overlay);
-        dropCache(under.path);
+        dropCache(under.path, dev.fd);
       },
       after: () => {
         if (!stack) return;
