@@ -40,7 +40,7 @@ export default async function bench(): Promise<void> {
     console.log("skipped: the QEMU tier is not available (tools or TRUSTVOL_GUEST_KERNEL)");
     return;
   }
-  const r = await runInGuest({ script, tpm: false, timeoutMs: 1_800_000 });
+  const r = await runInGuest({ script, tpm: false, timeoutMs: 1_800_000, env: { TRUSTVOL_DM_IOCTL: process.env.TRUSTVOL_DM_IOCTL ?? "" } });
   if (r.status !== 0) throw new Error(`guest failed (${r.status}): ${r.stderr}\n${r.stdout}`);
   const vals = (k: string) => [...r.stdout.matchAll(new RegExp(`^${k}=([0-9.]+)$`, "gm"))].map((m) => Number(m[1]));
   if (/_failed=1/.test(r.stdout)) throw new Error(`a run failed: ${r.stderr}\n${r.stdout}`);
