@@ -39,11 +39,12 @@ while True:
     f.write("%08d\n" % n); f.flush(); os.fsync(f.fileno()); print("ACK %d" % n, flush=True); n += 1; time.sleep(0.02)
 PY
 }
-killme_at() { # THRESH: say KILLME (after a random pause) once the progress file passes THRESH bytes
-  local t=$1
+killme_at() { # THRESH PID: say KILLME (after a random pause) once the progress file passes THRESH bytes
+  local t=$1 pid=$2
   while :; do
     b=$(grep -o '"device_bytes": *"[0-9]*' prog 2>/dev/null | tail -1 | grep -o '[0-9]*$')
     [ -n "$b" ] && [ "$b" -ge "$t" ] && break
+    if ! kill -0 "$pid" 2>/dev/null; then wait "$pid"; echo "run_ended_before_cut=$?"; sed 's/^/run_err: /' err >&2; exit 3; fi
     sleep 0.05
   done
   sleep 0.$((RANDOM % 10)); echo KILLME; sleep 3600
@@ -77,8 +78,8 @@ start)
   tool=$1 thresh=$2
   open_with $tool; mount /dev/mapper/vol /mnt
   writer; sleep 1
-  run_online $tool > prog 2> err & 
-  killme_at $thresh ;;
+  run_online $tool > prog 2> err &
+  killme_at $thresh $! ;;
 check)
   tool=$1 ack=$2 thresh=${3:-} next=${4:-}
   echo "state_before=$(state)"
@@ -90,7 +91,7 @@ check)
   if [ -n "$thresh" ]; then
     st=$(state); writer; sleep 0.5
     if [ "$st" = none ]; then run_online $next > prog 2> err & else run_online $next resume > prog 2> err & fi
-    killme_at $thresh
+    killme_at $thresh $!
   fi
   run_online $tool resume > prog 2> err; echo "resume_rc=$?"; tail -3 err >&2
   echo "state_after=$(state)"
