@@ -3,6 +3,7 @@
 // reloaded, suspended, resumed and removed here. Tables go to dmsetup on stdin and only ever hold keyring references
 // (see table.ts), so nothing secret passes through here. Without udev (initramfs, test guest) dmsetup is told to
 // create the /dev/mapper nodes itself.
+import { dmIoctlEnabled, dmIoctlLoad, dmIoctlResume, dmIoctlSuspend } from "./dmioctl.js";
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { TrustvolError } from "../util/errors.js";
@@ -103,6 +104,17 @@ export function dmInfo(name: string, o?: DmsetupOptions): DmInfo | undefined {
   return { name: n!, uuid: uuid ?? "", open: Number(open), major: Number(major), minor: Number(minor), readOnly: (attr ?? "").includes("r"), suspended: (attr ?? "").startsWith("s") };
 }
 
+/** Every mapping: name and dm UUID (`dmsetup info -c` without a name). */
+export function dmList(o?: DmsetupOptions): { name: string; uuid: string }[] {
+  if (!deviceMapperPresent()) return [];
+  const r = dmsetupRun(["info", "-c", "--noheadings", "--separator", "|", "-o", "name,uuid"], undefined, o);
+  if (r.status !== 0 || /No devices found/.test(r.stdout)) return [];
+  return r.stdout.trim().split("\n").filter((l) => l.includes("|")).map((l) => {
+    const [name, uuid] = l.trim().split("|");
+    return { name: name!, uuid: uuid ?? "" };
+  });
+}
+
 export function dmExists(name: string, o?: DmsetupOptions): boolean {
   return dmInfo(name, o) !== undefined;
 }
@@ -174,18 +186,21 @@ export function dmCreate(name: string, table: string, opts: CreateOptions = {}, 
 /** Load a new (inactive) table into an existing mapping; it takes effect at the next resume. */
 export function dmLoad(name: string, table: string, o?: DmsetupOptions): void {
   assertKeyringOnly(table);
+  if (!o && dmIoctlEnabled()) return dmIoctlLoad(name, table);
   const r = dmsetupRun(["load", name], table + "\n", o);
   if (r.status !== 0) throw commonFailure("load", r.stderr) ?? new TrustvolError("EDEVICE", `device-mapper refused the new table for ${name}: ${firstLines(r.stderr)}`);
 }
 
 /** Suspend I/O to a mapping. noflush: keep queued I/O (a mounted file system keeps running, as cryptsetup reencrypt does). */
 export function dmSuspend(name: string, opts: { noflush?: boolean; nolockfs?: boolean } = {}, o?: DmsetupOptions): void {
+  if (!o && dmIoctlEnabled()) return dmIoctlSuspend(name, opts);
   const r = dmsetupRun(["suspend", ...(opts.noflush ? ["--noflush"] : []), ...(opts.nolockfs ? ["--nolockfs"] : []), name], undefined, o);
   if (r.status !== 0) throw queryFailure("suspend", name, r.stderr);
 }
 
 /** Resume a mapping (activating a table loaded with dmLoad). */
 export function dmResume(name: string, o?: DmsetupOptions): void {
+  if (!o && dmIoctlEnabled()) return dmIoctlResume(name);
   const r = dmsetupRun(["resume", name], undefined, o);
   if (r.status !== 0) throw queryFailure("resume", name, r.stderr);
 }

@@ -21,6 +21,8 @@ import { checkMappingName, cryptTable, type CryptTableSpec, type KeyringKeyRef, 
 import { dmCreate } from "../dm/dmsetup.js";
 import { isBlockDevice, loopAttach, loopBackingFile, type LoopHandle } from "../dm/loop.js";
 import { closeMapping, rememberMapping } from "../dm/state.js";
+import { reencryptStatus } from "../luks2/reencrypt-metadata.js";
+import { activateReencrypting, luks2DmUuid } from "./reencrypt-online.js";
 
 export interface OpenResult {
   name: string;
@@ -37,6 +39,10 @@ export interface OpenResult {
   /** Whether the keyring key trustvol loaded was unlinked after activation. */
   keyUnlinked?: boolean;
   dryRun?: boolean;
+  /** LUKS2 mid-re-encryption: mapped with cryptsetup's multi-segment table (old key, new key, linear parts). */
+  reencrypting?: boolean;
+  /** A hotzone a crash interrupted was recovered before mapping. */
+  recovered?: boolean;
 }
 
 export interface ActivateOptions {
@@ -122,6 +128,7 @@ export async function openLuks(path: string, name: string, unlock: LuksUnlocker,
   const h = await LuksHandle.open(path, { header: o.header, readOnly: true });
   let volumeKey: Buffer | undefined;
   try {
+    if (h.luks2 && reencryptStatus(h.luks2.metadata) !== "none") return await openReencryptingLuks(h, path, name, unlock, o);
     if (h.luks2) {
       h.luks2.checkRequirements("activate");
       const seg = (h.luks2.metadata.segments as Record<string, { integrity?: unknown }>)[Object.keys(h.luks2.metadata.segments)[0]!];
@@ -173,6 +180,51 @@ export async function openLuks(path: string, name: string, unlock: LuksUnlocker,
   } finally {
     wipe(volumeKey);
     await h.close();
+  }
+}
+
+/**
+ * A LUKS2 volume mid-re-encryption (src/ops/reencrypt-online.ts): the unlocker's passphrase (typed or from a token)
+ * opens the old and the new volume key, as cryptsetup's activation does; a crashed hotzone is recovered first; the
+ * device is mapped with cryptsetup's multi-segment table and key descriptions. A recovery that finished the run
+ * leaves an ordinary volume, opened the ordinary way.
+ */
+async function openReencryptingLuks(h: LuksHandle, path: string, name: string, unlock: LuksUnlocker, o: ActivateOptions & { header?: string }): Promise<OpenResult> {
+  const v = h.luks2!;
+  const passes: Buffer[] = [];
+  const orig = v.unlock.bind(v);
+  (v as { unlock: typeof orig }).unlock = async (pass, opts) => {
+    const r = await orig(pass, opts);
+    passes.push(Buffer.from(pass));
+    return r;
+  };
+  try {
+    const r = await unlock(h);
+    wipe(r.volumeKey);
+    const pass = passes[passes.length - 1];
+    if (!pass) throw new TrustvolError("EUNSUPPORTED", "this volume is mid-re-encryption and the unlock gave a volume key but no passphrase", "open it with a passphrase or a token");
+    const dmUuid = luks2DmUuid(h.uuid, name);
+    const under = await underlying(path, !!o.readOnly, !!o.dryRun);
+    let act;
+    try {
+      act = await activateReencrypting(path, under.device, name, dmUuid, pass, { readOnly: o.readOnly, allowDiscards: o.allowDiscards, dryRun: o.dryRun, header: o.header, keyring: o.keyring });
+    } catch (e) {
+      try { under.loop?.detach(); } catch { /* already gone */ }
+      throw e;
+    }
+    if (act.table === "") {
+      // the recovered hotzone was the last one: an ordinary LUKS2 volume now
+      try { under.loop?.detach(); } catch { /* already gone */ }
+      return await openLuks(path, name, (h2) => h2.unlock(pass), o);
+    }
+    under.loop?.release();
+    const base = { name, device: `/dev/mapper/${name}`, uuid: dmUuid, kind: "luks2" as const, keyslot: r.keyslot, ...(r.tokenId !== undefined ? { tokenId: r.tokenId } : {}) };
+    if (o.dryRun) return { ...base, table: act.table, dryRun: true };
+    const res: OpenResult = { ...base, table: act.table, keyUnlinked: true, reencrypting: true, ...(act.recovered ? { recovered: true } : {}), ...(under.loop ? { loop: under.loop.device, loopAutoclear: under.loop.autoclear } : {}) };
+    remember(name, res);
+    return res;
+  } finally {
+    for (const p of passes) wipe(p);
   }
 }
 

@@ -124,6 +124,9 @@ export interface HotzoneRun {
   signal?: AbortSignal;
   onProgress?: (p: { done: number; total: number }) => void;
   interrupted: (done: number, total: number) => Error;
+  /** Online re-encryption (reencrypt-online.ts): quiesce/remap around each hotzone; no read-ahead then (the fs writes). */
+  hooks?: { before(hot: Luks2Metadata, keys: Map<number, Buffer>): Promise<void> | void; after(post: Luks2Metadata): Promise<void> | void };
+  keys?: Map<number, Buffer>;
 }
 
 /** Re-encrypt every hotzone left (after any crash recovery); returns the bytes processed. */
@@ -204,8 +207,10 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
           await dev.write(piece, e.dataOffset + off + p);
         }
       } else {
+        // Online: the hotzone is stable only once the hook has suspended and remapped it, so read after it, never ahead.
+        await run.hooks?.before(hot, run.keys ?? new Map());
         const data = await take(src, len);
-        if (nz) readAhead(nextSrc, nz.len);
+        if (nz && !run.hooks) readAhead(nextSrc, nz.len);
         // The copy (extended checksum) or journal is written while the checksums are hashed: both only read data.
         const copying = st.resilience === "journal" ? hdrDev.write(data, area.offset) : st.resilience === "checksum" && e.extended ? hdrDev.write(data, area.offset + extendedLayout(len, e.block, e.hashLen).copy) : null;
         copying?.catch(() => {}); // awaited below; a failure must not count as unhandled while the hashing runs
@@ -233,6 +238,7 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       }
       await dev.flush();
       await v.commit(post);
+      await run.hooks?.after(v.metadata);
       bytes += len;
       hz = nz;
       run.onProgress?.({ done: doneBytes(hz), total: e.dataSize });

@@ -77,6 +77,12 @@ export interface ReencryptOptions {
   tornWriteSafe?: boolean;
   onProgress?: (p: { done: number; total: number }) => void;
   signal?: AbortSignal;
+  /**
+   * Online re-encryption (reencrypt-online.ts) maps the device around each hotzone: `before` gets the metadata about
+   * to be committed with the hotzone in-reencryption (and the unlocked keys, by digest), before its data is read;
+   * `after` runs once the hotzone is committed as done.
+   */
+  hotzoneHooks?: { before(hot: Luks2Metadata, keys: Map<number, Buffer>): Promise<void> | void; after(post: Luks2Metadata): Promise<void> | void };
 }
 
 export interface ReencryptResult {
@@ -239,7 +245,7 @@ async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
  * in `optional` may stay locked (no keyslot of it opens, or none is left); then the re-encryption digest, which binds
  * both keys, cannot be checked and only the keys that did unlock are verified (against their own digests).
  */
-async function unlockForState(v: Luks2Volume, hdrDev: BlockDevice, st: ReencryptState, opts: Pick<ReencryptOptions, "passphrase" | "keyslot" | "keyslotPassphrases">, optional: ReadonlySet<number> = new Set()): Promise<Map<number, Buffer>> {
+export async function unlockForState(v: Luks2Volume, hdrDev: BlockDevice, st: ReencryptState, opts: Pick<ReencryptOptions, "passphrase" | "keyslot" | "keyslotPassphrases">, optional: ReadonlySet<number> = new Set()): Promise<Map<number, Buffer>> {
   const m = v.metadata;
   const keys = new Map<number, Buffer>();
   const need = [st.digestOld, st.digestNew].filter((d, i, a) => d >= 0 && a.indexOf(d) === i);
@@ -684,7 +690,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       await recoverHotzone(e);
       recovered = true;
     }
-    bytes = await runHotzones(e, { signal: opts.signal, onProgress: opts.onProgress, interrupted });
+    bytes = await runHotzones(e, { signal: opts.signal, onProgress: opts.onProgress, interrupted, hooks: opts.hotzoneHooks, keys });
     await finishRun(v, dev, hdrDev, e.st, e.buf);
     return { recovered, bytes };
   } finally {

@@ -235,7 +235,20 @@ async function ensureSrk(stateDir: string, handle: number, runDir: string): Prom
 }
 
 // ------------------------------------------------------------------ the run
+/**
+ * Run a guest. A guest that died without a single console line (QEMU or the TCG host failing before the kernel
+ * printed anything: a known rare flake) is started again, up to twice; a power cut on purpose never is.
+ */
 export async function runInGuest(opts: GuestRunOptions): Promise<GuestRunResult> {
+  for (let attempt = 1; ; attempt++) {
+    const r = await runInGuestOnce(opts);
+    const silent = r.status === null && !r.powerCut && r.bootMs < 0 && r.consoleLog.trim() === "";
+    if (!silent || attempt >= 3) return r;
+    process.stderr.write(`trustvol-vm: the guest died with no console output at all (attempt ${attempt}); starting it again\n`);
+  }
+}
+
+async function runInGuestOnce(opts: GuestRunOptions): Promise<GuestRunResult> {
   if (!!opts.script === !!opts.scriptPath) throw new Error("runInGuest: give exactly one of script / scriptPath");
   const t0 = Date.now();
   const kernel = ensureGuestKernel();

@@ -8,6 +8,7 @@ import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { probeLuksVersion } from "../../luks2/header.js";
 import { Luks2Volume } from "../../luks2/volume.js";
+import { findActiveMapping, reencryptOnline } from "../../ops/reencrypt-online.js";
 import { reencrypt, repairReencryption, tokenKeyslotPassphrases, type ReencryptOptions } from "../../ops/reencrypt.js";
 import { readPin } from "../../trust/pkcs11/pin.js";
 import { getPassphrase } from "../secrets.js";
@@ -40,8 +41,8 @@ function abortOnSignal(): { signal: AbortSignal; done: () => void } {
 export function registerReencryptCommands(program: Command): void {
   program
     .command("reencrypt")
-    .description("re-encrypt a LUKS2 device offline (new volume key), or --encrypt / --decrypt it in place; cryptsetup-compatible and resumable")
-    .argument("<device>", "block device or image file (not mapped, not mounted)")
+    .description("re-encrypt a LUKS2 device (new volume key) — online when it is open, offline otherwise — or --encrypt / --decrypt it in place; cryptsetup-compatible and resumable")
+    .argument("<device>", "block device or image file (online: the LUKS2 device of an active mapping)")
     .option("--encrypt", "encrypt a plain device (with --header FILE)")
     .option("--decrypt", "decrypt to a plain device (with --header FILE)")
     .option("--init-only", "only write the re-encryption metadata; finish later with --resume-only")
@@ -73,7 +74,8 @@ export function registerReencryptCommands(program: Command): void {
     .option("--progress-json", "print progress as JSON lines on stdout (on stderr with --json), cryptsetup's fields")
     .option("--no-progress", "no progress bar")
     .option("-q, --batch-mode", "do not ask for confirmation")
-    .option("--force-offline-reencrypt", "accepted for cryptsetup compatibility (trustvol is always offline)")
+    .option("--active-name <name>", "re-encrypt online: the device is open as this mapping (default: found by the LUKS2 UUID)")
+    .option("--force-offline-reencrypt", "re-encrypt offline even when the device is open (never while it is in use)")
     .option("--json", "print the result as JSON")
     .action(async (device: string, o: Record<string, unknown>) => {
       if (o.encrypt && o.decrypt) throw new TrustvolError("EUSAGE", "--encrypt and --decrypt exclude each other");
@@ -127,7 +129,14 @@ export function registerReencryptCommands(program: Command): void {
             (o.json ? io.err : io.out)(JSON.stringify({ device, device_bytes: String(p.done), device_size: String(p.total), speed: String(Math.round(rate * 1000)), eta_ms: String(eta), time_ms: String(ms) }) + "\n");
           }
         };
-        const r = await reencrypt(dev, {
+        // Online when the device is open (cryptsetup's rule): --active-name, or its mapping found by UUID.
+        let active = o.activeName as string | undefined;
+        if (!active && isLuks && !o.forceOfflineReencrypt && !o.header && mode === "reencrypt") active = findActiveMapping((await Luks2Volume.open(hdr)).uuid);
+        if (active && (mode !== "reencrypt" || o.header || o.initOnly || o.reduceDeviceSize)) throw new TrustvolError("EUSAGE", "online re-encryption (an open device) is key rotation only, without --header, --init-only or --reduce-device-size", "close the device, or use --force-offline-reencrypt for an unused mapping");
+        if (active) await dev.close();
+        const r = active
+          ? await reencryptOnline(active, { passphrase, keyslot: o.keySlot as number | undefined, keyslotPassphrases, resilience: o.resilience as ReencryptOptions["resilience"], hash: o.resilienceHash as string | undefined, hotzoneSize: o.hotzoneSize as number | undefined, cipher: o.cipher as string | undefined, keySize: o.keySize as number | undefined, sectorSize: o.sectorSize as number | undefined, pbkdf: pbkdfFrom(o), resumeOnly: !!o.resumeOnly, onProgress, signal: sig.signal })
+          : await reencrypt(dev, {
           mode,
           passphrase,
           keyslot: o.keySlot as number | undefined,
@@ -157,7 +166,7 @@ export function registerReencryptCommands(program: Command): void {
       } finally {
         sig.done();
         for (const s of secrets) wipe(s);
-        await dev.close();
+        await dev.close().catch(() => {});
         if (hdr !== dev) await hdr.close();
       }
     });

@@ -1,0 +1,91 @@
+#!/bin/bash
+# Guest side of test/vm/reencrypt-open.slow.test.ts: `trustvol open` of LUKS2 volumes mid-re-encryption (started by
+# cryptsetup: stopped cleanly / killed; started by trustvol through a TPM2 token: SIGTERM / killed). Prints key=value.
+set -u
+PS4='+ $(cut -d" " -f1 /proc/uptime) '; [ -n "${TRUSTVOL_TRACE:-}" ] && set -x
+cd /tmp
+export DM_DISABLE_UDEV=1
+TV="node $TRUSTVOL_REPO/bin/trustvol.mjs"
+printf 'guest pass (not a secret)' > pass; chmod 600 pass
+
+st() { # none | clean | crash
+  local j
+  j=$(cryptsetup luksDump --dump-json-metadata "$1" 2>/dev/null || cryptsetup luksDump "$1")
+  if echo "$j" | grep -q in-reencryption; then echo crash; elif echo "$j" | grep -q online-reencrypt; then echo clean; else echo none; fi
+}
+fill() { # $1 mapping -> random content, checksum on stdout
+  dd if=/dev/urandom of=/dev/mapper/$1 bs=1M status=none 2>/dev/null; sync
+  sha256sum < /dev/mapper/$1 | cut -d' ' -f1
+}
+# partial CMD-TAG LOOP SIGNAL WANT: run a re-encryption (cryptsetup or trustvol) and send SIGNAL once it made progress,
+# until the metadata says WANT (clean|crash)
+partial() {
+  local who=$1 L=$2 sig=$3 want=$4 i p s
+  for i in $(seq 1 12); do
+    if [ "$who" = cs ]; then
+      cryptsetup reencrypt --force-offline-reencrypt --resilience checksum --hotzone-size 256K --key-file pass --progress-json "$L" > prog 2>&1 &
+    else
+      $TV reencrypt --token-only --tpm2-device /dev/tpmrm0 --hotzone-size ${HZ:-256K} --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --progress-json "$L" > prog 2>&1 &
+    fi
+    p=$!
+    for j in $(seq 1 400); do grep -q '"device_bytes": *"[1-9]' prog 2>/dev/null && break; kill -0 $p 2>/dev/null || break; sleep 0.02; done
+    sleep 0.$((RANDOM % 4))
+    kill -$sig $p 2>/dev/null; wait $p; echo "${who}_${sig}_rc_$i=$?"
+    s=$(st "$L")
+    [ "$s" = "$want" ] && return 0
+    [ "$s" = none ] && { echo "${who}_${sig}_finished_before_signal=1"; return 1; }
+  done
+  return 1
+}
+# check TAG LOOP SUM [cs]: trustvol opens (key file), content matches; table equal to cryptsetup's own open
+check() {
+  local tag=$1 L=$2 sum=$3
+  $TV open --key-file pass --json "$L" tv > open.json 2> open.err; echo "${tag}_open_rc=$?"
+  grep -q '"recovered": true' open.json && echo "${tag}_recovered=1"
+  [ "$(sha256sum < /dev/mapper/tv | cut -d' ' -f1)" = "$sum" ] && echo "${tag}_content_ok=1"
+  dmsetup table tv > t.tv; echo "${tag}_targets=$(wc -l < t.tv)"
+  sed 's/^/'"$tag"'_tvtable: /' t.tv
+  $TV close tv
+  echo "${tag}_keys_left=$(keyctl list @u 2>/dev/null | grep -c cryptsetup:)"
+  if [ "${4:-}" = cs ]; then
+    cryptsetup open --key-file pass "$L" cs; dmsetup table cs > t.cs
+    [ "$(sha256sum < /dev/mapper/cs | cut -d' ' -f1)" = "$sum" ] && echo "${tag}_cs_content_ok=1"
+    cryptsetup close cs
+    cmp -s t.tv t.cs && echo "${tag}_table_equal=1" || { echo "${tag}_table_equal=0"; sed 's/^/'"$tag"'_cstable: /' t.cs; }
+  fi
+  cat open.err >&2
+}
+
+# --- cryptsetup started, stopped cleanly (SIGINT)
+truncate -s 48M a.img
+cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file pass a.img
+LA=$(losetup -f --show a.img)
+cryptsetup open --key-file pass "$LA" mk; SA=$(fill mk); cryptsetup close mk
+partial cs "$LA" INT clean && echo "csclean_state=$(st "$LA")"
+check csclean "$LA" "$SA" cs
+
+# --- cryptsetup started, killed (crash mid-hotzone)
+partial cs "$LA" KILL crash && echo "cscrash_state=$(st "$LA")"
+check cscrash "$LA" "$SA" cs
+echo "cscrash_after_state=$(st "$LA")"
+
+# --- trustvol started through a TPM2 token (no passphrase anywhere), SIGTERM, then killed
+truncate -s 48M b.img
+cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file pass b.img
+LB=$(losetup -f --show b.img)
+cryptsetup open --key-file pass "$LB" mk; SB=$(fill mk); cryptsetup close mk
+$TV enroll tpm2 "$LB" --tpm2-device /dev/tpmrm0 --pcrs 7 --key-file pass --wipe-slot password > /dev/null 2>enroll.err || { echo enroll_failed; cat enroll.err >&2; }
+topen() {
+  local tag=$1
+  $TV open --token-only --tpm2-device /dev/tpmrm0 --json "$LB" tpmv > open.json 2> open.err; echo "${tag}_open_rc=$?"; cat open.err >&2
+  grep -q '"recovered": true' open.json && echo "${tag}_recovered=1"
+  [ "$(sha256sum < /dev/mapper/tpmv | cut -d' ' -f1)" = "$SB" ] && echo "${tag}_content_ok=1"
+  echo "${tag}_targets=$(dmsetup table tpmv | wc -l)"
+  $TV close tpmv
+}
+partial tv "$LB" TERM clean && echo "tpmclean_state=$(st "$LB")"
+topen tpmclean
+HZ=4M partial tv "$LB" KILL crash && echo "tpmcrash_state=$(st "$LB")"
+topen tpmcrash
+echo "locks_left=$(ls /run/cryptsetup 2>/dev/null | wc -l)"
+echo done=1
