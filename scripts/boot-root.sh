@@ -108,7 +108,7 @@ inchroot() {
 }
 inchroot node -e "require('/usr/lib/trustvol/native/build/Release/trustvol_native.node'); require('/usr/lib/trustvol/node_modules/argon2'); require('/usr/lib/trustvol/node_modules/pkcs11js')" \
   || { echo "boot-root: the native modules do not load with the guest's node" >&2; exit 1; }
-inchroot trustvol boot install --initramfs-tools --systemd >&2
+inchroot trustvol boot install --initramfs-tools --systemd --enable-provision >&2
 # Units the overlay brings are enabled (their [Install] section says where).
 if [ -n "$overlay" ] && [ -d "$overlay/etc/systemd/system" ]; then
   for u in "$overlay"/etc/systemd/system/*.service; do [ -f "$u" ] && inchroot systemctl enable "$(basename "$u")" >&2; done

@@ -44,7 +44,8 @@ cat >"\${DESTDIR}/usr/bin/trustvol" <<TVEOF
 exec /usr/bin/node $TV_PKG/$TV_ENTRY "\\$@"
 TVEOF
 chmod 755 "\${DESTDIR}/usr/bin/trustvol"
-for t in dmsetup keyctl blkid losetup; do
+# e2fsck/resize2fs: provisioning shrinks a plain ext4 root before encrypting it in place and grows it back.
+for t in dmsetup keyctl blkid losetup e2fsck resize2fs; do
   p=$(command -v $t 2>/dev/null) && copy_exec "$p" /usr/sbin/$t
 done
 mkdir -p "\${DESTDIR}/etc/trustvol"

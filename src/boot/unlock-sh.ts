@@ -59,10 +59,19 @@ done
 tv_pk=; [ -n "\${TRUSTVOL_PKCS11_MODULE:-}" ] && tv_pk="--pkcs11-module $TRUSTVOL_PKCS11_MODULE"
 if [ "$TRUSTVOL_MODE" = provision ]; then
   tv_msg "provisioning $tv_dev as /dev/mapper/$TRUSTVOL_NAME (this first boot may take a while)"
-  trustvol provision --stage initramfs --config "$TRUSTVOL_PROVISION_CONFIG" </dev/console >/dev/console 2>&1
+  trustvol provision --stage initramfs --config "$TRUSTVOL_PROVISION_CONFIG" --volume "$TRUSTVOL_NAME" </dev/console >/dev/console 2>&1
   tv_rc=$?
-  if [ $tv_rc -ne 0 ] && [ ! -b "/dev/mapper/$TRUSTVOL_NAME" ]; then ${panicCmd} "trustvol: provisioning $tv_dev failed (exit $tv_rc); the message above says why"; fi
-  tv_msg "provisioning stage initramfs done (exit $tv_rc)"
+  if [ $tv_rc -eq 9 ]; then
+    # The config chose on_failure: continue-unencrypted and provisioning was refused before any write: the root
+    # stays plain. A linear mapping under the same name lets root=/dev/mapper/NAME mount it.
+    tv_sz=$(cat "/sys/class/block/\${tv_dev##*/}/size")
+    dmsetup create "$TRUSTVOL_NAME" --table "0 $tv_sz linear $tv_dev 0" || ${panicCmd} "trustvol: cannot map the plain $tv_dev"
+    tv_msg "WARNING: $tv_dev stays UNENCRYPTED (provisioning refused, config on_failure: continue-unencrypted)"
+  elif [ $tv_rc -ne 0 ] && [ ! -b "/dev/mapper/$TRUSTVOL_NAME" ]; then
+    ${panicCmd} "trustvol: provisioning $tv_dev failed (exit $tv_rc); the message above says why"
+  else
+    tv_msg "provisioning (initramfs stage) of $tv_dev done"
+  fi
 fi
 tv_open() { # $@: extra options; output on the console, the exit status returned
   trustvol open $TRUSTVOL_ARGS $tv_pk "$@" "$tv_dev" "$TRUSTVOL_NAME"
@@ -70,12 +79,13 @@ tv_open() { # $@: extra options; output on the console, the exit status returned
 if [ ! -b "/dev/mapper/$TRUSTVOL_NAME" ]; then
   tv_out=$(tv_open --token-only 2>&1); tv_rc=$?
   if [ $tv_rc -eq 4 ] || [ $tv_rc -eq 5 ]; then
-    tv_msg "$tv_out"
+    echo "$tv_out" >/dev/console
     if [ -n "\${TRUSTVOL_HEADER_BACKUP:-}" ]; then
       tv_file=$TRUSTVOL_HEADER_BACKUP; tv_mnt=
       case "$TRUSTVOL_HEADER_BACKUP" in
         *:/*) tv_bdev=$(tv_resolve "\${TRUSTVOL_HEADER_BACKUP%%:/*}"); tv_mnt=/run/trustvol-backup; mkdir -p $tv_mnt
-              mount -o ro "$tv_bdev" $tv_mnt && tv_file=$tv_mnt/\${TRUSTVOL_HEADER_BACKUP#*:/} ;;
+              tv_fst=$(blkid -o value -s TYPE "$tv_bdev" 2>/dev/null)
+              mount -r -t "\${tv_fst:-ext4}" "$tv_bdev" $tv_mnt && tv_file=$tv_mnt/\${TRUSTVOL_HEADER_BACKUP#*:/} ;;
       esac
       if [ -r "$tv_file" ]; then
         tv_msg "the LUKS header of $tv_dev is damaged: restoring it from the backup $TRUSTVOL_HEADER_BACKUP"
@@ -88,7 +98,7 @@ if [ ! -b "/dev/mapper/$TRUSTVOL_NAME" ]; then
     fi
   fi
   if [ $tv_rc -ne 0 ]; then
-    tv_msg "no token unlocked $tv_dev: $tv_out"
+    tv_msg "no token unlocked $tv_dev"; echo "$tv_out" >/dev/console
     if [ "$TRUSTVOL_ON_FAIL" = recovery ]; then
       tv_msg "enter the recovery key (or passphrase) of $tv_dev on the console"
       tv_open --tries "$TRUSTVOL_TRIES" </dev/console >/dev/console 2>&1; tv_rc=$?

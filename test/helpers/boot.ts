@@ -129,6 +129,8 @@ export interface BootOptions {
   memMiB?: number;
   /** Check every factory file (/usr too: ~40 s under TCG); default /etc and /srv only. */
   fullCheck?: boolean;
+  /** Initramfs to boot instead of the image's (e.g. initrdWith()). */
+  initrd?: string;
   /** Text typed on the serial console (e.g. a recovery key) once the console matches `when`. */
   type?: { when: RegExp; text: string };
 }
@@ -182,7 +184,7 @@ export async function bootGuest(o: BootOptions): Promise<BootResult> {
     const args = [
       "-name", "trustvol-boot", "-machine", "pc,accel=tcg", "-cpu", "max", "-smp", "2", "-m", String(o.memMiB ?? 1024),
       "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-no-reboot",
-      "-kernel", o.img.kernel, "-initrd", o.img.initrd, "-append", cmdline,
+      "-kernel", o.img.kernel, "-initrd", o.initrd ?? o.img.initrd, "-append", cmdline,
       "-serial", "stdio", "-device", "virtio-rng-pci",
       "-drive", `file=${resolve(o.disk)},if=virtio,format=raw,cache=writeback`,
       "-chardev", `socket,id=chrtpm,path=${sock}`, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
@@ -262,4 +264,49 @@ export const FIRST_BOOT_REWRITES = [/^etc\/machine-id$/, /^etc\/\.pwd\.lock$/, /
 /** The TVTEST-MISMATCH paths the report listed, minus files a first boot rewrites. */
 export function unexpectedMismatches(report: string[]): string[] {
   return report.filter((l) => l.startsWith("TVTEST-MISMATCH ")).map((l) => l.slice(16)).filter((p) => !FIRST_BOOT_REWRITES.some((re) => re.test(p)));
+}
+
+/** A cpio "newc" archive of regular files (and their parent dirs), for appending to an initramfs: later entries win. */
+export function newcArchive(files: Record<string, { data: Uint8Array | string; mode?: number }>): Buffer {
+  const parts: Buffer[] = [];
+  let ino = 900000;
+  const pad4 = (n: number) => Buffer.alloc((4 - (n % 4)) % 4);
+  const entry = (name: string, mode: number, data: Buffer) => {
+    const f = [ino++, mode, 0, 0, 1, 0, data.length, 0, 0, 0, 0, name.length + 1, 0].map((v) => v.toString(16).padStart(8, "0").toUpperCase());
+    const hdr = Buffer.from(`070701${f.join("")}${name}\0`, "latin1");
+    parts.push(hdr, pad4(hdr.length), data, pad4(data.length));
+  };
+  const dirs = new Set<string>();
+  for (const p of Object.keys(files)) {
+    const segs = p.replace(/^\/+/, "").split("/");
+    for (let i = 1; i < segs.length; i++) dirs.add(segs.slice(0, i).join("/"));
+  }
+  for (const d of [...dirs].sort()) entry(d, 0o040755, Buffer.alloc(0));
+  for (const [p, f] of Object.entries(files)) entry(p.replace(/^\/+/, ""), 0o100000 | (f.mode ?? 0o644), Buffer.from(f.data));
+  entry("TRAILER!!!", 0, Buffer.alloc(0));
+  return Buffer.concat(parts);
+}
+
+/** A copy of the image's initramfs with `files` appended (the kernel unpacks concatenated archives in order). */
+export function initrdWith(img: BootImage, out: string, files: Record<string, { data: Uint8Array | string; mode?: number }>): string {
+  writeFileSync(out, Buffer.concat([readFileSync(img.initrd), newcArchive(files)]));
+  return out;
+}
+
+/** Write files into an ext4 image without mounting it (debugfs -w); parent directories must exist in the image. */
+export function ext4Write(image: string, files: Record<string, string | Uint8Array>): void {
+  const work = mkdtempSync(join(tmpdir(), "trustvol-ext4w-"));
+  try {
+    const cmds: string[] = [];
+    let i = 0;
+    for (const [p, c] of Object.entries(files)) {
+      const src = join(work, `f${i++}`);
+      writeFileSync(src, c);
+      const dest = p.replace(/^\/+/, "");
+      cmds.push(`rm ${dest}`, `write ${src} ${dest}`, `sif ${dest} mode 0100644`);
+    }
+    run("debugfs", ["-w", "-f", "-", image], { input: cmds.join("\n") + "\n" });
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
 }
