@@ -19,6 +19,7 @@ const MODULES: { commands: string[]; load: () => Promise<Register> }[] = [
   { commands: ["tpm2"], load: async () => (await import("./commands/tpm2.js")).registerTpm2Commands },
   { commands: ["demo"], load: async () => (await import("./commands/demo.js")).registerDemoCommand },
   { commands: ["open", "close", "trusted", "caam", "doctor"], load: async () => (await import("./commands/kernel.js")).registerKernelCommands },
+  { commands: ["provision", "recovery"], load: async () => (await import("./commands/provision.js")).registerProvisionCommands },
   { commands: ["verity"], load: async () => (await import("./commands/verity.js")).registerVerityCommands },
   { commands: ["boot"], load: async () => (await import("./commands/boot.js")).registerBootCommands },
 ];
@@ -52,6 +53,7 @@ Exit status:
   6  unsupported cipher, requirement or kernel feature
   7  busy: in use, locked out, or interrupted
   8  doctor found a critical finding
+  9  provision left a volume unencrypted, as its config allows (on_failure: continue-unencrypted)
 
 Secrets are never taken from the command line: use --key-file FILE, --key-file - (stdin), or the prompt.
 `;

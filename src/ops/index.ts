@@ -8,3 +8,6 @@ export { unlock, type UnlockOptions, type VolumeUnlockResult, type SecretInput, 
 export { enrollTpm2, enrollPkcs11, enrollClevis, enrollRecovery, CLEVIS_KEYSLOT_PBKDF, type EnrollOptions, type EnrollResult, type EnrollUnlock, type EnrollTpm2Options, type EnrollPkcs11Options, type EnrollClevisOptions, type EnrollRecoveryOptions } from "./enroll.js";
 export { TOKEN_KEYSLOT_PBKDF } from "./tokens.js";
 export { probeSignature, probePath } from "./probe.js";
+export { provision, provisionSeams, resolveDevice, TRANSITIONAL_PASSPHRASE, type ProvisionOptions, type ProvisionReport, type VolumeReport, type ProvisionSeams, type ProvisionStage } from "./provision.js";
+export { loadProvisionConfig, parseProvisionConfig, type ProvisionConfig, type VolumeConfig } from "../provision/config.js";
+export { readVolumeState, type VolumeState, type ProvisionStateName } from "../provision/state.js";

@@ -11,6 +11,7 @@ export const ExitCode = {
   UNSUPPORTED: 6, // valid but not supported (cipher, requirement, kernel feature)
   BUSY: 7, // locked, in use, TPM lockout, or interrupted at a safe point
   CRITICAL: 8, // `doctor` found a critical finding
+  UNENCRYPTED: 9, // `provision`: a volume was left unencrypted, as its config allows (on_failure: continue-unencrypted)
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
