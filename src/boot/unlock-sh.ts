@@ -56,6 +56,30 @@ while :; do
   sleep 1; tv_i=$((tv_i + 1))
 done
 [ -n "$tv_dev" ] || ${panicCmd} "trustvol: $TRUSTVOL_DEVICE did not appear within \${TRUSTVOL_TIMEOUT}s; check TRUSTVOL_DEVICE in $tv_conf"
+# Restore the header from the backup. $1 = --force only when the device shows no signature at all (both header copies
+# gone): a device holding a file system is never overwritten.
+tv_restore() {
+  [ -n "\${TRUSTVOL_HEADER_BACKUP:-}" ] || return 1
+  tv_file=$TRUSTVOL_HEADER_BACKUP; tv_mnt=; tv_ok=1
+  case "$TRUSTVOL_HEADER_BACKUP" in
+    *:/*) tv_bdev=$(tv_resolve "\${TRUSTVOL_HEADER_BACKUP%%:/*}"); tv_mnt=/run/trustvol-backup; mkdir -p $tv_mnt
+          tv_fst=$(blkid -o value -s TYPE "$tv_bdev" 2>/dev/null)
+          mount -r -t "\${tv_fst:-ext4}" "$tv_bdev" $tv_mnt && tv_file=$tv_mnt/\${TRUSTVOL_HEADER_BACKUP#*:/} ;;
+  esac
+  if [ -r "$tv_file" ]; then
+    tv_msg "the LUKS header of $tv_dev is damaged: restoring it from the backup $TRUSTVOL_HEADER_BACKUP"
+    trustvol header restore "$@" --file "$tv_file" "$tv_dev" >/dev/console 2>&1 && { tv_msg "header restored from the backup"; tv_ok=0; }
+  else
+    tv_msg "header backup $TRUSTVOL_HEADER_BACKUP not readable"
+  fi
+  [ -n "$tv_mnt" ] && umount $tv_mnt 2>/dev/null
+  return $tv_ok
+}
+# No signature at all (blkid -p probes the device itself): both LUKS header copies are gone.
+if [ -z "$(blkid -p -o value -s TYPE "$tv_dev" 2>/dev/null)" ] && [ -n "\${TRUSTVOL_HEADER_BACKUP:-}" ]; then
+  tv_msg "$tv_dev shows no LUKS header and no file system"
+  tv_restore --force
+fi
 tv_pk=; [ -n "\${TRUSTVOL_PKCS11_MODULE:-}" ] && tv_pk="--pkcs11-module $TRUSTVOL_PKCS11_MODULE"
 if [ "$TRUSTVOL_MODE" = provision ]; then
   tv_msg "provisioning $tv_dev as /dev/mapper/$TRUSTVOL_NAME (this first boot may take a while)"
@@ -80,20 +104,7 @@ if [ ! -b "/dev/mapper/$TRUSTVOL_NAME" ]; then
   tv_out=$(tv_open --token-only 2>&1); tv_rc=$?
   if [ $tv_rc -eq 4 ] || [ $tv_rc -eq 5 ]; then
     echo "$tv_out" >/dev/console
-    if [ -n "\${TRUSTVOL_HEADER_BACKUP:-}" ]; then
-      tv_file=$TRUSTVOL_HEADER_BACKUP; tv_mnt=
-      case "$TRUSTVOL_HEADER_BACKUP" in
-        *:/*) tv_bdev=$(tv_resolve "\${TRUSTVOL_HEADER_BACKUP%%:/*}"); tv_mnt=/run/trustvol-backup; mkdir -p $tv_mnt
-              tv_fst=$(blkid -o value -s TYPE "$tv_bdev" 2>/dev/null)
-              mount -r -t "\${tv_fst:-ext4}" "$tv_bdev" $tv_mnt && tv_file=$tv_mnt/\${TRUSTVOL_HEADER_BACKUP#*:/} ;;
-      esac
-      if [ -r "$tv_file" ]; then
-        tv_msg "the LUKS header of $tv_dev is damaged: restoring it from the backup $TRUSTVOL_HEADER_BACKUP"
-        trustvol header restore --file "$tv_file" "$tv_dev" >/dev/console 2>&1 && tv_msg "header restored from the backup"
-      else
-        tv_msg "header backup $TRUSTVOL_HEADER_BACKUP not readable"
-      fi
-      [ -n "$tv_mnt" ] && umount $tv_mnt 2>/dev/null
+    if tv_restore; then
       tv_out=$(tv_open --token-only 2>&1); tv_rc=$?
     fi
   fi

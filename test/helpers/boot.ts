@@ -17,7 +17,7 @@ import { findGuestKernel, ensureGuestKernel } from "../vm/harness.js";
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const SCRIPT = join(REPO, "scripts", "boot-root.sh");
 export const BOOT_OVERLAY = join(REPO, "test", "vm", "boot-guest", "overlay");
-export const BOOT_TOOLS = ["qemu-system-x86_64", "swtpm", "tpm2_pcrextend", "sfdisk", "mkfs.ext4", "mmdebstrap", "unshare", "chroot"];
+export const BOOT_TOOLS = ["qemu-system-x86_64", "swtpm", "tpm2_pcrextend", "sfdisk", "mkfs.ext4", "debugfs", "zstd", "mmdebstrap", "unshare", "chroot"];
 /** What SeaBIOS measures into PCR 7 under QEMU (one EV_SEPARATOR, 0xffffffff): replayed on a host swtpm before sealing. */
 export const SEABIOS_PCR7_SEPARATOR = "ad95131bc0b799c0b1af477fb14fcf26a6a9f76079e48bf090acb7e8367bfd0e";
 
@@ -122,8 +122,9 @@ export interface BootOptions {
   append?: string;
   /** Host limit for the whole boot (default 300 s). */
   timeoutMs?: number;
-  /** Power cut: SIGKILL QEMU as soon as the console matches. */
+  /** Power cut: SIGKILL QEMU as soon as the console matches (plus killDelayMs). */
   killOn?: RegExp;
+  killDelayMs?: number;
   /** Keep the run dir (console.log, swtpm.log). */
   keep?: boolean;
   memMiB?: number;
@@ -202,9 +203,11 @@ export async function bootGuest(o: BootOptions): Promise<BootResult> {
     let powerCut = false;
     let timedOut = false;
     let typed = false;
+    let killAt = 0;
     while (!exited(qemu)) {
       await sleep(50);
-      if (o.killOn && o.killOn.test(con)) {
+      if (o.killOn && !killAt && o.killOn.test(con)) killAt = Date.now() + (o.killDelayMs ?? 0);
+      if (killAt && Date.now() >= killAt) {
         powerCut = true;
         qemu.kill("SIGKILL");
         break;
@@ -287,9 +290,14 @@ export function newcArchive(files: Record<string, { data: Uint8Array | string; m
   return Buffer.concat(parts);
 }
 
-/** A copy of the image's initramfs with `files` appended (the kernel unpacks concatenated archives in order). */
+/**
+ * A copy of the image's initramfs with `files` appended (the kernel unpacks concatenated archives in order). Appended
+ * as a second zstd frame: after mkinitramfs's zstd archive, Linux 6.1 reads the rest as one multi-frame zstd stream
+ * (an uncompressed cpio there fails with "invalid magic at start of compressed archive").
+ */
 export function initrdWith(img: BootImage, out: string, files: Record<string, { data: Uint8Array | string; mode?: number }>): string {
-  writeFileSync(out, Buffer.concat([readFileSync(img.initrd), newcArchive(files)]));
+  const z = run("zstd", ["-q", "-c", "-"], { input: newcArchive(files) }).stdout;
+  writeFileSync(out, Buffer.concat([readFileSync(img.initrd), z]));
   return out;
 }
 
@@ -309,4 +317,32 @@ export function ext4Write(image: string, files: Record<string, string | Uint8Arr
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
+}
+
+/**
+ * A factory LUKS2 root made on the host as a CI/factory station would: `trustvol image encrypt` (PBKDF2, fast under
+ * TCG), then `trustvol enroll tpm2 --pcrs 7` against a host swtpm on the guest's TPM state dir (PCR 7 first brought
+ * to the guest's value), and a header backup. The factory passphrase stays as the recovery secret.
+ */
+export async function provisionOnHost(img: BootImage, dir: string, tpmState: string): Promise<{ luks: string; header: Buffer; key: string }> {
+  const { trustvol } = await import("./cli.js");
+  const { startSwtpm } = await import("./swtpm.js");
+  const ok = (r: { status: number; stderr: string }, what: string) => {
+    if (r.status !== 0) throw new Error(`${what} failed (${r.status}): ${r.stderr.trim()}`);
+  };
+  const key = join(dir, "factory.key");
+  writeFileSync(key, "factory passphrase for the boot test\n", { mode: 0o600 });
+  const luks = join(dir, "root.luks");
+  ok(trustvol(["image", "encrypt", img.rootfs, luks, "--key-file", key, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--no-progress", "--label", "trustvol-root"]), "image encrypt");
+  mkdirSync(tpmState, { recursive: true });
+  const sw = await startSwtpm({ stateDir: tpmState });
+  try {
+    run("tpm2_pcrextend", [`7:sha256=${SEABIOS_PCR7_SEPARATOR}`], { env: { ...process.env, TPM2TOOLS_TCTI: sw.device } });
+    ok(trustvol(["enroll", "tpm2", luks, "--pcrs", "7", "--key-file", key, "--tpm2-device", sw.device]), "enroll tpm2");
+  } finally {
+    await sw.stop();
+  }
+  const hdrFile = join(dir, "root-header.img");
+  ok(trustvol(["header", "backup", luks, "--file", hdrFile]), "header backup");
+  return { luks, header: readFileSync(hdrFile), key };
 }
