@@ -122,7 +122,9 @@ mkdir -p "$r/usr/share/trustvol-test"
 cp "$tmp/manifest.sha256" "$r/usr/share/trustvol-test/manifest.sha256"
 used=$(du -sxm "$r" | cut -f1)
 size=$(( used + used / 4 + 48 ))
-mkfs.ext4 -q -F -L trustvol-root -d "$r" "$tmp/rootfs.ext4" "${size}M"
+# 4 KiB blocks: resize2fs can then shrink it (provisioning makes room for the LUKS2 header that way; with mke2fs's
+# 1 KiB default for small file systems its estimate is the whole size) and dm-crypt uses 4096-byte sectors.
+mkfs.ext4 -q -F -b 4096 -L trustvol-root -d "$r" "$tmp/rootfs.ext4" "${size}M"
 {
   echo "rootfs_bytes $(stat -c %s "$tmp/rootfs.ext4")"
   echo "root_used_mib $used"
@@ -135,4 +137,6 @@ touch "$tmp/.trustvol-ready"
 rm -rf --one-file-system "$out"
 mv "$tmp" "$out"
 trap - EXIT
+# Each image is ~450 MB: keep the three newest.
+ls -1dt "$cache"/boot-image-*/ 2>/dev/null | grep -v '\.tmp\.' | tail -n +4 | while read -r old; do rm -rf --one-file-system "$old"; done
 echo "$out"

@@ -324,7 +324,7 @@ export function ext4Write(image: string, files: Record<string, string | Uint8Arr
  * TCG), then `trustvol enroll tpm2 --pcrs 7` against a host swtpm on the guest's TPM state dir (PCR 7 first brought
  * to the guest's value), and a header backup. The factory passphrase stays as the recovery secret.
  */
-export async function provisionOnHost(img: BootImage, dir: string, tpmState: string): Promise<{ luks: string; header: Buffer; key: string }> {
+export async function provisionOnHost(img: BootImage, dir: string, tpmState: string, o: { sealToOtherPcr7?: boolean } = {}): Promise<{ luks: string; header: Buffer; key: string }> {
   const { trustvol } = await import("./cli.js");
   const { startSwtpm } = await import("./swtpm.js");
   const ok = (r: { status: number; stderr: string }, what: string) => {
@@ -338,6 +338,8 @@ export async function provisionOnHost(img: BootImage, dir: string, tpmState: str
   const sw = await startSwtpm({ stateDir: tpmState });
   try {
     run("tpm2_pcrextend", [`7:sha256=${SEABIOS_PCR7_SEPARATOR}`], { env: { ...process.env, TPM2TOOLS_TCTI: sw.device } });
+    // A Secure Boot state other than the guest's (one more measurement): the guest's PCR 7 will not match the policy.
+    if (o.sealToOtherPcr7) run("tpm2_pcrextend", [`7:sha256=${"11".repeat(32)}`], { env: { ...process.env, TPM2TOOLS_TCTI: sw.device } });
     ok(trustvol(["enroll", "tpm2", luks, "--pcrs", "7", "--key-file", key, "--tpm2-device", sw.device]), "enroll tpm2");
   } finally {
     await sw.stop();
