@@ -123,8 +123,8 @@ cp "$tmp/manifest.sha256" "$r/usr/share/trustvol-test/manifest.sha256"
 used=$(du -sxm "$r" | cut -f1)
 size=$(( used + used / 4 + 48 ))
 # 4 KiB blocks: resize2fs can then shrink it (provisioning makes room for the LUKS2 header that way; with mke2fs's
-# 1 KiB default for small file systems its estimate is the whole size) and dm-crypt uses 4096-byte sectors.
-mkfs.ext4 -q -F -b 4096 -L trustvol-root -d "$r" "$tmp/rootfs.ext4" "${size}M"
+# 1 KiB default, or with flex_bg, its estimate here is the whole size) and dm-crypt uses 4096-byte sectors.
+mkfs.ext4 -q -F -b 4096 -N 16384 -O ^flex_bg -L trustvol-root -d "$r" "$tmp/rootfs.ext4" "${size}M"
 {
   echo "rootfs_bytes $(stat -c %s "$tmp/rootfs.ext4")"
   echo "root_used_mib $used"
