@@ -147,6 +147,8 @@ export interface BootResult {
   ms: number;
   /** Guest uptime (s) when trustvol reported the root unlocked, from its console line. */
   unlockedAt?: number;
+  /** Seconds trustvol's initramfs script took from its start to the root unlocked (wait, provision/open, restore). */
+  unlockSeconds?: number;
   /** Guest uptime (s) when the report service started. */
   reportAt?: number;
 }
@@ -230,6 +232,7 @@ export async function bootGuest(o: BootOptions): Promise<BootResult> {
       return m ? Number(m[1]) : undefined;
     };
     const unlockedAt = num(/trustvol: \/dev\/mapper\/root unlocked \(uptime [\d.]+s -> ([\d.]+)s\)/);
+    const unlockStart = num(/trustvol: \/dev\/mapper\/root unlocked \(uptime ([\d.]+)s -> [\d.]+s\)/);
     const reportAt = num(/TVTEST-BEGIN uptime=([\d.]+)/);
     if ((timedOut || (!powerCut && !report.includes("TVTEST-END"))) && !o.keep) {
       process.stderr.write(`trustvol-boot: guest ${timedOut ? "timed out" : "ended without a report"}; qemu: ${qerr.trim()}\n--- last console lines ---\n${con.split("\n").slice(-40).join("\n")}\n`);
@@ -242,6 +245,7 @@ export async function bootGuest(o: BootOptions): Promise<BootResult> {
       timedOut,
       ms: Date.now() - t0,
       ...(unlockedAt !== undefined ? { unlockedAt } : {}),
+      ...(unlockedAt !== undefined && unlockStart !== undefined ? { unlockSeconds: Math.round((unlockedAt - unlockStart) * 100) / 100 } : {}),
       ...(reportAt !== undefined ? { reportAt } : {}),
     };
   } finally {
