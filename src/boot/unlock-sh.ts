@@ -111,8 +111,15 @@ if [ ! -b "/dev/mapper/$TRUSTVOL_NAME" ]; then
   if [ $tv_rc -ne 0 ]; then
     tv_msg "no token unlocked $tv_dev"; echo "$tv_out" >/dev/console
     if [ "$TRUSTVOL_ON_FAIL" = recovery ]; then
-      tv_msg "enter the recovery key (or passphrase) of $tv_dev on the console"
-      tv_open --tries "$TRUSTVOL_TRIES" </dev/console >/dev/console 2>&1; tv_rc=$?
+      # The prompt reads /dev/tty with echo off (stty): the console's tty becomes the controlling terminal (setsid -c).
+      tv_con=/dev/console
+      if [ -r /sys/class/tty/console/active ]; then for tv_c in $(cat /sys/class/tty/console/active); do tv_con=/dev/$tv_c; done; fi
+      tv_msg "enter the recovery key (or passphrase) of $tv_dev on the console ($tv_con)"
+      if command -v setsid >/dev/null 2>&1; then
+        setsid -c -w trustvol open $TRUSTVOL_ARGS $tv_pk --tries "$TRUSTVOL_TRIES" "$tv_dev" "$TRUSTVOL_NAME" <$tv_con >$tv_con 2>&1; tv_rc=$?
+      else
+        tv_open --tries "$TRUSTVOL_TRIES" <$tv_con >$tv_con 2>&1; tv_rc=$?
+      fi
     fi
   fi
   [ $tv_rc -eq 0 ] || ${panicCmd} "trustvol: $tv_dev stays locked (exit $tv_rc): boot stopped (fail closed)"

@@ -6,7 +6,7 @@
 //   makeDisk(disk, { root: img.rootfs, boot: { "trustvol/root-header.img": hdr } });
 //   const r = await bootGuest({ disk, img, tpmStateDir });   // r.console, r.report (TVTEST lines), r.unlockedAt
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -195,9 +195,16 @@ export async function bootGuest(o: BootOptions): Promise<BootResult> {
     qemu = spawn("qemu-system-x86_64", args, { stdio: ["pipe", "pipe", "pipe"] });
     let con = "";
     let qerr = "";
+    const conFd = openSync(consoleFile, "w"); // live: tail -f RUNDIR/console.log while a boot runs
     qemu.stdout!.on("data", (d: Buffer) => {
       con += d.toString("latin1");
+      try {
+        writeSync(conFd, d);
+      } catch {
+        /* closed */
+      }
     });
+    qemu.once("exit", () => closeSync(conFd));
     qemu.stderr!.on("data", (d: Buffer) => {
       qerr += d.toString();
     });
@@ -225,7 +232,6 @@ export async function bootGuest(o: BootOptions): Promise<BootResult> {
       }
     }
     await stopChild(qemu, "SIGKILL");
-    writeFileSync(consoleFile, con);
     const report = con.split(/\r?\n/).filter((l) => l.startsWith("TVTEST-")).map((l) => l.trim());
     const num = (re: RegExp) => {
       const m = re.exec(con);

@@ -20,7 +20,7 @@ test("PCR 7 changed: no unattended unlock; the recovery key typed on the console
   const disk = join(tmp.dir, "disk.img");
   makeDisk(disk, { root: luks, boot: { "trustvol/root-header.img": header } });
 
-  const b = await bootGuest({ disk, img, tpmStateDir: tpmState, type: { when: /enter the recovery key/, text: readFileSync(key, "utf8").replace(/\n$/, "") + "\r" } });
+  const b = await bootGuest({ disk, img, tpmStateDir: tpmState, type: { when: /Enter passphrase for \/dev\/vda2/, text: readFileSync(key, "utf8").replace(/\n$/, "") + "\r" } });
   assert.match(b.console, /no token unlocked \/dev\/vda2/);
   assert.ok(b.completed, "the system came up with the recovery key");
   assert.ok(b.report.includes("TVTEST-ROOT /dev/mapper/root"), b.report.join("\n"));
