@@ -120,7 +120,7 @@ export interface BootOptions {
   tpmStateDir: string;
   /** Kernel command line additions (test switches). */
   append?: string;
-  /** Host limit for the whole boot (default 300 s). */
+  /** Host limit for the whole boot (default 600 s: TCG on a loaded host). */
   timeoutMs?: number;
   /** Power cut: SIGKILL QEMU as soon as the console matches (plus killDelayMs). */
   killOn?: RegExp;
@@ -208,7 +208,7 @@ export async function bootGuest(o: BootOptions): Promise<BootResult> {
     qemu.stderr!.on("data", (d: Buffer) => {
       qerr += d.toString();
     });
-    const timeoutMs = o.timeoutMs ?? 300_000;
+    const timeoutMs = o.timeoutMs ?? 600_000;
     let powerCut = false;
     let timedOut = false;
     let typed = false;

@@ -28,7 +28,7 @@ test("PCR 7 changed: no unattended unlock; the recovery key typed on the console
 
   const conf = "TRUSTVOL_NAME=root\nTRUSTVOL_DEVICE=PARTLABEL=trustvol-root\nTRUSTVOL_ON_FAIL=fail\nTRUSTVOL_TIMEOUT=20\n";
   const initrd = initrdWith(img, join(tmp.dir, "initrd-fail.img"), { "etc/trustvol/boot.conf": { data: conf } });
-  const f = await bootGuest({ disk, img, initrd, tpmStateDir: tpmState, timeoutMs: 400_000 });
+  const f = await bootGuest({ disk, img, initrd, tpmStateDir: tpmState });
   assert.ok(!f.completed && !f.timedOut, "the boot stopped");
   assert.match(f.console, /no token unlocked \/dev\/vda2/);
   assert.match(f.console, /stays locked \(exit 3\): boot stopped \(fail closed\)/);
