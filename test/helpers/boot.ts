@@ -275,8 +275,8 @@ function safeRead(p: string): string {
 export const FIRST_BOOT_REWRITES = [/^etc\/machine-id$/, /^etc\/\.pwd\.lock$/, /^etc\/systemd\/system\//, /^etc\/ld\.so\.cache$/, /^etc\/adjtime$/];
 
 /** The TVTEST-MISMATCH paths the report listed, minus files a first boot rewrites. */
-export function unexpectedMismatches(report: string[]): string[] {
-  return report.filter((l) => l.startsWith("TVTEST-MISMATCH ")).map((l) => l.slice(16)).filter((p) => !FIRST_BOOT_REWRITES.some((re) => re.test(p)));
+export function unexpectedMismatches(report: string[], changedByTest: string[] = []): string[] {
+  return report.filter((l) => l.startsWith("TVTEST-MISMATCH ")).map((l) => l.slice(16)).filter((p) => !FIRST_BOOT_REWRITES.some((re) => re.test(p)) && !changedByTest.includes(p));
 }
 
 /** A cpio "newc" archive of regular files (and their parent dirs), for appending to an initramfs: later entries win. */
