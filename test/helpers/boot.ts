@@ -341,7 +341,7 @@ export async function provisionOnHost(img: BootImage, dir: string, tpmState: str
     if (r.status !== 0) throw new Error(`${what} failed (${r.status}): ${r.stderr.trim()}`);
   };
   const key = join(dir, "factory.key");
-  writeFileSync(key, "factory passphrase for the boot test\n", { mode: 0o600 });
+  writeFileSync(key, "factory passphrase for the boot test", { mode: 0o600 }); // no newline: it is typed at a prompt too
   const luks = join(dir, "root.luks");
   ok(trustvol(["image", "encrypt", img.rootfs, luks, "--key-file", key, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--no-progress", "--label", "trustvol-root"]), "image encrypt");
   mkdirSync(tpmState, { recursive: true });
