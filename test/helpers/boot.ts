@@ -358,3 +358,34 @@ export async function provisionOnHost(img: BootImage, dir: string, tpmState: str
   ok(trustvol(["header", "backup", luks, "--file", hdrFile]), "header backup");
   return { luks, header: readFileSync(hdrFile), key };
 }
+
+/** boot.conf of the provisioning tests: `trustvol provision --stage initramfs` at every boot, fail closed. */
+export const BOOT_CONF_PROVISION = [
+  "TRUSTVOL_NAME=root",
+  "TRUSTVOL_DEVICE=PARTLABEL=trustvol-root",
+  "TRUSTVOL_MODE=provision",
+  "TRUSTVOL_ON_FAIL=fail",
+  "TRUSTVOL_HEADER_BACKUP=PARTLABEL=tvboot:/trustvol/root-header.img",
+  "TRUSTVOL_TIMEOUT=20",
+  "",
+].join("\n");
+
+/** provision.json for the guest root (PCR 7, posture ignored: no UEFI under SeaBIOS). */
+export function provisionJson(extra: Record<string, unknown> = {}): string {
+  return JSON.stringify({
+    version: 1,
+    volumes: [
+      {
+        name: "root",
+        device: "PARTLABEL=trustvol-root",
+        trust: { type: "tpm2", pcrs: [7] },
+        encrypt_plain: true,
+        recovery: "none",
+        header_backup: "/boot/trustvol/root-header.img",
+        posture: { secure_boot: "ignore", setup_mode: "ignore", huk: "ignore" },
+        on_failure: "stop",
+        ...extra,
+      },
+    ],
+  }, null, 2) + "\n";
+}

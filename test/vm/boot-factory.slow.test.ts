@@ -9,8 +9,7 @@ import { copyFileSync, writeFileSync, openSync, readSync, closeSync } from "node
 import { join } from "node:path";
 import { tmpDir } from "../helpers/tools.js";
 import { trustvol } from "../helpers/cli.js";
-import { needBootImage, makeDisk, bootGuest, unexpectedMismatches, initrdWith, ext4Write, rootPartition } from "../helpers/boot.js";
-import { BOOT_CONF_PROVISION, provisionJson } from "./boot-provision.slow.test.js";
+import { needBootImage, makeDisk, bootGuest, unexpectedMismatches, initrdWith, ext4Write, rootPartition, BOOT_CONF_PROVISION, provisionJson } from "../helpers/boot.js";
 
 let tmp: { dir: string; cleanup: () => void };
 before(() => (tmp = tmpDir("trustvol-boot-factory-")));

@@ -7,40 +7,11 @@ import assert from "node:assert/strict";
 import { copyFileSync, openSync, readSync, closeSync } from "node:fs";
 import { join } from "node:path";
 import { tmpDir } from "../helpers/tools.js";
-import { needBootImage, makeDisk, bootGuest, unexpectedMismatches, initrdWith, ext4Write, rootPartition } from "../helpers/boot.js";
+import { needBootImage, makeDisk, bootGuest, unexpectedMismatches, initrdWith, ext4Write, rootPartition, BOOT_CONF_PROVISION, provisionJson } from "../helpers/boot.js";
 
 let tmp: { dir: string; cleanup: () => void };
 before(() => (tmp = tmpDir("trustvol-boot-prov-")));
 after(() => tmp?.cleanup());
-
-export const BOOT_CONF_PROVISION = [
-  "TRUSTVOL_NAME=root",
-  "TRUSTVOL_DEVICE=PARTLABEL=trustvol-root",
-  "TRUSTVOL_MODE=provision",
-  "TRUSTVOL_ON_FAIL=fail",
-  "TRUSTVOL_HEADER_BACKUP=PARTLABEL=tvboot:/trustvol/root-header.img",
-  "TRUSTVOL_TIMEOUT=20",
-  "",
-].join("\n");
-
-export function provisionJson(extra: Record<string, unknown> = {}): string {
-  return JSON.stringify({
-    version: 1,
-    volumes: [
-      {
-        name: "root",
-        device: "PARTLABEL=trustvol-root",
-        trust: { type: "tpm2", pcrs: [7] },
-        encrypt_plain: true,
-        recovery: "none",
-        header_backup: "/boot/trustvol/root-header.img",
-        posture: { secure_boot: "ignore", setup_mode: "ignore", huk: "ignore" },
-        on_failure: "stop",
-        ...extra,
-      },
-    ],
-  }, null, 2) + "\n";
-}
 
 function isLuks(disk: string): boolean {
   const fd = openSync(disk, "r");
