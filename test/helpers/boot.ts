@@ -151,6 +151,8 @@ export interface BootResult {
   unlockSeconds?: number;
   /** Guest uptime (s) when the report service started. */
   reportAt?: number;
+  /** The first power-on hit the firmware's disabled TPM hierarchy and the device was powered on again. */
+  firmwareRetry?: boolean;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -164,8 +166,21 @@ async function stopChild(c: ChildProcess | undefined, sig: NodeJS.Signals = "SIG
   for (let i = 0; i < 100 && !exited(c); i++) await sleep(50);
 }
 
-/** Boot the disk once: swtpm on tpmStateDir, QEMU (TCG) with root=/dev/mapper/root, until power-off, killOn or timeout. */
+/**
+ * Boot the disk: swtpm on tpmStateDir, QEMU (TCG) with root=/dev/mapper/root, until power-off, killOn or timeout.
+ * SeaBIOS disables the TPM's owner hierarchy for that boot when one of its own TPM commands fails (seen on a host with a
+ * load average of 25: its command timeouts); trustvol then stops with TPM_RC_HIERARCHY. That boot is reported on
+ * stderr and the device is powered on once more (the next TPM2_Startup re-enables the hierarchy), as a user would.
+ */
 export async function bootGuest(o: BootOptions): Promise<BootResult> {
+  const first = await bootOnce(o);
+  if (first.completed || first.powerCut || !/TPM_RC_HIERARCHY/.test(first.console)) return first;
+  process.stderr.write("trustvol-boot: the firmware left the TPM's storage hierarchy disabled (TPM_RC_HIERARCHY): powering on again\n");
+  const again = await bootOnce(o);
+  return { ...again, console: `${first.console}\n--- power on again ---\n${again.console}`, firmwareRetry: true };
+}
+
+async function bootOnce(o: BootOptions): Promise<BootResult> {
   const t0 = Date.now();
   const runDir = mkdtempSync(join(tmpdir(), "trustvol-boot-"));
   mkdirSync(o.tpmStateDir, { recursive: true });
