@@ -76,9 +76,11 @@ export function needBootImage(t: TestContext): BootImage | undefined {
 }
 
 const MiB = 1 << 20;
+/** The plain boot partition: room for a 16 MiB LUKS2 header backup (and its temporary copy while written atomically). */
+const BOOT_MIB = 48;
 
 /**
- * A GPT disk: partition 1 "tvboot" (16 MiB ext4, plain, made with mkfs.ext4 -d from `boot` files: the header backup
+ * A GPT disk: partition 1 "tvboot" (48 MiB ext4, plain, made with mkfs.ext4 -d from `boot` files: the header backup
  * lives here, as on LmP's split /boot), partition 2 "trustvol-root" holding `root` (an ext4 or LUKS2 image), `rootSlack`
  * bytes bigger than the image (room for an in-place encryption's header).
  */
@@ -92,17 +94,17 @@ export function makeDisk(disk: string, o: { root: string; boot?: Record<string, 
       writeFileSync(join(bootDir, p), c, { mode: 0o600 });
     }
     const bootImg = join(work, "boot.ext4");
-    run("mkfs.ext4", ["-q", "-F", "-L", "tvboot", "-d", bootDir, bootImg, "16M"]);
+    run("mkfs.ext4", ["-q", "-F", "-L", "tvboot", "-d", bootDir, bootImg, `${BOOT_MIB}M`]);
     const rootBytes = statSync(o.root).size + (o.rootSlack ?? 0);
     const rootMiB = Math.ceil(rootBytes / MiB);
-    const total = (1 + 16 + rootMiB + 1) * MiB;
+    const total = (1 + BOOT_MIB + rootMiB + 1) * MiB;
     rmSync(disk, { force: true });
     run("truncate", ["-s", String(total), disk]);
     run("sfdisk", ["-q", "--no-reread", "--no-tell-kernel", disk], {
-      input: `label: gpt\nstart=1MiB, size=16MiB, type=linux, name=tvboot\nstart=17MiB, size=${rootMiB}MiB, type=linux, name=trustvol-root\n`,
+      input: `label: gpt\nstart=1MiB, size=${BOOT_MIB}MiB, type=linux, name=tvboot\nstart=${1 + BOOT_MIB}MiB, size=${rootMiB}MiB, type=linux, name=trustvol-root\n`,
     });
     run("dd", [`if=${bootImg}`, `of=${disk}`, "bs=1M", "seek=1", "conv=notrunc,sparse", "status=none"]);
-    run("dd", [`if=${o.root}`, `of=${disk}`, "bs=1M", "seek=17", "conv=notrunc,sparse", "status=none"]);
+    run("dd", [`if=${o.root}`, `of=${disk}`, "bs=1M", `seek=${1 + BOOT_MIB}`, "conv=notrunc,sparse", "status=none"]);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
@@ -110,7 +112,7 @@ export function makeDisk(disk: string, o: { root: string; boot?: Record<string, 
 
 /** Byte offset and size of the root partition of makeDisk's layout. */
 export function rootPartition(disk: string): { offset: number; size: number } {
-  return { offset: 17 * MiB, size: statSync(disk).size - 18 * MiB };
+  return { offset: (1 + BOOT_MIB) * MiB, size: statSync(disk).size - (2 + BOOT_MIB) * MiB };
 }
 
 export interface BootOptions {
