@@ -11,6 +11,7 @@ PKGS=(
   openssl curl xxd build-essential python3 strace   # oracles (strace: a SIGKILL at an exact write of cryptsetup); compiler for the native addon
   dosfstools xfsprogs squashfs-tools erofs-utils btrfs-progs f2fs-tools exfatprogs   # file systems the sector-size probe reads
   mmdebstrap                                        # the Debian 13 reference-tool root (scripts/debian13-root.sh)
+  fdisk zstd                                        # sfdisk, zstd: GPT disks and initramfs overrides of the QEMU boot tier
 )
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done

@@ -22,6 +22,7 @@ const MODULES: { commands: string[]; load: () => Promise<Register> }[] = [
   { commands: ["open", "close", "trusted", "caam", "doctor"], load: async () => (await import("./commands/kernel.js")).registerKernelCommands },
   { commands: ["provision", "recovery"], load: async () => (await import("./commands/provision.js")).registerProvisionCommands },
   { commands: ["verity"], load: async () => (await import("./commands/verity.js")).registerVerityCommands },
+  { commands: ["boot"], load: async () => (await import("./commands/boot.js")).registerBootCommands },
 ];
 
 /** The modules argv needs: the named command's, none for a bare --version, all for help or an unknown command. */
