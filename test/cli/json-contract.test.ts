@@ -150,6 +150,17 @@ test("every --json command: valid JSON, version, snake_case keys, no raw Buffer;
     ["verity verify", () => ["verity", "verify", f("data.img"), f("data.hash"), verityRoot, "--json"]],
     ["verity sign", () => ["verity", "sign", verityRoot, "--signing-key", f("sig.key"), "--cert", f("sig.pem"), "-o", f("root.p7s"), "--json"]],
     ["verity verify-sig", () => ["verity", "verify-sig", verityRoot, "--signature", f("root.p7s"), "--cert", f("sig.pem"), "--json"]],
+    // provision on an image file (no device-mapper: --no-open): a factory volume → TPM2 token, factory slot wiped,
+    // recovery key escrowed to a fleet key; then the fleet side decrypts the escrow file
+    ["format", () => (run("truncate", ["-s", "8M", f("prov.img")]), ["format", f("prov.img"), ...key, ...kdf, "--offset", String(2 << 20), "-q", "--json"])],
+    ["provision", () => {
+      run("openssl", ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", f("fleet.key")]);
+      run("openssl", ["pkey", "-in", f("fleet.key"), "-pubout", "-out", f("fleet.pem")]);
+      const vol = { name: "prov", device: f("prov.img"), trust: { type: "tpm2", pcrs: [7], device: tpm.device }, factory: { key_file: f("pw") }, recovery: { escrow: { public_key: f("fleet.pem"), output: f("prov-escrow.json") } }, posture: { secure_boot: "ignore", setup_mode: "ignore", huk: "ignore" } };
+      writeFileSync(f("provision.json"), JSON.stringify({ version: 1, volumes: [vol] }));
+      return ["provision", "--config", f("provision.json"), "--no-open", "--json"];
+    }],
+    ["recovery decrypt", () => ["recovery", "decrypt", f("prov-escrow.json"), "--private-key", f("fleet.key"), "--json"]],
   ];
   const ran = new Set<string>();
   for (const [cmd, argv, okStatus] of steps) {
@@ -206,6 +217,8 @@ test("every --json command: valid JSON, version, snake_case keys, no raw Buffer;
     "verity open": ["verity", "open", missing, "vjson", f("data.hash"), "00".repeat(32), "--json"],
     "verity status": ["verity", "status", "trustvol-json-no-such-mapping", "--json"],
     "verity close": ["verity", "close", "trustvol-json-no-such-mapping", "--json"],
+    provision: ["provision", "--config", missing, "--no-open", "--json"],
+    "recovery decrypt": ["recovery", "decrypt", f("prov-escrow.json"), "--private-key", f("sig.key"), "--json"], // another key
   };
   for (const cmd of cmds) {
     await t.test(cmd, async () => {

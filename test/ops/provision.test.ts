@@ -87,12 +87,12 @@ test("plain ext4 → provision (TPM2 PCR 7, escrowed recovery key) → provision
 
   let r = trustvol(["provision", "--config", cfg, "--no-open", "--dry-run", "--json"]);
   assert.equal(r.status, 0, r.stderr);
-  assert.equal(JSON.parse(r.stdout).volumes[0].stateBefore, "plain");
+  assert.equal(JSON.parse(r.stdout).volumes[0].state_before, "plain");
 
   r = trustvol(["provision", "--config", cfg, "--no-open", "--json"]);
   assert.equal(r.status, 0, r.stderr);
   const rep = JSON.parse(r.stdout).volumes[0];
-  assert.equal(rep.stateBefore, "plain");
+  assert.equal(rep.state_before, "plain");
   assert.equal(rep.state, "provisioned");
   assert.deepEqual(rep.steps, ["shrink-fs", "encrypt", "enroll", "enroll-recovery"]);
 
@@ -136,6 +136,9 @@ test("plain ext4 → provision (TPM2 PCR 7, escrowed recovery key) → provision
   assert.match(rk, /^[cbdefghijklnrtuv]{8}(-[cbdefghijklnrtuv]{8}){7}$/);
   assert.equal(run("cryptsetup", ["open", "--test-passphrase", "--key-file", "-", img], { input: rk, check: false }).status, 0);
   assert.ok(!esc.includes(rk));
+  r = trustvol(["recovery", "decrypt", join(dir, `recovery-${st.uuid}.json`), "--private-key", join(dir, "fleet-private.pem"), "--json"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { version: 1, volume: "root", volume_uuid: st.uuid, recovery_key: rk });
 });
 
 test("factory image (trustvol image encrypt, factory key) with rotate_key: two devices from one image end with different volume keys", async (t) => {
@@ -160,7 +163,7 @@ test("factory image (trustvol image encrypt, factory key) with rotate_key: two d
     r = trustvol(["provision", "--config", cfg, "--no-open", "--json"]);
     assert.equal(r.status, 0, r.stderr);
     const rep = JSON.parse(r.stdout).volumes[0];
-    assert.equal(rep.stateBefore, "factory");
+    assert.equal(rep.state_before, "factory");
     assert.deepEqual(rep.steps, ["mark-rotation", "enroll", "rotate-init", "unmark-rotation", "rotate"]);
     assert.equal(rep.state, "provisioned");
     r = trustvol(["provision", "--config", cfg, "--stage", "system", "--json"]);
@@ -210,7 +213,14 @@ test("refusals before any write: bad config, missing TPM, missing PIN file, part
   const cfg = writeConfig(dir, [{ ...base, trust: { type: "tpm2", device: join(dir, "no-tpm") }, on_failure: "continue-unencrypted" }]);
   const r = trustvol(["provision", "--config", cfg, "--no-open", "--json"]);
   assert.equal(r.status, 9, r.stderr);
-  assert.match(JSON.parse(r.stdout).volumes[0].unencrypted, /no TPM/);
+  // the report is the one JSON document (an outcome, not an error document); the reason is one line on stderr
+  const rep9 = JSON.parse(r.stdout);
+  assert.equal(rep9.version, 1);
+  assert.equal(rep9.error, undefined);
+  assert.equal(rep9.exit_code, 9);
+  assert.equal(rep9.dry_run, false);
+  assert.match(rep9.volumes[0].unencrypted, /no TPM/);
+  assert.match(r.stderr, /^trustvol: left unencrypted as configured \(on_failure: continue-unencrypted\): root$/m);
   assert.ok(readFileSync(img).equals(before), "continue-unencrypted: device unchanged");
   // the system stage refuses a volume the initramfs stage has not provisioned
   const r2 = trustvol(["provision", "--config", writeConfig(dir, [base]), "--stage", "system"]);
@@ -237,7 +247,7 @@ test("PKCS#11 (SoftHSM): token `lmp` and RSA-2048 key `luks` created when absent
   r = trustvol(["provision", "--config", cfg, "--no-open", "--json"], { env: hsm.env });
   assert.equal(r.status, 0, r.stderr);
   const rep = JSON.parse(r.stdout).volumes[0];
-  assert.equal(rep.stateBefore, "factory");
+  assert.equal(rep.state_before, "factory");
   assert.equal(rep.state, "provisioned");
   const dump = run("cryptsetup", ["luksDump", img]).stdout.toString();
   assert.match(dump, /systemd-pkcs11/);

@@ -2,22 +2,13 @@
 // the recovery escrow). Parses and prints only; the logic is src/ops/provision.ts.
 import { Option, type Command } from "commander";
 import { readFileSync } from "node:fs";
-import { io } from "../io.js";
+import { io, status } from "../io.js";
 import { ExitCode, TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { printJson } from "../common.js";
 import { progressBar, progressMode } from "../progress.js";
 import { promptHidden } from "../../util/tty.js";
 
-/** Exit 9 through the CLI's error path after the report was printed (a volume left unencrypted, as configured). */
-class LeftUnencrypted extends TrustvolError {
-  constructor(names: string[]) {
-    super("EPOLICY", `left unencrypted as configured (on_failure: continue-unencrypted): ${names.join(", ")}`);
-  }
-  override get exitCode() {
-    return ExitCode.UNENCRYPTED;
-  }
-}
 
 export function registerProvisionCommands(program: Command): void {
   program
@@ -88,16 +79,25 @@ or token missing).`)
           promptPin: (what) => promptHidden(`PIN (${what}): `, { max: 256, noTerminalHint: "give the PIN in a file (trust.pin.file)" }),
         });
         bar?.end();
-        if (o.json) printJson(r);
+        // A volume left unencrypted as configured (exit 9) and a system stage that left something for the next boot
+        // (exit 7) are outcomes, not errors: the report is still the one JSON document (as doctor's exit 8), and the
+        // reason is one line on stderr.
+        let outcome: TrustvolError | undefined;
+        const left = r.volumes.filter((v) => v.unencrypted).map((v) => v.name);
+        // The system stage's service disables itself on exit 0: only when every volume is really done.
+        const open = r.volumes.filter((v) => v.state !== "provisioned" && v.state !== "trusted-volume");
+        if (left.length) outcome = new TrustvolError("EPOLICY", `left unencrypted as configured (on_failure: continue-unencrypted): ${left.join(", ")}`);
+        else if (o.stage === "system" && !o.dryRun && open.length)
+          outcome = new TrustvolError("EBUSY", `provisioning not finished: ${open.map((v) => `${v.name} (${v.state})`).join(", ")}`, "the next boot's initramfs stage continues it");
+        const exitCode = left.length ? ExitCode.UNENCRYPTED : outcome ? outcome.exitCode : ExitCode.OK;
+        if (o.json) printJson({ ...r, exitCode });
         else
           for (const v of r.volumes)
             io.out(`${v.name}: ${v.stateBefore} -> ${v.state}${v.steps.length ? ` (${o.dryRun ? "would run" : "ran"}: ${v.steps.join(", ")})` : ""}${v.mapped ? `, open as ${v.mapped}` : ""}${v.headerBackup ? `, header backup ${v.headerBackup}` : ""}${v.unencrypted ? `, LEFT UNENCRYPTED: ${v.unencrypted}` : ""}\n`);
-        const left = r.volumes.filter((v) => v.unencrypted).map((v) => v.name);
-        if (left.length) throw new LeftUnencrypted(left);
-        // The system stage's service disables itself on exit 0: only when every volume is really done.
-        const open = r.volumes.filter((v) => v.state !== "provisioned" && v.state !== "trusted-volume");
-        if (o.stage === "system" && !o.dryRun && open.length)
-          throw new TrustvolError("EBUSY", `provisioning not finished: ${open.map((v) => `${v.name} (${v.state})`).join(", ")}`, "the next boot's initramfs stage continues it");
+        if (outcome) {
+          io.err(`trustvol: ${outcome.oneLine().replace(/\s*\n\s*/g, " ")}\n`);
+          status.exitCode = exitCode;
+        }
       } finally {
         bar?.end();
         stop.done();
