@@ -103,6 +103,7 @@ test("every --json command: valid JSON, version, snake_case keys, no raw Buffer;
   const key = ["--key-file", f("pw")];
   run("truncate", ["-s", "20M", f("v.img")]);
   run("truncate", ["-s", "3M", f("r.img")]);
+  run("truncate", ["-s", "20M", f("u.img")]);
   run("truncate", ["-s", "2M", f("plain.img")]);
   writeFileSync(f("data.img"), Buffer.alloc(64 * 4096, 7));
   run("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", f("sig.key"), "-out", f("sig.pem"), "-subj", "/CN=json signer", "-days", "2"]);
@@ -132,6 +133,14 @@ test("every --json command: valid JSON, version, snake_case keys, no raw Buffer;
     ["enroll tpm2", () => ["enroll", "tpm2", f("v.img"), "--tpm2-device", tpm.device, "--pcrs", "7", ...key, "--json"]],
     ["enroll clevis", () => ["enroll", "clevis", f("v.img"), "--tpm2-device", tpm.device, "--pcrs", "7", ...key, "--json"]],
     ["unlock", () => ["unlock", "--test", "--token-only", "--tpm2-device", tpm.device, f("v.img"), "--json"]],
+    ["tpm2 predict", () => ["tpm2", "predict", "--tpm2-device", tpm.device, "--extend", `16=${"ab".repeat(32)}`, "--json"]],
+    // OTA re-enrolment on its own volume (PCR 7 is not extended here, so the staged token unseals in this "boot")
+    ["format", () => ["format", f("u.img"), ...key, ...kdf, "-q", "--json"]],
+    ["enroll tpm2", () => ["enroll", "tpm2", f("u.img"), "--tpm2-device", tpm.device, "--pcrs", "7", ...key, "--json"]],
+    ["tpm2 stage-update", () => ["tpm2", "stage-update", f("u.img"), "--pcrs", "7", "--tpm2-device", tpm.device, "--json"]],
+    ["tpm2 commit-update", () => ["tpm2", "commit-update", f("u.img"), "--tpm2-device", tpm.device, "--json"]],
+    ["tpm2 stage-update", () => ["tpm2", "stage-update", f("u.img"), "--pcrs", "7", "--tpm2-device", tpm.device, "--json"]],
+    ["tpm2 abort-update", () => ["tpm2", "abort-update", f("u.img"), "--json"]],
     ["reencrypt", () => ["reencrypt", f("r.img"), ...key, ...kdf, "--progress-json", "--json"]], // progress to stderr then
     ["pkcs11 init-token", () => ["pkcs11", "init-token", "--module", h.modulePath, "--label", "lmp", "--so-pin-file", so, "--pin-file", pin, "--json"]],
     ["pkcs11 list", () => ["pkcs11", "list", "--module", h.modulePath, "--json"]],
@@ -173,6 +182,10 @@ test("every --json command: valid JSON, version, snake_case keys, no raw Buffer;
     const r = await trustvolInProcess(argv());
     const j = checkOk(cmd, r, okStatus);
     if (cmd === "verity format") verityRoot = String(j.root_hash);
+    // the update steps really did something (not "nothing staged")
+    if (cmd === "tpm2 predict") assert.match(String((j.pcrs as { value: string }[])[0]?.value), /^[0-9a-f]{64}$/, r.stdout);
+    if (cmd === "tpm2 commit-update") assert.equal((j.committed_tokens as number[]).length, 1, r.stdout);
+    if (cmd === "tpm2 abort-update") assert.equal((j.removed_tokens as number[]).length, 1, r.stdout);
     ran.add(cmd);
   }
   assert.match(verityRoot, /^[0-9a-f]{64}$/);
@@ -193,6 +206,10 @@ test("every --json command: valid JSON, version, snake_case keys, no raw Buffer;
     "enroll tpm2": ["enroll", "tpm2", missing, "--tpm2-device", tpm.device, ...key, "--json"],
     "enroll clevis": ["enroll", "clevis", missing, "--tpm2-device", tpm.device, ...key, "--json"],
     "enroll recovery": ["enroll", "recovery", missing, ...key, "--json"],
+    "tpm2 predict": ["tpm2", "predict", "--eventlog", missing, "--pcrs", "7", "--json"],
+    "tpm2 stage-update": ["tpm2", "stage-update", missing, "--pcrs", "7", "--tpm2-device", tpm.device, "--json"],
+    "tpm2 commit-update": ["tpm2", "commit-update", missing, "--tpm2-device", tpm.device, "--json"],
+    "tpm2 abort-update": ["tpm2", "abort-update", missing, "--json"],
     "identity create": ["identity", "create", ...id, "--json"], // the label exists already
     "identity import-cert": ["identity", "import-cert", ...id, "--cert", missing, "--json"],
     "identity show": ["identity", "show", "--uri", "pkcs11:token=nosuch", "--module", h.modulePath, "--pin-file", pin, "--json"],

@@ -51,7 +51,9 @@ test("predict the next boot (new db, new UKI), enroll against it, reboot into it
   let r = trustvol(["tpm2", "predict", "--eventlog", f("logA"), "--pcrs", "4,7", "--json"]);
   assert.equal(r.status, 0, r.stderr);
   const now = await new Tpm(openTpm2Transport(sw.device)).pcrRead("sha256", [4, 7]);
-  assert.deepEqual(JSON.parse(r.stdout).map((x: { value: string }) => x.value), [now.get(4)!.toString("hex"), now.get(7)!.toString("hex")]);
+  const j = JSON.parse(r.stdout) as { version: number; pcrs: { pcr: number; bank: string; value: string }[] };
+  assert.equal(j.version, 1);
+  assert.deepEqual(j.pcrs, [{ pcr: 4, bank: "sha256", value: now.get(4)!.toString("hex") }, { pcr: 7, bank: "sha256", value: now.get(7)!.toString("hex") }]);
 
   // the update: a new db (PCR 7) and a new UKI (PCR 4), predicted from the current log
   writeFileSync(f("db-B"), bootB.vars.db);
@@ -70,7 +72,7 @@ test("predict the next boot (new db, new UKI), enroll against it, reboot into it
   assert.equal(r.status, 0, r.stderr);
   r = trustvol(["enroll", "tpm2", img, "--tpm2-device", sw.device, "--pcrs", predicted, "--key-file", f("factory"), "--json"]);
   assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout), { keyslot: 1, token: 1, wiped_keyslots: [] });
+  assert.deepEqual(JSON.parse(r.stdout), { version: 1, keyslot: 1, token: 1, wiped_keyslots: [] });
   const unlock = (token: number) => trustvol(["unlock", "--test", "--token-only", "--token-id", String(token), "--tpm2-device", sw.device, "--json", img]);
   assert.equal(unlock(0).status, 0, "today's chain unlocks with today's token");
   assert.notEqual(unlock(1).status, 0, "the next chain's token does not unlock today");

@@ -53,7 +53,7 @@ test("CLI: stage-update → abort-update → stage again → reboot into the new
   // stage: unattended (the current token opens the volume), the old token stays
   r = trustvol(["tpm2", "stage-update", img, "--pcrs", spec, "--tpm2-device", sw.device, "--json"]);
   assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout), { keyslot: 1, token: 1, staged: true });
+  assert.deepEqual(JSON.parse(r.stdout), { version: 1, keyslot: 1, token: 1, staged: true });
   const tok1 = JSON.parse(run("cryptsetup", ["token", "export", "--token-id", "1", img]).stdout.toString());
   assert.equal(tok1["trustvol-update"], "staged");
   r = trustvol(["tpm2", "stage-update", img, "--pcrs", spec, "--tpm2-device", sw.device]);
@@ -68,7 +68,7 @@ test("CLI: stage-update → abort-update → stage again → reboot into the new
   // abort: the staged token and its keyslot go
   r = trustvol(["tpm2", "abort-update", img, "--json"]);
   assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout), { committed_tokens: [], removed_tokens: [1], removed_keyslots: [1] });
+  assert.deepEqual(JSON.parse(r.stdout), { version: 1, committed_tokens: [], removed_tokens: [1], removed_keyslots: [1] });
   assert.equal(trustvol(["tpm2", "abort-update", img]).status, 0, "nothing staged: nothing to do");
 
   r = trustvol(["tpm2", "stage-update", img, "--pcrs", spec, "--tpm2-device", sw.device, "--json"]);
@@ -81,7 +81,7 @@ test("CLI: stage-update → abort-update → stage again → reboot into the new
   assert.equal(run("cryptsetup", ["open", "--test-passphrase", "--token-only", "--token-id", "0", img], { check: false }).status !== 0, true);
   r = trustvol(["tpm2", "commit-update", img, "--tpm2-device", sw.device, "--json"]);
   assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout), { committed_tokens: [1], removed_tokens: [0], removed_keyslots: [0] });
+  assert.deepEqual(JSON.parse(r.stdout), { version: 1, committed_tokens: [1], removed_tokens: [0], removed_keyslots: [0] });
   const dump = run("cryptsetup", ["luksDump", "--dump-json-metadata", img]).stdout.toString();
   const md = JSON.parse(dump);
   assert.deepEqual(Object.keys(md.tokens), ["1"]);

@@ -116,7 +116,7 @@ export function registerTpm2Commands(program: Command): void {
     }
     const { predictPcr } = await import("../../trust/tpm2/policy.js");
     const log = logPcrs.length ? parseEventLog(readFileSync((o.eventlog as string | undefined) ?? "/sys/kernel/security/tpm0/binary_bios_measurements")) : undefined;
-    const out: { pcr: number; bank: string; value: string }[] = [];
+    const out: { pcr: number; bank: string; value: Buffer }[] = [];
     for (const pcr of pcrs) {
       let v: Buffer;
       if (extend.has(pcr)) v = predictPcr(bank as HashName, extend.get(pcr)!, current.get(pcr));
@@ -124,10 +124,10 @@ export function registerTpm2Commands(program: Command): void {
         if (!sections.size) throw usage("PCR 11 needs the UKI's sections", "pass --linux FILE and the other sections the UKI has");
         v = predictPcr11(bank as HashName, sections, String(o.phase), o.linuxPadding !== false);
       } else v = predictFromLog(pcr, { log: log!.events, startupLocality: log!.startupLocality, bank: bank as HashName, efiVars, ...(peImages.length ? { peImages } : {}) });
-      out.push({ pcr, bank, value: v.toString("hex") });
+      out.push({ pcr, bank, value: v });
     }
-    if (o.json) io.out(JSON.stringify(out) + "\n");
-    else io.out(out.map((x) => `${x.pcr}:${x.bank}=${x.value}`).join(",") + "\n");
+    if (o.json) printJson({ pcrs: out }); // {"version": 1, "pcrs": [{"pcr": 7, "bank": "sha256", "value": HEX}, ...]}
+    else io.out(out.map((x) => `${x.pcr}:${x.bank}=${x.value.toString("hex")}`).join(",") + "\n");
   });
 
   // ---- OTA-transactional re-enrolment ----
