@@ -170,6 +170,8 @@ test("every --json command: valid JSON, version, snake_case keys, no raw Buffer;
       return ["provision", "--config", f("provision.json"), "--no-open", "--json"];
     }],
     ["recovery decrypt", () => ["recovery", "decrypt", f("prov-escrow.json"), "--private-key", f("fleet.key"), "--json"]],
+    // the boot files written into an empty root directory
+    ["boot install", () => (mkdirSync(f("bootroot"), { recursive: true }), ["boot", "install", "--root", f("bootroot"), "--initramfs-tools", "--systemd", "--json"])],
   ];
   const ran = new Set<string>();
   for (const [cmd, argv, okStatus] of steps) {
@@ -236,6 +238,7 @@ test("every --json command: valid JSON, version, snake_case keys, no raw Buffer;
     "verity close": ["verity", "close", "trustvol-json-no-such-mapping", "--json"],
     provision: ["provision", "--config", missing, "--no-open", "--json"],
     "recovery decrypt": ["recovery", "decrypt", f("prov-escrow.json"), "--private-key", f("sig.key"), "--json"], // another key
+    "boot install": ["boot", "install", "--root", f("bootroot"), "--json"], // nothing to install
   };
   for (const cmd of cmds) {
     await t.test(cmd, async () => {

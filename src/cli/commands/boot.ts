@@ -2,7 +2,7 @@
 // /etc/trustvol/boot.conf, /etc/crypttab lines) and print or install it.
 import type { Command } from "commander";
 import { Option } from "commander";
-import { io } from "../io.js";
+import { io, printJson } from "../io.js";
 import { TrustvolError } from "../../util/errors.js";
 import { bootFiles, crypttabLine, installBootFiles, runtimeLayout, BOOT_CONF_KEYS, type BootConf, type BootTarget } from "../../boot/index.js";
 
@@ -76,7 +76,7 @@ export function registerBootCommands(program: Command): void {
     if (!targets.length && !conf) throw new TrustvolError("EUSAGE", "nothing to install", "give --initramfs-tools, --dracut, --systemd and/or --device/--name");
     const layout = runtimeLayout();
     const written = installBootFiles(String(o.root), bootFiles(targets, layout, conf), { layout, enableProvision: !!o.enableProvision });
-    if (o.json) io.out(JSON.stringify({ root: o.root, written }) + "\n");
+    if (o.json) printJson({ root: o.root, written });
     else for (const p of written) io.out(`wrote ${p}\n`);
   });
   boot
