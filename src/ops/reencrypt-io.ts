@@ -40,6 +40,7 @@ export interface HotzoneEngine {
   hotzone: number;
   block: number;
   hashLen: number;
+  /** Checksum mode with the torn-write extension (new checksums + old data copy in the area). */
   extended: boolean;
   buf: Buffer;
 }

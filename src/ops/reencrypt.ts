@@ -566,23 +566,8 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
 
 /** The data path (reencrypt-io.ts) works on this; the buffer is one of its two. */
 interface Engine extends HotzoneEngine {
-  v: Luks2Volume;
-  dev: BlockDevice;
-  hdrDev: BlockDevice;
-  st: ReencryptState;
-  dataOffset: number;
-  dataSize: number;
-  oldC: SectorCipher | null;
-  newC: SectorCipher | null;
-  hotzone: number;
-  block: number;
-  hashLen: number;
-  /** Checksum mode with the torn-write extension (new checksums + old data copy in the area). */
-  extended: boolean;
-  buf: Buffer;
   dispose(): void;
 }
-
 
 async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: Pick<ReencryptOptions, "hotzoneSize" | "tornWriteSafe">): Promise<Engine> {
   const st = loadReencryptState(v.metadata);
