@@ -206,8 +206,9 @@ export function registerKernelCommands(program: Command): void {
       ...(o.createSize ? { createSize: (o.createSize as number) * 1024 * 1024 } : {}),
       force: !!o.force,
     });
-    const { blob: _b, ...shown } = r.desc;
-    if (o.json) printJson({ descriptor: resolve(r.descriptor), ...shown });
+    // The descriptor's own format version is not the JSON contract's `version`.
+    const { blob: _b, version: descriptorVersion, ...shown } = r.desc;
+    if (o.json) printJson({ descriptor: resolve(r.descriptor), descriptor_version: descriptorVersion, ...shown });
     else io.err(`Sealed a ${r.desc.key_size}-byte ${r.desc.source} trusted key for ${image}; descriptor ${r.descriptor} (keep a backup: without it the data is lost).\n`);
   });
   trusted
