@@ -12,7 +12,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { TestContext } from "node:test";
 import { IN_CI, hasTool, needTools, run } from "./tools.js";
-import { findGuestKernel, ensureGuestKernel } from "../vm/harness.js";
+import { findGuestKernel, ensureGuestKernel, safeRead } from "../vm/harness.js";
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const SCRIPT = join(REPO, "scripts", "boot-root.sh");
@@ -277,14 +277,6 @@ async function bootOnce(o: BootOptions): Promise<BootResult> {
     process.removeListener("exit", reap);
     if (o.keep || process.env.TRUSTVOL_VM_KEEP === "1") process.stderr.write(`trustvol-boot: run dir kept: ${runDir}\n`);
     else rmSync(runDir, { recursive: true, force: true });
-  }
-}
-
-function safeRead(p: string): string {
-  try {
-    return readFileSync(p, "utf8");
-  } catch {
-    return "";
   }
 }
 

@@ -427,7 +427,8 @@ async function runInGuestOnce(opts: GuestRunOptions): Promise<GuestRunResult> {
   }
 }
 
-function safeRead(p: string): string {
+/** A file's text, or "" when it cannot be read (logs of a guest that died early). */
+export function safeRead(p: string): string {
   try {
     return readFileSync(p, "utf8");
   } catch {
