@@ -127,6 +127,38 @@ test("trustvol enrols against systemd-pcrlock's policy → systemd-cryptenroll 2
   await assert.rejects(unlockSystemdTpm2Token(tokenJson, tpm, { pcrlock: first }), isErr("EPOLICY", /names NV index/));
 });
 
+test("pcrlock + PIN: systemd-cryptenroll 257's token field order (tpm2_pcrlock, tpm2_salt, tpm2_srk, tpm2_pcrlock_nv) byte for byte, both ways", async (t) => {
+  const d = deb13(t);
+  if (!d) return;
+  // the second test's policy (its NV index still holds it; PCRs unchanged since)
+  const policyFile = join(fx.dir, "pcrlock2.json");
+  const policy = decodePcrlockPolicy(readFileSync(policyFile));
+  const tpm = tpmOf();
+  await tpm.run(C.DictionaryAttackLockReset, {});
+  const l = makeLuksImage(fx.dir, "plpin");
+  // test-only PIN: systemd-cryptenroll takes it from $NEWPIN when there is no terminal
+  d.sh(`systemd-cryptenroll --unlock-key-file=/w/plpin.key --tpm2-device=${d.device} --tpm2-pcrlock=/w/pcrlock2.json --tpm2-with-pin=yes /w/plpin.luks`, { NEWPIN: "13579" });
+  const json = exportToken(l.img, 0);
+  const keys257 = Object.keys(JSON.parse(json));
+  assert.deepEqual(keys257, ["type", "keyslots", "tpm2-blob", "tpm2-pcrs", "tpm2-primary-alg", "tpm2-policy-hash", "tpm2-pin", "tpm2_pcrlock", "tpm2_salt", "tpm2_srk", "tpm2_pcrlock_nv"]);
+  const tok = decodeSystemdTpm2Token(json);
+  assert.equal(tok.pin, true);
+  assert.equal(tok.pcrlock, true);
+  assert.equal(encodeSystemdTpm2Token(tok), JSON.stringify(JSON.parse(json)), "257's pcrlock + PIN token re-encodes byte for byte");
+  await assert.rejects(unlockSystemdTpm2Token(json, tpm, { pcrlock: policy }), isErr("EBADPASS", /needs a PIN/));
+  const pass = await unlockSystemdTpm2Token(json, tpm, { pcrlock: policy, pin: Buffer.from("13579") });
+  assert.ok(passphraseOpens(l.img, pass, 1));
+  // trustvol's own pcrlock + PIN token: the same fields in the same order, and systemd unseals it with the PIN
+  const { tokenJson, passphrase } = await createSystemdTpm2Token(tpm, { pcrs: [], keyslot: 2, pcrlock: policy, pin: Buffer.from("8642") });
+  assert.deepEqual(Object.keys(JSON.parse(tokenJson)), keys257);
+  const l2 = makeLuksImage(fx.dir, "plpin2");
+  addKey(l2, passphrase, 2);
+  importToken(l2.img, tokenJson, 0);
+  const rk = d.sh(`cp /w/pcrlock2.json /run/systemd/pcrlock.json && systemd-cryptenroll --unlock-tpm2-device=${d.device} --recovery-key /w/plpin2.luks`, { PIN: "8642" }).stdout.toString().trim();
+  assert.match(rk, /^([cbdefghijklnrtuv]{8}-){7}[cbdefghijklnrtuv]{8}$/);
+  await tpm.run(C.DictionaryAttackLockReset, {});
+});
+
 test("hostile pcrlock.json and pcrlock token fields: one clear error each", () => {
   const base = {
     pcrBank: "sha256",
