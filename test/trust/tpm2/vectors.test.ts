@@ -1,5 +1,5 @@
 // Recorded TPM 2.0 vectors (vectors/tpm2-vectors.json, see vectors/generate.ts), checked without a TPM: KDFa, KDFe,
-// the session HMAC both ways, response parameter encryption, policy digests of every step, NV names.
+// the session HMAC both ways, parameter encryption in both directions, policy digests of every step, NV names.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createECDH } from "node:crypto";
@@ -58,6 +58,31 @@ test("salted session recorded with swtpm: KDFe salt, KDFa session key, command a
   bad[0]! ^= 1;
   const again = new AuthSession(0x02000000, TPM_SE.HMAC, "sha256", h(s.nonceTPM0), h(s.command.nonceCaller), h(s.sessionKey), 128, s.command.attributes);
   assert.throws(() => again.responseAuth(rpHashFor, h(s.response.nonceTPM), s.response.attributes, bad, undefined, false), /HMAC does not verify/);
+});
+
+test("command parameter encryption recorded with swtpm: NV_Write's data encrypted with sessionKey ‖ authValue, the TPM accepted it and stored the plaintext", () => {
+  const s = V.session;
+  const c = V.commandEncryption;
+  const session = new AuthSession(0x02000000, TPM_SE.HMAC, "sha256", h(c.nonceTPM), h(c.nonceCaller), h(s.sessionKey), 128, c.attributes);
+  const nvAuth = h(c.nvAuth);
+  // the index authorises itself: its authValue enters the key; nonceNewer = nonceCaller for a command (Part 1 §21.3)
+  const enc = session.paramCrypt(false, h(c.plaintext), nvAuth, true, "cmd");
+  const params = h(c.parameters);
+  assert.equal(params.readUInt16BE(0), enc.length);
+  assert.equal(params.subarray(2, 2 + enc.length).toString("hex"), enc.toString("hex"), "trustvol's ciphertext is the one the TPM decrypted");
+  assert.ok(h(c.wire).includes(params), "the parameters are those sent to swtpm");
+  assert.notEqual(enc.toString("hex"), c.plaintext, "encrypted on the wire");
+  // a key without the authValue (the rule for a session that does not authorise) gives other bytes
+  assert.notEqual(session.paramCrypt(false, h(c.plaintext), nvAuth, false, "cmd").toString("hex"), enc.toString("hex"));
+  // and decrypting the wire bytes in the command direction gives the plaintext back; the response direction does not
+  assert.equal(session.paramCrypt(true, enc, nvAuth, true, "cmd").toString("hex"), c.plaintext);
+  assert.notEqual(session.paramCrypt(true, enc, nvAuth, true, "rsp").toString("hex"), c.plaintext);
+  // the command HMAC over cpHash of the encrypted parameters is the one on the wire (names: the index twice)
+  const cpHashFor = (hash: HashName) => hashOf(hash, u32(c.cc), h(c.nvName), h(c.nvName), params);
+  assert.ok(h(c.wire).includes(session.commandAuth(cpHashFor, nvAuth, true)));
+  // the TPM's response HMAC verifies (it accepted the authorisation), and what NV_Read gave back is the plaintext
+  session.responseAuth((hash: HashName) => hashOf(hash, u32(0), u32(c.cc), Buffer.alloc(0)), h(c.response.nonceTPM), c.response.attributes, h(c.response.hmac), nvAuth, true);
+  assert.equal(c.nvReadBack, c.plaintext);
 });
 
 function stepOf(d: Record<string, any>): PolicyStep {

@@ -12,6 +12,8 @@ import { TPMA_SESSION, TPM_ALG, TPM_CC, TPM_RH, TPM_SE } from "../../../../src/t
 import { kdfa, kdfe } from "../../../../src/trust/tpm2/crypto.js";
 import { AuthSession } from "../../../../src/trust/tpm2/session.js";
 import { TpmReader } from "../../../../src/trust/tpm2/marshal.js";
+import { NV_PUBLIC_2B, TPMA_NV, nvName } from "../../../../src/trust/tpm2/nv.js";
+import { encode } from "../../../../src/trust/tpm2/schema.js";
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 const det = (label: string, n = 32) => createHash("sha256").update(`trustvol vector ${label}`).digest().subarray(0, n);
@@ -36,7 +38,7 @@ const read = (n: string) => hex(readFileSync(f(n)));
 
 const out: Record<string, unknown> = {
   about:
-    "TPM 2.0 test vectors, recorded once by test/trust/tpm2/vectors/generate.ts: KDFa from the reference implementation's self-test data (libtpms KdfTestData.h); policy digests computed by tpm2-tools 5.4 on swtpm trial sessions; a salted HMAC session with response parameter encryption exchanged with swtpm (the TPM produced nonceTPM, the response HMAC and the ciphertext).",
+    "TPM 2.0 test vectors, recorded once by test/trust/tpm2/vectors/generate.ts: KDFa from the reference implementation's self-test data (libtpms KdfTestData.h); policy digests computed by tpm2-tools 5.4 on swtpm trial sessions; a salted HMAC session with response parameter encryption exchanged with swtpm (the TPM produced nonceTPM, the response HMAC and the ciphertext), and command parameter encryption through it (NV_Write the TPM decrypted; NV_Read gave back the plaintext).",
   kdfa: [
     { source: "TPM 2.0 reference implementation self-test (KdfTestData.h)", hash: "sha1", key: "271fa08bbdc5060ec3dfa928ff9b73123a12da0c", label: "KDFSELFTESTLABEL", contextU: "ce244f395dca7391", contextV: "da504031ddf12e83", bits: 160, out: "55b5a7184aa07423c47dae766c26a2377d7cf851" },
     { source: "TPM 2.0 reference implementation self-test (KdfTestData.h)", hash: "sha256", key: "271fa08bbdc5060ec3dfa928ff9b73123a12da0c", label: "KDFSELFTESTLABEL", contextU: "ce244f395dca7391", contextV: "da504031ddf12e83", bits: 160, out: "bb0259e1c8ba607e6a2cd704b69a902e9ade84c4" },
@@ -154,6 +156,49 @@ out.session = {
   command: { cc: TPM_CC.PolicyGetDigest, handleNames: [trialS.handle.toString(16).padStart(8, "0")], parameters: "", nonceCaller: hex(nonceCaller1), attributes: attrs, wire: hex(cmd) },
   response: { wire: hex(rsp), parameters: hex(rparams), nonceTPM: hex(rspNonce), attributes: rspAttrs, hmac: hex(rspHmac), plaintextParameter: hex(policyDigest) },
 };
+
+// ---------- command parameter encryption: NV_Write through the same salted session (decrypt) ----------
+// The session authorises an NV index with its own authValue, so the command's encryption key is sessionKey ‖ authValue.
+// What the TPM decrypted is read back in the clear (NV_Read, password session): the ciphertext on the wire is right.
+const nvAuth = Buffer.from("trustvol nv vector auth");
+const nvIdx = 0x01500030;
+const nvPub = { nvIndex: nvIdx, nameAlg: TPM_ALG.SHA256, attributes: TPMA_NV.AUTHWRITE | TPMA_NV.AUTHREAD | TPMA_NV.NO_DA, authPolicy: Buffer.alloc(0), dataSize: 32 };
+await tpm.run(C.NV_DefineSpace, { authHandle: C.permanentHandle(TPM_RH.OWNER), auth: nvAuth, publicInfo: nvPub });
+const nvNameBefore = nvName(nvPub);
+const plaintext = det("nv plaintext");
+const nonceTPMBeforeWrite = Buffer.from(b.nonceTPM);
+const nonceCaller2 = det("nonceCaller2");
+b.attributes = TPMA_SESSION.continueSession | TPMA_SESSION.decrypt;
+b.prepare = () => void (b.nonceCaller = Buffer.from(nonceCaller2));
+seen.length = 0;
+const nvRef = { handle: nvIdx, name: nvNameBefore, authValue: nvAuth };
+await tapped.run(C.NV_Write, { authHandle: nvRef, nvIndex: { handle: nvIdx, name: nvNameBefore }, data: plaintext }, [b]);
+const wcmd = seen.find((x) => x.dir === "cmd")!.bytes;
+const wrsp = seen.find((x) => x.dir === "rsp")!.bytes;
+const wr = new TpmReader(wcmd);
+wr.u16(), wr.u32(), wr.u32(), wr.u32(), wr.u32();
+wr.bytes(wr.u32()); // authorization area
+const wparams = Buffer.from(wr.bytes(wr.remaining));
+const rr = new TpmReader(wrsp);
+rr.u16(), rr.u32();
+const wrc = rr.u32();
+rr.bytes(rr.u32()); // no response parameters
+const wNonce = rr.tpm2b();
+const wAttrs = rr.u8();
+const wHmac = rr.tpm2b();
+const written = nvName({ ...nvPub, attributes: (nvPub.attributes | TPMA_NV.WRITTEN) >>> 0 });
+const back = await tpm.run(C.NV_Read, { authHandle: { handle: nvIdx, name: written, authValue: nvAuth }, nvIndex: { handle: nvIdx, name: written }, size: 32, offset: 0 });
+if (!back.data.equals(plaintext) || wrc !== 0) throw new Error("the TPM did not store the plaintext");
+out.commandEncryption = {
+  about: "NV_Write(authHandle = nvIndex, authorised by its authValue) through the salted session above with decrypt set: the TPM decrypted the data parameter (AES-128-CFB, key sessionKey ‖ authValue, nonceNewer = nonceCaller) and NV_Read gave back the plaintext",
+  nvPublic: hex(encode(NV_PUBLIC_2B, nvPub)), nvAuth: hex(nvAuth), nvName: hex(nvNameBefore),
+  nonceTPM: hex(nonceTPMBeforeWrite), nonceCaller: hex(nonceCaller2), attributes: b.attributes, cc: TPM_CC.NV_Write,
+  plaintext: hex(plaintext), wire: hex(wcmd), parameters: hex(wparams),
+  response: { wire: hex(wrsp), nonceTPM: hex(wNonce), attributes: wAttrs, hmac: hex(wHmac) },
+  nvReadBack: hex(back.data),
+};
+await tpm.run(C.NV_UndefineSpace, { authHandle: C.permanentHandle(TPM_RH.OWNER), nvIndex: { handle: nvIdx, name: written } });
+
 await tpm.flushQuiet(started.handle);
 await tpm.flushQuiet(trialS.handle);
 await tpm.flushQuiet(primary.handle);
