@@ -98,7 +98,7 @@ test("systemd-pcrlock + systemd-cryptenroll 257 --tpm2-pcrlock → trustvol unlo
   assert.deepEqual(await unlockSystemdTpm2Token(json, tpm, { pcrlock: policy }), pass);
   // a second measurement: no allowed value any more
   await tpm.pcrExtend(15, "sha256", Buffer.from(a, "hex"));
-  await assert.rejects(unlockSystemdTpm2Token(json, tpm, { pcrlock: policy }), isErr("EPOLICY", /not one the pcrlock policy allows/));
+  await assert.rejects(unlockSystemdTpm2Token(json, tpm, { pcrlock: policy }), isErr("EPOLICY", /not one the pcrlock policy allows: PCR 15 \(sha256\) hold values pcrlock\.json does not list/));
   // the policy file is the administrator's: none given and none at systemd's paths → a clear error, nothing from the header
   await assert.rejects(unlockSystemdTpm2Token(json, tpm, { pcrlockPath: join(fx.dir, "missing.json") }), isErr("ENOKEY", /does not exist/));
   await fx.sw.restart();
@@ -157,6 +157,23 @@ test("pcrlock + PIN: systemd-cryptenroll 257's token field order (tpm2_pcrlock, 
   const rk = d.sh(`cp /w/pcrlock2.json /run/systemd/pcrlock.json && systemd-cryptenroll --unlock-tpm2-device=${d.device} --recovery-key /w/plpin2.luks`, { PIN: "8642" }).stdout.toString().trim();
   assert.match(rk, /^([cbdefghijklnrtuv]{8}-){7}[cbdefghijklnrtuv]{8}$/);
   await tpm.run(C.DictionaryAttackLockReset, {});
+});
+
+test("a stale pcrlock.json (make-policy ran again, same NV index, other values): refused as stale, not as a PCR change", async (t) => {
+  const d = deb13(t);
+  if (!d) return;
+  const stale = decodePcrlockPolicy(readFileSync(join(fx.dir, "pcrlock2.json")));
+  const json = exportToken(join(fx.dir, "tp.luks"), 2);
+  const tpm = tpmOf();
+  assert.ok((await unlockSystemdTpm2Token(json, tpm, { pcrlock: stale })).length, "unlocks before the policy changes");
+  // the policy now also allows a PCR 14 variant: systemd rewrites the same index
+  writeFileSync(join(fx.dir, "dC"), "variant C");
+  d.sh(`mkdir -p /w/comp3/860-x.pcrlock.d && ${PL} lock-raw --pcr=14 --pcrlock=/w/comp3/860-x.pcrlock.d/c.pcrlock /w/dC && ${PL} make-policy --components=/w/comp3 --policy=/w/pcrlock2.json --recovery-pin=hide --force`);
+  const fresh = decodePcrlockPolicy(readFileSync(join(fx.dir, "pcrlock2.json")));
+  assert.equal(fresh.nvIndex, stale.nvIndex);
+  assert.notEqual(pcrlockSuperPcrDigest(fresh).toString("hex"), pcrlockSuperPcrDigest(stale).toString("hex"));
+  await assert.rejects(unlockSystemdTpm2Token(json, tpm, { pcrlock: stale }), isErr("EPOLICY", /does not match what NV index 0x[0-9a-f]+ holds: the file is stale/));
+  assert.ok((await unlockSystemdTpm2Token(json, tpm, { pcrlock: fresh })).length, "the fresh file unlocks");
 });
 
 test("hostile pcrlock.json and pcrlock token fields: one clear error each", () => {

@@ -7,7 +7,9 @@
 import { existsSync, readFileSync } from "node:fs";
 import { TrustvolError } from "../../util/errors.js";
 import { HASH_SIZE, TPM_RH, isHashName, type HashName } from "./constants.js";
+import * as C from "./commands.js";
 import { permanentHandle } from "./commands.js";
+import type { Tpm } from "./tpm.js";
 import { decodeSerializedKeyHandle, decodeSerializedNvHandle, type SerializedKeyHandle, type SerializedNvHandle } from "./esys-tr.js";
 import { NV_PUBLIC_2B, TPMA_NV, nvName, type NvPublic } from "./nv.js";
 import { PolicyAuthorizeNV, PolicyOR, PolicyPCR, policyDigestOf, type NvRef, type PolicyStep } from "./policy.js";
@@ -163,14 +165,34 @@ export function pcrlockStep(p: PcrlockPolicy): PolicyStep {
       try {
         await inner.execute(tpm, s);
       } catch (e) {
-        if (e instanceof TpmRcError && ["VALUE", "POLICY_FAIL", "POLICY"].includes(e.rcName))
-          throw new TrustvolError("EPOLICY", `the PCR state is not one the pcrlock policy allows (NV index 0x${p.nvIndex.toString(16)})`, "boot a chain the policy covers, or update it (systemd-pcrlock make-policy) before the update; else use the recovery key", { cause: e });
+        if (e instanceof TpmRcError && ["VALUE", "POLICY_FAIL", "POLICY"].includes(e.rcName)) throw await pcrlockMismatch(tpm, p, e);
         if (e instanceof TpmRcError && ["HANDLE", "NV_UNINITIALIZED", "NV_AUTHORIZATION"].includes(e.rcName))
           throw new TrustvolError("EPOLICY", `the pcrlock NV index 0x${p.nvIndex.toString(16)} is missing or unwritten on this TPM`, "run systemd-pcrlock make-policy on this device, or use the recovery key", { cause: e });
         throw e;
       }
     },
   };
+}
+
+/**
+ * Why a pcrlock policy failed (TPM_RC_VALUE at PolicyOR or PolicyAuthorizeNV): the PCRs whose current value
+ * pcrlock.json does not allow, or — all allowed — an NV index holding another policy than this pcrlock.json's (the file
+ * is stale, or was made from other PCR values than this boot's, e.g. on another machine or TPM).
+ */
+async function pcrlockMismatch(tpm: Tpm, p: PcrlockPolicy, cause: TpmRcError): Promise<TrustvolError> {
+  const idx = `NV index 0x${p.nvIndex.toString(16)}`;
+  try {
+    const now = await tpm.pcrRead(p.bank, [...p.pcrValues.keys()]);
+    const off = [...p.pcrValues.entries()].filter(([pcr, allowed]) => !allowed.some((v) => now.get(pcr)?.equals(v))).map(([pcr]) => pcr).sort((a, b) => a - b);
+    if (off.length)
+      return new TrustvolError("EPOLICY", `the PCR state is not one the pcrlock policy allows: PCR ${off.join(", ")} (${p.bank}) hold values pcrlock.json does not list (${idx})`, "boot a chain the policy covers, or update it (systemd-pcrlock make-policy) before the update; else use the recovery key", { cause });
+    const held = await tpm.run(C.NV_Read, { authHandle: permanentHandle(TPM_RH.OWNER), nvIndex: { handle: p.nvIndex, name: nvNameOf(p.nvPublic) }, size: 2 + HASH_SIZE.sha256, offset: 0 });
+    if (!held.data.subarray(2).equals(pcrlockSuperPcrDigest(p)))
+      return new TrustvolError("EPOLICY", `the pcrlock policy file does not match what ${idx} holds: the file is stale or from another TPM`, "use the pcrlock.json systemd-pcrlock make-policy last wrote on this device (/var/lib/systemd/pcrlock.json), or run it again; else use the recovery key", { cause });
+  } catch {
+    /* diagnosis only: fall through to the general message */
+  }
+  return new TrustvolError("EPOLICY", `the PCR state is not one the pcrlock policy allows (${idx})`, "boot a chain the policy covers, or update it (systemd-pcrlock make-policy) before the update; else use the recovery key", { cause });
 }
 
 /** Read the administrator's pcrlock policy: `path` when given, else systemd's search path. */
