@@ -10,7 +10,7 @@ import { readPin } from "../../trust/pkcs11/pin.js";
 import { getPassphrase, readKeyFile, keyFileLimits, willPrompt } from "../secrets.js";
 import { addAlias, addUnlockOptions, addPinOptions, cliPin, int, pinSourceFrom, printJson } from "../common.js";
 import { io } from "../io.js";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 
 export { pinSourceFrom } from "../common.js";
@@ -115,7 +115,7 @@ export function registerEnrollCommands(program: Command): Command {
         .argument("<device>")
         .option("--pcrs <list>", "PCRs to bind to, e.g. 7 (Secure Boot state) or 0,7; PCR:BANK=HEX seals to an expected value instead of the current one (see `tpm2 predict`); \"none\" for no PCR binding", pcrSpec)
         .option("--pcr-bank <bank>", "PCR bank", bank, "sha256")
-        .option("--pcrlock <file>", "bind to systemd-pcrlock's policy (pcrlock.json and its NV index) instead of fixed PCR values, as systemd-cryptenroll --tpm2-pcrlock")
+        .option("--pcrlock <file>", "bind to systemd-pcrlock's policy (pcrlock.json and its NV index) instead of fixed PCR values, as systemd-cryptenroll --tpm2-pcrlock; without it a pcrlock.json in /run/systemd or /var/lib/systemd is used (\"\" turns that off)")
         .option("--with-pin", "also require a PIN at unlock (from --pin-file, or prompted twice)")
         .option("--primary-alg <alg>", "storage primary key: ecc (default) or rsa", "ecc")
         .option("--tpm2-device <dev>", "auto (default), a device path like /dev/tpmrm0, or swtpm:path=SOCKET")
@@ -136,13 +136,21 @@ export function registerEnrollCommands(program: Command): Command {
     const pin = o.withPin ? (o.pinFile ? readPin(pinSourceFrom(o)!) : await getPassphrase({ prompt: "Enter new TPM2 PIN: ", verify: true })) : undefined;
     const spec = o.pcrs as ReturnType<typeof pcrSpec> | undefined;
     if (spec?.bank && o.pcrBank !== "sha256" && o.pcrBank !== spec.bank) throw new TrustvolError("EUSAGE", `--pcrs values are ${spec.bank} but --pcr-bank is ${String(o.pcrBank)}`);
+    // systemd-cryptenroll 255+: without --tpm2-pcrlock, a pcrlock.json at systemd's paths is used (with --tpm2-pcrs
+    // too: then both bind); --tpm2-pcrlock= (empty) turns that off. Not with a signed policy (systemd cannot combine them).
+    let pcrlock = o.pcrlock as string | undefined;
+    if (pcrlock === undefined && !pubkey) {
+      const { SYSTEMD_PCRLOCK_PATHS } = await import("../../trust/tpm2/pcrlock.js");
+      pcrlock = SYSTEMD_PCRLOCK_PATHS.find((p) => existsSync(p));
+      if (pcrlock) io.err(`Automatically using pcrlock policy '${pcrlock}'.\n`);
+    }
     try {
       await runEnroll(device, o, "TPM2", (c) =>
         enrollTpm2(device, {
           ...c,
-          ...(spec ? { pcrs: spec.pcrs } : o.pcrlock ? {} : { pcrs: [7] }),
+          ...(spec ? { pcrs: spec.pcrs } : pcrlock ? {} : { pcrs: [7] }),
           ...(spec?.values ? { pcrValues: spec.values } : {}),
-          ...(o.pcrlock ? { pcrlock: o.pcrlock as string } : {}),
+          ...(pcrlock ? { pcrlock } : {}),
           bank: (spec?.bank ?? o.pcrBank) as HashName,
           primaryAlg: o.primaryAlg as PrimaryAlg,
           ...(o.tpm2Device ? { tpm2Device: o.tpm2Device as string } : {}),

@@ -64,6 +64,7 @@ export function registerKernelCommands(program: Command): void {
         .option("--pkcs11-module <path>", "PKCS#11 module for systemd-pkcs11 tokens")
         .option("--tpm2-device <dev>", "TPM for systemd-tpm2/clevis tokens")
         .option("--tpm2-signature <file>", "signed PCR policy (tpm2-pcr-signature.json) for tokens enrolled against a public key")
+        .option("--tpm2-pcrlock <file>", "systemd-pcrlock policy (pcrlock.json) for tokens enrolled with --tpm2-pcrlock, as crypttab's tpm2-pcrlock= (default: /run/systemd, /var/lib/systemd)")
         .option("--blob <file>", "trusted-key volume: its key descriptor (default <image>.tvkey)")
         .option("--plain", "plain dm-crypt (no header): needs --cipher and a key (--key-desc, --trusted-blob, --black-key or --volume-key-file)")
         .option("-c, --cipher <spec>", "plain: dm-crypt cipher (aes-xts-plain64, aes-cbc-plain, capi:tk(cbc(aes))-plain...)")
