@@ -159,6 +159,31 @@ test("pcrlock + PIN: systemd-cryptenroll 257's token field order (tpm2_pcrlock, 
   await tpm.run(C.DictionaryAttackLockReset, {});
 });
 
+test("pcrlock and PCR 7 together (systemd-cryptenroll 257 --tpm2-pcrs=7 with a pcrlock policy): same fields, same policy, both ways", async (t) => {
+  const d = deb13(t);
+  if (!d) return;
+  const policy = decodePcrlockPolicy(readFileSync(join(fx.dir, "pcrlock2.json")));
+  const tpm = tpmOf();
+  const l = makeLuksImage(fx.dir, "plpcr");
+  d.sh(`systemd-cryptenroll --unlock-key-file=/w/plpcr.key --tpm2-device=${d.device} --tpm2-pcrs=7 --tpm2-pcrlock=/w/pcrlock2.json /w/plpcr.luks`);
+  const json = exportToken(l.img, 0);
+  const keys257 = Object.keys(JSON.parse(json));
+  assert.deepEqual(keys257, ["type", "keyslots", "tpm2-blob", "tpm2-pcrs", "tpm2-pcr-bank", "tpm2-primary-alg", "tpm2-policy-hash", "tpm2_pcrlock", "tpm2_srk", "tpm2_pcrlock_nv"]);
+  const tok = decodeSystemdTpm2Token(json);
+  assert.deepEqual(tok.pcrs, [7]);
+  assert.equal(encodeSystemdTpm2Token(tok), JSON.stringify(JSON.parse(json)));
+  const pass = await unlockSystemdTpm2Token(json, tpm, { pcrlock: policy });
+  assert.ok(passphraseOpens(l.img, pass, 1));
+  const { tokenJson, passphrase, token } = await createSystemdTpm2Token(tpm, { pcrs: [7], keyslot: 2, pcrlock: policy });
+  assert.deepEqual(Object.keys(JSON.parse(tokenJson)), keys257);
+  assert.equal(token.policyHash.toString("hex"), tok.policyHash.toString("hex"), "the same policy digest as systemd's (pcrlock step, then PolicyPCR 7)");
+  const l2 = makeLuksImage(fx.dir, "plpcr2");
+  addKey(l2, passphrase, 2);
+  importToken(l2.img, tokenJson, 0);
+  const rk = d.sh(`cp /w/pcrlock2.json /run/systemd/pcrlock.json && systemd-cryptenroll --unlock-tpm2-device=${d.device} --recovery-key /w/plpcr2.luks`).stdout.toString().trim();
+  assert.match(rk, /^([cbdefghijklnrtuv]{8}-){7}[cbdefghijklnrtuv]{8}$/);
+});
+
 test("a stale pcrlock.json (make-policy ran again, same NV index, other values): refused as stale, not as a PCR change", async (t) => {
   const d = deb13(t);
   if (!d) return;
