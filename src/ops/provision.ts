@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import type { KeyObject } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";
 import { FileBlockDevice } from "../blockdev/file.js";
-import { TrustvolError, ExitCode } from "../util/errors.js";
+import { TrustvolError, ExitCode, fsErrorCode, fsReason } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import { Luks2Volume } from "../luks2/volume.js";
 import { readHeaderBackupImage } from "../luks2/backup.js";
@@ -597,7 +597,11 @@ async function backupIfChanged(dev: BlockDevice, path: string): Promise<boolean>
   } catch {
     /* unreadable: rewrite it */
   }
-  atomicWriteFileSync(path, img, 0o600);
+  try {
+    atomicWriteFileSync(path, img, 0o600);
+  } catch (e) {
+    throw new TrustvolError(fsErrorCode(e), `cannot write the header backup ${path}: ${fsReason(e)}`, "free space there or point header_backup elsewhere; the volume itself is provisioned, the next boot tries again");
+  }
   return true;
 }
 
