@@ -3,6 +3,7 @@ export { LuksHandle, type DataArea } from "./volume.js";
 export { encryptImage, decryptImage, type EncryptImageOptions, type DecryptImageOptions } from "./image.js";
 export { unlockWithTokens, enrollToken, resolveWipeSlots, resolveWipeSlotsFull, findEmptyPassphraseSlots, registerTokenHandler, tokenHandler, type TokenHandler, type TokenUnlockContext, type TokenUnlockResult } from "./tokens.js";
 export { openLuks, openPlain, closeVolume, type OpenResult, type ActivateOptions, type CloseResult } from "./open.js";
+export { createCaamVolume, openCaamVolume, readCaamVolumeDescriptor, type CaamVolumeDescriptor, type CreateCaamVolumeOptions } from "./caam-volume.js";
 export { reencryptOnline, findActiveMapping, type OnlineReencryptOptions, type OnlineReencryptResult } from "./reencrypt-online.js";
 export { runDoctor, formatDoctor, type DoctorReport, type DoctorOptions, type Finding } from "./doctor.js";
 export { unlock, type UnlockOptions, type VolumeUnlockResult, type SecretInput, type PinInput } from "./unlock.js";

@@ -33,7 +33,7 @@ export interface OpenResult {
   /** Loop device attached for an image file. */
   loop?: string;
   loopAutoclear?: boolean;
-  kind: "luks2" | "luks1" | "plain" | "trusted-volume";
+  kind: "luks2" | "luks1" | "plain" | "trusted-volume" | "caam-volume";
   keyslot?: number;
   tokenId?: number;
   /** Whether the keyring key trustvol loaded was unlinked after activation. */

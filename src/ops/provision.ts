@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import type { KeyObject } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";
 import { FileBlockDevice } from "../blockdev/file.js";
-import { TrustvolError, ExitCode } from "../util/errors.js";
+import { TrustvolError, ExitCode, fsErrorCode, fsReason } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import { Luks2Volume } from "../luks2/volume.js";
 import { readHeaderBackupImage } from "../luks2/backup.js";
@@ -62,6 +62,8 @@ export interface ProvisionOptions {
   devices?: Record<string, BlockDevice | string>;
   /** Posture check source (default: runDoctor on "/"); false skips it (tests on image files). */
   doctor?: DoctorOptions | false;
+  /** The CAAM for "caam" volumes (default: the config's keygen_device; tests pass the simulator). */
+  caamKeygen?: import("../trust/caam/keygen.js").CaamKeygen;
   /** The re-encryption seams (default: provisionSeams). */
   seams?: ProvisionSeams;
   /** Step messages for the console. */
@@ -595,7 +597,11 @@ async function backupIfChanged(dev: BlockDevice, path: string): Promise<boolean>
   } catch {
     /* unreadable: rewrite it */
   }
-  atomicWriteFileSync(path, img, 0o600);
+  try {
+    atomicWriteFileSync(path, img, 0o600);
+  } catch (e) {
+    throw new TrustvolError(fsErrorCode(e), `cannot write the header backup ${path}: ${fsReason(e)}`, "free space there or point header_backup elsewhere; the volume itself is provisioned, the next boot tries again");
+  }
   return true;
 }
 
@@ -650,9 +656,9 @@ async function growFilesystem(mapper: string, log: (s: string) => void, name: st
 
 async function trustedKeyVolume(vol: VolumeConfig, i: number, path: string | undefined, o: ProvisionOptions, report: VolumeReport, log: (s: string) => void): Promise<VolumeReport> {
   const t = vol.trust;
-  if (t.type === "caam") throw new TrustvolError("EUNSUPPORTED", `volumes[${i}].trust.type: "caam" (black-key volumes) is not provisioned by this version yet`, 'use "trusted-key" with source "caam" (kernel trusted keys sealed by CAAM)');
-  if (t.type !== "trusted-key") throw new TrustvolError("EINTERNAL", "not a trusted-key volume");
-  if (!path) throw new TrustvolError("EUSAGE", `volumes[${i}]: trusted-key volumes need a device path (the kernel seals the key)`);
+  if (t.type !== "trusted-key" && t.type !== "caam") throw new TrustvolError("EINTERNAL", "not a trusted-key / CAAM volume");
+  const what = t.type === "caam" ? "CAAM black-key" : "trusted-key";
+  if (!path) throw new TrustvolError("EUSAGE", `volumes[${i}]: ${what} volumes need a device path (the kernel holds the key)`);
   const exists = existsSync(t.descriptor);
   report.stateBefore = exists ? "trusted-volume" : "new";
   report.state = "trusted-volume";
@@ -661,34 +667,49 @@ async function trustedKeyVolume(vol: VolumeConfig, i: number, path: string | und
     return report;
   }
   const { createTrustedVolume, openTrustedVolume } = await import("./open.js");
-  const keyOptions = t.keyhandle !== undefined ? { keyhandle: t.keyhandle } : {};
+  const keyOptions = t.type === "trusted-key" && t.keyhandle !== undefined ? { keyhandle: t.keyhandle } : {};
   if (!exists && o.stage === "initramfs") {
     // /etc in an initramfs is a RAM copy: a descriptor written there would be lost. The system stage creates it.
-    log(`${vol.name}: no trusted-key descriptor yet (${t.descriptor}): the system stage creates the volume`);
+    log(`${vol.name}: no ${what} descriptor yet (${t.descriptor}): the system stage creates the volume`);
     report.state = "new";
     return report;
   }
-  if (!exists) {
-    // A new, empty data volume: refuse a device that holds a file system or a LUKS header (its data would be lost).
-    const d = await FileBlockDevice.open(path, { readOnly: true });
-    try {
-      const head = Buffer.alloc(Math.min(d.size, 65536 + 4096));
-      await d.read(head, 0);
-      const { probeFilesystem } = await import("../fs/probe.js");
-      const { probeLuksVersion } = await import("../luks2/header.js");
-      if (probeFilesystem(head) || (await probeLuksVersion(d)) !== null) throw new TrustvolError("EBUSY", `volumes[${i}]: ${path} holds data and ${t.descriptor} (its trusted-key descriptor) does not exist`, "a trusted-key volume is created empty: wipe the partition first if it is really free; nothing was changed");
-    } finally {
-      await d.close();
+  let caam: import("../trust/caam/keygen.js").CaamKeygen | undefined;
+  try {
+    if (t.type === "caam") caam = o.caamKeygen ?? (await import("../trust/caam/index.js")).openCaamKeygen({ device: t.keygen_device });
+    if (!exists) {
+      // A new, empty data volume: refuse a device that holds a file system or a LUKS header (its data would be lost).
+      const d = await FileBlockDevice.open(path, { readOnly: true });
+      try {
+        const head = Buffer.alloc(Math.min(d.size, 65536 + 4096));
+        await d.read(head, 0);
+        const { probeFilesystem } = await import("../fs/probe.js");
+        const { probeLuksVersion } = await import("../luks2/header.js");
+        if (probeFilesystem(head) || (await probeLuksVersion(d)) !== null) throw new TrustvolError("EBUSY", `volumes[${i}]: ${path} holds data and ${t.descriptor} (its ${what} descriptor) does not exist`, `a ${what} volume is created empty: wipe the partition first if it is really free; nothing was changed`);
+      } finally {
+        await d.close();
+      }
+      if (t.type === "caam") {
+        const { createCaamVolume } = await import("./caam-volume.js");
+        await createCaamVolume({ descriptor: t.descriptor, keygen: caam!, keySize: t.key_size, encryption: t.key_encryption, sectorSize: t.sector_size });
+        log(`${vol.name}: new data volume keyed by a CAAM black key (${caam!.description})`);
+      } else {
+        createTrustedVolume(path, { descriptor: t.descriptor, source: t.source, keyOptions });
+        log(`${vol.name}: new data volume keyed by a ${t.source} trusted key`);
+      }
+      report.steps.push("create-trusted-key");
     }
-    createTrustedVolume(path, { descriptor: t.descriptor, source: t.source, keyOptions });
-    report.steps.push("create-trusted-key");
-    log(`${vol.name}: new data volume keyed by a ${t.source} trusted key`);
-  }
-  if (o.open !== false) {
-    const mapper = `/dev/mapper/${vol.name}`;
-    if (!existsSync(mapper)) await openTrustedVolume(path, vol.name, { descriptor: t.descriptor, keyOptions });
-    report.mapped = mapper;
-    report.steps.push("open");
+    if (o.open !== false) {
+      const mapper = `/dev/mapper/${vol.name}`;
+      if (!existsSync(mapper)) {
+        if (t.type === "caam") await (await import("./caam-volume.js")).openCaamVolume(path, vol.name, { descriptor: t.descriptor, keygen: caam! });
+        else await openTrustedVolume(path, vol.name, { descriptor: t.descriptor, keyOptions });
+      }
+      report.mapped = mapper;
+      report.steps.push("open");
+    }
+  } finally {
+    if (caam && !o.caamKeygen) await caam.close();
   }
   return report;
 }

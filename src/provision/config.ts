@@ -43,7 +43,15 @@ export interface TrustedKeyTrustConfig {
 }
 export interface CaamTrustConfig {
   type: "caam";
+  /** Where the black key's blob lives (default: /etc/trustvol/NAME.caam). */
   descriptor: string;
+  /** AES key bytes: 16, 24 or 32 (default 32). */
+  key_size: number;
+  /** How the CAAM encrypts the black key: ecb (default) or ccm. */
+  key_encryption: "ecb" | "ccm";
+  sector_size: number;
+  /** The CAAM keygen device (default /dev/caam-keygen). */
+  keygen_device: string;
 }
 export type TrustConfig = Tpm2TrustConfig | Pkcs11TrustConfig | TrustedKeyTrustConfig | CaamTrustConfig;
 
@@ -106,10 +114,10 @@ function bool(c: Ctx, o: J, k: string, field: string, def: boolean): boolean {
   if (typeof v !== "boolean") c.fail(`${field}.${k}`, "expected true or false");
   return v;
 }
-function oneOf<T extends string>(c: Ctx, o: J, k: string, field: string, values: readonly T[], def?: T): T {
+function oneOf<T extends string | number>(c: Ctx, o: J, k: string, field: string, values: readonly T[], def?: T): T {
   const v = o[k];
   if (v === undefined && def !== undefined) return def;
-  if (typeof v !== "string" || !values.includes(v as T)) c.fail(`${field}.${k}`, `expected one of ${values.map((x) => `"${x}"`).join(", ")}`);
+  if (!values.includes(v as T)) c.fail(`${field}.${k}`, `expected one of ${values.map((x) => JSON.stringify(x)).join(", ")}`);
   return v as T;
 }
 function absPath(c: Ctx, o: J, k: string, field: string, def?: string): string {
@@ -195,8 +203,15 @@ function trust(c: Ctx, v: unknown, field: string, name: string): TrustConfig {
       return { type, source: oneOf(c, o, "source", field, ["tpm", "tee", "caam", "dcp"] as const), descriptor: absPath(c, o, "descriptor", field, `/etc/trustvol/${name}.tvkey`), ...(keyhandle !== undefined ? { keyhandle } : {}) };
     }
     case "caam":
-      only(c, o, field, ["type", "descriptor"]);
-      return { type, descriptor: absPath(c, o, "descriptor", field, `/etc/trustvol/${name}.caam`) };
+      only(c, o, field, ["type", "descriptor", "key_size", "key_encryption", "sector_size", "keygen_device"]);
+      return {
+        type,
+        descriptor: absPath(c, o, "descriptor", field, `/etc/trustvol/${name}.caam`),
+        key_size: oneOf(c, o, "key_size", field, [16, 24, 32] as const, 32),
+        key_encryption: oneOf(c, o, "key_encryption", field, ["ecb", "ccm"] as const, "ecb"),
+        sector_size: oneOf(c, o, "sector_size", field, [512, 1024, 2048, 4096] as const, 4096),
+        keygen_device: absPath(c, o, "keygen_device", field, "/dev/caam-keygen"),
+      };
   }
 }
 

@@ -319,6 +319,11 @@ test("show-once is never shown by the system stage (its output goes to the journ
   assert.match(await volumeKey(img, {}, Buffer.from(shown[0]!)), /^[0-9a-f]+$/);
   r = await provision({ config: cfg, stage: "system", doctor: false });
   assert.deepEqual(r.volumes[0]!.steps, ["header-backup"], "the backup follows the new header");
+  // A backup that cannot be written (here: no such directory; a full disk the same way) names the file, changes nothing.
+  const before = readFileSync(img);
+  const nowhere = join(dir, "missing-dir", "root.hdr");
+  await assert.rejects(provision({ config: parseProvisionConfig({ volumes: [{ ...vol, header_backup: nowhere }] as unknown[] }), stage: "system", doctor: false }), (e: unknown) => e instanceof TrustvolError && e.oneLine().startsWith(`cannot write the header backup ${nowhere}: `) && !e.oneLine().includes("\n"));
+  assert.deepEqual(readFileSync(img), before);
 });
 
 test("config: a PKCS#11 URI names the token and key", () => {

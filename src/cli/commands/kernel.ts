@@ -65,7 +65,7 @@ export function registerKernelCommands(program: Command): void {
         .option("--tpm2-device <dev>", "TPM for systemd-tpm2/clevis tokens")
         .option("--tpm2-signature <file>", "signed PCR policy (tpm2-pcr-signature.json) for tokens enrolled against a public key")
         .option("--tpm2-pcrlock <file>", "systemd-pcrlock policy (pcrlock.json) for tokens enrolled with --tpm2-pcrlock, as crypttab's tpm2-pcrlock= (default: /run/systemd, /var/lib/systemd)")
-        .option("--blob <file>", "trusted-key volume: its key descriptor (default <image>.tvkey)")
+        .option("--blob <file>", "trusted-key or CAAM black-key volume: its key descriptor (default <image>.tvkey)")
         .option("--plain", "plain dm-crypt (no header): needs --cipher and a key (--key-desc, --trusted-blob, --black-key or --volume-key-file)")
         .option("-c, --cipher <spec>", "plain: dm-crypt cipher (aes-xts-plain64, aes-cbc-plain, capi:tk(cbc(aes))-plain...)")
         .addOption(new Option("--key-type <type>", "plain: kernel key type the table references").choices([...KEYRING_KEY_TYPES]))
@@ -119,6 +119,19 @@ export function registerKernelCommands(program: Command): void {
         wipe(keyBytes);
       }
       return;
+    }
+    if (o.blob) {
+      const cv = await import("../../ops/caam-volume.js");
+      if (cv.isCaamDescriptor(o.blob as string)) {
+        cv.readCaamVolumeDescriptor(o.blob as string); // a damaged descriptor fails before the CAAM is touched
+        const kg = openCaamKeygen({});
+        try {
+          printOpen(await cv.openCaamVolume(device, name, { ...common, descriptor: o.blob as string, keygen: kg }), !!o.json);
+        } finally {
+          await kg.close();
+        }
+        return;
+      }
     }
     const kind = await detectVolumeKind(device, { header: o.header as string | undefined, descriptor: o.blob as string | undefined });
     if (kind === "trusted-volume") {
