@@ -4,6 +4,10 @@
 // A handful of files instead of ~40 ES modules and commander's CommonJS: fewer resolves, reads and compiles at boot.
 // Native modules (argon2, pkcs11js) stay outside, found in node_modules next to the package as before; the sector
 // addon is found by walking up from dist/cli/ to native/build/. bin/trustvol.mjs runs dist/cli/run.js when present.
+// The boot-critical commands (src/cli/boot-commands.ts: unlock --test, dump…) run from dist/cli/boot.js, src/cli/boot.ts
+// bundled alone without splitting: on Node 20 (no compile cache) resolving and loading each ES module costs ~1-2 ms,
+// and the unlock path spans ~40 chunks of the split build. run.js imports it by its runtime path (external below);
+// it shares no state with the split chunks (its own copy of the code it needs).
 import { rmSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -18,11 +22,8 @@ try {
   process.exit(1);
 }
 rmSync(out, { recursive: true, force: true });
-await esbuild.build({
-  entryPoints: [join(root, "src", "cli", "run.ts")],
-  outdir: out,
+const common = {
   bundle: true,
-  splitting: true,
   format: "esm",
   platform: "node",
   target: "node20",
@@ -30,4 +31,13 @@ await esbuild.build({
   // commander and other CommonJS code bundled into ESM call require() for Node built-ins
   banner: { js: "import { createRequire as __trustvolRequire } from 'node:module'; const require = __trustvolRequire(import.meta.url);" },
   logLevel: "warning",
-});
+};
+/** run.ts's `import("./boot.js")` stays a runtime import of the separately built dist/cli/boot.js. */
+const bootExternal = {
+  name: "boot-external",
+  setup(b) {
+    b.onResolve({ filter: /^\.\/boot\.js$/ }, (a) => (a.importer.endsWith(join("src", "cli", "run.ts")) ? { path: "./boot.js", external: true } : undefined));
+  },
+};
+await esbuild.build({ ...common, entryPoints: [join(root, "src", "cli", "run.ts")], outdir: out, splitting: true, plugins: [bootExternal] });
+await esbuild.build({ ...common, entryPoints: [join(root, "src", "cli", "boot.ts")], outfile: join(out, "boot.js") });
