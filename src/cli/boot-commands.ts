@@ -1,4 +1,6 @@
-// Which commands run from src/cli/boot.ts (in the shipped CLI one file, dist/cli/boot.js: no chunk graph to resolve
-// at start). Kept apart so run.ts can route without loading the program.
+// The boot-critical command modules: each runs from its own single-file program (src/cli/boot-*.ts; in the shipped
+// CLI dist/cli/boot-*.js: no chunk graph to resolve at start). Kept apart so run.ts can route without loading a program.
+/** format, dump, unlock --test, repair → boot-volume.ts */
 export const VOLUME_COMMANDS = ["format", "dump", "unlock", "repair"];
-export const BOOT_COMMANDS: ReadonlySet<string> = new Set(VOLUME_COMMANDS);
+/** open (every boot), close, trusted, caam, doctor → boot-kernel.ts */
+export const KERNEL_COMMANDS = ["open", "close", "trusted", "caam", "doctor"];

@@ -1,7 +1,7 @@
-// The trustvol CLI with every command (program.ts does the parsing; boot.ts is the same program with only the
-// boot-critical commands, which run.ts runs for them).
+// The trustvol CLI with every command (program.ts does the parsing; boot-volume.ts and boot-kernel.ts are the same
+// program with one boot-critical module each, which run.ts runs for their commands).
 import type { Command } from "commander";
-import { buildProgram as build, main as run, VOLUME_MODULE, type CommandModule } from "./program.js";
+import { buildProgram as build, main as run, KERNEL_MODULE, VOLUME_MODULE, type CommandModule } from "./program.js";
 
 // Command modules in help order, each imported only when its command runs (start-up time is boot time).
 const MODULES: CommandModule[] = [
@@ -15,7 +15,7 @@ const MODULES: CommandModule[] = [
   { commands: ["reencrypt"], load: async () => (await import("./commands/reencrypt.js")).registerReencryptCommands },
   { commands: ["tpm2"], load: async () => (await import("./commands/tpm2.js")).registerTpm2Commands },
   { commands: ["demo"], load: async () => (await import("./commands/demo.js")).registerDemoCommand },
-  { commands: ["open", "close", "trusted", "caam", "doctor"], load: async () => (await import("./commands/kernel.js")).registerKernelCommands },
+  KERNEL_MODULE,
   { commands: ["provision", "recovery"], load: async () => (await import("./commands/provision.js")).registerProvisionCommands },
   { commands: ["verity"], load: async () => (await import("./commands/verity.js")).registerVerityCommands },
   { commands: ["boot"], load: async () => (await import("./commands/boot.js")).registerBootCommands },

@@ -1,12 +1,12 @@
 // The trustvol CLI's program: parse, call the library, print. Exit codes are a contract with scripts (see --help).
-// It knows no command module: main.ts passes all of them, boot.ts only the boot-critical ones (a single file at start).
+// main.ts passes it all command modules; boot-volume.ts and boot-kernel.ts one boot-critical module each.
 import { io, jsonError, status, wantsJson } from "./io.js";
 import { Command, CommanderError } from "commander";
 import { ExitCode } from "../util/errors.js";
 import { oneLine, reportError } from "./report.js";
 import { VERSION } from "../version.js";
 import { resetStdinState } from "./secrets.js";
-import { VOLUME_COMMANDS } from "./boot-commands.js";
+import { KERNEL_COMMANDS, VOLUME_COMMANDS } from "./boot-commands.js";
 
 export type Register = (program: Command) => unknown;
 /** One command module: the commands it registers, and how to import it (only when one of them runs). */
@@ -15,8 +15,9 @@ export interface CommandModule {
   load: () => Promise<Register>;
 }
 
-/** format, dump, unlock, repair: the module both main.ts and boot.ts run. */
+// The boot-critical modules, which main.ts and their own single-file programs (boot-volume.ts, boot-kernel.ts) run.
 export const VOLUME_MODULE: CommandModule = { commands: VOLUME_COMMANDS, load: async () => (await import("./commands/volume.js")).registerVolumeCommands };
+export const KERNEL_MODULE: CommandModule = { commands: KERNEL_COMMANDS, load: async () => (await import("./commands/kernel.js")).registerKernelCommands };
 
 /** The modules argv needs: the named command's, none for a bare --version, all for help or an unknown command. */
 function modulesFor(argv: string[], modules: CommandModule[]): CommandModule[] {

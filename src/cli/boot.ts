@@ -1,9 +1,0 @@
-// The boot-critical commands (boot-commands.ts) as their own program: the same parsing, options and output as
-// main.ts gives them, without the other command modules. scripts/build-cli.mjs bundles this file alone into
-// dist/cli/boot.js (no code splitting): a start resolves, reads and compiles one file instead of the ~40 chunks
-// the same path spans in the split build — most of the start-up time of `unlock --test` on Node 20.
-import { main as run, VOLUME_MODULE } from "./program.js";
-
-export function main(argv: string[]): Promise<number> {
-  return run(argv, [VOLUME_MODULE]);
-}
