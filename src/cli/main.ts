@@ -1,15 +1,11 @@
-// The trustvol CLI: parse, call the library, print. Exit codes are a contract with scripts (see --help).
-import { io, jsonError, status, wantsJson } from "./io.js";
-import { Command, CommanderError } from "commander";
-import { ExitCode } from "../util/errors.js";
-import { oneLine, reportError } from "./report.js";
-import { VERSION } from "../version.js";
-import { resetStdinState } from "./secrets.js";
+// The trustvol CLI with every command (program.ts does the parsing; boot-volume.ts and boot-kernel.ts are the same
+// program with one boot-critical module each, which run.ts runs for their commands).
+import type { Command } from "commander";
+import { buildProgram as build, main as run, KERNEL_MODULE, VOLUME_MODULE, type CommandModule } from "./program.js";
 
-type Register = (program: Command) => unknown;
 // Command modules in help order, each imported only when its command runs (start-up time is boot time).
-const MODULES: { commands: string[]; load: () => Promise<Register> }[] = [
-  { commands: ["format", "dump", "unlock", "repair"], load: async () => (await import("./commands/volume.js")).registerVolumeCommands },
+const MODULES: CommandModule[] = [
+  VOLUME_MODULE,
   { commands: ["key"], load: async () => (await import("./commands/keys.js")).registerKeyCommands },
   { commands: ["token"], load: async () => (await import("./commands/tokens.js")).registerTokenCommands },
   { commands: ["header"], load: async () => (await import("./commands/header.js")).registerHeaderCommands },
@@ -19,80 +15,17 @@ const MODULES: { commands: string[]; load: () => Promise<Register> }[] = [
   { commands: ["reencrypt"], load: async () => (await import("./commands/reencrypt.js")).registerReencryptCommands },
   { commands: ["tpm2"], load: async () => (await import("./commands/tpm2.js")).registerTpm2Commands },
   { commands: ["demo"], load: async () => (await import("./commands/demo.js")).registerDemoCommand },
-  { commands: ["open", "close", "trusted", "caam", "doctor"], load: async () => (await import("./commands/kernel.js")).registerKernelCommands },
+  KERNEL_MODULE,
   { commands: ["provision", "recovery"], load: async () => (await import("./commands/provision.js")).registerProvisionCommands },
   { commands: ["verity"], load: async () => (await import("./commands/verity.js")).registerVerityCommands },
   { commands: ["boot"], load: async () => (await import("./commands/boot.js")).registerBootCommands },
 ];
 
-/** The modules argv needs: the named command's, none for a bare --version, all for help or an unknown command. */
-function modulesFor(argv: string[]): typeof MODULES {
-  const word = argv.find((a) => !a.startsWith("-"));
-  if (word === undefined && argv.length > 0 && argv.every((a) => a === "-V" || a === "--version")) return [];
-  const m = word === undefined ? undefined : MODULES.find((x) => x.commands.includes(word));
-  return m ? [m] : MODULES;
+/** The program with the modules argv needs (all of them for help or an unknown command). */
+export function buildProgram(argv: string[] = []): Promise<Command> {
+  return build(argv, MODULES);
 }
 
-const EXIT_HELP = `
-Examples:
-  trustvol image encrypt rootfs.ext4 rootfs.luks --key-file factory.key --target-ram 512   (CI, no root)
-  trustvol enroll tpm2 /dev/mmcblk0p3 --pcrs 7 --key-file factory.key --wipe-slot password  (first boot)
-  trustvol enroll recovery /dev/mmcblk0p3 --unlock-token       (prints the key once: store it off the device)
-  trustvol open --token-only /dev/mmcblk0p3 rootfs                                          (every boot)
-  trustvol verity format rootfs.img rootfs.hash
-  trustvol doctor
-
-Run \`trustvol <command> --help\` for each command's options.
-
-Exit status:
-  0  success
-  1  failure (I/O error, internal error)
-  2  usage error (bad option or argument)
-  3  no key: wrong passphrase, PIN, or a trust source refused (e.g. PCR mismatch)
-  4  corrupt: on-disk data is damaged, truncated, or not what it claims to be
-  5  not found: device, file, token, TPM or object missing
-  6  unsupported cipher, requirement or kernel feature
-  7  busy: in use, locked out, or interrupted
-  8  doctor found a critical finding
-  9  provision left a volume unencrypted, as its config allows (on_failure: continue-unencrypted)
-
-Secrets are never taken from the command line: use --key-file FILE, --key-file - (stdin), or the prompt.
-`;
-
-export async function buildProgram(argv: string[] = []): Promise<Command> {
-  const program = new Command("trustvol")
-    .description("LUKS2 / dm-crypt volumes whose keys are sealed to a device's hardware root of trust")
-    .version(VERSION)
-    .addHelpText("after", EXIT_HELP)
-    // One line for usage errors too (subcommands inherit this), through the CLI's io like every other message.
-    .configureOutput({
-      writeOut: (str) => io.out(str),
-      writeErr: (str) => io.err(str),
-      outputError: (str) => io.err(`trustvol: ${oneLine(str.replace(/^error: /, ""))} (see --help)\n`),
-    })
-    .exitOverride();
-  for (const register of await Promise.all(modulesFor(argv).map((m) => m.load()))) register(program);
-  return program;
-}
-
-export async function main(argv: string[]): Promise<number> {
-  // `help enroll tpm2` means `enroll tpm2 --help` (commander's help command looks only one level down).
-  if (argv[0] === "help" && argv.length > 1) argv = [...argv.slice(1), "--help"];
-  resetStdinState();
-  const json = wantsJson(argv);
-  try {
-    const program = await buildProgram(argv);
-    status.exitCode = ExitCode.OK;
-    await program.parseAsync(argv, { from: "user" });
-    return status.exitCode;
-  } catch (e) {
-    if (e instanceof CommanderError) {
-      if (e.code === "commander.helpDisplayed" || e.code === "commander.version") return ExitCode.OK;
-      const rc = e.exitCode === 0 ? ExitCode.OK : ExitCode.USAGE; // e.g. `trustvol enroll` with no subcommand
-      // commander already printed its one line on stderr
-      if (json && rc !== ExitCode.OK) io.out(jsonError({ code: "EUSAGE", exitCode: rc, message: oneLine(e.message.replace(/^error: /, "")), hint: "see --help" }));
-      return rc;
-    }
-    return reportError(e, json);
-  }
+export function main(argv: string[]): Promise<number> {
+  return run(argv, MODULES);
 }

@@ -1,5 +1,6 @@
 // Process entry: run the CLI and set the exit status (kept apart from main.ts so tests can import the program).
 import { VERSION } from "../version.js";
+import { KERNEL_COMMANDS, VOLUME_COMMANDS } from "./boot-commands.js";
 
 // A reader that stops early (`trustvol --help | head`) is not an error: end quietly, as a SIGPIPE'd C tool would.
 process.stdout.on("error", (e: NodeJS.ErrnoException) => (e.code === "EPIPE" ? process.exit(process.exitCode ?? 0) : undefined));
@@ -16,6 +17,12 @@ else if (plainDump(argv)) {
     () => 0,
     (e: unknown) => reportError(e, json),
   );
+} else if (VOLUME_COMMANDS.includes(argv[0]!)) {
+  // `unlock --test` and the other volume commands: one file, the same program (boot-volume.ts)
+  process.exitCode = await (await import("./boot-volume.js")).main(argv);
+} else if (KERNEL_COMMANDS.includes(argv[0]!)) {
+  // `open` at every boot: one file, the same program (boot-kernel.ts)
+  process.exitCode = await (await import("./boot-kernel.js")).main(argv);
 } else process.exitCode = await (await import("./main.js")).main(argv);
 
 /** Exactly `dump DEVICE` or `dump DEVICE --json` (either order), DEVICE not an option: nothing for commander to do. */

@@ -14,9 +14,14 @@ export interface CliUnlockResult {
   token?: number;
 }
 
+/** --token-only excludes the passphrase options (open checks it before it looks at the device). */
+export function requireTokenOnly(o: Record<string, unknown>): void {
+  if (o.tokenOnly && (o.keyFile || o.keySlot !== undefined)) throw new TrustvolError("EUSAGE", "--token-only cannot be combined with --key-file or --key-slot");
+}
+
 export async function unlockFromCli(h: LuksHandle, device: string, o: Record<string, unknown>): Promise<CliUnlockResult> {
   const readPass = () => getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, ...keyFileLimits(o) });
-  if (o.tokenOnly && (o.keyFile || o.keySlot !== undefined)) throw new TrustvolError("EUSAGE", "--token-only cannot be combined with --key-file or --key-slot");
+  requireTokenOnly(o);
   const wantTokens = !!(o.tokenOnly || o.tokenId !== undefined || o.tokenType);
   // A key file is read up front and used alone (no tokens), like cryptsetup's --key-file; a prompt only when needed.
   const given = o.keyFile && !wantTokens ? await readPass() : undefined;

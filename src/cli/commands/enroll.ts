@@ -222,7 +222,3 @@ export function registerEnrollCommands(program: Command): Command {
   });
   return enroll;
 }
-
-export function requireTokenOnly(o: Record<string, unknown>): void {
-  if (o.tokenOnly && (o.keyFile || o.keySlot !== undefined)) throw new TrustvolError("EUSAGE", "--token-only cannot be combined with --key-file or --key-slot");
-}
