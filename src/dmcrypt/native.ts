@@ -22,7 +22,10 @@ export interface NativeAddon {
   destroy(h: NativeHandle): void;
   opensslVersion(): string;
   /** dm-verity block hashing (src/verity/pool.ts); absent in addons built before it existed. */
-  hasherCreate?(algorithm: string, salt: Uint8Array, hashType: number): NativeHasher;
+  /** flags 1: EVP per block even where the SHA-NI engine could run (tests, bench). */
+  hasherCreate?(algorithm: string, salt: Uint8Array, hashType: number, flags?: number): NativeHasher;
+  /** "sha-ni-x2": SHA-256 on the CPU's SHA extensions, two blocks interleaved; "evp": OpenSSL per block. */
+  hasherEngine?(h: NativeHasher): "sha-ni-x2" | "evp";
   hashBlocks?(h: NativeHasher, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): void;
   hasherDigestSize?(h: NativeHasher): number;
   /** dm-verity FEC: one Reed-Solomon round over whole block columns (src/verity/fec.ts). */
