@@ -1310,36 +1310,109 @@ static int tv_rs_round(const uint8_t *mul, int roots, const uint8_t *inp, uint32
   return 1;
 }
 
+typedef struct {
+  uint8_t *mul, *inp, *out;
+  int32_t roots;
+  uint32_t rsn, bs;
+} tv_rs_args;
+
+/* The six rsParity arguments, checked; 0 with a JS exception pending. */
+static int tv_rs_get_args(napi_env env, napi_callback_info info, const char *fn, napi_value *argv, tv_rs_args *a) {
+  size_t argc = 6;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return 0;
+  char msg[96];
+  if (argc < 6) {
+    snprintf(msg, sizeof msg, "%s: 6 arguments expected", fn);
+    napi_throw_type_error(env, NULL, msg);
+    return 0;
+  }
+  size_t mul_len = 0, inp_len = 0, out_len = 0;
+  if (!tv_get_bytes(env, argv[0], &a->mul, &mul_len) || !tv_get_bytes(env, argv[2], &a->inp, &inp_len) ||
+      !tv_get_bytes(env, argv[5], &a->out, &out_len)) {
+    snprintf(msg, sizeof msg, "%s: tables, input and output must be Uint8Arrays", fn);
+    napi_throw_type_error(env, NULL, msg);
+    return 0;
+  }
+  if (napi_get_value_int32(env, argv[1], &a->roots) != napi_ok || napi_get_value_uint32(env, argv[3], &a->rsn) != napi_ok ||
+      napi_get_value_uint32(env, argv[4], &a->bs) != napi_ok || a->roots < 2 || a->roots > 24 ||
+      a->rsn + (uint32_t)a->roots > 255 || a->bs == 0 || mul_len < (size_t)a->roots * 256 ||
+      inp_len < (size_t)a->rsn * a->bs || out_len < (size_t)a->bs * a->roots) {
+    snprintf(msg, sizeof msg, "%s: bad roots, sizes or buffers", fn);
+    napi_throw_range_error(env, NULL, msg);
+    return 0;
+  }
+  return 1;
+}
+
 /* rsParity(mul: Uint8Array(roots*256), roots, inp: Uint8Array(rsn*bs), rsn, bs, out: Uint8Array(bs*roots)) -> undefined */
 static napi_value tv_rs_parity(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
   napi_value argv[6];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 6) {
-    napi_throw_type_error(env, NULL, "rsParity: 6 arguments expected");
-    return NULL;
-  }
-  uint8_t *mul = NULL, *inp = NULL, *out = NULL;
-  size_t mul_len = 0, inp_len = 0, out_len = 0;
-  int32_t roots = 0;
-  uint32_t rsn = 0, bs = 0;
-  if (!tv_get_bytes(env, argv[0], &mul, &mul_len) || !tv_get_bytes(env, argv[2], &inp, &inp_len) || !tv_get_bytes(env, argv[5], &out, &out_len)) {
-    napi_throw_type_error(env, NULL, "rsParity: tables, input and output must be Uint8Arrays");
-    return NULL;
-  }
-  NAPI_CALL(env, napi_get_value_int32(env, argv[1], &roots));
-  NAPI_CALL(env, napi_get_value_uint32(env, argv[3], &rsn));
-  NAPI_CALL(env, napi_get_value_uint32(env, argv[4], &bs));
-  if (roots < 2 || roots > 24 || rsn + (uint32_t)roots > 255 || bs == 0 || mul_len < (size_t)roots * 256 ||
-      inp_len < (size_t)rsn * bs || out_len < (size_t)bs * roots) {
-    napi_throw_range_error(env, NULL, "rsParity: bad roots, sizes or buffers");
-    return NULL;
-  }
-  if (!tv_rs_round(mul, roots, inp, rsn, bs, out)) {
+  tv_rs_args a;
+  if (!tv_rs_get_args(env, info, "rsParity", argv, &a)) return NULL;
+  if (!tv_rs_round(a.mul, a.roots, a.inp, a.rsn, a.bs, a.out)) {
     napi_throw_error(env, NULL, "out of memory");
     return NULL;
   }
   return NULL;
+}
+
+/* rsParityAsync(...same arguments) -> Promise<void>: one round on a libuv thread-pool thread (FEC on several cores);
+ * the tables, input and output stay referenced, and must not be touched by JS, until it settles. */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref refs[3];
+  tv_rs_args a;
+  int failed;
+} tv_rs_job;
+
+static void tv_rs_execute(napi_env env, void *data) {
+  (void)env;
+  tv_rs_job *j = (tv_rs_job *)data;
+  j->failed = !tv_rs_round(j->a.mul, j->a.roots, j->a.inp, j->a.rsn, j->a.bs, j->a.out);
+}
+
+static void tv_rs_complete(napi_env env, napi_status status, void *data) {
+  tv_rs_job *j = (tv_rs_job *)data;
+  napi_value v = NULL;
+  if (status != napi_ok || j->failed) {
+    napi_value m;
+    if (napi_create_string_utf8(env, status != napi_ok ? "FEC job cancelled" : "out of memory", NAPI_AUTO_LENGTH, &m) == napi_ok &&
+        napi_create_error(env, NULL, m, &v) == napi_ok)
+      napi_reject_deferred(env, j->deferred, v);
+  } else {
+    napi_get_undefined(env, &v);
+    napi_resolve_deferred(env, j->deferred, v);
+  }
+  for (int i = 0; i < 3; i++)
+    if (j->refs[i]) napi_delete_reference(env, j->refs[i]);
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+static napi_value tv_rs_parity_async(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  tv_rs_args a;
+  if (!tv_rs_get_args(env, info, "rsParityAsync", argv, &a)) return NULL;
+  tv_rs_job *j = (tv_rs_job *)calloc(1, sizeof *j);
+  if (!j) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  j->a = a;
+  napi_value promise, name;
+  if (napi_create_reference(env, argv[0], 1, &j->refs[0]) != napi_ok || napi_create_reference(env, argv[2], 1, &j->refs[1]) != napi_ok ||
+      napi_create_reference(env, argv[5], 1, &j->refs[2]) != napi_ok || napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, "trustvol:rsParity", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, tv_rs_execute, tv_rs_complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    for (int i = 0; i < 3; i++)
+      if (j->refs[i]) napi_delete_reference(env, j->refs[i]);
+    free(j);
+    napi_throw_error(env, NULL, "rsParityAsync: could not queue the job");
+    return NULL;
+  }
+  return promise;
 }
 
 /* selfInfo() -> string: the OpenSSL version this addon is running on (node's own) */
@@ -1434,6 +1507,7 @@ NAPI_MODULE_INIT() {
       {"hashBlocks", NULL, tv_hash_blocks, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hashBlocksAsync", NULL, tv_hash_blocks_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"rsParity", NULL, tv_rs_parity, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"rsParityAsync", NULL, tv_rs_parity_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherDigestSize", NULL, tv_hasher_digest_size, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherEngine", NULL, tv_hasher_engine, NULL, NULL, NULL, napi_enumerable, NULL},
       {"opensslVersion", NULL, tv_openssl_version, NULL, NULL, NULL, napi_enumerable, NULL},

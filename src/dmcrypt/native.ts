@@ -30,6 +30,8 @@ export interface NativeAddon {
   hasherDigestSize?(h: NativeHasher): number;
   /** dm-verity FEC: one Reed-Solomon round over whole block columns (src/verity/fec.ts). */
   rsParity?(mul: Uint8Array, roots: number, inp: Uint8Array, rsn: number, blockSize: number, out: Uint8Array): void;
+  /** The same round on a libuv thread-pool thread (several rounds on several cores); buffers untouched until it settles. */
+  rsParityAsync?(mul: Uint8Array, roots: number, inp: Uint8Array, rsn: number, blockSize: number, out: Uint8Array): Promise<void>;
   /** On a libuv thread-pool thread; fd >= 0: pread count·blockSize bytes at pos into inp first. */
   hashBlocksAsync?(h: NativeHasher, fd: number, pos: number, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): Promise<void>;
 }

@@ -132,7 +132,7 @@ test("HashPool: calling thread, native thread pool and worker threads agree", as
   }
 });
 
-test("native rsParity (FEC round) = RsColumnEncoder for roots 2..24, several block sizes", (t) => {
+test("native rsParity / rsParityAsync (FEC round) = RsColumnEncoder for roots 2..24, several block sizes", async (t) => {
   const a = loadNative();
   if (!a?.rsParity) return t.skip("native addon not built (npm run build:native)");
   for (const roots of [2, 3, 5, 8, 16, 24]) {
@@ -149,6 +149,11 @@ test("native rsParity (FEC round) = RsColumnEncoder for roots 2..24, several blo
       const got = Buffer.alloc(bs * roots);
       a.rsParity(mul, roots, inp, rsn, bs, got);
       assert.ok(got.equals(want), `roots=${roots} bs=${bs}`);
+      if (a.rsParityAsync) {
+        const got2 = Buffer.alloc(bs * roots);
+        await a.rsParityAsync(mul, roots, inp, rsn, bs, got2);
+        assert.ok(got2.equals(want), `async roots=${roots} bs=${bs}`);
+      }
     }
   }
 });
