@@ -5,17 +5,19 @@
 // (issue 15: >= 85 % of it per core used, >= 3x veritysetup wall-clock with both cores). Two floors beside them: the
 // native hash engines alone on an L2-resident buffer (SHA-NI two blocks interleaved vs OpenSSL EVP per block), and
 // `dd` reading the image through the page cache (the pread cost every tool pays on top of hashing).
-import { mkdtempSync, rmSync, openSync, writeSync, closeSync, readFileSync, unlinkSync, existsSync } from "node:fs";
+import { mkdtempSync, rmSync, openSync, writeSync, closeSync, readFileSync, readSync, unlinkSync, existsSync } from "node:fs";
 import { tmpdir, loadavg } from "node:os";
 import { join } from "node:path";
 import { randomFillSync } from "node:crypto";
 import { spawnSync } from "node:child_process";
 import { FileBlockDevice } from "../src/blockdev/file.js";
-import { verityFormat, verityVerify } from "../src/verity/index.js";
+import { verityFormat, verityVerify, verityFecEncode } from "../src/verity/index.js";
 import { loadNative } from "../src/dmcrypt/native.js";
 
 const SIZE = Number(process.env.VERITY_BENCH_MIB ?? 1024) * 1048576;
 const ROUNDS = Number(process.env.VERITY_BENCH_ROUNDS ?? 3);
+/** Format with FEC (2 roots) on the first FEC_MIB of the image: veritysetup's RS encoder is slow, keep it short. */
+const FEC_MIB = Number(process.env.VERITY_BENCH_FEC_MIB ?? 256);
 const SALT = "5eed0123456789abcdef00112233445566778899aabbccddeeff0011223344ff";
 const UUID = "0f3b6a4e-9c1d-4e8a-b2f7-5d6c7e8f9a01";
 
@@ -159,7 +161,49 @@ export default async function (): Promise<void> {
       console.log(`  veritysetup      ${v.toFixed(0).padStart(6)} MiB/s wall  ${cpuV}   (runs: ${ref.map((x) => x.toFixed(0)).join(", ")})`);
       console.log(`  ratio            ${(o / v).toFixed(2)}x veritysetup wall-clock (target >= 3x with both cores); hash devices byte-identical`);
     } else console.log("  veritysetup not installed: no reference");
+    if (FEC_MIB > 0) await fecRow(dir, data, has);
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** verity format --fec-device: trustvol (tree on the hash engine, RS rounds on the thread pool) vs veritysetup. */
+async function fecRow(dir: string, image: string, has: boolean): Promise<void> {
+  const data = join(dir, "fec-data.img");
+  const fd = openSync(data, "w", 0o600);
+  const src = openSync(image, "r");
+  const buf = Buffer.allocUnsafe(16 << 20);
+  for (let off = 0; off < FEC_MIB * 1048576; off += buf.length) writeSync(fd, buf, 0, readSync(src, buf, 0, buf.length, off));
+  closeSync(src);
+  closeSync(fd);
+  const gib = FEC_MIB / 1024;
+  const files = ["h1", "f1", "h2", "f2"].map((n) => join(dir, `fec-${n}.img`));
+  for (const f of files) if (existsSync(f)) unlinkSync(f);
+  let ref = "";
+  if (has) {
+    const t0 = performance.now();
+    const p = spawnSync("/usr/bin/time", ["-f", "CPU %U %S", "veritysetup", "format", data, files[0]!, `--fec-device=${files[1]}`, `--salt=${SALT}`, `--uuid=${UUID}`], { encoding: "utf8" });
+    const wall = (performance.now() - t0) / 1000;
+    const cm = /CPU ([\d.]+) ([\d.]+)/.exec(p.stderr);
+    if (p.status === 0) ref = `veritysetup ${(FEC_MIB / wall).toFixed(0).padStart(6)} MiB/s wall  ${cm ? ((Number(cm[1]) + Number(cm[2])) / gib).toFixed(2) : "?"} CPU-s/GiB`;
+  }
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  const dd = await FileBlockDevice.open(data, { readOnly: true });
+  const hd = await FileBlockDevice.open(files[2]!, { create: true });
+  const fd2 = await FileBlockDevice.open(files[3]!, { create: true });
+  const r = await verityFormat(dd, hd, { salt: Buffer.from(SALT, "hex"), uuid: UUID });
+  await verityFecEncode(dd, hd, fd2, r.params, r.geometry, {});
+  await fd2.close();
+  await hd.close();
+  await dd.close();
+  const wall = (performance.now() - t0) / 1000;
+  const c = process.cpuUsage(c0);
+  console.log(`verity format --fec-device (2 roots), ${FEC_MIB} MiB of the image`);
+  console.log(`  trustvol    ${(FEC_MIB / wall).toFixed(0).padStart(6)} MiB/s wall  ${((c.user + c.system) / 1e6 / gib).toFixed(2)} CPU-s/GiB`);
+  if (ref) {
+    const same = readFileSync(files[1]!).equals(readFileSync(files[3]!)) && readFileSync(files[0]!).equals(readFileSync(files[2]!));
+    if (!same) throw new Error("FEC or hash devices differ from veritysetup's");
+    console.log(`  ${ref}   (hash and FEC devices byte-identical)`);
   }
 }
