@@ -91,13 +91,19 @@ test("SHA-256 on SHA-NI (two blocks interleaved) = EVP = node:crypto at every sa
       const fast: NativeHasher = a.hasherCreate("sha256", salt, hashType);
       const slow: NativeHasher = a.hasherCreate("sha256", salt, hashType, 1);
       assert.equal(a.hasherEngine(fast), "sha-ni-x2");
-      for (const bs of [512, 1024, 2048, 4096]) {
+      // small blocks too: the LUKS AF diffuser hashes digest-sized chunks (and a short tail) in place
+      for (const bs of [1, 20, 32, 33, 55, 56, 64, 100, 512, 1024, 2048, 4096]) {
         for (const count of [1, 2, 3, 8]) {
           const inp = randomBytes(count * bs);
           const want = reference(spec, inp, count, bs);
           const got = Buffer.alloc(want.length);
           a.hashBlocks(fast, inp, count, bs, got);
           assert.ok(got.equals(want), `sha-ni type ${hashType} salt ${saltLen} bs ${bs} count ${count}`);
+          const inPlace = Buffer.from(inp);
+          if (bs >= 32) {
+            a.hashBlocks(fast, inPlace, count, bs, inPlace);
+            for (let i = 0; i < count; i++) assert.ok(inPlace.subarray(i * 32, i * 32 + 32).equals(want.subarray(i * 32, i * 32 + 32)), `in place bs ${bs}`);
+          }
           const viaEvp = Buffer.alloc(want.length);
           a.hashBlocks(slow, inp, count, bs, viaEvp);
           assert.ok(viaEvp.equals(want), `evp type ${hashType} salt ${saltLen} bs ${bs} count ${count}`);
