@@ -114,7 +114,7 @@ export default async function (): Promise<void> {
     const rows: { what: string; m: Measured }[] = [];
     const row = (what: string, m: Measured) => {
       rows.push({ what, m });
-      console.log(`${what.padEnd(44)} ${m.wall.toFixed(2).padStart(7)} s wall ${m.cpu.toFixed(2).padStart(7)} s CPU ${(SIZE_MIB / m.wall).toFixed(0).padStart(6)} MiB/s  peak RSS ${m.rssMiB.toFixed(0).padStart(4)} MiB`);
+      console.log(`${what.padEnd(44)} ${m.wall.toFixed(2).padStart(7)} s wall ${m.cpu.toFixed(2).padStart(7)} s CPU ${(m.cpu / (SIZE_MIB / 1024)).toFixed(2).padStart(6)} CPU-s/GiB ${(SIZE_MIB / m.wall).toFixed(0).padStart(6)} MiB/s  peak RSS ${m.rssMiB.toFixed(0).padStart(4)} MiB`);
     };
 
     fresh(luks);

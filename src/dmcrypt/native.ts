@@ -22,11 +22,16 @@ export interface NativeAddon {
   destroy(h: NativeHandle): void;
   opensslVersion(): string;
   /** dm-verity block hashing (src/verity/pool.ts); absent in addons built before it existed. */
-  hasherCreate?(algorithm: string, salt: Uint8Array, hashType: number): NativeHasher;
+  /** flags 1: EVP per block even where the SHA-NI engine could run (tests, bench). */
+  hasherCreate?(algorithm: string, salt: Uint8Array, hashType: number, flags?: number): NativeHasher;
+  /** "sha-ni-x2": SHA-256 on the CPU's SHA extensions, two blocks interleaved; "evp": OpenSSL per block. */
+  hasherEngine?(h: NativeHasher): "sha-ni-x2" | "evp";
   hashBlocks?(h: NativeHasher, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): void;
   hasherDigestSize?(h: NativeHasher): number;
   /** dm-verity FEC: one Reed-Solomon round over whole block columns (src/verity/fec.ts). */
   rsParity?(mul: Uint8Array, roots: number, inp: Uint8Array, rsn: number, blockSize: number, out: Uint8Array): void;
+  /** The same round on a libuv thread-pool thread (several rounds on several cores); buffers untouched until it settles. */
+  rsParityAsync?(mul: Uint8Array, roots: number, inp: Uint8Array, rsn: number, blockSize: number, out: Uint8Array): Promise<void>;
   /** On a libuv thread-pool thread; fd >= 0: pread count·blockSize bytes at pos into inp first. */
   hashBlocksAsync?(h: NativeHasher, fd: number, pos: number, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): Promise<void>;
 }

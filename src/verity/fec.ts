@@ -16,6 +16,13 @@ import { TrustvolError, usage } from "../util/errors.js";
 import type { BlockDevice } from "../blockdev/types.js";
 import type { VerityGeometry, VerityParams } from "./superblock.js";
 import { loadNative } from "../dmcrypt/native.js";
+import { defaultThreads } from "./pool.js";
+
+/** libuv's thread pool size (fixed at start-up): more concurrent FEC jobs would only queue. */
+function uvPoolSize(): number {
+  const n = Number(process.env.UV_THREADPOOL_SIZE);
+  return Number.isInteger(n) && n > 0 ? n : 4;
+}
 
 export const FEC_MIN_ROOTS = 2;
 export const FEC_MAX_ROOTS = 24;
@@ -209,9 +216,12 @@ async function fecRun(
   const enc = new RsColumnEncoder(layout.roots, bs);
   const stored = mode === "check" ? Buffer.alloc(bs * layout.roots) : undefined;
   const out = Buffer.alloc(bs * layout.roots);
-  // Native encoder (native/src/trustvol_native.c rsParity: the same arithmetic, 16 columns per SSSE3 lookup pair).
+  // Native encoder (native/src/trustvol_native.c rsParity: the same arithmetic, 16 columns per SSSE3 lookup pair);
+  // rsParityAsync runs the rounds of one batch on libuv's thread pool, up to `threads` at once (all cores).
   const addon = loadNative();
   const rsParity = addon?.rsParity?.bind(addon);
+  const rsParityAsync = addon?.rsParityAsync?.bind(addon);
+  const threads = Math.max(1, Math.min(defaultThreads(), uvPoolSize()));
   const mulFlat = new Uint8Array(layout.roots * 256);
   enc.mul.forEach((t, j) => mulFlat.set(t, j * 256));
   // Input block idx (data blocks, then the hash device from the tree start; zeros past the end) — `count` consecutive
@@ -246,16 +256,26 @@ async function fecRun(
   const K = Math.max(1, Math.min(rounds, Math.floor((8 << 20) / (rsn * bs))));
   const rows = Buffer.alloc(K * bs);
   const roundBufs = Array.from({ length: K }, () => Buffer.alloc(rsn * bs));
+  const outs = rsParityAsync && threads > 1 ? Array.from({ length: K }, () => Buffer.alloc(bs * layout.roots)) : null;
   for (let n0 = 0; n0 < rounds; n0 += K) {
     const k = Math.min(K, rounds - n0);
     for (let i = 0; i < rsn; i++) {
       await readRange(i * rounds + n0, k, rows);
       for (let r = 0; r < k; r++) rows.copy(roundBufs[r]!, i * bs, r * bs, (r + 1) * bs);
     }
+    if (outs) {
+      // the batch's rounds on the thread pool, `threads` at a time; written/compared below in order
+      let next = 0;
+      const lane = async (): Promise<void> => {
+        for (let r = next++; r < k; r = next++) await rsParityAsync!(mulFlat, layout.roots, roundBufs[r]!, rsn, bs, outs[r]!);
+      };
+      await Promise.all(Array.from({ length: Math.min(threads, k) }, lane));
+    }
     for (let r = 0; r < k; r++) {
       const n = n0 + r;
       const rb = roundBufs[r]!;
-      if (rsParity) rsParity(mulFlat, layout.roots, rb, rsn, bs, out);
+      if (outs) outs[r]!.copy(out);
+      else if (rsParity) rsParity(mulFlat, layout.roots, rb, rsn, bs, out);
       else {
         enc.reset();
         for (let i = 0; i < rsn; i++) enc.push(rb.subarray(i * bs, (i + 1) * bs));

@@ -1,7 +1,7 @@
 // The native verity engines against the JavaScript ones and node:crypto: hashBlocks and hashBlocksAsync (with and
 // without its own pread) for hash types 0 and 1, several algorithms, salt lengths, block sizes, odd block counts, reads
-// in slices; the HashPool on every engine (calling thread, native thread pool, worker threads of the JS fallback); and
-// the FEC round encoder rsParity against RsColumnEncoder.
+// in slices; SHA-256 on SHA-NI against EVP at every salt/chunk boundary; the HashPool on every engine (calling thread,
+// native thread pool, worker threads of the JS fallback); and the FEC round encoder rsParity against RsColumnEncoder.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
@@ -76,6 +76,46 @@ test("native hashBlocks / hashBlocksAsync = node:crypto (types 0/1, sha1/256/512
   }
 });
 
+test("SHA-256 on SHA-NI (two blocks interleaved) = EVP = node:crypto at every salt/chunk boundary", (t) => {
+  const a = loadNative();
+  if (!a?.hasherCreate || !a.hashBlocks || !a.hasherEngine) return t.skip("native addon not built (npm run build:native)");
+  const probe: NativeHasher = a.hasherCreate("sha256", Buffer.alloc(32), 1);
+  if (a.hasherEngine(probe) !== "sha-ni-x2") return t.skip("this CPU has no SHA extensions: EVP per block (covered above)");
+  const evp: NativeHasher = a.hasherCreate("sha256", Buffer.alloc(32), 1, 1);
+  assert.equal(a.hasherEngine(evp), "evp");
+  // salts around the 64-byte chunk edges (the first chunk mixes salt and block, the last one block/salt and padding)
+  for (const saltLen of [0, 1, 31, 32, 55, 56, 63, 64, 65, 100, 119, 120, 127, 128, 200, 256]) {
+    const salt = randomBytes(saltLen);
+    for (const hashType of [0, 1] as const) {
+      const spec: HashSpec = { algorithm: "sha256", digestSize: 32, hashType, salt };
+      const fast: NativeHasher = a.hasherCreate("sha256", salt, hashType);
+      const slow: NativeHasher = a.hasherCreate("sha256", salt, hashType, 1);
+      assert.equal(a.hasherEngine(fast), "sha-ni-x2");
+      // small blocks too: the LUKS AF diffuser hashes digest-sized chunks (and a short tail) in place
+      for (const bs of [1, 20, 32, 33, 55, 56, 64, 100, 512, 1024, 2048, 4096]) {
+        for (const count of [1, 2, 3, 8]) {
+          const inp = randomBytes(count * bs);
+          const want = reference(spec, inp, count, bs);
+          const got = Buffer.alloc(want.length);
+          a.hashBlocks(fast, inp, count, bs, got);
+          assert.ok(got.equals(want), `sha-ni type ${hashType} salt ${saltLen} bs ${bs} count ${count}`);
+          const inPlace = Buffer.from(inp);
+          if (bs >= 32) {
+            a.hashBlocks(fast, inPlace, count, bs, inPlace);
+            for (let i = 0; i < count; i++) assert.ok(inPlace.subarray(i * 32, i * 32 + 32).equals(want.subarray(i * 32, i * 32 + 32)), `in place bs ${bs}`);
+          }
+          const viaEvp = Buffer.alloc(want.length);
+          a.hashBlocks(slow, inp, count, bs, viaEvp);
+          assert.ok(viaEvp.equals(want), `evp type ${hashType} salt ${saltLen} bs ${bs} count ${count}`);
+        }
+      }
+    }
+  }
+  // sha1/sha512 keep EVP
+  assert.equal(a.hasherEngine(a.hasherCreate("sha1", Buffer.alloc(32), 1)), "evp");
+  assert.equal(a.hasherEngine(a.hasherCreate("sha512", Buffer.alloc(32), 1)), "evp");
+});
+
 test("HashPool: calling thread, native thread pool and worker threads agree", async () => {
   const spec: HashSpec = { algorithm: "sha256", digestSize: 32, hashType: 1, salt: randomBytes(32) };
   const count = 300;
@@ -98,7 +138,7 @@ test("HashPool: calling thread, native thread pool and worker threads agree", as
   }
 });
 
-test("native rsParity (FEC round) = RsColumnEncoder for roots 2..24, several block sizes", (t) => {
+test("native rsParity / rsParityAsync (FEC round) = RsColumnEncoder for roots 2..24, several block sizes", async (t) => {
   const a = loadNative();
   if (!a?.rsParity) return t.skip("native addon not built (npm run build:native)");
   for (const roots of [2, 3, 5, 8, 16, 24]) {
@@ -115,6 +155,11 @@ test("native rsParity (FEC round) = RsColumnEncoder for roots 2..24, several blo
       const got = Buffer.alloc(bs * roots);
       a.rsParity(mul, roots, inp, rsn, bs, got);
       assert.ok(got.equals(want), `roots=${roots} bs=${bs}`);
+      if (a.rsParityAsync) {
+        const got2 = Buffer.alloc(bs * roots);
+        await a.rsParityAsync(mul, roots, inp, rsn, bs, got2);
+        assert.ok(got2.equals(want), `async roots=${roots} bs=${bs}`);
+      }
     }
   }
 });
