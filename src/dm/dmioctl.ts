@@ -32,7 +32,20 @@ export function setDmIoctl(on: boolean | undefined): void {
 
 export function dmIoctlEnabled(): boolean {
   if (forced !== undefined) return forced;
-  return process.env.TRUSTVOL_DM_IOCTL !== "0" && existsSync("/dev/mapper/control") && ioctlAvailable();
+  return process.env.TRUSTVOL_DM_IOCTL !== "0" && controlOpens() && ioctlAvailable();
+}
+
+let controlOk = false;
+/** /dev/mapper/control exists and opens (a node without device-mapper in the kernel gives ENODEV: dmsetup's answers then). */
+function controlOpens(): boolean {
+  if (controlOk) return true;
+  if (!existsSync("/dev/mapper/control")) return false;
+  try {
+    closeSync(openSync("/dev/mapper/control", "r+"));
+    return (controlOk = true);
+  } catch {
+    return false;
+  }
 }
 
 /** A failed ioctl: errno name and number, for the caller to explain. */

@@ -267,7 +267,7 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
         stack.hzSuspended = false;
       },
     };
-    result = await reencrypt(dev, { ...opts, mode: "reencrypt", hotzoneHooks: hooks });
+    result = await reencrypt(dev, { ...opts, mode: "reencrypt", hotzoneHooks: hooks, reencryptionLockHeld: true });
     failed = false;
   } finally {
     try {

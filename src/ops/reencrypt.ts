@@ -24,6 +24,7 @@ import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
 import { extendedLayout, hashBlock, recrypt, runHotzones, sourceOf, type HotzoneEngine } from "./reencrypt-io.js";
+import { lockReencryption, type HeldLock } from "../dm/lock.js";
 export { extendedLayout };
 import {
   DEFAULT_NONE_HOTZONE,
@@ -83,6 +84,8 @@ export interface ReencryptOptions {
    * `after` runs once the hotzone is committed as done.
    */
   hotzoneHooks?: { before(hot: Luks2Metadata, keys: Map<number, Buffer>): Promise<void> | void; after(post: Luks2Metadata): Promise<void> | void };
+  /** The caller already holds cryptsetup's re-encryption lock for this device (online re-encryption takes it itself). */
+  reencryptionLockHeld?: boolean;
 }
 
 export interface ReencryptResult {
@@ -124,7 +127,23 @@ async function encryptLabel(dev: BlockDevice, opts: ReencryptOptions): Promise<s
   return fs.label;
 }
 
+/**
+ * Re-encrypt, encrypt or decrypt `dev` in place (resumable). Holds cryptsetup's re-encryption lock
+ * (/run/cryptsetup/LN_LUKS2-reencryption-<uuid>) from before the first write to the end, as cryptsetup does offline
+ * too, so a cryptsetup or trustvol run on the same device (online or offline) is refused with EBUSY, nothing written.
+ */
 export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): Promise<ReencryptResult> {
+  let lock: HeldLock | undefined;
+  try {
+    return await reencryptLocked(dev, opts, async (uuid) => {
+      if (!opts.reencryptionLockHeld && !lock) lock = await lockReencryption(uuid);
+    });
+  } finally {
+    await lock?.release();
+  }
+}
+
+async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLock: (uuid: string) => Promise<void>): Promise<ReencryptResult> {
   const mode = opts.mode ?? "reencrypt";
   const hdrDev = opts.header ?? dev;
   if (opts.initOnly && opts.resumeOnly) throw usage("--init-only and --resume-only exclude each other");
@@ -140,9 +159,14 @@ export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): 
   if (version === null) {
     if (mode !== "encrypt") throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, "use --encrypt to encrypt a plain device");
     if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
-    volume = await initEncrypt(dev, hdrDev, opts);
+    // the UUID is chosen here so that the lock is held before the first write
+    const uuid = opts.uuid ?? crypto.randomUUID();
+    await takeLock(uuid);
+    volume = await initEncrypt(dev, hdrDev, { ...opts, uuid });
   } else {
     volume = await Luks2Volume.open(hdrDev);
+    await takeLock(volume.uuid);
+    volume = await Luks2Volume.open(hdrDev); // re-read under the lock: another run may have just finished a step
     volume.checkRequirements("write");
     const status = reencryptStatus(volume.metadata);
     if (status === "none") {

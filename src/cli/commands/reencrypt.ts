@@ -1,5 +1,6 @@
 // `trustvol reencrypt DEVICE`: cryptsetup's `reencrypt --force-offline-reencrypt` verb and option spellings.
 // Parses and prints only; the engine is src/ops/reencrypt.ts.
+import { existsSync, statSync, unlinkSync } from "node:fs";
 import { Option, type Command } from "commander";
 import { io } from "../io.js";
 import { FileBlockDevice } from "../../blockdev/file.js";
@@ -86,6 +87,9 @@ export function registerReencryptCommands(program: Command): void {
       const secrets: Buffer[] = [];
       const sig = abortOnSignal();
       const bar = progressBar("Re-encrypting", o.progress !== false && !o.progressJson && !o.json && process.stderr.isTTY === true);
+      // --encrypt creates its detached header file: a refusal before anything is written must not leave it behind
+      const createdHeader = mode === "encrypt" && !!o.header && !existsSync(o.header as string);
+      let ok = false;
       try {
         if (o.header) hdr = await FileBlockDevice.open(o.header as string, { create: mode === "encrypt" });
         const isLuks = (await probeLuksVersion(hdr)) !== null;
@@ -159,6 +163,7 @@ export function registerReencryptCommands(program: Command): void {
           onProgress,
           signal: sig.signal,
         });
+        ok = true;
         bar.end();
         if (o.json) printJson(r);
         else if (r.state === "initialized") io.err(`Re-encryption (${r.mode}) initialized in the metadata; finish it with \`trustvol reencrypt --resume-only ${device}\`.\n`);
@@ -168,6 +173,7 @@ export function registerReencryptCommands(program: Command): void {
         for (const s of secrets) wipe(s);
         await dev.close().catch(() => {});
         if (hdr !== dev) await hdr.close();
+        if (!ok && createdHeader) try { if (statSync(o.header as string).size === 0) unlinkSync(o.header as string); } catch { /* gone */ }
       }
     });
 }
