@@ -88,6 +88,31 @@ const hostile = (name: string, edit: (j: LuksJson) => void, extra: string[] = ["
 });
 
 const cases: Case[] = [
+  // What trustvol does not do online (cryptsetup 2.6 does): refused before anything is written, saying what to do.
+  {
+    name: "online --decrypt (the device is open)",
+    make: (dir, pw) => ({ img: luksVolume(dir, pw) }),
+    args: ["--decrypt", "--active-name", "vol"],
+    says: /vol is open: trustvol decrypts offline only; unmount and close it \(trustvol close vol\).*cryptsetup reencrypt --decrypt --header FILE --active-name vol/,
+  },
+  {
+    name: "online rotation with a detached header",
+    make: (dir, pw) => {
+      const img = join(dir, "d.img");
+      const hdr = join(dir, "d.hdr");
+      writePlain(img, 32 * MiB, 14);
+      cs(["luksFormat", "-q", "--type", "luks2", ...FAST_PBKDF, "--header", hdr, "--key-file", pw, img]);
+      return { img, hdr };
+    },
+    args: ["--active-name", "vol"],
+    says: /vol is open: trustvol rotates keys online only with the LUKS2 header on the device, not with --header; .*cryptsetup reencrypt --header \S+ --active-name vol/,
+  },
+  {
+    name: "online --init-only",
+    make: (dir, pw) => ({ img: luksVolume(dir, pw) }),
+    args: ["--init-only", "--active-name", "vol"],
+    says: /vol is open: --init-only and --reduce-device-size are for offline runs/,
+  },
   {
     name: "wrong passphrase (rotation)",
     make: (dir, pw) => ({ img: luksVolume(dir, pw) }),
