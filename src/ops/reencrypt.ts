@@ -156,41 +156,47 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
 
   let volume: Luks2Volume;
   let recovered = false;
-  if (version === null) {
-    if (mode !== "encrypt") throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, "use --encrypt to encrypt a plain device");
-    if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
-    // the UUID is chosen here so that the lock is held before the first write
-    const uuid = opts.uuid ?? crypto.randomUUID();
-    await takeLock(uuid);
-    volume = await initEncrypt(dev, hdrDev, { ...opts, uuid });
-  } else {
-    volume = await Luks2Volume.open(hdrDev);
-    await takeLock(volume.uuid);
-    volume = await Luks2Volume.open(hdrDev); // re-read under the lock: another run may have just finished a step
-    volume.checkRequirements("write");
-    const status = reencryptStatus(volume.metadata);
-    if (status === "none") {
-      if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
-      if (mode === "encrypt") throw usage(`${hdrDev.name} is already a LUKS2 volume`, "use reencrypt (key rotation) instead of --encrypt");
-      if (mode === "decrypt") await initDecrypt(volume, dev, hdrDev, opts);
-      else await initRotation(volume, dev, opts);
-    } else if (opts.initOnly) throw new TrustvolError("EBUSY", "LUKS2 re-encryption is already initialized in the metadata", "resume it with --resume-only");
-  }
-  const st = loadReencryptState(volume.metadata);
-  if (opts.initOnly) return { mode: st.mode, state: "initialized", recovered, bytes: 0, keyslots: newKeyslots(volume.metadata, st) };
-  if (dataAllDone(volume.metadata, st, dev)) {
-    const keyslots = newKeyslots(finalMetadata(volume.metadata, st).metadata, st);
-    await finishMetadataOnly(volume, dev, hdrDev, st, opts);
-    return { mode: st.mode, state: "finished", recovered, bytes: 0, keyslots };
-  }
-
-  const keys = await unlockForState(volume, hdrDev, st, opts);
+  let initKeys: Map<number, Buffer> | undefined;
   try {
-    const run = await runEngine(volume, dev, hdrDev, keys, opts);
-    recovered = run.recovered;
-    return { mode: st.mode, state: "finished", recovered, bytes: run.bytes, keyslots: newKeyslots(volume.metadata, st) };
+    if (version === null) {
+      if (mode !== "encrypt") throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, "use --encrypt to encrypt a plain device");
+      if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
+      // the UUID is chosen here so that the lock is held before the first write
+      const uuid = opts.uuid ?? crypto.randomUUID();
+      await takeLock(uuid);
+      volume = await initEncrypt(dev, hdrDev, { ...opts, uuid });
+    } else {
+      volume = await Luks2Volume.open(hdrDev);
+      await takeLock(volume.uuid);
+      volume = await Luks2Volume.open(hdrDev); // re-read under the lock: another run may have just finished a step
+      volume.checkRequirements("write");
+      const status = reencryptStatus(volume.metadata);
+      if (status === "none") {
+        if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
+        if (mode === "encrypt") throw usage(`${hdrDev.name} is already a LUKS2 volume`, "use reencrypt (key rotation) instead of --encrypt");
+        if (mode === "decrypt") await initDecrypt(volume, dev, hdrDev, opts);
+        else initKeys = await initRotation(volume, dev, opts);
+      } else if (opts.initOnly) throw new TrustvolError("EBUSY", "LUKS2 re-encryption is already initialized in the metadata", "resume it with --resume-only");
+    }
+    const st = loadReencryptState(volume.metadata);
+    if (opts.initOnly) return { mode: st.mode, state: "initialized", recovered, bytes: 0, keyslots: newKeyslots(volume.metadata, st) };
+    if (dataAllDone(volume.metadata, st, dev)) {
+      const keyslots = newKeyslots(finalMetadata(volume.metadata, st).metadata, st);
+      await finishMetadataOnly(volume, dev, hdrDev, st, opts);
+      return { mode: st.mode, state: "finished", recovered, bytes: 0, keyslots };
+    }
+
+    const keys = initKeys ?? (await unlockForState(volume, hdrDev, st, opts));
+    initKeys = undefined;
+    try {
+      const run = await runEngine(volume, dev, hdrDev, keys, opts);
+      recovered = run.recovered;
+      return { mode: st.mode, state: "finished", recovered, bytes: run.bytes, keyslots: newKeyslots(volume.metadata, st) };
+    } finally {
+      for (const k of keys.values()) wipe(k);
+    }
   } finally {
-    for (const k of keys.values()) wipe(k);
+    if (initKeys) for (const k of initKeys.values()) wipe(k);
   }
 }
 
@@ -339,7 +345,8 @@ function reencryptAreaKeyslot(m: Luks2Metadata, hdrSize: number, mode: "reencryp
 const digestIterations = (opts: ReencryptOptions) => (opts.pbkdf?.forceIterations ? 1000 : undefined);
 
 /** Key rotation: new volume key, new keyslots with the same passphrases (tokens follow), backup segments, requirement. */
-async function initRotation(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOptions): Promise<void> {
+/** Initialise a key rotation; returns the old and the new volume key by digest (the caller wipes them). */
+async function initRotation(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOptions): Promise<Map<number, Buffer>> {
   const m0 = v.metadata;
   const segs = dataSegments(m0);
   if (segs.length !== 1 || segs[0]!.type !== "crypt" || Object.keys(m0.segments).length !== 1) throw new TrustvolError("EUNSUPPORTED", "the volume does not have exactly one crypt data segment");
@@ -415,6 +422,8 @@ async function initRotation(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOpt
     reencryptAreaKeyslot(m, v.header.hdrSize, "reencrypt", opts, dataSize, [seg.sectorSize, ss]);
     assignReencryptDigest(m, new Map([[Number(dOld), oldKey], [dNew, newKey]]), { iterations: digestIterations(opts) });
     await v.commit(m);
+    // the run needs both keys: handing them on saves opening two keyslots again (PBKDF + AF merge each)
+    return new Map([[Number(dOld), Buffer.from(oldKey)], [dNew, Buffer.from(newKey)]]);
   } catch (e) {
     // Nothing references the new keyslots' material: don't leave the new key behind.
     for (const a of written) await wipeArea(v.dev, a.offset, a.size).catch(() => {});
