@@ -40,8 +40,12 @@ function flockFd(fd: number): Promise<{ code: number; err: string }> {
   });
 }
 
-/** Take cryptsetup's re-encryption lock for the LUKS2 device with this UUID (non-blocking). */
-export async function lockReencryption(uuid: string): Promise<HeldLock> {
+/**
+ * Take cryptsetup's re-encryption lock for the LUKS2 device with this UUID (non-blocking). `optional`: when the lock
+ * directory cannot be written at all (not root: EACCES/EPERM, or a read-only /run), go on without it — an offline
+ * run on an image file a user owns, where no other process can be re-encrypting through device-mapper either.
+ */
+export async function lockReencryption(uuid: string, o: { optional?: boolean } = {}): Promise<HeldLock> {
   const path = reencryptLockPath(uuid);
   for (let i = 0; i < 5; i++) {
     let fd: number;
@@ -49,6 +53,8 @@ export async function lockReencryption(uuid: string): Promise<HeldLock> {
       mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
       fd = openSync(path, constants.O_RDWR | constants.O_CREAT, 0o600);
     } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (o.optional && (code === "EACCES" || code === "EPERM" || code === "EROFS")) return { path, release: async () => {} };
       throw new TrustvolError("EIO", `cannot take the re-encryption lock ${path} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, "check that /run is writable");
     }
     const r = await flockFd(fd);

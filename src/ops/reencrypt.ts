@@ -136,7 +136,7 @@ export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): 
   let lock: HeldLock | undefined;
   try {
     return await reencryptLocked(dev, opts, async (uuid) => {
-      if (!opts.reencryptionLockHeld && !lock) lock = await lockReencryption(uuid);
+      if (!opts.reencryptionLockHeld && !lock) lock = await lockReencryption(uuid, { optional: true });
     });
   } finally {
     await lock?.release();
