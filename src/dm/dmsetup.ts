@@ -3,9 +3,12 @@
 // reloaded, suspended, resumed and removed here. Tables go to dmsetup on stdin and only ever hold keyring references
 // (see table.ts), so nothing secret passes through here. Without udev (initramfs, test guest) dmsetup is told to
 // create the /dev/mapper nodes itself.
-import { dmIoctlEnabled, dmIoctlLoad, dmIoctlResume, dmIoctlSuspend } from "./dmioctl.js";
+// When the native ioctl addon is there (and /dev/mapper/control), the calls go to the kernel in-process instead
+// (dmioctl.ts; TRUSTVOL_DM_IOCTL=0 forces dmsetup): everything but creating a mapping that needs a /dev/mapper node,
+// `targets`, `deps` and deferred removal. An explicit DmsetupOptions (another dmsetup binary) always uses dmsetup.
+import { DmIoctlError, dmIoctlCreate, dmIoctlEnabled, dmIoctlInfo, dmIoctlLoad, dmIoctlNames, dmIoctlRemove, dmIoctlResume, dmIoctlSuspend, dmIoctlTable } from "./dmioctl.js";
 import { spawnSync } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, unlinkSync } from "node:fs";
 import { TrustvolError } from "../util/errors.js";
 import { assertKeyringOnly, checkMappingName, kernelCryptoNames, parseCryptTable, type ParsedCryptTable } from "./table.js";
 
@@ -94,6 +97,7 @@ export interface DmInfo {
 
 /** `dmsetup info` for one mapping; undefined when it does not exist. */
 export function dmInfo(name: string, o?: DmsetupOptions): DmInfo | undefined {
+  if (!o && dmIoctlEnabled()) return dmIoctlInfo(name);
   const r = dmsetupRun(["info", "-c", "--noheadings", "--separator", "|", "-o", "name,uuid,open,major,minor,attr", name], undefined, o);
   if (r.status !== 0) {
     if (/not exist|No such device/i.test(r.stderr)) return undefined;
@@ -107,6 +111,10 @@ export function dmInfo(name: string, o?: DmsetupOptions): DmInfo | undefined {
 /** Every mapping: name and dm UUID (`dmsetup info -c` without a name). */
 export function dmList(o?: DmsetupOptions): { name: string; uuid: string }[] {
   if (!deviceMapperPresent()) return [];
+  if (!o && dmIoctlEnabled()) return dmIoctlNames().flatMap((n) => {
+    const i = dmIoctlInfo(n);
+    return i ? [{ name: i.name, uuid: i.uuid }] : [];
+  });
   const r = dmsetupRun(["info", "-c", "--noheadings", "--separator", "|", "-o", "name,uuid"], undefined, o);
   if (r.status !== 0 || /No devices found/.test(r.stdout)) return [];
   return r.stdout.trim().split("\n").filter((l) => l.includes("|")).map((l) => {
@@ -119,6 +127,18 @@ export function dmExists(name: string, o?: DmsetupOptions): boolean {
   return dmInfo(name, o) !== undefined;
 }
 
+/** An in-process call, its kernel refusal explained like dmsetup's. */
+function viaIoctl<T>(op: string, name: string, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (!(e instanceof DmIoctlError)) throw e;
+    if (e.errno === "ENXIO" || e.errno === "ENODEV") throw queryFailure(op, name, "No such device or address");
+    if (e.errno === "EPERM" || e.errno === "EACCES") throw queryFailure(op, name, "Permission denied");
+    throw e;
+  }
+}
+
 function queryFailure(op: string, name: string, stderr: string): TrustvolError {
   if (/not exist|No such device/i.test(stderr)) return new TrustvolError("ENOENT", `no mapping named ${name}`, "list mappings with `dmsetup ls`");
   return commonFailure(op, stderr) ?? new TrustvolError("EIO", `dmsetup ${op} ${name} failed: ${firstLines(stderr)}`);
@@ -126,6 +146,7 @@ function queryFailure(op: string, name: string, stderr: string): TrustvolError {
 
 /** The live table of a mapping (keys are shown as dmsetup shows them: keyring references, or zeros for inline keys). */
 export function dmTable(name: string, o?: DmsetupOptions): string {
+  if (!o && dmIoctlEnabled()) return viaIoctl("table", name, () => dmIoctlTable(name));
   const r = dmsetupRun(["table", name], undefined, o);
   if (r.status !== 0) throw queryFailure("table", name, r.stderr);
   return r.stdout.trim();
@@ -133,6 +154,7 @@ export function dmTable(name: string, o?: DmsetupOptions): string {
 
 /** The targets' status lines (`dmsetup status`). */
 export function dmStatus(name: string, o?: DmsetupOptions): string {
+  if (!o && dmIoctlEnabled()) return viaIoctl("status", name, () => dmIoctlTable(name, true));
   const r = dmsetupRun(["status", name], undefined, o);
   if (r.status !== 0) throw queryFailure("status", name, r.stderr);
   return r.stdout.trim();
@@ -161,6 +183,8 @@ export interface CreateContext {
 export interface CreateOptions {
   uuid?: string;
   readOnly?: boolean;
+  /** false: no /dev/mapper node is needed (a helper referenced by major:minor), so it may be created in-process. */
+  node?: boolean;
 }
 
 /**
@@ -174,6 +198,16 @@ export function dmCreate(name: string, table: string, opts: CreateOptions = {}, 
   if (dmInfo(name, o)) throw new TrustvolError("EBUSY", `a mapping named ${name} already exists`, `close it first (trustvol close ${name}) or pick another name`);
   const args = ["create", name, ...(opts.uuid ? ["--uuid", opts.uuid] : []), ...(opts.readOnly ? ["--readonly"] : [])];
   const before = ctx.explain ? kernelLog().length : 0; // only a target-specific explanation reads the kernel's lines
+  if (!o && opts.node === false && dmIoctlEnabled()) {
+    try {
+      return dmIoctlCreate(name, table, { uuid: opts.uuid, readOnly: opts.readOnly });
+    } catch (e) {
+      if (!(e instanceof DmIoctlError)) throw e;
+      const stderr = `device-mapper: reload ioctl on ${name} failed: ${e.errno === "ENOKEY" ? "Required key not available" : e.errno === "EPERM" ? "Operation not permitted" : e.errno}`;
+      const after = ctx.explain ? kernelLog() : [];
+      throw ctx.explain?.(stderr, after.slice(Math.min(before, after.length))) ?? commonFailure("create", stderr) ?? explainCreateFailure(name, stderr, ctx, o);
+    }
+  }
   const r = dmsetupRun(args, table + "\n", o);
   if (r.status === 0) return;
   const after = ctx.explain ? kernelLog() : [];
@@ -186,21 +220,21 @@ export function dmCreate(name: string, table: string, opts: CreateOptions = {}, 
 /** Load a new (inactive) table into an existing mapping; it takes effect at the next resume. */
 export function dmLoad(name: string, table: string, o?: DmsetupOptions): void {
   assertKeyringOnly(table);
-  if (!o && dmIoctlEnabled()) return dmIoctlLoad(name, table);
+  if (!o && dmIoctlEnabled()) return viaIoctl("load", name, () => dmIoctlLoad(name, table));
   const r = dmsetupRun(["load", name], table + "\n", o);
   if (r.status !== 0) throw commonFailure("load", r.stderr) ?? new TrustvolError("EDEVICE", `device-mapper refused the new table for ${name}: ${firstLines(r.stderr)}`);
 }
 
 /** Suspend I/O to a mapping. noflush: keep queued I/O (a mounted file system keeps running, as cryptsetup reencrypt does). */
 export function dmSuspend(name: string, opts: { noflush?: boolean; nolockfs?: boolean } = {}, o?: DmsetupOptions): void {
-  if (!o && dmIoctlEnabled()) return dmIoctlSuspend(name, opts);
+  if (!o && dmIoctlEnabled()) return viaIoctl("suspend", name, () => dmIoctlSuspend(name, opts));
   const r = dmsetupRun(["suspend", ...(opts.noflush ? ["--noflush"] : []), ...(opts.nolockfs ? ["--nolockfs"] : []), name], undefined, o);
   if (r.status !== 0) throw queryFailure("suspend", name, r.stderr);
 }
 
 /** Resume a mapping (activating a table loaded with dmLoad). */
 export function dmResume(name: string, o?: DmsetupOptions): void {
-  if (!o && dmIoctlEnabled()) return dmIoctlResume(name);
+  if (!o && dmIoctlEnabled()) return viaIoctl("resume", name, () => dmIoctlResume(name));
   const r = dmsetupRun(["resume", name], undefined, o);
   if (r.status !== 0) throw queryFailure("resume", name, r.stderr);
 }
@@ -253,6 +287,17 @@ export function explainCreateFailure(name: string, stderr: string, ctx: CreateCo
 
 /** Remove a mapping; retries while udev or a closing file system still hold it. */
 export function dmRemove(name: string, opts: { deferred?: boolean } = {}, o?: DmsetupOptions): void {
+  if (!o && !opts.deferred && dmIoctlEnabled()) {
+    try {
+      dmIoctlRemove(name);
+    } catch (e) {
+      if (e instanceof DmIoctlError && e.errno === "EBUSY") throw new TrustvolError("EBUSY", `${name} is in use`, `unmount it first (umount /dev/mapper/${name}) and close whatever holds it open`);
+      throw viaIoctl("remove", name, () => { throw e; });
+    }
+    // without udev nobody else removes the node dmsetup made when it created the mapping
+    if (!udevRunning()) try { unlinkSync(`/dev/mapper/${name}`); } catch { /* none */ }
+    return;
+  }
   const r = dmsetupRun(["remove", "--retry", ...(opts.deferred ? ["--deferred"] : []), name], undefined, o);
   if (r.status === 0) return;
   if (/busy|in use/i.test(r.stderr)) throw new TrustvolError("EBUSY", `${name} is in use (${r.stderr.split("\n").pop()})`, `unmount it first (umount /dev/mapper/${name}) and close whatever holds it open`);

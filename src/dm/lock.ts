@@ -4,10 +4,12 @@
 // demand), held with flock(LOCK_EX | LOCK_NB); the holder verifies after flock that the path still names the inode it
 // locked (a releasing process unlinks the file) and unlinks it when it releases. Busy → EBUSY, never a wait.
 //
-// Node has no flock(2): a small child shell (util-linux flock) opens, locks and verifies the file, says "locked", and
-// holds the lock until its stdin closes — when we release it, or when this process dies in any way (SIGKILL too).
-import { spawn, type ChildProcess } from "node:child_process";
-import { join } from "node:path";
+// Node has no flock(2): this process opens the file, and one util-linux `flock -n FD` child locks that descriptor and
+// exits — a flock belongs to the open file description, which stays ours, so the lock is held until we close it
+// (release) or die in any way (SIGKILL too). One process start per lock: under emulation each costs most of a second.
+import { spawn } from "node:child_process";
+import { closeSync, constants, fstatSync, mkdirSync, openSync, statSync, unlinkSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { TrustvolError } from "../util/errors.js";
 
 /** Directory of cryptsetup's lock files (its build default; TRUSTVOL_LUKS2_LOCK_DIR overrides it for tests). */
@@ -25,78 +27,67 @@ export interface HeldLock {
   release(): Promise<void>;
 }
 
-// $1 = lock file. Exit 75 = busy, 76 = the file was replaced under us (retry), 0 after the release.
-const HOLDER = `umask 077
-d=$(dirname "$1"); [ -d "$d" ] || mkdir -p -m 0700 "$d" 2>/dev/null || [ -d "$d" ] || exit 71
-exec 9>>"$1" || exit 71
-flock -n 9 || exit 75
-a=$(stat -L -c %d:%i /proc/$$/fd/9); b=$(stat -c %d:%i "$1" 2>/dev/null)
-[ "$a" = "$b" ] || exit 76
-echo locked
-head -c 1 >/dev/null
-b=$(stat -c %d:%i "$1" 2>/dev/null)
-[ "$a" = "$b" ] && rm -f "$1"
-exit 0
-`;
+const sameFile = (a: { dev: number; ino: number }, b: { dev: number; ino: number }) => a.dev === b.dev && a.ino === b.ino;
 
-function tryOnce(path: string): Promise<{ held?: ChildProcess; code?: number; err?: string }> {
+/** flock(LOCK_EX | LOCK_NB) on `fd` through `flock -n`: 0 locked, 75 busy, else the failure. */
+function flockFd(fd: number): Promise<{ code: number; err: string }> {
   return new Promise((resolve) => {
-    const c = spawn("sh", ["-c", HOLDER, "trustvol-lock", path], { stdio: ["pipe", "pipe", "pipe"] });
-    let out = "";
+    const c = spawn("flock", ["-n", "-E", "75", "3"], { stdio: ["ignore", "ignore", "pipe", fd] });
     let err = "";
-    let done = false;
-    c.stdout!.on("data", (d: Buffer) => {
-      out += d.toString();
-      if (!done && out.includes("locked\n")) {
-        done = true;
-        resolve({ held: c });
-      }
-    });
     c.stderr!.on("data", (d: Buffer) => (err += d.toString()));
-    c.on("error", (e) => {
-      if (!done) (done = true), resolve({ code: -1, err: e.message });
-    });
-    c.on("exit", (code) => {
-      if (!done) (done = true), resolve({ code: code ?? -1, err });
-    });
+    c.on("error", (e) => resolve({ code: -1, err: e.message }));
+    c.on("close", (code) => resolve({ code: code ?? -1, err }));
   });
 }
 
-/** Take cryptsetup's re-encryption lock for the LUKS2 device with this UUID (non-blocking). */
-export async function lockReencryption(uuid: string): Promise<HeldLock> {
+/**
+ * Take cryptsetup's re-encryption lock for the LUKS2 device with this UUID (non-blocking). `optional`: when the lock
+ * directory cannot be written at all (not root: EACCES/EPERM, or a read-only /run), go on without it — an offline
+ * run on an image file a user owns, where no other process can be re-encrypting through device-mapper either.
+ */
+export async function lockReencryption(uuid: string, o: { optional?: boolean } = {}): Promise<HeldLock> {
   const path = reencryptLockPath(uuid);
   for (let i = 0; i < 5; i++) {
-    const r = await tryOnce(path);
-    if (r.held) {
-      const c = r.held;
-      c.stdout!.resume();
-      // The lock must not keep the event loop alive, nor outlive us: the pipe closes when we exit.
-      c.unref();
-      (c.stdin as unknown as { unref?: () => void }).unref?.();
-      (c.stdout as unknown as { unref?: () => void }).unref?.();
-      (c.stderr as unknown as { unref?: () => void }).unref?.();
-      let released = false;
-      return {
-        path,
-        release: async () => {
-          if (released) return;
-          released = true;
-          await new Promise<void>((res) => {
-            if (c.exitCode !== null || c.signalCode !== null) return res();
-            c.ref(); // wait for the holder to drop the lock (and its file) before we go on or exit
-            c.once("exit", () => res());
-            c.stdin!.end();
-            setTimeout(() => {
-              c.kill("SIGKILL");
-              res();
-            }, 5000).unref();
-          });
-        },
-      };
+    let fd: number;
+    try {
+      mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+      fd = openSync(path, constants.O_RDWR | constants.O_CREAT, 0o600);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (o.optional && (code === "EACCES" || code === "EPERM" || code === "EROFS")) return { path, release: async () => {} };
+      throw new TrustvolError("EIO", `cannot take the re-encryption lock ${path} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, "check that /run is writable");
     }
-    if (r.code === 76) continue;
-    if (r.code === 75) throw new TrustvolError("EBUSY", "the device is being re-encrypted (or activated mid-re-encryption) by another process (cryptsetup or trustvol)", `wait for it to finish; the lock is ${path}`);
-    throw new TrustvolError("EIO", `cannot take the re-encryption lock ${path} (${(r.err ?? "").trim().split("\n").pop() || `exit ${r.code}`})`, "check that /run is writable and util-linux flock is installed");
+    const r = await flockFd(fd);
+    if (r.code !== 0) {
+      closeSync(fd);
+      if (r.code === 75) throw new TrustvolError("EBUSY", "the device is being re-encrypted (or activated mid-re-encryption) by another process (cryptsetup or trustvol)", `wait for it to finish; the lock is ${path}`);
+      throw new TrustvolError("EIO", `cannot take the re-encryption lock ${path} (${r.err.trim().split("\n").pop() || `flock exit ${r.code}`})`, "check that util-linux flock is installed");
+    }
+    // a releasing holder unlinks the file after we opened it: our lock is then on a file nobody else sees — retry
+    let same = false;
+    try {
+      same = sameFile(fstatSync(fd), statSync(path));
+    } catch {
+      same = false;
+    }
+    if (!same) {
+      closeSync(fd);
+      continue;
+    }
+    let released = false;
+    return {
+      path,
+      release: async () => {
+        if (released) return;
+        released = true;
+        try {
+          if (sameFile(fstatSync(fd), statSync(path))) unlinkSync(path);
+        } catch {
+          /* already gone */
+        }
+        closeSync(fd);
+      },
+    };
   }
   throw new TrustvolError("EBUSY", `the re-encryption lock ${path} keeps being replaced`, "another process is taking and releasing it; try again");
 }

@@ -239,14 +239,14 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
           if (dmInfo(hotzone)) throw new TrustvolError("EBUSY", `${hotzone} already exists`, "remove the leftover helper (dmsetup remove) if no re-encryption runs");
           const total = mappedSectors(hot, deviceSize);
           const sub = (n: string) => `CRYPT-SUBDEV-${m[1]}-${n}`;
-          dmCreate(hotzone, `0 ${total} linear ${under.majmin} ${st.newSeg.offset / 512}`, { uuid: sub(hotzone) });
+          dmCreate(hotzone, `0 ${total} linear ${under.majmin} ${st.newSeg.offset / 512}`, { uuid: sub(hotzone), node: false });
           stack.created = true;
           const hz = dmInfo(hotzone)!;
           stack.majmin = `${hz.major}:${hz.minor}`;
           // the overlay starts with what the top device maps now: the metadata before this hotzone (re-encryption
           // is initialised by now, so the old key is referenced by cryptsetup's description, loaded above)
           const curTable = segmentTable((await Luks2Volume.open(dev)).metadata, { device: under.majmin, deviceSize, keySize, uuid, flags });
-          dmCreate(overlay, curTable, { uuid: sub(overlay) });
+          dmCreate(overlay, curTable, { uuid: sub(overlay), node: false });
           const ov = dmInfo(overlay)!;
           dmLoad(name, `0 ${total} linear ${ov.major}:${ov.minor} 0`);
           dmSuspend(name, { noflush: true, nolockfs: true });
@@ -267,7 +267,7 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
         stack.hzSuspended = false;
       },
     };
-    result = await reencrypt(dev, { ...opts, mode: "reencrypt", hotzoneHooks: hooks });
+    result = await reencrypt(dev, { ...opts, mode: "reencrypt", hotzoneHooks: hooks, reencryptionLockHeld: true });
     failed = false;
   } finally {
     try {

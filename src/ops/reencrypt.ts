@@ -24,6 +24,7 @@ import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
 import { extendedLayout, hashBlock, recrypt, runHotzones, sourceOf, type HotzoneEngine } from "./reencrypt-io.js";
+import { lockReencryption, type HeldLock } from "../dm/lock.js";
 export { extendedLayout };
 import {
   DEFAULT_NONE_HOTZONE,
@@ -83,6 +84,8 @@ export interface ReencryptOptions {
    * `after` runs once the hotzone is committed as done.
    */
   hotzoneHooks?: { before(hot: Luks2Metadata, keys: Map<number, Buffer>): Promise<void> | void; after(post: Luks2Metadata): Promise<void> | void };
+  /** The caller already holds cryptsetup's re-encryption lock for this device (online re-encryption takes it itself). */
+  reencryptionLockHeld?: boolean;
 }
 
 export interface ReencryptResult {
@@ -124,7 +127,23 @@ async function encryptLabel(dev: BlockDevice, opts: ReencryptOptions): Promise<s
   return fs.label;
 }
 
+/**
+ * Re-encrypt, encrypt or decrypt `dev` in place (resumable). Holds cryptsetup's re-encryption lock
+ * (/run/cryptsetup/LN_LUKS2-reencryption-<uuid>) from before the first write to the end, as cryptsetup does offline
+ * too, so a cryptsetup or trustvol run on the same device (online or offline) is refused with EBUSY, nothing written.
+ */
 export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): Promise<ReencryptResult> {
+  let lock: HeldLock | undefined;
+  try {
+    return await reencryptLocked(dev, opts, async (uuid) => {
+      if (!opts.reencryptionLockHeld && !lock) lock = await lockReencryption(uuid, { optional: true });
+    });
+  } finally {
+    await lock?.release();
+  }
+}
+
+async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLock: (uuid: string) => Promise<void>): Promise<ReencryptResult> {
   const mode = opts.mode ?? "reencrypt";
   const hdrDev = opts.header ?? dev;
   if (opts.initOnly && opts.resumeOnly) throw usage("--init-only and --resume-only exclude each other");
@@ -137,36 +156,47 @@ export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): 
 
   let volume: Luks2Volume;
   let recovered = false;
-  if (version === null) {
-    if (mode !== "encrypt") throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, "use --encrypt to encrypt a plain device");
-    if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
-    volume = await initEncrypt(dev, hdrDev, opts);
-  } else {
-    volume = await Luks2Volume.open(hdrDev);
-    volume.checkRequirements("write");
-    const status = reencryptStatus(volume.metadata);
-    if (status === "none") {
-      if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
-      if (mode === "encrypt") throw usage(`${hdrDev.name} is already a LUKS2 volume`, "use reencrypt (key rotation) instead of --encrypt");
-      if (mode === "decrypt") await initDecrypt(volume, dev, hdrDev, opts);
-      else await initRotation(volume, dev, opts);
-    } else if (opts.initOnly) throw new TrustvolError("EBUSY", "LUKS2 re-encryption is already initialized in the metadata", "resume it with --resume-only");
-  }
-  const st = loadReencryptState(volume.metadata);
-  if (opts.initOnly) return { mode: st.mode, state: "initialized", recovered, bytes: 0, keyslots: newKeyslots(volume.metadata, st) };
-  if (dataAllDone(volume.metadata, st, dev)) {
-    const keyslots = newKeyslots(finalMetadata(volume.metadata, st).metadata, st);
-    await finishMetadataOnly(volume, dev, hdrDev, st, opts);
-    return { mode: st.mode, state: "finished", recovered, bytes: 0, keyslots };
-  }
-
-  const keys = await unlockForState(volume, hdrDev, st, opts);
+  let initKeys: Map<number, Buffer> | undefined;
   try {
-    const run = await runEngine(volume, dev, hdrDev, keys, opts);
-    recovered = run.recovered;
-    return { mode: st.mode, state: "finished", recovered, bytes: run.bytes, keyslots: newKeyslots(volume.metadata, st) };
+    if (version === null) {
+      if (mode !== "encrypt") throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, "use --encrypt to encrypt a plain device");
+      if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
+      // the UUID is chosen here so that the lock is held before the first write
+      const uuid = opts.uuid ?? crypto.randomUUID();
+      await takeLock(uuid);
+      volume = await initEncrypt(dev, hdrDev, { ...opts, uuid });
+    } else {
+      volume = await Luks2Volume.open(hdrDev);
+      await takeLock(volume.uuid);
+      volume = await Luks2Volume.open(hdrDev); // re-read under the lock: another run may have just finished a step
+      volume.checkRequirements("write");
+      const status = reencryptStatus(volume.metadata);
+      if (status === "none") {
+        if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
+        if (mode === "encrypt") throw usage(`${hdrDev.name} is already a LUKS2 volume`, "use reencrypt (key rotation) instead of --encrypt");
+        if (mode === "decrypt") await initDecrypt(volume, dev, hdrDev, opts);
+        else initKeys = await initRotation(volume, dev, opts);
+      } else if (opts.initOnly) throw new TrustvolError("EBUSY", "LUKS2 re-encryption is already initialized in the metadata", "resume it with --resume-only");
+    }
+    const st = loadReencryptState(volume.metadata);
+    if (opts.initOnly) return { mode: st.mode, state: "initialized", recovered, bytes: 0, keyslots: newKeyslots(volume.metadata, st) };
+    if (dataAllDone(volume.metadata, st, dev)) {
+      const keyslots = newKeyslots(finalMetadata(volume.metadata, st).metadata, st);
+      await finishMetadataOnly(volume, dev, hdrDev, st, opts);
+      return { mode: st.mode, state: "finished", recovered, bytes: 0, keyslots };
+    }
+
+    const keys = initKeys ?? (await unlockForState(volume, hdrDev, st, opts));
+    initKeys = undefined;
+    try {
+      const run = await runEngine(volume, dev, hdrDev, keys, opts);
+      recovered = run.recovered;
+      return { mode: st.mode, state: "finished", recovered, bytes: run.bytes, keyslots: newKeyslots(volume.metadata, st) };
+    } finally {
+      for (const k of keys.values()) wipe(k);
+    }
   } finally {
-    for (const k of keys.values()) wipe(k);
+    if (initKeys) for (const k of initKeys.values()) wipe(k);
   }
 }
 
@@ -315,7 +345,8 @@ function reencryptAreaKeyslot(m: Luks2Metadata, hdrSize: number, mode: "reencryp
 const digestIterations = (opts: ReencryptOptions) => (opts.pbkdf?.forceIterations ? 1000 : undefined);
 
 /** Key rotation: new volume key, new keyslots with the same passphrases (tokens follow), backup segments, requirement. */
-async function initRotation(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOptions): Promise<void> {
+/** Initialise a key rotation; returns the old and the new volume key by digest (the caller wipes them). */
+async function initRotation(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOptions): Promise<Map<number, Buffer>> {
   const m0 = v.metadata;
   const segs = dataSegments(m0);
   if (segs.length !== 1 || segs[0]!.type !== "crypt" || Object.keys(m0.segments).length !== 1) throw new TrustvolError("EUNSUPPORTED", "the volume does not have exactly one crypt data segment");
@@ -391,6 +422,8 @@ async function initRotation(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOpt
     reencryptAreaKeyslot(m, v.header.hdrSize, "reencrypt", opts, dataSize, [seg.sectorSize, ss]);
     assignReencryptDigest(m, new Map([[Number(dOld), oldKey], [dNew, newKey]]), { iterations: digestIterations(opts) });
     await v.commit(m);
+    // the run needs both keys: handing them on saves opening two keyslots again (PBKDF + AF merge each)
+    return new Map([[Number(dOld), Buffer.from(oldKey)], [dNew, Buffer.from(newKey)]]);
   } catch (e) {
     // Nothing references the new keyslots' material: don't leave the new key behind.
     for (const a of written) await wipeArea(v.dev, a.offset, a.size).catch(() => {});

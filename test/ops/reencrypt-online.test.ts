@@ -88,3 +88,14 @@ test("re-encryption lock: cryptsetup's path, exclusive (util-linux flock agrees)
   await again.release();
   assert.throws(() => reencryptLockPath("../../etc"), /bad LUKS2 UUID/);
 });
+
+test("re-encryption lock: an unwritable lock directory refuses (EIO) unless the lock is optional (offline runs by a user)", async (t) => {
+  const saved = process.env.TRUSTVOL_LUKS2_LOCK_DIR;
+  process.env.TRUSTVOL_LUKS2_LOCK_DIR = "/sys/trustvol-no-lock-here"; // mkdir: EPERM even for root
+  t.after(() => (saved === undefined ? delete process.env.TRUSTVOL_LUKS2_LOCK_DIR : (process.env.TRUSTVOL_LUKS2_LOCK_DIR = saved)));
+  const uuid = "0f6b5e4c-1d2e-4a3b-9c8d-7e6f5a4b3c2d";
+  await assert.rejects(lockReencryption(uuid), (e: unknown) => e instanceof TrustvolError && e.code === "EIO" && /cannot take the re-encryption lock/.test(e.message));
+  const none = await lockReencryption(uuid, { optional: true });
+  await none.release();
+  assert.equal(existsSync("/sys/trustvol-no-lock-here"), false);
+});

@@ -5,7 +5,8 @@
 // lenient). Headers are edited here with their checksums recomputed (no trustvol code), so only the engine judges.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { writeFileSync, copyFileSync, openSync, readSync, writeSync, closeSync } from "node:fs";
+import { writeFileSync, copyFileSync, openSync, readSync, writeSync, closeSync, mkdirSync, existsSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { createHash } from "node:crypto";
 import { needTools } from "../helpers/tools.js";
@@ -87,6 +88,31 @@ const hostile = (name: string, edit: (j: LuksJson) => void, extra: string[] = ["
 });
 
 const cases: Case[] = [
+  // What trustvol does not do online (cryptsetup 2.6 does): refused before anything is written, saying what to do.
+  {
+    name: "online --decrypt (the device is open)",
+    make: (dir, pw) => ({ img: luksVolume(dir, pw) }),
+    args: ["--decrypt", "--active-name", "vol"],
+    says: /vol is open: trustvol decrypts offline only; unmount and close it \(trustvol close vol\).*cryptsetup reencrypt --decrypt --header FILE --active-name vol/,
+  },
+  {
+    name: "online rotation with a detached header",
+    make: (dir, pw) => {
+      const img = join(dir, "d.img");
+      const hdr = join(dir, "d.hdr");
+      writePlain(img, 32 * MiB, 14);
+      cs(["luksFormat", "-q", "--type", "luks2", ...FAST_PBKDF, "--header", hdr, "--key-file", pw, img]);
+      return { img, hdr };
+    },
+    args: ["--active-name", "vol"],
+    says: /vol is open: trustvol rotates keys online only with the LUKS2 header on the device, not with --header; .*cryptsetup reencrypt --header \S+ --active-name vol/,
+  },
+  {
+    name: "online --init-only",
+    make: (dir, pw) => ({ img: luksVolume(dir, pw) }),
+    args: ["--init-only", "--active-name", "vol"],
+    says: /vol is open: --init-only and --reduce-device-size are for offline runs/,
+  },
   {
     name: "wrong passphrase (rotation)",
     make: (dir, pw) => ({ img: luksVolume(dir, pw) }),
@@ -211,3 +237,56 @@ for (const c of cases) {
     if (hdr) assert.equal(shaFile(hdr), hdrBefore, "header byte-identical");
   });
 }
+
+// cryptsetup's re-encryption lock held by another process (util-linux flock on the same file: what cryptsetup holds
+// while it re-encrypts online or offline): an offline `trustvol reencrypt` is refused before it writes anything —
+// a fresh rotation, the resume of an initialised one, and --encrypt of a plain device (with --uuid: the lock's name).
+const luksUuid = (img: string) => cs(["luksUUID", img]).stdout.toString().trim();
+
+test("reencrypt refuses while cryptsetup's re-encryption lock is held — one-line error, exit 7, file unchanged", async (t) => {
+  if (!needTools(t, "cryptsetup", "flock")) return;
+  if (!needCliEngine(t)) return;
+  const { dir, cleanup } = fastTmpDir();
+  t.after(cleanup);
+  const saved = process.env.TRUSTVOL_LUKS2_LOCK_DIR;
+  process.env.TRUSTVOL_LUKS2_LOCK_DIR = join(dir, "lockdir"); // the spawned CLI inherits it
+  t.after(() => (saved === undefined ? delete process.env.TRUSTVOL_LUKS2_LOCK_DIR : (process.env.TRUSTVOL_LUKS2_LOCK_DIR = saved)));
+  const pw = join(dir, "pw");
+  writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
+  const plainImg = join(dir, "plain.img");
+  writePlain(plainImg, 32 * MiB, 13);
+  const encUuid = "3f0c9d52-6a1b-4c7e-8d2f-1a2b3c4d5e6f";
+  const runs: { name: string; img: string; uuid: string; args: string[] }[] = [
+    { name: "rotation", img: luksVolume(dir, pw, "rot.img"), uuid: "", args: [] },
+    { name: "resume", img: initOnly(dir, pw, []), uuid: "", args: ["--resume-only"] },
+    { name: "encrypt", img: plainImg, uuid: encUuid, args: ["--encrypt", "--header", join(dir, "enc.hdr"), "--uuid", encUuid] },
+  ];
+  for (const run of runs) {
+    const uuid = run.uuid || luksUuid(run.img);
+    const lockFile = join(dir, "lockdir", `LN_LUKS2-reencryption-${uuid}`);
+    mkdirSync(join(dir, "lockdir"), { recursive: true, mode: 0o700 });
+    // one process holds the descriptor (killing it releases the lock), as cryptsetup does
+    const holder = spawn("sh", ["-c", 'exec 9>>"$1" && flock -n 9 && echo locked && exec sleep 600', "holder", lockFile], { stdio: ["ignore", "pipe", "ignore"] });
+    t.after(() => holder.kill("SIGKILL"));
+    await new Promise<void>((res, rej) => {
+      holder.stdout!.once("data", () => res());
+      holder.once("exit", (c) => rej(new Error(`the lock holder exited (${c})`)));
+    });
+    assert.notEqual(spawnSync("flock", ["-n", lockFile, "true"]).status, 0, "the holder has the lock");
+    const before = shaFile(run.img);
+    const r = tv(["reencrypt", "-q", ...run.args, "--key-file", pw, ...FAST_PBKDF, run.img]);
+    t.diagnostic(`${run.name}: exit ${r.status}: ${r.stderr.trim()}`);
+    const lines = r.stderr.trim().split("\n");
+    assert.equal(r.status, 7, `${run.name}: exit 7 (busy): ${r.stderr}`);
+    assert.equal(lines.length, 1, `${run.name}: one line: ${r.stderr}`);
+    assert.match(lines[0]!, /^trustvol: the device is being re-encrypted .* by another process/);
+    assert.equal(shaFile(run.img), before, `${run.name}: device byte-identical`);
+    if (run.name === "encrypt") assert.equal(existsSync(join(dir, "enc.hdr")), false, "no detached header written");
+    holder.kill("SIGKILL");
+    await new Promise((res) => holder.once("exit", res));
+  }
+  // the lock released: the same rotation runs
+  const r = tv(["reencrypt", "-q", "--key-file", pw, ...FAST_PBKDF, runs[0]!.img]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(existsSync(join(dir, "lockdir", `LN_LUKS2-reencryption-${luksUuid(runs[0]!.img)}`)), false, "trustvol removes the lock file on release");
+});

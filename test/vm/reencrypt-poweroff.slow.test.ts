@@ -78,10 +78,23 @@ test("repeated hard power-offs (TRUSTVOL_POWERCUTS, default 20) at different mom
   let r = await boot(["start", "tv", String(1 << 20)], true);
   assert.equal(r.powerCut, true, `${r.stderr}\n${r.stdout}`);
   let ack = lastAck(r);
+  let missed = 0;
   for (let i = 1; i <= n; i++) {
-    const thresh = ((i * 7) % 30) << 20; // 0..29 MiB of 32, in a scattered order
+    const thresh = ((i * 7 + missed) % 30) << 20; // 0..29 MiB of 32, in a scattered order
     const last = i === n;
     r = await boot(last ? ["check", "tv", String(ack)] : ["check", "tv", String(ack), String(thresh), "tv"], !last);
+    if (!last && !r.powerCut && facts(r).run_ended_before_cut === "0") {
+      // the run finished between two polls of its progress (its last hotzone is quick): no cut this time, the data
+      // checks of this boot still count; the next boot starts a new rotation and cuts it
+      const g = facts(r);
+      for (const k of ["open_rc", "fsck_rc", "files_rc"]) assert.equal(g[k], "0", `${k}: ${r.stdout}`);
+      assert.equal(g.writer_ok, "1", r.stdout);
+      assert.ok(++missed <= 3, `the run finished before the cut ${missed} times: ${r.stdout}`);
+      process.stderr.write(`power cut ${i}/${n}: the run finished before the cut point; retrying with another point\n`);
+      ack = Math.max(ack, lastAck(r));
+      i--;
+      continue;
+    }
     const f = check(r, `cut ${i}`, !last);
     states.push(f.state_before!);
     if (f.recovered === "1") recovered++;

@@ -1,5 +1,6 @@
 // `trustvol reencrypt DEVICE`: cryptsetup's `reencrypt --force-offline-reencrypt` verb and option spellings.
 // Parses and prints only; the engine is src/ops/reencrypt.ts.
+import { existsSync, statSync, unlinkSync } from "node:fs";
 import { Option, type Command } from "commander";
 import { io } from "../io.js";
 import { FileBlockDevice } from "../../blockdev/file.js";
@@ -86,6 +87,9 @@ export function registerReencryptCommands(program: Command): void {
       const secrets: Buffer[] = [];
       const sig = abortOnSignal();
       const bar = progressBar("Re-encrypting", o.progress !== false && !o.progressJson && !o.json && process.stderr.isTTY === true);
+      // --encrypt creates its detached header file: a refusal before anything is written must not leave it behind
+      const createdHeader = mode === "encrypt" && !!o.header && !existsSync(o.header as string);
+      let ok = false;
       try {
         if (o.header) hdr = await FileBlockDevice.open(o.header as string, { create: mode === "encrypt" });
         const isLuks = (await probeLuksVersion(hdr)) !== null;
@@ -131,8 +135,10 @@ export function registerReencryptCommands(program: Command): void {
         };
         // Online when the device is open (cryptsetup's rule): --active-name, or its mapping found by UUID.
         let active = o.activeName as string | undefined;
-        if (!active && isLuks && !o.forceOfflineReencrypt && !o.header && mode === "reencrypt") active = findActiveMapping((await Luks2Volume.open(hdr)).uuid);
-        if (active && (mode !== "reencrypt" || o.header || o.initOnly || o.reduceDeviceSize)) throw new TrustvolError("EUSAGE", "online re-encryption (an open device) is key rotation only, without --header, --init-only or --reduce-device-size", "close the device, or use --force-offline-reencrypt for an unused mapping");
+        // Any LUKS2 run (rotation, --decrypt, with or without --header) looks for the mapping: an open device is never
+        // rewritten offline under a mounted file system unless --force-offline-reencrypt says the mapping is unused.
+        if (!active && isLuks && mode !== "encrypt" && !o.forceOfflineReencrypt) active = findActiveMapping((await Luks2Volume.open(hdr)).uuid);
+        if (active) onlineRefusal(active, mode, o);
         if (active) await dev.close();
         const r = active
           ? await reencryptOnline(active, { passphrase, keyslot: o.keySlot as number | undefined, keyslotPassphrases, resilience: o.resilience as ReencryptOptions["resilience"], hash: o.resilienceHash as string | undefined, hotzoneSize: o.hotzoneSize as number | undefined, cipher: o.cipher as string | undefined, keySize: o.keySize as number | undefined, sectorSize: o.sectorSize as number | undefined, pbkdf: pbkdfFrom(o), resumeOnly: !!o.resumeOnly, onProgress, signal: sig.signal })
@@ -159,6 +165,7 @@ export function registerReencryptCommands(program: Command): void {
           onProgress,
           signal: sig.signal,
         });
+        ok = true;
         bar.end();
         if (o.json) printJson(r);
         else if (r.state === "initialized") io.err(`Re-encryption (${r.mode}) initialized in the metadata; finish it with \`trustvol reencrypt --resume-only ${device}\`.\n`);
@@ -168,8 +175,26 @@ export function registerReencryptCommands(program: Command): void {
         for (const s of secrets) wipe(s);
         await dev.close().catch(() => {});
         if (hdr !== dev) await hdr.close();
+        if (!ok && createdHeader) try { if (statSync(o.header as string).size === 0) unlinkSync(o.header as string); } catch { /* gone */ }
       }
     });
 }
 
 export { repairReencryption };
+
+/**
+ * What trustvol cannot do online (cryptsetup 2.6 can: online --decrypt and --encrypt with a detached header, online
+ * rotation with --header): a one-line refusal that says how to get there — offline after closing, or with cryptsetup.
+ */
+function onlineRefusal(active: string, mode: "reencrypt" | "encrypt" | "decrypt", o: Record<string, unknown>): void {
+  const hdr = o.header ? ` --header ${String(o.header)}` : "";
+  const close = `unmount and close it (trustvol close ${active}), then run the same command offline`;
+  if (mode === "decrypt")
+    throw new TrustvolError("EUNSUPPORTED", `${active} is open: trustvol decrypts offline only`, `${close}; or decrypt it online with \`cryptsetup reencrypt --decrypt${hdr || " --header FILE"} --active-name ${active} DEVICE\``);
+  if (mode === "encrypt")
+    throw new TrustvolError("EUNSUPPORTED", `online --encrypt (${active} is active) is not supported by trustvol`, `encrypt it before it is mounted (trustvol reencrypt --encrypt offline), or online with \`cryptsetup reencrypt --encrypt --header FILE --active-name ${active} DEVICE\``);
+  if (o.header)
+    throw new TrustvolError("EUNSUPPORTED", `${active} is open: trustvol rotates keys online only with the LUKS2 header on the device, not with --header`, `${close}; or rotate online with \`cryptsetup reencrypt${hdr} --active-name ${active} DEVICE\``);
+  if (o.initOnly || o.reduceDeviceSize)
+    throw new TrustvolError("EUSAGE", `${active} is open: --init-only and --reduce-device-size are for offline runs`, `drop them to rotate online, or ${close} (--force-offline-reencrypt only when nothing uses the mapping)`);
+}

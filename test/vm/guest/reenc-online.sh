@@ -66,6 +66,8 @@ for j in $(seq 1 600); do grep -q '"device_bytes": *"[1-9]' prog.a 2>/dev/null &
 echo "during_helpers=$(helpers)"
 echo "during_toptable=$(dmsetup table vol | head -1 | cut -d' ' -f3)"
 echo "during_lockfiles=$(ls /run/cryptsetup 2>/dev/null | grep -c LN_LUKS2-reencryption)"
+# the lock itself, as cryptsetup takes it (flock LOCK_EX|LOCK_NB on the file): busy while trustvol runs
+flock -n "$(ls /run/cryptsetup/LN_LUKS2-reencryption-* | head -1)" true; echo "during_flock_rc=$?"
 cryptsetup reencrypt --resume-only --active-name vol --key-file pass "$LA" > cs.busy 2>&1; echo "cs_while_running_rc=$?"
 wait $RP; echo "online_rc=$?"; cat err.a >&2
 t1=$(cut -d' ' -f1 /proc/uptime)

@@ -41,8 +41,13 @@ PY
 }
 killme_at() { # THRESH PID: say KILLME (after a random pause) once the progress file passes THRESH bytes
   local t=$1 pid=$2
+  # bash builtins only: a grep pipeline per poll cost seconds under TCG, longer than a last hotzone with in-process
+  # device-mapper calls, so a run could finish between two polls
+  local s b
   while :; do
-    b=$(grep -o '"device_bytes": *"[0-9]*' prog 2>/dev/null | tail -1 | grep -o '[0-9]*$')
+    b=
+    s=$(<prog) 2>/dev/null
+    [[ $s =~ .*\"device_bytes\":\ *\"([0-9]+) ]] && b=${BASH_REMATCH[1]}
     [ -n "$b" ] && [ "$b" -ge "$t" ] && break
     if ! kill -0 "$pid" 2>/dev/null; then wait "$pid"; echo "run_ended_before_cut=$?"; sed 's/^/run_err: /' err >&2; exit 3; fi
     sleep 0.05
