@@ -8,7 +8,8 @@
 #       modules in /usr/lib/trustvol), the boot integration from `trustvol boot install --initramfs-tools --systemd`
 #       and the files of OVERLAY (e.g. etc/trustvol/boot.conf, test units); the initramfs made by the real
 #       mkinitramfs (in the chroot) for kernel version KVER; the root as an ext4 image made with mkfs.ext4 -d (no
-#       mount). Prints the dir holding rootfs.ext4, initrd.img, sizes.txt; cached by tree + payload + overlay.
+#       mount). Prints the dir holding rootfs.ext4, initrd.img, initrd-dracut.img (the same root's initramfs made by
+#       dracut with trustvol's module), sizes.txt; cached by tree + payload + overlay.
 # The kernel is the QEMU tier's (everything built in), so /lib/modules/KVER only holds what depmod/mkinitramfs need.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -16,6 +17,7 @@ REPO=$(cd "$HERE/.." && pwd)
 PKGS=(
   systemd systemd-sysv udev dbus                     # init, device manager
   initramfs-tools zstd cpio kmod                     # the real mkinitramfs
+  dracut-core                                        # dracut beside it (no conflict without the `dracut` package)
   cryptsetup-bin systemd-cryptsetup dmsetup          # cryptsetup 2.7, systemd-cryptsetup + token plugins, dmsetup
   e2fsprogs util-linux keyutils                      # file systems, mount, keyctl
   tpm2-tools libtss2-tcti-device0t64                 # TPM oracle tools (PCR extend in tests); libtss2 for systemd's TPM2
@@ -108,7 +110,7 @@ inchroot() {
 }
 inchroot node -e "require('/usr/lib/trustvol/native/build/Release/trustvol_native.node'); require('/usr/lib/trustvol/node_modules/argon2'); require('/usr/lib/trustvol/node_modules/pkcs11js')" \
   || { echo "boot-root: the native modules do not load with the guest's node" >&2; exit 1; }
-inchroot trustvol boot install --initramfs-tools --systemd --enable-provision >&2
+inchroot trustvol boot install --initramfs-tools --dracut --systemd --enable-provision >&2
 # Units the overlay brings are enabled (their [Install] section says where).
 if [ -n "$overlay" ] && [ -d "$overlay/etc/systemd/system" ]; then
   for u in "$overlay"/etc/systemd/system/*.service; do [ -f "$u" ] && inchroot systemctl enable "$(basename "$u")" >&2; done
@@ -116,6 +118,14 @@ fi
 inchroot depmod "$kver"
 inchroot mkinitramfs -o "/boot/initrd.img-$kver" "$kver" >&2
 mv "$r/boot/initrd.img-$kver" "$tmp/initrd.img"
+# The same root's initramfs made by dracut instead (scenario 7: trustvol's dracut module, 90trustvol): generic (not
+# host-only), no kernel modules (all built in), systemd inside. Booted with rd.luks=0 (dracut's own LUKS handling off).
+# A dracut failure fails only the dracut test (no initrd-dracut.img), not the image the other boot tests use.
+if inchroot dracut --quiet --force --no-hostonly --no-kernel --zstd --add trustvol --kver "$kver" /boot/initrd-dracut.img >&2; then
+  mv "$r/boot/initrd-dracut.img" "$tmp/initrd-dracut.img"
+else
+  echo "boot-root: dracut failed: no initrd-dracut.img" >&2
+fi
 # Contents for the tests' checks: every regular file's checksum (/usr, /etc and /srv), made before the first boot.
 mkdir -p "$r/usr/share/trustvol-test"
 (cd "$r" && find usr etc srv -xdev -type f ! -path usr/share/trustvol-test/manifest.sha256 -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) > "$tmp/manifest.sha256"
@@ -129,6 +139,7 @@ mkfs.ext4 -q -F -b 4096 -N 16384 -O ^flex_bg -L trustvol-root -d "$r" "$tmp/root
   echo "rootfs_bytes $(stat -c %s "$tmp/rootfs.ext4")"
   echo "root_used_mib $used"
   echo "initrd_bytes $(stat -c %s "$tmp/initrd.img")"
+  [ ! -f "$tmp/initrd-dracut.img" ] || echo "initrd_dracut_bytes $(stat -c %s "$tmp/initrd-dracut.img")"
   echo "node_bytes $(stat -c %s "$node_bin")"
   echo "trustvol_lib_bytes $(du -sb "$lib" | cut -f1)"
 } > "$tmp/sizes.txt"

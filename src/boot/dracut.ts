@@ -19,7 +19,9 @@ install() {
   inst_multiple -o e2fsck resize2fs stty setsid
   local f
   while IFS= read -r -d '' f; do inst "$f"; done < <(find "$TV_PKG" -type f ! -name '*.d.ts' ! -name '*.map' ! -name '*.md' ! -path '*/obj.target/*' ! -path '*/prebuilds/*' -print0)
-  while IFS= read -r -d '' f; do inst_library "$f"; done < <(find "$TV_PKG" -type f -name '*.node' -print0)
+  # Native modules: their shared libraries too (inst_binary resolves an ELF file's dependencies; dracut has no
+  # inst_library any more).
+  while IFS= read -r -d '' f; do inst_binary "$f"; done < <(find "$TV_PKG" -type f -name '*.node' -print0)
   printf '#!/bin/sh\\nexec /usr/bin/node %s/%s "$@"\\n' "$TV_PKG" "$TV_ENTRY" > "\${initdir}/usr/bin/trustvol"
   chmod 755 "\${initdir}/usr/bin/trustvol"
   inst_simple /etc/trustvol/boot.conf

@@ -667,7 +667,10 @@ async function trustedKeyVolume(vol: VolumeConfig, i: number, path: string | und
     return report;
   }
   const { createTrustedVolume, openTrustedVolume } = await import("./open.js");
-  const keyOptions = t.type === "trusted-key" && t.keyhandle !== undefined ? { keyhandle: t.keyhandle } : {};
+  // TPM 2.0 trusted keys need a persistent parent: systemd's SRK (0x81000001) unless the config names another.
+  const { SYSTEMD_SRK_HANDLE } = await import("../trust/tpm2/srk.js");
+  const keyhandle = t.type === "trusted-key" ? (t.keyhandle ?? (t.source === "tpm" ? SYSTEMD_SRK_HANDLE : undefined)) : undefined;
+  const keyOptions = keyhandle !== undefined ? { keyhandle } : {};
   if (!exists && o.stage === "initramfs") {
     // /etc in an initramfs is a RAM copy: a descriptor written there would be lost. The system stage creates it.
     log(`${vol.name}: no ${what} descriptor yet (${t.descriptor}): the system stage creates the volume`);
@@ -694,6 +697,7 @@ async function trustedKeyVolume(vol: VolumeConfig, i: number, path: string | und
         await createCaamVolume({ descriptor: t.descriptor, keygen: caam!, keySize: t.key_size, encryption: t.key_encryption, sectorSize: t.sector_size });
         log(`${vol.name}: new data volume keyed by a CAAM black key (${caam!.description})`);
       } else {
+        if (t.source === "tpm" && keyhandle === SYSTEMD_SRK_HANDLE) await ensureSrk(vol.name, log);
         createTrustedVolume(path, { descriptor: t.descriptor, source: t.source, keyOptions });
         log(`${vol.name}: new data volume keyed by a ${t.source} trusted key`);
       }
@@ -712,4 +716,18 @@ async function trustedKeyVolume(vol: VolumeConfig, i: number, path: string | und
     if (caam && !o.caamKeygen) await caam.close();
   }
   return report;
+}
+
+/**
+ * systemd's SRK at 0x81000001, created (and made persistent) when missing, as systemd-tpm2-setup does on a measured-UKI
+ * boot: a kernel trusted key on a TPM 2.0 seals under a persistent parent. Through TRUSTVOL_TPM2_DEVICE / /dev/tpmrm0.
+ */
+async function ensureSrk(name: string, log: (s: string) => void): Promise<void> {
+  const { withTpm } = await import("./handlers.js");
+  const { getOrCreateSrk } = await import("../trust/tpm2/srk.js");
+  const created = await withTpm({}, async (src) => (await getOrCreateSrk(src.tpm)).created).catch((e: unknown) => {
+    const why = e instanceof TrustvolError ? e.message : String(e);
+    throw new TrustvolError("EDEVICE", `${name}: cannot find or create the TPM's SRK (0x81000001) for the trusted key: ${why}`, "check the TPM (/dev/tpmrm0), or give trust.keyhandle of an existing storage key; nothing was changed");
+  });
+  if (created) log(`${name}: created the TPM's storage root key at 0x81000001 (parent of the trusted key)`);
 }

@@ -398,3 +398,82 @@ export function provisionJson(extra: Record<string, unknown> = {}): string {
     ],
   }, null, 2) + "\n";
 }
+
+// ------------------------------------------------------------------ scenario 6 (PKCS#11 root, trusted-key data)
+
+/** A file of the image's initramfs (mkinitramfs's zstd newc archive), or undefined. */
+export function initrdFile(img: BootImage, name: string): string | undefined {
+  const buf = run("zstd", ["-q", "-d", "-c", img.initrd]).stdout;
+  let off = 0;
+  const up4 = (n: number) => (n + 3) & ~3;
+  while (off + 110 <= buf.length && buf.toString("latin1", off, off + 6) === "070701") {
+    const field = (i: number) => parseInt(buf.toString("latin1", off + 6 + i * 8, off + 14 + i * 8), 16);
+    const size = field(6), nameLen = field(11);
+    const n = buf.toString("latin1", off + 110, off + 110 + nameLen - 1);
+    const data = up4(off + 110 + nameLen);
+    if (n === "TRAILER!!!") break;
+    if (n === name || n === `./${name}`) return buf.toString("utf8", data, data + size);
+    off = up4(data + size);
+  }
+  return undefined;
+}
+
+/**
+ * initramfs-tools runs a boot phase's scripts in the order mkinitramfs wrote to scripts/PHASE/ORDER: a script appended
+ * later (initrdWith) runs only when ORDER names it. The image's ORDER with `script` first (its "$@" call included).
+ */
+export function initrdOrderFirst(img: BootImage, phase: string, script: string): string {
+  const order = initrdFile(img, `scripts/${phase}/ORDER`) ?? "";
+  return `/scripts/${phase}/${script} "$@"\n[ -e /conf/param.conf ] && . /conf/param.conf\n${order}`;
+}
+
+/**
+ * makeDisk's layout plus more partitions after the root, each `mib` MiB of zeros, named by GPT `name` (PARTLABEL=).
+ * The root keeps partition number 2 (/dev/vda2).
+ */
+export function makeDiskWithParts(disk: string, o: { root: string; boot?: Record<string, Uint8Array | string>; rootSlack?: number; parts: { name: string; mib: number }[] }): void {
+  makeDisk(disk, o);
+  const rootMiB = Math.ceil((statSync(o.root).size + (o.rootSlack ?? 0)) / MiB);
+  let start = 1 + BOOT_MIB + rootMiB;
+  const extraMiB = o.parts.reduce((a, p) => a + p.mib, 0);
+  run("truncate", ["-s", String((start + extraMiB + 1) * MiB), disk]);
+  let table = `label: gpt\nstart=1MiB, size=${BOOT_MIB}MiB, type=linux, name=tvboot\nstart=${1 + BOOT_MIB}MiB, size=${rootMiB}MiB, type=linux, name=trustvol-root\n`;
+  for (const p of o.parts) {
+    table += `start=${start}MiB, size=${p.mib}MiB, type=linux, name=${p.name}\n`;
+    start += p.mib;
+  }
+  // Rewrites the partition table only (GPT header, entries, backup at the new end); the contents stay.
+  run("sfdisk", ["-q", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions", "never", disk], { input: table });
+}
+
+/**
+ * A factory LUKS2 root as `trustvol image encrypt` makes it from the image's root with `files` written into the ext4
+ * first (debugfs): the factory passphrase keyslot only, no token; the device enrolls its trust source at first boot.
+ */
+export async function factoryLuksRoot(img: BootImage, dir: string, files: Record<string, string | Uint8Array>, key: string, secret: string[] = []): Promise<string> {
+  const { trustvol } = await import("./cli.js");
+  const root = join(dir, "root.ext4");
+  run("cp", ["--sparse=always", img.rootfs, root]);
+  // ext4Write needs the parent directories: make the missing ones (debugfs mkdir of an existing one only complains).
+  const dirs = new Set<string>();
+  for (const p of Object.keys(files)) {
+    const segs = p.replace(/^\/+/, "").split("/");
+    for (let i = 1; i < segs.length; i++) dirs.add(segs.slice(0, i).join("/"));
+  }
+  run("debugfs", ["-w", "-f", "-", root], { input: [...dirs].sort().map((d) => `mkdir ${d}\n`).join("") });
+  ext4Write(root, files);
+  // ext4Write leaves 0644: secrets (PIN files) 0600.
+  if (secret.length) run("debugfs", ["-w", "-f", "-", root], { input: secret.map((p) => `sif ${p.replace(/^\/+/, "")} mode 0100600\n`).join("") });
+  const keyFile = join(dir, "factory.key");
+  writeFileSync(keyFile, key, { mode: 0o600 });
+  const luks = join(dir, "root.luks");
+  const r = trustvol(["image", "encrypt", root, luks, "--key-file", keyFile, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--no-progress", "--label", "trustvol-root"]);
+  if (r.status !== 0) throw new Error(`image encrypt failed (${r.status}): ${r.stderr.trim()}`);
+  rmSync(root, { force: true });
+  return luks;
+}
+
+/** The boot tier's package tree (scripts/boot-root.sh --check), for files a test adds to the initramfs. */
+export function bootTree(): string {
+  return run("bash", [SCRIPT, "--check"]).stdout.toString().trim();
+}
