@@ -6,7 +6,7 @@
 //   makeDisk(disk, { root: img.rootfs, boot: { "trustvol/root-header.img": hdr } });
 //   const r = await bootGuest({ disk, img, tpmStateDir });   // r.console, r.report (TVTEST lines), r.unlockedAt
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -366,6 +366,30 @@ export async function provisionOnHost(img: BootImage, dir: string, tpmState: str
   const hdrFile = join(dir, "root-header.img");
   ok(trustvol(["header", "backup", luks, "--file", hdrFile]), "header backup");
   return { luks, header: readFileSync(hdrFile), key };
+}
+
+/**
+ * The guest setup the boot tests share. A disk whose root was provisioned on the host (provisionOnHost: LUKS2, TPM2
+ * PCR 7, header backup on the boot partition), with its swtpm state dir.
+ */
+export async function hostProvisionedDisk(img: BootImage, dir: string, o: { sealToOtherPcr7?: boolean } = {}): Promise<{ disk: string; tpmState: string; key: string }> {
+  const tpmState = join(dir, "tpm");
+  const { luks, header, key } = await provisionOnHost(img, dir, tpmState, o);
+  const disk = join(dir, "disk.img");
+  makeDisk(disk, { root: luks, boot: { "trustvol/root-header.img": header } });
+  return { disk, tpmState, key };
+}
+
+/**
+ * A copy of the image's root and initramfs set up for `trustvol provision` at boot: `cfg` (provision.json) and
+ * BOOT_CONF_PROVISION in both, `initrdExtra` (e.g. a factory key) in the initramfs only.
+ */
+export function provisioningRoot(img: BootImage, dir: string, cfg: string, initrdExtra: Record<string, { data: Uint8Array | string; mode?: number }> = {}): { root: string; initrd: string } {
+  const root = join(dir, "root.ext4");
+  copyFileSync(img.rootfs, root);
+  ext4Write(root, { "etc/trustvol/provision.json": cfg, "etc/trustvol/boot.conf": BOOT_CONF_PROVISION });
+  const initrd = initrdWith(img, join(dir, "initrd.img"), { "etc/trustvol/provision.json": { data: cfg }, "etc/trustvol/boot.conf": { data: BOOT_CONF_PROVISION }, ...initrdExtra });
+  return { root, initrd };
 }
 
 /** boot.conf of the provisioning tests: `trustvol provision --stage initramfs` at every boot, fail closed. */

@@ -9,7 +9,7 @@ import { copyFileSync, writeFileSync, openSync, readSync, closeSync } from "node
 import { join } from "node:path";
 import { tmpDir } from "../helpers/tools.js";
 import { trustvol } from "../helpers/cli.js";
-import { needBootImage, makeDisk, bootGuest, unexpectedMismatches, initrdWith, ext4Write, rootPartition, BOOT_CONF_PROVISION, provisionJson } from "../helpers/boot.js";
+import { needBootImage, makeDisk, bootGuest, unexpectedMismatches, provisioningRoot, rootPartition, provisionJson } from "../helpers/boot.js";
 
 let tmp: { dir: string; cleanup: () => void };
 before(() => (tmp = tmpDir("trustvol-boot-factory-")));
@@ -32,20 +32,13 @@ test("factory LUKS2 image: boot 1 enrols + wipes + rotates, power cut mid-way, b
   const img = needBootImage(t);
   if (!img) return;
   const cfg = provisionJson({ encrypt_plain: false, rotate_key: true, factory: { key_file: "/etc/trustvol/factory.key" } });
-  const root = join(tmp.dir, "root.ext4");
-  copyFileSync(img.rootfs, root);
-  ext4Write(root, { "etc/trustvol/provision.json": cfg, "etc/trustvol/boot.conf": BOOT_CONF_PROVISION });
+  // The factory secret reaches the initramfs as the config names it (a per-image secret LmP discards at first boot).
+  const { root, initrd } = provisioningRoot(img, tmp.dir, cfg, { "etc/trustvol/factory.key": { data: FACTORY_KEY, mode: 0o600 } });
   const key = join(tmp.dir, "factory.key");
   writeFileSync(key, FACTORY_KEY, { mode: 0o600 });
   const luks = join(tmp.dir, "root.luks");
   const enc = trustvol(["image", "encrypt", root, luks, "--key-file", key, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--no-progress", "--label", "trustvol-root"]);
   assert.equal(enc.status, 0, enc.stderr);
-  // The factory secret reaches the initramfs as the config names it (a per-image secret LmP discards at first boot).
-  const initrd = initrdWith(img, join(tmp.dir, "initrd.img"), {
-    "etc/trustvol/provision.json": { data: cfg },
-    "etc/trustvol/boot.conf": { data: BOOT_CONF_PROVISION },
-    "etc/trustvol/factory.key": { data: FACTORY_KEY, mode: 0o600 },
-  });
   const diskA = join(tmp.dir, "a.img");
   const diskB = join(tmp.dir, "b.img");
   makeDisk(diskA, { root: luks, boot: { "trustvol/.keep": "" } });

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { tmpDir } from "../helpers/tools.js";
-import { needBootImage, makeDisk, bootGuest, provisionOnHost, initrdWith } from "../helpers/boot.js";
+import { needBootImage, bootGuest, hostProvisionedDisk, initrdWith } from "../helpers/boot.js";
 
 let tmp: { dir: string; cleanup: () => void };
 before(() => (tmp = tmpDir("trustvol-boot-rec-")));
@@ -15,10 +15,7 @@ after(() => tmp?.cleanup());
 test("PCR 7 changed: no unattended unlock; the recovery key typed on the console unlocks; fail-closed stops the boot", { timeout: 1_800_000 }, async (t) => {
   const img = needBootImage(t);
   if (!img) return;
-  const tpmState = join(tmp.dir, "tpm");
-  const { luks, header, key } = await provisionOnHost(img, tmp.dir, tpmState, { sealToOtherPcr7: true });
-  const disk = join(tmp.dir, "disk.img");
-  makeDisk(disk, { root: luks, boot: { "trustvol/root-header.img": header } });
+  const { disk, tpmState, key } = await hostProvisionedDisk(img, tmp.dir, { sealToOtherPcr7: true });
 
   const b = await bootGuest({ disk, img, tpmStateDir: tpmState, type: { when: /Enter passphrase for \/dev\/vda2/, text: readFileSync(key, "utf8").replace(/\n$/, "") + "\r" } });
   assert.match(b.console, /no token unlocked \/dev\/vda2/);
