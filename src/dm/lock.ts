@@ -6,6 +6,8 @@
 //
 // Node has no flock(2): a small child shell (util-linux flock) opens, locks and verifies the file, says "locked", and
 // holds the lock until its stdin closes — when we release it, or when this process dies in any way (SIGKILL too).
+// It runs in an initramfs too (opening a volume mid-re-encryption): only sh, mkdir, flock, stat, head and rm, which
+// the boot hooks copy in (klibc's initramfs has no dirname).
 import { spawn, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
 import { TrustvolError } from "../util/errors.js";
@@ -27,7 +29,7 @@ export interface HeldLock {
 
 // $1 = lock file. Exit 75 = busy, 76 = the file was replaced under us (retry), 0 after the release.
 const HOLDER = `umask 077
-d=$(dirname "$1"); [ -d "$d" ] || mkdir -p -m 0700 "$d" 2>/dev/null || [ -d "$d" ] || exit 71
+d=\${1%/*}; [ -d "$d" ] || mkdir -p -m 0700 "$d" 2>/dev/null || [ -d "$d" ] || exit 71
 exec 9>>"$1" || exit 71
 flock -n 9 || exit 75
 a=$(stat -L -c %d:%i /proc/$$/fd/9); b=$(stat -c %d:%i "$1" 2>/dev/null)
