@@ -12,6 +12,18 @@ import { assertKeyringOnly, checkMappingName, kernelCryptoNames, parseCryptTable
 export interface DmsetupOptions {
   dmsetup?: string;
   timeoutMs?: number;
+  /**
+   * Do not wait for udev to process the uevent (dmsetup --noudevsync). For online re-encryption's stack: resuming the
+   * overlay while the hotzone device under it is suspended makes udev's probe (blkid) of the overlay block on the
+   * hotzone; a dmsetup waiting for udev then waits for itself (seen under systemd: dmsetup resume timed out).
+   * cryptsetup marks these devices private for the same reason.
+   */
+  noUdevSync?: boolean;
+}
+
+/** Whether a call may take the direct ioctl path (TRUSTVOL_DM_IOCTL=1): not when a dmsetup binary or timeout is given. */
+function ioctlPath(o: DmsetupOptions | undefined): boolean {
+  return (!o || (o.dmsetup === undefined && o.timeoutMs === undefined)) && dmIoctlEnabled();
 }
 
 function udevRunning(): boolean {
@@ -26,7 +38,7 @@ interface Res {
 
 export function dmsetupRun(args: string[], input?: string, o: DmsetupOptions = {}): Res {
   const env = udevRunning() ? process.env : { ...process.env, DM_DISABLE_UDEV: "1" };
-  const extra = udevRunning() ? [] : ["--noudevsync"];
+  const extra = !udevRunning() || o.noUdevSync ? ["--noudevsync"] : [];
   const r = spawnSync(o.dmsetup ?? "dmsetup", [...extra, ...args], { input, env, encoding: "utf8", timeout: o.timeoutMs ?? 60_000 });
   if (r.error) {
     if ((r.error as NodeJS.ErrnoException).code === "ENOENT") throw new TrustvolError("EUNSUPPORTED", "dmsetup not found", "install dmsetup (apt-get install dmsetup)");
@@ -186,21 +198,21 @@ export function dmCreate(name: string, table: string, opts: CreateOptions = {}, 
 /** Load a new (inactive) table into an existing mapping; it takes effect at the next resume. */
 export function dmLoad(name: string, table: string, o?: DmsetupOptions): void {
   assertKeyringOnly(table);
-  if (!o && dmIoctlEnabled()) return dmIoctlLoad(name, table);
+  if (ioctlPath(o)) return dmIoctlLoad(name, table);
   const r = dmsetupRun(["load", name], table + "\n", o);
   if (r.status !== 0) throw commonFailure("load", r.stderr) ?? new TrustvolError("EDEVICE", `device-mapper refused the new table for ${name}: ${firstLines(r.stderr)}`);
 }
 
 /** Suspend I/O to a mapping. noflush: keep queued I/O (a mounted file system keeps running, as cryptsetup reencrypt does). */
 export function dmSuspend(name: string, opts: { noflush?: boolean; nolockfs?: boolean } = {}, o?: DmsetupOptions): void {
-  if (!o && dmIoctlEnabled()) return dmIoctlSuspend(name, opts);
+  if (ioctlPath(o)) return dmIoctlSuspend(name, opts);
   const r = dmsetupRun(["suspend", ...(opts.noflush ? ["--noflush"] : []), ...(opts.nolockfs ? ["--nolockfs"] : []), name], undefined, o);
   if (r.status !== 0) throw queryFailure("suspend", name, r.stderr);
 }
 
 /** Resume a mapping (activating a table loaded with dmLoad). */
 export function dmResume(name: string, o?: DmsetupOptions): void {
-  if (!o && dmIoctlEnabled()) return dmIoctlResume(name);
+  if (ioctlPath(o)) return dmIoctlResume(name);
   const r = dmsetupRun(["resume", name], undefined, o);
   if (r.status !== 0) throw queryFailure("resume", name, r.stderr);
 }
