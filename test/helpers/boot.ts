@@ -320,7 +320,7 @@ export function initrdWith(img: BootImage, out: string, files: Record<string, { 
   return out;
 }
 
-/** Write files into an ext4 image without mounting it (debugfs -w); parent directories must exist in the image. */
+/** Write files into an ext4 image without mounting it (debugfs -w); missing parent directories are made. */
 export function ext4Write(image: string, files: Record<string, string | Uint8Array>): void {
   const work = mkdtempSync(join(tmpdir(), "trustvol-ext4w-"));
   try {
@@ -330,6 +330,8 @@ export function ext4Write(image: string, files: Record<string, string | Uint8Arr
       const src = join(work, `f${i++}`);
       writeFileSync(src, c);
       const dest = p.replace(/^\/+/, "");
+      const segs = dest.split("/");
+      for (let k = 1; k < segs.length; k++) cmds.push(`mkdir ${segs.slice(0, k).join("/")}`); // an existing one: a message, no harm
       cmds.push(`rm ${dest}`, `write ${src} ${dest}`, `sif ${dest} mode 0100644`);
     }
     run("debugfs", ["-w", "-f", "-", image], { input: cmds.join("\n") + "\n" });
@@ -343,16 +345,32 @@ export function ext4Write(image: string, files: Record<string, string | Uint8Arr
  * TCG), then `trustvol enroll tpm2 --pcrs 7` against a host swtpm on the guest's TPM state dir (PCR 7 first brought
  * to the guest's value), and a header backup. The factory passphrase stays as the recovery secret.
  */
-export async function provisionOnHost(img: BootImage, dir: string, tpmState: string, o: { sealToOtherPcr7?: boolean } = {}): Promise<{ luks: string; header: Buffer; key: string }> {
+/** provisionOnHost's factory passphrase (kept as the volume's recovery secret). */
+export const HOST_FACTORY_PASSPHRASE = "factory passphrase for the boot test";
+
+export interface HostProvisionOptions {
+  /** Seal to a PCR 7 other than the guest's (a changed Secure Boot state): no unattended unlock. */
+  sealToOtherPcr7?: boolean;
+  /** Files written into (a copy of) the image's root before it is encrypted (test hooks). */
+  rootFiles?: Record<string, string | Uint8Array>;
+}
+
+export async function provisionOnHost(img: BootImage, dir: string, tpmState: string, o: HostProvisionOptions = {}): Promise<{ luks: string; header: Buffer; key: string }> {
   const { trustvol } = await import("./cli.js");
   const { startSwtpm } = await import("./swtpm.js");
   const ok = (r: { status: number; stderr: string }, what: string) => {
     if (r.status !== 0) throw new Error(`${what} failed (${r.status}): ${r.stderr.trim()}`);
   };
   const key = join(dir, "factory.key");
-  writeFileSync(key, "factory passphrase for the boot test", { mode: 0o600 }); // no newline: it is typed at a prompt too
+  writeFileSync(key, HOST_FACTORY_PASSPHRASE, { mode: 0o600 }); // no newline: it is typed at a prompt too
   const luks = join(dir, "root.luks");
-  ok(trustvol(["image", "encrypt", img.rootfs, luks, "--key-file", key, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--no-progress", "--label", "trustvol-root"]), "image encrypt");
+  let rootfs = img.rootfs;
+  if (o.rootFiles) {
+    rootfs = join(dir, "root.ext4");
+    copyFileSync(img.rootfs, rootfs);
+    ext4Write(rootfs, o.rootFiles);
+  }
+  ok(trustvol(["image", "encrypt", rootfs, luks, "--key-file", key, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--no-progress", "--label", "trustvol-root"]), "image encrypt");
   mkdirSync(tpmState, { recursive: true });
   const sw = await startSwtpm({ stateDir: tpmState });
   try {
@@ -372,7 +390,7 @@ export async function provisionOnHost(img: BootImage, dir: string, tpmState: str
  * The guest setup the boot tests share. A disk whose root was provisioned on the host (provisionOnHost: LUKS2, TPM2
  * PCR 7, header backup on the boot partition), with its swtpm state dir.
  */
-export async function hostProvisionedDisk(img: BootImage, dir: string, o: { sealToOtherPcr7?: boolean } = {}): Promise<{ disk: string; tpmState: string; key: string }> {
+export async function hostProvisionedDisk(img: BootImage, dir: string, o: HostProvisionOptions = {}): Promise<{ disk: string; tpmState: string; key: string }> {
   const tpmState = join(dir, "tpm");
   const { luks, header, key } = await provisionOnHost(img, dir, tpmState, o);
   const disk = join(dir, "disk.img");
