@@ -325,13 +325,20 @@ export function ext4Write(image: string, files: Record<string, string | Uint8Arr
   const work = mkdtempSync(join(tmpdir(), "trustvol-ext4w-"));
   try {
     const cmds: string[] = [];
+    const made = new Set<string>();
     let i = 0;
     for (const [p, c] of Object.entries(files)) {
       const src = join(work, `f${i++}`);
       writeFileSync(src, c);
       const dest = p.replace(/^\/+/, "");
+      // Only missing parents: debugfs's mkdir of an existing name adds a second entry (e2fsck then fails).
       const segs = dest.split("/");
-      for (let k = 1; k < segs.length; k++) cmds.push(`mkdir ${segs.slice(0, k).join("/")}`); // an existing one: a message, no harm
+      for (let k = 1; k < segs.length; k++) {
+        const d = segs.slice(0, k).join("/");
+        if (made.has(d)) continue;
+        made.add(d);
+        if (/File not found/.test(run("debugfs", ["-R", `stat ${d}`, image]).stderr)) cmds.push(`mkdir ${d}`);
+      }
       cmds.push(`rm ${dest}`, `write ${src} ${dest}`, `sif ${dest} mode 0100644`);
     }
     run("debugfs", ["-w", "-f", "-", image], { input: cmds.join("\n") + "\n" });
