@@ -17,6 +17,7 @@ install() {
   inst_binary "$(readlink -f "$TV_NODE")" /usr/bin/node
   inst_multiple dmsetup keyctl blkid
   inst_multiple -o e2fsck resize2fs stty setsid
+  inst_multiple flock
   local f
   while IFS= read -r -d '' f; do inst "$f"; done < <(find "$TV_PKG" -type f ! -name '*.d.ts' ! -name '*.map' ! -name '*.md' ! -path '*/obj.target/*' ! -path '*/prebuilds/*' -print0)
   # Native modules: their shared libraries too (inst_binary resolves an ELF file's dependencies; dracut has no

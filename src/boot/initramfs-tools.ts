@@ -46,7 +46,8 @@ TVEOF
 chmod 755 "\${DESTDIR}/usr/bin/trustvol"
 # e2fsck/resize2fs: provisioning shrinks a plain ext4 root before encrypting it in place and grows it back.
 # stty + setsid: the recovery prompt (echo off on the console's tty as the controlling terminal).
-for t in dmsetup keyctl blkid losetup e2fsck resize2fs stty setsid; do
+# flock: cryptsetup's re-encryption lock (opening a volume mid-re-encryption; klibc has none).
+for t in dmsetup keyctl blkid losetup e2fsck resize2fs stty setsid flock; do
   p=$(command -v $t 2>/dev/null) && copy_exec "$p" /usr/sbin/$t
 done
 mkdir -p "\${DESTDIR}/etc/trustvol"

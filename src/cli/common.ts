@@ -130,3 +130,17 @@ export function cliPin(o: Record<string, unknown>): PinInput | undefined {
   if (o.pinFile) return () => readPin(pinSourceFrom(o)!);
   return process.stdin.isTTY ? () => readPin({ kind: "prompt", prompt: "Enter token PIN: " }) : undefined;
 }
+
+/** cryptsetup-style sizes: bytes, or with a unit: 512S, 32K/32KiB (1024), 32KB (1000), M, G, T. */
+export function parseSize(name: string) {
+  return (v: string): number => {
+    const x = /^([0-9]+)(?:(S)|([KMGTP])(iB)?|([KMGTP])B)?$/i.exec(v.trim());
+    if (!x) throw new TrustvolError("EUSAGE", `${name}: "${v}" is not a size (e.g. 32M, 4096, 8S)`);
+    const n = Number(x[1]);
+    const p = "KMGTP".indexOf((x[3] ?? x[5] ?? "").toUpperCase()) + 1;
+    const mul = x[2] ? 512 : x[5] ? 1000 ** p : 1024 ** p;
+    const r = n * mul;
+    if (!Number.isSafeInteger(r)) throw new TrustvolError("EUSAGE", `${name}: ${v} is too large`);
+    return r;
+  };
+}

@@ -15,6 +15,18 @@ import { assertKeyringOnly, checkMappingName, kernelCryptoNames, parseCryptTable
 export interface DmsetupOptions {
   dmsetup?: string;
   timeoutMs?: number;
+  /**
+   * Do not wait for udev to process the uevent (dmsetup --noudevsync). For online re-encryption's stack: resuming the
+   * overlay while the hotzone device under it is suspended makes udev's probe (blkid) of the overlay block on the
+   * hotzone; a dmsetup waiting for udev then waits for itself (seen under systemd: dmsetup resume timed out).
+   * cryptsetup marks these devices private for the same reason.
+   */
+  noUdevSync?: boolean;
+}
+
+/** Whether a call may take the direct ioctl path (TRUSTVOL_DM_IOCTL=1): not when a dmsetup binary or timeout is given. */
+function ioctlPath(o: DmsetupOptions | undefined): boolean {
+  return (!o || (o.dmsetup === undefined && o.timeoutMs === undefined)) && dmIoctlEnabled();
 }
 
 function udevRunning(): boolean {
@@ -29,7 +41,7 @@ interface Res {
 
 export function dmsetupRun(args: string[], input?: string, o: DmsetupOptions = {}): Res {
   const env = udevRunning() ? process.env : { ...process.env, DM_DISABLE_UDEV: "1" };
-  const extra = udevRunning() ? [] : ["--noudevsync"];
+  const extra = !udevRunning() || o.noUdevSync ? ["--noudevsync"] : [];
   const r = spawnSync(o.dmsetup ?? "dmsetup", [...extra, ...args], { input, env, encoding: "utf8", timeout: o.timeoutMs ?? 60_000 });
   if (r.error) {
     if ((r.error as NodeJS.ErrnoException).code === "ENOENT") throw new TrustvolError("EUNSUPPORTED", "dmsetup not found", "install dmsetup (apt-get install dmsetup)");
@@ -97,7 +109,7 @@ export interface DmInfo {
 
 /** `dmsetup info` for one mapping; undefined when it does not exist. */
 export function dmInfo(name: string, o?: DmsetupOptions): DmInfo | undefined {
-  if (!o && dmIoctlEnabled()) return dmIoctlInfo(name);
+  if (ioctlPath(o)) return dmIoctlInfo(name);
   const r = dmsetupRun(["info", "-c", "--noheadings", "--separator", "|", "-o", "name,uuid,open,major,minor,attr", name], undefined, o);
   if (r.status !== 0) {
     if (/not exist|No such device/i.test(r.stderr)) return undefined;
@@ -111,7 +123,7 @@ export function dmInfo(name: string, o?: DmsetupOptions): DmInfo | undefined {
 /** Every mapping: name and dm UUID (`dmsetup info -c` without a name). */
 export function dmList(o?: DmsetupOptions): { name: string; uuid: string }[] {
   if (!deviceMapperPresent()) return [];
-  if (!o && dmIoctlEnabled()) return dmIoctlNames().flatMap((n) => {
+  if (ioctlPath(o)) return dmIoctlNames().flatMap((n) => {
     const i = dmIoctlInfo(n);
     return i ? [{ name: i.name, uuid: i.uuid }] : [];
   });
@@ -146,7 +158,7 @@ function queryFailure(op: string, name: string, stderr: string): TrustvolError {
 
 /** The live table of a mapping (keys are shown as dmsetup shows them: keyring references, or zeros for inline keys). */
 export function dmTable(name: string, o?: DmsetupOptions): string {
-  if (!o && dmIoctlEnabled()) return viaIoctl("table", name, () => dmIoctlTable(name));
+  if (ioctlPath(o)) return viaIoctl("table", name, () => dmIoctlTable(name));
   const r = dmsetupRun(["table", name], undefined, o);
   if (r.status !== 0) throw queryFailure("table", name, r.stderr);
   return r.stdout.trim();
@@ -154,7 +166,7 @@ export function dmTable(name: string, o?: DmsetupOptions): string {
 
 /** The targets' status lines (`dmsetup status`). */
 export function dmStatus(name: string, o?: DmsetupOptions): string {
-  if (!o && dmIoctlEnabled()) return viaIoctl("status", name, () => dmIoctlTable(name, true));
+  if (ioctlPath(o)) return viaIoctl("status", name, () => dmIoctlTable(name, true));
   const r = dmsetupRun(["status", name], undefined, o);
   if (r.status !== 0) throw queryFailure("status", name, r.stderr);
   return r.stdout.trim();
@@ -198,7 +210,7 @@ export function dmCreate(name: string, table: string, opts: CreateOptions = {}, 
   if (dmInfo(name, o)) throw new TrustvolError("EBUSY", `a mapping named ${name} already exists`, `close it first (trustvol close ${name}) or pick another name`);
   const args = ["create", name, ...(opts.uuid ? ["--uuid", opts.uuid] : []), ...(opts.readOnly ? ["--readonly"] : [])];
   const before = ctx.explain ? kernelLog().length : 0; // only a target-specific explanation reads the kernel's lines
-  if (!o && opts.node === false && dmIoctlEnabled()) {
+  if (opts.node === false && ioctlPath(o)) {
     try {
       return dmIoctlCreate(name, table, { uuid: opts.uuid, readOnly: opts.readOnly });
     } catch (e) {
@@ -220,21 +232,21 @@ export function dmCreate(name: string, table: string, opts: CreateOptions = {}, 
 /** Load a new (inactive) table into an existing mapping; it takes effect at the next resume. */
 export function dmLoad(name: string, table: string, o?: DmsetupOptions): void {
   assertKeyringOnly(table);
-  if (!o && dmIoctlEnabled()) return viaIoctl("load", name, () => dmIoctlLoad(name, table));
+  if (ioctlPath(o)) return viaIoctl("load", name, () => dmIoctlLoad(name, table));
   const r = dmsetupRun(["load", name], table + "\n", o);
   if (r.status !== 0) throw commonFailure("load", r.stderr) ?? new TrustvolError("EDEVICE", `device-mapper refused the new table for ${name}: ${firstLines(r.stderr)}`);
 }
 
 /** Suspend I/O to a mapping. noflush: keep queued I/O (a mounted file system keeps running, as cryptsetup reencrypt does). */
 export function dmSuspend(name: string, opts: { noflush?: boolean; nolockfs?: boolean } = {}, o?: DmsetupOptions): void {
-  if (!o && dmIoctlEnabled()) return viaIoctl("suspend", name, () => dmIoctlSuspend(name, opts));
+  if (ioctlPath(o)) return viaIoctl("suspend", name, () => dmIoctlSuspend(name, opts));
   const r = dmsetupRun(["suspend", ...(opts.noflush ? ["--noflush"] : []), ...(opts.nolockfs ? ["--nolockfs"] : []), name], undefined, o);
   if (r.status !== 0) throw queryFailure("suspend", name, r.stderr);
 }
 
 /** Resume a mapping (activating a table loaded with dmLoad). */
 export function dmResume(name: string, o?: DmsetupOptions): void {
-  if (!o && dmIoctlEnabled()) return viaIoctl("resume", name, () => dmIoctlResume(name));
+  if (ioctlPath(o)) return viaIoctl("resume", name, () => dmIoctlResume(name));
   const r = dmsetupRun(["resume", name], undefined, o);
   if (r.status !== 0) throw queryFailure("resume", name, r.stderr);
 }
@@ -287,7 +299,7 @@ export function explainCreateFailure(name: string, stderr: string, ctx: CreateCo
 
 /** Remove a mapping; retries while udev or a closing file system still hold it. */
 export function dmRemove(name: string, opts: { deferred?: boolean } = {}, o?: DmsetupOptions): void {
-  if (!o && !opts.deferred && dmIoctlEnabled()) {
+  if (!opts.deferred && ioctlPath(o)) {
     try {
       dmIoctlRemove(name);
     } catch (e) {

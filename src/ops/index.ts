@@ -11,6 +11,6 @@ export { enrollTpm2, enrollPkcs11, enrollClevis, enrollRecovery, CLEVIS_KEYSLOT_
 export { TOKEN_KEYSLOT_PBKDF } from "./tokens.js";
 export { stageTpm2Update, commitTpm2Update, abortTpm2Update, updateTokens, UPDATE_FIELD, type UpdateCommitOptions, type UpdateCommitResult } from "./tpm2-update.js";
 export { probeSignature, probePath } from "./probe.js";
-export { provision, provisionSeams, resolveDevice, TRANSITIONAL_PASSPHRASE, type ProvisionOptions, type ProvisionReport, type VolumeReport, type ProvisionSeams, type ProvisionStage } from "./provision.js";
+export { provision, resolveDevice, TRANSITIONAL_PASSPHRASE, type ProvisionOptions, type ProvisionReport, type VolumeReport, type ProvisionStage } from "./provision.js";
 export { loadProvisionConfig, parseProvisionConfig, type ProvisionConfig, type VolumeConfig } from "../provision/config.js";
 export { readVolumeState, type VolumeState, type ProvisionStateName } from "../provision/state.js";

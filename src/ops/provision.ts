@@ -34,19 +34,6 @@ const FAST_PBKDF: PbkdfOptions = { type: "pbkdf2", hash: "sha256", forceIteratio
 /** Exit status of `trustvol provision` when a volume was left unencrypted because its config says on_failure: continue-unencrypted. */
 export const EXIT_CONTINUE_UNENCRYPTED = ExitCode.UNENCRYPTED;
 
-/**
- * Where the online re-encryption engine (branch `online`) plugs in. Until it is wired, the initramfs stage finishes a
- * rotation offline before opening the volume (blocking, as LmP does on the boot after an interrupted rotation), and
- * the system stage continues a rotation offline only when the volume is not open.
- */
-export interface ProvisionSeams {
-  /** Continue the rotation of `devicePath` while it is mapped as /dev/mapper/`name`. */
-  reencryptOnline?: (o: { name: string; devicePath: string; keyslotPassphrases: Map<number, Uint8Array>; onProgress?: (done: number, total: number) => void; signal?: AbortSignal }) => Promise<void>;
-  /** Map a device whose rotation is in progress (a table that follows the hotzones), so the boot need not wait. */
-  openInReencryption?: (o: { name: string; devicePath: string; unlock: TokenUnlockContext }) => Promise<void>;
-}
-export const provisionSeams: ProvisionSeams = {};
-
 export type ProvisionStage = "initramfs" | "system";
 
 export interface ProvisionOptions {
@@ -64,8 +51,6 @@ export interface ProvisionOptions {
   doctor?: DoctorOptions | false;
   /** The CAAM for "caam" volumes (default: the config's keygen_device; tests pass the simulator). */
   caamKeygen?: import("../trust/caam/keygen.js").CaamKeygen;
-  /** The re-encryption seams (default: provisionSeams). */
-  seams?: ProvisionSeams;
   /** Step messages for the console. */
   log?: (line: string) => void;
   onProgress?: (p: { volume: string; step: "encrypt" | "rotate"; done: number; total: number }) => void;
@@ -290,15 +275,13 @@ async function provisionVolume(vol: VolumeConfig, i: number, o: ProvisionOptions
         report.steps.push("repair-header");
       }
     }
-    let rotationStartedHere = false;
     for (let guard = 0; guard < 16; guard++) {
       st = await readVolumeState(dev, vol);
       report.state = st.state;
-      const step = await nextStep(st, vol, i, o, inputs, dev, path, log, rotationStartedHere);
+      const step = await nextStep(st, vol, i, o, inputs, dev, path, log);
       if (!step) break;
       wrote = true;
       report.steps.push(step);
-      if (step === "rotate-init") rotationStartedHere = true;
     }
     st = await readVolumeState(dev, vol);
     report.state = st.state;
@@ -311,7 +294,7 @@ async function provisionVolume(vol: VolumeConfig, i: number, o: ProvisionOptions
     }
     if (vol.recovery.mode === "escrow") report.recoveryEscrow = escrowPath(vol, st.uuid ?? "");
     if (o.stage === "initramfs" && o.open !== false && path) {
-      report.mapped = await openVolume(vol, path, inputs, o, log, rotationStartedHere);
+      report.mapped = await openVolume(vol, path, inputs, o, log);
       report.steps.push("open");
     }
     return report;
@@ -338,7 +321,7 @@ function plan(st: VolumeState, vol: VolumeConfig, stage: ProvisionStage, open: b
   };
   s.push(...all[st.state]);
   if (vol.rotate_key && ["plain", "encrypting", "factory", "enrolled", "rotate-pending"].includes(st.state)) s.push("rotate-init");
-  if (vol.rotate_key || st.state === "rotating") s.push(stage === "initramfs" ? "rotate (blocking, until the online engine is wired)" : "rotate");
+  if (vol.rotate_key || st.state === "rotating") s.push(stage === "system" ? "rotate (online when mapped)" : open ? "rotate (online, by the system stage)" : "rotate (offline)");
   if (vol.recovery.mode !== "none" && st.state !== "provisioned") s.push("enroll-recovery");
   if (stage === "system" && vol.header_backup) s.push("header-backup");
   if (stage === "initramfs" && open) s.push("open");
@@ -454,7 +437,7 @@ function defaultModule(tokens: { modulePath?: string }[]): string {
 }
 
 /** One step from the current state; returns its name, or undefined when nothing is left for this stage. */
-async function nextStep(st: VolumeState, vol: VolumeConfig, i: number, o: ProvisionOptions, inp: Inputs, dev: BlockDevice, path: string | undefined, log: (s: string) => void, rotationStartedHere: boolean): Promise<string | undefined> {
+async function nextStep(st: VolumeState, vol: VolumeConfig, i: number, o: ProvisionOptions, inp: Inputs, dev: BlockDevice, path: string | undefined, log: (s: string) => void): Promise<string | undefined> {
   const progress = (step: "encrypt" | "rotate") => (p: { done: number; total: number }) => o.onProgress?.({ volume: vol.name, step, ...p });
   switch (st.state) {
     case "plain": {
@@ -514,15 +497,18 @@ async function nextStep(st: VolumeState, vol: VolumeConfig, i: number, o: Provis
         await v.removeToken(st.markerToken);
         return "unmark-rotation";
       }
-      const seams = o.seams ?? provisionSeams;
-      // Mapped (by us, by systemd-cryptsetup, whatever --no-open says): the data must not be rewritten offline under it.
-      const mapped = path !== undefined && existsSync(`/dev/mapper/${vol.name}`);
-      if (o.stage === "initramfs" && rotationStartedHere && seams.openInReencryption && o.open !== false && path) return undefined; // opened online below
+      // The initramfs stage that opens the volume leaves the data to the system stage: it maps the volume
+      // mid-re-encryption (openVolume) and the boot goes on; trustvol-provision.service continues online.
+      if (o.stage === "initramfs" && o.open !== false && path) return undefined;
+      // Mapped (by the initramfs stage, by systemd-cryptsetup, whatever --no-open says): continued online on the
+      // mapping, never rewritten offline under it. Not mapped (image files, a closed data volume): offline.
+      const mapping = path !== undefined ? await activeMappingOf(dev) : undefined;
       const pass = await tokenPassphrases(dev, inp, vol);
       try {
-        if (mapped) {
-          if (!seams.reencryptOnline) throw new TrustvolError("EUNSUPPORTED", `${vol.name} is open and its key rotation is unfinished, but the online re-encryption engine is not wired in this build`, "it continues offline when the volume is closed (the next boot's initramfs stage does that before opening it)");
-          await seams.reencryptOnline({ name: vol.name, devicePath: path!, keyslotPassphrases: pass, onProgress: (d, t) => progress("rotate")({ done: d, total: t }), ...(o.signal ? { signal: o.signal } : {}) });
+        if (mapping) {
+          log(`${vol.name}: rotating the volume key online (/dev/mapper/${mapping} stays in use)`);
+          const { reencryptOnline } = await import("./reencrypt-online.js");
+          await reencryptOnline(mapping, { resumeOnly: true, keyslotPassphrases: pass, onProgress: progress("rotate"), ...(o.hotzoneSize ? { hotzoneSize: o.hotzoneSize } : {}), ...(o.signal ? { signal: o.signal } : {}) });
         } else {
           log(`${vol.name}: rotating the volume key${o.stage === "initramfs" ? " (blocking)" : ""}`);
           await reencrypt(dev, { resumeOnly: true, keyslotPassphrases: pass, onProgress: progress("rotate"), ...(o.hotzoneSize ? { hotzoneSize: o.hotzoneSize } : {}), ...(o.signal ? { signal: o.signal } : {}) });
@@ -540,6 +526,17 @@ async function nextStep(st: VolumeState, vol: VolumeConfig, i: number, o: Provis
     }
     case "provisioned":
       return undefined;
+  }
+}
+
+/** The device-mapper name of the active mapping of this LUKS2 device (dm UUID CRYPT-LUKS2-<uuid>-<name>), if any. */
+async function activeMappingOf(dev: BlockDevice): Promise<string | undefined> {
+  const uuid = (await Luks2Volume.open(dev)).uuid;
+  const { findActiveMapping } = await import("./reencrypt-online.js");
+  try {
+    return findActiveMapping(uuid);
+  } catch {
+    return undefined; // no device-mapper (dmsetup missing, no /dev/mapper/control): nothing is mapped
   }
 }
 
@@ -607,18 +604,13 @@ async function backupIfChanged(dev: BlockDevice, path: string): Promise<boolean>
 
 // ------------------------------------------------------------------ open (kernel paths: tested in the QEMU tier)
 
-async function openVolume(vol: VolumeConfig, path: string, inp: Inputs, o: ProvisionOptions, log: (s: string) => void, rotationStartedHere: boolean): Promise<string> {
+async function openVolume(vol: VolumeConfig, path: string, inp: Inputs, o: ProvisionOptions, log: (s: string) => void): Promise<string> {
   const mapper = `/dev/mapper/${vol.name}`;
   if (existsSync(mapper)) return mapper;
-  const seams = o.seams ?? provisionSeams;
-  if (rotationStartedHere && seams.openInReencryption) {
-    await seams.openInReencryption({ name: vol.name, devicePath: path, unlock: inp.ctx });
-    return mapper;
-  }
   const { openLuks } = await import("./open.js");
   const { unlockWithTokens } = await import("./tokens.js");
   const tokenType = TRUST_TOKEN_TYPE[vol.trust.type as "tpm2" | "pkcs11"];
-  await openLuks(path, vol.name, async (h) => {
+  const opened = await openLuks(path, vol.name, async (h) => {
     try {
       return await unlockWithTokens(h, inp.ctx, { tokenType });
     } catch (e) {
@@ -632,6 +624,9 @@ async function openVolume(vol: VolumeConfig, path: string, inp: Inputs, o: Provi
       }
     }
   });
+  // Mid-re-encryption (a rotation this boot started, or one a power cut interrupted): mapped with cryptsetup's
+  // multi-segment table (a crashed hotzone recovered first); the system stage continues it online.
+  if (opened.reencrypting) log(`${vol.name}: opened mid-re-encryption${opened.recovered ? " (interrupted hotzone recovered)" : ""}; the key rotation continues in the background`);
   await growFilesystem(mapper, log, vol.name);
   return mapper;
 }

@@ -21,11 +21,14 @@ import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, digestOfSegment } from "../luks2/segment.js";
 import { loadReencryptState, reencryptStatus } from "../luks2/reencrypt-metadata.js";
 import { cryptTable, checkMappingName } from "../dm/table.js";
-import { dmCreate, dmInfo, dmList, dmLoad, dmRemove, dmResume, dmSuspend, dmTable } from "../dm/dmsetup.js";
+import { dmCreate, dmInfo, dmList, dmLoad, dmRemove, dmResume, dmSuspend, dmTable, type DmsetupOptions } from "../dm/dmsetup.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { ioctlAvailable, ioctlRaw } from "../dm/ioctl.js";
 import { paddKey, unlinkKey, type KeyRef } from "../trust/kernel/keyring.js";
 import { reencrypt, unlockForState, type ReencryptOptions, type ReencryptResult } from "./reencrypt.js";
+
+/** The online run's table switches never wait for udev (see DmsetupOptions.noUdevSync: a probe of the overlay blocks on the suspended hotzone device). */
+const NOSYNC: DmsetupOptions = { noUdevSync: true };
 
 /** cryptsetup's keyring description of a LUKS2 volume key (lib/luks2/luks2_digest.c). */
 export function cryptsetupKeyDescription(uuid: string, digest: number): string {
@@ -239,31 +242,31 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
           if (dmInfo(hotzone)) throw new TrustvolError("EBUSY", `${hotzone} already exists`, "remove the leftover helper (dmsetup remove) if no re-encryption runs");
           const total = mappedSectors(hot, deviceSize);
           const sub = (n: string) => `CRYPT-SUBDEV-${m[1]}-${n}`;
-          dmCreate(hotzone, `0 ${total} linear ${under.majmin} ${st.newSeg.offset / 512}`, { uuid: sub(hotzone), node: false });
+          dmCreate(hotzone, `0 ${total} linear ${under.majmin} ${st.newSeg.offset / 512}`, { uuid: sub(hotzone), node: false }, {}, NOSYNC);
           stack.created = true;
           const hz = dmInfo(hotzone)!;
           stack.majmin = `${hz.major}:${hz.minor}`;
           // the overlay starts with what the top device maps now: the metadata before this hotzone (re-encryption
           // is initialised by now, so the old key is referenced by cryptsetup's description, loaded above)
           const curTable = segmentTable((await Luks2Volume.open(dev)).metadata, { device: under.majmin, deviceSize, keySize, uuid, flags });
-          dmCreate(overlay, curTable, { uuid: sub(overlay), node: false });
+          dmCreate(overlay, curTable, { uuid: sub(overlay), node: false }, {}, NOSYNC);
           const ov = dmInfo(overlay)!;
-          dmLoad(name, `0 ${total} linear ${ov.major}:${ov.minor} 0`);
-          dmSuspend(name, { noflush: true, nolockfs: true });
-          dmResume(name);
+          dmLoad(name, `0 ${total} linear ${ov.major}:${ov.minor} 0`, NOSYNC);
+          dmSuspend(name, { noflush: true, nolockfs: true }, NOSYNC);
+          dmResume(name, NOSYNC);
           stack.swapped = true;
         }
-        dmLoad(overlay, segmentTable(hot, { device: under.majmin, deviceSize, keySize, uuid, flags, hotzoneDevice: stack.majmin }));
+        dmLoad(overlay, segmentTable(hot, { device: under.majmin, deviceSize, keySize, uuid, flags, hotzoneDevice: stack.majmin }), NOSYNC);
         // top to bottom: the overlay first, then the hotzone device, then the overlay's new table goes live
-        dmSuspend(overlay, { noflush: true, nolockfs: true });
-        dmSuspend(stack.hotzone, { noflush: true, nolockfs: true });
+        dmSuspend(overlay, { noflush: true, nolockfs: true }, NOSYNC);
+        dmSuspend(stack.hotzone, { noflush: true, nolockfs: true }, NOSYNC);
         stack.hzSuspended = true;
-        dmResume(overlay);
+        dmResume(overlay, NOSYNC);
         dropCache(under.path, dev.fd);
       },
       after: () => {
         if (!stack) return;
-        dmResume(stack.hotzone);
+        dmResume(stack.hotzone, NOSYNC);
         stack.hzSuspended = false;
       },
     };
@@ -291,8 +294,8 @@ async function teardown(name: string, overlay: string, stack: { hotzone: string;
   const crashed = reencryptStatus(m) === "crash";
   if (failed && stack.hzSuspended) {
     // I/O queued in the hotzone device was encrypted for the hot table: it must never reach the disk now.
-    dmLoad(stack.hotzone, `0 ${dmInfoSectors(stack.hotzone)} error`);
-    dmResume(stack.hotzone);
+    dmLoad(stack.hotzone, `0 ${dmInfoSectors(stack.hotzone)} error`, NOSYNC);
+    dmResume(stack.hotzone, NOSYNC);
     stack.hzSuspended = false;
   }
   if (crashed)
@@ -311,13 +314,13 @@ async function teardown(name: string, overlay: string, stack: { hotzone: string;
             return cryptTable({ sectors: BigInt(Math.floor((dev.size - s.offset) / s.sectorSize) * s.sectorSize) / 512n, cipher: s.encryption!, key: { size: keySize(d), type: "logon", description: cryptsetupKeyDescription(uuid, d) }, ivOffset: s.ivTweak, device: under.majmin, offset: BigInt(s.offset / 512), sectorSize: s.sectorSize, ...flags });
           })()
         : segmentTable(m, { device: under.majmin, deviceSize: dev.size, keySize, uuid, flags });
-    dmLoad(name, table);
-    dmSuspend(name, { noflush: true, nolockfs: true });
-    dmResume(name);
+    dmLoad(name, table, NOSYNC);
+    dmSuspend(name, { noflush: true, nolockfs: true }, NOSYNC);
+    dmResume(name, NOSYNC);
   }
-  if (stack.hzSuspended) dmResume(stack.hotzone);
-  try { dmRemove(overlay); } catch { /* best effort, like cryptsetup */ }
-  if (stack.created) try { dmRemove(stack.hotzone); } catch { /* best effort */ }
+  if (stack.hzSuspended) dmResume(stack.hotzone, NOSYNC);
+  try { dmRemove(overlay, {}, NOSYNC); } catch { /* best effort, like cryptsetup */ }
+  if (stack.created) try { dmRemove(stack.hotzone, {}, NOSYNC); } catch { /* best effort */ }
 }
 
 function dmInfoSectors(name: string): string {

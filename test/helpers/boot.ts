@@ -6,7 +6,7 @@
 //   makeDisk(disk, { root: img.rootfs, boot: { "trustvol/root-header.img": hdr } });
 //   const r = await bootGuest({ disk, img, tpmStateDir });   // r.console, r.report (TVTEST lines), r.unlockedAt
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -320,16 +320,25 @@ export function initrdWith(img: BootImage, out: string, files: Record<string, { 
   return out;
 }
 
-/** Write files into an ext4 image without mounting it (debugfs -w); parent directories must exist in the image. */
+/** Write files into an ext4 image without mounting it (debugfs -w); missing parent directories are made. */
 export function ext4Write(image: string, files: Record<string, string | Uint8Array>): void {
   const work = mkdtempSync(join(tmpdir(), "trustvol-ext4w-"));
   try {
     const cmds: string[] = [];
+    const made = new Set<string>();
     let i = 0;
     for (const [p, c] of Object.entries(files)) {
       const src = join(work, `f${i++}`);
       writeFileSync(src, c);
       const dest = p.replace(/^\/+/, "");
+      // Only missing parents: debugfs's mkdir of an existing name adds a second entry (e2fsck then fails).
+      const segs = dest.split("/");
+      for (let k = 1; k < segs.length; k++) {
+        const d = segs.slice(0, k).join("/");
+        if (made.has(d)) continue;
+        made.add(d);
+        if (/File not found/.test(run("debugfs", ["-R", `stat ${d}`, image]).stderr)) cmds.push(`mkdir ${d}`);
+      }
       cmds.push(`rm ${dest}`, `write ${src} ${dest}`, `sif ${dest} mode 0100644`);
     }
     run("debugfs", ["-w", "-f", "-", image], { input: cmds.join("\n") + "\n" });
@@ -343,16 +352,32 @@ export function ext4Write(image: string, files: Record<string, string | Uint8Arr
  * TCG), then `trustvol enroll tpm2 --pcrs 7` against a host swtpm on the guest's TPM state dir (PCR 7 first brought
  * to the guest's value), and a header backup. The factory passphrase stays as the recovery secret.
  */
-export async function provisionOnHost(img: BootImage, dir: string, tpmState: string, o: { sealToOtherPcr7?: boolean } = {}): Promise<{ luks: string; header: Buffer; key: string }> {
+/** provisionOnHost's factory passphrase (kept as the volume's recovery secret). */
+export const HOST_FACTORY_PASSPHRASE = "factory passphrase for the boot test";
+
+export interface HostProvisionOptions {
+  /** Seal to a PCR 7 other than the guest's (a changed Secure Boot state): no unattended unlock. */
+  sealToOtherPcr7?: boolean;
+  /** Files written into (a copy of) the image's root before it is encrypted (test hooks). */
+  rootFiles?: Record<string, string | Uint8Array>;
+}
+
+export async function provisionOnHost(img: BootImage, dir: string, tpmState: string, o: HostProvisionOptions = {}): Promise<{ luks: string; header: Buffer; key: string }> {
   const { trustvol } = await import("./cli.js");
   const { startSwtpm } = await import("./swtpm.js");
   const ok = (r: { status: number; stderr: string }, what: string) => {
     if (r.status !== 0) throw new Error(`${what} failed (${r.status}): ${r.stderr.trim()}`);
   };
   const key = join(dir, "factory.key");
-  writeFileSync(key, "factory passphrase for the boot test", { mode: 0o600 }); // no newline: it is typed at a prompt too
+  writeFileSync(key, HOST_FACTORY_PASSPHRASE, { mode: 0o600 }); // no newline: it is typed at a prompt too
   const luks = join(dir, "root.luks");
-  ok(trustvol(["image", "encrypt", img.rootfs, luks, "--key-file", key, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--no-progress", "--label", "trustvol-root"]), "image encrypt");
+  let rootfs = img.rootfs;
+  if (o.rootFiles) {
+    rootfs = join(dir, "root.ext4");
+    copyFileSync(img.rootfs, rootfs);
+    ext4Write(rootfs, o.rootFiles);
+  }
+  ok(trustvol(["image", "encrypt", rootfs, luks, "--key-file", key, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--no-progress", "--label", "trustvol-root"]), "image encrypt");
   mkdirSync(tpmState, { recursive: true });
   const sw = await startSwtpm({ stateDir: tpmState });
   try {
@@ -366,6 +391,30 @@ export async function provisionOnHost(img: BootImage, dir: string, tpmState: str
   const hdrFile = join(dir, "root-header.img");
   ok(trustvol(["header", "backup", luks, "--file", hdrFile]), "header backup");
   return { luks, header: readFileSync(hdrFile), key };
+}
+
+/**
+ * The guest setup the boot tests share. A disk whose root was provisioned on the host (provisionOnHost: LUKS2, TPM2
+ * PCR 7, header backup on the boot partition), with its swtpm state dir.
+ */
+export async function hostProvisionedDisk(img: BootImage, dir: string, o: HostProvisionOptions = {}): Promise<{ disk: string; tpmState: string; key: string }> {
+  const tpmState = join(dir, "tpm");
+  const { luks, header, key } = await provisionOnHost(img, dir, tpmState, o);
+  const disk = join(dir, "disk.img");
+  makeDisk(disk, { root: luks, boot: { "trustvol/root-header.img": header } });
+  return { disk, tpmState, key };
+}
+
+/**
+ * A copy of the image's root and initramfs set up for `trustvol provision` at boot: `cfg` (provision.json) and
+ * BOOT_CONF_PROVISION in both, `initrdExtra` (e.g. a factory key) in the initramfs only.
+ */
+export function provisioningRoot(img: BootImage, dir: string, cfg: string, initrdExtra: Record<string, { data: Uint8Array | string; mode?: number }> = {}): { root: string; initrd: string } {
+  const root = join(dir, "root.ext4");
+  copyFileSync(img.rootfs, root);
+  ext4Write(root, { "etc/trustvol/provision.json": cfg, "etc/trustvol/boot.conf": BOOT_CONF_PROVISION });
+  const initrd = initrdWith(img, join(dir, "initrd.img"), { "etc/trustvol/provision.json": { data: cfg }, "etc/trustvol/boot.conf": { data: BOOT_CONF_PROVISION }, ...initrdExtra });
+  return { root, initrd };
 }
 
 /** boot.conf of the provisioning tests: `trustvol provision --stage initramfs` at every boot, fail closed. */

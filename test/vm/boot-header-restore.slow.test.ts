@@ -4,9 +4,8 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { openSync, writeSync, closeSync } from "node:fs";
-import { join } from "node:path";
 import { tmpDir } from "../helpers/tools.js";
-import { needBootImage, makeDisk, bootGuest, provisionOnHost, rootPartition } from "../helpers/boot.js";
+import { needBootImage, bootGuest, hostProvisionedDisk, rootPartition } from "../helpers/boot.js";
 
 let tmp: { dir: string; cleanup: () => void };
 before(() => (tmp = tmpDir("trustvol-boot-hdr-")));
@@ -15,10 +14,7 @@ after(() => tmp?.cleanup());
 test("both header copies zeroed: the boot restores the header from the backup, says so and comes up", { timeout: 1_800_000 }, async (t) => {
   const img = needBootImage(t);
   if (!img) return;
-  const tpmState = join(tmp.dir, "tpm");
-  const { luks, header } = await provisionOnHost(img, tmp.dir, tpmState);
-  const disk = join(tmp.dir, "disk.img");
-  makeDisk(disk, { root: luks, boot: { "trustvol/root-header.img": header } });
+  const { disk, tpmState } = await hostProvisionedDisk(img, tmp.dir);
   const fd = openSync(disk, "r+");
   try {
     writeSync(fd, Buffer.alloc(32768), 0, 32768, rootPartition(disk).offset); // primary (0) and secondary (16 KiB)

@@ -4,9 +4,8 @@
 // what the first boot wrote is intact at the second.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { tmpDir } from "../helpers/tools.js";
-import { needBootImage, makeDisk, bootGuest, unexpectedMismatches, provisionOnHost } from "../helpers/boot.js";
+import { needBootImage, bootGuest, unexpectedMismatches, hostProvisionedDisk } from "../helpers/boot.js";
 
 let tmp: { dir: string; cleanup: () => void };
 before(() => (tmp = tmpDir("trustvol-boot-pre-")));
@@ -15,10 +14,7 @@ after(() => tmp?.cleanup());
 test("pre-provisioned LUKS2 root (TPM2, PCR 7) boots unattended via the initramfs-tools hook; every file intact", { timeout: 1_800_000 }, async (t) => {
   const img = needBootImage(t);
   if (!img) return;
-  const tpmState = join(tmp.dir, "tpm");
-  const { luks, header } = await provisionOnHost(img, tmp.dir, tpmState);
-  const disk = join(tmp.dir, "disk.img");
-  makeDisk(disk, { root: luks, boot: { "trustvol/root-header.img": header } });
+  const { disk, tpmState } = await hostProvisionedDisk(img, tmp.dir);
 
   const b1 = await bootGuest({ disk, img, tpmStateDir: tpmState, fullCheck: true });
   assert.ok(b1.completed, "boot 1 reached the report service");

@@ -4,10 +4,10 @@
 // stage) writes the header backup to the plain boot partition and disables itself. Boot 2 unlocks unattended.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync, openSync, readSync, closeSync } from "node:fs";
+import { openSync, readSync, closeSync } from "node:fs";
 import { join } from "node:path";
 import { tmpDir } from "../helpers/tools.js";
-import { needBootImage, makeDisk, bootGuest, unexpectedMismatches, initrdWith, ext4Write, rootPartition, BOOT_CONF_PROVISION, provisionJson } from "../helpers/boot.js";
+import { needBootImage, makeDisk, bootGuest, unexpectedMismatches, provisioningRoot, rootPartition, provisionJson } from "../helpers/boot.js";
 
 let tmp: { dir: string; cleanup: () => void };
 before(() => (tmp = tmpDir("trustvol-boot-prov-")));
@@ -27,11 +27,7 @@ function isLuks(disk: string): boolean {
 test("plain ext4 root: boot 1 encrypts it in place and seals to PCR 7 (provision); boot 2 unattended", { timeout: 1_800_000 }, async (t) => {
   const img = needBootImage(t);
   if (!img) return;
-  const root = join(tmp.dir, "root.ext4");
-  copyFileSync(img.rootfs, root);
-  const cfg = provisionJson();
-  ext4Write(root, { "etc/trustvol/provision.json": cfg, "etc/trustvol/boot.conf": BOOT_CONF_PROVISION });
-  const initrd = initrdWith(img, join(tmp.dir, "initrd.img"), { "etc/trustvol/provision.json": { data: cfg }, "etc/trustvol/boot.conf": { data: BOOT_CONF_PROVISION } });
+  const { root, initrd } = provisioningRoot(img, tmp.dir, provisionJson());
   const disk = join(tmp.dir, "disk.img");
   makeDisk(disk, { root, boot: { "trustvol/.keep": "" } });
   assert.ok(!isLuks(disk));

@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { io, status } from "../io.js";
 import { ExitCode, TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
-import { printJson } from "../common.js";
+import { parseSize, printJson } from "../common.js";
 import { progressBar, progressMode } from "../progress.js";
 import { promptHidden } from "../../util/tty.js";
 
@@ -19,6 +19,7 @@ export function registerProvisionCommands(program: Command): void {
     .addOption(new Option("--stage <stage>", "initramfs: up to opening /dev/mapper/NAME; system: finish the rotation, back up the header").choices(["initramfs", "system"]).default("initramfs"))
     .option("--dry-run", "print the state read from each device and the steps that would run; change nothing")
     .option("--no-open", "do not open /dev/mapper/NAME (image files, or a boot script that opens it itself)")
+    .option("--hotzone-size <size>", "largest re-encryption hotzone of a key rotation (e.g. 4M; default 32M): smaller ones pause I/O to the range for less time", parseSize("--hotzone-size"))
     .option("--json", "print the report as JSON")
     .option("--progress-json", "progress as JSON lines on stderr")
     .option("--no-progress", "no progress bar")
@@ -54,6 +55,7 @@ or token missing).`)
           dryRun: !!o.dryRun,
           open: o.open !== false,
           signal: ac.signal,
+          ...(o.hotzoneSize !== undefined ? { hotzoneSize: o.hotzoneSize as number } : {}),
           log: (s) => {
             bar?.end();
             bar = undefined;
