@@ -20,6 +20,7 @@
 #include <string.h>
 #include <errno.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 /* Keep in sync with src/dmcrypt/native.ts */
@@ -1497,6 +1498,26 @@ static napi_value tv_ioctl(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * memoryLock(lock) -> number: mlockall(MCL_CURRENT) (lock = true) or munlockall(); 0 or -errno. Online re-encryption
+ * of the root suspends a hotzone of the device this process runs from: a page fault into it (node's text evicted
+ * under memory pressure) would wait for a resume only this process can do. cryptsetup mlockall()s for the same reason.
+ */
+static napi_value tv_memory_lock(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool lock = false;
+  if (argc < 1 || napi_get_value_bool(env, argv[0], &lock) != napi_ok) {
+    napi_throw_type_error(env, NULL, "memoryLock(lock: boolean)");
+    return NULL;
+  }
+  int r = lock ? mlockall(MCL_CURRENT) : munlockall();
+  napi_value out;
+  NAPI_CALL(env, napi_create_int32(env, r < 0 ? -errno : 0, &out));
+  return out;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"create", NULL, tv_create, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -1512,6 +1533,7 @@ NAPI_MODULE_INIT() {
       {"hasherEngine", NULL, tv_hasher_engine, NULL, NULL, NULL, napi_enumerable, NULL},
       {"opensslVersion", NULL, tv_openssl_version, NULL, NULL, NULL, napi_enumerable, NULL},
       {"ioctl", NULL, tv_ioctl, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"memoryLock", NULL, tv_memory_lock, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

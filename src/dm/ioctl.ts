@@ -14,6 +14,7 @@ export type IoctlPointer = [offset: number, target: Uint8Array, width: 4 | 8];
 
 interface IoctlAddon {
   ioctl(fd: number, request: number, arg: Uint8Array, pointers?: IoctlPointer[]): number;
+  memoryLock?(lock: boolean): number;
 }
 
 let cached: IoctlAddon | null | undefined;
@@ -66,3 +67,12 @@ export function ioctlRaw(fd: number, request: number, arg: Uint8Array, pointers?
 
 /** Width of a C pointer / `unsigned long` for this process. */
 export const POINTER_WIDTH: 4 | 8 = process.arch === "x64" || process.arch === "arm64" || process.arch === "riscv64" || process.arch === "ppc64" || process.arch === "s390x" ? 8 : 4;
+
+/**
+ * mlockall(MCL_CURRENT) (true) / munlockall() (false) through the addon: 0, -errno, or null without the addon. For online
+ * re-encryption of the device this process runs from (its pages must not fault into a suspended hotzone).
+ */
+export function memoryLock(lock: boolean): number | null {
+  const a = loadIoctl();
+  return a?.memoryLock ? a.memoryLock(lock) : null;
+}
