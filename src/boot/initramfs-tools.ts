@@ -52,6 +52,18 @@ for t in dmsetup keyctl blkid losetup e2fsck resize2fs stty setsid flock; do
 done
 mkdir -p "\${DESTDIR}/etc/trustvol"
 for f in boot.conf provision.json; do [ -r /etc/trustvol/$f ] && cp -p /etc/trustvol/$f "\${DESTDIR}/etc/trustvol/"; done
+# What provision.json names (factory key, PIN files, PKCS#11 module, key descriptors): \`trustvol boot files\`.
+if [ -r /etc/trustvol/provision.json ]; then
+  files=$("$TV_NODE" "$TV_PKG/$TV_ENTRY" boot files --config /etc/trustvol/provision.json) || { echo "trustvol: /etc/trustvol/provision.json is not valid: fix it (trustvol provision --dry-run)" >&2; exit 1; }
+  printf '%s\\n' "$files" | while IFS=' ' read -r kind f; do
+    [ -n "$f" ] || continue
+    if [ ! -r "$f" ]; then echo "trustvol: $f (named by provision.json) is missing: not in the initramfs" >&2; continue; fi
+    if [ "$kind" = library ]; then copy_exec "$f" "$f"; continue; fi
+    mkdir -p "\${DESTDIR}$(dirname "$f")"
+    cp -pL "$f" "\${DESTDIR}$f"
+    if [ "$kind" = secret ]; then echo "trustvol: $f copied into the initramfs: readable by anyone who has the boot partition" >&2; fi
+  done
+fi
 # PKCS#11 module named in boot.conf (e.g. SoftHSM / OP-TEE's libckteec) with its libraries.
 pk=$(sed -n 's/^TRUSTVOL_PKCS11_MODULE=//p' /etc/trustvol/boot.conf | tr -d '"')
 [ -n "$pk" ] && [ -e "$pk" ] && copy_exec "$pk" "$pk"

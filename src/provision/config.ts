@@ -305,3 +305,35 @@ export function loadProvisionConfig(path = DEFAULT_CONFIG_PATH): ProvisionConfig
   }
   return parseProvisionConfig(json, basename(path));
 }
+
+/** A file the initramfs stage reads, and whether it is a secret that leaves the encrypted root by being copied. */
+export interface InitramfsFile {
+  path: string;
+  /** "library": copied with its shared libraries (copy_exec); "file": as is. */
+  kind: "file" | "library";
+  why: string;
+  secret: boolean;
+}
+
+/**
+ * What the initramfs hook must copy for the config to work before the root is mounted: the factory key, PIN files,
+ * the PKCS#11 module and the data volumes' key descriptors (sealed: useless off this device). In config order, once each.
+ */
+export function initramfsFiles(cfg: ProvisionConfig): InitramfsFile[] {
+  const out = new Map<string, InitramfsFile>();
+  const add = (f: InitramfsFile) => void (out.has(f.path) || out.set(f.path, f));
+  const pin = (p: PinSourceConfig, why: string) => typeof p === "object" && add({ path: p.file, kind: "file", why, secret: true });
+  for (const v of cfg.volumes) {
+    if (v.factory) add({ path: v.factory.key_file, kind: "file", why: `${v.name}: factory key`, secret: true });
+    const t = v.trust;
+    if (t.type === "tpm2") pin(t.pin, `${v.name}: TPM2 PIN`);
+    if (t.type === "pkcs11") {
+      if (t.module) add({ path: t.module, kind: "library", why: `${v.name}: PKCS#11 module`, secret: false });
+      pin(t.pin, `${v.name}: PKCS#11 user PIN`);
+      if (t.so_pin) pin(t.so_pin, `${v.name}: PKCS#11 SO PIN`);
+    }
+    if (t.type === "trusted-key" || t.type === "caam") add({ path: t.descriptor, kind: "file", why: `${v.name}: sealed key descriptor`, secret: false });
+    if (v.recovery.mode === "escrow") add({ path: v.recovery.public_key, kind: "file", why: `${v.name}: recovery escrow public key`, secret: false });
+  }
+  return [...out.values()];
+}

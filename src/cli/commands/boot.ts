@@ -93,6 +93,14 @@ export function registerBootCommands(program: Command): void {
       io.out(crypttabLine({ name, device, token: o.token as "tpm2", tokenTimeout: n, headless: o.headless !== false }));
     });
   boot
+    .command("files")
+    .description("list the files the initramfs needs for the provisioning config (the hook copies them): KIND PATH lines, KIND file, secret or library")
+    .option("--config <file>", "provisioning config", "/etc/trustvol/provision.json")
+    .action(async (o: Opts) => {
+      const { loadProvisionConfig, initramfsFiles } = await import("../../provision/config.js");
+      for (const f of initramfsFiles(loadProvisionConfig(String(o.config)))) io.out(`${f.kind === "library" ? "library" : f.secret ? "secret" : "file"} ${f.path}\n`);
+    });
+  boot
     .command("keys")
     .description("list the keys of /etc/trustvol/boot.conf")
     .action(() => {
