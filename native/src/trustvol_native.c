@@ -1098,6 +1098,27 @@ typedef struct {
   int hash_failed; /* OpenSSL failure */
 } tv_hash_job;
 
+/*
+ * Queue a thread-pool job that keeps three JS values (the buffers it works on) alive until it completes; returns its
+ * promise, or NULL with an exception thrown (the job's refs released; the caller frees the job).
+ */
+static napi_value tv_queue_job(napi_env env, napi_value keep[3], napi_ref refs[3], napi_deferred *deferred, napi_async_work *work,
+                               const char *name, napi_async_execute_callback execute, napi_async_complete_callback complete, void *job) {
+  napi_value promise, label;
+  if (napi_create_reference(env, keep[0], 1, &refs[0]) != napi_ok || napi_create_reference(env, keep[1], 1, &refs[1]) != napi_ok ||
+      napi_create_reference(env, keep[2], 1, &refs[2]) != napi_ok || napi_create_promise(env, deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &label) != napi_ok ||
+      napi_create_async_work(env, NULL, label, execute, complete, job, work) != napi_ok || napi_queue_async_work(env, *work) != napi_ok) {
+    for (int i = 0; i < 3; i++)
+      if (refs[i]) napi_delete_reference(env, refs[i]);
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s: could not queue the job", name);
+    napi_throw_error(env, NULL, msg);
+    return NULL;
+  }
+  return promise;
+}
+
 /* Read in slices this big and hash each right away, while it is still in the core's L2 (a 4 MiB read-then-hash
  * would copy the data out to L3 and fetch it back). */
 #define TV_HASH_SLICE (256 * 1024)
@@ -1206,18 +1227,9 @@ static napi_value tv_hash_blocks_async(napi_env env, napi_callback_info info) {
   j->bs = bs;
   j->inp = inp;
   j->out = out;
-  napi_value promise, name;
-  if (napi_create_reference(env, argv[0], 1, &j->refs[0]) != napi_ok || napi_create_reference(env, argv[3], 1, &j->refs[1]) != napi_ok ||
-      napi_create_reference(env, argv[6], 1, &j->refs[2]) != napi_ok || napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
-      napi_create_string_utf8(env, "trustvol:hashBlocks", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_create_async_work(env, NULL, name, tv_hash_execute, tv_hash_complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
-    for (int i = 0; i < 3; i++)
-      if (j->refs[i]) napi_delete_reference(env, j->refs[i]);
-    free(j);
-    napi_throw_error(env, NULL, "hashBlocksAsync: could not queue the job");
-    return NULL;
-  }
+  napi_value keep[3] = {argv[0], argv[3], argv[6]};
+  napi_value promise = tv_queue_job(env, keep, j->refs, &j->deferred, &j->work, "hashBlocksAsync", tv_hash_execute, tv_hash_complete, j);
+  if (!promise) free(j);
   return promise;
 }
 
@@ -1401,18 +1413,9 @@ static napi_value tv_rs_parity_async(napi_env env, napi_callback_info info) {
     return NULL;
   }
   j->a = a;
-  napi_value promise, name;
-  if (napi_create_reference(env, argv[0], 1, &j->refs[0]) != napi_ok || napi_create_reference(env, argv[2], 1, &j->refs[1]) != napi_ok ||
-      napi_create_reference(env, argv[5], 1, &j->refs[2]) != napi_ok || napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
-      napi_create_string_utf8(env, "trustvol:rsParity", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_create_async_work(env, NULL, name, tv_rs_execute, tv_rs_complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
-    for (int i = 0; i < 3; i++)
-      if (j->refs[i]) napi_delete_reference(env, j->refs[i]);
-    free(j);
-    napi_throw_error(env, NULL, "rsParityAsync: could not queue the job");
-    return NULL;
-  }
+  napi_value keep[3] = {argv[0], argv[2], argv[5]};
+  napi_value promise = tv_queue_job(env, keep, j->refs, &j->deferred, &j->work, "rsParityAsync", tv_rs_execute, tv_rs_complete, j);
+  if (!promise) free(j);
   return promise;
 }
 
@@ -1499,20 +1502,23 @@ static napi_value tv_ioctl(napi_env env, napi_callback_info info) {
 }
 
 /*
- * memoryLock(lock) -> number: mlockall(MCL_CURRENT) (lock = true) or munlockall(); 0 or -errno. Online re-encryption
- * of the root suspends a hotzone of the device this process runs from: a page fault into it (node's text evicted
- * under memory pressure) would wait for a resume only this process can do. cryptsetup mlockall()s for the same reason.
+ * lockRange(start, length, lock) -> number: mlock(2) / munlock(2) of [start, start+length) (BigInts from
+ * /proc/self/maps); 0 or -errno. Online re-encryption of the root locks the file-backed mappings (node, its libraries)
+ * so that no page of them is read back from a hotzone this process itself suspended. Not mlockall(): with V8's
+ * reserved-but-uncommitted heap and code ranges locked, its later commits fail (seen: a V8 abort in the guest).
  */
-static napi_value tv_memory_lock(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+static napi_value tv_lock_range(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  bool lock = false;
-  if (argc < 1 || napi_get_value_bool(env, argv[0], &lock) != napi_ok) {
-    napi_throw_type_error(env, NULL, "memoryLock(lock: boolean)");
+  uint64_t start = 0, len = 0;
+  bool lossless = true, lock = false;
+  if (argc < 3 || napi_get_value_bigint_uint64(env, argv[0], &start, &lossless) != napi_ok || !lossless ||
+      napi_get_value_bigint_uint64(env, argv[1], &len, &lossless) != napi_ok || !lossless || napi_get_value_bool(env, argv[2], &lock) != napi_ok) {
+    napi_throw_type_error(env, NULL, "lockRange(start: bigint, length: bigint, lock: boolean)");
     return NULL;
   }
-  int r = lock ? mlockall(MCL_CURRENT) : munlockall();
+  int r = lock ? mlock((const void *)(uintptr_t)start, (size_t)len) : munlock((const void *)(uintptr_t)start, (size_t)len);
   napi_value out;
   NAPI_CALL(env, napi_create_int32(env, r < 0 ? -errno : 0, &out));
   return out;
@@ -1533,7 +1539,7 @@ NAPI_MODULE_INIT() {
       {"hasherEngine", NULL, tv_hasher_engine, NULL, NULL, NULL, napi_enumerable, NULL},
       {"opensslVersion", NULL, tv_openssl_version, NULL, NULL, NULL, napi_enumerable, NULL},
       {"ioctl", NULL, tv_ioctl, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"memoryLock", NULL, tv_memory_lock, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lockRange", NULL, tv_lock_range, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

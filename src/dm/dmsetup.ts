@@ -6,7 +6,7 @@
 // When the native ioctl addon is there (and /dev/mapper/control), the calls go to the kernel in-process instead
 // (dmioctl.ts; TRUSTVOL_DM_IOCTL=0 forces dmsetup): everything but creating a mapping that needs a /dev/mapper node,
 // `targets`, `deps` and deferred removal. An explicit DmsetupOptions (another dmsetup binary) always uses dmsetup.
-import { DmIoctlError, dmIoctlCreate, dmIoctlEnabled, dmIoctlInfo, dmIoctlLoad, dmIoctlNames, dmIoctlRemove, dmIoctlResume, dmIoctlSuspend, dmIoctlTable } from "./dmioctl.js";
+import { DmIoctlError, type DmIoctlInfo, dmIoctlCreate, dmIoctlEnabled, dmIoctlInfo, dmIoctlLoad, dmIoctlNames, dmIoctlRemove, dmIoctlResume, dmIoctlSuspend, dmIoctlTable } from "./dmioctl.js";
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, unlinkSync } from "node:fs";
 import { TrustvolError } from "../util/errors.js";
@@ -97,15 +97,8 @@ export function deviceMapperPresent(): boolean {
   }
 }
 
-export interface DmInfo {
-  name: string;
-  uuid: string;
-  open: number;
-  major: number;
-  minor: number;
-  readOnly: boolean;
-  suspended: boolean;
-}
+/** What `dmsetup info` (or DM_DEV_STATUS) says of a mapping. */
+export type DmInfo = DmIoctlInfo;
 
 /** `dmsetup info` for one mapping; undefined when it does not exist. */
 export function dmInfo(name: string, o?: DmsetupOptions): DmInfo | undefined {

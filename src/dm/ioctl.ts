@@ -3,7 +3,7 @@
 // NXP's /dev/caam-keygen. The struct layouts live in TypeScript next to their users; the addon only patches buffer
 // addresses into a struct (for embedded user pointers) and makes the call.
 import { createRequire } from "node:module";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { constants } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -14,7 +14,7 @@ export type IoctlPointer = [offset: number, target: Uint8Array, width: 4 | 8];
 
 interface IoctlAddon {
   ioctl(fd: number, request: number, arg: Uint8Array, pointers?: IoctlPointer[]): number;
-  memoryLock?(lock: boolean): number;
+  lockRange?(start: bigint, length: bigint, lock: boolean): number;
 }
 
 let cached: IoctlAddon | null | undefined;
@@ -69,10 +69,24 @@ export function ioctlRaw(fd: number, request: number, arg: Uint8Array, pointers?
 export const POINTER_WIDTH: 4 | 8 = process.arch === "x64" || process.arch === "arm64" || process.arch === "riscv64" || process.arch === "ppc64" || process.arch === "s390x" ? 8 : 4;
 
 /**
- * mlockall(MCL_CURRENT) (true) / munlockall() (false) through the addon: 0, -errno, or null without the addon. For online
- * re-encryption of the device this process runs from (its pages must not fault into a suspended hotzone).
+ * Lock (true) or unlock (false) this process's file-backed mappings (node, shared libraries, the addon) in memory:
+ * online re-encryption of the device this process runs from must not read its own code back from a hotzone it has
+ * suspended (cryptsetup mlockall()s; V8's reserved heap ranges make that unusable here). Returns the bytes handled and
+ * the first failure (-errno), or null without the addon.
  */
-export function memoryLock(lock: boolean): number | null {
+export function lockFileMappings(lock: boolean): { bytes: number; error?: number } | null {
   const a = loadIoctl();
-  return a?.memoryLock ? a.memoryLock(lock) : null;
+  if (!a?.lockRange) return null;
+  let bytes = 0;
+  let error: number | undefined;
+  for (const line of readFileSync("/proc/self/maps", "utf8").split("\n")) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (r...) [0-9a-f]+ \S+ (\d+)\s+(\/\S.*)$/.exec(line);
+    if (!m || m[4] === "0") continue; // readable mappings of a file (inode != 0)
+    const start = BigInt(`0x${m[1]}`);
+    const len = BigInt(`0x${m[2]}`) - start;
+    const r = a.lockRange(start, len, lock);
+    if (r === 0) bytes += Number(len);
+    else error ??= r;
+  }
+  return error === undefined ? { bytes } : { bytes, error };
 }

@@ -23,7 +23,7 @@ import { loadReencryptState, reencryptStatus } from "../luks2/reencrypt-metadata
 import { cryptTable, checkMappingName } from "../dm/table.js";
 import { dmCreate, dmInfo, dmList, dmLoad, dmRemove, dmResume, dmSuspend, dmTable, type DmsetupOptions } from "../dm/dmsetup.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
-import { errnoName, ioctlAvailable, ioctlRaw, memoryLock } from "../dm/ioctl.js";
+import { errnoName, ioctlAvailable, ioctlRaw, lockFileMappings } from "../dm/ioctl.js";
 import { paddKey, unlinkKey, type KeyRef } from "../trust/kernel/keyring.js";
 import { reencrypt, unlockForState, type ReencryptOptions, type ReencryptResult } from "./reencrypt.js";
 
@@ -270,14 +270,14 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
         stack.hzSuspended = false;
       },
     };
-    // This process may run from the device it re-encrypts (the root at first boot): its pages are locked in memory so
-    // that no page fault waits on a hotzone only this process resumes (cryptsetup mlockall()s the same way).
-    const locked = memoryLock(true);
-    if (locked !== null && locked < 0) process.emitWarning(`cannot lock trustvol's memory (${errnoName(-locked)}): if ${name} holds trustvol itself, a page fault into a suspended hotzone could stall the re-encryption`, { code: "TRUSTVOL_MEMLOCK" });
+    // This process may run from the device it re-encrypts (the root at first boot): its code (node, libraries) is
+    // locked in memory so that no page fault waits on a hotzone only this process resumes (cryptsetup mlockall()s).
+    const locked = lockFileMappings(true);
+    if (locked?.error !== undefined) process.emitWarning(`cannot lock trustvol's code in memory (${errnoName(-locked.error)}): if ${name} holds trustvol itself, a page fault into a suspended hotzone could stall the re-encryption`, { code: "TRUSTVOL_MEMLOCK" });
     try {
       result = await reencrypt(dev, { ...opts, mode: "reencrypt", hotzoneHooks: hooks, reencryptionLockHeld: true });
     } finally {
-      if (locked === 0) memoryLock(false);
+      if (locked) lockFileMappings(false);
     }
     failed = false;
   } finally {
