@@ -7,10 +7,9 @@
 // trustvol runs as an installed package runs it: dist/cli/run.js (rebuilt first when src/ is newer). From a checkout,
 // bin/trustvol.mjs first walks src/ to compare mtimes — over the guest's 9p root under TCG that alone took 3-8 s.
 // TRUSTVOL_DM_IOCTL=0 measures the dmsetup fallback.
-import { existsSync, readdirSync, statSync } from "node:fs";
-import { spawnSync } from "node:child_process";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
+import { ensureBuilt } from "./built.js";
 import { hasTool } from "../test/helpers/tools.js";
 import { VM_TOOLS, findGuestKernel, runInGuest } from "../test/vm/harness.js";
 
@@ -40,22 +39,12 @@ t0=$(now); node -e 0; t1=$(now); echo "node_start_s=$(echo "$t1 - $t0" | bc)"
 umount /mnt/v; cryptsetup close vol
 `;
 
-/** dist/ as fresh as src/ (the bundle the guest runs). */
-function ensureBuilt(): void {
-  const newest = (d: string): number => readdirSync(d, { withFileTypes: true }).reduce((m, e) => Math.max(m, e.isDirectory() ? newest(join(d, e.name)) : statSync(join(d, e.name)).mtimeMs), 0);
-  const built = join(REPO, "dist/cli/run.js");
-  if (existsSync(built) && statSync(built).mtimeMs >= newest(join(REPO, "src"))) return;
-  console.log("building dist/ (npm run build) so the CLI runs compiled, as it ships");
-  const r = spawnSync("npm", ["run", "build"], { cwd: REPO, encoding: "utf8" });
-  if (r.status !== 0) throw new Error(`npm run build failed: ${r.stdout}${r.stderr}`);
-}
-
 export default async function bench(): Promise<void> {
   if (!VM_TOOLS.every(hasTool) || !findGuestKernel()) {
     console.log("skipped: the QEMU tier is not available (tools or TRUSTVOL_GUEST_KERNEL)");
     return;
   }
-  ensureBuilt();
+  ensureBuilt("dist/cli/run.js");
   const r = await runInGuest({ script, tpm: false, timeoutMs: 1_800_000, env: { TRUSTVOL_DM_IOCTL: process.env.TRUSTVOL_DM_IOCTL ?? "" } });
   if (r.status !== 0) throw new Error(`guest failed (${r.status}): ${r.stderr}\n${r.stdout}`);
   const vals = (k: string) => [...r.stdout.matchAll(new RegExp(`^${k}=([0-9.]+)$`, "gm"))].map((m) => Number(m[1]));

@@ -11,10 +11,11 @@
 // The "CPU floor" line measures, in this process, what one core needs for the crypto and hashing alone: with the dd
 // floor in RAM (/dev/shm) that, not the I/O, bounds the dd ratio.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync, openSync, writeSync, closeSync, copyFileSync, statfsSync, existsSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync, openSync, writeSync, closeSync, copyFileSync, statfsSync, existsSync, readFileSync } from "node:fs";
 import { tmpdir, loadavg, availableParallelism } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
+import { ensureBuilt } from "./built.js";
 import { randomBytes, createHash } from "node:crypto";
 import { createSectorCipher } from "../src/dmcrypt/sector-cipher.js";
 import { loadNative } from "../src/dmcrypt/native.js";
@@ -38,17 +39,6 @@ function measure(cmd: string, args: string[]): Measured {
   const [wall, user, sys, rssKiB] = readFileSync(tf, "utf8").trim().split("\n").at(-1)!.split(" ").map(Number) as [number, number, number, number];
   rmSync(tf, { force: true });
   return { wall, cpu: user + sys, rssMiB: rssKiB / 1024 };
-}
-
-/** dist/ as fresh as src/ (bin/trustvol.mjs runs the sources through tsx otherwise). */
-function ensureBuilt(): void {
-  const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-  const newest = (d: string): number => readdirSync(d, { withFileTypes: true }).reduce((m, e) => Math.max(m, e.isDirectory() ? newest(join(d, e.name)) : statSync(join(d, e.name)).mtimeMs), 0);
-  const built = join(root, "dist/src/cli/run.js");
-  if (existsSync(built) && statSync(built).mtimeMs >= newest(join(root, "src"))) return;
-  console.log("building dist/ (npm run build) so the CLI runs compiled, as it ships");
-  const r = spawnSync("npm", ["run", "build"], { cwd: root, encoding: "utf8" });
-  if (r.status !== 0) throw new Error(`npm run build failed: ${r.stdout}${r.stderr}`);
 }
 
 /**
@@ -86,7 +76,7 @@ export default async function (): Promise<void> {
   const shmRoom = existsSync("/dev/shm") ? statfsSync("/dev/shm").bavail * statfsSync("/dev/shm").bsize : 0;
   const base = process.env.BENCH_DIR ?? (shmRoom > 4 * SIZE_MIB * MiB ? "/dev/shm" : tmpdir());
   const dir = mkdtempSync(join(base, "trustvol-bench-reenc-"));
-  ensureBuilt();
+  ensureBuilt("dist/src/cli/run.js");
   console.log(`working in ${base}; ${SIZE_MIB} MiB device, resilience checksum; load ${loadavg()[0]!.toFixed(1)}`);
   try {
     const pw = join(dir, "pw");

@@ -1098,6 +1098,21 @@ typedef struct {
   int hash_failed; /* OpenSSL failure */
 } tv_hash_job;
 
+/* Settle a thread-pool job's promise (rejected with `error` when not NULL) and release what it held; the caller frees it. */
+static void tv_settle_job(napi_env env, napi_deferred deferred, const char *error, napi_ref refs[3], napi_async_work work) {
+  napi_value v = NULL, m;
+  if (error) {
+    if (napi_create_string_utf8(env, error, NAPI_AUTO_LENGTH, &m) == napi_ok && napi_create_error(env, NULL, m, &v) == napi_ok)
+      napi_reject_deferred(env, deferred, v);
+  } else {
+    napi_get_undefined(env, &v);
+    napi_resolve_deferred(env, deferred, v);
+  }
+  for (int i = 0; i < 3; i++)
+    if (refs[i]) napi_delete_reference(env, refs[i]);
+  napi_delete_async_work(env, work);
+}
+
 /*
  * Queue a thread-pool job that keeps three JS values (the buffers it works on) alive until it completes; returns its
  * promise, or NULL with an exception thrown (the job's refs released; the caller frees the job).
@@ -1163,23 +1178,12 @@ out:
 
 static void tv_hash_complete(napi_env env, napi_status status, void *data) {
   tv_hash_job *j = (tv_hash_job *)data;
-  napi_value result = NULL;
   char msg[160] = "";
   if (status != napi_ok) snprintf(msg, sizeof msg, "hashing job cancelled");
   else if (j->err) snprintf(msg, sizeof msg, "read failed at %lld: %s", (long long)j->pos, strerror(j->err));
   else if (j->eof) snprintf(msg, sizeof msg, "unexpected end of data in the %u blocks at %lld", j->count, (long long)j->pos);
   else if (j->hash_failed) snprintf(msg, sizeof msg, "hashing failed in OpenSSL");
-  if (msg[0]) {
-    napi_value m;
-    if (napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m) == napi_ok && napi_create_error(env, NULL, m, &result) == napi_ok)
-      napi_reject_deferred(env, j->deferred, result);
-  } else {
-    napi_get_undefined(env, &result);
-    napi_resolve_deferred(env, j->deferred, result);
-  }
-  for (int i = 0; i < 3; i++)
-    if (j->refs[i]) napi_delete_reference(env, j->refs[i]);
-  napi_delete_async_work(env, j->work);
+  tv_settle_job(env, j->deferred, msg[0] ? msg : NULL, j->refs, j->work);
   free(j);
 }
 
@@ -1387,19 +1391,7 @@ static void tv_rs_execute(napi_env env, void *data) {
 
 static void tv_rs_complete(napi_env env, napi_status status, void *data) {
   tv_rs_job *j = (tv_rs_job *)data;
-  napi_value v = NULL;
-  if (status != napi_ok || j->failed) {
-    napi_value m;
-    if (napi_create_string_utf8(env, status != napi_ok ? "FEC job cancelled" : "out of memory", NAPI_AUTO_LENGTH, &m) == napi_ok &&
-        napi_create_error(env, NULL, m, &v) == napi_ok)
-      napi_reject_deferred(env, j->deferred, v);
-  } else {
-    napi_get_undefined(env, &v);
-    napi_resolve_deferred(env, j->deferred, v);
-  }
-  for (int i = 0; i < 3; i++)
-    if (j->refs[i]) napi_delete_reference(env, j->refs[i]);
-  napi_delete_async_work(env, j->work);
+  tv_settle_job(env, j->deferred, status != napi_ok ? "FEC job cancelled" : j->failed ? "out of memory" : NULL, j->refs, j->work);
   free(j);
 }
 
