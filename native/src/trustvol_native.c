@@ -977,6 +977,14 @@ static tv_hasher *tv_hasher_unwrap(napi_env env, napi_value v) {
   return (tv_hasher *)p;
 }
 
+/* The hasher handle that is a getter's only argument (NULL: nothing given, or an exception is pending). */
+static tv_hasher *tv_hasher_only_arg(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) return NULL;
+  return tv_hasher_unwrap(env, argv[0]);
+}
+
 static int tv_hash_run(const tv_hasher *h, EVP_MD_CTX *work, const uint8_t *inp, uint32_t count, uint32_t bs, uint8_t *out);
 
 /* hashBlocks(hasher, inp: Uint8Array, count, blockSize, out: Uint8Array) -> undefined: out[i*ds..] = digest(block i) */
@@ -1066,11 +1074,7 @@ static void tv_hasher_try_fast(tv_hasher *h) {
 
 /* hasherEngine(hasher) -> "sha-ni-x2" (tv_sha_blocks) | "evp" */
 static napi_value tv_hasher_engine(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1) return NULL;
-  tv_hasher *h = tv_hasher_unwrap(env, argv[0]);
+  tv_hasher *h = tv_hasher_only_arg(env, info);
   if (!h) return NULL;
   napi_value v;
   NAPI_CALL(env, napi_create_string_utf8(env, h->fast ? "sha-ni-x2" : "evp", NAPI_AUTO_LENGTH, &v));
@@ -1239,11 +1243,7 @@ static napi_value tv_hash_blocks_async(napi_env env, napi_callback_info info) {
 
 /* hasherDigestSize(hasher) -> number */
 static napi_value tv_hasher_digest_size(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1) return NULL;
-  tv_hasher *h = tv_hasher_unwrap(env, argv[0]);
+  tv_hasher *h = tv_hasher_only_arg(env, info);
   if (!h) return NULL;
   napi_value v;
   NAPI_CALL(env, napi_create_int32(env, h->ds, &v));

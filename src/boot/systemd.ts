@@ -22,9 +22,6 @@ ExecStart=${trustvol} provision --stage system --config /etc/trustvol/provision.
 ExecStopPost=/bin/sh -c 'if [ "$EXIT_STATUS" = 0 ]; then systemctl --no-reload disable trustvol-provision.service; fi'
 # The volume keys go into the user keyring (logon keys) for dmsetup's table loads: it must be linked.
 KeyringMode=shared
-# Table load/suspend/resume per hotzone in-process (device-mapper ioctls), as cryptsetup does: while the root's
-# hotzone is suspended, starting a dmsetup process from that same root can block on reading it.
-Environment=TRUSTVOL_DM_IOCTL=1
 KillMode=mixed
 KillSignal=SIGTERM
 TimeoutStopSec=120

@@ -165,26 +165,29 @@ export function dmIoctlInfo(name: string): DmIoctlInfo | undefined {
 export function dmIoctlTable(name: string, status = false): string {
   for (let size = 16384; ; size *= 4) {
     const b = header(name, size, status ? 0 : DM_STATUS_TABLE_FLAG | DM_SECURE_DATA_FLAG);
-    const r = raw(DM_TABLE_STATUS, b);
-    if (r < 0) throw new DmIoctlError(errnoName(-r), `${status ? "status" : "table"} of ${name}`);
-    if (b.readUInt32LE(28) & DM_BUFFER_FULL_FLAG) {
-      if (size > 1 << 24) throw new TrustvolError("EIO", `the table of ${name} is too large`);
-      continue;
+    try {
+      const r = raw(DM_TABLE_STATUS, b);
+      if (r < 0) throw new DmIoctlError(errnoName(-r), `${status ? "status" : "table"} of ${name}`);
+      if (b.readUInt32LE(28) & DM_BUFFER_FULL_FLAG) {
+        if (size > 1 << 24) throw new TrustvolError("EIO", `the table of ${name} is too large`);
+        continue;
+      }
+      const count = b.readUInt32LE(20);
+      const start = b.readUInt32LE(16);
+      const lines: string[] = [];
+      let at = start;
+      for (let i = 0; i < count; i++) {
+        const s = b.readBigUInt64LE(at);
+        const len = b.readBigUInt64LE(at + 8);
+        const type = cstr(b, at + 24, 16);
+        const params = cstr(b, at + SPEC_SIZE, size - at - SPEC_SIZE);
+        lines.push(`${s} ${len} ${type} ${params}`); // as dmsetup prints it (a space even without parameters)
+        at = start + b.readUInt32LE(at + 20); // output: next is from the start of the data
+      }
+      return lines.join("\n").trim();
+    } finally {
+      b.fill(0); // a crypt table's key reference (or an inline key) does not stay in our heap
     }
-    const count = b.readUInt32LE(20);
-    const start = b.readUInt32LE(16);
-    const lines: string[] = [];
-    let at = start;
-    for (let i = 0; i < count; i++) {
-      const s = b.readBigUInt64LE(at);
-      const len = b.readBigUInt64LE(at + 8);
-      const type = cstr(b, at + 24, 16);
-      const params = cstr(b, at + SPEC_SIZE, size - at - SPEC_SIZE);
-      lines.push(`${s} ${len} ${type} ${params}`); // as dmsetup prints it (a space even without parameters)
-      at = start + b.readUInt32LE(at + 20); // output: next is from the start of the data
-    }
-    b.fill(0);
-    return lines.join("\n").trim();
   }
 }
 

@@ -24,7 +24,7 @@ export interface DmsetupOptions {
   noUdevSync?: boolean;
 }
 
-/** Whether a call may take the direct ioctl path (TRUSTVOL_DM_IOCTL=1): not when a dmsetup binary or timeout is given. */
+/** Whether a call takes the in-process ioctl path (the default, dmioctl.ts): not when a dmsetup binary or timeout is given. */
 function ioctlPath(o: DmsetupOptions | undefined): boolean {
   return (!o || (o.dmsetup === undefined && o.timeoutMs === undefined)) && dmIoctlEnabled();
 }
@@ -290,21 +290,27 @@ export function explainCreateFailure(name: string, stderr: string, ctx: CreateCo
   return new TrustvolError("EDEVICE", `device-mapper refused the mapping ${name} (${oneLine})${kmsg ? `; kernel: ${kmsg}` : ""}`, "check the cipher, key size and that the device is not in use");
 }
 
+function inUse(name: string, detail?: string): TrustvolError {
+  return new TrustvolError("EBUSY", `${name} is in use${detail ? ` (${detail})` : ""}`, `unmount it first (umount /dev/mapper/${name}) and close whatever holds it open`);
+}
+
 /** Remove a mapping; retries while udev or a closing file system still hold it. */
 export function dmRemove(name: string, opts: { deferred?: boolean } = {}, o?: DmsetupOptions): void {
   if (!opts.deferred && ioctlPath(o)) {
-    try {
-      dmIoctlRemove(name);
-    } catch (e) {
-      if (e instanceof DmIoctlError && e.errno === "EBUSY") throw new TrustvolError("EBUSY", `${name} is in use`, `unmount it first (umount /dev/mapper/${name}) and close whatever holds it open`);
-      throw viaIoctl("remove", name, () => { throw e; });
-    }
+    viaIoctl("remove", name, () => {
+      try {
+        dmIoctlRemove(name);
+      } catch (e) {
+        if (e instanceof DmIoctlError && e.errno === "EBUSY") throw inUse(name);
+        throw e;
+      }
+    });
     // without udev nobody else removes the node dmsetup made when it created the mapping
     if (!udevRunning()) try { unlinkSync(`/dev/mapper/${name}`); } catch { /* none */ }
     return;
   }
   const r = dmsetupRun(["remove", "--retry", ...(opts.deferred ? ["--deferred"] : []), name], undefined, o);
   if (r.status === 0) return;
-  if (/busy|in use/i.test(r.stderr)) throw new TrustvolError("EBUSY", `${name} is in use (${r.stderr.split("\n").pop()})`, `unmount it first (umount /dev/mapper/${name}) and close whatever holds it open`);
+  if (/busy|in use/i.test(r.stderr)) throw inUse(name, r.stderr.split("\n").pop());
   throw queryFailure("remove", name, r.stderr);
 }

@@ -502,7 +502,7 @@ async function nextStep(st: VolumeState, vol: VolumeConfig, i: number, o: Provis
       if (o.stage === "initramfs" && o.open !== false && path) return undefined;
       // Mapped (by the initramfs stage, by systemd-cryptsetup, whatever --no-open says): continued online on the
       // mapping, never rewritten offline under it. Not mapped (image files, a closed data volume): offline.
-      const mapping = path !== undefined ? await activeMappingOf(dev) : undefined;
+      const mapping = path !== undefined && st.uuid ? await activeMappingOf(st.uuid) : undefined;
       const pass = await tokenPassphrases(dev, inp, vol);
       try {
         if (mapping) {
@@ -529,9 +529,8 @@ async function nextStep(st: VolumeState, vol: VolumeConfig, i: number, o: Provis
   }
 }
 
-/** The device-mapper name of the active mapping of this LUKS2 device (dm UUID CRYPT-LUKS2-<uuid>-<name>), if any. */
-async function activeMappingOf(dev: BlockDevice): Promise<string | undefined> {
-  const uuid = (await Luks2Volume.open(dev)).uuid;
+/** The device-mapper name of the active mapping of the LUKS2 device with this UUID (dm UUID CRYPT-LUKS2-<uuid>-<name>), if any. */
+async function activeMappingOf(uuid: string): Promise<string | undefined> {
   const { findActiveMapping } = await import("./reencrypt-online.js");
   try {
     return findActiveMapping(uuid);
@@ -661,20 +660,14 @@ async function trustedKeyVolume(vol: VolumeConfig, i: number, path: string | und
     report.steps = exists ? (o.open !== false ? ["open"] : []) : o.stage === "system" ? ["create-trusted-key", ...(o.open !== false ? ["open"] : [])] : [];
     return report;
   }
-  const { createTrustedVolume, openTrustedVolume } = await import("./open.js");
-  // TPM 2.0 trusted keys need a persistent parent: systemd's SRK (0x81000001) unless the config names another.
-  const { SYSTEMD_SRK_HANDLE } = await import("../trust/tpm2/srk.js");
-  const keyhandle = t.type === "trusted-key" ? (t.keyhandle ?? (t.source === "tpm" ? SYSTEMD_SRK_HANDLE : undefined)) : undefined;
-  const keyOptions = keyhandle !== undefined ? { keyhandle } : {};
   if (!exists && o.stage === "initramfs") {
     // /etc in an initramfs is a RAM copy: a descriptor written there would be lost. The system stage creates it.
     log(`${vol.name}: no ${what} descriptor yet (${t.descriptor}): the system stage creates the volume`);
     report.state = "new";
     return report;
   }
-  let caam: import("../trust/caam/keygen.js").CaamKeygen | undefined;
+  const key = await dataVolumeKey(vol, o, log);
   try {
-    if (t.type === "caam") caam = o.caamKeygen ?? (await import("../trust/caam/index.js")).openCaamKeygen({ device: t.keygen_device });
     if (!exists) {
       // A new, empty data volume: refuse a device that holds a file system or a LUKS header (its data would be lost).
       const d = await FileBlockDevice.open(path, { readOnly: true });
@@ -687,30 +680,59 @@ async function trustedKeyVolume(vol: VolumeConfig, i: number, path: string | und
       } finally {
         await d.close();
       }
-      if (t.type === "caam") {
-        const { createCaamVolume } = await import("./caam-volume.js");
-        await createCaamVolume({ descriptor: t.descriptor, keygen: caam!, keySize: t.key_size, encryption: t.key_encryption, sectorSize: t.sector_size });
-        log(`${vol.name}: new data volume keyed by a CAAM black key (${caam!.description})`);
-      } else {
-        if (t.source === "tpm" && keyhandle === SYSTEMD_SRK_HANDLE) await ensureSrk(vol.name, log);
-        createTrustedVolume(path, { descriptor: t.descriptor, source: t.source, keyOptions });
-        log(`${vol.name}: new data volume keyed by a ${t.source} trusted key`);
-      }
+      await key.create(path);
       report.steps.push("create-trusted-key");
     }
     if (o.open !== false) {
       const mapper = `/dev/mapper/${vol.name}`;
-      if (!existsSync(mapper)) {
-        if (t.type === "caam") await (await import("./caam-volume.js")).openCaamVolume(path, vol.name, { descriptor: t.descriptor, keygen: caam! });
-        else await openTrustedVolume(path, vol.name, { descriptor: t.descriptor, keyOptions });
-      }
+      if (!existsSync(mapper)) await key.open(path);
       report.mapped = mapper;
       report.steps.push("open");
     }
   } finally {
-    if (caam && !o.caamKeygen) await caam.close();
+    await key.close();
   }
   return report;
+}
+
+/** How a data volume's key is made and mapped: a kernel trusted key, or a CAAM black key (its keygen opened on first use). */
+async function dataVolumeKey(vol: VolumeConfig, o: ProvisionOptions, log: (s: string) => void): Promise<{ create(path: string): Promise<void>; open(path: string): Promise<void>; close(): Promise<void> }> {
+  const t = vol.trust;
+  if (t.type === "caam") {
+    let kg: import("../trust/caam/keygen.js").CaamKeygen | undefined;
+    const keygen = async () => (kg ??= o.caamKeygen ?? (await import("../trust/caam/index.js")).openCaamKeygen({ device: t.keygen_device }));
+    return {
+      async create() {
+        const { createCaamVolume } = await import("./caam-volume.js");
+        const k = await keygen();
+        await createCaamVolume({ descriptor: t.descriptor, keygen: k, keySize: t.key_size, encryption: t.key_encryption, sectorSize: t.sector_size });
+        log(`${vol.name}: new data volume keyed by a CAAM black key (${k.description})`);
+      },
+      async open(path) {
+        await (await import("./caam-volume.js")).openCaamVolume(path, vol.name, { descriptor: t.descriptor, keygen: await keygen() });
+      },
+      async close() {
+        if (kg && !o.caamKeygen) await kg.close();
+      },
+    };
+  }
+  if (t.type !== "trusted-key") throw new TrustvolError("EINTERNAL", "not a trusted-key / CAAM volume");
+  // TPM 2.0 trusted keys need a persistent parent: systemd's SRK (0x81000001) unless the config names another.
+  const { SYSTEMD_SRK_HANDLE } = await import("../trust/tpm2/srk.js");
+  const keyhandle = t.keyhandle ?? (t.source === "tpm" ? SYSTEMD_SRK_HANDLE : undefined);
+  const keyOptions = keyhandle !== undefined ? { keyhandle } : {};
+  const { createTrustedVolume, openTrustedVolume } = await import("./open.js");
+  return {
+    async create(path) {
+      if (t.source === "tpm" && keyhandle === SYSTEMD_SRK_HANDLE) await ensureSrk(vol.name, log);
+      createTrustedVolume(path, { descriptor: t.descriptor, source: t.source, keyOptions });
+      log(`${vol.name}: new data volume keyed by a ${t.source} trusted key`);
+    },
+    async open(path) {
+      await openTrustedVolume(path, vol.name, { descriptor: t.descriptor, keyOptions });
+    },
+    async close() {},
+  };
 }
 
 /**

@@ -16,6 +16,7 @@
 import * as crypto from "node:crypto";
 import { createHash } from "node:crypto";
 import { availableParallelism } from "node:os";
+import { uvThreadPoolSize } from "../util/threads.js";
 import type { BlockDevice } from "../blockdev/types.js";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
@@ -50,8 +51,7 @@ const SLICE = 4 << 20;
 
 /** Lanes of parallel thread-pool work (crypto, hashing): the cores libuv's pool can use. */
 function lanes(): number {
-  const uv = Number(process.env.UV_THREADPOOL_SIZE);
-  return Math.max(1, Math.min(availableParallelism(), Number.isInteger(uv) && uv > 0 ? uv : 4));
+  return Math.max(1, Math.min(availableParallelism(), uvThreadPoolSize()));
 }
 
 /** Where the old data of the hotzone at off is read from, given metadata with that hotzone in-reencryption. */

@@ -136,14 +136,17 @@ export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): 
   let lock: HeldLock | undefined;
   try {
     return await reencryptLocked(dev, opts, async (uuid) => {
-      if (!opts.reencryptionLockHeld && !lock) lock = await lockReencryption(uuid, { optional: true });
+      if (opts.reencryptionLockHeld || lock) return false;
+      lock = await lockReencryption(uuid, { optional: true });
+      return true;
     });
   } finally {
     await lock?.release();
   }
 }
 
-async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLock: (uuid: string) => Promise<void>): Promise<ReencryptResult> {
+/** `takeLock` takes cryptsetup's lock for this UUID; true when it was taken now (the header is then read again). */
+async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLock: (uuid: string) => Promise<boolean>): Promise<ReencryptResult> {
   const mode = opts.mode ?? "reencrypt";
   const hdrDev = opts.header ?? dev;
   if (opts.initOnly && opts.resumeOnly) throw usage("--init-only and --resume-only exclude each other");
@@ -167,8 +170,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       volume = await initEncrypt(dev, hdrDev, { ...opts, uuid });
     } else {
       volume = await Luks2Volume.open(hdrDev);
-      await takeLock(volume.uuid);
-      volume = await Luks2Volume.open(hdrDev); // re-read under the lock: another run may have just finished a step
+      if (await takeLock(volume.uuid)) volume = await Luks2Volume.open(hdrDev); // re-read under the lock: another run may have just finished a step
       volume.checkRequirements("write");
       const status = reencryptStatus(volume.metadata);
       if (status === "none") {
@@ -344,8 +346,10 @@ function reencryptAreaKeyslot(m: Luks2Metadata, hdrSize: number, mode: "reencryp
 
 const digestIterations = (opts: ReencryptOptions) => (opts.pbkdf?.forceIterations ? 1000 : undefined);
 
-/** Key rotation: new volume key, new keyslots with the same passphrases (tokens follow), backup segments, requirement. */
-/** Initialise a key rotation; returns the old and the new volume key by digest (the caller wipes them). */
+/**
+ * Key rotation: new volume key, new keyslots with the same passphrases (tokens follow), backup segments, requirement.
+ * Returns the old and the new volume key by digest for the run (the caller wipes them).
+ */
 async function initRotation(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOptions): Promise<Map<number, Buffer>> {
   const m0 = v.metadata;
   const segs = dataSegments(m0);

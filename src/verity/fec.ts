@@ -17,12 +17,7 @@ import type { BlockDevice } from "../blockdev/types.js";
 import type { VerityGeometry, VerityParams } from "./superblock.js";
 import { loadNative } from "../dmcrypt/native.js";
 import { defaultThreads } from "./pool.js";
-
-/** libuv's thread pool size (fixed at start-up): more concurrent FEC jobs would only queue. */
-function uvPoolSize(): number {
-  const n = Number(process.env.UV_THREADPOOL_SIZE);
-  return Number.isInteger(n) && n > 0 ? n : 4;
-}
+import { uvThreadPoolSize } from "../util/threads.js";
 
 export const FEC_MIN_ROOTS = 2;
 export const FEC_MAX_ROOTS = 24;
@@ -221,7 +216,7 @@ async function fecRun(
   const addon = loadNative();
   const rsParity = addon?.rsParity?.bind(addon);
   const rsParityAsync = addon?.rsParityAsync?.bind(addon);
-  const threads = Math.max(1, Math.min(defaultThreads(), uvPoolSize()));
+  const threads = Math.max(1, Math.min(defaultThreads(), uvThreadPoolSize())); // more jobs would only queue
   const mulFlat = new Uint8Array(layout.roots * 256);
   enc.mul.forEach((t, j) => mulFlat.set(t, j * 256));
   // Input block idx (data blocks, then the hash device from the tree start; zeros past the end) — `count` consecutive
@@ -274,19 +269,19 @@ async function fecRun(
     for (let r = 0; r < k; r++) {
       const n = n0 + r;
       const rb = roundBufs[r]!;
-      if (outs) outs[r]!.copy(out);
-      else if (rsParity) rsParity(mulFlat, layout.roots, rb, rsn, bs, out);
-      else {
+      const parity = outs ? outs[r]! : out; // computed above on the thread pool, or here
+      if (!outs && rsParity) rsParity(mulFlat, layout.roots, rb, rsn, bs, out);
+      else if (!outs) {
         enc.reset();
         for (let i = 0; i < rsn; i++) enc.push(rb.subarray(i * bs, (i + 1) * bs));
         enc.parity(out);
       }
       if (stored) {
         await fec.read(stored, offset + n * out.length);
-        if (!stored.equals(out))
+        if (!stored.equals(parity))
           throw new TrustvolError("ECORRUPT", `verity: FEC parity differs in RS round ${n} at position ${offset + n * out.length} of FEC device ${fec.name}`,
             "the FEC device is damaged, belongs to another image, or --fec-roots/--fec-offset differ from format; re-create it with verity format --fec-device");
-      } else await fec.write(out, offset + n * out.length);
+      } else await fec.write(parity, offset + n * out.length);
       o.onProgress?.(n + 1, rounds);
     }
   }
