@@ -1,9 +1,11 @@
-// Pure-TypeScript sector engine over node:crypto, used when the native addon is missing.
+// The fallback sector engine over node:crypto (TypeScript, plus one WebAssembly SIMD kernel for XTS), used when the
+// native addon is missing.
 //
 // XTS ("batched ECB"): for a batch of sectors, one AES-ECB call with the tweak key turns all IV blocks into the
 // sectors' initial tweaks; the per-block tweaks T_j = T_0·α^j (GF(2^128), little-endian, reduction 0x87) are
-// computed on 32-bit words inside the XOR passes; C = E_K1(P ⊕ T) ⊕ T is one XOR pass, one ECB call with the data
-// key over the whole batch and another XOR pass. CBC decryption is batched the same way (ECB-decrypt everything, XOR with the
+// computed inside the XOR passes; C = E_K1(P ⊕ T) ⊕ T is one XOR pass, one ECB call with the data key over the whole
+// batch and another XOR pass. The XOR passes run in a WebAssembly SIMD kernel (xts-wasm.ts) where the runtime has
+// one, else on 32-bit words in TypeScript (xorTweaks below); TRUSTVOL_JS_XTS=js|wasm forces either. CBC decryption is batched the same way (ECB-decrypt everything, XOR with the
 // previous ciphertext block or the sector IV); CBC encryption is serial per sector, so it uses one
 // createCipheriv per sector. Sector sizes are multiples of 16, so XTS never needs ciphertext stealing.
 import { createCipheriv, createDecipheriv, createSecretKey, type Cipheriv, type Decipheriv, type KeyObject } from "node:crypto";
@@ -11,11 +13,25 @@ import { endianness } from "node:os";
 import type { CipherSpec } from "./cipher-spec.js";
 import { fillIvBlocks } from "./iv.js";
 import { wipe } from "../util/secret.js";
+import { TrustvolError } from "../util/errors.js";
+import { createXtsWasmKernel, type XtsWasmKernel } from "./xts-wasm.js";
 
 const LE = endianness() === "LE";
 /** Bytes per batch: large enough to amortise the node:crypto calls (each allocates its output), small enough to stay
  * in L2 (the batch, node's ECB output). 64 KiB measured best here, 32 KiB ~5 % slower, 128 KiB no better. */
 const BATCH_BYTES = 64 * 1024;
+/** The wasm kernel's memory: the batch at 0, the sectors' initial tweaks after it (16 bytes per 512-byte sector). */
+const WASM_T0S = BATCH_BYTES;
+const WASM_PAGES = Math.ceil((BATCH_BYTES + (BATCH_BYTES / 512) * 16) / 65536);
+
+export type XtsKernelChoice = "auto" | "js" | "wasm";
+
+/** TRUSTVOL_JS_XTS: which XOR kernel the fallback engine's XTS uses (unset or "auto": wasm where available). */
+export function xtsKernelFromEnv(): XtsKernelChoice {
+  const v = process.env.TRUSTVOL_JS_XTS ?? "";
+  if (v === "" || v === "auto" || v === "js" || v === "wasm") return v === "" ? "auto" : v;
+  throw new TrustvolError("EUSAGE", `TRUSTVOL_JS_XTS=${v} is not a known XTS kernel`, "use js, wasm or auto (or unset it)");
+}
 
 type Ecb = Cipheriv | Decipheriv;
 
@@ -86,8 +102,19 @@ export class JsSectorEngine {
   /** For per-sector createCipheriv paths (CBC encryption; XTS on big-endian hosts). */
   private keyObj: KeyObject | null;
   private readonly ivBuf: Buffer;
+  /** XTS's XOR passes in WebAssembly, or null for the TypeScript loops. */
+  private wasm: XtsWasmKernel | null = null;
+  /** Which kernel XTS uses ("js" too for other chain modes). */
+  readonly xtsKernel: "js" | "wasm";
 
-  constructor(spec: CipherSpec, key: Uint8Array, sectorSize: number, ivStep: number, essivKey: Uint8Array | null) {
+  constructor(
+    spec: CipherSpec,
+    key: Uint8Array,
+    sectorSize: number,
+    ivStep: number,
+    essivKey: Uint8Array | null,
+    xts: XtsKernelChoice = xtsKernelFromEnv(),
+  ) {
     this.spec = spec;
     this.sectorSize = sectorSize;
     this.ivStep = ivStep;
@@ -106,6 +133,13 @@ export class JsSectorEngine {
       this.dataDec = ecb(this.bits, key, false);
     }
     if (essivKey) this.essiv = ecb(256, essivKey, true);
+    if (spec.chainMode === "xts" && xts !== "js") {
+      this.wasm = createXtsWasmKernel(WASM_PAGES);
+      if (!this.wasm && xts === "wasm") {
+        throw new TrustvolError("EUNSUPPORTED", "TRUSTVOL_JS_XTS=wasm: this runtime has no WebAssembly SIMD", "unset TRUSTVOL_JS_XTS");
+      }
+    }
+    this.xtsKernel = this.wasm ? "wasm" : "js";
   }
 
   private get batchSectors(): number {
@@ -126,7 +160,8 @@ export class JsSectorEngine {
           chunk.set((encrypt ? this.dataEnc : this.dataDec).update(chunk));
           break;
         case "xts":
-          if (LE) this.xtsBatch(chunk, iv, n, encrypt);
+          if (this.wasm) this.xtsBatchWasm(chunk, iv, n, encrypt);
+          else if (LE) this.xtsBatch(chunk, iv, n, encrypt);
           else this.perSector(chunk, iv, n, encrypt);
           break;
         case "cbc":
@@ -147,7 +182,8 @@ export class JsSectorEngine {
   }
 
   private xtsBatch(chunk: Uint8Array, ivFirst: bigint, n: number, encrypt: boolean): void {
-    const t0s = i32(this.tweakEnc!.update(this.ivs(ivFirst, n)));
+    const tb = this.tweakEnc!.update(this.ivs(ivFirst, n));
+    const t0s = i32(tb);
     const wps = this.sectorSize >>> 2;
     // In place: C = E_K1(P ⊕ T) ⊕ T. The working set (the batch and node's ECB output) stays in L2.
     const d = i32(chunk);
@@ -156,6 +192,24 @@ export class JsSectorEngine {
     const y = i32((encrypt ? this.dataEnc! : this.dataDec!).update(pre));
     xorTweaks(y, d, t0s, n, wps);
     if (d.buffer !== chunk.buffer) chunk.set(new Uint8Array(d.buffer, d.byteOffset, chunk.length));
+    wipe(tb);
+  }
+
+  /** xtsBatch with the XOR passes in the wasm kernel: the batch is copied into its memory and the result out. */
+  private xtsBatchWasm(chunk: Uint8Array, ivFirst: bigint, n: number, encrypt: boolean): void {
+    const k = this.wasm!;
+    const mem = k.mem;
+    const len = chunk.length;
+    const t0s = this.tweakEnc!.update(this.ivs(ivFirst, n));
+    mem.set(t0s, WASM_T0S);
+    wipe(t0s);
+    mem.set(chunk, 0);
+    const blocks = this.sectorSize >>> 4;
+    k.xorTweaks(0, WASM_T0S, n, blocks);
+    const y = (encrypt ? this.dataEnc! : this.dataDec!).update(mem.subarray(0, len));
+    mem.set(y, 0);
+    k.xorTweaks(0, WASM_T0S, n, blocks);
+    chunk.set(mem.subarray(0, len));
   }
 
   private cbcDecryptBatch(chunk: Uint8Array, ivFirst: bigint, n: number): void {
@@ -209,5 +263,8 @@ export class JsSectorEngine {
     this.dataEnc = this.dataDec = this.tweakEnc = this.essiv = null;
     this.keyObj = null; // a KeyObject's native copy is freed when collected; node offers no explicit wipe
     wipe(this.ivBuf);
+    // The wasm kernel's memory held the sectors' initial tweaks (key-derived) and the last batch: wiped here.
+    if (this.wasm) wipe(this.wasm.mem);
+    this.wasm = null;
   }
 }

@@ -7,11 +7,12 @@ import assert from "node:assert/strict";
 import { createHash, pbkdf2Sync, randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync, openSync, readSync, closeSync } from "node:fs";
 import { join } from "node:path";
-import { createSectorCipher, nativeAvailable } from "../../src/dmcrypt/index.js";
+import { createSectorCipher } from "../../src/dmcrypt/index.js";
 import { needTools, run, tmpDir } from "../helpers/tools.js";
 import { wipe } from "../../src/util/secret.js";
+import { sectorEngineVariants, withJsXts } from "../helpers/sector-engines.js";
 
-const BACKENDS = nativeAvailable() ? (["native", "js"] as const) : (["js"] as const);
+const VARIANTS = sectorEngineVariants();
 
 /** LUKS anti-forensic merge (af type "luks1"): d = H-diffuse(d ⊕ s_i) over all stripes but the last, key = d ⊕ s_last. */
 function afMerge(material: Buffer, keyLen: number, stripes: number, hash: string): Buffer {
@@ -98,8 +99,11 @@ for (const k of CASES) {
       areaKey = pbkdf2Sync(passphrase, Buffer.from(ks.kdf.salt, "base64"), ks.kdf.iterations, ks.area.key_size, ks.kdf.hash);
       const area = readAt(hdr, Number(ks.area.offset), Number(ks.area.size));
 
-      for (const backend of BACKENDS) {
-        const c = createSectorCipher({ cipher: seg.encryption, key: vk, sectorSize: seg.sector_size, ivOffset: BigInt(seg.iv_tweak), backend });
+      const volumeKey = vk;
+      const slotKey = areaKey;
+      for (const v of VARIANTS) {
+        const backend = v.name;
+        const c = withJsXts(v, () => createSectorCipher({ cipher: seg.encryption, key: volumeKey, sectorSize: seg.sector_size, ivOffset: BigInt(seg.iv_tweak), backend: v.backend }));
         const mine = Buffer.from(plain);
         c.encrypt(mine, 0);
         for (let s = 0; s < plain.length / k.sectorSize; s++) {
@@ -112,7 +116,7 @@ for (const k of CASES) {
         assert.ok(back.equals(plain), `${backend}: decrypting cryptsetup's sectors gives the plaintext back`);
         c.dispose();
 
-        const kc = createSectorCipher({ cipher: ks.area.encryption, key: areaKey, sectorSize: 512, backend });
+        const kc = withJsXts(v, () => createSectorCipher({ cipher: ks.area.encryption, key: slotKey, sectorSize: 512, backend: v.backend }));
         const material = Buffer.from(area);
         kc.decrypt(material, 0);
         kc.dispose();

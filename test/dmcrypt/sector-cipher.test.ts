@@ -1,13 +1,30 @@
 // The sector engine against IEEE 1619-2007 XTS-AES vectors and against OpenSSL (through node:crypto) sector by
-// sector, for every IV mode, both backends.
+// sector, for every IV mode, both backends; the JS backend's XTS with each XOR kernel (WebAssembly SIMD, TypeScript).
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
 import { createSectorCipher, nativeAvailable, type SectorCipher } from "../../src/dmcrypt/index.js";
 import { TrustvolError } from "../../src/util/errors.js";
 
-const BACKENDS = ["native", "js"] as const;
-type Backend = (typeof BACKENDS)[number];
+type Backend = "native" | "js";
+/** Each backend, and the JS backend once per XTS XOR kernel (TRUSTVOL_JS_XTS, read when an engine is created). */
+const VARIANTS = [
+  ["native", undefined],
+  ["js", "wasm"],
+  ["js", "js"],
+] as const;
+const variantName = (b: Backend, xts: string | undefined) => (xts ? `${b}, ${xts === "js" ? "TypeScript" : xts} XOR kernel` : b);
+
+/** TRUSTVOL_JS_XTS for the rest of test t. */
+function useXts(t: TestContext, xts: string | undefined): void {
+  if (!xts) return;
+  const before = process.env.TRUSTVOL_JS_XTS;
+  process.env.TRUSTVOL_JS_XTS = xts;
+  t.after(() => {
+    if (before === undefined) delete process.env.TRUSTVOL_JS_XTS;
+    else process.env.TRUSTVOL_JS_XTS = before;
+  });
+}
 
 /** Skip native cases when the addon is not built (the pure-TS engine is always tested). */
 function haveBackend(t: TestContext, b: Backend): boolean {
@@ -75,9 +92,10 @@ const IEEE: { name: string; key: Buffer; seq: bigint; ptx: Buffer; ctx: Buffer }
   },
 ];
 
-for (const backend of BACKENDS) {
-  test(`IEEE 1619-2007 XTS-AES vectors as aes-xts-plain64 512-byte sectors (${backend})`, (t) => {
+for (const [backend, xts] of VARIANTS) {
+  test(`IEEE 1619-2007 XTS-AES vectors as aes-xts-plain64 512-byte sectors (${variantName(backend, xts)})`, (t) => {
     if (!haveBackend(t, backend)) return;
+    useXts(t, xts);
     for (const v of IEEE) {
       if (v.key.subarray(0, v.key.length / 2).equals(v.key.subarray(v.key.length / 2))) {
         // Vector 1's all-zero key has equal halves, which OpenSSL 3 (hence cryptsetup) refuses: so do we.
@@ -182,9 +200,10 @@ function cases(): Case[] {
   return out;
 }
 
-for (const backend of BACKENDS) {
-  test(`matches OpenSSL sector by sector: every chain/IV mode, sector size, offset (${backend})`, (t) => {
+for (const [backend, xts] of VARIANTS) {
+  test(`matches OpenSSL sector by sector: every chain/IV mode, sector size, offset (${variantName(backend, xts)})`, (t) => {
     if (!haveBackend(t, backend)) return;
+    useXts(t, xts);
     for (const k of cases()) {
       const cipher = k.chain === "ecb" ? "aes-ecb" : `aes-${k.chain}-${k.mode}`;
       const key = k.chain === "xts" ? xtsKey(k.keyLen) : randomBytes(k.keyLen);
@@ -206,8 +225,9 @@ for (const backend of BACKENDS) {
     }
   });
 
-  test(`large batches, unaligned views and 64-bit IV wrap-around (${backend})`, (t) => {
+  test(`large batches, unaligned views and 64-bit IV wrap-around (${variantName(backend, xts)})`, (t) => {
     if (!haveBackend(t, backend)) return;
+    useXts(t, xts);
     const key = xtsKey(64);
     // 600 KiB crosses the JS engine's internal batch boundaries; an odd byteOffset forces the copy path
     const backing = randomBytes(600 * 1024 + 1);
@@ -239,8 +259,9 @@ for (const backend of BACKENDS) {
     c.dispose();
   });
 
-  test(`rejects bad keys, sizes, lengths and use after dispose (${backend})`, (t) => {
+  test(`rejects bad keys, sizes, lengths and use after dispose (${variantName(backend, xts)})`, (t) => {
     if (!haveBackend(t, backend)) return;
+    useXts(t, xts);
     const isErr = (code: string, re?: RegExp) => (e: unknown) => e instanceof TrustvolError && e.code === code && (!re || re.test(e.message));
     const same = Buffer.concat([Buffer.alloc(32, 7), Buffer.alloc(32, 7)]);
     assert.throws(() => createSectorCipher({ cipher: "aes-xts-plain64", key: same, sectorSize: 512, backend }), isErr("EUNSUPPORTED", /halves are identical/));
