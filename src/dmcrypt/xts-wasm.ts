@@ -5,10 +5,12 @@
 // after the other from `data`, with the sector's initial tweak T_0 (16 bytes) at t0s + 16·s, every 16-byte block j
 // becomes block ⊕ T_j where T_{j+1} = T_j·α in GF(2^128) (IEEE 1619: the 128-bit little-endian value shifted left by
 // one, the bit shifted out folded back as 0x87). On two i64 lanes (lane 0 = bytes 0..7, the low half):
-//   T·α = i64x2.shl(T, 1) ⊕ (swap_lanes(i64x2.shr_s(T, 63)) ∧ [0x87, 1])
-// — each lane's top bit, smeared to a mask by the arithmetic shift, goes to the other lane: the low half's carry is
-// bit 0 of the high half, the high half's carry is the reduction 0x87 into the low half. Wasm memory is little-endian
-// on every host, so this kernel does not depend on the host's byte order.
+//   T·α = i64x2.add(T, T) ⊕ (i32x4 lanes [3, 3, 1, 1] of i32x4.shr_s(T, 31) ∧ [0x87, 1] as i64 lanes)
+// — each half's top bit (bit 31 of i32 lanes 1 and 3), smeared to a mask by the arithmetic shift, goes to the other
+// half: the low half's carry is bit 0 of the high half, the high half's carry is the reduction 0x87 into the low half.
+// (i32x4.shr_s and a 32-bit-lane shuffle, not i64x2.shr_s: x86 has no 64-bit arithmetic shift before AVX-512, and
+// V8's emulation of it made the kernel 1.4× slower.) Wasm memory is little-endian on every host, so this kernel does
+// not depend on the host's byte order.
 //
 // The module exports its own memory (fixed size, `pages` × 64 KiB); the caller copies the data and the tweaks in and
 // the result out. Key-derived material (the sectors' initial tweaks) and data pass through that memory: the engine
@@ -53,6 +55,7 @@ const op = {
   block: [0x02, VOID],
   loop: [0x03, VOID],
   end: [0x0b],
+  br: (depth: number) => [0x0c, ...uleb(depth)],
   br_if: (depth: number) => [0x0d, ...uleb(depth)],
   get: (i: number) => [0x20, ...uleb(i)],
   set: (i: number) => [0x21, ...uleb(i)],
@@ -70,42 +73,63 @@ const op = {
   i8x16shuffle: (lanes: number[]) => [...simd(0x0d), ...lanes],
   v128and: simd(0x4e),
   v128xor: simd(0x51),
-  i64x2shl: simd(0xcb),
-  i64x2shrs: simd(0xcc),
+  i32x4shrs: simd(0xac),
+  i64x2add: simd(0xce),
 };
 
-// xor_tweaks's locals: parameters 0-3, then declared ones.
-const DATA = 0, T0S = 1, SECTORS = 2, BLOCKS = 3, END = 4, T = 5, M = 6;
+// xor_tweaks's locals: parameters 0-3, then declared ones (P2: the second sector of a pair, SB: bytes per sector).
+const DATA = 0, T0S = 1, SECTORS = 2, BLOCKS = 3, END = 4, P2 = 5, SB = 6, T = 7, U = 8, M = 9;
 
-/** T ← T·α (see the header). */
-const double = [
-  ...op.get(T), ...op.i32const(1), ...op.i64x2shl,
-  ...op.get(T), ...op.i32const(63), ...op.i64x2shrs, ...op.tee(M), ...op.get(M),
-  ...op.i8x16shuffle([8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7]),
+/** t ← t·α (see the header). */
+const double = (t: number) => [
+  ...op.get(t), ...op.get(t), ...op.i64x2add,
+  ...op.get(t), ...op.i32const(31), ...op.i32x4shrs, ...op.tee(M), ...op.get(M),
+  ...op.i8x16shuffle([12, 13, 14, 15, 12, 13, 14, 15, 4, 5, 6, 7, 4, 5, 6, 7]),
   ...op.v128const([0x87, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]),
-  ...op.v128and, ...op.v128xor, ...op.set(T),
+  ...op.v128and, ...op.v128xor, ...op.set(t),
 ];
 
-/** mem[DATA + offset] ^= T */
-const xorBlock = (offset: number) => [
-  ...op.get(DATA), ...op.get(DATA), ...op.v128load(offset), ...op.get(T), ...op.v128xor, ...op.v128store(offset),
+/** mem[p + offset] ^= t */
+const xorBlock = (p: number, t: number, offset: number) => [
+  ...op.get(p), ...op.get(p), ...op.v128load(offset), ...op.get(t), ...op.v128xor, ...op.v128store(offset),
 ];
 
+/** p += n */
+const advance = (p: number, n: number) => [...op.get(p), ...op.i32const(n), ...op.i32add, ...op.set(p)];
+
+// Sectors go in pairs, block j of both at once: two independent tweak chains keep the CPU's SIMD units busy where
+// one chain would wait on each doubling's latency. A last odd sector goes alone. Two blocks per iteration (a sector
+// has at least 32).
 // prettier-ignore
 const body = [
-  ...vec([[...uleb(1), I32], [...uleb(2), V128]]), // locals: end (i32); t, m (v128)
-  ...op.block,
-  ...op.get(SECTORS), ...op.i32eqz, ...op.br_if(0),
-  ...op.loop, // per sector
+  ...vec([[...uleb(3), I32], [...uleb(3), V128]]), // locals: end, p2, sb (i32); t, u, m (v128)
+  ...op.get(BLOCKS), ...op.i32const(4), ...op.i32shl, ...op.set(SB),
+  ...op.block, // $pairs_done
+  ...op.loop, // per pair of sectors
+  ...op.get(SECTORS), ...op.i32const(2), ...op.i32ltu, ...op.br_if(1),
   ...op.get(T0S), ...op.v128load(0), ...op.set(T),
-  ...op.get(T0S), ...op.i32const(16), ...op.i32add, ...op.set(T0S),
-  ...op.get(DATA), ...op.get(BLOCKS), ...op.i32const(4), ...op.i32shl, ...op.i32add, ...op.set(END),
-  ...op.loop, // two blocks per iteration (a sector has at least 32)
-  ...xorBlock(0), ...double,
-  ...xorBlock(16), ...double,
+  ...op.get(T0S), ...op.v128load(16), ...op.set(U),
+  ...advance(T0S, 32),
+  ...op.get(DATA), ...op.get(SB), ...op.i32add, ...op.tee(END), ...op.set(P2),
+  ...op.loop,
+  ...xorBlock(DATA, T, 0), ...xorBlock(P2, U, 0), ...double(T), ...double(U),
+  ...xorBlock(DATA, T, 16), ...xorBlock(P2, U, 16), ...double(T), ...double(U),
+  ...advance(P2, 32),
   ...op.get(DATA), ...op.i32const(32), ...op.i32add, ...op.tee(DATA), ...op.get(END), ...op.i32ltu, ...op.br_if(0),
   ...op.end,
-  ...op.get(SECTORS), ...op.i32const(1), ...op.i32sub, ...op.tee(SECTORS), ...op.br_if(0),
+  ...op.get(P2), ...op.set(DATA), // past the pair's second sector
+  ...op.get(SECTORS), ...op.i32const(2), ...op.i32sub, ...op.set(SECTORS),
+  ...op.br(0),
+  ...op.end,
+  ...op.end,
+  ...op.block, // the odd sector
+  ...op.get(SECTORS), ...op.i32eqz, ...op.br_if(0),
+  ...op.get(T0S), ...op.v128load(0), ...op.set(T),
+  ...op.get(DATA), ...op.get(SB), ...op.i32add, ...op.set(END),
+  ...op.loop,
+  ...xorBlock(DATA, T, 0), ...double(T),
+  ...xorBlock(DATA, T, 16), ...double(T),
+  ...op.get(DATA), ...op.i32const(32), ...op.i32add, ...op.tee(DATA), ...op.get(END), ...op.i32ltu, ...op.br_if(0),
   ...op.end,
   ...op.end,
   ...op.end, // function body
