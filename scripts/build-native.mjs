@@ -17,7 +17,7 @@ const out = join(nativeDir, "build", "Release", "trustvol_native.node");
 
 function fail(msg, detail) {
   if (optional) {
-    console.warn(`trustvol: native addon not built (${msg}); using the pure TypeScript sector engine`);
+    console.warn(`trustvol: native addon not built (${msg}); using the fallback sector engine over node:crypto`);
     process.exit(0);
   }
   if (detail) process.stderr.write(detail.endsWith("\n") ? detail : detail + "\n");

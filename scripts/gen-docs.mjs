@@ -36,7 +36,7 @@ for (const { path, cmd } of leaves) {
   for (const o of visibleOptions(cmd)) man += `.TP\n.B ${esc(o.flags)}\n${esc(o.description + def(o))}\n`;
 }
 man += `.SH EXIT STATUS\n.TP\n0\nsuccess\n.TP\n1\nfailure (I/O error, internal error)\n.TP\n2\nusage error\n.TP\n3\nno key: wrong passphrase, PIN, or a trust source refused\n.TP\n4\ncorrupt data\n.TP\n5\nnot found\n.TP\n6\nunsupported\n.TP\n7\nbusy, locked out or interrupted\n.TP\n8\ndoctor found a critical finding\n`;
-man += `.SH ENVIRONMENT\n.TP\nTRUSTVOL_TPM2_DEVICE\nTPM for \\-\\-tpm2\\-device auto (/dev/tpmrm0, swtpm:path=SOCK, swtpm:host=H,port=P)\n.TP\nTRUSTVOL_NO_NATIVE=1\nuse the pure TypeScript sector engine\n.SH SECURITY\nSecrets are never taken from the command line: key files (\\-\\-key\\-file FILE, \\- for standard input) or a terminal prompt.\n`;
+man += `.SH ENVIRONMENT\n.TP\nTRUSTVOL_TPM2_DEVICE\nTPM for \\-\\-tpm2\\-device auto (/dev/tpmrm0, swtpm:path=SOCK, swtpm:host=H,port=P)\n.TP\nTRUSTVOL_NO_NATIVE=1\nuse the fallback sector engine over node:crypto (no native addon)\n.TP\nTRUSTVOL_JS_XTS=js|wasm\nthe fallback engine's XTS kernel: TypeScript or WebAssembly SIMD (default where available)\n.SH SECURITY\nSecrets are never taken from the command line: key files (\\-\\-key\\-file FILE, \\- for standard input) or a terminal prompt.\n`;
 
 // ------------------------------------------------------------------ bash
 const words = (list) => list.join(" ");

@@ -1,5 +1,5 @@
 // Loader for the optional N-API addon (native/, built by scripts/build-native.mjs). Missing or broken addon ⇒ null,
-// silently: the pure-TypeScript engine takes over. TRUSTVOL_NO_NATIVE=1 forces the TypeScript engine.
+// silently: the fallback engine (js-backend.ts) takes over. TRUSTVOL_NO_NATIVE=1 forces the fallback engine.
 import { createRequire } from "node:module";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";

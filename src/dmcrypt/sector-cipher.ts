@@ -33,7 +33,7 @@ export interface SectorCipher {
   decrypt(data: Uint8Array, sector: number | bigint): void;
   /**
    * Like encrypt/decrypt, spread over up to `threads` cores (default: the cores libuv's thread pool can use) on the
-   * native engine, with the event loop free meanwhile; the pure-TypeScript engine runs synchronously. `data` must not
+   * native engine, with the event loop free meanwhile; the fallback engine runs synchronously. `data` must not
    * be read or written until the promise settles. Optional only for implementations outside this module.
    */
   encryptAsync?(data: Uint8Array, sector: number | bigint, threads?: number): Promise<void>;

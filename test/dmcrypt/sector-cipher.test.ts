@@ -26,7 +26,7 @@ function useXts(t: TestContext, xts: string | undefined): void {
   });
 }
 
-/** Skip native cases when the addon is not built (the pure-TS engine is always tested). */
+/** Skip native cases when the addon is not built (the fallback JS engine is always tested). */
 function haveBackend(t: TestContext, b: Backend): boolean {
   if (b === "native" && !nativeAvailable()) {
     t.skip("native addon not built (npm run build:native)");

@@ -47,7 +47,7 @@ export function registerDemoCommand(program: Command): void {
       const pass = Buffer.from(randomBytes(24).toString("base64url"));
       try {
         say(`trustvol demo — work directory ${dir}${keep ? "" : " (removed at the end)"}`);
-        say(`sector engine: ${nativeAvailable() ? "native (Node's OpenSSL, N-API)" : "pure TypeScript fallback"}`);
+        say(`sector engine: ${nativeAvailable() ? "native (Node's OpenSSL, N-API)" : "fallback over node:crypto"}`);
 
         step(1, "Build a small ext4 root file system image, as a CI pipeline would (mkfs.ext4 -d, no root needed)");
         const content = join(dir, "rootfs");
