@@ -236,6 +236,7 @@ export class JsSectorEngine {
     mem.set(y, 0);
     release(y);
     k.xorTweaks(0, WASM_T0S, n, blocks);
+    mem.fill(0, WASM_T0S, WASM_T0S + n * 16); // the tweaks now; the batch (the caller's result) in dispose()
     chunk.set(mem.subarray(0, len));
   }
 
