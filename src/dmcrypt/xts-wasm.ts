@@ -4,7 +4,8 @@
 // One exported function, xor_tweaks(data, t0s, sectors, blocksPerSector): for each of `sectors` sectors laid out one
 // after the other from `data`, with the sector's initial tweak T_0 (16 bytes) at t0s + 16·s, every 16-byte block j
 // becomes block ⊕ T_j where T_{j+1} = T_j·α in GF(2^128) (IEEE 1619: the 128-bit little-endian value shifted left by
-// one, the bit shifted out folded back as 0x87). On two i64 lanes (lane 0 = bytes 0..7, the low half):
+// one, the bit shifted out folded back as 0x87). blocksPerSector must be even (two blocks per loop iteration; dm-crypt
+// sectors have 32 to 256). On two i64 lanes (lane 0 = bytes 0..7, the low half):
 //   T·α = i64x2.add(T, T) ⊕ (i32x4 lanes [3, 3, 1, 1] of i32x4.shr_s(T, 31) ∧ [0x87, 1] as i64 lanes)
 // — each half's top bit (bit 31 of i32 lanes 1 and 3), smeared to a mask by the arithmetic shift, goes to the other
 // half: the low half's carry is bit 0 of the high half, the high half's carry is the reduction 0x87 into the low half.
@@ -14,7 +15,7 @@
 //
 // The module exports its own memory (fixed size, `pages` × 64 KiB); the caller copies the data and the tweaks in and
 // the result out. Key-derived material (the sectors' initial tweaks) and data pass through that memory: the engine
-// that owns an instance wipes it in dispose().
+// that owns an instance wipes the tweaks after each batch and the whole memory in dispose() (js-backend.ts).
 
 /** Unsigned LEB128. */
 function uleb(n: number): number[] {
