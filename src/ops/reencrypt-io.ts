@@ -15,9 +15,10 @@
 //     after that commit, as before;
 //   - large reads and writes go in concurrent 4 MiB+ pieces (the page-cache copies then use every core);
 //   - data shift (runShifted): lanes of 1 MiB pieces, each read → encrypted → written by one lane; pieces of the next
-//     hotzone are read and encrypted ahead but written only after its "in re-encryption" commit.
+//     hotzone are read and encrypted ahead (up to a hotzone's worth) but written only after its "in re-encryption"
+//     commit.
 // Memory: two hotzone buffers (the current one and the one being read ahead), whatever the device size; data shift:
-// lanes × 1 MiB.
+// up to 16 lanes × 1 MiB, carved out of the engine's buffer.
 import * as crypto from "node:crypto";
 import { createHash } from "node:crypto";
 import { availableParallelism } from "node:os";
@@ -309,7 +310,7 @@ interface ShiftZone {
 
 /**
  * Encryption in place with a data shift (datashift resilience): the same write order as the loop above (commit the
- * hotzone in re-encryption → write its data → flush → commit it done), but the data goes through `lanes()+1` lanes of
+ * hotzone in re-encryption → write its data → flush → commit it done), but the data goes through up to 16 lanes of
  * small pieces, each read → encrypted → written by one lane, so reads, encryption and writes overlap one another and
  * the metadata commits. A lane may read and encrypt pieces of the next hotzone before it is committed (read only:
  * its source [x', x'+len) lies before the current hotzone's writes [x+shift, …), or is the moved segment, which no
@@ -318,7 +319,9 @@ interface ShiftZone {
 async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { off: number; len: number } | null) => number): Promise<number> {
   const { v, dev, st } = e;
   const piece = Math.max(e.block, Math.min(SHIFT_PIECE, e.hotzone) - (Math.min(SHIFT_PIECE, e.hotzone) % e.block));
-  const nLanes = Math.min(uvThreadPoolSize(), lanes() + 1);
+  // As many lanes as the engine buffer holds pieces (at least one per core, plus one): the pool runs lanes() of them at
+  // once, the others wait queued with their piece, so a whole hotzone can be read and encrypted during the commits.
+  const nLanes = Math.max(lanes() + 1, Math.min(16, Math.floor(e.buf.length / piece)));
   const spare = e.buf.length >= nLanes * piece ? null : Buffer.allocUnsafeSlow(nLanes * piece);
   const pool = spare ?? e.buf;
   const zones: ShiftZone[] = [];
