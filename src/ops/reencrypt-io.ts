@@ -4,15 +4,21 @@
 // journal reach the area and are flushed → metadata commit "hotzone in re-encryption" → the re-encrypted data is
 // written and flushed → metadata commit "hotzone done". What the pipeline overlaps with that order is only work that
 // writes nothing to disk:
-//   - the read of the next hotzone (or data-shift piece) starts as soon as the current one is in memory: it reads a
-//     range no write of the current hotzone touches (forward: after it; backward / data shift: before it, and a
-//     data-shift write [x+shift, x+2·shift) never meets a source [x', x'+shift) with x' < x);
-//   - the checksums are hashed on libuv's thread pool (native addon), split over the cores, while the copy of the
-//     old data is written;
+//   - the read of the next hotzone starts as soon as the current one is in memory: it reads a range no write of the
+//     current hotzone touches (forward: after it; backward / data shift: before it, and a data-shift write
+//     [x+shift, x+2·shift) never meets a source [x', x'+shift) with x' < x);
+//   - checksum mode: the next hotzone's checksums are hashed (thread pool, native addon, split over the cores) as soon
+//     as its read ahead is in, i.e. while the current hotzone's data is written and its metadata committed;
+//   - the copy of the old data (extended checksum) / journal is written while the checksums are hashed;
 //   - the data is decrypted/re-encrypted (thread pool, 4 MiB slices, decrypt then encrypt per slice, one lane per
 //     core) while the area is flushed and the "in re-encryption" metadata committed — the new data is written only
-//     after that commit, as before.
-// Memory: two hotzone buffers (the current one and the one being read ahead), whatever the device size.
+//     after that commit, as before;
+//   - large reads and writes go in concurrent 4 MiB+ pieces (the page-cache copies then use every core);
+//   - data shift (runShifted): lanes of 1 MiB pieces, each read → encrypted → written by one lane; pieces of the next
+//     hotzone are read and encrypted ahead (up to a hotzone's worth) but written only after its "in re-encryption"
+//     commit.
+// Memory: two hotzone buffers (the current one and the one being read ahead), whatever the device size; data shift:
+// up to 16 lanes × 1 MiB, carved out of the engine's buffer.
 import * as crypto from "node:crypto";
 import { createHash } from "node:crypto";
 import { availableParallelism } from "node:os";
@@ -139,8 +145,8 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
   const doneBytes = (hz: { off: number; len: number } | null) => (!hz ? e.dataSize : st.direction === "forward" ? hz.off : e.dataSize - hz.off - hz.len);
   let cur: Buffer = e.buf;
   let other: Buffer = Buffer.allocUnsafeSlow(e.buf.length);
-  /** The read ahead into `other`: source offset, length, completion. */
-  let ahead: { src: number; n: number; done: Promise<void> } | null = null;
+  /** The read ahead into `other`: source offset, length, completion, and (checksum mode) its checksums, hashed then. */
+  let ahead: Ahead | null = null;
   const pending = new Set<Promise<unknown>>();
   const track = <T>(p: Promise<T>): Promise<T> => {
     const q: Promise<unknown> = p.then(() => pending.delete(q), () => pending.delete(q));
@@ -148,23 +154,30 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
     return p;
   };
   const readAhead = (src: number, n: number) => {
-    ahead = { src, n, done: track(dev.read(other.subarray(0, n), src)) };
+    const b = other.subarray(0, n);
+    const done = track(readPar(dev, b, src, lanesN));
+    // The next hotzone's checksums are hashed as soon as its data is in, while this one is written and committed
+    // (it writes nothing; the range is one no write of this hotzone touches, so the sums are those of its old data).
+    const sums = hasher ? track(done.then(() => checksumsAsync(b))) : undefined;
+    sums?.catch(() => {});
+    ahead = { src, n, done, sums };
   };
   /** The old data at [src, src+n) in `cur`: the read ahead when it is that range, else read now. */
-  const take = async (src: number, n: number): Promise<Buffer> => {
-    const a = ahead as { src: number; n: number; done: Promise<void> } | null;
+  const take = async (src: number, n: number): Promise<{ data: Buffer; sums?: Promise<Buffer> }> => {
+    const a = ahead as Ahead | null;
     ahead = null;
     if (a) {
       const hit = a.src === src && a.n === n;
       await (hit ? a.done : a.done.catch(() => {}));
       if (hit) {
         [cur, other] = [other, cur];
-        return cur.subarray(0, n);
+        return { data: cur.subarray(0, n), sums: a.sums };
       }
+      await a.sums?.catch(() => {}); // still hashing `other`: let it finish before that buffer is read into again
     }
     const b = cur.subarray(0, n);
-    await dev.read(b, src);
-    return b;
+    await readPar(dev, b, src, lanesN);
+    return { data: b };
   };
   const checksumsAsync = async (data: Buffer): Promise<Buffer> => {
     if (!hasher) return checksums(e, data);
@@ -180,6 +193,10 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
     return out;
   };
 
+  if (st.resilience === "datashift") {
+    if (run.hooks) throw new TrustvolError("EUNSUPPORTED", "online re-encryption with a data shift is not supported");
+    return runShifted(e, run, doneBytes);
+  }
   let bytes = 0;
   try {
     let hz = nextHotzone(v.metadata, st, e.dataSize, e.hotzone);
@@ -193,50 +210,34 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       const post = postMetadata(st.resilience === "none" ? v.metadata : hot, st, off, len, e.dataSize);
       const nz = nextHotzone(post, st, e.dataSize, e.hotzone);
       const nextSrc = nz ? sourceOf(e, hotMetadata(post, st, nz.off, nz.len, e.dataSize), nz.off) : -1;
-      const firstPiece = (n: number) => Math.min(e.hotzone, n);
-
-      if (st.resilience === "datashift") {
-        // The header is the protection (the source stays intact); the chunk goes through the buffers in pieces,
-        // so memory does not grow with the shift.
-        await v.commit(hot);
-        for (let p = 0; p < len; p += e.hotzone) {
-          const n = Math.min(e.hotzone, len - p);
-          const piece = await take(src + p, n);
-          if (p + n < len) readAhead(src + p + n, Math.min(e.hotzone, len - p - n));
-          else if (nz) readAhead(nextSrc, firstPiece(nz.len));
-          await track(recryptAsync(e, piece, off + p));
-          await dev.write(piece, e.dataOffset + off + p);
-        }
-      } else {
-        // Online: the hotzone is stable only once the hook has suspended and remapped it, so read after it, never ahead.
-        await run.hooks?.before(hot, run.keys ?? new Map());
-        const data = await take(src, len);
-        if (nz && !run.hooks) readAhead(nextSrc, nz.len);
-        // The copy (extended checksum) or journal is written while the checksums are hashed: both only read data.
-        const copying = st.resilience === "journal" ? hdrDev.write(data, area.offset) : st.resilience === "checksum" && e.extended ? hdrDev.write(data, area.offset + extendedLayout(len, e.block, e.hashLen).copy) : null;
-        copying?.catch(() => {}); // awaited below; a failure must not count as unhandled while the hashing runs
-        let sums: Buffer | null = null;
-        try {
-          if (st.resilience === "checksum") sums = await track(checksumsAsync(data));
-        } finally {
-          if (copying) await copying;
-        }
-        if (sums) await hdrDev.write(sums, area.offset);
-        // From here data's old content is on disk (journal / copy) or not needed (checksums taken): re-encrypt it
-        // while the area is flushed and the metadata commit point is written.
-        const recrypting = track(recryptAsync(e, data, off));
-        try {
-          if (st.resilience !== "none") {
-            await hdrDev.flush();
-            // Metadata commit point: from here the header says the hotzone may hold old or new data.
-            await v.commit(hot);
-          }
-        } finally {
-          await recrypting.catch(() => {});
-        }
-        await recrypting;
-        await dev.write(data, e.dataOffset + off);
+      // Online: the hotzone is stable only once the hook has suspended and remapped it, so read after it, never ahead.
+      await run.hooks?.before(hot, run.keys ?? new Map());
+      const { data, sums: hashed } = await take(src, len);
+      if (nz && !run.hooks) readAhead(nextSrc, nz.len);
+      // The copy (extended checksum) or journal is written while the checksums are hashed: both only read data.
+      const copying = st.resilience === "journal" ? writePar(hdrDev, data, area.offset, lanesN) : st.resilience === "checksum" && e.extended ? writePar(hdrDev, data, area.offset + extendedLayout(len, e.block, e.hashLen).copy, lanesN) : null;
+      copying?.catch(() => {}); // awaited below; a failure must not count as unhandled while the hashing runs
+      let sums: Buffer | null = null;
+      try {
+        if (st.resilience === "checksum") sums = await track(hashed ?? checksumsAsync(data));
+      } finally {
+        if (copying) await copying;
       }
+      if (sums) await hdrDev.write(sums, area.offset);
+      // From here data's old content is on disk (journal / copy) or not needed (checksums taken): re-encrypt it
+      // while the area is flushed and the metadata commit point is written.
+      const recrypting = track(recryptAsync(e, data, off));
+      try {
+        if (st.resilience !== "none") {
+          await hdrDev.flush();
+          // Metadata commit point: from here the header says the hotzone may hold old or new data.
+          await v.commit(hot);
+        }
+      } finally {
+        await recrypting.catch(() => {});
+      }
+      await recrypting;
+      await writePar(dev, data, e.dataOffset + off, lanesN);
       await dev.flush();
       await v.commit(post);
       await run.hooks?.after(v.metadata);
@@ -250,6 +251,151 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
     wipe(other);
     // e.buf (one of the two) is wiped by the engine's dispose(); `cur` may be the spare: wipe both to be sure.
     wipe(cur);
+  }
+}
+
+interface Ahead {
+  src: number;
+  n: number;
+  done: Promise<void>;
+  sums?: Promise<Buffer>;
+}
+
+/** Smallest piece a large read or write is split into (so the kernel's page-cache copies run on every core). */
+const IO_PIECE = 4 << 20;
+
+/** Split [off, off+buf.length) into up to `parts` pieces of IO_PIECE multiples and run `op` on them at once. */
+async function ioPar(op: (b: Buffer, at: number) => Promise<void>, buf: Buffer, off: number, parts: number): Promise<void> {
+  const per = Math.max(IO_PIECE, Math.ceil(buf.length / parts / IO_PIECE) * IO_PIECE);
+  if (buf.length <= per) return op(buf, off);
+  const jobs: Promise<void>[] = [];
+  for (let p = 0; p < buf.length; p += per) jobs.push(op(buf.subarray(p, Math.min(buf.length, p + per)), off + p));
+  await settleAll(jobs);
+}
+/** Read buf at off, in up to `parts` concurrent pieces. */
+export const readPar = (dev: BlockDevice, buf: Buffer, off: number, parts: number) => ioPar((b, at) => dev.read(b, at), buf, off, parts);
+/** Write buf at off, in up to `parts` concurrent pieces (one write's pieces have no order anyway: a power cut may
+ * keep any of them). */
+export const writePar = (dev: BlockDevice, buf: Buffer, off: number, parts: number) => ioPar((b, at) => dev.write(b, at), buf, off, parts);
+
+/** Piece of a data-shift hotzone one lane reads, encrypts and writes in one go (kept small: it stays in the CPU cache). */
+const SHIFT_PIECE = 1 << 20;
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve(v: T): void;
+  reject(e: unknown): void;
+}
+function deferred<T>(): Deferred<T> {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<T>((a, b) => ((resolve = a), (reject = b)));
+  promise.catch(() => {}); // awaited later (or never, once the run has failed): not an unhandled rejection
+  return { promise, resolve, reject };
+}
+
+/** One data-shift hotzone of the plan: its metadata before (hot) and after (post), where its old data is. */
+interface ShiftZone {
+  off: number;
+  len: number;
+  hot: Luks2Metadata;
+  post: Luks2Metadata;
+  src: number;
+  /** Resolved true once `hot` is committed (its pieces may be written), false when the run stops first. */
+  gate: Deferred<boolean>;
+  /** Pieces not yet written. */
+  left: number;
+  written: Deferred<void>;
+}
+
+/**
+ * Encryption in place with a data shift (datashift resilience): the same write order as the loop above (commit the
+ * hotzone in re-encryption → write its data → flush → commit it done), but the data goes through up to 16 lanes of
+ * small pieces, each read → encrypted → written by one lane, so reads, encryption and writes overlap one another and
+ * the metadata commits. A lane may read and encrypt pieces of the next hotzone before it is committed (read only:
+ * its source [x', x'+len) lies before the current hotzone's writes [x+shift, …), or is the moved segment, which no
+ * write of the loop touches); it writes them only once that hotzone's "in re-encryption" commit is on disk.
+ */
+async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { off: number; len: number } | null) => number): Promise<number> {
+  const { v, dev, st } = e;
+  const piece = Math.max(e.block, Math.min(SHIFT_PIECE, e.hotzone) - (Math.min(SHIFT_PIECE, e.hotzone) % e.block));
+  // As many lanes as the engine buffer holds pieces (at least one per core, plus one): the pool runs lanes() of them at
+  // once, the others wait queued with their piece, so a whole hotzone can be read and encrypted during the commits.
+  const nLanes = Math.max(lanes() + 1, Math.min(16, Math.floor(e.buf.length / piece)));
+  const spare = e.buf.length >= nLanes * piece ? null : Buffer.allocUnsafeSlow(nLanes * piece);
+  const pool = spare ?? e.buf;
+  const zones: ShiftZone[] = [];
+  /** The i-th hotzone of this run (a pure function of the metadata committed before it), or null past the last. */
+  const zone = (i: number): ShiftZone | null => {
+    if (i < zones.length) return zones[i]!;
+    if (i > zones.length) throw new TrustvolError("EINTERNAL", "data-shift hotzones planned out of order");
+    const m = i === 0 ? v.metadata : zones[i - 1]!.post;
+    const hz = nextHotzone(m, st, e.dataSize, e.hotzone);
+    if (!hz) return null;
+    const hot = hotMetadata(m, st, hz.off, hz.len, e.dataSize);
+    const z: ShiftZone = { ...hz, hot, post: postMetadata(hot, st, hz.off, hz.len, e.dataSize), src: sourceOf(e, hot, hz.off), gate: deferred(), left: Math.ceil(hz.len / piece), written: deferred() };
+    zones.push(z);
+    return z;
+  };
+  let failure: unknown = null;
+  let stop = false;
+  let zi = 0;
+  let at = 0;
+  /** The next piece to process, in hotzone order (so every piece of a hotzone is taken before any of the next). */
+  const take = (): { z: ShiftZone; p: number; n: number } | null => {
+    if (stop) return null;
+    let z = zone(zi);
+    if (z && at >= z.len) {
+      z = zone(++zi);
+      at = 0;
+    }
+    if (!z) return null;
+    const t = { z, p: at, n: Math.min(piece, z.len - at) };
+    at += t.n;
+    return t;
+  };
+  const lane = async (buf: Buffer): Promise<void> => {
+    for (let t = take(); t; t = take()) {
+      const b = buf.subarray(0, t.n);
+      try {
+        await dev.read(b, t.z.src + t.p);
+        await recryptAsync(e, b, t.z.off + t.p);
+        if (!(await t.z.gate.promise)) return;
+        await dev.write(b, e.dataOffset + t.z.off + t.p);
+      } catch (err) {
+        failure ??= err;
+        stop = true;
+        t.z.written.reject(err);
+        return;
+      }
+      if (--t.z.left === 0) t.z.written.resolve();
+    }
+  };
+  const lanesRunning: Promise<void>[] = [];
+  let bytes = 0;
+  try {
+    let i = 0;
+    let z = zone(0);
+    run.onProgress?.({ done: doneBytes(z), total: e.dataSize });
+    for (let l = 0; l < nLanes && z; l++) lanesRunning.push(lane(pool.subarray(l * piece, (l + 1) * piece)));
+    while (z) {
+      if (run.signal?.aborted) throw run.interrupted(doneBytes(z), e.dataSize);
+      if (failure) throw failure;
+      await v.commit(z.hot);
+      z.gate.resolve(true);
+      await z.written.promise;
+      await dev.flush();
+      await v.commit(z.post);
+      bytes += z.len;
+      z = zone(++i);
+      run.onProgress?.({ done: doneBytes(z), total: e.dataSize });
+    }
+    return bytes;
+  } finally {
+    stop = true;
+    for (const z of zones) z.gate.resolve(false); // lanes waiting to write stop (a gate already opened stays open)
+    await Promise.allSettled(lanesRunning);
+    wipe(pool.subarray(0, nLanes * piece));
   }
 }
 
