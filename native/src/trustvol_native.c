@@ -22,6 +22,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 /* Keep in sync with src/dmcrypt/native.ts */
@@ -1611,6 +1612,24 @@ static napi_value tv_keyctl(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* flock(fd, exclusive, nonblocking) -> 0 or -errno: cryptsetup's re-encryption lock (src/dm/lock.ts) without a flock(1) child. */
+static napi_value tv_flock(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd = -1;
+  bool ex = true, nb = true;
+  if (argc < 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_bool(env, argv[1], &ex) != napi_ok ||
+      napi_get_value_bool(env, argv[2], &nb) != napi_ok) {
+    napi_throw_type_error(env, NULL, "flock(fd: number, exclusive: boolean, nonblocking: boolean)");
+    return NULL;
+  }
+  int r = flock(fd, (ex ? LOCK_EX : LOCK_SH) | (nb ? LOCK_NB : 0));
+  napi_value out;
+  NAPI_CALL(env, napi_create_int32(env, r < 0 ? -errno : 0, &out));
+  return out;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"create", NULL, tv_create, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -1629,6 +1648,7 @@ NAPI_MODULE_INIT() {
       {"lockRange", NULL, tv_lock_range, NULL, NULL, NULL, napi_enumerable, NULL},
       {"addKey", NULL, tv_add_key, NULL, NULL, NULL, napi_enumerable, NULL},
       {"keyctl", NULL, tv_keyctl, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"flock", NULL, tv_flock, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;
