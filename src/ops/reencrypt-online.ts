@@ -280,13 +280,13 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
     };
     // This process may run from the device it re-encrypts (the root at first boot): its code (node, libraries) is
     // locked in memory so that no page fault waits on a hotzone only this process resumes (cryptsetup mlockall()s).
-    const locked = lockFileMappings(true);
+    const locked = lockFileMappings(true, `${info.major}:${info.minor}`);
     mark(`mappings locked (${locked?.bytes ?? 0} bytes)`);
     if (locked?.error !== undefined) process.emitWarning(`cannot lock trustvol's code in memory (${errnoName(-locked.error)}): if ${name} holds trustvol itself, a page fault into a suspended hotzone could stall the re-encryption`, { code: "TRUSTVOL_MEMLOCK" });
     try {
       result = await reencrypt(dev, { ...opts, mode: "reencrypt", hotzoneHooks: hooks, reencryptionLockHeld: true });
     } finally {
-      if (locked) lockFileMappings(false);
+      if (locked) lockFileMappings(false, `${info.major}:${info.minor}`);
     }
     failed = false;
     mark("engine done");
