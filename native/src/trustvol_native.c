@@ -21,6 +21,8 @@
 #include <errno.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 /* Keep in sync with src/dmcrypt/native.ts */
@@ -1516,6 +1518,118 @@ static napi_value tv_lock_range(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * The kernel key retention service in-process (src/trust/kernel/keyring.ts; keyctl(1) stays its fallback). Node has
+ * no binding for add_key(2)/keyctl(2); under emulation a keyctl process per call cost most of a second.
+ * Arguments are numbers (serials, special keyring ids, options), strings (type, description: copied NUL-terminated)
+ * or Uint8Arrays (payloads, output buffers: passed as pointer and, for payloads, length by the caller). No copy of a
+ * payload is made here. Both return the syscall's result (>= 0) or -errno; no exception for kernel refusals.
+ */
+static int tv_key_arg(napi_env env, napi_value v, unsigned long *out, char **owned) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok) return 0;
+  if (t == napi_number) {
+    int64_t n;
+    if (napi_get_value_int64(env, v, &n) != napi_ok) return 0;
+    *out = (unsigned long)(long)n;
+    return 1;
+  }
+  if (t == napi_null || t == napi_undefined) {
+    *out = 0;
+    return 1;
+  }
+  if (t == napi_string) {
+    size_t len = 0;
+    if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok || len > 4096) return 0;
+    char *s = malloc(len + 1);
+    if (!s || napi_get_value_string_utf8(env, v, s, len + 1, &len) != napi_ok || strlen(s) != len) {
+      free(s);
+      return 0;
+    }
+    *owned = s;
+    *out = (unsigned long)(uintptr_t)s;
+    return 1;
+  }
+  uint8_t *p = NULL;
+  size_t plen = 0;
+  if (!tv_get_bytes(env, v, &p, &plen)) return 0;
+  *out = (unsigned long)(uintptr_t)p;
+  return 1;
+}
+
+/* addKey(type, description, payload | null, keyring) -> serial or -errno */
+static napi_value tv_add_key(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  unsigned long a[4] = {0, 0, 0, 0};
+  char *owned[4] = {NULL, NULL, NULL, NULL};
+  size_t plen = 0;
+  int ok = argc == 4;
+  for (size_t i = 0; ok && i < 4; i++) ok = tv_key_arg(env, argv[i], &a[i], &owned[i]);
+  if (ok && a[2]) {
+    uint8_t *p = NULL;
+    ok = tv_get_bytes(env, argv[2], &p, &plen);
+  }
+  long r = -1;
+  int err = 0;
+  if (ok && owned[0] && owned[1] && !owned[2] && !owned[3]) {
+    r = syscall(SYS_add_key, (const char *)a[0], (const char *)a[1], (const void *)a[2], plen, (int32_t)(long)a[3]);
+    err = r < 0 ? errno : 0;
+  } else ok = 0;
+  for (int i = 0; i < 4; i++) free(owned[i]);
+  if (!ok) {
+    napi_throw_type_error(env, NULL, "addKey(type: string, description: string, payload: Uint8Array | null, keyring: number)");
+    return NULL;
+  }
+  napi_value out;
+  NAPI_CALL(env, napi_create_int64(env, r < 0 ? -err : r, &out));
+  return out;
+}
+
+/* keyctl(operation, arg2?, arg3?, arg4?, arg5?) -> result or -errno */
+static napi_value tv_keyctl(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  unsigned long a[5] = {0, 0, 0, 0, 0};
+  char *owned[5] = {NULL, NULL, NULL, NULL, NULL};
+  int ok = argc >= 1;
+  for (size_t i = 0; ok && i < argc; i++) ok = tv_key_arg(env, argv[i], &a[i], &owned[i]);
+  long r = -1;
+  int err = 0;
+  if (ok && !owned[0]) {
+    r = syscall(SYS_keyctl, (int)a[0], a[1], a[2], a[3], a[4]);
+    err = r < 0 ? errno : 0;
+  } else ok = 0;
+  for (int i = 0; i < 5; i++) free(owned[i]);
+  if (!ok) {
+    napi_throw_type_error(env, NULL, "keyctl(operation: number, ...args: (number | string | Uint8Array | null)[])");
+    return NULL;
+  }
+  napi_value out;
+  NAPI_CALL(env, napi_create_int64(env, r < 0 ? -err : r, &out));
+  return out;
+}
+
+/* flock(fd, exclusive, nonblocking) -> 0 or -errno: cryptsetup's re-encryption lock (src/dm/lock.ts) without a flock(1) child. */
+static napi_value tv_flock(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd = -1;
+  bool ex = true, nb = true;
+  if (argc < 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_bool(env, argv[1], &ex) != napi_ok ||
+      napi_get_value_bool(env, argv[2], &nb) != napi_ok) {
+    napi_throw_type_error(env, NULL, "flock(fd: number, exclusive: boolean, nonblocking: boolean)");
+    return NULL;
+  }
+  int r = flock(fd, (ex ? LOCK_EX : LOCK_SH) | (nb ? LOCK_NB : 0));
+  napi_value out;
+  NAPI_CALL(env, napi_create_int32(env, r < 0 ? -errno : 0, &out));
+  return out;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"create", NULL, tv_create, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -1532,6 +1646,9 @@ NAPI_MODULE_INIT() {
       {"opensslVersion", NULL, tv_openssl_version, NULL, NULL, NULL, napi_enumerable, NULL},
       {"ioctl", NULL, tv_ioctl, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lockRange", NULL, tv_lock_range, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"addKey", NULL, tv_add_key, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"keyctl", NULL, tv_keyctl, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"flock", NULL, tv_flock, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

@@ -1,6 +1,9 @@
 // Process entry: run the CLI and set the exit status (kept apart from main.ts so tests can import the program).
 import { VERSION } from "../version.js";
 import { KERNEL_COMMANDS, VOLUME_COMMANDS } from "./boot-commands.js";
+import { mark } from "../util/timing.js";
+
+mark("cli");
 
 // A reader that stops early (`trustvol --help | head`) is not an error: end quietly, as a SIGPIPE'd C tool would.
 process.stdout.on("error", (e: NodeJS.ErrnoException) => (e.code === "EPIPE" ? process.exit(process.exitCode ?? 0) : undefined));

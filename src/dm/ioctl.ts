@@ -3,7 +3,7 @@
 // NXP's /dev/caam-keygen. The struct layouts live in TypeScript next to their users; the addon only patches buffer
 // addresses into a struct (for embedded user pointers) and makes the call.
 import { createRequire } from "node:module";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { constants } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -73,15 +73,22 @@ export const POINTER_WIDTH: 4 | 8 = process.arch === "x64" || process.arch === "
  * online re-encryption of the device this process runs from must not read its own code back from a hotzone it has
  * suspended (cryptsetup mlockall()s; V8's reserved heap ranges make that unusable here). Returns the bytes handled and
  * the first failure (-errno), or null without the addon.
+ *
+ * `onlyAbove` (a device's major:minor): lock only what may be read through that device — files on it or on a block
+ * device stacked above it (sysfs `slaves/`), and files whose file system has no block device we can follow
+ * (overlayfs, btrfs, FUSE, unknown). Files on a block device below or beside it, and on file systems that never sit
+ * on a local block device (9p, NFS, virtiofs, tmpfs, ...), cannot page-fault into its hotzone: they stay unlocked.
  */
-export function lockFileMappings(lock: boolean): { bytes: number; error?: number } | null {
+export function lockFileMappings(lock: boolean, onlyAbove?: string): { bytes: number; error?: number } | null {
   const a = loadIoctl();
   if (!a?.lockRange) return null;
+  const needed = onlyAbove ? deviceFilter(onlyAbove) : () => true;
   let bytes = 0;
   let error: number | undefined;
   for (const line of readFileSync("/proc/self/maps", "utf8").split("\n")) {
-    const m = /^([0-9a-f]+)-([0-9a-f]+) (r...) [0-9a-f]+ \S+ (\d+)\s+(\/\S.*)$/.exec(line);
-    if (!m || m[4] === "0") continue; // readable mappings of a file (inode != 0)
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (r...) [0-9a-f]+ ([0-9a-f]+):([0-9a-f]+) (\d+)\s+(\/\S.*)$/.exec(line);
+    if (!m || m[6] === "0") continue; // readable mappings of a file (inode != 0)
+    if (!needed(`${parseInt(m[4]!, 16)}:${parseInt(m[5]!, 16)}`)) continue;
     const start = BigInt(`0x${m[1]}`);
     const len = BigInt(`0x${m[2]}`) - start;
     const r = a.lockRange(start, len, lock);
@@ -89,4 +96,42 @@ export function lockFileMappings(lock: boolean): { bytes: number; error?: number
     else error ??= r;
   }
   return error === undefined ? { bytes } : { bytes, error };
+}
+
+/** File systems that never sit on a local block device. */
+const NO_BLOCK_DEVICE = new Set(["9p", "nfs", "nfs4", "cifs", "smb3", "virtiofs", "tmpfs", "ramfs", "proc", "sysfs", "devtmpfs", "hugetlbfs"]);
+
+/** Does a file on the file system with this st_dev (major:minor) possibly read through block device `top`? */
+function deviceFilter(top: string): (dev: string) => boolean {
+  const types = new Map<string, string>();
+  try {
+    for (const l of readFileSync("/proc/self/mountinfo", "utf8").split("\n")) {
+      const f = l.split(" ");
+      const sep = f.indexOf("-");
+      if (f[2] && sep > 0 && f[sep + 1]) types.set(f[2], f[sep + 1]);
+    }
+  } catch {
+    /* no mountinfo: the rule below locks every anonymous device */
+  }
+  const cache = new Map<string, boolean>();
+  const above = (dev: string, depth = 0): boolean => {
+    if (dev === top) return true;
+    if (depth > 16) return true; // a loop in sysfs? be safe
+    let slaves: string[];
+    try {
+      slaves = readdirSync(`/sys/dev/block/${dev}/slaves`).map((n) => readFileSync(`/sys/class/block/${n}/dev`, "utf8").trim());
+    } catch {
+      return true; // cannot tell: lock
+    }
+    return slaves.some((s) => above(s, depth + 1));
+  };
+  return (dev) => {
+    let r = cache.get(dev);
+    if (r === undefined) {
+      if (dev.startsWith("0:")) r = !NO_BLOCK_DEVICE.has(types.get(dev) ?? "");
+      else r = existsSync(`/sys/dev/block/${dev}`) ? above(dev) : true;
+      cache.set(dev, r);
+    }
+    return r;
+  };
 }

@@ -4,13 +4,15 @@
 // demand), held with flock(LOCK_EX | LOCK_NB); the holder verifies after flock that the path still names the inode it
 // locked (a releasing process unlinks the file) and unlinks it when it releases. Busy → EBUSY, never a wait.
 //
-// Node has no flock(2): this process opens the file, and one util-linux `flock -n FD` child locks that descriptor and
-// exits — a flock belongs to the open file description, which stays ours, so the lock is held until we close it
-// (release) or die in any way (SIGKILL too). One process start per lock: under emulation each costs most of a second.
+// Node has no flock(2): this process opens the file and locks it through the native addon (`flock`), else one
+// util-linux `flock -n FD` child locks that descriptor and exits — a flock belongs to the open file description, which
+// stays ours, so the lock is held until we close it (release) or die in any way (SIGKILL too). Under emulation a
+// process start costs most of a second, hence the addon first.
 import { spawn } from "node:child_process";
 import { closeSync, constants, fstatSync, mkdirSync, openSync, statSync, unlinkSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { TrustvolError } from "../util/errors.js";
+import { loadIoctl } from "./ioctl.js";
 
 /** Directory of cryptsetup's lock files (its build default; TRUSTVOL_LUKS2_LOCK_DIR overrides it for tests). */
 export function luks2LockDir(): string {
@@ -29,8 +31,15 @@ export interface HeldLock {
 
 const sameFile = (a: { dev: number; ino: number }, b: { dev: number; ino: number }) => a.dev === b.dev && a.ino === b.ino;
 
-/** flock(LOCK_EX | LOCK_NB) on `fd` through `flock -n`: 0 locked, 75 busy, else the failure. */
+const EWOULDBLOCK = 11; // EAGAIN on Linux
+
+/** flock(LOCK_EX | LOCK_NB) on `fd` (the addon, else `flock -n`): 0 locked, 75 busy, else the failure. */
 function flockFd(fd: number): Promise<{ code: number; err: string }> {
+  const a = loadIoctl() as { flock?: (fd: number, exclusive: boolean, nonblocking: boolean) => number } | null;
+  if (typeof a?.flock === "function") {
+    const r = a.flock(fd, true, true);
+    return Promise.resolve(r === 0 ? { code: 0, err: "" } : r === -EWOULDBLOCK ? { code: 75, err: "" } : { code: -1, err: `flock: errno ${-r}` });
+  }
   return new Promise((resolve) => {
     const c = spawn("flock", ["-n", "-E", "75", "3"], { stdio: ["ignore", "ignore", "pipe", fd] });
     let err = "";

@@ -32,6 +32,7 @@ import type { Luks2Volume } from "../luks2/volume.js";
 import { opensslHash } from "../luks2/kdf.js";
 import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments } from "../luks2/segment.js";
+import { mark } from "../util/timing.js";
 import { hotMetadata, nextHotzone, postMetadata, shiftSource, type ReencryptState } from "../luks2/reencrypt-metadata.js";
 
 /** What the data path needs of reencrypt.ts's engine. */
@@ -213,6 +214,7 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       // Online: the hotzone is stable only once the hook has suspended and remapped it, so read after it, never ahead.
       await run.hooks?.before(hot, run.keys ?? new Map());
       const { data, sums: hashed } = await take(src, len);
+      mark(`hotzone ${off}+${len}: read`);
       if (nz && !run.hooks) readAhead(nextSrc, nz.len);
       // The copy (extended checksum) or journal is written while the checksums are hashed: both only read data.
       const copying = st.resilience === "journal" ? writePar(hdrDev, data, area.offset, lanesN) : st.resilience === "checksum" && e.extended ? writePar(hdrDev, data, area.offset + extendedLayout(len, e.block, e.hashLen).copy, lanesN) : null;
@@ -224,6 +226,7 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
         if (copying) await copying;
       }
       if (sums) await hdrDev.write(sums, area.offset);
+      mark("hotzone: copy + sums written");
       // From here data's old content is on disk (journal / copy) or not needed (checksums taken): re-encrypt it
       // while the area is flushed and the metadata commit point is written.
       const recrypting = track(recryptAsync(e, data, off));
@@ -232,14 +235,18 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
           await hdrDev.flush();
           // Metadata commit point: from here the header says the hotzone may hold old or new data.
           await v.commit(hot);
+          mark("hotzone: hot committed");
         }
       } finally {
         await recrypting.catch(() => {});
       }
       await recrypting;
       await writePar(dev, data, e.dataOffset + off, lanesN);
+      mark("hotzone: data written");
       await dev.flush();
+      mark("hotzone: flushed");
       await v.commit(post);
+      mark("hotzone: done committed");
       await run.hooks?.after(v.metadata);
       bytes += len;
       hz = nz;

@@ -25,6 +25,7 @@ import { dmCreate, dmInfo, dmList, dmLoad, dmRemove, dmResume, dmSuspend, dmTabl
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { errnoName, ioctlAvailable, ioctlRaw, lockFileMappings } from "../dm/ioctl.js";
 import { paddKey, unlinkKey, type KeyRef } from "../trust/kernel/keyring.js";
+import { mark } from "../util/timing.js";
 import { reencrypt, unlockForState, type ReencryptOptions, type ReencryptResult } from "./reencrypt.js";
 
 /** The online run's table switches never wait for udev (see DmsetupOptions.noUdevSync: a probe of the overlay blocks on the suspended hotzone device). */
@@ -200,6 +201,7 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
       await dev.close();
     }
   }
+  mark("online: start");
   checkMappingName(name);
   const info = dmInfo(name);
   if (!info) throw new TrustvolError("ENOENT", `no mapping named ${name}`, "open the volume first");
@@ -222,6 +224,7 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
     uuid = v0.uuid;
     if (uuid.replace(/-/g, "") !== m[1]) throw new TrustvolError("EUNSUPPORTED", `${name} does not map ${under.path} (UUIDs differ)`);
     lock = await lockReencryption(uuid);
+    mark("online: locked");
     const v = await Luks2Volume.open(dev); // re-read under the lock
     const status = reencryptStatus(v.metadata);
     if (status === "crash") throw new TrustvolError("EBUSY", "the re-encryption of this device was interrupted in the middle of a hotzone", `close ${name} and open it again (that recovers the hotzone), then resume`);
@@ -235,8 +238,10 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
       before: async (hot, keys) => {
         const st = loadReencryptState(hot);
         const keySize = (d: number) => keys.get(d)?.length ?? 64;
+        mark("hook before");
         if (!stack) {
           unlinkKeys = loadLogonKeys(uuid, keys);
+          mark("keys loaded");
           const hotzone = `${name}-hotzone-${st.direction}`;
           stack = { hotzone, majmin: "", created: false, swapped: false, hzSuspended: false };
           if (dmInfo(hotzone)) throw new TrustvolError("EBUSY", `${hotzone} already exists`, "remove the leftover helper (dmsetup remove) if no re-encryption runs");
@@ -255,6 +260,7 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
           dmSuspend(name, { noflush: true, nolockfs: true }, NOSYNC);
           dmResume(name, NOSYNC);
           stack.swapped = true;
+          mark("stack built");
         }
         dmLoad(overlay, segmentTable(hot, { device: under.majmin, deviceSize, keySize, uuid, flags, hotzoneDevice: stack.majmin }), NOSYNC);
         // top to bottom: the overlay first, then the hotzone device, then the overlay's new table goes live
@@ -263,23 +269,27 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
         stack.hzSuspended = true;
         dmResume(overlay, NOSYNC);
         dropCache(under.path, dev.fd);
+        mark("hook before done");
       },
       after: () => {
         if (!stack) return;
         dmResume(stack.hotzone, NOSYNC);
         stack.hzSuspended = false;
+        mark("hook after done");
       },
     };
     // This process may run from the device it re-encrypts (the root at first boot): its code (node, libraries) is
     // locked in memory so that no page fault waits on a hotzone only this process resumes (cryptsetup mlockall()s).
-    const locked = lockFileMappings(true);
+    const locked = lockFileMappings(true, `${info.major}:${info.minor}`);
+    mark(`mappings locked (${locked?.bytes ?? 0} bytes)`);
     if (locked?.error !== undefined) process.emitWarning(`cannot lock trustvol's code in memory (${errnoName(-locked.error)}): if ${name} holds trustvol itself, a page fault into a suspended hotzone could stall the re-encryption`, { code: "TRUSTVOL_MEMLOCK" });
     try {
       result = await reencrypt(dev, { ...opts, mode: "reencrypt", hotzoneHooks: hooks, reencryptionLockHeld: true });
     } finally {
-      if (locked) lockFileMappings(false);
+      if (locked) lockFileMappings(false, `${info.major}:${info.minor}`);
     }
     failed = false;
+    mark("engine done");
   } finally {
     try {
       if (stack) await teardown(name, overlay, stack, dev, under, uuid, failed);
@@ -287,6 +297,7 @@ export async function reencryptOnline(target: string, opts: OnlineReencryptOptio
       unlinkKeys?.();
       await dev.close().catch(() => {});
       await lock?.release();
+      mark("online: torn down");
     }
   }
   return { ...result, name, device: under.path, table: dmTable(name) };

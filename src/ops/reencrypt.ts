@@ -25,6 +25,7 @@ import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
 import { extendedLayout, hashBlock, recrypt, runHotzones, sourceOf, type HotzoneEngine } from "./reencrypt-io.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
+import { mark } from "../util/timing.js";
 export { extendedLayout };
 import {
   DEFAULT_NONE_HOTZONE,
@@ -389,6 +390,7 @@ async function initRotation(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOpt
         wipe(k);
       }
     }
+    mark("init: old keyslots opened");
     const missing = carry.filter((s) => !passOf.has(s));
     if (!oldKey) throw new TrustvolError("EBADPASS", "no key available with this passphrase", "check the passphrase (or key file) and try again");
     if (missing.length)
@@ -414,6 +416,7 @@ async function initRotation(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOpt
       for (const t of Object.values(m.tokens)) if (t.keyslots.includes(s)) t.keyslots = [...t.keyslots, String(id)].sort((a, b) => Number(a) - Number(b));
     }
     await v.dev.flush();
+    mark("init: new keyslots written");
     let dNew = 0;
     while (String(dNew) in m.digests) dNew++;
     m.digests[String(dNew)] = createDigest(newKey, { keyslots: newSlots, segments: [], iterations: digestIterations(opts) });
@@ -426,6 +429,7 @@ async function initRotation(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOpt
     reencryptAreaKeyslot(m, v.header.hdrSize, "reencrypt", opts, dataSize, [seg.sectorSize, ss]);
     assignReencryptDigest(m, new Map([[Number(dOld), oldKey], [dNew, newKey]]), { iterations: digestIterations(opts) });
     await v.commit(m);
+    mark("init: committed");
     // the run needs both keys: handing them on saves opening two keyslots again (PBKDF + AF merge each)
     return new Map([[Number(dOld), Buffer.from(oldKey)], [dNew, Buffer.from(newKey)]]);
   } catch (e) {
@@ -705,6 +709,7 @@ async function recoverHotzone(e: Engine): Promise<void> {
 
 async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: ReencryptOptions): Promise<{ recovered: boolean; bytes: number }> {
   const e = await prepare(v, dev, hdrDev, keys, opts);
+  mark(`engine: prepared, hotzone ${e.hotzone}`);
   let recovered = false;
   let bytes = 0;
   try {

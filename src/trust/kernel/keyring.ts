@@ -1,19 +1,22 @@
-// The kernel key retention service (keyrings), driven through keyutils' keyctl(1).
+// The kernel key retention service (keyrings): add_key(2)/keyctl(2) in-process through the native addon when it is
+// built (`addKey`/`keyctl` in native/src/trustvol_native.c), else keyutils' keyctl(1).
 //
-// Why keyctl and not a native binding: the syscalls (add_key, keyctl) are not reachable from Node without an
-// addon, and an addon means a compiler toolchain or prebuilt binaries for every target (armv7, aarch64, x86-64)
-// plus a new dependency. keyctl is already on every device that does disk encryption with kernel keys (it is how
-// meta-lmp's initramfs, clevis and cryptsetup's docs do it), it is tiny, and with `padd` / `pupdate` the payload
-// travels on its stdin, so key material never reaches argv, env or a temp file. Key operations happen a handful of
-// times per boot, so a fork per call costs nothing that matters.
+// In-process is the default: under emulation (the QEMU tier, TCG) every process start costs 0.4-0.9 s, and online
+// re-encryption made four keyctl processes per run (two keys loaded, two unlinked). Payloads go to the syscall from
+// the caller's buffer (no copy, never argv/env/temp files); payloads read back arrive in a Buffer the caller owns.
+// keyctl(1) stays the fallback — no addon (it is optional), `KeyctlOptions.keyctl` naming a binary (tests log its
+// argv), `TRUSTVOL_KEYCTL=1`, and the operations done only there: named references (`%:name`, `%type:desc`: keyctl's
+// lookup scans /proc/keys), unlink from every keyring, describe, list, show. keyctl is on every device that does disk
+// encryption with kernel keys (meta-lmp's initramfs, clevis); with `padd` / `pupdate` the payload travels on its
+// stdin, so key material never reaches argv, env or a temp file either.
 //
-// Two consequences of running one keyctl process per call:
-//  - `@p` (process) and `@t` (thread) keyrings belong to that short-lived keyctl process; anything linked there
-//    vanishes when it exits. They are refused here: use `@s`, `@u`, `@us` or a named keyring.
-//  - payloads read back (`pipe`) arrive as a Buffer the caller owns and must wipe.
+// `@p` (process) and `@t` (thread) keyrings are refused on both paths: through keyctl(1) they would belong to that
+// short-lived process, and the two paths must mean the same thing. Use `@s`, `@u`, `@us` or a named keyring.
 import { spawnSync } from "node:child_process";
+import { constants } from "node:os";
 import { TrustvolError, usage } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
+import { loadIoctl } from "../../dm/ioctl.js";
 
 /** A key or keyring: a serial number, a special keyring, or a named keyring `{ keyring: "name" }` (keyctl `%:name`). */
 export type KeyRef = number | SpecialKeyring | { keyring: string } | { type: string; description: string };
@@ -126,6 +129,56 @@ function keyctlError(cmd: string, msg: string, args: string[]): TrustvolError {
   return new TrustvolError("EIO", `${what}: ${text}`);
 }
 
+// ---------------------------------------------------------------- in-process (native addon)
+interface KeyAddon {
+  addKey(type: string, description: string, payload: Uint8Array | null, keyring: number): number;
+  keyctl(op: number, ...args: (number | string | Uint8Array | null)[]): number;
+}
+
+/** keyctl(2) operations (linux/keyctl.h). */
+const KEYCTL = { getKeyringId: 0, update: 2, revoke: 3, setperm: 5, clear: 7, link: 8, unlink: 9, search: 10, read: 11, setTimeout: 15, invalidate: 21 } as const;
+const SPECIAL: Record<SpecialKeyring, number> = { "@s": -3, "@u": -4, "@us": -5, "@g": -6, "@a": -7 };
+
+/** The addon's keyring calls, unless keyctl(1) is asked for (a binary in the options, TRUSTVOL_KEYCTL=1). */
+function native(o?: KeyctlOptions): KeyAddon | null {
+  if (o?.keyctl !== undefined || process.env.TRUSTVOL_KEYCTL === "1") return null;
+  const a = loadIoctl() as unknown as Partial<KeyAddon> | null;
+  return a && typeof a.addKey === "function" && typeof a.keyctl === "function" ? (a as KeyAddon) : null;
+}
+
+/** A serial or a special keyring as the syscalls take it; undefined for named references (keyctl(1) resolves those). */
+function nativeRef(ref: KeyRef): number | undefined {
+  refArg(ref); // the same validation (and @p/@t refusal) as the keyctl(1) path
+  if (typeof ref === "number") return ref;
+  if (typeof ref === "string") return SPECIAL[ref];
+  return undefined;
+}
+
+// errno numbers of the key errors are Linux's generic ones (x86, arm, arm64, riscv); Node does not name all of them
+const E = constants.errno as Record<string, number>;
+const ERRNO_TEXT: [number, string][] = [
+  [E.ENOKEY ?? 126, "Required key not available"],
+  [E.EKEYEXPIRED ?? 127, "Key has expired"],
+  [E.EKEYREVOKED ?? 128, "Key has been revoked"],
+  [E.EKEYREJECTED ?? 129, "Key was rejected by service"],
+  [E.ENOENT!, "No such file or directory"],
+  [E.EACCES!, "Permission denied"],
+  [E.EPERM!, "Operation not permitted"],
+  [E.ENODEV!, "No such device"],
+  [E.EOPNOTSUPP!, "Operation not supported"],
+  [E.EDQUOT!, "Disk quota exceeded"],
+  [E.EINVAL!, "Invalid argument"],
+  [E.ENOMEM!, "Cannot allocate memory"],
+  [E.EEXIST!, "File exists"],
+];
+
+/** A negative syscall result as the error keyctl(1) would have given (same codes, same one-line text). */
+function nativeCheck(r: number, cmd: string, args: string[]): number {
+  if (r >= 0) return r;
+  const text = ERRNO_TEXT.find(([n]) => n === -r)?.[1] ?? `errno ${-r}`;
+  throw keyctlError(cmd, text, [cmd, ...args]);
+}
+
 function serial(out: Out, what: string): number {
   const s = out.stdout.toString().trim();
   const n = Number(s);
@@ -139,16 +192,22 @@ function serial(out: Out, what: string): number {
  * Anything secret or sealed goes through paddKey (stdin).
  */
 export function addKey(type: KeyType, description: string, publicPayload: string, keyring: KeyRef, o?: KeyctlOptions): number {
+  const a = native(o), ring = nativeRef(keyring);
+  if (a && ring !== undefined) return nativeCheck(a.addKey(checkType(type), checkDesc(description), Buffer.from(publicPayload), ring), "add", [type, description]);
   return serial(keyctl(["add", checkType(type), checkDesc(description), publicPayload, refArg(keyring)], o), `add ${type}`);
 }
 
 /** Add (or update) a key with the payload on stdin; returns its serial. */
 export function paddKey(type: KeyType, description: string, payload: Uint8Array, keyring: KeyRef, o?: KeyctlOptions): number {
+  const a = native(o), ring = nativeRef(keyring);
+  if (a && ring !== undefined) return nativeCheck(a.addKey(checkType(type), checkDesc(description), payload, ring), "padd", [type, description]);
   return serial(keyctl(["padd", checkType(type), checkDesc(description), refArg(keyring)], o, payload), `padd ${type}`);
 }
 
 /** Replace a key's payload (stdin). */
 export function updateKey(key: KeyRef, payload: Uint8Array, o?: KeyctlOptions): void {
+  const a = native(o), id = nativeRef(key);
+  if (a && id !== undefined) return void nativeCheck(a.keyctl(KEYCTL.update, id, payload, payload.length), "pupdate", [String(key)]);
   keyctl(["pupdate", refArg(key)], o, payload);
 }
 
@@ -157,6 +216,18 @@ export function updateKey(key: KeyRef, payload: Uint8Array, o?: KeyctlOptions): 
  * `logon` keys are unreadable by design. The caller owns and wipes the Buffer.
  */
 export function pipeKey(key: KeyRef, o?: KeyctlOptions): Buffer {
+  const a = native(o), id = nativeRef(key);
+  if (a && id !== undefined) {
+    // KEYCTL_READ returns the payload's size; read again into a buffer of that size until it fits (keyutils' read_alloc)
+    let size = nativeCheck(a.keyctl(KEYCTL.read, id, null, 0), "pipe", [String(key)]);
+    for (;;) {
+      const buf = Buffer.alloc(size);
+      const n = nativeCheck(a.keyctl(KEYCTL.read, id, buf, size), "pipe", [String(key)]);
+      if (n <= size) return n === size ? buf : buf.subarray(0, n);
+      wipe(buf);
+      size = n;
+    }
+  }
   return keyctl(["pipe", refArg(key)], o).stdout;
 }
 
@@ -166,6 +237,8 @@ export const readKey = pipeKey;
 /** Find a key by type and description below `keyring` (recursively); undefined when absent. Optionally link it into `dest`. */
 export function searchKey(keyring: KeyRef, type: KeyType, description: string, dest?: KeyRef, o?: KeyctlOptions): number | undefined {
   try {
+    const a = native(o), ring = nativeRef(keyring), to = dest === undefined ? 0 : nativeRef(dest);
+    if (a && ring !== undefined && to !== undefined) return nativeCheck(a.keyctl(KEYCTL.search, ring, checkType(type), checkDesc(description), to), "search", [String(keyring)]);
     const args = ["search", refArg(keyring), checkType(type), checkDesc(description)];
     if (dest !== undefined) args.push(refArg(dest));
     return serial(keyctl(args, o), "search");
@@ -177,43 +250,61 @@ export function searchKey(keyring: KeyRef, type: KeyType, description: string, d
 
 /** Resolve a reference (special or named keyring, %type:desc) to a serial. */
 export function keyId(ref: KeyRef, o?: KeyctlOptions): number {
+  const a = native(o), id = nativeRef(ref);
+  if (a && id !== undefined) return nativeCheck(a.keyctl(KEYCTL.getKeyringId, id, 0), "id", [String(ref)]);
   return serial(keyctl(["id", refArg(ref)], o), "id");
 }
 
 export function linkKey(key: KeyRef, keyring: KeyRef, o?: KeyctlOptions): void {
+  const a = native(o), id = nativeRef(key), ring = nativeRef(keyring);
+  if (a && id !== undefined && ring !== undefined) return void nativeCheck(a.keyctl(KEYCTL.link, id, ring), "link", [String(key)]);
   keyctl(["link", refArg(key), refArg(keyring)], o);
 }
 
 /** Unlink a key from one keyring, or (without keyring) from every keyring this process can reach. */
 export function unlinkKey(key: KeyRef, keyring?: KeyRef, o?: KeyctlOptions): void {
+  const a = native(o), id = nativeRef(key), ring = keyring === undefined ? undefined : nativeRef(keyring);
+  if (a && id !== undefined && ring !== undefined) return void nativeCheck(a.keyctl(KEYCTL.unlink, id, ring), "unlink", [String(key)]);
   const args = ["unlink", refArg(key)];
   if (keyring !== undefined) args.push(refArg(keyring));
   keyctl(args, o);
 }
 
 export function revokeKey(key: KeyRef, o?: KeyctlOptions): void {
+  const a = native(o), id = nativeRef(key);
+  if (a && id !== undefined) return void nativeCheck(a.keyctl(KEYCTL.revoke, id), "revoke", [String(key)]);
   keyctl(["revoke", refArg(key)], o);
 }
 
 export function invalidateKey(key: KeyRef, o?: KeyctlOptions): void {
+  const a = native(o), id = nativeRef(key);
+  if (a && id !== undefined) return void nativeCheck(a.keyctl(KEYCTL.invalidate, id), "invalidate", [String(key)]);
   keyctl(["invalidate", refArg(key)], o);
 }
 
 export function clearKeyring(keyring: KeyRef, o?: KeyctlOptions): void {
+  const a = native(o), id = nativeRef(keyring);
+  if (a && id !== undefined) return void nativeCheck(a.keyctl(KEYCTL.clear, id), "clear", [String(keyring)]);
   keyctl(["clear", refArg(keyring)], o);
 }
 
 export function setKeyTimeout(key: KeyRef, seconds: number, o?: KeyctlOptions): void {
+  const a = native(o), id = nativeRef(key);
+  if (a && id !== undefined) return void nativeCheck(a.keyctl(KEYCTL.setTimeout, id, Math.max(0, Math.floor(seconds))), "timeout", [String(key)]);
   keyctl(["timeout", refArg(key), String(Math.max(0, Math.floor(seconds)))], o);
 }
 
 /** Set the permission mask (see keyPermMask). */
 export function setPerm(key: KeyRef, mask: number, o?: KeyctlOptions): void {
+  const a = native(o), id = nativeRef(key);
+  if (a && id !== undefined) return void nativeCheck(a.keyctl(KEYCTL.setperm, id, mask >>> 0), "setperm", [String(key)]);
   keyctl(["setperm", refArg(key), `0x${(mask >>> 0).toString(16).padStart(8, "0")}`], o);
 }
 
 /** Create a keyring named `name` in `parent` (or return the existing one there). */
 export function newKeyring(name: string, parent: KeyRef, o?: KeyctlOptions): number {
+  const a = native(o), ring = nativeRef(parent);
+  if (a && ring !== undefined) return nativeCheck(a.addKey("keyring", checkDesc(name), null, ring), "newring", [name]);
   return serial(keyctl(["newring", checkDesc(name), refArg(parent)], o), "newring");
 }
 

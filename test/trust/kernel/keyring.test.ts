@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { needTools, tmpDir } from "../../helpers/tools.js";
 import { TrustvolError } from "../../../src/util/errors.js";
+import { loadIoctl } from "../../../src/dm/ioctl.js";
 import {
   addKey, describeKey, ensureKeyring, keyId, keyPermMask, linkKey, listKeyring, paddKey, pipeKey, searchKey, setPerm,
   showKeyring, unlinkKey, updateKey, POSSESSOR_ONLY, type KeyctlOptions,
@@ -97,6 +98,50 @@ test("user keys: padd, pipe, search, describe, setperm, link, show, unlink — p
   assert.ok(log.includes("padd user tv:data"), "keyctl was called through the wrapper");
   assert.ok(!log.includes(secret.toString("hex")) && !log.includes(secret.toString("latin1")), "the secret never appears in argv");
   assert.ok(!log.includes("replaced"));
+});
+
+test("in-process (native addon): the same operations with no keyctl process, and keyctl(1) sees their result", (t) => {
+  if (!hostHasKeyrings(t)) return;
+  const a = loadIoctl() as { addKey?: unknown } | null;
+  if (typeof a?.addKey !== "function") return t.skip("the native addon is not built");
+  const { ring, name, o, dir } = fixture(t);
+  const secret = randomBytes(48);
+  const path = process.env.PATH;
+  process.env.PATH = dir; // no keyctl binary here: any fallback to keyctl(1) fails with "keyctl not found"
+  let id: number, lid: number, sub: number;
+  try {
+    id = paddKey("user", "tv:native", secret, ring);
+    const back = pipeKey(id);
+    assert.deepEqual(back, secret);
+    back.fill(0);
+    assert.equal(searchKey(ring, "user", "tv:native"), id);
+    assert.equal(searchKey("@u", "user", "tv:native"), id, "found recursively from @u");
+    assert.equal(searchKey(ring, "user", "tv:absent"), undefined);
+    updateKey(id, Buffer.from("replaced"));
+    assert.equal(pipeKey(id).toString(), "replaced");
+    assert.equal(addKey("user", "tv:public", "not-secret", ring) > 0, true);
+    lid = paddKey("logon", "tv:logon", randomBytes(32), ring);
+    assert.throws(() => pipeKey(lid), (e: TrustvolError) => e instanceof TrustvolError && e.code === "EUNSUPPORTED", "logon keys are unreadable");
+    sub = ensureKeyring(`${name}-n`, ring);
+    assert.equal(ensureKeyring(`${name}-n`, ring), sub, "ensureKeyring finds the existing one");
+    linkKey(id, sub);
+    setPerm(id, keyPermMask({ possessor: ["view", "read", "search", "setattr"] }));
+    assert.throws(() => updateKey(id, Buffer.from("x")), (e: TrustvolError) => e.code === "EPOLICY" && /Permission denied/.test(e.message), "no write permission: refused, keyctl's wording");
+    assert.equal(keyId("@u") > 0, true);
+    assert.throws(() => paddKey("user", "x", Buffer.from("y"), "@t" as never), (e: TrustvolError) => e.code === "EUSAGE", "@t refused on this path too");
+  } finally {
+    process.env.PATH = path;
+  }
+  // keyctl(1) (the options name a binary) sees what the syscalls did
+  assert.equal(pipeKey(id, o).toString(), "replaced");
+  assert.equal(describeKey(id, o).perm, 0x2b000000);
+  assert.deepEqual(listKeyring(sub, o), [id]);
+  assert.equal(keyId({ keyring: `${name}-n` }, o), sub);
+  unlinkKey(id, sub);
+  assert.deepEqual(listKeyring(sub, o), []);
+  unlinkKey(id, ring);
+  assert.equal(searchKey(ring, "user", "tv:native", undefined, o), undefined);
+  assert.throws(() => unlinkKey(id, ring), (e: TrustvolError) => e instanceof TrustvolError && e.code === "ENOENT", "a key no longer linked");
 });
 
 test("add with a public payload; logon keys cannot be read back", (t) => {

@@ -33,10 +33,11 @@ run_online() { # TOOL [resume]
 }
 writer() { # appends numbered records to /mnt/log; "ACK n" on stdout once record n is on disk (fsync)
   python3 -u - <<'PY' &
-import os, time
+import os, sys, time
 f = open("/mnt/log", "a"); n = sum(1 for _ in open("/mnt/log"))
 while True:
-    f.write("%08d\n" % n); f.flush(); os.fsync(f.fileno()); print("ACK %d" % n, flush=True); n += 1; time.sleep(0.02)
+    # one write(2) per line: print() writes text and newline apart, and an "echo KILLME" between them made "ACK nKILLME"
+    f.write("%08d\n" % n); f.flush(); os.fsync(f.fileno()); sys.stdout.write("ACK %d\n" % n); n += 1; time.sleep(0.02)
 PY
 }
 killme_at() { # THRESH PID: say KILLME (after a random pause) once the progress file passes THRESH bytes
