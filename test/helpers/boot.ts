@@ -198,7 +198,9 @@ async function bootOnce(o: BootOptions): Promise<BootResult> {
     for (let i = 0; i < 200 && !existsSync(sock) && !exited(swtpm); i++) await sleep(25);
     if (!existsSync(sock)) throw new Error(`swtpm did not start: ${safeRead(join(runDir, "swtpm.log"))}`);
     const consoleFile = join(runDir, "console.log");
-    const cmdline = ["console=ttyS0", "root=/dev/mapper/root", "rw", "panic=-1", "no_timer_check", "random.trust_cpu=on", "i8042.noaux", "i8042.nokbd", "mitigations=off", "trusted.source=tpm", // The report service owns ttyS0: no serial getty.
+    // systemd.default_device_timeout_sec: under TCG at a load average of ~20, udev's coldplug started > 90 s into
+    // systemd's wait for fstab's /boot (boot-factory's header backup then failed: "no such file or directory").
+    const cmdline = ["console=ttyS0", "root=/dev/mapper/root", "rw", "panic=-1", "no_timer_check", "random.trust_cpu=on", "i8042.noaux", "i8042.nokbd", "mitigations=off", "trusted.source=tpm", "systemd.default_device_timeout_sec=600", // The report service owns ttyS0: no serial getty.
       `trustvol.test=${o.fullCheck ? "full" : "report"}`, "systemd.mask=serial-getty@ttyS0.service", "systemd.show_status=1", ...(o.append ? [o.append] : [])].join(" ");
     // The serial port is a pipe pair: the console is read from it (and logged), typed text goes into it.
     const args = [
