@@ -15,9 +15,12 @@ depends() { echo dm crypt rootfs-block; return 0; }
 installkernel() { hostonly='' instmods dm_crypt tpm_tis tpm_crb trusted encrypted_keys; }
 install() {
   inst_binary "$(readlink -f "$TV_NODE")" /usr/bin/node
-  inst_multiple dmsetup keyctl blkid
-  inst_multiple -o e2fsck resize2fs stty setsid
-  inst_multiple flock
+  # The same tools as the initramfs-tools hook: dmsetup (fallback of the in-process device-mapper ioctls, and the
+  # /dev/mapper node without udev), keyctl (keys for the tables), blkid; flock: cryptsetup's re-encryption lock when
+  # a volume is opened mid-re-encryption; blockdev: page-cache drop when the native ioctl is missing; losetup: images;
+  # e2fsck/resize2fs: provisioning shrinks/grows ext4; stty/setsid: the recovery prompt.
+  inst_multiple dmsetup keyctl blkid flock
+  inst_multiple -o e2fsck resize2fs stty setsid blockdev losetup
   local f
   while IFS= read -r -d '' f; do inst "$f"; done < <(find "$TV_PKG" -type f ! -name '*.d.ts' ! -name '*.map' ! -name '*.md' ! -path '*/obj.target/*' ! -path '*/prebuilds/*' -print0)
   # Native modules: their shared libraries too (inst_binary resolves an ELF file's dependencies; dracut has no
@@ -27,6 +30,24 @@ install() {
   chmod 755 "\${initdir}/usr/bin/trustvol"
   inst_simple /etc/trustvol/boot.conf
   [ -r /etc/trustvol/provision.json ] && inst_simple /etc/trustvol/provision.json
+  # What provision.json and boot.conf's PKCS#11 module need (factory key, PIN files, module, key descriptors; SoftHSM:
+  # its config and the token directory's partition, mounted by the boot script), as the initramfs-tools hook does.
+  local pk tv_args="" files kind f
+  pk=$(sed -n 's/^TRUSTVOL_PKCS11_MODULE=//p' /etc/trustvol/boot.conf | tr -d '"')
+  [ -r /etc/trustvol/provision.json ] && tv_args="--config /etc/trustvol/provision.json"
+  [ -n "$pk" ] && tv_args="$tv_args --pkcs11-module $pk"
+  if [ -n "$tv_args" ]; then
+    files=$("$TV_NODE" "$TV_PKG/$TV_ENTRY" boot files $tv_args) || { derror "trustvol: the initramfs cannot hold what /etc/trustvol/provision.json or boot.conf needs (above)"; return 1; }
+    rm -f "\${initdir}/etc/trustvol/mounts"
+    while IFS=' ' read -r kind f; do
+      [ -n "$f" ] || continue
+      if [ "$kind" = mount ]; then printf '%s\\n' "$f" >>"\${initdir}/etc/trustvol/mounts"; continue; fi
+      if [ ! -r "$f" ]; then dwarn "trustvol: $f (named by provision.json) is missing: not in the initramfs"; continue; fi
+      if [ "$kind" = library ]; then inst_binary "$f"; continue; fi
+      inst_simple "$f"
+      [ "$kind" = secret ] && dwarn "trustvol: $f copied into the initramfs: readable by anyone who has the boot partition"
+    done <<<"$files"
+  fi
   # initqueue/settled: dracut waits there for root= (/dev/mapper/NAME), which this hook creates.
   inst_hook initqueue/settled 50 "$moddir/trustvol-unlock.sh"
 }

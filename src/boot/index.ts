@@ -7,10 +7,10 @@ import { TrustvolError } from "../util/errors.js";
 import { atomicWriteFileSync } from "../util/atomic.js";
 import { initramfsToolsHook, initramfsToolsLocalTop, type RuntimeLayout } from "./initramfs-tools.js";
 import { dracutModuleSetup, dracutUnlockHook } from "./dracut.js";
-import { provisionService, volumeTemplate, crypttabLine, type CrypttabOptions } from "./systemd.js";
+import { provisionService, volumeTemplate, volumeGenerator, crypttabLine, VOLUMES_DIR, type CrypttabOptions } from "./systemd.js";
 import { BOOT_CONF_KEYS } from "./unlock-sh.js";
 
-export { initramfsToolsHook, initramfsToolsLocalTop, dracutModuleSetup, dracutUnlockHook, provisionService, volumeTemplate, crypttabLine, BOOT_CONF_KEYS };
+export { initramfsToolsHook, initramfsToolsLocalTop, dracutModuleSetup, dracutUnlockHook, provisionService, volumeTemplate, volumeGenerator, crypttabLine, VOLUMES_DIR, BOOT_CONF_KEYS };
 export type { RuntimeLayout, CrypttabOptions };
 
 /** Where this trustvol runs from: the npm package (bin/trustvol.mjs) or the single-file bundle next to its modules. */
@@ -102,6 +102,7 @@ export function bootFiles(targets: BootTarget[], layout: RuntimeLayout, conf?: B
   if (targets.includes("systemd")) {
     files.push({ path: "/etc/systemd/system/trustvol-provision.service", mode: 0o644, content: provisionService(tv) });
     files.push({ path: "/etc/systemd/system/trustvol-volume@.service", mode: 0o644, content: volumeTemplate(tv) });
+    files.push({ path: "/etc/systemd/system-generators/trustvol-generator", mode: 0o755, content: volumeGenerator() });
   }
   if (conf) files.push({ path: "/etc/trustvol/boot.conf", mode: 0o644, content: bootConf(conf) });
   return files;

@@ -47,16 +47,24 @@ chmod 755 "\${DESTDIR}/usr/bin/trustvol"
 # e2fsck/resize2fs: provisioning shrinks a plain ext4 root before encrypting it in place and grows it back.
 # stty + setsid: the recovery prompt (echo off on the console's tty as the controlling terminal).
 # flock: cryptsetup's re-encryption lock (opening a volume mid-re-encryption; klibc has none).
-for t in dmsetup keyctl blkid losetup e2fsck resize2fs stty setsid flock; do
+# blockdev: the page-cache drop when the native ioctl is missing.
+for t in dmsetup keyctl blkid losetup blockdev e2fsck resize2fs stty setsid flock; do
   p=$(command -v $t 2>/dev/null) && copy_exec "$p" /usr/sbin/$t
 done
 mkdir -p "\${DESTDIR}/etc/trustvol"
 for f in boot.conf provision.json; do [ -r /etc/trustvol/$f ] && cp -p /etc/trustvol/$f "\${DESTDIR}/etc/trustvol/"; done
-# What provision.json names (factory key, PIN files, PKCS#11 module, key descriptors): \`trustvol boot files\`.
-if [ -r /etc/trustvol/provision.json ]; then
-  files=$("$TV_NODE" "$TV_PKG/$TV_ENTRY" boot files --config /etc/trustvol/provision.json) || { echo "trustvol: /etc/trustvol/provision.json is not valid: fix it (trustvol provision --dry-run)" >&2; exit 1; }
+# What provision.json and boot.conf's PKCS#11 module need (factory key, PIN files, PKCS#11 module, key descriptors;
+# SoftHSM: its config, and the token directory's partition, mounted by the boot script): \`trustvol boot files\`.
+pk=$(sed -n 's/^TRUSTVOL_PKCS11_MODULE=//p' /etc/trustvol/boot.conf | tr -d '"')
+tv_args=
+[ -r /etc/trustvol/provision.json ] && tv_args="--config /etc/trustvol/provision.json"
+[ -n "$pk" ] && tv_args="$tv_args --pkcs11-module $pk"
+if [ -n "$tv_args" ]; then
+  files=$("$TV_NODE" "$TV_PKG/$TV_ENTRY" boot files $tv_args) || { echo "trustvol: the initramfs cannot hold what /etc/trustvol/provision.json or boot.conf needs (above): fix it (trustvol provision --dry-run)" >&2; exit 1; }
+  mkdir -p "\${DESTDIR}/etc/trustvol/" && rm -f "\${DESTDIR}/etc/trustvol/mounts"
   printf '%s\\n' "$files" | while IFS=' ' read -r kind f; do
     [ -n "$f" ] || continue
+    if [ "$kind" = mount ]; then echo "$f" >>"\${DESTDIR}/etc/trustvol/mounts"; continue; fi
     if [ ! -r "$f" ]; then echo "trustvol: $f (named by provision.json) is missing: not in the initramfs" >&2; continue; fi
     if [ "$kind" = library ]; then copy_exec "$f" "$f"; continue; fi
     mkdir -p "\${DESTDIR}$(dirname "$f")"
@@ -64,9 +72,6 @@ if [ -r /etc/trustvol/provision.json ]; then
     if [ "$kind" = secret ]; then echo "trustvol: $f copied into the initramfs: readable by anyone who has the boot partition" >&2; fi
   done
 fi
-# PKCS#11 module named in boot.conf (e.g. SoftHSM / OP-TEE's libckteec) with its libraries.
-pk=$(sed -n 's/^TRUSTVOL_PKCS11_MODULE=//p' /etc/trustvol/boot.conf | tr -d '"')
-[ -n "$pk" ] && [ -e "$pk" ] && copy_exec "$pk" "$pk"
 # Modular kernels: what unlocking needs (built-in ones are skipped).
 manual_add_modules dm_mod dm_crypt tpm_tis tpm_crb tpm_tis_spi trusted encrypted_keys 2>/dev/null || true
 exit 0

@@ -81,6 +81,24 @@ if [ -z "$(blkid -p -o value -s TYPE "$tv_dev" 2>/dev/null)" ] && [ -n "\${TRUST
   tv_restore --force
 fi
 tv_pk=; [ -n "\${TRUSTVOL_PKCS11_MODULE:-}" ] && tv_pk="--pkcs11-module $TRUSTVOL_PKCS11_MODULE"
+# File systems the PKCS#11 module needs (a SoftHSM token directory's partition, listed by the hook from /etc/fstab as
+# SPEC MOUNTPOINT FSTYPE): mounted read-write at their own mount point until the root is unlocked.
+tv_stores=
+if [ -r /etc/trustvol/mounts ]; then
+  while read -r tv_ms tv_mp tv_mt _; do
+    [ -n "\${tv_mt:-}" ] || continue
+    tv_i=0
+    until tv_md=$(tv_resolve "$tv_ms") && [ -n "$tv_md" ]; do
+      [ $tv_i -ge "$TRUSTVOL_TIMEOUT" ] && break
+      sleep 1; tv_i=$((tv_i + 1))
+    done
+    if [ -z "$tv_md" ]; then tv_msg "$tv_ms (for $tv_mp) did not appear: the PKCS#11 token may be missing"; continue; fi
+    [ "$tv_mt" = auto ] && tv_mt=$(blkid -o value -s TYPE "$tv_md" 2>/dev/null)
+    mkdir -p "$tv_mp"
+    if mount -t "$tv_mt" "$tv_md" "$tv_mp"; then tv_stores="$tv_mp $tv_stores"; tv_msg "PKCS#11 token store $tv_md mounted on $tv_mp"
+    else tv_msg "cannot mount $tv_md on $tv_mp: the PKCS#11 token may be missing"; fi
+  done </etc/trustvol/mounts
+fi
 if [ "$TRUSTVOL_MODE" = provision ]; then
   tv_msg "provisioning $tv_dev as /dev/mapper/$TRUSTVOL_NAME (this first boot may take a while)"
   trustvol provision --stage initramfs --config "$TRUSTVOL_PROVISION_CONFIG" --volume "$TRUSTVOL_NAME" </dev/console >/dev/console 2>&1
@@ -124,6 +142,7 @@ if [ ! -b "/dev/mapper/$TRUSTVOL_NAME" ]; then
   fi
   [ $tv_rc -eq 0 ] || ${panicCmd} "trustvol: $tv_dev stays locked (exit $tv_rc): boot stopped (fail closed)"
 fi
+for tv_mp in $tv_stores; do umount "$tv_mp" 2>/dev/null || tv_msg "cannot unmount $tv_mp"; done
 tv_t1=$(tv_now)
 tv_msg "/dev/mapper/$TRUSTVOL_NAME unlocked (uptime \${tv_t0}s -> \${tv_t1}s)"
 `;

@@ -3,7 +3,8 @@
 // (the engines it calls are power-cut tested), and loops; a run after a power cut at any instant continues from what
 // the device holds. Inputs (config, PINs, factory key, TPM / token presence, posture, room for the data shift) are
 // all checked before the first write: a refusal leaves the device as it was.
-import { existsSync, readFileSync, statSync, truncateSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, statSync, truncateSync } from "node:fs";
+import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 import type { KeyObject } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";
@@ -63,6 +64,12 @@ export interface ProvisionOptions {
   /** Re-encryption hotzone (tests). */
   hotzoneSize?: number;
   signal?: AbortSignal;
+  /**
+   * System stage: where a trusted-key / CAAM data volume's NAME.conf goes (DEVICE=, OPTIONS=), which trustvol-generator
+   * turns into trustvol-volume@NAME.service at every later boot. The CLI passes `volumes/` beside the config
+   * (/etc/trustvol/volumes); unset (the library's default): none is written.
+   */
+  volumesDir?: string;
 }
 
 export interface VolumeReport {
@@ -656,8 +663,12 @@ async function trustedKeyVolume(vol: VolumeConfig, i: number, path: string | und
   const exists = existsSync(t.descriptor);
   report.stateBefore = exists ? "trusted-volume" : "new";
   report.state = "trusted-volume";
+  // The later boots' unit (system stage: the initramfs's /etc is lost at switch-root).
+  const needConf = o.stage === "system" && !!o.volumesDir && !existsSync(join(o.volumesDir, `${vol.name}.conf`));
+  const conf = needConf ? volumeConf(vol, i, t.descriptor, o.volumesDir!) : undefined; // refused before any write
   if (o.dryRun) {
-    report.steps = exists ? (o.open !== false ? ["open"] : []) : o.stage === "system" ? ["create-trusted-key", ...(o.open !== false ? ["open"] : [])] : [];
+    const open = o.open !== false ? ["open"] : [];
+    report.steps = o.stage === "system" ? [...(exists ? [] : ["create-trusted-key"]), ...(conf ? ["volume-conf"] : []), ...open] : exists ? open : [];
     return report;
   }
   if (!exists && o.stage === "initramfs") {
@@ -683,6 +694,14 @@ async function trustedKeyVolume(vol: VolumeConfig, i: number, path: string | und
       await key.create(path);
       report.steps.push("create-trusted-key");
     }
+    // After the descriptor (a conf never names a volume that does not exist), before the open (a failed open today
+    // still leaves the next boot's unit). Written once, atomically: a hand-edited one (e.g. --allow-discards) is kept.
+    if (conf) {
+      mkdirSync(o.volumesDir!, { recursive: true, mode: 0o755 });
+      atomicWriteFileSync(conf.path, Buffer.from(conf.content), 0o644);
+      report.steps.push("volume-conf");
+      log(`${vol.name}: ${conf.path} written: trustvol-volume@${vol.name}.service opens it at every boot`);
+    }
     if (o.open !== false) {
       const mapper = `/dev/mapper/${vol.name}`;
       if (!existsSync(mapper)) await key.open(path);
@@ -693,6 +712,25 @@ async function trustedKeyVolume(vol: VolumeConfig, i: number, path: string | und
     await key.close();
   }
   return report;
+}
+
+/**
+ * VOLUMES_DIR/NAME.conf for trustvol-volume@NAME.service (EnvironmentFile: DEVICE=, OPTIONS=). The device as a stable
+ * /dev/disk/by-* path (the generator binds the unit to it); refused (nothing written) when a path would not survive
+ * systemd's EnvironmentFile and the unit's word splitting.
+ */
+export function volumeConf(vol: VolumeConfig, i: number, descriptor: string, dir: string): { path: string; content: string } {
+  const safe = /^[A-Za-z0-9_./:@,+=-]+$/;
+  let device = vol.device;
+  if (!device.startsWith("/")) {
+    const eq = device.indexOf("=");
+    const tag = TAGS[device.slice(0, eq)];
+    if (tag && !device.slice(eq + 1).includes("/")) device = `/dev/disk/${tag}/${device.slice(eq + 1)}`;
+  }
+  if (!device.startsWith("/") || !safe.test(device)) throw new TrustvolError("EUSAGE", `volumes[${i}].device: ${JSON.stringify(vol.device.slice(0, 60))} cannot be named in ${dir}/${vol.name}.conf (spaces, quotes or '/' in a tag value)`, "use a /dev path or a PARTLABEL=/PARTUUID= of letters, digits and -_.:; nothing was changed");
+  if (!safe.test(descriptor)) throw new TrustvolError("EUSAGE", `volumes[${i}].trust.descriptor: ${JSON.stringify(descriptor.slice(0, 60))} cannot be named in ${dir}/${vol.name}.conf (spaces or quotes)`, "use a path of letters, digits and -_./; nothing was changed");
+  const content = `# Written by \`trustvol provision\` when it created the volume; read by trustvol-volume@${vol.name}.service, which\n# trustvol-generator starts at every boot. Kept as it is once it exists (add open options to OPTIONS by hand).\nDEVICE=${device}\nOPTIONS=--blob ${descriptor}\n`;
+  return { path: join(dir, `${vol.name}.conf`), content };
 }
 
 /** How a data volume's key is made and mapped: a kernel trusted key, or a CAAM black key (its keygen opened on first use). */

@@ -24,7 +24,7 @@ import { cryptTable, checkMappingName } from "../dm/table.js";
 import { dmCreate, dmInfo, dmList, dmLoad, dmRemove, dmResume, dmSuspend, dmTable, type DmsetupOptions } from "../dm/dmsetup.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { errnoName, ioctlAvailable, ioctlRaw, lockFileMappings } from "../dm/ioctl.js";
-import { paddKey, unlinkKey, type KeyRef } from "../trust/kernel/keyring.js";
+import { keyId, paddKey, unlinkKey, type KeyRef } from "../trust/kernel/keyring.js";
 import { mark } from "../util/timing.js";
 import { reencrypt, unlockForState, type ReencryptOptions, type ReencryptResult } from "./reencrypt.js";
 
@@ -115,7 +115,17 @@ export function configFlags(m: Luks2Metadata, allowDiscards = false): SegmentTab
 }
 
 /** Volume keys as logon keys with cryptsetup's descriptions; returns the unlinker. */
-export function loadLogonKeys(uuid: string, keys: Map<number, Uint8Array>, ring: KeyRef = "@u"): () => void {
+/**
+ * The keyring for a table's keys: the one `keyctl id @s` names (the session keyring this process and its dmsetup
+ * children search; the user-session keyring, which links @u, when there is none). Not @u itself: a systemd service
+ * with a private session keyring (dracut's initqueue) does not search @u, and the table load fails with "the kernel
+ * could not find the logon key" (found by boot-dracut opening a root mid-re-encryption; open.ts does the same).
+ */
+export function tableKeyring(): KeyRef {
+  return keyId("@s");
+}
+
+export function loadLogonKeys(uuid: string, keys: Map<number, Uint8Array>, ring: KeyRef = tableKeyring()): () => void {
   const ids: number[] = [];
   try {
     for (const [d, k] of keys) ids.push(paddKey("logon", cryptsetupKeyDescription(uuid, d), k, ring));
@@ -382,7 +392,7 @@ export async function activateReencrypting(path: string, device: string, name: s
     keys = await unlockForState(v, hdr, st, { passphrase });
     const table = segmentTable(v.metadata, { device, deviceSize: data.size, keySize: (d) => keys!.get(d)!.length, uuid: v.uuid, flags: configFlags(v.metadata, o.allowDiscards) });
     if (!o.dryRun) {
-      const unlink = loadLogonKeys(v.uuid, keys, o.keyring ?? "@u");
+      const unlink = loadLogonKeys(v.uuid, keys, o.keyring ?? tableKeyring());
       try {
         dmCreate(name, table, { uuid: dmUuid, readOnly: o.readOnly }, { keyType: "logon" });
       } finally {

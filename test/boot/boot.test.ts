@@ -109,3 +109,51 @@ test("CLI: boot crypttab / print; bad input is one line with exit 2", async () =
   assert.equal(p.status, 0);
   assert.match(p.stdout, /==> \/etc\/systemd\/system\/trustvol-provision.service/);
 });
+
+test("trustvol-generator: each volumes/NAME.conf pulls trustvol-volume@NAME.service into cryptsetup.target, bound to its device; bad names skipped", () => {
+  const dir = mkdtempSync(join(tmpdir(), "trustvol-generator-"));
+  try {
+    const gen = bootFiles(["systemd"], layout).find((f) => f.path === "/etc/systemd/system-generators/trustvol-generator")!;
+    assert.equal(gen.mode, 0o755);
+    assert.equal(spawnSync("sh", ["-n"], { input: gen.content }).status, 0);
+    const vols = join(dir, "volumes");
+    const script = gen.content.replaceAll("/etc/trustvol/volumes", vols);
+    const out = join(dir, "out");
+    // no volumes directory: nothing generated, exit 0
+    let r = spawnSync("sh", ["-c", script, "gen", out, join(dir, "early"), join(dir, "late")], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.throws(() => statSync(out));
+    spawnSync("mkdir", ["-p", vols]);
+    require_write(join(vols, "data.conf"), "# comment\nDEVICE=/dev/disk/by-partlabel/tvdata\nOPTIONS=--blob /etc/trustvol/data.tvkey\n");
+    require_write(join(vols, "caam-1.conf"), "DEVICE=/dev/mmcblk0p3\nOPTIONS=--blob /etc/trustvol/caam-1.caam\n");
+    require_write(join(vols, "bad name;x.conf"), "DEVICE=/dev/x\n");
+    require_write(join(vols, "notes.txt"), "DEVICE=/dev/y\n");
+    r = spawnSync("sh", ["-c", script, "gen", out, join(dir, "early"), join(dir, "late")], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /bad name;x\.conf: the volume name must be letters/);
+    const wants = join(out, "cryptsetup.target.wants");
+    assert.deepEqual(spawnSync("ls", [wants], { encoding: "utf8" }).stdout.trim().split("\n"), ["trustvol-volume@caam-1.service", "trustvol-volume@data.service"]);
+    assert.equal(readlinkSync(join(wants, "trustvol-volume@data.service")), "/etc/systemd/system/trustvol-volume@.service");
+    if (spawnSync("sh", ["-c", "command -v systemd-escape"]).status === 0) {
+      assert.equal(readFileSync(join(out, "trustvol-volume@data.service.d", "50-trustvol-device.conf"), "utf8"), "[Unit]\nBindsTo=dev-disk-by\\x2dpartlabel-tvdata.device\nAfter=dev-disk-by\\x2dpartlabel-tvdata.device\n");
+      assert.match(readFileSync(join(out, "trustvol-volume@caam-1.service.d", "50-trustvol-device.conf"), "utf8"), /^\[Unit\]\nBindsTo=dev-mmcblk0p3\.device\n/);
+    }
+    // idempotent (systemd reruns generators at daemon-reload into a fresh dir, but a rerun into the same one is fine)
+    r = spawnSync("sh", ["-c", script, "gen", out], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    const tmpl = bootFiles(["systemd"], layout).find((f) => f.path === "/etc/systemd/system/trustvol-volume@.service")!;
+    assert.match(tmpl.content, /EnvironmentFile=\/etc\/trustvol\/volumes\/%i\.conf/);
+    assert.match(tmpl.content, /Before=local-fs-pre\.target cryptsetup\.target/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("the unlock script mounts the PKCS#11 token stores the hook listed (SPEC MOUNTPOINT FSTYPE) and unmounts them once unlocked", () => {
+  const body = bootFiles(["initramfs-tools"], layout)[1]!.content;
+  assert.match(body, /done <\/etc\/trustvol\/mounts/);
+  assert.match(body, /mount -t "\$tv_mt" "\$tv_md" "\$tv_mp"/);
+  assert.ok(body.indexOf("/etc/trustvol/mounts") < body.indexOf("trustvol provision --stage initramfs"), "mounted before provisioning");
+  assert.ok(body.indexOf('umount "$tv_mp"') > body.lastIndexOf("tv_open"), "unmounted after the unlock");
+  assert.ok(body.indexOf('umount "$tv_mp"') < body.indexOf("unlocked (uptime"));
+});

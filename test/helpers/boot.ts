@@ -198,7 +198,9 @@ async function bootOnce(o: BootOptions): Promise<BootResult> {
     for (let i = 0; i < 200 && !existsSync(sock) && !exited(swtpm); i++) await sleep(25);
     if (!existsSync(sock)) throw new Error(`swtpm did not start: ${safeRead(join(runDir, "swtpm.log"))}`);
     const consoleFile = join(runDir, "console.log");
-    const cmdline = ["console=ttyS0", "root=/dev/mapper/root", "rw", "panic=-1", "no_timer_check", "random.trust_cpu=on", "i8042.noaux", "i8042.nokbd", "mitigations=off", "trusted.source=tpm", // The report service owns ttyS0: no serial getty.
+    // systemd.default_device_timeout_sec: under TCG at a load average of ~20, udev's coldplug started > 90 s into
+    // systemd's wait for fstab's /boot (boot-factory's header backup then failed: "no such file or directory").
+    const cmdline = ["console=ttyS0", "root=/dev/mapper/root", "rw", "panic=-1", "no_timer_check", "random.trust_cpu=on", "i8042.noaux", "i8042.nokbd", "mitigations=off", "trusted.source=tpm", "systemd.default_device_timeout_sec=600", // The report service owns ttyS0: no serial getty.
       `trustvol.test=${o.fullCheck ? "full" : "report"}`, "systemd.mask=serial-getty@ttyS0.service", "systemd.show_status=1", ...(o.append ? [o.append] : [])].join(" ");
     // The serial port is a pipe pair: the console is read from it (and logged), typed text goes into it.
     const args = [
@@ -312,11 +314,12 @@ export function newcArchive(files: Record<string, { data: Uint8Array | string; m
 /**
  * A copy of the image's initramfs with `files` appended (the kernel unpacks concatenated archives in order). Appended
  * as a second zstd frame: after mkinitramfs's zstd archive, Linux 6.1 reads the rest as one multi-frame zstd stream
- * (an uncompressed cpio there fails with "invalid magic at start of compressed archive").
+ * (an uncompressed cpio there fails with "invalid magic at start of compressed archive"). `base`: another initramfs
+ * (the image's initrd-dracut.img: dracut's --zstd archive takes a second frame the same way).
  */
-export function initrdWith(img: BootImage, out: string, files: Record<string, { data: Uint8Array | string; mode?: number }>): string {
+export function initrdWith(img: BootImage, out: string, files: Record<string, { data: Uint8Array | string; mode?: number }>, base = img.initrd): string {
   const z = run("zstd", ["-q", "-c", "-"], { input: newcArchive(files) }).stdout;
-  writeFileSync(out, Buffer.concat([readFileSync(img.initrd), z]));
+  writeFileSync(out, Buffer.concat([readFileSync(base), z]));
   return out;
 }
 
@@ -409,11 +412,11 @@ export async function hostProvisionedDisk(img: BootImage, dir: string, o: HostPr
  * A copy of the image's root and initramfs set up for `trustvol provision` at boot: `cfg` (provision.json) and
  * BOOT_CONF_PROVISION in both, `initrdExtra` (e.g. a factory key) in the initramfs only.
  */
-export function provisioningRoot(img: BootImage, dir: string, cfg: string, initrdExtra: Record<string, { data: Uint8Array | string; mode?: number }> = {}): { root: string; initrd: string } {
+export function provisioningRoot(img: BootImage, dir: string, cfg: string, initrdExtra: Record<string, { data: Uint8Array | string; mode?: number }> = {}, baseInitrd = img.initrd): { root: string; initrd: string } {
   const root = join(dir, "root.ext4");
   copyFileSync(img.rootfs, root);
   ext4Write(root, { "etc/trustvol/provision.json": cfg, "etc/trustvol/boot.conf": BOOT_CONF_PROVISION });
-  const initrd = initrdWith(img, join(dir, "initrd.img"), { "etc/trustvol/provision.json": { data: cfg }, "etc/trustvol/boot.conf": { data: BOOT_CONF_PROVISION }, ...initrdExtra });
+  const initrd = initrdWith(img, join(dir, "initrd.img"), { "etc/trustvol/provision.json": { data: cfg }, "etc/trustvol/boot.conf": { data: BOOT_CONF_PROVISION }, ...initrdExtra }, baseInitrd);
   return { root, initrd };
 }
 

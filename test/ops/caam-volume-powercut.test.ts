@@ -1,9 +1,11 @@
-// Power cut at every file-system write of `trustvol provision` creating a CAAM black-key data volume (the one write
-// path it has: the descriptor with the blob, written by atomicWriteFileSync). Model for files: the call in flight when
+// Power cut at every file-system write of `trustvol provision` creating a CAAM black-key data volume (its write
+// paths: the descriptor with the blob, then the volume's NAME.conf for trustvol-volume@NAME.service — both written by
+// atomicWriteFileSync). Model for files: the call in flight when
 // power goes does not complete (a write lands torn: a prefix); data not fsynced may be lost (the temp file is cut to a
 // prefix); a rename not yet made durable by the directory's fsync may be undone. After every cut the descriptor is
-// either absent (nothing of the volume exists: the next boot creates it) or whole and valid, the device is
-// byte-identical, and the next run ends with a valid descriptor — never a second key over a kept one.
+// either absent (nothing of the volume exists: the next boot creates it) or whole and valid, a NAME.conf exists only
+// whole and beside its descriptor, the device is byte-identical, and the next run ends with a valid descriptor and its
+// NAME.conf — never a second key over a kept one.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs, { existsSync, mkdirSync, readdirSync, readFileSync, renameSync as realRename, rmSync, truncateSync, writeFileSync } from "node:fs";
@@ -92,16 +94,20 @@ test("provision of a CAAM volume: power cut at every file write (torn, unsynced 
   const device = readFileSync(img);
   const etc = join(dir, "etc");
   const descriptor = join(etc, "data.caam");
+  const volumes = join(etc, "volumes");
+  const conf = join(volumes, "data.conf");
   const cfg = parseProvisionConfig({ volumes: [{ name: "data", device: img, trust: { type: "caam", descriptor, key_size: 16 } }] });
   const kg = new CaamSimulator({ stateDir: join(dir, "soc"), bootId: "boot-1" }); // the SoC: made before the cuts
-  const run = () => provision({ config: cfg, stage: "system", doctor: false, open: false, caamKeygen: kg });
+  const run = () => provision({ config: cfg, stage: "system", doctor: false, open: false, caamKeygen: kg, volumesDir: volumes });
   const fresh = () => {
     rmSync(etc, { recursive: true, force: true });
     mkdirSync(etc);
   };
   fresh();
   const clean = await withFsCut(undefined, run);
-  assert.ok(!clean.cut && clean.calls >= 5, `a clean run makes the writes (${clean.calls})`);
+  assert.ok(!clean.cut && clean.calls >= 10, `a clean run makes the writes (${clean.calls})`);
+  const confText = readFileSync(conf, "utf8");
+  assert.match(confText, new RegExp(`^DEVICE=${img}\nOPTIONS=--blob ${descriptor}\n$`, "m"));
   let survived = 0;
   for (let n = 1; n <= clean.calls; n++) {
     for (const undo of [false, true]) {
@@ -112,15 +118,22 @@ test("provision of a CAAM volume: power cut at every file write (torn, unsynced 
       for (const p of r.unsynced) if (existsSync(p)) truncateSync(p, Math.floor(readFileSync(p).length / 3));
       if (undo && r.pendingRename) realRename(r.pendingRename[1], r.pendingRename[0]);
       if (existsSync(descriptor)) assert.doesNotThrow(() => readCaamVolumeDescriptor(descriptor), `cut ${n}: a descriptor that exists is whole`);
+      if (existsSync(conf)) {
+        assert.equal(readFileSync(conf, "utf8"), confText, `cut ${n}: a NAME.conf that exists is whole`);
+        assert.ok(existsSync(descriptor), `cut ${n}: a NAME.conf never names a volume that does not exist`);
+      }
       assert.deepEqual(readFileSync(img), device, `cut ${n}: the device is untouched`);
       const kept = existsSync(descriptor) ? readFileSync(descriptor) : undefined;
+      const keptConf = existsSync(conf);
       const next = await run(); // the next boot
       assert.ok(readCaamVolumeDescriptor(descriptor).blob.length > 0);
+      assert.equal(readFileSync(conf, "utf8"), confText, `cut ${n}: the next run leaves the NAME.conf`);
       if (kept) {
         assert.deepEqual(readFileSync(descriptor), kept, `cut ${n}: a kept descriptor is never replaced`);
-        assert.deepEqual(next.volumes[0]!.steps, []);
-      } else assert.deepEqual(next.volumes[0]!.steps, ["create-trusted-key"]);
-      assert.ok(readdirSync(etc).every((f) => f === "data.caam" || f.endsWith(".tmp")), `cut ${n}: only the descriptor (and a dead temp file)`);
+        assert.deepEqual(next.volumes[0]!.steps, keptConf ? [] : ["volume-conf"]);
+      } else assert.deepEqual(next.volumes[0]!.steps, ["create-trusted-key", "volume-conf"]);
+      assert.ok(readdirSync(etc).every((f) => f === "data.caam" || f === "volumes" || f.endsWith(".tmp")), `cut ${n}: only the descriptor, volumes/ (and a dead temp file)`);
+      assert.ok(readdirSync(volumes).every((f) => f === "data.conf" || f.endsWith(".tmp")), `cut ${n}: only data.conf in volumes/ (and a dead temp file)`);
       survived++;
       if (!r.pendingRename) break; // nothing to undo: one outcome
     }

@@ -53,7 +53,7 @@ export function registerBootCommands(program: Command): void {
       .description("print the generated boot files (or only boot.conf with --device/--name)")
       .option("--initramfs-tools", "the initramfs-tools hook and local-top script")
       .option("--dracut", "the dracut module")
-      .option("--systemd", "trustvol-provision.service and trustvol-volume@.service"),
+      .option("--systemd", "trustvol-provision.service, trustvol-volume@.service and trustvol-generator"),
   ).action((o: Opts) => {
     const conf = confOf(o);
     const targets = targetsOf(o);
@@ -67,7 +67,7 @@ export function registerBootCommands(program: Command): void {
       .option("--root <dir>", "install into this root file system instead of /", "/")
       .option("--initramfs-tools", "the initramfs-tools hook and local-top script")
       .option("--dracut", "the dracut module")
-      .option("--systemd", "trustvol-provision.service and trustvol-volume@.service")
+      .option("--systemd", "trustvol-provision.service, trustvol-volume@.service and trustvol-generator")
       .option("--enable-provision", "enable trustvol-provision.service (multi-user.target)")
       .option("--json", "print the written paths as JSON"),
   ).action((o: Opts) => {
@@ -94,11 +94,20 @@ export function registerBootCommands(program: Command): void {
     });
   boot
     .command("files")
-    .description("list the files the initramfs needs for the provisioning config (the hook copies them): KIND PATH lines, KIND file, secret or library")
-    .option("--config <file>", "provisioning config", "/etc/trustvol/provision.json")
+    .description("list what the initramfs needs for the provisioning config and PKCS#11 module (the hooks copy it): KIND PATH lines, KIND file, secret or library; `mount SPEC MOUNTPOINT FSTYPE` for a SoftHSM token directory's partition")
+    .option("--config <file>", "provisioning config (default /etc/trustvol/provision.json; without --pkcs11-module it must exist)")
+    .option("--pkcs11-module <path>", "also boot.conf's PKCS#11 module (SoftHSM: its config and token store)")
+    .option("--softhsm-conf <file>", "SoftHSM's config", "/etc/softhsm/softhsm2.conf")
+    .option("--fstab <file>", "where the token directory's partition is found", "/etc/fstab")
     .action(async (o: Opts) => {
-      const { loadProvisionConfig, initramfsFiles } = await import("../../provision/config.js");
-      for (const f of initramfsFiles(loadProvisionConfig(String(o.config)))) io.out(`${f.kind === "library" ? "library" : f.secret ? "secret" : "file"} ${f.path}\n`);
+      const { existsSync } = await import("node:fs");
+      const { loadProvisionConfig } = await import("../../provision/config.js");
+      const { initramfsNeeds } = await import("../../boot/softhsm.js");
+      const def = "/etc/trustvol/provision.json";
+      const path = o.config !== undefined ? String(o.config) : !o.pkcs11Module || existsSync(def) ? def : undefined;
+      const r = initramfsNeeds(path ? loadProvisionConfig(path) : undefined, o.pkcs11Module ? [String(o.pkcs11Module)] : [], { softhsmConf: String(o.softhsmConf), fstab: String(o.fstab) });
+      for (const f of r.files) io.out(`${f.kind === "library" ? "library" : f.secret ? "secret" : "file"} ${f.path}\n`);
+      for (const m of r.mounts) io.out(`mount ${m.spec} ${m.mountpoint} ${m.fstype}\n`);
     });
   boot
     .command("keys")

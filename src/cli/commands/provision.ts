@@ -2,6 +2,7 @@
 // the recovery escrow). Parses and prints only; the logic is src/ops/provision.ts.
 import { Option, type Command } from "commander";
 import { readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { io, status } from "../io.js";
 import { ExitCode, TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
@@ -55,6 +56,8 @@ or token missing).`)
           dryRun: !!o.dryRun,
           open: o.open !== false,
           signal: ac.signal,
+          // trusted-key / CAAM data volumes: their trustvol-volume@NAME.service config beside provision.json
+          volumesDir: join(dirname(resolve(o.config as string)), "volumes"),
           ...(o.hotzoneSize !== undefined ? { hotzoneSize: o.hotzoneSize as number } : {}),
           log: (s) => {
             bar?.end();
