@@ -1557,16 +1557,34 @@ static int tv_key_arg(napi_env env, napi_value v, unsigned long *out, char **own
   return 1;
 }
 
+/* The arguments of addKey/keyctl: at least `min`, at most `n` (tv_key_arg each; unused ones stay 0). */
+static int tv_key_args(napi_env env, napi_callback_info info, size_t n, size_t min, napi_value *argv, unsigned long *a, char **owned) {
+  size_t argc = n;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < min) return 0;
+  int ok = 1;
+  for (size_t i = 0; ok && i < argc; i++) ok = tv_key_arg(env, argv[i], &a[i], &owned[i]);
+  return ok;
+}
+
+/* Frees the argument copies; the syscall's result (>= 0) or -errno, or a TypeError naming the signature. */
+static napi_value tv_key_result(napi_env env, int ok, long r, int err, char **owned, size_t n, const char *usage) {
+  for (size_t i = 0; i < n; i++) free(owned[i]);
+  if (!ok) {
+    napi_throw_type_error(env, NULL, usage);
+    return NULL;
+  }
+  napi_value out;
+  NAPI_CALL(env, napi_create_int64(env, r < 0 ? -err : r, &out));
+  return out;
+}
+
 /* addKey(type, description, payload | null, keyring) -> serial or -errno */
 static napi_value tv_add_key(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   unsigned long a[4] = {0, 0, 0, 0};
   char *owned[4] = {NULL, NULL, NULL, NULL};
   size_t plen = 0;
-  int ok = argc == 4;
-  for (size_t i = 0; ok && i < 4; i++) ok = tv_key_arg(env, argv[i], &a[i], &owned[i]);
+  int ok = tv_key_args(env, info, 4, 4, argv, a, owned);
   if (ok && a[2]) {
     uint8_t *p = NULL;
     ok = tv_get_bytes(env, argv[2], &p, &plen);
@@ -1577,39 +1595,22 @@ static napi_value tv_add_key(napi_env env, napi_callback_info info) {
     r = syscall(SYS_add_key, (const char *)a[0], (const char *)a[1], (const void *)a[2], plen, (int32_t)(long)a[3]);
     err = r < 0 ? errno : 0;
   } else ok = 0;
-  for (int i = 0; i < 4; i++) free(owned[i]);
-  if (!ok) {
-    napi_throw_type_error(env, NULL, "addKey(type: string, description: string, payload: Uint8Array | null, keyring: number)");
-    return NULL;
-  }
-  napi_value out;
-  NAPI_CALL(env, napi_create_int64(env, r < 0 ? -err : r, &out));
-  return out;
+  return tv_key_result(env, ok, r, err, owned, 4, "addKey(type: string, description: string, payload: Uint8Array | null, keyring: number)");
 }
 
 /* keyctl(operation, arg2?, arg3?, arg4?, arg5?) -> result or -errno */
 static napi_value tv_keyctl(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   unsigned long a[5] = {0, 0, 0, 0, 0};
   char *owned[5] = {NULL, NULL, NULL, NULL, NULL};
-  int ok = argc >= 1;
-  for (size_t i = 0; ok && i < argc; i++) ok = tv_key_arg(env, argv[i], &a[i], &owned[i]);
+  int ok = tv_key_args(env, info, 5, 1, argv, a, owned);
   long r = -1;
   int err = 0;
   if (ok && !owned[0]) {
     r = syscall(SYS_keyctl, (int)a[0], a[1], a[2], a[3], a[4]);
     err = r < 0 ? errno : 0;
   } else ok = 0;
-  for (int i = 0; i < 5; i++) free(owned[i]);
-  if (!ok) {
-    napi_throw_type_error(env, NULL, "keyctl(operation: number, ...args: (number | string | Uint8Array | null)[])");
-    return NULL;
-  }
-  napi_value out;
-  NAPI_CALL(env, napi_create_int64(env, r < 0 ? -err : r, &out));
-  return out;
+  return tv_key_result(env, ok, r, err, owned, 5, "keyctl(operation: number, ...args: (number | string | Uint8Array | null)[])");
 }
 
 /* flock(fd, exclusive, nonblocking) -> 0 or -errno: cryptsetup's re-encryption lock (src/dm/lock.ts) without a flock(1) child. */
