@@ -15,7 +15,7 @@ import { wipe } from "../util/secret.js";
 import { atomicWriteFileSync } from "../util/atomic.js";
 import { FileBlockDevice } from "../blockdev/file.js";
 import { LuksHandle } from "./volume.js";
-import { keyId, paddKey, searchKey, unlinkKey, type KeyRef, type KeyctlOptions } from "../trust/kernel/keyring.js";
+import { paddKey, searchKey, tableKeyring, unlinkKey, type KeyRef, type KeyctlOptions } from "../trust/kernel/keyring.js";
 import { createTrustedKey, detectTrustedSource, exportTrustedKey, loadTrustedKey, parseTrustedBlob, type TrustedKeyOptions, type TrustedKeySource, type TpmHash } from "../trust/kernel/trusted.js";
 import { checkMappingName, cryptTable, type CryptTableSpec, type KeyringKeyRef, type KeyringKeyType } from "../dm/table.js";
 import { dmCreate } from "../dm/dmsetup.js";
@@ -89,19 +89,9 @@ function remember(name: string, r: OpenResult): void {
   }
 }
 
-/**
- * Where a key for a dm-crypt table goes by default: the keyring the dmsetup child searches. That is the session
- * keyring it inherits (`keyctl id @s` without creating one), else the user-session keyring (which links @u). Not @u
- * itself: a systemd system service (dracut's initqueue, trustvol-volume@.service) runs with a private session
- * keyring that does not link @u, and the kernel would not find the key ("the kernel could not find the logon key").
- */
-function activationKeyring(keyctl?: KeyctlOptions): KeyRef {
-  return keyId("@s", keyctl);
-}
-
 /** Load `payload` as a logon key, run `fn` (the activation), unlink the key whatever happens. */
 function withLogonKey<T>(description: string, payload: Uint8Array, o: ActivateOptions, fn: () => T): { value: T; unlinked: boolean } {
-  const ring = o.keyring ?? activationKeyring(o.keyctl);
+  const ring = o.keyring ?? tableKeyring(o.keyctl);
   const id = paddKey("logon", description, payload, ring, o.keyctl);
   let unlinked = false;
   try {
@@ -272,7 +262,7 @@ export interface PlainSpec extends ActivateOptions {
 export async function openPlain(path: string, name: string, p: PlainSpec): Promise<OpenResult> {
   checkMappingName(name);
   const k = p.key;
-  const ring = p.keyring ?? (p.dryRun ? "@u" : activationKeyring(p.keyctl));
+  const ring = p.keyring ?? (p.dryRun ? "@u" : tableKeyring(p.keyctl));
   const loadsOwn = !!(k.trustedBlob || k.blackKeyFile || k.keyBytes);
   if ([k.trustedBlob, k.blackKeyFile, k.keyBytes].filter(Boolean).length > 1) throw usage("give only one of a trusted-key blob, a black key file or a key file");
   let type = k.type;
@@ -424,7 +414,7 @@ export function createTrustedVolume(image: string, o: CreateTrustedVolumeOptions
   const descName = `trustvol-new-${randomBytes(6).toString("hex")}`;
   // In a keyring this process possesses: `keyctl pipe` of a trusted key needs possession, and a systemd service's
   // private session keyring does not reach @u.
-  const ring = activationKeyring(o.keyctl);
+  const ring = tableKeyring(o.keyctl);
   const id = createTrustedKey(descName, keySize, o.keyOptions ?? {}, ring, { source, keyctl: o.keyctl });
   try {
     const blob = exportTrustedKey(id, o.keyctl);

@@ -24,7 +24,7 @@ import { cryptTable, checkMappingName } from "../dm/table.js";
 import { dmCreate, dmInfo, dmList, dmLoad, dmRemove, dmResume, dmSuspend, dmTable, type DmsetupOptions } from "../dm/dmsetup.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { errnoName, ioctlAvailable, ioctlRaw, lockFileMappings } from "../dm/ioctl.js";
-import { keyId, paddKey, unlinkKey, type KeyRef } from "../trust/kernel/keyring.js";
+import { paddKey, tableKeyring, unlinkKey, type KeyRef } from "../trust/kernel/keyring.js";
 import { mark } from "../util/timing.js";
 import { reencrypt, unlockForState, type ReencryptOptions, type ReencryptResult } from "./reencrypt.js";
 
@@ -115,16 +115,6 @@ export function configFlags(m: Luks2Metadata, allowDiscards = false): SegmentTab
 }
 
 /** Volume keys as logon keys with cryptsetup's descriptions; returns the unlinker. */
-/**
- * The keyring for a table's keys: the one `keyctl id @s` names (the session keyring this process and its dmsetup
- * children search; the user-session keyring, which links @u, when there is none). Not @u itself: a systemd service
- * with a private session keyring (dracut's initqueue) does not search @u, and the table load fails with "the kernel
- * could not find the logon key" (found by boot-dracut opening a root mid-re-encryption; open.ts does the same).
- */
-export function tableKeyring(): KeyRef {
-  return keyId("@s");
-}
-
 export function loadLogonKeys(uuid: string, keys: Map<number, Uint8Array>, ring: KeyRef = tableKeyring()): () => void {
   const ids: number[] = [];
   try {

@@ -179,6 +179,14 @@ function nativeCheck(r: number, cmd: string, args: string[]): number {
   throw keyctlError(cmd, text, [cmd, ...args]);
 }
 
+/** A keyctl(2) operation on one key through the addon; false when keyctl(1) must do it (no addon, a named reference). */
+function nativeKeyOp(o: KeyctlOptions | undefined, key: KeyRef, cmd: string, op: number, ...args: (number | Uint8Array)[]): boolean {
+  const a = native(o), id = nativeRef(key);
+  if (!a || id === undefined) return false;
+  nativeCheck(a.keyctl(op, id, ...args), cmd, [String(key)]);
+  return true;
+}
+
 function serial(out: Out, what: string): number {
   const s = out.stdout.toString().trim();
   const n = Number(s);
@@ -206,9 +214,7 @@ export function paddKey(type: KeyType, description: string, payload: Uint8Array,
 
 /** Replace a key's payload (stdin). */
 export function updateKey(key: KeyRef, payload: Uint8Array, o?: KeyctlOptions): void {
-  const a = native(o), id = nativeRef(key);
-  if (a && id !== undefined) return void nativeCheck(a.keyctl(KEYCTL.update, id, payload, payload.length), "pupdate", [String(key)]);
-  keyctl(["pupdate", refArg(key)], o, payload);
+  if (!nativeKeyOp(o, key, "pupdate", KEYCTL.update, payload, payload.length)) keyctl(["pupdate", refArg(key)], o, payload);
 }
 
 /**
@@ -271,34 +277,35 @@ export function unlinkKey(key: KeyRef, keyring?: KeyRef, o?: KeyctlOptions): voi
 }
 
 export function revokeKey(key: KeyRef, o?: KeyctlOptions): void {
-  const a = native(o), id = nativeRef(key);
-  if (a && id !== undefined) return void nativeCheck(a.keyctl(KEYCTL.revoke, id), "revoke", [String(key)]);
-  keyctl(["revoke", refArg(key)], o);
+  if (!nativeKeyOp(o, key, "revoke", KEYCTL.revoke)) keyctl(["revoke", refArg(key)], o);
 }
 
 export function invalidateKey(key: KeyRef, o?: KeyctlOptions): void {
-  const a = native(o), id = nativeRef(key);
-  if (a && id !== undefined) return void nativeCheck(a.keyctl(KEYCTL.invalidate, id), "invalidate", [String(key)]);
-  keyctl(["invalidate", refArg(key)], o);
+  if (!nativeKeyOp(o, key, "invalidate", KEYCTL.invalidate)) keyctl(["invalidate", refArg(key)], o);
 }
 
 export function clearKeyring(keyring: KeyRef, o?: KeyctlOptions): void {
-  const a = native(o), id = nativeRef(keyring);
-  if (a && id !== undefined) return void nativeCheck(a.keyctl(KEYCTL.clear, id), "clear", [String(keyring)]);
-  keyctl(["clear", refArg(keyring)], o);
+  if (!nativeKeyOp(o, keyring, "clear", KEYCTL.clear)) keyctl(["clear", refArg(keyring)], o);
 }
 
 export function setKeyTimeout(key: KeyRef, seconds: number, o?: KeyctlOptions): void {
-  const a = native(o), id = nativeRef(key);
-  if (a && id !== undefined) return void nativeCheck(a.keyctl(KEYCTL.setTimeout, id, Math.max(0, Math.floor(seconds))), "timeout", [String(key)]);
-  keyctl(["timeout", refArg(key), String(Math.max(0, Math.floor(seconds)))], o);
+  const s = Math.max(0, Math.floor(seconds));
+  if (!nativeKeyOp(o, key, "timeout", KEYCTL.setTimeout, s)) keyctl(["timeout", refArg(key), String(s)], o);
 }
 
 /** Set the permission mask (see keyPermMask). */
 export function setPerm(key: KeyRef, mask: number, o?: KeyctlOptions): void {
-  const a = native(o), id = nativeRef(key);
-  if (a && id !== undefined) return void nativeCheck(a.keyctl(KEYCTL.setperm, id, mask >>> 0), "setperm", [String(key)]);
-  keyctl(["setperm", refArg(key), `0x${(mask >>> 0).toString(16).padStart(8, "0")}`], o);
+  if (!nativeKeyOp(o, key, "setperm", KEYCTL.setperm, mask >>> 0)) keyctl(["setperm", refArg(key), `0x${(mask >>> 0).toString(16).padStart(8, "0")}`], o);
+}
+
+/**
+ * Where a key for a dm-crypt table goes: the keyring `keyctl id @s` names — the session keyring this process and its
+ * dmsetup children search, else the user-session keyring (which links @u). Not @u itself: a systemd system service
+ * (dracut's initqueue, trustvol-volume@.service) runs with a private session keyring that does not link @u, and the
+ * table load fails with "the kernel could not find the logon key".
+ */
+export function tableKeyring(o?: KeyctlOptions): number {
+  return keyId("@s", o);
 }
 
 /** Create a keyring named `name` in `parent` (or return the existing one there). */
