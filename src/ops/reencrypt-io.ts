@@ -140,10 +140,15 @@ export interface HotzoneRun {
 /** Re-encrypt every hotzone left (after any crash recovery); returns the bytes processed. */
 export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<number> {
   const { v, dev, hdrDev, st } = e;
+  const doneBytes = (hz: { off: number; len: number } | null) => (!hz ? e.dataSize : st.direction === "forward" ? hz.off : e.dataSize - hz.off - hz.len);
+  // A data shift has its own loop (lanes in the engine's buffer): none of the read-ahead/hashing set-up below.
+  if (st.resilience === "datashift") {
+    if (run.hooks) throw new TrustvolError("EUNSUPPORTED", "online re-encryption with a data shift is not supported");
+    return runShifted(e, run, doneBytes);
+  }
   const area = st.keyslot.area;
   const hasher = nativeHasher(e);
   const lanesN = lanes();
-  const doneBytes = (hz: { off: number; len: number } | null) => (!hz ? e.dataSize : st.direction === "forward" ? hz.off : e.dataSize - hz.off - hz.len);
   let cur: Buffer = e.buf;
   let other: Buffer = Buffer.allocUnsafeSlow(e.buf.length);
   /** The read ahead into `other`: source offset, length, completion, and (checksum mode) its checksums, hashed then. */
@@ -194,10 +199,6 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
     return out;
   };
 
-  if (st.resilience === "datashift") {
-    if (run.hooks) throw new TrustvolError("EUNSUPPORTED", "online re-encryption with a data shift is not supported");
-    return runShifted(e, run, doneBytes);
-  }
   let bytes = 0;
   try {
     let hz = nextHotzone(v.metadata, st, e.dataSize, e.hotzone);
