@@ -170,10 +170,26 @@ function fingerprint(img: string, hdr: string, s: Scenario): string {
 
 /** Full-run wall time per tool and scenario, measured once per file run (the kill search adapts from there). */
 const calibrations = new Map<string, number>();
-function calibrate(tool: Tool, s: Scenario, measure: () => number): number {
-  const k = `${tool}|${s.name}`;
+function calibrate(tool: Tool, s: Scenario, measure: () => number, variant = ""): number {
+  const k = `${tool}|${s.name}|${variant}`;
   if (!calibrations.has(k)) calibrations.set(k, measure());
   return calibrations.get(k)!;
+}
+
+/** s.args with --hotzone-size set to size (replaced when present). */
+function withHotzoneSize(args: string[], size: string): string[] {
+  const i = args.indexOf("--hotzone-size");
+  return i < 0 ? [...args, "--hotzone-size", size] : [...args.slice(0, i + 1), size, ...args.slice(i + 2)];
+}
+
+/** A quarter of the scenario's --hotzone-size (checksum/journal runs only: a data shift fixes its own hotzone). */
+function smallerHotzone(args: string[]): string | undefined {
+  const i = args.indexOf("--hotzone-size");
+  if (i < 0) return undefined;
+  const m = /^(\d+)([KM])$/.exec(args[i + 1] ?? "");
+  if (!m) return undefined;
+  const kib = Number(m[1]) * (m[2] === "M" ? 1024 : 1);
+  return kib >= 256 ? `${kib / 4}K` : undefined;
 }
 
 interface Finish {
@@ -247,27 +263,40 @@ for (const s of scenarios) {
       // trustvol prints --progress-json lines: it is killed at a seeded fraction of its progress (its data phase can
       // be a few ms after a second of start-up, too narrow for a timer); cryptsetup after a seeded delay.
       const progress = starter === "trustvol";
-      const [cmd, args] = cmdFor(starter, f, s, img, hdr, [...s.args, ...FAST_PBKDF, ...(progress ? ["--progress-json"] : [])]);
-      s.prepare(f, img, hdr);
-      const calibratedMs = calibrate(starter, s, () => timeRun(cmd, args, dir));
-      const frac = 0.15 + 0.7 * rnd();
       let start = "";
-      const landed = await killMidRun({
-        cmd, args, calibratedMs, frac, cwd: dir, progress,
-        prepare: () => {
-          s.prepare(f, img, hdr);
-          start = fingerprint(img, hdr, s);
-        },
-        midRun: () => inReencryption(img, s.detached ? hdr : undefined),
-        touched: () => fingerprint(img, hdr, s) !== start,
-      }).catch((e: Error) => {
-        // cryptsetup's own baseline (both halves cryptsetup) claims nothing about trustvol: a missed kill under load skips it.
-        // The same for cryptsetup→trustvol: trustvol resuming cryptsetup's crashes is also covered by the late-kill hunt.
-        if (starter === "cryptsetup" && /could not land a kill/.test(e.message)) return undefined;
-        throw e;
-      });
+      // A kill lands in cryptsetup's run only between its start-up and its end: when a loaded machine makes that window
+      // too narrow for the search, the same run is tried once more with 4× the hotzones (a longer window; the format
+      // and the resume are the same).
+      const attempt = async (hotzoneSize?: string) => {
+        const extra = hotzoneSize ? withHotzoneSize(s.args, hotzoneSize) : s.args;
+        const [cmd, args] = cmdFor(starter, f, s, img, hdr, [...extra, ...FAST_PBKDF, ...(progress ? ["--progress-json"] : [])]);
+        s.prepare(f, img, hdr);
+        const calibratedMs = calibrate(starter, s, () => timeRun(cmd, args, dir), hotzoneSize);
+        const frac = 0.15 + 0.7 * rnd();
+        const landed = await killMidRun({
+          cmd, args, calibratedMs, frac, cwd: dir, progress,
+          prepare: () => {
+            s.prepare(f, img, hdr);
+            start = fingerprint(img, hdr, s);
+          },
+          midRun: () => inReencryption(img, s.detached ? hdr : undefined),
+          touched: () => fingerprint(img, hdr, s) !== start,
+        }).catch((e: Error) => {
+          // cryptsetup's own baseline (both halves cryptsetup) claims nothing about trustvol: a missed kill under load skips it.
+          // The same for cryptsetup→trustvol: trustvol resuming cryptsetup's crashes is also covered by the late-kill hunt.
+          if (starter === "cryptsetup" && /could not land a kill/.test(e.message)) return undefined;
+          throw e;
+        });
+        return landed && { ...landed, calibratedMs };
+      };
+      let landed = await attempt();
+      const smaller = starter === "cryptsetup" ? smallerHotzone(s.args) : undefined;
+      if (!landed && smaller) {
+        t.diagnostic(`no kill landed in cryptsetup's run; again with --hotzone-size ${smaller}`);
+        landed = await attempt(smaller);
+      }
       if (!landed) return t.skip("cryptsetup's run was too short to interrupt under this load");
-      const { delayMs, attempts } = landed;
+      const { calibratedMs, delayMs, attempts } = landed;
       const crashed = luksJson(img, s.detached ? hdr : undefined);
       const fin = finishWith(finisher, f, s, img, hdr);
       t.diagnostic(`seed ${SEED}: full run ${calibratedMs.toFixed(0)} ms, killed at ${delayMs.toFixed(0)} ms (attempt ${attempts}); ${finisher} ${fin.ok ? (fin.repaired ? "needed repair first" : "resumed directly") : "could not finish"}`);
