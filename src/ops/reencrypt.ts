@@ -148,6 +148,7 @@ export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): 
 
 /** `takeLock` takes cryptsetup's lock for this UUID; true when it was taken now (the header is then read again). */
 async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLock: (uuid: string) => Promise<boolean>): Promise<ReencryptResult> {
+  mark("reencrypt: start");
   const mode = opts.mode ?? "reencrypt";
   const hdrDev = opts.header ?? dev;
   if (opts.initOnly && opts.resumeOnly) throw usage("--init-only and --resume-only exclude each other");
@@ -191,6 +192,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
 
     const keys = initKeys ?? (await unlockForState(volume, hdrDev, st, opts));
     initKeys = undefined;
+    mark("keys unlocked");
     try {
       const run = await runEngine(volume, dev, hdrDev, keys, opts);
       recovered = run.recovered;
@@ -530,6 +532,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   checkDataSize(dataSize, [ss]);
   const label = await encryptLabel(dev, opts);
   const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: shift, label, subsystem: opts.subsystem, uuid: opts.uuid, digestIterations: digestIterations(opts) }, false);
+  mark("init: header planned");
   let head: Buffer | undefined;
   try {
     const m = plan.header.metadata;
@@ -583,6 +586,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     } finally {
       wipe(tail);
     }
+    mark("init: first chunk moved");
     // 2. keyslot material, the secondary copy, then the primary
     await dev.write(plan.keyslotArea.data, plan.keyslotArea.offset);
     await dev.flush();
@@ -590,6 +594,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     await dev.flush();
     await dev.write(p, 0);
     await dev.flush();
+    mark("init: header written");
     // 3. no plaintext of the old head may stay in the unused metadata/keyslots area
     const used = [[plan.keyslotArea.offset, plan.keyslotArea.offset + Number(m.keyslots[String(opts.keyslot ?? 0)]!.area.size)], [gap, gap + 4096]].sort((a, b) => a[0]! - b[0]!);
     let pos = 2 * plan.header.hdrSize;
@@ -599,6 +604,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
       pos = Math.max(pos, b!);
     }
     await dev.flush();
+    mark("init: head zeroed");
     return await Luks2Volume.open(dev);
   } finally {
     wipe(plan.volumeKey, plan.keyslotArea.data, head);
@@ -718,7 +724,9 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       recovered = true;
     }
     bytes = await runHotzones(e, { signal: opts.signal, onProgress: opts.onProgress, interrupted, hooks: opts.hotzoneHooks, keys });
+    mark("engine: hotzones done");
     await finishRun(v, dev, hdrDev, e.st, e.buf);
+    mark("engine: finished");
     return { recovered, bytes };
   } finally {
     e.dispose();
