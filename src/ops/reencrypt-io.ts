@@ -16,7 +16,7 @@
 //   - large reads and writes go in concurrent 4 MiB+ pieces (the page-cache copies then use every core);
 //   - data shift (runShifted): lanes of 1 MiB pieces, each read → encrypted → written by one lane; pieces of the next
 //     hotzone are read and encrypted ahead (up to a hotzone's worth) but written only after its "in re-encryption"
-//     commit.
+//     commit; one write at a time (writers of one file serialise on its inode lock, spinning).
 // Memory: two hotzone buffers (the current one and the one being read ahead), whatever the device size; data shift:
 // up to 16 lanes × 1 MiB, carved out of the engine's buffer.
 import * as crypto from "node:crypto";
@@ -362,6 +362,8 @@ async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { o
     at += t.n;
     return t;
   };
+  // One write at a time: tmpfs and ext4 serialise writers on the inode lock, and a waiting writer spins on a core.
+  let writing: Promise<unknown> = Promise.resolve();
   const lane = async (buf: Buffer): Promise<void> => {
     for (let t = take(); t; t = take()) {
       const b = buf.subarray(0, t.n);
@@ -369,7 +371,9 @@ async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { o
         await dev.read(b, t.z.src + t.p);
         await recryptAsync(e, b, t.z.off + t.p);
         if (!(await t.z.gate.promise)) return;
-        await dev.write(b, e.dataOffset + t.z.off + t.p);
+        const w = writing.then(() => dev.write(b, e.dataOffset + t.z.off + t.p));
+        writing = w.catch(() => {}); // the lane that wrote it reports a failure; the next write still waits for it
+        await w;
       } catch (err) {
         failure ??= err;
         stop = true;
