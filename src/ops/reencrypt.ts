@@ -169,7 +169,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       // the UUID is chosen here so that the lock is held before the first write
       const uuid = opts.uuid ?? crypto.randomUUID();
       await takeLock(uuid);
-      volume = await initEncrypt(dev, hdrDev, { ...opts, uuid });
+      ({ volume, keys: initKeys } = await initEncrypt(dev, hdrDev, { ...opts, uuid }));
     } else {
       volume = await Luks2Volume.open(hdrDev);
       if (await takeLock(volume.uuid)) volume = await Luks2Volume.open(hdrDev); // re-read under the lock: another run may have just finished a step
@@ -475,8 +475,20 @@ async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice
   }
 }
 
+/** A new volume's header as written, and its volume key by digest for the run (the caller wipes it). */
+interface InitEncrypted {
+  volume: Luks2Volume;
+  keys: Map<number, Buffer>;
+}
+
+/** The volume just written and its key: the run needs no second unlock of the keyslot (PBKDF + AF merge). */
+async function initEncrypted(hdrDev: BlockDevice, digest: string, volumeKey: Buffer): Promise<InitEncrypted> {
+  const volume = await Luks2Volume.open(hdrDev);
+  return { volume, keys: new Map([[Number(digest), Buffer.from(volumeKey)]]) };
+}
+
 /** Encrypt a plain device with a detached header: the header is built whole in memory, then written once. */
-async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<Luks2Volume> {
+async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<InitEncrypted> {
   if (hdrDev === dev) return initEncryptShift(dev, opts);
   if (opts.reduceDeviceSize !== undefined) throw usage("--reduce-device-size is for in-place encryption without --header");
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
@@ -505,7 +517,7 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
     await hdrDev.write(p, 0);
     await hdrDev.write(s, plan.header.hdrSize);
     await hdrDev.flush();
-    return await Luks2Volume.open(hdrDev);
+    return await initEncrypted(hdrDev, dNew, plan.volumeKey);
   } finally {
     wipe(plan.volumeKey, plan.keyslotArea.data);
   }
@@ -518,7 +530,7 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
  * a complete secondary). As in cryptsetup, the few KiB written before the first valid header copy are the one window
  * a power cut leaves the file system's head only in the copy at the end of the device.
  */
-async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promise<Luks2Volume> {
+async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promise<InitEncrypted> {
   const reduce = opts.reduceDeviceSize;
   if (reduce === undefined) throw usage("in-place --encrypt needs --reduce-device-size (e.g. 32M) or a detached --header", "shrink the file system by that much first");
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
@@ -556,7 +568,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     const [p, sc] = encodeHeaderCopies(plan.header);
     // A previous attempt cut before its first header copy landed left the true head at the end and part of the head
     // overwritten by keyslot material: the copy matches the head everywhere else. Then the copy is already the source.
-    const PIECE = 8 * MiB;
+    const PIECE = MiB; // small: a fresh run stops comparing at its first piece, and the copy stays in the CPU cache
     head = Buffer.allocUnsafeSlow(Math.min(PIECE, firstLen));
     const tail = Buffer.allocUnsafeSlow(head.length);
     try {
@@ -605,7 +617,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     }
     await dev.flush();
     mark("init: head zeroed");
-    return await Luks2Volume.open(dev);
+    return await initEncrypted(dev, dNew, plan.volumeKey);
   } finally {
     wipe(plan.volumeKey, plan.keyslotArea.data, head);
   }
