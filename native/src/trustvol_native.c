@@ -42,7 +42,12 @@ typedef struct {
   EVP_CIPHER_CTX *xk1d;
   EVP_CIPHER_CTX *xk2e;
   uint8_t *scratch; /* TV_XTS_CHUNK bytes of tweaks, then TV_XTS_CHUNK / 16 bytes of IV blocks */
+  /* XTS on VAES (see tv_xts_vaes): AES round keys K1 encryption, K1 decryption, K2 encryption, 15 × 16 bytes each */
+  uint8_t *vaes_rk;
+  int vaes_rounds;
 } tv_cipher;
+
+#define TV_VAES_RK_BYTES (3 * 15 * 16)
 
 /* Bytes per tweak-masked ECB pass: the data, its tweaks and the IV blocks stay in L1/L2. */
 #ifndef TV_XTS_CHUNK
@@ -56,6 +61,8 @@ typedef struct {
 /* create() flags (7th argument, optional) */
 enum { TV_FLAG_XTS_EVP = 1, TV_FLAG_XTS_ECB = 2 };
 
+static int tv_vaes_setup(tv_cipher *c, const uint8_t *key, size_t key_len);
+
 static void tv_free_ctxs(tv_cipher *c) {
   if (c->enc) EVP_CIPHER_CTX_free(c->enc);
   if (c->dec) EVP_CIPHER_CTX_free(c->dec);
@@ -67,8 +74,12 @@ static void tv_free_ctxs(tv_cipher *c) {
     OPENSSL_cleanse(c->scratch, TV_XTS_CHUNK + TV_XTS_CHUNK / 16);
     free(c->scratch);
   }
+  if (c->vaes_rk) {
+    OPENSSL_cleanse(c->vaes_rk, TV_VAES_RK_BYTES);
+    free(c->vaes_rk);
+  }
   c->enc = c->dec = c->essiv = c->xk1e = c->xk1d = c->xk2e = NULL;
-  c->scratch = NULL;
+  c->scratch = c->vaes_rk = NULL;
 }
 
 static void tv_finalize(napi_env env, void *data, void *hint) {
@@ -236,7 +247,14 @@ static napi_value tv_create(napi_env env, napi_callback_info info) {
 #else
   const int little_endian = 0;
 #endif
-  if (mode == EVP_CIPH_XTS_MODE && little_endian && !(flags & TV_FLAG_XTS_EVP) &&
+  if (mode == EVP_CIPH_XTS_MODE && little_endian && !(flags & (TV_FLAG_XTS_EVP | TV_FLAG_XTS_ECB)) && iv_mode != IV_ESSIV &&
+      sector_size % 512 == 0 && tv_vaes_setup(c, key, key_len) < 0) {
+    tv_free_ctxs(c);
+    free(c);
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  if (!c->vaes_rk && mode == EVP_CIPH_XTS_MODE && little_endian && !(flags & TV_FLAG_XTS_EVP) &&
       ((flags & TV_FLAG_XTS_ECB) || (uint32_t)sector_size <= TV_XTS_ECB_MAX_DEFAULT)) {
     /* XTS key = K1 (data) || K2 (tweak), each half an AES key */
     const size_t half = key_len / 2;
@@ -426,6 +444,144 @@ static const char *tv_xts_ecb(tv_cipher *c, uint8_t *data, size_t len, int enc, 
   return NULL;
 }
 
+
+/*
+ * XTS on VAES + VPCLMULQDQ (AVX-512): four blocks per instruction, eight registers (32 blocks, 512 bytes) per round
+ * so the AES units never wait, and the tweaks computed in registers (T·α^4 per lane step, T·α^32 per iteration) —
+ * no tweak pass through memory and no OpenSSL call per chunk. The round keys are expanded here with AES-NI (OpenSSL's
+ * are not reachable through EVP). Sector sizes that are multiples of 512, AES-128/256, IVs other than essiv; the CPU
+ * check runs once. About 2.5× the tweak-masked ECB per core on Zen 4 (the XTS figures in README).
+ */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define TV_VAES_TARGET __attribute__((target("aes,sse4.1,avx2,avx512f,avx512bw,vaes,vpclmulqdq")))
+#define TV_AESNI_TARGET __attribute__((target("aes,sse4.1")))
+
+static int tv_vaes_usable(void) {
+  static int usable = -1;
+  if (usable < 0) {
+    __builtin_cpu_init();
+    usable = __builtin_cpu_supports("aes") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("vaes") && __builtin_cpu_supports("vpclmulqdq");
+  }
+  return usable;
+}
+
+TV_AESNI_TARGET static inline __m128i tv_ks_mix(__m128i k, __m128i t) {
+  k = _mm_xor_si128(k, _mm_slli_si128(k, 4));
+  k = _mm_xor_si128(k, _mm_slli_si128(k, 4));
+  k = _mm_xor_si128(k, _mm_slli_si128(k, 4));
+  return _mm_xor_si128(k, t);
+}
+#define TV_KS128(i, rcon) (rk[i] = tv_ks_mix(rk[i - 1], _mm_shuffle_epi32(_mm_aeskeygenassist_si128(rk[i - 1], rcon), 0xff)))
+#define TV_KS256(i, rcon)                                                                                     \
+  do {                                                                                                        \
+    rk[i] = tv_ks_mix(rk[i - 2], _mm_shuffle_epi32(_mm_aeskeygenassist_si128(rk[i - 1], rcon), 0xff));         \
+    if (i + 1 <= 14) rk[i + 1] = tv_ks_mix(rk[i - 1], _mm_shuffle_epi32(_mm_aeskeygenassist_si128(rk[i], 0), 0xaa)); \
+  } while (0)
+
+/* AES encryption round keys of a 16- or 32-byte key into out (11 or 15 × 16 bytes); returns the rounds. */
+TV_AESNI_TARGET static int tv_aes_expand(const uint8_t *key, size_t len, uint8_t *out) {
+  __m128i rk[15];
+  int rounds;
+  rk[0] = _mm_loadu_si128((const __m128i *)key);
+  if (len == 16) {
+    TV_KS128(1, 0x01); TV_KS128(2, 0x02); TV_KS128(3, 0x04); TV_KS128(4, 0x08); TV_KS128(5, 0x10);
+    TV_KS128(6, 0x20); TV_KS128(7, 0x40); TV_KS128(8, 0x80); TV_KS128(9, 0x1b); TV_KS128(10, 0x36);
+    rounds = 10;
+  } else {
+    rk[1] = _mm_loadu_si128((const __m128i *)(key + 16));
+    TV_KS256(2, 0x01); TV_KS256(4, 0x02); TV_KS256(6, 0x04); TV_KS256(8, 0x08); TV_KS256(10, 0x10);
+    TV_KS256(12, 0x20); TV_KS256(14, 0x40);
+    rounds = 14;
+  }
+  for (int i = 0; i <= rounds; i++) _mm_storeu_si128((__m128i *)(out + 16 * i), rk[i]);
+  OPENSSL_cleanse(rk, sizeof rk);
+  return rounds;
+}
+
+/* Decryption round keys (equivalent inverse cipher) from the encryption ones. */
+TV_AESNI_TARGET static void tv_aes_dec_keys(const uint8_t *ek, int rounds, uint8_t *dk) {
+  _mm_storeu_si128((__m128i *)dk, _mm_loadu_si128((const __m128i *)(ek + 16 * rounds)));
+  for (int i = 1; i < rounds; i++)
+    _mm_storeu_si128((__m128i *)(dk + 16 * i), _mm_aesimc_si128(_mm_loadu_si128((const __m128i *)(ek + 16 * (rounds - i)))));
+  _mm_storeu_si128((__m128i *)(dk + 16 * rounds), _mm_loadu_si128((const __m128i *)ek));
+}
+
+/* 0: not used (CPU, key size), 1: set up, -1: out of memory. */
+static int tv_vaes_setup(tv_cipher *c, const uint8_t *key, size_t key_len) {
+  if ((key_len != 32 && key_len != 64) || !tv_vaes_usable()) return 0;
+  const size_t half = key_len / 2;
+  if (!(c->vaes_rk = (uint8_t *)calloc(1, TV_VAES_RK_BYTES))) return -1;
+  c->vaes_rounds = tv_aes_expand(key, half, c->vaes_rk);
+  tv_aes_dec_keys(c->vaes_rk, c->vaes_rounds, c->vaes_rk + 15 * 16);
+  tv_aes_expand(key + half, half, c->vaes_rk + 2 * 15 * 16);
+  return 1;
+}
+
+/* Each 128-bit lane times α^k in GF(2^128), 0 < k ≤ 56: shift left by k, the k bits shifted out folded back with 0x87. */
+#define TV_MULX(x, k)                                                                                   \
+  ({                                                                                                    \
+    const __m512i top_ = _mm512_srli_epi64((x), 64 - (k));                                              \
+    _mm512_xor_si512(_mm512_xor_si512(_mm512_slli_epi64((x), (k)), _mm512_bslli_epi128(top_, 8)),       \
+                     _mm512_clmulepi64_epi128(_mm512_bsrli_epi128(top_, 8), poly, 0x00));               \
+  })
+
+TV_VAES_TARGET static void tv_xts_vaes(tv_cipher *c, uint8_t *data, size_t len, int enc, uint64_t ivs) {
+  const int R = c->vaes_rounds;
+  const uint8_t *rk = c->vaes_rk + (enc ? 0 : 15 * 16), *rk2 = c->vaes_rk + 2 * 15 * 16;
+  const size_t ss = c->sector_size;
+  const __m512i poly = _mm512_set1_epi64(0x87);
+  __m512i K[15];
+  __m128i K2[15];
+  for (int r = 0; r <= R; r++) {
+    K[r] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(rk + 16 * r)));
+    K2[r] = _mm_loadu_si128((const __m128i *)(rk2 + 16 * r));
+  }
+  uint8_t ivb[16];
+  for (size_t off = 0; off < len; off += ss, ivs += c->iv_step) {
+    /* T = E_K2(IV); lanes of register i hold T·α^(4i), …, T·α^(4i+3) */
+    tv_iv_block(c->iv_mode, ivb, ivs);
+    __m128i t = _mm_xor_si128(_mm_loadu_si128((const __m128i *)ivb), K2[0]);
+    for (int r = 1; r < R; r++) t = _mm_aesenc_si128(t, K2[r]);
+    t = _mm_aesenclast_si128(t, K2[R]);
+    const __m128i t1 = tv_tw_dbl(t), t2 = tv_tw_dbl(t1), t3 = tv_tw_dbl(t2);
+    __m512i tw[8];
+    tw[0] = _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(t), t1, 1), t2, 2), t3, 3);
+    for (int i = 1; i < 8; i++) tw[i] = TV_MULX(tw[0], 4 * i); /* independent of one another: no serial chain */
+    uint8_t *p = data + off;
+    for (size_t j = 0; j < ss; j += 512, p += 512) {
+      __m512i d[8];
+      for (int i = 0; i < 8; i++) d[i] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(p + 64 * i)), _mm512_xor_si512(tw[i], K[0]));
+      if (enc) {
+        for (int r = 1; r < R; r++)
+          for (int i = 0; i < 8; i++) d[i] = _mm512_aesenc_epi128(d[i], K[r]);
+        for (int i = 0; i < 8; i++) d[i] = _mm512_aesenclast_epi128(d[i], _mm512_xor_si512(K[R], tw[i]));
+      } else {
+        for (int r = 1; r < R; r++)
+          for (int i = 0; i < 8; i++) d[i] = _mm512_aesdec_epi128(d[i], K[r]);
+        for (int i = 0; i < 8; i++) d[i] = _mm512_aesdeclast_epi128(d[i], _mm512_xor_si512(K[R], tw[i]));
+      }
+      for (int i = 0; i < 8; i++) {
+        _mm512_storeu_si512((void *)(p + 64 * i), d[i]);
+        tw[i] = TV_MULX(tw[i], 32);
+      }
+    }
+  }
+  OPENSSL_cleanse(K, sizeof K);
+  OPENSSL_cleanse(K2, sizeof K2);
+  OPENSSL_cleanse(ivb, sizeof ivb);
+}
+#else
+static int tv_vaes_setup(tv_cipher *c, const uint8_t *key, size_t key_len) {
+  (void)c; (void)key; (void)key_len;
+  return 0;
+}
+static void tv_xts_vaes(tv_cipher *c, uint8_t *data, size_t len, int enc, uint64_t ivs) {
+  (void)c; (void)data; (void)len; (void)enc; (void)ivs;
+}
+#endif
+
 /* The sector loop: len bytes (a multiple of the sector size) in place from IV sector ivs. NULL or what failed. */
 static const char *tv_crypt_core(tv_cipher *c, uint8_t *data, size_t len, int enc, uint64_t ivs) {
   EVP_CIPHER_CTX *ctx = enc ? c->enc : c->dec;
@@ -442,6 +598,10 @@ static const char *tv_crypt_core(tv_cipher *c, uint8_t *data, size_t len, int en
     return NULL;
   }
 
+  if (c->vaes_rk) {
+    tv_xts_vaes(c, data, len, enc, ivs);
+    return NULL;
+  }
   if (c->xk1e) return tv_xts_ecb(c, data, len, enc, ivs);
 
   const int cbc_dec = c->cbc_dec_ecb && !enc;
@@ -549,6 +709,11 @@ static tv_cipher *tv_clone(const tv_cipher *c) {
   d->xk1d = tv_ctx_dup(c->xk1d, &ok);
   d->xk2e = tv_ctx_dup(c->xk2e, &ok);
   if (c->scratch && !(d->scratch = (uint8_t *)malloc(TV_XTS_CHUNK + TV_XTS_CHUNK / 16))) ok = 0;
+  d->vaes_rounds = c->vaes_rounds;
+  if (c->vaes_rk) {
+    if ((d->vaes_rk = (uint8_t *)malloc(TV_VAES_RK_BYTES))) memcpy(d->vaes_rk, c->vaes_rk, TV_VAES_RK_BYTES);
+    else ok = 0;
+  }
   if (!ok) {
     tv_free_ctxs(d);
     free(d);
@@ -695,6 +860,18 @@ static napi_value tv_crypt_async(napi_env env, napi_callback_info info) {
   ERR_clear_error();
   if (--b->pending == 0) tv_crypt_settle(env, b);
   return promise;
+}
+
+/* cipherEngine(handle) -> "xts-vaes" | "xts-ecb" | "evp": which sector loop crypt() runs (tests, benchmarks) */
+static napi_value tv_cipher_engine(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  tv_cipher *c = argc >= 1 ? tv_unwrap(env, argv[0]) : NULL;
+  if (!c) return NULL;
+  napi_value v;
+  NAPI_CALL(env, napi_create_string_utf8(env, c->vaes_rk ? "xts-vaes" : c->xk1e ? "xts-ecb" : "evp", NAPI_AUTO_LENGTH, &v));
+  return v;
 }
 
 /* destroy(handle) -> undefined; frees the contexts now (the finalizer frees the shell later) */
@@ -1637,6 +1814,7 @@ NAPI_MODULE_INIT() {
       {"crypt", NULL, tv_crypt, NULL, NULL, NULL, napi_enumerable, NULL},
       {"cryptAsync", NULL, tv_crypt_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"destroy", NULL, tv_destroy, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"cipherEngine", NULL, tv_cipher_engine, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherCreate", NULL, tv_hasher_create, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hashBlocks", NULL, tv_hash_blocks, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hashBlocksAsync", NULL, tv_hash_blocks_async, NULL, NULL, NULL, napi_enumerable, NULL},

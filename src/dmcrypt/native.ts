@@ -8,7 +8,10 @@ import { fileURLToPath } from "node:url";
 /** IV generator codes shared with native/src/trustvol_native.c */
 export const NativeIv = { none: 0, plain64: 1, plain: 2, plain64be: 3, essiv: 4, null: 5 } as const;
 
-/** create() flags shared with native/src/trustvol_native.c: force one XTS implementation (tests, benchmarks). */
+/**
+ * create() flags shared with native/src/trustvol_native.c: force one XTS implementation (tests, benchmarks). Without
+ * them XTS runs on VAES (AVX-512) where the CPU has it, else as tweak-masked ECB (≤ 1 KiB sectors) or EVP per sector.
+ */
 export const NativeFlags = { xtsEvp: 1, xtsEcb: 2 } as const;
 
 export type NativeHandle = object & { readonly __trustvolCipher: unique symbol };
@@ -20,6 +23,8 @@ export interface NativeAddon {
   /** The same split into up to `parts` runs on libuv's thread pool (own context copies per run); absent in old builds. */
   cryptAsync?(h: NativeHandle, data: Uint8Array, encrypt: boolean, ivSector: bigint, parts: number): Promise<void>;
   destroy(h: NativeHandle): void;
+  /** Which sector loop crypt() runs for this handle; absent in old builds. */
+  cipherEngine?(h: NativeHandle): "xts-vaes" | "xts-ecb" | "evp";
   opensslVersion(): string;
   /** dm-verity block hashing (src/verity/pool.ts); absent in addons built before it existed. */
   /** flags 1: EVP per block even where the SHA-NI engine could run (tests, bench). */

@@ -148,6 +148,7 @@ export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): 
 
 /** `takeLock` takes cryptsetup's lock for this UUID; true when it was taken now (the header is then read again). */
 async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLock: (uuid: string) => Promise<boolean>): Promise<ReencryptResult> {
+  mark("reencrypt: start");
   const mode = opts.mode ?? "reencrypt";
   const hdrDev = opts.header ?? dev;
   if (opts.initOnly && opts.resumeOnly) throw usage("--init-only and --resume-only exclude each other");
@@ -168,7 +169,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       // the UUID is chosen here so that the lock is held before the first write
       const uuid = opts.uuid ?? crypto.randomUUID();
       await takeLock(uuid);
-      volume = await initEncrypt(dev, hdrDev, { ...opts, uuid });
+      ({ volume, keys: initKeys } = await initEncrypt(dev, hdrDev, { ...opts, uuid }));
     } else {
       volume = await Luks2Volume.open(hdrDev);
       if (await takeLock(volume.uuid)) volume = await Luks2Volume.open(hdrDev); // re-read under the lock: another run may have just finished a step
@@ -191,6 +192,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
 
     const keys = initKeys ?? (await unlockForState(volume, hdrDev, st, opts));
     initKeys = undefined;
+    mark("keys unlocked");
     try {
       const run = await runEngine(volume, dev, hdrDev, keys, opts);
       recovered = run.recovered;
@@ -473,8 +475,20 @@ async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice
   }
 }
 
+/** A new volume's header as written, and its volume key by digest for the run (the caller wipes it). */
+interface InitEncrypted {
+  volume: Luks2Volume;
+  keys: Map<number, Buffer>;
+}
+
+/** The volume just written and its key: the run needs no second unlock of the keyslot (PBKDF + AF merge). */
+async function initEncrypted(hdrDev: BlockDevice, digest: string, volumeKey: Buffer): Promise<InitEncrypted> {
+  const volume = await Luks2Volume.open(hdrDev);
+  return { volume, keys: new Map([[Number(digest), Buffer.from(volumeKey)]]) };
+}
+
 /** Encrypt a plain device with a detached header: the header is built whole in memory, then written once. */
-async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<Luks2Volume> {
+async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<InitEncrypted> {
   if (hdrDev === dev) return initEncryptShift(dev, opts);
   if (opts.reduceDeviceSize !== undefined) throw usage("--reduce-device-size is for in-place encryption without --header");
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
@@ -503,7 +517,7 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
     await hdrDev.write(p, 0);
     await hdrDev.write(s, plan.header.hdrSize);
     await hdrDev.flush();
-    return await Luks2Volume.open(hdrDev);
+    return await initEncrypted(hdrDev, dNew, plan.volumeKey);
   } finally {
     wipe(plan.volumeKey, plan.keyslotArea.data);
   }
@@ -516,7 +530,7 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
  * a complete secondary). As in cryptsetup, the few KiB written before the first valid header copy are the one window
  * a power cut leaves the file system's head only in the copy at the end of the device.
  */
-async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promise<Luks2Volume> {
+async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promise<InitEncrypted> {
   const reduce = opts.reduceDeviceSize;
   if (reduce === undefined) throw usage("in-place --encrypt needs --reduce-device-size (e.g. 32M) or a detached --header", "shrink the file system by that much first");
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
@@ -530,6 +544,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   checkDataSize(dataSize, [ss]);
   const label = await encryptLabel(dev, opts);
   const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: shift, label, subsystem: opts.subsystem, uuid: opts.uuid, digestIterations: digestIterations(opts) }, false);
+  mark("init: header planned");
   let head: Buffer | undefined;
   try {
     const m = plan.header.metadata;
@@ -553,7 +568,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     const [p, sc] = encodeHeaderCopies(plan.header);
     // A previous attempt cut before its first header copy landed left the true head at the end and part of the head
     // overwritten by keyslot material: the copy matches the head everywhere else. Then the copy is already the source.
-    const PIECE = 8 * MiB;
+    const PIECE = MiB; // small: a fresh run stops comparing at its first piece, and the copy stays in the CPU cache
     head = Buffer.allocUnsafeSlow(Math.min(PIECE, firstLen));
     const tail = Buffer.allocUnsafeSlow(head.length);
     try {
@@ -583,6 +598,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     } finally {
       wipe(tail);
     }
+    mark("init: first chunk moved");
     // 2. keyslot material, the secondary copy, then the primary
     await dev.write(plan.keyslotArea.data, plan.keyslotArea.offset);
     await dev.flush();
@@ -590,6 +606,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     await dev.flush();
     await dev.write(p, 0);
     await dev.flush();
+    mark("init: header written");
     // 3. no plaintext of the old head may stay in the unused metadata/keyslots area
     const used = [[plan.keyslotArea.offset, plan.keyslotArea.offset + Number(m.keyslots[String(opts.keyslot ?? 0)]!.area.size)], [gap, gap + 4096]].sort((a, b) => a[0]! - b[0]!);
     let pos = 2 * plan.header.hdrSize;
@@ -599,7 +616,8 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
       pos = Math.max(pos, b!);
     }
     await dev.flush();
-    return await Luks2Volume.open(dev);
+    mark("init: head zeroed");
+    return await initEncrypted(dev, dNew, plan.volumeKey);
   } finally {
     wipe(plan.volumeKey, plan.keyslotArea.data, head);
   }
@@ -718,7 +736,9 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       recovered = true;
     }
     bytes = await runHotzones(e, { signal: opts.signal, onProgress: opts.onProgress, interrupted, hooks: opts.hotzoneHooks, keys });
+    mark("engine: hotzones done");
     await finishRun(v, dev, hdrDev, e.st, e.buf);
+    mark("engine: finished");
     return { recovered, bytes };
   } finally {
     e.dispose();

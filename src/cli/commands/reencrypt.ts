@@ -9,13 +9,16 @@ import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { probeLuksVersion } from "../../luks2/header.js";
 import { Luks2Volume } from "../../luks2/volume.js";
-import { findActiveMapping, reencryptOnline } from "../../ops/reencrypt-online.js";
+import type * as Online from "../../ops/reencrypt-online.js";
 import { reencrypt, repairReencryption, tokenKeyslotPassphrases, type ReencryptOptions } from "../../ops/reencrypt.js";
 import { readPin } from "../../trust/pkcs11/pin.js";
 import { getPassphrase } from "../secrets.js";
 import { int, parseSize, pbkdfFrom, printJson } from "../common.js";
+
+// The online engine (device-mapper, keyring) loads only when a run may be online: never for --encrypt.
+const online = (): Promise<typeof Online> => import("../../ops/reencrypt-online.js");
 import { progressBar } from "../progress.js";
-import { pinSourceFrom } from "./enroll.js";
+import { pinSourceFrom } from "../common.js";
 
 function abortOnSignal(): { signal: AbortSignal; done: () => void } {
   const ac = new AbortController();
@@ -123,11 +126,11 @@ export function registerReencryptCommands(program: Command): void {
         let active = o.activeName as string | undefined;
         // Any LUKS2 run (rotation, --decrypt, with or without --header) looks for the mapping: an open device is never
         // rewritten offline under a mounted file system unless --force-offline-reencrypt says the mapping is unused.
-        if (!active && isLuks && mode !== "encrypt" && !o.forceOfflineReencrypt) active = findActiveMapping((await Luks2Volume.open(hdr)).uuid);
+        if (!active && isLuks && mode !== "encrypt" && !o.forceOfflineReencrypt) active = (await online()).findActiveMapping((await Luks2Volume.open(hdr)).uuid);
         if (active) onlineRefusal(active, mode, o);
         if (active) await dev.close();
         const r = active
-          ? await reencryptOnline(active, { passphrase, keyslot: o.keySlot as number | undefined, keyslotPassphrases, resilience: o.resilience as ReencryptOptions["resilience"], hash: o.resilienceHash as string | undefined, hotzoneSize: o.hotzoneSize as number | undefined, cipher: o.cipher as string | undefined, keySize: o.keySize as number | undefined, sectorSize: o.sectorSize as number | undefined, pbkdf: pbkdfFrom(o), resumeOnly: !!o.resumeOnly, onProgress, signal: sig.signal })
+          ? await (await online()).reencryptOnline(active, { passphrase, keyslot: o.keySlot as number | undefined, keyslotPassphrases, resilience: o.resilience as ReencryptOptions["resilience"], hash: o.resilienceHash as string | undefined, hotzoneSize: o.hotzoneSize as number | undefined, cipher: o.cipher as string | undefined, keySize: o.keySize as number | undefined, sectorSize: o.sectorSize as number | undefined, pbkdf: pbkdfFrom(o), resumeOnly: !!o.resumeOnly, onProgress, signal: sig.signal })
           : await reencrypt(dev, {
           mode,
           passphrase,
