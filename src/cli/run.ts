@@ -28,6 +28,11 @@ else if (plainDump(argv)) {
   process.exitCode = await (await import("./boot-kernel.js")).main(argv);
 } else process.exitCode = await (await import("./main.js")).main(argv);
 
+// The command is done: exit now rather than when the event loop drains. Node 20 can deadlock in that drain with every
+// worker idle (nodejs/node#54918; seen once in ~40 re-encryption runs here), which would leave a boot or provisioning
+// unit waiting forever. stdout/stderr are synchronous for files, pipes and terminals on Linux: nothing is cut off.
+process.exit(process.exitCode ?? 0);
+
 /** Exactly `dump DEVICE` or `dump DEVICE --json` (either order), DEVICE not an option: nothing for commander to do. */
 function plainDump(a: string[]): boolean {
   if (a[0] !== "dump" || (a.length !== 2 && a.length !== 3)) return false;
