@@ -24,6 +24,7 @@ import { createHash } from "node:crypto";
 import { availableParallelism } from "node:os";
 import { uvThreadPoolSize } from "../util/threads.js";
 import type { BlockDevice } from "../blockdev/types.js";
+import { alignedBuffer } from "../blockdev/aligned.js";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import type { SectorCipher } from "../dmcrypt/sector-cipher.js";
@@ -150,7 +151,7 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
   const hasher = nativeHasher(e);
   const lanesN = lanes();
   let cur: Buffer = e.buf;
-  let other: Buffer = Buffer.allocUnsafeSlow(e.buf.length);
+  let other: Buffer = alignedBuffer(e.buf.length);
   /** The read ahead into `other`: source offset, length, completion, and (checksum mode) its checksums, hashed then. */
   let ahead: Ahead | null = null;
   const pending = new Set<Promise<unknown>>();
