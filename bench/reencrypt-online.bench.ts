@@ -68,15 +68,16 @@ export default async function bench(): Promise<void> {
   console.log(`| cryptsetup reencrypt --active-name | ${cs.join(", ")} | ${cpu("cryptsetup").join(", ")} | ${mbs(best(cs))} |`);
   console.log(`ratio trustvol / cryptsetup throughput: ${(best(cs) / best(tv)).toFixed(2)}× (target ≥ 1.0×); node start in the guest ${vals("node_start_s")[0]} s is part of trustvol's time`);
   // trustvol's phases (TRUSTVOL_TIMING marks: each interval is charged to the mark that ends it), summed over rounds
-  const phases = new Map<string, number>();
-  let prev: number | undefined;
-  for (const m of r.stdout.matchAll(/^trustvol-time (\d+) (.*)$/gm)) {
-    const t = Number(m[1]);
-    const what = m[2]!.replace(/^hotzone \d+\+\d+: /, "hotzone: ").replace(/ \(.*\)$/, "").replace(/, hotzone \d+$/, "");
+  const phases = new Map<string, [number, number]>();
+  let prev: [number, number] | undefined;
+  for (const m of r.stdout.matchAll(/^trustvol-time (\d+) (\d+) (.*)$/gm)) {
+    const t: [number, number] = [Number(m[1]), Number(m[2])];
+    const what = m[3]!.replace(/^hotzone \d+\+\d+: /, "hotzone: ").replace(/ \(.*\)$/, "").replace(/, hotzone \d+$/, "");
     if (what === "cli") prev = undefined;
-    phases.set(what, (phases.get(what) ?? 0) + (prev === undefined ? t : t - prev));
+    const p = phases.get(what) ?? [0, 0];
+    phases.set(what, [p[0] + t[0] - (prev?.[0] ?? 0), p[1] + t[1] - (prev?.[1] ?? 0)]);
     prev = t;
   }
-  console.log(`trustvol phases, s summed over ${tv.length} rounds (each interval ends at the named point; "cli" = process start to the CLI's first line):`);
-  console.log([...phases].map(([k, v]) => `${k} ${(v / 1000).toFixed(1)}`).join(" · "));
+  console.log(`trustvol phases, wall s / CPU-s of the process summed over ${tv.length} rounds (each interval ends at the named point; "cli" = process start to the CLI's first line):`);
+  console.log([...phases].map(([k, v]) => `${k} ${(v[0] / 1000).toFixed(1)}/${(v[1] / 1000).toFixed(1)}`).join(" · "));
 }

@@ -3,6 +3,10 @@ import { open, type FileHandle } from "node:fs/promises";
 import { constants, statSync, readFileSync } from "node:fs";
 import { TrustvolError } from "../util/errors.js";
 import type { BlockDevice } from "./types.js";
+import { DIRECT_ALIGN, isAlignedBuffer } from "./aligned.js";
+
+/** Smallest read or write that goes through the O_DIRECT descriptor (smaller ones, the header's, stay buffered). */
+export const DIRECT_MIN = 64 << 10;
 
 /** What a path is when it is neither an image file nor a block device ("a FIFO"), else undefined. */
 function unusableKind(st: { isFIFO(): boolean; isCharacterDevice(): boolean; isDirectory(): boolean; isSocket(): boolean; isFile(): boolean; isBlockDevice(): boolean }): string | undefined {
@@ -33,6 +37,12 @@ export function checkVolumePath(path: string, o: { allowMissing?: boolean; creat
 }
 
 export class FileBlockDevice implements BlockDevice {
+  /** The O_DIRECT descriptor, opened at the first large aligned transfer; resolves null where it is refused. */
+  private direct: Promise<FileHandle | null> | undefined;
+  /** Set when O_DIRECT was refused or failed with EINVAL: everything goes through the page cache from then on. */
+  private directOff = process.env.TRUSTVOL_DIRECT_IO === "0";
+  private _directBytes = 0;
+
   private constructor(
     private readonly fh: FileHandle,
     public readonly name: string,
@@ -79,26 +89,65 @@ export class FileBlockDevice implements BlockDevice {
     return this.fh.fd;
   }
 
+  /**
+   * Whether large aligned transfers (offset, length and the buffer's address multiples of DIRECT_ALIGN, the buffer from
+   * alignedBuffer()) go through a second descriptor opened with O_DIRECT: no copy through the page cache. Buffered and
+   * direct I/O on one file are coherent (a direct read writes dirty cached pages back first, a direct write drops the
+   * cached pages it covers); durability is unchanged: O_DIRECT is not a flush, flush() still syncs the file.
+   */
+  get directIo(): boolean {
+    return !this.directOff;
+  }
+
+  /** Bytes read or written through the O_DIRECT descriptor so far (tests, timing marks). */
+  get directBytes(): number {
+    return this._directBytes;
+  }
+
+  /** The O_DIRECT handle for this transfer, or null: buffered I/O. */
+  private async directFor(buf: Uint8Array, offset: number): Promise<FileHandle | null> {
+    if (this.directOff || buf.length < DIRECT_MIN || offset % DIRECT_ALIGN || buf.length % DIRECT_ALIGN || !isAlignedBuffer(buf)) return null;
+    // Reopened through /proc/self/fd: the same open file whatever has happened to the path since.
+    this.direct ??= open(`/proc/self/fd/${this.fh.fd}`, (this.readOnly ? constants.O_RDONLY : constants.O_RDWR) | constants.O_DIRECT).catch(() => {
+      this.directOff = true; // e.g. EINVAL: tmpfs before Linux 6.6, some FUSE and network file systems
+      return null;
+    });
+    const d = await this.direct;
+    return this.directOff ? null : d;
+  }
+
+  /** One positional transfer of all of buf, direct when it can be; an EINVAL from O_DIRECT turns it off and retries buffered. */
+  private async transfer(kind: "read" | "write", buf: Uint8Array, offset: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      const part = buf.subarray(done);
+      const d = await this.directFor(part, offset + done);
+      let n: number;
+      try {
+        n = kind === "read" ? (await (d ?? this.fh).read(part, 0, part.length, offset + done)).bytesRead : (await (d ?? this.fh).write(part, 0, part.length, offset + done)).bytesWritten;
+      } catch (e) {
+        // The file system took the O_DIRECT open but not this transfer (e.g. a larger logical block size): buffered
+        if (!d || (e as NodeJS.ErrnoException).code !== "EINVAL") throw e;
+        this.directOff = true;
+        continue;
+      }
+      if (d) this._directBytes += n;
+      if (n === 0 && kind === "read") throw new TrustvolError("ETRUNCATED", `${this.name}: unexpected end of data at ${offset + done}`);
+      done += n;
+    }
+  }
+
   async read(buf: Uint8Array, offset: number): Promise<void> {
     if (offset < 0 || offset + buf.length > this._size)
       throw new TrustvolError("ETRUNCATED", `${this.name}: read of ${buf.length} bytes at ${offset} is past the end (${this._size} bytes)`, "the image is truncated or the wrong device");
-    let done = 0;
-    while (done < buf.length) {
-      const { bytesRead } = await this.fh.read(buf, done, buf.length - done, offset + done);
-      if (bytesRead === 0) throw new TrustvolError("ETRUNCATED", `${this.name}: unexpected end of data at ${offset + done}`);
-      done += bytesRead;
-    }
+    await this.transfer("read", buf, offset);
   }
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
     if (this.readOnly) throw new TrustvolError("EDEVICE", `${this.name}: opened read-only`);
     if (this.isBlockDevice && offset + buf.length > this._size)
       throw new TrustvolError("ENOSPC", `${this.name}: write past the end of the device`);
-    let done = 0;
-    while (done < buf.length) {
-      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, offset + done);
-      done += bytesWritten;
-    }
+    await this.transfer("write", buf, offset);
     if (offset + buf.length > this._size) this._size = offset + buf.length;
   }
 
@@ -113,7 +162,14 @@ export class FileBlockDevice implements BlockDevice {
   }
 
   async close(): Promise<void> {
-    await this.fh.close();
+    const d = await this.direct?.catch(() => null);
+    this.direct = undefined;
+    this.directOff = true;
+    try {
+      await d?.close();
+    } finally {
+      await this.fh.close();
+    }
   }
 }
 

@@ -39,6 +39,8 @@ export interface NativeAddon {
   rsParityAsync?(mul: Uint8Array, roots: number, inp: Uint8Array, rsn: number, blockSize: number, out: Uint8Array): Promise<void>;
   /** On a libuv thread-pool thread; fd >= 0: pread count·blockSize bytes at pos into inp first. */
   hashBlocksAsync?(h: NativeHasher, fd: number, pos: number, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): Promise<void>;
+  /** Zeroed memory at a multiple of `align` for O_DIRECT I/O (src/blockdev/aligned.ts); cleansed and freed when collected. */
+  alignedAlloc?(size: number, align: number): ArrayBuffer;
 }
 
 /** Absolute path of the built addon, or null (for worker threads that load it themselves). */

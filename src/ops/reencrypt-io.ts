@@ -11,8 +11,8 @@
 //     as its read ahead is in, i.e. while the current hotzone's data is written and its metadata committed;
 //   - the copy of the old data (extended checksum) / journal is written while the checksums are hashed;
 //   - the data is decrypted/re-encrypted (thread pool, 4 MiB slices, decrypt then encrypt per slice, one lane per
-//     core) while the area is flushed and the "in re-encryption" metadata committed — the new data is written only
-//     after that commit, as before;
+//     core) while the area is flushed and the "in re-encryption" metadata committed — each slice's new data is
+//     written as soon as it is re-encrypted, but never before that commit;
 //   - large reads and writes go in concurrent 4 MiB+ pieces (the page-cache copies then use every core);
 //   - data shift (runShifted): lanes of 4 MiB pieces, each read → encrypted → written by one lane; pieces of the next
 //     hotzone are read and encrypted ahead (up to a hotzone's worth) but written only after its "in re-encryption"
@@ -24,6 +24,7 @@ import { createHash } from "node:crypto";
 import { availableParallelism } from "node:os";
 import { uvThreadPoolSize } from "../util/threads.js";
 import type { BlockDevice } from "../blockdev/types.js";
+import { alignedBuffer } from "../blockdev/aligned.js";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import type { SectorCipher } from "../dmcrypt/sector-cipher.js";
@@ -76,10 +77,16 @@ export function recrypt(e: HotzoneEngine, data: Buffer, off: number): void {
   if (e.newC) e.newC.encrypt(data, off / e.newC.sectorSize);
 }
 
-/** The same on the thread pool, `lanes()` slices at a time; `data` must not be touched until it settles. */
-export async function recryptAsync(e: HotzoneEngine, data: Buffer, off: number): Promise<void> {
+/**
+ * The same on the thread pool, `lanes()` slices at a time; `data` must not be touched until it settles. `sliceDone`
+ * (not awaited) is told of each slice as soon as it is re-encrypted (its offset in the data area).
+ */
+export async function recryptAsync(e: HotzoneEngine, data: Buffer, off: number, sliceDone?: (slice: Buffer, at: number) => void): Promise<void> {
   const { oldC, newC } = e;
-  if (!(oldC?.decryptAsync ?? true) || !(newC?.encryptAsync ?? true)) return recrypt(e, data, off);
+  if (!(oldC?.decryptAsync ?? true) || !(newC?.encryptAsync ?? true)) {
+    recrypt(e, data, off);
+    return sliceDone?.(data, off);
+  }
   const n = Math.ceil(data.length / SLICE);
   let next = 0;
   const lane = async (): Promise<void> => {
@@ -88,6 +95,7 @@ export async function recryptAsync(e: HotzoneEngine, data: Buffer, off: number):
       const at = off + i * SLICE;
       if (oldC) await oldC.decryptAsync!(s, at / oldC.sectorSize, 1);
       if (newC) await newC.encryptAsync!(s, at / newC.sectorSize, 1);
+      sliceDone?.(s, at);
     }
   };
   await settleAll(Array.from({ length: Math.min(n, lanes()) }, lane));
@@ -150,7 +158,7 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
   const hasher = nativeHasher(e);
   const lanesN = lanes();
   let cur: Buffer = e.buf;
-  let other: Buffer = Buffer.allocUnsafeSlow(e.buf.length);
+  let other: Buffer = alignedBuffer(e.buf.length);
   /** The read ahead into `other`: source offset, length, completion, and (checksum mode) its checksums, hashed then. */
   let ahead: Ahead | null = null;
   const pending = new Set<Promise<unknown>>();
@@ -229,8 +237,17 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       if (sums) await hdrDev.write(sums, area.offset);
       mark("hotzone: copy + sums written");
       // From here data's old content is on disk (journal / copy) or not needed (checksums taken): re-encrypt it
-      // while the area is flushed and the metadata commit point is written.
-      const recrypting = track(recryptAsync(e, data, off));
+      // while the area is flushed and the metadata commit point is written. Each re-encrypted slice is written as soon
+      // as that commit is on disk (one hotzone's data writes have no order among themselves anyway).
+      const hotOnDisk = deferred<void>();
+      const writes: Promise<void>[] = [];
+      const recrypting = track(
+        recryptAsync(e, data, off, (slice, at) => {
+          const w = track(hotOnDisk.promise.then(() => dev.write(slice, e.dataOffset + at)));
+          w.catch(() => {}); // settled below (or by the pending set when the run fails first)
+          writes.push(w);
+        }),
+      );
       try {
         if (st.resilience !== "none") {
           await hdrDev.flush();
@@ -238,11 +255,15 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
           await v.commit(hot);
           mark("hotzone: hot committed");
         }
+        hotOnDisk.resolve();
+      } catch (err) {
+        hotOnDisk.reject(err); // no slice is written
+        throw err;
       } finally {
         await recrypting.catch(() => {});
       }
       await recrypting;
-      await writePar(dev, data, e.dataOffset + off, lanesN);
+      await settleAll(writes);
       mark("hotzone: data written");
       await dev.flush();
       mark("hotzone: flushed");

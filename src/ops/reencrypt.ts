@@ -9,6 +9,7 @@
 import * as crypto from "node:crypto";
 import { createHash, randomBytes } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";
+import { alignedBuffer } from "../blockdev/aligned.js";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import { createSectorCipher, type SectorCipher } from "../dmcrypt/sector-cipher.js";
@@ -661,7 +662,8 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
     oldC?.dispose();
     throw e;
   }
-  const buf = Buffer.allocUnsafeSlow(cap);
+  // page-aligned: the hotzone loop's data goes to and from the device with O_DIRECT (the data-shift lanes stay buffered)
+  const buf = st.resilience === "datashift" ? Buffer.allocUnsafeSlow(cap) : alignedBuffer(cap);
   return {
     v, dev, hdrDev, st, dataOffset, dataSize, oldC, newC, hotzone, block, hashLen, extended, buf,
     dispose() {
