@@ -5,7 +5,8 @@
 // Native modules (argon2, pkcs11js) stay outside, found in node_modules next to the package as before; the sector
 // addon is found by walking up from dist/cli/ to native/build/. bin/trustvol.mjs runs dist/cli/run.js when present.
 // The boot-critical command modules (src/cli/boot-commands.ts: the volume commands with unlock --test and dump; the
-// kernel commands with open) run from dist/cli/boot-volume.js and boot-kernel.js: src/cli/boot-*.ts each bundled alone
+// kernel commands with open; reencrypt and provision, the first boot's online rotation) run from
+// dist/cli/boot-volume.js, boot-kernel.js and boot-lifecycle.js: src/cli/boot-*.ts each bundled alone
 // without splitting. On Node 20 (no compile cache) resolving, reading and compiling each ES module costs ~1 ms, and
 // `unlock --test` spanned ~38 chunks of the split build. run.js imports them by their runtime paths (external below);
 // they share no state with the split chunks (each has its own copy of the code it needs).
@@ -33,7 +34,7 @@ const common = {
   banner: { js: "import { createRequire as __trustvolRequire } from 'node:module'; const require = __trustvolRequire(import.meta.url);" },
   logLevel: "warning",
 };
-const BOOT = ["boot-volume", "boot-kernel"];
+const BOOT = ["boot-volume", "boot-kernel", "boot-lifecycle"];
 /** run.ts's `import("./boot-*.js")` stay runtime imports of the separately built dist/cli/boot-*.js. */
 const bootExternal = {
   name: "boot-external",

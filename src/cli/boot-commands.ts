@@ -4,3 +4,5 @@
 export const VOLUME_COMMANDS = ["format", "dump", "unlock", "repair"];
 /** open (every boot), close, trusted, caam, doctor → boot-kernel.ts */
 export const KERNEL_COMMANDS = ["open", "close", "trusted", "caam", "doctor"];
+/** reencrypt, provision, recovery (first boot's background rotation: trustvol-provision.service) → boot-lifecycle.ts */
+export const LIFECYCLE_COMMANDS = ["reencrypt", "provision", "recovery"];

@@ -1,5 +1,6 @@
 // The trustvol CLI's program: parse, call the library, print. Exit codes are a contract with scripts (see --help).
-// main.ts passes it all command modules; boot-volume.ts and boot-kernel.ts one boot-critical module each.
+// main.ts passes it all command modules; boot-volume.ts and boot-kernel.ts one boot-critical module each,
+// boot-lifecycle.ts the re-encryption and provisioning modules.
 import { io, jsonError, status, wantsJson } from "./io.js";
 import { Command, CommanderError } from "commander";
 import { ExitCode } from "../util/errors.js";
@@ -18,6 +19,10 @@ export interface CommandModule {
 // The boot-critical modules, which main.ts and their own single-file programs (boot-volume.ts, boot-kernel.ts) run.
 export const VOLUME_MODULE: CommandModule = { commands: VOLUME_COMMANDS, load: async () => (await import("./commands/volume.js")).registerVolumeCommands };
 export const KERNEL_MODULE: CommandModule = { commands: KERNEL_COMMANDS, load: async () => (await import("./commands/kernel.js")).registerKernelCommands };
+export const REENCRYPT_MODULE: CommandModule = { commands: ["reencrypt"], load: async () => (await import("./commands/reencrypt.js")).registerReencryptCommands };
+export const PROVISION_MODULE: CommandModule = { commands: ["provision", "recovery"], load: async () => (await import("./commands/provision.js")).registerProvisionCommands };
+/** The modules of boot-lifecycle.ts: their commands are LIFECYCLE_COMMANDS. */
+export const LIFECYCLE_MODULES = [REENCRYPT_MODULE, PROVISION_MODULE];
 
 /** The modules argv needs: the named command's, none for a bare --version, all for help or an unknown command. */
 function modulesFor(argv: string[], modules: CommandModule[]): CommandModule[] {

@@ -1,6 +1,6 @@
 // Process entry: run the CLI and set the exit status (kept apart from main.ts so tests can import the program).
 import { VERSION } from "../version.js";
-import { KERNEL_COMMANDS, VOLUME_COMMANDS } from "./boot-commands.js";
+import { KERNEL_COMMANDS, LIFECYCLE_COMMANDS, VOLUME_COMMANDS } from "./boot-commands.js";
 import { mark } from "../util/timing.js";
 
 mark("cli");
@@ -26,6 +26,9 @@ else if (plainDump(argv)) {
 } else if (KERNEL_COMMANDS.includes(argv[0]!)) {
   // `open` at every boot: one file, the same program (boot-kernel.ts)
   process.exitCode = await (await import("./boot-kernel.js")).main(argv);
+} else if (LIFECYCLE_COMMANDS.includes(argv[0]!)) {
+  // reencrypt / provision (the first boot's background rotation): one file, the same program (boot-lifecycle.ts)
+  process.exitCode = await (await import("./boot-lifecycle.js")).main(argv);
 } else process.exitCode = await (await import("./main.js")).main(argv);
 
 // The command is done: exit now rather than when the event loop drains. Node 20 can deadlock in that drain with every
