@@ -13,8 +13,6 @@ import { io } from "../io.js";
 import { existsSync, readFileSync } from "node:fs";
 import { atomicWriteFileSync } from "../../util/atomic.js";
 
-export { pinSourceFrom } from "../common.js";
-
 /** systemd 255+'s --tpm2-pcrs: "7", "7+11", or with expected values "7:sha256=HEX+11:sha256=HEX" (a chain not yet booted). */
 export const pcrSpec = (v: string): { pcrs: number[]; values?: Map<number, Buffer>; bank?: HashName } => {
   if (v === "" || v === "none") return { pcrs: [] };

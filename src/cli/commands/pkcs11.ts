@@ -12,7 +12,7 @@ const identityOps = () => import("../../ops/identity.js");
 const pkcs11Lib = () => import("../../trust/pkcs11/index.js");
 import { addAlias, addPinOptions, printJson, int } from "../common.js";
 import { io } from "../io.js";
-import { pinSourceFrom } from "./enroll.js";
+import { pinSourceFrom } from "../common.js";
 
 const ALGS = ["rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384"];
 function alg(v: string): KeyAlgorithm {

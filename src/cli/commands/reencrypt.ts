@@ -13,12 +13,11 @@ import type * as Online from "../../ops/reencrypt-online.js";
 import { reencrypt, repairReencryption, tokenKeyslotPassphrases, type ReencryptOptions } from "../../ops/reencrypt.js";
 import { readPin } from "../../trust/pkcs11/pin.js";
 import { getPassphrase } from "../secrets.js";
-import { int, parseSize, pbkdfFrom, printJson } from "../common.js";
+import { int, parseSize, pbkdfFrom, pinSourceFrom, printJson } from "../common.js";
+import { progressBar } from "../progress.js";
 
 // The online engine (device-mapper, keyring) loads only when a run may be online: never for --encrypt.
 const online = (): Promise<typeof Online> => import("../../ops/reencrypt-online.js");
-import { progressBar } from "../progress.js";
-import { pinSourceFrom } from "../common.js";
 
 function abortOnSignal(): { signal: AbortSignal; done: () => void } {
   const ac = new AbortController();
