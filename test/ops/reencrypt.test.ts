@@ -127,8 +127,9 @@ for (const resilience of ["checksum", "journal", "datashift"] as const) {
 }
 
 test("power cut inside a default-size hotzone, whose data and copy writes are split over the cores: 0 bytes lost", async () => {
-  // 16 MiB of metadata + keyslots (the default), so the reencrypt area holds a ~15 MiB hotzone: its reads and writes go
-  // in concurrent pieces (reencrypt-io.ts writePar). Cut inside those pieces, torn, and resume.
+  // 16 MiB of metadata + keyslots (the default), so the reencrypt area holds a ~15 MiB hotzone: its copy goes in
+  // concurrent pieces (reencrypt-io.ts writePar), its data in 4 MiB slices written as each is re-encrypted. Cut inside
+  // those writes, torn, and resume.
   const fmt = new MemoryBlockDevice(0);
   const { volumeKey } = await formatLuks2(fmt, PASS, { pbkdf: PBKDF, sectorSize: 4096, digestIterations: 1000 });
   const size = 20 << 20;
