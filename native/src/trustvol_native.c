@@ -862,6 +862,225 @@ static napi_value tv_crypt_async(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/*
+ * recryptCopyAsync(fd, src, dst, len, old|null, oldIv: bigint, new|null, newIv: bigint, parts) -> Promise<void>:
+ * re-encryption's fused data path (src/ops/reencrypt-io.ts, data shift). [src, src+len) of the file is read, decrypted
+ * with `old`, encrypted with `new` and written at dst, in TV_RECOPY_SLICE slices, each transformed while it is still in
+ * the core's L2 (a 4 MiB read → crypt → write goes out to memory and back three times). The range is split into up to
+ * `parts` runs on libuv's thread pool, each with its own cipher copies and a private buffer, cleansed before it is
+ * freed. Source and destination must not overlap. Write order within the call is unspecified; nothing is synced.
+ * A failure rejects with an Error whose code is the errno name (EIO, ENOSPC, ...) or ETRUNCATED (end of file).
+ */
+#define TV_RECOPY_SLICE (256 * 1024)
+
+typedef struct {
+  napi_deferred deferred;
+  int pending;
+  int err;            /* first errno, or 0 */
+  int eof;            /* a read met the end of the file */
+  const char *failed; /* first non-errno failure */
+  const char *op;     /* "read" / "write" of the first errno */
+  int64_t at;         /* file offset of the first failure */
+} tv_recopy_batch;
+
+typedef struct {
+  napi_async_work work;
+  tv_recopy_batch *b;
+  tv_cipher *oldc, *newc;
+  int fd;
+  int64_t src, dst, len;
+  uint64_t old_iv, new_iv;
+  int err, eof;
+  const char *failed, *op;
+  int64_t at;
+} tv_recopy_job;
+
+/* Node's name for the errnos a positional transfer can meet (anything else reports as EIO). */
+static const char *tv_errno_name(int e) {
+  switch (e) {
+    case ENOSPC: return "ENOSPC";
+    case EDQUOT: return "EDQUOT";
+    case EFBIG: return "EFBIG";
+    case EROFS: return "EROFS";
+    case EBADF: return "EBADF";
+    case EINVAL: return "EINVAL";
+    case EPERM: return "EPERM";
+    case EACCES: return "EACCES";
+    case ENXIO: return "ENXIO";
+    case ENODEV: return "ENODEV";
+    default: return "EIO";
+  }
+}
+
+static int tv_full_io(int fd, uint8_t *p, size_t n, int64_t pos, int write_it, int *eof) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t r = write_it ? pwrite(fd, p + done, n - done, (off_t)(pos + (int64_t)done)) : pread(fd, p + done, n - done, (off_t)(pos + (int64_t)done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (r == 0) {
+      if (write_it) return EIO;
+      *eof = 1;
+      return 0;
+    }
+    done += (size_t)r;
+  }
+  return 0;
+}
+
+static void tv_recopy_execute(napi_env env, void *data) {
+  (void)env;
+  tv_recopy_job *j = (tv_recopy_job *)data;
+  uint8_t *buf = NULL;
+  if (posix_memalign((void **)&buf, 4096, TV_RECOPY_SLICE) != 0) {
+    j->failed = "out of memory";
+    return;
+  }
+  for (int64_t k = 0; k < j->len; k += TV_RECOPY_SLICE) {
+    const size_t n = (size_t)(j->len - k < TV_RECOPY_SLICE ? j->len - k : TV_RECOPY_SLICE);
+    int e = tv_full_io(j->fd, buf, n, j->src + k, 0, &j->eof);
+    if (e || j->eof) {
+      j->err = e, j->op = "read", j->at = j->src + k;
+      break;
+    }
+    if (j->oldc && (j->failed = tv_crypt_core(j->oldc, buf, n, 0, j->old_iv + (uint64_t)(k / j->oldc->sector_size) * j->oldc->iv_step))) break;
+    if (j->newc && (j->failed = tv_crypt_core(j->newc, buf, n, 1, j->new_iv + (uint64_t)(k / j->newc->sector_size) * j->newc->iv_step))) break;
+    if ((e = tv_full_io(j->fd, buf, n, j->dst + k, 1, NULL))) {
+      j->err = e, j->op = "write", j->at = j->dst + k;
+      break;
+    }
+  }
+  OPENSSL_cleanse(buf, TV_RECOPY_SLICE);
+  free(buf);
+  ERR_clear_error();
+}
+
+static void tv_recopy_settle(napi_env env, tv_recopy_batch *b) {
+  napi_value v = NULL, m, code;
+  if (b->err || b->eof || b->failed) {
+    char msg[200];
+    const char *name = b->err ? tv_errno_name(b->err) : NULL;
+    if (b->err) snprintf(msg, sizeof msg, "%s: %s at %lld", b->op, strerror(b->err), (long long)b->at);
+    else if (b->eof) snprintf(msg, sizeof msg, "unexpected end of data at %lld", (long long)b->at);
+    else snprintf(msg, sizeof msg, "%s", b->failed);
+    if (napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m) == napi_ok &&
+        napi_create_string_utf8(env, b->err ? (name ? name : "EIO") : b->eof ? "ETRUNCATED" : "EINTERNAL", NAPI_AUTO_LENGTH, &code) == napi_ok &&
+        napi_create_error(env, code, m, &v) == napi_ok)
+      napi_reject_deferred(env, b->deferred, v);
+  } else {
+    napi_get_undefined(env, &v);
+    napi_resolve_deferred(env, b->deferred, v);
+  }
+  free(b);
+}
+
+static void tv_recopy_complete(napi_env env, napi_status status, void *data) {
+  tv_recopy_job *j = (tv_recopy_job *)data;
+  tv_recopy_batch *b = j->b;
+  const int first = !b->err && !b->eof && !b->failed;
+  if (first && status != napi_ok) b->failed = "re-encryption job cancelled";
+  else if (first && (j->err || j->eof || j->failed)) b->err = j->err, b->eof = j->eof, b->failed = j->failed, b->op = j->op, b->at = j->at;
+  if (j->oldc) tv_free_ctxs(j->oldc), free(j->oldc);
+  if (j->newc) tv_free_ctxs(j->newc), free(j->newc);
+  napi_delete_async_work(env, j->work);
+  free(j);
+  if (--b->pending == 0) tv_recopy_settle(env, b);
+}
+
+/* An optional cipher handle argument: null/undefined → *out NULL; returns 0 with an exception pending on a bad one. */
+static int tv_optional_cipher(napi_env env, napi_value v, tv_cipher **out) {
+  napi_valuetype t;
+  *out = NULL;
+  if (napi_typeof(env, v, &t) != napi_ok) return 0;
+  if (t == napi_null || t == napi_undefined) return 1;
+  if (!(*out = tv_unwrap(env, v))) return 0;
+  if (!(*out)->enc) {
+    napi_throw_error(env, "ERR_TRUSTVOL_DISPOSED", "sector cipher used after dispose()");
+    return 0;
+  }
+  return 1;
+}
+
+static napi_value tv_recrypt_copy_async(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value argv[9];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 9) {
+    napi_throw_type_error(env, NULL, "recryptCopyAsync: 9 arguments expected");
+    return NULL;
+  }
+  int32_t fd = -1, parts = 1;
+  int64_t src = 0, dst = 0, len = 0;
+  uint64_t old_iv = 0, new_iv = 0;
+  bool lossless = false;
+  tv_cipher *oldc = NULL, *newc = NULL;
+  NAPI_CALL(env, napi_get_value_int32(env, argv[0], &fd));
+  NAPI_CALL(env, napi_get_value_int64(env, argv[1], &src));
+  NAPI_CALL(env, napi_get_value_int64(env, argv[2], &dst));
+  NAPI_CALL(env, napi_get_value_int64(env, argv[3], &len));
+  if (!tv_optional_cipher(env, argv[4], &oldc) || !tv_optional_cipher(env, argv[6], &newc)) return NULL;
+  NAPI_CALL(env, napi_get_value_bigint_uint64(env, argv[5], &old_iv, &lossless));
+  NAPI_CALL(env, napi_get_value_bigint_uint64(env, argv[7], &new_iv, &lossless));
+  NAPI_CALL(env, napi_get_value_int32(env, argv[8], &parts));
+  const int64_t unit = TV_RECOPY_SLICE; /* every run but the last is whole slices: a multiple of any sector size */
+  if (fd < 0 || src < 0 || dst < 0 || len < 0 || (src < dst ? dst - src : src - dst) < len ||
+      (oldc && len % oldc->sector_size) || (newc && len % newc->sector_size)) {
+    napi_throw_range_error(env, NULL, "recryptCopyAsync: bad descriptor, negative or overlapping ranges, or a length that is not whole sectors");
+    return NULL;
+  }
+  const int64_t slices = (len + unit - 1) / unit;
+  if (parts < 1) parts = 1;
+  if (parts > slices) parts = slices ? (int32_t)slices : 1;
+  tv_recopy_batch *b = (tv_recopy_batch *)calloc(1, sizeof *b);
+  napi_value promise, name;
+  if (!b || napi_create_promise(env, &b->deferred, &promise) != napi_ok) {
+    free(b);
+    napi_throw_error(env, NULL, "recryptCopyAsync: out of memory");
+    return NULL;
+  }
+  napi_create_string_utf8(env, "trustvol:recryptCopy", NAPI_AUTO_LENGTH, &name);
+  b->pending = 1; /* held until every job is queued */
+  int64_t first = 0;
+  for (int32_t k = 0; k < parts && slices; k++) {
+    const int64_t n = (slices / parts + (k < slices % parts ? 1 : 0)) * unit;
+    const int64_t run = first + n > len ? len - first : n;
+    tv_recopy_job *j = (tv_recopy_job *)calloc(1, sizeof *j);
+    if (j) {
+      j->oldc = oldc ? tv_clone(oldc) : NULL;
+      j->newc = newc ? tv_clone(newc) : NULL;
+    }
+    if (!j || (oldc && !j->oldc) || (newc && !j->newc)) {
+      if (j && j->oldc) tv_free_ctxs(j->oldc), free(j->oldc);
+      if (j && j->newc) tv_free_ctxs(j->newc), free(j->newc);
+      free(j);
+      b->failed = "recryptCopyAsync: could not copy the cipher contexts";
+      break;
+    }
+    j->b = b;
+    j->fd = fd;
+    j->src = src + first;
+    j->dst = dst + first;
+    j->len = run;
+    j->old_iv = oldc ? old_iv + (uint64_t)(first / oldc->sector_size) * oldc->iv_step : 0;
+    j->new_iv = newc ? new_iv + (uint64_t)(first / newc->sector_size) * newc->iv_step : 0;
+    if (napi_create_async_work(env, NULL, name, tv_recopy_execute, tv_recopy_complete, j, &j->work) != napi_ok ||
+        napi_queue_async_work(env, j->work) != napi_ok) {
+      if (j->oldc) tv_free_ctxs(j->oldc), free(j->oldc);
+      if (j->newc) tv_free_ctxs(j->newc), free(j->newc);
+      free(j);
+      b->failed = "recryptCopyAsync: could not queue a job";
+      break;
+    }
+    b->pending++;
+    first += run;
+  }
+  ERR_clear_error();
+  if (--b->pending == 0) tv_recopy_settle(env, b);
+  return promise;
+}
+
 /* cipherEngine(handle) -> "xts-vaes" | "xts-ecb" | "evp": which sector loop crypt() runs (tests, benchmarks) */
 static napi_value tv_cipher_engine(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -1856,6 +2075,7 @@ NAPI_MODULE_INIT() {
       {"create", NULL, tv_create, NULL, NULL, NULL, napi_enumerable, NULL},
       {"crypt", NULL, tv_crypt, NULL, NULL, NULL, napi_enumerable, NULL},
       {"cryptAsync", NULL, tv_crypt_async, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"recryptCopyAsync", NULL, tv_recrypt_copy_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"destroy", NULL, tv_destroy, NULL, NULL, NULL, napi_enumerable, NULL},
       {"cipherEngine", NULL, tv_cipher_engine, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherCreate", NULL, tv_hasher_create, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -22,6 +22,11 @@ export interface NativeAddon {
   crypt(h: NativeHandle, data: Uint8Array, encrypt: boolean, ivSector: bigint): void;
   /** The same split into up to `parts` runs on libuv's thread pool (own context copies per run); absent in old builds. */
   cryptAsync?(h: NativeHandle, data: Uint8Array, encrypt: boolean, ivSector: bigint, parts: number): Promise<void>;
+  /**
+   * Read len bytes at src of fd, decrypt (old) then encrypt (new), write them at dst: thread pool, 256 KiB slices, up
+   * to `parts` runs; IVs are each cipher's IV sector number of the first byte. Absent in old builds.
+   */
+  recryptCopyAsync?(fd: number, src: number, dst: number, len: number, old: NativeHandle | null, oldIv: bigint, nu: NativeHandle | null, newIv: bigint, parts: number): Promise<void>;
   destroy(h: NativeHandle): void;
   /** Which sector loop crypt() runs for this handle; absent in old builds. */
   cipherEngine?(h: NativeHandle): "xts-vaes" | "xts-ecb" | "evp";

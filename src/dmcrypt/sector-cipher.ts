@@ -45,6 +45,29 @@ export interface SectorCipher {
   dispose(): void;
 }
 
+/** The native handle and IV numbering behind a cipher made here on the native engine (for the fused file paths). */
+const NATIVE = new WeakMap<SectorCipher, { addon: NativeAddon; handle(): NativeHandle | null; iv(sector: number | bigint): bigint }>();
+
+/**
+ * Re-encryption's fused data path: read [src, src+len) of the open file `fd`, decrypt it with `from`, encrypt it with
+ * `to` (either or both may be null: a plain copy) and write it at dst, on the native addon's thread pool in L2-sized slices split over up
+ * to `parts` cores. `at` is the data-area byte offset of the first byte (each cipher's sector = at / its sector size).
+ * Source and destination must not overlap; nothing is synced. Null when it cannot run natively (a cipher on the
+ * fallback engine, or an addon without it): the caller reads, re-encrypts and writes itself.
+ */
+export function nativeRecryptCopy(fd: number, src: number, dst: number, len: number, at: number, from: SectorCipher | null, to: SectorCipher | null, parts: number): Promise<void> | null {
+  const f = from ? NATIVE.get(from) : null;
+  const t = to ? NATIVE.get(to) : null;
+  if ((from && !f) || (to && !t)) return null;
+  const a = f?.addon ?? t?.addon ?? loadNative();
+  if (!a?.recryptCopyAsync) return null;
+  const fh = f?.handle() ?? null;
+  const th = t?.handle() ?? null;
+  if ((f && !fh) || (t && !th)) throw internal("sector cipher used after dispose()");
+  if (len % (from?.sectorSize ?? 1) || len % (to?.sectorSize ?? 1)) throw internal(`length ${len} is not whole sectors`);
+  return a.recryptCopyAsync(fd, src, dst, len, fh, f ? f.iv(at / from!.sectorSize) : 0n, th, t ? t.iv(at / to!.sectorSize) : 0n, Math.max(1, Math.floor(parts)));
+}
+
 /** True when the native addon is built and loadable (and not disabled by TRUSTVOL_NO_NATIVE=1). */
 export function nativeAvailable(): boolean {
   return loadNative() !== null;
@@ -162,7 +185,7 @@ export function createSectorCipher(opts: SectorCipherOptions): SectorCipher {
         if (!a.cryptAsync) return run(data, sector, enc);
         await a.cryptAsync(h, data, enc, ivFor(sector), parts);
       };
-      return {
+      const cipher: SectorCipher = {
         sectorSize,
         backend: "native",
         encrypt: (d, s) => run(d, s, true),
@@ -174,6 +197,8 @@ export function createSectorCipher(opts: SectorCipherOptions): SectorCipher {
           h = null;
         },
       };
+      NATIVE.set(cipher, { addon: a, handle: () => h, iv: ivFor });
+      return cipher;
     }
     let eng: JsSectorEngine | null = new JsSectorEngine(spec, key, sectorSize, ivStep, essivKey);
     const run = (data: Uint8Array, sector: number | bigint, enc: boolean): void => {
