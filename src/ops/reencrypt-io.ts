@@ -14,20 +14,20 @@
 //     core) while the area is flushed and the "in re-encryption" metadata committed — each slice's new data is
 //     written as soon as it is re-encrypted, but never before that commit;
 //   - large reads and writes go in concurrent 4 MiB+ pieces (the page-cache copies then use every core);
-//   - data shift (runShifted): lanes of 4 MiB pieces, each read → encrypted → written by one lane; pieces of the next
-//     hotzone are read and encrypted ahead (up to a hotzone's worth) but written only after its "in re-encryption"
-//     commit; one write at a time (writers of one file serialise on its inode lock, spinning).
+//   - data shift (runShifted): after each "in re-encryption" commit, the hotzone is read → encrypted → written in one
+//     fused native call (L2-sized slices, one run per core), or by lanes of 4 MiB pieces without the addon.
 // Memory: two hotzone buffers (the current one and the one being read ahead), whatever the device size; data shift:
-// lanes × 4 MiB (at least one per core, plus one), carved out of the engine's buffer when it holds them.
+// 256 KiB per core (fused), or up to (cores + 1) × 4 MiB pieces of the engine's buffer.
 import * as crypto from "node:crypto";
 import { createHash } from "node:crypto";
 import { availableParallelism } from "node:os";
 import { uvThreadPoolSize } from "../util/threads.js";
 import type { BlockDevice } from "../blockdev/types.js";
+import { FileBlockDevice } from "../blockdev/file.js";
 import { alignedBuffer } from "../blockdev/aligned.js";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
-import type { SectorCipher } from "../dmcrypt/sector-cipher.js";
+import { nativeRecryptCopy, type SectorCipher } from "../dmcrypt/sector-cipher.js";
 import { loadNative, type NativeAddon, type NativeHasher } from "../dmcrypt/native.js";
 import type { Luks2Volume } from "../luks2/volume.js";
 import { opensslHash } from "../luks2/kdf.js";
@@ -307,10 +307,7 @@ export const readPar = (dev: BlockDevice, buf: Buffer, off: number, parts: numbe
  * keep any of them). */
 export const writePar = (dev: BlockDevice, buf: Buffer, off: number, parts: number) => ioPar((b, at) => dev.write(b, at), buf, off, parts);
 
-/**
- * Piece of a data-shift hotzone one lane reads, encrypts and writes in one go: 4 MiB (4 lanes in a 16 MiB hotzone
- * buffer) took ~6 % less CPU than 1 MiB × 16 — every thread-pool job is a thread wake-up each way, costly on a VM.
- */
+/** Piece of a data-shift hotzone one lane reads, re-encrypts and writes when the fused native path cannot run. */
 const SHIFT_PIECE = 4 << 20;
 
 interface Deferred<T> {
@@ -326,112 +323,87 @@ function deferred<T>(): Deferred<T> {
   return { promise, resolve, reject };
 }
 
-/** One data-shift hotzone of the plan: its metadata before (hot) and after (post), where its old data is. */
-interface ShiftZone {
-  off: number;
-  len: number;
-  hot: Luks2Metadata;
-  post: Luks2Metadata;
-  src: number;
-  /** Resolved true once `hot` is committed (its pieces may be written), false when the run stops first. */
-  gate: Deferred<boolean>;
-  /** Pieces not yet written. */
-  left: number;
-  written: Deferred<void>;
+/**
+ * The fused copy on a file or block device (the engine's ranges are inside it, checked when planned; the source and
+ * destination of a data-shift hotzone never overlap): [src, src+len) read, re-encrypted and written at dst by the
+ * native addon on the device's descriptor (buffered, like every data-shift write), or null without it.
+ */
+function fusedCopy(e: HotzoneEngine, src: number, dst: number, len: number, at: number): Promise<void> | null {
+  const { dev } = e;
+  if (!(dev instanceof FileBlockDevice) || dev.readOnly || src + len > dev.size || dst + len > dev.size) return null;
+  return (
+    nativeRecryptCopy(dev.fd, src, dst, len, at, e.oldC, e.newC, lanes())?.catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ETRUNCATED") throw new TrustvolError("ETRUNCATED", `${dev.name}: ${err.message}`, "the image is truncated or the wrong device");
+      throw Object.assign(new Error(`${dev.name}: ${err.message}`), { code: err.code });
+    }) ?? null
+  );
 }
 
 /**
- * Encryption in place with a data shift (datashift resilience): the same write order as the loop above (commit the
- * hotzone in re-encryption → write its data → flush → commit it done), but the data goes through lanes of pieces,
- * each read → encrypted → written by one lane, so reads, encryption and writes overlap one another and the metadata
- * commits. A lane may read and encrypt pieces of the next hotzone before it is committed (read only:
- * its source [x', x'+len) lies before the current hotzone's writes [x+shift, …), or is the moved segment, which no
- * write of the loop touches); it writes them only once that hotzone's "in re-encryption" commit is on disk.
+ * Encryption in place with a data shift (datashift resilience), hotzone by hotzone in the write order of the loop
+ * above: commit the hotzone in re-encryption → copy its data, re-encrypted, from its source to its place → flush →
+ * commit it done, in the same commit as the next hotzone in re-encryption. On a file or block device with the native engine the copy is one fused call (fusedCopy: read →
+ * crypt → write in L2-sized slices, one run per core), else lanes of 4 MiB pieces. Nothing is read ahead of a commit
+ * any more: a commit on tmpfs is well under a millisecond, less than the fused copy saves.
  */
 async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { off: number; len: number } | null) => number): Promise<number> {
   const { v, dev, st } = e;
   const piece = Math.max(e.block, Math.min(SHIFT_PIECE, e.hotzone) - (Math.min(SHIFT_PIECE, e.hotzone) % e.block));
-  // As many lanes as the engine buffer holds pieces (at least one per core, plus one): the pool runs lanes() of them at
-  // once, the others wait queued with their piece, so a whole hotzone can be read and encrypted during the commits.
-  const nLanes = Math.max(lanes() + 1, Math.min(16, Math.floor(e.buf.length / piece)));
-  const spare = e.buf.length >= nLanes * piece ? null : Buffer.allocUnsafeSlow(nLanes * piece);
-  const pool = spare ?? e.buf;
-  const zones: ShiftZone[] = [];
-  /** The i-th hotzone of this run (a pure function of the metadata committed before it), or null past the last. */
-  const zone = (i: number): ShiftZone | null => {
-    if (i < zones.length) return zones[i]!;
-    if (i > zones.length) throw new TrustvolError("EINTERNAL", "data-shift hotzones planned out of order");
-    const m = i === 0 ? v.metadata : zones[i - 1]!.post;
-    const hz = nextHotzone(m, st, e.dataSize, e.hotzone);
-    if (!hz) return null;
-    const hot = hotMetadata(m, st, hz.off, hz.len, e.dataSize);
-    const z: ShiftZone = { ...hz, hot, post: postMetadata(hot, st, hz.off, hz.len, e.dataSize), src: sourceOf(e, hot, hz.off), gate: deferred(), left: Math.ceil(hz.len / piece), written: deferred() };
-    zones.push(z);
-    return z;
-  };
-  let failure: unknown = null;
-  let stop = false;
-  let zi = 0;
-  let at = 0;
-  /** The next piece to process, in hotzone order (so every piece of a hotzone is taken before any of the next). */
-  const take = (): { z: ShiftZone; p: number; n: number } | null => {
-    if (stop) return null;
-    let z = zone(zi);
-    if (z && at >= z.len) {
-      z = zone(++zi);
-      at = 0;
-    }
-    if (!z) return null;
-    const t = { z, p: at, n: Math.min(piece, z.len - at) };
-    at += t.n;
-    return t;
-  };
-  // One write at a time: tmpfs and ext4 serialise writers on the inode lock, and a waiting writer spins on a core.
-  let writing: Promise<unknown> = Promise.resolve();
-  const lane = async (buf: Buffer): Promise<void> => {
-    for (let t = take(); t; t = take()) {
-      const b = buf.subarray(0, t.n);
-      try {
-        await dev.read(b, t.z.src + t.p);
-        await recryptAsync(e, b, t.z.off + t.p);
-        if (!(await t.z.gate.promise)) return;
-        const w = writing.then(() => dev.write(b, e.dataOffset + t.z.off + t.p));
+  const nLanes = Math.max(1, Math.min(lanes() + 1, Math.floor(e.buf.length / piece)));
+  let pool = null as Buffer | null; // the engine's buffer, or a spare when it holds less than one piece per lane
+  const copyPieces = async (src: number, dst: number, len: number, at: number): Promise<void> => {
+    let next = 0;
+    const n = Math.ceil(len / piece);
+    // One write at a time: tmpfs and ext4 serialise writers on the inode lock, and a waiting writer spins on a core.
+    let writing: Promise<unknown> = Promise.resolve();
+    const lane = async (buf: Buffer): Promise<void> => {
+      for (let i = next++; i < n; i = next++) {
+        const p = i * piece;
+        const b = buf.subarray(0, Math.min(piece, len - p));
+        await dev.read(b, src + p);
+        await recryptAsync(e, b, at + p);
+        const w = writing.then(() => dev.write(b, dst + p));
         writing = w.catch(() => {}); // the lane that wrote it reports a failure; the next write still waits for it
         await w;
-      } catch (err) {
-        failure ??= err;
-        stop = true;
-        t.z.written.reject(err);
-        return;
       }
-      if (--t.z.left === 0) t.z.written.resolve();
-    }
+    };
+    pool ??= e.buf.length >= nLanes * piece ? e.buf : Buffer.allocUnsafeSlow(nLanes * piece);
+    const lanesPool = pool;
+    await settleAll(Array.from({ length: Math.min(n, nLanes) }, (_, l) => lane(lanesPool.subarray(l * piece, (l + 1) * piece))));
   };
-  const lanesRunning: Promise<void>[] = [];
+  const copy = (src: number, dst: number, len: number, at: number): Promise<void> => fusedCopy(e, src, dst, len, at) ?? copyPieces(src, dst, len, at);
   let bytes = 0;
   try {
-    let i = 0;
-    let z = zone(0);
-    run.onProgress?.({ done: doneBytes(z), total: e.dataSize });
-    for (let l = 0; l < nLanes && z; l++) lanesRunning.push(lane(pool.subarray(l * piece, (l + 1) * piece)));
-    while (z) {
-      if (run.signal?.aborted) throw run.interrupted(doneBytes(z), e.dataSize);
-      if (failure) throw failure;
-      await v.commit(z.hot);
-      z.gate.resolve(true);
-      await z.written.promise;
+    let hz = nextHotzone(v.metadata, st, e.dataSize, e.hotzone);
+    run.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
+    if (!hz) return 0;
+    if (run.signal?.aborted) throw run.interrupted(doneBytes(hz), e.dataSize);
+    let hot = hotMetadata(v.metadata, st, hz.off, hz.len, e.dataSize);
+    // Metadata commit point: from here the header says the hotzone may hold old or new data (its source is intact).
+    await v.commit(hot);
+    for (;;) {
+      await copy(sourceOf(e, hot, hz.off), e.dataOffset + hz.off, hz.len, hz.off);
       await dev.flush();
-      await v.commit(z.post);
-      bytes += z.len;
-      z = zone(++i);
-      run.onProgress?.({ done: doneBytes(z), total: e.dataSize });
+      mark("shift: hotzone written");
+      const post = postMetadata(hot, st, hz.off, hz.len, e.dataSize);
+      bytes += hz.len;
+      const nz = nextHotzone(post, st, e.dataSize, e.hotzone);
+      if (!nz || run.signal?.aborted) {
+        await v.commit(post);
+        run.onProgress?.({ done: doneBytes(nz), total: e.dataSize });
+        if (nz) throw run.interrupted(doneBytes(nz), e.dataSize);
+        return bytes;
+      }
+      // One commit says both "this hotzone is done" and "the next is in re-encryption" (cryptsetup commits the two
+      // states apart; the one in between never needs to be on disk: after a cut either state is one it would write).
+      const nextHot = hotMetadata(post, st, nz.off, nz.len, e.dataSize);
+      await v.commit(nextHot);
+      mark("shift: next hot committed");
+      [hz, hot] = [nz, nextHot];
+      run.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
     }
-    return bytes;
   } finally {
-    stop = true;
-    for (const z of zones) z.gate.resolve(false); // lanes waiting to write stop (a gate already opened stays open)
-    await Promise.allSettled(lanesRunning);
-    wipe(pool.subarray(0, nLanes * piece));
+    if (pool) wipe(pool.subarray(0, nLanes * piece));
   }
 }
 

@@ -8,11 +8,13 @@
 // state is recoverable: before the hot commit the area is unused; after it the area describes the old data.
 import * as crypto from "node:crypto";
 import { createHash, randomBytes } from "node:crypto";
+import { availableParallelism } from "node:os";
 import type { BlockDevice } from "../blockdev/types.js";
+import { FileBlockDevice } from "../blockdev/file.js";
 import { alignedBuffer } from "../blockdev/aligned.js";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
-import { createSectorCipher, type SectorCipher } from "../dmcrypt/sector-cipher.js";
+import { createSectorCipher, nativeRecryptCopy, type SectorCipher } from "../dmcrypt/sector-cipher.js";
 import { parseCipherSpec } from "../dmcrypt/cipher-spec.js";
 import { Luks2Volume } from "../luks2/volume.js";
 import { probeLuksVersion, encodeHeaderCopies } from "../luks2/header.js";
@@ -588,12 +590,16 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
         }
       }
       if (!(outside && inside)) {
-        // 1. copy the device's first chunk to the free end (cryptsetup reencrypt_move_data)
-        for (let p = 0; p < firstLen; p += head.length) {
-          const n = Math.min(head.length, firstLen - p);
-          await dev.read(head.subarray(0, n), p);
-          await dev.write(head.subarray(0, n), devSize + p);
-        }
+        // 1. copy the device's first chunk to the free end (cryptsetup reencrypt_move_data): one native copy on a
+        // file or block device, else piece by piece
+        const fused = dev instanceof FileBlockDevice && !dev.readOnly && devSize + firstLen <= dev.size ? nativeRecryptCopy(dev.fd, 0, devSize, firstLen, 0, null, null, availableParallelism()) : null;
+        if (fused) await fused;
+        else
+          for (let p = 0; p < firstLen; p += head.length) {
+            const n = Math.min(head.length, firstLen - p);
+            await dev.read(head.subarray(0, n), p);
+            await dev.write(head.subarray(0, n), devSize + p);
+          }
         await dev.flush();
       }
     } finally {
@@ -732,6 +738,9 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
   mark(`engine: prepared, hotzone ${e.hotzone}`);
   let recovered = false;
   let bytes = 0;
+  // Offline, the loop is all there is: its commits' small writes and flushes skip the thread pool (FileBlockDevice).
+  const inline = opts.hotzoneHooks ? [] : [...new Set([dev, hdrDev])].filter((d): d is FileBlockDevice => d instanceof FileBlockDevice && !d.inlineSmallIo);
+  for (const d of inline) d.inlineSmallIo = true;
   try {
     if (e.st.status === "crash") {
       await recoverHotzone(e);
@@ -743,6 +752,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
     mark("engine: finished");
     return { recovered, bytes };
   } finally {
+    for (const d of inline) d.inlineSmallIo = false;
     e.dispose();
   }
 }
