@@ -4,7 +4,7 @@
 // the device holds. Inputs (config, PINs, factory key, TPM / token presence, posture, room for the data shift) are
 // all checked before the first write: a refusal leaves the device as it was.
 import { existsSync, mkdirSync, readFileSync, statSync, truncateSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { spawnSync } from "node:child_process";
 import type { KeyObject } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";
@@ -14,6 +14,7 @@ import { wipe } from "../util/secret.js";
 import { Luks2Volume } from "../luks2/volume.js";
 import { readHeaderBackupImage } from "../luks2/backup.js";
 import { atomicWriteFileSync } from "../util/atomic.js";
+import { waitForFstabMount, type MountWait } from "../provision/mounts.js";
 import type { PbkdfOptions } from "../luks2/kdf.js";
 import type { ProvisionConfig, VolumeConfig, PinSourceConfig } from "../provision/config.js";
 import { readVolumeState, TRUST_TOKEN_TYPE, MARKER_TOKEN_TYPE, type VolumeState, type ProvisionStateName } from "../provision/state.js";
@@ -64,6 +65,8 @@ export interface ProvisionOptions {
   /** Re-encryption hotzone (tests). */
   hotzoneSize?: number;
   signal?: AbortSignal;
+  /** System stage: where fstab and mountinfo are read, and how long the header backup waits for its mount (tests). */
+  mounts?: MountWait;
   /**
    * System stage: where a trusted-key / CAAM data volume's NAME.conf goes (DEVICE=, OPTIONS=), which trustvol-generator
    * turns into trustvol-volume@NAME.service at every later boot. The CLI passes `volumes/` beside the config
@@ -296,7 +299,7 @@ async function provisionVolume(vol: VolumeConfig, i: number, o: ProvisionOptions
     const deferred = st.state === "needs-recovery" && vol.recovery.mode === "show-once" && o.stage === "system";
     if (deferred) log(`${vol.name}: the recovery key is shown on the console by the next boot's initramfs stage`);
     if (o.stage === "system" && (st.state === "provisioned" || deferred) && vol.header_backup) {
-      if (await backupIfChanged(dev, vol.header_backup)) report.steps.push("header-backup");
+      if (await backupIfChanged(dev, vol.header_backup, o.mounts)) report.steps.push("header-backup");
       report.headerBackup = vol.header_backup;
     }
     if (vol.recovery.mode === "escrow") report.recoveryEscrow = escrowPath(vol, st.uuid ?? "");
@@ -592,8 +595,16 @@ async function enrollRecoveryKey(vol: VolumeConfig, inp: Inputs, dev: BlockDevic
   wipe(r.recoveryKey);
 }
 
-/** Write the header backup (0600, atomic) unless the file already holds exactly this header. */
-async function backupIfChanged(dev: BlockDevice, path: string): Promise<boolean> {
+/**
+ * Write the header backup (0600, atomic) unless the file already holds exactly this header — on the file system fstab
+ * puts it on: a late (`nofail`) mount such as /boot is waited for, never written underneath.
+ */
+async function backupIfChanged(dev: BlockDevice, path: string, mounts?: MountWait): Promise<boolean> {
+  try {
+    await waitForFstabMount(dirname(path), mounts);
+  } catch (e) {
+    throw new TrustvolError("EIO", `cannot write the header backup ${path}: ${(e as Error).message}`, "check that file system (or point header_backup elsewhere); the volume itself is provisioned, the next boot tries again");
+  }
   const img = await readHeaderBackupImage(dev);
   try {
     if (existsSync(path) && readFileSync(path).equals(img)) return false;

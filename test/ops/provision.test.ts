@@ -3,7 +3,7 @@
 // device byte-for-byte unchanged with a one-line error.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { writeFileSync, readFileSync, statSync, copyFileSync, existsSync } from "node:fs";
+import { writeFileSync, readFileSync, statSync, copyFileSync, existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { generateKeyPairSync } from "node:crypto";
 import { needTools, run, tmpDir } from "../helpers/tools.js";
@@ -292,7 +292,7 @@ test("a token enrolled by hand beside the factory slot (state `enrolled`): provi
   assert.doesNotMatch(r.stderr, /recovery key/, "shown once");
 });
 
-test("show-once is never shown by the system stage (its output goes to the journal): deferred to the next initramfs stage, the backup still written", async (t) => {
+test("show-once is never shown by the system stage (its output goes to the journal): deferred to the next initramfs stage, the backup still written; a backup under a late (nofail) fstab mount waits for it", async (t) => {
   if (!needTools(t, "swtpm")) return;
   const { dir, cleanup } = tmpDir();
   t.after(cleanup);
@@ -324,6 +324,24 @@ test("show-once is never shown by the system stage (its output goes to the journ
   const nowhere = join(dir, "missing-dir", "root.hdr");
   await assert.rejects(provision({ config: parseProvisionConfig({ volumes: [{ ...vol, header_backup: nowhere }] as unknown[] }), stage: "system", doctor: false }), (e: unknown) => e instanceof TrustvolError && e.oneLine().startsWith(`cannot write the header backup ${nowhere}: `) && !e.oneLine().includes("\n"));
   assert.deepEqual(readFileSync(img), before);
+  // A backup under a late fstab mount (nofail /boot, not ordered before local-fs.target) waits for it; still not
+  // mounted at the deadline: one line, nothing written underneath the mount point, the next boot tries again.
+  const boot = join(dir, "boot");
+  mkdirSync(boot);
+  const fstab = join(dir, "fstab"), mountinfo = join(dir, "mountinfo");
+  writeFileSync(fstab, `# test\nUUID=0000 / ext4 defaults 0 1\nLABEL=boot ${boot} vfat defaults,nofail 0 2\n`);
+  writeFileSync(mountinfo, "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n");
+  const underBoot = join(boot, "root.hdr");
+  const mounts = { fstabPath: fstab, mountinfoPath: mountinfo, timeoutMs: 300, pollMs: 50 };
+  const late = parseProvisionConfig({ volumes: [{ ...vol, header_backup: underBoot }] as unknown[] });
+  await assert.rejects(provision({ config: late, stage: "system", doctor: false, mounts }), (e: unknown) => e instanceof TrustvolError && e.oneLine().startsWith(`cannot write the header backup ${underBoot}: ${boot} (from /etc/fstab) is not mounted`) && !e.oneLine().includes("\n"));
+  assert.equal(existsSync(underBoot), false, "nothing written under the mount point");
+  assert.deepEqual(readFileSync(img), before);
+  // mounted while it waits: written
+  setTimeout(() => writeFileSync(mountinfo, `22 1 254:1 / / rw - ext4 /dev/vda1 rw\n40 22 254:2 / ${boot} rw - vfat /dev/vda2 rw\n`), 100);
+  r = await provision({ config: late, stage: "system", doctor: false, mounts: { ...mounts, timeoutMs: 5000 } });
+  assert.deepEqual(r.volumes[0]!.steps, ["header-backup"]);
+  assert.equal(statSync(underBoot).mode & 0o777, 0o600);
 });
 
 test("config: a PKCS#11 URI names the token and key", () => {
