@@ -166,11 +166,15 @@ export function encodeHeaderCopies(h: Luks2Header): [Buffer, Buffer] {
  */
 export async function writeHeader(dev: BlockDevice, h: Luks2Header, opts: { firstCopy?: "primary" | "secondary" } = {}): Promise<void> {
   const next = { ...h, seqid: h.seqid + 1n };
-  const [p, s] = encodeHeaderCopies(next);
-  const order: [Buffer, number][] = opts.firstCopy === "secondary" ? [[s, h.hdrSize], [p, 0]] : [[p, 0], [s, h.hdrSize]];
+  await writeHeaderCopies(dev, encodeHeaderCopies(next), h.hdrSize, opts.firstCopy);
+  h.seqid = next.seqid;
+}
+
+/** Write encoded copies (encodeHeaderCopies) in writeHeader's order: one copy, flush, the other, flush. */
+export async function writeHeaderCopies(dev: BlockDevice, [p, s]: [Buffer, Buffer], hdrSize: number, firstCopy: "primary" | "secondary" = "primary"): Promise<void> {
+  const order: [Buffer, number][] = firstCopy === "secondary" ? [[s, hdrSize], [p, 0]] : [[p, 0], [s, hdrSize]];
   for (const [buf, off] of order) {
     await dev.write(buf, off);
     await dev.flush();
   }
-  h.seqid = next.seqid;
 }

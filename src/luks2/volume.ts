@@ -4,7 +4,7 @@
 import type { BlockDevice } from "../blockdev/types.js";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
-import { readHeader, writeHeader, type Luks2Header, type ReadResult } from "./header.js";
+import { encodeHeaderCopies, readHeader, writeHeader, writeHeaderCopies, type Luks2Header, type ReadResult } from "./header.js";
 import { openKeyslotCandidate, buildKeyslot, wipeArea, type NewKeyslotOptions } from "./keyslot.js";
 import { verifyDigest, digestForSegment } from "./digest.js";
 import { unknownRequirements, keyslotPriority, u64Num, parseU64String, validateMetadata, type Luks2Metadata, type Luks2Segment, type Luks2Keyslot, type Luks2Token, type Json } from "./metadata.js";
@@ -394,6 +394,25 @@ export class Luks2Volume {
     const next: Luks2Header = { ...this.header, metadata: m };
     await writeHeader(this.dev, next);
     this.header = next;
+  }
+
+  /**
+   * Validate and encode a commit of `m` now, write it later: the re-encryption loop prepares its next commit while the
+   * thread pool copies a hotzone. `write()` refuses (EINTERNAL) when another commit landed in between; with header
+   * copies to repair first it is a plain commit().
+   */
+  prepareCommit(m: Luks2Metadata): { write(): Promise<void> } {
+    if (this.readStatus.needsRepair) return { write: () => this.commit(m) };
+    const base = this.header;
+    const next: Luks2Header = { ...base, metadata: m, seqid: base.seqid + 1n };
+    const copies = encodeHeaderCopies(next); // validates: never write what we would refuse to read
+    return {
+      write: async () => {
+        if (this.header !== base || base.seqid + 1n !== next.seqid) throw new TrustvolError("EINTERNAL", "the header changed after a commit was prepared", "this is a bug in trustvol");
+        await writeHeaderCopies(this.dev, copies, base.hdrSize);
+        this.header = next;
+      },
+    };
   }
 
   /** Rewrite both header copies from the valid one (the one with the highest seqid). */

@@ -263,11 +263,13 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
         await recrypting.catch(() => {});
       }
       await recrypting;
+      // The "done" commit is validated and encoded while the slices' writes run on the pool; written after the flush.
+      const done = v.prepareCommit(post);
       await settleAll(writes);
       mark("hotzone: data written");
       await dev.flush();
       mark("hotzone: flushed");
-      await v.commit(post);
+      await done.write();
       mark("hotzone: done committed");
       await run.hooks?.after(v.metadata);
       bytes += len;
@@ -382,22 +384,30 @@ async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { o
     // Metadata commit point: from here the header says the hotzone may hold old or new data (its source is intact).
     await v.commit(hot);
     for (;;) {
-      await copy(sourceOf(e, hot, hz.off), e.dataOffset + hz.off, hz.len, hz.off);
+      const copying = copy(sourceOf(e, hot, hz.off), e.dataOffset + hz.off, hz.len, hz.off);
+      copying.catch(() => {}); // awaited below, also when planning fails
+      // While the pool copies: the next commit, planned (pure functions of the metadata) and encoded. One commit says
+      // both "this hotzone is done" and "the next is in re-encryption" (cryptsetup commits the two states apart; the
+      // one in between never needs to be on disk: after a cut either state is one cryptsetup writes itself).
+      let post: Luks2Metadata, nz: { off: number; len: number } | null, nextHot: Luks2Metadata | null, prepared: { write(): Promise<void> };
+      try {
+        post = postMetadata(hot, st, hz.off, hz.len, e.dataSize);
+        nz = nextHotzone(post, st, e.dataSize, e.hotzone);
+        nextHot = nz ? hotMetadata(post, st, nz.off, nz.len, e.dataSize) : null;
+        prepared = v.prepareCommit(nextHot ?? post);
+      } finally {
+        await copying;
+      }
       await dev.flush();
       mark("shift: hotzone written");
-      const post = postMetadata(hot, st, hz.off, hz.len, e.dataSize);
       bytes += hz.len;
-      const nz = nextHotzone(post, st, e.dataSize, e.hotzone);
-      if (!nz || run.signal?.aborted) {
-        await v.commit(post);
+      if (!nz || !nextHot || run.signal?.aborted) {
+        await (nextHot ? v.commit(post) : prepared.write());
         run.onProgress?.({ done: doneBytes(nz), total: e.dataSize });
         if (nz) throw run.interrupted(doneBytes(nz), e.dataSize);
         return bytes;
       }
-      // One commit says both "this hotzone is done" and "the next is in re-encryption" (cryptsetup commits the two
-      // states apart; the one in between never needs to be on disk: after a cut either state is one it would write).
-      const nextHot = hotMetadata(post, st, nz.off, nz.len, e.dataSize);
-      await v.commit(nextHot);
+      await prepared.write();
       mark("shift: next hot committed");
       [hz, hot] = [nz, nextHot];
       run.onProgress?.({ done: doneBytes(hz), total: e.dataSize });

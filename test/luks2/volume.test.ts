@@ -137,3 +137,30 @@ test("key change: a failure after the primary copy landed keeps the new area (th
   const r = await after.unlock(Buffer.from("new"));
   r.volumeKey.fill(0);
 });
+
+test("prepareCommit: validated and encoded now, written later as commit() writes it; a commit in between refuses it, nothing written", async () => {
+  const dev = new MemoryBlockDevice(16 * 1024 * 1024);
+  const { volume } = await formatLuks2(dev, Buffer.from("pw"), { ...FAST, digestIterations: 1000 });
+  const seq = volume.header.seqid;
+  const m = structuredClone(volume.metadata);
+  m.config.flags = ["allow-discards"];
+  const prepared = volume.prepareCommit(m);
+  assert.equal(volume.header.seqid, seq, "nothing written by prepare");
+  await prepared.write();
+  assert.equal(volume.header.seqid, seq + 1n);
+  const again = await Luks2Volume.open(dev);
+  assert.deepEqual(again.metadata.config.flags, ["allow-discards"]);
+  assert.equal(again.header.seqid, seq + 1n);
+  // the secondary copy carries it too: with the primary's binary header wiped, it still reads back
+  const noPrimary = Buffer.from(dev.data);
+  noPrimary.fill(0, 0, 4096);
+  assert.deepEqual((await Luks2Volume.open(new MemoryBlockDevice(noPrimary, true))).metadata.config.flags, ["allow-discards"]);
+  const stale = volume.prepareCommit({ ...structuredClone(volume.metadata), config: { ...volume.metadata.config, flags: [] } });
+  await volume.commit(structuredClone(volume.metadata));
+  const before = Buffer.from(dev.data);
+  await assert.rejects(stale.write(), /the header changed after a commit was prepared/);
+  assert.ok(Buffer.from(dev.data).equals(before), "the stale commit wrote nothing");
+  const bad = structuredClone(volume.metadata);
+  (bad.segments as Record<string, unknown>)["0"] = { type: "bogus" };
+  assert.throws(() => volume.prepareCommit(bad), "invalid metadata is refused when prepared");
+});
