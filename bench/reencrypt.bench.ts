@@ -32,9 +32,9 @@ interface Measured {
 }
 
 /** Run a command under /usr/bin/time: wall seconds, user+sys CPU seconds, peak RSS (of that process tree's max). */
-function measure(cmd: string, args: string[]): Measured {
+function measure(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Measured {
   const tf = join(tmpdir(), `trustvol-bench-time-${process.pid}`);
-  const r = spawnSync("/usr/bin/time", ["-o", tf, "-f", "%e %U %S %M", cmd, ...args], { encoding: "utf8", stdio: ["ignore", "ignore", "pipe"], cwd: tmpdir() });
+  const r = spawnSync("/usr/bin/time", ["-o", tf, "-f", "%e %U %S %M", cmd, ...args], { encoding: "utf8", stdio: ["ignore", "ignore", "pipe"], cwd: tmpdir(), env });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.status}): ${r.stderr.trim()}`);
   const [wall, user, sys, rssKiB] = readFileSync(tf, "utf8").trim().split("\n").at(-1)!.split(" ").map(Number) as [number, number, number, number];
   rmSync(tf, { force: true });
@@ -127,12 +127,24 @@ export default async function (): Promise<void> {
     const csEnc = measure("cryptsetup", ["reencrypt", "--encrypt", "--force-offline-reencrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, work]);
     row("cryptsetup reencrypt --encrypt (datashift)", csEnc);
     let tvEnc: Measured | undefined;
+    let tvEncClean: Measured | undefined;
     if (ours) {
       fresh(plain);
       tvEnc = measure(process.execPath, [TRUSTVOL_BIN, "reencrypt", "--encrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, work]);
       row("trustvol reencrypt --encrypt (datashift)", tvEnc);
       const ok = spawnSync("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, work]).status === 0;
       if (!ok) console.log("  !! cryptsetup cannot open trustvol's encrypted volume");
+      // A host setting, not trustvol's: Node parses the NODE_EXTRA_CA_CERTS bundle at every start (~50 ms here). A
+      // device's units run without it (systemd passes no login environment), so the run is shown both ways.
+      if (process.env.NODE_EXTRA_CA_CERTS) {
+        const clean = { ...process.env };
+        delete clean.NODE_EXTRA_CA_CERTS;
+        fresh(plain);
+        tvEncClean = measure(process.execPath, [TRUSTVOL_BIN, "reencrypt", "--encrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, work], clean);
+        row("  the same, NODE_EXTRA_CA_CERTS unset", tvEncClean);
+        const start = (env?: NodeJS.ProcessEnv) => Math.min(...[0, 1, 2].map(() => measure(process.execPath, ["-e", "0"], env).wall));
+        console.log(`  (Node's own start here: ${(start() * 1000).toFixed(0)} ms with NODE_EXTRA_CA_CERTS=${process.env.NODE_EXTRA_CA_CERTS}, ${(start(clean) * 1000).toFixed(0)} ms without)`);
+      }
     }
 
     // Decryption needs a detached header in cryptsetup 2.6.1: format one over the plain image, decrypt back.
@@ -162,6 +174,7 @@ export default async function (): Promise<void> {
     }
     if (tvEnc) {
       console.log(`encrypt in place: trustvol ${x(csEnc.wall, tvEnc.wall)} cryptsetup (target ≥ 2×), ${x(dd.wall, tvEnc.wall)} dd (target ≥ 0.7×); CPU ${tvEnc.cpu.toFixed(1)} s vs cryptsetup ${csEnc.cpu.toFixed(1)} s`);
+      if (tvEncClean) console.log(`                  without NODE_EXTRA_CA_CERTS: ${x(csEnc.wall, tvEncClean.wall)} cryptsetup, ${x(dd.wall, tvEncClean.wall)} dd`);
     }
     if (tvDec) {
       console.log(`decrypt:          trustvol ${x(csDec.wall, tvDec.wall)} cryptsetup, ${x(dd.wall, tvDec.wall)} dd; CPU ${tvDec.cpu.toFixed(1)} s vs cryptsetup ${csDec.cpu.toFixed(1)} s`);

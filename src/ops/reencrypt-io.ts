@@ -336,7 +336,8 @@ function fusedCopy(e: HotzoneEngine, src: number, dst: number, len: number, at: 
   return (
     nativeRecryptCopy(dev.fd, src, dst, len, at, e.oldC, e.newC, lanes())?.catch((err: NodeJS.ErrnoException) => {
       if (err.code === "ETRUNCATED") throw new TrustvolError("ETRUNCATED", `${dev.name}: ${err.message}`, "the image is truncated or the wrong device");
-      throw Object.assign(new Error(`${dev.name}: ${err.message}`), { code: err.code });
+      const code = ["ENOSPC", "EDQUOT", "EFBIG"].includes(err.code!) ? "ENOSPC" : ["EROFS", "EACCES", "EPERM", "EBADF"].includes(err.code!) ? "EDEVICE" : "EIO";
+      throw new TrustvolError(code, `${dev.name}: ${err.message}`, "the hotzone stays recorded as in re-encryption: fix the device, then resume with --resume-only");
     }) ?? null
   );
 }
@@ -344,9 +345,10 @@ function fusedCopy(e: HotzoneEngine, src: number, dst: number, len: number, at: 
 /**
  * Encryption in place with a data shift (datashift resilience), hotzone by hotzone in the write order of the loop
  * above: commit the hotzone in re-encryption → copy its data, re-encrypted, from its source to its place → flush →
- * commit it done, in the same commit as the next hotzone in re-encryption. On a file or block device with the native engine the copy is one fused call (fusedCopy: read →
- * crypt → write in L2-sized slices, one run per core), else lanes of 4 MiB pieces. Nothing is read ahead of a commit
- * any more: a commit on tmpfs is well under a millisecond, less than the fused copy saves.
+ * commit it done, in the same commit as the next hotzone in re-encryption. On a file or block device with the native
+ * engine the copy is one fused call (fusedCopy: read → crypt → write in L2-sized slices, one run per core), else
+ * lanes of 4 MiB pieces. Nothing is read ahead of a commit any more: the next commit is encoded during the copy, and
+ * the fused copy saves more than the overlap did.
  */
 async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { off: number; len: number } | null) => number): Promise<number> {
   const { v, dev, st } = e;

@@ -1,11 +1,17 @@
 // The re-encryption engine on an image file: its hotzone reads, torn-write copies and data writes go O_DIRECT
-// (FileBlockDevice + the aligned hotzone buffers), and the result is the same as through the page cache.
+// (FileBlockDevice + the aligned hotzone buffers), and the result is the same as through the page cache; a data
+// shift's hotzones go through the fused native copy, with the same result as the piecewise path.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, truncateSync } from "node:fs";
+import { randomBytes } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileBlockDevice } from "../../src/blockdev/file.js";
+import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
+import { Luks2Volume } from "../../src/luks2/volume.js";
+import { reencryptStatus } from "../../src/luks2/reencrypt-metadata.js";
+import { TrustvolError } from "../../src/util/errors.js";
 import { reencrypt } from "../../src/ops/reencrypt.js";
 import { loadNative } from "../../src/dmcrypt/native.js";
 import { PASS, PBKDF, makeVolume, plaintextOf } from "./reencrypt-fixture.js";
@@ -43,3 +49,53 @@ for (const resilience of ["checksum", "journal"] as const) {
     }
   });
 }
+
+test("encrypt in place (data shift) of an image file: one fused native copy per hotzone, plaintext identical to the piecewise path; a file cut short under the run fails in one line, hotzone recorded", { skip: !loadNative()?.recryptCopyAsync && "native addon without recryptCopyAsync" }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "trustvol-rfused-"));
+  try {
+    const reduce = 4 << 20;
+    const plain = randomBytes(12 << 20);
+    const image = Buffer.concat([plain, Buffer.alloc(reduce)]);
+    // the piecewise path (memory device) and the fused one (file) give the same plaintext
+    const mem = new MemoryBlockDevice(Buffer.from(image));
+    assert.equal((await reencrypt(mem, { mode: "encrypt", passphrase: PASS, pbkdf: PBKDF, reduceDeviceSize: reduce })).state, "finished");
+    assert.ok((await plaintextOf(mem)).subarray(0, plain.length).equals(plain));
+    const path = join(dir, "img");
+    writeFileSync(path, image);
+    const dev = await FileBlockDevice.open(path);
+    // what goes through the BlockDevice's own read/write: headers, zeroing, the final wipe — not the data
+    let moved = 0;
+    const [read, write] = [dev.read.bind(dev), dev.write.bind(dev)];
+    dev.read = (b, o) => ((moved += b.length), read(b, o));
+    dev.write = (b, o) => ((moved += b.length), write(b, o));
+    try {
+      assert.equal((await reencrypt(dev, { mode: "encrypt", passphrase: PASS, pbkdf: PBKDF, reduceDeviceSize: reduce })).state, "finished");
+    } finally {
+      await dev.close();
+    }
+    assert.ok(moved < plain.length, `the head move and the hotzones' data went through the fused copy (${moved} bytes through read/write)`);
+    const again = await FileBlockDevice.open(path, { readOnly: true });
+    try {
+      assert.ok((await plaintextOf(again)).subarray(0, plain.length).equals(plain), "plaintext intact");
+    } finally {
+      await again.close();
+    }
+    // The moved head at the end is the last hotzone's source: cut the file short after the first hotzone.
+    writeFileSync(path, image);
+    const short = await FileBlockDevice.open(path);
+    let cut = false;
+    try {
+      await assert.rejects(
+        reencrypt(short, { mode: "encrypt", passphrase: PASS, pbkdf: PBKDF, reduceDeviceSize: reduce, onProgress: (p) => void (p.done > 0 && !cut && ((cut = true), truncateSync(path, image.length - (1 << 20)))) }),
+        (e: unknown) => e instanceof TrustvolError && e.code === "ETRUNCATED" && e.oneLine().includes(path) && !e.oneLine().includes("\n"),
+      );
+    } finally {
+      await short.close();
+    }
+    assert.ok(cut);
+    const st = reencryptStatus((await Luks2Volume.open(new MemoryBlockDevice(readFileSync(path)))).metadata);
+    assert.equal(st, "crash", "the hotzone stays recorded as in re-encryption");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
