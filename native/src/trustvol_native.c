@@ -912,6 +912,14 @@ static const char *tv_errno_name(int e) {
   }
 }
 
+/* Free a job's cipher copies and the job. */
+static void tv_recopy_job_free(tv_recopy_job *j) {
+  if (!j) return;
+  if (j->oldc) tv_free_ctxs(j->oldc), free(j->oldc);
+  if (j->newc) tv_free_ctxs(j->newc), free(j->newc);
+  free(j);
+}
+
 static int tv_full_io(int fd, uint8_t *p, size_t n, int64_t pos, int write_it, int *eof) {
   size_t done = 0;
   while (done < n) {
@@ -982,10 +990,8 @@ static void tv_recopy_complete(napi_env env, napi_status status, void *data) {
   const int first = !b->err && !b->eof && !b->failed;
   if (first && status != napi_ok) b->failed = "re-encryption job cancelled";
   else if (first && (j->err || j->eof || j->failed)) b->err = j->err, b->eof = j->eof, b->failed = j->failed, b->op = j->op, b->at = j->at;
-  if (j->oldc) tv_free_ctxs(j->oldc), free(j->oldc);
-  if (j->newc) tv_free_ctxs(j->newc), free(j->newc);
   napi_delete_async_work(env, j->work);
-  free(j);
+  tv_recopy_job_free(j);
   if (--b->pending == 0) tv_recopy_settle(env, b);
 }
 
@@ -1052,9 +1058,7 @@ static napi_value tv_recrypt_copy_async(napi_env env, napi_callback_info info) {
       j->newc = newc ? tv_clone(newc) : NULL;
     }
     if (!j || (oldc && !j->oldc) || (newc && !j->newc)) {
-      if (j && j->oldc) tv_free_ctxs(j->oldc), free(j->oldc);
-      if (j && j->newc) tv_free_ctxs(j->newc), free(j->newc);
-      free(j);
+      tv_recopy_job_free(j);
       b->failed = "recryptCopyAsync: could not copy the cipher contexts";
       break;
     }
@@ -1067,9 +1071,7 @@ static napi_value tv_recrypt_copy_async(napi_env env, napi_callback_info info) {
     j->new_iv = newc ? new_iv + (uint64_t)(first / newc->sector_size) * newc->iv_step : 0;
     if (napi_create_async_work(env, NULL, name, tv_recopy_execute, tv_recopy_complete, j, &j->work) != napi_ok ||
         napi_queue_async_work(env, j->work) != napi_ok) {
-      if (j->oldc) tv_free_ctxs(j->oldc), free(j->oldc);
-      if (j->newc) tv_free_ctxs(j->newc), free(j->newc);
-      free(j);
+      tv_recopy_job_free(j);
       b->failed = "recryptCopyAsync: could not queue a job";
       break;
     }

@@ -326,18 +326,18 @@ function deferred<T>(): Deferred<T> {
 }
 
 /**
- * The fused copy on a file or block device (the engine's ranges are inside it, checked when planned; the source and
- * destination of a data-shift hotzone never overlap): [src, src+len) read, re-encrypted and written at dst by the
- * native addon on the device's descriptor (buffered, like every data-shift write), or null without it.
+ * The fused copy on a file or block device: [src, src+len) read, decrypted with `from`, encrypted with `to` (either
+ * may be null) and written at dst (ranges inside the device, not overlapping) by the native addon on the device's
+ * descriptor (buffered, like every data-shift write); null when it cannot run (another device, no addon): the caller
+ * copies piece by piece. Its failures are one-line errors naming the device.
  */
-function fusedCopy(e: HotzoneEngine, src: number, dst: number, len: number, at: number): Promise<void> | null {
-  const { dev } = e;
+export function fusedCopy(dev: BlockDevice, src: number, dst: number, len: number, at: number, from: SectorCipher | null, to: SectorCipher | null): Promise<void> | null {
   if (!(dev instanceof FileBlockDevice) || dev.readOnly || src + len > dev.size || dst + len > dev.size) return null;
   return (
-    nativeRecryptCopy(dev.fd, src, dst, len, at, e.oldC, e.newC, lanes())?.catch((err: NodeJS.ErrnoException) => {
+    nativeRecryptCopy(dev.fd, src, dst, len, at, from, to, lanes())?.catch((err: NodeJS.ErrnoException) => {
       if (err.code === "ETRUNCATED") throw new TrustvolError("ETRUNCATED", `${dev.name}: ${err.message}`, "the image is truncated or the wrong device");
       const code = ["ENOSPC", "EDQUOT", "EFBIG"].includes(err.code!) ? "ENOSPC" : ["EROFS", "EACCES", "EPERM", "EBADF"].includes(err.code!) ? "EDEVICE" : "EIO";
-      throw new TrustvolError(code, `${dev.name}: ${err.message}`, "the hotzone stays recorded as in re-encryption: fix the device, then resume with --resume-only");
+      throw new TrustvolError(code, `${dev.name}: ${err.message}`, "fix the device, then run the same command again: the header records how far it got (--resume-only)");
     }) ?? null
   );
 }
@@ -375,7 +375,7 @@ async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { o
     const lanesPool = pool;
     await settleAll(Array.from({ length: Math.min(n, nLanes) }, (_, l) => lane(lanesPool.subarray(l * piece, (l + 1) * piece))));
   };
-  const copy = (src: number, dst: number, len: number, at: number): Promise<void> => fusedCopy(e, src, dst, len, at) ?? copyPieces(src, dst, len, at);
+  const copy = (src: number, dst: number, len: number, at: number): Promise<void> => fusedCopy(dev, src, dst, len, at, e.oldC, e.newC) ?? copyPieces(src, dst, len, at);
   let bytes = 0;
   try {
     let hz = nextHotzone(v.metadata, st, e.dataSize, e.hotzone);

@@ -8,13 +8,12 @@
 // state is recoverable: before the hot commit the area is unused; after it the area describes the old data.
 import * as crypto from "node:crypto";
 import { createHash, randomBytes } from "node:crypto";
-import { availableParallelism } from "node:os";
 import type { BlockDevice } from "../blockdev/types.js";
 import { FileBlockDevice } from "../blockdev/file.js";
 import { alignedBuffer } from "../blockdev/aligned.js";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
-import { createSectorCipher, nativeRecryptCopy, type SectorCipher } from "../dmcrypt/sector-cipher.js";
+import { createSectorCipher, type SectorCipher } from "../dmcrypt/sector-cipher.js";
 import { parseCipherSpec } from "../dmcrypt/cipher-spec.js";
 import { Luks2Volume } from "../luks2/volume.js";
 import { probeLuksVersion, encodeHeaderCopies } from "../luks2/header.js";
@@ -26,7 +25,7 @@ import { chooseEncryptionSectorSize, FS_PROBE_BYTES, probeFilesystem } from "../
 import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
-import { extendedLayout, hashBlock, recrypt, runHotzones, sourceOf, type HotzoneEngine } from "./reencrypt-io.js";
+import { extendedLayout, fusedCopy, hashBlock, recrypt, runHotzones, sourceOf, type HotzoneEngine } from "./reencrypt-io.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { mark } from "../util/timing.js";
 export { extendedLayout };
@@ -592,7 +591,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
       if (!(outside && inside)) {
         // 1. copy the device's first chunk to the free end (cryptsetup reencrypt_move_data): one native copy on a
         // file or block device, else piece by piece
-        const fused = dev instanceof FileBlockDevice && !dev.readOnly && devSize + firstLen <= dev.size ? nativeRecryptCopy(dev.fd, 0, devSize, firstLen, 0, null, null, availableParallelism()) : null;
+        const fused = fusedCopy(dev, 0, devSize, firstLen, 0, null, null);
         if (fused) await fused;
         else
           for (let p = 0; p < firstLen; p += head.length) {
