@@ -24,6 +24,7 @@
 #include <sys/syscall.h>
 #include <sys/file.h>
 #include <unistd.h>
+#include <stdatomic.h>
 
 /* Keep in sync with src/dmcrypt/native.ts */
 enum { IV_NONE = 0, IV_PLAIN64 = 1, IV_PLAIN = 2, IV_PLAIN64BE = 3, IV_ESSIV = 4, IV_NULL = 5 };
@@ -912,6 +913,21 @@ static const char *tv_errno_name(int e) {
   }
 }
 
+/*
+ * Test hook (recryptCopyCutAfter, test/ops/reencrypt-fused-powercut.test.ts): power is "lost" at the fused copy's
+ * n-th slice write from now: that slice is written half (torn), it and every later write of every job fail with
+ * ECANCELED. A negative n turns it off (the default).
+ */
+static atomic_int tv_recopy_cut_on;
+static atomic_long tv_recopy_cut_left;
+
+/* 0: write the slice; 1: write half of it, then fail; 2: fail without writing. */
+static int tv_recopy_cut_now(void) {
+  if (!atomic_load(&tv_recopy_cut_on)) return 0;
+  const long left = atomic_fetch_sub(&tv_recopy_cut_left, 1);
+  return left > 0 ? 0 : left == 0 ? 1 : 2;
+}
+
 /* Free a job's cipher copies and the job. */
 static void tv_recopy_job_free(tv_recopy_job *j) {
   if (!j) return;
@@ -955,6 +971,12 @@ static void tv_recopy_execute(napi_env env, void *data) {
     }
     if (j->oldc && (j->failed = tv_crypt_core(j->oldc, buf, n, 0, j->old_iv + (uint64_t)(k / j->oldc->sector_size) * j->oldc->iv_step))) break;
     if (j->newc && (j->failed = tv_crypt_core(j->newc, buf, n, 1, j->new_iv + (uint64_t)(k / j->newc->sector_size) * j->newc->iv_step))) break;
+    const int cut = tv_recopy_cut_now();
+    if (cut == 1) tv_full_io(j->fd, buf, n / 2, j->dst + k, 1, NULL);
+    if (cut) {
+      j->err = ECANCELED, j->op = "write (test power cut)", j->at = j->dst + k;
+      break;
+    }
     if ((e = tv_full_io(j->fd, buf, n, j->dst + k, 1, NULL))) {
       j->err = e, j->op = "write", j->at = j->dst + k;
       break;
@@ -1081,6 +1103,18 @@ static napi_value tv_recrypt_copy_async(napi_env env, napi_callback_info info) {
   ERR_clear_error();
   if (--b->pending == 0) tv_recopy_settle(env, b);
   return promise;
+}
+
+/* recryptCopyCutAfter(n): the test hook above. */
+static napi_value tv_recrypt_copy_cut_after(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int64_t n = -1;
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc >= 1) NAPI_CALL(env, napi_get_value_int64(env, argv[0], &n));
+  atomic_store(&tv_recopy_cut_left, (long)n);
+  atomic_store(&tv_recopy_cut_on, n >= 0);
+  return NULL;
 }
 
 /* cipherEngine(handle) -> "xts-vaes" | "xts-ecb" | "evp": which sector loop crypt() runs (tests, benchmarks) */
@@ -2078,6 +2112,7 @@ NAPI_MODULE_INIT() {
       {"crypt", NULL, tv_crypt, NULL, NULL, NULL, napi_enumerable, NULL},
       {"cryptAsync", NULL, tv_crypt_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"recryptCopyAsync", NULL, tv_recrypt_copy_async, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"recryptCopyCutAfter", NULL, tv_recrypt_copy_cut_after, NULL, NULL, NULL, napi_enumerable, NULL},
       {"destroy", NULL, tv_destroy, NULL, NULL, NULL, napi_enumerable, NULL},
       {"cipherEngine", NULL, tv_cipher_engine, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherCreate", NULL, tv_hasher_create, NULL, NULL, NULL, napi_enumerable, NULL},

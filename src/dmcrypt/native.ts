@@ -27,6 +27,8 @@ export interface NativeAddon {
    * to `parts` runs; IVs are each cipher's IV sector number of the first byte. Absent in old builds.
    */
   recryptCopyAsync?(fd: number, src: number, dst: number, len: number, old: NativeHandle | null, oldIv: bigint, nu: NativeHandle | null, newIv: bigint, parts: number): Promise<void>;
+  /** Test hook: the n-th slice write of recryptCopyAsync from now is torn and it and all later ones fail; n < 0: off. */
+  recryptCopyCutAfter?(n: number): void;
   destroy(h: NativeHandle): void;
   /** Which sector loop crypt() runs for this handle; absent in old builds. */
   cipherEngine?(h: NativeHandle): "xts-vaes" | "xts-ecb" | "evp";
