@@ -43,4 +43,5 @@ test("open mid-re-encryption: cryptsetup-started (clean stop, crash) and trustvo
   assert.equal(f.tpmcrash_recovered, "1", out);
   assert.equal(f.tpmcrash_content_ok, "1", out);
   assert.equal(f.locks_left, "0", "the re-encryption lock files are removed on release");
+  t.diagnostic(`killed while frozen in a hotzone: ${[...out.matchAll(/^(\w+_KILL_frozen_in_hotzone_\d+)=(\d+)$/gm)].map((m) => `${m[1]} (probe ${m[2]})`).join(", ")}`);
 });

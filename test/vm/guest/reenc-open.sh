@@ -8,17 +8,17 @@ export DM_DISABLE_UDEV=1
 TV="node $TRUSTVOL_REPO/bin/trustvol.mjs"
 printf 'guest pass (not a secret)' > pass; chmod 600 pass
 
-st() { # none | clean | crash
+st() { # none | clean | crash (no metadata lock: the re-encryption under test may be frozen holding it)
   local j
-  j=$(cryptsetup luksDump --dump-json-metadata "$1" 2>/dev/null || cryptsetup luksDump "$1")
+  j=$(timeout 20 cryptsetup --disable-locks luksDump --dump-json-metadata "$1" 2>/dev/null || timeout 20 cryptsetup --disable-locks luksDump "$1")
   if echo "$j" | grep -q in-reencryption; then echo crash; elif echo "$j" | grep -q online-reencrypt; then echo clean; else echo none; fi
 }
 fill() { # $1 mapping -> random content, checksum on stdout
   dd if=/dev/urandom of=/dev/mapper/$1 bs=1M status=none 2>/dev/null; sync
   sha256sum < /dev/mapper/$1 | cut -d' ' -f1
 }
-# partial CMD-TAG LOOP SIGNAL WANT: run a re-encryption (cryptsetup or trustvol) and send SIGNAL once it made progress,
-# until the metadata says WANT (clean|crash)
+# partial CMD-TAG LOOP SIGNAL WANT: run a re-encryption (cryptsetup or trustvol) and send SIGNAL once it made progress
+# (for WANT=crash: while frozen inside a hotzone), until the metadata says WANT (clean|crash)
 partial() {
   local who=$1 L=$2 sig=$3 want=$4 i p s
   for i in $(seq 1 12); do
@@ -29,8 +29,19 @@ partial() {
     fi
     p=$!
     for j in $(seq 1 400); do grep -q '"device_bytes": *"[1-9]' prog 2>/dev/null && break; kill -0 $p 2>/dev/null || break; sleep 0.02; done
-    sleep 0.$((RANDOM % 4))
-    kill -$sig $p 2>/dev/null; wait $p; echo "${who}_${sig}_rc_$i=$?"
+    if [ "$want" = crash ]; then
+      # A random SIGKILL rarely lands in a hotzone once commits take ~0.2 ms: freeze the process (SIGSTOP; a write in
+      # flight completes first), read the header, and kill it only while the header records a hotzone in progress.
+      for j in $(seq 1 300); do
+        kill -STOP $p 2>/dev/null || break
+        until grep -q '^State:.*T' /proc/$p/status 2>/dev/null || ! kill -0 $p 2>/dev/null; do sleep 0.005; done; sleep 0.02
+        [ "$(st "$L")" = crash ] && { echo "${who}_${sig}_frozen_in_hotzone_$i=$j"; break; }
+        kill -CONT $p 2>/dev/null; sleep 0.0$((RANDOM % 5))
+      done
+    else
+      sleep 0.$((RANDOM % 4))
+    fi
+    kill -$sig $p 2>/dev/null; kill -CONT $p 2>/dev/null; wait $p; echo "${who}_${sig}_rc_$i=$?"
     s=$(st "$L")
     [ "$s" = "$want" ] && return 0
     [ "$s" = none ] && { echo "${who}_${sig}_finished_before_signal=1"; return 1; }
