@@ -33,8 +33,10 @@ partial() {
       # A random SIGKILL rarely lands in a hotzone once commits take ~0.2 ms: freeze the process (SIGSTOP; a write in
       # flight completes first), read the header, and kill it only while the header records a hotzone in progress.
       for j in $(seq 1 300); do
+        # A process that finished is a zombie until `wait`: kill -0 still succeeds, so look at its state.
+        grep -q '^State:.*[ZX]' /proc/$p/status 2>/dev/null && break
         kill -STOP $p 2>/dev/null || break
-        until grep -q '^State:.*T' /proc/$p/status 2>/dev/null || ! kill -0 $p 2>/dev/null; do sleep 0.005; done; sleep 0.02
+        for k in $(seq 1 200); do grep -q '^State:.*[TZX]' /proc/$p/status 2>/dev/null && break; sleep 0.005; done; sleep 0.02
         [ "$(st "$L")" = crash ] && { echo "${who}_${sig}_frozen_in_hotzone_$i=$j"; break; }
         kill -CONT $p 2>/dev/null; sleep 0.0$((RANDOM % 5))
       done
