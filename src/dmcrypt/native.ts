@@ -34,10 +34,13 @@ export interface NativeAddon {
   cipherEngine?(h: NativeHandle): "xts-vaes" | "xts-ecb" | "evp";
   opensslVersion(): string;
   /** dm-verity block hashing (src/verity/pool.ts); absent in addons built before it existed. */
-  /** flags 1: EVP per block even where the SHA-NI engine could run (tests, bench). */
+  /** flags 1: EVP per block even where a SHA-256 engine of the addon could run; 2: not the AVX-512 one (tests, bench). */
   hasherCreate?(algorithm: string, salt: Uint8Array, hashType: number, flags?: number): NativeHasher;
-  /** "sha-ni-x2": SHA-256 on the CPU's SHA extensions, two blocks interleaved; "evp": OpenSSL per block. */
-  hasherEngine?(h: NativeHasher): "sha-ni-x2" | "evp";
+  /**
+   * "avx512-x16": SHA-256 on AVX-512, sixteen blocks at once; "sha-ni-x2": on the CPU's SHA extensions, two blocks
+   * interleaved; "evp": OpenSSL per block.
+   */
+  hasherEngine?(h: NativeHasher): "avx512-x16" | "sha-ni-x2" | "evp";
   hashBlocks?(h: NativeHasher, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): void;
   hasherDigestSize?(h: NativeHasher): number;
   /** dm-verity FEC: one Reed-Solomon round over whole block columns (src/verity/fec.ts). */
