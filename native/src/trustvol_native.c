@@ -10,6 +10,7 @@
  * The key is handed to OpenSSL at creation and never stored here; EVP_CIPHER_CTX_free cleanses the schedules.
  */
 #define _XOPEN_SOURCE 700 /* pread under -std=c11 */
+#define _DEFAULT_SOURCE   /* syscall() (keyctl, add_key) */
 #include <node_api.h>
 #include <openssl/evp.h>
 #include <openssl/err.h>
