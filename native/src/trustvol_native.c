@@ -1413,6 +1413,7 @@ typedef struct {
   int type;
   int ds;
   int fast;           /* SHA-256 through tv_sha_blocks (1) or tv_sha_blocks_x16 (2), else EVP per block (0) */
+  int sha_ni;         /* fast == 2: the CPU has SHA-NI too (a run's last < 16 blocks go through tv_sha_blocks) */
   uint32_t fast_h[8]; /* tv_sha_blocks: state after the salt's whole 64-byte chunks (type 1) */
   uint32_t fast_pre;  /* bytes absorbed into fast_h */
 } tv_hasher;
@@ -1438,7 +1439,8 @@ static int tv_hash_run(const tv_hasher *h, EVP_MD_CTX *work, const uint8_t *inp,
 static void tv_hasher_try_fast(tv_hasher *h, uint32_t flags);
 
 /* hasherCreate(algorithm: string, salt: Uint8Array, hashType: 0 | 1, flags?: number) -> external; digest size via
- * hasherDigestSize. flags 1: EVP per block even where tv_sha_blocks could run; 2: not AVX-512 (tests, bench). */
+ * hasherDigestSize. flags 1: EVP per block even where tv_sha_blocks could run; 2: not AVX-512; 4: not SHA-NI (tests,
+ * bench). */
 static napi_value tv_hasher_create(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
@@ -1562,9 +1564,13 @@ static int tv_hash_run(const tv_hasher *h, EVP_MD_CTX *work, const uint8_t *inp,
       tv_sha_msg_init(&m, h->fast_pre, h->salt + h->fast_pre, (uint32_t)(h->salt_len - h->fast_pre), bs, NULL, 0);
     else
       tv_sha_msg_init(&m, 0, NULL, 0, bs, h->salt, (uint32_t)h->salt_len);
-    if (h->fast == 2)
-      tv_sha_blocks_x16(h->fast_h, &m, inp, count, out);
-    else
+    if (h->fast == 2) {
+      /* whole groups of 16 on AVX-512; the rest (the AF diffuser's single blocks) on SHA-NI when there is one, as
+       * sixteen lanes for one or two messages would be mostly spare work */
+      const uint32_t whole = h->sha_ni ? count / 16 * 16 : count;
+      if (whole) tv_sha_blocks_x16(h->fast_h, &m, inp, whole, out);
+      if (whole < count) tv_sha_blocks(h->fast_h, &m, inp + (size_t)whole * bs, count - whole, out + (size_t)whole * 32);
+    } else
       tv_sha_blocks(h->fast_h, &m, inp, count, out);
     return 1;
   }
@@ -1586,13 +1592,14 @@ static int tv_hash_run(const tv_hasher *h, EVP_MD_CTX *work, const uint8_t *inp,
 }
 
 /* Switch h to tv_sha_blocks_x16 when the CPU has AVX-512 (unless flags & 2), else tv_sha_blocks when it has SHA-NI, for
- * SHA-256, after checking it against EVP on blocks of a fixed pattern with this hasher's salt and hash type: 17 of
- * them (a full group of 16 and a partial one; for SHA-NI the paired and the single path). */
+ * SHA-256, after checking it against EVP on blocks of a fixed pattern with this hasher's salt and hash type: 19 of
+ * them (a group of 16 and a rest; for SHA-NI the paired and the single path). flags 2: not AVX-512; 4: not SHA-NI. */
 static void tv_hasher_try_fast(tv_hasher *h, uint32_t flags) {
   h->fast = 0;
 #ifdef TV_HAVE_SHA_NI
   if (!EVP_MD_is_a(h->md, "SHA2-256")) return;
-  const int engine = !(flags & 2) && tv_avx512_present() ? 2 : tv_sha_ni_present() ? 1 : 0;
+  h->sha_ni = !(flags & 4) && tv_sha_ni_present();
+  const int engine = !(flags & 2) && tv_avx512_present() ? 2 : h->sha_ni ? 1 : 0;
   if (!engine) return;
   memcpy(h->fast_h, tv_sha256_h0, sizeof h->fast_h);
   h->fast_pre = 0;
@@ -1600,7 +1607,7 @@ static void tv_hasher_try_fast(tv_hasher *h, uint32_t flags) {
     h->fast_pre = (uint32_t)(h->salt_len / 64 * 64);
     tv_sha_absorb_portable(h->fast_h, h->salt, h->salt_len / 64);
   }
-  enum { BS = 512, N = 17 };
+  enum { BS = 512, N = 19 }; /* a group of 16 and a rest of 3: both paths of each engine */
   uint8_t blocks[BS * N];
   uint8_t want[32 * N], got[32 * N];
   for (size_t i = 0; i < sizeof blocks; i++) blocks[i] = (uint8_t)(i * 131 + (i >> 7));

@@ -34,7 +34,7 @@ export interface NativeAddon {
   cipherEngine?(h: NativeHandle): "xts-vaes" | "xts-ecb" | "evp";
   opensslVersion(): string;
   /** dm-verity block hashing (src/verity/pool.ts); absent in addons built before it existed. */
-  /** flags 1: EVP per block even where a SHA-256 engine of the addon could run; 2: not the AVX-512 one (tests, bench). */
+  /** flags 1: EVP per block even where a SHA-256 engine of the addon could run; 2: not AVX-512; 4: not SHA-NI (tests, bench). */
   hasherCreate?(algorithm: string, salt: Uint8Array, hashType: number, flags?: number): NativeHasher;
   /**
    * "avx512-x16": SHA-256 on AVX-512, sixteen blocks at once; "sha-ni-x2": on the CPU's SHA extensions, two blocks
