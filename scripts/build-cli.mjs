@@ -6,13 +6,15 @@
 // addon is found by walking up from dist/cli/ to native/build/. bin/trustvol.mjs runs dist/cli/run.js when present.
 // The boot-critical command modules (src/cli/boot-commands.ts: the volume commands with unlock --test and dump; the
 // kernel commands with open; reencrypt and provision, the first boot's online rotation) run from
-// dist/cli/boot-volume.js, boot-kernel.js and boot-lifecycle.js: src/cli/boot-*.ts each bundled alone
+// dist/cli/boot-volume.cjs, boot-kernel.cjs and boot-lifecycle.cjs: src/cli/boot-*.ts each bundled alone
 // without splitting. On Node 20 (no compile cache) resolving, reading and compiling each ES module costs ~1 ms, and
-// `unlock --test` spanned ~38 chunks of the split build. run.js imports them by their runtime paths (external below);
+// `unlock --test` spanned ~38 chunks of the split build. run.js loads them through src/cli/boot-script.ts (with V8's
+// code cache, below), else imports the ES modules by their runtime paths (external below);
 // they share no state with the split chunks (each has its own copy of the code it needs).
 import { rmSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const out = join(root, "dist", "cli");
@@ -35,7 +37,7 @@ const common = {
   logLevel: "warning",
 };
 const BOOT = ["boot-volume", "boot-kernel", "boot-lifecycle"];
-/** run.ts's `import("./boot-*.js")` stay runtime imports of the separately built dist/cli/boot-*.js. */
+/** run.ts's `import("./boot-*.js")` (the fallback when no boot-*.cjs is beside it) stay runtime imports. */
 const bootExternal = {
   name: "boot-external",
   setup(b) {
@@ -45,5 +47,31 @@ const bootExternal = {
   },
 };
 await esbuild.build({ ...common, entryPoints: [join(root, "src", "cli", "run.ts")], outdir: out, splitting: true, plugins: [bootExternal] });
-// no splitting: one self-contained file per boot program (the outputs share nothing)
-await esbuild.build({ ...common, entryPoints: BOOT.map((b) => join(root, "src", "cli", `${b}.ts`)), outdir: out, entryNames: "[name]" });
+// No splitting: one self-contained file per boot program (the outputs share nothing), as a classic script that
+// src/cli/boot-script.ts compiles with V8's code cache (Node 20 caches no ES module): a CommonJS bundle inside one
+// function expression, strict as the ES modules it comes from; import.meta.url is the file's URL; import() of the
+// externals (argon2) becomes require().
+await esbuild.build({
+  ...common,
+  format: "cjs",
+  entryPoints: BOOT.map((b) => join(root, "src", "cli", `${b}.ts`)),
+  outdir: out,
+  entryNames: "[name]",
+  outExtension: { ".js": ".cjs" },
+  supported: { "dynamic-import": false },
+  define: { "import.meta.url": "__trustvolImportMetaUrl" },
+  banner: { js: '(function (exports, require, module, __filename, __dirname) {"use strict";\nconst __trustvolImportMetaUrl = require("node:url").pathToFileURL(__filename).href;' },
+  footer: { js: "})" },
+});
+// V8's code cache of each, made by the node that builds (a start with another Node/V8 compiles from source instead):
+// a child process runs each script's top level once through the same loader as the CLI, then writes <file>.cache.
+const loader = join(out, ".boot-script-build.mjs");
+await esbuild.build({ ...common, entryPoints: [join(root, "src", "cli", "boot-script.ts")], outfile: loader });
+try {
+  const files = BOOT.map((b) => join(out, `${b}.cjs`));
+  const code = `const { writeCodeCache } = await import(${JSON.stringify(pathToFileURL(loader).href)}); for (const f of ${JSON.stringify(files)}) writeCodeCache(f);`;
+  const r = spawnSync(process.execPath, ["--input-type=module", "-e", code], { cwd: root, stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, NODE_OPTIONS: "", TRUSTVOL_TIMING: "" } });
+  if (r.status !== 0) console.error("build-cli: no code cache for the boot programs (they compile from source at each start)");
+} finally {
+  rmSync(loader, { force: true });
+}

@@ -2,6 +2,7 @@
 import { VERSION } from "../version.js";
 import { KERNEL_COMMANDS, LIFECYCLE_COMMANDS, VOLUME_COMMANDS } from "./boot-commands.js";
 import { mark } from "../util/timing.js";
+import { bootProgram } from "./boot-script.js";
 
 mark("cli");
 
@@ -22,13 +23,13 @@ else if (plainDump(argv)) {
   );
 } else if (VOLUME_COMMANDS.includes(argv[0]!)) {
   // `unlock --test` and the other volume commands: one file, the same program (boot-volume.ts)
-  process.exitCode = await (await import("./boot-volume.js")).main(argv);
+  process.exitCode = await (await bootProgram("boot-volume", () => import("./boot-volume.js"))).main(argv);
 } else if (KERNEL_COMMANDS.includes(argv[0]!)) {
   // `open` at every boot: one file, the same program (boot-kernel.ts)
-  process.exitCode = await (await import("./boot-kernel.js")).main(argv);
+  process.exitCode = await (await bootProgram("boot-kernel", () => import("./boot-kernel.js"))).main(argv);
 } else if (LIFECYCLE_COMMANDS.includes(argv[0]!)) {
   // reencrypt / provision (the first boot's background rotation): one file, the same program (boot-lifecycle.ts)
-  process.exitCode = await (await import("./boot-lifecycle.js")).main(argv);
+  process.exitCode = await (await bootProgram("boot-lifecycle", () => import("./boot-lifecycle.js"))).main(argv);
 } else process.exitCode = await (await import("./main.js")).main(argv);
 
 // The command is done: exit now rather than when the event loop drains. Node 20 can deadlock in that drain with every

@@ -1,11 +1,17 @@
-// run.ts sends the boot-critical commands to their single-file programs (src/cli/boot-*.ts, dist/cli/boot-*.js):
-// each must register exactly the commands routed to it, and a routed command must parse and print as through main.ts.
+// run.ts sends the boot-critical commands to their single-file programs (src/cli/boot-*.ts, dist/cli/boot-*.cjs):
+// each must register exactly the commands routed to it, a routed command must parse and print as through main.ts,
+// and the shipped ones start from their V8 code cache (src/cli/boot-script.ts).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { buildProgram } from "../../src/cli/main.js";
 import { buildProgram as buildWith, KERNEL_MODULE, LIFECYCLE_MODULES, VOLUME_MODULE } from "../../src/cli/program.js";
 import { KERNEL_COMMANDS, LIFECYCLE_COMMANDS, VOLUME_COMMANDS } from "../../src/cli/boot-commands.js";
-import { trustvol, trustvolInProcess } from "../helpers/cli.js";
+import { compiledCliIsFresh, trustvol, trustvolInProcess } from "../helpers/cli.js";
+import { cpSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 
 test("each boot program registers exactly the commands run.ts routes to it", async () => {
   for (const [modules, routed] of [[[VOLUME_MODULE], VOLUME_COMMANDS], [[KERNEL_MODULE], KERNEL_COMMANDS], [LIFECYCLE_MODULES, LIFECYCLE_COMMANDS]] as const) {
@@ -19,8 +25,36 @@ test("each boot program registers exactly the commands run.ts routes to it", asy
 
 test("a routed command prints as main.ts's full program does (help, usage error, missing device, bad option value)", async () => {
   for (const argv of [["unlock", "--help"], ["open", "--help"], ["dump", "--bogus", "x"], ["unlock", "--test", "/nonexistent/x.img"], ["unlock", "--test", "--tries", "0", "x"], ["doctor", "--root", "/nonexistent"], ["close"], ["reencrypt", "--help"], ["reencrypt", "--resilience", "bogus", "x.img"], ["provision", "--help"], ["recovery", "--help"]]) {
-    const routed = trustvol(argv); // a child process: bin → run.js → boot-volume.js / boot-kernel.js / boot-lifecycle.js
+    const routed = trustvol(argv); // a child process: bin → run.js → boot-volume.cjs / boot-kernel.cjs / boot-lifecycle.cjs
     const full = await trustvolInProcess(argv); // main.ts with every module
     assert.deepEqual(routed, full, argv.join(" "));
+  }
+});
+
+test("the shipped boot programs (dist/cli/boot-*.cjs) start from V8's code cache written beside them at build", (t) => {
+  const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+  if (!existsSync(join(root, "dist/cli/boot-volume.cjs")) || !compiledCliIsFresh()) return t.skip("no fresh dist/cli build (npm run build): bin/trustvol.mjs runs the sources");
+  for (const [argv, file] of [[["unlock", "--help"], "boot-volume"], [["open", "--help"], "boot-kernel"], [["reencrypt", "--help"], "boot-lifecycle"]] as const) {
+    assert.ok(existsSync(join(root, "dist/cli", `${file}.cjs.cache`)), `${file}.cjs.cache`);
+    const r = trustvol([...argv], { env: { TRUSTVOL_TIMING: "1", NODE_OPTIONS: "" } });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /trustvol-time \d+ \d+ boot program: code cache used\n/, `${argv.join(" ")}: ${r.stderr.split("\n").slice(0, 3).join(" | ")}`);
+  }
+  // A cache V8 cannot use (another Node, a corrupted file) costs only the compile: the program runs from source.
+  const dir = mkdtempSync(join(tmpdir(), "trustvol-codecache-"));
+  try {
+    cpSync(join(root, "dist/cli"), join(dir, "cli"), { recursive: true });
+    writeFileSync(join(dir, "cli", "boot-lifecycle.cjs.cache"), Buffer.alloc(4096, 0x5a));
+    rmSync(join(dir, "cli", "boot-volume.cjs.cache"));
+    const run = (argv: string[]) => spawnSync(process.execPath, [join(dir, "cli", "run.js"), ...argv], { encoding: "utf8", env: { ...process.env, TRUSTVOL_TIMING: "1", NODE_OPTIONS: "" } });
+    const bad = run(["reencrypt", "--help"]);
+    assert.equal(bad.status, 0, bad.stderr);
+    assert.match(bad.stderr, /boot program: code cache rejected/);
+    assert.match(bad.stdout, /re-encrypt a LUKS2 device/);
+    const none = run(["unlock", "--help"]);
+    assert.equal(none.status, 0, none.stderr);
+    assert.match(none.stderr, /boot program: no code cache/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
