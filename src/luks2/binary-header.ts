@@ -108,9 +108,8 @@ export function computeChecksum(alg: string, headerArea: Buffer): Buffer {
 
 /** Write the checksum into a full header area (binary header + JSON area) in place. */
 export function sealChecksum(headerArea: Buffer, alg: string): void {
-  const d = computeChecksum(alg, headerArea);
-  headerArea.fill(0, OFF.csum, OFF.csum + LUKS2_CHECKSUM_L);
-  d.copy(headerArea, OFF.csum);
+  headerArea.fill(0, OFF.csum, OFF.csum + LUKS2_CHECKSUM_L); // the field hashes as zeros: no copy of the area needed
+  createHash(alg.toLowerCase()).update(headerArea).digest().copy(headerArea, OFF.csum);
 }
 
 export function verifyChecksum(headerArea: Buffer, h: Luks2BinaryHeader): boolean {

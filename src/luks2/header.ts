@@ -134,8 +134,9 @@ export async function readHeader(dev: BlockDevice): Promise<ReadResult> {
 
 /** Build both header copies (each hdr_size bytes) for writing. Pure. Validates the metadata first. */
 export function encodeHeaderCopies(h: Luks2Header): [Buffer, Buffer] {
-  validateMetadata(JSON.parse(serializeMetadata(h.metadata)), h.hdrSize); // never write what we would refuse to read
-  const json = Buffer.from(serializeMetadata(h.metadata), "utf8");
+  const text = serializeMetadata(h.metadata);
+  validateMetadata(JSON.parse(text), h.hdrSize); // never write what we would refuse to read
+  const json = Buffer.from(text, "utf8");
   const jsonArea = h.hdrSize - LUKS2_BINARY_HEADER_SIZE;
   if (json.length >= jsonArea) throw new TrustvolError("ENOSPC", `LUKS2 metadata (${json.length} bytes) does not fit the ${jsonArea}-byte JSON area`, "remove tokens or keyslots, or reformat with a larger --luks2-metadata-size");
   const out: Buffer[] = [];

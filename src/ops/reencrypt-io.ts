@@ -220,6 +220,8 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       const post = postMetadata(st.resilience === "none" ? v.metadata : hot, st, off, len, e.dataSize);
       const nz = nextHotzone(post, st, e.dataSize, e.hotzone);
       const nextSrc = nz ? sourceOf(e, hotMetadata(post, st, nz.off, nz.len, e.dataSize), nz.off) : -1;
+      // The "hot" commit is validated and encoded now, while the data is read and hashed; written after the flush.
+      const hotCommit = st.resilience !== "none" ? v.prepareCommit(hot) : null;
       // Online: the hotzone is stable only once the hook has suspended and remapped it, so read after it, never ahead.
       await run.hooks?.before(hot, run.keys ?? new Map());
       const { data, sums: hashed } = await take(src, len);
@@ -252,7 +254,7 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
         if (st.resilience !== "none") {
           await hdrDev.flush();
           // Metadata commit point: from here the header says the hotzone may hold old or new data.
-          await v.commit(hot);
+          await hotCommit!.write();
           mark("hotzone: hot committed");
         }
         hotOnDisk.resolve();
