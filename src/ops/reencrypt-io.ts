@@ -219,7 +219,8 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       // What the next hotzone will be once this one is committed done (pure functions of the metadata committed).
       const post = postMetadata(st.resilience === "none" ? v.metadata : hot, st, off, len, e.dataSize);
       const nz = nextHotzone(post, st, e.dataSize, e.hotzone);
-      const nextSrc = nz ? sourceOf(e, hotMetadata(post, st, nz.off, nz.len, e.dataSize), nz.off) : -1;
+      // (the next hotzone's metadata only for a data shift's moved source; otherwise its source is its offset)
+      const nextSrc = !nz ? -1 : e.st.movedSeg ? sourceOf(e, hotMetadata(post, st, nz.off, nz.len, e.dataSize), nz.off) : e.dataOffset + nz.off;
       // The "hot" commit is validated and encoded now, while the data is read and hashed; written after the flush.
       const hotCommit = st.resilience !== "none" ? v.prepareCommit(hot) : null;
       // Online: the hotzone is stable only once the hook has suspended and remapped it, so read after it, never ahead.
