@@ -21,6 +21,12 @@ export interface BootProgram {
   main(argv: string[]): Promise<number>;
 }
 
+/** boot-volume's extras: run.ts's commander-free `dump DEVICE [--json]`. */
+export interface VolumeBootProgram extends BootProgram {
+  dumpCommand(device: string, o: Record<string, unknown>): Promise<void>;
+  reportError(e: unknown, json: boolean): number;
+}
+
 /** Compile (from the code cache when one is beside it and V8 accepts it) and run a boot script: its exports. */
 function runScript(file: string, useCache: boolean): { exports: unknown; script: Script } {
   const source = readFileSync(file, "utf8");
@@ -44,10 +50,10 @@ function runScript(file: string, useCache: boolean): { exports: unknown; script:
  * The boot program `name` ("boot-volume", "boot-kernel", "boot-lifecycle"): dist/cli/<name>.cjs beside the running
  * bundle when it is there, else `fallback` (tsc's dist/src or the sources through tsx: the ES module itself).
  */
-export async function bootProgram(name: string, fallback: () => Promise<BootProgram>): Promise<BootProgram> {
+export async function bootProgram<P extends BootProgram>(name: string, fallback: () => Promise<P>): Promise<P> {
   const file = fileURLToPath(new URL(`./${name}.cjs`, import.meta.url));
   if (!existsSync(file)) return fallback();
-  return runScript(file, true).exports as BootProgram;
+  return runScript(file, true).exports as P;
 }
 
 /** Build step: run the script's top level (no cache), then write V8's code cache for it beside it (0644, atomically). */

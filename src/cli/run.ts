@@ -2,7 +2,7 @@
 import { VERSION } from "../version.js";
 import { KERNEL_COMMANDS, LIFECYCLE_COMMANDS, VOLUME_COMMANDS } from "./boot-commands.js";
 import { mark } from "../util/timing.js";
-import { bootProgram } from "./boot-script.js";
+import { bootProgram, type VolumeBootProgram } from "./boot-script.js";
 
 mark("cli");
 
@@ -13,10 +13,10 @@ const argv = process.argv.slice(2);
 // Scripts ask `--version` at boot: answer without loading commander or any command (same output as commander's).
 if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-V")) process.stdout.write(`${VERSION}\n`);
 else if (plainDump(argv)) {
-  // `dump DEVICE [--json]` at boot: the same action without loading commander or the other volume commands
+  // `dump DEVICE [--json]` at boot: the same action without commander parsing (from boot-volume's code cache)
   const json = argv.includes("--json");
   const device = argv.find((a, i) => i > 0 && a !== "--json")!;
-  const [{ dumpCommand }, { reportError }] = await Promise.all([import("./commands/dump.js"), import("./report.js")]);
+  const { dumpCommand, reportError } = await bootProgram<VolumeBootProgram>("boot-volume", () => import("./boot-volume.js"));
   process.exitCode = await dumpCommand(device, { json }).then(
     () => 0,
     (e: unknown) => reportError(e, json),
