@@ -6,8 +6,7 @@
 // CommonJS bundle inside that wrapper), so the bytes V8 compiles are exactly the file's, at build time and at run time.
 // The cache lives in the package beside the code it belongs to and is as trusted as that code; V8 rejects it (and
 // compiles from source) when the source, the V8 version or its flags differ.
-import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
