@@ -1281,6 +1281,7 @@ TV_SHA_TARGET static void tv_sha_blocks(const uint32_t h[8], const tv_sha_msg *m
     }
     tv_sha_store(s0[0], s1[0], out + (size_t)i * 32);
   }
+  OPENSSL_cleanse(buf, sizeof buf); /* chunks assembled from the block (the AF diffuser's: key material) */
 }
 
 
@@ -1395,7 +1396,9 @@ TV_X16_TARGET static void tv_sha_blocks_x16(const uint32_t h0[8], const tv_sha_m
         uint8_t *o = out + (size_t)(i + l) * 32 + 4 * j;
         o[0] = (uint8_t)(st[j][l] >> 24), o[1] = (uint8_t)(st[j][l] >> 16), o[2] = (uint8_t)(st[j][l] >> 8), o[3] = (uint8_t)st[j][l];
       }
+    OPENSSL_cleanse(st, sizeof st); /* the AF diffuser hashes key material */
   }
+  OPENSSL_cleanse(buf, sizeof buf);
 }
 #endif
 
