@@ -26,6 +26,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 #include <stdatomic.h>
+#include <pthread.h>
 
 /* Keep in sync with src/dmcrypt/native.ts */
 enum { IV_NONE = 0, IV_PLAIN64 = 1, IV_PLAIN = 2, IV_PLAIN64BE = 3, IV_ESSIV = 4, IV_NULL = 5 };
@@ -869,11 +870,15 @@ static napi_value tv_crypt_async(napi_env env, napi_callback_info info) {
  * re-encryption's fused data path (src/ops/reencrypt-io.ts, data shift). [src, src+len) of the file is read, decrypted
  * with `old`, encrypted with `new` and written at dst, in TV_RECOPY_SLICE slices, each transformed while it is still in
  * the core's L2 (a 4 MiB read → crypt → write goes out to memory and back three times). The range is split into up to
- * `parts` runs on libuv's thread pool, each with its own cipher copies and a private buffer, cleansed before it is
- * freed. Source and destination must not overlap. Write order within the call is unspecified; nothing is synced.
+ * `parts` runs on libuv's thread pool, each with its own cipher copies and a private buffer (cleansed before it is
+ * freed); a job whose run is done takes the upper half of the largest run left, so the jobs finish within a slice of
+ * each other (fixed runs left a core idle at the end of every call, one call per hotzone) while each still walks its
+ * own distant part of the file (jobs on neighbouring slices contend in the page cache). Source and destination must
+ * not overlap. Write order within the call is unspecified; nothing is synced.
  * A failure rejects with an Error whose code is the errno name (EIO, ENOSPC, ...) or ETRUNCATED (end of file).
  */
 #define TV_RECOPY_SLICE (256 * 1024)
+#define TV_RECOPY_MAX_RUNS 64
 
 typedef struct {
   napi_deferred deferred;
@@ -883,15 +888,21 @@ typedef struct {
   const char *failed; /* first non-errno failure */
   const char *op;     /* "read" / "write" of the first errno */
   int64_t at;         /* file offset of the first failure */
+  /* read by the jobs on the pool: */
+  int fd;
+  int64_t src, dst, len;
+  uint64_t old_iv, new_iv;
+  pthread_mutex_t lock; /* guards run_lo/run_hi */
+  int runs;
+  int64_t run_lo[TV_RECOPY_MAX_RUNS], run_hi[TV_RECOPY_MAX_RUNS]; /* slices [lo, hi) left in each job's run */
+  atomic_int stop;      /* a job failed: the others take no more slices */
 } tv_recopy_batch;
 
 typedef struct {
   napi_async_work work;
   tv_recopy_batch *b;
+  int run;            /* its index in the batch's runs */
   tv_cipher *oldc, *newc;
-  int fd;
-  int64_t src, dst, len;
-  uint64_t old_iv, new_iv;
   int err, eof;
   const char *failed, *op;
   int64_t at;
@@ -955,34 +966,60 @@ static int tv_full_io(int fd, uint8_t *p, size_t n, int64_t pos, int write_it, i
   return 0;
 }
 
+/* The next slice of job r: the next of its own run, else (its run done) the first of the upper half of the largest
+ * run left, which becomes its run; -1 when nothing is left or a job failed. */
+static int64_t tv_recopy_take(tv_recopy_batch *b, int r) {
+  int64_t slice = -1;
+  if (atomic_load(&b->stop)) return -1;
+  pthread_mutex_lock(&b->lock);
+  if (b->run_lo[r] >= b->run_hi[r]) {
+    int big = -1;
+    for (int i = 0; i < b->runs; i++)
+      if (b->run_hi[i] - b->run_lo[i] > 0 && (big < 0 || b->run_hi[i] - b->run_lo[i] > b->run_hi[big] - b->run_lo[big])) big = i;
+    if (big >= 0) {
+      const int64_t mid = b->run_lo[big] + (b->run_hi[big] - b->run_lo[big]) / 2;
+      b->run_lo[r] = mid, b->run_hi[r] = b->run_hi[big], b->run_hi[big] = mid;
+    }
+  }
+  if (b->run_lo[r] < b->run_hi[r]) slice = b->run_lo[r]++;
+  pthread_mutex_unlock(&b->lock);
+  return slice;
+}
+
 static void tv_recopy_execute(napi_env env, void *data) {
   (void)env;
   tv_recopy_job *j = (tv_recopy_job *)data;
+  tv_recopy_batch *b = j->b;
   uint8_t *buf = NULL;
   if (posix_memalign((void **)&buf, 4096, TV_RECOPY_SLICE) != 0) {
     j->failed = "out of memory";
+    atomic_store(&b->stop, 1);
     return;
   }
-  for (int64_t k = 0; k < j->len; k += TV_RECOPY_SLICE) {
-    const size_t n = (size_t)(j->len - k < TV_RECOPY_SLICE ? j->len - k : TV_RECOPY_SLICE);
-    int e = tv_full_io(j->fd, buf, n, j->src + k, 0, &j->eof);
+  for (;;) {
+    const int64_t slice = tv_recopy_take(b, j->run);
+    if (slice < 0) break;
+    const int64_t k = slice * TV_RECOPY_SLICE;
+    const size_t n = (size_t)(b->len - k < TV_RECOPY_SLICE ? b->len - k : TV_RECOPY_SLICE);
+    int e = tv_full_io(b->fd, buf, n, b->src + k, 0, &j->eof);
     if (e || j->eof) {
-      j->err = e, j->op = "read", j->at = j->src + k;
+      j->err = e, j->op = "read", j->at = b->src + k;
       break;
     }
-    if (j->oldc && (j->failed = tv_crypt_core(j->oldc, buf, n, 0, j->old_iv + (uint64_t)(k / j->oldc->sector_size) * j->oldc->iv_step))) break;
-    if (j->newc && (j->failed = tv_crypt_core(j->newc, buf, n, 1, j->new_iv + (uint64_t)(k / j->newc->sector_size) * j->newc->iv_step))) break;
+    if (j->oldc && (j->failed = tv_crypt_core(j->oldc, buf, n, 0, b->old_iv + (uint64_t)(k / j->oldc->sector_size) * j->oldc->iv_step))) break;
+    if (j->newc && (j->failed = tv_crypt_core(j->newc, buf, n, 1, b->new_iv + (uint64_t)(k / j->newc->sector_size) * j->newc->iv_step))) break;
     const int cut = tv_recopy_cut_now();
-    if (cut == 1) tv_full_io(j->fd, buf, n / 2, j->dst + k, 1, NULL);
+    if (cut == 1) tv_full_io(b->fd, buf, n / 2, b->dst + k, 1, NULL);
     if (cut) {
-      j->err = ECANCELED, j->op = "write (test power cut)", j->at = j->dst + k;
+      j->err = ECANCELED, j->op = "write (test power cut)", j->at = b->dst + k;
       break;
     }
-    if ((e = tv_full_io(j->fd, buf, n, j->dst + k, 1, NULL))) {
-      j->err = e, j->op = "write", j->at = j->dst + k;
+    if ((e = tv_full_io(b->fd, buf, n, b->dst + k, 1, NULL))) {
+      j->err = e, j->op = "write", j->at = b->dst + k;
       break;
     }
   }
+  if (j->err || j->eof || j->failed) atomic_store(&b->stop, 1);
   OPENSSL_cleanse(buf, TV_RECOPY_SLICE);
   free(buf);
   ERR_clear_error();
@@ -1004,6 +1041,7 @@ static void tv_recopy_settle(napi_env env, tv_recopy_batch *b) {
     napi_get_undefined(env, &v);
     napi_resolve_deferred(env, b->deferred, v);
   }
+  pthread_mutex_destroy(&b->lock);
   free(b);
 }
 
@@ -1053,7 +1091,7 @@ static napi_value tv_recrypt_copy_async(napi_env env, napi_callback_info info) {
   NAPI_CALL(env, napi_get_value_bigint_uint64(env, argv[5], &old_iv, &lossless));
   NAPI_CALL(env, napi_get_value_bigint_uint64(env, argv[7], &new_iv, &lossless));
   NAPI_CALL(env, napi_get_value_int32(env, argv[8], &parts));
-  const int64_t unit = TV_RECOPY_SLICE; /* every run but the last is whole slices: a multiple of any sector size */
+  const int64_t unit = TV_RECOPY_SLICE; /* every slice but the last is whole: its offset a multiple of any sector size */
   if (fd < 0 || src < 0 || dst < 0 || len < 0 || (src < dst ? dst - src : src - dst) < len ||
       (oldc && len % oldc->sector_size) || (newc && len % newc->sector_size)) {
     napi_throw_range_error(env, NULL, "recryptCopyAsync: bad descriptor, negative or overlapping ranges, or a length that is not whole sectors");
@@ -1062,6 +1100,7 @@ static napi_value tv_recrypt_copy_async(napi_env env, napi_callback_info info) {
   const int64_t slices = (len + unit - 1) / unit;
   if (parts < 1) parts = 1;
   if (parts > slices) parts = slices ? (int32_t)slices : 1;
+  if (parts > TV_RECOPY_MAX_RUNS) parts = TV_RECOPY_MAX_RUNS;
   tv_recopy_batch *b = (tv_recopy_batch *)calloc(1, sizeof *b);
   napi_value promise, name;
   if (!b || napi_create_promise(env, &b->deferred, &promise) != napi_ok) {
@@ -1071,10 +1110,16 @@ static napi_value tv_recrypt_copy_async(napi_env env, napi_callback_info info) {
   }
   napi_create_string_utf8(env, "trustvol:recryptCopy", NAPI_AUTO_LENGTH, &name);
   b->pending = 1; /* held until every job is queued */
-  int64_t first = 0;
+  b->fd = fd, b->src = src, b->dst = dst, b->len = len, b->old_iv = old_iv, b->new_iv = new_iv;
+  atomic_init(&b->stop, 0);
+  pthread_mutex_init(&b->lock, NULL);
+  b->runs = parts;
+  int64_t lo = 0;
+  for (int32_t k = 0; k < parts; k++) {
+    b->run_lo[k] = lo;
+    b->run_hi[k] = lo += slices / parts + (k < slices % parts ? 1 : 0);
+  }
   for (int32_t k = 0; k < parts && slices; k++) {
-    const int64_t n = (slices / parts + (k < slices % parts ? 1 : 0)) * unit;
-    const int64_t run = first + n > len ? len - first : n;
     tv_recopy_job *j = (tv_recopy_job *)calloc(1, sizeof *j);
     if (j) {
       j->oldc = oldc ? tv_clone(oldc) : NULL;
@@ -1082,24 +1127,18 @@ static napi_value tv_recrypt_copy_async(napi_env env, napi_callback_info info) {
     }
     if (!j || (oldc && !j->oldc) || (newc && !j->newc)) {
       tv_recopy_job_free(j);
-      b->failed = "recryptCopyAsync: could not copy the cipher contexts";
-      break;
+      if (k == 0) b->failed = "recryptCopyAsync: could not copy the cipher contexts";
+      break; /* the jobs already queued do the whole copy */
     }
     j->b = b;
-    j->fd = fd;
-    j->src = src + first;
-    j->dst = dst + first;
-    j->len = run;
-    j->old_iv = oldc ? old_iv + (uint64_t)(first / oldc->sector_size) * oldc->iv_step : 0;
-    j->new_iv = newc ? new_iv + (uint64_t)(first / newc->sector_size) * newc->iv_step : 0;
+    j->run = k;
     if (napi_create_async_work(env, NULL, name, tv_recopy_execute, tv_recopy_complete, j, &j->work) != napi_ok ||
         napi_queue_async_work(env, j->work) != napi_ok) {
       tv_recopy_job_free(j);
-      b->failed = "recryptCopyAsync: could not queue a job";
+      if (k == 0) b->failed = "recryptCopyAsync: could not queue a job";
       break;
     }
     b->pending++;
-    first += run;
   }
   ERR_clear_error();
   if (--b->pending == 0) tv_recopy_settle(env, b);
