@@ -5,7 +5,8 @@
 //   decrypt:            trustvol reencrypt --decrypt --header H  vs the same with cryptsetup
 //   the floor:          dd if=F of=F bs=4M conv=notrunc,fdatasync (an in-place read+write of the whole device)
 // Targets: ≥ 2× cryptsetup, ≥ 0.7× dd, trustvol peak RSS ≤ 128 MiB whatever the size. Wall time, CPU seconds and
-// peak RSS come from /usr/bin/time around each process. Runs in /dev/shm when it has room (the tools, not the VM's
+// peak RSS come from /usr/bin/time around each process; BENCH_RUNS rounds (default 3) run every command in turn, and the
+// ratios are of the median runs (the best runs' in brackets): on a shared VM one run can take twice another. Runs in /dev/shm when it has room (the tools, not the VM's
 // shared disk; BENCH_DIR overrides). BENCH_REENC_MIB sets the size (default 1024); use a small one while developing.
 // trustvol runs as shipped (dist/, rebuilt first when src/ is newer: tsx would add a second of start-up).
 // The "CPU floor" line measures, in this process, what one core needs for the crypto and hashing alone: with the dd
@@ -24,8 +25,25 @@ const MiB = 1024 * 1024;
 const SIZE_MIB = Number(process.env.BENCH_REENC_MIB ?? 1024);
 const TRUSTVOL_BIN = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "trustvol.mjs");
 const KDF = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+/** Rounds of every command (BENCH_RUNS, default 3): ratios are of the medians. */
+const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 3));
+
+interface Trial {
+  key: string;
+  what: string;
+  /** trustvol's own command (skipped when its reencrypt is not built) */
+  ours?: boolean;
+  prepare(): void;
+  cmd: string;
+  args: string[];
+  env?: NodeJS.ProcessEnv;
+  /** after the first run: the result opens with cryptsetup */
+  check?(): void;
+}
 
 interface Measured {
+  /** wall seconds (of the median run, in the table); best: the fastest run's */
+  best?: number;
   wall: number;
   cpu: number;
   rssMiB: number;
@@ -77,7 +95,7 @@ export default async function (): Promise<void> {
   const base = process.env.BENCH_DIR ?? (shmRoom > 4 * SIZE_MIB * MiB ? "/dev/shm" : tmpdir());
   const dir = mkdtempSync(join(base, "trustvol-bench-reenc-"));
   ensureBuilt("dist/src/cli/run.js");
-  console.log(`working in ${base}; ${SIZE_MIB} MiB device, resilience checksum; load ${loadavg()[0]!.toFixed(1)}`);
+  console.log(`working in ${base}; ${SIZE_MIB} MiB device, resilience checksum; ${RUNS} rounds, median (and best) of each; load ${loadavg()[0]!.toFixed(1)}`);
   try {
     const pw = join(dir, "pw");
     writeFileSync(pw, "bench", { mode: 0o600 });
@@ -101,52 +119,6 @@ export default async function (): Promise<void> {
     const ours = trustvolHasReencrypt();
     if (!ours) console.log("trustvol reencrypt is not available here (engine not merged): reference tools only");
 
-    const rows: { what: string; m: Measured }[] = [];
-    const row = (what: string, m: Measured) => {
-      rows.push({ what, m });
-      console.log(`${what.padEnd(44)} ${m.wall.toFixed(2).padStart(7)} s wall ${m.cpu.toFixed(2).padStart(7)} s CPU ${(m.cpu / (SIZE_MIB / 1024)).toFixed(2).padStart(6)} CPU-s/GiB ${(SIZE_MIB / m.wall).toFixed(0).padStart(6)} MiB/s  peak RSS ${m.rssMiB.toFixed(0).padStart(4)} MiB`);
-    };
-
-    fresh(luks);
-    const dd = measure("dd", [`if=${work}`, `of=${work}`, "bs=4M", "conv=notrunc,fdatasync", "status=none"]);
-    row("dd in-place read+write (floor)", dd);
-
-    fresh(luks);
-    const csRot = measure("cryptsetup", ["reencrypt", "--force-offline-reencrypt", "-q", "--resilience", "checksum", ...KDF, "--key-file", pw, work]);
-    row("cryptsetup reencrypt (rotation)", csRot);
-    let tvRot: Measured | undefined;
-    if (ours) {
-      fresh(luks);
-      tvRot = measure(process.execPath, [TRUSTVOL_BIN, "reencrypt", "-q", "--resilience", "checksum", ...KDF, "--key-file", pw, work]);
-      row("trustvol reencrypt (rotation)", tvRot);
-      const ok = spawnSync("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, work]).status === 0;
-      if (!ok) console.log("  !! cryptsetup cannot open trustvol's rotated volume");
-    }
-
-    fresh(plain);
-    const csEnc = measure("cryptsetup", ["reencrypt", "--encrypt", "--force-offline-reencrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, work]);
-    row("cryptsetup reencrypt --encrypt (datashift)", csEnc);
-    let tvEnc: Measured | undefined;
-    let tvEncClean: Measured | undefined;
-    if (ours) {
-      fresh(plain);
-      tvEnc = measure(process.execPath, [TRUSTVOL_BIN, "reencrypt", "--encrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, work]);
-      row("trustvol reencrypt --encrypt (datashift)", tvEnc);
-      const ok = spawnSync("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, work]).status === 0;
-      if (!ok) console.log("  !! cryptsetup cannot open trustvol's encrypted volume");
-      // A host setting, not trustvol's: Node parses the NODE_EXTRA_CA_CERTS bundle at every start (~50 ms here). A
-      // device's units run without it (systemd passes no login environment), so the run is shown both ways.
-      if (process.env.NODE_EXTRA_CA_CERTS) {
-        const clean = { ...process.env };
-        delete clean.NODE_EXTRA_CA_CERTS;
-        fresh(plain);
-        tvEncClean = measure(process.execPath, [TRUSTVOL_BIN, "reencrypt", "--encrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, work], clean);
-        row("  the same, NODE_EXTRA_CA_CERTS unset", tvEncClean);
-        const start = (env?: NodeJS.ProcessEnv) => Math.min(...[0, 1, 2].map(() => measure(process.execPath, ["-e", "0"], env).wall));
-        console.log(`  (Node's own start here: ${(start() * 1000).toFixed(0)} ms with NODE_EXTRA_CA_CERTS=${process.env.NODE_EXTRA_CA_CERTS}, ${(start(clean) * 1000).toFixed(0)} ms without)`);
-      }
-    }
-
     // Decryption needs a detached header in cryptsetup 2.6.1: format one over the plain image, decrypt back.
     const hdr = join(dir, "hdr.img");
     const hdrWork = join(dir, "hdr-work.img");
@@ -157,38 +129,71 @@ export default async function (): Promise<void> {
       rmSync(hdrWork, { force: true });
       copyFileSync(hdr, hdrWork);
     };
-    freshHdr();
-    const csDec = measure("cryptsetup", ["reencrypt", "--decrypt", "--force-offline-reencrypt", "-q", "--header", hdrWork, "--key-file", pw, work]);
-    row("cryptsetup reencrypt --decrypt (--header)", csDec);
-    let tvDec: Measured | undefined;
-    if (ours) {
-      freshHdr();
-      tvDec = measure(process.execPath, [TRUSTVOL_BIN, "reencrypt", "--decrypt", "-q", "--header", hdrWork, "--key-file", pw, work]);
-      row("trustvol reencrypt --decrypt (--header)", tvDec);
-      freshHdr();
+    const opens = (what: string) => () => {
+      if (spawnSync("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, work]).status !== 0) console.log(`  !! cryptsetup cannot open trustvol's ${what} volume`);
+    };
+    const tv = (...args: string[]) => [TRUSTVOL_BIN, ...args];
+    const encArgs = ["reencrypt", "--encrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, work];
+    // A host setting, not trustvol's: Node parses the NODE_EXTRA_CA_CERTS bundle at every start (~50-100 ms here). A
+    // device's units run without it (systemd passes no login environment), so --encrypt is shown both ways.
+    const clean = { ...process.env };
+    delete clean.NODE_EXTRA_CA_CERTS;
+    const trials: Trial[] = [
+      { key: "dd", what: "dd in-place read+write (floor)", prepare: () => fresh(luks), cmd: "dd", args: [`if=${work}`, `of=${work}`, "bs=4M", "conv=notrunc,fdatasync", "status=none"] },
+      { key: "csRot", what: "cryptsetup reencrypt (rotation)", prepare: () => fresh(luks), cmd: "cryptsetup", args: ["reencrypt", "--force-offline-reencrypt", "-q", "--resilience", "checksum", ...KDF, "--key-file", pw, work] },
+      { key: "tvRot", what: "trustvol reencrypt (rotation)", ours: true, prepare: () => fresh(luks), cmd: process.execPath, args: tv("reencrypt", "-q", "--resilience", "checksum", ...KDF, "--key-file", pw, work), check: opens("rotated") },
+      { key: "csEnc", what: "cryptsetup reencrypt --encrypt (datashift)", prepare: () => fresh(plain), cmd: "cryptsetup", args: ["reencrypt", "--encrypt", "--force-offline-reencrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, work] },
+      { key: "tvEnc", what: "trustvol reencrypt --encrypt (datashift)", ours: true, prepare: () => fresh(plain), cmd: process.execPath, args: tv(...encArgs), check: opens("encrypted") },
+      ...(process.env.NODE_EXTRA_CA_CERTS ? [{ key: "tvEncClean", what: "  the same, NODE_EXTRA_CA_CERTS unset", ours: true, prepare: () => fresh(plain), cmd: process.execPath, args: tv(...encArgs), env: clean }] : []),
+      { key: "csDec", what: "cryptsetup reencrypt --decrypt (--header)", prepare: freshHdr, cmd: "cryptsetup", args: ["reencrypt", "--decrypt", "--force-offline-reencrypt", "-q", "--header", hdrWork, "--key-file", pw, work] },
+      { key: "tvDec", what: "trustvol reencrypt --decrypt (--header)", ours: true, prepare: freshHdr, cmd: process.execPath, args: tv("reencrypt", "--decrypt", "-q", "--header", hdrWork, "--key-file", pw, work) },
+    ].filter((t) => ours || !t.ours);
+    // Round-robin: every round runs each command once, so a noisy spell of the host (a shared VM's stolen time) hits
+    // them alike; the table shows the median run of each (its CPU and RSS) and the best wall time.
+    const runs = new Map<string, Measured[]>(trials.map((t) => [t.key, []]));
+    for (let r = 0; r < RUNS; r++) {
+      for (const t of trials) {
+        t.prepare();
+        runs.get(t.key)!.push(measure(t.cmd, t.args, t.env));
+        if (r === 0) t.check?.();
+      }
     }
+    const med = new Map<string, Measured>();
+    for (const t of trials) {
+      const ms = [...runs.get(t.key)!].sort((a, b) => a.wall - b.wall);
+      const m = { ...ms[Math.floor((ms.length - 1) / 2)]!, rssMiB: Math.max(...ms.map((x) => x.rssMiB)), best: ms[0]!.wall };
+      med.set(t.key, m);
+      console.log(`${t.what.padEnd(44)} ${m.wall.toFixed(2).padStart(7)} s wall (best ${m.best.toFixed(2)}) ${m.cpu.toFixed(2).padStart(6)} s CPU ${(m.cpu / (SIZE_MIB / 1024)).toFixed(2).padStart(6)} CPU-s/GiB ${(SIZE_MIB / m.wall).toFixed(0).padStart(6)} MiB/s  peak RSS ${m.rssMiB.toFixed(0).padStart(4)} MiB`);
+    }
+    const dd = med.get("dd")!, csRot = med.get("csRot")!, csEnc = med.get("csEnc")!, csDec = med.get("csDec")!;
+    const tvRot = med.get("tvRot"), tvEnc = med.get("tvEnc"), tvEncClean = med.get("tvEncClean"), tvDec = med.get("tvDec");
+    if (tvEncClean) {
+      const start = (env?: NodeJS.ProcessEnv) => Math.min(...[0, 1, 2].map(() => measure(process.execPath, ["-e", "0"], env).wall));
+      console.log(`  (Node's own start here: ${(start() * 1000).toFixed(0)} ms with NODE_EXTRA_CA_CERTS=${process.env.NODE_EXTRA_CA_CERTS}, ${(start(clean) * 1000).toFixed(0)} ms without)`);
+    }
+    freshHdr();
 
-    const x = (a: number, b: number) => `${(a / b).toFixed(2)}×`;
+    const x = (a: Measured, b: Measured) => `${(a.wall / b.wall).toFixed(2)}× (best ${(a.best! / b.best!).toFixed(2)}×)`;
     if (tvRot) {
-      console.log(`rotation:         trustvol ${x(csRot.wall, tvRot.wall)} cryptsetup (target ≥ 2×), ${x(dd.wall, tvRot.wall)} dd (target ≥ 0.7×); CPU ${tvRot.cpu.toFixed(1)} s vs cryptsetup ${csRot.cpu.toFixed(1)} s`);
+      console.log(`rotation:         trustvol ${x(csRot, tvRot)} cryptsetup (target ≥ 2×), ${x(dd, tvRot)} dd (target ≥ 0.7×); CPU ${tvRot.cpu.toFixed(1)} s vs cryptsetup ${csRot.cpu.toFixed(1)} s`);
     }
     if (tvEnc) {
-      console.log(`encrypt in place: trustvol ${x(csEnc.wall, tvEnc.wall)} cryptsetup (target ≥ 2×), ${x(dd.wall, tvEnc.wall)} dd (target ≥ 0.7×); CPU ${tvEnc.cpu.toFixed(1)} s vs cryptsetup ${csEnc.cpu.toFixed(1)} s`);
-      if (tvEncClean) console.log(`                  without NODE_EXTRA_CA_CERTS: ${x(csEnc.wall, tvEncClean.wall)} cryptsetup, ${x(dd.wall, tvEncClean.wall)} dd`);
+      console.log(`encrypt in place: trustvol ${x(csEnc, tvEnc)} cryptsetup (target ≥ 2×), ${x(dd, tvEnc)} dd (target ≥ 0.7×); CPU ${tvEnc.cpu.toFixed(1)} s vs cryptsetup ${csEnc.cpu.toFixed(1)} s`);
+      if (tvEncClean) console.log(`                  without NODE_EXTRA_CA_CERTS: ${x(csEnc, tvEncClean)} cryptsetup, ${x(dd, tvEncClean)} dd`);
     }
     if (tvDec) {
-      console.log(`decrypt:          trustvol ${x(csDec.wall, tvDec.wall)} cryptsetup, ${x(dd.wall, tvDec.wall)} dd; CPU ${tvDec.cpu.toFixed(1)} s vs cryptsetup ${csDec.cpu.toFixed(1)} s`);
+      console.log(`decrypt:          trustvol ${x(csDec, tvDec)} cryptsetup, ${x(dd, tvDec)} dd; CPU ${tvDec.cpu.toFixed(1)} s vs cryptsetup ${csDec.cpu.toFixed(1)} s`);
     }
     if (tvRot || tvEnc || tvDec) {
       const peak = Math.max(tvRot?.rssMiB ?? 0, tvEnc?.rssMiB ?? 0, tvDec?.rssMiB ?? 0);
       console.log(`trustvol peak RSS ${peak.toFixed(0)} MiB (target ≤ 128 MiB) ${peak <= 128 ? "ok" : "OVER"}`);
     }
-    console.log(`cryptsetup vs dd: rotation ${x(dd.wall, csRot.wall)}, encrypt ${x(dd.wall, csEnc.wall)}, decrypt ${x(dd.wall, csDec.wall)}`);
+    console.log(`cryptsetup vs dd: rotation ${x(dd, csRot)}, encrypt ${x(dd, csEnc)}, decrypt ${x(dd, csDec)}`);
     const fl = cpuFloor();
     // Rotation must at least decrypt, encrypt and checksum every byte; spread over every core at best.
     const rotCpu = SIZE_MIB * (2 / fl.xts + 1 / fl.sha);
     const cores = availableParallelism();
-    console.log(`CPU floor (one core, per CPU-second): AES-256-XTS ${fl.xts.toFixed(0)} MiB/s, SHA-256 ${fl.sha.toFixed(0)} MiB/s → rotation needs ≥ ${rotCpu.toFixed(2)} CPU-s of crypto+hashing alone, ≥ ${(rotCpu / cores).toFixed(2)} s wall on ${cores} idle cores = at most ${x(Math.min(dd.wall, dd.cpu), rotCpu / cores)} dd before any I/O (dd's ${Math.min(dd.wall, dd.cpu).toFixed(2)} s: its CPU-seconds when the machine is loaded)`);
+    console.log(`CPU floor (one core, per CPU-second): AES-256-XTS ${fl.xts.toFixed(0)} MiB/s, SHA-256 ${fl.sha.toFixed(0)} MiB/s → rotation needs ≥ ${rotCpu.toFixed(2)} CPU-s of crypto+hashing alone, ≥ ${(rotCpu / cores).toFixed(2)} s wall on ${cores} idle cores = at most ${(Math.min(dd.wall, dd.cpu) / (rotCpu / cores)).toFixed(2)}× dd before any I/O (dd's ${Math.min(dd.wall, dd.cpu).toFixed(2)} s: its CPU-seconds when the machine is loaded)`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
