@@ -1596,6 +1596,79 @@ static napi_value tv_hash_blocks(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * afStripes(hashers: external[], block: Uint8Array, material: Uint8Array, count) -> undefined: the AF splitter's loop
+ * (LUKS1 spec §2.4, src/luks2/af.ts) in one call: for each of the first `count` stripes of block.length bytes in
+ * material, block ^= stripe, then each digest-sized chunk i of block = H(be32(i) ‖ chunk) (hashers[i]: type 1, salt
+ * be32(i)), a short tail truncated. One call instead of 2 × 4000 from a cold interpreter: ~15 ms per unlock there.
+ */
+static napi_value tv_af_stripes(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 4) {
+    napi_throw_type_error(env, NULL, "afStripes: 4 arguments expected");
+    return NULL;
+  }
+  uint32_t chunks = 0, count = 0;
+  bool is_array = false;
+  NAPI_CALL(env, napi_is_array(env, argv[0], &is_array));
+  if (!is_array) {
+    napi_throw_type_error(env, NULL, "afStripes: hashers must be an array");
+    return NULL;
+  }
+  NAPI_CALL(env, napi_get_array_length(env, argv[0], &chunks));
+  uint8_t *block = NULL, *mat = NULL;
+  size_t n = 0, mat_len = 0;
+  if (!tv_get_bytes(env, argv[1], &block, &n) || !tv_get_bytes(env, argv[2], &mat, &mat_len)) {
+    napi_throw_type_error(env, NULL, "afStripes: block and material must be Uint8Arrays");
+    return NULL;
+  }
+  NAPI_CALL(env, napi_get_value_uint32(env, argv[3], &count));
+  tv_hasher *hs[64];
+  int ds = 0;
+  if (chunks == 0 || chunks > 64 || n == 0) {
+    napi_throw_range_error(env, NULL, "afStripes: 1 to 64 hashers and a non-empty block expected");
+    return NULL;
+  }
+  for (uint32_t i = 0; i < chunks; i++) {
+    napi_value v;
+    NAPI_CALL(env, napi_get_element(env, argv[0], i, &v));
+    if (!(hs[i] = tv_hasher_unwrap(env, v))) return NULL;
+    if (i == 0) ds = hs[0]->ds;
+    if (hs[i]->ds != ds || hs[i]->type != 1) {
+      napi_throw_range_error(env, NULL, "afStripes: the hashers must be of one algorithm and hash type 1");
+      return NULL;
+    }
+  }
+  if ((uint64_t)chunks * (uint64_t)ds < n || (uint64_t)(chunks - 1) * (uint64_t)ds >= n || (uint64_t)count * n > mat_len) {
+    napi_throw_range_error(env, NULL, "afStripes: one hasher per digest-sized chunk of the block, and count whole stripes of material");
+    return NULL;
+  }
+  EVP_MD_CTX *work = EVP_MD_CTX_new();
+  if (!work) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  uint8_t tail[EVP_MAX_MD_SIZE];
+  const size_t tail_len = n - (size_t)(chunks - 1) * (size_t)ds;
+  int ok = 1;
+  ERR_clear_error();
+  for (uint32_t s = 0; s < count && ok; s++) {
+    const uint8_t *stripe = mat + (size_t)s * n;
+    for (size_t k = 0; k < n; k++) block[k] ^= stripe[k];
+    for (uint32_t i = 0; i < chunks && ok; i++) {
+      uint8_t *c = block + (size_t)i * (size_t)ds;
+      if (i + 1 < chunks || tail_len == (size_t)ds) ok = tv_hash_run(hs[i], work, c, 1, (uint32_t)ds, c);
+      else if ((ok = tv_hash_run(hs[i], work, c, 1, (uint32_t)tail_len, tail))) memcpy(c, tail, tail_len);
+    }
+  }
+  OPENSSL_cleanse(tail, sizeof tail);
+  EVP_MD_CTX_free(work);
+  if (!ok) return tv_throw_ossl(env, "hashing failed");
+  return NULL;
+}
+
 /* Hash count blocks of bs bytes from inp into out with a scratch context; 1 on success. Thread-safe for one hasher:
  * base is only read (copied), work is the caller's. */
 static int tv_hash_run(const tv_hasher *h, EVP_MD_CTX *work, const uint8_t *inp, uint32_t count, uint32_t bs, uint8_t *out) {
@@ -2275,6 +2348,7 @@ NAPI_MODULE_INIT() {
       {"cipherEngine", NULL, tv_cipher_engine, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherCreate", NULL, tv_hasher_create, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hashBlocks", NULL, tv_hash_blocks, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"afStripes", NULL, tv_af_stripes, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hashBlocksAsync", NULL, tv_hash_blocks_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"rsParity", NULL, tv_rs_parity, NULL, NULL, NULL, napi_enumerable, NULL},
       {"rsParityAsync", NULL, tv_rs_parity_async, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -42,6 +42,8 @@ export interface NativeAddon {
    */
   hasherEngine?(h: NativeHasher): "avx512-x16" | "sha-ni-x2" | "evp";
   hashBlocks?(h: NativeHasher, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): void;
+  /** The AF splitter's stripe loop (src/luks2/af.ts): block ^= stripe i, then chunk j = H(be32(j) ‖ chunk j), count times. */
+  afStripes?(hashers: NativeHasher[], block: Uint8Array, material: Uint8Array, count: number): void;
   hasherDigestSize?(h: NativeHasher): number;
   /** dm-verity FEC: one Reed-Solomon round over whole block columns (src/verity/fec.ts). */
   rsParity?(mul: Uint8Array, roots: number, inp: Uint8Array, rsn: number, blockSize: number, out: Uint8Array): void;

@@ -5,9 +5,9 @@ import { wipe } from "../util/secret.js";
 import { loadNative, type NativeAddon, type NativeHasher } from "../dmcrypt/native.js";
 
 // The merge runs once per unlock over stripes × key bytes (4000 × 64): 4000-8000 small hashes, each depending on the
-// previous stripe, so they cannot be batched across stripes. The cost is per call, not per byte: the native addon's
-// hasher (one OpenSSL context per chunk index, pre-seeded with the big-endian index) hashes in place for ~0.3 µs a
-// call; without the addon, Node's one-shot crypto.hash (>= 20.12) into no new Hash object, else createHash.
+// previous stripe, so they cannot be batched across stripes. The cost is per call, not per byte: the native addon runs
+// the whole loop in one call (afStripes; one hasher per chunk index, pre-seeded with the big-endian index, SHA-NI for
+// SHA-256); without it, Node's one-shot crypto.hash (>= 20.12) into no new Hash object, else createHash.
 
 type Diffuse = (buf: Buffer) => void;
 
@@ -18,15 +18,13 @@ function hashLen(hash: string): number {
   return createHash(hash).digest().length;
 }
 
-/** The native diffuser for blocks of `len` bytes, or undefined (no addon, old addon, hash OpenSSL does not fetch). */
-function nativeDiffuser(hash: string, len: number, ds: number): Diffuse | undefined {
-  const a: NativeAddon | null = loadNative();
+/** One native hasher per digest-sized chunk of a `len`-byte block (H(be32(i) ‖ chunk)), or undefined (no addon, old
+ * addon, a hash OpenSSL does not fetch). */
+function nativeHashers(a: NativeAddon | null, hash: string, len: number, ds: number): NativeHasher[] | undefined {
   if (!a?.hasherCreate || !a.hashBlocks) return undefined;
-  const hashBlocks = a.hashBlocks;
-  const chunks = Math.ceil(len / ds);
   const hashers: NativeHasher[] = [];
   try {
-    for (let i = 0; i < chunks; i++) {
+    for (let i = 0; i < Math.ceil(len / ds); i++) {
       const iv = Buffer.alloc(4);
       iv.writeUInt32BE(i);
       hashers.push(a.hasherCreate(hash, iv, 1)); // type 1: H(iv ‖ block)
@@ -34,6 +32,16 @@ function nativeDiffuser(hash: string, len: number, ds: number): Diffuse | undefi
   } catch {
     return undefined;
   }
+  return hashers;
+}
+
+/** The native diffuser for blocks of `len` bytes, or undefined (no addon, old addon, hash OpenSSL does not fetch). */
+function nativeDiffuser(hash: string, len: number, ds: number): Diffuse | undefined {
+  const a: NativeAddon | null = loadNative();
+  const hashers = nativeHashers(a, hash, len, ds);
+  if (!hashers) return undefined;
+  const hashBlocks = a!.hashBlocks!;
+  const chunks = hashers.length;
   const tail = Buffer.alloc(ds);
   // The merge diffuses the same block buffer thousands of times: its chunk views are made once.
   let last: Buffer | undefined;
@@ -81,15 +89,37 @@ function jsDiffuser(hash: string, ds: number): Diffuse {
   };
 }
 
-function diffuser(hash: string, len: number): Diffuse {
+/** block ^= stripe, then diffuse(block), for each of the first `count` stripes of block.length bytes in `material`. */
+type Stripes = (block: Buffer, material: Uint8Array, count: number) => void;
+
+/** The whole stripe loop in one native call (afStripes), or undefined (no addon, old addon, hash OpenSSL lacks). */
+function nativeStripes(hash: string, len: number, ds: number): Stripes | undefined {
+  const a = loadNative();
+  const hashers = a?.afStripes ? nativeHashers(a, hash, len, ds) : undefined;
+  return hashers && ((block, material, count) => a!.afStripes!(hashers, block, material, count));
+}
+
+/** The stripe loop for `len`-byte blocks: native in one call, else diffuseStripes over the best diffuser there is. */
+function stripeLoop(hash: string, len: number): { run: Stripes; native: boolean } {
   const ds = hashLen(hash);
-  return nativeDiffuser(hash, len, ds) ?? jsDiffuser(hash, ds);
+  const native = nativeStripes(hash, len, ds);
+  if (native) return { run: native, native: true };
+  const diffuse = nativeDiffuser(hash, len, ds) ?? jsDiffuser(hash, ds);
+  return { run: (block, material, count) => diffuseStripes(block, material, count, diffuse), native: false };
 }
 
 /** One implementation of the diffusion step, for tests that compare them; undefined when the native one is absent. */
 export function afDiffuser(hash: string, len: number, impl: "native" | "js"): ((buf: Buffer) => void) | undefined {
   const ds = hashLen(hash);
   return impl === "native" ? nativeDiffuser(hash, len, ds) : jsDiffuser(hash, ds);
+}
+
+/** One implementation of the stripe loop, for tests that compare them; undefined when the native one is absent. */
+export function afStripeLoop(hash: string, len: number, impl: "native" | "js"): Stripes | undefined {
+  const ds = hashLen(hash);
+  if (impl === "native") return nativeStripes(hash, len, ds);
+  const diffuse = jsDiffuser(hash, ds);
+  return (block, material, count) => diffuseStripes(block, material, count, diffuse);
 }
 
 function xorInto(dst: Buffer, a: Uint8Array, b: Uint8Array): void {
@@ -124,9 +154,8 @@ export function afSplit(key: Uint8Array, stripes: number, hash: string): Buffer 
   const n = key.length;
   const out = Buffer.allocUnsafeSlow(n * stripes);
   const block = Buffer.alloc(n);
-  const diffuse = diffuser(hash, n);
   randomFillSync(out, 0, n * (stripes - 1));
-  diffuseStripes(block, out, stripes - 1, diffuse);
+  stripeLoop(hash, n).run(block, out, stripes - 1);
   xorInto(out.subarray((stripes - 1) * n), block, key);
   wipe(block);
   return out;
@@ -136,12 +165,12 @@ export function afSplit(key: Uint8Array, stripes: number, hash: string): Buffer 
 export function afMerge(material: Uint8Array, keyLen: number, stripes: number, hash: string): Buffer {
   if (material.length < keyLen * stripes) throw new RangeError("AF material too short");
   const block = Buffer.alloc(keyLen);
-  const diffuse = diffuser(hash, keyLen);
-  // whole words: over an aligned copy of the material, so diffuseStripes can go a word at a time
-  const mat = keyLen % 4 === 0 ? Buffer.allocUnsafeSlow(keyLen * (stripes - 1)) : null;
+  const loop = stripeLoop(hash, keyLen);
+  // in TypeScript, whole words: over an aligned copy of the material, so diffuseStripes can go a word at a time
+  const mat = !loop.native && keyLen % 4 === 0 ? Buffer.allocUnsafeSlow(keyLen * (stripes - 1)) : null;
   try {
     mat?.set(material.subarray(0, keyLen * (stripes - 1)));
-    diffuseStripes(block, mat ?? material, stripes - 1, diffuse);
+    loop.run(block, mat ?? material, stripes - 1);
   } finally {
     if (mat) wipe(mat);
   }

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { afDiffuser, afMerge, afSplit } from "../../src/luks2/af.js";
+import { afDiffuser, afMerge, afSplit, afStripeLoop } from "../../src/luks2/af.js";
 import { loadNative } from "../../src/dmcrypt/native.js";
 
 /** LUKS1 spec §2.4: H(i ‖ chunk i) per digest-sized chunk, i big-endian u32, a short tail keeps a truncated digest. */
@@ -52,4 +52,23 @@ test("AF split then merge gives the key back (4000 stripes; word-wise and byte-w
       assert.ok(afMerge(odd, len, 4000, hash).equals(key), `${hash} ${len} unaligned`);
     }
   }
+});
+
+test("AF stripe loop: the native one-call loop equals the TypeScript one (every hash, tails, unaligned material); bad arguments are refused", (t) => {
+  const a = loadNative();
+  if (!a?.afStripes) return t.skip("native addon without afStripes");
+  for (const hash of ["sha1", "sha256", "sha512", "sha384"]) {
+    for (const len of [16, 20, 32, 33, 48, 64, 65, 100]) {
+      const material = Buffer.concat([Buffer.alloc(1), randomBytes(len * 37)]).subarray(1); // at an odd offset
+      const [js, native] = [afStripeLoop(hash, len, "js")!, afStripeLoop(hash, len, "native")!];
+      const want = Buffer.alloc(len), got = Buffer.alloc(len);
+      js(want, material, 37);
+      native(got, material, 37);
+      assert.ok(got.equals(want), `${hash} len ${len}`);
+    }
+  }
+  const h = a.hasherCreate!("sha256", Buffer.from([0, 0, 0, 0]), 1);
+  assert.throws(() => a.afStripes!([h], Buffer.alloc(64), Buffer.alloc(64), 1), /one hasher per digest-sized chunk/, "64 bytes need two sha256 hashers");
+  assert.throws(() => a.afStripes!([h], Buffer.alloc(32), Buffer.alloc(32), 2), /whole stripes of material/, "material shorter than count stripes");
+  assert.throws(() => a.afStripes!([h, a.hasherCreate!("sha256", Buffer.alloc(0), 0)], Buffer.alloc(64), Buffer.alloc(64), 1), /hash type 1/);
 });
