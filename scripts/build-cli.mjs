@@ -64,14 +64,27 @@ await esbuild.build({
   footer: { js: "})" },
 });
 // V8's code cache of each, made by the node that builds (a start with another Node/V8 compiles from source instead):
-// a child process runs each script's top level once through the same loader as the CLI, then writes <file>.cache.
+// a child process runs each script's top level through the same loader as the CLI, then a typical run of its commands
+// on a throw-away image in a temporary directory (scripts/code-cache-training.mjs: nothing device-mapper, no root),
+// then writes <file>.cache, which then holds the functions those runs compiled.
 const loader = join(out, ".boot-script-build.mjs");
 await esbuild.build({ ...common, entryPoints: [join(root, "src", "cli", "boot-script.ts")], outfile: loader });
 try {
   const files = BOOT.map((b) => join(out, `${b}.cjs`));
-  const code = `const { writeCodeCache } = await import(${JSON.stringify(pathToFileURL(loader).href)}); for (const f of ${JSON.stringify(files)}) writeCodeCache(f);`;
-  const r = spawnSync(process.execPath, ["--input-type=module", "-e", code], { cwd: root, stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, NODE_OPTIONS: "", TRUSTVOL_TIMING: "" } });
-  if (r.status !== 0) console.error("build-cli: no code cache for the boot programs (they compile from source at each start)");
+  const training = pathToFileURL(join(root, "scripts", "code-cache-training.mjs")).href;
+  const code = `const { writeCodeCache } = await import(${JSON.stringify(pathToFileURL(loader).href)});
+const { trainingRuns } = await import(${JSON.stringify(training)});
+const t = trainingRuns();
+try {
+  for (const f of ${JSON.stringify(files)}) {
+    const runs = t.runs[f.slice(f.lastIndexOf("/") + 1, -4)] ?? [];
+    await writeCodeCache(f, async (p) => { for (const argv of runs) await p.main(argv); });
+  }
+} finally {
+  t.cleanup();
+}`;
+  const r = spawnSync(process.execPath, ["--input-type=module", "-e", code], { cwd: root, stdio: ["ignore", "ignore", "pipe"], encoding: "utf8", env: { ...process.env, NODE_OPTIONS: "", TRUSTVOL_TIMING: "", NODE_EXTRA_CA_CERTS: "" } });
+  if (r.status !== 0) console.error(`build-cli: no code cache for the boot programs (they compile from source at each start): ${r.stderr.trim().split("\n").slice(-3).join(" / ")}`);
 } finally {
   rmSync(loader, { force: true });
 }
