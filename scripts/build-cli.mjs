@@ -70,7 +70,8 @@ await esbuild.build({
 const loader = join(out, ".boot-script-build.mjs");
 await esbuild.build({ ...common, entryPoints: [join(root, "src", "cli", "boot-script.ts")], outfile: loader });
 try {
-  const files = BOOT.map((b) => join(out, `${b}.cjs`));
+  // boot-lifecycle first: its runs encrypt the image the volume program's runs then dump and unlock
+  const files = ["boot-lifecycle", ...BOOT.filter((b) => b !== "boot-lifecycle")].map((b) => join(out, `${b}.cjs`));
   const training = pathToFileURL(join(root, "scripts", "code-cache-training.mjs")).href;
   const code = `const { writeCodeCache } = await import(${JSON.stringify(pathToFileURL(loader).href)});
 const { trainingRuns } = await import(${JSON.stringify(training)});
