@@ -11,7 +11,7 @@ import { cpSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 test("each boot program registers exactly the commands run.ts routes to it", async () => {
   for (const [modules, routed] of [[[VOLUME_MODULE], VOLUME_COMMANDS], [[KERNEL_MODULE], KERNEL_COMMANDS], [LIFECYCLE_MODULES, LIFECYCLE_COMMANDS]] as const) {
@@ -57,4 +57,32 @@ test("the shipped boot programs (dist/cli/boot-*.cjs) start from V8's code cache
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("the code-cache training runs (scripts/code-cache-training.mjs) all succeed, in build-cli's order, and leave nothing behind", (t) => {
+  const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+  if (!existsSync(join(root, "dist/cli/boot-volume.cjs")) || !compiledCliIsFresh()) return t.skip("no fresh dist/cli build (npm run build)");
+  // The same runs through the shipped CLI: a run that starts failing (an option renamed, a refusal) would otherwise
+  // only leave a colder cache behind, silently.
+  const code = `const { trainingRuns } = await import(${JSON.stringify(pathToFileURL(join(root, "scripts/code-cache-training.mjs")).href)});
+const t = trainingRuns();
+const { spawnSync } = await import("node:child_process");
+const { existsSync } = await import("node:fs");
+const dir = t.runs["boot-lifecycle"][0].at(-1).replace(/\\/[^/]*$/, "");
+let bad = [];
+try {
+  for (const name of ["boot-lifecycle", "boot-volume", "boot-kernel"])
+    for (const argv of t.runs[name]) {
+      const r = spawnSync(process.execPath, [${JSON.stringify(join(root, "bin/trustvol.mjs"))}, ...argv], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+      if (r.status !== 0) bad.push(argv.slice(0, 2).join(" ") + ": " + r.status + " " + r.stderr.trim());
+    }
+} finally {
+  t.cleanup();
+}
+console.log(JSON.stringify({ bad, left: existsSync(dir) }));`;
+  const r = spawnSync(process.execPath, ["--input-type=module", "-e", code], { encoding: "utf8", env: { ...process.env, NODE_OPTIONS: "" } });
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout.trim().split("\n").at(-1)!) as { bad: string[]; left: boolean };
+  assert.deepEqual(out.bad, [], "every training run exits 0");
+  assert.equal(out.left, false, "the temporary directory is removed");
 });
