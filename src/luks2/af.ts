@@ -95,7 +95,8 @@ type Stripes = (block: Buffer, material: Uint8Array, count: number) => void;
 /** The whole stripe loop in one native call (afStripes), or undefined (no addon, old addon, hash OpenSSL lacks). */
 function nativeStripes(hash: string, len: number, ds: number): Stripes | undefined {
   const a = loadNative();
-  const hashers = a?.afStripes ? nativeHashers(a, hash, len, ds) : undefined;
+  // the addon takes up to 64 chunks (a 1024-byte key with a 16-byte digest); anything longer goes the other way
+  const hashers = a?.afStripes && Math.ceil(len / ds) <= 64 ? nativeHashers(a, hash, len, ds) : undefined;
   return hashers && ((block, material, count) => a!.afStripes!(hashers, block, material, count));
 }
 

@@ -67,6 +67,10 @@ test("AF stripe loop: the native one-call loop equals the TypeScript one (every 
       assert.ok(got.equals(want), `${hash} len ${len}`);
     }
   }
+  // more chunks than the addon takes (sha1: 20-byte digests, 1300 bytes = 65 chunks): split and merge still agree
+  const long = randomBytes(1300);
+  assert.equal(afStripeLoop("sha1", 1300, "native"), undefined);
+  assert.ok(afMerge(afSplit(long, 40, "sha1"), 1300, 40, "sha1").equals(long));
   const h = a.hasherCreate!("sha256", Buffer.from([0, 0, 0, 0]), 1);
   assert.throws(() => a.afStripes!([h], Buffer.alloc(64), Buffer.alloc(64), 1), /one hasher per digest-sized chunk/, "64 bytes need two sha256 hashers");
   assert.throws(() => a.afStripes!([h], Buffer.alloc(32), Buffer.alloc(32), 2), /whole stripes of material/, "material shorter than count stripes");
