@@ -6,11 +6,12 @@
 //   the floor:          dd if=F of=F bs=4M conv=notrunc,fdatasync (an in-place read+write of the whole device)
 // Targets: ≥ 2× cryptsetup, ≥ 0.7× dd, trustvol peak RSS ≤ 128 MiB whatever the size. Wall time, CPU seconds and
 // peak RSS come from /usr/bin/time around each process; BENCH_RUNS rounds (default 3) run every command in turn, and the
-// ratios are of the median runs (the best runs' in brackets): on a shared VM one run can take twice another. Runs in /dev/shm when it has room (the tools, not the VM's
-// shared disk; BENCH_DIR overrides). BENCH_REENC_MIB sets the size (default 1024); use a small one while developing.
+// ratios are of the median runs (the best runs' in brackets): on a shared VM one run can take twice another. Runs in
+// /dev/shm when it has room (the tools, not the VM's shared disk; BENCH_DIR overrides). BENCH_REENC_MIB sets the size
+// (default 1024); use a small one while developing.
 // trustvol runs as shipped (dist/, rebuilt first when src/ is newer: tsx would add a second of start-up).
-// The "CPU floor" line measures, in this process, what one core needs for the crypto and hashing alone: with the dd
-// floor in RAM (/dev/shm) that, not the I/O, bounds the dd ratio.
+// The "CPU floor" lines measure, in this process, what one core needs for the crypto and hashing, then add rotation's
+// page-cache copies (one read, two writes) at dd's cost: the best dd ratio this host allows.
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync, openSync, writeSync, closeSync, copyFileSync, statfsSync, existsSync, readFileSync } from "node:fs";
 import { tmpdir, loadavg, availableParallelism } from "node:os";
