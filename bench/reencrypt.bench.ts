@@ -172,7 +172,6 @@ export default async function (): Promise<void> {
       const start = (env?: NodeJS.ProcessEnv) => Math.min(...[0, 1, 2].map(() => measure(process.execPath, ["-e", "0"], env).wall));
       console.log(`  (Node's own start here: ${(start() * 1000).toFixed(0)} ms with NODE_EXTRA_CA_CERTS=${process.env.NODE_EXTRA_CA_CERTS}, ${(start(clean) * 1000).toFixed(0)} ms without)`);
     }
-    freshHdr();
 
     const x = (a: Measured, b: Measured) => `${(a.wall / b.wall).toFixed(2)}× (best ${(a.best! / b.best!).toFixed(2)}×)`;
     if (tvRot) {

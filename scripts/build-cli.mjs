@@ -71,15 +71,15 @@ const loader = join(out, ".boot-script-build.mjs");
 await esbuild.build({ ...common, entryPoints: [join(root, "src", "cli", "boot-script.ts")], outfile: loader });
 try {
   // boot-lifecycle first: its runs encrypt the image the volume program's runs then dump and unlock
-  const files = ["boot-lifecycle", ...BOOT.filter((b) => b !== "boot-lifecycle")].map((b) => join(out, `${b}.cjs`));
+  const programs = ["boot-lifecycle", ...BOOT.filter((b) => b !== "boot-lifecycle")].map((b) => [b, join(out, `${b}.cjs`)]);
   const training = pathToFileURL(join(root, "scripts", "code-cache-training.mjs")).href;
   const code = `const { writeCodeCache } = await import(${JSON.stringify(pathToFileURL(loader).href)});
 const { trainingRuns } = await import(${JSON.stringify(training)});
 const t = trainingRuns();
 try {
-  for (const f of ${JSON.stringify(files)}) {
-    const runs = t.runs[f.slice(f.lastIndexOf("/") + 1, -4)] ?? [];
-    await writeCodeCache(f, async (p) => { for (const argv of runs) await p.main(argv); });
+  for (const [name, file] of ${JSON.stringify(programs)}) {
+    const runs = t.runs[name] ?? [];
+    await writeCodeCache(file, async (p) => { for (const argv of runs) await p.main(argv); });
   }
 } finally {
   t.cleanup();

@@ -16,6 +16,7 @@ export function trainingRuns() {
   writeFileSync(pw, "code-cache-training", { mode: 0o600 });
   const kdf = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
   return {
+    dir,
     runs: {
       "boot-lifecycle": [
         ["reencrypt", "--encrypt", "-q", "--reduce-device-size", "2M", ...kdf, "--key-file", pw, img],

@@ -68,7 +68,6 @@ test("the code-cache training runs (scripts/code-cache-training.mjs) all succeed
 const t = trainingRuns();
 const { spawnSync } = await import("node:child_process");
 const { existsSync } = await import("node:fs");
-const dir = t.runs["boot-lifecycle"][0].at(-1).replace(/\\/[^/]*$/, "");
 let bad = [];
 try {
   for (const name of ["boot-lifecycle", "boot-volume", "boot-kernel"])
@@ -79,7 +78,7 @@ try {
 } finally {
   t.cleanup();
 }
-console.log(JSON.stringify({ bad, left: existsSync(dir) }));`;
+console.log(JSON.stringify({ bad, left: existsSync(t.dir) }));`;
   const r = spawnSync(process.execPath, ["--input-type=module", "-e", code], { encoding: "utf8", env: { ...process.env, NODE_OPTIONS: "" } });
   assert.equal(r.status, 0, r.stderr);
   const out = JSON.parse(r.stdout.trim().split("\n").at(-1)!) as { bad: string[]; left: boolean };
