@@ -196,9 +196,9 @@ export default async function (): Promise<void> {
     const ddS = Math.min(dd.wall, dd.cpu);
     console.log(`CPU floor (one core, per CPU-second): AES-256-XTS ${fl.xts.toFixed(0)} MiB/s, SHA-256 ${fl.sha.toFixed(0)} MiB/s → rotation needs ≥ ${rotCpu.toFixed(2)} CPU-s of crypto+hashing alone, ≥ ${(rotCpu / cores).toFixed(2)} s wall on ${cores} idle cores = at most ${(ddS / (rotCpu / cores)).toFixed(2)}× dd before any I/O (dd's ${ddS.toFixed(2)} s: its CPU-seconds when the machine is loaded)`);
     // With I/O: the page-cache copies of a read and a write of the device cost what dd's CPU-seconds are; torn-write-safe
-    // checksum rotation reads once and writes twice (the old data's copy in the area, then the new data).
-    const rotIo = rotCpu + dd.cpu * 1.5;
-    console.log(`  with its I/O (1 read + 2 writes of the device, at dd's ${dd.cpu.toFixed(2)} CPU-s per read+write): ≥ ${rotIo.toFixed(2)} CPU-s, ≥ ${(rotIo / cores).toFixed(2)} s wall = at most ${(ddS / (rotIo / cores)).toFixed(2)}× dd on ${cores} cores (without the torn-write copy: ${(ddS / ((rotCpu + dd.cpu) / cores)).toFixed(2)}×)`);
+    // checksum rotation reads once and writes the data plus its parity (an eighth of it: 8 chunks per hotzone).
+    const rotIo = rotCpu + dd.cpu * (0.5 + 0.5 * 1.125);
+    console.log(`  with its I/O (1 read + 1⅛ writes of the device, at dd's ${dd.cpu.toFixed(2)} CPU-s per read+write): ≥ ${rotIo.toFixed(2)} CPU-s, ≥ ${(rotIo / cores).toFixed(2)} s wall = at most ${(ddS / (rotIo / cores)).toFixed(2)}× dd on ${cores} cores`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -2076,6 +2076,110 @@ static napi_value tv_rs_parity_async(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/*
+ * xorFold(src, chunk, dst, from, to): dst[i] = XOR over k of src[k*chunk + i], for i in [from, to) (src's last chunk
+ * counts as zero-padded). The parity of re-encryption's torn-write protection (src/ops/reencrypt-io.ts); jobs on
+ * disjoint [from, to) ranges share the work.
+ */
+typedef struct {
+  uint8_t *src, *dst;
+  size_t src_len, chunk, from, to;
+} tv_xor_args;
+
+typedef uint64_t tv_v16 __attribute__((vector_size(16)));
+
+static void tv_xor_run(const tv_xor_args *a) {
+  memset(a->dst + a->from, 0, a->to - a->from);
+  /* Tile by tile (in L1): each tile of dst meets every chunk once, instead of one pass over all of dst per chunk. */
+  const size_t tile = 16 * 1024;
+  for (size_t t0 = a->from; t0 < a->to; t0 += tile) {
+    const size_t t1 = a->to - t0 < tile ? a->to : t0 + tile;
+    for (size_t base = 0; base < a->src_len; base += a->chunk) {
+      const size_t have = a->src_len - base < a->chunk ? a->src_len - base : a->chunk;
+      if (have <= t0) break;
+      const size_t end = have < t1 ? have : t1;
+      const uint8_t *s = a->src + base;
+      size_t i = t0;
+      for (; i + 64 <= end; i += 64) { /* four SSE2 vectors (x86-64's baseline) a step */
+        tv_v16 x[4], y[4];
+        memcpy(x, a->dst + i, 64);
+        memcpy(y, s + i, 64);
+        for (int v = 0; v < 4; v++) x[v] ^= y[v];
+        memcpy(a->dst + i, x, 64);
+      }
+      for (; i < end; i++) a->dst[i] ^= s[i];
+    }
+  }
+}
+
+/* The five xorFold arguments, checked; 0 with a JS exception pending. */
+static int tv_xor_get_args(napi_env env, napi_callback_info info, const char *fn, napi_value *argv, tv_xor_args *a) {
+  size_t argc = 5;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return 0;
+  char msg[96];
+  size_t dst_len = 0;
+  int64_t chunk = 0, from = 0, to = 0;
+  if (argc < 5 || !tv_get_bytes(env, argv[0], &a->src, &a->src_len) || !tv_get_bytes(env, argv[2], &a->dst, &dst_len) ||
+      napi_get_value_int64(env, argv[1], &chunk) != napi_ok || napi_get_value_int64(env, argv[3], &from) != napi_ok ||
+      napi_get_value_int64(env, argv[4], &to) != napi_ok) {
+    snprintf(msg, sizeof msg, "%s(src, chunk, dst, from, to): Uint8Arrays and integers expected", fn);
+    napi_throw_type_error(env, NULL, msg);
+    return 0;
+  }
+  if (chunk <= 0 || from < 0 || to < from || (uint64_t)to > (uint64_t)chunk || (uint64_t)to > dst_len) {
+    snprintf(msg, sizeof msg, "%s: bad chunk or range", fn);
+    napi_throw_range_error(env, NULL, msg);
+    return 0;
+  }
+  a->chunk = (size_t)chunk;
+  a->from = (size_t)from;
+  a->to = (size_t)to;
+  return 1;
+}
+
+static napi_value tv_xor_fold(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  tv_xor_args a;
+  if (!tv_xor_get_args(env, info, "xorFold", argv, &a)) return NULL;
+  tv_xor_run(&a);
+  return NULL;
+}
+
+/* xorFoldAsync(...same arguments) -> Promise<void>, on a libuv thread-pool thread; src and dst untouched until it settles. */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref refs[3];
+  tv_xor_args a;
+} tv_xor_job;
+
+static void tv_xor_execute(napi_env env, void *data) {
+  (void)env;
+  tv_xor_run(&((tv_xor_job *)data)->a);
+}
+
+static void tv_xor_complete(napi_env env, napi_status status, void *data) {
+  tv_xor_job *j = (tv_xor_job *)data;
+  tv_settle_job(env, j->deferred, status != napi_ok ? "xorFold job cancelled" : NULL, j->refs, j->work);
+  free(j);
+}
+
+static napi_value tv_xor_fold_async(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  tv_xor_args a;
+  if (!tv_xor_get_args(env, info, "xorFoldAsync", argv, &a)) return NULL;
+  tv_xor_job *j = (tv_xor_job *)calloc(1, sizeof *j);
+  if (!j) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  j->a = a;
+  napi_value keep[3] = {argv[0], argv[2], argv[2]};
+  napi_value promise = tv_queue_job(env, keep, j->refs, &j->deferred, &j->work, "xorFoldAsync", tv_xor_execute, tv_xor_complete, j);
+  if (!promise) free(j);
+  return promise;
+}
+
 /* selfInfo() -> string: the OpenSSL version this addon is running on (node's own) */
 static napi_value tv_openssl_version(napi_env env, napi_callback_info info) {
   (void)info;
@@ -2352,6 +2456,8 @@ NAPI_MODULE_INIT() {
       {"hashBlocksAsync", NULL, tv_hash_blocks_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"rsParity", NULL, tv_rs_parity, NULL, NULL, NULL, napi_enumerable, NULL},
       {"rsParityAsync", NULL, tv_rs_parity_async, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"xorFold", NULL, tv_xor_fold, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"xorFoldAsync", NULL, tv_xor_fold_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherDigestSize", NULL, tv_hasher_digest_size, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherEngine", NULL, tv_hasher_engine, NULL, NULL, NULL, napi_enumerable, NULL},
       {"opensslVersion", NULL, tv_openssl_version, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -1,18 +1,20 @@
 // The data path of offline re-encryption (src/ops/reencrypt.ts): the hotzone loop, pipelined.
 //
-// Crash safety is the write order of reencrypt.ts, unchanged: per hotzone, the old data's checksums (+ our copy) or
+// Crash safety is the write order of reencrypt.ts, unchanged: per hotzone, the old data's checksums (+ our parity) or
 // journal reach the area and are flushed → metadata commit "hotzone in re-encryption" → the re-encrypted data is
-// written and flushed → metadata commit "hotzone done". What the pipeline overlaps with that order is only work that
-// writes nothing to disk:
+// written and flushed → metadata commit "hotzone done". With the parity (checksum mode's torn-write protection,
+// `parityLayout`), the data goes in chunks, each flushed before the next is written. What the pipeline overlaps with
+// that order is only work that writes nothing to disk:
 //   - the read of the next hotzone starts as soon as the current one is in memory: it reads a range no write of the
 //     current hotzone touches (forward: after it; backward / data shift: before it, and a data-shift write
 //     [x+shift, x+2·shift) never meets a source [x', x'+shift) with x' < x);
-//   - checksum mode: the next hotzone's checksums are hashed (thread pool, native addon, split over the cores) as soon
-//     as its read ahead is in, i.e. while the current hotzone's data is written and its metadata committed;
-//   - the copy of the old data (extended checksum) / journal is written while the checksums are hashed;
+//   - checksum mode: the next hotzone's checksums are hashed and its parity folded (thread pool, native addon, split
+//     over the cores) as soon as its read ahead is in, i.e. while the current hotzone's data is written and committed;
+//   - the journal is written while the checksums are hashed;
 //   - the data is decrypted/re-encrypted (thread pool, 4 MiB slices, decrypt then encrypt per slice, one lane per
 //     core) while the area is flushed and the "in re-encryption" metadata committed — each slice's new data is
-//     written as soon as it is re-encrypted, but never before that commit;
+//     written as soon as it is re-encrypted (with the parity: each chunk once the one before is flushed), but never
+//     before that commit;
 //   - large reads and writes go in concurrent 4 MiB+ pieces (the page-cache copies then use every core);
 //   - data shift (runShifted): after each "in re-encryption" commit, the hotzone is read → encrypted → written in one
 //     fused native call (L2-sized slices, one run per core), or by lanes of 4 MiB pieces without the addon.
@@ -49,7 +51,7 @@ export interface HotzoneEngine {
   hotzone: number;
   block: number;
   hashLen: number;
-  /** Checksum mode with the torn-write extension (new checksums + old data copy in the area). */
+  /** Checksum mode with the torn-write protection (the old data's parity in the area, data written chunk by chunk). */
   extended: boolean;
   buf: Buffer;
 }
@@ -78,21 +80,21 @@ export function recrypt(e: HotzoneEngine, data: Buffer, off: number): void {
 }
 
 /**
- * The same on the thread pool, `lanes()` slices at a time; `data` must not be touched until it settles. `sliceDone`
- * (not awaited) is told of each slice as soon as it is re-encrypted (its offset in the data area).
+ * The same on the thread pool, `lanes()` slices of `slice` bytes at a time; `data` must not be touched until it
+ * settles. `sliceDone` (not awaited) is told of each slice as soon as it is re-encrypted (its offset in the data area).
  */
-export async function recryptAsync(e: HotzoneEngine, data: Buffer, off: number, sliceDone?: (slice: Buffer, at: number) => void): Promise<void> {
+export async function recryptAsync(e: HotzoneEngine, data: Buffer, off: number, sliceDone?: (slice: Buffer, at: number) => void, slice = SLICE): Promise<void> {
   const { oldC, newC } = e;
   if (!(oldC?.decryptAsync ?? true) || !(newC?.encryptAsync ?? true)) {
     recrypt(e, data, off);
     return sliceDone?.(data, off);
   }
-  const n = Math.ceil(data.length / SLICE);
+  const n = Math.ceil(data.length / slice);
   let next = 0;
   const lane = async (): Promise<void> => {
     for (let i = next++; i < n; i = next++) {
-      const s = data.subarray(i * SLICE, Math.min(data.length, (i + 1) * SLICE));
-      const at = off + i * SLICE;
+      const s = data.subarray(i * slice, Math.min(data.length, (i + 1) * slice));
+      const at = off + i * slice;
       if (oldC) await oldC.decryptAsync!(s, at / oldC.sectorSize, 1);
       if (newC) await newC.encryptAsync!(s, at / newC.sectorSize, 1);
       sliceDone?.(s, at);
@@ -159,6 +161,9 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
   const lanesN = lanes();
   let cur: Buffer = e.buf;
   let other: Buffer = alignedBuffer(e.buf.length);
+  // The parity of each (extended checksum mode), kept with its buffer: no 4 MiB garbage per hotzone.
+  const parityMax = e.extended ? parityLayout(e.buf.length, e.block, e.hashLen).chunk : 0;
+  let pCur = Buffer.alloc(parityMax), pOther = Buffer.alloc(parityMax);
   /** The read ahead into `other`: source offset, length, completion, and (checksum mode) its checksums, hashed then. */
   let ahead: Ahead | null = null;
   const pending = new Set<Promise<unknown>>();
@@ -174,10 +179,13 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
     // (it writes nothing; the range is one no write of this hotzone touches, so the sums are those of its old data).
     const sums = hasher ? track(done.then(() => checksumsAsync(b))) : undefined;
     sums?.catch(() => {});
-    ahead = { src, n, done, sums };
+    const chunk = e.extended ? parityLayout(n, e.block, e.hashLen).chunk : 0;
+    const parity = hasher && e.extended ? track(done.then(() => parityAsync(b, chunk, lanesN * 4, pOther.subarray(0, chunk)))) : undefined;
+    parity?.catch(() => {});
+    ahead = { src, n, done, sums, parity };
   };
   /** The old data at [src, src+n) in `cur`: the read ahead when it is that range, else read now. */
-  const take = async (src: number, n: number): Promise<{ data: Buffer; sums?: Promise<Buffer> }> => {
+  const take = async (src: number, n: number): Promise<{ data: Buffer; sums?: Promise<Buffer>; parity?: Promise<Buffer> }> => {
     const a = ahead as Ahead | null;
     ahead = null;
     if (a) {
@@ -185,9 +193,11 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       await (hit ? a.done : a.done.catch(() => {}));
       if (hit) {
         [cur, other] = [other, cur];
-        return { data: cur.subarray(0, n), sums: a.sums };
+        [pCur, pOther] = [pOther, pCur];
+        return { data: cur.subarray(0, n), sums: a.sums, parity: a.parity };
       }
-      await a.sums?.catch(() => {}); // still hashing `other`: let it finish before that buffer is read into again
+      // still hashing `other`: let it finish before that buffer is read into again
+      await Promise.allSettled([a.sums, a.parity]);
     }
     const b = cur.subarray(0, n);
     await readPar(dev, b, src, lanesN);
@@ -197,7 +207,8 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
     if (!hasher) return checksums(e, data);
     const count = Math.ceil(data.length / e.block);
     const out = Buffer.alloc(count * e.hashLen);
-    const per = Math.ceil(count / lanesN);
+    // Jobs of at most POOL_JOB bytes: the pool runs jobs in order, and the data writes queued behind them wait less.
+    const per = Math.min(Math.ceil(count / lanesN), Math.max(1, Math.floor(POOL_JOB / e.block)));
     const jobs: Promise<void>[] = [];
     for (let first = 0; first < count; first += per) {
       const k = Math.min(per, count - first);
@@ -225,32 +236,46 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       const hotCommit = st.resilience !== "none" ? v.prepareCommit(hot) : null;
       // Online: the hotzone is stable only once the hook has suspended and remapped it, so read after it, never ahead.
       await run.hooks?.before(hot, run.keys ?? new Map());
-      const { data, sums: hashed } = await take(src, len);
+      const { data, sums: hashed, parity: folded } = await take(src, len);
       mark(`hotzone ${off}+${len}: read`);
       if (nz && !run.hooks) readAhead(nextSrc, nz.len);
-      // The copy (extended checksum) or journal is written while the checksums are hashed: both only read data.
-      const copying = st.resilience === "journal" ? writePar(hdrDev, data, area.offset, lanesN) : st.resilience === "checksum" && e.extended ? writePar(hdrDev, data, area.offset + extendedLayout(len, e.block, e.hashLen).copy, lanesN) : null;
+      // The journal is written while the checksums are hashed: both only read data.
+      const copying = st.resilience === "journal" ? writePar(hdrDev, data, area.offset, lanesN) : null;
       copying?.catch(() => {}); // awaited below; a failure must not count as unhandled while the hashing runs
-      let sums: Buffer | null = null;
+      const lay = e.extended ? parityLayout(len, e.block, e.hashLen) : null;
+      let sums: Buffer | null = null, parity: Buffer | null = null;
       try {
-        if (st.resilience === "checksum") sums = await track(hashed ?? checksumsAsync(data));
+        if (st.resilience === "checksum") {
+          const s = track(hashed ?? checksumsAsync(data));
+          const p = lay ? track(folded ?? parityAsync(data, lay.chunk, lanesN * 4, pCur.subarray(0, lay.chunk))) : null;
+          p?.catch(() => {});
+          sums = await s;
+          parity = p && (await p);
+        }
       } finally {
         if (copying) await copying;
       }
-      if (sums) await hdrDev.write(sums, area.offset);
-      mark("hotzone: copy + sums written");
-      // From here data's old content is on disk (journal / copy) or not needed (checksums taken): re-encrypt it
+      if (sums) await Promise.all([hdrDev.write(sums, area.offset), parity && hdrDev.write(parity, area.offset + lay!.parity)]);
+      if (parity) wipe(parity);
+      mark("hotzone: sums + parity written");
+      // From here data's old content is on disk (journal / parity) or not needed (checksums taken): re-encrypt it
       // while the area is flushed and the metadata commit point is written. Each re-encrypted slice is written as soon
-      // as that commit is on disk (one hotzone's data writes have no order among themselves anyway).
+      // as that commit is on disk (without the parity, one hotzone's data writes have no order among themselves).
       const hotOnDisk = deferred<void>();
       const writes: Promise<void>[] = [];
+      // With the parity, chunk k is written once it is re-encrypted and chunk k-1 is on disk (flushed): a cut can tear
+      // only one chunk, which the parity rebuilds (recovery in reencrypt.ts).
+      const chunks = lay ? chunkWriter(dev, data, e.dataOffset + off, lay.chunk, hotOnDisk.promise, lanesN) : null;
+      if (chunks) writes.push(track(chunks.written));
       const recrypting = track(
         recryptAsync(e, data, off, (slice, at) => {
+          if (chunks) return chunks.ready(at - off, slice.length);
           const w = track(hotOnDisk.promise.then(() => dev.write(slice, e.dataOffset + at)));
           w.catch(() => {}); // settled below (or by the pending set when the run fails first)
           writes.push(w);
-        }),
+        }, lay?.chunk),
       );
+      recrypting.catch((err) => chunks?.fail(err));
       try {
         if (st.resilience !== "none") {
           await hdrDev.flush();
@@ -283,6 +308,8 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
   } finally {
     await Promise.allSettled([...pending]);
     wipe(other);
+    wipe(pCur);
+    wipe(pOther);
     // e.buf (one of the two) is wiped by the engine's dispose(); `cur` may be the spare: wipe both to be sure.
     wipe(cur);
   }
@@ -293,14 +320,53 @@ interface Ahead {
   n: number;
   done: Promise<void>;
   sums?: Promise<Buffer>;
+  parity?: Promise<Buffer>;
 }
+
+/**
+ * Writes a hotzone's chunks in order, each once it is wholly re-encrypted (`ready`) and the one before is written and
+ * flushed; the first not before `start`. `written` settles when the last chunk is flushed (or on the first failure).
+ */
+function chunkWriter(dev: BlockDevice, data: Buffer, at: number, chunk: number, start: Promise<void>, parts: number) {
+  const n = Math.ceil(data.length / chunk);
+  const left = Array.from({ length: n }, (_, k) => Math.min(chunk, data.length - k * chunk));
+  const whole = Array.from({ length: n }, () => deferred<void>());
+  const written = (async () => {
+    await start;
+    for (let k = 0; k < n; k++) {
+      await whole[k]!.promise;
+      await ioPar((b, o) => dev.write(b, o), data.subarray(k * chunk, k * chunk + Math.min(chunk, data.length - k * chunk)), at + k * chunk, parts, CHUNK_PIECE);
+      await dev.flush();
+    }
+  })();
+  written.catch(() => {}); // awaited by the caller
+  return {
+    written,
+    /** Bytes [rel, rel+len) of data are re-encrypted. */
+    ready(rel: number, len: number): void {
+      for (let k = Math.floor(rel / chunk); k < n && k * chunk < rel + len; k++) {
+        left[k]! -= Math.min(rel + len, (k + 1) * chunk) - Math.max(rel, k * chunk);
+        if (left[k] === 0) whole[k]!.resolve();
+      }
+    },
+    fail(err: unknown): void {
+      for (const w of whole) w.reject(err);
+    },
+  };
+}
+
+/** Smallest piece a parity-protected data chunk is written in (two or more pieces, so both cores copy). */
+const CHUNK_PIECE = 1 << 20;
+
+/** Largest hashing job (bytes hashed) of a hotzone's checksums. */
+const POOL_JOB = 2 << 20;
 
 /** Smallest piece a large read or write is split into (so the kernel's page-cache copies run on every core). */
 const IO_PIECE = 4 << 20;
 
-/** Split [off, off+buf.length) into up to `parts` pieces of IO_PIECE multiples and run `op` on them at once. */
-async function ioPar(op: (b: Buffer, at: number) => Promise<void>, buf: Buffer, off: number, parts: number): Promise<void> {
-  const per = Math.max(IO_PIECE, Math.ceil(buf.length / parts / IO_PIECE) * IO_PIECE);
+/** Split [off, off+buf.length) into up to `parts` pieces of `min` multiples and run `op` on them at once. */
+async function ioPar(op: (b: Buffer, at: number) => Promise<void>, buf: Buffer, off: number, parts: number, min = IO_PIECE): Promise<void> {
+  const per = Math.max(min, Math.ceil(buf.length / parts / min) * min);
   if (buf.length <= per) return op(buf, off);
   const jobs: Promise<void>[] = [];
   for (let p = 0; p < buf.length; p += per) jobs.push(op(buf.subarray(p, Math.min(buf.length, p + per)), off + p));
@@ -422,9 +488,48 @@ async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { o
   }
 }
 
-/** Area layout of the torn-write extension for a hotzone of len bytes: [old checksums | 4K-aligned copy of the old data]. */
-export function extendedLayout(len: number, block: number, hashLen: number): { sums: number; copy: number; end: number } {
+/** Largest parity chunk: the default hotzone (24 MiB) goes in 8 chunks of 3 MiB, a 32 MiB one in 8 of 4 MiB. */
+export const PARITY_CHUNK_MAX = 4 << 20;
+
+/**
+ * Area layout of checksum mode's torn-write protection (trustvol's; cryptsetup reads only the checksums) for a hotzone
+ * of len bytes: [old checksums | 4K-aligned parity]. The parity is the XOR of the old data's chunks of `chunk` bytes
+ * (the last one zero-padded). The data is written chunk by chunk, each flushed before the next, so a power cut can
+ * tear at most one chunk: the XOR of the parity with every other chunk's old data (read back, or re-encrypted back
+ * from its new data) is that chunk's old data, verified against its checksums.
+ */
+export function parityLayout(len: number, block: number, hashLen: number): { sums: number; parity: number; chunk: number; end: number } {
   const n = Math.floor(len / block) * hashLen;
-  const copy = Math.ceil(n / 4096) * 4096;
-  return { sums: 0, copy, end: copy + len };
+  const parity = Math.ceil(n / 4096) * 4096;
+  const chunk = Math.max(block, Math.min(PARITY_CHUNK_MAX, Math.ceil(len / 8 / block) * block));
+  return { sums: 0, parity, chunk, end: parity + chunk };
+}
+
+/** The XOR of data's chunks (the last zero-padded) into out (chunk bytes), on the thread pool in `parts` ranges when the addon has it. */
+export async function parityAsync(data: Buffer, chunk: number, parts: number, out: Buffer = Buffer.alloc(chunk)): Promise<Buffer> {
+  const a = loadNative();
+  if (a?.xorFoldAsync) {
+    const per = Math.ceil(chunk / parts / 64) * 64;
+    const jobs: Promise<void>[] = [];
+    for (let f = 0; f < chunk; f += per) jobs.push(a.xorFoldAsync(data, chunk, out, f, Math.min(chunk, f + per)));
+    await settleAll(jobs);
+    return out;
+  }
+  out.fill(0);
+  xorInto(out, data, chunk);
+  return out;
+}
+
+/** acc ^= each chunk of data in turn (pure TypeScript: the parity without the addon, and recovery's rebuild). */
+export function xorInto(acc: Buffer, data: Buffer, chunk = data.length): void {
+  for (let base = 0; base < data.length; base += chunk) {
+    const n = Math.min(chunk, data.length - base, acc.length);
+    let i = 0;
+    if ((acc.byteOffset | (data.byteOffset + base)) % 4 === 0) {
+      const a = new Int32Array(acc.buffer, acc.byteOffset, n >> 2), d = new Int32Array(data.buffer, data.byteOffset + base, n >> 2);
+      for (; i < a.length; i++) a[i]! ^= d[i]!;
+      i <<= 2;
+    }
+    for (; i < n; i++) acc[i]! ^= data[base + i]!;
+  }
 }

@@ -2,9 +2,9 @@
 // (lib/luks2/luks2_reencrypt.c): key rotation, encrypt/decrypt with a detached header, resilience checksum/journal/none,
 // --init-only, --resume-only, crash recovery of an interrupted hotzone (what `cryptsetup repair` does).
 //
-// Write order per hotzone (cryptsetup reencrypt_step): read old data → store its checksums / a journal copy in the
-// reencrypt keyslot area, flush → commit metadata marking the hotzone in-reencryption → write the re-encrypted data,
-// flush → commit metadata with the hotzone done. A power cut at any write leaves a header (old or new copy) whose
+// Write order per hotzone (cryptsetup reencrypt_step): read old data → store its checksums (+ our parity) / a journal
+// copy in the reencrypt keyslot area, flush → commit metadata marking the hotzone in-reencryption → write the
+// re-encrypted data (with the parity: chunk by chunk, each flushed), flush → commit metadata with the hotzone done. A power cut at any write leaves a header (old or new copy) whose
 // state is recoverable: before the hot commit the area is unused; after it the area describes the old data.
 import * as crypto from "node:crypto";
 import { createHash, randomBytes } from "node:crypto";
@@ -25,10 +25,10 @@ import { chooseEncryptionSectorSize, FS_PROBE_BYTES, probeFilesystem } from "../
 import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
-import { extendedLayout, fusedCopy, hashBlock, recrypt, runHotzones, sourceOf, type HotzoneEngine } from "./reencrypt-io.js";
+import { parityLayout, fusedCopy, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { mark } from "../util/timing.js";
-export { extendedLayout };
+export { parityLayout };
 import {
   DEFAULT_NONE_HOTZONE,
   REQUIREMENT_V2,
@@ -75,8 +75,9 @@ export interface ReencryptOptions {
    */
   labelFromFs?: boolean;
   /**
-   * Checksum resilience only: also keep, after the checksums cryptsetup reads, a copy of the old hotzone, so a write
-   * torn inside a block is recoverable too (default true; false = cryptsetup's I/O, one block per torn write at risk).
+   * Checksum resilience only: also keep, after the checksums cryptsetup reads, the parity of the old hotzone's chunks
+   * and write the chunks one flush apart, so a write torn inside a block is recoverable too (default true; false =
+   * cryptsetup's I/O, one block per torn write at risk).
    */
   tornWriteSafe?: boolean;
   onProgress?: (p: { done: number; total: number }) => void;
@@ -106,6 +107,8 @@ export interface ReencryptResult {
 const MiB = 1 << 20;
 /** Our default hotzone: large sequential I/O, well inside the 128 MiB RSS budget (one buffer). */
 const DEFAULT_HOTZONE = 32 * MiB;
+/** Checksum mode's: two buffers (one read ahead) and their parity, ~2.25× this, beside Node's ~65 MiB: 118 MiB peak. */
+const CHECKSUM_HOTZONE = 24 * MiB;
 
 /** Encryption sector size for --encrypt: never larger than the file system's block size (the kernel could not mount it). */
 export async function defaultEncryptSectorSize(dev: BlockDevice, sectorSize?: number): Promise<number> {
@@ -649,12 +652,11 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   if (block % Math.max(...ss)) throw new TrustvolError("ECORRUPT", `checksum block ${block} is not a multiple of the encryption sector size`);
   let cap = st.resilience === "checksum" ? Math.floor(area.size / hashLen) * block : st.resilience === "journal" ? area.size : st.resilience === "datashift" ? area.shiftSize! : Infinity;
   // datashift: the hotzone is the shift (cryptsetup's rule); this is only the buffer it is processed through.
-  const want = st.resilience === "datashift" ? Math.min(area.shiftSize!, DEFAULT_HOTZONE / 2) : (opts.hotzoneSize ?? (st.resilience === "none" ? Math.max(DEFAULT_NONE_HOTZONE, DEFAULT_HOTZONE) : DEFAULT_HOTZONE));
+  const want = st.resilience === "datashift" ? Math.min(area.shiftSize!, DEFAULT_HOTZONE / 2) : (opts.hotzoneSize ?? (st.resilience === "none" ? Math.max(DEFAULT_NONE_HOTZONE, DEFAULT_HOTZONE) : st.resilience === "checksum" ? CHECKSUM_HOTZONE : DEFAULT_HOTZONE));
   let hotzone = Math.min(cap, want);
   hotzone -= hotzone % block;
   const extended = st.resilience === "checksum" && opts.tornWriteSafe !== false;
-  if (extended) while (hotzone > block && extendedLayout(hotzone, block, hashLen).end > area.size) hotzone -= Math.max(block, (Math.floor(hotzone / 8 / block) * block));
-  // A crashed hotzone is recovered in one piece: the buffer must hold it whatever the chosen size.
+  if (extended) while (hotzone > block && parityLayout(hotzone, block, hashLen).end > area.size) hotzone -= Math.max(block, (Math.floor(hotzone / 8 / block) * block));
   const need = hotzone;
   if (hotzone < Math.max(...ss)) throw new TrustvolError("ECORRUPT", "the re-encryption area is too small for one hotzone");
   cap = need;
@@ -694,42 +696,96 @@ async function recoverHotzone(e: Engine): Promise<void> {
   if (e.st.resilience === "datashift" && len > area.shiftSize!) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than the data shift");
   if (e.st.resilience === "none") throw new TrustvolError("ECORRUPT", `a hotzone interrupted with resilience "none" cannot be recovered`, "restore the data from a backup");
   const src = e.st.resilience === "datashift" ? sourceOf(e, m, off) : 0;
-  const lay = extendedLayout(len, e.block, e.hashLen);
-  const at = (b: Buffer, i: number) => b.subarray(i * e.hashLen, (i + 1) * e.hashLen);
+  if (e.st.resilience === "checksum") {
+    await recoverChecksum(e, off, len, count);
+    await e.dev.flush();
+    await e.v.commit(postMetadata(m, e.st, off, len, e.dataSize));
+    return;
+  }
   // In pieces of the engine's buffer (a hotzone cryptsetup left may be far larger than our memory budget); every
   // piece is idempotent, so a cut during recovery is recovered again the same way.
   for (let p = 0; p < len; p += e.hotzone) {
     const n = Math.min(e.hotzone, len - p);
     const data = e.buf.subarray(0, n);
-    if (e.st.resilience === "checksum") {
-      // A block whose checksum is the stored one still holds old data: re-encrypt it. Our own runs also left a copy
-      // of the old hotzone after the checksums (cryptsetup ignores it): any other block is rewritten from its copy
-      // when the copy matches the old checksum, whether the cut left it new or torn. Without a verified copy,
-      // cryptsetup's rule: not old = new already.
-      const first = p / e.block, blocks = Math.min(count - first, Math.floor(n / e.block));
-      if (blocks <= 0) break;
-      const sums = Buffer.alloc(blocks * e.hashLen);
-      await e.hdrDev.read(sums, area.offset + first * e.hashLen);
-      await e.dev.read(data, e.dataOffset + off + p);
-      for (let i = 0; i < blocks; i++) {
-        const b = data.subarray(i * e.block, (i + 1) * e.block);
-        if (!hashBlock(e, b).equals(at(sums, i))) {
-          if (lay.end > area.size) continue;
-          await e.hdrDev.read(b, area.offset + lay.copy + p + i * e.block);
-          if (!hashBlock(e, b).equals(at(sums, i))) continue;
-        }
-        recrypt(e, b, off + p + i * e.block);
-        await e.dev.write(b, e.dataOffset + off + p + i * e.block);
-      }
-    } else {
-      // journal: the old data as it was; datashift: the source was never overwritten (moved copy or shift before)
-      await (e.st.resilience === "journal" ? e.hdrDev.read(data, area.offset + p) : e.dev.read(data, src + p));
-      recrypt(e, data, off + p);
-      await e.dev.write(data, e.dataOffset + off + p);
-    }
+    // journal: the old data as it was; datashift: the source was never overwritten (moved copy or shift before)
+    await (e.st.resilience === "journal" ? e.hdrDev.read(data, area.offset + p) : e.dev.read(data, src + p));
+    recrypt(e, data, off + p);
+    await e.dev.write(data, e.dataOffset + off + p);
   }
   await e.dev.flush();
   await e.v.commit(postMetadata(m, e.st, off, len, e.dataSize));
+}
+
+/**
+ * Checksum mode's recovery, chunk by chunk (a hotzone cryptsetup left may be far larger than our memory budget). A block
+ * whose checksum is the stored one still holds old data: it is re-encrypted; any other is new already (cryptsetup's
+ * rule) — except in the one chunk our own write order may have left torn: the last chunk, in write order, that is not
+ * all old. That chunk is rebuilt from the parity first (`parityLayout`) when the rebuild matches every checksum;
+ * without a valid parity (a hotzone cryptsetup wrote, or none in the area), cryptsetup's rule alone. Every write is
+ * flushed chunk by chunk, in order, so a cut during recovery leaves the same shape and is recovered the same way.
+ */
+async function recoverChecksum(e: Engine, off: number, len: number, count: number): Promise<void> {
+  const area = e.st.keyslot.area;
+  const sums = Buffer.alloc(count * e.hashLen);
+  await e.hdrDev.read(sums, area.offset);
+  const lay = parityLayout(len, e.block, e.hashLen);
+  const C = lay.chunk, n = Math.ceil(len / C);
+  const isOld = (b: Buffer, i: number) => hashBlock(e, b).equals(sums.subarray(i * e.hashLen, (i + 1) * e.hashLen));
+  const piece = alignedBuffer(C);
+  /** Chunk k of the hotzone, read into `piece`; its first block's index. */
+  const readChunk = async (k: number): Promise<{ data: Buffer; first: number }> => {
+    const data = piece.subarray(0, Math.min(C, len - k * C));
+    await e.dev.read(data, e.dataOffset + off + k * C);
+    return { data, first: (k * C) / e.block };
+  };
+  const blocksOf = (data: Buffer, first: number) => Array.from({ length: Math.min(count - first, Math.floor(data.length / e.block)) }, (_, i) => ({ b: data.subarray(i * e.block, (i + 1) * e.block), i: first + i }));
+  try {
+    if (lay.end <= area.size) {
+      let torn = -1;
+      for (let k = n - 1; k >= 0 && torn < 0; k--) {
+        const { data, first } = await readChunk(k);
+        if (blocksOf(data, first).some(({ b, i }) => !isOld(b, i))) torn = k;
+      }
+      if (torn >= 0) {
+        const acc = Buffer.alloc(C);
+        await e.hdrDev.read(acc, area.offset + lay.parity);
+        for (let k = 0; k < n; k++) {
+          if (k === torn) continue;
+          const { data, first } = await readChunk(k);
+          // The chunks written before the torn one hold new data: back to the old (each block checked: old stays).
+          if (k < torn) for (const { b, i } of blocksOf(data, first)) if (!isOld(b, i)) unrecrypt(e, b, off + i * e.block);
+          xorInto(acc, data);
+        }
+        const mine = acc.subarray(0, Math.min(C, len - torn * C));
+        const first = (torn * C) / e.block;
+        if (blocksOf(mine, first).every(({ b, i }) => isOld(b, i))) {
+          recrypt(e, mine, off + torn * C);
+          await e.dev.write(mine, e.dataOffset + off + torn * C);
+          await e.dev.flush();
+        }
+        wipe(acc);
+      }
+    }
+    for (let k = 0; k < n; k++) {
+      const { data, first } = await readChunk(k);
+      let wrote = false;
+      for (const { b, i } of blocksOf(data, first)) {
+        if (!isOld(b, i)) continue;
+        recrypt(e, b, off + i * e.block);
+        await e.dev.write(b, e.dataOffset + off + i * e.block);
+        wrote = true;
+      }
+      if (wrote) await e.dev.flush();
+    }
+  } finally {
+    wipe(piece);
+  }
+}
+
+/** The inverse of recrypt: new data back to the old (decrypt with the new key, encrypt with the old), in place. */
+function unrecrypt(e: HotzoneEngine, data: Buffer, off: number): void {
+  if (e.newC) e.newC.decrypt(data, off / e.newC.sectorSize);
+  if (e.oldC) e.oldC.encrypt(data, off / e.oldC.sectorSize);
 }
 
 async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: ReencryptOptions): Promise<{ recovered: boolean; bytes: number }> {

@@ -28,7 +28,7 @@ for (const resilience of ["checksum", "journal"] as const) {
         const dev = await FileBlockDevice.open(path);
         delete process.env.TRUSTVOL_DIRECT_IO;
         try {
-          const r = await reencrypt(dev, { passphrase: PASS, pbkdf: PBKDF, hotzoneSize: 256 * 1024, resilience });
+          const r = await reencrypt(dev, { passphrase: PASS, pbkdf: PBKDF, hotzoneSize: 1 << 20, resilience });
           assert.equal(r.state, "finished");
           if (direct) assert.ok(dev.directBytes >= 2 * (2 << 20), `hotzone data went O_DIRECT (${dev.directBytes} bytes)`);
           else assert.equal(dev.directBytes, 0);

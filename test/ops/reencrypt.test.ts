@@ -126,10 +126,10 @@ for (const resilience of ["checksum", "journal", "datashift"] as const) {
   });
 }
 
-test("power cut inside a default-size hotzone, whose data and copy writes are split over the cores: 0 bytes lost", async () => {
-  // 16 MiB of metadata + keyslots (the default), so the reencrypt area holds a ~15 MiB hotzone: its copy goes in
-  // concurrent pieces (reencrypt-io.ts writePar), its data in 4 MiB slices written as each is re-encrypted. Cut inside
-  // those writes, torn, and resume.
+test("power cut inside a default-size hotzone, written chunk by chunk after its parity, pieces split over the cores: 0 bytes lost", async () => {
+  // 20 MiB of data: one hotzone, its parity (XOR of 8 chunks of 2.5 MiB) in the reencrypt area, then the chunks in
+  // order, each in concurrent pieces (reencrypt-io.ts chunkWriter) and flushed. Cut inside those writes, torn, and
+  // resume: the torn chunk is rebuilt from the parity.
   const fmt = new MemoryBlockDevice(0);
   const { volumeKey } = await formatLuks2(fmt, PASS, { pbkdf: PBKDF, sectorSize: 4096, digestIterations: 1000 });
   const size = 20 << 20;
@@ -146,9 +146,9 @@ test("power cut inside a default-size hotzone, whose data and copy writes are sp
   }
   const probe = new Sizes(image);
   await reencrypt(probe, { passphrase: PASS, pbkdf: PBKDF });
-  const big = probe.lens.flatMap((n, i) => (n >= 4 << 20 ? [i + 1] : []));
-  assert.ok(big.length >= 4, `pieces of 4 MiB or more: ${probe.lens.join(",")}`);
-  const cuts = [...new Set([big[0]!, big[1]!, big[2]!, big[3]!, big.at(-1)!, big.at(-2)!])];
+  const big = probe.lens.flatMap((n, i) => (n >= 512 << 10 ? [i + 1] : []));
+  assert.ok(big.length >= 17, `the parity and 8 chunks in 2 pieces each: ${probe.lens.join(",")}`);
+  const cuts = [...new Set([big[0]!, big[1]!, big[2]!, big[3]!, big[8]!, big[9]!, big.at(-1)!, big.at(-2)!])];
   for (const [k, cut] of cuts.entries()) {
     const pc = new PowerCutDevice(image, { cutAtWrite: cut, unsynced: (["drop", "keep", "random"] as UnsyncedPolicy[])[k % 3]!, seed: cut * 5 + 3 });
     await assert.rejects(reencrypt(pc, { passphrase: PASS, pbkdf: PBKDF }), (e) => e instanceof PowerCut);

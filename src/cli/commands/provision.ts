@@ -20,7 +20,7 @@ export function registerProvisionCommands(program: Command): void {
     .addOption(new Option("--stage <stage>", "initramfs: up to opening /dev/mapper/NAME; system: finish the rotation, back up the header").choices(["initramfs", "system"]).default("initramfs"))
     .option("--dry-run", "print the state read from each device and the steps that would run; change nothing")
     .option("--no-open", "do not open /dev/mapper/NAME (image files, or a boot script that opens it itself)")
-    .option("--hotzone-size <size>", "largest re-encryption hotzone of a key rotation (e.g. 4M; default 32M): smaller ones pause I/O to the range for less time", parseSize("--hotzone-size"))
+    .option("--hotzone-size <size>", "largest re-encryption hotzone of a key rotation (e.g. 4M; default 24M): smaller ones pause I/O to the range for less time", parseSize("--hotzone-size"))
     .option("--json", "print the report as JSON")
     .option("--progress-json", "progress as JSON lines on stderr")
     .option("--no-progress", "no progress bar")
