@@ -2077,9 +2077,9 @@ static napi_value tv_rs_parity_async(napi_env env, napi_callback_info info) {
 }
 
 /*
- * xorFold(src, chunk, dst, from, to): dst[i] = XOR over k of src[k*chunk + i], for i in [from, to) (src's last chunk
+ * xorFoldAsync(src, chunk, dst, from, to) -> Promise<void>, on a libuv thread-pool thread: dst[i] = XOR over k of src[k*chunk + i], for i in [from, to) (src's last chunk
  * counts as zero-padded). The parity of re-encryption's torn-write protection (src/ops/reencrypt-io.ts); jobs on
- * disjoint [from, to) ranges share the work.
+ * disjoint [from, to) ranges share the work; src and dst untouched until it settles.
  */
 typedef struct {
   uint8_t *src, *dst;
@@ -2112,7 +2112,7 @@ static void tv_xor_run(const tv_xor_args *a) {
   }
 }
 
-/* The five xorFold arguments, checked; 0 with a JS exception pending. */
+/* The five xorFoldAsync arguments, checked; 0 with a JS exception pending. */
 static int tv_xor_get_args(napi_env env, napi_callback_info info, const char *fn, napi_value *argv, tv_xor_args *a) {
   size_t argc = 5;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return 0;
@@ -2137,15 +2137,6 @@ static int tv_xor_get_args(napi_env env, napi_callback_info info, const char *fn
   return 1;
 }
 
-static napi_value tv_xor_fold(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  tv_xor_args a;
-  if (!tv_xor_get_args(env, info, "xorFold", argv, &a)) return NULL;
-  tv_xor_run(&a);
-  return NULL;
-}
-
-/* xorFoldAsync(...same arguments) -> Promise<void>, on a libuv thread-pool thread; src and dst untouched until it settles. */
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
@@ -2160,7 +2151,7 @@ static void tv_xor_execute(napi_env env, void *data) {
 
 static void tv_xor_complete(napi_env env, napi_status status, void *data) {
   tv_xor_job *j = (tv_xor_job *)data;
-  tv_settle_job(env, j->deferred, status != napi_ok ? "xorFold job cancelled" : NULL, j->refs, j->work);
+  tv_settle_job(env, j->deferred, status != napi_ok ? "xorFoldAsync job cancelled" : NULL, j->refs, j->work);
   free(j);
 }
 
@@ -2456,7 +2447,6 @@ NAPI_MODULE_INIT() {
       {"hashBlocksAsync", NULL, tv_hash_blocks_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"rsParity", NULL, tv_rs_parity, NULL, NULL, NULL, napi_enumerable, NULL},
       {"rsParityAsync", NULL, tv_rs_parity_async, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"xorFold", NULL, tv_xor_fold, NULL, NULL, NULL, napi_enumerable, NULL},
       {"xorFoldAsync", NULL, tv_xor_fold_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherDigestSize", NULL, tv_hasher_digest_size, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherEngine", NULL, tv_hasher_engine, NULL, NULL, NULL, napi_enumerable, NULL},

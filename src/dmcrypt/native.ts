@@ -49,9 +49,10 @@ export interface NativeAddon {
   rsParity?(mul: Uint8Array, roots: number, inp: Uint8Array, rsn: number, blockSize: number, out: Uint8Array): void;
   /** The same round on a libuv thread-pool thread (several rounds on several cores); buffers untouched until it settles. */
   rsParityAsync?(mul: Uint8Array, roots: number, inp: Uint8Array, rsn: number, blockSize: number, out: Uint8Array): Promise<void>;
-  /** dst[i] = XOR over k of src[k·chunk + i] for i in [from, to) (the last chunk zero-padded): re-encryption's parity. */
-  xorFold?(src: Uint8Array, chunk: number, dst: Uint8Array, from: number, to: number): void;
-  /** The same on a libuv thread-pool thread (disjoint ranges on several cores); buffers untouched until it settles. */
+  /**
+   * On a libuv thread-pool thread: dst[i] = XOR over k of src[k·chunk + i] for i in [from, to) (the last chunk
+   * zero-padded), re-encryption's parity; disjoint ranges on several cores; buffers untouched until it settles.
+   */
   xorFoldAsync?(src: Uint8Array, chunk: number, dst: Uint8Array, from: number, to: number): Promise<void>;
   /** On a libuv thread-pool thread; fd >= 0: pread count·blockSize bytes at pos into inp first. */
   hashBlocksAsync?(h: NativeHasher, fd: number, pos: number, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): Promise<void>;

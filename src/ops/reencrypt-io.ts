@@ -52,7 +52,7 @@ export interface HotzoneEngine {
   block: number;
   hashLen: number;
   /** Checksum mode with the torn-write protection (the old data's parity in the area, data written chunk by chunk). */
-  extended: boolean;
+  withParity: boolean;
   buf: Buffer;
 }
 
@@ -161,8 +161,8 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
   const lanesN = lanes();
   let cur: Buffer = e.buf;
   let other: Buffer = alignedBuffer(e.buf.length);
-  // The parity of each (extended checksum mode), kept with its buffer: no 4 MiB garbage per hotzone.
-  const parityMax = e.extended ? parityLayout(e.buf.length, e.block, e.hashLen).chunk : 0;
+  // The parity of each (checksum mode with parity), kept with its buffer: no 4 MiB garbage per hotzone.
+  const parityMax = e.withParity ? parityLayout(e.buf.length, e.block, e.hashLen).chunk : 0;
   let pCur = Buffer.alloc(parityMax), pOther = Buffer.alloc(parityMax);
   /** The read ahead into `other`: source offset, length, completion, and (checksum mode) its checksums, hashed then. */
   let ahead: Ahead | null = null;
@@ -179,8 +179,8 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
     // (it writes nothing; the range is one no write of this hotzone touches, so the sums are those of its old data).
     const sums = hasher ? track(done.then(() => checksumsAsync(b))) : undefined;
     sums?.catch(() => {});
-    const chunk = e.extended ? parityLayout(n, e.block, e.hashLen).chunk : 0;
-    const parity = hasher && e.extended ? track(done.then(() => parityAsync(b, chunk, lanesN * 4, pOther.subarray(0, chunk)))) : undefined;
+    const chunk = e.withParity ? parityLayout(n, e.block, e.hashLen).chunk : 0;
+    const parity = hasher && e.withParity ? track(done.then(() => parityAsync(b, chunk, lanesN * 4, pOther.subarray(0, chunk)))) : undefined;
     parity?.catch(() => {});
     ahead = { src, n, done, sums, parity };
   };
@@ -242,7 +242,7 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       // The journal is written while the checksums are hashed: both only read data.
       const copying = st.resilience === "journal" ? writePar(hdrDev, data, area.offset, lanesN) : null;
       copying?.catch(() => {}); // awaited below; a failure must not count as unhandled while the hashing runs
-      const lay = e.extended ? parityLayout(len, e.block, e.hashLen) : null;
+      const lay = e.withParity ? parityLayout(len, e.block, e.hashLen) : null;
       let sums: Buffer | null = null, parity: Buffer | null = null;
       try {
         if (st.resilience === "checksum") {
@@ -329,13 +329,14 @@ interface Ahead {
  */
 function chunkWriter(dev: BlockDevice, data: Buffer, at: number, chunk: number, start: Promise<void>, parts: number) {
   const n = Math.ceil(data.length / chunk);
-  const left = Array.from({ length: n }, (_, k) => Math.min(chunk, data.length - k * chunk));
+  const piece = (k: number) => data.subarray(k * chunk, Math.min(data.length, (k + 1) * chunk));
+  const left = Array.from({ length: n }, (_, k) => piece(k).length);
   const whole = Array.from({ length: n }, () => deferred<void>());
   const written = (async () => {
     await start;
     for (let k = 0; k < n; k++) {
       await whole[k]!.promise;
-      await ioPar((b, o) => dev.write(b, o), data.subarray(k * chunk, k * chunk + Math.min(chunk, data.length - k * chunk)), at + k * chunk, parts, CHUNK_PIECE);
+      await ioPar((b, o) => dev.write(b, o), piece(k), at + k * chunk, parts, CHUNK_PIECE);
       await dev.flush();
     }
   })();

@@ -656,8 +656,8 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   const want = st.resilience === "datashift" ? Math.min(area.shiftSize!, DEFAULT_HOTZONE / 2) : (opts.hotzoneSize ?? (st.resilience === "none" ? Math.max(DEFAULT_NONE_HOTZONE, DEFAULT_HOTZONE) : st.resilience === "checksum" ? CHECKSUM_HOTZONE : DEFAULT_HOTZONE));
   let hotzone = Math.min(cap, want);
   hotzone -= hotzone % block;
-  const extended = st.resilience === "checksum" && opts.tornWriteSafe !== false;
-  if (extended) while (hotzone > block && parityLayout(hotzone, block, hashLen).end > area.size) hotzone -= Math.max(block, (Math.floor(hotzone / 8 / block) * block));
+  const withParity = st.resilience === "checksum" && opts.tornWriteSafe !== false;
+  if (withParity) while (hotzone > block && parityLayout(hotzone, block, hashLen).end > area.size) hotzone -= Math.max(block, (Math.floor(hotzone / 8 / block) * block));
   const need = hotzone;
   if (hotzone < Math.max(...ss)) throw new TrustvolError("ECORRUPT", "the re-encryption area is too small for one hotzone");
   cap = need;
@@ -673,7 +673,7 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   // page-aligned: the hotzone loop's data goes to and from the device with O_DIRECT (the data-shift lanes stay buffered)
   const buf = st.resilience === "datashift" ? Buffer.allocUnsafeSlow(cap) : alignedBuffer(cap);
   return {
-    v, dev, hdrDev, st, dataOffset, dataSize, oldC, newC, hotzone, block, hashLen, extended, buf,
+    v, dev, hdrDev, st, dataOffset, dataSize, oldC, newC, hotzone, block, hashLen, withParity, buf,
     dispose() {
       wipe(buf);
       oldC?.dispose();
