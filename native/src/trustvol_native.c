@@ -1753,10 +1753,13 @@ static napi_value tv_hasher_engine(napi_env env, napi_callback_info info) {
  * in 256 KiB slices, so it needs only min(count*blockSize, 256 KiB rounded to blocks) bytes); fd < 0: hash
  * inp as it is. The JS values stay referenced until completion.
  */
+/* JS values a thread-pool job keeps alive (its buffers, its hasher). */
+#define TV_KEEP 4
+
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
-  napi_ref refs[3];
+  napi_ref refs[TV_KEEP];
   tv_hasher *h;
   int fd;
   int64_t pos;
@@ -1768,7 +1771,7 @@ typedef struct {
 } tv_hash_job;
 
 /* Settle a thread-pool job's promise (rejected with `error` when not NULL) and release what it held; the caller frees it. */
-static void tv_settle_job(napi_env env, napi_deferred deferred, const char *error, napi_ref refs[3], napi_async_work work) {
+static void tv_settle_job(napi_env env, napi_deferred deferred, const char *error, napi_ref refs[TV_KEEP], napi_async_work work) {
   napi_value v = NULL, m;
   if (error) {
     if (napi_create_string_utf8(env, error, NAPI_AUTO_LENGTH, &m) == napi_ok && napi_create_error(env, NULL, m, &v) == napi_ok)
@@ -1777,23 +1780,24 @@ static void tv_settle_job(napi_env env, napi_deferred deferred, const char *erro
     napi_get_undefined(env, &v);
     napi_resolve_deferred(env, deferred, v);
   }
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < TV_KEEP; i++)
     if (refs[i]) napi_delete_reference(env, refs[i]);
   napi_delete_async_work(env, work);
 }
 
 /*
- * Queue a thread-pool job that keeps three JS values (the buffers it works on) alive until it completes; returns its
- * promise, or NULL with an exception thrown (the job's refs released; the caller frees the job).
+ * Queue a thread-pool job that keeps up to TV_KEEP JS values (the buffers it works on; NULL: none) alive until it
+ * completes; returns its promise, or NULL with an exception thrown (the job's refs released; the caller frees the job).
  */
-static napi_value tv_queue_job(napi_env env, napi_value keep[3], napi_ref refs[3], napi_deferred *deferred, napi_async_work *work,
+static napi_value tv_queue_job(napi_env env, napi_value keep[TV_KEEP], napi_ref refs[TV_KEEP], napi_deferred *deferred, napi_async_work *work,
                                const char *name, napi_async_execute_callback execute, napi_async_complete_callback complete, void *job) {
   napi_value promise, label;
-  if (napi_create_reference(env, keep[0], 1, &refs[0]) != napi_ok || napi_create_reference(env, keep[1], 1, &refs[1]) != napi_ok ||
-      napi_create_reference(env, keep[2], 1, &refs[2]) != napi_ok || napi_create_promise(env, deferred, &promise) != napi_ok ||
-      napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &label) != napi_ok ||
+  int ok = 1;
+  for (int i = 0; i < TV_KEEP && ok; i++)
+    ok = !keep[i] || napi_create_reference(env, keep[i], 1, &refs[i]) == napi_ok;
+  if (!ok || napi_create_promise(env, deferred, &promise) != napi_ok || napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &label) != napi_ok ||
       napi_create_async_work(env, NULL, label, execute, complete, job, work) != napi_ok || napi_queue_async_work(env, *work) != napi_ok) {
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < TV_KEEP; i++)
       if (refs[i]) napi_delete_reference(env, refs[i]);
     char msg[96];
     snprintf(msg, sizeof msg, "%s: could not queue the job", name);
@@ -1900,7 +1904,7 @@ static napi_value tv_hash_blocks_async(napi_env env, napi_callback_info info) {
   j->bs = bs;
   j->inp = inp;
   j->out = out;
-  napi_value keep[3] = {argv[0], argv[3], argv[6]};
+  napi_value keep[TV_KEEP] = {argv[0], argv[3], argv[6], NULL};
   napi_value promise = tv_queue_job(env, keep, j->refs, &j->deferred, &j->work, "hashBlocksAsync", tv_hash_execute, tv_hash_complete, j);
   if (!promise) free(j);
   return promise;
@@ -2043,7 +2047,7 @@ static napi_value tv_rs_parity(napi_env env, napi_callback_info info) {
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
-  napi_ref refs[3];
+  napi_ref refs[TV_KEEP];
   tv_rs_args a;
   int failed;
 } tv_rs_job;
@@ -2070,59 +2074,78 @@ static napi_value tv_rs_parity_async(napi_env env, napi_callback_info info) {
     return NULL;
   }
   j->a = a;
-  napi_value keep[3] = {argv[0], argv[2], argv[5]};
+  napi_value keep[TV_KEEP] = {argv[0], argv[2], argv[5], NULL};
   napi_value promise = tv_queue_job(env, keep, j->refs, &j->deferred, &j->work, "rsParityAsync", tv_rs_execute, tv_rs_complete, j);
   if (!promise) free(j);
   return promise;
 }
 
 /*
- * xorFoldAsync(src, chunk, dst, from, to) -> Promise<void>, on a libuv thread-pool thread: dst[i] = XOR over k of src[k*chunk + i], for i in [from, to) (src's last chunk
- * counts as zero-padded). The parity of re-encryption's torn-write protection (src/ops/reencrypt-io.ts); jobs on
- * disjoint [from, to) ranges share the work; src and dst untouched until it settles.
+ * xorFoldAsync(src, chunk, dst, from, to[, hasher, blockSize, sums]) -> Promise<void>, on a libuv thread-pool thread:
+ * dst[i] = XOR over k of src[k*chunk + i], for i in [from, to) (src's last chunk counts as zero-padded). The parity of
+ * re-encryption's torn-write protection (src/ops/reencrypt-io.ts); jobs on disjoint [from, to) ranges share the work;
+ * src, dst and sums untouched until it settles. With a hasher it also writes the checksum of every block it folds
+ * (sums[b] = H(src block b), blockSize-byte blocks; all offsets and lengths whole blocks): each block is hashed, then
+ * folded while still in the core's cache, one pass over the data instead of two.
  */
 typedef struct {
-  uint8_t *src, *dst;
+  uint8_t *src, *dst, *sums;
   size_t src_len, chunk, from, to;
+  tv_hasher *h; /* NULL: fold only */
+  uint32_t bs;
 } tv_xor_args;
 
 typedef uint64_t tv_v16 __attribute__((vector_size(16)));
 
-static void tv_xor_run(const tv_xor_args *a) {
-  memset(a->dst + a->from, 0, a->to - a->from);
-  /* Tile by tile (in L1): each tile of dst meets every chunk once, instead of one pass over all of dst per chunk. */
-  const size_t tile = 16 * 1024;
+static inline void tv_xor_into(uint8_t *restrict d, const uint8_t *restrict s, size_t n) {
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) { /* four SSE2 vectors (x86-64's baseline) a step */
+    tv_v16 x[4], y[4];
+    memcpy(x, d + i, 64);
+    memcpy(y, s + i, 64);
+    for (int v = 0; v < 4; v++) x[v] ^= y[v];
+    memcpy(d + i, x, 64);
+  }
+  for (; i < n; i++) d[i] ^= s[i];
+}
+
+/* 1, or 0 when OpenSSL failed (hashing without the fast path). */
+static int tv_xor_run(const tv_xor_args *a, EVP_MD_CTX *work) {
+  /* Tile by tile (in L1/L2): each tile of dst meets every chunk once, instead of one pass over all of dst per chunk;
+   * hashing, a tile is 16 blocks (one AVX-512 round of sixteen lanes). */
+  const size_t tile = a->h ? 16 * (size_t)a->bs : 16 * 1024;
   for (size_t t0 = a->from; t0 < a->to; t0 += tile) {
     const size_t t1 = a->to - t0 < tile ? a->to : t0 + tile;
+    size_t filled = t0; /* dst[t0, filled) holds the chunks so far; the first chunk is copied, not XORed onto zeros */
     for (size_t base = 0; base < a->src_len; base += a->chunk) {
       const size_t have = a->src_len - base < a->chunk ? a->src_len - base : a->chunk;
       if (have <= t0) break;
       const size_t end = have < t1 ? have : t1;
-      const uint8_t *s = a->src + base;
-      size_t i = t0;
-      for (; i + 64 <= end; i += 64) { /* four SSE2 vectors (x86-64's baseline) a step */
-        tv_v16 x[4], y[4];
-        memcpy(x, a->dst + i, 64);
-        memcpy(y, s + i, 64);
-        for (int v = 0; v < 4; v++) x[v] ^= y[v];
-        memcpy(a->dst + i, x, 64);
-      }
-      for (; i < end; i++) a->dst[i] ^= s[i];
+      if (a->h && !tv_hash_run(a->h, work, a->src + base + t0, (uint32_t)((end - t0) / a->bs), a->bs,
+                               a->sums + (base + t0) / a->bs * (size_t)a->h->ds))
+        return 0;
+      if (base == 0) {
+        memcpy(a->dst + t0, a->src + t0, end - t0);
+        filled = end;
+      } else
+        tv_xor_into(a->dst + t0, a->src + base + t0, end - t0);
     }
+    memset(a->dst + filled, 0, t1 - filled); /* past the end of the data: the zero padding */
   }
+  return 1;
 }
 
-/* The five xorFoldAsync arguments, checked; 0 with a JS exception pending. */
+/* xorFoldAsync's arguments, checked; 0 with a JS exception pending. */
 static int tv_xor_get_args(napi_env env, napi_callback_info info, const char *fn, napi_value *argv, tv_xor_args *a) {
-  size_t argc = 5;
+  size_t argc = 8;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return 0;
-  char msg[96];
-  size_t dst_len = 0;
+  char msg[128];
+  size_t dst_len = 0, sums_len = 0;
   int64_t chunk = 0, from = 0, to = 0;
   if (argc < 5 || !tv_get_bytes(env, argv[0], &a->src, &a->src_len) || !tv_get_bytes(env, argv[2], &a->dst, &dst_len) ||
       napi_get_value_int64(env, argv[1], &chunk) != napi_ok || napi_get_value_int64(env, argv[3], &from) != napi_ok ||
       napi_get_value_int64(env, argv[4], &to) != napi_ok) {
-    snprintf(msg, sizeof msg, "%s(src, chunk, dst, from, to): Uint8Arrays and integers expected", fn);
+    snprintf(msg, sizeof msg, "%s(src, chunk, dst, from, to[, hasher, blockSize, sums]): Uint8Arrays and integers expected", fn);
     napi_throw_type_error(env, NULL, msg);
     return 0;
   }
@@ -2134,29 +2157,54 @@ static int tv_xor_get_args(napi_env env, napi_callback_info info, const char *fn
   a->chunk = (size_t)chunk;
   a->from = (size_t)from;
   a->to = (size_t)to;
+  a->h = NULL;
+  a->sums = NULL;
+  a->bs = 0;
+  if (argc < 8) return 1;
+  if (!(a->h = tv_hasher_unwrap(env, argv[5]))) return 0;
+  if (napi_get_value_uint32(env, argv[6], &a->bs) != napi_ok || !tv_get_bytes(env, argv[7], &a->sums, &sums_len)) {
+    snprintf(msg, sizeof msg, "%s: blockSize must be an integer and sums a Uint8Array", fn);
+    napi_throw_type_error(env, NULL, msg);
+    return 0;
+  }
+  const size_t bs = a->bs;
+  if (bs == 0 || a->chunk % bs || a->from % bs || a->to % bs || a->src_len % bs || sums_len < a->src_len / bs * (size_t)a->h->ds) {
+    snprintf(msg, sizeof msg, "%s: chunk, range and src must be whole blocks, and sums hold a checksum per block", fn);
+    napi_throw_range_error(env, NULL, msg);
+    return 0;
+  }
   return 1;
 }
 
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
-  napi_ref refs[3];
+  napi_ref refs[TV_KEEP];
   tv_xor_args a;
+  int failed;
 } tv_xor_job;
 
 static void tv_xor_execute(napi_env env, void *data) {
   (void)env;
-  tv_xor_run(&((tv_xor_job *)data)->a);
+  tv_xor_job *j = (tv_xor_job *)data;
+  EVP_MD_CTX *work = NULL;
+  if (j->a.h && !j->a.h->fast && !(work = EVP_MD_CTX_new())) {
+    j->failed = 1;
+    return;
+  }
+  j->failed = !tv_xor_run(&j->a, work);
+  EVP_MD_CTX_free(work);
+  ERR_clear_error();
 }
 
 static void tv_xor_complete(napi_env env, napi_status status, void *data) {
   tv_xor_job *j = (tv_xor_job *)data;
-  tv_settle_job(env, j->deferred, status != napi_ok ? "xorFoldAsync job cancelled" : NULL, j->refs, j->work);
+  tv_settle_job(env, j->deferred, status != napi_ok ? "xorFoldAsync job cancelled" : j->failed ? "hashing failed in OpenSSL" : NULL, j->refs, j->work);
   free(j);
 }
 
 static napi_value tv_xor_fold_async(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
+  napi_value argv[8];
   tv_xor_args a;
   if (!tv_xor_get_args(env, info, "xorFoldAsync", argv, &a)) return NULL;
   tv_xor_job *j = (tv_xor_job *)calloc(1, sizeof *j);
@@ -2165,7 +2213,7 @@ static napi_value tv_xor_fold_async(napi_env env, napi_callback_info info) {
     return NULL;
   }
   j->a = a;
-  napi_value keep[3] = {argv[0], argv[2], argv[2]};
+  napi_value keep[TV_KEEP] = {argv[0], argv[2], a.h ? argv[5] : NULL, a.h ? argv[7] : NULL};
   napi_value promise = tv_queue_job(env, keep, j->refs, &j->deferred, &j->work, "xorFoldAsync", tv_xor_execute, tv_xor_complete, j);
   if (!promise) free(j);
   return promise;

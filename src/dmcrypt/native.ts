@@ -51,9 +51,10 @@ export interface NativeAddon {
   rsParityAsync?(mul: Uint8Array, roots: number, inp: Uint8Array, rsn: number, blockSize: number, out: Uint8Array): Promise<void>;
   /**
    * On a libuv thread-pool thread: dst[i] = XOR over k of src[k·chunk + i] for i in [from, to) (the last chunk
-   * zero-padded), re-encryption's parity; disjoint ranges on several cores; buffers untouched until it settles.
+   * zero-padded), re-encryption's parity; disjoint ranges on several cores; buffers untouched until it settles. With a
+   * hasher, also sums[b] = H(block b of src) for every block folded, in the same pass (whole blocks only).
    */
-  xorFoldAsync?(src: Uint8Array, chunk: number, dst: Uint8Array, from: number, to: number): Promise<void>;
+  xorFoldAsync?(src: Uint8Array, chunk: number, dst: Uint8Array, from: number, to: number, hasher?: NativeHasher, blockSize?: number, sums?: Uint8Array): Promise<void>;
   /** On a libuv thread-pool thread; fd >= 0: pread count·blockSize bytes at pos into inp first. */
   hashBlocksAsync?(h: NativeHasher, fd: number, pos: number, inp: Uint8Array, count: number, blockSize: number, out: Uint8Array): Promise<void>;
   /** Zeroed memory at a multiple of `align` for O_DIRECT I/O (src/blockdev/aligned.ts); cleansed and freed when collected. */

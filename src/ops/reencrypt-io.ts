@@ -9,13 +9,15 @@
 //     current hotzone touches (forward: after it; backward / data shift: before it, and a data-shift write
 //     [x+shift, x+2·shift) never meets a source [x', x'+shift) with x' < x);
 //   - checksum mode: the next hotzone's checksums are hashed and its parity folded (thread pool, native addon, split
-//     over the cores) as soon as its read ahead is in, i.e. while the current hotzone's data is written and committed;
+//     over the cores; one pass, each block folded right after it is hashed, while in cache) as soon as its read
+//     ahead is in, i.e. while the current hotzone's data is written and committed;
 //   - the journal is written while the checksums are hashed;
 //   - the data is decrypted/re-encrypted (thread pool, 4 MiB slices, decrypt then encrypt per slice, one lane per
 //     core) while the area is flushed and the "in re-encryption" metadata committed — each slice's new data is
 //     written as soon as it is re-encrypted (with the parity: each chunk once the one before is flushed), but never
 //     before that commit;
-//   - large reads and writes go in concurrent 4 MiB+ pieces (the page-cache copies then use every core);
+//   - large reads go in concurrent 4 MiB+ pieces (the page-cache copies then use every core), and so do writes to a
+//     block device; to a regular file, one write at a time (its inode lock serialises writers; a waiting one spins);
 //   - data shift (runShifted): after each "in re-encryption" commit, the hotzone is read → encrypted → written in one
 //     fused native call (L2-sized slices, one run per core), or by lanes of 4 MiB pieces without the addon.
 // Memory: two hotzone buffers (the current one and the one being read ahead), whatever the device size; data shift:
@@ -177,11 +179,8 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
     const done = track(readPar(dev, b, src, lanesN));
     // The next hotzone's checksums are hashed as soon as its data is in, while this one is written and committed
     // (it writes nothing; the range is one no write of this hotzone touches, so the sums are those of its old data).
-    const sums = hasher ? track(done.then(() => checksumsAsync(b))) : undefined;
-    sums?.catch(() => {});
     const chunk = e.withParity ? parityLayout(n, e.block, e.hashLen).chunk : 0;
-    const parity = hasher && e.withParity ? track(done.then(() => parityAsync(b, chunk, lanesN * 4, pOther.subarray(0, chunk)))) : undefined;
-    parity?.catch(() => {});
+    const { sums, parity } = hasher ? oldDataSums(done, b, chunk, pOther) : {};
     ahead = { src, n, done, sums, parity };
   };
   /** The old data at [src, src+n) in `cur`: the read ahead when it is that range, else read now. */
@@ -217,6 +216,36 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
     await settleAll(jobs);
     return out;
   };
+  /**
+   * The checksums of the old data (and its parity into parityOut, when chunk > 0) once `ready` settles: in one pass
+   * when the addon folds and hashes together (each block hashed, then folded while in cache), else two.
+   */
+  const oldDataSums = (ready: Promise<void>, data: Buffer, chunk: number, parityOut: Buffer): { sums: Promise<Buffer>; parity?: Promise<Buffer> } => {
+    const fold = hasher?.a.xorFoldAsync;
+    if (chunk && fold && data.length % e.block === 0 && chunk % e.block === 0) {
+      const out = parityOut.subarray(0, chunk);
+      const sums = Buffer.alloc((data.length / e.block) * e.hashLen);
+      // parity ranges of whole blocks, each job hashing at most POOL_JOB bytes, at least one job per lane
+      const chunks = Math.ceil(data.length / chunk);
+      const per = e.block * Math.max(1, Math.min(Math.ceil(chunk / lanesN / e.block), Math.floor(POOL_JOB / chunks / e.block)));
+      const both = track(
+        ready.then(async () => {
+          const jobs: Promise<void>[] = [];
+          for (let f = 0; f < chunk; f += per) jobs.push(fold(data, chunk, out, f, Math.min(chunk, f + per), hasher!.h, e.block, sums));
+          await settleAll(jobs);
+        }),
+      );
+      const r = { sums: both.then(() => sums), parity: both.then(() => out) };
+      r.sums.catch(() => {}); // awaited when the hotzone is taken (or settled on a miss)
+      r.parity.catch(() => {});
+      return r;
+    }
+    const sums = track(ready.then(() => checksumsAsync(data)));
+    sums.catch(() => {});
+    const parity = chunk ? track(ready.then(() => parityAsync(data, chunk, lanesN * 4, parityOut.subarray(0, chunk)))) : undefined;
+    parity?.catch(() => {});
+    return { sums, parity };
+  };
 
   let bytes = 0;
   try {
@@ -240,15 +269,15 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       mark(`hotzone ${off}+${len}: read`);
       if (nz && !run.hooks) readAhead(nextSrc, nz.len);
       // The journal is written while the checksums are hashed: both only read data.
-      const copying = st.resilience === "journal" ? writePar(hdrDev, data, area.offset, lanesN) : null;
+      const copying = st.resilience === "journal" ? writePar(hdrDev, data, area.offset, writeParts(hdrDev, lanesN)) : null;
       copying?.catch(() => {}); // awaited below; a failure must not count as unhandled while the hashing runs
       const lay = e.withParity ? parityLayout(len, e.block, e.hashLen) : null;
       let sums: Buffer | null = null, parity: Buffer | null = null;
       try {
         if (st.resilience === "checksum") {
-          const s = track(hashed ?? checksumsAsync(data));
-          const p = lay ? track(folded ?? parityAsync(data, lay.chunk, lanesN * 4, pCur.subarray(0, lay.chunk))) : null;
-          p?.catch(() => {});
+          const now = hashed ? null : oldDataSums(Promise.resolve(), data, lay?.chunk ?? 0, pCur);
+          const s = hashed ?? now!.sums;
+          const p = lay ? (folded ?? now!.parity!) : null;
           sums = await s;
           parity = p && (await p);
         }
@@ -256,7 +285,6 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
         if (copying) await copying;
       }
       if (sums) await Promise.all([hdrDev.write(sums, area.offset), parity && hdrDev.write(parity, area.offset + lay!.parity)]);
-      if (parity) wipe(parity);
       mark("hotzone: sums + parity written");
       // From here data's old content is on disk (journal / parity) or not needed (checksums taken): re-encrypt it
       // while the area is flushed and the metadata commit point is written. Each re-encrypted slice is written as soon
@@ -265,14 +293,18 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       const writes: Promise<void>[] = [];
       // With the parity, chunk k is written once it is re-encrypted and chunk k-1 is on disk (flushed): a cut can tear
       // only one chunk, which the parity rebuilds (recovery in reencrypt.ts).
-      const chunks = lay ? chunkWriter(dev, data, e.dataOffset + off, lay.chunk, hotOnDisk.promise, lanesN) : null;
+      const chunks = lay ? chunkWriter(dev, data, e.dataOffset + off, lay.chunk, hotOnDisk.promise, writeParts(dev, lanesN)) : null;
       if (chunks) writes.push(track(chunks.written));
+      // (one write at a time on a regular file: see writeParts)
+      const serial = writeParts(dev, lanesN) === 1;
+      let lastWrite = hotOnDisk.promise;
       const recrypting = track(
         recryptAsync(e, data, off, (slice, at) => {
           if (chunks) return chunks.ready(at - off, slice.length);
-          const w = track(hotOnDisk.promise.then(() => dev.write(slice, e.dataOffset + at)));
+          const w = track((serial ? lastWrite : hotOnDisk.promise).then(() => dev.write(slice, e.dataOffset + at)));
           w.catch(() => {}); // settled below (or by the pending set when the run fails first)
           writes.push(w);
+          if (serial) lastWrite = w;
         }, lay?.chunk),
       );
       recrypting.catch((err) => chunks?.fail(err));
@@ -355,6 +387,9 @@ function chunkWriter(dev: BlockDevice, data: Buffer, at: number, chunk: number, 
     },
   };
 }
+
+/** Concurrent pieces of one write: one on a regular file (the inode lock serialises its writers, a waiting one spins). */
+const writeParts = (dev: BlockDevice, n: number) => (dev instanceof FileBlockDevice && !dev.isBlockDevice ? 1 : n);
 
 /** Smallest piece a parity-protected data chunk is written in (two or more pieces, so both cores copy). */
 const CHUNK_PIECE = 1 << 20;

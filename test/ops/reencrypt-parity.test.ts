@@ -4,7 +4,7 @@
 // garbage (hostile or stale) is refused by its checksums and recovery falls back to cryptsetup's rule.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { randomBytes, createHash } from "node:crypto";
 import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
 import { Luks2Volume } from "../../src/luks2/volume.js";
 import { reencrypt, parityLayout } from "../../src/ops/reencrypt.js";
@@ -37,6 +37,34 @@ test("parity: the addon's xorFoldAsync (whole and split ranges) and TypeScript's
     assert.throws(() => a.xorFoldAsync!(Buffer.alloc(8), 4, Buffer.alloc(4), 0, 5), RangeError);
     assert.throws(() => a.xorFoldAsync!(Buffer.alloc(8), 0, Buffer.alloc(4), 0, 0), RangeError);
     assert.throws(() => a.xorFoldAsync!(Buffer.alloc(8), 4, Buffer.alloc(4), 3, 2), RangeError);
+  }
+});
+
+test("parity: xorFoldAsync with a hasher folds and writes every block's checksum in the same pass (any split of ranges)", async (t) => {
+  const a = loadNative();
+  if (!a?.xorFoldAsync || !a.hasherCreate) return t.skip("no native addon");
+  for (const [alg, flags] of [["sha256", 0], ["sha256", 2], ["sha256", 6], ["sha512", 0]] as const) {
+    const h = a.hasherCreate(alg, new Uint8Array(0), 1, flags);
+    const ds = createHash(alg).digest().length;
+    for (const [len, chunk, bs] of [[HOT, 32 * 1024, 4096], [HOT - 3 * 4096, 32 * 1024, 4096], [40 * 512, 6 * 512, 512], [24 << 20, 3 << 20, 4096]] as const) {
+      const data = randomBytes(len);
+      const want = Buffer.alloc(chunk);
+      xorInto(want, data, chunk);
+      const wantSums = Buffer.concat(Array.from({ length: len / bs }, (_, b) => createHash(alg).update(data.subarray(b * bs, (b + 1) * bs)).digest()));
+      for (const per of [chunk, bs, 3 * bs]) {
+        const out = Buffer.alloc(chunk, 0x5a), sums = Buffer.alloc(wantSums.length, 0xa5);
+        const jobs = [];
+        for (let f = 0; f < chunk; f += per) jobs.push(a.xorFoldAsync(data, chunk, out, f, Math.min(chunk, f + per), h, bs, sums));
+        await Promise.all(jobs);
+        assert.ok(out.equals(want), `parity ${alg}/${flags} ${len}/${chunk}/${bs} per ${per}`);
+        assert.ok(sums.equals(wantSums), `checksums ${alg}/${flags} ${len}/${chunk}/${bs} per ${per}`);
+      }
+    }
+    // not whole blocks, or too few checksums: refused before any work is queued
+    assert.throws(() => a.xorFoldAsync!(Buffer.alloc(8192), 4096, Buffer.alloc(4096), 0, 4096, h, 4096, Buffer.alloc(ds)), RangeError);
+    assert.throws(() => a.xorFoldAsync!(Buffer.alloc(8192 + 1), 4096, Buffer.alloc(4096), 0, 4096, h, 4096, Buffer.alloc(3 * ds)), RangeError);
+    assert.throws(() => a.xorFoldAsync!(Buffer.alloc(8192), 4096, Buffer.alloc(4096), 512, 4096, h, 4096, Buffer.alloc(2 * ds)), RangeError);
+    assert.throws(() => a.xorFoldAsync!(Buffer.alloc(8192), 4096, Buffer.alloc(4096), 0, 4096, h, 0, Buffer.alloc(2 * ds)), RangeError);
   }
 });
 
