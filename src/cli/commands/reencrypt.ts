@@ -38,7 +38,7 @@ export function registerReencryptCommands(program: Command): void {
     .option("--resume-only", "only resume a re-encryption already in the metadata")
     .addOption(new Option("--resilience <mode>", "hotzone protection: checksum (default), journal, none").choices(["checksum", "journal", "none", "datashift"]))
     .option("--resilience-hash <hash>", "checksum resilience hash (default sha256)")
-    .option("--hotzone-size <size>", "largest hotzone (e.g. 32M)", parseSize("--hotzone-size"))
+    .option("--hotzone-size <size>", "largest hotzone (e.g. 4M; default 24M, or the re-encryption area's room for it)", parseSize("--hotzone-size"))
     .option("--reduce-device-size <size>", "in-place --encrypt with a data shift (e.g. 32M)", parseSize("--reduce-device-size"))
     .option("--header <file>", "detached LUKS2 header")
     .option("-d, --key-file <file>", "passphrase from FILE (- = stdin)")
