@@ -275,6 +275,8 @@ export interface KillOutcome {
   status: number | null;
   stderr: string;
   ms: number;
+  /** When the signal was sent (ms after the start), or null when it exited first. */
+  signalledMs: number | null;
 }
 
 /** Start cmd, SIGKILL it after delayMs (unless it exits first). Key material only via files named in argv. */
@@ -285,6 +287,11 @@ export function runAndKill(cmd: string, args: string[], delayMs: number, signal:
     const p = spawn(cmd, args, { stdio: ["ignore", atProgress === undefined ? "ignore" : "pipe", "pipe"], cwd });
     let stderr = "";
     let killed = false;
+    let signalledMs: number | null = null;
+    const send = () => {
+      killed = p.kill(signal);
+      if (killed) signalledMs = performance.now() - t0;
+    };
     p.stderr!.on("data", (d) => (stderr += d));
     if (atProgress !== undefined) {
       // --progress-json lines (cryptsetup's fields): signal as soon as device_bytes/device_size reaches atProgress.
@@ -297,7 +304,7 @@ export function runAndKill(cmd: string, args: string[], delayMs: number, signal:
           buf = buf.slice(nl + 1);
           try {
             const j = JSON.parse(line) as { device_bytes: string; device_size: string };
-            if (!killed && Number(j.device_bytes) >= atProgress * Number(j.device_size)) killed = p.kill(signal);
+            if (!killed && Number(j.device_bytes) >= atProgress * Number(j.device_size)) send();
           } catch {
             /* not a progress line */
           }
@@ -305,13 +312,13 @@ export function runAndKill(cmd: string, args: string[], delayMs: number, signal:
       });
     }
     const timer = setTimeout(() => {
-      killed = p.kill(signal);
+      if (!killed) send();
     }, delayMs);
     p.on("error", reject);
     p.on("exit", (code, sig) => {
       clearTimeout(timer);
       // SIGKILL: the process died of it. Other signals: it was sent while the process ran (it may exit gracefully).
-      resolve({ killed: killed && (signal !== "SIGKILL" || sig === "SIGKILL"), status: code, stderr, ms: performance.now() - t0 });
+      resolve({ killed: killed && (signal !== "SIGKILL" || sig === "SIGKILL"), status: code, stderr, ms: performance.now() - t0, signalledMs });
     });
   });
 }
@@ -360,9 +367,12 @@ export async function killMidRun(opts: {
       : await runAndKill(opts.cmd, opts.args, delay, opts.signal, opts.cwd);
     const mid = o.killed && opts.midRun();
     // Missed: too late when it finished on its own or had already written (touched); else too early. Without a
-    // touched() probe, a signalled run that still exited 0 counts as finished.
-    const late = !o.killed || (!mid && (opts.touched ? opts.touched() : !!opts.signal && opts.signal !== "SIGKILL" && o.status === 0));
-    log.push(`${delay.toFixed(0)}ms: ${o.killed ? "signalled" : "exited"} status ${o.status}${mid ? " mid-run" : late ? " (too late)" : " (too early)"}`);
+    // touched() probe, a signalled run that still exited 0 counts as finished. A graceful signal the tool ignored
+    // (cryptsetup, sent before its hotzone loop: it then runs the whole re-encryption and exits 0) is too early: the
+    // run went on for long after it.
+    const ignored = !!opts.signal && opts.signal !== "SIGKILL" && o.status === 0 && o.signalledMs !== null && o.ms - o.signalledMs > 0.25 * opts.calibratedMs;
+    const late = !o.killed || (!mid && !ignored && (opts.touched ? opts.touched() : !!opts.signal && opts.signal !== "SIGKILL" && o.status === 0));
+    log.push(`${delay.toFixed(0)}ms: ${o.killed ? "signalled" : "exited"} status ${o.status}${mid ? " mid-run" : late ? " (too late)" : ignored ? " (ignored: too early)" : " (too early)"}`);
     if (mid) return { delayMs: delay, attempts: i, outcome: o };
     if (!o.killed && o.status !== 0) throw new Error(`${opts.cmd} ${opts.args.join(" ")} failed before the kill (${o.status}): ${o.stderr}`);
     if (late) hi = delay;
