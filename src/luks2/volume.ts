@@ -7,7 +7,7 @@ import { wipe } from "../util/secret.js";
 import { encodeHeaderCopies, readHeader, writeHeader, writeHeaderCopies, type Luks2Header, type ReadResult } from "./header.js";
 import { openKeyslotCandidate, buildKeyslot, wipeArea, type NewKeyslotOptions } from "./keyslot.js";
 import { verifyDigest, digestForSegment } from "./digest.js";
-import { unknownRequirements, keyslotPriority, u64Num, parseU64String, validateMetadata, type Luks2Metadata, type Luks2Segment, type Luks2Keyslot, type Luks2Token, type Json } from "./metadata.js";
+import { unknownRequirements, keyslotPriority, u64Num, parseU64String, type Luks2Metadata, type Luks2Segment, type Luks2Keyslot, type Luks2Token, type Json } from "./metadata.js";
 import { KNOWN_REQUIREMENTS, LUKS2_KEYSLOTS_MAX, LUKS2_TOKENS_MAX } from "./constants.js";
 
 export interface UnlockResult {
@@ -385,14 +385,16 @@ export class Luks2Volume {
   /** Validate then write new metadata (both copies); on success it becomes the volume's metadata. */
   async commit(m: Luks2Metadata, mapError?: (e: TrustvolError) => TrustvolError): Promise<void> {
     await this.syncCopies();
+    const next: Luks2Header = { ...this.header, metadata: m, seqid: this.header.seqid + 1n };
+    let copies: [Buffer, Buffer];
     try {
-      validateMetadata(JSON.parse(JSON.stringify(m)), this.header.hdrSize);
+      copies = encodeHeaderCopies(next); // validates once: never write what we would refuse to read
     } catch (e) {
-      if (e instanceof TrustvolError && mapError) throw mapError(e);
+      // mapError is for what the metadata says (invalid); a JSON area too small stays ENOSPC
+      if (e instanceof TrustvolError && mapError && e.code !== "ENOSPC") throw mapError(e);
       throw e;
     }
-    const next: Luks2Header = { ...this.header, metadata: m };
-    await writeHeader(this.dev, next);
+    await writeHeaderCopies(this.dev, copies, next.hdrSize);
     this.header = next;
   }
 
