@@ -1746,6 +1746,9 @@ static napi_value tv_hasher_engine(napi_env env, napi_callback_info info) {
   return v;
 }
 
+/* JS values a thread-pool job keeps alive (its buffers, its hasher). */
+#define TV_KEEP 4
+
 /*
  * hashBlocksAsync(hasher, fd, pos, inp, count, blockSize, out) -> Promise<void>: the same on a libuv thread-pool
  * thread, so several chunks hash on several cores without worker isolates. fd >= 0: first pread count*blockSize bytes
@@ -1753,9 +1756,6 @@ static napi_value tv_hasher_engine(napi_env env, napi_callback_info info) {
  * in 256 KiB slices, so it needs only min(count*blockSize, 256 KiB rounded to blocks) bytes); fd < 0: hash
  * inp as it is. The JS values stay referenced until completion.
  */
-/* JS values a thread-pool job keeps alive (its buffers, its hasher). */
-#define TV_KEEP 4
-
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
