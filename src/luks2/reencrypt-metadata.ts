@@ -12,8 +12,6 @@ export type ReencryptMode = "reencrypt" | "encrypt" | "decrypt";
 export type ReencryptDirection = "forward" | "backward";
 export type ResilienceType = "none" | "checksum" | "journal" | "datashift";
 export const REQUIREMENT_V2 = "online-reencrypt-v2";
-/** cryptsetup LUKS2_DEFAULT_NONE_REENCRYPTION_LENGTH (8 MiB): hotzone of resilience "none" without --hotzone-size. */
-export const DEFAULT_NONE_HOTZONE = 8 << 20;
 
 export interface ReencryptKeyslot {
   id: number;

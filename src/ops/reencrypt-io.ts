@@ -180,11 +180,10 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
     // The next hotzone's checksums are hashed as soon as its data is in, while this one is written and committed
     // (it writes nothing; the range is one no write of this hotzone touches, so the sums are those of its old data).
     const chunk = e.withParity ? parityLayout(n, e.block, e.hashLen).chunk : 0;
-    const { sums, parity } = hasher ? oldDataSums(done, b, chunk, pOther) : {};
-    ahead = { src, n, done, sums, parity };
+    ahead = { src, n, done, old: hasher ? oldDataSums(done, b, chunk, pOther) : undefined };
   };
   /** The old data at [src, src+n) in `cur`: the read ahead when it is that range, else read now. */
-  const take = async (src: number, n: number): Promise<{ data: Buffer; sums?: Promise<Buffer>; parity?: Promise<Buffer> }> => {
+  const take = async (src: number, n: number): Promise<{ data: Buffer; old?: OldSums }> => {
     const a = ahead as Ahead | null;
     ahead = null;
     if (a) {
@@ -193,10 +192,10 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       if (hit) {
         [cur, other] = [other, cur];
         [pCur, pOther] = [pOther, pCur];
-        return { data: cur.subarray(0, n), sums: a.sums, parity: a.parity };
+        return { data: cur.subarray(0, n), old: a.old };
       }
       // still hashing `other`: let it finish before that buffer is read into again
-      await Promise.allSettled([a.sums, a.parity]);
+      await Promise.allSettled([a.old?.sums, a.old?.parity]);
     }
     const b = cur.subarray(0, n);
     await readPar(dev, b, src, lanesN);
@@ -220,7 +219,7 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
    * The checksums of the old data (and its parity into parityOut, when chunk > 0) once `ready` settles: in one pass
    * when the addon folds and hashes together (each block hashed, then folded while in cache), else two.
    */
-  const oldDataSums = (ready: Promise<void>, data: Buffer, chunk: number, parityOut: Buffer): { sums: Promise<Buffer>; parity?: Promise<Buffer> } => {
+  const oldDataSums = (ready: Promise<void>, data: Buffer, chunk: number, parityOut: Buffer): OldSums => {
     const fold = hasher?.a.xorFoldAsync;
     if (chunk && fold && data.length % e.block === 0 && chunk % e.block === 0) {
       const out = parityOut.subarray(0, chunk);
@@ -265,7 +264,7 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       const hotCommit = st.resilience !== "none" ? v.prepareCommit(hot) : null;
       // Online: the hotzone is stable only once the hook has suspended and remapped it, so read after it, never ahead.
       await run.hooks?.before(hot, run.keys ?? new Map());
-      const { data, sums: hashed, parity: folded } = await take(src, len);
+      const { data, old: hashedAhead } = await take(src, len);
       mark(`hotzone ${off}+${len}: read`);
       if (nz && !run.hooks) readAhead(nextSrc, nz.len);
       // The journal is written while the checksums are hashed: both only read data.
@@ -275,11 +274,9 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       let sums: Buffer | null = null, parity: Buffer | null = null;
       try {
         if (st.resilience === "checksum") {
-          const now = hashed ? null : oldDataSums(Promise.resolve(), data, lay?.chunk ?? 0, pCur);
-          const s = hashed ?? now!.sums;
-          const p = lay ? (folded ?? now!.parity!) : null;
-          sums = await s;
-          parity = p && (await p);
+          const old = hashedAhead ?? oldDataSums(Promise.resolve(), data, lay?.chunk ?? 0, pCur);
+          sums = await old.sums;
+          parity = old.parity ? await old.parity : null;
         }
       } finally {
         if (copying) await copying;
@@ -293,10 +290,10 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       const writes: Promise<void>[] = [];
       // With the parity, chunk k is written once it is re-encrypted and chunk k-1 is on disk (flushed): a cut can tear
       // only one chunk, which the parity rebuilds (recovery in reencrypt.ts).
-      const chunks = lay ? chunkWriter(dev, data, e.dataOffset + off, lay.chunk, hotOnDisk.promise, writeParts(dev, lanesN)) : null;
+      const parts = writeParts(dev, lanesN);
+      const chunks = lay ? chunkWriter(dev, data, e.dataOffset + off, lay.chunk, hotOnDisk.promise, parts) : null;
       if (chunks) writes.push(track(chunks.written));
-      // (one write at a time on a regular file: see writeParts)
-      const serial = writeParts(dev, lanesN) === 1;
+      const serial = parts === 1; // one write at a time on a regular file (see writeParts)
       let lastWrite = hotOnDisk.promise;
       const recrypting = track(
         recryptAsync(e, data, off, (slice, at) => {
@@ -347,12 +344,18 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
   }
 }
 
+/** A hotzone's old-data checksums and (checksum mode with parity) its parity, as they are computed. */
+interface OldSums {
+  sums: Promise<Buffer>;
+  parity?: Promise<Buffer>;
+}
+
 interface Ahead {
   src: number;
   n: number;
   done: Promise<void>;
-  sums?: Promise<Buffer>;
-  parity?: Promise<Buffer>;
+  /** Checksum mode with the addon's hasher: hashed (and folded) once the read is in. */
+  old?: OldSums;
 }
 
 /**

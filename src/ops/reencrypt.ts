@@ -31,7 +31,6 @@ import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { mark } from "../util/timing.js";
 export { parityLayout };
 import {
-  DEFAULT_NONE_HOTZONE,
   REQUIREMENT_V2,
   finalMetadata,
   nextHotzone,
@@ -108,7 +107,8 @@ export interface ReencryptResult {
 const MiB = 1 << 20;
 /**
  * Our default hotzone: large sequential I/O inside the 128 MiB RSS budget. The loop holds two buffers (one read ahead),
- * checksum mode their parity too (~2.25× this beside Node's ~65 MiB: 118 MiB peak; 32 MiB would be 135).
+ * checksum mode their parity too (~2.25× this beside Node's ~65 MiB: 118 MiB peak; 32 MiB would be 135). Resilience
+ * none too (cryptsetup's LUKS2_DEFAULT_NONE_REENCRYPTION_LENGTH is 8 MiB).
  */
 const DEFAULT_HOTZONE = 24 * MiB;
 /** The buffer a data shift's hotzone (the shift itself) is copied through. */
@@ -656,7 +656,7 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   if (block % Math.max(...ss)) throw new TrustvolError("ECORRUPT", `checksum block ${block} is not a multiple of the encryption sector size`);
   let cap = st.resilience === "checksum" ? Math.floor(area.size / hashLen) * block : st.resilience === "journal" ? area.size : st.resilience === "datashift" ? area.shiftSize! : Infinity;
   // datashift: the hotzone is the shift (cryptsetup's rule); this is only the buffer it is processed through.
-  const want = st.resilience === "datashift" ? Math.min(area.shiftSize!, SHIFT_BUFFER) : (opts.hotzoneSize ?? (st.resilience === "none" ? Math.max(DEFAULT_NONE_HOTZONE, DEFAULT_HOTZONE) : DEFAULT_HOTZONE));
+  const want = st.resilience === "datashift" ? Math.min(area.shiftSize!, SHIFT_BUFFER) : (opts.hotzoneSize ?? DEFAULT_HOTZONE);
   let hotzone = Math.min(cap, want);
   hotzone -= hotzone % block;
   const withParity = st.resilience === "checksum" && opts.tornWriteSafe !== false;
