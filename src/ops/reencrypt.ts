@@ -26,7 +26,8 @@ import { chooseEncryptionSectorSize, FS_PROBE_BYTES, probeFilesystem } from "../
 import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
-import { parityLayout, fusedCopy, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
+import { HEAD_MOVE_RECORD_SIZE, moveHead } from "./reencrypt-headmove.js";
+import { parityLayout, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { mark } from "../util/timing.js";
 export { parityLayout };
@@ -536,8 +537,8 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
  * In-place encryption with a data shift (cryptsetup --encrypt --reduce-device-size R): the new data offset and the
  * shift are R/2; the first chunk of the device is copied to the free end first (backup-moved-segment), then the header
  * is written over the device's head, keyslot areas and secondary copy before the primary (a torn primary falls back to
- * a complete secondary). As in cryptsetup, the few KiB written before the first valid header copy are the one window
- * a power cut leaves the file system's head only in the copy at the end of the device.
+ * a complete secondary). Unlike cryptsetup, a cut between the head's first overwrite and the first valid header copy
+ * loses nothing: the completed copy's record says it is the source (moveHead).
  */
 async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promise<InitEncrypted> {
   const reduce = opts.reduceDeviceSize;
@@ -551,10 +552,12 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   const dataSize = total - reduce; // the (shrunk) file system
   if (dataSize <= 0) throw new TrustvolError("ENOSPC", `${dev.name} (${total} bytes) is too small for --reduce-device-size ${reduce}`, "use a smaller reduction or a larger device");
   checkDataSize(dataSize, [ss]);
+  // the head move's record: free space past the data and the new header, below the copy (reencrypt-headmove.ts)
+  const recordAt = Math.floor((devSize - HEAD_MOVE_RECORD_SIZE) / 512) * 512;
+  if (recordAt < Math.max(dataSize, shift)) throw new TrustvolError("ENOSPC", `${dev.name}: a ${dataSize}-byte data area is too small to encrypt in place`, "use a larger device");
   const label = await encryptLabel(dev, opts);
   const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: shift, label, subsystem: opts.subsystem, uuid: opts.uuid, digestIterations: digestIterations(opts) }, false);
   mark("init: header planned");
-  let head: Buffer | undefined;
   try {
     const m = plan.header.metadata;
     const crypt = m.segments["0"]!;
@@ -575,42 +578,9 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     m.config.requirements = { mandatory: [REQUIREMENT_V2] };
     assignReencryptDigest(m, new Map([[Number(dNew), plan.volumeKey]]), { iterations: digestIterations(opts) });
     const [p, sc] = encodeHeaderCopies(plan.header);
-    // A previous attempt cut before its first header copy landed left the true head at the end and part of the head
-    // overwritten by keyslot material: the copy matches the head everywhere else. Then the copy is already the source.
-    const PIECE = MiB; // small: a fresh run stops comparing at its first piece, and the copy stays in the CPU cache
-    head = Buffer.allocUnsafeSlow(Math.min(PIECE, firstLen));
-    const tail = Buffer.allocUnsafeSlow(head.length);
-    try {
-      const touched = [plan.header.hdrSize, plan.keyslotArea.offset + plan.keyslotArea.data.length] as const;
-      let outside = firstLen > touched[1], inside = false;
-      for (let p = 0; p < firstLen && outside; p += head.length) {
-        const n = Math.min(head.length, firstLen - p);
-        await dev.read(head.subarray(0, n), p);
-        await dev.read(tail.subarray(0, n), devSize + p);
-        for (const [a, b, isInside] of [[0, touched[0], false], [touched[0], touched[1], true], [touched[1], firstLen, false]] as const) {
-          const lo = Math.max(a, p), hi = Math.min(b, p + n);
-          if (lo >= hi) continue;
-          const eq = head.subarray(lo - p, hi - p).equals(tail.subarray(lo - p, hi - p));
-          if (isInside) inside ||= !eq;
-          else if (!eq) outside = false;
-        }
-      }
-      if (!(outside && inside)) {
-        // 1. copy the device's first chunk to the free end (cryptsetup reencrypt_move_data): one native copy on a
-        // file or block device, else piece by piece
-        const fused = fusedCopy(dev, 0, devSize, firstLen, 0, null, null);
-        if (fused) await fused;
-        else
-          for (let p = 0; p < firstLen; p += head.length) {
-            const n = Math.min(head.length, firstLen - p);
-            await dev.read(head.subarray(0, n), p);
-            await dev.write(head.subarray(0, n), devSize + p);
-          }
-        await dev.flush();
-      }
-    } finally {
-      wipe(tail);
-    }
+    // 1. the device's first chunk to the free end, unless an attempt cut before its first header copy landed did
+    const touched = [plan.header.hdrSize, plan.keyslotArea.offset + plan.keyslotArea.data.length] as const;
+    await moveHead(dev, { len: firstLen, at: devSize, recordAt, touched });
     mark("init: first chunk moved");
     // 2. keyslot material, the secondary copy, then the primary
     await dev.write(plan.keyslotArea.data, plan.keyslotArea.offset);
@@ -632,7 +602,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     mark("init: head zeroed");
     return await initEncrypted(dev, dNew, plan.volumeKey);
   } finally {
-    wipe(plan.volumeKey, plan.keyslotArea.data, head);
+    wipe(plan.volumeKey, plan.keyslotArea.data);
   }
 }
 
