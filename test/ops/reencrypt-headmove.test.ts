@@ -34,26 +34,42 @@ async function finish(dev: MemoryBlockDevice): Promise<Buffer> {
   return plaintextOf(dev);
 }
 
-const moved = async (image: Buffer, devSize: number, recordAt: number) => {
+const moved = async (image: Buffer, devSize: number, recordAt: number, touchedEnd = TOUCHED_END) => {
   const dev = new MemoryBlockDevice(image);
-  assert.equal(await moveHead(dev, { len: SHIFT, at: devSize, recordAt, touched: [HDR, TOUCHED_END] }), true);
+  assert.equal(await moveHead(dev, { len: SHIFT, at: devSize, recordAt, touched: [HDR, touchedEnd] }), true);
   return dev;
 };
 
-test("head-move record: round trip; any torn or changed byte of its first 96 is no record", () => {
-  const r = { len: SHIFT, at: 5 << 20, sha256: randomBytes(32) };
+/** A device whose write at `offset` lands only from byte `from` of it, then power goes. */
+const cutAt = (image: Buffer, offset: number, from = 0) =>
+  new (class extends MemoryBlockDevice {
+    hit = false;
+    override async write(buf: Uint8Array, off: number): Promise<void> {
+      if (off === offset && !this.hit) {
+        this.hit = true;
+        await super.write(buf.subarray(from), off + from);
+        throw new Error("power cut");
+      }
+      return super.write(buf, off);
+    }
+  })(image);
+
+test("head-move record: round trip; any torn or changed byte of its first 112 is no record; inconsistent ranges neither", () => {
+  const r = { len: SHIFT, at: 5 << 20, guardFrom: HDR, guardTo: TOUCHED_END, digest: randomBytes(32) };
   const b = encodeHeadMoveRecord(r);
   assert.equal(b.length, HEAD_MOVE_RECORD_SIZE);
   assert.deepEqual(decodeHeadMoveRecord(b), r);
-  for (const i of [0, 15, 16, 31, 32, 63, 64, 95]) {
+  for (const i of [0, 15, 16, 31, 40, 47, 48, 79, 80, 111]) {
     const t = Buffer.from(b);
     t[i]! ^= 1;
     assert.equal(decodeHeadMoveRecord(t), null, `byte ${i}`);
   }
   const torn = Buffer.from(b);
-  torn.fill(0, 48);
+  torn.fill(0, 64);
   assert.equal(decodeHeadMoveRecord(torn), null);
   assert.equal(decodeHeadMoveRecord(Buffer.alloc(HEAD_MOVE_RECORD_SIZE)), null);
+  for (const bad of [{ guardFrom: 9, guardTo: 8 }, { guardTo: SHIFT + 1 }, { at: SHIFT - 1 }, { len: 0, guardFrom: 0, guardTo: 0 }])
+    assert.equal(decodeHeadMoveRecord(encodeHeadMoveRecord({ ...r, ...bad })), null, JSON.stringify(bad));
 });
 
 test("copy torn where the header goes, the rest of it written, no record: copied again, 0 bytes lost", async () => {
@@ -77,7 +93,7 @@ test("a record whose copy no longer matches, or a head changed since outside the
   for (const change of ["copy", "head", "record"] as const) {
     const { plain, image, devSize, recordAt } = fixture();
     const dev = await moved(image, devSize, recordAt);
-    if (change === "copy") dev.data[devSize + 500000]! ^= 1; // a copy a later run tore: its hash no longer matches
+    if (change === "copy") dev.data[devSize + 500000]! ^= 1; // a copy a later run tore: its digest no longer matches
     if (change === "head") {
       dev.data.write("mounted since", 1024); // e.g. a file system mounted in between: its superblock moved on
       dev.data.copy(plain, 0, 0, 2048);
@@ -91,20 +107,24 @@ test("a record whose copy no longer matches, or a head changed since outside the
 test("primary header torn elsewhere than its magic over a valid secondary: resumed as LUKS2, not moved again", async () => {
   // Sectors of one write need not land in order: [0, 512) can keep the file system's bytes while the rest is LUKS2.
   const { plain, image } = fixture();
-  let primary: Buffer | undefined;
-  const dev = new (class extends MemoryBlockDevice {
-    override async write(buf: Uint8Array, offset: number): Promise<void> {
-      if (offset === 0 && buf.length === HDR && !primary) {
-        primary = Buffer.from(buf);
-        await super.write(buf.subarray(512), 512);
-        throw new Error("power cut in the primary header write");
-      }
-      return super.write(buf, offset);
-    }
-  })(image);
-  await assert.rejects(reencrypt(dev, opts), /power cut in the primary/);
+  const dev = cutAt(image, 0, 512);
+  await assert.rejects(reencrypt(dev, opts), /power cut/);
   assert.ok(dev.data.subarray(0, 512).equals(plain.subarray(0, 512)), "the magic did not land");
   assert.equal(await probeLuksVersion(dev), 2, "found by its secondary copy");
+  const got = await finish(new MemoryBlockDevice(dev.data));
+  assert.ok(got.subarray(0, plain.length).equals(plain));
+});
+
+test("an attempt with a smaller keyslot area cut after its keyslots, then one with the default: its wider keyslots are guarded too", async () => {
+  // Attempt 1 (say --key-size 256) guarded [HDR, 100000) and overwrote it; attempt 2 trusts its copy, then writes
+  // keyslot material up to TOUCHED_END and is cut before its secondary header lands: attempt 3 must still trust it.
+  const { plain, image, devSize, recordAt } = fixture();
+  const first = await moved(image, devSize, recordAt, 100000);
+  randomBytes(100000 - HDR).copy(first.data, HDR);
+  const dev = cutAt(first.data, HDR, HDR); // the secondary header write, none of it landed (keyslot material flushed)
+  await assert.rejects(reencrypt(dev, opts), /power cut/);
+  assert.equal(await probeLuksVersion(dev), null, "no header copy yet");
+  assert.equal(decodeHeadMoveRecord(dev.data.subarray(recordAt, recordAt + HEAD_MOVE_RECORD_SIZE))?.guardTo, TOUCHED_END, "widened");
   const got = await finish(new MemoryBlockDevice(dev.data));
   assert.ok(got.subarray(0, plain.length).equals(plain));
 });
