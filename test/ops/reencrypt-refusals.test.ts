@@ -156,6 +156,16 @@ const cases: Case[] = [
     says: /small|size|shift/i,
   },
   {
+    name: "a data area too small to hold the head move's record (2 KiB + --reduce-device-size 32M)",
+    make: (dir) => {
+      const img = join(dir, "tiny.img");
+      writePlain(img, 32 * MiB + 2048, 15);
+      return { img };
+    },
+    args: ["--encrypt", "--reduce-device-size", "32M"],
+    says: /too small/i,
+  },
+  {
     name: "--reduce-device-size equal to the device",
     make: (dir) => {
       const img = join(dir, "exact.img");
