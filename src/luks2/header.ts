@@ -75,11 +75,7 @@ async function tryRead(dev: BlockDevice, offset: number, primary: boolean): Prom
   }
 }
 
-/**
- * Is this a LUKS device, and which version: a LUKS magic at offset 0, else a whole LUKS2 secondary header at one of
- * its offsets (as cryptsetup loads it). The second check is what keeps a torn primary over a plain head, the moment
- * in-place encryption writes it, from being taken for the plain device again.
- */
+/** Quick check: does the device start with a LUKS magic (version 1 or 2)? */
 export async function probeLuksVersion(dev: BlockDevice): Promise<1 | 2 | null> {
   if (dev.size < 8) return null;
   const b = Buffer.alloc(8);
@@ -87,12 +83,6 @@ export async function probeLuksVersion(dev: BlockDevice): Promise<1 | 2 | null> 
   const v = b.readUInt16BE(6);
   if (b.subarray(0, 6).equals(LUKS2_MAGIC_PRIMARY)) return v === 1 ? 1 : v === 2 ? 2 : null;
   if (b.subarray(0, 6).equals(LUKS2_MAGIC_SECONDARY) && v === 2) return 2;
-  const magic = Buffer.alloc(6);
-  for (const off of LUKS2_HDR_SIZES) {
-    if (off + LUKS2_BINARY_HEADER_SIZE > dev.size) break;
-    await dev.read(magic, off);
-    if (magic.equals(LUKS2_MAGIC_SECONDARY) && (await tryRead(dev, off, false)).copy) return 2;
-  }
   return null;
 }
 

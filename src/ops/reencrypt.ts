@@ -166,7 +166,10 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
   if (opts.resilience && !["checksum", "journal", "none", "datashift"].includes(opts.resilience)) throw usage(`unknown resilience mode "${opts.resilience}"`, "use checksum, journal or none");
   if (opts.hash) opensslHash(opts.hash);
   if (opts.hotzoneSize !== undefined && (!Number.isSafeInteger(opts.hotzoneSize) || opts.hotzoneSize < 4096)) throw usage(`hotzone size ${opts.hotzoneSize} is too small`);
-  const version = await probeLuksVersion(hdrDev);
+  let version = await probeLuksVersion(hdrDev);
+  // A primary header torn after its magic over a valid secondary (the instant --encrypt writes it) is a re-encryption
+  // to resume, not a plain device; a plain one that kept an old LUKS2 secondary (mkfs over LUKS) stays plain.
+  if (version === null && mode === "encrypt" && (await secondaryInReencryption(hdrDev))) version = 2;
   if (version === 1) throw new TrustvolError("EUNSUPPORTED", `${hdrDev.name} is LUKS1`, "convert it to LUKS2 first (`cryptsetup convert --type luks2`)");
 
   let volume: Luks2Volume;
@@ -530,6 +533,16 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
     return await initEncrypted(hdrDev, dNew, plan.volumeKey);
   } finally {
     wipe(plan.volumeKey, plan.keyslotArea.data);
+  }
+}
+
+/** Does the device hold a LUKS2 header (any valid copy) that is in re-encryption? */
+async function secondaryInReencryption(dev: BlockDevice): Promise<boolean> {
+  try {
+    return reencryptStatus((await Luks2Volume.open(dev)).metadata) !== "none";
+  } catch (e) {
+    if (e instanceof TrustvolError) return false;
+    throw e;
   }
 }
 

@@ -5,6 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
+import { formatLuks2 } from "../../src/luks2/format.js";
 import { Luks2Volume } from "../../src/luks2/volume.js";
 import { probeLuksVersion } from "../../src/luks2/header.js";
 import { reencryptStatus } from "../../src/luks2/reencrypt-metadata.js";
@@ -110,8 +111,21 @@ test("primary header torn elsewhere than its magic over a valid secondary: resum
   const dev = cutAt(image, 0, 512);
   await assert.rejects(reencrypt(dev, opts), /power cut/);
   assert.ok(dev.data.subarray(0, 512).equals(plain.subarray(0, 512)), "the magic did not land");
-  assert.equal(await probeLuksVersion(dev), 2, "found by its secondary copy");
-  const got = await finish(new MemoryBlockDevice(dev.data));
+  assert.equal(await probeLuksVersion(dev), null, "no LUKS magic at offset 0");
+  const again = new MemoryBlockDevice(dev.data);
+  await reencrypt(again, opts); // the same command: resumed from the secondary copy
+  assert.equal(reencryptStatus((await Luks2Volume.open(again)).metadata), "none");
+  assert.ok((await plaintextOf(again)).subarray(0, plain.length).equals(plain));
+});
+
+test("a plain device that kept an old LUKS2 secondary header (mkfs over LUKS, not in re-encryption) is encrypted as plain", async () => {
+  const { image } = fixture();
+  const old = new MemoryBlockDevice(1 << 20);
+  await formatLuks2(old, PASS, { pbkdf: PBKDF, dataOffset: 1 << 20, digestIterations: 1000 });
+  old.data.copy(image, HDR, HDR, 2 * HDR); // its secondary copy, valid, inside the file system's bytes
+  image.fill(7, 0, 4096); // the new file system's first block over the primary
+  const plain = Buffer.from(image.subarray(0, image.length - SHIFT_REDUCE));
+  const got = await finish(new MemoryBlockDevice(image));
   assert.ok(got.subarray(0, plain.length).equals(plain));
 });
 
