@@ -166,10 +166,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
   if (opts.resilience && !["checksum", "journal", "none", "datashift"].includes(opts.resilience)) throw usage(`unknown resilience mode "${opts.resilience}"`, "use checksum, journal or none");
   if (opts.hash) opensslHash(opts.hash);
   if (opts.hotzoneSize !== undefined && (!Number.isSafeInteger(opts.hotzoneSize) || opts.hotzoneSize < 4096)) throw usage(`hotzone size ${opts.hotzoneSize} is too small`);
-  let version = await probeLuksVersion(hdrDev);
-  // A primary header torn after its magic over a valid secondary (the instant --encrypt writes it) is a re-encryption
-  // to resume, not a plain device; a plain one that kept an old LUKS2 secondary (mkfs over LUKS) stays plain.
-  if (version === null && mode === "encrypt" && (await secondaryInReencryption(hdrDev))) version = 2;
+  const version = await reencryptLuksVersion(hdrDev);
   if (version === 1) throw new TrustvolError("EUNSUPPORTED", `${hdrDev.name} is LUKS1`, "convert it to LUKS2 first (`cryptsetup convert --type luks2`)");
 
   let volume: Luks2Volume;
@@ -536,12 +533,18 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
   }
 }
 
-/** Does the device hold a LUKS2 header (any valid copy) that is in re-encryption? */
-async function secondaryInReencryption(dev: BlockDevice): Promise<boolean> {
+/**
+ * The LUKS version as re-encryption sees a device: the magic at offset 0, else 2 when a valid header copy is in
+ * re-encryption — a primary whose magic did not land over a valid secondary (a cut as --encrypt writes it) is a run
+ * to resume. A plain device that kept an old LUKS2 secondary (mkfs over LUKS) is plain.
+ */
+export async function reencryptLuksVersion(dev: BlockDevice): Promise<1 | 2 | null> {
+  const v = await probeLuksVersion(dev);
+  if (v !== null) return v;
   try {
-    return reencryptStatus((await Luks2Volume.open(dev)).metadata) !== "none";
+    return reencryptStatus((await Luks2Volume.open(dev)).metadata) !== "none" ? 2 : null;
   } catch (e) {
-    if (e instanceof TrustvolError) return false;
+    if (e instanceof TrustvolError) return null;
     throw e;
   }
 }

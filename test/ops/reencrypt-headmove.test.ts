@@ -113,9 +113,12 @@ test("primary header torn elsewhere than its magic over a valid secondary: resum
   assert.ok(dev.data.subarray(0, 512).equals(plain.subarray(0, 512)), "the magic did not land");
   assert.equal(await probeLuksVersion(dev), null, "no LUKS magic at offset 0");
   const again = new MemoryBlockDevice(dev.data);
-  await reencrypt(again, opts); // the same command: resumed from the secondary copy
-  assert.equal(reencryptStatus((await Luks2Volume.open(again)).metadata), "none");
-  assert.ok((await plaintextOf(again)).subarray(0, plain.length).equals(plain));
+  for (const resume of [opts, { passphrase: PASS, resumeOnly: true }]) {
+    const again = new MemoryBlockDevice(dev.data); // the same command, or --resume-only: resumed from the secondary
+    await reencrypt(again, resume);
+    assert.equal(reencryptStatus((await Luks2Volume.open(again)).metadata), "none");
+    assert.ok((await plaintextOf(again)).subarray(0, plain.length).equals(plain));
+  }
 });
 
 test("a plain device that kept an old LUKS2 secondary header (mkfs over LUKS, not in re-encryption) is encrypted as plain", async () => {

@@ -7,10 +7,9 @@ import { FileBlockDevice } from "../../blockdev/file.js";
 import type { BlockDevice } from "../../blockdev/types.js";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
-import { probeLuksVersion } from "../../luks2/header.js";
 import { Luks2Volume } from "../../luks2/volume.js";
 import type * as Online from "../../ops/reencrypt-online.js";
-import { reencrypt, repairReencryption, tokenKeyslotPassphrases, type ReencryptOptions } from "../../ops/reencrypt.js";
+import { reencrypt, reencryptLuksVersion, repairReencryption, tokenKeyslotPassphrases, type ReencryptOptions } from "../../ops/reencrypt.js";
 import { readPin } from "../../trust/pkcs11/pin.js";
 import { getPassphrase } from "../secrets.js";
 import { int, parseSize, pbkdfFrom, pinSourceFrom, printJson } from "../common.js";
@@ -80,7 +79,7 @@ export function registerReencryptCommands(program: Command): void {
       let ok = false;
       try {
         if (o.header) hdr = await FileBlockDevice.open(o.header as string, { create: mode === "encrypt" });
-        const isLuks = (await probeLuksVersion(hdr)) !== null;
+        const isLuks = (await reencryptLuksVersion(hdr)) !== null;
         let passphrase: Buffer | undefined;
         let keyslotPassphrases: Map<number, Uint8Array> | undefined;
         let uncovered = true; // a keyslot to carry over that no token opens: the typed passphrase is needed
