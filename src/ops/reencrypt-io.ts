@@ -2,7 +2,8 @@
 //
 // Crash safety is the write order of reencrypt.ts, unchanged: per hotzone, the old data's checksums (+ our parity) or
 // journal reach the area and are flushed → metadata commit "hotzone in re-encryption" → the re-encrypted data is
-// written and flushed → metadata commit "hotzone done". With the parity (checksum mode's torn-write protection,
+// written and flushed → metadata commit "hotzone done" (checksum mode offline: in the same commit as the next hotzone's
+// "in re-encryption", after that one's checksums are flushed — `combine` below). With the parity (torn-write protection,
 // `parityLayout`), the data goes in chunks, each flushed before the next is written. What the pipeline overlaps with
 // that order is only work that writes nothing to disk:
 //   - the read of the next hotzone starts as soon as the current one is in memory: it reads a range no write of the
@@ -246,17 +247,29 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
     return { sums, parity };
   };
 
+  // Checksum mode offline: a hotzone's "done" reaches the disk in the next one's "in re-encryption" commit (as the data
+  // shift's do): one commit and two flushes less per hotzone. The next checksums are written only once this hotzone's
+  // data is flushed, so a cut before that commit leaves "this hotzone in re-encryption" over new data only, which
+  // matches none of the checksums then in the area: recovery, cryptsetup's and ours, keeps every block.
+  const combine = st.resilience === "checksum" && !run.hooks;
+  /** The metadata the next hotzone starts from: the last commit, or a "done" that goes with the next "hot" commit. */
+  let meta = v.metadata;
+  let doneOwed = false;
   let bytes = 0;
   try {
     let hz = nextHotzone(v.metadata, st, e.dataSize, e.hotzone);
     run.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
     while (hz) {
       const { off, len } = hz;
-      if (run.signal?.aborted) throw run.interrupted(doneBytes(hz), e.dataSize);
-      const hot = hotMetadata(v.metadata, st, off, len, e.dataSize);
+      if (run.signal?.aborted) {
+        if (doneOwed) await v.commit(meta);
+        doneOwed = false;
+        throw run.interrupted(doneBytes(hz), e.dataSize);
+      }
+      const hot = hotMetadata(meta, st, off, len, e.dataSize);
       const src = sourceOf(e, hot, off);
       // What the next hotzone will be once this one is committed done (pure functions of the metadata committed).
-      const post = postMetadata(st.resilience === "none" ? v.metadata : hot, st, off, len, e.dataSize);
+      const post = postMetadata(st.resilience === "none" ? meta : hot, st, off, len, e.dataSize);
       const nz = nextHotzone(post, st, e.dataSize, e.hotzone);
       // (the next hotzone's metadata only for a data shift's moved source; otherwise its source is its offset)
       const nextSrc = !nz ? -1 : e.st.movedSeg ? sourceOf(e, hotMetadata(post, st, nz.off, nz.len, e.dataSize), nz.off) : e.dataOffset + nz.off;
@@ -310,6 +323,7 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
           await hdrDev.flush();
           // Metadata commit point: from here the header says the hotzone may hold old or new data.
           await hotCommit!.write();
+          doneOwed = false;
           mark("hotzone: hot committed");
         }
         hotOnDisk.resolve();
@@ -320,14 +334,17 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
         await recrypting.catch(() => {});
       }
       await recrypting;
-      // The "done" commit is validated and encoded while the slices' writes run on the pool; written after the flush.
-      const done = v.prepareCommit(post);
+      // The "done" commit is validated and encoded while the slices' writes run on the pool; written after the flush
+      // (combined: with the next hotzone's "hot", unless this is the last).
+      const done = combine && nz ? null : v.prepareCommit(post);
       await settleAll(writes);
       mark("hotzone: data written");
-      await dev.flush();
+      if (!chunks) await dev.flush(); // the chunk writer flushed its last chunk
       mark("hotzone: flushed");
-      await done.write();
-      mark("hotzone: done committed");
+      meta = post;
+      if (done) await done.write();
+      doneOwed = !done;
+      mark(done ? "hotzone: done committed" : "hotzone: done (with the next commit)");
       await run.hooks?.after(v.metadata);
       bytes += len;
       hz = nz;

@@ -4,9 +4,10 @@
 //
 // Write order per hotzone (cryptsetup reencrypt_step): read old data → store its checksums (+ our parity) / a journal
 // copy in the reencrypt keyslot area, flush → commit metadata marking the hotzone in-reencryption → write the
-// re-encrypted data (with the parity: chunk by chunk, each flushed), flush → commit metadata with the hotzone done. A
-// power cut at any write leaves a header (old or new copy) whose state is recoverable: before the hot commit the area
-// is unused; after it the area describes the old data.
+// re-encrypted data (with the parity: chunk by chunk, each flushed), flush → commit metadata with the hotzone done
+// (checksum mode: in the next hotzone's hot commit, see reencrypt-io.ts). A power cut at any write leaves a header (old
+// or new copy) whose state is recoverable: before the hot commit the area is unused; after it the area describes the
+// old data, or (checksum mode, once the hotzone is flushed) the next hotzone's, which no new block matches.
 import * as crypto from "node:crypto";
 import { createHash, randomBytes } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";

@@ -192,6 +192,47 @@ test("a trustvol run cut by a power loss mid-hotzone: cryptsetup repair + --resu
   }
 });
 
+/** Keeps a copy of the image after each write to the re-encryption keyslot's area made while a hotzone is in re-encryption. */
+class AreaWriteRecorder extends MemoryBlockDevice {
+  states: Buffer[] = [];
+  override async write(buf: Uint8Array, offset: number): Promise<void> {
+    await super.write(buf, offset);
+    if (this.states.length >= 2 || offset < 2 * 16384 || offset >= 16 * MiB) return;
+    const m = (await Luks2Volume.open(new MemoryBlockDevice(this.data))).metadata;
+    const area = Object.values(m.keyslots).find((k) => k.type === "reencrypt")?.area;
+    if (area && offset === Number(area.offset) && reencryptStatus(m) === "crash") this.states.push(Buffer.from(this.data));
+  }
+}
+
+test("checksum mode: the next hotzone's checksums written over a finished hotzone still in re-encryption — cryptsetup and trustvol both keep every block", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir();
+  try {
+    const img = join(dir, "v.img");
+    const plain = await csVolume(img, 2);
+    // A hotzone's "done" goes to disk with the next one's "hot": in between, the header says hotzone N is in
+    // re-encryption while the area already holds hotzone N+1's checksums and parity (N's data all new and flushed).
+    const rec = new AreaWriteRecorder(readFileSync(img));
+    await reencrypt(rec, { passphrase: Buffer.from(PASS), pbkdf: { type: "pbkdf2", forceIterations: 1000 }, hotzoneSize: 256 * 1024, resilience: "checksum" });
+    assert.equal(rec.states.length, 2, "states with a hotzone in re-encryption and the next one's checksums in the area");
+    const pf = join(dir, "pass");
+    writeFileSync(pf, PASS, { mode: 0o600 });
+    for (const [i, state] of rec.states.entries()) {
+      const c = join(dir, `cs${i}.img`), o = join(dir, `tv${i}.img`);
+      writeFileSync(c, state);
+      writeFileSync(o, state);
+      cs(["repair", "-q", "--key-file", "-", c]);
+      cs(["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--key-file", "-", c]);
+      assert.ok(oracle(dir, c).equals(plain), `cryptsetup recovered state ${i} and finished it`);
+      const r = await trustvolInProcess(["reencrypt", "--resume-only", "-q", o, "--key-file", pf]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.ok(oracle(dir, o).equals(plain), `trustvol recovered state ${i} and finished it`);
+    }
+  } finally {
+    cleanup();
+  }
+});
+
 test("data shift (--encrypt --reduce-device-size): cryptsetup init → trustvol finishes; trustvol init → cryptsetup finishes; same segments", async (t) => {
   if (!needTools(t, "cryptsetup")) return;
   const { dir, cleanup } = tmpDir();
