@@ -1,19 +1,23 @@
 // The head move of in-place encryption with a data shift (cryptsetup's reencrypt_move_data): the device's first chunk
 // is copied to the free end before the header is written over it. Until the first header copy lands nothing on disk
 // says how far this got, so a completed copy leaves a record in free space that the first hotzone overwrites: the
-// record, not a guess from which bytes match, lets a restart take the copy as the source.
+// record, not a guess from which bytes match, lets a restart take the copy as the source. The record's first bytes also
+// go over the head's first bytes (the mark): where the record is depends on the shift, the mark is always at offset 0,
+// so a rerun with another --reduce-device-size finds it and refuses instead of copying a head the header overwrote.
 import { createHash } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";
 import { wipe } from "../util/secret.js";
 import { fusedCopy } from "./reencrypt-io.js";
 
-const MAGIC = Buffer.from("trustvol-headmv2"); // 16 bytes
+const MAGIC = Buffer.from("trustvol-headmv3"); // 16 bytes
 export const HEAD_MOVE_RECORD_SIZE = 4096;
+/** Bytes of the record written over the head's first bytes (all a decoder reads): magic, ranges, digest, self-check. */
+export const HEAD_MARK_SIZE = 112;
 
 /**
  * The first chunk [0, len) of the device is copied, complete, at `at`. The header may overwrite the head's
- * [guardFrom, guardTo) before a header copy is valid: there only the copy holds the data, so the record carries the
- * SHA-256 of the copy's [0, guardTo); everywhere else the copy must equal the head.
+ * [guardFrom, guardTo) before a header copy is valid, and the mark its [0, HEAD_MARK_SIZE): there only the copy holds
+ * the data, so the record carries the SHA-256 of the copy's [0, guardTo); everywhere else the copy must equal the head.
  */
 export interface HeadMoveRecord {
   len: number;
@@ -42,6 +46,15 @@ export function decodeHeadMoveRecord(b: Buffer): HeadMoveRecord | null {
   return { len, at, guardFrom, guardTo, digest: Buffer.from(b.subarray(48, 80)) };
 }
 
+/** The mark at the head of a device whose head move was cut before its first header copy landed, or null. */
+export async function readHeadMark(dev: BlockDevice): Promise<HeadMoveRecord | null> {
+  if (dev.size < HEAD_MARK_SIZE) return null;
+  const b = Buffer.alloc(HEAD_MARK_SIZE);
+  await dev.read(b, 0);
+  const r = decodeHeadMoveRecord(b);
+  return r && r.at + r.len <= dev.size ? r : null; // a copy past the end is no move of this device
+}
+
 export interface HeadMove {
   /** Bytes of the device's head to move: [0, len). */
   len: number;
@@ -56,10 +69,11 @@ export interface HeadMove {
 /**
  * Copy [0, len) to `at` unless an earlier attempt did: then the copy is the source, since the header may have
  * overwritten part of the head since. The copy is trusted only through a whole record of this same move: its guarded
- * bytes must match the record's digest and all others the head (a head changed since, e.g. a file system mounted in
- * between, is copied again). Order on disk: copy → flush → record → flush; the caller writes the header after this
- * returns. A trusted record that guards less than this run's header overwrites is widened first (the attempt before
- * may have had other options). Returns whether the copy was made now.
+ * bytes must match the record's digest and all others (but the mark's) the head (a head changed since, e.g. a file
+ * system mounted in between, is copied again — its first bytes from the copy while the mark covers them). Order on
+ * disk: copy → flush → record → flush → mark → flush; the caller checks for a mark of another move first
+ * (readHeadMark) and writes the header after this returns. A trusted record that guards less than this run's header
+ * overwrites is widened first (the attempt before may have had other options). Returns whether the copy was made now.
  */
 export async function moveHead(dev: BlockDevice, m: HeadMove, piece = 1 << 20): Promise<boolean> {
   const rec = Buffer.alloc(HEAD_MOVE_RECORD_SIZE);
@@ -68,6 +82,9 @@ export async function moveHead(dev: BlockDevice, m: HeadMove, piece = 1 << 20): 
   const guard = [Math.min(m.touched[0], m.len), Math.min(m.touched[1], m.len)] as const;
   const head = Buffer.allocUnsafeSlow(Math.min(piece, m.len));
   const copy = Buffer.allocUnsafeSlow(head.length);
+  const markLen = Math.min(HEAD_MARK_SIZE, m.len);
+  const prior = await readHeadMark(dev);
+  const marked = prior !== null && prior.len === m.len && prior.at === m.at;
   const record = async (from: number, to: number) => {
     const digest = createHash("sha256");
     for (let p = 0; p < to; p += copy.length) {
@@ -75,9 +92,21 @@ export async function moveHead(dev: BlockDevice, m: HeadMove, piece = 1 << 20): 
       await dev.read(copy.subarray(0, n), m.at + p); // what the copy reads back as, not what was meant to be written
       digest.update(copy.subarray(0, n));
     }
-    await dev.write(encodeHeadMoveRecord({ len: m.len, at: m.at, guardFrom: from, guardTo: to, digest: digest.digest() }), m.recordAt);
+    const r = encodeHeadMoveRecord({ len: m.len, at: m.at, guardFrom: from, guardTo: to, digest: digest.digest() });
+    await dev.write(r, m.recordAt);
+    await dev.flush();
+    await mark(r);
+  };
+  /** The record's first bytes over the head's, in one block with the head's own bytes after them. */
+  const mark = async (r: Buffer) => {
+    const blk = Buffer.alloc(Math.min(4096, m.len));
+    await dev.read(blk, 0);
+    r.copy(blk, 0, 0, markLen);
+    await dev.write(blk, 0);
     await dev.flush();
   };
+  /** The copy's guarded bytes match the record: its first bytes are the data's, whatever (torn) mark the head has. */
+  let copyIntact = false;
   try {
     if (old && old.len === m.len && old.at === m.at) {
       const digest = createHash("sha256");
@@ -87,24 +116,36 @@ export async function moveHead(dev: BlockDevice, m: HeadMove, piece = 1 << 20): 
         await dev.read(head.subarray(0, n), p);
         await dev.read(copy.subarray(0, n), m.at + p);
         if (p < old.guardTo) digest.update(copy.subarray(0, Math.min(n, old.guardTo - p)));
-        for (const [a, b] of [[0, old.guardFrom], [old.guardTo, m.len]] as const) {
+        // the mark's bytes (whole, torn or not written yet) are the copy's only: the digest vouches for them
+        for (const [a, b] of [[markLen, old.guardFrom], [Math.max(markLen, old.guardTo), m.len]] as const) {
           const lo = Math.max(a, p), hi = Math.min(b, p + n);
           if (lo < hi && !head.subarray(lo - p, hi - p).equals(copy.subarray(lo - p, hi - p))) same = false;
         }
       }
-      if (same && digest.digest().equals(old.digest)) {
+      copyIntact = digest.digest().equals(old.digest);
+      if (same && copyIntact) {
         if (guard[0] < old.guardFrom || guard[1] > old.guardTo) await record(Math.min(guard[0], old.guardFrom), Math.max(guard[1], old.guardTo));
+        else if (!marked) await mark(rec); // cut before the mark landed
         return false;
       }
       // a stale record must not vouch for a half-made new copy
       await dev.write(Buffer.alloc(HEAD_MOVE_RECORD_SIZE), m.recordAt);
       await dev.flush();
     }
+    // Under a mark of this move (or a torn one over an intact copy) the head's first bytes are the mark's: the copy's,
+    // made before it, are the data's.
+    const from = marked || copyIntact ? Math.min(4096, m.len) : 0;
+    if (from) {
+      const blk = Buffer.alloc(from);
+      await dev.read(blk, 0);
+      await dev.read(blk.subarray(0, markLen), m.at);
+      await dev.write(blk, m.at);
+    }
     // one native copy on a file or block device, else piece by piece
-    const fused = fusedCopy(dev, 0, m.at, m.len, 0, null, null);
+    const fused = from < m.len ? fusedCopy(dev, from, m.at + from, m.len - from, 0, null, null) : null;
     if (fused) await fused;
     else
-      for (let p = 0; p < m.len; p += head.length) {
+      for (let p = from; p < m.len; p += head.length) {
         const n = Math.min(head.length, m.len - p);
         await dev.read(head.subarray(0, n), p);
         await dev.write(head.subarray(0, n), m.at + p);

@@ -27,7 +27,7 @@ import { chooseEncryptionSectorSize, FS_PROBE_BYTES, probeFilesystem } from "../
 import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
-import { HEAD_MOVE_RECORD_SIZE, moveHead } from "./reencrypt-headmove.js";
+import { HEAD_MOVE_RECORD_SIZE, moveHead, readHeadMark } from "./reencrypt-headmove.js";
 import { parityLayout, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { mark } from "../util/timing.js";
@@ -129,11 +129,11 @@ export async function defaultEncryptSectorSize(dev: BlockDevice, sectorSize?: nu
 const usage = (msg: string, hint?: string) => new TrustvolError("EUSAGE", msg, hint);
 
 /** The LUKS2 label for --encrypt: --label, or the plain file system's own label with --label-from-fs. */
-async function encryptLabel(dev: BlockDevice, opts: ReencryptOptions): Promise<string | undefined> {
+async function encryptLabel(dev: BlockDevice, opts: ReencryptOptions, headAt = 0): Promise<string | undefined> {
   if (!opts.labelFromFs) return opts.label;
   if (opts.label !== undefined) throw usage("--label and --label-from-fs exclude each other");
-  const head = Buffer.alloc(Math.min(FS_PROBE_BYTES, dev.size));
-  await dev.read(head, 0);
+  const head = Buffer.alloc(Math.min(FS_PROBE_BYTES, dev.size - headAt));
+  await dev.read(head, headAt); // the head, or its copy (a head move that was cut)
   const fs = probeFilesystem(head);
   if (!fs?.label) throw usage(`--label-from-fs: ${dev.name} holds ${fs ? `a ${fs.type} file system without a label` : "no file system trustvol recognises"}`, "give --label LABEL, or drop --label-from-fs");
   return fs.label;
@@ -569,17 +569,24 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   const dataSize = total - reduce; // the (shrunk) file system
   if (dataSize <= 0) throw new TrustvolError("ENOSPC", `${dev.name} (${total} bytes) is too small for --reduce-device-size ${reduce}`, "use a smaller reduction or a larger device");
   checkDataSize(dataSize, [ss]);
+  const firstLen = Math.min(dataSize, shift);
   // the head move's record: free space past the data and the new header, below the copy (reencrypt-headmove.ts)
   const recordAt = Math.floor((devSize - HEAD_MOVE_RECORD_SIZE) / 512) * 512;
   if (recordAt < Math.max(dataSize, shift)) throw new TrustvolError("ENOSPC", `${dev.name}: a ${dataSize}-byte data area is too small to encrypt in place`, "use a larger device");
-  const label = await encryptLabel(dev, opts);
+  // A head move cut before its first header copy landed: only the same move may go on (its record is where this
+  // --reduce-device-size puts it), and the file system's label is read from the copy, since the head's start is the mark.
+  const prior = await readHeadMark(dev);
+  if (prior && (prior.len !== firstLen || prior.at !== devSize)) {
+    const was = 2 * (total - prior.at);
+    throw usage(`${dev.name} holds an in-place encryption cut before its header was written, started with --reduce-device-size ${was}`, `run it again with --reduce-device-size ${was}: another size would lose what that run wrote over the device's head`);
+  }
+  const label = await encryptLabel(dev, opts, prior ? prior.at : 0);
   const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: shift, label, subsystem: opts.subsystem, uuid: opts.uuid, digestIterations: digestIterations(opts) }, false);
   mark("init: header planned");
   try {
     const m = plan.header.metadata;
     const crypt = m.segments["0"]!;
-    const firstLen = Math.min(dataSize, shift);
-    const lin = (offset: number, size: number, flags?: string[]) => segmentJson({ type: "linear", offset, size, ivTweak: 0n, sectorSize: 512, flags: flags ?? [] });
+      const lin = (offset: number, size: number, flags?: string[]) => segmentJson({ type: "linear", offset, size, ivTweak: 0n, sectorSize: 512, flags: flags ?? [] });
     m.segments = { "0": lin(devSize, firstLen) };
     if (dataSize > shift) m.segments["1"] = lin(shift, dataSize - shift);
     let id = Object.keys(m.segments).length;

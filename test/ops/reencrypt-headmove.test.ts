@@ -10,7 +10,8 @@ import { Luks2Volume } from "../../src/luks2/volume.js";
 import { probeLuksVersion } from "../../src/luks2/header.js";
 import { reencryptStatus } from "../../src/luks2/reencrypt-metadata.js";
 import { reencrypt, repairReencryption } from "../../src/ops/reencrypt.js";
-import { decodeHeadMoveRecord, encodeHeadMoveRecord, moveHead, HEAD_MOVE_RECORD_SIZE } from "../../src/ops/reencrypt-headmove.js";
+import { decodeHeadMoveRecord, encodeHeadMoveRecord, moveHead, readHeadMark, HEAD_MARK_SIZE, HEAD_MOVE_RECORD_SIZE } from "../../src/ops/reencrypt-headmove.js";
+import { TrustvolError } from "../../src/util/errors.js";
 import { PASS, PBKDF, SHIFT_REDUCE, plaintextOf, cutAndResume } from "./reencrypt-fixture.js";
 
 const SHIFT = SHIFT_REDUCE / 2;
@@ -41,12 +42,12 @@ const moved = async (image: Buffer, devSize: number, recordAt: number, touchedEn
   return dev;
 };
 
-/** A device whose write at `offset` lands only from byte `from` of it, then power goes. */
-const cutAt = (image: Buffer, offset: number, from = 0) =>
+/** A device whose first write at `offset` of at least `minLen` bytes lands only from byte `from` of it, then power goes. */
+const cutAt = (image: Buffer, offset: number, from = 0, minLen = 0) =>
   new (class extends MemoryBlockDevice {
     hit = false;
     override async write(buf: Uint8Array, off: number): Promise<void> {
-      if (off === offset && !this.hit) {
+      if (off === offset && buf.length >= minLen && !this.hit) {
         this.hit = true;
         await super.write(buf.subarray(from), off + from);
         throw new Error("power cut");
@@ -97,7 +98,7 @@ test("a record whose copy no longer matches, or a head changed since outside the
     if (change === "copy") dev.data[devSize + 500000]! ^= 1; // a copy a later run tore: its digest no longer matches
     if (change === "head") {
       dev.data.write("mounted since", 1024); // e.g. a file system mounted in between: its superblock moved on
-      dev.data.copy(plain, 0, 0, 2048);
+      dev.data.copy(plain, HEAD_MARK_SIZE, HEAD_MARK_SIZE, 2048); // (its first bytes are the mark: the copy has the data's)
     }
     if (change === "record") dev.data.fill(0, recordAt + 40, recordAt + 4096); // torn record
     const got = await finish(dev);
@@ -108,9 +109,10 @@ test("a record whose copy no longer matches, or a head changed since outside the
 test("primary header torn elsewhere than its magic over a valid secondary: resumed as LUKS2, not moved again", async () => {
   // Sectors of one write need not land in order: [0, 512) can keep the file system's bytes while the rest is LUKS2.
   const { plain, image } = fixture();
-  const dev = cutAt(image, 0, 512);
+  const dev = cutAt(image, 0, 512, HDR); // the primary header (the head-move mark at 0 is one 4 KiB block)
   await assert.rejects(reencrypt(dev, opts), /power cut/);
-  assert.ok(dev.data.subarray(0, 512).equals(plain.subarray(0, 512)), "the magic did not land");
+  assert.ok(dev.data.subarray(HEAD_MARK_SIZE, 512).equals(plain.subarray(HEAD_MARK_SIZE, 512)), "the magic did not land");
+  assert.ok(await readHeadMark(dev), "the head-move mark is what [0, 512) holds");
   assert.equal(await probeLuksVersion(dev), null, "no LUKS magic at offset 0");
   const again = new MemoryBlockDevice(dev.data);
   for (const resume of [opts, { passphrase: PASS, resumeOnly: true }]) {
@@ -155,4 +157,56 @@ test("power cut at every write from the start through the header (torn, unsynced
       n++;
     }
   assert.equal(n, 36);
+});
+
+test("cut after the head move, rerun with another --reduce-device-size: refused in one line naming the size, nothing written; the same size then loses 0 bytes", async () => {
+  const { plain, image } = fixture();
+  // the run is cut as it writes its keyslot material over the head (the first write past the mark's block)
+  const dev = cutAt(image, 32768, 0, 1);
+  await assert.rejects(reencrypt(dev, opts), /power cut/);
+  const mark = await readHeadMark(dev);
+  assert.ok(mark && mark.at === image.length - SHIFT, "the mark names the move");
+  const before = Buffer.from(dev.data);
+  const other = new MemoryBlockDevice(dev.data);
+  await assert.rejects(reencrypt(other, { ...opts, reduceDeviceSize: 2 * SHIFT_REDUCE }), (e: TrustvolError) => {
+    assert.equal(e.code, "EUSAGE");
+    assert.ok(!e.message.includes("\n"));
+    assert.match(e.message, new RegExp(`--reduce-device-size ${SHIFT_REDUCE}\\b`));
+    assert.match(e.hint ?? "", new RegExp(`--reduce-device-size ${SHIFT_REDUCE}\\b`));
+    return true;
+  });
+  assert.ok(other.data.equals(before), "nothing written");
+  const got = await finish(new MemoryBlockDevice(before));
+  assert.ok(got.subarray(0, plain.length).equals(plain));
+});
+
+test("a head-move mark is hostile input: one whose copy lies past the device's end is no mark", async () => {
+  const { image } = fixture();
+  encodeHeadMoveRecord({ len: SHIFT, at: image.length, guardFrom: HDR, guardTo: TOUCHED_END, digest: Buffer.alloc(32) }).copy(image, 0, 0, HEAD_MARK_SIZE);
+  assert.equal(await readHeadMark(new MemoryBlockDevice(image)), null);
+});
+
+test("the mark's write torn inside its first bytes: the same command trusts the copy; with the head changed elsewhere too, the copy's first bytes are kept", async () => {
+  for (const changed of [false, true]) {
+    const { plain, image } = fixture();
+    // the 4 KiB block at 0 (the mark) lands only its first 50 bytes: no mark, the head's first bytes garbled
+    const dev = new (class extends MemoryBlockDevice {
+      override async write(buf: Uint8Array, off: number): Promise<void> {
+        if (off === 0 && buf.length === 4096) {
+          await super.write(buf.subarray(0, 50), 0);
+          throw new Error("power cut");
+        }
+        return super.write(buf, off);
+      }
+    })(image);
+    await assert.rejects(reencrypt(dev, opts), /power cut/);
+    assert.equal(await readHeadMark(dev), null);
+    assert.ok(!dev.data.subarray(0, 50).equals(plain.subarray(0, 50)), "the head's first bytes are not the data's");
+    if (changed) {
+      dev.data.write("mounted since", 1024);
+      dev.data.copy(plain, 1024, 1024, 2048);
+    }
+    const got = await finish(new MemoryBlockDevice(dev.data));
+    assert.ok(got.subarray(0, plain.length).equals(plain), `head changed: ${changed}`);
+  }
 });
