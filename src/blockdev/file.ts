@@ -42,8 +42,8 @@ export function checkVolumePath(path: string, o: { allowMissing?: boolean; creat
 export class FileBlockDevice implements BlockDevice {
   /** The O_DIRECT descriptor, opened at the first large aligned transfer; resolves null where it is refused. */
   private direct: Promise<FileHandle | null> | undefined;
-  /** Set when O_DIRECT was refused or failed with EINVAL: everything goes through the page cache from then on. */
-  private directOff = process.env.TRUSTVOL_DIRECT_IO === "0";
+  /** Set when O_DIRECT is not used (an image file by default) or was refused: everything through the page cache. */
+  private directOff: boolean;
   private _directBytes = 0;
 
   private constructor(
@@ -52,9 +52,18 @@ export class FileBlockDevice implements BlockDevice {
     public readonly readOnly: boolean,
     private _size: number,
     public readonly isBlockDevice: boolean,
-  ) {}
+    directIo: boolean | undefined,
+  ) {
+    const env = process.env.TRUSTVOL_DIRECT_IO;
+    this.directOff = env === "0" || !(directIo ?? (env === "1" || isBlockDevice));
+  }
 
-  static async open(path: string, opts: { readOnly?: boolean; create?: boolean } = {}): Promise<FileBlockDevice> {
+  /**
+   * `directIo`: large aligned transfers through O_DIRECT — by default on block devices only (TRUSTVOL_DIRECT_IO=1: on
+   * image files too, =0: never). An image file is usually in the page cache (just built or copied): buffered, a 1 GiB
+   * rotation on ext4 took 1.34–1.41 s against 1.85–1.98 s direct, and 2.0 s against 2.2 s from a cold cache.
+   */
+  static async open(path: string, opts: { readOnly?: boolean; create?: boolean; directIo?: boolean } = {}): Promise<FileBlockDevice> {
     const readOnly = opts.readOnly ?? false;
     let flags = readOnly ? constants.O_RDONLY : constants.O_RDWR;
     if (opts.create) flags |= constants.O_CREAT;
@@ -80,7 +89,7 @@ export class FileBlockDevice implements BlockDevice {
     let size = st.size;
     const isBlk = st.isBlockDevice();
     if (isBlk) size = blockDeviceSize(path);
-    return new FileBlockDevice(fh, path, readOnly, size, isBlk);
+    return new FileBlockDevice(fh, path, readOnly, size, isBlk, opts.directIo);
   }
 
   /**

@@ -38,7 +38,7 @@ test("O_DIRECT: aligned transfers go direct, unaligned ones buffered, the bytes 
   try {
     const size = 8 * MiB;
     const { path, model } = image(dir, size);
-    const dev = await FileBlockDevice.open(path);
+    const dev = await FileBlockDevice.open(path, { directIo: true }); // an image file's default is buffered (below)
     try {
       // aligned read: direct, sees what the buffered writer put there
       const a = alignedBuffer(2 * MiB);
@@ -85,18 +85,32 @@ test("O_DIRECT: aligned transfers go direct, unaligned ones buffered, the bytes 
       await dev.close();
     }
     assert.ok(readFileSync(path).equals(model), "the file holds exactly what was written");
-    // the switch for comparisons: everything buffered
-    process.env.TRUSTVOL_DIRECT_IO = "0";
-    const off = await FileBlockDevice.open(path, { readOnly: true });
+    // an image file's default, and the switch for comparisons (even when asked): everything buffered
+    for (const [env, ask] of [[undefined, undefined], ["0", true]] as const) {
+      if (env) process.env.TRUSTVOL_DIRECT_IO = env;
+      const off = await FileBlockDevice.open(path, { readOnly: true, directIo: ask });
+      delete process.env.TRUSTVOL_DIRECT_IO;
+      try {
+        const a = alignedBuffer(2 * MiB);
+        await off.read(a, 0);
+        assert.ok(a.equals(model.subarray(0, 2 * MiB)));
+        assert.equal(off.directBytes, 0);
+        assert.equal(off.directIo, false);
+      } finally {
+        await off.close();
+      }
+    }
+    // TRUSTVOL_DIRECT_IO=1: an image file goes direct too
+    process.env.TRUSTVOL_DIRECT_IO = "1";
+    const on = await FileBlockDevice.open(path, { readOnly: true });
     delete process.env.TRUSTVOL_DIRECT_IO;
     try {
       const a = alignedBuffer(2 * MiB);
-      await off.read(a, 0);
+      await on.read(a, 0);
       assert.ok(a.equals(model.subarray(0, 2 * MiB)));
-      assert.equal(off.directBytes, 0);
-      assert.equal(off.directIo, false);
+      assert.equal(on.directBytes, 2 * MiB);
     } finally {
-      await off.close();
+      await on.close();
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -111,7 +125,7 @@ test("O_DIRECT refused (ramfs: EINVAL at open): falls back to buffered I/O, same
   }
   try {
     const { path, model } = image(dir, 4 * MiB);
-    const dev = await FileBlockDevice.open(path);
+    const dev = await FileBlockDevice.open(path, { directIo: true });
     try {
       const a = alignedBuffer(2 * MiB);
       await dev.read(a, MiB);
