@@ -586,7 +586,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   try {
     const m = plan.header.metadata;
     const crypt = m.segments["0"]!;
-      const lin = (offset: number, size: number, flags?: string[]) => segmentJson({ type: "linear", offset, size, ivTweak: 0n, sectorSize: 512, flags: flags ?? [] });
+    const lin = (offset: number, size: number, flags?: string[]) => segmentJson({ type: "linear", offset, size, ivTweak: 0n, sectorSize: 512, flags: flags ?? [] });
     m.segments = { "0": lin(devSize, firstLen) };
     if (dataSize > shift) m.segments["1"] = lin(shift, dataSize - shift);
     let id = Object.keys(m.segments).length;
