@@ -4,7 +4,7 @@
 //   encrypt in place:   trustvol reencrypt --encrypt --reduce-device-size 32M  vs the same with cryptsetup
 //   decrypt:            trustvol reencrypt --decrypt --header H  vs the same with cryptsetup
 //   the floor:          dd if=F of=F bs=4M conv=notrunc,fdatasync (an in-place read+write of the whole device)
-//   and rotation once more on a block device (a loop device with direct I/O over a copy; root only), dd both ways
+//   and rotation and --encrypt once more on a block device (a loop device with direct I/O; root only), dd both ways
 // Targets: ≥ 2× cryptsetup, ≥ 0.7× dd, trustvol peak RSS ≤ 128 MiB whatever the size. Wall time, CPU seconds and
 // peak RSS come from /usr/bin/time around each process; BENCH_RUNS rounds (default 3) run every command in turn, and the
 // ratios are of the median runs (the best runs' in brackets): on a shared VM one run can take twice another. Runs in
@@ -88,11 +88,11 @@ function cpuFloor(): { xts: number; sha: number } {
 }
 
 /**
- * The same rotation on a block device, as on a device in the field: a loop device with direct I/O over a copy of the
- * volume in the bench's directory (root and losetup needed, else skipped). trustvol and cryptsetup both use O_DIRECT
- * there; dd is shown as the issue states it (through the page cache) and with O_DIRECT.
+ * Rotation and encrypt-in-place again on a block device, as on a device in the field: a loop device with direct I/O
+ * over a file in the bench's directory (root and losetup needed, else skipped). trustvol and cryptsetup both use
+ * O_DIRECT there; dd is shown as the issue states it (through the page cache) and with O_DIRECT.
  */
-function blockDeviceRotation(luks: string, pw: string, dir: string): void {
+function blockDeviceRuns(luks: string, plain: string, pw: string, dir: string): void {
   if (process.getuid?.() !== 0 || spawnSync("losetup", ["--version"]).status !== 0) return console.log("block device: skipped (needs root and losetup)");
   const img = join(dir, "loop.img");
   copyFileSync(luks, img);
@@ -100,20 +100,22 @@ function blockDeviceRotation(luks: string, pw: string, dir: string): void {
   if (at.status !== 0) return console.log(`block device: skipped (losetup: ${at.stderr.trim()})`);
   const loop = at.stdout.trim();
   try {
-    const fresh = () => {
-      const r = spawnSync("dd", [`if=${luks}`, `of=${loop}`, "bs=4M", "oflag=direct", "status=none"]);
+    const fresh = (from: string) => {
+      const r = spawnSync("dd", [`if=${from}`, `of=${loop}`, "bs=4M", "oflag=direct", "status=none"]);
       if (r.status !== 0) throw new Error(`dd onto ${loop} failed`);
     };
-    const rows: [string, string, string[]][] = [
-      ["dd (page cache)", "dd", [`if=${loop}`, `of=${loop}`, "bs=4M", "conv=notrunc,fdatasync", "status=none"]],
-      ["dd iflag=direct oflag=direct", "dd", [`if=${loop}`, `of=${loop}`, "bs=4M", "iflag=direct", "oflag=direct", "conv=notrunc,fdatasync", "status=none"]],
-      ["cryptsetup reencrypt (rotation)", "cryptsetup", ["reencrypt", "--force-offline-reencrypt", "-q", "--resilience", "checksum", ...KDF, "--key-file", pw, loop]],
-      ["trustvol reencrypt (rotation)", process.execPath, [TRUSTVOL_BIN, "reencrypt", "-q", "--resilience", "checksum", ...KDF, "--key-file", pw, loop]],
+    const rows: [string, string, string[], string][] = [
+      ["dd (page cache)", "dd", [`if=${loop}`, `of=${loop}`, "bs=4M", "conv=notrunc,fdatasync", "status=none"], luks],
+      ["dd iflag=direct oflag=direct", "dd", [`if=${loop}`, `of=${loop}`, "bs=4M", "iflag=direct", "oflag=direct", "conv=notrunc,fdatasync", "status=none"], luks],
+      ["cryptsetup reencrypt (rotation)", "cryptsetup", ["reencrypt", "--force-offline-reencrypt", "-q", "--resilience", "checksum", ...KDF, "--key-file", pw, loop], luks],
+      ["trustvol reencrypt (rotation)", process.execPath, [TRUSTVOL_BIN, "reencrypt", "-q", "--resilience", "checksum", ...KDF, "--key-file", pw, loop], luks],
+      ["cryptsetup reencrypt --encrypt (datashift)", "cryptsetup", ["reencrypt", "--encrypt", "--force-offline-reencrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, loop], plain],
+      ["trustvol reencrypt --encrypt (datashift)", process.execPath, [TRUSTVOL_BIN, "reencrypt", "--encrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, loop], plain],
     ];
     const runs = new Map<string, Measured[]>(rows.map(([k]) => [k, []]));
     for (let r = 0; r < RUNS; r++)
-      for (const [k, cmd, args] of rows) {
-        fresh();
+      for (const [k, cmd, args, from] of rows) {
+        fresh(from);
         runs.get(k)!.push(measure(cmd, args));
       }
     console.log(`block device (${loop}, loop with direct I/O over ${dir}; ${RUNS} rounds, medians):`);
@@ -124,8 +126,9 @@ function blockDeviceRotation(luks: string, pw: string, dir: string): void {
       med.set(k, m);
       console.log(`  ${k.padEnd(42)} ${m.wall.toFixed(2).padStart(7)} s wall ${m.cpu.toFixed(2).padStart(6)} s CPU  peak RSS ${m.rssMiB.toFixed(0).padStart(4)} MiB`);
     }
-    const tv = med.get(rows[3]![0])!;
-    console.log(`  rotation: trustvol ${(med.get(rows[2]![0])!.wall / tv.wall).toFixed(2)}× cryptsetup, ${(med.get(rows[0]![0])!.wall / tv.wall).toFixed(2)}× dd through the page cache, ${(med.get(rows[1]![0])!.wall / tv.wall).toFixed(2)}× dd with O_DIRECT`);
+    const w = (i: number) => med.get(rows[i]![0])!.wall;
+    console.log(`  rotation: trustvol ${(w(2) / w(3)).toFixed(2)}× cryptsetup, ${(w(0) / w(3)).toFixed(2)}× dd through the page cache, ${(w(1) / w(3)).toFixed(2)}× dd with O_DIRECT`);
+    console.log(`  encrypt in place: trustvol ${(w(4) / w(5)).toFixed(2)}× cryptsetup, ${(w(0) / w(5)).toFixed(2)}× dd through the page cache, ${(w(1) / w(5)).toFixed(2)}× dd with O_DIRECT`);
   } finally {
     spawnSync("losetup", ["-d", loop]);
   }
@@ -244,7 +247,7 @@ export default async function (): Promise<void> {
     // checksum rotation reads once and writes the data plus its parity (an eighth of it: 8 chunks per hotzone).
     const rotIo = rotCpu + dd.cpu * (0.5 + 0.5 * 1.125);
     console.log(`  with its I/O (1 read + 1⅛ writes of the device, at dd's ${dd.cpu.toFixed(2)} CPU-s per read+write): ≥ ${rotIo.toFixed(2)} CPU-s, ≥ ${(rotIo / cores).toFixed(2)} s wall = at most ${(ddS / (rotIo / cores)).toFixed(2)}× dd on ${cores} cores`);
-    if (ours) blockDeviceRotation(luks, pw, dir);
+    if (ours) blockDeviceRuns(luks, plain, pw, dir);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

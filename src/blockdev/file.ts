@@ -123,6 +123,26 @@ export class FileBlockDevice implements BlockDevice {
     return this._directBytes;
   }
 
+  /**
+   * The O_DIRECT descriptor for a native copy of [off, off+len) (positional transfers from its own 4 KiB-aligned
+   * buffers, e.g. the data shift's fused copy), or null: use `fd`. Only when direct I/O is on and the range is
+   * 4 KiB-aligned; a transfer the device refuses (EINVAL) must be redone through `fd` after `directRefused()`.
+   */
+  async directFdFor(off: number, len: number): Promise<number | null> {
+    if (this.directOff || off % DIRECT_ALIGN || len % DIRECT_ALIGN || len < DIRECT_MIN) return null;
+    this.direct ??= open(`/proc/self/fd/${this.fh.fd}`, (this.readOnly ? constants.O_RDONLY : constants.O_RDWR) | constants.O_DIRECT).catch(() => {
+      this.directOff = true;
+      return null;
+    });
+    const d = await this.direct;
+    return this.directOff || !d ? null : d.fd;
+  }
+
+  /** A direct transfer was refused (EINVAL): everything through the page cache from now on. */
+  directRefused(): void {
+    this.directOff = true;
+  }
+
   /** The O_DIRECT handle for this transfer, or null: buffered I/O. */
   private async directFor(buf: Uint8Array, offset: number): Promise<FileHandle | null> {
     if (this.directOff || buf.length < DIRECT_MIN || offset % DIRECT_ALIGN || buf.length % DIRECT_ALIGN || !isAlignedBuffer(buf)) return null;

@@ -55,6 +55,14 @@ const NATIVE = new WeakMap<SectorCipher, { addon: NativeAddon; handle(): NativeH
  * Source and destination must not overlap; nothing is synced. Null when it cannot run natively (a cipher on the
  * fallback engine, or an addon without it): the caller reads, re-encrypts and writes itself.
  */
+/** Whether nativeRecryptCopy can run for these ciphers (native contexts, the addon's fused copy). */
+export function canRecryptCopy(from: SectorCipher | null, to: SectorCipher | null): boolean {
+  const f = from ? NATIVE.get(from) : null;
+  const t = to ? NATIVE.get(to) : null;
+  if ((from && !f) || (to && !t)) return false;
+  return !!(f?.addon ?? t?.addon ?? loadNative())?.recryptCopyAsync;
+}
+
 export function nativeRecryptCopy(fd: number, src: number, dst: number, len: number, at: number, from: SectorCipher | null, to: SectorCipher | null, parts: number): Promise<void> | null {
   const f = from ? NATIVE.get(from) : null;
   const t = to ? NATIVE.get(to) : null;

@@ -20,7 +20,8 @@
 //   - large reads go in concurrent 4 MiB+ pieces (the page-cache copies then use every core), and so do writes to a
 //     block device; to a regular file, one write at a time (its inode lock serialises writers; a waiting one spins);
 //   - data shift (runShifted): after each "in re-encryption" commit, the hotzone is read → encrypted → written in one
-//     fused native call (L2-sized slices, one run per core), or by lanes of 4 MiB pieces without the addon.
+//     fused native call (L2-sized slices, one run per core; O_DIRECT on a block device), or by lanes of 4 MiB pieces
+//     without the addon.
 // Memory: two hotzone buffers (the current one and the one being read ahead), whatever the device size; data shift:
 // 256 KiB per core (fused), or up to (cores + 1) × 4 MiB pieces of the engine's buffer.
 import * as crypto from "node:crypto";
@@ -32,7 +33,7 @@ import { FileBlockDevice } from "../blockdev/file.js";
 import { alignedBuffer } from "../blockdev/aligned.js";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
-import { nativeRecryptCopy, type SectorCipher } from "../dmcrypt/sector-cipher.js";
+import { canRecryptCopy, nativeRecryptCopy, type SectorCipher } from "../dmcrypt/sector-cipher.js";
 import { loadNative, type NativeAddon, type NativeHasher } from "../dmcrypt/native.js";
 import type { Luks2Volume } from "../luks2/volume.js";
 import { opensslHash } from "../luks2/kdf.js";
@@ -458,13 +459,28 @@ function deferred<T>(): Deferred<T> {
  */
 export function fusedCopy(dev: BlockDevice, src: number, dst: number, len: number, at: number, from: SectorCipher | null, to: SectorCipher | null): Promise<void> | null {
   if (!(dev instanceof FileBlockDevice) || dev.readOnly || src + len > dev.size || dst + len > dev.size) return null;
-  return (
-    nativeRecryptCopy(dev.fd, src, dst, len, at, from, to, lanes())?.catch((err: NodeJS.ErrnoException) => {
-      if (err.code === "ETRUNCATED") throw new TrustvolError("ETRUNCATED", `${dev.name}: ${err.message}`, "the image is truncated or the wrong device");
-      const code = ["ENOSPC", "EDQUOT", "EFBIG"].includes(err.code!) ? "ENOSPC" : ["EROFS", "EACCES", "EPERM", "EBADF"].includes(err.code!) ? "EDEVICE" : "EIO";
-      throw new TrustvolError(code, `${dev.name}: ${err.message}`, "fix the device, then run the same command again: the header records how far it got (--resume-only)");
-    }) ?? null
-  );
+  if (!canRecryptCopy(from, to)) return null;
+  const copyOn = (fd: number) => nativeRecryptCopy(fd, src, dst, len, at, from, to, lanes())!;
+  return (async () => {
+    // A block device goes O_DIRECT (its page cache made every hotzone's flush a slow writeback): the addon's slices
+    // are 4 KiB-aligned buffers; a device that refuses the transfer (EINVAL) gets the same copy again, buffered (the
+    // source is untouched by it).
+    const direct = src % 4096 === 0 && dst % 4096 === 0 ? await dev.directFdFor(src, len) : null;
+    if (direct !== null) {
+      const r = await copyOn(direct).then(() => true, (err: NodeJS.ErrnoException) => {
+        if (err.code !== "EINVAL") throw err;
+        dev.directRefused();
+        return false;
+      });
+      if (r) return;
+    }
+    await copyOn(dev.fd);
+  })().catch((err: NodeJS.ErrnoException) => {
+    if (err instanceof TrustvolError) throw err;
+    if (err.code === "ETRUNCATED") throw new TrustvolError("ETRUNCATED", `${dev.name}: ${err.message}`, "the image is truncated or the wrong device");
+    const code = ["ENOSPC", "EDQUOT", "EFBIG"].includes(err.code!) ? "ENOSPC" : ["EROFS", "EACCES", "EPERM", "EBADF"].includes(err.code!) ? "EDEVICE" : "EIO";
+    throw new TrustvolError(code, `${dev.name}: ${err.message}`, "fix the device, then run the same command again: the header records how far it got (--resume-only)");
+  });
 }
 
 /**
