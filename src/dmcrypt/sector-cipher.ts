@@ -48,13 +48,6 @@ export interface SectorCipher {
 /** The native handle and IV numbering behind a cipher made here on the native engine (for the fused file paths). */
 const NATIVE = new WeakMap<SectorCipher, { addon: NativeAddon; handle(): NativeHandle | null; iv(sector: number | bigint): bigint }>();
 
-/**
- * Re-encryption's fused data path: read [src, src+len) of the open file `fd`, decrypt it with `from`, encrypt it with
- * `to` (either or both may be null: a plain copy) and write it at dst, on the native addon's thread pool in L2-sized slices split over up
- * to `parts` cores. `at` is the data-area byte offset of the first byte (each cipher's sector = at / its sector size).
- * Source and destination must not overlap; nothing is synced. Null when it cannot run natively (a cipher on the
- * fallback engine, or an addon without it): the caller reads, re-encrypts and writes itself.
- */
 /** Whether nativeRecryptCopy can run for these ciphers (native contexts, the addon's fused copy). */
 export function canRecryptCopy(from: SectorCipher | null, to: SectorCipher | null): boolean {
   const f = from ? NATIVE.get(from) : null;
@@ -63,6 +56,13 @@ export function canRecryptCopy(from: SectorCipher | null, to: SectorCipher | nul
   return !!(f?.addon ?? t?.addon ?? loadNative())?.recryptCopyAsync;
 }
 
+/**
+ * Re-encryption's fused data path: read [src, src+len) of the open file `fd`, decrypt it with `from`, encrypt it with
+ * `to` (either or both may be null: a plain copy) and write it at dst, on the native addon's thread pool in L2-sized slices split over up
+ * to `parts` cores. `at` is the data-area byte offset of the first byte (each cipher's sector = at / its sector size).
+ * Source and destination must not overlap; nothing is synced. Null when it cannot run natively (a cipher on the
+ * fallback engine, or an addon without it): the caller reads, re-encrypts and writes itself.
+ */
 export function nativeRecryptCopy(fd: number, src: number, dst: number, len: number, at: number, from: SectorCipher | null, to: SectorCipher | null, parts: number): Promise<void> | null {
   const f = from ? NATIVE.get(from) : null;
   const t = to ? NATIVE.get(to) : null;

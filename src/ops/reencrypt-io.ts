@@ -454,8 +454,9 @@ function deferred<T>(): Deferred<T> {
 /**
  * The fused copy on a file or block device: [src, src+len) read, decrypted with `from`, encrypted with `to` (either
  * may be null) and written at dst (ranges inside the device, not overlapping) by the native addon on the device's
- * descriptor (buffered, like every data-shift write); null when it cannot run (another device, no addon): the caller
- * copies piece by piece. Its failures are one-line errors naming the device.
+ * O_DIRECT descriptor when it has one (a block device, 4 KiB-aligned ranges), else its buffered one; null when it
+ * cannot run (another device, no addon): the caller copies piece by piece. Failures are one-line errors naming the
+ * device.
  */
 export function fusedCopy(dev: BlockDevice, src: number, dst: number, len: number, at: number, from: SectorCipher | null, to: SectorCipher | null): Promise<void> | null {
   if (!(dev instanceof FileBlockDevice) || dev.readOnly || src + len > dev.size || dst + len > dev.size) return null;
