@@ -130,12 +130,7 @@ export class FileBlockDevice implements BlockDevice {
    */
   async directFdFor(off: number, len: number): Promise<number | null> {
     if (this.directOff || off % DIRECT_ALIGN || len % DIRECT_ALIGN || len < DIRECT_MIN) return null;
-    this.direct ??= open(`/proc/self/fd/${this.fh.fd}`, (this.readOnly ? constants.O_RDONLY : constants.O_RDWR) | constants.O_DIRECT).catch(() => {
-      this.directOff = true;
-      return null;
-    });
-    const d = await this.direct;
-    return this.directOff || !d ? null : d.fd;
+    return (await this.directHandle())?.fd ?? null;
   }
 
   /** A direct transfer was refused (EINVAL): everything through the page cache from now on. */
@@ -146,6 +141,11 @@ export class FileBlockDevice implements BlockDevice {
   /** The O_DIRECT handle for this transfer, or null: buffered I/O. */
   private async directFor(buf: Uint8Array, offset: number): Promise<FileHandle | null> {
     if (this.directOff || buf.length < DIRECT_MIN || offset % DIRECT_ALIGN || buf.length % DIRECT_ALIGN || !isAlignedBuffer(buf)) return null;
+    return this.directHandle();
+  }
+
+  /** The O_DIRECT handle, opened once, or null when direct I/O is off or was refused. */
+  private async directHandle(): Promise<FileHandle | null> {
     // Reopened through /proc/self/fd: the same open file whatever has happened to the path since.
     this.direct ??= open(`/proc/self/fd/${this.fh.fd}`, (this.readOnly ? constants.O_RDONLY : constants.O_RDWR) | constants.O_DIRECT).catch(() => {
       this.directOff = true; // e.g. EINVAL: tmpfs before Linux 6.6, some FUSE and network file systems
