@@ -461,21 +461,23 @@ function deferred<T>(): Deferred<T> {
 export function fusedCopy(dev: BlockDevice, src: number, dst: number, len: number, at: number, from: SectorCipher | null, to: SectorCipher | null): Promise<void> | null {
   if (!(dev instanceof FileBlockDevice) || dev.readOnly || src + len > dev.size || dst + len > dev.size) return null;
   if (!canRecryptCopy(from, to)) return null;
-  const copyOn = (fd: number) => nativeRecryptCopy(fd, src, dst, len, at, from, to, lanes())!;
+  const copyOn = (fd: number, parts: number) => nativeRecryptCopy(fd, src, dst, len, at, from, to, parts)!;
   return (async () => {
     // A block device goes O_DIRECT (its page cache made every hotzone's flush a slow writeback): the addon's slices
     // are 4 KiB-aligned buffers; a device that refuses the transfer (EINVAL) gets the same copy again, buffered (the
     // source is untouched by it).
     const direct = src % 4096 === 0 && dst % 4096 === 0 ? await dev.directFdFor(src, len) : null;
     if (direct !== null) {
-      const r = await copyOn(direct).then(() => true, (err: NodeJS.ErrnoException) => {
+      // Every pool thread: a job waits on the device for most of each slice, so more in flight than cores keeps the
+      // device busy (loop device with direct I/O: a 1 GiB hotzone loop 0.65 → 0.52 s with 4 jobs instead of 2).
+      const r = await copyOn(direct, Math.max(lanes(), uvThreadPoolSize())).then(() => true, (err: NodeJS.ErrnoException) => {
         if (err.code !== "EINVAL") throw err;
         dev.directRefused();
         return false;
       });
       if (r) return;
     }
-    await copyOn(dev.fd);
+    await copyOn(dev.fd, lanes());
   })().catch((err: NodeJS.ErrnoException) => {
     if (err instanceof TrustvolError) throw err;
     if (err.code === "ETRUNCATED") throw new TrustvolError("ETRUNCATED", `${dev.name}: ${err.message}`, "the image is truncated or the wrong device");
