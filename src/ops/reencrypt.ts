@@ -577,7 +577,11 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   // --reduce-device-size puts it), and the file system's label is read from the copy, since the head's start is the mark.
   const prior = await readHeadMark(dev);
   if (prior && (prior.len !== firstLen || prior.at !== devSize)) {
-    const was = ((n) => (n % MiB ? String(n) : `${n / MiB}M`))(2 * (total - prior.at)); // as it is typed
+    // The shift then: the device's end minus the copy's place, unless the image has grown since; the copy's length
+    // is the shift too (or, on a device smaller than twice the shift, the copy's place minus its length).
+    const sinceEnd = total - prior.at;
+    const shiftWas = sinceEnd === prior.len || sinceEnd === prior.at - prior.len ? sinceEnd : prior.len;
+    const was = ((n) => (n % MiB ? String(n) : `${n / MiB}M`))(2 * shiftWas); // as it is typed
     throw usage(`${dev.name} holds an in-place encryption cut before its header was written, started with --reduce-device-size ${was}`, `run it again with --reduce-device-size ${was}: another size would lose what that run wrote over the device's head`);
   }
   const label = await encryptLabel(dev, opts, prior ? prior.at : 0);

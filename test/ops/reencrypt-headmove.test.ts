@@ -180,6 +180,20 @@ test("cut after the head move, rerun with another --reduce-device-size: refused 
   assert.ok(got.subarray(0, plain.length).equals(plain));
 });
 
+test("cut after the head move, the image grown since: the refusal still names the size that run was started with", async () => {
+  const { image } = fixture();
+  const dev = cutAt(image, 32768, 0, 1);
+  await assert.rejects(reencrypt(dev, opts), /power cut/);
+  const grown = new MemoryBlockDevice(Buffer.concat([dev.data, Buffer.alloc(8 << 20)]));
+  const before = Buffer.from(grown.data);
+  await assert.rejects(reencrypt(grown, { ...opts, reduceDeviceSize: 2 * SHIFT_REDUCE }), (e: TrustvolError) => {
+    assert.equal(e.code, "EUSAGE");
+    assert.match(e.message, new RegExp(`--reduce-device-size ${SHIFT_REDUCE >> 20}M\\b`));
+    return true;
+  });
+  assert.ok(grown.data.equals(before), "nothing written");
+});
+
 test("a head-move mark is hostile input: one whose copy lies past the device's end is no mark", async () => {
   const { image } = fixture();
   encodeHeadMoveRecord({ len: SHIFT, at: image.length, guardFrom: HDR, guardTo: TOUCHED_END, digest: Buffer.alloc(32) }).copy(image, 0, 0, HEAD_MARK_SIZE);
