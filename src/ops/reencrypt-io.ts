@@ -20,8 +20,8 @@
 //   - large reads go in concurrent 4 MiB+ pieces (the page-cache copies then use every core), and so do writes to a
 //     block device; to a regular file, one write at a time (its inode lock serialises writers; a waiting one spins);
 //   - data shift (runShifted): after each "in re-encryption" commit, the hotzone is read → encrypted → written in one
-//     fused native call (L2-sized slices, one run per core; O_DIRECT on a block device, one per pool thread), or by lanes of 4 MiB pieces
-//     without the addon.
+//     fused native call (L2-sized slices, one run per core; O_DIRECT on a block device, one per pool thread), or by
+//     lanes of 4 MiB pieces without the addon.
 // Memory: two hotzone buffers (the current one and the one being read ahead), whatever the device size; data shift:
 // 256 KiB per core (fused), or up to (cores + 1) × 4 MiB pieces of the engine's buffer.
 import * as crypto from "node:crypto";
@@ -490,8 +490,8 @@ export function fusedCopy(dev: BlockDevice, src: number, dst: number, len: numbe
  * Encryption in place with a data shift (datashift resilience), hotzone by hotzone in the write order of the loop
  * above: commit the hotzone in re-encryption → copy its data, re-encrypted, from its source to its place → flush →
  * commit it done, in the same commit as the next hotzone in re-encryption. On a file or block device with the native
- * engine the copy is one fused call (fusedCopy: read → crypt → write in L2-sized slices, one run per core or, O_DIRECT, per pool thread), else
- * lanes of 4 MiB pieces. Nothing is read ahead of a commit any more: the next commit is encoded during the copy, and
+ * engine the copy is one fused call (fusedCopy: read → crypt → write in L2-sized slices, one run per core or, O_DIRECT,
+ * per pool thread), else lanes of 4 MiB pieces. Nothing is read ahead of a commit any more: the next commit is encoded during the copy, and
  * the fused copy saves more than the overlap did.
  */
 async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { off: number; len: number } | null) => number): Promise<number> {
