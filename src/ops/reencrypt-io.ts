@@ -295,7 +295,10 @@ export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<nu
       } finally {
         if (copying) await copying;
       }
-      if (sums) await Promise.all([hdrDev.write(sums, area.offset), parity && hdrDev.write(parity, area.offset + lay!.parity)]);
+      // (the tag, with the parity: which hotzone these checksums are of — a cut between this flush and the "hot" commit
+      // leaves the previous hotzone named in the header, its data all new, and the area this one's)
+      const tag = parity ? parityTag(off, len, sums!.subarray(0, Math.floor(len / e.block) * e.hashLen)) : null;
+      if (sums) await Promise.all([hdrDev.write(sums, area.offset), parity && hdrDev.write(parity, area.offset + lay!.parity), tag && hdrDev.write(tag, area.offset + lay!.tag)]);
       mark("hotzone: sums + parity written");
       // From here data's old content is on disk (journal / parity) or not needed (checksums taken): re-encrypt it
       // while the area is flushed and the metadata commit point is written. Each re-encrypted slice is written as soon
@@ -568,16 +571,42 @@ export const PARITY_CHUNK_MAX = 4 << 20;
 
 /**
  * Area layout of checksum mode's torn-write protection (trustvol's; cryptsetup reads only the checksums) for a hotzone
- * of len bytes: [old checksums | 4K-aligned parity]. The parity is the XOR of the old data's chunks of `chunk` bytes
- * (the last one zero-padded). The data is written chunk by chunk, each flushed before the next, so a power cut can
- * tear at most one chunk: the XOR of the parity with every other chunk's old data (read back, or re-encrypted back
- * from its new data) is that chunk's old data, verified against its checksums.
+ * of len bytes: [old checksums | 4K-aligned parity | 4K-aligned tag]. The parity is the XOR of the old data's chunks
+ * of `chunk` bytes (the last one zero-padded). The data is written chunk by chunk, each flushed before the next, so a
+ * power cut can tear at most one chunk: the XOR of the parity with every other chunk's old data (read back, or
+ * re-encrypted back from its new data) is that chunk's old data, verified against its checksums. The tag
+ * (`parityTag`) says which hotzone those checksums are of: offline, the next hotzone's checksums are written while
+ * the header still names this one (`combine`), and a rebuild checked against another hotzone's checksums could pass.
  */
-export function parityLayout(len: number, block: number, hashLen: number): { sums: number; parity: number; chunk: number; end: number } {
+export function parityLayout(len: number, block: number, hashLen: number): { sums: number; parity: number; chunk: number; tag: number; end: number } {
   const n = Math.floor(len / block) * hashLen;
   const parity = Math.ceil(n / 4096) * 4096;
   const chunk = Math.max(block, Math.min(PARITY_CHUNK_MAX, Math.ceil(len / 8 / block) * block));
-  return { sums: 0, parity, chunk, end: parity + chunk };
+  const tag = Math.ceil((parity + chunk) / 4096) * 4096;
+  return { sums: 0, parity, chunk, tag, end: tag + PARITY_TAG_SIZE };
+}
+
+/** Bytes the tag takes in the area (one 4 KiB block; the record is its first 112). */
+export const PARITY_TAG_SIZE = 4096;
+const PARITY_TAG_MAGIC = Buffer.from("trustvol-partag1", "latin1");
+
+/**
+ * The tag of a hotzone's checksums: magic(16) ‖ hotzone offset in the data area, length: u64 BE ‖ SHA-256 of its
+ * checksums (the whole blocks' only, as recovery reads them) ‖ SHA-256 of the 64 bytes before; zero-padded.
+ */
+export function parityTag(off: number, len: number, sums: Uint8Array): Buffer {
+  const b = Buffer.alloc(PARITY_TAG_SIZE);
+  PARITY_TAG_MAGIC.copy(b, 0);
+  b.writeBigUInt64BE(BigInt(off), 16);
+  b.writeBigUInt64BE(BigInt(len), 24);
+  createHash("sha256").update(sums).digest().copy(b, 32);
+  createHash("sha256").update(b.subarray(0, 64)).digest().copy(b, 64);
+  return b;
+}
+
+/** Whether tag (read from the area) is the tag of these checksums of the hotzone [off, off+len): else no rebuild. */
+export function parityTagMatches(tag: Buffer, off: number, len: number, sums: Uint8Array): boolean {
+  return tag.length >= 96 && tag.subarray(0, 96).equals(parityTag(off, len, sums).subarray(0, 96));
 }
 
 /** The XOR of data's chunks (the last zero-padded) into out (chunk bytes), on the thread pool in `parts` ranges when the addon has it. */

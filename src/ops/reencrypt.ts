@@ -28,7 +28,7 @@ import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
 import { HEAD_MOVE_RECORD_SIZE, moveHead, readHeadMark } from "./reencrypt-headmove.js";
-import { parityLayout, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
+import { parityLayout, parityTagMatches, PARITY_TAG_SIZE, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { mark } from "../util/timing.js";
 export { parityLayout };
@@ -722,8 +722,9 @@ async function recoverHotzone(e: Engine): Promise<void> {
  * Checksum mode's recovery, chunk by chunk (a hotzone cryptsetup left may be far larger than our memory budget). A block
  * whose checksum is the stored one still holds old data: it is re-encrypted; any other is new already (cryptsetup's
  * rule) — except in the one chunk our own write order may have left torn: the last chunk, in write order, that is not
- * all old. That chunk is rebuilt from the parity first (`parityLayout`) when the rebuild matches every checksum;
- * without a valid parity (a hotzone cryptsetup wrote, or none in the area), cryptsetup's rule alone. Every write is
+ * all old. That chunk is rebuilt from the parity first (`parityLayout`) when the area's tag names these checksums
+ * and this hotzone and the rebuild matches every checksum; without (a hotzone cryptsetup wrote, none in the area, or
+ * the area already the next hotzone's), cryptsetup's rule alone. Every write is
  * flushed chunk by chunk, in order, so a cut during recovery leaves the same shape and is recovered the same way.
  */
 async function recoverChecksum(e: Engine, off: number, len: number, count: number): Promise<void> {
@@ -742,7 +743,11 @@ async function recoverChecksum(e: Engine, off: number, len: number, count: numbe
   };
   const blocksOf = (data: Buffer, first: number) => Array.from({ length: Math.min(count - first, Math.floor(data.length / e.block)) }, (_, i) => ({ b: data.subarray(i * e.block, (i + 1) * e.block), i: first + i }));
   try {
-    if (lay.end <= area.size) {
+    // The parity only with the tag of these very checksums and this hotzone (`parityTag`): anything else — a hotzone
+    // cryptsetup wrote, the next hotzone's area written before the header moved on, a torn write — cryptsetup's rule.
+    const tag = Buffer.alloc(PARITY_TAG_SIZE);
+    if (lay.end <= area.size) await e.hdrDev.read(tag, area.offset + lay.tag);
+    if (lay.end <= area.size && parityTagMatches(tag, off, len, sums)) {
       let torn = -1;
       for (let k = n - 1; k >= 0 && torn < 0; k--) {
         const { data, first } = await readChunk(k);

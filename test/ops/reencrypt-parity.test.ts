@@ -1,14 +1,15 @@
 // Checksum mode's torn-write protection (src/ops/reencrypt-io.ts parityLayout): the parity (XOR of a hotzone's old
 // chunks) from the addon and from TypeScript agree; a power cut that tears a data chunk inside a block is undone from
 // the parity (cryptsetup's checksum rule alone loses that block — shown by destroying the parity); a parity that is
-// garbage (hostile or stale) is refused by its checksums and recovery falls back to cryptsetup's rule.
+// garbage (hostile or stale) is refused by its checksums, and one whose tag names other checksums or another hotzone
+// is not used: recovery falls back to cryptsetup's rule.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes, createHash } from "node:crypto";
 import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
 import { Luks2Volume } from "../../src/luks2/volume.js";
 import { reencrypt, parityLayout } from "../../src/ops/reencrypt.js";
-import { parityAsync, xorInto } from "../../src/ops/reencrypt-io.js";
+import { parityAsync, parityTag, parityTagMatches, PARITY_TAG_SIZE, xorInto } from "../../src/ops/reencrypt-io.js";
 import { loadNative } from "../../src/dmcrypt/native.js";
 import { dataSegments } from "../../src/luks2/segment.js";
 import { reencryptStatus } from "../../src/luks2/reencrypt-metadata.js";
@@ -123,4 +124,88 @@ test("parity: a data chunk torn inside a block by a power cut is rebuilt from th
   for (let o = 0; o < plain.length; o += 512) if (!got.subarray(o, o + 512).equals(plain.subarray(o, o + 512))) bad.push(o);
   assert.ok(bad.length > 0, "without the parity the torn block is lost (the parity is what saved it)");
   assert.ok(bad.every((o) => o >= chunkAt && o < chunkAt + chunkLen), `losses only inside the torn chunk [${chunkAt}, +${chunkLen}): ${bad.join(",")}`);
+});
+
+// Offline checksum mode writes hotzone B's checksums and parity while the header still names A (A's data new and
+// flushed; "A done + B hot" is one commit). A cut before that commit lands must not rebuild A from B's parity checked
+// against B's checksums: the area's tag names the hotzone its checksums are of (found by review, session 15).
+test("parity: a cut in the combined commit, the area already the next hotzone's, one-block hotzones: A keeps its new data", async () => {
+  const HZ = 4096; // one chunk: the parity is B's old block itself, which matches B's checksum
+  const { image, plain } = await makeVolume(64 * 1024);
+  const dataOffset = dataSegments((await Luks2Volume.open(new MemoryBlockDevice(image))).metadata)[0]!.offset;
+  class Recording extends PowerCutDevice {
+    log: { offset: number; length: number }[] = [];
+    override async write(buf: Uint8Array, offset: number): Promise<void> {
+      this.log.push({ offset, length: buf.length });
+      return super.write(buf, offset);
+    }
+  }
+  const probe = new Recording(image);
+  await reencrypt(probe, { passphrase: PASS, pbkdf: PBKDF, hotzoneSize: HZ });
+  const aData = probe.log.findIndex((w) => w.offset === dataOffset + HZ);
+  let i = aData + 1;
+  while (probe.log[i]!.offset !== 0) i++; // the combined commit's first header-copy write (B's area written before it)
+  let tried = 0;
+  for (let seed = 1; seed < 8; seed++) {
+    const pc = new PowerCutDevice(image, { cutAtWrite: i + 1, unsynced: "drop", seed });
+    await assert.rejects(reencrypt(pc, { passphrase: PASS, pbkdf: PBKDF, hotzoneSize: HZ }), (e) => e instanceof PowerCut);
+    const dev = new MemoryBlockDevice(pc.image());
+    const hot = dataSegments((await Luks2Volume.open(dev)).metadata).find((s) => s.flags.includes("in-reencryption"));
+    if (hot?.offset !== dataOffset + HZ) continue;
+    tried++;
+    await reencrypt(dev, { passphrase: PASS, resumeOnly: true });
+    assert.equal(reencryptStatus((await Luks2Volume.open(dev)).metadata), "none");
+    assert.ok((await plaintextOf(dev)).equals(plain), `seed ${seed}: 0 bytes lost`);
+  }
+  assert.ok(tried > 0, "some cut left A in re-encryption with B's area");
+});
+
+test("parity: --encrypt of mostly-zero data, cut at every header-copy write: the next hotzone's parity is never used for this one", async () => {
+  const HZ = 256 * 1024, C = 32 * 1024;
+  const plain = Buffer.alloc(4 * HZ);
+  for (let h = 0; h < 4; h++) randomBytes(C).copy(plain, h * HZ + 7 * C); // data only in each hotzone's last chunk
+  const hdr0 = new MemoryBlockDevice(0);
+  await reencrypt(new MemoryBlockDevice(Buffer.from(plain)), { mode: "encrypt", header: hdr0, passphrase: PASS, pbkdf: PBKDF, initOnly: true, hotzoneSize: HZ });
+  const hdrImage = Buffer.from(hdr0.data);
+  class Recording extends PowerCutDevice {
+    log: number[] = [];
+    override async write(buf: Uint8Array, offset: number): Promise<void> {
+      this.log.push(offset);
+      return super.write(buf, offset);
+    }
+  }
+  const probe = new Recording(hdrImage);
+  await reencrypt(new MemoryBlockDevice(Buffer.from(plain)), { header: probe, passphrase: PASS, pbkdf: PBKDF, resumeOnly: true, hotzoneSize: HZ });
+  const cuts = probe.log.flatMap((o, i) => (o === 0 ? [i + 1] : []));
+  let crashes = 0;
+  for (const cut of cuts)
+    for (let seed = 1; seed < 16; seed++) {
+      const data = new MemoryBlockDevice(Buffer.from(plain));
+      const pc = new PowerCutDevice(hdrImage, { cutAtWrite: cut, unsynced: "drop", seed });
+      await assert.rejects(reencrypt(data, { header: pc, passphrase: PASS, pbkdf: PBKDF, resumeOnly: true, hotzoneSize: HZ }), (e) => e instanceof PowerCut);
+      const hdr = new MemoryBlockDevice(pc.image());
+      if (reencryptStatus((await Luks2Volume.open(hdr)).metadata) !== "crash") continue;
+      crashes++;
+      await reencrypt(data, { header: hdr, passphrase: PASS, resumeOnly: true });
+      assert.ok((await plaintextOf(data, hdr)).equals(plain), `cut ${cut} seed ${seed}: 0 bytes lost`);
+    }
+  assert.ok(crashes > 10, `crashed states recovered: ${crashes}`);
+});
+
+test("parity tag: binds the hotzone and its checksums; torn, moved or stale, the parity is not used", () => {
+  const sums = randomBytes(64 * 32);
+  const tag = parityTag(4096, 256 * 1024, sums);
+  assert.equal(tag.length, PARITY_TAG_SIZE);
+  assert.ok(parityTagMatches(tag, 4096, 256 * 1024, sums));
+  assert.ok(!parityTagMatches(tag, 0, 256 * 1024, sums), "another hotzone");
+  assert.ok(!parityTagMatches(tag, 4096, 128 * 1024, sums), "another length");
+  const other = Buffer.from(sums);
+  other[100]! ^= 1;
+  assert.ok(!parityTagMatches(tag, 4096, 256 * 1024, other), "other checksums");
+  for (const cut of [0, 1, 15, 40, 95]) {
+    const torn = Buffer.alloc(PARITY_TAG_SIZE);
+    tag.copy(torn, 0, 0, cut);
+    assert.ok(!parityTagMatches(torn, 4096, 256 * 1024, sums), `torn after ${cut} bytes`);
+  }
+  assert.ok(!parityTagMatches(Buffer.alloc(PARITY_TAG_SIZE), 4096, 256 * 1024, sums), "zeros");
 });
