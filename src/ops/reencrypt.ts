@@ -27,7 +27,7 @@ import { chooseEncryptionSectorSize, FS_PROBE_BYTES, probeFilesystem } from "../
 import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
-import { HEAD_MOVE_RECORD_SIZE, moveHead, readHeadMark } from "./reencrypt-headmove.js";
+import { HEAD_MOVE_RECORD_SIZE, HEAD_MOVE_RECORD_SLOTS, headHasTornMark, moveHead, readHeadMark } from "./reencrypt-headmove.js";
 import { parityLayout, parityTagMatches, PARITY_TAG_SIZE, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { mark } from "../util/timing.js";
@@ -117,9 +117,9 @@ const DEFAULT_HOTZONE = 24 * MiB;
 const SHIFT_BUFFER = 16 * MiB;
 
 /** Encryption sector size for --encrypt: never larger than the file system's block size (the kernel could not mount it). */
-export async function defaultEncryptSectorSize(dev: BlockDevice, sectorSize?: number): Promise<number> {
-  const head = Buffer.alloc(Math.min(FS_PROBE_BYTES, dev.size));
-  await dev.read(head, 0);
+export async function defaultEncryptSectorSize(dev: BlockDevice, sectorSize?: number, headAt = 0): Promise<number> {
+  const head = Buffer.alloc(Math.min(FS_PROBE_BYTES, dev.size - headAt));
+  await dev.read(head, headAt); // the head, or its copy (a head move that was cut: the mark is over the head's start)
   const fs = probeFilesystem(head);
   // Nothing recognised: 512 as cryptsetup 2.6.1's reencrypt --encrypt picks (safe under any file system).
   if (!fs && sectorSize === undefined) return 512;
@@ -503,6 +503,9 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
   if (hdrDev === dev) return initEncryptShift(dev, opts);
   if (opts.reduceDeviceSize !== undefined) throw usage("--reduce-device-size is for in-place encryption without --header");
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
+  // A data-shift encryption cut before its header was written left its mark: the head is not the data there.
+  if ((await readHeadMark(dev)) || (await headHasTornMark(dev)))
+    throw usage(`${dev.name} holds an in-place encryption with --reduce-device-size cut before its header was written`, "finish it with the same command (--reduce-device-size, no --header): a detached header would encrypt what that run wrote over the device's head");
   const ss = await defaultEncryptSectorSize(dev, opts.sectorSize);
   const dataSize = dev.size;
   checkDataSize(dataSize, [ss]);
@@ -561,7 +564,10 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   const reduce = opts.reduceDeviceSize;
   if (reduce === undefined) throw usage("in-place --encrypt needs --reduce-device-size (e.g. 32M) or a detached --header", "shrink the file system by that much first");
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
-  const ss = await defaultEncryptSectorSize(dev, opts.sectorSize);
+  // A head move cut before its first header copy landed: the mark at offset 0 names it (reencrypt-headmove.ts)
+  const prior = await readHeadMark(dev);
+  const headAt = prior && prior.at + Math.min(prior.len, FS_PROBE_BYTES) <= dev.size ? prior.at : 0;
+  const ss = await defaultEncryptSectorSize(dev, opts.sectorSize, headAt);
   const shift = reduce / 2;
   if (!Number.isSafeInteger(shift) || shift % Math.max(ss, 4096) || shift < MiB) throw usage(`--reduce-device-size ${reduce} must be at least 2 MiB and a multiple of ${2 * Math.max(ss, 4096)} bytes`);
   const total = dev.size;
@@ -572,16 +578,17 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   const firstLen = Math.min(dataSize, shift);
   // the head move's record: free space past the data and the new header, below the copy (reencrypt-headmove.ts)
   const recordAt = Math.floor((devSize - HEAD_MOVE_RECORD_SIZE) / 512) * 512;
-  if (recordAt < Math.max(dataSize, shift)) throw new TrustvolError("ENOSPC", `${dev.name}: a ${dataSize}-byte data area is too small to encrypt in place`, "use a larger device");
-  // A head move cut before its first header copy landed: only the same move may go on (its record is where this
-  // --reduce-device-size puts it), and the file system's label is read from the copy, since the head's start is the mark.
-  const prior = await readHeadMark(dev);
+  if (recordAt - (HEAD_MOVE_RECORD_SLOTS - 1) * HEAD_MOVE_RECORD_SIZE < Math.max(dataSize, shift)) throw new TrustvolError("ENOSPC", `${dev.name}: a ${dataSize}-byte data area is too small to encrypt in place`, "use a larger device");
+  // Only the same move may go on (its record is where this --reduce-device-size puts it, on a device of this size), and
+  // the file system's label is read from the copy, since the head's start is the mark.
   if (prior && (prior.len !== firstLen || prior.at !== devSize)) {
-    // The shift then: the device's end minus the copy's place, unless the image has grown since; the copy's length
-    // is the shift too (or, on a device smaller than twice the shift, the copy's place minus its length).
+    // The shift then: the device's end minus the copy's place, unless the image has been resized since; the copy's
+    // length is the shift too (or, on a device smaller than twice the shift, the copy's place minus its length).
     const sinceEnd = total - prior.at;
     const shiftWas = sinceEnd === prior.len || sinceEnd === prior.at - prior.len ? sinceEnd : prior.len;
     const was = ((n) => (n % MiB ? String(n) : `${n / MiB}M`))(2 * shiftWas); // as it is typed
+    const sizeThen = prior.at + shiftWas;
+    if (sizeThen !== total) throw usage(`${dev.name} holds an in-place encryption cut before its header was written, started with --reduce-device-size ${was} when it had ${sizeThen} bytes (it has ${total} now)`, `restore its size to ${sizeThen} bytes, then run it again with --reduce-device-size ${was}`);
     throw usage(`${dev.name} holds an in-place encryption cut before its header was written, started with --reduce-device-size ${was}`, `run it again with --reduce-device-size ${was}: another size would lose what that run wrote over the device's head`);
   }
   const label = await encryptLabel(dev, opts, prior ? prior.at : 0);

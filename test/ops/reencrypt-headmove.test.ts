@@ -3,14 +3,14 @@
 // that used to be guessed from which bytes matched (a copy torn where the header goes, the rest written) are here.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { randomBytes, createHash } from "node:crypto";
 import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
 import { formatLuks2 } from "../../src/luks2/format.js";
 import { Luks2Volume } from "../../src/luks2/volume.js";
 import { probeLuksVersion } from "../../src/luks2/header.js";
 import { reencryptStatus } from "../../src/luks2/reencrypt-metadata.js";
 import { reencrypt, repairReencryption } from "../../src/ops/reencrypt.js";
-import { decodeHeadMoveRecord, encodeHeadMoveRecord, moveHead, readHeadMark, HEAD_MARK_SIZE, HEAD_MOVE_RECORD_SIZE } from "../../src/ops/reencrypt-headmove.js";
+import { decodeHeadMark, decodeHeadMoveRecord, encodeHeadMark, encodeHeadMoveRecord, moveHead, readHeadMark, HEAD_MARK_SIZE, HEAD_MOVE_RECORD_SIZE } from "../../src/ops/reencrypt-headmove.js";
 import { TrustvolError } from "../../src/util/errors.js";
 import { PASS, PBKDF, SHIFT_REDUCE, plaintextOf, cutAndResume } from "./reencrypt-fixture.js";
 
@@ -91,18 +91,27 @@ test("copy and record made, keyslot material and secondary header over the head,
   assert.ok(got.subarray(0, plain.length).equals(plain));
 });
 
-test("a record whose copy no longer matches, or a head changed since outside the header's bytes: copied again", async () => {
-  for (const change of ["copy", "head", "record"] as const) {
+test("a head changed since outside the header's bytes (a file system mounted in between): made whole from the copy, copied again", async () => {
+  for (const overwritten of [false, true]) {
     const { plain, image, devSize, recordAt } = fixture();
     const dev = await moved(image, devSize, recordAt);
-    if (change === "copy") dev.data[devSize + 500000]! ^= 1; // a copy a later run tore: its digest no longer matches
-    if (change === "head") {
-      dev.data.write("mounted since", 1024); // e.g. a file system mounted in between: its superblock moved on
-      dev.data.copy(plain, HEAD_MARK_SIZE, HEAD_MARK_SIZE, 2048); // (its first bytes are the mark: the copy has the data's)
-    }
-    if (change === "record") dev.data.fill(0, recordAt + 40, recordAt + 4096); // torn record
+    if (overwritten) randomBytes(TOUCHED_END - HDR).copy(dev.data, HDR); // the keyslot material had landed too
+    dev.data.write("mounted since", 1024); // its superblock moved on
+    plain.write("mounted since", 1024);
     const got = await finish(dev);
-    assert.ok(got.subarray(0, plain.length).equals(plain), change);
+    assert.ok(got.subarray(0, plain.length).equals(plain), `header bytes overwritten: ${overwritten}`);
+  }
+});
+
+test("a mark whose record is gone or whose copy no longer matches it: refused in one line, nothing written", async () => {
+  for (const change of ["copy", "record"] as const) {
+    const { image, devSize, recordAt } = fixture();
+    const dev = await moved(image, devSize, recordAt);
+    if (change === "copy") dev.data[devSize + 200000]! ^= 1; // damaged since where its digest covers it
+    if (change === "record") dev.data.fill(0, recordAt + 40, recordAt + 4096); // (records are never rewritten in place)
+    const before = Buffer.from(dev.data);
+    await assert.rejects(reencrypt(dev, opts), (e: TrustvolError) => e.code === "ECORRUPT" && !e.message.includes("\n") && /restore/.test(e.hint ?? ""));
+    assert.ok(dev.data.equals(before), `${change}: nothing written`);
   }
 });
 
@@ -143,7 +152,9 @@ test("an attempt with a smaller keyslot area cut after its keyslots, then one wi
   const dev = cutAt(first.data, HDR, HDR); // the secondary header write, none of it landed (keyslot material flushed)
   await assert.rejects(reencrypt(dev, opts), /power cut/);
   assert.equal(await probeLuksVersion(dev), null, "no header copy yet");
-  assert.equal(decodeHeadMoveRecord(dev.data.subarray(recordAt, recordAt + HEAD_MOVE_RECORD_SIZE))?.guardTo, TOUCHED_END, "widened");
+  const slot = (k: number) => decodeHeadMoveRecord(dev.data.subarray(recordAt - k * HEAD_MOVE_RECORD_SIZE, recordAt - (k - 1) * HEAD_MOVE_RECORD_SIZE));
+  assert.equal(slot(0)?.guardTo, 100000, "the narrower record stays in its slot");
+  assert.equal(slot(1)?.guardTo, TOUCHED_END, "widened, in the other slot");
   const got = await finish(new MemoryBlockDevice(dev.data));
   assert.ok(got.subarray(0, plain.length).equals(plain));
 });
@@ -194,10 +205,99 @@ test("cut after the head move, the image grown since: the refusal still names th
   assert.ok(grown.data.equals(before), "nothing written");
 });
 
-test("a head-move mark is hostile input: one whose copy lies past the device's end is no mark", async () => {
+test("a mark whose copy lies past the device's end (shrunk since, or hostile): refused in one line naming the size, nothing written", async () => {
   const { image } = fixture();
-  encodeHeadMoveRecord({ len: SHIFT, at: image.length, guardFrom: HDR, guardTo: TOUCHED_END, digest: Buffer.alloc(32) }).copy(image, 0, 0, HEAD_MARK_SIZE);
-  assert.equal(await readHeadMark(new MemoryBlockDevice(image)), null);
+  encodeHeadMark(SHIFT, image.length).copy(image, 0);
+  const dev = new MemoryBlockDevice(image);
+  const before = Buffer.from(image);
+  await assert.rejects(reencrypt(dev, opts), (e: TrustvolError) => e.code === "EUSAGE" && /restore its size/.test(e.hint ?? ""));
+  assert.ok(dev.data.equals(before), "nothing written");
+});
+
+// Found by review (session 15): each failed before.
+test("cut after the keyslot material, image shrunk since (the copy's guarded part intact): refused, then restored and finished", async () => {
+  const { plain, image } = fixture();
+  const big = Buffer.concat([image, Buffer.alloc(1 << 20)]);
+  const dev = cutAt(big, HDR, HDR);
+  await assert.rejects(reencrypt(dev, opts), /power cut/);
+  const shrunk = new MemoryBlockDevice(Buffer.from(dev.data.subarray(0, dev.data.length - (512 << 10))));
+  const before = Buffer.from(shrunk.data);
+  await assert.rejects(reencrypt(shrunk, opts), (e: TrustvolError) => e.code === "EUSAGE" && e.message.includes(`${dev.data.length} bytes`));
+  assert.ok(shrunk.data.equals(before), "nothing written");
+  const got = await finish(new MemoryBlockDevice(dev.data)); // its size back
+  assert.ok(got.subarray(0, plain.length).equals(plain));
+});
+
+test("cut after the head move, image grown since, the same --reduce-device-size: refused naming the size it had", async () => {
+  const { image } = fixture();
+  const dev = cutAt(image, 32768, 0, 1);
+  await assert.rejects(reencrypt(dev, opts), /power cut/);
+  const grown = new MemoryBlockDevice(Buffer.concat([dev.data, Buffer.alloc(8 << 20)]));
+  await assert.rejects(reencrypt(grown, opts), (e: TrustvolError) => e.code === "EUSAGE" && e.hint!.includes(`restore its size to ${image.length} bytes`));
+});
+
+test("a record in free space with no mark (stale, or planted: guarding everything) is not trusted over the head", async () => {
+  for (const kind of ["planted", "stale"] as const) {
+    const { plain, image, devSize, recordAt } = fixture();
+    if (kind === "planted") {
+      const evil = Buffer.alloc(SHIFT, 0x41);
+      evil.copy(image, devSize);
+      encodeHeadMoveRecord({ len: SHIFT, at: devSize, guardFrom: HDR, guardTo: SHIFT, digest: createHash("sha256").update(evil).digest() }).copy(image, recordAt);
+    } else {
+      const dev = cutAt(image, 32768, 0, 1); // an attempt cut at its keyslot write, then abandoned
+      await assert.rejects(reencrypt(dev, opts), /power cut/);
+      randomBytes(plain.length).copy(plain); // the data made anew over the whole area (the mark with it)
+      plain.copy(image);
+    }
+    const got = await finish(new MemoryBlockDevice(image));
+    assert.ok(got.subarray(0, plain.length).equals(plain), kind);
+  }
+});
+
+test("a widening record write torn (byte tear): the narrower record in the other slot still guards what was overwritten", async () => {
+  const { plain, image, devSize, recordAt } = fixture();
+  const first = await moved(image, devSize, recordAt, 100000);
+  randomBytes(100000 - HDR).copy(first.data, HDR); // attempt 1's keyslot material
+  // attempt 2 (wider keyslots): its record write lands 60 bytes, then power goes
+  const dev = new (class extends MemoryBlockDevice {
+    override async write(buf: Uint8Array, off: number): Promise<void> {
+      if (off === recordAt - HEAD_MOVE_RECORD_SIZE && buf.length === HEAD_MOVE_RECORD_SIZE && buf[0] !== 0) {
+        await super.write(buf.subarray(0, 60), off);
+        throw new Error("power cut");
+      }
+      return super.write(buf, off);
+    }
+  })(first.data);
+  await assert.rejects(reencrypt(dev, opts), /power cut/);
+  const got = await finish(new MemoryBlockDevice(dev.data));
+  assert.ok(got.subarray(0, plain.length).equals(plain));
+});
+
+test("a mark torn in its magic, rerun with another --reduce-device-size, or with a detached --header: refused, nothing written", async () => {
+  const { image } = fixture();
+  const dev = new (class extends MemoryBlockDevice {
+    override async write(buf: Uint8Array, off: number): Promise<void> {
+      if (off === 0 && buf.length === 4096) {
+        await super.write(buf.subarray(0, 50), 0);
+        throw new Error("power cut");
+      }
+      return super.write(buf, off);
+    }
+  })(image);
+  await assert.rejects(reencrypt(dev, opts), /power cut/);
+  const before = Buffer.from(dev.data);
+  const other = new MemoryBlockDevice(Buffer.from(before));
+  await assert.rejects(reencrypt(other, { ...opts, reduceDeviceSize: 2 * SHIFT_REDUCE }), (e: TrustvolError) => e.code === "EUSAGE" && /torn mark/.test(e.message));
+  assert.ok(other.data.equals(before), "nothing written");
+  for (const dev2 of [new MemoryBlockDevice(Buffer.from(before)), await (async () => {
+    const d = cutAt(Buffer.from(fixture().image), 32768, 0, 1); // a whole mark this time
+    await assert.rejects(reencrypt(d, opts), /power cut/);
+    return new MemoryBlockDevice(d.data);
+  })()]) {
+    const was = Buffer.from(dev2.data);
+    await assert.rejects(reencrypt(dev2, { mode: "encrypt", passphrase: PASS, pbkdf: PBKDF, header: new MemoryBlockDevice(0) }), (e: TrustvolError) => e.code === "EUSAGE" && /--reduce-device-size/.test(e.message));
+    assert.ok(dev2.data.equals(was), "nothing written (--header)");
+  }
 });
 
 test("the mark's write torn inside its first bytes: the same command trusts the copy; with the head changed elsewhere too, the copy's first bytes are kept", async () => {
