@@ -6,19 +6,22 @@
 // --reduce-device-size (or a detached --header) finds it and refuses instead of copying a head the header overwrote.
 //
 // What holds at every instant (each step flushed before the next):
-//   - a mark of this move ⇒ a record of it vouches for the copy (the mark is written only after one; records are
-//     erased only after the mark is gone) — so the head's header bytes and first bytes can be taken from the copy;
+//   - a mark of this move ⇒ a record vouches for the copy's first bytes and guarded bytes (the mark is written only
+//     after one; records are erased only when no mark is there) — the head's bytes there are taken from the copy;
+//   - the record's digest covers only those bytes: the rest of the copy may be brought up to date from the head (a
+//     file system mounted in between) under the mark without ever leaving the copy unvouched;
 //   - a record is never rewritten in place: a wider one (another attempt's larger keyslot area) goes to the other of
 //     two slots, so a torn rewrite leaves the narrower one, which is what has been overwritten so far;
-//   - the mark's bytes are the same for every write of one move: a torn mark is a prefix of them over the data's first
-//     bytes, whatever number of times it was written.
+//   - nothing but the mark is ever written over the head's first bytes before the header, and the mark's bytes are the
+//     same for every write of one move: a torn mark is a prefix of them over the data's first bytes.
 import { createHash } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";
 import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import { fusedCopy } from "./reencrypt-io.js";
 
-const MAGIC = Buffer.from("trustvol-headmv3"); // the record's, 16 bytes
+const MAGIC = Buffer.from("trustvol-headmv4"); // the record's, 16 bytes
+const MAGIC_V3 = Buffer.from("trustvol-headmv3"); // the previous record, whose first bytes were the mark
 const MARK_MAGIC = Buffer.from("trustvol-headmk4"); // the mark's, 16 bytes
 export const HEAD_MOVE_RECORD_SIZE = 4096;
 /** Record slots: at recordAt and one record below it (the caller keeps both in free space). */
@@ -33,7 +36,8 @@ const TORN_MARK_MIN = 8;
 /**
  * The first chunk [0, len) of the device is copied, complete, at `at`. The header may overwrite the head's
  * [guardFrom, guardTo) before a header copy is valid, and the mark its [0, HEAD_MARK_SIZE): there only the copy holds
- * the data, so the record carries the SHA-256 of the copy's [0, guardTo); everywhere else the copy must equal the head.
+ * the data, so the record carries the SHA-256 of the copy's bytes there (first bytes ‖ guarded bytes); everywhere else
+ * the head is the data.
  */
 export interface HeadMoveRecord {
   len: number;
@@ -61,7 +65,7 @@ export function decodeHeadMoveRecord(b: Buffer): HeadMoveRecord | null {
   if (!createHash("sha256").update(b.subarray(0, 80)).digest().equals(b.subarray(80, 112))) return null;
   const [len, at, guardFrom, guardTo] = u64s(b, 16, 4) as [number, number, number, number];
   // (a guard starts at the secondary header or later; an empty one only on a data area smaller than that)
-  if (len <= 0 || at < len || guardFrom > guardTo || guardTo > len || (guardFrom < GUARD_MIN && guardFrom < guardTo)) return null;
+  if (len <= 0 || at < len || guardFrom < 0 || guardFrom > guardTo || guardTo > len || (guardFrom < GUARD_MIN && guardFrom < guardTo)) return null;
   return { len, at, guardFrom, guardTo, digest: Buffer.from(b.subarray(48, 80)) };
 }
 
@@ -83,8 +87,10 @@ export function decodeHeadMark(b: Buffer): { len: number; at: number } | null {
     const [len, at] = u64s(b, 16, 2) as [number, number];
     return len > 0 && at >= len ? { len, at } : null;
   }
-  const r = decodeHeadMoveRecord(b);
-  return r && { len: r.len, at: r.at };
+  // the previous format: the mark was the record's first 112 bytes
+  if (!b.subarray(0, 16).equals(MAGIC_V3) || !createHash("sha256").update(b.subarray(0, 80)).digest().equals(b.subarray(80, 112))) return null;
+  const [len, at] = u64s(b, 16, 2) as [number, number];
+  return len > 0 && at >= len ? { len, at } : null;
 }
 
 /**
@@ -98,12 +104,19 @@ export async function readHeadMark(dev: BlockDevice): Promise<{ len: number; at:
   return decodeHeadMark(b);
 }
 
+/** How many of the head's first bytes are the mark's magic (a whole or torn mark begins so; 0 for a file system). */
+export async function headMarkMagicBytes(dev: BlockDevice): Promise<number> {
+  if (dev.size < HEAD_MARK_SIZE) return 0;
+  const b = Buffer.alloc(MARK_MAGIC.length);
+  await dev.read(b, 0);
+  let k = 0;
+  while (k < b.length && b[k] === MARK_MAGIC[k]) k++;
+  return k;
+}
+
 /** Whether the head's first bytes begin with the mark's magic (at least TORN_MARK_MIN bytes of it): a torn mark. */
 export async function headHasTornMark(dev: BlockDevice): Promise<boolean> {
-  if (dev.size < HEAD_MARK_SIZE) return false;
-  const b = Buffer.alloc(TORN_MARK_MIN);
-  await dev.read(b, 0);
-  return b.equals(MARK_MAGIC.subarray(0, TORN_MARK_MIN));
+  return (await headMarkMagicBytes(dev)) >= TORN_MARK_MIN;
 }
 
 export interface HeadMove {
@@ -123,13 +136,13 @@ export interface HeadMove {
 /**
  * Copy [0, len) to `at` unless an earlier attempt did: then the copy is the source where the header (and the mark) may
  * have overwritten the head. The copy is trusted only through a record of this same move whose digest it matches
- * (the widest of the two slots), and only where a header write may have gone: under a mark of this move, the guarded
- * bytes and the first bytes; without one (no header byte written yet), at most the first bytes, when they are a torn
- * mark. Everywhere else the head is the data: when it has changed since (a file system mounted in between), the head
- * is first made whole again from the copy and then copied afresh. A mark of this move with no record vouching for
- * its copy, or a torn mark with no record of this move (another --reduce-device-size), is refused, nothing written.
- * Order on disk: records erased → copy → flush → record → flush → mark → flush; the caller writes the header after this
- * returns. Returns whether the copy was made now.
+ * (the widest of the two slots), and only for the bytes the record vouches for — under a mark, the first bytes and the
+ * guarded bytes; without one (no header byte written yet), at most the first bytes, when they are a torn mark.
+ * Everywhere else the head is the data: where it has changed since (a file system mounted in between), the copy is
+ * brought up to date from it, under a mark (a torn one is completed first). A mark of this move with no record
+ * vouching for its copy, or a torn mark with no record of this move (another --reduce-device-size), is refused, nothing
+ * written. Order on disk for a new copy: records erased → copy → flush → record → flush → mark → flush; the caller
+ * writes the header after this returns. Returns whether the copy was made now.
  */
 export async function moveHead(dev: BlockDevice, m: HeadMove, piece = 1 << 20): Promise<boolean> {
   const slots = Array.from({ length: HEAD_MOVE_RECORD_SLOTS }, (_, i) => m.recordAt - i * HEAD_MOVE_RECORD_SIZE);
@@ -141,43 +154,48 @@ export async function moveHead(dev: BlockDevice, m: HeadMove, piece = 1 << 20): 
   const first = Buffer.alloc(markLen), copyFirst = Buffer.alloc(markLen);
   try {
     const prior = await readHeadMark(dev);
-    const marked = prior !== null && prior.len === m.len && prior.at === m.at;
+    let marked = prior !== null && prior.len === m.len && prior.at === m.at;
     /** Records of this move whose digest the copy matches (the copy read back, not what was meant to be written). */
     const trusted: { r: HeadMoveRecord; slot: number }[] = [];
     for (const slot of slots) {
       const b = Buffer.alloc(HEAD_MOVE_RECORD_SIZE);
       await dev.read(b, slot);
       const r = decodeHeadMoveRecord(b);
-      if (r && r.len === m.len && r.at === m.at && (await copyDigest(r.guardTo)).equals(r.digest)) trusted.push({ r, slot });
+      if (r && r.len === m.len && r.at === m.at && (await copyDigest(r.guardFrom, r.guardTo)).equals(r.digest)) trusted.push({ r, slot });
     }
     const best = trusted.sort((a, b) => b.r.guardTo - b.r.guardFrom - (a.r.guardTo - a.r.guardFrom))[0] ?? null;
     await dev.read(first, 0);
     await dev.read(copyFirst, m.at);
-    // A torn mark: a prefix of the mark's bytes, the data's first bytes after it (the copy's, vouched by a record).
-    const tornMark = !marked && best !== null && Array.from({ length: markLen }, (_, k) => k + 1).some((k) => first.subarray(0, k).equals(markBytes.subarray(0, k)) && first.subarray(k).equals(copyFirst.subarray(k)));
+    // A torn mark: a prefix of the mark's bytes, then the data's first bytes (the copy's, vouched by a record).
+    const tornMark = !marked && best !== null && Array.from({ length: markLen - 1 }, (_, k) => k + 1).some((k) => first.subarray(0, k).equals(markBytes.subarray(0, k)) && first.subarray(k).equals(copyFirst.subarray(k)));
     if (marked && !best)
       throw new TrustvolError("ECORRUPT", `${dev.name}: an in-place encryption was cut before its header was written, and the record of its copy of the first ${m.len} bytes is gone or the copy damaged`, "the device's first bytes may hold header bytes: restore them from a backup (the rest of the device is intact)");
     if (!marked && !best && (await headHasTornMark(dev)))
       throw new TrustvolError("EUSAGE", `${dev.name}: its first bytes are a torn mark of an in-place encryption cut before its header was written, with another --reduce-device-size`, "run it again with the --reduce-device-size it was started with");
-    if (best) {
-      // The head against the copy wherever no header byte (nor the mark) can have gone.
-      const skip: [number, number][] = [[0, markLen], ...(marked ? [[best.r.guardFrom, best.r.guardTo] as [number, number]] : [])];
-      const same = await headMatchesCopy(skip);
-      const firstOk = marked || tornMark || first.equals(copyFirst);
-      if (same && firstOk) {
-        if (guard[0] < best.r.guardFrom || guard[1] > best.r.guardTo) {
-          // this run's header reaches further: a wider record in the other slot (the narrower one stays till it lands)
-          await writeRecord(Math.min(guard[0], best.r.guardFrom), Math.max(guard[1], best.r.guardTo), slots.find((x) => x !== best.slot)!);
-        }
-        if (!marked) await writeMark();
-        return false;
+    if (best && (marked || tornMark || first.equals(copyFirst))) {
+      // Without a mark no header byte has been written: the guarded bytes must be the head's as they are.
+      if (!marked && !(await headMatchesCopy([[0, markLen]]))) {
+        if (!tornMark) return await moveAfresh(); // the data changed since an attempt that never marked: a stale copy
+        // a torn mark over a head changed since: completed first, then the copy is brought up to date under it
+        await writeMark();
+        marked = true;
       }
-      // The head changed since (or the record is stale): make it whole from the copy where a header write or the mark
-      // may have gone, flushed (a cut here finds the same state again), then move it afresh.
-      if (marked) await restoreHead(best.r.guardFrom, best.r.guardTo);
-      if (marked || tornMark) await restoreFirst();
+      if (marked) await updateCopy([[0, markLen], [best.r.guardFrom, best.r.guardTo]]);
+      if (guard[0] < best.r.guardFrom || guard[1] > best.r.guardTo) {
+        // this run's header reaches further: a wider record in the other slot (the narrower one stays till it lands)
+        await writeRecord(Math.min(guard[0], best.r.guardFrom), Math.max(guard[1], best.r.guardTo), slots.find((x) => x !== best.slot)!);
+      }
+      if (!marked) await writeMark();
+      return false;
     }
-    // records erased before the copy changes (none may vouch for a half-made copy; no mark is left at this point)
+    return await moveAfresh();
+  } finally {
+    wipe(head, copy, first, copyFirst);
+  }
+
+  /** A new copy of the head as it is (no mark is there: records may be erased). */
+  async function moveAfresh(): Promise<true> {
+    // records erased before the copy changes (none may vouch for a half-made copy)
     for (const slot of slots) await dev.write(Buffer.alloc(HEAD_MOVE_RECORD_SIZE), slot);
     await dev.flush();
     // one native copy on a file or block device, else piece by piece
@@ -193,54 +211,57 @@ export async function moveHead(dev: BlockDevice, m: HeadMove, piece = 1 << 20): 
     await writeRecord(guard[0], guard[1], slots[0]!);
     await writeMark();
     return true;
-  } finally {
-    wipe(head, copy, first, copyFirst);
   }
-
-  async function copyDigest(to: number): Promise<Buffer> {
+  /** SHA-256 of the copy's first bytes and its [from, to): what a record vouches for. */
+  async function copyDigest(from: number, to: number): Promise<Buffer> {
     const digest = createHash("sha256");
-    for (let p = 0; p < to; p += copy.length) {
-      const n = Math.min(copy.length, to - p);
-      await dev.read(copy.subarray(0, n), m.at + p);
-      digest.update(copy.subarray(0, n));
-    }
+    for (const [a, b] of [[0, markLen], [Math.max(from, markLen), to]] as const)
+      for (let p = a; p < b; p += copy.length) {
+        const n = Math.min(copy.length, b - p);
+        await dev.read(copy.subarray(0, n), m.at + p);
+        digest.update(copy.subarray(0, n));
+      }
     return digest.digest();
   }
-  /** Whether the head equals the copy outside the `skip` ranges. */
-  async function headMatchesCopy(skip: [number, number][]): Promise<boolean> {
+  /** Calls fn(lo, hi) for each part of [p, p+n) outside the `keep` ranges. */
+  function outside(keep: [number, number][], p: number, n: number, fn: (lo: number, hi: number) => void): void {
+    let lo = p;
+    for (const [a, b] of [...keep.filter(([a, b]) => b > p && a < p + n).sort((x, y) => x[0] - y[0]), [p + n, p + n] as [number, number]]) {
+      const hi = Math.min(Math.max(a, lo), p + n);
+      if (lo < hi) fn(lo, hi);
+      lo = Math.max(lo, b);
+    }
+  }
+  /** Whether the head equals the copy outside the `keep` ranges. */
+  async function headMatchesCopy(keep: [number, number][]): Promise<boolean> {
     for (let p = 0; p < m.len; p += head.length) {
       const n = Math.min(head.length, m.len - p);
       await dev.read(head.subarray(0, n), p);
       await dev.read(copy.subarray(0, n), m.at + p);
-      let lo = p;
-      for (const [a, b] of [...skip.filter(([a, b]) => b > p && a < p + n).sort((x, y) => x[0] - y[0]), [p + n, p + n] as [number, number]]) {
-        const hi = Math.min(Math.max(a, lo), p + n);
-        if (lo < hi && !head.subarray(lo - p, hi - p).equals(copy.subarray(lo - p, hi - p))) return false;
-        lo = Math.max(lo, b);
-      }
+      let same = true;
+      outside(keep, p, n, (lo, hi) => (same &&= head.subarray(lo - p, hi - p).equals(copy.subarray(lo - p, hi - p))));
+      if (!same) return false;
     }
     return true;
   }
-  /** The copy's [from, to) back over the head's, flushed. */
-  async function restoreHead(from: number, to: number): Promise<void> {
-    for (let p = from; p < to; p += copy.length) {
-      const n = Math.min(copy.length, to - p);
+  /** The head's bytes over the copy's outside the `keep` ranges (the bytes the record vouches for), flushed. */
+  async function updateCopy(keep: [number, number][]): Promise<void> {
+    let wrote = false;
+    for (let p = 0; p < m.len; p += head.length) {
+      const n = Math.min(head.length, m.len - p);
+      await dev.read(head.subarray(0, n), p);
       await dev.read(copy.subarray(0, n), m.at + p);
-      await dev.write(copy.subarray(0, n), p);
+      const parts: [number, number][] = [];
+      outside(keep, p, n, (lo, hi) => {
+        if (!head.subarray(lo - p, hi - p).equals(copy.subarray(lo - p, hi - p))) parts.push([lo, hi]);
+      });
+      for (const [lo, hi] of parts) await dev.write(head.subarray(lo - p, hi - p), m.at + lo);
+      wrote ||= parts.length > 0;
     }
-    await dev.flush();
-  }
-  /** The copy's first bytes over the mark's (whole or torn), in one block with the head's own bytes after them. */
-  async function restoreFirst(): Promise<void> {
-    const blk = Buffer.alloc(Math.min(4096, m.len));
-    await dev.read(blk, 0);
-    copyFirst.copy(blk, 0);
-    await dev.write(blk, 0);
-    await dev.flush();
-    wipe(blk);
+    if (wrote) await dev.flush();
   }
   async function writeRecord(from: number, to: number, slot: number): Promise<void> {
-    await dev.write(encodeHeadMoveRecord({ len: m.len, at: m.at, guardFrom: from, guardTo: to, digest: await copyDigest(to) }), slot);
+    await dev.write(encodeHeadMoveRecord({ len: m.len, at: m.at, guardFrom: from, guardTo: to, digest: await copyDigest(from, to) }), slot);
     await dev.flush();
   }
   /** The mark over the head's first bytes, in one block with the head's own bytes after them. */

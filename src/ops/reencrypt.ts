@@ -27,7 +27,7 @@ import { chooseEncryptionSectorSize, FS_PROBE_BYTES, probeFilesystem } from "../
 import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
-import { HEAD_MOVE_RECORD_SIZE, HEAD_MOVE_RECORD_SLOTS, headHasTornMark, moveHead, readHeadMark } from "./reencrypt-headmove.js";
+import { HEAD_MOVE_RECORD_SIZE, HEAD_MOVE_RECORD_SLOTS, headHasTornMark, headMarkMagicBytes, moveHead, readHeadMark } from "./reencrypt-headmove.js";
 import { parityLayout, parityTagMatches, PARITY_TAG_SIZE, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { mark } from "../util/timing.js";
@@ -566,7 +566,9 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
   // A head move cut before its first header copy landed: the mark at offset 0 names it (reencrypt-headmove.ts)
   const prior = await readHeadMark(dev);
-  const headAt = prior && prior.at + Math.min(prior.len, FS_PROBE_BYTES) <= dev.size ? prior.at : 0;
+  // (a torn mark too: its copy is where this --reduce-device-size puts it; moveHead decides whether it is one)
+  const copyAt = prior ? prior.at : (await headMarkMagicBytes(dev)) > 0 && Number.isSafeInteger(reduce / 2) ? dev.size - reduce / 2 : 0;
+  const headAt = copyAt > 0 && copyAt + FS_PROBE_BYTES <= dev.size ? copyAt : 0;
   const ss = await defaultEncryptSectorSize(dev, opts.sectorSize, headAt);
   const shift = reduce / 2;
   if (!Number.isSafeInteger(shift) || shift % Math.max(ss, 4096) || shift < MiB) throw usage(`--reduce-device-size ${reduce} must be at least 2 MiB and a multiple of ${2 * Math.max(ss, 4096)} bytes`);
@@ -591,7 +593,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     if (sizeThen !== total) throw usage(`${dev.name} holds an in-place encryption cut before its header was written, started with --reduce-device-size ${was} when it had ${sizeThen} bytes (it has ${total} now)`, `restore its size to ${sizeThen} bytes, then run it again with --reduce-device-size ${was}`);
     throw usage(`${dev.name} holds an in-place encryption cut before its header was written, started with --reduce-device-size ${was}`, `run it again with --reduce-device-size ${was}: another size would lose what that run wrote over the device's head`);
   }
-  const label = await encryptLabel(dev, opts, prior ? prior.at : 0);
+  const label = await encryptLabel(dev, opts, headAt);
   const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: shift, label, subsystem: opts.subsystem, uuid: opts.uuid, digestIterations: digestIterations(opts) }, false);
   mark("init: header planned");
   try {

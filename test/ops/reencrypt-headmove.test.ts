@@ -70,8 +70,23 @@ test("head-move record: round trip; any torn or changed byte of its first 112 is
   torn.fill(0, 64);
   assert.equal(decodeHeadMoveRecord(torn), null);
   assert.equal(decodeHeadMoveRecord(Buffer.alloc(HEAD_MOVE_RECORD_SIZE)), null);
-  for (const bad of [{ guardFrom: 9, guardTo: 8 }, { guardTo: SHIFT + 1 }, { at: SHIFT - 1 }, { len: 0, guardFrom: 0, guardTo: 0 }])
+  for (const bad of [{ guardFrom: 9, guardTo: 8 }, { guardTo: SHIFT + 1 }, { at: SHIFT - 1 }, { len: 0, guardFrom: 0, guardTo: 0 }, { guardFrom: 0 }])
     assert.equal(decodeHeadMoveRecord(encodeHeadMoveRecord({ ...r, ...bad })), null, JSON.stringify(bad));
+  // fields past 2^53 (hostile): no record, not a number that slips through as -1
+  const huge = encodeHeadMoveRecord(r);
+  huge.writeBigUInt64BE(2n ** 64n - 1n, 32);
+  huge.writeBigUInt64BE(2n ** 64n - 1n, 40);
+  createHash("sha256").update(huge.subarray(0, 80)).digest().copy(huge, 80);
+  assert.equal(decodeHeadMoveRecord(huge), null, "guards of 2^64-1");
+  // the mark: the move's place and length only, the same bytes every time; any changed byte is no mark
+  const mk = encodeHeadMark(SHIFT, 5 << 20);
+  assert.deepEqual(decodeHeadMark(mk), { len: SHIFT, at: 5 << 20 });
+  assert.ok(mk.equals(encodeHeadMark(SHIFT, 5 << 20)));
+  for (const i of [0, 15, 16, 31, 50, 80, 111]) {
+    const t = Buffer.from(mk);
+    t[i]! ^= 1;
+    assert.equal(decodeHeadMark(t), null, `mark byte ${i}`);
+  }
 });
 
 test("copy torn where the header goes, the rest of it written, no record: copied again, 0 bytes lost", async () => {
