@@ -21,7 +21,7 @@ import { wipe } from "../util/secret.js";
 import { fusedCopy } from "./reencrypt-io.js";
 
 const MAGIC = Buffer.from("trustvol-headmv4"); // the record's, 16 bytes
-const MAGIC_V3 = Buffer.from("trustvol-headmv3"); // the previous record, whose first bytes were the mark
+const MAGIC_V3 = Buffer.from("trustvol-headmv3"); // the previous format's record (its first bytes were the mark)
 const MARK_MAGIC = Buffer.from("trustvol-headmk4"); // the mark's, 16 bytes
 export const HEAD_MOVE_RECORD_SIZE = 4096;
 /** Record slots: at recordAt and one record below it (the caller keeps both in free space). */
@@ -79,16 +79,14 @@ export function encodeHeadMark(len: number, at: number): Buffer {
   return b;
 }
 
-/** The move a mark names, or null. Also a mark of the previous format (a record's first 112 bytes). */
+/** The move a mark names, or null. */
 export function decodeHeadMark(b: Buffer): { len: number; at: number } | null {
   if (b.length < HEAD_MARK_SIZE) return null;
-  if (b.subarray(0, 16).equals(MARK_MAGIC)) {
-    if (!createHash("sha256").update(b.subarray(0, 80)).digest().equals(b.subarray(80, 112))) return null;
-    const [len, at] = u64s(b, 16, 2) as [number, number];
-    return len > 0 && at >= len ? { len, at } : null;
-  }
-  // the previous format: the mark was the record's first 112 bytes
-  if (!b.subarray(0, 16).equals(MAGIC_V3) || !createHash("sha256").update(b.subarray(0, 80)).digest().equals(b.subarray(80, 112))) return null;
+  // (the previous format's mark was its record's first 112 bytes: the same place and length fields and self-check;
+  // its record is not read any more, so such a mark is refused as one whose record is gone — never taken as data)
+  const magic = b.subarray(0, 16);
+  if (!(magic.equals(MARK_MAGIC) || magic.equals(MAGIC_V3))) return null;
+  if (!createHash("sha256").update(b.subarray(0, 80)).digest().equals(b.subarray(80, 112))) return null;
   const [len, at] = u64s(b, 16, 2) as [number, number];
   return len > 0 && at >= len ? { len, at } : null;
 }

@@ -733,8 +733,8 @@ async function recoverHotzone(e: Engine): Promise<void> {
  * rule) — except in the one chunk our own write order may have left torn: the last chunk, in write order, that is not
  * all old. That chunk is rebuilt from the parity first (`parityLayout`) when the area's tag names these checksums
  * and this hotzone and the rebuild matches every checksum; without (a hotzone cryptsetup wrote, none in the area, or
- * the area already the next hotzone's), cryptsetup's rule alone. Every write is
- * flushed chunk by chunk, in order, so a cut during recovery leaves the same shape and is recovered the same way.
+ * the area already the next hotzone's), cryptsetup's rule alone. Every write is flushed chunk by chunk, in order, so
+ * a cut during recovery leaves the same shape and is recovered the same way.
  */
 async function recoverChecksum(e: Engine, off: number, len: number, count: number): Promise<void> {
   const area = e.st.keyslot.area;

@@ -118,12 +118,20 @@ test("a head changed since outside the header's bytes (a file system mounted in 
   }
 });
 
-test("a mark whose record is gone or whose copy no longer matches it: refused in one line, nothing written", async () => {
-  for (const change of ["copy", "record"] as const) {
+test("a mark whose record is gone or whose copy no longer matches it (or a previous format's mark): refused in one line, nothing written", async () => {
+  for (const change of ["copy", "record", "v3 mark"] as const) {
     const { image, devSize, recordAt } = fixture();
     const dev = await moved(image, devSize, recordAt);
     if (change === "copy") dev.data[devSize + 200000]! ^= 1; // damaged since where its digest covers it
     if (change === "record") dev.data.fill(0, recordAt + 40, recordAt + 4096); // (records are never rewritten in place)
+    if (change === "v3 mark") {
+      // a session-14 build's mark (its record's first 112 bytes), whose record this version does not read
+      const v3 = encodeHeadMoveRecord({ len: SHIFT, at: devSize, guardFrom: HDR, guardTo: TOUCHED_END, digest: randomBytes(32) });
+      v3.write("trustvol-headmv3", 0, "latin1");
+      createHash("sha256").update(v3.subarray(0, 80)).digest().copy(v3, 80);
+      v3.copy(dev.data, 0, 0, HEAD_MARK_SIZE);
+      v3.copy(dev.data, recordAt);
+    }
     const before = Buffer.from(dev.data);
     await assert.rejects(reencrypt(dev, opts), (e: TrustvolError) => e.code === "ECORRUPT" && !e.message.includes("\n") && /restore/.test(e.hint ?? ""));
     assert.ok(dev.data.equals(before), `${change}: nothing written`);
