@@ -152,7 +152,7 @@ export async function moveHead(dev: BlockDevice, m: HeadMove, piece = 1 << 20): 
   const first = Buffer.alloc(markLen), copyFirst = Buffer.alloc(markLen);
   try {
     const prior = await readHeadMark(dev);
-    let marked = prior !== null && prior.len === m.len && prior.at === m.at;
+    const marked = prior !== null && prior.len === m.len && prior.at === m.at;
     /** Records of this move whose digest the copy matches (the copy read back, not what was meant to be written). */
     const trusted: { r: HeadMoveRecord; slot: number }[] = [];
     for (const slot of slots) {
@@ -170,14 +170,20 @@ export async function moveHead(dev: BlockDevice, m: HeadMove, piece = 1 << 20): 
       throw new TrustvolError("ECORRUPT", `${dev.name}: an in-place encryption was cut before its header was written, and the record of its copy of the first ${m.len} bytes is gone or the copy damaged`, "the device's first bytes may hold header bytes: restore them from a backup (the rest of the device is intact)");
     if (!marked && !best && (await headHasTornMark(dev)))
       throw new TrustvolError("EUSAGE", `${dev.name}: its first bytes are a torn mark of an in-place encryption cut before its header was written, with another --reduce-device-size`, "run it again with the --reduce-device-size it was started with");
+    // Without a mark no header byte has been written: the head is the data but for a torn mark's first bytes.
+    const same = !marked && best !== null && (await headMatchesCopy([[0, markLen]]));
+    // The head begins with the mark's first bytes, a record of this move vouches for a copy, yet the rest is not that
+    // copy's: a torn mark over a device changed since, or a stale (planted) record over data that begins so. Which
+    // bytes are the data cannot be told: refused, nothing written.
+    const markPrefix = first[0] === markBytes[0];
+    if (!marked && best && markPrefix && !(tornMark && same)) {
+      let n = 0;
+      while (n < markLen && first[n] === markBytes[n]) n++;
+      throw new TrustvolError("ECORRUPT", `${dev.name}: its first ${n} bytes look like a torn mark of an in-place encryption cut before its header was written, but the device has changed since`, `if that run's copy holds the data, put its first ${n} bytes back (dd if=${dev.name} of=${dev.name} bs=1 count=${n} skip=${m.at} conv=notrunc), else the device was made anew since: zero the stale records (dd if=/dev/zero of=${dev.name} bs=512 count=${(2 * HEAD_MOVE_RECORD_SIZE) / 512} seek=${(m.recordAt + HEAD_MOVE_RECORD_SIZE - HEAD_MOVE_RECORD_SLOTS * HEAD_MOVE_RECORD_SIZE) / 512} conv=notrunc); then run the same command again`);
+    }
     if (best && (marked || tornMark || first.equals(copyFirst))) {
-      // Without a mark no header byte has been written: the guarded bytes must be the head's as they are.
-      if (!marked && !(await headMatchesCopy([[0, markLen]]))) {
-        if (!tornMark) return await moveAfresh(); // the data changed since an attempt that never marked: a stale copy
-        // a torn mark over a head changed since: completed first, then the copy is brought up to date under it
-        await writeMark();
-        marked = true;
-      }
+      if (!marked && !same) return await moveAfresh(); // the data changed since an attempt that never marked: a stale copy
+      // under a mark, where the head changed since (a file system mounted in between): the copy brought up to date
       if (marked) await updateCopy([[0, markLen], [best.r.guardFrom, best.r.guardTo]]);
       if (guard[0] < best.r.guardFrom || guard[1] > best.r.guardTo) {
         // this run's header reaches further: a wider record in the other slot (the narrower one stays till it lands)

@@ -661,6 +661,8 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   const block = st.resilience === "checksum" ? area.sectorSize! : Math.max(4096, ...ss);
   const hashLen = st.resilience === "checksum" ? createHash(opensslHash(area.hash!)).digest().length : 0;
   if (block % Math.max(...ss)) throw new TrustvolError("ECORRUPT", `checksum block ${block} is not a multiple of the encryption sector size`);
+  // (init picks a block that divides the data area: only a device resized since leaves a ragged last block)
+  if (st.resilience === "checksum" && dataSize % block) throw new TrustvolError("ECORRUPT", `${dev.name}: its data area (${dataSize} bytes) is not a multiple of the re-encryption's checksum block (${block}): the device was resized since the re-encryption started`, `restore its size (a multiple of ${block} bytes after the data offset ${dataOffset}), then resume`);
   let cap = st.resilience === "checksum" ? Math.floor(area.size / hashLen) * block : st.resilience === "journal" ? area.size : st.resilience === "datashift" ? area.shiftSize! : Infinity;
   // datashift: the hotzone is the shift (cryptsetup's rule); this is only the buffer it is processed through.
   const want = st.resilience === "datashift" ? Math.min(area.shiftSize!, SHIFT_BUFFER) : (opts.hotzoneSize ?? DEFAULT_HOTZONE);

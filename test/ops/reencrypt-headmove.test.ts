@@ -21,6 +21,8 @@ const opts = { mode: "encrypt" as const, passphrase: PASS, pbkdf: PBKDF, reduceD
 
 function fixture(): { plain: Buffer; image: Buffer; devSize: number; recordAt: number } {
   const plain = randomBytes(3.5 * (1 << 20));
+  // (not the mark's first byte: a stale or planted record over data beginning so is refused, not guessed)
+  if (plain[0] === 0x74) plain[0] = 0;
   const image = Buffer.concat([plain, Buffer.alloc(SHIFT_REDUCE)]);
   const devSize = image.length - SHIFT;
   return { plain, image, devSize, recordAt: devSize - HEAD_MOVE_RECORD_SIZE };
@@ -270,6 +272,7 @@ test("a record in free space with no mark (stale, or planted: guarding everythin
       const dev = cutAt(image, 32768, 0, 1); // an attempt cut at its keyslot write, then abandoned
       await assert.rejects(reencrypt(dev, opts), /power cut/);
       randomBytes(plain.length).copy(plain); // the data made anew over the whole area (the mark with it)
+      if (plain[0] === 0x74) plain[0] = 0; // (as in fixture())
       plain.copy(image);
     }
     const got = await finish(new MemoryBlockDevice(image));
@@ -323,7 +326,7 @@ test("a mark torn in its magic, rerun with another --reduce-device-size, or with
   }
 });
 
-test("the mark's write torn inside its first bytes: the same command trusts the copy; with the head changed elsewhere too, the copy's first bytes are kept", async () => {
+test("the mark's write torn inside its first bytes: the same command trusts the copy; with the head changed elsewhere too, refused until the hint's dd", async () => {
   for (const changed of [false, true]) {
     const { plain, image } = fixture();
     // the 4 KiB block at 0 (the mark) lands only its first 50 bytes: no mark, the head's first bytes garbled
@@ -340,10 +343,56 @@ test("the mark's write torn inside its first bytes: the same command trusts the 
     assert.equal(await readHeadMark(dev), null);
     assert.ok(!dev.data.subarray(0, 50).equals(plain.subarray(0, 50)), "the head's first bytes are not the data's");
     if (changed) {
+      // changed since (mounted): which of the first bytes are the data's cannot be told — refused, nothing written;
+      // the hint's dd (the copy's first bytes back) lets the same command finish with 0 bytes lost
       dev.data.write("mounted since", 1024);
       dev.data.copy(plain, 1024, 1024, 2048);
+      const before = Buffer.from(dev.data);
+      let n = 0;
+      await assert.rejects(reencrypt(new MemoryBlockDevice(dev.data), opts), (e: TrustvolError) => {
+        assert.equal(e.code, "ECORRUPT");
+        assert.match(e.hint ?? "", /dd if=/);
+        n = Number(/first (\d+) bytes/.exec(e.message)![1]);
+        return true;
+      });
+      assert.ok(dev.data.equals(before), "nothing written");
+      const at = dev.data.length - SHIFT;
+      dev.data.copy(dev.data, 0, at, at + n); // dd … bs=1 count=n skip=at conv=notrunc
     }
     const got = await finish(new MemoryBlockDevice(dev.data));
     assert.ok(got.subarray(0, plain.length).equals(plain), `head changed: ${changed}`);
   }
+});
+
+// Found by a third review (session 15): a torn mark over a head changed since (inside the header's range, or inside
+// the first bytes), and a planted record over data that begins with the mark's first byte, each lost data silently.
+test("a torn mark over a head changed since, or a planted record over data beginning like the mark: refused, nothing written", async () => {
+  for (const [k, at] of [[5, 20000], [60, 100000], [5, 80], [60, 80]] as const) {
+    const { image } = fixture();
+    const dev = new (class extends MemoryBlockDevice {
+      override async write(buf: Uint8Array, off: number): Promise<void> {
+        if (off === 0 && buf.length === 4096) {
+          await super.write(buf.subarray(0, k), 0);
+          throw new Error("power cut");
+        }
+        return super.write(buf, off);
+      }
+    })(image);
+    await assert.rejects(reencrypt(dev, opts), /power cut/);
+    dev.data.write("written since", at); // a file system mounted in between
+    const before = Buffer.from(dev.data);
+    await assert.rejects(reencrypt(new MemoryBlockDevice(dev.data), opts), (e: TrustvolError) => e.code === "ECORRUPT" && /first \d+ bytes look like a torn mark/.test(e.message)); // (k, or more where the data's next byte is the mark's)
+    assert.ok(dev.data.equals(before), `torn after ${k}, changed at ${at}: nothing written`);
+  }
+  const { plain, image, devSize, recordAt } = fixture();
+  image[0] = plain[0] = 0x74; // the mark's first byte
+  const copy = Buffer.from(plain.subarray(0, SHIFT));
+  copy[0] = 0;
+  Buffer.alloc(1000, 0x41).copy(copy, 20000); // planted bytes where a header would go
+  copy.copy(image, devSize);
+  const digest = createHash("sha256").update(copy.subarray(0, HEAD_MARK_SIZE)).update(copy.subarray(HDR, TOUCHED_END)).digest();
+  encodeHeadMoveRecord({ len: SHIFT, at: devSize, guardFrom: HDR, guardTo: TOUCHED_END, digest }).copy(image, recordAt);
+  const before = Buffer.from(image);
+  await assert.rejects(reencrypt(new MemoryBlockDevice(image), opts), (e: TrustvolError) => e.code === "ECORRUPT");
+  assert.ok(image.equals(before), "planted: nothing written");
 });
