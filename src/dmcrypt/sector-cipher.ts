@@ -48,12 +48,18 @@ export interface SectorCipher {
 /** The native handle and IV numbering behind a cipher made here on the native engine (for the fused file paths). */
 const NATIVE = new WeakMap<SectorCipher, { addon: NativeAddon; handle(): NativeHandle | null; iv(sector: number | bigint): bigint }>();
 
-/** Whether nativeRecryptCopy can run for these ciphers (native contexts, the addon's fused copy). */
-export function canRecryptCopy(from: SectorCipher | null, to: SectorCipher | null): boolean {
+/** The native side of a fused copy with these ciphers, or null: a cipher on the fallback engine, or no fused copy. */
+function recryptCopyNative(from: SectorCipher | null, to: SectorCipher | null) {
   const f = from ? NATIVE.get(from) : null;
   const t = to ? NATIVE.get(to) : null;
-  if ((from && !f) || (to && !t)) return false;
-  return !!(f?.addon ?? t?.addon ?? loadNative())?.recryptCopyAsync;
+  if ((from && !f) || (to && !t)) return null;
+  const a = f?.addon ?? t?.addon ?? loadNative();
+  return a?.recryptCopyAsync ? { f, t, a } : null;
+}
+
+/** Whether nativeRecryptCopy can run for these ciphers (native contexts, the addon's fused copy). */
+export function canRecryptCopy(from: SectorCipher | null, to: SectorCipher | null): boolean {
+  return recryptCopyNative(from, to) !== null;
 }
 
 /**
@@ -64,16 +70,14 @@ export function canRecryptCopy(from: SectorCipher | null, to: SectorCipher | nul
  * fallback engine, or an addon without it): the caller reads, re-encrypts and writes itself.
  */
 export function nativeRecryptCopy(fd: number, src: number, dst: number, len: number, at: number, from: SectorCipher | null, to: SectorCipher | null, parts: number): Promise<void> | null {
-  const f = from ? NATIVE.get(from) : null;
-  const t = to ? NATIVE.get(to) : null;
-  if ((from && !f) || (to && !t)) return null;
-  const a = f?.addon ?? t?.addon ?? loadNative();
-  if (!a?.recryptCopyAsync) return null;
+  const n = recryptCopyNative(from, to);
+  if (!n) return null;
+  const { f, t, a } = n;
   const fh = f?.handle() ?? null;
   const th = t?.handle() ?? null;
   if ((f && !fh) || (t && !th)) throw internal("sector cipher used after dispose()");
   if (len % (from?.sectorSize ?? 1) || len % (to?.sectorSize ?? 1)) throw internal(`length ${len} is not whole sectors`);
-  return a.recryptCopyAsync(fd, src, dst, len, fh, f ? f.iv(at / from!.sectorSize) : 0n, th, t ? t.iv(at / to!.sectorSize) : 0n, Math.max(1, Math.floor(parts)));
+  return a.recryptCopyAsync!(fd, src, dst, len, fh, f ? f.iv(at / from!.sectorSize) : 0n, th, t ? t.iv(at / to!.sectorSize) : 0n, Math.max(1, Math.floor(parts)));
 }
 
 /** True when the native addon is built and loadable (and not disabled by TRUSTVOL_NO_NATIVE=1). */

@@ -91,30 +91,39 @@ export function decodeHeadMark(b: Buffer): { len: number; at: number } | null {
   return len > 0 && at >= len ? { len, at } : null;
 }
 
-/**
- * The mark at the head of a device whose head move was cut before its first header copy landed, or null. A mark whose
- * copy lies past the device's end is still one (the image was shrunk since): the caller refuses, it does not go on.
- */
-export async function readHeadMark(dev: BlockDevice): Promise<{ len: number; at: number } | null> {
-  if (dev.size < HEAD_MARK_SIZE) return null;
-  const b = Buffer.alloc(HEAD_MARK_SIZE);
-  await dev.read(b, 0);
-  return decodeHeadMark(b);
-}
-
-/** How many of the head's first bytes are the mark's magic (a whole or torn mark begins so; 0 for a file system). */
-export async function headMarkMagicBytes(dev: BlockDevice): Promise<number> {
-  if (dev.size < HEAD_MARK_SIZE) return 0;
-  const b = Buffer.alloc(MARK_MAGIC.length);
-  await dev.read(b, 0);
+/** How many of b's first bytes equal ref's. */
+function commonPrefix(b: Uint8Array, ref: Uint8Array): number {
   let k = 0;
-  while (k < b.length && b[k] === MARK_MAGIC[k]) k++;
+  while (k < b.length && k < ref.length && b[k] === ref[k]) k++;
   return k;
 }
 
-/** Whether the head's first bytes begin with the mark's magic (at least TORN_MARK_MIN bytes of it): a torn mark. */
-export async function headHasTornMark(dev: BlockDevice): Promise<boolean> {
-  return (await headMarkMagicBytes(dev)) >= TORN_MARK_MIN;
+/** What a device's first bytes say of a head move. */
+export interface HeadMarkState {
+  /** The move a whole mark names (one whose copy lies past the device's end too: the image was shrunk since). */
+  mark: { len: number; at: number } | null;
+  /** How many of them are the mark's magic: a whole or torn mark begins so (0 for a file system). */
+  magicBytes: number;
+  /** At least TORN_MARK_MIN bytes of the magic: a mark, or a torn one even with no record of this move. */
+  tornMagic: boolean;
+}
+
+/** The head move state of the device's first HEAD_MARK_SIZE bytes (fewer: none). */
+export function headMarkOf(b: Buffer): HeadMarkState {
+  const magicBytes = b.length < HEAD_MARK_SIZE ? 0 : commonPrefix(b.subarray(0, MARK_MAGIC.length), MARK_MAGIC);
+  return { mark: decodeHeadMark(b), magicBytes, tornMagic: magicBytes >= TORN_MARK_MIN };
+}
+
+/** The device's first bytes, read once: see HeadMarkState. */
+export async function readHeadMarkState(dev: BlockDevice): Promise<HeadMarkState> {
+  const b = Buffer.alloc(dev.size < HEAD_MARK_SIZE ? 0 : HEAD_MARK_SIZE);
+  await dev.read(b, 0);
+  return headMarkOf(b);
+}
+
+/** The mark at the head of a device whose head move was cut before its first header copy landed, or null. */
+export async function readHeadMark(dev: BlockDevice): Promise<{ len: number; at: number } | null> {
+  return (await readHeadMarkState(dev)).mark;
 }
 
 export interface HeadMove {
@@ -149,9 +158,11 @@ export async function moveHead(dev: BlockDevice, m: HeadMove, piece = 1 << 20): 
   const markBytes = encodeHeadMark(m.len, m.at).subarray(0, markLen);
   const head = Buffer.allocUnsafeSlow(Math.min(piece, m.len));
   const copy = Buffer.allocUnsafeSlow(head.length);
-  const first = Buffer.alloc(markLen), copyFirst = Buffer.alloc(markLen);
+  const head0 = Buffer.alloc(Math.min(HEAD_MARK_SIZE, dev.size)), copyFirst = Buffer.alloc(markLen);
+  const first = head0.subarray(0, markLen);
   try {
-    const prior = await readHeadMark(dev);
+    await dev.read(head0, 0);
+    const { mark: prior, tornMagic } = headMarkOf(head0);
     const marked = prior !== null && prior.len === m.len && prior.at === m.at;
     /** Records of this move whose digest the copy matches (the copy read back, not what was meant to be written). */
     const trusted: { r: HeadMoveRecord; slot: number }[] = [];
@@ -162,23 +173,23 @@ export async function moveHead(dev: BlockDevice, m: HeadMove, piece = 1 << 20): 
       if (r && r.len === m.len && r.at === m.at && (await copyDigest(r.guardFrom, r.guardTo)).equals(r.digest)) trusted.push({ r, slot });
     }
     const best = trusted.sort((a, b) => b.r.guardTo - b.r.guardFrom - (a.r.guardTo - a.r.guardFrom))[0] ?? null;
-    await dev.read(first, 0);
     await dev.read(copyFirst, m.at);
-    // A torn mark: a prefix of the mark's bytes, then the data's first bytes (the copy's, vouched by a record).
-    const tornMark = !marked && best !== null && Array.from({ length: markLen - 1 }, (_, k) => k + 1).some((k) => first.subarray(0, k).equals(markBytes.subarray(0, k)) && first.subarray(k).equals(copyFirst.subarray(k)));
+    // The head's first n bytes are the mark's; from byte c on they are the copy's (the data's, vouched by a record).
+    const n = commonPrefix(first, markBytes);
+    let c = markLen;
+    while (c > 0 && first[c - 1] === copyFirst[c - 1]) c--;
+    // A torn mark: the mark's first k bytes, then the data's, for some 0 < k < markLen.
+    const tornMark = !marked && best !== null && Math.max(c, 1) <= Math.min(n, markLen - 1);
     if (marked && !best)
       throw new TrustvolError("ECORRUPT", `${dev.name}: an in-place encryption was cut before its header was written, and the record of its copy of the first ${m.len} bytes is gone or the copy damaged`, "the device's first bytes may hold header bytes: restore them from a backup (the rest of the device is intact)");
-    if (!marked && !best && (await headHasTornMark(dev)))
+    if (!marked && !best && tornMagic)
       throw new TrustvolError("EUSAGE", `${dev.name}: its first bytes are a torn mark of an in-place encryption cut before its header was written, with another --reduce-device-size`, "run it again with the --reduce-device-size it was started with");
     // Without a mark no header byte has been written: the head is the data but for a torn mark's first bytes.
     const same = !marked && best !== null && (await headMatchesCopy([[0, markLen]]));
     // The head begins with the mark's first bytes, a record of this move vouches for a copy, yet the rest is not that
     // copy's: a torn mark over a device changed since, or a stale (planted) record over data that begins so. Which
     // bytes are the data cannot be told: refused, nothing written.
-    const markPrefix = first[0] === markBytes[0];
-    if (!marked && best && markPrefix && !(tornMark && same)) {
-      let n = 0;
-      while (n < markLen && first[n] === markBytes[n]) n++;
+    if (!marked && best && n > 0 && !(tornMark && same)) {
       throw new TrustvolError("ECORRUPT", `${dev.name}: its first ${n} bytes look like a torn mark of an in-place encryption cut before its header was written, but the device has changed since`, `if that run's copy holds the data, put its first ${n} bytes back (dd if=${dev.name} of=${dev.name} bs=1 count=${n} skip=${m.at} conv=notrunc), else the device was made anew since: zero the stale records (dd if=/dev/zero of=${dev.name} bs=512 count=${(2 * HEAD_MOVE_RECORD_SIZE) / 512} seek=${(m.recordAt + HEAD_MOVE_RECORD_SIZE - HEAD_MOVE_RECORD_SLOTS * HEAD_MOVE_RECORD_SIZE) / 512} conv=notrunc); then run the same command again`);
     }
     if (best && (marked || tornMark || first.equals(copyFirst))) {
@@ -194,7 +205,7 @@ export async function moveHead(dev: BlockDevice, m: HeadMove, piece = 1 << 20): 
     }
     return await moveAfresh();
   } finally {
-    wipe(head, copy, first, copyFirst);
+    wipe(head, copy, head0, copyFirst);
   }
 
   /** A new copy of the head as it is (no mark is there: records may be erased). */

@@ -494,8 +494,8 @@ export function fusedCopy(dev: BlockDevice, src: number, dst: number, len: numbe
  * above: commit the hotzone in re-encryption → copy its data, re-encrypted, from its source to its place → flush →
  * commit it done, in the same commit as the next hotzone in re-encryption. On a file or block device with the native
  * engine the copy is one fused call (fusedCopy: read → crypt → write in L2-sized slices, one run per core or, O_DIRECT,
- * per pool thread), else lanes of 4 MiB pieces. Nothing is read ahead of a commit any more: the next commit is encoded during the copy, and
- * the fused copy saves more than the overlap did.
+ * per pool thread), else lanes of 4 MiB pieces. Nothing is read ahead of a commit any more: the next commit is encoded
+ * during the copy, and the fused copy saves more than the overlap did.
  */
 async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { off: number; len: number } | null) => number): Promise<number> {
   const { v, dev, st } = e;

@@ -27,7 +27,7 @@ import { chooseEncryptionSectorSize, FS_PROBE_BYTES, probeFilesystem } from "../
 import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
-import { HEAD_MOVE_RECORD_SIZE, HEAD_MOVE_RECORD_SLOTS, headHasTornMark, headMarkMagicBytes, moveHead, readHeadMark } from "./reencrypt-headmove.js";
+import { HEAD_MOVE_RECORD_SIZE, HEAD_MOVE_RECORD_SLOTS, moveHead, readHeadMarkState } from "./reencrypt-headmove.js";
 import { parityLayout, parityTagMatches, PARITY_TAG_SIZE, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { mark } from "../util/timing.js";
@@ -504,7 +504,8 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
   if (opts.reduceDeviceSize !== undefined) throw usage("--reduce-device-size is for in-place encryption without --header");
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
   // A data-shift encryption cut before its header was written left its mark: the head is not the data there.
-  if ((await readHeadMark(dev)) || (await headHasTornMark(dev)))
+  const head = await readHeadMarkState(dev);
+  if (head.mark || head.tornMagic)
     throw usage(`${dev.name} holds an in-place encryption with --reduce-device-size cut before its header was written`, "finish it with the same command (--reduce-device-size, no --header): a detached header would encrypt what that run wrote over the device's head");
   const ss = await defaultEncryptSectorSize(dev, opts.sectorSize);
   const dataSize = dev.size;
@@ -565,9 +566,9 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   if (reduce === undefined) throw usage("in-place --encrypt needs --reduce-device-size (e.g. 32M) or a detached --header", "shrink the file system by that much first");
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase for the new keyslot is needed", "give --key-file");
   // A head move cut before its first header copy landed: the mark at offset 0 names it (reencrypt-headmove.ts)
-  const prior = await readHeadMark(dev);
+  const { mark: prior, magicBytes } = await readHeadMarkState(dev);
   // (a torn mark too: its copy is where this --reduce-device-size puts it; moveHead decides whether it is one)
-  const copyAt = prior ? prior.at : (await headMarkMagicBytes(dev)) > 0 && Number.isSafeInteger(reduce / 2) ? dev.size - reduce / 2 : 0;
+  const copyAt = prior ? prior.at : magicBytes > 0 && Number.isSafeInteger(reduce / 2) ? dev.size - reduce / 2 : 0;
   const headAt = copyAt > 0 && copyAt + FS_PROBE_BYTES <= dev.size ? copyAt : 0;
   const ss = await defaultEncryptSectorSize(dev, opts.sectorSize, headAt);
   const shift = reduce / 2;

@@ -110,6 +110,18 @@ function putAt(img: Buffer, off: number, data: Buffer): Buffer {
   return img;
 }
 
+/** A PowerCutDevice that also remembers each write's place and length (to aim cuts at chosen writes). */
+export class RecordingCutDevice extends PowerCutDevice {
+  log: { offset: number; length: number }[] = [];
+  get offsets(): number[] {
+    return this.log.map((w) => w.offset);
+  }
+  override async write(buf: Uint8Array, offset: number): Promise<void> {
+    this.log.push({ offset, length: buf.length });
+    return super.write(buf, offset);
+  }
+}
+
 /** Run `op` once on a fresh device without a cut and return how many writes it makes. */
 export async function countWrites(image: Uint8Array, op: (dev: PowerCutDevice) => Promise<unknown>): Promise<number> {
   const dev = new PowerCutDevice(image);

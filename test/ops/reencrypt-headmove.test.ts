@@ -58,6 +58,18 @@ const cutAt = (image: Buffer, offset: number, from = 0, minLen = 0) =>
     }
   })(image);
 
+/** A device whose mark write (the 4 KiB block at 0) lands only its first k bytes, then power goes. */
+const tornMarkAt = (image: Buffer, k: number) =>
+  new (class extends MemoryBlockDevice {
+    override async write(buf: Uint8Array, off: number): Promise<void> {
+      if (off === 0 && buf.length === 4096) {
+        await super.write(buf.subarray(0, k), 0);
+        throw new Error("power cut");
+      }
+      return super.write(buf, off);
+    }
+  })(image);
+
 test("head-move record: round trip; any torn or changed byte of its first 112 is no record; inconsistent ranges neither", () => {
   const r = { len: SHIFT, at: 5 << 20, guardFrom: HDR, guardTo: TOUCHED_END, digest: randomBytes(32) };
   const b = encodeHeadMoveRecord(r);
@@ -301,15 +313,7 @@ test("a widening record write torn (byte tear): the narrower record in the other
 
 test("a mark torn in its magic, rerun with another --reduce-device-size, or with a detached --header: refused, nothing written", async () => {
   const { image } = fixture();
-  const dev = new (class extends MemoryBlockDevice {
-    override async write(buf: Uint8Array, off: number): Promise<void> {
-      if (off === 0 && buf.length === 4096) {
-        await super.write(buf.subarray(0, 50), 0);
-        throw new Error("power cut");
-      }
-      return super.write(buf, off);
-    }
-  })(image);
+  const dev = tornMarkAt(image, 50);
   await assert.rejects(reencrypt(dev, opts), /power cut/);
   const before = Buffer.from(dev.data);
   const other = new MemoryBlockDevice(Buffer.from(before));
@@ -330,15 +334,7 @@ test("the mark's write torn inside its first bytes: the same command trusts the 
   for (const changed of [false, true]) {
     const { plain, image } = fixture();
     // the 4 KiB block at 0 (the mark) lands only its first 50 bytes: no mark, the head's first bytes garbled
-    const dev = new (class extends MemoryBlockDevice {
-      override async write(buf: Uint8Array, off: number): Promise<void> {
-        if (off === 0 && buf.length === 4096) {
-          await super.write(buf.subarray(0, 50), 0);
-          throw new Error("power cut");
-        }
-        return super.write(buf, off);
-      }
-    })(image);
+    const dev = tornMarkAt(image, 50);
     await assert.rejects(reencrypt(dev, opts), /power cut/);
     assert.equal(await readHeadMark(dev), null);
     assert.ok(!dev.data.subarray(0, 50).equals(plain.subarray(0, 50)), "the head's first bytes are not the data's");
@@ -369,15 +365,7 @@ test("the mark's write torn inside its first bytes: the same command trusts the 
 test("a torn mark over a head changed since, or a planted record over data beginning like the mark: refused, nothing written", async () => {
   for (const [k, at] of [[5, 20000], [60, 100000], [5, 80], [60, 80]] as const) {
     const { image } = fixture();
-    const dev = new (class extends MemoryBlockDevice {
-      override async write(buf: Uint8Array, off: number): Promise<void> {
-        if (off === 0 && buf.length === 4096) {
-          await super.write(buf.subarray(0, k), 0);
-          throw new Error("power cut");
-        }
-        return super.write(buf, off);
-      }
-    })(image);
+    const dev = tornMarkAt(image, k);
     await assert.rejects(reencrypt(dev, opts), /power cut/);
     dev.data.write("written since", at); // a file system mounted in between
     const before = Buffer.from(dev.data);

@@ -13,7 +13,7 @@ import { parityAsync, parityTag, parityTagMatches, PARITY_TAG_SIZE, xorInto } fr
 import { loadNative } from "../../src/dmcrypt/native.js";
 import { dataSegments } from "../../src/luks2/segment.js";
 import { reencryptStatus } from "../../src/luks2/reencrypt-metadata.js";
-import { PowerCutDevice, PowerCut } from "../helpers/power-cut.js";
+import { PowerCutDevice, PowerCut, RecordingCutDevice } from "../helpers/power-cut.js";
 import { PASS, PBKDF, makeVolume, plaintextOf } from "./reencrypt-fixture.js";
 
 const HOT = 256 * 1024; // 8 chunks of 32 KiB
@@ -73,14 +73,7 @@ test("parity: xorFoldAsync with a hasher folds and writes every block's checksum
 async function tornInsideABlock(): Promise<{ crashed: Buffer; plain: Buffer; chunkAt: number; chunkLen: number; parityAt: number }> {
   const { image, plain } = await makeVolume(1 << 20);
   const dataOffset = dataSegments((await Luks2Volume.open(new MemoryBlockDevice(image))).metadata)[0]!.offset;
-  class Recording extends PowerCutDevice {
-    log: { offset: number; length: number }[] = [];
-    override async write(buf: Uint8Array, offset: number): Promise<void> {
-      this.log.push({ offset, length: buf.length });
-      return super.write(buf, offset);
-    }
-  }
-  const probe = new Recording(image);
+  const probe = new RecordingCutDevice(image);
   await reencrypt(probe, { passphrase: PASS, pbkdf: PBKDF, hotzoneSize: HOT });
   // Data writes of the second hotzone (the first has none before it): its 3rd..6th chunks.
   const data = probe.log.flatMap((w, i) => (w.offset >= dataOffset + HOT && w.offset < dataOffset + 2 * HOT ? [i + 1] : []));
@@ -133,14 +126,7 @@ test("parity: a cut in the combined commit, the area already the next hotzone's,
   const HZ = 4096; // one chunk: the parity is B's old block itself, which matches B's checksum
   const { image, plain } = await makeVolume(64 * 1024);
   const dataOffset = dataSegments((await Luks2Volume.open(new MemoryBlockDevice(image))).metadata)[0]!.offset;
-  class Recording extends PowerCutDevice {
-    log: { offset: number; length: number }[] = [];
-    override async write(buf: Uint8Array, offset: number): Promise<void> {
-      this.log.push({ offset, length: buf.length });
-      return super.write(buf, offset);
-    }
-  }
-  const probe = new Recording(image);
+  const probe = new RecordingCutDevice(image);
   await reencrypt(probe, { passphrase: PASS, pbkdf: PBKDF, hotzoneSize: HZ });
   const aData = probe.log.findIndex((w) => w.offset === dataOffset + HZ);
   let i = aData + 1;
@@ -167,16 +153,9 @@ test("parity: --encrypt of mostly-zero data, cut at every header-copy write: the
   const hdr0 = new MemoryBlockDevice(0);
   await reencrypt(new MemoryBlockDevice(Buffer.from(plain)), { mode: "encrypt", header: hdr0, passphrase: PASS, pbkdf: PBKDF, initOnly: true, hotzoneSize: HZ });
   const hdrImage = Buffer.from(hdr0.data);
-  class Recording extends PowerCutDevice {
-    log: number[] = [];
-    override async write(buf: Uint8Array, offset: number): Promise<void> {
-      this.log.push(offset);
-      return super.write(buf, offset);
-    }
-  }
-  const probe = new Recording(hdrImage);
+  const probe = new RecordingCutDevice(hdrImage);
   await reencrypt(new MemoryBlockDevice(Buffer.from(plain)), { header: probe, passphrase: PASS, pbkdf: PBKDF, resumeOnly: true, hotzoneSize: HZ });
-  const cuts = probe.log.flatMap((o, i) => (o === 0 ? [i + 1] : []));
+  const cuts = probe.offsets.flatMap((o, i) => (o === 0 ? [i + 1] : []));
   let crashes = 0;
   for (const cut of cuts)
     for (let seed = 1; seed < 16; seed++) {

@@ -11,7 +11,7 @@ import { writeFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { createDecipheriv } from "node:crypto";
 import { needTools } from "../helpers/tools.js";
-import { PowerCutDevice, PowerCut, type UnsyncedPolicy } from "../helpers/power-cut.js";
+import { PowerCutDevice, PowerCut, RecordingCutDevice, type UnsyncedPolicy } from "../helpers/power-cut.js";
 import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
 import { readHeader } from "../../src/luks2/header.js";
 import { Luks2Volume } from "../../src/luks2/volume.js";
@@ -73,14 +73,6 @@ const modes: Mode[] = [
   },
 ];
 
-/** A PowerCutDevice that also remembers where each write went (to name header-copy and tail cuts). */
-class RecordingCutDevice extends PowerCutDevice {
-  offsets: number[] = [];
-  override async write(buf: Uint8Array, offset: number): Promise<void> {
-    this.offsets.push(offset);
-    return super.write(buf, offset);
-  }
-}
 
 type State = "none" | "plain" | "luks" | "reencrypt";
 async function stateOf(dev: BlockDevice): Promise<State> {
