@@ -33,6 +33,26 @@ test("alignedBuffer: zeroed, known aligned at DIRECT_ALIGN multiples only", { sk
   assert.equal(alignedBuffer(0).length, 0);
 });
 
+test("alignedBuffer: pages of their own from 1 MiB on (zeroed, unmapped when collected), heap memory below", { skip: !hasAligned && "native addon not built" }, () => {
+  // In a child with --expose-gc: hundreds of buffers either side of the line, written, dropped and collected.
+  const code = `
+    const { alignedBuffer } = await import(${JSON.stringify(new URL("../../src/blockdev/aligned.ts", import.meta.url).href)});
+    for (let round = 0; round < 3; round++) {
+      for (const size of [${MiB - 4096}, ${MiB}, ${4 * MiB + 4096}]) {
+        for (let i = 0; i < 64; i++) {
+          const b = alignedBuffer(size);
+          if (b.length !== size || b[0] !== 0 || b[size - 1] !== 0 || b[size >> 1] !== 0) throw new Error("not zeroed: " + size);
+          b.fill(0xa5);
+        }
+      }
+      globalThis.gc();
+    }
+    console.log("ok");`;
+  const r = spawnSync(process.execPath, ["--expose-gc", "--import", "tsx", "--input-type=module", "-e", code], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trim(), "ok");
+});
+
 test("O_DIRECT: aligned transfers go direct, unaligned ones buffered, the bytes identical to buffered I/O", { skip: !hasAligned && "native addon not built" }, async () => {
   const dir = mkdtempSync(join(tmpdir(), "trustvol-direct-"));
   try {
