@@ -56,6 +56,15 @@ export interface Deb13RunOptions {
  * receives the host paths as positional parameters, never spliced into shell text.
  */
 export function runInDebian13(root: string, cmd: string, args: string[], o: Deb13RunOptions): RunResult {
+  const c = debian13Command(root, cmd, args, o);
+  return run(c.cmd, c.args, { input: o.input, check: o.check ?? true, timeoutMs: o.timeoutMs ?? 300_000, env: c.env });
+}
+
+/**
+ * The command line and environment runInDebian13 runs, for a caller that spawns it itself (to signal it mid-run):
+ * unshare, sh and chroot exec one another, so the spawned process is the tool in the end.
+ */
+export function debian13Command(root: string, cmd: string, args: string[], o: Pick<Deb13RunOptions, "work" | "tpmDir" | "env">): { cmd: string; args: string[]; env: Record<string, string> } {
   const script = [
     'set -e; R="$1"; W="$2"; T="$3"; shift 3',
     "mount --make-rprivate /",
@@ -71,12 +80,7 @@ export function runInDebian13(root: string, cmd: string, args: string[], o: Deb1
   ].join("\n");
   // A fresh environment (never the host's), inherited through unshare/sh/chroot: values never reach argv.
   const env = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", LANG: "C.UTF-8", ...(o.env ?? {}) };
-  return run("unshare", ["--mount", "--propagation", "private", "sh", "-c", script, "deb13", root, o.work, o.tpmDir ?? "", cmd, ...args], {
-    input: o.input,
-    check: o.check ?? true,
-    timeoutMs: o.timeoutMs ?? 300_000,
-    env,
-  });
+  return { cmd: "unshare", args: ["--mount", "--propagation", "private", "sh", "-c", script, "deb13", root, o.work, o.tpmDir ?? "", cmd, ...args], env };
 }
 
 /** `swtpm:path=/tpm/<sock name>` for a host swtpm whose socket is in tpmDir. */

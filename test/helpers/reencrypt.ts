@@ -2,6 +2,7 @@
 // sector oracle (volume key from `cryptsetup luksDump --dump-volume-key`, one AES-XTS decipher per sector, nothing of
 // trustvol involved), kill-at-a-random-moment runners, and a loader for the engine that marks tests `todo` until the
 // engine (src/ops/reencrypt.ts, `trustvol reencrypt`) is merged.
+import assert from "node:assert/strict";
 import { openSync, readSync, writeSync, closeSync, fstatSync, existsSync, mkdtempSync, rmSync, statfsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { spawn, spawnSync } from "node:child_process";
@@ -280,11 +281,11 @@ export interface KillOutcome {
 }
 
 /** Start cmd, SIGKILL it after delayMs (unless it exits first). Key material only via files named in argv. */
-export function runAndKill(cmd: string, args: string[], delayMs: number, signal: NodeJS.Signals = "SIGKILL", cwd?: string, atProgress?: number): Promise<KillOutcome> {
+export function runAndKill(cmd: string, args: string[], delayMs: number, signal: NodeJS.Signals = "SIGKILL", cwd?: string, atProgress?: number, env?: NodeJS.ProcessEnv): Promise<KillOutcome> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     // cwd: cryptsetup --encrypt --header stages a LUKS2-temp-<uuid>.new file in the working directory
-    const p = spawn(cmd, args, { stdio: ["ignore", atProgress === undefined ? "ignore" : "pipe", "pipe"], cwd });
+    const p = spawn(cmd, args, { stdio: ["ignore", atProgress === undefined ? "ignore" : "pipe", "pipe"], cwd, env });
     let stderr = "";
     let killed = false;
     let signalledMs: number | null = null;
@@ -324,9 +325,9 @@ export function runAndKill(cmd: string, args: string[], delayMs: number, signal:
 }
 
 /** Wall time of a full run of cmd (used to aim a kill into the middle of the next run). */
-export function timeRun(cmd: string, args: string[], cwd?: string): number {
+export function timeRun(cmd: string, args: string[], cwd?: string, env?: NodeJS.ProcessEnv): number {
   const t0 = performance.now();
-  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 600_000, cwd });
+  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 600_000, cwd, env });
   if (cmd === process.execPath) checkEngineLacks(r.status ?? -1, r.stderr);
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.status}): ${r.stderr}`);
   return performance.now() - t0;
@@ -352,6 +353,8 @@ export async function killMidRun(opts: {
   cwd?: string;
   /** The command prints --progress-json: signal at this fraction of the progress instead of after a delay. */
   progress?: boolean;
+  /** The command's environment (default: this process's). */
+  env?: NodeJS.ProcessEnv;
 }): Promise<{ delayMs: number; attempts: number; outcome: KillOutcome }> {
   let lo = 0, hi = opts.calibratedMs * 2;
   let delay = Math.max(1, opts.calibratedMs * opts.frac);
@@ -363,8 +366,8 @@ export async function killMidRun(opts: {
     opts.prepare();
     const frac = Math.min(0.95, Math.max(0.02, opts.calibratedMs ? delay / opts.calibratedMs : opts.frac));
     const o = opts.progress
-      ? await runAndKill(opts.cmd, opts.args, opts.calibratedMs * 20, opts.signal, opts.cwd, frac)
-      : await runAndKill(opts.cmd, opts.args, delay, opts.signal, opts.cwd);
+      ? await runAndKill(opts.cmd, opts.args, opts.calibratedMs * 20, opts.signal, opts.cwd, frac, opts.env)
+      : await runAndKill(opts.cmd, opts.args, delay, opts.signal, opts.cwd, undefined, opts.env);
     const mid = o.killed && opts.midRun();
     // Missed: too late when it finished on its own or had already written (touched); else too early. Without a
     // touched() probe, a signalled run that still exited 0 counts as finished. A graceful signal the tool ignored
@@ -419,4 +422,60 @@ export function oracleFill(img: string, keyFile: string, plainPath: string, leng
     closeSync(src);
     closeSync(dst);
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Checks shared by the interop tests (2.6.1: reencrypt-interop.slow.test.ts; 2.7.5: reencrypt-cryptsetup27.slow.test.ts)
+
+/** The oracle's plaintext equals plainPath's first len bytes; on a mismatch, say which bytes differ. */
+export function assertPlain(img: string, pw: string, plainPath: string, len: number, hdr: string | undefined, what: string): void {
+  if (oraclePlainSha(img, pw, len, hdr) === shaFile(plainPath, 0, len)) return;
+  const d = oracleDiff(img, pw, plainPath, len, hdr);
+  assert.fail(`${what}: ${d.bad} bytes of plaintext differ, first at ${d.first}, last ending at ${d.last} (of ${len})`);
+}
+
+/** Both tools open the finished volume with the passphrase in pw, and nothing of the re-encryption is left. */
+export function opensWithBoth(img: string, pw: string, hdr?: string): void {
+  const c = csTestPassphrase(img, pw, hdr);
+  assert.equal(c.status, 0, `cryptsetup open --test-passphrase: ${c.stderr}`);
+  const t = tv(["unlock", "--test", "--key-file", pw, ...(hdr ? ["--header", hdr] : []), img]);
+  assert.equal(t.status, 0, `trustvol unlock --test: ${t.stderr}`);
+  const j = luksJson(img, hdr);
+  assert.equal(Object.values(j.keyslots).some((k: any) => k.type === "reencrypt"), false, "no reencrypt keyslot left");
+  assert.equal(j.config.requirements?.mandatory?.includes("online-reencrypt-v2") ?? false, false, "requirement cleared");
+}
+
+/**
+ * States cryptsetup 2.6.1 leaves after its own SIGKILL and then cannot resume (measured here). Returns a name, or
+ * undefined for a state it should have resumed.
+ */
+export function knownCryptsetupDeadEnd(j: LuksJson, message: string): string | undefined {
+  const reenc = Object.values(j.keyslots).find((k: any) => k.type === "reencrypt");
+  const segs = Object.entries(j.segments);
+  const live = segs.filter(([, x]) => !x.flags?.length);
+  const final = segs.find(([, x]) => x.flags?.includes("backup-final"));
+  const digestOf = (id: string) => Object.keys(j.digests).find((d) => j.digests[d].segments.includes(id));
+  if (reenc && live.length === 1 && final && live[0]![1].size === "dynamic" && live[0]![1].type === final[1].type && digestOf(live[0]![0]) === digestOf(final[0]))
+    // Measured for rotation (old keyslot already wiped) and decrypt (every passphrase keyslot wiped): the data is
+    // all done, the reencrypt keyslot and backup segments are still there, and --resume-only fails.
+    return `${reenc.mode} finalisation: data all done (one whole-device segment = backup-final), reencrypt keyslot still there, ${Object.values(j.keyslots).filter((k: any) => k.type === "luks2").length} passphrase keyslot(s) left`;
+  if (reenc?.area?.type === "datashift" && /Failed to set device segments for next reencryption hotzone/.test(message))
+    return "datashift tail of --encrypt --reduce-device-size";
+  return undefined;
+}
+
+/**
+ * Drop what is random per run (salts, digests) and the digests' PBKDF2 iteration counts (cryptsetup benchmarks the
+ * re-encryption digest's cost for --decrypt whatever --pbkdf-force-iterations says); keep every other field.
+ */
+export function normalizeInitMetadata(j: LuksJson): unknown {
+  j = JSON.parse(JSON.stringify(j)) as LuksJson;
+  for (const d of Object.values(j.digests)) delete d.iterations;
+  const scrub = (v: unknown): unknown => {
+    if (Array.isArray(v)) return v.map(scrub);
+    if (v && typeof v === "object")
+      return Object.fromEntries(Object.entries(v).filter(([k]) => k !== "salt" && k !== "digest").map(([k, x]) => [k, scrub(x)]));
+    return v;
+  };
+  return scrub(j);
 }

@@ -12,7 +12,8 @@ import { join } from "node:path";
 import { needTools } from "../helpers/tools.js";
 import {
   MiB, FAST_PBKDF, PASSPHRASE, writePlain, shaFile, cs, luksJson, inReencryption, oraclePlainSha, oracleFill, oracleDiff,
-  csTestPassphrase, tv, fastTmpDir, runAndKill, isLuks, checkEngineLacks, todoIfEngineLacks, trustvolCmd, needCliEngine, killMidRun, timeRun, seeded, type LuksJson,
+  tv, fastTmpDir, runAndKill, isLuks, checkEngineLacks, todoIfEngineLacks, trustvolCmd, needCliEngine, killMidRun, timeRun, seeded,
+  assertPlain, opensWithBoth, knownCryptsetupDeadEnd, normalizeInitMetadata, type LuksJson,
 } from "../helpers/reencrypt.js";
 
 const SEED = Number(process.env.REENC_SEED ?? Math.floor(Math.random() * 1e6));
@@ -67,22 +68,7 @@ function fixture(_dir?: string): Fixture {
   return shared;
 }
 
-/** The oracle's plaintext equals plainPath's first len bytes; on a mismatch, say which bytes differ. */
-function assertPlain(img: string, pw: string, plainPath: string, len: number, hdr: string | undefined, what: string): void {
-  if (oraclePlainSha(img, pw, len, hdr) === shaFile(plainPath, 0, len)) return;
-  const d = oracleDiff(img, pw, plainPath, len, hdr);
-  assert.fail(`${what}: ${d.bad} bytes of plaintext differ, first at ${d.first}, last ending at ${d.last} (of ${len})`);
-}
 
-function opensWithBoth(f: Fixture, img: string, hdr?: string): void {
-  const c = csTestPassphrase(img, f.pw, hdr);
-  assert.equal(c.status, 0, `cryptsetup open --test-passphrase: ${c.stderr}`);
-  const t = tv(["unlock", "--test", "--key-file", f.pw, ...(hdr ? ["--header", hdr] : []), img]);
-  assert.equal(t.status, 0, `trustvol unlock --test: ${t.stderr}`);
-  const j = luksJson(img, hdr);
-  assert.equal(Object.values(j.keyslots).some((k: any) => k.type === "reencrypt"), false, "no reencrypt keyslot left");
-  assert.equal(j.config.requirements?.mandatory?.includes("online-reencrypt-v2") ?? false, false, "requirement cleared");
-}
 
 const rotation = (resilience: string): Scenario => ({
   name: `rotation, resilience ${resilience}`,
@@ -99,7 +85,7 @@ const rotation = (resilience: string): Scenario => ({
       const d = oracleDiff(img, f.pw, f.plain, SIZE - 16 * MiB);
       lostWithNone.push(d.bad);
     } else assertPlain(img, f.pw, f.plain, SIZE - 16 * MiB, undefined, "plaintext after rotation");
-    opensWithBoth(f, img);
+    opensWithBoth(img, f.pw);
   },
   verifyDeadEnd: (f, img) => {
     // cryptsetup still dumps the (new) volume key from the surviving keyslot: the data is all re-encrypted.
@@ -116,7 +102,7 @@ const scenarios: Scenario[] = [
     detached: false,
     verify: (f, img) => {
       assertPlain(img, f.pw, f.plainBig, SHIFT_SIZE - 32 * MiB, undefined, "plaintext after encrypt");
-      opensWithBoth(f, img);
+      opensWithBoth(img, f.pw);
     },
   },
   {
@@ -129,7 +115,7 @@ const scenarios: Scenario[] = [
     detached: true,
     verify: (f, img, hdr) => {
       assertPlain(img, f.pw, f.plain, SIZE, hdr, "plaintext after encrypt");
-      opensWithBoth(f, img, hdr);
+      opensWithBoth(img, f.pw, hdr);
     },
   },
   rotation("checksum"),
@@ -225,24 +211,6 @@ function finishWith(tool: Tool, f: Fixture, s: Scenario, img: string, hdr: strin
   return { ok: false, repaired: true, message: `--resume-only after repair: ${said(r)}` };
 }
 
-/**
- * States cryptsetup 2.6.1 leaves after its own SIGKILL and then cannot resume (measured here). Returns a name, or
- * undefined for a state it should have resumed.
- */
-function knownCryptsetupDeadEnd(j: LuksJson, message: string): string | undefined {
-  const reenc = Object.values(j.keyslots).find((k: any) => k.type === "reencrypt");
-  const segs = Object.entries(j.segments);
-  const live = segs.filter(([, x]) => !x.flags?.length);
-  const final = segs.find(([, x]) => x.flags?.includes("backup-final"));
-  const digestOf = (id: string) => Object.keys(j.digests).find((d) => j.digests[d].segments.includes(id));
-  if (reenc && live.length === 1 && final && live[0]![1].size === "dynamic" && live[0]![1].type === final[1].type && digestOf(live[0]![0]) === digestOf(final[0]))
-    // Measured for rotation (old keyslot already wiped) and decrypt (every passphrase keyslot wiped): the data is
-    // all done, the reencrypt keyslot and backup segments are still there, and --resume-only fails.
-    return `${reenc.mode} finalisation: data all done (one whole-device segment = backup-final), reencrypt keyslot still there, ${Object.values(j.keyslots).filter((k: any) => k.type === "luks2").length} passphrase keyslot(s) left`;
-  if (reenc?.area?.type === "datashift" && /Failed to set device segments for next reencryption hotzone/.test(message))
-    return "datashift tail of --encrypt --reduce-device-size";
-  return undefined;
-}
 
 /** Every dead end cryptsetup left in this file run (printed at the end). */
 const deadEnds: string[] = [];
@@ -366,25 +334,10 @@ for (const s of scenarios) {
       timeRun(cmd, args, dir);
       got[tool] = luksJson(img, s.detached ? hdr : undefined);
     }
-    assert.deepEqual(normalize(got.trustvol), normalize(got.cryptsetup));
+    assert.deepEqual(normalizeInitMetadata(got.trustvol), normalizeInitMetadata(got.cryptsetup));
   }));
 }
 
-/**
- * Drop what is random per run (salts, digests) and the digests' PBKDF2 iteration counts (cryptsetup benchmarks the
- * re-encryption digest's cost for --decrypt whatever --pbkdf-force-iterations says); keep every other field.
- */
-function normalize(j: LuksJson): unknown {
-  j = JSON.parse(JSON.stringify(j)) as LuksJson;
-  for (const d of Object.values(j.digests)) delete d.iterations;
-  const scrub = (v: unknown): unknown => {
-    if (Array.isArray(v)) return v.map(scrub);
-    if (v && typeof v === "object")
-      return Object.fromEntries(Object.entries(v).filter(([k]) => k !== "salt" && k !== "digest").map(([k, x]) => [k, scrub(x)]));
-    return v;
-  };
-  return scrub(j);
-}
 
 // A graceful stop: SIGTERM mid-run stops at a safe point (trustvol: exit 7) and the other tool resumes with nothing
 // lost — for resilience "none" too, where it is the only guarantee there is.
