@@ -3,8 +3,8 @@
 //   and finishes → the plaintext is byte-identical (independent sector oracle: cryptsetup's volume key + AES-XTS per
 //   sector) and the volume opens with both tools. Also --init-only by one tool, --resume-only by the other, and
 //   --init-only metadata compared field by field.
-// The cryptsetup → cryptsetup baseline runs now; the halves that need `trustvol reencrypt` are `todo` until the
-// engine is merged. Kill moments are seeded (REENC_SEED=n replays the choice of moments; timing still varies).
+// cryptsetup → cryptsetup runs too, as the baseline (its own dead ends). The same with cryptsetup 2.7.5:
+// reencrypt-cryptsetup27.slow.test.ts. Kill moments are seeded (REENC_SEED=n replays the choice of moments; timing still varies).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync, copyFileSync, rmSync, existsSync } from "node:fs";
