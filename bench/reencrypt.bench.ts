@@ -182,15 +182,17 @@ export default async function (): Promise<void> {
       if (spawnSync("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, work]).status !== 0) console.log(`  !! cryptsetup cannot open trustvol's ${what} volume`);
     };
     const tv = (...args: string[]) => [TRUSTVOL_BIN, ...args];
+    const rotArgs = ["reencrypt", "-q", "--resilience", "checksum", ...KDF, "--key-file", pw, work];
     const encArgs = ["reencrypt", "--encrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, work];
     // A host setting, not trustvol's: Node parses the NODE_EXTRA_CA_CERTS bundle at every start (~50-100 ms here). A
-    // device's units run without it (systemd passes no login environment), so --encrypt is shown both ways.
+    // device's units run without it (systemd passes no login environment), so rotation and --encrypt are shown both ways.
     const clean = { ...process.env };
     delete clean.NODE_EXTRA_CA_CERTS;
     const trials: Trial[] = [
       { key: "dd", what: "dd in-place read+write (floor)", prepare: () => fresh(luks), cmd: "dd", args: [`if=${work}`, `of=${work}`, "bs=4M", "conv=notrunc,fdatasync", "status=none"] },
       { key: "csRot", what: "cryptsetup reencrypt (rotation)", prepare: () => fresh(luks), cmd: "cryptsetup", args: ["reencrypt", "--force-offline-reencrypt", "-q", "--resilience", "checksum", ...KDF, "--key-file", pw, work] },
-      { key: "tvRot", what: "trustvol reencrypt (rotation)", ours: true, prepare: () => fresh(luks), cmd: process.execPath, args: tv("reencrypt", "-q", "--resilience", "checksum", ...KDF, "--key-file", pw, work), check: opens("rotated") },
+      { key: "tvRot", what: "trustvol reencrypt (rotation)", ours: true, prepare: () => fresh(luks), cmd: process.execPath, args: tv(...rotArgs), check: opens("rotated") },
+      ...(process.env.NODE_EXTRA_CA_CERTS ? [{ key: "tvRotClean", what: "  the same, NODE_EXTRA_CA_CERTS unset", ours: true, prepare: () => fresh(luks), cmd: process.execPath, args: tv(...rotArgs), env: clean }] : []),
       { key: "csEnc", what: "cryptsetup reencrypt --encrypt (datashift)", prepare: () => fresh(plain), cmd: "cryptsetup", args: ["reencrypt", "--encrypt", "--force-offline-reencrypt", "-q", "--reduce-device-size", "32M", ...KDF, "--key-file", pw, work] },
       { key: "tvEnc", what: "trustvol reencrypt --encrypt (datashift)", ours: true, prepare: () => fresh(plain), cmd: process.execPath, args: tv(...encArgs), check: opens("encrypted") },
       ...(process.env.NODE_EXTRA_CA_CERTS ? [{ key: "tvEncClean", what: "  the same, NODE_EXTRA_CA_CERTS unset", ours: true, prepare: () => fresh(plain), cmd: process.execPath, args: tv(...encArgs), env: clean }] : []),
@@ -215,7 +217,7 @@ export default async function (): Promise<void> {
       console.log(`${t.what.padEnd(44)} ${m.wall.toFixed(2).padStart(7)} s wall (best ${m.best.toFixed(2)}) ${m.cpu.toFixed(2).padStart(6)} s CPU ${(m.cpu / (SIZE_MIB / 1024)).toFixed(2).padStart(6)} CPU-s/GiB ${(SIZE_MIB / m.wall).toFixed(0).padStart(6)} MiB/s  peak RSS ${m.rssMiB.toFixed(0).padStart(4)} MiB`);
     }
     const dd = med.get("dd")!, csRot = med.get("csRot")!, csEnc = med.get("csEnc")!, csDec = med.get("csDec")!;
-    const tvRot = med.get("tvRot"), tvEnc = med.get("tvEnc"), tvEncClean = med.get("tvEncClean"), tvDec = med.get("tvDec");
+    const tvRot = med.get("tvRot"), tvRotClean = med.get("tvRotClean"), tvEnc = med.get("tvEnc"), tvEncClean = med.get("tvEncClean"), tvDec = med.get("tvDec");
     if (tvEncClean) {
       const start = (env?: NodeJS.ProcessEnv) => Math.min(...[0, 1, 2].map(() => measure(process.execPath, ["-e", "0"], env).wall));
       console.log(`  (Node's own start here: ${(start() * 1000).toFixed(0)} ms with NODE_EXTRA_CA_CERTS=${process.env.NODE_EXTRA_CA_CERTS}, ${(start(clean) * 1000).toFixed(0)} ms without)`);
@@ -224,6 +226,7 @@ export default async function (): Promise<void> {
     const x = (a: Measured, b: Measured) => `${(a.wall / b.wall).toFixed(2)}× (best ${(a.best! / b.best!).toFixed(2)}×)`;
     if (tvRot) {
       console.log(`rotation:         trustvol ${x(csRot, tvRot)} cryptsetup (target ≥ 2×), ${x(dd, tvRot)} dd (target ≥ 0.7×); CPU ${tvRot.cpu.toFixed(1)} s vs cryptsetup ${csRot.cpu.toFixed(1)} s`);
+      if (tvRotClean) console.log(`                  without NODE_EXTRA_CA_CERTS: ${x(csRot, tvRotClean)} cryptsetup, ${x(dd, tvRotClean)} dd`);
     }
     if (tvEnc) {
       console.log(`encrypt in place: trustvol ${x(csEnc, tvEnc)} cryptsetup (target ≥ 2×), ${x(dd, tvEnc)} dd (target ≥ 0.7×); CPU ${tvEnc.cpu.toFixed(1)} s vs cryptsetup ${csEnc.cpu.toFixed(1)} s`);
