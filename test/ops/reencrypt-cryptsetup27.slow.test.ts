@@ -3,7 +3,8 @@
 // header) and decrypt:
 //   --init-only by one tool, --resume-only by the other → identical plaintext, opens with every tool;
 //   trustvol's --init-only metadata is cryptsetup 2.7.5's, field by field;
-//   one tool starts, is SIGKILLed mid-run, the other resumes (after `repair` when it asks) → identical plaintext.
+//   one tool starts, is SIGKILLed mid-run (the crashed state dumps as 2.7.5's luksDump prints it), the other resumes
+//   (after `repair` when it asks) → identical plaintext.
 // The plaintext is checked by the independent oracle (host cryptsetup's volume key + AES-XTS per sector). The 2.6.1
 // side, with cryptsetup's own dead ends and the graceful stops, is reencrypt-interop.slow.test.ts.
 // Kill moments are seeded (REENC_SEED=n replays the choice; timing still varies).
@@ -262,6 +263,13 @@ for (const s of scenarios) {
       });
       if (!landed) return t.skip("cryptsetup 2.7.5's run was too short to interrupt under this load");
       const crashed = luksJson(w.img, s.detached ? w.hdr : undefined);
+      // the crashed state as both print it (segments flagged in-reencryption, backup segments, resilience, progress)
+      const meta = s.detached ? w.hdr : w.img;
+      const dump27 = cs27(root, w, ["luksDump", inChroot(meta)]);
+      assert.equal(dump27.status, 0, dump27.stderr.toString());
+      // (2.7 added "cipher: (no SW encryption)" under linear segments; trustvol prints 2.6.1's text, the issue's anchor)
+      const as261 = dump27.stdout.toString().replace(/^\tcipher: \(no SW encryption\)\n/gm, "");
+      assert.equal(tv(["dump", meta]).stdout, as261, "trustvol dump prints the crashed state as cryptsetup 2.7.5's luksDump");
       const fin = finishWith(root, finisher, s, w);
       t.diagnostic(`seed ${SEED}: full run ${calibratedMs.toFixed(0)} ms, killed at ${landed.delayMs.toFixed(0)} ms (attempt ${landed.attempts}); ${finisher} ${fin.ok ? (fin.repaired ? "needed repair first" : "resumed directly") : `could not finish: ${fin.message}`}`);
       if (!fin.ok) {
