@@ -166,6 +166,32 @@ export function parseMetadata(jsonText: string, hdrSize: number): Luks2Metadata 
   return validateMetadata(j, hdrSize);
 }
 
+/** cryptsetup reencrypt_candidate_flag: "online-reencrypt" or "online-reencrypt-v" and digits. */
+export const isReencryptCandidateFlag = (r: string): boolean => r === "online-reencrypt" || /^online-reencrypt-v[0-9]+$/.test(r);
+
+/**
+ * cryptsetup validate_reencrypt_segments: both backups exist; a data segment in re-encryption is of the final kind,
+ * any other of the final or the previous kind (json_segment_cmp: type; crypt: sector size and cipher).
+ */
+function validateReencryptSegments(m: Luks2Metadata): void {
+  const ids = Object.keys(m.segments).map(Number).sort((a, b) => a - b);
+  const flagsOf = (sg: Luks2Segment) => (Array.isArray(sg.flags) ? sg.flags : []);
+  let final: Luks2Segment | undefined, previous: Luks2Segment | undefined;
+  for (const id of ids) {
+    const sg = m.segments[String(id)]!;
+    if (flagsOf(sg).includes("backup-final")) final = sg;
+    else if (flagsOf(sg).includes("backup-previous")) previous = sg;
+  }
+  if (!final || !previous) throw bad("re-encryption without its backup-final and backup-previous segments");
+  const same = (a: Luks2Segment, b: Luks2Segment) => a.type === b.type && (a.type !== "crypt" || (a.sector_size === b.sector_size && a.encryption === b.encryption));
+  for (const id of ids) {
+    const sg = m.segments[String(id)]!;
+    if (flagsOf(sg).some((f) => f.startsWith("backup-"))) continue;
+    if (flagsOf(sg).includes("in-reencryption") ? !same(sg, final) : !same(sg, final) && !same(sg, previous))
+      throw bad(`segment ${id} matches neither the previous nor the final segment of the re-encryption`);
+  }
+}
+
 export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
   if (!isObj(j)) throw bad("top level is not an object");
   if (valueDepth(j) > JSON_MAX_DEPTH) throw bad(`JSON is nested deeper than ${JSON_MAX_DEPTH} levels`);
@@ -187,6 +213,12 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
   const reqs = (cfg.requirements as { mandatory?: string[] } | undefined)?.mandatory ?? [];
   if (reqs.some((r) => r.startsWith("online-reencrypt")) && !Object.values(m.keyslots).some((k) => isObj(k) && k.type === "reencrypt"))
     throw bad("online-reencrypt requirement without a reencrypt keyslot");
+  // cryptsetup hdr_validate_requirements / LUKS2_keyslots_validate: one re-encryption flag, and none without a keyslot
+  const reencFlags = reqs.filter(isReencryptCandidateFlag);
+  if (reencFlags.length > 1) throw bad(`more than one re-encryption requirement flag (${reencFlags.join(", ")})`);
+  const reencSlots = Object.values(m.keyslots).filter((k) => isObj(k) && k.type === "reencrypt").length;
+  if (reencSlots > 1) throw bad("more than one reencrypt keyslot");
+  if (reencSlots && !reencFlags.length) throw bad("a reencrypt keyslot without a re-encryption requirement flag");
   const areaStart = 2 * hdrSize;
   const areaEnd = areaStart + keyslotsSize;
 
@@ -257,6 +289,7 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
       if (!dynamic && bigSize % BigInt(ss) !== 0n) throw bad(`${w}.size is not a multiple of its sector size`);
     }
     if (off % SECTOR_SIZE !== 0) throw bad(`${w}.offset is not sector-aligned`);
+    if (!dynamic && bigSize % BigInt(SECTOR_SIZE) !== 0n) throw bad(`${w}.size is not a multiple of ${SECTOR_SIZE}`);
     segs.push({ id, start: off, end: off + size, backup });
   }
   // cryptsetup checks the lowest segment offset only: 0 = detached header (mid re-encryption others may be > 0).
@@ -264,6 +297,15 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
   if (segs.length && firstOff !== 0 && firstOff < areaEnd) throw bad(`segment offset ${firstOff} lies inside the metadata/keyslots area (ends at ${areaEnd})`);
   const live = segs.filter((s) => !s.backup).sort((a, b) => a.start - b.start);
   for (let i = 1; i < live.length; i++) if (live[i]!.start < live[i - 1]!.end) throw bad(`segments ${live[i - 1]!.id} and ${live[i]!.id} overlap`);
+  // cryptsetup hdr_validate_segments: ids 0..n-1, the data segments first, then the backups; only the last data
+  // segment may be dynamic
+  for (let i = 0; i < segIds.length; i++) if (!(String(i) in m.segments)) throw bad(`segment ids skip ${i}`);
+  const firstBackup = segs.filter((s) => s.backup).reduce((a, s) => Math.min(a, Number(s.id)), segIds.length);
+  if (segIds.length && firstBackup === 0) throw bad("no data segment, only backup segments");
+  for (const sg of segs) {
+    if (!sg.backup && Number(sg.id) > firstBackup) throw bad(`data segment ${sg.id} comes after backup segment ${firstBackup}`);
+    if (!sg.backup && sg.end === Infinity && Number(sg.id) !== firstBackup - 1) throw bad(`segment ${sg.id} is dynamic but not the last data segment`);
+  }
 
   // digests (spec §3.4)
   const dIds = numberedKeys(m.digests, "digest", LUKS2_DIGEST_MAX);
@@ -287,10 +329,12 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     }
   }
 
-  // cryptsetup 2.6.1 refuses a crypt data segment that no digest lists (differential test, seed 99): its key could never be verified.
+  // cryptsetup 2.6.1 refuses a crypt segment (a backup too: hdr_validate_crypt_segment) that no digest lists
+  // (differential test, seed 99): its key could never be verified.
   for (const [id, sg] of Object.entries(m.segments))
-    if (isObj(sg) && sg.type === "crypt" && !(Array.isArray(sg.flags) && sg.flags.some((f) => typeof f === "string" && f.startsWith("backup-"))) && !Object.values(m.digests).some((d) => isObj(d) && Array.isArray(d.segments) && d.segments.includes(id)))
+    if (isObj(sg) && sg.type === "crypt" && !Object.values(m.digests).some((d) => isObj(d) && Array.isArray(d.segments) && d.segments.includes(id)))
       throw bad(`segment ${id} is not assigned to any digest`);
+  if (reqs.includes("online-reencrypt-v2") || reqs.includes("online-reencrypt")) validateReencryptSegments(m);
   // cryptsetup refuses a keyslot no digest references: nothing could ever verify the key it yields.
   for (const k of ksIds) if (!slotOwner.has(k)) throw bad(`keyslot ${k} is not assigned to any digest`);
 

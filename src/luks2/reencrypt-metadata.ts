@@ -104,7 +104,80 @@ export function loadReencryptState(m: Luks2Metadata): ReencryptState {
     if (ks.area.shiftSize !== newSeg.offset || oldSeg.offset !== 0) throw new TrustvolError("EUNSUPPORTED", "a data shift that differs from the new data offset");
     for (const sg of segs) if (sg.size === null && sg.type === "linear") throw bad("a linear segment of a data-shift encryption has no fixed size");
   } else if (movedSeg) throw bad("a backup-moved-segment without a data shift");
-  return { keyslot: ks, mode: ks.mode, direction: ks.direction, resilience, oldSeg, newSeg, movedSeg, digestOld: ids.old, digestNew: ids.new, status: segs.some((s) => s.flags.includes("in-reencryption")) ? "crash" : "clean" };
+  for (const b of allSegments(m)) if (b.flags.some((f) => f.startsWith("backup-")) && b.flags.includes("in-reencryption")) throw bad(`backup segment ${b.id} is also flagged in-reencryption`);
+  const st: ReencryptState = { keyslot: ks, mode: ks.mode, direction: ks.direction, resilience, oldSeg, newSeg, movedSeg, digestOld: ids.old, digestNew: ids.new, status: segs.some((s) => s.flags.includes("in-reencryption")) ? "crash" : "clean" };
+  checkIvTweaks(segs, st);
+  if (movedSeg) checkShiftLayout(m, st);
+  return st;
+}
+
+/**
+ * A crypt data segment's IV tweak is its backup's plus its distance from it in 512-byte sectors (cryptsetup derives
+ * it so; it trusts the field, and a wrong one decrypts to garbage). The engine derives it too: refuse a mismatch.
+ */
+function checkIvTweaks(segs: Segment[], st: ReencryptState): void {
+  for (const sg of segs) {
+    if (sg.type !== "crypt") continue;
+    const fits = [st.newSeg, st.oldSeg].some((b) => b.type === "crypt" && b.encryption === sg.encryption && b.sectorSize === sg.sectorSize && sg.offset >= b.offset && sg.ivTweak === b.ivTweak + BigInt((sg.offset - b.offset) / 512));
+    if (!fits) throw bad(`segment ${sg.id}'s iv_tweak ${sg.ivTweak} does not follow from its offset ${sg.offset} and the backup segment's`);
+  }
+}
+
+/**
+ * The data shift's segments as cryptsetup's backward run leaves them, checked before anything is written: they tile
+ * the plain data [0, L) in order (the moved copy of the first chunk, the rest in place, then the encrypted part at the
+ * new offset), and every hotzone left reads a linear range the segments hold and writes over none still to be read.
+ */
+function checkShiftLayout(m: Luks2Metadata, st: ReencryptState): void {
+  const moved = st.movedSeg!, shift = st.keyslot.area.shiftSize!;
+  const total = st.oldSeg.size;
+  if (total === null || moved.size === null || moved.size > shift || moved.offset < st.newSeg.offset + total) throw bad("the data shift's moved copy does not fit the shift");
+  let p = 0;
+  const segs = dataSegments(m);
+  segs.forEach((sg, i) => {
+    const want = sg.type === "crypt" ? st.newSeg.offset + p : p === 0 ? moved.offset : st.oldSeg.offset + p;
+    if (sg.offset !== want || (sg.type === "linear" && p === 0 && sg.size !== moved.size)) throw bad(`segment ${sg.id} is not where the data shift left plain data ${p}`);
+    if (sg.type === "linear" && i > 0 && segs[i - 1]!.type === "crypt") throw bad(`linear segment ${sg.id} follows an encrypted one`);
+    if (sg.size === null) {
+      if (i !== segs.length - 1 || sg.type !== "crypt") throw bad(`segment ${sg.id} is dynamic but not the encrypted end`);
+      p = total;
+    } else p += sg.size;
+  });
+  if (p !== total) throw bad(`the segments cover ${p} bytes of plain data, the data shift ${total}`);
+  // dry run of the rest (recovery first in a crash state): each hotzone reads the tail the segments give up (as
+  // sourceOf does) and writes over no linear segment still to be read
+  const overwrites = (segsLeft: Segment[], off: number, len: number) => segsLeft.some((x) => x.type === "linear" && st.newSeg.offset + off < x.offset + x.size! && x.offset < st.newSeg.offset + off + len);
+  let cur = m;
+  const hot = segs.find((x) => x.flags.includes("in-reencryption"));
+  if (hot) {
+    if (hot.size === null || hot.size > shift || overwrites(segs, hot.offset - st.newSeg.offset, hot.size)) throw bad(`the hotzone in segment ${hot.id} does not fit the data shift`);
+    cur = postShift(m, st, hot.offset - st.newSeg.offset, hot.size);
+  }
+  for (let steps = 0; ; steps++) {
+    if (steps > total / 512 + 2) throw bad("the data shift does not progress");
+    const hz = nextShiftHotzone(cur, st);
+    if (!hz) return;
+    const last = dataSegments(cur).filter((x) => x.type === "linear").at(-1);
+    const next = hotShift(cur, st, hz.off, hz.len);
+    const src = shiftSource(st, hz.off, dataSegments(next).findIndex((x) => x.flags.includes("in-reencryption")));
+    // (a data shorter than the shift is one hotzone of the shift's length over the moved copy alone)
+    const n = Math.min(hz.len, last?.size ?? 0);
+    if (!last || hz.len > shift || src < last.offset || src + n !== last.offset + last.size!) throw bad(`hotzone ${hz.off}+${hz.len} would read outside the linear segments`);
+    if (overwrites(dataSegments(next), hz.off, hz.len)) throw bad(`hotzone ${hz.off}+${hz.len} would overwrite plain data still to be read`);
+    cur = postShift(next, st, hz.off, hz.len);
+  }
+}
+
+/**
+ * Every fixed-size data segment ends on the device (cryptsetup LUKS2_reencrypt_check_device_size), checked before any
+ * write: a progress past the end would finish a run on the header's word. One segment alone is a run not started
+ * (its size unused, as in cryptsetup's _offset_forward).
+ */
+export function checkSegmentsOnDevice(m: Luks2Metadata, devSize: number, name: string): void {
+  const segs = dataSegments(m);
+  if (segs.length > 1) for (const sg of segs)
+    if (sg.size !== null && sg.offset + sg.size > devSize)
+      throw new TrustvolError("ETRUNCATED", `${name} (${devSize} bytes) is too small for data segment ${sg.id}, which ends at ${sg.offset + sg.size}`, "this header belongs to a larger device: use that device, or restore its header backup");
 }
 
 /** A segment of the new (or old) kind covering data-relative [off, off+len) (len null = to the end). */

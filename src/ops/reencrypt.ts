@@ -38,6 +38,7 @@ import {
   nextHotzone,
   shiftSource,
   hotMetadata,
+  checkSegmentsOnDevice,
   loadReencryptState,
   maxAreaGap,
   postMetadata,
@@ -655,6 +656,7 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   if ((!st.movedSeg && st.oldSeg.size !== null) || st.newSeg.size !== null) throw new TrustvolError("EUNSUPPORTED", "fixed-size re-encryption segments are not supported");
   const dataOffset = st.newSeg.offset;
   const dataSize = dev.size - dataOffset;
+  checkSegmentsOnDevice(v.metadata, dev.size, dev.name);
   const ss = [st.oldSeg.sectorSize, st.newSeg.sectorSize];
   if (dataSize <= 0) throw new TrustvolError("ETRUNCATED", `${dev.name} ends before the data offset ${dataOffset}`);
   checkDataSize(dataSize, ss);

@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import type { Luks2Metadata } from "../../src/luks2/metadata.js";
 import { validateMetadata } from "../../src/luks2/metadata.js";
 import { verifyReencryptDigest, assignReencryptDigest, reencryptDigestIds } from "../../src/luks2/reencrypt-digest.js";
-import { loadReencryptState, hotMetadata, postMetadata, finalMetadata, nextHotzone, reencryptStatus } from "../../src/luks2/reencrypt-metadata.js";
+import { loadReencryptState, hotMetadata, postMetadata, finalMetadata, nextHotzone, reencryptStatus, checkSegmentsOnDevice } from "../../src/luks2/reencrypt-metadata.js";
 import { dataSegments, segmentByFlag, digestsOfSegment } from "../../src/luks2/segment.js";
 
 type Vec = { keys: Record<string, string>; metadata: Luks2Metadata };
@@ -110,4 +110,57 @@ test("backward direction (cryptsetup's --decrypt --header): hotzones from the en
   assert.deepEqual(dataSegments(hot).map((s) => [s.type, s.offset, s.size, s.flags]), [["crypt", 0, 2 << 20, []], ["linear", 2 << 20, 1 << 20, ["in-reencryption"]]]);
   const post = postMetadata(hot, st, hz.off, hz.len, dev);
   assert.deepEqual(nextHotzone(post, st, dev, 1 << 20), { off: 1 << 20, len: 1 << 20 });
+});
+
+test("hostile re-encryption metadata cryptsetup refuses at load is refused at load (validateMetadata), each with its reason", () => {
+  const v = vectors["reencrypt-checksum"]!;
+  const load = (m: Luks2Metadata) => validateMetadata(m, Number(m.config.json_size) + 4096);
+  load(structuredClone(v.metadata));
+  const cases: [string, (m: Luks2Metadata) => void, RegExp][] = [
+    ["two re-encryption flags", (m) => m.config.requirements!.mandatory!.push("online-reencrypt-v3"), /more than one re-encryption requirement flag/],
+    ["a reencrypt keyslot without its flag", (m) => (m.config.requirements!.mandatory = ["x-other"]), /without a re-encryption requirement flag/],
+    ["a gap in the segment ids", (m) => ((m.segments["5"] = m.segments["2"]!), delete m.segments["2"], (m.digests["1"]!.segments = ["5"])), /segment ids skip 2/],
+    ["only backups", (m) => ([m.segments["0"], m.segments["1"]] = [m.segments["1"]!, m.segments["0"]!]), /no data segment, only backup segments/],
+    ["a data segment after a backup", (m) => ((m.segments["3"] = { ...m.segments["0"]!, offset: String(17 << 20), iv_tweak: String(2048) }), (m.segments["0"]!.size = String(1 << 20)), m.digests["0"]!.segments.push("3")), /data segment 3 comes after backup segment 1/],
+    ["a linear segment size not a multiple of 512", (m) => (m.segments["0"] = { type: "linear", offset: "16777216", size: "1000" } as never), /size is not a multiple of 512/],
+    ["a crypt backup no digest lists", (m) => (m.digests["1"]!.segments = []), /segment 2 is not assigned to any digest/],
+    ["a data segment of neither kind", (m) => (m.segments["0"]!.encryption = "aes-cbc-essiv:sha256"), /matches neither the previous nor the final segment/],
+    ["a hotzone not of the final kind", (m) => ((m.segments["0"]!.flags = ["in-reencryption"]), (m.segments["0"]!.sector_size = 512)), /matches neither/],
+  ];
+  for (const [what, edit, says] of cases) {
+    const m = structuredClone(v.metadata);
+    edit(m);
+    assert.throws(() => load(m), says, what);
+  }
+});
+
+test("hostile re-encryption state refused before any write (loadReencryptState): IV tweaks, backup flags, the data shift's layout", () => {
+  const rot = vectors["reencrypt-checksum"]!.metadata;
+  const MiB = 1 << 20;
+  const refuse = (m: Luks2Metadata, says: RegExp, what: string) => assert.throws(() => loadReencryptState(m), says, what);
+  let m = structuredClone(rot);
+  m.segments["0"]!.iv_tweak = "8";
+  refuse(m, /iv_tweak 8 does not follow from its offset/, "iv_tweak of a data segment changed");
+  m = structuredClone(rot);
+  m.segments["1"]!.flags = ["backup-previous", "in-reencryption"];
+  refuse(m, /backup segment 1 is also flagged in-reencryption/, "a backup in re-encryption");
+  // a rotation stopped after 4 MiB: its segments are consistent, their IV tweaks too
+  const st = loadReencryptState(rot);
+  const post = postMetadata(hotMetadata(rot, st, 0, 4 * MiB, 64 * MiB), st, 0, 4 * MiB, 64 * MiB);
+  loadReencryptState(post);
+  checkSegmentsOnDevice(post, 64 * MiB, "dev");
+  assert.throws(() => checkSegmentsOnDevice(post, 20 * MiB - 512, "dev"), /dev \(20971008 bytes\) is too small for data segment 0, which ends at 20971520/, "a progress past the device's end");
+  // the data shift (cryptsetup's --init-only vector): moved copy 8 MiB at 24 MiB, shift 16 MiB
+  const shift = vectors["encrypt-datashift"]!.metadata;
+  loadReencryptState(shift);
+  m = structuredClone(shift);
+  m.segments["0"]!.offset = String(25 * MiB);
+  m.segments["0"]!.size = String(7 * MiB);
+  refuse(m, /segment 0 is not where the data shift left plain data 0/, "the moved copy's segment moved");
+  m = structuredClone(shift);
+  m.segments["0"]!.size = String(4 * MiB);
+  refuse(m, /segment 0 is not where the data shift left plain data 0|cover/, "the moved copy's segment shortened");
+  m = structuredClone(shift);
+  m.segments["1"]!.offset = String(20 * MiB);
+  refuse(m, /moved copy does not fit the shift/, "the moved copy inside the encrypted data's place");
 });

@@ -202,6 +202,8 @@ const cases: Case[] = [
     b[0] = b[0]! ^ 1;
     d.digest = b.toString("base64");
   }),
+  hostile("a data segment whose cipher matches neither backup", (j) => void (j.segments["0"].encryption = "aes-cbc-essiv:sha256")),
+  hostile("a second re-encryption requirement flag", (j) => void j.config.requirements!.mandatory!.push("online-reencrypt-v3")),
   hostile("two reencrypt keyslots", (j) => {
     const id = Object.keys(j.keyslots).find((k) => j.keyslots[k].type === "reencrypt")!;
     j.keyslots["9"] = JSON.parse(JSON.stringify(j.keyslots[id]));
