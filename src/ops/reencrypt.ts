@@ -272,16 +272,49 @@ async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: Bloc
   const keys = await unlockForState(v, hdrDev, st, opts, optional);
   try {
     const buf = st.movedSeg ? Buffer.allocUnsafeSlow(Math.min(st.movedSeg.size!, 8 * MiB)) : Buffer.alloc(0);
+    // a header can claim "done" over a device never shifted: the moved copy is then the head's only copy
+    if (st.movedSeg) await checkMovedCopy(dev, st, keys.get(st.digestNew), buf);
     await finishRun(v, dev, hdrDev, st, buf);
   } finally {
     for (const k of keys.values()) wipe(k);
   }
 }
 
+/** Each 512-byte sector of the moved copy: leading zeros (a wipe, maybe torn), then the final segment's plaintext. */
+async function checkMovedCopy(dev: BlockDevice, st: ReencryptState, key: Buffer | undefined, buf: Buffer): Promise<void> {
+  const moved = st.movedSeg!, seg = st.newSeg, size = moved.size!;
+  const block = Math.max(4096, seg.sectorSize);
+  if (!key || seg.type !== "crypt") throw new TrustvolError("EINTERNAL", "the final segment's key is not unlocked", "this is a bug in trustvol");
+  if (st.keyslot.area.shiftSize! % block || size % seg.sectorSize || size > st.keyslot.area.shiftSize! || moved.offset + size > dev.size || seg.offset + size > dev.size)
+    throw new TrustvolError("ECORRUPT", `${dev.name}: the data shift's moved copy (${size} bytes at ${moved.offset}) does not match the shift of ${st.keyslot.area.shiftSize} bytes, the sector size ${seg.sectorSize} or the device's size`, "this header does not describe this device: restore the header backup, or finish with the tool that started it");
+  const step = buf.length - (buf.length % block) || buf.length;
+  const plain = Buffer.allocUnsafeSlow(step);
+  const c = createSectorCipher({ cipher: seg.encryption!, key, sectorSize: seg.sectorSize, ivOffset: seg.ivTweak });
+  try {
+    for (let p = 0; p < size; p += step) {
+      const n = Math.min(step, size - p);
+      const copy = buf.subarray(0, n), want = plain.subarray(0, n);
+      await dev.read(copy, moved.offset + p);
+      await dev.read(want, seg.offset + p);
+      await (c.decryptAsync ? c.decryptAsync(want, p / seg.sectorSize) : c.decrypt(want, p / seg.sectorSize));
+      if (copy.equals(want)) continue;
+      for (let o = 0; o < n; o += 512) {
+        let z = o;
+        while (z < o + 512 && copy[z] === 0) z++;
+        if (!copy.subarray(z, o + 512).equals(want.subarray(z, o + 512)))
+          throw new TrustvolError("ECORRUPT", `${dev.name}: the header says the data shift is finished, but the device's first chunk was never moved into place (its moved copy at ${moved.offset} differs from the encrypted data)`, "this header does not describe this device: restore the header backup, or finish with the tool that started it");
+      }
+    }
+  } finally {
+    c.dispose();
+    wipe(buf, plain);
+  }
+}
+
 /** The end of every run: the moved plaintext copy wiped, the final metadata committed, the old keyslots' areas wiped. */
 async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, buf: Buffer): Promise<void> {
   // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
-  if (st.movedSeg) await wipeRandom(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
+  if (st.movedSeg) await wipeZeros(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
   const fin = finalMetadata(v.metadata, st);
   await v.commit(fin.metadata);
   for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);
@@ -833,14 +866,11 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
   }
 }
 
-/** Overwrite [offset, offset+size) with random data through one reused buffer (no garbage per MiB), then flush. */
-async function wipeRandom(dev: BlockDevice, offset: number, size: number, buf: Buffer): Promise<void> {
-  for (let p = 0; p < size; p += buf.length) {
-    const piece = buf.subarray(0, Math.min(buf.length, size - p));
-    crypto.randomFillSync(piece);
-    await dev.write(piece, offset + p);
-  }
-  await dev.flush();
+/** Zeros, not random: they erase plaintext as well, and a (partly) wiped copy stays recognisable (checkMovedCopy). */
+async function wipeZeros(dev: BlockDevice, offset: number, size: number, buf: Buffer): Promise<void> {
+  buf.fill(0);
+  for (let p = 0; p < size; p += buf.length) await dev.write(buf.subarray(0, Math.min(buf.length, size - p)), offset + p);
+  await dev.flush(); // before the commit that forgets the copy
 }
 
 function interrupted(done: number, total: number): TrustvolError {

@@ -479,3 +479,33 @@ export function normalizeInitMetadata(j: LuksJson): unknown {
   };
   return scrub(j);
 }
+
+/**
+ * Rewrite the JSON metadata of both header copies with `edit` applied; binary headers keep their seqid, checksums are
+ * recomputed (sha256 over the header with the checksum field zeroed ‖ the JSON area), as cryptsetup computes them.
+ */
+export function tamperJson(img: string, edit: (j: LuksJson) => void): void {
+  const fd = openSync(img, "r+");
+  try {
+    const bin = Buffer.alloc(4096);
+    readSync(fd, bin, 0, 4096, 0);
+    const hdrSize = Number(bin.readBigUInt64BE(8));
+    for (const off of [0, hdrSize]) {
+      const area = Buffer.alloc(hdrSize);
+      readSync(fd, area, 0, hdrSize, off);
+      const text = area.subarray(4096).toString("latin1").replace(/\0+$/, "");
+      const j = JSON.parse(text) as LuksJson;
+      edit(j);
+      const out = Buffer.from(JSON.stringify(j), "latin1");
+      if (out.length >= hdrSize - 4096) throw new Error("tampered JSON does not fit");
+      area.fill(0, 4096);
+      out.copy(area, 4096);
+      assert.equal(area.subarray(72, 72 + 6).toString("latin1"), "sha256", "checksum algorithm of the fixture");
+      area.fill(0, 448, 448 + 64);
+      createHash("sha256").update(area).digest().copy(area, 448);
+      writeSync(fd, area, 0, hdrSize, off);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}

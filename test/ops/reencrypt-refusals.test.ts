@@ -5,12 +5,11 @@
 // lenient). Headers are edited here with their checksums recomputed (no trustvol code), so only the engine judges.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { writeFileSync, copyFileSync, openSync, readSync, writeSync, closeSync, mkdirSync, existsSync } from "node:fs";
+import { writeFileSync, copyFileSync, mkdirSync, existsSync } from "node:fs";
 import { spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
-import { createHash } from "node:crypto";
 import { needTools } from "../helpers/tools.js";
-import { MiB, FAST_PBKDF, PASSPHRASE, writePlain, shaFile, cs, luksJson, tv, needCliEngine, fastTmpDir, type LuksJson } from "../helpers/reencrypt.js";
+import { MiB, FAST_PBKDF, PASSPHRASE, writePlain, shaFile, cs, luksJson, tv, needCliEngine, fastTmpDir, tamperJson, type LuksJson } from "../helpers/reencrypt.js";
 
 interface Case {
   name: string;
@@ -45,35 +44,6 @@ function initOnly(dir: string, pw: string, extra: string[], plainShift = false):
   return img;
 }
 
-/**
- * Rewrite the JSON metadata of both header copies with `edit` applied; binary headers keep their seqid, checksums are
- * recomputed (sha256 over the header with the checksum field zeroed ‖ the JSON area), as cryptsetup computes them.
- */
-export function tamperJson(img: string, edit: (j: LuksJson) => void): void {
-  const fd = openSync(img, "r+");
-  try {
-    const bin = Buffer.alloc(4096);
-    readSync(fd, bin, 0, 4096, 0);
-    const hdrSize = Number(bin.readBigUInt64BE(8));
-    for (const off of [0, hdrSize]) {
-      const area = Buffer.alloc(hdrSize);
-      readSync(fd, area, 0, hdrSize, off);
-      const text = area.subarray(4096).toString("latin1").replace(/\0+$/, "");
-      const j = JSON.parse(text) as LuksJson;
-      edit(j);
-      const out = Buffer.from(JSON.stringify(j), "latin1");
-      if (out.length >= hdrSize - 4096) throw new Error("tampered JSON does not fit");
-      area.fill(0, 4096);
-      out.copy(area, 4096);
-      assert.equal(area.subarray(72, 72 + 6).toString("latin1"), "sha256", "checksum algorithm of the fixture");
-      area.fill(0, 448, 448 + 64);
-      createHash("sha256").update(area).digest().copy(area, 448);
-      writeSync(fd, area, 0, hdrSize, off);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
 
 const reencSlot = (j: LuksJson): any => Object.values(j.keyslots).find((k: any) => k.type === "reencrypt");
 const hostile = (name: string, edit: (j: LuksJson) => void, extra: string[] = ["--resilience", "checksum"], shift = false): Case => ({

@@ -1,0 +1,127 @@
+// The end of a data-shift encryption (`reencrypt --encrypt --reduce-device-size`) finished on the metadata alone: a run
+// stopped after its last hotzone, before the final commit — moved copy intact, or partly zeroed by a finish cut
+// mid-wipe — is finished with the plaintext intact and the moved copy zeroed; a header edited to claim "all done" over a
+// device that was never encrypted is refused (one line, nothing written: the moved copy is the head's only copy).
+import { test, type TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { writeFileSync, readFileSync, copyFileSync } from "node:fs";
+import { join } from "node:path";
+import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
+import { Luks2Volume } from "../../src/luks2/volume.js";
+import { reencryptStatus } from "../../src/luks2/reencrypt-metadata.js";
+import { reencrypt } from "../../src/ops/reencrypt.js";
+import { PowerCutDevice, PowerCut } from "../helpers/power-cut.js";
+import { needTools } from "../helpers/tools.js";
+import { MiB, FAST_PBKDF, PASSPHRASE, writePlain, shaFile, cs, luksJson, tv, needCliEngine, fastTmpDir, assertPlain, opensWithBoth, tamperJson } from "../helpers/reencrypt.js";
+
+const IMG = 24 * MiB, REDUCE = 8 * MiB, FS = IMG - REDUCE;
+// what `trustvol reencrypt --encrypt --reduce-device-size 8M` with FAST_PBKDF runs
+const OPTS = { mode: "encrypt" as const, passphrase: Buffer.from(PASSPHRASE), pbkdf: { type: "pbkdf2" as const, forceIterations: 1000 }, reduceDeviceSize: REDUCE };
+
+
+interface Tail {
+  image: Buffer;
+  plain: Buffer;
+  moved: { offset: number; size: number };
+}
+
+let tail: Promise<Tail> | undefined;
+/**
+ * The run cut by a power loss after its last hotzone's "done" commit and before the wipe of the moved copy (the
+ * technique of reencrypt-interop.test.ts's "datashift tail" test: cuts from the last write down, unsynced writes
+ * dropped), the moved copy still the plaintext of the device's first chunk.
+ */
+function tailState(dir: string): Promise<Tail> {
+  return (tail ??= (async () => {
+    const p = join(dir, "start.img");
+    writePlain(p, IMG, 21);
+    const start = readFileSync(p);
+    const plain = start.subarray(0, FS);
+    const probe = new PowerCutDevice(start);
+    await reencrypt(probe, OPTS);
+    let seen = false;
+    for (let cut = probe.writes; cut > 0; cut--) {
+      const pc = new PowerCutDevice(start, { cutAtWrite: cut, unsynced: "drop" });
+      await reencrypt(pc, OPTS).then(() => assert.fail("the run was not cut"), (e) => assert.ok(e instanceof PowerCut, String(e)));
+      const image = pc.image();
+      const m = await Luks2Volume.open(new MemoryBlockDevice(image)).then((v) => v.metadata, () => undefined);
+      const done = !!m && reencryptStatus(m) === "clean" && Object.values(m.segments).filter((s) => !(s.flags ?? []).length).every((s) => s.type === "crypt");
+      if (!done) {
+        if (seen) break; // below the last hotzone's "done" commit
+        continue;
+      }
+      seen = true;
+      const ms = Object.values(m.segments).find((s) => (s.flags ?? []).includes("backup-moved-segment"))!;
+      const moved = { offset: Number(ms.offset), size: Number(ms.size) };
+      if (image.subarray(moved.offset, moved.offset + moved.size).equals(plain.subarray(0, moved.size))) return { image, plain, moved };
+    }
+    throw new Error("no cut after the last hotzone's commit left the moved copy intact");
+  })());
+}
+
+/** Resume the tail state (after `prep`) with the CLI: finished, plaintext intact, moved copy zeros, no re-encryption left. */
+async function resumeTail(t: TestContext, name: string, prep: (img: Buffer, moved: Tail["moved"]) => void): Promise<void> {
+  const { dir, cleanup } = fastTmpDir();
+  t.after(cleanup);
+  const pw = join(dir, "pw"), plainPath = join(dir, "plain"), img = join(dir, `${name}.img`);
+  writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
+  const { image, plain, moved } = await tailState(dir);
+  writeFileSync(plainPath, plain);
+  const copy = Buffer.from(image);
+  prep(copy, moved);
+  writeFileSync(img, copy);
+  const r = tv(["reencrypt", "-q", "--resume-only", "--key-file", pw, img]);
+  assert.equal(r.status, 0, `trustvol --resume-only: ${r.stderr}`);
+  assertPlain(img, pw, plainPath, FS, undefined, name);
+  const after = readFileSync(img);
+  assert.ok(after.subarray(moved.offset, moved.offset + moved.size).equals(Buffer.alloc(moved.size)), "the moved copy is zeros");
+  opensWithBoth(img, pw);
+}
+
+test("data shift stopped after the last hotzone, before the final commit: --resume-only finishes, plaintext intact, moved copy zeroed", async (t) => {
+  if (!needTools(t, "cryptsetup") || !needCliEngine(t)) return;
+  await resumeTail(t, "tail", () => {});
+});
+
+test("data shift whose finish was cut mid-wipe (moved copy partly zeros): --resume-only finishes, plaintext intact", async (t) => {
+  if (!needTools(t, "cryptsetup") || !needCliEngine(t)) return;
+  // the first half, as a cut between two wipe writes leaves it; then a write torn inside a sector
+  await resumeTail(t, "half-wiped", (img, m) => img.fill(0, m.offset, m.offset + m.size / 2));
+  await resumeTail(t, "torn-wipe", (img, m) => img.fill(0, m.offset, m.offset + m.size / 2 + 4096 + 777));
+});
+
+test("header forged to say the data shift is finished over a device never encrypted: refused, one line, image unchanged", async (t) => {
+  if (!needTools(t, "cryptsetup") || !needCliEngine(t)) return;
+  const { dir, cleanup } = fastTmpDir();
+  t.after(cleanup);
+  const pw = join(dir, "pw"), img = join(dir, "forged.img");
+  writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
+  writePlain(img, IMG, 22);
+  cs(["reencrypt", "--encrypt", "--init-only", "-q", "--force-offline-reencrypt", "--reduce-device-size", "8M", ...FAST_PBKDF, "--key-file", pw, img]);
+  // the data segments replaced by the final one: backup-final without its flags as "0", the backups renumbered 1..3
+  tamperJson(img, (j) => {
+    const backups = Object.entries(j.segments).filter(([, s]) => s.flags?.some((f: string) => f.startsWith("backup-"))).sort(([a], [b]) => Number(a) - Number(b));
+    const finalId = backups.find(([, s]) => s.flags.includes("backup-final"))![0];
+    const final = { ...j.segments[finalId] };
+    delete final.flags;
+    const ids = new Map(backups.map(([id], i) => [id, String(i + 1)]));
+    j.segments = { "0": final, ...Object.fromEntries(backups.map(([id, s]) => [ids.get(id)!, s])) };
+    for (const d of Object.values(j.digests)) d.segments = d.segments.includes(finalId) ? ["0", ids.get(finalId)!] : d.segments.filter((s: string) => ids.has(s)).map((s: string) => ids.get(s)!);
+  });
+  const segs = Object.values(luksJson(img).segments);
+  assert.equal(segs.filter((s) => !s.flags?.length).length, 1, "one data segment, as cryptsetup reads the forged header");
+  // The premise: cryptsetup 2.6.1 refuses this state too.
+  const keep = join(dir, "cs-copy.img");
+  copyFileSync(img, keep);
+  const c = cs(["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--key-file", pw, keep], { check: false });
+  t.diagnostic(`cryptsetup: exit ${c.status}: ${c.stderr.trim().split("\n").at(-1)}`);
+  assert.notEqual(c.status, 0, "cryptsetup refuses the forged header");
+  const before = shaFile(img);
+  const r = tv(["reencrypt", "-q", "--resume-only", "--key-file", pw, ...FAST_PBKDF, img]);
+  t.diagnostic(`trustvol: exit ${r.status}: ${r.stderr.trim()}`);
+  assert.notEqual(r.status, 0, "non-zero exit");
+  const lines = r.stderr.trim().split("\n");
+  assert.equal(lines.length, 1, `one line on stderr: ${r.stderr}`);
+  assert.match(lines[0]!, /^trustvol: .*forged\.img: the header says the data shift is finished, but the device's first chunk was never moved into place \(its moved copy at \d+ differs from the encrypted data\)/);
+  assert.equal(shaFile(img), before, "image byte-identical");
+});
