@@ -272,16 +272,18 @@ async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: Bloc
   const keys = await unlockForState(v, hdrDev, st, opts, optional);
   try {
     const buf = st.movedSeg ? Buffer.allocUnsafeSlow(Math.min(st.movedSeg.size!, 8 * MiB)) : Buffer.alloc(0);
-    // a header can claim "done" over a device never shifted: the moved copy is then the head's only copy
-    if (st.movedSeg) await checkMovedCopy(dev, st, keys.get(st.digestNew), buf);
-    await finishRun(v, dev, hdrDev, st, buf);
+    // The moved copy is wiped only when it is the head now encrypted in place (or a torn wipe of it): a header can claim
+    // "done" over a device never shifted, where the copy is the head's only copy, and cryptsetup's own finished runs
+    // leave other bytes there (it never wipes the copy; 2.6.1 cannot resume that state, trustvol finishes it).
+    const wipeMoved = st.movedSeg ? await movedCopyIsTheHead(dev, st, keys.get(st.digestNew), buf) : false;
+    await finishRun(v, dev, hdrDev, st, buf, wipeMoved);
   } finally {
     for (const k of keys.values()) wipe(k);
   }
 }
 
-/** Each 512-byte sector of the moved copy: leading zeros (a wipe, maybe torn), then the final segment's plaintext. */
-async function checkMovedCopy(dev: BlockDevice, st: ReencryptState, key: Buffer | undefined, buf: Buffer): Promise<void> {
+/** Whether each 512-byte sector of the moved copy is leading zeros (a wipe, maybe torn), then the final segment's plaintext. */
+async function movedCopyIsTheHead(dev: BlockDevice, st: ReencryptState, key: Buffer | undefined, buf: Buffer): Promise<boolean> {
   const moved = st.movedSeg!, seg = st.newSeg, size = moved.size!;
   const block = Math.max(4096, seg.sectorSize);
   if (!key || seg.type !== "crypt") throw new TrustvolError("EINTERNAL", "the final segment's key is not unlocked", "this is a bug in trustvol");
@@ -301,10 +303,10 @@ async function checkMovedCopy(dev: BlockDevice, st: ReencryptState, key: Buffer 
       for (let o = 0; o < n; o += 512) {
         let z = o;
         while (z < o + 512 && copy[z] === 0) z++;
-        if (!copy.subarray(z, o + 512).equals(want.subarray(z, o + 512)))
-          throw new TrustvolError("ECORRUPT", `${dev.name}: the header says the data shift is finished, but the device's first chunk was never moved into place (its moved copy at ${moved.offset} differs from the encrypted data)`, "this header does not describe this device: restore the header backup, or finish with the tool that started it");
+        if (!copy.subarray(z, o + 512).equals(want.subarray(z, o + 512))) return false;
       }
     }
+    return true;
   } finally {
     c.dispose();
     wipe(buf, plain);
@@ -312,9 +314,9 @@ async function checkMovedCopy(dev: BlockDevice, st: ReencryptState, key: Buffer 
 }
 
 /** The end of every run: the moved plaintext copy wiped, the final metadata committed, the old keyslots' areas wiped. */
-async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, buf: Buffer): Promise<void> {
+async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, buf: Buffer, wipeMoved = true): Promise<void> {
   // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
-  if (st.movedSeg) await wipeZeros(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
+  if (st.movedSeg && wipeMoved) await wipeZeros(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
   const fin = finalMetadata(v.metadata, st);
   await v.commit(fin.metadata);
   for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);
@@ -866,7 +868,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
   }
 }
 
-/** Zeros, not random: they erase plaintext as well, and a (partly) wiped copy stays recognisable (checkMovedCopy). */
+/** Zeros, not random: they erase plaintext as well, and a (partly) wiped copy stays recognisable (movedCopyIsTheHead). */
 async function wipeZeros(dev: BlockDevice, offset: number, size: number, buf: Buffer): Promise<void> {
   buf.fill(0);
   for (let p = 0; p < size; p += buf.length) await dev.write(buf.subarray(0, Math.min(buf.length, size - p)), offset + p);
