@@ -2471,7 +2471,8 @@ static napi_value tv_flock(napi_env env, napi_callback_info info) {
 static void tv_aligned_finalize(napi_env env, void *data, void *hint) {
   size_t n = (size_t)(uintptr_t)hint >> 1; /* hint: size << 1 | mapped */
   if ((uintptr_t)hint & 1) {
-    munmap(data, n); /* back to the kernel, which zeroes a page before anyone gets it again */
+    OPENSSL_cleanse(data, n); /* plaintext: not left in freed RAM until the kernel reuses the page */
+    munmap(data, n);
   } else {
     OPENSSL_cleanse(data, n);
     free(data);

@@ -10,7 +10,7 @@ const aligned = new WeakSet<ArrayBufferLike>();
 
 /**
  * A zeroed Buffer of `size` bytes starting at a multiple of DIRECT_ALIGN, outside V8's heap (the addon's
- * `alignedAlloc`; its memory is cleansed or unmapped when collected). Without the addon, an ordinary unpooled Buffer (not
+ * `alignedAlloc`; its memory is cleansed when collected). Without the addon, an ordinary unpooled Buffer (not
  * zeroed) that FileBlockDevice simply reads and writes through the page cache.
  */
 export function alignedBuffer(size: number): Buffer {

@@ -272,18 +272,19 @@ async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: Bloc
   const keys = await unlockForState(v, hdrDev, st, opts, optional);
   try {
     const buf = st.movedSeg ? Buffer.allocUnsafeSlow(Math.min(st.movedSeg.size!, 8 * MiB)) : Buffer.alloc(0);
-    // The moved copy is wiped only when it is the head now encrypted in place (or a torn wipe of it): a header can claim
-    // "done" over a device never shifted, where the copy is the head's only copy, and cryptsetup's own finished runs
-    // leave other bytes there (it never wipes the copy; 2.6.1 cannot resume that state, trustvol finishes it).
-    const wipeMoved = st.movedSeg ? await movedCopyIsTheHead(dev, st, keys.get(st.digestNew), buf) : false;
-    await finishRun(v, dev, hdrDev, st, buf, wipeMoved);
+    // Of the moved copy, only the sectors that are the head now encrypted in place (or a torn wipe of one) are wiped: a
+    // header can claim "done" over a device never shifted, where the copy is the head's only copy, and other bytes
+    // are there after cryptsetup's own finish (its random wipe, maybe torn) or where a shift longer than the data
+    // wrote the last hotzone over part of the copy.
+    if (st.movedSeg) await wipeMovedHead(dev, st, keys.get(st.digestNew), buf);
+    await finishRun(v, dev, hdrDev, st, buf, false);
   } finally {
     for (const k of keys.values()) wipe(k);
   }
 }
 
-/** Whether each 512-byte sector of the moved copy is leading zeros (a wipe, maybe torn), then the final segment's plaintext. */
-async function movedCopyIsTheHead(dev: BlockDevice, st: ReencryptState, key: Buffer | undefined, buf: Buffer): Promise<boolean> {
+/** Zero each 512-byte sector of the moved copy that is leading zeros (a wipe, maybe torn) then the final segment's plaintext. */
+async function wipeMovedHead(dev: BlockDevice, st: ReencryptState, key: Buffer | undefined, buf: Buffer): Promise<void> {
   const moved = st.movedSeg!, seg = st.newSeg, size = moved.size!;
   const block = Math.max(4096, seg.sectorSize);
   if (!key || seg.type !== "crypt") throw new TrustvolError("EINTERNAL", "the final segment's key is not unlocked", "this is a bug in trustvol");
@@ -291,6 +292,7 @@ async function movedCopyIsTheHead(dev: BlockDevice, st: ReencryptState, key: Buf
     throw new TrustvolError("ECORRUPT", `${dev.name}: the data shift's moved copy (${size} bytes at ${moved.offset}) does not match the shift of ${st.keyslot.area.shiftSize} bytes, the sector size ${seg.sectorSize} or the device's size`, "this header does not describe this device: restore the header backup, or finish with the tool that started it");
   const step = buf.length - (buf.length % block) || buf.length;
   const plain = Buffer.allocUnsafeSlow(step);
+  const zeros = Buffer.alloc(step);
   const c = createSectorCipher({ cipher: seg.encryption!, key, sectorSize: seg.sectorSize, ivOffset: seg.ivTweak });
   try {
     for (let p = 0; p < size; p += step) {
@@ -299,14 +301,23 @@ async function movedCopyIsTheHead(dev: BlockDevice, st: ReencryptState, key: Buf
       await dev.read(copy, moved.offset + p);
       await dev.read(want, seg.offset + p);
       await (c.decryptAsync ? c.decryptAsync(want, p / seg.sectorSize) : c.decrypt(want, p / seg.sectorSize));
-      if (copy.equals(want)) continue;
-      for (let o = 0; o < n; o += 512) {
-        let z = o;
-        while (z < o + 512 && copy[z] === 0) z++;
-        if (!copy.subarray(z, o + 512).equals(want.subarray(z, o + 512))) return false;
+      // runs of sectors to zero: the head's plaintext, whole or behind a torn wipe's zeros (all zeros: done already)
+      let run = -1;
+      for (let o = 0; o <= n; o += 512) {
+        let head = false;
+        if (o < n) {
+          let z = o;
+          while (z < o + 512 && copy[z] === 0) z++;
+          head = z < o + 512 && copy.subarray(z, o + 512).equals(want.subarray(z, o + 512));
+        }
+        if (head && run < 0) run = o;
+        if (!head && run >= 0) {
+          await dev.write(zeros.subarray(0, o - run), moved.offset + p + run);
+          run = -1;
+        }
       }
     }
-    return true;
+    await dev.flush(); // before the commit that forgets the copy
   } finally {
     c.dispose();
     wipe(buf, plain);
@@ -868,7 +879,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
   }
 }
 
-/** Zeros, not random: they erase plaintext as well, and a (partly) wiped copy stays recognisable (movedCopyIsTheHead). */
+/** Zeros, not random: they erase plaintext as well, and a (partly) wiped copy stays recognisable (wipeMovedHead). */
 async function wipeZeros(dev: BlockDevice, offset: number, size: number, buf: Buffer): Promise<void> {
   buf.fill(0);
   for (let p = 0; p < size; p += buf.length) await dev.write(buf.subarray(0, Math.min(buf.length, size - p)), offset + p);

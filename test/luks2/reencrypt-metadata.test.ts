@@ -152,7 +152,9 @@ test("hostile re-encryption state refused before any write (loadReencryptState):
   assert.throws(() => checkSegmentsOnDevice(post, 20 * MiB - 512, "dev"), /dev \(20971008 bytes\) is too small for data segment 0, which ends at 20971520/, "a progress past the device's end");
   // the data shift (cryptsetup's --init-only vector): moved copy 8 MiB at 24 MiB, shift 16 MiB
   const shift = vectors["encrypt-datashift"]!.metadata;
-  loadReencryptState(shift);
+  const sst = loadReencryptState(shift);
+  // its data (8 MiB) is shorter than the shift: one hotzone, the shift long, cut inside (review, session 16)
+  assert.equal(loadReencryptState(hotMetadata(shift, sst, 0, 16 * MiB, 48 * MiB)).status, "crash");
   m = structuredClone(shift);
   m.segments["0"]!.offset = String(25 * MiB);
   m.segments["0"]!.size = String(7 * MiB);

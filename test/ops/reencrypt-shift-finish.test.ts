@@ -8,6 +8,7 @@ import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync, readFileSync, copyFileSync } from "node:fs";
 import { join } from "node:path";
+import { randomFillSync } from "node:crypto";
 import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
 import { Luks2Volume } from "../../src/luks2/volume.js";
 import { reencryptStatus } from "../../src/luks2/reencrypt-metadata.js";
@@ -93,10 +94,13 @@ test("data shift whose finish was cut mid-wipe (moved copy partly zeros): --resu
   await resumeTail(t, "torn-wipe", (img, m) => img.fill(0, m.offset, m.offset + m.size / 2 + 4096 + 777));
 });
 
-test("cryptsetup's own finished data shift (other bytes where the moved copy was; 2.6.1 cannot resume it): finished, plaintext intact, that region left as it was", async (t) => {
+test("cryptsetup's own finished data shift (other bytes where the moved copy was; 2.6.1 cannot resume it): finished, plaintext intact, only the head's sectors zeroed", async (t) => {
   if (!needTools(t, "cryptsetup") || !needCliEngine(t)) return;
   // measured with cryptsetup 2.6.1 killed after its last hotzone: the moved copy's region no longer holds the head
   await resumeTail(t, "cryptsetup-tail", (img, m) => img.fill(0x5a, m.offset, m.offset + m.size), (m, img) => Buffer.from(img.subarray(m.offset, m.offset + m.size)));
+  // its random wipe cut half-way (reencrypt_wipe_unused_device_area): the head's half is zeroed, the other kept
+  const half = (m: Tail["moved"]) => m.offset + m.size / 2;
+  await resumeTail(t, "cryptsetup-torn-wipe", (img, m) => randomFillSync(img, m.offset, m.size / 2), (m, img) => Buffer.concat([img.subarray(m.offset, half(m)), Buffer.alloc(m.size / 2)]));
 });
 
 test("header forged to say the data shift is finished over a device never encrypted: the moved copy (the head's only copy) is kept", async (t) => {
