@@ -3,7 +3,7 @@
 // trustvol involved), kill-at-a-random-moment runners, and a loader for the engine that marks tests `todo` until the
 // engine (src/ops/reencrypt.ts, `trustvol reencrypt`) is merged.
 import assert from "node:assert/strict";
-import { openSync, readSync, writeSync, closeSync, fstatSync, existsSync, mkdtempSync, rmSync, statfsSync } from "node:fs";
+import { openSync, readSync, writeSync, closeSync, fstatSync, existsSync, mkdtempSync, rmSync, statfsSync, writeFileSync, copyFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { spawn, spawnSync } from "node:child_process";
 import { createHash, createDecipheriv, createCipheriv } from "node:crypto";
@@ -508,4 +508,26 @@ export function tamperJson(img: string, edit: (j: LuksJson) => void): void {
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * The interop tests' fixtures, built once per file: plaintexts of `size` and `shiftSize` bytes (seeds seed, seed+1), a
+ * luksFormat'ed volume whose first size-16 MiB are the plaintext (oracleFill), and the plaintext encrypted by
+ * cryptsetup with a detached header. Read-only afterwards: every case copies what it changes.
+ */
+export function buildInteropFixture(prefix: string, seed: number, size: number, shiftSize: number) {
+  const { dir, cleanup } = fastTmpDir(prefix);
+  const pw = join(dir, "pw");
+  writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
+  const plain = join(dir, "plain.img"), plainBig = join(dir, "plain-big.img");
+  writePlain(plain, size, seed);
+  writePlain(plainBig, shiftSize, seed + 1);
+  const luks = join(dir, "luks.img");
+  copyFileSync(plain, luks);
+  cs(["luksFormat", "-q", "--type", "luks2", ...FAST_PBKDF, "--key-file", pw, luks]);
+  oracleFill(luks, pw, plain, size - 16 * MiB);
+  const encHdr = join(dir, "enc-hdr.img"), encHdrHdr = join(dir, "enc-hdr.hdr");
+  copyFileSync(plain, encHdr);
+  cs(["reencrypt", "--encrypt", "-q", "--force-offline-reencrypt", "--header", encHdrHdr, ...FAST_PBKDF, "--key-file", pw, encHdr]);
+  return { dir, cleanup, pw, plain, plainBig, luks, encHdr, encHdrHdr };
 }

@@ -17,7 +17,7 @@ import { needTools } from "../helpers/tools.js";
 import { DEB13_WORK, needDebian13, runInDebian13, debian13Command } from "../helpers/debian13.js";
 import {
   MiB, FAST_PBKDF, PASSPHRASE, writePlain, shaFile, cs, luksJson, inReencryption, oracleFill, tv, fastTmpDir, trustvolCmd,
-  needCliEngine, killMidRun, timeRun, seeded, assertPlain, opensWithBoth, knownCryptsetupDeadEnd, normalizeInitMetadata, type LuksJson,
+  needCliEngine, killMidRun, timeRun, seeded, buildInteropFixture, assertPlain, opensWithBoth, knownCryptsetupDeadEnd, normalizeInitMetadata, type LuksJson,
 } from "../helpers/reencrypt.js";
 
 const SEED = Number(process.env.REENC_SEED ?? Math.floor(Math.random() * 1e6));
@@ -60,21 +60,9 @@ let sharedCleanup: (() => void) | undefined;
 after(() => sharedCleanup?.());
 function fixture(): Fixture {
   if (shared) return shared;
-  const { dir, cleanup } = fastTmpDir("trustvol-reenc27-fixture-");
+  const { cleanup, pw: _pw, ...f } = buildInteropFixture("trustvol-reenc27-fixture-", SEED, SIZE, SHIFT_SIZE);
   sharedCleanup = cleanup;
-  const pw = join(dir, "pw");
-  writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
-  const plain = join(dir, "plain.img"), plainBig = join(dir, "plain-big.img");
-  writePlain(plain, SIZE, SEED);
-  writePlain(plainBig, SHIFT_SIZE, SEED + 1);
-  const luks = join(dir, "luks.img");
-  copyFileSync(plain, luks);
-  cs(["luksFormat", "-q", "--type", "luks2", ...FAST_PBKDF, "--key-file", pw, luks]);
-  oracleFill(luks, pw, plain, SIZE - 16 * MiB);
-  const encHdr = join(dir, "enc-hdr.img"), encHdrHdr = join(dir, "enc-hdr.hdr");
-  copyFileSync(plain, encHdr);
-  cs(["reencrypt", "--encrypt", "-q", "--force-offline-reencrypt", "--header", encHdrHdr, ...FAST_PBKDF, "--key-file", pw, encHdr]);
-  return (shared = { dir, plain, plainBig, luks, encHdr, encHdrHdr });
+  return (shared = f);
 }
 
 /** Every tool opens the finished volume: cryptsetup 2.6.1 and trustvol (opensWithBoth), and 2.7.5. */

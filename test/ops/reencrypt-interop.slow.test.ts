@@ -7,13 +7,13 @@
 // reencrypt-cryptsetup27.slow.test.ts. Kill moments are seeded (REENC_SEED=n replays the choice of moments; timing still varies).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { writeFileSync, copyFileSync, rmSync, existsSync } from "node:fs";
+import { copyFileSync, rmSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { needTools } from "../helpers/tools.js";
 import {
   MiB, FAST_PBKDF, PASSPHRASE, writePlain, shaFile, cs, luksJson, inReencryption, oraclePlainSha, oracleFill, oracleDiff,
   tv, fastTmpDir, runAndKill, isLuks, checkEngineLacks, todoIfEngineLacks, trustvolCmd, needCliEngine, killMidRun, timeRun, seeded,
-  assertPlain, opensWithBoth, knownCryptsetupDeadEnd, normalizeInitMetadata, type LuksJson,
+  assertPlain, opensWithBoth, knownCryptsetupDeadEnd, normalizeInitMetadata, buildInteropFixture, type LuksJson,
 } from "../helpers/reencrypt.js";
 
 const SEED = Number(process.env.REENC_SEED ?? Math.floor(Math.random() * 1e6));
@@ -50,22 +50,9 @@ after(() => sharedCleanup?.());
 /** The fixtures, built once per file run (read-only afterwards: every case copies what it changes). */
 function fixture(_dir?: string): Fixture {
   if (shared) return shared;
-  const { dir, cleanup } = fastTmpDir("trustvol-reenc-fixture-");
+  const { cleanup, ...f } = buildInteropFixture("trustvol-reenc-fixture-", SEED, SIZE, SHIFT_SIZE);
   sharedCleanup = cleanup;
-  const pw = join(dir, "pw");
-  writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
-  const plain = join(dir, "plain.img"), plainBig = join(dir, "plain-big.img");
-  writePlain(plain, SIZE, SEED);
-  writePlain(plainBig, SHIFT_SIZE, SEED + 1);
-  const luks = join(dir, "luks.img");
-  copyFileSync(plain, luks);
-  cs(["luksFormat", "-q", "--type", "luks2", ...FAST_PBKDF, "--key-file", pw, luks]);
-  oracleFill(luks, pw, plain, SIZE - 16 * MiB);
-  const encHdr = join(dir, "enc-hdr.img"), encHdrHdr = join(dir, "enc-hdr.hdr");
-  copyFileSync(plain, encHdr);
-  cs(["reencrypt", "--encrypt", "-q", "--force-offline-reencrypt", "--header", encHdrHdr, ...FAST_PBKDF, "--key-file", pw, encHdr]);
-  shared = { dir, pw, plain, plainBig, luks, encHdr, encHdrHdr };
-  return shared;
+  return (shared = f);
 }
 
 
