@@ -16,3 +16,17 @@ export async function confirmOverwrite(what: string): Promise<void> {
   process.stdin.pause();
   if (line.trim() !== "YES") throw new TrustvolError("EUSAGE", "format aborted; nothing was changed");
 }
+
+/** cryptsetup's yesDialog for a step that changes a device (not a format): "YES" goes on; no terminal, no -q: refused. */
+export async function confirmYes(question: string, what: string): Promise<void> {
+  if (!process.stdin.isTTY) throw new TrustvolError("EUSAGE", `${what} needs confirmation and there is no terminal to ask`, "pass -q/--batch-mode to go ahead");
+  io.err(`${question}\nAre you sure? (Type 'YES' in capital letters): `);
+  const rl = createInterface({ input: process.stdin, terminal: false });
+  const line = await new Promise<string>((resolve) => {
+    rl.once("line", resolve);
+    rl.once("close", () => resolve(""));
+  });
+  rl.close();
+  process.stdin.pause();
+  if (line.trim() !== "YES") throw new TrustvolError("EUSAGE", "operation aborted; nothing was changed");
+}

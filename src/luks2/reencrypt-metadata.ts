@@ -4,14 +4,18 @@
 // Pure over metadata objects: no I/O.
 import { TrustvolError } from "../util/errors.js";
 import type { Json, Luks2Keyslot, Luks2Metadata } from "./metadata.js";
-import { allSegments, dataSegments, segmentByFlag, segmentJson, firstUnusedSegmentId, type Segment } from "./segment.js";
+import { allSegments, dataSegments, segmentByFlag, segmentJson, type Segment } from "./segment.js";
+import { bad, segAt, setSegments, strip, type Kind, type Part } from "./reencrypt-segments.js";
 import { validateReencryptKeyslot } from "./reencrypt-validate.js";
 import { reencryptDigestIds, reencryptKeyslotId, reencryptRequirementVersion } from "./reencrypt-digest.js";
+import { checkDecryptShiftLayout, decryptShiftHot, decryptShiftNext, decryptShiftPost, decryptShiftSource, isDecryptShift } from "./reencrypt-shift-decrypt.js";
 
 export type ReencryptMode = "reencrypt" | "encrypt" | "decrypt";
 export type ReencryptDirection = "forward" | "backward";
 export type ResilienceType = "none" | "checksum" | "journal" | "datashift";
 export const REQUIREMENT_V2 = "online-reencrypt-v2";
+/** cryptsetup 2.6+ writes v3 for decryption with a data shift only (LUKS2_DECRYPT_DATASHIFT_REQ_VERSION). */
+export const REQUIREMENT_V3 = "online-reencrypt-v3";
 
 export interface ReencryptKeyslot {
   id: number;
@@ -22,8 +26,6 @@ export interface ReencryptKeyslot {
 
 export type ReencryptStatus = "none" | "clean" | "crash";
 
-const hint = "the header is damaged or was not written by cryptsetup; restore a header backup";
-const bad = (msg: string) => new TrustvolError("ECORRUPT", `LUKS2 re-encryption metadata: ${msg}`, hint);
 const isObj = (v: unknown): v is Record<string, Json> => typeof v === "object" && v !== null && !Array.isArray(v);
 const U64 = /^[0-9]{1,20}$/;
 const num = (v: unknown, what: string): number => {
@@ -72,13 +74,15 @@ export interface ReencryptState {
   digestOld: number; // -1 for encrypt
   digestNew: number; // -1 for decrypt
   status: ReencryptStatus;
+  /** Decryption with a data shift (datashift-checksum / datashift-journal): how the moved segment's hotzone is kept. */
+  movedResilience?: "checksum" | "journal";
 }
 
 export function loadReencryptState(m: Luks2Metadata): ReencryptState {
   const version = reencryptRequirementVersion(m);
   if (version === undefined) throw new TrustvolError("EUSAGE", "the device is not in re-encryption");
   if (version < 2) throw new TrustvolError("EUNSUPPORTED", "re-encryption metadata of the old online-reencrypt (v1) kind", "run `cryptsetup repair` first");
-  if (version > 2) throw new TrustvolError("EUNSUPPORTED", `re-encryption requirement online-reencrypt-v${version} is newer than this engine (v2)`, "finish it with the cryptsetup that started it");
+  if (version > 3) throw new TrustvolError("EUNSUPPORTED", `re-encryption requirement online-reencrypt-v${version} is newer than this engine (v3)`, "finish it with the cryptsetup that started it");
   const ks = parseReencryptKeyslot(m);
   if (!ks) throw bad("the online-reencrypt-v2 requirement is set but there is no reencrypt keyslot");
   if (Object.values(m.keyslots).filter((k) => k.type === "reencrypt").length > 1) throw bad("more than one reencrypt keyslot");
@@ -87,8 +91,12 @@ export function loadReencryptState(m: Luks2Metadata): ReencryptState {
   if (!oldSeg || !newSeg) throw bad("backup-previous or backup-final segment missing");
   const ids = reencryptDigestIds(m);
   const t = ks.area.type;
-  const resilience: ResilienceType = t === "checksum" ? "checksum" : t === "journal" ? "journal" : t === "none" ? "none" : t === "datashift" ? "datashift" : (undefined as never);
-  if (!resilience) throw new TrustvolError("EUNSUPPORTED", `resilience "${t}" needs online-reencrypt-v3 (cryptsetup 2.7+)`);
+  const shifted = t === "datashift-checksum" || t === "datashift-journal";
+  const resilience: ResilienceType = t === "checksum" ? "checksum" : t === "journal" ? "journal" : t === "none" ? "none" : t === "datashift" || shifted ? "datashift" : (undefined as never);
+  if (!resilience) throw bad(`resilience "${t}" is unknown`);
+  // v3 and the datashift-* resiliences go together (cryptsetup picks the version from the resilience; the
+  // re-encryption digest covers the version, so a mismatch could only be a forged header)
+  if (shifted !== (version === 3)) throw bad(`resilience "${t}" with requirement online-reencrypt-v${version}`);
   if (ks.mode === "encrypt" && (oldSeg.type !== "linear" || newSeg.type !== "crypt" || ids.new < 0)) throw bad("encrypt mode needs a linear backup-previous and a crypt backup-final with a digest");
   if (ks.mode === "decrypt" && (oldSeg.type !== "crypt" || newSeg.type !== "linear" || ids.old < 0)) throw bad("decrypt mode needs a crypt backup-previous with a digest and a linear backup-final");
   if (ks.mode === "reencrypt" && (oldSeg.type !== "crypt" || newSeg.type !== "crypt" || ids.old < 0 || ids.new < 0)) throw bad("reencrypt mode needs crypt backup segments bound to the old and new digests");
@@ -96,9 +104,11 @@ export function loadReencryptState(m: Luks2Metadata): ReencryptState {
   if (segs.length === 0 || segs.length > 4) throw bad(`${segs.length} data segments (1..4 expected)`);
   if (segs.filter((s) => s.flags.includes("in-reencryption")).length > 1) throw bad("more than one segment in re-encryption");
   for (const s of segs) if (s.flags.some((f) => f !== "in-reencryption")) throw bad(`data segment ${s.id} has an unknown flag`);
-  if (ks.area.type === "checksum" && ks.area.hash && !HASHES.has(ks.area.hash)) throw new TrustvolError("EUNSUPPORTED", `resilience hash "${ks.area.hash}" is not supported`);
+  if ((ks.area.type === "checksum" || ks.area.type === "datashift-checksum") && ks.area.hash && !HASHES.has(ks.area.hash)) throw new TrustvolError("EUNSUPPORTED", `resilience hash "${ks.area.hash}" is not supported`);
   const movedSeg = segmentByFlag(m, "backup-moved-segment");
-  if (resilience === "datashift") {
+  if (shifted) {
+    if (ks.mode !== "decrypt" || !movedSeg) throw bad(`resilience "${t}" is for decryption with a data shift (a moved segment)`);
+  } else if (resilience === "datashift") {
     if (ks.mode !== "encrypt" || ks.direction !== "backward" || !movedSeg || movedSeg.type !== "linear" || movedSeg.size === null)
       throw new TrustvolError("EUNSUPPORTED", "data-shift re-encryption other than cryptsetup 2.6.1's --encrypt --reduce-device-size (backward, moved first segment)", "finish it with the cryptsetup that started it");
     if (ks.area.shiftSize !== newSeg.offset || oldSeg.offset !== 0) throw new TrustvolError("EUNSUPPORTED", "a data shift that differs from the new data offset");
@@ -106,6 +116,11 @@ export function loadReencryptState(m: Luks2Metadata): ReencryptState {
   } else if (movedSeg) throw bad("a backup-moved-segment without a data shift");
   for (const b of allSegments(m)) if (b.flags.some((f) => f.startsWith("backup-")) && b.flags.includes("in-reencryption")) throw bad(`backup segment ${b.id} is also flagged in-reencryption`);
   const st: ReencryptState = { keyslot: ks, mode: ks.mode, direction: ks.direction, resilience, oldSeg, newSeg, movedSeg, digestOld: ids.old, digestNew: ids.new, status: segs.some((s) => s.flags.includes("in-reencryption")) ? "crash" : "clean" };
+  if (shifted) st.movedResilience = t === "datashift-checksum" ? "checksum" : "journal";
+  if (isDecryptShift(st)) {
+    checkDecryptShiftLayout(m, st); // (its IV tweaks included: the moved segment's follows from the old data's start)
+    return st;
+  }
   checkIvTweaks(segs, st);
   if (movedSeg) checkShiftLayout(m, st);
   return st;
@@ -182,11 +197,6 @@ export function checkSegmentsOnDevice(m: Luks2Metadata, devSize: number, name: s
       throw new TrustvolError("ETRUNCATED", `${name} (${devSize} bytes) is too small for data segment ${sg.id}, which ends at ${sg.offset + sg.size}`, "this header belongs to a larger device: use that device, or restore its header backup");
 }
 
-/** A segment of the new (or old) kind covering data-relative [off, off+len) (len null = to the end). */
-function segAt(proto: Segment, off: number, len: number | null, flags: string[] = []): Omit<Segment, "id"> {
-  return { type: proto.type, offset: proto.offset + off, size: len, ivTweak: proto.type === "crypt" ? proto.ivTweak + BigInt(off / 512) : 0n, encryption: proto.encryption, sectorSize: proto.sectorSize, flags };
-}
-
 /** Is the one remaining data segment already the final one (a run that stopped after its last hotzone)? */
 function isFinal(st: ReencryptState, s: Segment, m: Luks2Metadata): boolean {
   if (s.type !== st.newSeg.type || s.offset !== st.newSeg.offset || s.size !== null) return false;
@@ -209,42 +219,9 @@ export function forwardOffset(m: Luks2Metadata, st: ReencryptState, devSize: num
   throw bad("cannot locate the re-encryption offset in the segments");
 }
 
-type Kind = "old" | "new" | "hot";
-type Part = { seg: Omit<Segment, "id">; kind: Kind };
-
-/** Set the data segments (ids 0..n-1), re-append backup segments, re-bind digests the way cryptsetup does. */
-function setSegments(m: Luks2Metadata, st: ReencryptState, parts: Part[]): void {
-  const backups = allSegments(m).filter((s) => s.flags.some((f) => f.startsWith("backup-")));
-  for (const d of Object.values(m.digests)) d.segments = [];
-  m.segments = {};
-  parts.forEach((p, i) => (m.segments[String(i)] = segmentJson(p.seg)));
-  const bind = (segId: number, digest: number) => {
-    if (digest < 0) return;
-    const d = m.digests[String(digest)];
-    if (!d) throw bad(`digest ${digest} is missing`);
-    if (!d.segments.includes(String(segId))) d.segments.push(String(segId));
-  };
-  parts.forEach((p, i) => {
-    if (st.mode !== "reencrypt") {
-      // encrypt/decrypt: every crypt segment holds the one key there is (reencrypt_assign_segments_simple)
-      if (p.seg.type === "crypt") bind(i, st.mode === "encrypt" ? st.digestNew : st.digestOld);
-      return;
-    }
-    if (p.kind !== "old") bind(i, st.digestNew);
-    if (p.kind !== "new") bind(i, st.digestOld);
-  });
-  for (const flag of ["backup-previous", "backup-final", "backup-moved-segment"]) {
-    const b = backups.find((s) => s.flags.includes(flag));
-    if (!b) continue;
-    const id = firstUnusedSegmentId(m);
-    m.segments[String(id)] = segmentJson(b);
-    if (b.type === "crypt" && flag !== "backup-moved-segment") bind(id, flag === "backup-previous" ? st.digestOld : st.digestNew);
-  }
-  for (const d of Object.values(m.digests)) d.segments.sort((a, b) => Number(a) - Number(b));
-}
-
 /** The next hotzone [off, off+len) of at most `max` bytes, or null when every byte is done. */
 export function nextHotzone(m: Luks2Metadata, st: ReencryptState, devSize: number, max: number): { off: number; len: number } | null {
+  if (isDecryptShift(st)) return decryptShiftNext(m, st, devSize);
   if (st.movedSeg) return nextShiftHotzone(m, st);
   if (st.direction === "forward") {
     const off = forwardOffset(m, st, devSize);
@@ -271,6 +248,7 @@ export function backwardEnd(m: Luks2Metadata, st: ReencryptState, devSize: numbe
 
 /** Metadata with the hotzone [off, off+len) marked in-reencryption. Returns a new object. */
 export function hotMetadata(m: Luks2Metadata, st: ReencryptState, off: number, len: number, devSize: number): Luks2Metadata {
+  if (isDecryptShift(st)) return decryptShiftHot(m, st, off, len, devSize);
   if (st.movedSeg) return hotShift(m, st, off, len);
   const out = structuredClone(m);
   const parts: Part[] = [];
@@ -290,6 +268,7 @@ export function hotMetadata(m: Luks2Metadata, st: ReencryptState, off: number, l
 
 /** Metadata after the hotzone [off, off+len) is done. */
 export function postMetadata(m: Luks2Metadata, st: ReencryptState, off: number, len: number, devSize: number): Luks2Metadata {
+  if (isDecryptShift(st)) return decryptShiftPost(m, st, off, len, devSize);
   if (st.movedSeg) return postShift(m, st, off, len);
   const out = structuredClone(m);
   const parts: Part[] = [];
@@ -308,8 +287,6 @@ export function postMetadata(m: Luks2Metadata, st: ReencryptState, off: number, 
 // --- Encryption with a data shift (cryptsetup: encrypt, backward, "backup-moved-segment"). The plain data is
 // [moved first chunk][linear rest] (logical), re-encrypted chunk by chunk from the end into the crypt segment at the
 // new data offset = shift: a chunk's source [x, x+shift) is never overwritten by its own write [x+shift, x+2·shift).
-
-const strip = (sg: Segment): Omit<Segment, "id"> => ({ type: sg.type, offset: sg.offset, size: sg.size, ivTweak: sg.ivTweak, encryption: sg.encryption, sectorSize: sg.sectorSize, flags: sg.flags });
 
 /** cryptsetup reencrypt_offset_backward_moved. */
 function nextShiftHotzone(m: Luks2Metadata, st: ReencryptState): { off: number; len: number } | null {
@@ -358,6 +335,7 @@ function postShift(m: Luks2Metadata, st: ReencryptState, off: number, len: numbe
 
 /** Where a data-shift hotzone's plain source is: the moved copy for the first chunk, else in place (old offset). */
 export function shiftSource(st: ReencryptState, off: number, segIndex: number): number {
+  if (isDecryptShift(st)) return decryptShiftSource(st, off);
   if (segIndex === 0) return st.movedSeg!.offset;
   return st.newSeg.offset + off - st.keyslot.area.shiftSize!;
 }
@@ -400,13 +378,13 @@ export function finalMetadata(m: Luks2Metadata, st: ReencryptState): { metadata:
 }
 
 /** The reencrypt keyslot JSON, field order as cryptsetup 2.6.1 writes it. */
-export function reencryptKeyslotJson(k: { mode: ReencryptMode; direction: ReencryptDirection; offset: number; size: number; resilience: ResilienceType; hash?: string; sectorSize?: number; shiftSize?: number }): Luks2Keyslot {
+export function reencryptKeyslotJson(k: { mode: ReencryptMode; direction: ReencryptDirection; offset: number; size: number; resilience: ResilienceType | "datashift-checksum" | "datashift-journal"; hash?: string; sectorSize?: number; shiftSize?: number }): Luks2Keyslot {
   const area: Record<string, Json> = { offset: String(k.offset), size: String(k.size), type: k.resilience };
-  if (k.resilience === "checksum") {
+  if (k.resilience === "checksum" || k.resilience === "datashift-checksum") {
     area.hash = k.hash ?? "sha256";
     area.sector_size = k.sectorSize ?? 4096;
   }
-  if (k.resilience === "datashift") area.shift_size = String(k.shiftSize ?? 0);
+  if (k.resilience.startsWith("datashift")) area.shift_size = String(k.shiftSize ?? 0);
   return { area, type: "reencrypt", key_size: 1, mode: k.mode, direction: k.direction, priority: 0 } as unknown as Luks2Keyslot;
 }
 

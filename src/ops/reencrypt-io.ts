@@ -41,6 +41,7 @@ import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments } from "../luks2/segment.js";
 import { mark } from "../util/timing.js";
 import { hotMetadata, nextHotzone, postMetadata, shiftSource, type ReencryptState } from "../luks2/reencrypt-metadata.js";
+import { isDecryptShift } from "../luks2/reencrypt-shift-decrypt.js";
 
 /** What the data path needs of reencrypt.ts's engine. */
 export interface HotzoneEngine {
@@ -524,16 +525,19 @@ async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { o
   };
   const copy = (src: number, dst: number, len: number, at: number): Promise<void> => fusedCopy(dev, src, dst, len, at, e.oldC, e.newC) ?? copyPieces(src, dst, len, at);
   let bytes = 0;
+  // Decryption with a data shift ends with the moved segment, decrypted in place under checksum/journal protection.
+  const inPlace = (z: { off: number } | null) => !!z && isDecryptShift(st) && z.off === 0;
   try {
     let hz = nextHotzone(v.metadata, st, e.dataSize, e.hotzone);
     run.onProgress?.({ done: doneBytes(hz), total: e.dataSize });
     if (!hz) return 0;
     if (run.signal?.aborted) throw run.interrupted(doneBytes(hz), e.dataSize);
     let hot = hotMetadata(v.metadata, st, hz.off, hz.len, e.dataSize);
+    if (inPlace(hz)) await protectMoved(e, hz.len);
     // Metadata commit point: from here the header says the hotzone may hold old or new data (its source is intact).
     await v.commit(hot);
     for (;;) {
-      const copying = copy(sourceOf(e, hot, hz.off), e.dataOffset + hz.off, hz.len, hz.off);
+      const copying = inPlace(hz) ? decryptMovedInPlace(e, hz.len) : copy(sourceOf(e, hot, hz.off), e.dataOffset + hz.off, hz.len, hz.off);
       copying.catch(() => {}); // awaited below, also when planning fails
       // While the pool copies: the next commit, planned (pure functions of the metadata) and encoded. One commit says
       // both "this hotzone is done" and "the next is in re-encryption" (cryptsetup commits the two states apart; the
@@ -556,6 +560,9 @@ async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { o
         if (nz) throw run.interrupted(doneBytes(nz), e.dataSize);
         return bytes;
       }
+      // (the moved segment's old data is kept in the area before the commit that names it; no shifted hotzone's
+      // recovery reads the area, so the header may still name the one just written)
+      if (inPlace(nz)) await protectMoved(e, nz.len);
       await prepared.write();
       mark("shift: next hot committed");
       [hz, hot] = [nz, nextHot];
@@ -563,6 +570,65 @@ async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { o
     }
   } finally {
     if (pool) wipe(pool.subarray(0, nLanes * piece));
+  }
+}
+
+/**
+ * The moved segment's old data, kept before its hotzone is committed in re-encryption (cryptsetup
+ * reencrypt_hotzone_protect_final with the moved segment's resilience): datashift-checksum its checksums (and, as in
+ * checksum mode, our parity and tag when they fit the area), datashift-journal a copy; then flushed. Read piece by
+ * piece: the moved segment may be longer than the engine's buffer.
+ */
+async function protectMoved(e: HotzoneEngine, len: number): Promise<void> {
+  const { dev, hdrDev, st } = e;
+  const area = st.keyslot.area;
+  const piece = e.buf.subarray(0, Math.min(e.buf.length, len));
+  if (st.movedResilience === "journal") {
+    for (let p = 0; p < len; p += piece.length) {
+      const b = piece.subarray(0, Math.min(piece.length, len - p));
+      await dev.read(b, e.dataOffset + p);
+      await hdrDev.write(b, area.offset + p);
+    }
+  } else {
+    const lay = parityLayout(len, e.block, e.hashLen);
+    const sums = Buffer.alloc(Math.floor(len / e.block) * e.hashLen);
+    const acc = e.withParity ? Buffer.alloc(lay.chunk) : null;
+    const step = acc ? lay.chunk : piece.length - (piece.length % e.block);
+    if (step > piece.length || step <= 0) throw new TrustvolError("EINTERNAL", "the engine's buffer is smaller than the moved segment's parity chunk", "this is a bug in trustvol");
+    for (let p = 0; p < len; p += step) {
+      const b = piece.subarray(0, Math.min(step, len - p));
+      await dev.read(b, e.dataOffset + p);
+      checksums(e, b).copy(sums, (p / e.block) * e.hashLen);
+      if (acc) xorInto(acc, b);
+    }
+    await hdrDev.write(sums, area.offset);
+    if (acc) {
+      await hdrDev.write(acc, area.offset + lay.parity);
+      await hdrDev.write(parityTag(0, len, sums), area.offset + lay.tag);
+      wipe(acc);
+    }
+  }
+  await hdrDev.flush();
+  wipe(piece);
+}
+
+/**
+ * The moved segment decrypted in place once its hotzone is committed: with the parity chunk by chunk, each flushed (a
+ * cut tears at most one, which recovery rebuilds), else piece by piece; the caller flushes the last.
+ */
+async function decryptMovedInPlace(e: HotzoneEngine, len: number): Promise<void> {
+  const step0 = e.withParity && e.st.movedResilience === "checksum" ? parityLayout(len, e.block, e.hashLen).chunk : e.buf.length - (e.buf.length % e.block);
+  const piece = e.buf.subarray(0, Math.min(step0, len));
+  try {
+    for (let p = 0; p < len; p += piece.length) {
+      const b = piece.subarray(0, Math.min(piece.length, len - p));
+      await e.dev.read(b, e.dataOffset + p);
+      await recryptAsync(e, b, p);
+      await e.dev.write(b, e.dataOffset + p);
+      if (p + b.length < len) await e.dev.flush();
+    }
+  } finally {
+    wipe(piece);
   }
 }
 

@@ -9,6 +9,7 @@
 // or new copy) whose state is recoverable: before the hot commit the area is unused; after it the area describes the
 // old data, or (checksum mode, once the hotzone is flushed) the next hotzone's, which no new block matches.
 import * as crypto from "node:crypto";
+import { existsSync } from "node:fs";
 import { createHash, randomBytes } from "node:crypto";
 import type { BlockDevice } from "../blockdev/types.js";
 import { FileBlockDevice } from "../blockdev/file.js";
@@ -30,10 +31,13 @@ import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt
 import { HEAD_MOVE_RECORD_SIZE, HEAD_MOVE_RECORD_SLOTS, moveHead, readHeadMarkState } from "./reencrypt-headmove.js";
 import { parityLayout, parityTagMatches, PARITY_TAG_SIZE, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
+import { backupHeader } from "../luks2/backup.js";
+import { checkDecryptShiftDevice, decryptShiftDataSize, decryptShiftInitSegments, isDecryptShift } from "../luks2/reencrypt-shift-decrypt.js";
 import { mark } from "../util/timing.js";
 export { parityLayout };
 import {
   REQUIREMENT_V2,
+  REQUIREMENT_V3,
   finalMetadata,
   nextHotzone,
   shiftSource,
@@ -57,7 +61,14 @@ export interface ReencryptOptions {
   /** Passphrases of other keyslots (e.g. obtained through their tokens), so they are re-created for the new key. */
   keyslotPassphrases?: Map<number, Uint8Array>;
   header?: BlockDevice;
-  resilience?: ResilienceType;
+  /**
+   * --decrypt of a device whose LUKS2 header is on it (cryptsetup `--decrypt --header NEW_FILE`): the header is
+   * exported to this new file (0600), the data is decrypted and moved to the device's start (a data shift), and the
+   * run goes on with the file as its header. The file must not exist.
+   */
+  exportHeader?: string;
+  /** datashift-checksum / datashift-journal name the moved segment's protection of a decryption with a data shift. */
+  resilience?: ResilienceType | "datashift-checksum" | "datashift-journal";
   hash?: string;
   hotzoneSize?: number;
   reduceDeviceSize?: number;
@@ -162,10 +173,11 @@ export async function reencrypt(dev: BlockDevice, opts: ReencryptOptions = {}): 
 async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLock: (uuid: string) => Promise<boolean>): Promise<ReencryptResult> {
   mark("reencrypt: start");
   const mode = opts.mode ?? "reencrypt";
-  const hdrDev = opts.header ?? dev;
+  let hdrDev = opts.header ?? dev;
   if (opts.initOnly && opts.resumeOnly) throw usage("--init-only and --resume-only exclude each other");
   if (mode !== "encrypt" && (opts.label !== undefined || opts.subsystem !== undefined || opts.uuid !== undefined || opts.labelFromFs)) throw usage("--label, --subsystem, --uuid and --label-from-fs are for --encrypt", "set them on an existing volume with `cryptsetup config`");
-  if (opts.resilience && !["checksum", "journal", "none", "datashift"].includes(opts.resilience)) throw usage(`unknown resilience mode "${opts.resilience}"`, "use checksum, journal or none");
+  if (opts.resilience && !["checksum", "journal", "none", "datashift", "datashift-checksum", "datashift-journal"].includes(opts.resilience)) throw usage(`unknown resilience mode "${opts.resilience}"`, "use checksum, journal or none");
+  if (opts.exportHeader !== undefined && (mode !== "decrypt" || opts.header || opts.resumeOnly)) throw usage("exporting the header is for starting --decrypt of a device that holds its header (without --header or --resume-only)");
   if (opts.hash) opensslHash(opts.hash);
   if (opts.hotzoneSize !== undefined && (!Number.isSafeInteger(opts.hotzoneSize) || opts.hotzoneSize < 4096)) throw usage(`hotzone size ${opts.hotzoneSize} is too small`);
   const version = await reencryptLuksVersion(hdrDev);
@@ -174,8 +186,12 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
   let volume: Luks2Volume;
   let recovered = false;
   let initKeys: Map<number, Buffer> | undefined;
+  let exported: FileBlockDevice | undefined;
   try {
-    if (version === null) {
+    if (opts.exportHeader !== undefined) {
+      ({ volume, hdr: exported, keys: initKeys } = await initDecryptExport(dev, opts.exportHeader, opts, takeLock));
+      hdrDev = exported;
+    } else if (version === null) {
       if (mode !== "encrypt") throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, "use --encrypt to encrypt a plain device");
       if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
       // the UUID is chosen here so that the lock is held before the first write
@@ -190,7 +206,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       if (status === "none") {
         if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
         if (mode === "encrypt") throw usage(`${hdrDev.name} is already a LUKS2 volume`, "use reencrypt (key rotation) instead of --encrypt");
-        if (mode === "decrypt") await initDecrypt(volume, dev, hdrDev, opts);
+        if (mode === "decrypt") initKeys = await initDecrypt(volume, dev, hdrDev, opts);
         else initKeys = await initRotation(volume, dev, opts);
       } else if (opts.initOnly) throw new TrustvolError("EBUSY", "LUKS2 re-encryption is already initialized in the metadata", "resume it with --resume-only");
     }
@@ -214,6 +230,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
     }
   } finally {
     if (initKeys) for (const k of initKeys.values()) wipe(k);
+    await exported?.close();
   }
 }
 
@@ -247,10 +264,15 @@ function newKeyslots(m: Luks2Metadata, st: ReencryptState): number[] {
  * Every data segment already holds its final form: a run stopped, or cryptsetup was killed, in its finalisation
  * (cryptsetup wipes the old keyslots one commit at a time before it drops the reencrypt keyslot). Only metadata is left.
  */
+/** Bytes of data the segments map on a device of devSize bytes (a decryption with a data shift ends one shift short). */
+function dataAreaSize(st: ReencryptState, devSize: number): number {
+  return isDecryptShift(st) ? decryptShiftDataSize(st, devSize) : devSize - st.newSeg.offset;
+}
+
 function dataAllDone(m: Luks2Metadata, st: ReencryptState, dev: BlockDevice): boolean {
   if (st.status !== "clean") return false;
   try {
-    return nextHotzone(m, st, dev.size - st.newSeg.offset, Number.MAX_SAFE_INTEGER) === null;
+    return nextHotzone(m, st, dataAreaSize(st, dev.size), Number.MAX_SAFE_INTEGER) === null;
   } catch {
     return false; // segments the engine would refuse: let the normal path report them
   }
@@ -271,12 +293,12 @@ async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: Bloc
   if (st.digestOld >= 0 && st.digestOld !== st.digestNew && (st.digestNew >= 0 || !oldLeft)) optional.add(st.digestOld);
   const keys = await unlockForState(v, hdrDev, st, opts, optional);
   try {
-    const buf = st.movedSeg ? Buffer.allocUnsafeSlow(Math.min(st.movedSeg.size!, 8 * MiB)) : Buffer.alloc(0);
+    const buf = st.movedSeg ? Buffer.allocUnsafeSlow(Math.min(Math.max(st.movedSeg.size!, MiB), 8 * MiB)) : Buffer.alloc(0);
     // Of the moved copy, only the sectors that are the head now encrypted in place (or a torn wipe of one) are wiped: a
     // header can claim "done" over a device never shifted, where the copy is the head's only copy, and other bytes
     // are there after cryptsetup's own finish (its random wipe, maybe torn) or where a shift longer than the data
     // wrote the last hotzone over part of the copy.
-    if (st.movedSeg) await wipeMovedHead(dev, st, keys.get(st.digestNew), buf);
+    if (st.movedSeg && st.mode === "encrypt") await wipeMovedHead(dev, st, keys.get(st.digestNew), buf);
     await finishRun(v, dev, hdrDev, st, buf, false);
   } finally {
     for (const k of keys.values()) wipe(k);
@@ -327,7 +349,13 @@ async function wipeMovedHead(dev: BlockDevice, st: ReencryptState, key: Buffer |
 /** The end of every run: the moved plaintext copy wiped, the final metadata committed, the old keyslots' areas wiped. */
 async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, buf: Buffer, wipeMoved = true): Promise<void> {
   // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
-  if (st.movedSeg && wipeMoved) await wipeZeros(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
+  if (st.movedSeg && st.mode === "encrypt" && wipeMoved) await wipeZeros(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
+  // A decryption with a data shift leaves the last shift of the device holding stale ciphertext: wiped, as cryptsetup
+  // does (reencrypt_wipe_unused_device_area; with zeros, not random). Done again after a cut before the commit.
+  if (isDecryptShift(st)) {
+    const shift = st.keyslot.area.shiftSize!;
+    if (dev.size >= shift) await wipeZeros(dev, dev.size - shift, shift, buf.length ? buf : Buffer.allocUnsafeSlow(MiB));
+  }
   const fin = finalMetadata(v.metadata, st);
   await v.commit(fin.metadata);
   for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);
@@ -509,17 +537,21 @@ function reuseTokenKdf(m: Luks2Metadata, slot: string): PbkdfOptions | undefined
   return { type: "pbkdf2", hash: k.hash, forceIterations: k.iterations }; // a fresh salt comes with the new keyslot
 }
 
-async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<void> {
-  if (hdrDev === dev) throw new TrustvolError("EUNSUPPORTED", "LUKS2 decryption requires a detached --header (as in cryptsetup 2.6.1; in place needs cryptsetup 2.7's online-reencrypt-v3)", "copy the header out (`trustvol header backup`) and pass it with --header");
+async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<Map<number, Buffer> | undefined> {
+  if (hdrDev === dev) throw new TrustvolError("EUNSUPPORTED", `${dev.name} holds its LUKS2 header: decrypting it in place moves the header to a file`, "give --header NEW_FILE (a file that does not exist yet; the header is exported there, as cryptsetup does)");
   const m = structuredClone(v.metadata);
   const segs = dataSegments(m);
   if (segs.length !== 1 || segs[0]!.type !== "crypt" || Object.keys(m.segments).length !== 1) throw new TrustvolError("EUNSUPPORTED", "the volume does not have exactly one crypt data segment");
   const seg = segs[0]!;
+  // A detached header whose data starts past 0: the header exported by a decryption with a data shift whose run was cut
+  // before its metadata landed (or a header backup of the device): go on with the data shift (cryptsetup refuses).
+  if (seg.offset > 0) return initDecryptShift(v, dev, opts);
   const dataSize = dev.size - seg.offset;
   checkDataSize(dataSize, [seg.sectorSize]);
   const dOld = Object.keys(m.digests).find((d) => m.digests[d]!.segments.includes("0"));
   if (dOld === undefined) throw new TrustvolError("ECORRUPT", "no digest covers the data segment");
   if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume", "give --key-file or a token");
+  if (opts.resilience?.startsWith("datashift")) throw usage(`resilience ${opts.resilience} is for decrypting a device that holds its header`, "use checksum, journal or none with a detached header");
   const { volumeKey } = await v.unlock(opts.passphrase, { slot: opts.keyslot });
   try {
     m.segments["1"] = segmentJson({ ...seg, flags: ["backup-previous"] });
@@ -530,6 +562,113 @@ async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice
     await v.commit(m);
   } finally {
     wipe(volumeKey);
+  }
+  return undefined;
+}
+
+/** cryptsetup's moved segment when --hotzone-size is not given: the shift, at most 20 MiB (LUKS2_DEFAULT_NONE_REENCRYPTION_LENGTH). */
+const DECRYPT_SHIFT_MOVED_MAX = 20 * MiB;
+
+/**
+ * `--decrypt --header NEW_FILE` of a device that holds its header (cryptsetup decrypt_luks2_datashift_init): the
+ * passphrase is checked, the header exported to the new file (0600, atomically: a cut leaves no file or the whole
+ * header, the device untouched), then initDecryptShift goes on with the file. Returns the file, its volume and key.
+ */
+async function initDecryptExport(dev: BlockDevice, path: string, opts: ReencryptOptions, takeLock: (uuid: string) => Promise<boolean>): Promise<{ volume: Luks2Volume; hdr: FileBlockDevice; keys: Map<number, Buffer> }> {
+  if (existsSync(path)) throw usage(`header file ${path} exists`, "give a new file name: the header is exported there");
+  if ((await probeLuksVersion(dev)) !== 2) throw new TrustvolError("ENOTLUKS", `${dev.name} does not hold a LUKS2 header to export`, "give the device's existing header file with --header");
+  let dv = await Luks2Volume.open(dev);
+  if (await takeLock(dv.uuid)) dv = await Luks2Volume.open(dev);
+  dv.checkRequirements("write");
+  if (reencryptStatus(dv.metadata) !== "none") throw usage(`${dev.name} is in re-encryption already`, "finish it first (trustvol reencrypt --resume-only)");
+  const segs = dataSegments(dv.metadata);
+  if (segs.length !== 1 || segs[0]!.type !== "crypt" || segs[0]!.size !== null || segs[0]!.offset === 0) throw new TrustvolError("EUNSUPPORTED", `${dev.name}: decryption with a data shift needs one encrypted data segment after the header, to the device's end`);
+  if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume", "give --key-file or a token");
+  // the passphrase first: a wrong one leaves no file behind
+  const { volumeKey } = await dv.unlock(opts.passphrase, { slot: opts.keyslot });
+  let hdr: FileBlockDevice | undefined;
+  try {
+    await backupHeader(dev, path);
+    hdr = await FileBlockDevice.open(path);
+    const volume = await Luks2Volume.open(hdr);
+    const keys = await initDecryptShift(volume, dev, opts, volumeKey);
+    return { volume, hdr, keys };
+  } catch (e) {
+    await hdr?.close();
+    throw e;
+  } finally {
+    wipe(volumeKey);
+  }
+}
+
+/**
+ * Decryption with a data shift, from the header in its (exported) file (cryptsetup reencrypt_decrypt_with_datashift_init):
+ * the device's header copies are zeroed (so nothing opens the device with it while its start changes), the first
+ * moved-segment bytes of ciphertext are copied to the device's start, and only then the metadata is written — to
+ * the file. A cut before that commit leaves the file's header as exported and its data where it was: the same
+ * command goes on from there. Returns the old volume key by digest for the run.
+ */
+async function initDecryptShift(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOptions, knownKey?: Buffer): Promise<Map<number, Buffer>> {
+  const m = structuredClone(v.metadata);
+  const seg = dataSegments(m)[0]!;
+  const shift = seg.offset;
+  if (seg.size !== null) throw new TrustvolError("EUNSUPPORTED", "fixed-size data segments are not supported");
+  const T = dev.size - shift;
+  checkDataSize(T, [seg.sectorSize]);
+  const r = opts.resilience ?? "checksum";
+  if (!["checksum", "journal", "datashift-checksum", "datashift-journal"].includes(r)) throw usage(`resilience ${r} cannot protect a decryption with a data shift`, "use checksum (the default) or journal");
+  const journal = r.endsWith("journal");
+  const block = checksumBlock(T, [seg.sectorSize]);
+  if (opts.hotzoneSize !== undefined && opts.hotzoneSize > shift) throw usage(`--hotzone-size ${opts.hotzoneSize} is larger than the data shift (${shift} bytes, the header's size)`, "choose a hotzone size up to the data shift");
+  const L = Math.min(opts.hotzoneSize ?? Math.min(shift, DECRYPT_SHIFT_MOVED_MAX), T);
+  const unit = journal ? seg.sectorSize : block;
+  if (L % unit) throw usage(`--hotzone-size ${L} is not a multiple of ${unit} bytes`);
+  // the device: its own header (same volume, not yet exported over), or none at all (a run cut after zeroing it)
+  const onDev = await probeLuksVersion(dev);
+  if (onDev === 1) throw usage(`${dev.name} holds a LUKS1 header, not the one in ${v.dev.name}`);
+  if (onDev === 2 && (await Luks2Volume.open(dev)).uuid !== v.uuid) throw usage(`${dev.name} holds another LUKS2 volume than ${v.dev.name}`, "give the header file of this device");
+  const dOld = Object.keys(m.digests).find((d) => m.digests[d]!.segments.includes(String(seg.id)));
+  if (dOld === undefined) throw new TrustvolError("ECORRUPT", "no digest covers the data segment");
+  if (!knownKey && !opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume", "give --key-file or a token");
+  const key: Buffer = knownKey ? Buffer.from(knownKey) : (await v.unlock(opts.passphrase!, { slot: opts.keyslot })).volumeKey;
+  try {
+    if (!verifyDigest(m.digests[dOld]!, key)) throw new TrustvolError("EBADPASS", "the volume key does not match the header file", "give the header file of this device");
+    m.segments = {};
+    decryptShiftInitSegments(seg, L, T).forEach((sg, i) => (m.segments[String(i)] = segmentJson(sg)));
+    m.digests[dOld]!.segments = Object.keys(m.segments).filter((k) => m.segments[k]!.type === "crypt");
+    const gap = maxAreaGap(m, v.header.hdrSize);
+    const hashLen = createHash(opensslHash(opts.hash ?? "sha256")).digest().length;
+    const room = journal ? gap.size : Math.floor(gap.size / hashLen) * block;
+    if (L > room) throw new TrustvolError("ENOSPC", `the moved segment (${L} bytes) does not fit the re-encryption area (room for ${room})`, `give --hotzone-size ${room - (room % unit)} or less`);
+    let id = 0;
+    while (String(id) in m.keyslots) id++;
+    if (id >= 32) throw new TrustvolError("ENOSPC", "all 32 keyslots are in use", "remove one first");
+    m.keyslots[String(id)] = reencryptKeyslotJson({ mode: "decrypt", direction: "forward", offset: gap.offset, size: gap.size, resilience: journal ? "datashift-journal" : "datashift-checksum", hash: opts.hash ?? "sha256", sectorSize: block, shiftSize: shift });
+    const req = (m.config.requirements ??= {});
+    req.mandatory = [...(req.mandatory ?? []).filter((x) => x !== REQUIREMENT_V2 && x !== REQUIREMENT_V3), REQUIREMENT_V3];
+    assignReencryptDigest(m, new Map([[Number(dOld), key]]), { version: 3, iterations: digestIterations(opts) });
+    const commit = v.prepareCommit(m); // validated before the first write
+    // 1. the device's header copies (cryptsetup wipes their signatures), 2. the moved segment, 3. the metadata
+    const zero = Buffer.alloc(Math.min(2 * v.header.hdrSize, shift));
+    if (onDev === 2) {
+      await dev.write(zero, 0);
+      await dev.flush();
+    }
+    const buf = Buffer.allocUnsafeSlow(Math.min(L, 4 * MiB));
+    try {
+      for (let p = 0; p < L; p += buf.length) {
+        const b = buf.subarray(0, Math.min(buf.length, L - p));
+        await dev.read(b, shift + p);
+        await dev.write(b, p);
+      }
+      await dev.flush();
+    } finally {
+      wipe(buf);
+    }
+    await commit.write();
+    return new Map([[Number(dOld), Buffer.from(key)]]);
+  } finally {
+    wipe(key);
   }
 }
 
@@ -701,14 +840,23 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   if (!st.movedSeg && st.oldSeg.offset !== st.newSeg.offset) throw new TrustvolError("EUNSUPPORTED", "old and new data offsets differ (data shift)");
   if ((!st.movedSeg && st.oldSeg.size !== null) || st.newSeg.size !== null) throw new TrustvolError("EUNSUPPORTED", "fixed-size re-encryption segments are not supported");
   const dataOffset = st.newSeg.offset;
-  const dataSize = dev.size - dataOffset;
+  const ds = isDecryptShift(st);
+  const dataSize = dataAreaSize(st, dev.size);
   checkSegmentsOnDevice(v.metadata, dev.size, dev.name);
   const ss = [st.oldSeg.sectorSize, st.newSeg.sectorSize];
-  if (dataSize <= 0) throw new TrustvolError("ETRUNCATED", `${dev.name} ends before the data offset ${dataOffset}`);
+  if (dataSize <= 0) throw new TrustvolError("ETRUNCATED", `${dev.name} ends before the data offset ${ds ? st.keyslot.area.shiftSize : dataOffset}`);
+  if (ds) checkDecryptShiftDevice(v.metadata, st, dev.size, dev.name);
   checkDataSize(dataSize, ss);
   const area = st.keyslot.area;
-  const block = st.resilience === "checksum" ? area.sectorSize! : Math.max(4096, ...ss);
-  const hashLen = st.resilience === "checksum" ? createHash(opensslHash(area.hash!)).digest().length : 0;
+  const summed = st.resilience === "checksum" || st.movedResilience === "checksum";
+  const block = summed ? area.sectorSize! : Math.max(4096, ...ss);
+  const hashLen = summed ? createHash(opensslHash(area.hash!)).digest().length : 0;
+  if (ds) {
+    // the moved segment's hotzone must fit its protection (cryptsetup checks this at init; a header can lie)
+    const L = st.movedSeg!.size!;
+    const room = st.movedResilience === "journal" ? area.size : Math.floor(area.size / hashLen) * block;
+    if (L > room || (summed && L % block)) throw new TrustvolError("ECORRUPT", `the moved segment (${L} bytes) does not fit its ${st.keyslot.area.type} area (${area.size} bytes, ${block}-byte blocks)`, "the header is damaged or was not written by cryptsetup; restore a header backup");
+  }
   if (block % Math.max(...ss)) throw new TrustvolError("ECORRUPT", `checksum block ${block} is not a multiple of the encryption sector size`);
   // (init picks a block that divides the data area: only a device resized since leaves a ragged last block)
   if (st.resilience === "checksum" && dataSize % block) throw new TrustvolError("ECORRUPT", `${dev.name}: its data area (${dataSize} bytes) is not a multiple of the re-encryption's checksum block (${block}): the device was resized since the re-encryption started`, `restore its size (a multiple of ${block} bytes after the data offset ${dataOffset}), then resume`);
@@ -717,8 +865,10 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   const want = st.resilience === "datashift" ? Math.min(area.shiftSize!, SHIFT_BUFFER) : (opts.hotzoneSize ?? DEFAULT_HOTZONE);
   let hotzone = Math.min(cap, want);
   hotzone -= hotzone % block;
-  const withParity = st.resilience === "checksum" && opts.tornWriteSafe !== false;
-  if (withParity) while (hotzone > block && parityLayout(hotzone, block, hashLen).end > area.size) hotzone -= Math.max(block, (Math.floor(hotzone / 8 / block) * block));
+  const withParity = ds
+    ? st.movedResilience === "checksum" && opts.tornWriteSafe !== false && parityLayout(st.movedSeg!.size!, block, hashLen).end <= area.size
+    : st.resilience === "checksum" && opts.tornWriteSafe !== false;
+  if (withParity && !ds) while (hotzone > block && parityLayout(hotzone, block, hashLen).end > area.size) hotzone -= Math.max(block, (Math.floor(hotzone / 8 / block) * block));
   const need = hotzone;
   if (hotzone < Math.max(...ss)) throw new TrustvolError("ECORRUPT", "the re-encryption area is too small for one hotzone");
   cap = need;
@@ -753,12 +903,14 @@ async function recoverHotzone(e: Engine): Promise<void> {
   if (off < 0 || len <= 0 || off + len > e.dataSize || len % Math.max(e.st.oldSeg.sectorSize, e.st.newSeg.sectorSize)) throw new TrustvolError("ECORRUPT", "the segment in re-encryption lies outside the data area");
   const area = e.st.keyslot.area;
   const count = Math.floor(len / e.block);
-  if (e.st.resilience === "checksum" && count * e.hashLen > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its checksum area");
-  if (e.st.resilience === "journal" && len > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its journal");
-  if (e.st.resilience === "datashift" && len > area.shiftSize!) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than the data shift");
-  if (e.st.resilience === "none") throw new TrustvolError("ECORRUPT", `a hotzone interrupted with resilience "none" cannot be recovered`, "restore the data from a backup");
-  const src = e.st.resilience === "datashift" ? sourceOf(e, m, off) : 0;
-  if (e.st.resilience === "checksum") {
+  // a decryption with a data shift decrypts its moved segment (offset 0) in place, under that segment's protection
+  const res = isDecryptShift(e.st) && off === 0 ? e.st.movedResilience! : e.st.resilience;
+  if (res === "checksum" && count * e.hashLen > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its checksum area");
+  if (res === "journal" && len > area.size) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than its journal");
+  if (res === "datashift" && len > area.shiftSize!) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than the data shift");
+  if (res === "none") throw new TrustvolError("ECORRUPT", `a hotzone interrupted with resilience "none" cannot be recovered`, "restore the data from a backup");
+  const src = res === "datashift" ? sourceOf(e, m, off) : 0;
+  if (res === "checksum") {
     await recoverChecksum(e, off, len, count);
     await e.dev.flush();
     await e.v.commit(postMetadata(m, e.st, off, len, e.dataSize));
@@ -770,7 +922,7 @@ async function recoverHotzone(e: Engine): Promise<void> {
     const n = Math.min(e.hotzone, len - p);
     const data = e.buf.subarray(0, n);
     // journal: the old data as it was; datashift: the source was never overwritten (moved copy or shift before)
-    await (e.st.resilience === "journal" ? e.hdrDev.read(data, area.offset + p) : e.dev.read(data, src + p));
+    await (res === "journal" ? e.hdrDev.read(data, area.offset + p) : e.dev.read(data, src + p));
     recrypt(e, data, off + p);
     await e.dev.write(data, e.dataOffset + off + p);
   }

@@ -14,6 +14,7 @@ import { readPin } from "../../trust/pkcs11/pin.js";
 import { getPassphrase } from "../secrets.js";
 import { int, parseSize, pbkdfFrom, pinSourceFrom, printJson } from "../common.js";
 import { progressBar } from "../progress.js";
+import { confirmYes } from "../confirm.js";
 
 // The online engine (device-mapper, keyring) loads only when a run may be online: never for --encrypt.
 const online = (): Promise<typeof Online> => import("../../ops/reencrypt-online.js");
@@ -32,10 +33,10 @@ export function registerReencryptCommands(program: Command): void {
     .description("re-encrypt a LUKS2 device (new volume key) — online when it is open, offline otherwise — or --encrypt / --decrypt it in place; cryptsetup-compatible and resumable")
     .argument("<device>", "block device or image file (online: the LUKS2 device of an active mapping)")
     .option("--encrypt", "encrypt a plain device (with --header FILE)")
-    .option("--decrypt", "decrypt to a plain device (with --header FILE)")
+    .option("--decrypt", "decrypt to a plain device: with its detached --header FILE, or, when the header is on the device, --header NEW_FILE exports it there and the data moves to the device's start")
     .option("--init-only", "only write the re-encryption metadata; finish later with --resume-only")
     .option("--resume-only", "only resume a re-encryption already in the metadata")
-    .addOption(new Option("--resilience <mode>", "hotzone protection: checksum (default), journal, none").choices(["checksum", "journal", "none", "datashift"]))
+    .addOption(new Option("--resilience <mode>", "hotzone protection: checksum (default), journal, none (decrypting a device that holds its header: checksum or journal, also spelt datashift-checksum / datashift-journal)").choices(["checksum", "journal", "none", "datashift", "datashift-checksum", "datashift-journal"]))
     .option("--resilience-hash <hash>", "checksum resilience hash (default sha256)")
     .option("--hotzone-size <size>", "largest hotzone (e.g. 4M; default 24M, or the re-encryption area's room for it)", parseSize("--hotzone-size"))
     .option("--reduce-device-size <size>", "in-place --encrypt with a data shift (e.g. 32M)", parseSize("--reduce-device-size"))
@@ -76,9 +77,12 @@ export function registerReencryptCommands(program: Command): void {
       const bar = progressBar("Re-encrypting", o.progress !== false && !o.progressJson && !o.json && process.stderr.isTTY === true);
       // --encrypt creates its detached header file: a refusal before anything is written must not leave it behind
       const createdHeader = mode === "encrypt" && !!o.header && !existsSync(o.header as string);
+      // --decrypt --header NEW_FILE: the device holds its header, which is exported there (cryptsetup's datashift decrypt)
+      const exportHeader = mode === "decrypt" && !!o.header && !o.resumeOnly && !existsSync(o.header as string) ? (o.header as string) : undefined;
       let ok = false;
       try {
-        if (o.header) hdr = await FileBlockDevice.open(o.header as string, { create: mode === "encrypt" });
+        if (o.header && !exportHeader) hdr = await FileBlockDevice.open(o.header as string, { create: mode === "encrypt" });
+        if (exportHeader && !o.batchMode) await confirmYes(`Header file ${exportHeader} does not exist. Initialize LUKS2 decryption of ${device} and export its LUKS2 header to ${exportHeader}?`, `decrypting ${device} in place`);
         const isLuks = (await reencryptLuksVersion(hdr)) !== null;
         let passphrase: Buffer | undefined;
         let keyslotPassphrases: Map<number, Uint8Array> | undefined;
@@ -134,7 +138,8 @@ export function registerReencryptCommands(program: Command): void {
           passphrase,
           keyslot: o.keySlot as number | undefined,
           keyslotPassphrases,
-          header: o.header ? hdr : undefined,
+          header: o.header && !exportHeader ? hdr : undefined,
+          exportHeader,
           resilience: o.resilience as ReencryptOptions["resilience"],
           hash: o.resilienceHash as string | undefined,
           hotzoneSize: o.hotzoneSize as number | undefined,
@@ -155,7 +160,7 @@ export function registerReencryptCommands(program: Command): void {
         ok = true;
         bar.end();
         if (o.json) printJson(r);
-        else if (r.state === "initialized") io.err(`Re-encryption (${r.mode}) initialized in the metadata; finish it with \`trustvol reencrypt --resume-only ${device}\`.\n`);
+        else if (r.state === "initialized") io.err(`Re-encryption (${r.mode}) initialized in the metadata; finish it with \`trustvol reencrypt --resume-only${o.header ? ` --header ${String(o.header)}` : ""} ${device}\`.\n`);
         else io.err(`Re-encryption (${r.mode}) finished${r.recovered ? " (an interrupted hotzone was recovered first)" : ""}.\n`);
       } finally {
         sig.done();
