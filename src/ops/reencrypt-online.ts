@@ -20,6 +20,7 @@ import { Luks2Volume } from "../luks2/volume.js";
 import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, digestOfSegment } from "../luks2/segment.js";
 import { loadReencryptState, reencryptStatus } from "../luks2/reencrypt-metadata.js";
+import { isDecryptShift } from "../luks2/reencrypt-shift-decrypt.js";
 import { cryptTable, checkMappingName } from "../dm/table.js";
 import { dmCreate, dmInfo, dmList, dmLoad, dmRemove, dmResume, dmSuspend, dmTable, type DmsetupOptions } from "../dm/dmsetup.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
@@ -57,7 +58,8 @@ export interface SegmentTableOptions {
 /** Data area length in 512-byte sectors that a mapping of this metadata covers (cryptsetup: device size − data offset). */
 export function mappedSectors(m: Luks2Metadata, deviceSize: number): bigint {
   const st = loadReencryptState(m);
-  const off = st.newSeg.offset;
+  // (a decryption with a data shift maps the plain data, which ends one shift before the device does)
+  const off = isDecryptShift(st) ? st.keyslot.area.shiftSize! : st.newSeg.offset;
   const align = Math.max(st.oldSeg.sectorSize, st.newSeg.sectorSize);
   const len = deviceSize - off;
   if (len <= 0) throw new TrustvolError("ETRUNCATED", `the device (${deviceSize} bytes) ends before the data offset ${off}`);

@@ -12,6 +12,7 @@ import { loadReencryptState, hotMetadata, nextHotzone } from "../../src/luks2/re
 import { segmentTable, mappedSectors, cryptsetupKeyDescription, luks2DmUuid } from "../../src/ops/reencrypt-online.js";
 import { lockReencryption, reencryptLockPath } from "../../src/dm/lock.js";
 import { TrustvolError } from "../../src/util/errors.js";
+import { createSectorCipher } from "../../src/dmcrypt/sector-cipher.js";
 import { tmpDir, hasTool } from "../helpers/tools.js";
 import { makeVolume, PASS, PBKDF, HOTZONE } from "./reencrypt-fixture.js";
 
@@ -98,4 +99,41 @@ test("re-encryption lock: an unwritable lock directory refuses (EIO) unless the 
   const none = await lockReencryption(uuid, { optional: true });
   await none.release();
   assert.equal(existsSync("/sys/trustvol-no-lock-here"), false);
+});
+
+test("segment table mid decryption with a data shift: moved segment, plain part, the rest one shift on; it maps the plain data only", async () => {
+  const DEV = 6 << 20, SHIFT = 1 << 20; // makeVolume: 1 MiB of header, so the shift is 1 MiB: 4 shifted hotzones, then the moved one
+  const { image, plain } = await makeVolume(DEV - SHIFT);
+  const dev = new MemoryBlockDevice(image);
+  const hdr = new MemoryBlockDevice(image.subarray(0, SHIFT)); // the header as exported (the continuation path)
+  const ac = new AbortController();
+  await assert.rejects(
+    reencrypt(dev, { mode: "decrypt", header: hdr, passphrase: PASS, pbkdf: PBKDF, signal: ac.signal, onProgress: (p) => { if (p.done >= 2 * SHIFT) ac.abort(); } }),
+    (e: unknown) => e instanceof TrustvolError && e.code === "EINTR",
+  );
+  const v = await Luks2Volume.open(hdr);
+  const total = mappedSectors(v.metadata, dev.size);
+  assert.equal(total, BigInt((DEV - SHIFT) / 512), "the plain data ends one shift before the device");
+  const table = segmentTable(v.metadata, { device: "7:3", deviceSize: dev.size, keySize: () => 64, uuid: v.uuid });
+  const s = SHIFT / 512, done = Number(v.metadata.segments["1"]!.size) / 512, end = s + done; // [moved | plain | encrypted]
+  assert.ok(done >= s && end < Number(total), `stopped part-way (${done} sectors plain)`);
+  assert.equal(
+    table,
+    [
+      `0 ${s} crypt aes-xts-plain64 :64:logon:${cryptsetupKeyDescription(v.uuid, 0)} 0 7:3 0 1 sector_size:4096`,
+      `${s} ${done} linear 7:3 ${s}`,
+      `${end} ${Number(total) - end} crypt aes-xts-plain64 :64:logon:${cryptsetupKeyDescription(v.uuid, 0)} ${end} 7:3 ${end + s} 1 sector_size:4096`,
+    ].join("\n"),
+  );
+  // what that table shows is the plaintext: read it as dm-crypt and dm-linear would
+  const { volumeKey } = await v.unlock(PASS);
+  const out: Buffer[] = [];
+  for (const line of table.split("\n")) {
+    const f = line.split(" ");
+    const len = Number(f[1]) * 512, from = Number(f[f[2] === "linear" ? 4 : 7]) * 512;
+    const b = Buffer.from(dev.data.subarray(from, from + len));
+    if (f[2] === "crypt") createSectorCipher({ cipher: "aes-xts-plain64", key: volumeKey, sectorSize: 4096 }).decrypt(b, Number(f[5]) / 8);
+    out.push(b);
+  }
+  assert.ok(Buffer.concat(out).equals(plain), "the mid-run table maps the original plaintext");
 });
