@@ -550,9 +550,8 @@ async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice
   checkDataSize(dataSize, [seg.sectorSize]);
   const dOld = Object.keys(m.digests).find((d) => m.digests[d]!.segments.includes("0"));
   if (dOld === undefined) throw new TrustvolError("ECORRUPT", "no digest covers the data segment");
-  if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume", "give --key-file or a token");
   if (opts.resilience?.startsWith("datashift")) throw usage(`resilience ${opts.resilience} is for decrypting a device that holds its header`, "use checksum, journal or none with a detached header");
-  const { volumeKey } = await v.unlock(opts.passphrase, { slot: opts.keyslot });
+  const volumeKey = await unlockVolumeKey(v, opts);
   try {
     m.segments["1"] = segmentJson({ ...seg, flags: ["backup-previous"] });
     m.segments["2"] = segmentJson({ type: "linear", offset: seg.offset, size: null, ivTweak: 0n, sectorSize: 512, flags: ["backup-final"] });
@@ -564,6 +563,27 @@ async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice
     wipe(volumeKey);
   }
   return undefined;
+}
+
+/**
+ * The volume key of a volume not in re-encryption, from the passphrase (any keyslot, or --key-slot's) or from a
+ * passphrase its tokens gave for their keyslots (so a TPM/PKCS#11-enrolled device decrypts unattended).
+ */
+async function unlockVolumeKey(v: Luks2Volume, opts: Pick<ReencryptOptions, "passphrase" | "keyslot" | "keyslotPassphrases">): Promise<Buffer> {
+  const tries: [Uint8Array, number | undefined][] = [];
+  if (opts.passphrase) tries.push([opts.passphrase, opts.keyslot]);
+  for (const [slot, p] of opts.keyslotPassphrases ?? []) if (opts.keyslot === undefined || opts.keyslot === slot) tries.push([p, slot]);
+  if (!tries.length) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume", "give --key-file or a token");
+  let err: unknown;
+  for (const [p, slot] of tries) {
+    try {
+      return (await v.unlock(p, { slot })).volumeKey;
+    } catch (e) {
+      if (!(e instanceof TrustvolError)) throw e;
+      err ??= e;
+    }
+  }
+  throw err;
 }
 
 /** cryptsetup's moved segment when --hotzone-size is not given: the shift, at most 20 MiB (LUKS2_DEFAULT_NONE_REENCRYPTION_LENGTH). */
@@ -583,9 +603,8 @@ async function initDecryptExport(dev: BlockDevice, path: string, opts: Reencrypt
   if (reencryptStatus(dv.metadata) !== "none") throw usage(`${dev.name} is in re-encryption already`, "finish it first (trustvol reencrypt --resume-only)");
   const segs = dataSegments(dv.metadata);
   if (segs.length !== 1 || segs[0]!.type !== "crypt" || segs[0]!.size !== null || segs[0]!.offset === 0) throw new TrustvolError("EUNSUPPORTED", `${dev.name}: decryption with a data shift needs one encrypted data segment after the header, to the device's end`);
-  if (!opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume", "give --key-file or a token");
   // the passphrase first: a wrong one leaves no file behind
-  const { volumeKey } = await dv.unlock(opts.passphrase, { slot: opts.keyslot });
+  const volumeKey = await unlockVolumeKey(dv, opts);
   let hdr: FileBlockDevice | undefined;
   try {
     await backupHeader(dev, path);
@@ -629,8 +648,7 @@ async function initDecryptShift(v: Luks2Volume, dev: BlockDevice, opts: Reencryp
   if (onDev === 2 && (await Luks2Volume.open(dev)).uuid !== v.uuid) throw usage(`${dev.name} holds another LUKS2 volume than ${v.dev.name}`, "give the header file of this device");
   const dOld = Object.keys(m.digests).find((d) => m.digests[d]!.segments.includes(String(seg.id)));
   if (dOld === undefined) throw new TrustvolError("ECORRUPT", "no digest covers the data segment");
-  if (!knownKey && !opts.passphrase) throw new TrustvolError("ENOKEY", "a passphrase is needed to unlock the volume", "give --key-file or a token");
-  const key: Buffer = knownKey ? Buffer.from(knownKey) : (await v.unlock(opts.passphrase!, { slot: opts.keyslot })).volumeKey;
+  const key: Buffer = knownKey ? Buffer.from(knownKey) : await unlockVolumeKey(v, opts);
   try {
     if (!verifyDigest(m.digests[dOld]!, key)) throw new TrustvolError("EBADPASS", "the volume key does not match the header file", "give the header file of this device");
     m.segments = {};

@@ -3,6 +3,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { tmpDir } from "../helpers/tools.js";
 import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
 import { Luks2Volume } from "../../src/luks2/volume.js";
 import { writeHeader } from "../../src/luks2/header.js";
@@ -61,6 +64,25 @@ test("encrypt and decrypt with a detached header", async () => {
   await reencrypt(data, { mode: "decrypt", header: hdr, passphrase: PASS, hotzoneSize: HOTZONE });
   assert.ok(data.data.equals(plain));
   await assert.rejects(reencrypt(new MemoryBlockDevice(plain), { mode: "encrypt", passphrase: PASS }), (e: TrustvolError) => e.code === "EUSAGE");
+});
+
+test("decrypt in place (header on the device): exported to a new 0600 file, data shifted to offset 0, tail zeroed; unlocked by a token's passphrase alone", async (t) => {
+  const { dir, cleanup } = tmpDir("trustvol-decshift-");
+  t.after(cleanup);
+  const SHIFT = 1 << 20;
+  const { image, plain } = await makeVolume(3 * SHIFT + 256 * 1024); // 3¼ shifts of data: shifted hotzones, a short one, the moved segment
+  const dev = new MemoryBlockDevice(image);
+  const path = join(dir, "exported.hdr");
+  // the passphrase as a token would give it for keyslot 0 (keyslotPassphrases), no typed passphrase
+  const r = await reencrypt(dev, { mode: "decrypt", exportHeader: path, keyslotPassphrases: new Map([[0, PASS]]), pbkdf: PBKDF, hotzoneSize: 256 * 1024 });
+  assert.equal(r.state, "finished");
+  assert.equal(statSync(path).mode & 0o777, 0o600, "the exported header is 0600");
+  assert.ok(dev.data.subarray(0, plain.length).equals(plain), "the plain data at offset 0");
+  assert.ok(dev.data.subarray(dev.size - SHIFT).equals(Buffer.alloc(SHIFT)), "the last shift of the device (stale ciphertext) zeroed");
+  const v = await Luks2Volume.open(new MemoryBlockDevice(readFileSync(path)));
+  assert.deepEqual(Object.keys(v.metadata.keyslots), [], "the header file keeps no keyslot");
+  assert.deepEqual(v.metadata.segments, { "0": { type: "linear", offset: "0", size: "dynamic" } });
+  assert.equal(v.metadata.config.requirements, undefined);
 });
 
 test("encrypt in place with a data shift (--reduce-device-size): first chunk moved to the end, backward, moved copy wiped", async () => {
