@@ -155,7 +155,9 @@ export interface HotzoneRun {
 /** Re-encrypt every hotzone left (after any crash recovery); returns the bytes processed. */
 export async function runHotzones(e: HotzoneEngine, run: HotzoneRun): Promise<number> {
   const { v, dev, hdrDev, st } = e;
-  const doneBytes = (hz: { off: number; len: number } | null) => (!hz ? e.dataSize : st.direction === "forward" ? hz.off : e.dataSize - hz.off - hz.len);
+  // (a decryption with a data shift does its moved segment, at offset 0, last: cryptsetup counts it so too)
+  const moved = isDecryptShift(st) ? st.movedSeg!.size! : 0;
+  const doneBytes = (hz: { off: number; len: number } | null) => (!hz ? e.dataSize : moved ? (hz.off === 0 ? e.dataSize - moved : hz.off - moved) : st.direction === "forward" ? hz.off : e.dataSize - hz.off - hz.len);
   // A data shift has its own loop (lanes in the engine's buffer): none of the read-ahead/hashing set-up below.
   if (st.resilience === "datashift") {
     if (run.hooks) throw new TrustvolError("EUNSUPPORTED", "online re-encryption with a data shift is not supported");
