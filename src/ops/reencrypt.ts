@@ -607,6 +607,8 @@ async function initDecryptExport(dev: BlockDevice, path: string, opts: Reencrypt
   const volumeKey = await unlockVolumeKey(dv, opts);
   let hdr: FileBlockDevice | undefined;
   try {
+    // everything the init checks (resilience, sizes, the area's room) before the file is written
+    await initDecryptShift(dv, dev, opts, volumeKey, true);
     await backupHeader(dev, path);
     hdr = await FileBlockDevice.open(path);
     const volume = await Luks2Volume.open(hdr);
@@ -627,7 +629,7 @@ async function initDecryptExport(dev: BlockDevice, path: string, opts: Reencrypt
  * the file. A cut before that commit leaves the file's header as exported and its data where it was: the same
  * command goes on from there. Returns the old volume key by digest for the run.
  */
-async function initDecryptShift(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOptions, knownKey?: Buffer): Promise<Map<number, Buffer>> {
+async function initDecryptShift(v: Luks2Volume, dev: BlockDevice, opts: ReencryptOptions, knownKey?: Buffer, dryRun = false): Promise<Map<number, Buffer>> {
   const m = structuredClone(v.metadata);
   const seg = dataSegments(m)[0]!;
   const shift = seg.offset;
@@ -666,6 +668,7 @@ async function initDecryptShift(v: Luks2Volume, dev: BlockDevice, opts: Reencryp
     req.mandatory = [...(req.mandatory ?? []).filter((x) => x !== REQUIREMENT_V2 && x !== REQUIREMENT_V3), REQUIREMENT_V3];
     assignReencryptDigest(m, new Map([[Number(dOld), key]]), { version: 3, iterations: digestIterations(opts) });
     const commit = v.prepareCommit(m); // validated before the first write
+    if (dryRun) return new Map();
     // 1. the device's header copies (cryptsetup wipes their signatures), 2. the moved segment, 3. the metadata
     const zero = Buffer.alloc(Math.min(2 * v.header.hdrSize, shift));
     if (onDev === 2) {
