@@ -137,7 +137,8 @@ export function parseSize(name: string) {
     const x = /^([0-9]+)(?:(S)|([KMGTP])(iB)?|([KMGTP])B)?$/i.exec(v.trim());
     if (!x) throw new TrustvolError("EUSAGE", `${name}: "${v}" is not a size (e.g. 32M, 4096, 8S)`);
     const n = Number(x[1]);
-    const p = "KMGTP".indexOf((x[3] ?? x[5] ?? "").toUpperCase()) + 1;
+    const unit = (x[3] ?? x[5] ?? "").toUpperCase();
+    const p = unit ? "KMGTP".indexOf(unit) + 1 : 0; // a bare number is bytes (cryptsetup's size[units])
     const mul = x[2] ? 512 : x[5] ? 1000 ** p : 1024 ** p;
     const r = n * mul;
     if (!Number.isSafeInteger(r)) throw new TrustvolError("EUSAGE", `${name}: ${v} is too large`);

@@ -30,7 +30,10 @@ export function checkDecryptShiftLayout(m: Luks2Metadata, st: ReencryptState): v
   if (moved.type !== "crypt" || moved.offset !== 0 || moved.size === null || moved.size <= 0 || moved.size > shift || moved.size % old.sectorSize || moved.ivTweak !== old.ivTweak || moved.encryption !== old.encryption || moved.sectorSize !== old.sectorSize)
     throw bad("the moved segment must be the first chunk of the encrypted data, at offset 0, at most the shift long");
   const L = moved.size;
+  if (shift % old.sectorSize) throw bad(`the data shift ${shift} is not a multiple of the ${old.sectorSize}-byte sector`);
   const segs = dataSegments(m);
+  // every boundary on the sector grid: the engine's ciphers work in whole sectors
+  for (const sg of segs) if (sg.offset % old.sectorSize || (sg.size ?? 0) % old.sectorSize) throw bad(`segment ${sg.id} does not start and end on the ${old.sectorSize}-byte sector grid`);
   const s0 = segs[0]!;
   if (s0.type === "linear") {
     // the moved segment is being (or has been) decrypted in place, the last hotzone: everything else is plain

@@ -557,7 +557,9 @@ async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { o
       mark("shift: hotzone written");
       bytes += hz.len;
       if (!nz || !nextHot || run.signal?.aborted) {
-        await (nextHot ? v.commit(post) : prepared.write());
+        // (the moved segment, a decryption's last hotzone: its "done" goes straight to the final commit (finishRun),
+        // never as a state of its own, which cryptsetup would resume by decrypting the moved segment again)
+        if (!(inPlace(hz) && !nz)) await (nextHot ? v.commit(post) : prepared.write());
         run.onProgress?.({ done: doneBytes(nz), total: e.dataSize });
         if (nz) throw run.interrupted(doneBytes(nz), e.dataSize);
         return bytes;

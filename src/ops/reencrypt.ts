@@ -31,7 +31,8 @@ import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt
 import { HEAD_MOVE_RECORD_SIZE, HEAD_MOVE_RECORD_SLOTS, moveHead, readHeadMarkState } from "./reencrypt-headmove.js";
 import { parityLayout, parityTagMatches, PARITY_TAG_SIZE, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
-import { backupHeader } from "../luks2/backup.js";
+import { backupSize } from "../luks2/backup.js";
+import { exportDecryptHeader, isExportOf } from "./reencrypt-export.js";
 import { checkDecryptShiftDevice, decryptShiftDataSize, decryptShiftInitSegments, isDecryptShift } from "../luks2/reencrypt-shift-decrypt.js";
 import { mark } from "../util/timing.js";
 export { parityLayout };
@@ -299,7 +300,9 @@ async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: Bloc
     // are there after cryptsetup's own finish (its random wipe, maybe torn) or where a shift longer than the data
     // wrote the last hotzone over part of the copy.
     if (st.movedSeg && st.mode === "encrypt") await wipeMovedHead(dev, st, keys.get(st.digestNew), buf);
-    await finishRun(v, dev, hdrDev, st, buf, false);
+    // a decryption's tail is wiped only on a header its old key vouches for (the re-encryption digest covers shift_size):
+    // with every old keyslot gone, cryptsetup had wiped it before it removed them
+    await finishRun(v, dev, hdrDev, st, buf, false, keys.has(st.digestOld));
   } finally {
     for (const k of keys.values()) wipe(k);
   }
@@ -347,12 +350,12 @@ async function wipeMovedHead(dev: BlockDevice, st: ReencryptState, key: Buffer |
 }
 
 /** The end of every run: the moved plaintext copy wiped, the final metadata committed, the old keyslots' areas wiped. */
-async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, buf: Buffer, wipeMoved = true): Promise<void> {
+async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, buf: Buffer, wipeMoved = true, wipeTail = true): Promise<void> {
   // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
   if (st.movedSeg && st.mode === "encrypt" && wipeMoved) await wipeZeros(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
   // A decryption with a data shift leaves the last shift of the device holding stale ciphertext: wiped, as cryptsetup
   // does (reencrypt_wipe_unused_device_area; with zeros, not random). Done again after a cut before the commit.
-  if (isDecryptShift(st)) {
+  if (isDecryptShift(st) && wipeTail) {
     const shift = st.keyslot.area.shiftSize!;
     if (dev.size >= shift) await wipeZeros(dev, dev.size - shift, shift, buf.length ? buf : Buffer.allocUnsafeSlow(MiB));
   }
@@ -541,11 +544,17 @@ async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice
   if (hdrDev === dev) throw new TrustvolError("EUNSUPPORTED", `${dev.name} holds its LUKS2 header: decrypting it in place moves the header to a file`, "give --header NEW_FILE (a file that does not exist yet; the header is exported there, as cryptsetup does)");
   const m = structuredClone(v.metadata);
   const segs = dataSegments(m);
+  if (segs.length === 1 && segs[0]!.type === "linear" && Object.keys(m.segments).length === 1) throw usage(`${hdrDev.name} has no encrypted data segment: ${dev.name} is decrypted already`, "nothing to do");
   if (segs.length !== 1 || segs[0]!.type !== "crypt" || Object.keys(m.segments).length !== 1) throw new TrustvolError("EUNSUPPORTED", "the volume does not have exactly one crypt data segment");
   const seg = segs[0]!;
-  // A detached header whose data starts past 0: the header exported by a decryption with a data shift whose run was cut
-  // before its metadata landed (or a header backup of the device): go on with the data shift (cryptsetup refuses).
-  if (seg.offset > 0) return initDecryptShift(v, dev, opts);
+  // A detached header whose data starts past 0 is decrypted only as the file an in-place decryption exported, cut before
+  // its metadata landed (its record says so): a header backup or a detached header with --offset would move data over
+  // bytes LUKS never owned (cryptsetup refuses them all).
+  if (seg.offset > 0) {
+    if (!(await isExportOf(hdrDev, backupSize(v.header.hdrSize, Number(m.config.keyslots_size)), v.uuid, dev, seg.offset)))
+      throw new TrustvolError("EUNSUPPORTED", `${hdrDev.name} is a detached LUKS2 header whose data starts at ${seg.offset}: it is decrypted only from offset 0 (as cryptsetup does), or in place as the file \`reencrypt --decrypt --header\` exported from this device`, "to decrypt a device that holds its header, give --header a file that does not exist yet");
+    return initDecryptShift(v, dev, opts);
+  }
   const dataSize = dev.size - seg.offset;
   checkDataSize(dataSize, [seg.sectorSize]);
   const dOld = Object.keys(m.digests).find((d) => m.digests[d]!.segments.includes("0"));
@@ -609,7 +618,7 @@ async function initDecryptExport(dev: BlockDevice, path: string, opts: Reencrypt
   try {
     // everything the init checks (resilience, sizes, the area's room) before the file is written
     await initDecryptShift(dv, dev, opts, volumeKey, true);
-    await backupHeader(dev, path);
+    await exportDecryptHeader(dev, path, dv.uuid, segs[0]!.offset);
     hdr = await FileBlockDevice.open(path);
     const volume = await Luks2Volume.open(hdr);
     const keys = await initDecryptShift(volume, dev, opts, volumeKey);
@@ -644,10 +653,10 @@ async function initDecryptShift(v: Luks2Volume, dev: BlockDevice, opts: Reencryp
   const L = Math.min(opts.hotzoneSize ?? Math.min(shift, DECRYPT_SHIFT_MOVED_MAX), T);
   const unit = journal ? seg.sectorSize : block;
   if (L % unit) throw usage(`--hotzone-size ${L} is not a multiple of ${unit} bytes`);
-  // the device: its own header (same volume, not yet exported over), or none at all (a run cut after zeroing it)
+  // the device: its own header as exported, or none at all (a run cut after zeroing it, maybe a copy torn at one end)
   const onDev = await probeLuksVersion(dev);
   if (onDev === 1) throw usage(`${dev.name} holds a LUKS1 header, not the one in ${v.dev.name}`);
-  if (onDev === 2 && (await Luks2Volume.open(dev)).uuid !== v.uuid) throw usage(`${dev.name} holds another LUKS2 volume than ${v.dev.name}`, "give the header file of this device");
+  if (onDev === 2 && JSON.stringify((await Luks2Volume.open(dev)).metadata) !== JSON.stringify(v.metadata)) throw usage(`${dev.name} holds another LUKS2 header than ${v.dev.name} (another volume, or changed since the export)`, "give the header file exported from this device");
   const dOld = Object.keys(m.digests).find((d) => m.digests[d]!.segments.includes(String(seg.id)));
   if (dOld === undefined) throw new TrustvolError("ECORRUPT", "no digest covers the data segment");
   const key: Buffer = knownKey ? Buffer.from(knownKey) : await unlockVolumeKey(v, opts);
@@ -670,11 +679,9 @@ async function initDecryptShift(v: Luks2Volume, dev: BlockDevice, opts: Reencryp
     const commit = v.prepareCommit(m); // validated before the first write
     if (dryRun) return new Map();
     // 1. the device's header copies (cryptsetup wipes their signatures), 2. the moved segment, 3. the metadata
-    const zero = Buffer.alloc(Math.min(2 * v.header.hdrSize, shift));
-    if (onDev === 2) {
-      await dev.write(zero, 0);
-      await dev.flush();
-    }
+    // (again after a cut: a zeroing torn after the primary left the secondary; redoing it and the move is idempotent)
+    await dev.write(Buffer.alloc(Math.min(2 * v.header.hdrSize, shift)), 0);
+    await dev.flush();
     const buf = Buffer.allocUnsafeSlow(Math.min(L, 4 * MiB));
     try {
       for (let p = 0; p < L; p += buf.length) {
@@ -914,8 +921,12 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   };
 }
 
-/** Recover the hotzone marked in-reencryption (cryptsetup reencrypt_recover_segment), then commit it as done. */
-async function recoverHotzone(e: Engine): Promise<void> {
+/**
+ * Recover the hotzone marked in-reencryption (cryptsetup reencrypt_recover_segment), then commit it as done — or, for a
+ * decryption with a data shift's last hotzone (its moved segment), finish the run (returns true): its "done" state is
+ * one cryptsetup 2.6.1/2.7.5 resumes by decrypting the moved segment a second time.
+ */
+async function recoverHotzone(e: Engine): Promise<boolean> {
   const m = e.v.metadata;
   const hot = dataSegments(m).find((s) => s.flags.includes("in-reencryption"));
   if (!hot || hot.size === null) throw new TrustvolError("ECORRUPT", "the segment in re-encryption has no fixed size");
@@ -934,8 +945,7 @@ async function recoverHotzone(e: Engine): Promise<void> {
   if (res === "checksum") {
     await recoverChecksum(e, off, len, count);
     await e.dev.flush();
-    await e.v.commit(postMetadata(m, e.st, off, len, e.dataSize));
-    return;
+    return commitRecovered(e, m, off, len);
   }
   // In pieces of the engine's buffer (a hotzone cryptsetup left may be far larger than our memory budget); every
   // piece is idempotent, so a cut during recovery is recovered again the same way.
@@ -948,7 +958,16 @@ async function recoverHotzone(e: Engine): Promise<void> {
     await e.dev.write(data, e.dataOffset + off + p);
   }
   await e.dev.flush();
+  return commitRecovered(e, m, off, len);
+}
+
+async function commitRecovered(e: Engine, m: Luks2Metadata, off: number, len: number): Promise<boolean> {
+  if (isDecryptShift(e.st) && off === 0) {
+    await finishRun(e.v, e.dev, e.hdrDev, e.st, e.buf);
+    return true;
+  }
   await e.v.commit(postMetadata(m, e.st, off, len, e.dataSize));
+  return false;
 }
 
 /**
@@ -1038,8 +1057,8 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
   for (const d of inline) d.inlineSmallIo = true;
   try {
     if (e.st.status === "crash") {
-      await recoverHotzone(e);
       recovered = true;
+      if (await recoverHotzone(e)) return { recovered, bytes };
     }
     bytes = await runHotzones(e, { signal: opts.signal, onProgress: opts.onProgress, interrupted, hooks: opts.hotzoneHooks, keys });
     mark("engine: hotzones done");

@@ -6,6 +6,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { tmpDir } from "../helpers/tools.js";
+import { exportedHeaderImage, EXPORT_RECORD_SIZE } from "../../src/ops/reencrypt-export.js";
 import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
 import { Luks2Volume } from "../../src/luks2/volume.js";
 import { writeHeader } from "../../src/luks2/header.js";
@@ -83,6 +84,35 @@ test("decrypt in place (header on the device): exported to a new 0600 file, data
   assert.deepEqual(Object.keys(v.metadata.keyslots), [], "the header file keeps no keyslot");
   assert.deepEqual(v.metadata.segments, { "0": { type: "linear", offset: "0", size: "dynamic" } });
   assert.equal(v.metadata.config.requirements, undefined);
+});
+
+test("decrypt in place, continued from the exported file: only with the export's record of this device and its header unchanged", async () => {
+  const SHIFT = 1 << 20;
+  const { image, plain } = await makeVolume(2 * SHIFT);
+  const uuid = (await Luks2Volume.open(new MemoryBlockDevice(image))).uuid;
+  const exported = await exportedHeaderImage(new MemoryBlockDevice(image), uuid, SHIFT);
+  const refused = async (devImage: Buffer, hdrImage: Buffer, why: RegExp, what: string) => {
+    const dev = new MemoryBlockDevice(Buffer.from(devImage)), hdr = new MemoryBlockDevice(Buffer.from(hdrImage));
+    await assert.rejects(reencrypt(dev, { mode: "decrypt", header: hdr, passphrase: PASS, pbkdf: PBKDF }), (e: unknown) => e instanceof TrustvolError && why.test(e.message), what);
+    assert.ok(dev.data.equals(devImage) && hdr.data.equals(hdrImage), `${what}: nothing written`);
+  };
+  // a header backup without the record (cryptsetup's luksHeaderBackup bytes): a stale backup or a detached header looks the same
+  await refused(image, exported.subarray(0, exported.length - EXPORT_RECORD_SIZE), /decrypted only from offset 0/, "no record");
+  // the record of another device size, or of other ciphertext at the shift
+  await refused(Buffer.concat([image, Buffer.alloc(SHIFT)]), exported, /decrypted only from offset 0/, "device resized since");
+  const other = Buffer.from(image);
+  other[SHIFT] ^= 1;
+  await refused(other, exported, /decrypted only from offset 0/, "other ciphertext at the shift");
+  // the device's own header changed since the export (a keyslot added): refused too
+  const changed = new MemoryBlockDevice(Buffer.from(image));
+  const v = await Luks2Volume.open(changed);
+  const { volumeKey } = await v.unlock(PASS);
+  await v.addKeyslot(volumeKey, Buffer.from("another"), { pbkdf: PBKDF });
+  await refused(changed.data, exported, /holds another LUKS2 header than/, "device header changed");
+  // the genuine leftover: goes on, 0 bytes lost
+  const dev = new MemoryBlockDevice(Buffer.from(image));
+  await reencrypt(dev, { mode: "decrypt", header: new MemoryBlockDevice(Buffer.from(exported)), passphrase: PASS, pbkdf: PBKDF });
+  assert.ok(dev.data.subarray(0, plain.length).equals(plain));
 });
 
 test("encrypt in place with a data shift (--reduce-device-size): first chunk moved to the end, backward, moved copy wiped", async () => {
