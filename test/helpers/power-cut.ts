@@ -20,6 +20,11 @@ export interface PowerCutOptions {
   unsynced?: UnsyncedPolicy;
   /** PRNG seed: which unsynced writes land and where the torn write stops. */
   seed?: number;
+  /**
+   * A power supply shared with other devices (a disk and a header file on the same machine): its options replace
+   * these, cutAtWrite counts the writes to all of them, and the cut hits them all at once.
+   */
+  rail?: PowerRail;
 }
 
 /** Small deterministic PRNG (mulberry32) so a failing cut point can be replayed. */
@@ -32,6 +37,19 @@ export function prng(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/** One power supply for several PowerCutDevices: one write counter, one cut (the in-flight write torn, every device's unsynced writes judged by the policy). */
+export class PowerRail {
+  /** Writes to all devices on the rail so far (including the torn one). */
+  writes = 0;
+  cut = false;
+  readonly devices: PowerCutDevice[] = [];
+  /** One PRNG for the rail, so a cut replays whatever the devices' order. */
+  readonly rnd: () => number;
+  constructor(readonly opts: Omit<PowerCutOptions, "rail"> = {}) {
+    this.rnd = prng(opts.seed ?? 1);
+  }
 }
 
 export class PowerCutDevice implements BlockDevice {
@@ -48,10 +66,16 @@ export class PowerCutDevice implements BlockDevice {
   private pending: { off: number; data: Buffer }[] = [];
   private readonly rnd: () => number;
 
-  constructor(image: Uint8Array, private readonly opts: PowerCutOptions = {}) {
+  private readonly opts: Omit<PowerCutOptions, "rail">;
+  private readonly rail?: PowerRail;
+
+  constructor(image: Uint8Array, opts: PowerCutOptions = {}) {
     this.durable = Buffer.from(image);
     this.view = new MemoryBlockDevice(this.durable);
-    this.rnd = prng(opts.seed ?? 1);
+    this.rail = opts.rail;
+    this.opts = opts.rail ? opts.rail.opts : opts;
+    this.rnd = opts.rail ? opts.rail.rnd : prng(opts.seed ?? 1);
+    opts.rail?.devices.push(this);
   }
   get size(): number {
     return this.view.size;
@@ -63,9 +87,14 @@ export class PowerCutDevice implements BlockDevice {
   async write(buf: Uint8Array, offset: number): Promise<void> {
     if (this.cut) throw new PowerCut(this.writes);
     this.writes++;
-    if (this.opts.cutAtWrite === this.writes) {
+    const n = this.rail ? ++this.rail.writes : this.writes;
+    if (this.opts.cutAtWrite === n) {
       this.powerFail(Buffer.from(buf), offset);
-      throw new PowerCut(this.writes);
+      if (this.rail) {
+        this.rail.cut = true;
+        for (const d of this.rail.devices) if (d !== this) d.powerFail(undefined, 0);
+      }
+      throw new PowerCut(n);
     }
     this.pending.push({ off: offset, data: Buffer.from(buf) });
     await this.view.write(buf, offset);
@@ -84,15 +113,18 @@ export class PowerCutDevice implements BlockDevice {
     return Buffer.from(this.cut ? this.durable : this.view.data);
   }
 
-  private powerFail(inFlight: Buffer, offset: number): void {
+  /** inFlight undefined: power went during another device's write on the same rail. */
+  private powerFail(inFlight: Buffer | undefined, offset: number): void {
     const policy = this.opts.unsynced ?? "random";
     let img = this.durable;
     const put = (off: number, data: Buffer) => void (img = putAt(img, off, data));
     for (const w of this.pending) if (policy === "keep" || (policy === "random" && this.rnd() < 0.5)) put(w.off, w.data);
     // The in-flight write stops at a random byte: whole sectors before it, one torn sector, nothing after.
-    const landed = Math.floor(this.rnd() * inFlight.length);
-    this.torn = { offset, length: inFlight.length, landed };
-    if (landed > 0) put(offset, inFlight.subarray(0, landed));
+    if (inFlight) {
+      const landed = Math.floor(this.rnd() * inFlight.length);
+      this.torn = { offset, length: inFlight.length, landed };
+      if (landed > 0) put(offset, inFlight.subarray(0, landed));
+    }
     this.durable = img;
     this.pending = [];
     this.cut = true;
