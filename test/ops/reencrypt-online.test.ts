@@ -13,6 +13,7 @@ import { segmentTable, mappedSectors, cryptsetupKeyDescription, luks2DmUuid } fr
 import { lockReencryption, reencryptLockPath } from "../../src/dm/lock.js";
 import { TrustvolError } from "../../src/util/errors.js";
 import { createSectorCipher } from "../../src/dmcrypt/sector-cipher.js";
+import { exportedHeaderImage } from "../../src/ops/reencrypt-export.js";
 import { tmpDir, hasTool } from "../helpers/tools.js";
 import { makeVolume, PASS, PBKDF, HOTZONE } from "./reencrypt-fixture.js";
 
@@ -105,7 +106,8 @@ test("segment table mid decryption with a data shift: moved segment, plain part,
   const DEV = 6 << 20, SHIFT = 1 << 20; // makeVolume: 1 MiB of header, so the shift is 1 MiB: 4 shifted hotzones, then the moved one
   const { image, plain } = await makeVolume(DEV - SHIFT);
   const dev = new MemoryBlockDevice(image);
-  const hdr = new MemoryBlockDevice(image.subarray(0, SHIFT)); // the header as exported (the continuation path)
+  const uuid = (await Luks2Volume.open(new MemoryBlockDevice(image))).uuid;
+  const hdr = new MemoryBlockDevice(await exportedHeaderImage(new MemoryBlockDevice(image), uuid, SHIFT)); // as exported (the continuation path)
   const ac = new AbortController();
   await assert.rejects(
     reencrypt(dev, { mode: "decrypt", header: hdr, passphrase: PASS, pbkdf: PBKDF, signal: ac.signal, onProgress: (p) => { if (p.done >= 2 * SHIFT) ac.abort(); } }),
