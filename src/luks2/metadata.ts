@@ -292,8 +292,9 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
     if (!dynamic && bigSize % BigInt(SECTOR_SIZE) !== 0n) throw bad(`${w}.size is not a multiple of ${SECTOR_SIZE}`);
     segs.push({ id, start: off, end: off + size, backup });
   }
-  // cryptsetup checks the lowest segment offset only: 0 = detached header (mid re-encryption others may be > 0).
-  const firstOff = Math.min(...segs.map((s) => s.start));
+  // cryptsetup checks the lowest data segment offset only (json_segments_get_minimal_offset skips backups): 0 =
+  // detached header (mid re-encryption others may be > 0).
+  const firstOff = Math.min(...segs.filter((s) => !s.backup).map((s) => s.start));
   if (segs.length && firstOff !== 0 && firstOff < areaEnd) throw bad(`segment offset ${firstOff} lies inside the metadata/keyslots area (ends at ${areaEnd})`);
   const live = segs.filter((s) => !s.backup).sort((a, b) => a.start - b.start);
   for (let i = 1; i < live.length; i++) if (live[i]!.start < live[i - 1]!.end) throw bad(`segments ${live[i - 1]!.id} and ${live[i]!.id} overlap`);
@@ -334,7 +335,8 @@ export function validateMetadata(j: unknown, hdrSize: number): Luks2Metadata {
   for (const [id, sg] of Object.entries(m.segments))
     if (isObj(sg) && sg.type === "crypt" && !Object.values(m.digests).some((d) => isObj(d) && Array.isArray(d.segments) && d.segments.includes(id)))
       throw bad(`segment ${id} is not assigned to any digest`);
-  if (reqs.includes("online-reencrypt-v2") || reqs.includes("online-reencrypt")) validateReencryptSegments(m);
+  // (any online-reencrypt requirement, v3 — decryption with a data shift — included, as cryptsetup does)
+  if (reqs.some((r) => /^online-reencrypt(-v[0-9]+)?$/.test(r))) validateReencryptSegments(m);
   // cryptsetup refuses a keyslot no digest references: nothing could ever verify the key it yields.
   for (const k of ksIds) if (!slotOwner.has(k)) throw bad(`keyslot ${k} is not assigned to any digest`);
 

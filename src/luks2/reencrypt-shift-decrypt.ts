@@ -57,7 +57,8 @@ export function checkDecryptShiftLayout(m: Luks2Metadata, st: ReencryptState): v
       sawHot ||= hot;
       p += sg.size ?? 0;
     } else {
-      if (!last || sg.size !== null) throw bad(`encrypted segment ${sg.id} is not the dynamic end`);
+      // (the end, dynamic or sized to the device's end: checkDecryptShiftDevice holds it to the device)
+      if (!last) throw bad(`encrypted segment ${sg.id} is not the end`);
       if (sg.offset !== shift + p || sg.ivTweak !== old.ivTweak + BigInt(p / 512) || sg.encryption !== old.encryption || sg.sectorSize !== old.sectorSize || sg.flags.length)
         throw bad(`segment ${sg.id} is not the encrypted data from plain offset ${p}`);
     }

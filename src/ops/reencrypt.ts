@@ -300,11 +300,59 @@ async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: Bloc
     // are there after cryptsetup's own finish (its random wipe, maybe torn) or where a shift longer than the data
     // wrote the last hotzone over part of the copy.
     if (st.movedSeg && st.mode === "encrypt") await wipeMovedHead(dev, st, keys.get(st.digestNew), buf);
-    // a decryption's tail is wiped only on a header its old key vouches for (the re-encryption digest covers shift_size):
-    // with every old keyslot gone, cryptsetup had wiped it before it removed them
-    await finishRun(v, dev, hdrDev, st, buf, false, keys.has(st.digestOld));
+    // a decryption's stale tail needs the old key (with every old keyslot gone, cryptsetup had wiped it already)
+    const old = isDecryptShift(st) && keys.has(st.digestOld) ? createSectorCipher({ cipher: st.oldSeg.encryption!, key: keys.get(st.digestOld)!, sectorSize: st.oldSeg.sectorSize, ivOffset: st.oldSeg.ivTweak }) : null;
+    try {
+      await finishRun(v, dev, hdrDev, st, buf, { wipeMoved: false, tailCipher: old });
+    } finally {
+      old?.dispose();
+    }
   } finally {
     for (const k of keys.values()) wipe(k);
+  }
+}
+
+/**
+ * A decryption with a data shift leaves the device's last shift [T, T + shift) holding stale ciphertext (cryptsetup
+ * wipes it with random: reencrypt_wipe_unused_device_area). Zeroed here per old-key sector, and only where it is stale:
+ * a sector below the shift never held data (the old header's area), any other only when it decrypts to the plaintext
+ * now in place one shift lower. A header forged to say "done" over data never moved keeps that data; a cut during
+ * the wipe leaves sectors that are zeros or still stale, wiped again by the next run.
+ */
+async function wipeStaleTail(dev: BlockDevice, st: ReencryptState, c: SectorCipher, buf: Buffer): Promise<void> {
+  const shift = st.keyslot.area.shiftSize!, ss = c.sectorSize, T = dev.size - shift;
+  if (T < 0 || T % ss) return;
+  const step = Math.max(ss, buf.length - (buf.length % ss));
+  const tail = Buffer.allocUnsafeSlow(step), plain = Buffer.allocUnsafeSlow(step), zeros = Buffer.alloc(step);
+  try {
+    for (let d = T; d < dev.size; d += step) {
+      const n = Math.min(step, dev.size - d);
+      const t = tail.subarray(0, n);
+      await dev.read(t, d);
+      const stale = (o: number): boolean => {
+        const q = d + o - shift; // the plain offset whose ciphertext this sector held
+        return q < 0 || t.subarray(o, o + ss).equals(plain.subarray(o, o + ss));
+      };
+      const q0 = d - shift;
+      if (q0 + n > 0) {
+        // the plaintext now at [q0, q0+n) and the tail decrypted as that plain range's old ciphertext
+        const from = Math.max(0, q0);
+        await dev.read(plain.subarray(from - q0, n), from);
+        c.decrypt(t.subarray(from - q0, n), from / ss);
+      }
+      let run = -1;
+      for (let o = 0; o <= n; o += ss) {
+        const z = o < n && stale(o);
+        if (z && run < 0) run = o;
+        if (!z && run >= 0) {
+          await dev.write(zeros.subarray(0, o - run), d + run);
+          run = -1;
+        }
+      }
+    }
+    await dev.flush();
+  } finally {
+    wipe(tail, plain);
   }
 }
 
@@ -349,16 +397,15 @@ async function wipeMovedHead(dev: BlockDevice, st: ReencryptState, key: Buffer |
   }
 }
 
-/** The end of every run: the moved plaintext copy wiped, the final metadata committed, the old keyslots' areas wiped. */
-async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, buf: Buffer, wipeMoved = true, wipeTail = true): Promise<void> {
+/**
+ * The end of every run: the moved plaintext copy wiped (encryption with a data shift), the stale tail of a decryption
+ * with a data shift wiped where it is stale (needs `tailCipher`, the old segment's), the final metadata committed, the
+ * old keyslots' areas wiped.
+ */
+async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, buf: Buffer, o: { wipeMoved?: boolean; tailCipher?: SectorCipher | null } = {}): Promise<void> {
   // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
-  if (st.movedSeg && st.mode === "encrypt" && wipeMoved) await wipeZeros(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
-  // A decryption with a data shift leaves the last shift of the device holding stale ciphertext: wiped, as cryptsetup
-  // does (reencrypt_wipe_unused_device_area; with zeros, not random). Done again after a cut before the commit.
-  if (isDecryptShift(st) && wipeTail) {
-    const shift = st.keyslot.area.shiftSize!;
-    if (dev.size >= shift) await wipeZeros(dev, dev.size - shift, shift, buf.length ? buf : Buffer.allocUnsafeSlow(MiB));
-  }
+  if (st.movedSeg && st.mode === "encrypt" && o.wipeMoved !== false) await wipeZeros(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
+  if (isDecryptShift(st) && o.tailCipher) await wipeStaleTail(dev, st, o.tailCipher, buf.length ? buf : Buffer.allocUnsafeSlow(MiB));
   const fin = finalMetadata(v.metadata, st);
   await v.commit(fin.metadata);
   for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);
@@ -963,7 +1010,7 @@ async function recoverHotzone(e: Engine): Promise<boolean> {
 
 async function commitRecovered(e: Engine, m: Luks2Metadata, off: number, len: number): Promise<boolean> {
   if (isDecryptShift(e.st) && off === 0) {
-    await finishRun(e.v, e.dev, e.hdrDev, e.st, e.buf);
+    await finishRun(e.v, e.dev, e.hdrDev, e.st, e.buf, { tailCipher: e.oldC });
     return true;
   }
   await e.v.commit(postMetadata(m, e.st, off, len, e.dataSize));
@@ -1062,7 +1109,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
     }
     bytes = await runHotzones(e, { signal: opts.signal, onProgress: opts.onProgress, interrupted, hooks: opts.hotzoneHooks, keys });
     mark("engine: hotzones done");
-    await finishRun(v, dev, hdrDev, e.st, e.buf);
+    await finishRun(v, dev, hdrDev, e.st, e.buf, { tailCipher: e.oldC });
     mark("engine: finished");
     return { recovered, bytes };
   } finally {

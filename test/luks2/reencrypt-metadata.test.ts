@@ -249,7 +249,7 @@ test("hostile decrypt-shift metadata refused at load (loadReencryptState), befor
     }, /the moved segment's hotzone does not match the moved segment/],
     ["the moved segment's hotzone not at 0", s.hotMoved, (m) => void (m.segments["0"]!.offset = "4096"), /segment 0 is not at offset 0/],
     ["a linear segment after the hotzone", s.hot1, (m) => void (m.segments["2"] = { type: "linear", offset: String(20 * DS_MiB), size: "dynamic" } as never), /linear segment 2 follows the hotzone/],
-    ["an encrypted segment in re-encryption", s.hot1, (m) => void (m.segments["1"] = { ...m.segments["2"]!, offset: String(20 * DS_MiB), size: String(16 * DS_MiB), iv_tweak: "8192", flags: ["in-reencryption"] }), /encrypted segment 1 is not the dynamic end/],
+    ["an encrypted segment in re-encryption", s.hot1, (m) => void (m.segments["1"] = { ...m.segments["2"]!, offset: String(20 * DS_MiB), size: String(16 * DS_MiB), iv_tweak: "8192", flags: ["in-reencryption"] }), /encrypted segment 1 is not the end/],
     ["a gap between the plain data and the encrypted rest", s.post1, (m) => void (m.segments["1"]!.offset = String(8 * DS_MiB)), /segment 1 is not where the plain data 4194304 goes/],
   ];
   for (const [what, base, edit, says] of cases) {

@@ -373,7 +373,7 @@ cases.push(
     bySeg(j, "backup-moved-segment").size = j.segments["0"].size = String(20 * MiB);
     Object.assign(j.segments["1"], { offset: String(36 * MiB), iv_tweak: "40960" });
   }, { says: /the moved segment must be .* at most the shift long/ }),
-  dsHostile("the moved segment not at offset 0", "init", (j) => void (bySeg(j, "backup-moved-segment").offset = j.segments["0"].offset = "4096"), { says: /the moved segment must be .* at offset 0/ }),
+  dsHostile("the moved segment not at offset 0", "init", (j) => void (bySeg(j, "backup-moved-segment").offset = j.segments["0"].offset = "4096"), { says: /segment offset 4096 lies inside the metadata\/keyslots area/ }), // (cryptsetup's load check, on the lowest data segment)
   dsHostile("the iv_tweak of segment 1 off by one", "init", (j) => void (j.segments["1"].iv_tweak = "32769"), {
     says: /segment 1 is not the encrypted data from plain offset 16777216/,
     cryptsetupAccepts: "cryptsetup derives the old data's IVs from backup-previous and the progress, never from a data segment's iv_tweak (LUKS2 does not authenticate data segments); trustvol refuses segments cryptsetup never writes",

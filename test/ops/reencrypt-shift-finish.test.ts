@@ -15,6 +15,8 @@ import { reencryptStatus } from "../../src/luks2/reencrypt-metadata.js";
 import { reencrypt } from "../../src/ops/reencrypt.js";
 import { PowerCutDevice, PowerCut } from "../helpers/power-cut.js";
 import { needTools } from "../helpers/tools.js";
+import { makeVolume, PASS as FIX_PASS, PBKDF as FIX_PBKDF } from "./reencrypt-fixture.js";
+import { exportedHeaderImage } from "../../src/ops/reencrypt-export.js";
 import { MiB, FAST_PBKDF, PASSPHRASE, writePlain, shaFile, cs, luksJson, tv, needCliEngine, fastTmpDir, assertPlain, opensWithBoth, tamperJson } from "../helpers/reencrypt.js";
 
 const IMG = 24 * MiB, REDUCE = 8 * MiB, FS = IMG - REDUCE;
@@ -139,4 +141,32 @@ test("header forged to say the data shift is finished over a device never encryp
   t.diagnostic(`trustvol: exit ${r.status}: ${r.stderr.trim()}`);
   assert.equal(r.status, 0, r.stderr);
   assert.equal(shaFile(img, at, len), head, "the moved copy, the head's only copy, is kept byte for byte");
+});
+
+// Decryption with a data shift: its finish zeroes the device's last shift only where that is stale ciphertext (found
+// by the differential fuzz: a forged "done" had trustvol zero the only copy of data never moved).
+test("decrypt with a data shift: a header forged to say 'done' over data never moved keeps the tail; a genuine finish zeroes it", async () => {
+  const SHIFT = MiB;
+  const { image, plain } = await makeVolume(3 * SHIFT);
+  const uuid = (await Luks2Volume.open(new MemoryBlockDevice(image))).uuid;
+  const exported = await exportedHeaderImage(new MemoryBlockDevice(image), uuid, SHIFT);
+  const dev = new MemoryBlockDevice(Buffer.from(image)), hdr = new MemoryBlockDevice(Buffer.from(exported));
+  await reencrypt(dev, { mode: "decrypt", header: hdr, passphrase: FIX_PASS, pbkdf: FIX_PBKDF, initOnly: true });
+  // forged: the data segments replaced by the final one (LUKS2's digests cover only the backup segments)
+  const v = await Luks2Volume.open(hdr);
+  const m = structuredClone(v.metadata);
+  const backups = Object.keys(m.segments).map(Number).sort((a, b) => a - b).filter((id) => m.segments[String(id)]!.flags?.length);
+  const segs: typeof m.segments = { "0": { type: "linear", offset: "0", size: "dynamic" } };
+  backups.forEach((id, i) => (segs[String(i + 1)] = m.segments[String(id)]!));
+  for (const d of Object.values(m.digests)) d.segments = d.segments.filter((s) => backups.includes(Number(s))).map((s) => String(backups.indexOf(Number(s)) + 1));
+  m.segments = segs;
+  await v.commit(m);
+  const before = Buffer.from(dev.data);
+  await reencrypt(dev, { mode: "decrypt", header: hdr, passphrase: FIX_PASS, pbkdf: FIX_PBKDF });
+  assert.ok(dev.data.subarray(dev.size - SHIFT).equals(before.subarray(dev.size - SHIFT)), "the tail, the only copy of data never moved, is kept");
+  // the genuine run zeroes it
+  const dev2 = new MemoryBlockDevice(Buffer.from(image));
+  await reencrypt(dev2, { mode: "decrypt", header: new MemoryBlockDevice(Buffer.from(exported)), passphrase: FIX_PASS, pbkdf: FIX_PBKDF });
+  assert.ok(dev2.data.subarray(0, plain.length).equals(plain));
+  assert.ok(dev2.data.subarray(dev2.size - SHIFT).equals(Buffer.alloc(SHIFT)), "stale ciphertext zeroed");
 });
