@@ -4,7 +4,12 @@
 // multiple of 512, number vs string, 4.096e3 — and headers that lie consistently about the progress) of real states
 // made by the real tools: cryptsetup 2.6.1 `reencrypt --init-only` (rotation with resilience checksum, journal, none;
 // `--encrypt --reduce-device-size`, a data shift), those runs stopped part-way (several segments) and cut inside a
-// hotzone (a segment in-reencryption). Each mutation is judged on its own copy by cryptsetup (`luksDump`, then
+// hotzone (a segment in-reencryption); and decryption with a data shift (`--decrypt --header NEW_FILE` of a device
+// that holds its header: online-reencrypt-v3, datashift-checksum and datashift-journal, a moved segment), whose
+// states — init, a run stopped between hotzones (SIGINT), killed inside a hotzone and inside the moved segment's
+// (SIGKILL) — are cryptsetup's own, stopped deterministically by strace fault injection; there the mutations change
+// the detached header FILE, both tools get `--header FILE`, and the plaintext is the device's first size − shift bytes.
+// Each mutation is judged on its own copy by cryptsetup (`luksDump`, then
 // `reencrypt --resume-only --force-offline-reencrypt`, after `repair` when it says a crashed hotzone needs recovery)
 // and by trustvol (`dump`, then `reencrypt --resume-only`, the CLI in a long-lived child; one refusal in 25 also
 // through the spawned bin/trustvol.mjs, which must say the same).
@@ -21,14 +26,17 @@
 //  - every unmodified base state resumes with both tools to the original plaintext (the premise of the rest).
 // cryptsetup's own data losses (it accepts and garbles: cryptsetup-data-loss) are counted, not failed.
 // Headers are rewritten here, both copies, checksums recomputed with node:crypto (no trustvol code writes a header).
-// The mid-run and cut states are made by trustvol's library from cryptsetup's --init-only states (deterministic: an
-// AbortSignal after k hotzones; a device that stops at its n-th write); both tools' acceptance of each is checked.
+// The rotation and --encrypt mid-run and cut states are made by trustvol's library from cryptsetup's --init-only states
+// (deterministic: an AbortSignal after k hotzones; a device that stops at its n-th write); both tools' acceptance of
+// each is checked.
 // cryptsetup runs with --disable-locks: the pool's copies share a UUID, which names its re-encryption lock.
 //
 // Knobs: TRUSTVOL_REDIFF_SEED (PRNG seed), TRUSTVOL_REDIFF_N (mutations), TRUSTVOL_REDIFF_POOL (workers, each with
 // a trustvol judge child), TRUSTVOL_REDIFF_ONLY=i,j (judge only these mutation indices), TRUSTVOL_REDIFF_OUT=FILE
-// (every verdict, one JSON line each), TRUSTVOL_REDIFF_KEEP=DIR (the images of the violations),
-// TRUSTVOL_REDIFF_BASES=DIR (the base states and their plaintexts' sha256, to replay a case by hand).
+// (every verdict, one JSON line each), TRUSTVOL_REDIFF_KEEP=DIR (the images of the violations, m<i>.img; with a
+// detached header m<i>.hdr too),
+// TRUSTVOL_REDIFF_BASES=DIR (the base states and their plaintexts' sha256, to replay a case by hand; a detached-header
+// state is <name>.img, the device, and <name>.hdr, the header file).
 // Replay one case (#i in the failure list): TRUSTVOL_REDIFF_SEED=<seed> TRUSTVOL_REDIFF_N=<n> TRUSTVOL_REDIFF_ONLY=<i>
 // node --import tsx --test test/luks2/reencrypt-differential.slow.test.ts. Volume keys and salts are fresh each run;
 // the mutations depend only on the seed and the states' structure (offsets, sizes, ids), the same every run.
@@ -40,13 +48,13 @@ import { writeFileSync, readFileSync, mkdirSync, chmodSync, appendFileSync } fro
 import { createHash, createDecipheriv } from "node:crypto";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { needTools } from "../helpers/tools.js";
+import { needTools, hasTool, IN_CI } from "../helpers/tools.js";
 import { TRUSTVOL_BIN, trustvolInProcess } from "../helpers/cli.js";
 import { prng } from "../helpers/power-cut.js";
 import { MiB, FAST_PBKDF, PASSPHRASE, writePlain, shaFile, cs, fastTmpDir, oracleFill, cliHasReencrypt } from "../helpers/reencrypt.js";
 
 const SEED = Number(process.env.TRUSTVOL_REDIFF_SEED ?? 20261215);
-const N = Number(process.env.TRUSTVOL_REDIFF_N ?? 800);
+const N = Number(process.env.TRUSTVOL_REDIFF_N ?? 800); // spread over the bases (17: 8 of them a decryption with a data shift)
 const POOL = Number(process.env.TRUSTVOL_REDIFF_POOL ?? 2);
 const ONLY = process.env.TRUSTVOL_REDIFF_ONLY ? new Set(process.env.TRUSTVOL_REDIFF_ONLY.split(",").map(Number)) : undefined;
 /** One in this many trustvol refusals is also judged through the spawned CLI (bin/trustvol.mjs, as it ships). */
@@ -98,7 +106,10 @@ function withText(base: Buffer, text: string): Buffer {
 
 interface Base {
   name: string;
+  /** The file that holds the metadata (what the mutations change): the image, or the detached header file. */
   img: Buffer;
+  /** A detached header's data device (never mutated); its finished plaintext is plain bytes from the linear segment. */
+  dev?: Buffer;
   /** The volume's plaintext once finished: its first plainLen bytes hash to plainSha. */
   plainLen: number;
   plainSha: string;
@@ -184,9 +195,64 @@ async function cutInHotzone(img: Buffer, hotzone: number, nth: number, dataOffse
   return dev.data;
 }
 
+// Decryption with a data shift: the same 6 MiB volume (shift = data offset = 2 MiB, T = 4 MiB of plaintext), a 1 MiB
+// moved segment (--hotzone-size 1M, which datashift-journal needs: its journal must hold it), so a run is three
+// hotzones — [1M, 3M) and [3M, 4M) decrypted from one shift further on, then the moved segment [0, 1M) in place.
+const DEC_MOVED = ["--hotzone-size", "1M"];
+
+async function decryptShiftInit(dir: string, pw: string, name: string, resilience: "checksum" | "journal", extra: string[], seed: number, moved: string[]): Promise<{ hdr: Buffer; dev: Buffer; plainSha: string }> {
+  const f = formatted(dir, pw, name, extra, seed);
+  const hdr = join(dir, `${name}.hdr`);
+  // (asynchronous: the init benchmarks the re-encryption digest's PBKDF2, ~0.6 s of CPU each, two at a time)
+  const r = await exec("cryptsetup", ["reencrypt", "--decrypt", "--init-only", "-q", "--force-offline-reencrypt", "--resilience", resilience, ...moved, "--header", hdr, ...FAST_PBKDF, "--key-file", pw, f.img]);
+  assert.equal(r.rc, 0, `cryptsetup reencrypt --decrypt --init-only --header (${name}): ${r.err}`);
+  return { hdr: readFileSync(hdr), dev: readFileSync(f.img), plainSha: f.plainSha };
+}
+
+/** cryptsetup's resume of a detached-header state, traced once: for each write() in order, whether it goes to the device. */
+async function csWrites(dir: string, pw: string, from: { hdr: Buffer; dev: Buffer }, tag: string): Promise<boolean[]> {
+  const hdr = join(dir, `${tag}.hdr`), dev = join(dir, `${tag}.img`), trace = join(dir, `${tag}.trace`);
+  writeFileSync(hdr, from.hdr);
+  writeFileSync(dev, from.dev);
+  const r = await exec("strace", ["-f", "-o", trace, "-e", "trace=openat,write", "cryptsetup", ...csResumeArgs(pw, dev, hdr)]);
+  assert.equal(r.rc, 0, `cryptsetup resume of ${tag} (traced): ${r.err}`);
+  const fds = new Map<string, string>();
+  const writes: boolean[] = [];
+  for (const l of readFileSync(trace, "utf8").split("\n")) {
+    const o = l.match(/openat\(AT_FDCWD, "([^"]+)", ([A-Z_|]+)\) = (\d+)/);
+    if (o) fds.set(o[3]!, /O_RDWR|O_WRONLY/.test(o[2]!) ? o[1]! : "");
+    const w = l.match(/\bwrite\((\d+),/);
+    if (w) writes.push(fds.get(w[1]!) === dev);
+  }
+  return writes;
+}
+
+/**
+ * cryptsetup resuming `from`, signalled (strace fault injection: deterministic, no timing) on entry to its `nth` data
+ * write (0-based): SIGINT — it finishes that hotzone and stops cleanly between hotzones; SIGKILL — killed inside it,
+ * the hotzone left in re-encryption.
+ */
+async function csStopped(dir: string, pw: string, from: { hdr: Buffer; dev: Buffer }, writes: boolean[], nth: number, signal: "SIGINT" | "SIGKILL", tag: string): Promise<{ hdr: Buffer; dev: Buffer }> {
+  const at = writes.map((d, i) => (d ? i : -1)).filter((i) => i >= 0)[nth];
+  assert.ok(at !== undefined, `${tag}: cryptsetup made fewer than ${nth + 1} data writes`);
+  const hdr = join(dir, `${tag}.hdr`), dev = join(dir, `${tag}.img`);
+  writeFileSync(hdr, from.hdr);
+  writeFileSync(dev, from.dev);
+  const r = await exec("strace", ["-f", "-o", "/dev/null", "-e", "trace=write", "-e", `inject=write:signal=${signal}:when=${at + 1}`, "cryptsetup", ...csResumeArgs(pw, dev, hdr)]);
+  assert.notEqual(r.rc, 0, `${tag}: cryptsetup was not stopped by its ${signal}`);
+  return { hdr: readFileSync(hdr), dev: readFileSync(dev) };
+}
+
+/** The data segments' shape, as "type@offset+size[*]" (* = in-reencryption), to check a stopped state is the one wanted. */
+const shapeOf = (hdr: Buffer) =>
+  Object.values<any>(jsonOf(hdr).segments)
+    .filter((x) => !(x.flags ?? []).some((f: string) => f.startsWith("backup-")))
+    .map((x) => `${x.type}@${x.offset}+${x.size}${x.flags?.includes("in-reencryption") ? "*" : ""}`)
+    .join(" ");
+
 async function makeBases(dir: string, pw: string): Promise<Base[]> {
   const bases: Base[] = [];
-  const add = (name: string, path: string | Buffer, plainSha: string, plainLen = DATA) => bases.push({ name, img: typeof path === "string" ? readFileSync(path) : path, plainLen, plainSha });
+  const add = (name: string, path: string | Buffer, plainSha: string, plainLen = DATA, dev?: Buffer) => bases.push({ name, img: typeof path === "string" ? readFileSync(path) : path, dev, plainLen, plainSha });
   // rotation, checksum: 256-bit key, 512-byte sectors → 512-bit key, 4096-byte sectors (old and new segments differ)
   const a = formatted(dir, pw, "rot-checksum", ["--key-size", "256", "--sector-size", "512"], 1);
   initOnly(a.img, pw, ["--resilience", "checksum", "--key-size", "512", "--sector-size", "4096"]);
@@ -212,6 +278,44 @@ async function makeBases(dir: string, pw: string): Promise<Base[]> {
   // cut inside a hotzone (checksum: one chunk of it written; journal: before its data write, the journal full)
   add("rot-checksum-crash", await cutInHotzone(bases[4]!.img, 512 * 1024, 1, 2 * MiB), a.plainSha);
   add("rot-journal-crash", await cutInHotzone(bases[5]!.img, 512 * 1024, 0, 2 * MiB), b.plainSha);
+  // decryption with a data shift: cryptsetup's --init-only (checksum: 512-bit key, 4096-byte sectors; journal: 256-bit
+  // key, 512-byte sectors), and its own runs of them stopped between hotzones and killed inside one
+  if (!hasTool("strace")) {
+    if (IN_CI) throw new Error("strace missing in CI (.ci/run must install it): it stops cryptsetup's decrypt runs");
+    return bases; // a dev machine without strace: the data-shift decryption's mid-run states are left out
+  }
+  const [dc, dj, dw] = await Promise.all([
+    decryptShiftInit(dir, pw, "dec-shift-checksum", "checksum", ["--key-size", "512", "--sector-size", "4096"], 5, DEC_MOVED),
+    decryptShiftInit(dir, pw, "dec-shift-journal", "journal", ["--key-size", "256", "--sector-size", "512"], 6, DEC_MOVED),
+    // the default moved segment, the shift long: a run is two hotzones, [2M, 4M) then the moved segment [0, 2M)
+    decryptShiftInit(dir, pw, "dec-shift-wide", "checksum", ["--key-size", "512", "--sector-size", "4096"], 7, []),
+  ]);
+  const addDec = (name: string, st: { hdr: Buffer; dev: Buffer }, plainSha: string, want: string) => {
+    assert.equal(shapeOf(st.hdr), want, `${name}: the data segments cryptsetup left`);
+    add(name, st.hdr, plainSha, DATA, st.dev);
+  };
+  const [L, S] = [MiB, 2 * MiB];
+  addDec("dec-shift-checksum", dc, dc.plainSha, `crypt@0+${L} crypt@${S + L}+dynamic`);
+  addDec("dec-shift-journal", dj, dj.plainSha, `crypt@0+${L} crypt@${S + L}+dynamic`);
+  // data writes of a run: 0 = hotzone [1M, 3M), 1 = [3M, 4M), 2 = the moved segment [0, 1M), then the tail's wipe.
+  // (Not a base: stopped after write 1, right before the moved segment's hotzone, cryptsetup 2.6.1 cannot resume its
+  // own state — it sizes that hotzone the shift long, not the moved segment's 1 MiB: "Overlapping segments" with
+  // checksum, the journal too small with journal; trustvol finishes it.)
+  const [wc, wj, ww] = await Promise.all([csWrites(dir, pw, dc, "trace-c"), csWrites(dir, pw, dj, "trace-j"), csWrites(dir, pw, dw, "trace-w")]);
+  const cut = await Promise.all([
+    csStopped(dir, pw, dc, wc, 0, "SIGINT", "cut-1"),
+    csStopped(dir, pw, dj, wj, 0, "SIGINT", "cut-2"),
+    csStopped(dir, pw, dw, ww, 0, "SIGINT", "cut-3"),
+    csStopped(dir, pw, dc, wc, 0, "SIGKILL", "cut-4"),
+    csStopped(dir, pw, dc, wc, 2, "SIGKILL", "cut-5"),
+    csStopped(dir, pw, dj, wj, 2, "SIGKILL", "cut-6"),
+  ]);
+  addDec("dec-shift-checksum-mid", cut[0], dc.plainSha, `crypt@0+${L} linear@${L}+${S} crypt@${2 * S + L}+dynamic`);
+  addDec("dec-shift-journal-mid", cut[1], dj.plainSha, `crypt@0+${L} linear@${L}+${S} crypt@${2 * S + L}+dynamic`);
+  addDec("dec-shift-wide-mid", cut[2], dw.plainSha, `crypt@0+${S} linear@${S}+dynamic`);
+  addDec("dec-shift-checksum-crash", cut[3], dc.plainSha, `crypt@0+${L} linear@${L}+${S}* crypt@${2 * S + L}+dynamic`);
+  addDec("dec-shift-checksum-moved-crash", cut[4], dc.plainSha, `linear@0+${L}* linear@${L}+dynamic`);
+  addDec("dec-shift-journal-moved-crash", cut[5], dj.plainSha, `linear@0+${L}* linear@${L}+dynamic`);
   return bases;
 }
 
@@ -273,9 +377,129 @@ function rel(v: unknown, d: number): string {
   return (x < 0n ? 0n : x).toString();
 }
 
+/**
+ * Mutations aimed at a decryption with a data shift (its header file): the moved segment (live copy, backup, both), the
+ * shift_size, the requirement version against the area type, mode and direction, the last data segment's offset,
+ * iv_tweak and size, the progress and the hotzone told otherwise, the moved segment's length, the backups. Returns
+ * what it did to j.
+ */
+function mutateDecryptShift(j: any, R: Roles, r: Rnd, T: number): string {
+  const ks = j.keyslots[R.rk];
+  const seg = (id: string) => j.segments[id];
+  const S = Number(ks.area.shift_size), L = Number(seg(R.moved!).size);
+  const str = (n: number) => String(n);
+  const [tailId, tail] = [R.data.at(-1)!, seg(R.data.at(-1)!)];
+  const hot = R.data.find((id) => seg(id).flags?.includes("in-reencryption"));
+  const s0 = seg(R.data[0]!);
+  // the hotzone: a crashed one resized, moved or dropped; a clean state made to look crashed
+  const hotzone = (): string => {
+    if (hot !== undefined) {
+      const h = seg(hot);
+      const sub = pick(r, ["size", "offset", "drop", "crypt"] as const);
+      if (sub === "size") h.size = rel(h.size, pick(r, [4096, -4096, L, -L / 2, S]));
+      if (sub === "offset") h.offset = rel(h.offset, pick(r, [4096, -4096, L, S]));
+      if (sub === "drop") delete h.flags;
+      if (sub === "crypt") Object.assign(h, { type: "crypt", iv_tweak: String(Number(h.offset) / 512), encryption: seg(R.prev).encryption, sector_size: seg(R.prev).sector_size });
+      return `hotzone segment ${hot} ${sub === "drop" ? "flag in-reencryption dropped" : sub === "crypt" ? "made crypt" : `${sub}=${h[sub]}`}`;
+    }
+    if (s0.type === "crypt" && r() < 0.5) {
+      // the moved segment's own hotzone, as cryptsetup writes it (segment 0 linear, in re-encryption) over clean data
+      j.segments[R.data[0]!] = { type: "linear", offset: "0", size: String(L), flags: ["in-reencryption"] };
+      for (const dg of Object.values<any>(j.digests)) dg.segments = dg.segments.filter((x: string) => x !== R.data[0]);
+      return `segment ${R.data[0]} (the moved segment) replaced by its hotzone, linear in re-encryption`;
+    }
+    const id = pick(r, R.data);
+    seg(id).flags = ["in-reencryption"];
+    return `segment ${id} (${seg(id).type}) marked in-reencryption`;
+  };
+  switch (Math.floor(r() * 9)) {
+    case 0: {
+      // the moved segment: its live copy (segment 0, encrypted until the last hotzone), its backup, or both alike
+      const field = pick(r, ["size", "size", "offset", "iv_tweak", "sector_size", "encryption"] as const);
+      const v =
+        field === "size" ? pick(r, [L - 4096, L + 4096, L - 512, S, S + 4096, 2 * L, T, 0, 512].map(str)) :
+        field === "offset" ? pick(r, [512, 4096, L, S, S + L].map(str)) :
+        field === "iv_tweak" ? pick(r, [1, 8, L / 512, S / 512, (S + L) / 512].map(str)) :
+        field === "sector_size" ? pick(r, [512, 1024, 4096, 8192]) : pick(r, ["aes-cbc-essiv:sha256", "aes-xts-plain", "twofish-xts-plain64"]);
+      const which = pick(r, ["live", "backup", "both"] as const);
+      const ids = which === "live" ? [R.data[0]!] : which === "backup" ? [R.moved!] : [R.data[0]!, R.moved!];
+      for (const id of ids) seg(id)[field] = v;
+      return `moved segment (${ids.map((id) => `segment ${id}`).join(" and ")}${which === "live" ? `, ${s0.type}` : ""}) ${field}=${toText(v)}`;
+    }
+    case 1: {
+      // shift_size against the moved segment, the device and the sectors
+      const v = pick(r, [L, S - 4096, S + 4096, S - 512, S + 512, 2 * S, S / 2, T, T + S, 0].map(str));
+      ks.area.shift_size = v;
+      return `keyslot ${R.rk} (reencrypt) area.shift_size=${v} (shift ${S}, moved ${L})`;
+    }
+    case 2: {
+      // the requirement version against the area type (v3 goes with datashift-checksum/-journal, v2 with the rest)
+      const req = pick(r, [["online-reencrypt-v2"], ["online-reencrypt-v2"], ["online-reencrypt-v3"], ["online-reencrypt-v2", "online-reencrypt-v3"], ["online-reencrypt"]]);
+      const type = pick(r, [ks.area.type, "datashift-checksum", "datashift-journal", "checksum", "journal", "datashift", "none"]);
+      j.config.requirements = { mandatory: req };
+      ks.area.type = type;
+      return `config.requirements.mandatory=${JSON.stringify(req)} with keyslot ${R.rk} (reencrypt) area.type=${JSON.stringify(type)}`;
+    }
+    case 3: {
+      // mode and direction (never both as they are)
+      const mode = pick(r, ["decrypt", "reencrypt", "encrypt"]);
+      const dir = mode === "decrypt" ? "backward" : pick(r, ["forward", "backward"]);
+      [ks.mode, ks.direction] = [mode, dir];
+      return `keyslot ${R.rk} (reencrypt) mode=${mode} direction=${dir}`;
+    }
+    case 4: {
+      // the last data segment (the encrypted rest at shift + p, or the plain rest): offset, iv_tweak, size
+      const p = tail.type === "crypt" ? Number(tail.offset) - S : Number(tail.offset);
+      const field = pick(r, ["offset", "offset+iv_tweak", "iv_tweak", "size"] as const);
+      const d = pick(r, [512, -512, 4096, -4096, L, -L, S, -S]);
+      if (field === "size") tail.size = pick(r, [T - p, T - p - 4096, T - p + 4096, S, T + S - Number(tail.offset)].map(str));
+      if (field === "offset" || field === "offset+iv_tweak") tail.offset = rel(tail.offset, d);
+      if (field === "offset+iv_tweak") tail.iv_tweak = rel(tail.iv_tweak ?? "0", d / 512);
+      if (field === "iv_tweak") tail.iv_tweak = rel(tail.iv_tweak ?? "0", pick(r, [1, 8, -8, L / 512, -L / 512, S / 512]));
+      return `last data segment ${tailId} (${tail.type}) ${field}=${field === "size" ? tail.size : field === "iv_tweak" ? tail.iv_tweak : `${tail.offset}${field === "offset" ? "" : `/${tail.iv_tweak}`}`}`;
+    }
+    case 5:
+      // the progress told otherwise, consistently: the plain part before the encrypted rest grows or shrinks by d
+      if (R.data.length >= 3 && tail.type === "crypt") {
+        const before = seg(R.data.at(-2)!);
+        const d = pick(r, [4096, -4096, L / 2, -L / 2, L, S]);
+        before.size = rel(before.size, d);
+        tail.offset = rel(tail.offset, d);
+        tail.iv_tweak = rel(tail.iv_tweak, d / 512);
+        return `boundary between segments ${R.data.at(-2)} and ${tailId} moved by ${d} (consistent lie about the progress)`;
+      }
+      return hotzone(); // no plain part to move
+    case 6:
+      return hotzone();
+    case 7: {
+      // the moved segment's length changed where it shows (the live copy and its backup; the encrypted rest follows)
+      const d = pick(r, [4096, -4096, 512, L / 2, -L / 2, L]);
+      const L2 = L + d;
+      seg(R.moved!).size = str(L2);
+      if (s0.type === "crypt") s0.size = str(L2);
+      if (R.data.length === 2 && tail.type === "crypt") [tail.offset, tail.iv_tweak] = [str(S + L2), rel(seg(R.prev).iv_tweak, L2 / 512)];
+      return `moved segment length ${L} → ${L2} (backup ${R.moved}${s0.type === "crypt" ? `, segment ${R.data[0]}` : ""}${R.data.length === 2 && tail.type === "crypt" ? `, segment ${tailId} follows` : ""})`;
+    }
+    default: {
+      // the backups: backup-previous (the encrypted data at the shift) and backup-final (plain at 0)
+      const which = pick(r, ["prev.offset", "prev.iv_tweak", "prev.size", "fin.offset", "fin.size", "fin.crypt"] as const);
+      const p = seg(R.prev), f = seg(R.fin);
+      if (which === "prev.offset") p.offset = pick(r, [0, L, S - 4096, S + 4096, S + L].map(str));
+      if (which === "prev.iv_tweak") p.iv_tweak = pick(r, [1, 8, S / 512].map(str));
+      if (which === "prev.size") p.size = pick(r, [T, T - 4096, L].map(str));
+      if (which === "fin.offset") f.offset = pick(r, [512, 4096, L, S].map(str));
+      if (which === "fin.size") f.size = pick(r, [T, T + S, L].map(str));
+      if (which === "fin.crypt") Object.assign(f, { type: "crypt", iv_tweak: "0", encryption: p.encryption, sector_size: p.sector_size });
+      return `backup ${which.startsWith("prev") ? `previous (segment ${R.prev})` : `final (segment ${R.fin})`} ${which.slice(which.indexOf(".") + 1)}${which === "fin.crypt" ? "" : `=${which.startsWith("prev") ? p[which.slice(5)] : f[which.slice(4)]}`}`;
+    }
+  }
+}
+
 function mutate(base: Base, r: Rnd, i: number): Mutation {
   const j = jsonOf(base.img);
   const R = roles(j);
+  // a decryption with a data shift: 40% aimed at what only it has, the rest the generic mutations below
+  if (base.dev && r() < 0.4) return { i, base, what: mutateDecryptShift(j, R, r, base.plainLen), img: withText(base.img, toText(j)) };
   const ks = j.keyslots[R.rk];
   const segIds = Object.keys(j.segments).sort((a, b) => +a - +b);
   const seg = (id: string) => j.segments[id];
@@ -568,18 +792,35 @@ interface Verdict {
   problem?: string;
 }
 
+/** `--header FILE` for a detached header, else nothing. */
+const hdrArg = (hdr?: string) => (hdr ? ["--header", hdr] : []);
+
+function csResumeArgs(pw: string, img: string, hdr?: string): string[] {
+  return ["reencrypt", "--resume-only", "--force-offline-reencrypt", "--disable-locks", "-q", ...hdrArg(hdr), "--key-file", pw, img];
+}
+
+/** sha256 of the files a judge may change (the image; with a detached header, the header file too). */
+const shaOfFiles = (img: string, hdr?: string) => sha(readFileSync(img)) + (hdr ? sha(readFileSync(hdr)) : "");
+
 /**
  * The finished volume's plaintext, read without trustvol: cryptsetup loads the header and dumps the volume key; the
- * one data segment is decrypted here (aes-xts-plain64, IV = iv_tweak + 512-byte sector index, per sector_size).
+ * one data segment is decrypted here (aes-xts-plain64, IV = iv_tweak + 512-byte sector index, per sector_size). A
+ * decryption (`hdr`: its detached header) must end in one linear segment: its bytes are the plaintext.
  */
-async function plainOf(img: string, pw: string, len: number): Promise<{ sha?: string; why?: string }> {
-  const d = await exec("cryptsetup", ["luksDump", "--dump-json-metadata", img]);
+async function plainOf(img: string, pw: string, len: number, hdr?: string): Promise<{ sha?: string; why?: string }> {
+  const d = await exec("cryptsetup", ["luksDump", "--dump-json-metadata", ...hdrArg(hdr), img]);
   if (d.rc !== 0) return { why: `cryptsetup cannot load the result: ${lastLine(d.err)}` };
   const j = JSON.parse(d.out);
   if (Object.values<any>(j.keyslots).some((k) => k.type === "reencrypt") || j.config.requirements?.mandatory?.length) return { why: "the result is still in re-encryption" };
   const segs = Object.values<any>(j.segments);
   if (segs.length !== 1) return { why: `the result has ${segs.length} segments` };
   const seg = segs[0];
+  if (hdr) {
+    if (seg.type !== "linear") return { why: `the decryption's result is not plain: ${JSON.stringify(seg)}` };
+    const file = readFileSync(img), off = Number(seg.offset);
+    if (off + len > (seg.size === "dynamic" ? file.length : off + Number(seg.size))) return { why: `the result's segment ${JSON.stringify(seg)} holds fewer than the ${len} bytes of the plaintext` };
+    return { sha: sha(file.subarray(off, off + len)) };
+  }
   if (seg.type !== "crypt" || seg.encryption !== "aes-xts-plain64") return { why: `the result's segment is ${JSON.stringify(seg)}` };
   const k = await exec("cryptsetup", ["luksDump", "--dump-volume-key", "-q", "--key-file", pw, img]);
   const m = k.out.match(/MK dump:\s*((?:[0-9a-f]{2}\s+)+)/);
@@ -601,22 +842,24 @@ async function plainOf(img: string, pw: string, len: number): Promise<{ sha?: st
   return { sha: h.digest("hex") };
 }
 
-async function judgeCryptsetup(img: string, pw: string, len: number): Promise<Verdict> {
-  const before = sha(readFileSync(img));
-  const d = await exec("cryptsetup", ["luksDump", img]);
+async function judgeCryptsetup(img: string, pw: string, len: number, hdr?: string): Promise<Verdict> {
+  const before = shaOfFiles(img, hdr);
+  const d = await exec("cryptsetup", ["luksDump", ...hdrArg(hdr), img]);
   // --disable-locks: the pool's copies share a UUID, and cryptsetup's re-encryption lock (named by it) would refuse the
   // second run at once; it only skips the locks (lib/luks2/luks2_reencrypt.c reencrypt_lock_internal), no check.
-  const resume = () => exec("cryptsetup", ["reencrypt", "--resume-only", "--force-offline-reencrypt", "--disable-locks", "-q", "--key-file", pw, img]);
+  const resume = () => exec("cryptsetup", csResumeArgs(pw, img, hdr));
   let r = await resume();
   let repaired = false;
   if (r.rc !== 0 && /requires reencryption recovery/.test(r.err)) {
     // cryptsetup 2.6.1 resumes a crashed hotzone only after `repair` (trustvol's resume recovers it itself)
-    const p = await exec("cryptsetup", ["repair", "--disable-locks", "-q", "--key-file", pw, img]);
+    const p = await exec("cryptsetup", ["repair", "--disable-locks", "-q", ...hdrArg(hdr), "--key-file", pw, img]);
     repaired = true;
     r = p.rc === 0 ? await resume() : { ...p, err: `repair: exit ${p.rc}: ${lastLine(p.err) || lastLine(p.out)}` };
+    // the moved segment's hotzone is a decryption's last: recovering it, `repair` finishes the volume (checked below)
+    if (p.rc === 0 && r.rc !== 0 && /Device reencryption not in progress/.test(r.err)) r = { rc: 0, out: "", err: "" };
   }
-  const v: Verdict = { dump: d.rc === 0, dumpErr: lastLine(d.err), rc: r.rc, err: lastLine(r.err), repaired, changed: sha(readFileSync(img)) !== before };
-  if (r.rc === 0) v.plain = await plainOf(img, pw, len);
+  const v: Verdict = { dump: d.rc === 0, dumpErr: lastLine(d.err), rc: r.rc, err: lastLine(r.err), repaired, changed: shaOfFiles(img, hdr) !== before };
+  if (r.rc === 0) v.plain = await plainOf(img, pw, len, hdr);
   return v;
 }
 
@@ -641,7 +884,7 @@ class TrustvolJudge {
       }
     });
   }
-  judge(img: string, pw: string): Promise<Omit<Verdict, "plain" | "problem">> {
+  judge(img: string, pw: string, hdr?: string): Promise<Omit<Verdict, "plain" | "problem">> {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         // a hang is a crash: restart the child for the next image
@@ -655,7 +898,7 @@ class TrustvolJudge {
         clearTimeout(timer);
         resolve(JSON.parse(line));
       });
-      this.child.stdin.write(JSON.stringify({ img, pw }) + "\n");
+      this.child.stdin.write(JSON.stringify({ img, pw, hdr }) + "\n");
     });
   }
   close(): void {
@@ -667,13 +910,13 @@ class TrustvolJudge {
 async function childLoop(): Promise<void> {
   const rl = createInterface({ input: process.stdin });
   for await (const line of rl) {
-    const { img, pw } = JSON.parse(line) as { img: string; pw: string };
+    const { img, pw, hdr } = JSON.parse(line) as { img: string; pw: string; hdr?: string };
     let out: Omit<Verdict, "plain" | "problem">;
     try {
-      const before = sha(readFileSync(img));
-      const d = await trustvolInProcess(["dump", img]);
-      const r = await trustvolInProcess(["reencrypt", "--resume-only", "-q", "--key-file", pw, img]);
-      out = { dump: d.status === 0, dumpErr: d.stderr.trim(), rc: r.status, err: r.stderr.trim(), changed: sha(readFileSync(img)) !== before };
+      const before = shaOfFiles(img, hdr);
+      const d = await trustvolInProcess(["dump", ...hdrArg(hdr), img]);
+      const r = await trustvolInProcess(["reencrypt", "--resume-only", "-q", ...hdrArg(hdr), "--key-file", pw, img]);
+      out = { dump: d.status === 0, dumpErr: d.stderr.trim(), rc: r.status, err: r.stderr.trim(), changed: shaOfFiles(img, hdr) !== before };
     } catch (e) {
       out = { dump: false, dumpErr: "", rc: -1, err: `the CLI threw: ${(e as Error).stack ?? e}`, changed: false };
     }
@@ -712,6 +955,33 @@ interface Result {
 
 const plainOk = (v: Verdict, b: Base) => v.plain?.sha === b.plainSha;
 
+/** The mutated header's reencrypt area type (undefined when it does not parse). */
+function areaTypeOf(r: Result): unknown {
+  try {
+    return Object.values<any>(jsonOf(r.m.img).keyslots).find((k) => k?.type === "reencrypt")?.area?.type;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A decryption with a data shift whose last data segment has a fixed size, exactly what is left of the plain data. */
+function tailSizedExactly(r: Result): boolean {
+  try {
+    const j = jsonOf(r.m.img);
+    const ks = Object.values<any>(j.keyslots).find((k) => k?.type === "reencrypt");
+    const data = Object.keys(j.segments).sort((a, b) => +a - +b).map((id) => j.segments[id]).filter((x) => !(x.flags ?? []).some((f: string) => f.startsWith("backup-")));
+    const t = data.at(-1);
+    const p = Number(t.offset) - (t.type === "crypt" ? Number(ks.area.shift_size) : 0);
+    return t.size !== "dynamic" && Number(t.size) === r.m.base.plainLen - p;
+  } catch {
+    return false;
+  }
+}
+
+/** trustvol's refusals of a decryption-with-a-data-shift layout (reencrypt-shift-decrypt.ts checkDecryptShiftLayout/Device). */
+const DEC_SHIFT_LAYOUT =
+  /decryption with a data shift|the moved segment|segment \d+ is not (at offset 0|the moved segment|where the plain data|the encrypted data from)|the data after the moved segment|follows the hotzone|does not fit the data shift|is dynamic but not the last|is not the dynamic end|the segments describe|does not start and end on the \d+-byte sector grid/;
+
 function classify(m: Mutation, c: Verdict, t: Verdict): Result {
   const res = (cls: Cls, note?: string): Result => ({ m, cs: c, tv: t, cls, dumpDisagrees: c.dump !== t.dump, note });
   const problem = t.problem ?? problemOf(t);
@@ -742,7 +1012,7 @@ const ALLOWED: { id: string; reason: string; alsoDump?: boolean; match: (r: Resu
     reason:
       "area.shift_size put on a checksum/journal/none reencrypt keyslot: reenc_keyslot_validate reads it only for datashift types and the re-encryption digest serializes it only for them (luks2_reencrypt_digest.c), yet reencrypt_data_shift() (luks2_reencrypt.c) applies it whatever the type — its refusals here ('Failed to write reencryption resilience metadata', 'Failed to load LUKS2 reencryption context') are that bug, and with other values it re-encrypts at the wrong place and garbles the data (class cryptsetup-data-loss). trustvol ignores the field for those types (plaintext intact), and refuses one that is not a decimal string (stricter, nothing written)",
     match: (r) =>
-      /\(reencrypt\) area\.shift_size=/.test(r.m.what) && !r.m.base.name.startsWith("enc-shift") &&
+      /\(reencrypt\) area\.shift_size=/.test(r.m.what) && !/^(enc|dec)-shift/.test(r.m.base.name) &&
       ((r.cls === "trustvol-more-lenient" && plainOk(r.tv, r.m.base)) || (r.cls === "trustvol-stricter" && /shift_size must be a decimal string/.test(r.tv.err))),
   },
   {
@@ -779,7 +1049,7 @@ const ALLOWED: { id: string; reason: string; alsoDump?: boolean; match: (r: Resu
   {
     id: "all-done-is-taken-at-its-word",
     reason:
-      "the data segments replaced by the one final segment on a rotation whose data is not done: cryptsetup's _offset_forward restarts from offset 0 when there is one segment, which happens to keep this forged state intact but garbles the genuine state of the same shape (cryptsetup killed in its own teardown after the last hotzone, reencrypt_teardown_ok: reencrypt-interop.slow.test.ts hunts it and trustvol finishes it); LUKS2 authenticates neither the data segments nor the data, so trustvol takes the header's word that the data is done, as for every other progress. For a data shift (cryptsetup 2.6.1 refuses this state, its 'datashift tail' dead end, which trustvol finishes) trustvol keeps the moved copy, the head's only copy in the forged state: it zeroes only sectors that are the head now encrypted in place (reencrypt.ts wipeMovedHead; test/ops/reencrypt-shift-finish.test.ts)",
+      "the data segments replaced by the one final segment on a rotation whose data is not done: cryptsetup's _offset_forward restarts from offset 0 when there is one segment, which happens to keep this forged state intact but garbles the genuine state of the same shape (cryptsetup killed in its own teardown after the last hotzone, reencrypt_teardown_ok: reencrypt-interop.slow.test.ts hunts it and trustvol finishes it); LUKS2 authenticates neither the data segments nor the data, so trustvol takes the header's word that the data is done, as for every other progress. For a data shift (cryptsetup 2.6.1 refuses this state, its 'datashift tail' dead end, which trustvol finishes) trustvol keeps the moved copy, the head's only copy in the forged state: it zeroes only sectors that are the head now encrypted in place (reencrypt.ts wipeMovedHead; test/ops/reencrypt-shift-finish.test.ts). For a decryption with a data shift (cryptsetup refuses the forged state, or resumes it by decrypting the moved segment again) trustvol finalises too, and zeroes the device's last shift only where it is stale ciphertext of plaintext now in place (reencrypt.ts wipeStaleTail), so the forged state's data, never moved, stays on the device",
     match: (r) => r.cls === "DATA-LOSS" && /data segments replaced by one final segment/.test(r.m.what),
   },
   {
@@ -803,8 +1073,8 @@ const ALLOWED: { id: string; reason: string; alsoDump?: boolean; match: (r: Resu
   {
     id: "dump: datashift-checksum without shift_size",
     reason:
-      "area.type datashift-checksum without shift_size: reenc_keyslot_validate (luks2_keyslot_reenc.c) takes its checksum branch for that type and, being an else-if, never checks shift_size, so luksDump shows it; the type is online-reencrypt-v3 (cryptsetup 2.7) and 2.6.1 refuses to resume it; trustvol refuses it at load — both refuse the run",
-    match: (r) => dumpOnly(r) && bothRefuse(r) && !r.tv.dump && /area\.type="datashift-/.test(r.m.what) && /shift_size must be a decimal string/.test(r.tv.dumpErr),
+      "area.type datashift-checksum without a valid shift_size (missing, a number, zero): reenc_keyslot_validate (luks2_keyslot_reenc.c) takes its checksum branch for that type and, being an else-if, never checks shift_size, so luksDump shows it; its resume refuses it (a rotation's keyslot made datashift-checksum: 2.6.1 resumes no such type without a moved segment; a decryption with a data shift: 'Reencryption metadata is invalid', or it fails later); trustvol refuses it at load — both refuse the run",
+    match: (r) => dumpOnly(r) && bothRefuse(r) && !r.tv.dump && (/area\.type="datashift-checksum"/.test(r.m.what) || (/shift_size/.test(r.m.what) && areaTypeOf(r) === "datashift-checksum")) && /shift_size must be (a decimal string|a non-zero multiple of 512)/.test(r.tv.dumpErr),
   },
   {
     id: "dump: keyslot id 32 or more",
@@ -818,10 +1088,22 @@ const ALLOWED: { id: string; reason: string; alsoDump?: boolean; match: (r: Resu
     match: (r) => dumpOnly(r) && bothRefuse(r) && !r.tv.dump && /area\.type=/.test(r.m.what) && /area\.type ".*" is unknown/.test(r.tv.dumpErr),
   },
   {
-    id: "dump: backup segment offset inside the keyslots area",
+    id: "trustvol-refuses-a-decrypt-shift-layout-cryptsetup-garbles",
     reason:
-      "a backup segment moved into the metadata/keyslots area: cryptsetup's hdr_validate_config bounds only the data segments' lowest offset (json_segments_get_minimal_offset skips backups), so luksDump shows it, and its resume refuses it (digest mismatch); trustvol's load check counts the backups too — both refuse the run",
-    match: (r) => dumpOnly(r) && bothRefuse(r) && !r.tv.dump && /\(backup-[a-z-]+\) (offset|offset\+size)=/.test(r.m.what) && /lies inside the metadata\/keyslots area/.test(r.tv.dumpErr),
+      "a decryption with a data shift whose data segments no longer describe the data as it lies (the moved copy at 0, the plain part after it, the ciphertext one shift further on; a run that never started, the moved segment's hotzone forged over clean data, the encrypted rest moved): cryptsetup 2.6.1 accepts them and leaves garbled data or an unfinished volume; trustvol checks the layout (reencrypt-shift-decrypt.ts checkDecryptShiftLayout) before writing — the entry only covers cases where cryptsetup's result is wrong",
+    match: (r) => r.cls === "trustvol-stricter" && !!r.m.base.dev && DEC_SHIFT_LAYOUT.test(r.tv.err) && !plainOk(r.cs, r.m.base),
+  },
+  {
+    id: "trustvol-refuses-decrypt-shift-data-segments-that-misdescribe-the-device",
+    reason:
+      "a decryption with a data shift whose plain or encrypted data segment has an offset, size or iv_tweak that is not where the layout puts it (or a sized last segment that is not what is left of the device): LUKS2 authenticates only the backups, cryptsetup reads the ciphertext through backup-previous/backup-moved-segment and runs its hotzones to the device's end, so here it happens to write the right plaintext, but an open of the device mid-run maps the data segments as they are (LUKS2_assembly_multisegment_dmd: the wrong bytes); trustvol cannot tell which of the header and the device is wrong and refuses before writing (checkDecryptShiftLayout/checkDecryptShiftDevice)",
+    match: (r) => r.cls === "trustvol-stricter" && !!r.m.base.dev && (DEC_SHIFT_LAYOUT.test(r.tv.err) || /is too small for data segment \d+/.test(r.tv.err)) && plainOk(r.cs, r.m.base) && !/does not fit the data shift/.test(r.tv.err) && !tailSizedExactly(r),
+  },
+  {
+    id: "trustvol-refuses-a-decrypt-shift-hotzone-longer-than-the-shift",
+    reason:
+      "a crashed hotzone of a decryption with a data shift made longer than the shift: its destination then overlaps its own source (ciphertext one shift further on), so if any of it was written, redoing it reads overwritten ciphertext; cryptsetup's repair redoes it (right here only because the kill left it unwritten), trustvol refuses it before writing",
+    match: (r) => r.cls === "trustvol-stricter" && !!r.m.base.dev && /the hotzone in segment \d+ does not fit the data shift/.test(r.tv.err),
   },
 ];
 
@@ -847,7 +1129,8 @@ else
       // the base states, to replay a case by hand: <name>.img and <name>.sha256 (the plaintext's hash and length)
       mkdirSync(process.env.TRUSTVOL_REDIFF_BASES, { recursive: true });
       for (const b of bases) {
-        writeFileSync(join(process.env.TRUSTVOL_REDIFF_BASES, `${b.name}.img`), b.img);
+        writeFileSync(join(process.env.TRUSTVOL_REDIFF_BASES, `${b.name}.img`), b.dev ?? b.img);
+        if (b.dev) writeFileSync(join(process.env.TRUSTVOL_REDIFF_BASES, `${b.name}.hdr`), b.img);
         writeFileSync(join(process.env.TRUSTVOL_REDIFF_BASES, `${b.name}.sha256`), `${b.plainSha} ${b.plainLen}\n`);
       }
     }
@@ -875,25 +1158,31 @@ else
       while (made < total) {
         const m = next();
         if (ONLY && !ONLY.has(m.i)) continue;
-        const cp = join(dir, `c${w}.img`), tp = join(dir, `t${w}.img`);
-        writeFileSync(cp, m.img);
-        writeFileSync(tp, m.img);
+        // files of the judgement: the image (with a detached header: the device, and the header file that was mutated)
+        const files = (p: string) => {
+          const img = join(dir, `${p}${w}.img`), hdr = m.base.dev ? join(dir, `${p}${w}.hdr`) : undefined;
+          writeFileSync(img, m.base.dev ?? m.img);
+          if (hdr) writeFileSync(hdr, m.img);
+          return [img, hdr] as const;
+        };
+        const [cp, ch] = files("c"), [tp, th] = files("t");
         const ta = Date.now();
-        const [c, tvv] = await Promise.all([judgeCryptsetup(cp, pw, m.base.plainLen).then((v) => ((csMs += Date.now() - ta), v)), judges[w]!.judge(tp, pw).then((v) => ((tvMs += Date.now() - ta), v))]);
+        const [c, tvv] = await Promise.all([judgeCryptsetup(cp, pw, m.base.plainLen, ch).then((v) => ((csMs += Date.now() - ta), v)), judges[w]!.judge(tp, pw, th).then((v) => ((tvMs += Date.now() - ta), v))]);
         const tvVerdict: Verdict = { ...tvv };
         const tp0 = Date.now();
-        if (tvVerdict.rc === 0) tvVerdict.plain = await plainOf(tp, pw, m.base.plainLen);
+        if (tvVerdict.rc === 0) tvVerdict.plain = await plainOf(tp, pw, m.base.plainLen, th);
         plainMs += Date.now() - tp0;
         if (tvVerdict.rc !== 0 && refusals++ % SPAWN_EVERY === 0) {
           // the shipped CLI (a fresh process) says the same, in one line, and leaves the file as it was
-          const sp = join(dir, `s${w}.img`);
-          writeFileSync(sp, m.img);
-          const s = await exec(process.execPath, [TRUSTVOL_BIN, "reencrypt", "--resume-only", "-q", "--key-file", pw, sp]);
+          const [sp, sh] = files("s");
+          const before = shaOfFiles(sp, sh);
+          const s = await exec(process.execPath, [TRUSTVOL_BIN, "reencrypt", "--resume-only", "-q", ...hdrArg(sh), "--key-file", pw, sp]);
           spawned++;
+          const said = sh && th ? s.err.trim().replaceAll(sh, th).replaceAll(sp, tp) : s.err.trim().replaceAll(sp, tp);
           const diff =
             s.rc !== tvVerdict.rc ? `exit ${s.rc} (in process: ${tvVerdict.rc})` :
-            s.err.trim().replaceAll(sp, tp) !== tvVerdict.err ? `stderr ${JSON.stringify(s.err.trim())} (in process: ${JSON.stringify(tvVerdict.err)})` :
-            sha(readFileSync(sp)) !== sha(m.img) ? "the file changed on a refusal" : "";
+            said !== tvVerdict.err ? `stderr ${JSON.stringify(s.err.trim())} (in process: ${JSON.stringify(tvVerdict.err)})` :
+            shaOfFiles(sp, sh) !== before ? "the file changed on a refusal" : "";
           if (diff && !problemOf(tvVerdict)) tvVerdict.problem = `the spawned CLI differs from the in-process run: ${diff}`;
         }
         const res = classify(m, c, tvVerdict);
@@ -905,7 +1194,8 @@ else
           appendFileSync(process.env.TRUSTVOL_REDIFF_OUT, JSON.stringify({ i: m.i, base: m.base.name, what: m.what, cls: res.cls, note: res.note, allowed: res.allowed, dumpDisagrees: res.dumpDisagrees, cs: { ...c, plain: c.plain && (c.plain.sha === m.base.plainSha ? "ok" : c.plain.why ?? "DIFFERS") }, tv: { ...tvVerdict, plain: tvVerdict.plain && (tvVerdict.plain.sha === m.base.plainSha ? "ok" : tvVerdict.plain.why ?? "DIFFERS") } }) + "\n");
         if (process.env.TRUSTVOL_REDIFF_KEEP && (FAILS.includes(res.cls) || res.dumpDisagrees)) {
           mkdirSync(process.env.TRUSTVOL_REDIFF_KEEP, { recursive: true });
-          writeFileSync(join(process.env.TRUSTVOL_REDIFF_KEEP, `m${m.i}.img`), m.img);
+          writeFileSync(join(process.env.TRUSTVOL_REDIFF_KEEP, `m${m.i}.img`), m.base.dev ?? m.img);
+          if (m.base.dev) writeFileSync(join(process.env.TRUSTVOL_REDIFF_KEEP, `m${m.i}.hdr`), m.img);
         }
         m.img = Buffer.alloc(0); // judged: hundreds of 6-10 MiB images must not stay in memory
       }
