@@ -205,7 +205,9 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       volume.checkRequirements("write");
       const status = reencryptStatus(volume.metadata);
       if (status === "none") {
-        if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
+        // (a header file of an in-place decryption cut before its first commit: the same command without --resume-only goes on)
+        const exportCut = mode === "decrypt" && hdrDev !== dev && dataSegments(volume.metadata).some((sg) => sg.type === "crypt" && sg.offset > 0);
+        if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, exportCut ? "if an in-place decryption exported this header file and was cut, run the same command without --resume-only" : "nothing to resume");
         if (mode === "encrypt") throw usage(`${hdrDev.name} is already a LUKS2 volume`, "use reencrypt (key rotation) instead of --encrypt");
         if (mode === "decrypt") initKeys = await initDecrypt(volume, dev, hdrDev, opts);
         else initKeys = await initRotation(volume, dev, opts);
@@ -315,9 +317,10 @@ async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: Bloc
 /**
  * A decryption with a data shift leaves the device's last shift [T, T + shift) holding stale ciphertext (cryptsetup
  * wipes it with random: reencrypt_wipe_unused_device_area). Zeroed here per old-key sector, and only where it is stale:
- * a sector below the shift never held data (the old header's area), any other only when it decrypts to the plaintext
- * now in place one shift lower. A header forged to say "done" over data never moved keeps that data; a cut during
- * the wipe leaves sectors that are zeros or still stale, wiped again by the next run.
+ * where it decrypts to the plaintext now in place one shift lower. A header forged to say "done" over data never
+ * moved keeps that data; a cut during the wipe leaves sectors that are zeros or still stale, wiped again by the next
+ * run. Sectors below the shift (a device smaller than two shifts: the old header's area) are left as they are: nothing
+ * there can be checked against this device, which might be another one, or resized.
  */
 async function wipeStaleTail(dev: BlockDevice, st: ReencryptState, c: SectorCipher, buf: Buffer): Promise<void> {
   const shift = st.keyslot.area.shiftSize!, ss = c.sectorSize, T = dev.size - shift;
@@ -331,7 +334,7 @@ async function wipeStaleTail(dev: BlockDevice, st: ReencryptState, c: SectorCiph
       await dev.read(t, d);
       const stale = (o: number): boolean => {
         const q = d + o - shift; // the plain offset whose ciphertext this sector held
-        return q < 0 || t.subarray(o, o + ss).equals(plain.subarray(o, o + ss));
+        return q >= 0 && t.subarray(o, o + ss).equals(plain.subarray(o, o + ss));
       };
       const q0 = d - shift;
       if (q0 + n > 0) {
@@ -703,7 +706,9 @@ async function initDecryptShift(v: Luks2Volume, dev: BlockDevice, opts: Reencryp
   // the device: its own header as exported, or none at all (a run cut after zeroing it, maybe a copy torn at one end)
   const onDev = await probeLuksVersion(dev);
   if (onDev === 1) throw usage(`${dev.name} holds a LUKS1 header, not the one in ${v.dev.name}`);
-  if (onDev === 2 && JSON.stringify((await Luks2Volume.open(dev)).metadata) !== JSON.stringify(v.metadata)) throw usage(`${dev.name} holds another LUKS2 header than ${v.dev.name} (another volume, or changed since the export)`, "give the header file exported from this device");
+  // (a zeroing torn inside the header copies may leave the magic over two damaged copies: no header then)
+  const devMeta = onDev === 2 ? await Luks2Volume.open(dev).then((x) => x.metadata, (e) => { if (e instanceof TrustvolError && e.code === "ECORRUPT") return undefined; throw e; }) : undefined;
+  if (devMeta && JSON.stringify(devMeta) !== JSON.stringify(v.metadata)) throw usage(`${dev.name} holds another LUKS2 header than ${v.dev.name} (another volume, or changed since the export)`, "give the header file exported from this device");
   const dOld = Object.keys(m.digests).find((d) => m.digests[d]!.segments.includes(String(seg.id)));
   if (dOld === undefined) throw new TrustvolError("ECORRUPT", "no digest covers the data segment");
   const key: Buffer = knownKey ? Buffer.from(knownKey) : await unlockVolumeKey(v, opts);
@@ -969,11 +974,13 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
 }
 
 /**
- * Recover the hotzone marked in-reencryption (cryptsetup reencrypt_recover_segment), then commit it as done — or, for a
- * decryption with a data shift's last hotzone (its moved segment), finish the run (returns true): its "done" state is
- * one cryptsetup 2.6.1/2.7.5 resumes by decrypting the moved segment a second time.
+ * Recover the hotzone marked in-reencryption (cryptsetup reencrypt_recover_segment), then commit it as done — except a
+ * decryption with a data shift's last hotzone (its moved segment), whose "done" state is one cryptsetup 2.6.1/2.7.5
+ * resume by decrypting the moved segment a second time: a run (`finish`) finishes instead (returns true); `repair` and
+ * `open` leave it in re-encryption over the recovered data, which its table maps as it is (plain), and recovering it
+ * again changes nothing.
  */
-async function recoverHotzone(e: Engine): Promise<boolean> {
+async function recoverHotzone(e: Engine, finish = false): Promise<boolean> {
   const m = e.v.metadata;
   const hot = dataSegments(m).find((s) => s.flags.includes("in-reencryption"));
   if (!hot || hot.size === null) throw new TrustvolError("ECORRUPT", "the segment in re-encryption has no fixed size");
@@ -992,7 +999,7 @@ async function recoverHotzone(e: Engine): Promise<boolean> {
   if (res === "checksum") {
     await recoverChecksum(e, off, len, count);
     await e.dev.flush();
-    return commitRecovered(e, m, off, len);
+    return commitRecovered(e, m, off, len, finish);
   }
   // In pieces of the engine's buffer (a hotzone cryptsetup left may be far larger than our memory budget); every
   // piece is idempotent, so a cut during recovery is recovered again the same way.
@@ -1005,11 +1012,12 @@ async function recoverHotzone(e: Engine): Promise<boolean> {
     await e.dev.write(data, e.dataOffset + off + p);
   }
   await e.dev.flush();
-  return commitRecovered(e, m, off, len);
+  return commitRecovered(e, m, off, len, finish);
 }
 
-async function commitRecovered(e: Engine, m: Luks2Metadata, off: number, len: number): Promise<boolean> {
+async function commitRecovered(e: Engine, m: Luks2Metadata, off: number, len: number, finish: boolean): Promise<boolean> {
   if (isDecryptShift(e.st) && off === 0) {
+    if (!finish) return false;
     await finishRun(e.v, e.dev, e.hdrDev, e.st, e.buf, { tailCipher: e.oldC });
     return true;
   }
@@ -1105,7 +1113,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
   try {
     if (e.st.status === "crash") {
       recovered = true;
-      if (await recoverHotzone(e)) return { recovered, bytes };
+      if (await recoverHotzone(e, true)) return { recovered, bytes };
     }
     bytes = await runHotzones(e, { signal: opts.signal, onProgress: opts.onProgress, interrupted, hooks: opts.hotzoneHooks, keys });
     mark("engine: hotzones done");

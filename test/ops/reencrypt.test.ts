@@ -115,6 +115,33 @@ test("decrypt in place, continued from the exported file: only with the export's
   assert.ok(dev.data.subarray(0, plain.length).equals(plain));
 });
 
+test("decrypt in place: an older export's file is refused once another export's run has written over the move's source; repair of a cut moved segment recovers it and leaves the run to finish", async () => {
+  const SHIFT = 1 << 20;
+  const { image, plain } = await makeVolume(3 * SHIFT);
+  const uuid = (await Luks2Volume.open(new MemoryBlockDevice(image))).uuid;
+  const f2 = await exportedHeaderImage(new MemoryBlockDevice(image), uuid, SHIFT); // an export cut right after its rename
+  // a second export of the same device goes on and is stopped after its first shifted hotzone (over the move's source)
+  const dev = new MemoryBlockDevice(Buffer.from(image)), f1 = new MemoryBlockDevice(await exportedHeaderImage(new MemoryBlockDevice(image), uuid, SHIFT));
+  const ac = new AbortController();
+  await assert.rejects(reencrypt(dev, { mode: "decrypt", header: f1, passphrase: PASS, pbkdf: PBKDF, hotzoneSize: 256 * 1024, signal: ac.signal, onProgress: (p) => { if (p.done > 0) ac.abort(); } }), (e: unknown) => e instanceof TrustvolError && e.code === "EINTR");
+  const mid = Buffer.from(dev.data), stale = new MemoryBlockDevice(Buffer.from(f2));
+  await assert.rejects(reencrypt(dev, { mode: "decrypt", header: stale, passphrase: PASS, pbkdf: PBKDF }), /decrypted only from offset 0/, "the older file no longer matches the move's source");
+  assert.ok(dev.data.equals(mid) && stale.data.equals(f2), "nothing written");
+  // the run goes on with its own file, cut at its first in-place write of the moved segment (offset 0)
+  const write = dev.write.bind(dev);
+  let armed = true;
+  dev.write = async (b: Uint8Array, off: number) => { if (armed && off === 0) throw new PowerCut(); return write(b, off); };
+  await assert.rejects(reencrypt(dev, { mode: "decrypt", header: f1, passphrase: PASS, pbkdf: PBKDF }), (e: unknown) => e instanceof PowerCut);
+  armed = false;
+  assert.equal(reencryptStatus((await Luks2Volume.open(f1)).metadata), "crash");
+  // repair (and open, which repairs first) recovers the moved segment in place and leaves the decryption in progress
+  assert.deepEqual(await repairReencryption(dev, { header: f1, passphrase: PASS }), { recovered: true });
+  const after = await Luks2Volume.open(f1);
+  assert.notDeepEqual(Object.keys(after.metadata.keyslots), [], "repair does not finish (and drop the keys of) the decryption");
+  await reencrypt(dev, { mode: "decrypt", header: f1, passphrase: PASS, pbkdf: PBKDF, resumeOnly: true });
+  assert.ok(dev.data.subarray(0, plain.length).equals(plain), "0 bytes lost");
+});
+
 test("encrypt in place with a data shift (--reduce-device-size): first chunk moved to the end, backward, moved copy wiped", async () => {
   for (const fsSize of [3 << 20, 512 * 1024]) {
     const reduce = 2 << 20;
