@@ -130,7 +130,7 @@ test("decrypt in place: an older export's file is refused once another export's 
   // the run goes on with its own file, cut at its first in-place write of the moved segment (offset 0)
   const write = dev.write.bind(dev);
   let armed = true;
-  dev.write = async (b: Uint8Array, off: number) => { if (armed && off === 0) throw new PowerCut(); return write(b, off); };
+  dev.write = async (b: Uint8Array, off: number) => { if (armed && off === 0) throw new PowerCut(0); return write(b, off); };
   await assert.rejects(reencrypt(dev, { mode: "decrypt", header: f1, passphrase: PASS, pbkdf: PBKDF }), (e: unknown) => e instanceof PowerCut);
   armed = false;
   assert.equal(reencryptStatus((await Luks2Volume.open(f1)).metadata), "crash");
