@@ -4,22 +4,8 @@ import { createInterface } from "node:readline";
 import { TrustvolError } from "../util/errors.js";
 import { io } from "./io.js";
 
-export async function confirmOverwrite(what: string): Promise<void> {
-  if (!process.stdin.isTTY) throw new TrustvolError("EUSAGE", `${what}; refusing to overwrite it without confirmation`, "pass -q/--batch-mode to overwrite it anyway");
-  io.err(`WARNING: ${what}; formatting destroys it irrevocably.\nAre you sure? (Type 'YES' in capital letters): `);
-  const rl = createInterface({ input: process.stdin, terminal: false });
-  const line = await new Promise<string>((resolve) => {
-    rl.once("line", resolve);
-    rl.once("close", () => resolve(""));
-  });
-  rl.close();
-  process.stdin.pause();
-  if (line.trim() !== "YES") throw new TrustvolError("EUSAGE", "format aborted; nothing was changed");
-}
-
-/** cryptsetup's yesDialog for a step that changes a device (not a format): "YES" goes on; no terminal, no -q: refused. */
-export async function confirmYes(question: string, what: string): Promise<void> {
-  if (!process.stdin.isTTY) throw new TrustvolError("EUSAGE", `${what} needs confirmation and there is no terminal to ask`, "pass -q/--batch-mode to go ahead");
+/** Print the question, read one line: was it "YES"? */
+async function answeredYes(question: string): Promise<boolean> {
   io.err(`${question}\nAre you sure? (Type 'YES' in capital letters): `);
   const rl = createInterface({ input: process.stdin, terminal: false });
   const line = await new Promise<string>((resolve) => {
@@ -28,5 +14,16 @@ export async function confirmYes(question: string, what: string): Promise<void> 
   });
   rl.close();
   process.stdin.pause();
-  if (line.trim() !== "YES") throw new TrustvolError("EUSAGE", "operation aborted; nothing was changed");
+  return line.trim() === "YES";
+}
+
+export async function confirmOverwrite(what: string): Promise<void> {
+  if (!process.stdin.isTTY) throw new TrustvolError("EUSAGE", `${what}; refusing to overwrite it without confirmation`, "pass -q/--batch-mode to overwrite it anyway");
+  if (!(await answeredYes(`WARNING: ${what}; formatting destroys it irrevocably.`))) throw new TrustvolError("EUSAGE", "format aborted; nothing was changed");
+}
+
+/** cryptsetup's yesDialog for a step that changes a device (not a format): "YES" goes on; no terminal, no -q: refused. */
+export async function confirmYes(question: string, what: string): Promise<void> {
+  if (!process.stdin.isTTY) throw new TrustvolError("EUSAGE", `${what} needs confirmation and there is no terminal to ask`, "pass -q/--batch-mode to go ahead");
+  if (!(await answeredYes(question))) throw new TrustvolError("EUSAGE", "operation aborted; nothing was changed");
 }

@@ -26,7 +26,6 @@ export interface ReencryptKeyslot {
 
 export type ReencryptStatus = "none" | "clean" | "crash";
 
-const isObj = (v: unknown): v is Record<string, Json> => typeof v === "object" && v !== null && !Array.isArray(v);
 const U64 = /^[0-9]{1,20}$/;
 const num = (v: unknown, what: string): number => {
   if (typeof v !== "string" || !U64.test(v) || BigInt(v) > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(`${what} must be a decimal string`);

@@ -43,9 +43,9 @@ async function sourceDigest(dev: BlockDevice, shift: number): Promise<Buffer> {
 
 /** Export dev's header to path (0600, atomic) with the record after it; returns the header's byte length. */
 export async function exportDecryptHeader(dev: BlockDevice, path: string, uuid: string, shift: number): Promise<number> {
-  const img = await readHeaderBackupImage(dev);
-  atomicWriteFileSync(path, Buffer.concat([img, encodeRecord(uuid, dev.size, shift, await sourceDigest(dev, shift))]), 0o600);
-  return img.length;
+  const img = await exportedHeaderImage(dev, uuid, shift);
+  atomicWriteFileSync(path, img, 0o600);
+  return img.length - EXPORT_RECORD_SIZE;
 }
 
 /** The file image an export of dev writes (for tests that build the state a cut leaves). */

@@ -343,15 +343,7 @@ async function wipeStaleTail(dev: BlockDevice, st: ReencryptState, c: SectorCiph
         await dev.read(plain.subarray(from - q0, n), from);
         c.decrypt(t.subarray(from - q0, n), from / ss);
       }
-      let run = -1;
-      for (let o = 0; o <= n; o += ss) {
-        const z = o < n && stale(o);
-        if (z && run < 0) run = o;
-        if (!z && run >= 0) {
-          await dev.write(zeros.subarray(0, o - run), d + run);
-          run = -1;
-        }
-      }
+      await zeroWhere(dev, d, n, ss, stale, zeros);
     }
     await dev.flush();
   } finally {
@@ -377,26 +369,31 @@ async function wipeMovedHead(dev: BlockDevice, st: ReencryptState, key: Buffer |
       await dev.read(copy, moved.offset + p);
       await dev.read(want, seg.offset + p);
       await (c.decryptAsync ? c.decryptAsync(want, p / seg.sectorSize) : c.decrypt(want, p / seg.sectorSize));
-      // runs of sectors to zero: the head's plaintext, whole or behind a torn wipe's zeros (all zeros: done already)
-      let run = -1;
-      for (let o = 0; o <= n; o += 512) {
-        let head = false;
-        if (o < n) {
-          let z = o;
-          while (z < o + 512 && copy[z] === 0) z++;
-          head = z < o + 512 && copy.subarray(z, o + 512).equals(want.subarray(z, o + 512));
-        }
-        if (head && run < 0) run = o;
-        if (!head && run >= 0) {
-          await dev.write(zeros.subarray(0, o - run), moved.offset + p + run);
-          run = -1;
-        }
-      }
+      // sectors to zero: the head's plaintext, whole or behind a torn wipe's zeros (all zeros: done already)
+      const head = (o: number): boolean => {
+        let z = o;
+        while (z < o + 512 && copy[z] === 0) z++;
+        return z < o + 512 && copy.subarray(z, o + 512).equals(want.subarray(z, o + 512));
+      };
+      await zeroWhere(dev, moved.offset + p, n, 512, head, zeros);
     }
     await dev.flush(); // before the commit that forgets the copy
   } finally {
     c.dispose();
     wipe(buf, plain);
+  }
+}
+
+/** Zero, in runs, each `unit`-byte sector o of [at, at+n) for which pick(o) holds (o relative to at); zeros ≥ n bytes. */
+async function zeroWhere(dev: BlockDevice, at: number, n: number, unit: number, pick: (o: number) => boolean, zeros: Buffer): Promise<void> {
+  let run = -1;
+  for (let o = 0; o <= n; o += unit) {
+    const z = o < n && pick(o);
+    if (z && run < 0) run = o;
+    if (!z && run >= 0) {
+      await dev.write(zeros.subarray(0, o - run), at + run);
+      run = -1;
+    }
   }
 }
 

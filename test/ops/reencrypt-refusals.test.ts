@@ -7,7 +7,7 @@
 // before the export or the device's first write, the new file never left behind; hostile decrypt-shift headers (a real
 // cryptsetup 2.6.1 --init-only header, a run stopped after one hotzone, cuts inside a hotzone) refused with the device
 // and the header file byte-identical. Where cryptsetup 2.6.1 judges a case otherwise, the case says so and why.
-import { test } from "node:test";
+import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync, copyFileSync, mkdirSync, existsSync, truncateSync } from "node:fs";
 import { spawn, spawnSync } from "node:child_process";
@@ -527,16 +527,23 @@ test("reencrypt refuses while cryptsetup's re-encryption lock is held — one-li
   assert.equal(existsSync(join(dir, "lockdir", `LN_LUKS2-reencryption-${luksUuid(runs[0]!.img)}`)), false, "trustvol removes the lock file on release");
 });
 
-// The premise of the hostile decrypt-shift cases: each base state, unmodified, resumes with both tools to the original
-// plaintext (the oracle: the plain file the volume was filled with; cryptsetup `repair`s a cut hotzone first).
-test("decrypt-shift base states (cryptsetup's --init-only, stopped after a hotzone, cut inside one) resume with both tools to the original plaintext", async (t) => {
-  if (!needTools(t, "cryptsetup")) return;
-  if (!needCliEngine(t)) return;
+/** The decrypt-shift fixture, a scratch directory and its passphrase file; undefined when the tools are missing (skipped). */
+async function decryptShiftWork(t: TestContext) {
+  if (!needTools(t, "cryptsetup") || !needCliEngine(t)) return undefined;
   const f = await decryptShiftFixture();
   const { dir, cleanup } = fastTmpDir();
   t.after(cleanup);
   const pw = join(dir, "pw");
   writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
+  return { f, dir, pw };
+}
+
+// The premise of the hostile decrypt-shift cases: each base state, unmodified, resumes with both tools to the original
+// plaintext (the oracle: the plain file the volume was filled with; cryptsetup `repair`s a cut hotzone first).
+test("decrypt-shift base states (cryptsetup's --init-only, stopped after a hotzone, cut inside one) resume with both tools to the original plaintext", async (t) => {
+  const c = await decryptShiftWork(t);
+  if (!c) return;
+  const { f, dir, pw } = c;
   const want = shaFile(f.plain, 0, f.T);
   for (const base of Object.keys(f.bases) as DsBase[]) {
     for (const tool of ["trustvol", "cryptsetup"]) {
@@ -580,17 +587,13 @@ test("a refused --decrypt --header NEW_FILE does not let the next run skip the c
 });
 
 // A header that says the data is all done and has no passphrase keyslot left (a decryption cut in its teardown) is
-// finished without any key: nothing authenticates its shift_size then. trustvol zeroes the device's last shift_size
-// bytes; with a shift_size larger than the volume's, that is plaintext. cryptsetup refuses such a header ("Device
-// reencryption not in progress"), and in a genuine teardown state its own tail wipe came before the keyslot wipes.
+// finished without any key: nothing authenticates its shift_size then, so trustvol does not wipe the tail by it (it
+// once zeroed the device's last shift_size bytes, plaintext with a shift_size larger than the volume's). cryptsetup
+// refuses such a header ("Device reencryption not in progress"); in a genuine teardown its own tail wipe came first.
 test("a keyless 'data all done' decrypt-shift header cannot make trustvol zero plaintext (its shift_size is unauthenticated)", async (t) => {
-  if (!needTools(t, "cryptsetup")) return;
-  if (!needCliEngine(t)) return;
-  const f = await decryptShiftFixture();
-  const { dir, cleanup } = fastTmpDir();
-  t.after(cleanup);
-  const pw = join(dir, "pw");
-  writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
+  const c = await decryptShiftWork(t);
+  if (!c) return;
+  const { f, dir, pw } = c;
   const img = join(dir, "d.img"), hdr = join(dir, "d.hdr");
   copyFileSync(f.bases.init.img, img);
   copyFileSync(f.bases.init.hdr, hdr);
