@@ -1,6 +1,7 @@
 #!/bin/bash
 # Guest side of test/vm/reencrypt-open.slow.test.ts: `trustvol open` of LUKS2 volumes mid-re-encryption (started by
-# cryptsetup: stopped cleanly / killed; started by trustvol through a TPM2 token: SIGTERM / killed). Prints key=value.
+# cryptsetup: stopped cleanly / killed; started by trustvol through a TPM2 token: SIGTERM / killed), and mid decryption
+# with a data shift (`reencrypt --decrypt --header NEW_FILE`, started by either tool). Prints key=value.
 set -u
 PS4='+ $(cut -d" " -f1 /proc/uptime) '; [ -n "${TRUSTVOL_TRACE:-}" ] && set -x
 cd /tmp
@@ -100,5 +101,67 @@ partial tv "$LB" TERM clean && echo "tpmclean_state=$(st "$LB")"
 topen tpmclean
 HZ=4M partial tv "$LB" KILL crash && echo "tpmcrash_state=$(st "$LB")"
 topen tpmcrash
+
+# --- decryption in place (data shift: the header exported to a file), started by cryptsetup, then by trustvol; each
+# stopped cleanly, then killed inside a hotzone. Both tools open it mid-run (the plain data's length: device − shift).
+# dpartial WHO LOOP HDR SIGNAL WANT: the first run exports the header, later ones resume from it
+dpartial() {
+  local who=$1 L=$2 H=$3 sig=$4 want=$5 i p s
+  for i in $(seq 1 12); do
+    if [ "$who" = csdec ]; then
+      if [ -e "$H" ]; then cryptsetup reencrypt --resume-only --header "$H" --key-file pass --progress-json "$L" > prog 2>&1 &
+      else cryptsetup reencrypt --decrypt --header "$H" --key-file pass --progress-json "$L" > prog 2>&1 & fi
+    else
+      if [ -e "$H" ]; then $TV reencrypt --resume-only --header "$H" --key-file pass --progress-json "$L" > prog 2>&1 &
+      else $TV reencrypt --decrypt --header "$H" -q --key-file pass --progress-json "$L" > prog 2>&1 & fi
+    fi
+    p=$!
+    for j in $(seq 1 400); do grep -q '"device_bytes": *"[1-9]' prog 2>/dev/null && break; kill -0 $p 2>/dev/null || break; sleep 0.01; done
+    if [ "$want" = crash ]; then
+      for j in $(seq 1 300); do
+        grep -q '^State:.*[ZX]' /proc/$p/status 2>/dev/null && break
+        kill -STOP $p 2>/dev/null || break
+        for k in $(seq 1 200); do grep -q '^State:.*[TZX]' /proc/$p/status 2>/dev/null && break; sleep 0.005; done; sleep 0.02
+        [ "$(st "$H")" = crash ] && { echo "${who}_${sig}_frozen_in_hotzone_$i=$j"; break; }
+        kill -CONT $p 2>/dev/null; sleep 0.0$((RANDOM % 5))
+      done
+    fi
+    kill -$sig $p 2>/dev/null; kill -CONT $p 2>/dev/null; wait $p; echo "${who}_${sig}_rc_$i=$?"
+    s=$(st "$H")
+    [ "$s" = "$want" ] && return 0
+    [ "$s" = none ] && { echo "${who}_${sig}_finished_before_signal=1"; return 1; }
+  done
+  return 1
+}
+# dcheck TAG LOOP HDR SUM: trustvol opens with the header file, then cryptsetup: same content, same table
+dcheck() {
+  local tag=$1 L=$2 H=$3 sum=$4
+  $TV open --header "$H" --key-file pass --json "$L" tv > open.json 2> open.err; echo "${tag}_open_rc=$?"
+  grep -q '"recovered": true' open.json && echo "${tag}_recovered=1"
+  [ "$(sha256sum < /dev/mapper/tv | cut -d' ' -f1)" = "$sum" ] && echo "${tag}_content_ok=1"
+  dmsetup table tv > t.tv; echo "${tag}_targets=$(wc -l < t.tv)"
+  sed 's/^/'"$tag"'_tvtable: /' t.tv
+  $TV close tv
+  cryptsetup open --header "$H" --key-file pass "$L" cs; dmsetup table cs > t.cs
+  [ "$(sha256sum < /dev/mapper/cs | cut -d' ' -f1)" = "$sum" ] && echo "${tag}_cs_content_ok=1"
+  cryptsetup close cs
+  cmp -s t.tv t.cs && echo "${tag}_table_equal=1" || { echo "${tag}_table_equal=0"; sed 's/^/'"$tag"'_cstable: /' t.cs; }
+  cat open.err >&2
+}
+for who in csdec tvdec; do
+  rm -f $who.img $who.hdr; truncate -s 192M $who.img # 16 MiB of header: the shift, and each hotzone
+  cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file pass $who.img
+  LD=$(losetup -f --show $who.img)
+  cryptsetup open --key-file pass "$LD" mk; SD=$(fill mk); cryptsetup close mk
+  dpartial $who "$LD" $who.hdr INT clean && echo "${who}clean_state=$(st $who.hdr)"
+  dcheck ${who}clean "$LD" $who.hdr "$SD"
+  dpartial $who "$LD" $who.hdr KILL crash && echo "${who}crash_state=$(st $who.hdr)"
+  dcheck ${who}crash "$LD" $who.hdr "$SD"
+  # either tool finishes; the device is then the plain data at offset 0
+  $TV reencrypt --resume-only --header $who.hdr --key-file pass "$LD" > /dev/null 2> fin.err; echo "${who}_finish_rc=$?"; cat fin.err >&2
+  [ "$(head -c $((176 << 20)) "$LD" | sha256sum | cut -d' ' -f1)" = "$SD" ] && echo "${who}_plain_ok=1"
+  losetup -d "$LD"; rm -f $who.img
+done
+
 echo "locks_left=$(ls /run/cryptsetup 2>/dev/null | wc -l)"
 echo done=1
