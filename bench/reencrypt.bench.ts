@@ -12,7 +12,8 @@
 // (default 1024); use a small one while developing.
 // trustvol runs as shipped (dist/, rebuilt first when src/ is newer: tsx would add a second of start-up).
 // The "CPU floor" lines measure, in this process, what one core needs for the crypto and hashing, then add rotation's
-// page-cache copies (one read, two writes) at dd's cost: the best dd ratio this host allows.
+// page-cache copies (one read, two writes) at dd's cost: the best dd ratio this host allows. "The ideal loop" runs
+// bench/rotation-ideal.c, a zero-copy C rotation with nothing but the unavoidable work, plus trustvol's start-up.
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync, openSync, writeSync, closeSync, copyFileSync, statfsSync, existsSync, readFileSync } from "node:fs";
 import { tmpdir, loadavg, availableParallelism } from "node:os";
@@ -134,6 +135,42 @@ function blockDeviceRuns(luks: string, plain: string, pw: string, dir: string): 
   }
 }
 
+/**
+ * The median of BENCH_RUNS runs of bench/rotation-ideal.c on a fresh copy of the LUKS2 image (built with gcc against the
+ * addon's source and Node's headers; skipped without them).
+ */
+function idealLoop(dir: string, prepare: () => void, work: string): Measured | null {
+  const bin = join(dir, "rotation-ideal");
+  const include = join(dirname(dirname(process.execPath)), "include", "node");
+  const src = join(dirname(fileURLToPath(import.meta.url)), "rotation-ideal.c");
+  const cc = spawnSync("gcc", ["-O3", "-std=gnu11", `-I${include}`, "-DNAPI_VERSION=8", "-DOPENSSL_API_COMPAT=30000", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", src, "-o", bin, "-lcrypto", "-lpthread"], { encoding: "utf8" });
+  if (cc.status !== 0) {
+    console.log(`  the ideal loop: skipped (gcc: ${(cc.stderr || String(cc.error)).trim().split("\n")[0]})`);
+    return null;
+  }
+  const ms: Measured[] = [];
+  for (let r = 0; r < RUNS; r++) {
+    prepare();
+    const out = spawnSync(bin, [work, join(dir, "ideal-area")], { encoding: "utf8" });
+    if (out.status !== 0) throw new Error(`rotation-ideal failed: ${out.stderr}`);
+    const [wall, cpu] = out.stdout.trim().split(" ").map(Number) as [number, number];
+    ms.push({ wall, cpu, rssMiB: 0 });
+  }
+  return ms.sort((a, b) => a.wall - b.wall)[Math.floor((RUNS - 1) / 2)]!;
+}
+
+/** Seconds from exec to trustvol's first hotzone in a rotation (TRUSTVOL_TIMING's "engine: prepared"), best of 3. */
+function firstHotzoneS(rotArgs: string[], prepare: () => void): number {
+  const at: number[] = [];
+  for (let r = 0; r < 3; r++) {
+    prepare();
+    const out = spawnSync(process.execPath, [TRUSTVOL_BIN, ...rotArgs], { encoding: "utf8", env: { ...process.env, TRUSTVOL_TIMING: "1" } });
+    const m = /^trustvol-time (\d+) \d+ engine: prepared/m.exec(out.stderr);
+    if (out.status === 0 && m) at.push(Number(m[1]) / 1000);
+  }
+  return at.length ? Math.min(...at) : 0;
+}
+
 function trustvolHasReencrypt(): boolean {
   const r = spawnSync(process.execPath, [TRUSTVOL_BIN, "reencrypt", "--help"], { encoding: "utf8" });
   return r.status === 0 && /resume-only/.test(r.stdout);
@@ -250,6 +287,13 @@ export default async function (): Promise<void> {
     // checksum rotation reads once and writes the data plus its parity (an eighth of it: 8 chunks per hotzone).
     const rotIo = rotCpu + dd.cpu * (0.5 + 0.5 * 1.125);
     console.log(`  with its I/O (1 read + 1⅛ writes of the device, at dd's ${dd.cpu.toFixed(2)} CPU-s per read+write): ≥ ${rotIo.toFixed(2)} CPU-s, ≥ ${(rotIo / cores).toFixed(2)} s wall = at most ${(ddS / (rotIo / cores)).toFixed(2)}× dd on ${cores} cores`);
+    const ideal = idealLoop(dir, () => fresh(luks), work);
+    if (ideal) {
+      const startS = ours ? firstHotzoneS(rotArgs, () => fresh(luks)) : 0;
+      const atMost = (w: number) => (ddS / w).toFixed(2);
+      console.log(`  the ideal loop (bench/rotation-ideal.c: zero-copy, two balanced threads, no Node, not crash-safe): ${ideal.wall.toFixed(2)} s wall, ${ideal.cpu.toFixed(2)} CPU-s = at most ${atMost(ideal.wall)}× dd`);
+      if (startS) console.log(`    + trustvol's ${(startS * 1000).toFixed(0)} ms from exec to its first hotzone (Node, unlock, init): at most ${atMost(ideal.wall + startS)}× dd`);
+    }
     if (ours) blockDeviceRuns(luks, plain, pw, dir);
   } finally {
     rmSync(dir, { recursive: true, force: true });
