@@ -466,6 +466,9 @@ function deferred<T>(): Deferred<T> {
  */
 export function fusedCopy(dev: BlockDevice, src: number, dst: number, len: number, at: number, from: SectorCipher | null, to: SectorCipher | null): Promise<void> | null {
   if (!(dev instanceof FileBlockDevice) || dev.readOnly || src + len > dev.size || dst + len > dev.size) return null;
+  // Overlapping ranges (the moved chunk on a device smaller than twice the shift goes down over itself): the caller's
+  // pieces, read and written in order, move it down correctly; the addon's parallel slices would not.
+  if (Math.abs(dst - src) < len) return null;
   if (!canRecryptCopy(from, to)) return null;
   const copyOn = (fd: number, parts: number) => nativeRecryptCopy(fd, src, dst, len, at, from, to, parts)!;
   return (async () => {

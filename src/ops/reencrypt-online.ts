@@ -27,7 +27,7 @@ import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { errnoName, ioctlAvailable, ioctlRaw, lockFileMappings } from "../dm/ioctl.js";
 import { paddKey, tableKeyring, unlinkKey, type KeyRef } from "../trust/kernel/keyring.js";
 import { mark } from "../util/timing.js";
-import { reencrypt, unlockForState, type ReencryptOptions, type ReencryptResult } from "./reencrypt.js";
+import { checkMovedCiphertext, reencrypt, unlockForState, type ReencryptOptions, type ReencryptResult } from "./reencrypt.js";
 
 /** The online run's table switches never wait for udev (see DmsetupOptions.noUdevSync: a probe of the overlay blocks on the suspended hotzone device). */
 const NOSYNC: DmsetupOptions = { noUdevSync: true };
@@ -381,6 +381,7 @@ export async function activateReencrypting(path: string, device: string, name: s
     if (reencryptStatus(v.metadata) === "none") return { table: "", recovered, keyslots: [] };
     v.checkRequirements("write"); // unknown requirements besides online-reencrypt-v2 refuse
     const st = loadReencryptState(v.metadata);
+    await checkMovedCiphertext(v.metadata, st, data, hdr.name);
     keys = await unlockForState(v, hdr, st, { passphrase });
     const table = segmentTable(v.metadata, { device, deviceSize: data.size, keySize: (d) => keys!.get(d)!.length, uuid: v.uuid, flags: configFlags(v.metadata, o.allowDiscards) });
     if (!o.dryRun) {

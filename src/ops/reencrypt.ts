@@ -178,9 +178,13 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
   if (opts.initOnly && opts.resumeOnly) throw usage("--init-only and --resume-only exclude each other");
   if (mode !== "encrypt" && (opts.label !== undefined || opts.subsystem !== undefined || opts.uuid !== undefined || opts.labelFromFs)) throw usage("--label, --subsystem, --uuid and --label-from-fs are for --encrypt", "set them on an existing volume with `cryptsetup config`");
   if (opts.resilience && !["checksum", "journal", "none", "datashift", "datashift-checksum", "datashift-journal"].includes(opts.resilience)) throw usage(`unknown resilience mode "${opts.resilience}"`, "use checksum, journal or none");
+  if (opts.resilience?.startsWith("datashift-") && mode !== "decrypt") throw usage(`resilience ${opts.resilience} is for decrypting a device that holds its header (\`--decrypt --header NEW_FILE\`)`, "use checksum, journal or none");
+  if (opts.resilience === "datashift" && !(mode === "encrypt" && !opts.header)) throw usage("resilience datashift is for encrypting in place with --reduce-device-size", "use checksum, journal or none");
   if (opts.exportHeader !== undefined && (mode !== "decrypt" || opts.header || opts.resumeOnly)) throw usage("exporting the header is for starting --decrypt of a device that holds its header (without --header or --resume-only)");
   if (opts.hash) opensslHash(opts.hash);
-  if (opts.hotzoneSize !== undefined && (!Number.isSafeInteger(opts.hotzoneSize) || opts.hotzoneSize < 4096)) throw usage(`hotzone size ${opts.hotzoneSize} is too small`);
+  if (opts.sectorSize !== undefined && ![512, 1024, 2048, 4096].includes(opts.sectorSize)) throw usage(`sector size ${opts.sectorSize} is not one of 512, 1024, 2048, 4096`);
+  if (opts.keySize !== undefined && opts.keySize % 8) throw usage(`key size ${opts.keySize} is not a whole number of bytes`, "give the key size in bits, a multiple of 8 (e.g. 256 or 512)");
+  if (opts.hotzoneSize !== undefined && (!Number.isSafeInteger(opts.hotzoneSize) || opts.hotzoneSize < 4096)) throw usage(`hotzone size ${opts.hotzoneSize} is too small`, "give at least 4096 bytes (e.g. 4M)");
   const version = await reencryptLuksVersion(hdrDev);
   if (version === 1) throw new TrustvolError("EUNSUPPORTED", `${hdrDev.name} is LUKS1`, "convert it to LUKS2 first (`cryptsetup convert --type luks2`)");
 
@@ -193,8 +197,14 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       ({ volume, hdr: exported, keys: initKeys } = await initDecryptExport(dev, opts.exportHeader, opts, takeLock));
       hdrDev = exported;
     } else if (version === null) {
-      if (mode !== "encrypt") throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, "use --encrypt to encrypt a plain device");
+      if (mode !== "encrypt")
+        throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, opts.resumeOnly || mode === "decrypt" || opts.header ? "give the header file of its re-encryption with --header (a decryption in place keeps it in the file it exported)" : "use --encrypt to encrypt a plain device, or give its detached header with --header");
       if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
+      // (cryptsetup: "Device is already LUKS device"; encrypting it would bury its header and data under a new key)
+      if (hdrDev !== dev) {
+        const onDev = await probeLuksVersion(dev);
+        if (onDev !== null) throw usage(`${dev.name} is already a LUKS${onDev} device`, "rotate its key with `trustvol reencrypt` (no --encrypt); to encrypt it anew, wipe its header first");
+      }
       // the UUID is chosen here so that the lock is held before the first write
       const uuid = opts.uuid ?? crypto.randomUUID();
       await takeLock(uuid);
@@ -205,13 +215,23 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       volume.checkRequirements("write");
       const status = reencryptStatus(volume.metadata);
       if (status === "none") {
+        refuseIntegrity(volume.metadata, hdrDev.name);
         // (a header file of an in-place decryption cut before its first commit: the same command without --resume-only goes on)
         const exportCut = mode === "decrypt" && hdrDev !== dev && dataSegments(volume.metadata).some((sg) => sg.type === "crypt" && sg.offset > 0);
         if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, exportCut ? "if an in-place decryption exported this header file and was cut, run the same command without --resume-only" : "nothing to resume");
         if (mode === "encrypt") throw usage(`${hdrDev.name} is already a LUKS2 volume`, "use reencrypt (key rotation) instead of --encrypt");
         if (mode === "decrypt") initKeys = await initDecrypt(volume, dev, hdrDev, opts);
         else initKeys = await initRotation(volume, dev, opts);
-      } else if (opts.initOnly) throw new TrustvolError("EBUSY", "LUKS2 re-encryption is already initialized in the metadata", "resume it with --resume-only");
+      } else {
+        if (opts.initOnly) throw new TrustvolError("EBUSY", "LUKS2 re-encryption is already initialized in the metadata", "resume it with --resume-only");
+        const started = loadReencryptState(volume.metadata);
+        // (cryptsetup: "Device is not in LUKS2 decryption. Conflicting option --decrypt.")
+        if (mode !== "reencrypt" && started.mode !== mode) throw usage(`${hdrDev.name} is in ${started.mode === "reencrypt" ? "key rotation" : `${started.mode}ion`}, not ${mode}ion: --${mode} conflicts with it`, "resume it without --encrypt/--decrypt (trustvol reencrypt --resume-only)");
+        const area = started.keyslot.area.type;
+        // (an encryption with a data shift is datashift whatever was asked, as in cryptsetup: its same command resumes)
+        if (opts.resilience && opts.resilience !== area && `datashift-${opts.resilience}` !== area && !(area === "datashift" && mode === "encrypt"))
+          throw usage(`the re-encryption was started with resilience ${area}; --resilience ${opts.resilience} applies when one starts`, "resume without --resilience");
+      }
     }
     const st = loadReencryptState(volume.metadata);
     if (opts.initOnly) return { mode: st.mode, state: "initialized", recovered, bytes: 0, keyslots: newKeyslots(volume.metadata, st) };
@@ -642,6 +662,40 @@ async function unlockVolumeKey(v: Luks2Volume, opts: Pick<ReencryptOptions, "pas
   throw err;
 }
 
+/** cryptsetup refuses to re-encrypt a volume with dm-integrity (its tags would not follow the data); so do we, in every mode. */
+function refuseIntegrity(m: Luks2Metadata, name: string): void {
+  if (Object.values(m.segments).some((sg) => (sg as { integrity?: unknown }).integrity !== undefined))
+    throw new TrustvolError("EUNSUPPORTED", `${name} has an integrity profile (dm-integrity): its re-encryption is not supported, as in cryptsetup`, "copy the data to a new volume instead");
+}
+
+/**
+ * The device's first bytes while the moved segment is still ciphertext (the first data segment: crypt at offset 0, not
+ * yet in its hotzone). A LUKS header there means another device than the one the header file was exported from (a
+ * clone, another volume) or a header restored since: decrypting "it" would destroy that device's data.
+ */
+export async function checkMovedCiphertext(m: Luks2Metadata, st: ReencryptState, dev: BlockDevice, hdrName: string): Promise<void> {
+  const segs = dataSegments(m);
+  const first = segs[0];
+  if (!first || first.type !== "crypt" || first.offset !== 0 || segs.some((sg) => sg.flags.includes("in-reencryption"))) return;
+  if ((await probeLuksVersion(dev)) !== null)
+    throw new TrustvolError("EUSAGE", `${dev.name} holds a LUKS header at offset 0, where the decryption in ${hdrName} keeps its moved ciphertext: it is not the device that header was exported from, or its header was restored since`, "give the device the header file was exported from; nothing was written");
+  if (segs.some((sg) => sg.type === "linear")) return;
+  // Nothing decrypted yet: the moved copy still equals its source, which the first hotzone overwrites. If not, another
+  // run (from another copy of the header file, or another export) has decrypted or moved data since this one's init.
+  const shift = st.keyslot.area.shiftSize!, L = st.movedSeg!.size!;
+  const a = Buffer.allocUnsafe(Math.min(L, 4 * MiB)), b = Buffer.allocUnsafe(a.length);
+  for (let p = 0; p < L && p + shift < dev.size; p += a.length) {
+    const n = Math.min(a.length, L - p, dev.size - shift - p);
+    await dev.read(a.subarray(0, n), p);
+    await dev.read(b.subarray(0, n), shift + p);
+    if (!a.subarray(0, n).equals(b.subarray(0, n)))
+      throw new TrustvolError("EUSAGE", `${dev.name}'s start is not the moved ciphertext ${hdrName} expects at its first step: another run (another copy of this header file, or another export) has changed the device since; resuming would decrypt data twice`, "resume the run that went on, with its own header file; nothing was written");
+  }
+}
+
+/** Bytes of the moved copy written last, after a flush of the rest: while they differ from their source, the copy is unfinished. */
+const MOVE_LAST = 4096;
+
 /** cryptsetup's moved segment when --hotzone-size is not given: the shift, at most 20 MiB (LUKS2_DEFAULT_NONE_REENCRYPTION_LENGTH). */
 const DECRYPT_SHIFT_MOVED_MAX = 20 * MiB;
 
@@ -657,6 +711,7 @@ async function initDecryptExport(dev: BlockDevice, path: string, opts: Reencrypt
   if (await takeLock(dv.uuid)) dv = await Luks2Volume.open(dev);
   dv.checkRequirements("write");
   if (reencryptStatus(dv.metadata) !== "none") throw usage(`${dev.name} is in re-encryption already`, "finish it first (trustvol reencrypt --resume-only)");
+  refuseIntegrity(dv.metadata, dev.name);
   const segs = dataSegments(dv.metadata);
   if (segs.length !== 1 || segs[0]!.type !== "crypt" || segs[0]!.size !== null || segs[0]!.offset === 0) throw new TrustvolError("EUNSUPPORTED", `${dev.name}: decryption with a data shift needs one encrypted data segment after the header, to the device's end`);
   // the passphrase first: a wrong one leaves no file behind
@@ -706,6 +761,17 @@ async function initDecryptShift(v: Luks2Volume, dev: BlockDevice, opts: Reencryp
   // (a zeroing torn inside the header copies may leave the magic over two damaged copies: no header then)
   const devMeta = onDev === 2 ? await Luks2Volume.open(dev).then((x) => x.metadata, (e) => { if (e instanceof TrustvolError && e.code === "ECORRUPT") return undefined; throw e; }) : undefined;
   if (devMeta && JSON.stringify(devMeta) !== JSON.stringify(v.metadata)) throw usage(`${dev.name} holds another LUKS2 header than ${v.dev.name} (another volume, or changed since the export)`, "give the header file exported from this device");
+  // No header on the device: this export zeroed it and was cut before its commit — or another export of the same header
+  // zeroed it and committed (to its own file), which leaves the same device. Ours writes its copy's first bytes last,
+  // after a flush: while they are not the copy yet, the cut was ours; once they are, the two cannot be told apart.
+  if (!devMeta && !dryRun) {
+    const n = Math.min(MOVE_LAST, L);
+    const [head, src] = [Buffer.alloc(n), Buffer.alloc(n)];
+    await dev.read(head, 0);
+    await dev.read(src, shift);
+    if (head.equals(src))
+      throw usage(`${dev.name} already starts with the moved ciphertext, but ${v.dev.name} was never committed: this export was cut in its last instant, or another \`--decrypt --header\` run on this device has committed since (resume that one with its own header file)`, `if no other run was started, put the header back with \`trustvol header restore --force --file ${v.dev.name} ${dev.name}\` (the data is untouched) and run this command again`);
+  }
   const dOld = Object.keys(m.digests).find((d) => m.digests[d]!.segments.includes(String(seg.id)));
   if (dOld === undefined) throw new TrustvolError("ECORRUPT", "no digest covers the data segment");
   const key: Buffer = knownKey ? Buffer.from(knownKey) : await unlockVolumeKey(v, opts);
@@ -732,13 +798,18 @@ async function initDecryptShift(v: Luks2Volume, dev: BlockDevice, opts: Reencryp
     await dev.write(Buffer.alloc(Math.min(2 * v.header.hdrSize, shift)), 0);
     await dev.flush();
     const buf = Buffer.allocUnsafeSlow(Math.min(L, 4 * MiB));
-    try {
-      for (let p = 0; p < L; p += buf.length) {
-        const b = buf.subarray(0, Math.min(buf.length, L - p));
+    const copy = async (from: number, to: number) => {
+      for (let p = from; p < to; p += buf.length) {
+        const b = buf.subarray(0, Math.min(buf.length, to - p));
         await dev.read(b, shift + p);
         await dev.write(b, p);
       }
       await dev.flush();
+    };
+    try {
+      const last = Math.min(MOVE_LAST, L);
+      await copy(last, L); // the first bytes last (see the continuation's check above)
+      await copy(0, last);
     } finally {
       wipe(buf);
     }
@@ -922,7 +993,10 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   checkSegmentsOnDevice(v.metadata, dev.size, dev.name);
   const ss = [st.oldSeg.sectorSize, st.newSeg.sectorSize];
   if (dataSize <= 0) throw new TrustvolError("ETRUNCATED", `${dev.name} ends before the data offset ${ds ? st.keyslot.area.shiftSize : dataOffset}`);
-  if (ds) checkDecryptShiftDevice(v.metadata, st, dev.size, dev.name);
+  if (ds) {
+    checkDecryptShiftDevice(v.metadata, st, dev.size, dev.name);
+    await checkMovedCiphertext(v.metadata, st, dev, hdrDev.name);
+  }
   checkDataSize(dataSize, ss);
   const area = st.keyslot.area;
   const summed = st.resilience === "checksum" || st.movedResilience === "checksum";

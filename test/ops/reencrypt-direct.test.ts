@@ -98,3 +98,26 @@ test("encrypt in place (data shift) of an image file: one fused native copy per 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+// A device smaller than twice the shift: the moved head (at the device's end) overlaps where the last hotzone goes, a
+// copy down over itself that the addon's parallel slices cannot do (it refuses overlapping ranges): the engine copies
+// it piece by piece, in order. cryptsetup 2.6.1 does these sizes too.
+test("encrypt in place of a device smaller than twice the shift (8 MiB, --reduce-device-size 6M and 7M): plaintext intact", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "trustvol-rsmall-"));
+  try {
+    for (const reduce of [6 << 20, 7 << 20]) {
+      const size = 8 << 20, plain = randomBytes(size - reduce);
+      const path = join(dir, "img");
+      writeFileSync(path, Buffer.concat([plain, randomBytes(reduce)]));
+      const dev = await FileBlockDevice.open(path);
+      try {
+        assert.equal((await reencrypt(dev, { mode: "encrypt", passphrase: PASS, pbkdf: PBKDF, reduceDeviceSize: reduce })).state, "finished");
+        assert.ok((await plaintextOf(dev)).subarray(0, plain.length).equals(plain), `--reduce-device-size ${reduce >> 20}M: plaintext intact`);
+      } finally {
+        await dev.close();
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -361,6 +361,7 @@ for (const resilience of ["none", "checksum"]) {
       if (starter === "trustvol") {
         assert.equal(outcome.status, 7, `trustvol exit status after SIGTERM (stderr: ${outcome.stderr.trim()})`);
         assert.equal(outcome.stderr.trim().split("\n").length, 1, `one line on stderr: ${outcome.stderr}`);
+        assert.ok(outcome.stderr.includes("trustvol reencrypt --resume-only") && outcome.stderr.includes(img), `the line names the command that resumes this device: ${outcome.stderr}`);
       } else assert.notEqual(outcome.status, 0, "cryptsetup reports the interruption");
       const fin = finishWith(finisher, f, s, img, hdr);
       assert.ok(fin.ok, `${finisher} could not finish: ${fin.message}`);

@@ -16,6 +16,8 @@ import { needTools } from "../helpers/tools.js";
 import { MiB, FAST_PBKDF, PASSPHRASE, writePlain, shaFile, cs, luksJson, tv, needCliEngine, fastTmpDir, tamperJson, oracleFill, volumeKey, type LuksJson } from "../helpers/reencrypt.js";
 import { FileBlockDevice } from "../../src/blockdev/file.js";
 import { reencrypt } from "../../src/ops/reencrypt.js";
+import { exportedHeaderImage } from "../../src/ops/reencrypt-export.js";
+import { activateReencrypting } from "../../src/ops/reencrypt-online.js";
 import type { Luks2Metadata } from "../../src/luks2/metadata.js";
 import { loadReencryptState, hotMetadata, nextHotzone } from "../../src/luks2/reencrypt-metadata.js";
 import { assignReencryptDigest, reencryptDigestIds } from "../../src/luks2/reencrypt-digest.js";
@@ -227,7 +229,7 @@ cases.push(
   exportCase("wrong passphrase (nothing exported)", onDevice, ["--key-file", "WRONG"], { status: 3, says: /passphrase|no key/i }),
   exportCase("the new file in a directory that does not exist", onDevice, [], { exportTo: "nodir/new.hdr", says: /nodir\/new\.hdr: no such file or directory/ }),
   exportCase("--resilience none", onDevice, ["--resilience", "none"], { status: 2, says: /resilience none cannot protect a decryption with a data shift/ }),
-  exportCase("--resilience datashift", onDevice, ["--resilience", "datashift"], { status: 2, says: /resilience datashift cannot protect/ }),
+  exportCase("--resilience datashift", onDevice, ["--resilience", "datashift"], { status: 2, says: /resilience datashift is for encrypting in place with --reduce-device-size/ }),
   exportCase("--hotzone-size larger than the header (the data shift)", onDevice, ["--hotzone-size", "32M"], { status: 2, says: /--hotzone-size 33554432 is larger than the data shift \(16777216 bytes/ }),
   // the default moved segment is the shift (16 MiB); the journal has the area's 16486400 bytes (cryptsetup: "Moved segment too large")
   exportCase("--resilience journal: the moved segment does not fit the re-encryption area", onDevice, ["--resilience", "journal"], { says: /the moved segment \(16777216 bytes\) does not fit the re-encryption area \(room for 16486400\)/ }),
@@ -422,6 +424,54 @@ cases.push(
   }),
 );
 
+// A volume with an integrity profile (dm-integrity under dm-crypt): its tags would not follow re-encrypted data, so
+// cryptsetup refuses to re-encrypt it; trustvol refuses in every mode. (Forged: the segment's JSON gains the profile a
+// `luksFormat --integrity` writes; no dm-integrity volume can be formatted without device-mapper here.)
+const withIntegrity = (dir: string, pw: string) => {
+  const img = luksVolume(dir, pw);
+  tamperJson(img, (j) => ((j.segments as any)["0"].integrity = { type: "hmac(sha256)", journal_encryption: "none", journal_integrity: "none" }));
+  return { img };
+};
+cases.push(
+  { name: "an integrity profile (dm-integrity): rotation", make: withIntegrity, args: [], says: /has an integrity profile \(dm-integrity\): its re-encryption is not supported/, cryptsetupArgs: ["reencrypt", "--force-offline-reencrypt", "-q"] },
+  exportCase("an integrity profile (dm-integrity)", withIntegrity, [], {
+    says: /has an integrity profile/,
+    cryptsetupAccepts: "cryptsetup 2.6.1's decrypt_luks2_datashift_init skips the eligibility check its rotation and detached decryption make",
+  }),
+);
+
+// Options that do not fit the run (cryptsetup 2.6.1 refuses each too): refused before anything is written.
+cases.push(
+  exportCase("--encrypt of a device that is LUKS2 already (a new detached header)", onDevice, [], {
+    name: "--encrypt --header NEW_FILE: a device that is LUKS2 already",
+    args: ["--encrypt"],
+    status: 2,
+    says: /v\.img is already a LUKS2 device/,
+    cryptsetupArgs: ["reencrypt", "--encrypt", "--force-offline-reencrypt", "-q"],
+  }),
+  { name: "--resilience datashift-checksum for a key rotation", make: onDevice, args: ["--resilience", "datashift-checksum"], status: 2, says: /resilience datashift-checksum is for decrypting a device that holds its header/, cryptsetupArgs: ["reencrypt", "--force-offline-reencrypt", "-q", "--resilience", "datashift-checksum"] },
+  { name: "--resilience datashift for a key rotation", make: onDevice, args: ["--resilience", "datashift"], status: 2, says: /resilience datashift is for encrypting in place with --reduce-device-size/, cryptsetupArgs: ["reencrypt", "--force-offline-reencrypt", "-q", "--resilience", "datashift"] },
+  {
+    name: "--decrypt of a device whose key rotation is in progress (cryptsetup's --init-only)",
+    make: (dir, pw) => ({ img: initOnly(dir, pw, []) }),
+    args: ["--decrypt", "--resume-only"],
+    status: 2,
+    says: /is in key rotation, not decryption: --decrypt conflicts with it/,
+    cryptsetupArgs: ["reencrypt", "--decrypt", "--resume-only", "--force-offline-reencrypt", "-q"],
+  },
+  {
+    name: "--resilience journal when resuming a checksum run",
+    make: (dir, pw) => ({ img: initOnly(dir, pw, ["--resilience", "checksum"]) }),
+    args: ["--resume-only", "--resilience", "journal"],
+    status: 2,
+    says: /started with resilience checksum; --resilience journal applies when one starts/,
+    cryptsetupArgs: ["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--resilience", "journal"],
+    cryptsetupAccepts: "cryptsetup 2.6.1 switches the resilience at resume; trustvol resumes with the header's and refuses the option rather than ignore it",
+  },
+  { name: "--sector-size 3000", make: onDevice, args: ["--sector-size", "3000"], status: 2, says: /sector size 3000 is not one of 512, 1024, 2048, 4096/ },
+  { name: "--key-size 300 (not whole bytes)", make: onDevice, args: ["--key-size", "300"], status: 2, says: /key size 300 is not a whole number of bytes/ },
+);
+
 for (const c of cases) {
   test(`reencrypt refuses: ${c.name} — one-line error, non-zero exit, file unchanged`, { todo: c.bug }, async (t) => {
     if (!needTools(t, "cryptsetup")) return;
@@ -610,4 +660,85 @@ test("a keyless 'data all done' decrypt-shift header cannot make trustvol zero p
   const r = tv(["reencrypt", "--resume-only", "-q", "--header", hdr, "--key-file", pw, img]);
   t.diagnostic(`trustvol: exit ${r.status}: ${r.stderr.trim()}`);
   assert.equal(shaFile(img), before, "the device byte-identical (finished or refused)");
+});
+
+// Two exports of one device: A's file left by a cut right after its rename (the device untouched), then another export
+// (B, by trustvol or cryptsetup) commits its init to its own file. The device now looks exactly as A's own cut after
+// its copy would leave it, so A's file must not be continued (two files in re-encryption would decrypt the data twice):
+// refused, nothing written; B resumes to the plaintext.
+test("decrypt-shift: an earlier export's file is not continued once another export of the device has committed", async (t) => {
+  if (!needTools(t, "cryptsetup") || !needCliEngine(t)) return;
+  const { dir, cleanup } = fastTmpDir();
+  t.after(cleanup);
+  const pw = join(dir, "pw");
+  writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
+  for (const who of ["trustvol", "cryptsetup"]) {
+    const img = luksVolume(dir, pw, `${who}.img`), plain = join(dir, "plain"), T = 16 * MiB;
+    writePlain(plain, T, 31);
+    oracleFill(img, pw, plain, T);
+    const a = join(dir, `${who}-a.hdr`), b = join(dir, `${who}-b.hdr`);
+    const dev = await FileBlockDevice.open(img, { readOnly: true });
+    try {
+      writeFileSync(a, await exportedHeaderImage(dev, luksUuid(img), 16 * MiB), { mode: 0o600 });
+    } finally {
+      await dev.close();
+    }
+    if (who === "trustvol") {
+      const r = tv(["reencrypt", "--decrypt", "--init-only", "-q", "--header", b, "--key-file", pw, img]);
+      assert.equal(r.status, 0, r.stderr);
+    } else cs(["reencrypt", "--decrypt", "--init-only", "-q", "--force-offline-reencrypt", "--header", b, "--key-file", pw, img]);
+    const [imgBefore, aBefore] = [shaFile(img), shaFile(a)];
+    const r = tv(["reencrypt", "--decrypt", "-q", "--header", a, "--key-file", pw, img]);
+    t.diagnostic(`${who}: exit ${r.status}: ${r.stderr.trim()}`);
+    assert.notEqual(r.status, 0, `${who}: A's file is refused`);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.match(r.stderr, /already starts with the moved ciphertext, but .*a\.hdr was never committed/);
+    assert.equal(shaFile(img), imgBefore, `${who}: device unchanged`);
+    assert.equal(shaFile(a), aBefore, `${who}: A's file unchanged`);
+    if (who === "cryptsetup") {
+      const done = tv(["reencrypt", "--resume-only", "-q", "--header", b, "--key-file", pw, img]);
+      assert.equal(done.status, 0, done.stderr);
+      assert.equal(shaFile(img, 0, T), shaFile(plain), `${who}: B's run decrypted the data once`);
+      continue;
+    }
+    // The way the refusal names when no other run was started — taken here although B was: A restores the header and
+    // finishes; B's file, still at its first step, then finds the device's start changed and is refused.
+    assert.equal(tv(["header", "restore", "--force", "--file", a, img]).status, 0);
+    const ra = tv(["reencrypt", "--decrypt", "-q", "--header", a, "--key-file", pw, img]);
+    assert.equal(ra.status, 0, ra.stderr);
+    assert.equal(shaFile(img, 0, T), shaFile(plain), "A's run decrypted the data");
+    const finished = shaFile(img);
+    const rb = tv(["reencrypt", "--resume-only", "-q", "--header", b, "--key-file", pw, img]);
+    t.diagnostic(`B after A: exit ${rb.status}: ${rb.stderr.trim()}`);
+    assert.notEqual(rb.status, 0);
+    assert.match(rb.stderr, /start is not the moved ciphertext .*b\.hdr expects at its first step/);
+    assert.equal(shaFile(img), finished, "B's refused resume wrote nothing");
+  }
+});
+
+// A header file in re-encryption resumed against another device (a clone taken before the decryption, or another
+// LUKS2 volume): while its moved segment is still ciphertext, a LUKS header at the device's start says it is not the
+// device the file came from. Refused before any write (cryptsetup 2.6.1 goes on: the clone loses its header and its
+// first plaintext), by the engine and by open (a dry run: the table is never loaded).
+test("decrypt-shift: a header file is not resumed nor opened on a device that still holds a LUKS header", async (t) => {
+  if (!needTools(t, "cryptsetup") || !needCliEngine(t)) return;
+  const { dir, cleanup } = fastTmpDir();
+  t.after(cleanup);
+  const pw = join(dir, "pw");
+  writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
+  const img = luksVolume(dir, pw), clone = join(dir, "clone.img"), other = luksVolume(dir, pw, "other.img"), hdr = join(dir, "d.hdr");
+  copyFileSync(img, clone);
+  assert.equal(tv(["reencrypt", "--decrypt", "--init-only", "-q", "--header", hdr, "--key-file", pw, img]).status, 0);
+  for (const target of [clone, other]) {
+    const [before, hdrBefore] = [shaFile(target), shaFile(hdr)];
+    const r = tv(["reencrypt", "--resume-only", "-q", "--header", hdr, "--key-file", pw, target]);
+    t.diagnostic(`exit ${r.status}: ${r.stderr.trim()}`);
+    assert.notEqual(r.status, 0);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.match(r.stderr, /holds a LUKS header at offset 0, where the decryption in .*d\.hdr keeps its moved ciphertext/);
+    await assert.rejects(activateReencrypting(target, "/dev/null", "tv-test", "CRYPT-LUKS2-test", Buffer.from(PASSPHRASE), { dryRun: true, header: hdr }), /holds a LUKS header at offset 0/);
+    assert.equal(shaFile(target), before, "the other device unchanged");
+    assert.equal(shaFile(hdr), hdrBefore, "the header file unchanged");
+  }
+  assert.equal(tv(["reencrypt", "--resume-only", "-q", "--header", hdr, "--key-file", pw, img]).status, 0, "the right device resumes");
 });

@@ -36,10 +36,10 @@ export function registerReencryptCommands(program: Command): void {
     .option("--decrypt", "decrypt to a plain device: with its detached --header FILE, or, when the header is on the device, --header NEW_FILE exports it there and the data moves to the device's start")
     .option("--init-only", "only write the re-encryption metadata; finish later with --resume-only")
     .option("--resume-only", "only resume a re-encryption already in the metadata")
-    .addOption(new Option("--resilience <mode>", "hotzone protection: checksum (default), journal, none (decrypting a device that holds its header: checksum or journal, also spelt datashift-checksum / datashift-journal)").choices(["checksum", "journal", "none", "datashift", "datashift-checksum", "datashift-journal"]))
+    .addOption(new Option("--resilience <mode>", "hotzone protection when a run starts (a resume keeps the header's): checksum (default), journal, none; --encrypt --reduce-device-size is always datashift; decrypting a device that holds its header: checksum or journal (on disk datashift-checksum / datashift-journal)").choices(["checksum", "journal", "none", "datashift", "datashift-checksum", "datashift-journal"]))
     .option("--resilience-hash <hash>", "checksum resilience hash (default sha256)")
-    .option("--hotzone-size <size>", "largest hotzone (e.g. 4M; default 24M, or the re-encryption area's room for it)", parseSize("--hotzone-size"))
-    .option("--reduce-device-size <size>", "in-place --encrypt with a data shift (e.g. 32M)", parseSize("--reduce-device-size"))
+    .option("--hotzone-size <size>", "largest hotzone (e.g. 4M; default 24M, or the re-encryption area's room for it); a data shift's hotzone is the shift; decrypting a device that holds its header, the moved segment's length (default the data offset, at most 20M)", parseSize("--hotzone-size"))
+    .option("--reduce-device-size <size>", "in-place --encrypt with a data shift (e.g. 32M; at least 2M, a multiple of 8K, less than the device): the new data offset is half of it", parseSize("--reduce-device-size"))
     .option("--header <file>", "detached LUKS2 header")
     .option("-d, --key-file <file>", "passphrase from FILE (- = stdin)")
     .option("-S, --key-slot <n>", "unlock and keep only keyslot N (the others are removed when re-encryption finishes)", int("--key-slot", 0, 31))
@@ -131,7 +131,9 @@ export function registerReencryptCommands(program: Command): void {
         if (!active && isLuks && mode !== "encrypt" && !o.forceOfflineReencrypt) active = (await online()).findActiveMapping((await Luks2Volume.open(hdr)).uuid);
         if (active) onlineRefusal(active, mode, o);
         if (active) await dev.close();
-        const r = active
+        // (an interrupted run names the command that resumes it: with its header file, for this device)
+        const resumeCmd = `trustvol reencrypt --resume-only${o.header ? ` --header ${String(o.header)}` : ""} ${device}`;
+        const r = await withResumeHint(resumeCmd, async () => active
           ? await (await online()).reencryptOnline(active, { passphrase, keyslot: o.keySlot as number | undefined, keyslotPassphrases, resilience: o.resilience as ReencryptOptions["resilience"], hash: o.resilienceHash as string | undefined, hotzoneSize: o.hotzoneSize as number | undefined, cipher: o.cipher as string | undefined, keySize: o.keySize as number | undefined, sectorSize: o.sectorSize as number | undefined, pbkdf: pbkdfFrom(o), resumeOnly: !!o.resumeOnly, onProgress, signal: sig.signal })
           : await reencrypt(dev, {
           mode,
@@ -156,7 +158,7 @@ export function registerReencryptCommands(program: Command): void {
           uuid: o.uuid as string | undefined,
           onProgress,
           signal: sig.signal,
-        });
+        }));
         ok = true;
         bar.end();
         if (o.json) printJson(r);
@@ -170,6 +172,16 @@ export function registerReencryptCommands(program: Command): void {
         if (!ok && createdHeader) try { if (statSync(o.header as string).size === 0) unlinkSync(o.header as string); } catch { /* gone */ }
       }
     });
+}
+
+/** An EINTR from the run says how to resume this device (the engine knows neither the command line nor the paths). */
+async function withResumeHint<T>(cmd: string, run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (e) {
+    if (e instanceof TrustvolError && e.code === "EINTR") throw new TrustvolError("EINTR", e.message, `resume it with \`${cmd}\` (or cryptsetup's)`);
+    throw e;
+  }
 }
 
 export { repairReencryption };
