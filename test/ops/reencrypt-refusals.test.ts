@@ -468,6 +468,18 @@ cases.push(
     cryptsetupArgs: ["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--resilience", "journal"],
     cryptsetupAccepts: "cryptsetup 2.6.1 switches the resilience at resume; trustvol resumes with the header's and refuses the option rather than ignore it",
   },
+  // (cryptsetup 2.6.1 re-encrypts LUKS1 offline too; trustvol's engine is LUKS2's and says how to get there)
+  {
+    name: "a LUKS1 device (rotation)",
+    make: (dir, pw) => {
+      const img = join(dir, "luks1.img");
+      writePlain(img, 32 * MiB, 19);
+      cs(["luksFormat", "-q", "--type", "luks1", "--pbkdf-force-iterations", "1000", "--key-file", pw, img]);
+      return { img };
+    },
+    args: [],
+    says: /luks1\.img is LUKS1; convert it to LUKS2 first/,
+  },
   { name: "--sector-size 3000", make: onDevice, args: ["--sector-size", "3000"], status: 2, says: /sector size 3000 is not one of 512, 1024, 2048, 4096/ },
   { name: "--key-size 300 (not whole bytes)", make: onDevice, args: ["--key-size", "300"], status: 2, says: /key size 300 is not a whole number of bytes/ },
 );

@@ -83,7 +83,9 @@ export function registerReencryptCommands(program: Command): void {
       try {
         if (o.header && !exportHeader) hdr = await FileBlockDevice.open(o.header as string, { create: mode === "encrypt" });
         if (exportHeader && !o.batchMode) await confirmYes(`Header file ${exportHeader} does not exist. Initialize LUKS2 decryption of ${device} and export its LUKS2 header to ${exportHeader}?`, `decrypting ${device} in place`);
-        const isLuks = (await reencryptLuksVersion(hdr)) !== null;
+        const version = await reencryptLuksVersion(hdr);
+        if (version === 1) throw new TrustvolError("EUNSUPPORTED", `${hdr.name} is LUKS1`, "convert it to LUKS2 first (`cryptsetup convert --type luks2`)");
+        const isLuks = version !== null;
         let passphrase: Buffer | undefined;
         let keyslotPassphrases: Map<number, Uint8Array> | undefined;
         let uncovered = true; // a keyslot to carry over that no token opens: the typed passphrase is needed
