@@ -674,12 +674,13 @@ function refuseIntegrity(m: Luks2Metadata, name: string): void {
  * clone, another volume) or a header restored since: decrypting "it" would destroy that device's data.
  */
 export async function checkMovedCiphertext(m: Luks2Metadata, st: ReencryptState, dev: BlockDevice, hdrName: string): Promise<void> {
+  if (!isDecryptShift(st)) return;
   const segs = dataSegments(m);
   const first = segs[0];
-  if (!first || first.type !== "crypt" || first.offset !== 0 || segs.some((sg) => sg.flags.includes("in-reencryption"))) return;
+  if (!first || first.type !== "crypt" || first.offset !== 0 || first.flags.includes("in-reencryption")) return;
   if ((await probeLuksVersion(dev)) !== null)
     throw new TrustvolError("EUSAGE", `${dev.name} holds a LUKS header at offset 0, where the decryption in ${hdrName} keeps its moved ciphertext: it is not the device that header was exported from, or its header was restored since`, "give the device the header file was exported from; nothing was written");
-  if (segs.some((sg) => sg.type === "linear")) return;
+  if (segs.some((sg) => sg.type === "linear" || sg.flags.includes("in-reencryption"))) return;
   // Nothing decrypted yet: the moved copy still equals its source, which the first hotzone overwrites. If not, another
   // run (from another copy of the header file, or another export) has decrypted or moved data since this one's init.
   const shift = st.keyslot.area.shiftSize!, L = st.movedSeg!.size!;

@@ -753,4 +753,17 @@ test("decrypt-shift: a header file is not resumed nor opened on a device that st
     assert.equal(shaFile(hdr), hdrBefore, "the header file unchanged");
   }
   assert.equal(tv(["reencrypt", "--resume-only", "-q", "--header", hdr, "--key-file", pw, img]).status, 0, "the right device resumes");
+  // a header file cut inside a shifted hotzone: recovering it would write that hotzone's plaintext over the other device
+  const f = await decryptShiftFixture();
+  const cutHdr = join(dir, "cut1.hdr");
+  copyFileSync(f.bases.cut1.hdr, cutHdr);
+  const other64 = luksVolume(dir, pw, "other64.img", 64 * MiB); // the fixture's size: only the header at 0 tells
+  const [before, hdrBefore] = [shaFile(other64), shaFile(cutHdr)];
+  for (const args of [["reencrypt", "--resume-only", "-q"], ["repair"]]) {
+    const r = tv([...args, "--header", cutHdr, "--key-file", pw, other64]);
+    assert.notEqual(r.status, 0, `${args[0]}: refused`);
+    assert.match(r.stderr, /holds a LUKS header at offset 0/, `${args[0]}: ${r.stderr}`);
+  }
+  assert.equal(shaFile(other64), before, "the other device unchanged by resume and repair");
+  assert.equal(shaFile(cutHdr), hdrBefore, "the header file unchanged");
 });
