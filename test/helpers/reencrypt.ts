@@ -200,6 +200,25 @@ export function oracleDiff(img: string, keyFile: string, plainPath: string, leng
 
 export const trustvolCmd = (args: string[]): [string, string[]] => [process.execPath, [TRUSTVOL_BIN, ...args]];
 
+/**
+ * trustvol's same command (`args`, its device `img`) on its own export cut before the init's commit: it goes on — or,
+ * the moved copy whole (what another export's committed start leaves too), it is refused with nothing written and goes
+ * on after the `trustvol header restore` its refusal names.
+ */
+export function tvContinuesOwnExport(args: string[], img: string, copyWhole: boolean): void {
+  const before = shaFile(img);
+  const r = tv(args);
+  if (!copyWhole) return assert.equal(r.status, 0, `trustvol --decrypt --header of its own exported header: ${r.stderr.trim()}`);
+  assert.notEqual(r.status, 0, "the continuation stops where the copy is whole");
+  const way = /`(trustvol header restore --force --file \S+ \S+)`/.exec(r.stderr);
+  assert.ok(way, `the refusal names the restore: ${r.stderr.trim()}`);
+  assert.equal(shaFile(img), before, "the refusal left the device as it was");
+  const restored = tv(way[1]!.split(" ").slice(1));
+  assert.equal(restored.status, 0, restored.stderr);
+  const again = tv(args);
+  assert.equal(again.status, 0, `the same command after the restore: ${again.stderr.trim()}`);
+}
+
 export function tv(args: string[], opts: { input?: string } = {}): { status: number; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [TRUSTVOL_BIN, ...args], { input: opts.input ?? "", encoding: "utf8", timeout: 600_000, maxBuffer: 1 << 26, cwd: tmpdir() });
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
