@@ -589,15 +589,20 @@ test("reencrypt refuses while cryptsetup's re-encryption lock is held — one-li
   assert.equal(existsSync(join(dir, "lockdir", `LN_LUKS2-reencryption-${luksUuid(runs[0]!.img)}`)), false, "trustvol removes the lock file on release");
 });
 
-/** The decrypt-shift fixture, a scratch directory and its passphrase file; undefined when the tools are missing (skipped). */
-async function decryptShiftWork(t: TestContext) {
+/** A scratch directory (removed after the test) and its passphrase file; undefined when the tools are missing (skipped). */
+function scratch(t: TestContext) {
   if (!needTools(t, "cryptsetup") || !needCliEngine(t)) return undefined;
-  const f = await decryptShiftFixture();
   const { dir, cleanup } = fastTmpDir();
   t.after(cleanup);
   const pw = join(dir, "pw");
   writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
-  return { f, dir, pw };
+  return { dir, pw };
+}
+
+/** The decrypt-shift fixture with a scratch directory and its passphrase file; undefined when skipped. */
+async function decryptShiftWork(t: TestContext) {
+  const w = scratch(t);
+  return w && { f: await decryptShiftFixture(), ...w };
 }
 
 // The premise of the hostile decrypt-shift cases: each base state, unmodified, resumes with both tools to the original
@@ -679,11 +684,9 @@ test("a keyless 'data all done' decrypt-shift header cannot make trustvol zero p
 // its copy would leave it, so A's file must not be continued (two files in re-encryption would decrypt the data twice):
 // refused, nothing written; B resumes to the plaintext.
 test("decrypt-shift: an earlier export's file is not continued once another export of the device has committed", async (t) => {
-  if (!needTools(t, "cryptsetup") || !needCliEngine(t)) return;
-  const { dir, cleanup } = fastTmpDir();
-  t.after(cleanup);
-  const pw = join(dir, "pw");
-  writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
+  const w = scratch(t);
+  if (!w) return;
+  const { dir, pw } = w;
   for (const who of ["trustvol", "cryptsetup"]) {
     const img = luksVolume(dir, pw, `${who}.img`), plain = join(dir, "plain"), T = 16 * MiB;
     writePlain(plain, T, 31);
@@ -733,11 +736,9 @@ test("decrypt-shift: an earlier export's file is not continued once another expo
 // device the file came from. Refused before any write (cryptsetup 2.6.1 goes on: the clone loses its header and its
 // first plaintext), by the engine and by open (a dry run: the table is never loaded).
 test("decrypt-shift: a header file is not resumed nor opened on a device that still holds a LUKS header", async (t) => {
-  if (!needTools(t, "cryptsetup") || !needCliEngine(t)) return;
-  const { dir, cleanup } = fastTmpDir();
-  t.after(cleanup);
-  const pw = join(dir, "pw");
-  writeFileSync(pw, PASSPHRASE, { mode: 0o600 });
+  const w = scratch(t);
+  if (!w) return;
+  const { dir, pw } = w;
   const img = luksVolume(dir, pw), clone = join(dir, "clone.img"), other = luksVolume(dir, pw, "other.img"), hdr = join(dir, "d.hdr");
   copyFileSync(img, clone);
   assert.equal(tv(["reencrypt", "--decrypt", "--init-only", "-q", "--header", hdr, "--key-file", pw, img]).status, 0);

@@ -18,16 +18,20 @@ fill() { # $1 mapping -> random content, checksum on stdout
   dd if=/dev/urandom of=/dev/mapper/$1 bs=1M status=none 2>/dev/null; sync
   sha256sum < /dev/mapper/$1 | cut -d' ' -f1
 }
-# partial CMD-TAG LOOP SIGNAL WANT: run a re-encryption (cryptsetup or trustvol) and send SIGNAL once it made progress
-# (for WANT=crash: while frozen inside a hotzone), until the metadata says WANT (clean|crash)
+# partial WHO LOOP SIGNAL WANT [HDR]: run a re-encryption (cs/tv: key rotation by cryptsetup/trustvol; csdec/tvdec:
+# decryption in place, whose first run exports the header to HDR and later ones resume from it) and send SIGNAL once
+# it made progress (for WANT=crash: while frozen inside a hotzone), until the metadata (HDR's, else LOOP's) says WANT
 partial() {
-  local who=$1 L=$2 sig=$3 want=$4 i p s
+  local who=$1 L=$2 sig=$3 want=$4 H=${5:-} i p s meta=${5:-$2}
   for i in $(seq 1 12); do
-    if [ "$who" = cs ]; then
-      cryptsetup reencrypt --force-offline-reencrypt --resilience checksum --hotzone-size 256K --key-file pass --progress-json "$L" > prog 2>&1 &
-    else
-      $TV reencrypt --token-only --tpm2-device /dev/tpmrm0 --hotzone-size ${HZ:-256K} --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --progress-json "$L" > prog 2>&1 &
-    fi
+    case $who in
+      cs) cryptsetup reencrypt --force-offline-reencrypt --resilience checksum --hotzone-size 256K --key-file pass --progress-json "$L" > prog 2>&1 & ;;
+      tv) $TV reencrypt --token-only --tpm2-device /dev/tpmrm0 --hotzone-size ${HZ:-256K} --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --progress-json "$L" > prog 2>&1 & ;;
+      csdec) if [ -e "$H" ]; then cryptsetup reencrypt --resume-only --header "$H" --key-file pass --progress-json "$L" > prog 2>&1 &
+             else cryptsetup reencrypt --decrypt --header "$H" --key-file pass --progress-json "$L" > prog 2>&1 & fi ;;
+      tvdec) if [ -e "$H" ]; then $TV reencrypt --resume-only --header "$H" --key-file pass --progress-json "$L" > prog 2>&1 &
+             else $TV reencrypt --decrypt --header "$H" -q --key-file pass --progress-json "$L" > prog 2>&1 & fi ;;
+    esac
     p=$!
     for j in $(seq 1 400); do grep -q '"device_bytes": *"[1-9]' prog 2>/dev/null && break; kill -0 $p 2>/dev/null || break; sleep 0.02; done
     if [ "$want" = crash ]; then
@@ -38,14 +42,14 @@ partial() {
         grep -q '^State:.*[ZX]' /proc/$p/status 2>/dev/null && break
         kill -STOP $p 2>/dev/null || break
         for k in $(seq 1 200); do grep -q '^State:.*[TZX]' /proc/$p/status 2>/dev/null && break; sleep 0.005; done; sleep 0.02
-        [ "$(st "$L")" = crash ] && { echo "${who}_${sig}_frozen_in_hotzone_$i=$j"; break; }
+        [ "$(st "$meta")" = crash ] && { echo "${who}_${sig}_frozen_in_hotzone_$i=$j"; break; }
         kill -CONT $p 2>/dev/null; sleep 0.0$((RANDOM % 5))
       done
     else
       sleep 0.$((RANDOM % 4))
     fi
     kill -$sig $p 2>/dev/null; kill -CONT $p 2>/dev/null; wait $p; echo "${who}_${sig}_rc_$i=$?"
-    s=$(st "$L")
+    s=$(st "$meta")
     [ "$s" = "$want" ] && return 0
     [ "$s" = none ] && { echo "${who}_${sig}_finished_before_signal=1"; return 1; }
   done
@@ -104,35 +108,6 @@ topen tpmcrash
 
 # --- decryption in place (data shift: the header exported to a file), started by cryptsetup, then by trustvol; each
 # stopped cleanly, then killed inside a hotzone. Both tools open it mid-run (the plain data's length: device − shift).
-# dpartial WHO LOOP HDR SIGNAL WANT: the first run exports the header, later ones resume from it
-dpartial() {
-  local who=$1 L=$2 H=$3 sig=$4 want=$5 i p s
-  for i in $(seq 1 12); do
-    if [ "$who" = csdec ]; then
-      if [ -e "$H" ]; then cryptsetup reencrypt --resume-only --header "$H" --key-file pass --progress-json "$L" > prog 2>&1 &
-      else cryptsetup reencrypt --decrypt --header "$H" --key-file pass --progress-json "$L" > prog 2>&1 & fi
-    else
-      if [ -e "$H" ]; then $TV reencrypt --resume-only --header "$H" --key-file pass --progress-json "$L" > prog 2>&1 &
-      else $TV reencrypt --decrypt --header "$H" -q --key-file pass --progress-json "$L" > prog 2>&1 & fi
-    fi
-    p=$!
-    for j in $(seq 1 400); do grep -q '"device_bytes": *"[1-9]' prog 2>/dev/null && break; kill -0 $p 2>/dev/null || break; sleep 0.01; done
-    if [ "$want" = crash ]; then
-      for j in $(seq 1 300); do
-        grep -q '^State:.*[ZX]' /proc/$p/status 2>/dev/null && break
-        kill -STOP $p 2>/dev/null || break
-        for k in $(seq 1 200); do grep -q '^State:.*[TZX]' /proc/$p/status 2>/dev/null && break; sleep 0.005; done; sleep 0.02
-        [ "$(st "$H")" = crash ] && { echo "${who}_${sig}_frozen_in_hotzone_$i=$j"; break; }
-        kill -CONT $p 2>/dev/null; sleep 0.0$((RANDOM % 5))
-      done
-    fi
-    kill -$sig $p 2>/dev/null; kill -CONT $p 2>/dev/null; wait $p; echo "${who}_${sig}_rc_$i=$?"
-    s=$(st "$H")
-    [ "$s" = "$want" ] && return 0
-    [ "$s" = none ] && { echo "${who}_${sig}_finished_before_signal=1"; return 1; }
-  done
-  return 1
-}
 # dcheck TAG LOOP HDR SUM: trustvol opens with the header file, then cryptsetup: same content, same table
 dcheck() {
   local tag=$1 L=$2 H=$3 sum=$4
@@ -153,9 +128,9 @@ for who in csdec tvdec; do
   cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file pass $who.img
   LD=$(losetup -f --show $who.img)
   cryptsetup open --key-file pass "$LD" mk; SD=$(fill mk); cryptsetup close mk
-  dpartial $who "$LD" $who.hdr INT clean && echo "${who}clean_state=$(st $who.hdr)"
+  partial $who "$LD" INT clean $who.hdr && echo "${who}clean_state=$(st $who.hdr)"
   dcheck ${who}clean "$LD" $who.hdr "$SD"
-  dpartial $who "$LD" $who.hdr KILL crash && echo "${who}crash_state=$(st $who.hdr)"
+  partial $who "$LD" KILL crash $who.hdr && echo "${who}crash_state=$(st $who.hdr)"
   dcheck ${who}crash "$LD" $who.hdr "$SD"
   # either tool finishes; the device is then the plain data at offset 0
   $TV reencrypt --resume-only --header $who.hdr --key-file pass "$LD" > /dev/null 2> fin.err; echo "${who}_finish_rc=$?"; cat fin.err >&2
