@@ -45,7 +45,7 @@ test("open mid-re-encryption: cryptsetup-started (clean stop, crash), trustvol-s
   assert.equal(f.tpmcrash_open_rc, "0", r.stderr);
   assert.equal(f.tpmcrash_recovered, "1", out);
   assert.equal(f.tpmcrash_content_ok, "1", out);
-  // decryption with a data shift, mid-run: [moved segment (crypt) | plain part (linear) | the rest (crypt, one shift on)]
+  // decryption with a data shift, mid-run: [moved segment (crypt) | plain part (linear) | the rest, if any (crypt, one shift on)]
   for (const who of ["csdec", "tvdec"]) {
     for (const state of ["clean", "crash"]) {
       const tag = `${who}${state}`;
@@ -54,7 +54,9 @@ test("open mid-re-encryption: cryptsetup-started (clean stop, crash), trustvol-s
       if (state === "crash") assert.equal(f[`${tag}_recovered`], "1", `${tag} recovered\n${out}`);
       assert.equal(f[`${tag}_content_ok`], "1", `${tag}: trustvol's mapping is the original plaintext\n${out}`);
       assert.equal(f[`${tag}_cs_content_ok`], "1", `${tag}: cryptsetup's too\n${out}`);
-      assert.equal(f[`${tag}_targets`], "3", out);
+      // three targets while ciphertext is left after the plain part; two once a kill in the last shifted hotzone was
+      // recovered (all but the moved segment plain)
+      assert.ok(["2", "3"].includes(f[`${tag}_targets`] ?? ""), `${tag}: targets ${f[`${tag}_targets`]}\n${out}`);
       assert.match(out, new RegExp(`^${tag}_tvtable: 0 32768 crypt aes-xts-plain64 :64:logon:cryptsetup:[0-9a-f-]+-d0 0 7:\\d+ 0 1 sector_size:4096$`, "m"));
       assert.match(out, new RegExp(`^${tag}_tvtable: 32768 \\d+ linear 7:\\d+ 32768$`, "m"));
       assert.equal(f[`${tag}_table_equal`], "1", `${tag}: trustvol's table is cryptsetup's\n${out}`);
