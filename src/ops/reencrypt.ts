@@ -683,15 +683,20 @@ export async function checkMovedCiphertext(m: Luks2Metadata, st: ReencryptState,
   if (segs.some((sg) => sg.type === "linear" || sg.flags.includes("in-reencryption"))) return;
   // Nothing decrypted yet: the moved copy still equals its source, which the first hotzone overwrites. If not, another
   // run (from another copy of the header file, or another export) has decrypted or moved data since this one's init.
-  const shift = st.keyslot.area.shiftSize!, L = st.movedSeg!.size!;
-  const a = Buffer.allocUnsafe(Math.min(L, 4 * MiB)), b = Buffer.allocUnsafe(a.length);
-  for (let p = 0; p < L && p + shift < dev.size; p += a.length) {
-    const n = Math.min(a.length, L - p, dev.size - shift - p);
+  if (!(await startIsCopy(dev, st.keyslot.area.shiftSize!, st.movedSeg!.size!)))
+    throw new TrustvolError("EUSAGE", `${dev.name}'s start is not the moved ciphertext ${hdrName} expects at its first step: another run (another copy of this header file, or another export) has changed the device since; resuming would decrypt data twice`, "resume the run that went on, with its own header file; nothing was written");
+}
+
+/** Are the device's first `len` bytes (up to where the source ends) a copy of those at `shift`? */
+async function startIsCopy(dev: BlockDevice, shift: number, len: number): Promise<boolean> {
+  const a = Buffer.allocUnsafe(Math.min(len, 4 * MiB)), b = Buffer.allocUnsafe(a.length);
+  for (let p = 0; p < len && p + shift < dev.size; p += a.length) {
+    const n = Math.min(a.length, len - p, dev.size - shift - p);
     await dev.read(a.subarray(0, n), p);
     await dev.read(b.subarray(0, n), shift + p);
-    if (!a.subarray(0, n).equals(b.subarray(0, n)))
-      throw new TrustvolError("EUSAGE", `${dev.name}'s start is not the moved ciphertext ${hdrName} expects at its first step: another run (another copy of this header file, or another export) has changed the device since; resuming would decrypt data twice`, "resume the run that went on, with its own header file; nothing was written");
+    if (!a.subarray(0, n).equals(b.subarray(0, n))) return false;
   }
+  return true;
 }
 
 /** Bytes of the moved copy written last, after a flush of the rest: while they differ from their source, the copy is unfinished. */
@@ -765,14 +770,8 @@ async function initDecryptShift(v: Luks2Volume, dev: BlockDevice, opts: Reencryp
   // No header on the device: this export zeroed it and was cut before its commit — or another export of the same header
   // zeroed it and committed (to its own file), which leaves the same device. Ours writes its copy's first bytes last,
   // after a flush: while they are not the copy yet, the cut was ours; once they are, the two cannot be told apart.
-  if (!devMeta && !dryRun) {
-    const n = Math.min(MOVE_LAST, L);
-    const [head, src] = [Buffer.alloc(n), Buffer.alloc(n)];
-    await dev.read(head, 0);
-    await dev.read(src, shift);
-    if (head.equals(src))
-      throw usage(`${dev.name} already starts with the moved ciphertext, but ${v.dev.name} was never committed: this export was cut in its last instant, or another \`--decrypt --header\` run on this device has committed since (resume that one with its own header file)`, `if no other run was started, put the header back with \`trustvol header restore --force --file ${v.dev.name} ${dev.name}\` (the data is untouched) and run this command again`);
-  }
+  if (!devMeta && !dryRun && (await startIsCopy(dev, shift, Math.min(MOVE_LAST, L))))
+    throw usage(`${dev.name} already starts with the moved ciphertext, but ${v.dev.name} was never committed: this export was cut in its last instant, or another \`--decrypt --header\` run on this device has committed since (resume that one with its own header file)`, `if no other run was started, put the header back with \`trustvol header restore --force --file ${v.dev.name} ${dev.name}\` (the data is untouched) and run this command again`);
   const dOld = Object.keys(m.digests).find((d) => m.digests[d]!.segments.includes(String(seg.id)));
   if (dOld === undefined) throw new TrustvolError("ECORRUPT", "no digest covers the data segment");
   const key: Buffer = knownKey ? Buffer.from(knownKey) : await unlockVolumeKey(v, opts);
