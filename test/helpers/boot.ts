@@ -201,10 +201,12 @@ async function bootOnce(o: BootOptions): Promise<BootResult> {
     // systemd.default_device_timeout_sec: under TCG at a load average of ~20, udev's coldplug started > 90 s into
     // systemd's wait for fstab's /boot (boot-factory's header backup then failed: "no such file or directory").
     const cmdline = ["console=ttyS0", "root=/dev/mapper/root", "rw", "panic=-1", "no_timer_check", "random.trust_cpu=on", "i8042.noaux", "i8042.nokbd", "mitigations=off", "trusted.source=tpm", "systemd.default_device_timeout_sec=600", // The report service owns ttyS0: no serial getty.
-      `trustvol.test=${o.fullCheck ? "full" : "report"}`, "systemd.mask=serial-getty@ttyS0.service", "systemd.show_status=1", ...(o.append ? [o.append] : [])].join(" ");
+      `trustvol.test=${o.fullCheck ? "full" : "report"}`, "systemd.mask=serial-getty@ttyS0.service", "systemd.show_status=1", ...(o.append ? [o.append] : []),
+      // debugging: e.g. "systemd.log_target=kmsg systemd.log_level=info" puts systemd's timeline on the console, timed
+      ...(process.env.TRUSTVOL_BOOT_APPEND ? [process.env.TRUSTVOL_BOOT_APPEND] : [])].join(" ");
     // The serial port is a pipe pair: the console is read from it (and logged), typed text goes into it.
     const args = [
-      "-name", "trustvol-boot", "-machine", "pc,accel=tcg", "-cpu", "max", "-smp", "2", "-m", String(o.memMiB ?? 1024),
+      "-name", "trustvol-boot", "-machine", "pc,accel=tcg", "-cpu", "max", "-smp", String(Number(process.env.TRUSTVOL_VM_SMP ?? 2)), "-m", String(o.memMiB ?? 1024),
       "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-no-reboot",
       "-kernel", o.img.kernel, "-initrd", o.initrd ?? o.img.initrd, "-append", cmdline,
       "-serial", "stdio", "-device", "virtio-rng-pci",
