@@ -185,6 +185,8 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
   if (opts.sectorSize !== undefined && ![512, 1024, 2048, 4096].includes(opts.sectorSize)) throw usage(`sector size ${opts.sectorSize} is not one of 512, 1024, 2048, 4096`);
   if (opts.keySize !== undefined && opts.keySize % 8) throw usage(`key size ${opts.keySize} is not a whole number of bytes`, "give the key size in bits, a multiple of 8 (e.g. 256 or 512)");
   if (opts.hotzoneSize !== undefined && (!Number.isSafeInteger(opts.hotzoneSize) || opts.hotzoneSize < 4096)) throw usage(`hotzone size ${opts.hotzoneSize} is too small`, "give at least 4096 bytes (e.g. 4M)");
+  // cryptsetup 2.6.1 aligns hotzones to 4096 bytes whatever the sector size ("multiple of calculated zone alignment")
+  if (opts.hotzoneSize !== undefined && opts.hotzoneSize % 4096) throw usage(`hotzone size ${opts.hotzoneSize} is not a multiple of 4096 bytes`, "give a multiple of 4096 (e.g. 4M)");
   const version = await reencryptLuksVersion(hdrDev);
   if (version === 1) throw new TrustvolError("EUNSUPPORTED", `${hdrDev.name} is LUKS1`, "convert it to LUKS2 first (`cryptsetup convert --type luks2`)");
 

@@ -482,6 +482,14 @@ cases.push(
   },
   { name: "--sector-size 3000", make: onDevice, args: ["--sector-size", "3000"], status: 2, says: /sector size 3000 is not one of 512, 1024, 2048, 4096/ },
   { name: "--key-size 300 (not whole bytes)", make: onDevice, args: ["--key-size", "300"], status: 2, says: /key size 300 is not a whole number of bytes/ },
+  // cryptsetup refuses it too, but only after writing the re-encryption metadata (no cryptsetupArgs: its copy changes)
+  { name: "--hotzone-size 6144 (not a multiple of 4096)", make: onDevice, args: ["--hotzone-size", "6144"], status: 2, says: /hotzone size 6144 is not a multiple of 4096 bytes/ },
+  { name: "--hotzone-size 6144 on a 512-byte-sector volume", make: (dir, pw) => {
+    const img = join(dir, "s512.img");
+    writePlain(img, 32 * MiB, 11);
+    cs(["luksFormat", "-q", "--type", "luks2", "--sector-size", "512", ...FAST_PBKDF, "--key-file", pw, img]);
+    return { img };
+  }, args: ["--hotzone-size", "6144"], status: 2, says: /not a multiple of 4096/ },
 );
 
 for (const c of cases) {

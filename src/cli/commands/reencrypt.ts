@@ -38,7 +38,7 @@ export function registerReencryptCommands(program: Command): void {
     .option("--resume-only", "only resume a re-encryption already in the metadata")
     .addOption(new Option("--resilience <mode>", "hotzone protection when a run starts (a resume keeps the header's): checksum (default), journal, none; --encrypt --reduce-device-size is always datashift; decrypting a device that holds its header: checksum or journal (on disk datashift-checksum / datashift-journal)").choices(["checksum", "journal", "none", "datashift", "datashift-checksum", "datashift-journal"]))
     .option("--resilience-hash <hash>", "checksum resilience hash (default sha256)")
-    .option("--hotzone-size <size>", "largest hotzone (e.g. 4M; default 24M, or the re-encryption area's room for it); a data shift's hotzone is the shift; decrypting a device that holds its header, the moved segment's length (default the data offset, at most 20M)", parseSize("--hotzone-size"))
+    .option("--hotzone-size <size>", "largest hotzone, a multiple of 4096 bytes (e.g. 4M; default 24M, or the re-encryption area's room for it); a data shift's hotzone is the shift; decrypting a device that holds its header, the moved segment's length (default the data offset, at most 20M)", parseSize("--hotzone-size"))
     .option("--reduce-device-size <size>", "in-place --encrypt with a data shift (e.g. 32M; at least 2M, a multiple of 8K, less than the device): the new data offset is half of it", parseSize("--reduce-device-size"))
     .option("--header <file>", "detached LUKS2 header")
     .option("-d, --key-file <file>", "passphrase from FILE (- = stdin)")
