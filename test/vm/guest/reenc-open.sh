@@ -36,10 +36,13 @@ partial() {
              else $TV reencrypt --decrypt --header "$H" -q --key-file pass --progress-json "$L" > prog 2>&1 & fi ;;
     esac
     p=$!
-    # A decryption's progress line may come only near its end (16 MiB hotzones): it is probed from the start instead.
-    [ -z "$H" ] || [ "$want" = crash ] || for j in $(seq 1 400); do pastmove && break; kill -0 $p 2>/dev/null || break; sleep 0.02; done
-    [ -n "$H" ] || for j in $(seq 1 400); do grep -q '"device_bytes": *"[1-9]' prog 2>/dev/null && break; kill -0 $p 2>/dev/null || break; sleep 0.02; done
-    if [ "$want" = crash ]; then
+    # A decryption in place (16 MiB hotzones) takes ~1 s in the guest and its first progress line may come after most
+    # of it: it is frozen and probed from its start, and signalled once past its moved segment (a stop there, or a kill
+    # in the last hotzone, which decrypts the moved segment, would leave nothing of the mid-run layout to open).
+    # (Frozen only once it holds the device open: a start under TCG, node's above all, would take hundreds of probes.)
+    if [ -n "$H" ]; then for j in $(seq 1 1500); do ls -l /proc/$p/fd 2>/dev/null | grep -q " -> $L\$" && break; kill -0 $p 2>/dev/null || break; sleep 0.02; done
+    else for j in $(seq 1 400); do grep -q '"device_bytes": *"[1-9]' prog 2>/dev/null && break; kill -0 $p 2>/dev/null || break; sleep 0.02; done; fi
+    if [ "$want" = crash ] || [ -n "$H" ]; then
       # A random SIGKILL rarely lands in a hotzone once commits take ~0.2 ms: freeze the process (SIGSTOP; a write in
       # flight completes first), read the header, and kill it only while the header records a hotzone in progress.
       for j in $(seq 1 300); do
@@ -47,10 +50,14 @@ partial() {
         grep -q '^State:.*[ZX]' /proc/$p/status 2>/dev/null && break
         kill -STOP $p 2>/dev/null || break
         for k in $(seq 1 200); do grep -q '^State:.*[TZX]' /proc/$p/status 2>/dev/null && break; sleep 0.005; done; sleep 0.02
-        [ "$(st "$meta")" = crash ] && { [ -z "$H" ] || pastmove; } && { echo "${who}_${sig}_frozen_in_hotzone_$i=$j"; break; }
+        if [ "$want" = crash ]; then
+          [ "$(st "$meta")" = crash ] && { [ -z "$H" ] || pastmove; } && { echo "${who}_${sig}_frozen_in_hotzone_$i=$j"; break; }
+        else
+          pastmove && { echo "${who}_${sig}_frozen_past_move_$i=$j"; break; }
+        fi
         kill -CONT $p 2>/dev/null; sleep 0.0$((RANDOM % 5))
       done
-    elif [ -z "$H" ]; then
+    else
       sleep 0.$((RANDOM % 4))
     fi
     kill -$sig $p 2>/dev/null; kill -CONT $p 2>/dev/null; wait $p; echo "${who}_${sig}_rc_$i=$?"
