@@ -135,6 +135,8 @@ export class Luks2Volume {
     const bound = new Set(dId ? this.metadata.digests[dId]!.keyslots : []);
     const slots = this.candidateSlots(opts.slot).filter((id) => bound.has(id));
     if (!slots.length) {
+      // a finished decryption's header (cryptsetup keeps its keyslots unbound; trustvol keeps none): nothing to unlock
+      if (!dId && this.metadata.segments[segment]?.type === "linear") throw new TrustvolError("ENOKEY", `data segment ${segment} is not encrypted: the volume was decrypted`, "the data device holds plain data: use it directly, no mapping is needed");
       if (opts.slot !== undefined) throw new TrustvolError("EBADPASS", `no key available with this passphrase in keyslot ${opts.slot} (it is not bound to data segment ${segment})`, "use a keyslot bound to the data segment");
       throw new TrustvolError("ENOKEY", "no usable keyslot is available", "no passphrase keyslot is bound to the data segment; unlock with a token or the recovery key");
     }

@@ -84,6 +84,7 @@ test("decrypt in place (header on the device): exported to a new 0600 file, data
   assert.deepEqual(Object.keys(v.metadata.keyslots), [], "the header file keeps no keyslot");
   assert.deepEqual(v.metadata.segments, { "0": { type: "linear", offset: "0", size: "dynamic" } });
   assert.equal(v.metadata.config.requirements, undefined);
+  await assert.rejects(v.unlock(PASS), /data segment 0 is not encrypted: the volume was decrypted/, "unlocking the finished header says why it cannot");
 });
 
 test("decrypt in place, continued from the exported file: only with the export's record of this device and its header unchanged", async () => {
