@@ -12,7 +12,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { TestContext } from "node:test";
 import { IN_CI, hasTool, needTools, run } from "./tools.js";
-import { findGuestKernel, ensureGuestKernel, safeRead } from "../vm/harness.js";
+import { findGuestKernel, ensureGuestKernel, safeRead, vmSmp } from "../vm/harness.js";
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const SCRIPT = join(REPO, "scripts", "boot-root.sh");
@@ -206,7 +206,7 @@ async function bootOnce(o: BootOptions): Promise<BootResult> {
       ...(process.env.TRUSTVOL_BOOT_APPEND ? [process.env.TRUSTVOL_BOOT_APPEND] : [])].join(" ");
     // The serial port is a pipe pair: the console is read from it (and logged), typed text goes into it.
     const args = [
-      "-name", "trustvol-boot", "-machine", "pc,accel=tcg", "-cpu", "max", "-smp", String(Number(process.env.TRUSTVOL_VM_SMP ?? 2)), "-m", String(o.memMiB ?? 1024),
+      "-name", "trustvol-boot", "-machine", "pc,accel=tcg", "-cpu", "max", "-smp", String(vmSmp()), "-m", String(o.memMiB ?? 1024),
       "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-no-reboot",
       "-kernel", o.img.kernel, "-initrd", o.initrd ?? o.img.initrd, "-append", cmdline,
       "-serial", "stdio", "-device", "virtio-rng-pci",

@@ -30,6 +30,9 @@ export const SRK_HANDLE = 0x81000001;
 /** Tools the QEMU tier needs on the host (the guest uses the same binaries). */
 export const VM_TOOLS = ["qemu-system-x86_64", "swtpm", "busybox", "keyctl", "cryptsetup", "dmsetup", "tpm2_createprimary"];
 
+/** Guest vCPUs when a run does not say: $TRUSTVOL_VM_SMP, else 2 (the QEMU tier's guests and the boot tier's). */
+export const vmSmp = (): number => Number(process.env.TRUSTVOL_VM_SMP ?? 2);
+
 export function cacheDir(): string {
   return join(process.env.XDG_CACHE_HOME || join(homedir(), ".cache"), "trustvol");
 }
@@ -334,7 +337,7 @@ async function runInGuestOnce(opts: GuestRunOptions): Promise<GuestRunResult> {
     ].join(" ");
     const args = [
       "-name", "trustvol-vm", "-machine", "pc,accel=tcg", "-cpu", "max",
-      "-smp", String(opts.smp ?? Number(process.env.TRUSTVOL_VM_SMP ?? 2)), "-m", String(opts.memMiB ?? Number(process.env.TRUSTVOL_VM_MEM ?? 1024)),
+      "-smp", String(opts.smp ?? vmSmp()), "-m", String(opts.memMiB ?? Number(process.env.TRUSTVOL_VM_MEM ?? 1024)),
       "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-no-reboot",
       "-kernel", kernel, "-initrd", initrd, "-append", cmdline,
       "-serial", `file:${join(runDir, "console.log")}`,
