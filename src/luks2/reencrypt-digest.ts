@@ -170,9 +170,10 @@ export function assignReencryptDigest(m: Luks2Metadata, keys: Map<number, Uint8A
   } finally {
     wipe(data);
   }
-  for (const dg of Object.values(m.digests)) dg.keyslots = dg.keyslots.filter((k) => k !== ks);
-  for (const [id, dg] of Object.entries(m.digests)) if (!dg.keyslots.length && !dg.segments.length) delete m.digests[id];
+  // the new id is taken before the digest it replaces is erased, as cryptsetup does (a resilience change: 2 → 3)
   let id = 0;
   while (String(id) in m.digests) id++;
+  for (const dg of Object.values(m.digests)) dg.keyslots = dg.keyslots.filter((k) => k !== ks);
+  for (const [id, dg] of Object.entries(m.digests)) if (!dg.keyslots.length && !dg.segments.length) delete m.digests[id];
   m.digests[String(id)] = d;
 }

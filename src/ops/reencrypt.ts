@@ -25,9 +25,10 @@ import { verifyDigest, createDigest } from "../luks2/digest.js";
 import { newVolumeKey, planFormat } from "../luks2/format.js";
 import { opensslHash, type PbkdfOptions } from "../luks2/kdf.js";
 import { chooseEncryptionSectorSize, FS_PROBE_BYTES, probeFilesystem } from "../fs/probe.js";
-import type { Luks2Metadata } from "../luks2/metadata.js";
+import type { Json, Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
-import { assignReencryptDigest, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
+import { assignReencryptDigest, reencryptKeyslotId, reencryptRequirementVersion, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
+import { resilienceSwitch } from "../luks2/reencrypt-resilience.js";
 import { HEAD_MOVE_RECORD_SIZE, HEAD_MOVE_RECORD_SLOTS, moveHead, readHeadMarkState } from "./reencrypt-headmove.js";
 import { parityLayout, parityTagMatches, PARITY_TAG_SIZE, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
@@ -192,6 +193,8 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
 
   let volume: Luks2Volume;
   let recovered = false;
+  /** the reencrypt keyslot's new area when this resume changes the resilience (written after any crash recovery) */
+  let switchArea: Record<string, Json> | null = null;
   let initKeys: Map<number, Buffer> | undefined;
   let exported: FileBlockDevice | undefined;
   try {
@@ -229,10 +232,13 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
         const started = loadReencryptState(volume.metadata);
         // (cryptsetup: "Device is not in LUKS2 decryption. Conflicting option --decrypt.")
         if (mode !== "reencrypt" && started.mode !== mode) throw usage(`${hdrDev.name} is in ${started.mode === "reencrypt" ? "key rotation" : `${started.mode}ion`}, not ${mode}ion: --${mode} conflicts with it`, "resume it without --encrypt/--decrypt (trustvol reencrypt --resume-only)");
-        const area = started.keyslot.area.type;
         // (an encryption with a data shift is datashift whatever was asked, as in cryptsetup: its same command resumes)
-        if (opts.resilience && opts.resilience !== area && `datashift-${opts.resilience}` !== area && !(area === "datashift" && mode === "encrypt"))
-          throw usage(`the re-encryption was started with resilience ${area}; --resilience ${opts.resilience} applies when one starts`, "resume without --resilience");
+        if (!(started.keyslot.area.type === "datashift" && mode === "encrypt"))
+          switchArea = resilienceSwitch(started.keyslot, { resilience: opts.resilience, hash: opts.hash }, {
+            block: checksumBlock(dataAreaSize(started, dev.size), [started.oldSeg.sectorSize, started.newSeg.sectorSize]),
+            hashLen: (alg) => createHash(opensslHash(alg)).digest().length,
+            movedSize: started.movedSeg?.size ?? undefined,
+          });
       }
     }
     const st = loadReencryptState(volume.metadata);
@@ -247,7 +253,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
     initKeys = undefined;
     mark("keys unlocked");
     try {
-      const run = await runEngine(volume, dev, hdrDev, keys, opts);
+      const run = await runEngine(volume, dev, hdrDev, keys, opts, switchArea);
       recovered = run.recovered;
       return { mode: st.mode, state: "finished", recovered, bytes: run.bytes, keyslots: newKeyslots(volume.metadata, st) };
     } finally {
@@ -785,7 +791,7 @@ async function initDecryptShift(v: Luks2Volume, dev: BlockDevice, opts: Reencryp
     const gap = maxAreaGap(m, v.header.hdrSize);
     const hashLen = createHash(opensslHash(opts.hash ?? "sha256")).digest().length;
     const room = journal ? gap.size : Math.floor(gap.size / hashLen) * block;
-    if (L > room) throw new TrustvolError("ENOSPC", `the moved segment (${L} bytes) does not fit the re-encryption area (room for ${room})`, `give --hotzone-size ${room - (room % unit)} or less`);
+    if (L > room) throw usage(`the moved segment (${L} bytes) does not fit the re-encryption area (room for ${room})`, `give --hotzone-size ${room - (room % unit)} or less`);
     let id = 0;
     while (String(id) in m.keyslots) id++;
     if (id >= 32) throw new TrustvolError("ENOSPC", "all 32 keyslots are in use", "remove one first");
@@ -1175,8 +1181,8 @@ function unrecrypt(e: HotzoneEngine, data: Buffer, off: number): void {
   if (e.oldC) e.oldC.encrypt(data, off / e.oldC.sectorSize);
 }
 
-async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: ReencryptOptions): Promise<{ recovered: boolean; bytes: number }> {
-  const e = await prepare(v, dev, hdrDev, keys, opts);
+async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: ReencryptOptions, switchArea: Record<string, Json> | null = null): Promise<{ recovered: boolean; bytes: number }> {
+  let e = await prepare(v, dev, hdrDev, keys, opts);
   mark(`engine: prepared, hotzone ${e.hotzone}`);
   let recovered = false;
   let bytes = 0;
@@ -1188,6 +1194,13 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
       recovered = true;
       if (await recoverHotzone(e, true)) return { recovered, bytes };
     }
+    if (switchArea) {
+      // after the recovery (the crashed hotzone is protected by the old area), before the next hotzone: one commit
+      await switchResilience(v, keys, switchArea, opts);
+      e.dispose();
+      e = await prepare(v, dev, hdrDev, keys, opts);
+      mark(`engine: resilience ${e.st.keyslot.area.type}, hotzone ${e.hotzone}`);
+    }
     bytes = await runHotzones(e, { signal: opts.signal, onProgress: opts.onProgress, interrupted, hooks: opts.hotzoneHooks, keys });
     mark("engine: hotzones done");
     await finishRun(v, dev, hdrDev, e.st, e.buf, { tailCipher: e.oldC });
@@ -1197,6 +1210,19 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
     for (const d of inline) d.inlineSmallIo = false;
     e.dispose();
   }
+}
+
+/**
+ * The resilience change of a resume (cryptsetup LUKS2_keyslot_reencrypt_update): the reencrypt keyslot gets its new
+ * area and the re-encryption digest is made again over it, in one commit. The area's old contents no longer matter:
+ * no hotzone is in re-encryption here, and the next one writes its protection before its "hot" commit.
+ */
+async function switchResilience(v: Luks2Volume, keys: Map<number, Buffer>, area: Record<string, Json>, opts: ReencryptOptions): Promise<void> {
+  const m = structuredClone(v.metadata);
+  if (!verifyReencryptDigest(m, keys)) throw new TrustvolError("ECORRUPT", "re-encryption metadata is invalid (its digest does not match the keys and metadata)", "the header was tampered with or damaged; restore a header backup");
+  (m.keyslots[reencryptKeyslotId(m)!] as unknown as { area: Record<string, Json> }).area = area;
+  assignReencryptDigest(m, keys, { version: reencryptRequirementVersion(m), iterations: digestIterations(opts) });
+  await v.commit(m);
 }
 
 /** Zeros, not random: they erase plaintext as well, and a (partly) wiped copy stays recognisable (wipeMovedHead). */

@@ -232,7 +232,7 @@ cases.push(
   exportCase("--resilience datashift", onDevice, ["--resilience", "datashift"], { status: 2, says: /resilience datashift is for encrypting in place with --reduce-device-size/ }),
   exportCase("--hotzone-size larger than the header (the data shift)", onDevice, ["--hotzone-size", "32M"], { status: 2, says: /--hotzone-size 33554432 is larger than the data shift \(16777216 bytes/ }),
   // the default moved segment is the shift (16 MiB); the journal has the area's 16486400 bytes (cryptsetup: "Moved segment too large")
-  exportCase("--resilience journal: the moved segment does not fit the re-encryption area", onDevice, ["--resilience", "journal"], { says: /the moved segment \(16777216 bytes\) does not fit the re-encryption area \(room for 16486400\)/ }),
+  exportCase("--resilience journal: the moved segment does not fit the re-encryption area", onDevice, ["--resilience", "journal"], { status: 2, says: /the moved segment \(16777216 bytes\) does not fit the re-encryption area \(room for 16486400\)/ }),
   exportCase("a device that is not LUKS", (dir) => {
     const img = join(dir, "plain.img");
     writePlain(img, 32 * MiB, 16);
@@ -459,14 +459,23 @@ cases.push(
     says: /is in key rotation, not decryption: --decrypt conflicts with it/,
     cryptsetupArgs: ["reencrypt", "--decrypt", "--resume-only", "--force-offline-reencrypt", "-q"],
   },
+  // (a change at resume is applied as cryptsetup 2.6.1 applies it: test/ops/reencrypt-resilience-switch.test.ts; these it refuses too)
   {
-    name: "--resilience journal when resuming a checksum run",
-    make: (dir, pw) => ({ img: initOnly(dir, pw, ["--resilience", "checksum"]) }),
-    args: ["--resume-only", "--resilience", "journal"],
+    name: "--resilience checksum when resuming an encryption with a data shift",
+    make: (dir, pw) => ({ img: initOnly(dir, pw, [], true) }),
+    args: ["--resume-only", "--resilience", "checksum"],
     status: 2,
-    says: /started with resilience checksum; --resilience journal applies when one starts/,
-    cryptsetupArgs: ["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--resilience", "journal"],
-    cryptsetupAccepts: "cryptsetup 2.6.1 switches the resilience at resume; trustvol resumes with the header's and refuses the option rather than ignore it",
+    says: /its resilience is datashift and cannot become checksum/,
+    cryptsetupArgs: ["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--resilience", "checksum"],
+  },
+  {
+    name: "--resilience-hash alone when resuming a journal run",
+    make: (dir, pw) => ({ img: initOnly(dir, pw, ["--resilience", "journal"]) }),
+    args: ["--resume-only", "--resilience-hash", "sha512"],
+    status: 2,
+    says: /--resilience-hash applies to checksum resilience; this re-encryption uses journal/,
+    cryptsetupArgs: ["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--resilience-hash", "sha512"],
+    cryptsetupAccepts: "cryptsetup 2.6.1 ignores --resilience-hash without --resilience; trustvol applies an option given or refuses it",
   },
   // (cryptsetup 2.6.1 re-encrypts LUKS1 offline too; trustvol's engine is LUKS2's and says how to get there)
   {
