@@ -344,39 +344,45 @@ async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: Bloc
 
 /**
  * A decryption with a data shift leaves the device's last shift [T, T + shift) holding stale ciphertext (cryptsetup
- * wipes it with random: reencrypt_wipe_unused_device_area). Zeroed here per old-key sector, and only where it is stale:
- * where it decrypts to the plaintext now in place one shift lower. A header forged to say "done" over data never
- * moved keeps that data; a cut during the wipe leaves sectors that are zeros or still stale, wiped again by the next
- * run. Sectors below the shift (a device smaller than two shifts: the old header's area) are left as they are: nothing
- * there can be checked against this device, which might be another one, or resized.
+ * wipes it with random: reencrypt_wipe_unused_device_area) and, when the data is shorter than the shift, the old
+ * header's keyslot material in [T, shift). Zeroed here per old-key sector, and only where it is provably stale: from
+ * the shift on, where it is the old key's encryption of the plaintext now one shift lower; below it, where it equals
+ * the header file's bytes at the same offset (the file is the device's head as exported: the same keyslot areas). A
+ * header forged to say "done" over data never moved keeps that data; a sector a cut tore (leading zeros, then the
+ * stale bytes) counts as stale, so the next run finishes the wipe.
  */
-async function wipeStaleTail(dev: BlockDevice, st: ReencryptState, c: SectorCipher, buf: Buffer): Promise<void> {
+async function wipeStaleTail(dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, c: SectorCipher, buf: Buffer): Promise<void> {
   const shift = st.keyslot.area.shiftSize!, ss = c.sectorSize, T = dev.size - shift;
-  if (T < 0 || T % ss) return;
+  if (T < 0 || T % ss || shift % ss) return;
   const step = Math.max(ss, buf.length - (buf.length % ss));
-  const tail = Buffer.allocUnsafeSlow(step), plain = Buffer.allocUnsafeSlow(step), zeros = Buffer.alloc(step);
+  const tail = Buffer.allocUnsafeSlow(step), expect = Buffer.allocUnsafeSlow(step), zeros = Buffer.alloc(step);
   try {
     for (let d = T; d < dev.size; d += step) {
       const n = Math.min(step, dev.size - d);
       const t = tail.subarray(0, n);
       await dev.read(t, d);
-      const stale = (o: number): boolean => {
-        const q = d + o - shift; // the plain offset whose ciphertext this sector held
-        return q >= 0 && t.subarray(o, o + ss).equals(plain.subarray(o, o + ss));
-      };
-      const q0 = d - shift;
-      if (q0 + n > 0) {
-        // the plaintext now at [q0, q0+n) and the tail decrypted as that plain range's old ciphertext
-        const from = Math.max(0, q0);
-        await dev.read(plain.subarray(from - q0, n), from);
-        c.decrypt(t.subarray(from - q0, n), from / ss);
+      // [d, below): the old header's area, compared with the header file; [below, d+n): old ciphertext, re-made
+      const below = Math.min(d + n, Math.max(d, shift));
+      const inFile = Math.min(below, Math.max(d, hdrDev !== dev ? hdrDev.size - (hdrDev.size % ss) : d));
+      if (inFile > d) await hdrDev.read(expect.subarray(0, inFile - d), d);
+      if (below < d + n) {
+        const e = expect.subarray(below - d, n);
+        await dev.read(e, below - shift);
+        c.encrypt(e, (below - shift) / ss);
       }
-      await zeroWhere(dev, d, n, ss, stale, zeros);
+      const known = (o: number) => d + o < inFile || d + o >= below;
+      await zeroWhere(dev, d, n, ss, (o) => known(o) && staleOrTorn(t.subarray(o, o + ss), expect.subarray(o, o + ss)), zeros);
     }
     await dev.flush();
   } finally {
-    wipe(tail, plain);
+    wipe(tail, expect);
   }
+}
+
+/** The sector holds `stale`, or a zeroing of it that a cut tore: leading zeros, then the rest of `stale`. */
+function staleOrTorn(sector: Buffer, stale: Buffer): boolean {
+  const k = sector.findIndex((b) => b !== 0);
+  return k >= 0 && sector.subarray(k).equals(stale.subarray(k));
 }
 
 /** Zero each 512-byte sector of the moved copy that is leading zeros (a wipe, maybe torn) then the final segment's plaintext. */
@@ -433,7 +439,7 @@ async function zeroWhere(dev: BlockDevice, at: number, n: number, unit: number, 
 async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, buf: Buffer, o: { wipeMoved?: boolean; tailCipher?: SectorCipher | null } = {}): Promise<void> {
   // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
   if (st.movedSeg && st.mode === "encrypt" && o.wipeMoved !== false) await wipeZeros(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
-  if (isDecryptShift(st) && o.tailCipher) await wipeStaleTail(dev, st, o.tailCipher, buf.length ? buf : Buffer.allocUnsafeSlow(MiB));
+  if (isDecryptShift(st) && o.tailCipher) await wipeStaleTail(dev, hdrDev, st, o.tailCipher, buf.length ? buf : Buffer.allocUnsafeSlow(MiB));
   const fin = finalMetadata(v.metadata, st);
   await v.commit(fin.metadata);
   for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);

@@ -170,3 +170,69 @@ test("decrypt with a data shift: a header forged to say 'done' over data never m
   assert.ok(dev2.data.subarray(0, plain.length).equals(plain));
   assert.ok(dev2.data.subarray(dev2.size - SHIFT).equals(Buffer.alloc(SHIFT)), "stale ciphertext zeroed");
 });
+
+// What a finished decryption with a data shift leaves in the device's last shift [T, T + shift): no stale ciphertext
+// (old key) and, when the plain data is shorter than the shift, no old keyslot material in [T, shift) — the header file
+// holds the reference for that part. A cut at any write of the finish (torn sectors included) and the next run still
+// leave none of either.
+async function decryptShiftBeforeFinish(dataSize: number): Promise<{ dev: Buffer; hdr: Buffer; plain: Buffer; original: Buffer; shift: number }> {
+  const SHIFT = MiB; // makeVolume's data offset
+  const { image, plain } = await makeVolume(dataSize);
+  const uuid = (await Luks2Volume.open(new MemoryBlockDevice(image))).uuid;
+  const dev = new MemoryBlockDevice(Buffer.from(image)), hdr = new MemoryBlockDevice(Buffer.from(await exportedHeaderImage(new MemoryBlockDevice(image), uuid, SHIFT)));
+  await reencrypt(dev, { mode: "decrypt", header: hdr, passphrase: FIX_PASS, pbkdf: FIX_PBKDF, initOnly: true });
+  return { dev: Buffer.from(dev.data), hdr: Buffer.from(hdr.data), plain, original: image, shift: SHIFT };
+}
+
+/** 512-byte sectors of the device's tail still holding bytes of the original image's [0, shift) or of its ciphertext. */
+function leftovers(after: Buffer, original: Buffer, T: number): { keyslot: number; ciphertext: number } {
+  const sectors = new Set<string>();
+  for (let o = 0; o < original.length; o += 512) {
+    const s = original.subarray(o, o + 512);
+    if (s.some((b) => b !== 0)) sectors.add(s.toString("hex"));
+  }
+  let keyslot = 0, ciphertext = 0;
+  for (let d = T; d < after.length; d += 512) {
+    const s = after.subarray(d, d + 512);
+    if (!s.some((b) => b !== 0)) continue;
+    // a torn sector: its non-zero tail still equal to the original's at that place
+    const k = s.findIndex((b) => b !== 0);
+    const orig = original.subarray(d, d + 512);
+    if (sectors.has(s.toString("hex")) || (k > 0 && s.subarray(k).equals(orig.subarray(k)))) {
+      if (d < MiB) keyslot++; // below the shift: the old header's area
+      else ciphertext++;
+    }
+  }
+  return { keyslot, ciphertext };
+}
+
+for (const dataSize of [3 * MiB, 128 * 1024]) {
+  test(`decrypt with a data shift (${dataSize / 1024} KiB of data, shift 1 MiB): the finish leaves neither stale ciphertext nor old keyslot material in the tail, whatever write a cut lands on`, async (t) => {
+    const s = await decryptShiftBeforeFinish(dataSize);
+    const T = dataSize;
+    const run = async (d: MemoryBlockDevice, h: MemoryBlockDevice) => reencrypt(d, { mode: "decrypt", header: h, passphrase: FIX_PASS, resumeOnly: true });
+    const d0 = new MemoryBlockDevice(Buffer.from(s.dev)), h0 = new MemoryBlockDevice(Buffer.from(s.hdr));
+    await run(d0, h0);
+    assert.ok(d0.data.subarray(0, T).equals(s.plain));
+    assert.deepEqual(leftovers(d0.data, s.original, T), { keyslot: 0, ciphertext: 0 }, "a whole run");
+    const { PowerRail } = await import("../helpers/power-cut.js");
+    const probe = new PowerRail({});
+    const pd = new PowerCutDevice(s.dev, { rail: probe }), ph = new PowerCutDevice(s.hdr, { rail: probe });
+    await run(pd as unknown as MemoryBlockDevice, ph as unknown as MemoryBlockDevice);
+    let cuts = 0;
+    for (let at = 1; at <= probe.writes; at++)
+      for (const policy of ["drop", "keep", "random"] as const) {
+        const rail = new PowerRail({ cutAtWrite: at, unsynced: policy, seed: at * 17 + 1 });
+        const cd = new PowerCutDevice(s.dev, { rail }), ch = new PowerCutDevice(s.hdr, { rail });
+        await assert.rejects(run(cd as unknown as MemoryBlockDevice, ch as unknown as MemoryBlockDevice), (e) => e instanceof PowerCut);
+        const d = new MemoryBlockDevice(cd.image()), h = new MemoryBlockDevice(ch.image());
+        if (reencryptStatus((await Luks2Volume.open(h)).metadata) !== "none") await run(d, h);
+        assert.ok(d.data.subarray(0, T).equals(s.plain), `cut ${at} (${policy}): plaintext`);
+        const left = leftovers(d.data, s.original, T);
+        // a cut after the final commit cannot be resumed: the tail was wiped (and flushed) before it
+        assert.deepEqual(left, { keyslot: 0, ciphertext: 0 }, `cut ${at} (${policy}): tail`);
+        cuts++;
+      }
+    t.diagnostic(`${cuts} cuts (${probe.writes} writes × 3 policies), torn sectors included: tail clean after each`);
+  });
+}
