@@ -541,3 +541,38 @@ for (const s of [decShift("checksum"), decShift("journal")]) {
     });
   }
 }
+
+// A resilience change at resume (cryptsetup 2.5+): 2.7.5 starts a checksum rotation, trustvol resumes it with
+// --resilience journal and stops after one hotzone (SIGINT, exit 7), 2.7.5 verifies the new digest and finishes.
+test("rotation: cryptsetup 2.7.5 --init-only (checksum), trustvol resumes with --resilience journal and is stopped, 2.7.5 finishes", async (t) => {
+  const s = setup(t);
+  if (!s) return;
+  const { root, f, w } = s;
+  copyFileSync(f.luks, w.img);
+  const init = cs27(root, w, ["reencrypt", "--init-only", "--force-offline-reencrypt", "-q", ...FAST_PBKDF, "--resilience", "checksum", "--key-file", inChroot(w.pw), inChroot(w.img)]);
+  assert.equal(init.status, 0, init.stderr.toString());
+  const [cmd, args] = trustvolCmd(["reencrypt", "--resume-only", "--resilience", "journal", "--hotzone-size", "256K", "--progress-json", "-q", "--key-file", w.pw, w.img]);
+  const stopped = await new Promise<number | null>((resolve) => {
+    const p = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let sent = false;
+    const onLine = (b: Buffer) => {
+      if (!sent && /"device_bytes"/.test(b.toString())) {
+        sent = true;
+        p.kill("SIGINT");
+      }
+    };
+    p.stdout.on("data", onLine);
+    p.stderr.on("data", onLine);
+    p.on("exit", (code) => resolve(code));
+  });
+  const j = luksJson(w.img);
+  const rk = Object.values(j.keyslots).find((k: any) => k.type === "reencrypt") as any;
+  if (stopped !== 0) {
+    assert.equal(stopped, 7, "stopped at a safe point");
+    assert.equal(rk?.area.type, "journal", "trustvol switched the run to journal");
+    const r = cs27(root, w, ["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--key-file", inChroot(w.pw), inChroot(w.img)]);
+    assert.equal(r.status, 0, `cryptsetup 2.7.5 resumes trustvol's switched run: ${r.stderr.toString()}`);
+  } else t.diagnostic("trustvol finished before the SIGINT landed");
+  assertPlain(w.img, w.pw, f.plain, SIZE - 16 * MiB, undefined, "plaintext after the switched rotation");
+  opensWithAll(root, w, false);
+});

@@ -45,6 +45,16 @@ test("hotzone hooks: before (hot metadata, both keys) and after (done) around ev
   assert.deepEqual(keysSeen, [0, 1], "old and new volume key, by digest id");
 });
 
+test("online resume with --resilience journal (the hooks reencryptOnline uses): the switch is committed before the first hotzone's hook", async () => {
+  const { dev } = await stoppedAfter(1);
+  const areas: string[] = [];
+  await reencrypt(dev, {
+    passphrase: PASS, resumeOnly: true, hotzoneSize: HOTZONE, resilience: "journal",
+    hotzoneHooks: { before: (hot) => void areas.push(loadReencryptState(hot).keyslot.area.type), after: () => {} },
+  });
+  assert.ok(areas.length >= 2 && areas.every((a) => a === "journal"), `every hotzone of the resume under journal (${areas.join(",")})`);
+});
+
 test("segment table mid-rotation: new-key segment, old-key segment, cryptsetup's key descriptions", async () => {
   const { dev, v } = await stoppedAfter(2);
   const m = v.metadata;
