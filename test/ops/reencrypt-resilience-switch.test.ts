@@ -18,7 +18,7 @@ import type { Luks2Metadata } from "../../src/luks2/metadata.js";
 import { TrustvolError } from "../../src/util/errors.js";
 import { PowerCutDevice, PowerCut, type UnsyncedPolicy } from "../helpers/power-cut.js";
 import { needTools } from "../helpers/tools.js";
-import { MiB, FAST_PBKDF, PASSPHRASE, writePlain, shaFile, cs, luksJson, fastTmpDir, assertPlain, opensWithBoth, oracleFill } from "../helpers/reencrypt.js";
+import { MiB, FAST_PBKDF, PASSPHRASE, writePlain, shaFile, cs, luksJson, fastTmpDir, needCliEngine, assertPlain, opensWithBoth, oracleFill, assertDumpAsCryptsetup } from "../helpers/reencrypt.js";
 import { PASS, PBKDF, HOTZONE, makeVolume, plaintextOf } from "./reencrypt-fixture.js";
 
 const ks = (type: string, extra: Partial<ReencryptKeyslot["area"]> = {}): ReencryptKeyslot => ({ id: 2, mode: "reencrypt", direction: "forward", area: { type, offset: 548864, size: 16228352, ...extra } });
@@ -174,6 +174,7 @@ test("cryptsetup --init-only, trustvol resumes with --resilience journal and sto
   // cryptsetup 2.6.1's own switch of the same --init-only header: "Creating new digest 3", "Erasing unused digest 2"
   assert.deepEqual(Object.keys(j.digests), ["0", "1", "3"]);
   assert.deepEqual(j.digests["3"].keyslots, [rk]);
+  if (needCliEngine(t)) assert.match(assertDumpAsCryptsetup(img, "the switched run"), /Resilience:\s+journal/);
   const before = shaFile(img);
   const r = cs(["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--key-file", pw, img], { check: false });
   assert.equal(r.status, 0, `cryptsetup resumes trustvol's switched run: ${r.stderr}`);
@@ -217,6 +218,7 @@ test("decryption with a data shift: --resilience checksum --resilience-hash sha5
   assert.equal(j.keyslots[rk].area.type, "datashift-checksum");
   assert.equal(j.keyslots[rk].area.hash, "sha512");
   assert.deepEqual(Object.keys(j.digests), ["0", "2"], "cryptsetup's ids: new digest 2, digest 1 erased");
+  if (needCliEngine(t)) assert.match(assertDumpAsCryptsetup(copy, "the switched decryption's header"), /Resilience:\s+datashift-checksum/);
   const r = cs(["reencrypt", "--resume-only", "--header", copy, "--force-offline-reencrypt", "-q", "--key-file", pw, img], { check: false });
   assert.equal(r.status, 0, `cryptsetup resumes trustvol's switched decryption: ${r.stderr}`);
   assertSamePlain(img, plain, dataLen);
