@@ -103,7 +103,8 @@ export function loadReencryptState(m: Luks2Metadata): ReencryptState {
   if (segs.length === 0 || segs.length > 4) throw bad(`${segs.length} data segments (1..4 expected)`);
   if (segs.filter((s) => s.flags.includes("in-reencryption")).length > 1) throw bad("more than one segment in re-encryption");
   for (const s of segs) if (s.flags.some((f) => f !== "in-reencryption")) throw bad(`data segment ${s.id} has an unknown flag`);
-  if ((ks.area.type === "checksum" || ks.area.type === "datashift-checksum") && ks.area.hash && !HASHES.has(ks.area.hash)) throw new TrustvolError("EUNSUPPORTED", `resilience hash "${ks.area.hash}" is not supported`);
+  // (cryptsetup writes --resilience-hash as given: SHA256 too)
+  if ((ks.area.type === "checksum" || ks.area.type === "datashift-checksum") && ks.area.hash && !HASHES.has(ks.area.hash.toLowerCase())) throw new TrustvolError("EUNSUPPORTED", `resilience hash "${ks.area.hash}" is not supported`);
   const movedSeg = segmentByFlag(m, "backup-moved-segment");
   if (shifted) {
     if (ks.mode !== "decrypt" || !movedSeg) throw bad(`resilience "${t}" is for decryption with a data shift (a moved segment)`);

@@ -21,7 +21,8 @@ const summed = (t: string) => t === "checksum" || t === "datashift-checksum";
  * disk. `block` is the checksum block a switch to checksum gets (the init's rule); `hashLen(alg)` a digest's size;
  * `movedSize` the moved segment of a decryption with a data shift, which the new protection must still hold whole.
  * Refused as cryptsetup 2.6.1 refuses: no change to or from datashift, none for a decryption with a data shift, a
- * moved segment larger than the new area can protect. `--resilience-hash` alone changes a checksum run's hash (where
+ * moved segment larger than the new area can protect; and (cryptsetup switches it) a moved segment that is not whole
+ * checksum blocks. `--resilience-hash` alone changes a checksum run's hash (where
  * cryptsetup ignores it): an option given is applied or refused, never dropped.
  */
 export function resilienceSwitch(ks: ReencryptKeyslot, req: ResilienceRequest, o: { block: number; hashLen(alg: string): number; movedSize?: number }): Record<string, Json> | null {
@@ -40,7 +41,8 @@ export function resilienceSwitch(ks: ReencryptKeyslot, req: ResilienceRequest, o
       shifted ? `a decryption with a data shift is protected by checksum or journal, not ${want}` : `resilience ${want} is not for this re-encryption (it uses ${t})`,
       shifted ? "resume with --resilience checksum or journal, or without --resilience" : "use checksum, journal or none",
     );
-  const hash = summed(want) ? (req.hash ?? "sha256") : undefined;
+  // (cryptsetup keeps a checksum run's hash when none is given; any other switch to checksum gets sha256)
+  const hash = summed(want) ? (req.hash ?? (t === "checksum" && want === "checksum" ? ks.area.hash : "sha256")) : undefined;
   if (want === t && (!hash || hash === ks.area.hash)) return null;
   const sectorSize = want === t ? ks.area.sectorSize! : o.block;
   if (shifted && o.movedSize !== undefined) {
@@ -48,6 +50,9 @@ export function resilienceSwitch(ks: ReencryptKeyslot, req: ResilienceRequest, o
     const room = hash ? Math.floor(ks.area.size / o.hashLen(hash)) * sectorSize : ks.area.size;
     if (o.movedSize > room)
       throw usage(`resilience ${want} cannot protect this decryption: its area holds ${room} bytes of hotzone, the moved segment is ${o.movedSize}`, `resume with ${want === "datashift-journal" ? "checksum" : "another hash"}, or without --resilience`);
+    // (cryptsetup 2.6.1 switches it; the engine checksums whole blocks and refuses such a header: never write one)
+    if (hash && o.movedSize % sectorSize)
+      throw usage(`resilience ${want} cannot protect this decryption: the moved segment (${o.movedSize} bytes) is not a multiple of the ${sectorSize}-byte checksum block`, "resume without --resilience");
   }
   const area: Record<string, Json> = { offset: String(ks.area.offset), size: String(ks.area.size), type: want };
   if (hash) {

@@ -179,8 +179,9 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
   if (opts.initOnly && opts.resumeOnly) throw usage("--init-only and --resume-only exclude each other");
   if (mode !== "encrypt" && (opts.label !== undefined || opts.subsystem !== undefined || opts.uuid !== undefined || opts.labelFromFs)) throw usage("--label, --subsystem, --uuid and --label-from-fs are for --encrypt", "set them on an existing volume with `cryptsetup config`");
   if (opts.resilience && !["checksum", "journal", "none", "datashift", "datashift-checksum", "datashift-journal"].includes(opts.resilience)) throw usage(`unknown resilience mode "${opts.resilience}"`, "use checksum, journal or none");
-  if (opts.resilience?.startsWith("datashift-") && mode !== "decrypt") throw usage(`resilience ${opts.resilience} is for decrypting a device that holds its header (\`--decrypt --header NEW_FILE\`)`, "use checksum, journal or none");
-  if (opts.resilience === "datashift" && !(mode === "encrypt" && !opts.header)) throw usage("resilience datashift is for encrypting in place with --reduce-device-size", "use checksum, journal or none");
+  // (a resume's --resilience is judged against the run on disk: resilienceSwitch)
+  if (opts.resilience?.startsWith("datashift-") && mode !== "decrypt" && !opts.resumeOnly) throw usage(`resilience ${opts.resilience} is for decrypting a device that holds its header (\`--decrypt --header NEW_FILE\`)`, "use checksum, journal or none");
+  if (opts.resilience === "datashift" && !(mode === "encrypt" && !opts.header) && !opts.resumeOnly) throw usage("resilience datashift is for encrypting in place with --reduce-device-size", "use checksum, journal or none");
   if (opts.exportHeader !== undefined && (mode !== "decrypt" || opts.header || opts.resumeOnly)) throw usage("exporting the header is for starting --decrypt of a device that holds its header (without --header or --resume-only)");
   if (opts.hash) opensslHash(opts.hash);
   if (opts.sectorSize !== undefined && ![512, 1024, 2048, 4096].includes(opts.sectorSize)) throw usage(`sector size ${opts.sectorSize} is not one of 512, 1024, 2048, 4096`);
@@ -232,13 +233,11 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
         const started = loadReencryptState(volume.metadata);
         // (cryptsetup: "Device is not in LUKS2 decryption. Conflicting option --decrypt.")
         if (mode !== "reencrypt" && started.mode !== mode) throw usage(`${hdrDev.name} is in ${started.mode === "reencrypt" ? "key rotation" : `${started.mode}ion`}, not ${mode}ion: --${mode} conflicts with it`, "resume it without --encrypt/--decrypt (trustvol reencrypt --resume-only)");
-        // (an encryption with a data shift is datashift whatever was asked, as in cryptsetup: its same command resumes)
-        if (!(started.keyslot.area.type === "datashift" && mode === "encrypt"))
-          switchArea = resilienceSwitch(started.keyslot, { resilience: opts.resilience, hash: opts.hash }, {
-            block: checksumBlock(dataAreaSize(started, dev.size), [started.oldSeg.sectorSize, started.newSeg.sectorSize]),
-            hashLen: (alg) => createHash(opensslHash(alg)).digest().length,
-            movedSize: started.movedSeg?.size ?? undefined,
-          });
+        switchArea = resilienceSwitch(started.keyslot, { resilience: opts.resilience, hash: opts.hash }, {
+          block: checksumBlock(dataAreaSize(started, dev.size), [started.oldSeg.sectorSize, started.newSeg.sectorSize]),
+          hashLen: (alg) => createHash(opensslHash(alg)).digest().length,
+          movedSize: started.movedSeg?.size ?? undefined,
+        });
       }
     }
     const st = loadReencryptState(volume.metadata);
@@ -347,42 +346,72 @@ async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: Bloc
  * wipes it with random: reencrypt_wipe_unused_device_area) and, when the data is shorter than the shift, the old
  * header's keyslot material in [T, shift). Zeroed here per old-key sector, and only where it is provably stale: from
  * the shift on, where it is the old key's encryption of the plaintext now one shift lower; below it, where it equals
- * the header file's bytes at the same offset (the file is the device's head as exported: the same keyslot areas). A
- * header forged to say "done" over data never moved keeps that data; a sector a cut tore (leading zeros, then the
- * stale bytes) counts as stale, so the next run finishes the wipe.
+ * the header file's bytes at the same offset (the file is the device's head as exported: the same keyslot areas),
+ * and that only on a device shown to be the one decrypted: some of [shift, end) is that stale ciphertext and none of
+ * it is anything else (a header forged to say "done", or the file's run resumed on a backup of the device, keeps it). A sector a cut tore (512-byte pieces zeroed or not, a piece torn after leading zeros) counts as stale,
+ * so the next run finishes the wipe; [T, shift) is wiped and flushed first, while its evidence is still there.
  */
 async function wipeStaleTail(dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, c: SectorCipher, buf: Buffer): Promise<void> {
   const shift = st.keyslot.area.shiftSize!, ss = c.sectorSize, T = dev.size - shift;
   if (T < 0 || T % ss || shift % ss) return;
   const step = Math.max(ss, buf.length - (buf.length % ss));
   const tail = Buffer.allocUnsafeSlow(step), expect = Buffer.allocUnsafeSlow(step), zeros = Buffer.alloc(step);
-  try {
-    for (let d = T; d < dev.size; d += step) {
-      const n = Math.min(step, dev.size - d);
-      const t = tail.subarray(0, n);
-      await dev.read(t, d);
-      // [d, below): the old header's area, compared with the header file; [below, d+n): old ciphertext, re-made
-      const below = Math.min(d + n, Math.max(d, shift));
-      const inFile = Math.min(below, Math.max(d, hdrDev !== dev ? hdrDev.size - (hdrDev.size % ss) : d));
-      if (inFile > d) await hdrDev.read(expect.subarray(0, inFile - d), d);
-      if (below < d + n) {
-        const e = expect.subarray(below - d, n);
-        await dev.read(e, below - shift);
-        c.encrypt(e, (below - shift) / ss);
-      }
-      const known = (o: number) => d + o < inFile || d + o >= below;
-      await zeroWhere(dev, d, n, ss, (o) => known(o) && staleOrTorn(t.subarray(o, o + ss), expect.subarray(o, o + ss)), zeros);
+  /** Over [d, d+n) of the tail: for each sector, stale (true), zero (null) or anything else (false). */
+  const judge = async (d: number, n: number): Promise<(boolean | null)[]> => {
+    const t = tail.subarray(0, n);
+    await dev.read(t, d);
+    // [d, below): the old header's area, compared with the header file; [below, d+n): old ciphertext, re-made
+    const below = Math.min(d + n, Math.max(d, shift));
+    const inFile = Math.min(below, Math.max(d, hdrDev !== dev ? hdrDev.size - (hdrDev.size % ss) : d));
+    if (inFile > d) await hdrDev.read(expect.subarray(0, inFile - d), d);
+    if (below < d + n) {
+      const e = expect.subarray(below - d, n);
+      await dev.read(e, below - shift);
+      c.encrypt(e, (below - shift) / ss);
     }
-    await dev.flush();
+    const out: (boolean | null)[] = [];
+    for (let o = 0; o < n; o += ss) out.push(d + o < inFile || d + o >= below ? staleOrTorn(t.subarray(o, o + ss), expect.subarray(o, o + ss)) : false);
+    return out;
+  };
+  try {
+    // [T, shift) only on evidence: some of [shift, end) stale, none of it anything else
+    let headerArea = false;
+    for (let d = shift; T < shift && d < dev.size; d += step) {
+      const v = await judge(d, Math.min(step, dev.size - d));
+      if (v.includes(false)) {
+        headerArea = false;
+        break;
+      }
+      headerArea ||= v.includes(true);
+    }
+    // the header area first and flushed: the ciphertext it is judged by stays until it is gone
+    for (const [from, to] of [[T, headerArea ? Math.min(shift, dev.size) : T], [Math.max(T, shift), dev.size]] as const) {
+      for (let d = from; d < to; d += step) {
+        const n = Math.min(step, to - d);
+        const v = await judge(d, n);
+        await zeroWhere(dev, d, n, ss, (o) => v[o / ss] === true, zeros);
+      }
+      await dev.flush();
+    }
   } finally {
     wipe(tail, expect);
   }
 }
 
-/** The sector holds `stale`, or a zeroing of it that a cut tore: leading zeros, then the rest of `stale`. */
-function staleOrTorn(sector: Buffer, stale: Buffer): boolean {
-  const k = sector.findIndex((b) => b !== 0);
-  return k >= 0 && sector.subarray(k).equals(stale.subarray(k));
+/**
+ * The sector is stale, or a zeroing of it that a cut tore: each 512-byte piece zero or stale (a piece torn mid-write:
+ * leading zeros, then the rest of the stale piece); true when some piece is not zero yet, null when all are.
+ */
+function staleOrTorn(sector: Buffer, stale: Buffer): boolean | null {
+  let left = false;
+  for (let o = 0; o < sector.length; o += 512) {
+    const p = sector.subarray(o, o + 512);
+    const k = p.findIndex((b) => b !== 0);
+    if (k < 0) continue;
+    if (!p.subarray(k).equals(stale.subarray(o + k, o + 512))) return false;
+    left = true;
+  }
+  return left ? true : null;
 }
 
 /** Zero each 512-byte sector of the moved copy that is leading zeros (a wipe, maybe torn) then the final segment's plaintext. */

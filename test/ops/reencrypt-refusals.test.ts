@@ -469,6 +469,14 @@ cases.push(
     cryptsetupArgs: ["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--resilience", "checksum"],
   },
   {
+    name: "--encrypt --resilience journal when resuming an encryption with a data shift",
+    make: (dir, pw) => ({ img: initOnly(dir, pw, [], true) }),
+    args: ["--encrypt", "--resume-only", "--resilience", "journal"],
+    status: 2,
+    says: /its resilience is datashift and cannot become journal/,
+    cryptsetupArgs: ["reencrypt", "--encrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--resilience", "journal"],
+  },
+  {
     name: "--resilience-hash alone when resuming a journal run",
     make: (dir, pw) => ({ img: initOnly(dir, pw, ["--resilience", "journal"]) }),
     args: ["--resume-only", "--resilience-hash", "sha512"],

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { randomFillSync } from "node:crypto";
 import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
 import { Luks2Volume } from "../../src/luks2/volume.js";
-import { reencryptStatus } from "../../src/luks2/reencrypt-metadata.js";
+import { reencryptStatus, loadReencryptState, postMetadata } from "../../src/luks2/reencrypt-metadata.js";
 import { reencrypt } from "../../src/ops/reencrypt.js";
 import { PowerCutDevice, PowerCut } from "../helpers/power-cut.js";
 import { needTools } from "../helpers/tools.js";
@@ -145,9 +145,11 @@ test("header forged to say the data shift is finished over a device never encryp
 
 // Decryption with a data shift: its finish zeroes the device's last shift only where that is stale ciphertext (found
 // by the differential fuzz: a forged "done" had trustvol zero the only copy of data never moved).
-test("decrypt with a data shift: a header forged to say 'done' over data never moved keeps the tail; a genuine finish zeroes it", async () => {
+// (128 KiB: data shorter than the shift, the tail holds the old header's area too; found by review in session 20)
+for (const dataSize of [3 * MiB, 128 * 1024])
+test(`decrypt with a data shift (${dataSize / 1024} KiB of data): a header forged to say 'done' over data never moved keeps the tail; a genuine finish zeroes it`, async () => {
   const SHIFT = MiB;
-  const { image, plain } = await makeVolume(3 * SHIFT);
+  const { image, plain } = await makeVolume(dataSize);
   const uuid = (await Luks2Volume.open(new MemoryBlockDevice(image))).uuid;
   const exported = await exportedHeaderImage(new MemoryBlockDevice(image), uuid, SHIFT);
   const dev = new MemoryBlockDevice(Buffer.from(image)), hdr = new MemoryBlockDevice(Buffer.from(exported));
@@ -236,3 +238,54 @@ for (const dataSize of [3 * MiB, 128 * 1024]) {
     t.diagnostic(`${cuts} cuts (${probe.writes} writes × 3 policies), torn sectors included: tail clean after each`);
   });
 }
+
+test("decrypt with a data shift: the header file's finish resumed on a backup of the device (taken before the decryption) changes nothing on it", async () => {
+  const s = await decryptShiftBeforeFinish(128 * 1024);
+  const T = 128 * 1024;
+  // the header file as a run leaves it with every hotzone done (the moved segment's "done"), data decrypted
+  const run = (d: MemoryBlockDevice, h: MemoryBlockDevice) => reencrypt(d, { mode: "decrypt", header: h, passphrase: FIX_PASS, resumeOnly: true });
+  const { PowerRail } = await import("../helpers/power-cut.js");
+  const probe = new PowerRail({});
+  await run(new PowerCutDevice(s.dev, { rail: probe }) as unknown as MemoryBlockDevice, new PowerCutDevice(s.hdr, { rail: probe }) as unknown as MemoryBlockDevice);
+  let hdr: Buffer | undefined;
+  for (let at = probe.writes; at >= 1 && !hdr; at--) {
+    const rail = new PowerRail({ cutAtWrite: at, unsynced: "keep", seed: 1 });
+    const cd = new PowerCutDevice(s.dev, { rail }), ch = new PowerCutDevice(s.hdr, { rail });
+    await run(cd as unknown as MemoryBlockDevice, ch as unknown as MemoryBlockDevice).catch((e) => assert.ok(e instanceof PowerCut));
+    const m = (await Luks2Volume.open(new MemoryBlockDevice(ch.image()))).metadata;
+    if (reencryptStatus(m) === "crash" && cd.image().subarray(0, T).equals(s.plain)) hdr = ch.image();
+  }
+  assert.ok(hdr, "a cut in the last hotzone with the data already plain");
+  const h = new MemoryBlockDevice(hdr);
+  const v = await Luks2Volume.open(h);
+  const st = loadReencryptState(v.metadata);
+  await v.commit(postMetadata(v.metadata, st, 0, st.movedSeg!.size!, T));
+  const backup = new MemoryBlockDevice(Buffer.from(s.original));
+  await run(backup, h);
+  assert.ok(backup.data.equals(s.original), "the backup is byte-identical: its keyslots and ciphertext are not stale data of this run");
+});
+
+test("decrypt with a data shift: a tail zeroing torn out of order (every other 512-byte piece landed) is finished by the next run", async () => {
+  for (const dataSize of [3 * MiB, 128 * 1024]) {
+    const s = await decryptShiftBeforeFinish(dataSize);
+    const T = dataSize;
+    /** The first write into the tail lands only its even 512-byte pieces, then the power goes. */
+    class OutOfOrderTear extends MemoryBlockDevice {
+      torn = false;
+      override async write(buf: Uint8Array, offset: number): Promise<void> {
+        if (this.torn) throw new PowerCut(0);
+        if (offset < T || buf.length < 1024) return super.write(buf, offset);
+        this.torn = true;
+        for (let o = 0; o < buf.length; o += 1024) await super.write(buf.subarray(o, o + 512), offset + o);
+        throw new PowerCut(0);
+      }
+    }
+    const dev = new OutOfOrderTear(Buffer.from(s.dev)), hdr = new MemoryBlockDevice(Buffer.from(s.hdr));
+    await assert.rejects(reencrypt(dev, { mode: "decrypt", header: hdr, passphrase: FIX_PASS, resumeOnly: true }), (e) => e instanceof PowerCut);
+    assert.ok(dev.torn, "the cut landed in the tail");
+    const again = new MemoryBlockDevice(Buffer.from(dev.data));
+    await reencrypt(again, { mode: "decrypt", header: hdr, passphrase: FIX_PASS, resumeOnly: true });
+    assert.ok(again.data.subarray(0, T).equals(s.plain));
+    assert.deepEqual(leftovers(again.data, s.original, T), { keyslot: 0, ciphertext: 0 }, `${dataSize / 1024} KiB: tail clean`);
+  }
+});
