@@ -28,12 +28,13 @@ const summed = (t: string) => t === "checksum" || t === "datashift-checksum";
 export function resilienceSwitch(ks: ReencryptKeyslot, req: ResilienceRequest, o: { block: number; hashLen(alg: string): number; movedSize?: number }): Record<string, Json> | null {
   const t = ks.area.type;
   if (req.resilience === undefined && req.hash === undefined) return null;
+  if (t === "datashift") {
+    // (its init takes and ignores --resilience-hash, as cryptsetup's does: the same command resumes)
+    if ((req.resilience ?? "datashift") === "datashift") return null;
+    throw usage(`the re-encryption encrypts with a data shift: its resilience is datashift and cannot become ${req.resilience}`, "resume without --resilience");
+  }
   if (req.resilience === undefined && !summed(t)) throw usage(`--resilience-hash applies to checksum resilience; this re-encryption uses ${t}`, "resume without --resilience-hash, or switch with --resilience checksum --resilience-hash HASH");
   let want = req.resilience ?? t;
-  if (t === "datashift") {
-    if (want === "datashift") return null;
-    throw usage(`the re-encryption encrypts with a data shift: its resilience is datashift and cannot become ${want}`, "resume without --resilience");
-  }
   const shifted = t.startsWith("datashift-");
   if (shifted && (want === "checksum" || want === "journal")) want = `datashift-${want}`;
   if (shifted !== want.startsWith("datashift-") || want === "datashift")

@@ -347,8 +347,8 @@ async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: Bloc
  * header's keyslot material in [T, shift). Zeroed here per old-key sector, and only where it is provably stale: from
  * the shift on, where it is the old key's encryption of the plaintext now one shift lower; below it, where it equals
  * the header file's bytes at the same offset (the file is the device's head as exported: the same keyslot areas),
- * and that only on a device shown to be the one decrypted: some of [shift, end) is that stale ciphertext and none of
- * it is anything else (a header forged to say "done", or the file's run resumed on a backup of the device, keeps it). A sector a cut tore (512-byte pieces zeroed or not, a piece torn after leading zeros) counts as stale,
+ * and that only on a device shown to be the one decrypted: a whole sector of [shift, end) is that stale ciphertext (a
+ * header forged to say "done", or the file's run resumed on a backup of the device, keeps it). A sector a cut tore (512-byte pieces zeroed or not, a piece torn after leading zeros) counts as stale,
  * so the next run finishes the wipe; [T, shift) is wiped and flushed first, while its evidence is still there.
  */
 async function wipeStaleTail(dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, c: SectorCipher, buf: Buffer): Promise<void> {
@@ -356,8 +356,8 @@ async function wipeStaleTail(dev: BlockDevice, hdrDev: BlockDevice, st: Reencryp
   if (T < 0 || T % ss || shift % ss) return;
   const step = Math.max(ss, buf.length - (buf.length % ss));
   const tail = Buffer.allocUnsafeSlow(step), expect = Buffer.allocUnsafeSlow(step), zeros = Buffer.alloc(step);
-  /** Over [d, d+n) of the tail: for each sector, stale (true), zero (null) or anything else (false). */
-  const judge = async (d: number, n: number): Promise<(boolean | null)[]> => {
+  /** Over [d, d+n) of the tail: for each sector, stale (true, "exact" when whole), zero (null) or anything else (false). */
+  const judge = async (d: number, n: number): Promise<(boolean | null | "exact")[]> => {
     const t = tail.subarray(0, n);
     await dev.read(t, d);
     // [d, below): the old header's area, compared with the header file; [below, d+n): old ciphertext, re-made
@@ -369,27 +369,24 @@ async function wipeStaleTail(dev: BlockDevice, hdrDev: BlockDevice, st: Reencryp
       await dev.read(e, below - shift);
       c.encrypt(e, (below - shift) / ss);
     }
-    const out: (boolean | null)[] = [];
-    for (let o = 0; o < n; o += ss) out.push(d + o < inFile || d + o >= below ? staleOrTorn(t.subarray(o, o + ss), expect.subarray(o, o + ss)) : false);
+    const out: (boolean | null | "exact")[] = [];
+    for (let o = 0; o < n; o += ss) {
+      const [a, b] = [t.subarray(o, o + ss), expect.subarray(o, o + ss)];
+      out.push(!(d + o < inFile || d + o >= below) ? false : a.equals(b) ? "exact" : staleOrTorn(a, b));
+    }
     return out;
   };
   try {
-    // [T, shift) only on evidence: some of [shift, end) stale, none of it anything else
+    // [T, shift) only on evidence that this device is the one decrypted: a whole sector of [shift, end) is the old
+    // key's encryption of the plaintext one shift lower (the rest may have been written since, or zeroed by a cut run)
     let headerArea = false;
-    for (let d = shift; T < shift && d < dev.size; d += step) {
-      const v = await judge(d, Math.min(step, dev.size - d));
-      if (v.includes(false)) {
-        headerArea = false;
-        break;
-      }
-      headerArea ||= v.includes(true);
-    }
+    for (let d = shift; T < shift && d < dev.size && !headerArea; d += step) headerArea = (await judge(d, Math.min(step, dev.size - d))).includes("exact");
     // the header area first and flushed: the ciphertext it is judged by stays until it is gone
     for (const [from, to] of [[T, headerArea ? Math.min(shift, dev.size) : T], [Math.max(T, shift), dev.size]] as const) {
       for (let d = from; d < to; d += step) {
         const n = Math.min(step, to - d);
         const v = await judge(d, n);
-        await zeroWhere(dev, d, n, ss, (o) => v[o / ss] === true, zeros);
+        await zeroWhere(dev, d, n, ss, (o) => v[o / ss] === true || v[o / ss] === "exact", zeros);
       }
       await dev.flush();
     }

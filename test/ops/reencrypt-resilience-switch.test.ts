@@ -33,6 +33,8 @@ test("resilienceSwitch: what a resume's --resilience / --resilience-hash does to
   assert.equal(resilienceSwitch(ks("checksum", sums), { resilience: "checksum" }, o), null);
   assert.equal(resilienceSwitch(ks("journal"), { resilience: "journal" }, o), null);
   assert.equal(resilienceSwitch(ks("datashift", { shiftSize: 32 * MiB }), { resilience: "datashift" }, o), null);
+  // (a data shift's init ignores --resilience-hash, as cryptsetup's does: the same command resumes)
+  assert.equal(resilienceSwitch(ks("datashift", { shiftSize: 32 * MiB }), { hash: "sha512" }, o), null);
   assert.equal(resilienceSwitch(ks("datashift-checksum", { ...sums, shiftSize: 16 * MiB }), { resilience: "checksum" }, o), null);
   // a change: the area as cryptsetup writes it (field order offset, size, type, hash, sector_size, shift_size)
   assert.deepEqual(resilienceSwitch(ks("checksum", sums), { resilience: "journal" }, o), { offset: "548864", size: "16228352", type: "journal" });
@@ -157,7 +159,7 @@ test("a hash spelt as cryptsetup writes it (--resilience-hash SHA256): the switc
   assert.ok((await plaintextOf(dev)).subarray(0, plain.length).equals(plain));
 });
 
-test("an encryption with a data shift resumes with --resilience datashift (no change) and refuses journal, nothing written", async () => {
+test("an encryption with a data shift resumes with --resilience datashift or its own command (--resilience-hash ignored, as at init) and refuses journal, nothing written", async () => {
   const plain = randomBytes(3.5 * MiB);
   const dev = new MemoryBlockDevice(Buffer.concat([plain, Buffer.alloc(SHIFT_REDUCE)]));
   const ac = new AbortController();
@@ -166,8 +168,12 @@ test("an encryption with a data shift resumes with --resilience datashift (no ch
   for (const mode of ["encrypt", undefined] as const)
     await assert.rejects(reencrypt(dev, { mode, passphrase: PASS, resumeOnly: true, resilience: "journal" }), (e: TrustvolError) => e.code === "EUSAGE" && /its resilience is datashift and cannot become journal/.test(e.message));
   assert.ok(dev.data.equals(stopped), "nothing written");
+  const again = new MemoryBlockDevice(Buffer.from(stopped));
   await reencrypt(dev, { passphrase: PASS, resumeOnly: true, resilience: "datashift" });
   assert.ok((await plaintextOf(dev)).subarray(0, plain.length).equals(plain));
+  // the same command again, --resilience-hash included (its init took and ignored it)
+  await reencrypt(again, { mode: "encrypt", passphrase: PASS, pbkdf: PBKDF, reduceDeviceSize: SHIFT_REDUCE, hash: "sha512" });
+  assert.ok((await plaintextOf(again)).subarray(0, plain.length).equals(plain));
 });
 
 test("a refused switch changes nothing: --resilience-hash on a journal run, datashift-journal on a rotation", async () => {

@@ -12,7 +12,7 @@ import { randomFillSync } from "node:crypto";
 import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
 import { Luks2Volume } from "../../src/luks2/volume.js";
 import { reencryptStatus, loadReencryptState, postMetadata } from "../../src/luks2/reencrypt-metadata.js";
-import { reencrypt } from "../../src/ops/reencrypt.js";
+import { reencrypt, repairReencryption } from "../../src/ops/reencrypt.js";
 import { PowerCutDevice, PowerCut } from "../helpers/power-cut.js";
 import { needTools } from "../helpers/tools.js";
 import { makeVolume, PASS as FIX_PASS, PBKDF as FIX_PBKDF } from "./reencrypt-fixture.js";
@@ -288,4 +288,26 @@ test("decrypt with a data shift: a tail zeroing torn out of order (every other 5
     assert.ok(again.data.subarray(0, T).equals(s.plain));
     assert.deepEqual(leftovers(again.data, s.original, T), { keyslot: 0, ciphertext: 0 }, `${dataSize / 1024} KiB: tail clean`);
   }
+});
+
+test("decrypt with a data shift (128 KiB): plain data written between a repaired cut and the finish — the old keyslot material still goes", async () => {
+  const s = await decryptShiftBeforeFinish(128 * 1024);
+  const T = 128 * 1024;
+  /** The power goes at the first write into the tail (the finish's wipe). */
+  class CutAtTail extends MemoryBlockDevice {
+    override async write(buf: Uint8Array, offset: number): Promise<void> {
+      if (offset >= T) throw new PowerCut(0);
+      return super.write(buf, offset);
+    }
+  }
+  const cut = new CutAtTail(Buffer.from(s.dev)), hdr = new MemoryBlockDevice(Buffer.from(s.hdr));
+  await assert.rejects(reencrypt(cut, { mode: "decrypt", header: hdr, passphrase: FIX_PASS, resumeOnly: true }), (e) => e instanceof PowerCut);
+  const dev = new MemoryBlockDevice(Buffer.from(cut.data));
+  await repairReencryption(dev, { header: hdr, passphrase: FIX_PASS });
+  const plain = Buffer.from(s.plain);
+  plain.fill(0x41, 0, 4096); // the file system, mounted after the repair, writes a block
+  dev.data.set(plain.subarray(0, 4096), 0);
+  await reencrypt(dev, { mode: "decrypt", header: hdr, passphrase: FIX_PASS, resumeOnly: true });
+  assert.ok(dev.data.subarray(0, T).equals(plain));
+  assert.equal(leftovers(dev.data, s.original, T).keyslot, 0, "no old keyslot material in [T, shift)");
 });
