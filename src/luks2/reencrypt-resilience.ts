@@ -22,8 +22,8 @@ const summed = (t: string) => t === "checksum" || t === "datashift-checksum";
  * `movedSize` the moved segment of a decryption with a data shift, which the new protection must still hold whole.
  * Refused as cryptsetup 2.6.1 refuses: no change to or from datashift, none for a decryption with a data shift, a
  * moved segment larger than the new area can protect; and (cryptsetup switches it) a moved segment that is not whole
- * checksum blocks. `--resilience-hash` alone changes a checksum run's hash (where
- * cryptsetup ignores it): an option given is applied or refused, never dropped.
+ * checksum blocks. `--resilience-hash` alone changes a checksum run's hash and is refused on journal or none (where
+ * cryptsetup ignores it); only a data shift's encryption ignores it, as its init does, so its same command resumes.
  */
 export function resilienceSwitch(ks: ReencryptKeyslot, req: ResilienceRequest, o: { block: number; hashLen(alg: string): number; movedSize?: number }): Record<string, Json> | null {
   const t = ks.area.type;
