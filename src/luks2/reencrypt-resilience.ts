@@ -2,7 +2,7 @@
 // the reencrypt keyslot's area gets the new protection and the re-encryption digest is made again over it
 // (cryptsetup lib/luks2/luks2_keyslot_reenc.c reenc_keyslot_update_needed / reenc_keyslot_update_is_valid /
 // LUKS2_keyslot_reencrypt_update). Pure: which area to write, or why the change is refused.
-import { TrustvolError } from "../util/errors.js";
+import { usage } from "../util/errors.js";
 import type { Json } from "./metadata.js";
 import type { ReencryptKeyslot } from "./reencrypt-metadata.js";
 
@@ -13,7 +13,6 @@ export interface ResilienceRequest {
   hash?: string;
 }
 
-const usage = (msg: string, hint: string) => new TrustvolError("EUSAGE", msg, hint);
 const summed = (t: string) => t === "checksum" || t === "datashift-checksum";
 
 /**

@@ -348,8 +348,9 @@ async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: Bloc
  * the shift on, where it is the old key's encryption of the plaintext now one shift lower; below it, where it equals
  * the header file's bytes at the same offset (the file is the device's head as exported: the same keyslot areas),
  * and that only on a device shown to be the one decrypted: a whole sector of [shift, end) is that stale ciphertext (a
- * header forged to say "done", or the file's run resumed on a backup of the device, keeps it). A sector a cut tore (512-byte pieces zeroed or not, a piece torn after leading zeros) counts as stale,
- * so the next run finishes the wipe; [T, shift) is wiped and flushed first, while its evidence is still there.
+ * header forged to say "done", or the file's run resumed on a backup of the device, keeps it). A sector a cut tore
+ * (512-byte pieces zeroed or not, a piece torn after leading zeros) counts as stale, so the next run finishes the
+ * wipe; [T, shift) is wiped and flushed first, while its evidence is still there.
  */
 async function wipeStaleTail(dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, c: SectorCipher, buf: Buffer): Promise<void> {
   const shift = st.keyslot.area.shiftSize!, ss = c.sectorSize, T = dev.size - shift;
@@ -402,13 +403,18 @@ async function wipeStaleTail(dev: BlockDevice, hdrDev: BlockDevice, st: Reencryp
 function staleOrTorn(sector: Buffer, stale: Buffer): boolean | null {
   let left = false;
   for (let o = 0; o < sector.length; o += 512) {
-    const p = sector.subarray(o, o + 512);
-    const k = p.findIndex((b) => b !== 0);
-    if (k < 0) continue;
-    if (!p.subarray(k).equals(stale.subarray(o + k, o + 512))) return false;
-    left = true;
+    const r = pieceLeft(sector, stale, o);
+    if (r === false) return false;
+    left ||= r === true;
   }
   return left ? true : null;
+}
+
+/** The 512-byte piece at o of `got`: null when all zeros, true when leading zeros (maybe none) then `want`'s rest. */
+function pieceLeft(got: Buffer, want: Buffer, o: number): boolean | null {
+  let z = o;
+  while (z < o + 512 && got[z] === 0) z++;
+  return z === o + 512 ? null : got.subarray(z, o + 512).equals(want.subarray(z, o + 512));
 }
 
 /** Zero each 512-byte sector of the moved copy that is leading zeros (a wipe, maybe torn) then the final segment's plaintext. */
@@ -430,12 +436,7 @@ async function wipeMovedHead(dev: BlockDevice, st: ReencryptState, key: Buffer |
       await dev.read(want, seg.offset + p);
       await (c.decryptAsync ? c.decryptAsync(want, p / seg.sectorSize) : c.decrypt(want, p / seg.sectorSize));
       // sectors to zero: the head's plaintext, whole or behind a torn wipe's zeros (all zeros: done already)
-      const head = (o: number): boolean => {
-        let z = o;
-        while (z < o + 512 && copy[z] === 0) z++;
-        return z < o + 512 && copy.subarray(z, o + 512).equals(want.subarray(z, o + 512));
-      };
-      await zeroWhere(dev, moved.offset + p, n, 512, head, zeros);
+      await zeroWhere(dev, moved.offset + p, n, 512, (o) => pieceLeft(copy, want, o) === true, zeros);
     }
     await dev.flush(); // before the commit that forgets the copy
   } finally {
@@ -1250,8 +1251,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
  * no hotzone is in re-encryption here, and the next one writes its protection before its "hot" commit.
  */
 async function switchResilience(v: Luks2Volume, keys: Map<number, Buffer>, area: Record<string, Json>, opts: ReencryptOptions): Promise<void> {
-  const m = structuredClone(v.metadata);
-  if (!verifyReencryptDigest(m, keys)) throw new TrustvolError("ECORRUPT", "re-encryption metadata is invalid (its digest does not match the keys and metadata)", "the header was tampered with or damaged; restore a header backup");
+  const m = structuredClone(v.metadata); // (its digest was verified when the keys were unlocked: unlockForState)
   (m.keyslots[reencryptKeyslotId(m)!] as unknown as { area: Record<string, Json> }).area = area;
   assignReencryptDigest(m, keys, { version: reencryptRequirementVersion(m), iterations: digestIterations(opts) });
   await v.commit(m);
