@@ -264,11 +264,50 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
   }
 }
 
-/** Recover a crashed hotzone (cryptsetup `repair` of a device in re-encryption); the run stays resumable. */
-export async function repairReencryption(dev: BlockDevice, opts: { passphrase?: Uint8Array; keyslot?: number; header?: BlockDevice; keyslotPassphrases?: Map<number, Uint8Array> } = {}): Promise<{ recovered: boolean }> {
+/** The old digest's passphrase keyslots still in the metadata. */
+function oldKeyslotsLeft(m: Luks2Metadata, st: ReencryptState): number[] {
+  if (st.digestOld < 0) return [];
+  return (m.digests[String(st.digestOld)]?.keyslots ?? []).filter((k) => m.keyslots[k]?.type === "luks2").map(Number).sort((a, b) => a - b);
+}
+
+/**
+ * A decryption whose data is all done with old keyslots still listed: where cryptsetup stops when it is killed in its
+ * finalisation (crypt_keyslot_destroy wipes a keyslot's area, then commits the JSON without it), or a run stopped
+ * before its last commit. Such a keyslot may open with no passphrase at all; `repair` can drop it on confirmation.
+ */
+export function strandedDecrypt(m: Luks2Metadata, dev: BlockDevice, st: ReencryptState = loadReencryptState(m)): boolean {
+  return st.mode === "decrypt" && oldKeyslotsLeft(m, st).length > 0 && dataAllDone(m, st, dev);
+}
+
+/**
+ * Recover a crashed hotzone (cryptsetup `repair` of a device in re-encryption); the run stays resumable. A decryption
+ * stranded in its finalisation (strandedDecrypt) whose old keyslots the passphrase does not open is finished here,
+ * dropping them, once `confirmDrop` (told the keyslots) returns; it throws to refuse. Without it: EBADPASS, unchanged.
+ */
+export async function repairReencryption(dev: BlockDevice, opts: { passphrase?: Uint8Array; keyslot?: number; header?: BlockDevice; keyslotPassphrases?: Map<number, Uint8Array>; confirmDrop?: (keyslots: number[]) => Promise<void> } = {}): Promise<{ recovered: boolean; finished?: boolean }> {
   const hdrDev = opts.header ?? dev;
-  const volume = await Luks2Volume.open(hdrDev);
+  let volume = await Luks2Volume.open(hdrDev);
   volume.checkRequirements("write");
+  if (reencryptStatus(volume.metadata) === "clean" && strandedDecrypt(volume.metadata, dev)) {
+    const lock = await lockReencryption(volume.uuid, { optional: true });
+    try {
+      volume = await Luks2Volume.open(hdrDev); // re-read under the lock
+      const st = loadReencryptState(volume.metadata);
+      if (reencryptStatus(volume.metadata) !== "clean" || !strandedDecrypt(volume.metadata, dev, st)) return { recovered: false };
+      try {
+        const keys = await unlockForState(volume, hdrDev, st, opts);
+        for (const k of keys.values()) wipe(k);
+        return { recovered: false }; // the passphrase opens it: --resume-only finishes it the ordinary way
+      } catch (e) {
+        if (!(e instanceof TrustvolError && e.code === "EBADPASS") || !opts.confirmDrop) throw e;
+      }
+      await opts.confirmDrop(oldKeyslotsLeft(volume.metadata, st));
+      await finishMetadataOnly(volume, dev, hdrDev, st, {}, true);
+      return { recovered: false, finished: true };
+    } finally {
+      await lock?.release();
+    }
+  }
   if (reencryptStatus(volume.metadata) !== "crash") return { recovered: false };
   const st = loadReencryptState(volume.metadata);
   const keys = await unlockForState(volume, hdrDev, st, opts);
@@ -315,13 +354,19 @@ function dataAllDone(m: Luks2Metadata, st: ReencryptState, dev: BlockDevice): bo
  * for it): there the old key is required while any old keyslot is left, as on the normal path. A power cut before the
  * final commit leaves the same state (run it again); after it, the volume is finished.
  */
-async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, opts: ReencryptOptions): Promise<void> {
+async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, opts: ReencryptOptions, dropUnopened = false): Promise<void> {
   const m = v.metadata;
-  const oldLeft = st.digestOld >= 0 && (m.digests[String(st.digestOld)]?.keyslots ?? []).some((k) => m.keyslots[k]?.type === "luks2");
   const optional = new Set<number>();
   // decrypt with every old keyslot already wiped: no key is left to check or to lose, and no data is written.
-  if (st.digestOld >= 0 && st.digestOld !== st.digestNew && (st.digestNew >= 0 || !oldLeft)) optional.add(st.digestOld);
-  const keys = await unlockForState(v, hdrDev, st, opts, optional);
+  if (st.digestOld >= 0 && st.digestOld !== st.digestNew && (st.digestNew >= 0 || !oldKeyslotsLeft(m, st).length || dropUnopened)) optional.add(st.digestOld);
+  let keys: Map<number, Buffer>;
+  try {
+    keys = await unlockForState(v, hdrDev, st, opts, optional);
+  } catch (e) {
+    if (e instanceof TrustvolError && e.code === "EBADPASS" && strandedDecrypt(m, dev, st))
+      throw new TrustvolError("EBADPASS", `the passphrase opens no old keyslot (${oldKeyslotsLeft(m, st).join(", ")}) of this decryption, whose data is all done`, "check the passphrase; if cryptsetup was killed while finishing it (it wipes a keyslot's area before it drops the keyslot), no passphrase opens it any more: `trustvol repair` finishes it");
+    throw e;
+  }
   try {
     const buf = st.movedSeg ? Buffer.allocUnsafeSlow(Math.min(Math.max(st.movedSeg.size!, MiB), 8 * MiB)) : Buffer.alloc(0);
     // Of the moved copy, only the sectors that are the head now encrypted in place (or a torn wipe of one) are wiped: a

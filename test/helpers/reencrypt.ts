@@ -475,8 +475,9 @@ export function knownCryptsetupDeadEnd(j: LuksJson, message: string): string | u
   const final = segs.find(([, x]) => x.flags?.includes("backup-final"));
   const digestOf = (id: string) => Object.keys(j.digests).find((d) => j.digests[d].segments.includes(id));
   if (reenc && live.length === 1 && final && live[0]![1].size === "dynamic" && live[0]![1].type === final[1].type && digestOf(live[0]![0]) === digestOf(final[0]))
-    // Measured for rotation (old keyslot already wiped) and decrypt (every passphrase keyslot wiped): the data is
-    // all done, the reencrypt keyslot and backup segments are still there, and --resume-only fails.
+    // Measured for rotation (old keyslot already wiped) and decrypt (every passphrase keyslot wiped, or one wiped in
+    // its area with its JSON still there: trustvol's repair -q finishes that): the data is all done, the reencrypt
+    // keyslot and backup segments are still there, and --resume-only fails.
     return `${reenc.mode} finalisation: data all done (one whole-device segment = backup-final), reencrypt keyslot still there, ${Object.values(j.keyslots).filter((k: any) => k.type === "luks2").length} passphrase keyslot(s) left`;
   if (reenc?.area?.type === "datashift" && /Failed to set device segments for next reencryption hotzone/.test(message))
     return "datashift tail of --encrypt --reduce-device-size";

@@ -160,12 +160,12 @@ function finishWith(root: string, tool: Tool, s: Scenario, w: Work): { ok: boole
   const err1 = said(r);
   if (!/repair|recover/i.test(err1)) return { ok: false, repaired: false, message: `--resume-only: ${err1}` };
   const rep = tool === "trustvol"
-    ? tv(["repair", "--key-file", w.pw, ...hdrArgs((p) => p), w.img])
+    ? tv(["repair", "-q", "--key-file", w.pw, ...hdrArgs((p) => p), w.img])
     : cs27(root, w, ["repair", "-q", "--key-file", inChroot(w.pw), ...hdrArgs(inChroot), inChroot(w.img)]);
   if (rep.status !== 0) return { ok: false, repaired: true, message: `repair: ${said(rep)} (after: ${err1})` };
   r = go();
   if (r.status === 0) return { ok: true, repaired: true, message: "" };
-  if (/not in progress/i.test(said(r)) && !inReencryption(w.img, s.detached ? w.hdr : undefined)) return { ok: true, repaired: true, message: "" };
+  if (/not in progress|not in re-encryption/i.test(said(r)) && !inReencryption(w.img, s.detached ? w.hdr : undefined)) return { ok: true, repaired: true, message: "" };
   return { ok: false, repaired: true, message: `--resume-only after repair: ${said(r)}` };
 }
 

@@ -236,3 +236,108 @@ test("decrypt finalisation: with every old keyslot wiped it finishes with no key
   assert.deepEqual(Object.keys(v.metadata.keyslots), []);
   assert.ok(data.data.equals(plain), "no data write");
 });
+
+test("decrypt stranded in cryptsetup's finish (a keyslot's area wiped, its JSON still there): --resume-only refuses and points at repair; repair drops it on confirmation, crash-safe", async () => {
+  const { randomBytes } = await import("node:crypto");
+  const { repairReencryption } = await import("../../src/ops/reencrypt.js");
+  const plain = randomBytes(256 * 1024);
+  const data = new MemoryBlockDevice(plain);
+  const hdr = new MemoryBlockDevice(0);
+  await reencrypt(data, { mode: "encrypt", header: hdr, passphrase: PASS, pbkdf: PBKDF, hotzoneSize: HOTZONE });
+  const rec = new Recorder(hdr.data);
+  await reencrypt(data, { mode: "decrypt", header: rec, passphrase: PASS, hotzoneSize: HOTZONE });
+  let done: Buffer | undefined;
+  for (let i = rec.snaps.length - 1; i >= 0 && !done; i--) if ((await status(rec.snaps[i]!)) === "clean") done = rec.snaps[i];
+  assert.ok(done);
+  // cryptsetup's crypt_keyslot_destroy: the area overwritten (its last pass is random), then killed before the JSON commit
+  const stranded = Buffer.from(done);
+  const ks = (await Luks2Volume.open(new MemoryBlockDevice(stranded))).metadata.keyslots["0"]!;
+  assert.equal(ks.type, "luks2");
+  randomBytes(Number(ks.area.size)).copy(stranded, Number(ks.area.offset));
+  const unchanged = async (h: MemoryBlockDevice, why: string) => assert.equal(sha(h.data), sha(stranded), why);
+
+  const h1 = new MemoryBlockDevice(stranded);
+  await assert.rejects(reencrypt(data, { mode: "decrypt", header: h1, passphrase: PASS, resumeOnly: true }), (e: TrustvolError) => e.code === "EBADPASS" && /trustvol repair/.test(e.hint ?? ""));
+  await unchanged(h1, "--resume-only: header unchanged");
+  // repair without a confirmation callback, or refused: unchanged
+  await assert.rejects(repairReencryption(data, { header: h1, passphrase: PASS }), (e: TrustvolError) => e.code === "EBADPASS");
+  await assert.rejects(repairReencryption(data, { header: h1, passphrase: PASS, confirmDrop: async () => { throw new TrustvolError("EUSAGE", "operation aborted"); } }), (e: TrustvolError) => e.code === "EUSAGE");
+  await unchanged(h1, "repair refused: header unchanged");
+  // the passphrase opens an intact old keyslot: repair leaves it to --resume-only (the ordinary finish)
+  const intact = new MemoryBlockDevice(done);
+  assert.deepEqual(await repairReencryption(data, { header: intact, passphrase: PASS, confirmDrop: async () => assert.fail("not asked") }), { recovered: false });
+  assert.equal(sha(intact.data), sha(done));
+
+  // confirmed: finished, told which keyslots; cut at every write (torn, unsynced dropped/kept/random) → repaired again
+  let told: number[] = [];
+  const probe = new PowerCutDevice(stranded);
+  assert.deepEqual(await repairReencryption(data, { header: probe, passphrase: PASS, confirmDrop: async (k) => void (told = k) }), { recovered: false, finished: true });
+  assert.deepEqual(told, [0]);
+  const fin = await Luks2Volume.open(new MemoryBlockDevice(probe.image()));
+  assert.equal(reencryptStatus(fin.metadata), "none");
+  assert.deepEqual(Object.keys(fin.metadata.keyslots), []);
+  assert.ok(data.data.equals(plain), "no data write");
+  let cuts = 0;
+  for (let cut = 1; cut <= probe.writes; cut++)
+    for (const pol of ["drop", "keep", "random"] as UnsyncedPolicy[]) {
+      const pc = new PowerCutDevice(stranded, { cutAtWrite: cut, unsynced: pol, seed: cut * 7 + 3 });
+      await assert.rejects(repairReencryption(data, { header: pc, passphrase: PASS, confirmDrop: async () => {} }), (e) => e instanceof PowerCut);
+      const h = new MemoryBlockDevice(pc.image());
+      if ((await status(pc.image())) !== "none") await repairReencryption(data, { header: h, passphrase: PASS, confirmDrop: async () => {} });
+      assert.equal(reencryptStatus((await Luks2Volume.open(h)).metadata), "none", `cut ${cut} (${pol})`);
+      cuts++;
+    }
+  assert.ok(data.data.equals(plain), "no data write");
+  assert.ok(cuts >= 6, `cuts survived: ${cuts}`);
+});
+
+// The same with the real tool: cryptsetup 2.6.1's decryption (detached header) SIGKILLed (strace fault injection) on
+// the commit after it wiped the old keyslot's area — the stranded state CI met once by a random kill. Neither tool's
+// --resume-only can finish it (the keyslot opens with no passphrase); `trustvol repair -q` does.
+test("cryptsetup killed between wiping the old keyslot and dropping it (decrypt, --header): trustvol repair -q finishes it; without -q and no terminal it asks and changes nothing", async (t) => {
+  if (!needTools(t, "cryptsetup", "strace")) return;
+  const { dir, cleanup } = tmpDir("trustvol-finalise-dec-");
+  t.after(cleanup);
+  const { writePlain, shaFile, luksJson, tv, inReencryption } = await import("../helpers/reencrypt.js");
+  const img = join(dir, "img"), hdr = join(dir, "hdr"), pw = join(dir, "pw"), plain = join(dir, "plain"), trace = join(dir, "trace");
+  writeFileSync(pw, "pw", { mode: 0o600 });
+  writePlain(plain, 4 << 20, 12);
+  writeFileSync(img, readFileSync(plain));
+  const FAST = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+  run("cryptsetup", ["reencrypt", "--encrypt", "--force-offline-reencrypt", "-q", ...FAST, "--header", hdr, "--key-file", pw, img]);
+  const [startImg, startHdr] = [readFileSync(img), readFileSync(hdr)];
+  const area = Number((luksJson(img, hdr).keyslots["0"] as { area: { size: string } }).area.size);
+  const args = ["reencrypt", "--decrypt", "--force-offline-reencrypt", "-q", "--header", hdr, "--key-file", pw, img];
+  // 1. a full run, traced: the old keyslot's area wipe is its one write of the area's size
+  run("strace", ["-f", "-o", trace, "-e", "trace=write", "cryptsetup", ...args]);
+  const writes = readFileSync(trace, "utf8").split("\n").filter((l) => /\bwrite\(/.test(l));
+  const k = writes.map((l) => l.trim().endsWith(`= ${area}`)).lastIndexOf(true);
+  assert.ok(k > 0 && k < writes.length - 1, `found the keyslot area wipe (${area} bytes)`);
+  // 2. the same run, SIGKILLed on entry to the write after it (the commit that would drop the keyslot)
+  writeFileSync(img, startImg);
+  writeFileSync(hdr, startHdr);
+  const killed = run("strace", ["-f", "-o", "/dev/null", "-e", "trace=write", "-e", `inject=write:signal=SIGKILL:when=${k + 2}`, "cryptsetup", ...args], { check: false });
+  assert.notEqual(killed.status, 0, "cryptsetup was killed");
+  const j = luksJson(img, hdr);
+  assert.deepEqual(Object.values(j.keyslots).map((x) => (x as { type: string }).type).sort(), ["luks2", "reencrypt"], "the wiped keyslot still listed");
+  assert.equal(shaFile(img), shaFile(plain), "the data is all decrypted");
+  const before = shaFile(hdr);
+  assert.notEqual(run("cryptsetup", ["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q", "--header", hdr, "--key-file", pw, img], { check: false }).status, 0, "cryptsetup 2.6.1 cannot resume it (if it ever can, this test's premise changed)");
+  assert.equal(shaFile(hdr), before);
+  // 3. trustvol: --resume-only points at repair; repair without -q and no terminal asks; -q finishes
+  const r1 = tv(["reencrypt", "--resume-only", "-q", "--header", hdr, "--key-file", pw, img]);
+  assert.notEqual(r1.status, 0);
+  assert.match(r1.stderr, /trustvol repair/, r1.stderr);
+  assert.equal(r1.stderr.trim().split("\n").length, 1, "one line");
+  const r2 = tv(["repair", "--header", hdr, "--key-file", pw, img]);
+  assert.equal(r2.status, 2, r2.stderr);
+  assert.match(r2.stderr, /confirmation/);
+  assert.equal(shaFile(hdr), before, "refused: header unchanged");
+  const r3 = tv(["repair", "-q", "--header", hdr, "--key-file", pw, img]);
+  assert.equal(r3.status, 0, r3.stderr);
+  assert.match(r3.stderr, /Finished the decryption/);
+  assert.ok(!inReencryption(img, hdr));
+  const fin = luksJson(img, hdr);
+  assert.deepEqual([fin.keyslots, fin.digests, fin.segments, fin.config.requirements], [{}, {}, { 0: { type: "linear", offset: "0", size: "dynamic" } }, undefined], "what cryptsetup's own finish leaves");
+  assert.equal(shaFile(img), shaFile(plain), "plaintext intact");
+});

@@ -191,12 +191,13 @@ function finishWith(tool: Tool, f: Fixture, s: Scenario, img: string, hdr: strin
   const hdrArgs = s.detached ? ["--header", hdr] : [];
   const rep = tool === "cryptsetup"
     ? cs(["repair", "-q", "--key-file", f.pw, ...hdrArgs, img], { check: false })
-    : tv(["repair", "--key-file", f.pw, ...hdrArgs, img]);
+    : tv(["repair", "-q", "--key-file", f.pw, ...hdrArgs, img]); // -q: drop old keyslots cryptsetup's finish wiped (as cryptsetup's -q)
   if (rep.status !== 0) return { ok: false, repaired: true, message: `repair: ${said(rep)} (after: ${err1})` };
   r = go();
   if (r.status === 0) return { ok: true, repaired: true, message: "" };
-  // cryptsetup's repair sometimes finishes the job itself (a crash after the last hotzone): nothing left to resume.
-  if (/not in progress/i.test(said(r)) && !inReencryption(img, s.detached ? hdr : undefined)) return { ok: true, repaired: true, message: "" };
+  // repair sometimes finishes the job itself (cryptsetup's after the last hotzone, trustvol's a decryption stranded in
+  // cryptsetup's finish): nothing left to resume.
+  if (/not in progress|not in re-encryption/i.test(said(r)) && !inReencryption(img, s.detached ? hdr : undefined)) return { ok: true, repaired: true, message: "" };
   return { ok: false, repaired: true, message: `--resume-only after repair: ${said(r)}` };
 }
 

@@ -8,6 +8,7 @@ import { wipe } from "../../util/secret.js";
 import { Luks2Volume } from "../../luks2/volume.js";
 import { LuksHandle } from "../../ops/volume.js";
 import { getPassphrase, keyFileLimits } from "../secrets.js";
+import { confirmYes } from "../confirm.js";
 import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int } from "../common.js";
 import { dumpCommand } from "./dump.js";
 
@@ -110,6 +111,7 @@ export function registerVolumeCommands(program: Command): void {
     .option("--header <file>", "detached header")
     .option("-d, --key-file <file>", "passphrase (needed to recover an interrupted re-encryption)")
     .option("-S, --key-slot <n>", "keyslot to unlock", int("--key-slot", 0, 31))
+    .option("-q, --batch-mode", "do not ask for confirmation (dropping old keyslots that no longer open, of a decryption stranded in its finish)")
     .option("--json", "print the result as JSON")
     .action(async (device: string, o: Record<string, unknown>) => {
       const dev = await FileBlockDevice.open(device);
@@ -119,20 +121,29 @@ export function registerVolumeCommands(program: Command): void {
         const before = { primary: v.readStatus.primary, secondary: v.readStatus.secondary };
         const repaired = await v.repair();
         // A re-encryption that crashed mid-hotzone: recover the hotzone as `cryptsetup repair` does.
-        let reencryption = false;
-        if ((await import("../../luks2/reencrypt-metadata.js")).reencryptStatus(v.metadata) === "crash") {
+        let reencryption = false, finished = false;
+        const { reencryptStatus } = await import("../../luks2/reencrypt-metadata.js");
+        const { repairReencryption, strandedDecrypt } = await import("../../ops/reencrypt.js");
+        const status = reencryptStatus(v.metadata);
+        // a crashed hotzone, or a decryption stranded in cryptsetup's finalisation (old keyslots that may open no more)
+        if (status === "crash" || (status === "clean" && strandedDecrypt(v.metadata, dev))) {
           const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: ` });
           try {
-            reencryption = (await (await import("../../ops/reencrypt.js")).repairReencryption(dev, { passphrase: pass, keyslot: o.keySlot as number | undefined, header: hdr !== dev ? hdr : undefined })).recovered;
+            const confirmDrop = async (slots: number[]) => {
+              const what = `keyslot${slots.length > 1 ? "s" : ""} ${slots.join(", ")}`;
+              if (!o.batchMode) await confirmYes(`The passphrase opens no old ${what} of ${device}; its data is all decrypted (a cryptsetup run killed in its finish wipes a keyslot before it drops it). Drop ${what} and finish the decryption?`, `dropping ${what}`);
+            };
+            ({ recovered: reencryption, finished = false } = await repairReencryption(dev, { passphrase: pass, keyslot: o.keySlot as number | undefined, header: hdr !== dev ? hdr : undefined, confirmDrop }));
           } finally {
             wipe(pass);
           }
         }
-        if (o.json) printJson({ repaired, reencryption_recovered: reencryption, ...before });
+        if (o.json) printJson({ repaired, reencryption_recovered: reencryption, reencryption_finished: finished, ...before });
         else {
           if (repaired) io.err(`Repaired: primary ${before.primary.ok ? "ok" : `was damaged (${before.primary.error})`}, secondary ${before.secondary.ok ? "ok" : `was damaged (${before.secondary.error})`}; both copies rewritten.\n`);
           if (reencryption) io.err("Recovered the interrupted re-encryption hotzone; resume with `trustvol reencrypt --resume-only`.\n");
-          if (!repaired && !reencryption) io.err("Both header copies are valid; nothing to repair.\n");
+          if (finished) io.err("Finished the decryption: its old keyslots and re-encryption metadata are gone; the device is plain.\n");
+          if (!repaired && !reencryption && !finished) io.err(status === "none" ? "Both header copies are valid; nothing to repair.\n" : "Both header copies are valid and no hotzone needs recovery; resume with `trustvol reencrypt --resume-only`.\n");
         }
       } finally {
         await dev.close();
