@@ -203,6 +203,8 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       ({ volume, hdr: exported, keys: initKeys } = await initDecryptExport(dev, opts.exportHeader, opts, takeLock));
       hdrDev = exported;
     } else if (version === null) {
+      if (mode === "decrypt" && hdrDev !== dev && (await isCutExport(dev, hdrDev)))
+        throw removeAndRerun(hdrDev.name, `holds no LUKS2 header, only the start of ${dev.name}'s own`, dev.name);
       if (mode !== "encrypt")
         throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, opts.resumeOnly || mode === "decrypt" || opts.header ? "give the header file of its re-encryption with --header (a decryption in place keeps it in the file it exported)" : "use --encrypt to encrypt a plain device, or give its detached header with --header");
       if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
@@ -216,7 +218,11 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       await takeLock(uuid);
       ({ volume, keys: initKeys } = await initEncrypt(dev, hdrDev, { ...opts, uuid }));
     } else {
-      volume = await Luks2Volume.open(hdrDev);
+      volume = await Luks2Volume.open(hdrDev).catch(async (e: unknown) => {
+        if (e instanceof TrustvolError && mode === "encrypt" && hdrDev !== dev && (await probeLuksVersion(dev)) === null && !(await holdsKeyslotJson(hdrDev)))
+          throw removeAndRerun(hdrDev.name, "holds no valid LUKS2 header and no keyslot", dev.name);
+        throw e;
+      });
       if (await takeLock(volume.uuid)) volume = await Luks2Volume.open(hdrDev); // re-read under the lock: another run may have just finished a step
       volume.checkRequirements("write");
       const status = reencryptStatus(volume.metadata);
@@ -225,6 +231,14 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
         // (a header file of an in-place decryption cut before its first commit: the same command without --resume-only goes on)
         const exportCut = mode === "decrypt" && hdrDev !== dev && dataSegments(volume.metadata).some((sg) => sg.type === "crypt" && sg.offset > 0);
         if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, exportCut ? "if an in-place decryption exported this header file and was cut, run the same command without --resume-only" : "nothing to resume");
+        // (cryptsetup's detached --encrypt commits a header with no keyslot before its first: no key, nothing to lose)
+        if (mode === "encrypt" && hdrDev !== dev && !Object.keys(volume.metadata.keyslots).length && (await probeLuksVersion(dev)) === null)
+          throw removeAndRerun(hdrDev.name, "is a LUKS2 header with no keyslot", dev.name);
+        // (…and then the volume with its keyslot, before the re-encryption metadata: a header over data never encrypted)
+        if (mode === "encrypt" && hdrDev !== dev && opts.passphrase && (await probeLuksVersion(dev)) === null) {
+          const plainFs = await neverEncrypted(volume, dev, opts.passphrase);
+          if (plainFs) throw removeAndRerun(hdrDev.name, `is a LUKS2 header over data it never encrypted (${dev.name} holds a plain ${plainFs} file system; through the header's key it is noise)`, dev.name);
+        }
         if (mode === "encrypt") throw usage(`${hdrDev.name} is already a LUKS2 volume`, "use reencrypt (key rotation) instead of --encrypt");
         if (mode === "decrypt") initKeys = await initDecrypt(volume, dev, hdrDev, opts);
         else initKeys = await initRotation(volume, dev, opts);
@@ -704,8 +718,15 @@ async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice
   // its metadata landed (its record says so): a header backup or a detached header with --offset would move data over
   // bytes LUKS never owned (cryptsetup refuses them all).
   if (seg.offset > 0) {
-    if (!(await isExportOf(hdrDev, backupSize(v.header.hdrSize, Number(m.config.keyslots_size)), v.uuid, dev, seg.offset)))
+    if (!(await isExportOf(hdrDev, backupSize(v.header.hdrSize, Number(m.config.keyslots_size)), v.uuid, dev, seg.offset))) {
+      // (a header backup or an export cut before the device changed: the device still holds the same header)
+      const onDev = await exportOnDevice(dev, hdrDev, v.header.hdrSize, seg.offset);
+      if (onDev === "magics zeroed" || onDev === "moved copy")
+        throw usage(`${dev.name} holds ${hdrDev.name}'s LUKS2 header with its magics zeroed${onDev === "moved copy" ? " and its first bytes a copy of the data's first" : ""}, nothing else changed (a \`--decrypt --header\` cut before its first commit leaves it so)`, `put the header back with \`trustvol header restore --force --file ${hdrDev.name} ${dev.name}\`, then run the same command again`);
+      if (onDev === "same" || (await Luks2Volume.open(dev).then((d) => d.uuid === v.uuid, () => false)))
+        throw usage(`${hdrDev.name} is a copy of ${dev.name}'s own LUKS2 header, which ${dev.name} still holds`, `to decrypt ${dev.name} in place, give --header a file that does not exist yet; or, if a cut \`--decrypt --header ${hdrDev.name}\` left it, remove ${hdrDev.name} and run the same command again`);
       throw new TrustvolError("EUNSUPPORTED", `${hdrDev.name} is a detached LUKS2 header whose data starts at ${seg.offset}: it is decrypted only from offset 0 (as cryptsetup does), or in place as the file \`reencrypt --decrypt --header\` exported from this device`, "to decrypt a device that holds its header, give --header a file that does not exist yet");
+    }
     return initDecryptShift(v, dev, opts);
   }
   const dataSize = dev.size - seg.offset;
@@ -963,6 +984,93 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
  * re-encryption — a primary whose magic did not land over a valid secondary (a cut as --encrypt writes it) is a run
  * to resume. A plain device that kept an old LUKS2 secondary (mkfs over LUKS) is plain.
  */
+/**
+ * A header file that is a cut export of the device's header: no more than its header area, and every byte of it the
+ * device's at the same offset (an empty file too) while the device still holds its LUKS2 header — nothing of it lost.
+ */
+async function isCutExport(dev: BlockDevice, file: BlockDevice): Promise<boolean> {
+  return (await probeLuksVersion(dev)) === 2 && (await exportOnDevice(dev, file)) === "same";
+}
+
+/**
+ * The device's first bytes against a header file (4 KiB blocks): the same; the same but for the two LUKS2 magics
+ * zeroed on the device (cryptsetup's in-place decryption wipes them right after its export); or, given the data
+ * offset, also its first L bytes replaced by a copy of the data's first L (the moved segment, copied before the
+ * init's commit): nothing lost, the file puts it back. Anything else: "different".
+ */
+async function exportOnDevice(dev: BlockDevice, file: BlockDevice, hdrSize = 0, dataOffset = 0): Promise<"same" | "magics zeroed" | "moved copy" | "different"> {
+  const B = 4096;
+  if (file.size > dev.size || file.size % B) return "different";
+  const magics = hdrSize ? [0, hdrSize] : [];
+  const [a, b] = [Buffer.alloc(B), Buffer.alloc(B)];
+  let zeroed = false, firstDiff = -1, lastDiff = -1;
+  for (let off = 0; off < file.size; off += B) {
+    await file.read(a, off);
+    await dev.read(b, off);
+    for (const at of magics) if (at >= off && at + 6 <= off + B && b.subarray(at - off, at - off + 6).every((x) => x === 0) && !a.subarray(at - off, at - off + 6).equals(b.subarray(at - off, at - off + 6))) {
+      zeroed = true;
+      a.copy(b, at - off, at - off, at - off + 6);
+    }
+    if (a.equals(b)) continue;
+    if (firstDiff < 0) firstDiff = off;
+    lastDiff = off;
+  }
+  if (firstDiff < 0) return zeroed ? "magics zeroed" : "same";
+  // the moved copy: [0, L) differs from the file and is the data's [off, off + L)
+  const L = lastDiff + B;
+  if (!dataOffset || firstDiff !== 0 || dataOffset + L > dev.size) return "different";
+  for (let off = 0; off < L; off += B) {
+    await dev.read(a, dataOffset + off);
+    await dev.read(b, off);
+    if (!a.equals(b)) return "different";
+  }
+  return "moved copy";
+}
+
+/**
+ * cryptsetup's detached --encrypt commits an ordinary LUKS2 header (keyslot, crypt segment from 0) before its
+ * re-encryption metadata: cut between the two, the header claims data that was never encrypted. Evidence that it is so:
+ * the device, read raw, holds a file system that the header's key does not show (the type, or undefined).
+ */
+async function neverEncrypted(v: Luks2Volume, dev: BlockDevice, passphrase: Uint8Array): Promise<string | undefined> {
+  const segs = dataSegments(v.metadata);
+  if (segs.length !== 1 || segs[0]!.type !== "crypt" || segs[0]!.offset !== 0 || dev.size < FS_PROBE_BYTES) return undefined;
+  const head = Buffer.alloc(FS_PROBE_BYTES);
+  await dev.read(head, 0);
+  const raw = probeFilesystem(head);
+  if (!raw) return undefined;
+  let key: Buffer;
+  try {
+    key = (await v.unlock(passphrase)).volumeKey;
+  } catch {
+    return undefined; // the passphrase check comes later, with its own message
+  }
+  const seg = segs[0]!;
+  const c = createSectorCipher({ cipher: seg.encryption!, key, sectorSize: seg.sectorSize, ivOffset: seg.ivTweak });
+  try {
+    const n = head.length - (head.length % seg.sectorSize);
+    c.decrypt(head.subarray(0, n), 0);
+    return probeFilesystem(head) ? undefined : raw.type;
+  } finally {
+    c.dispose();
+    wipe(key, head);
+  }
+}
+
+/** The refusal of a header file that holds nothing of its own yet (isCutExport, or a cut detached --encrypt). */
+const removeAndRerun = (file: string, what: string, dev: string) =>
+  usage(`${file} ${what} (a cut run leaves it so; ${dev} is untouched)`, `remove ${file} and run the same command again`);
+
+/**
+ * Does any JSON area of a damaged header mention a keyslot's KDF? Without one no key can be had from it (a detached
+ * header cut before its first commit): replacing it loses nothing. Both copies' areas lie in the first 8 MiB.
+ */
+async function holdsKeyslotJson(hdr: BlockDevice): Promise<boolean> {
+  const b = Buffer.alloc(Math.min(hdr.size, 8 * MiB));
+  await hdr.read(b, 0);
+  return b.includes('"kdf"');
+}
+
 export async function reencryptLuksVersion(dev: BlockDevice): Promise<1 | 2 | null> {
   const v = await probeLuksVersion(dev);
   if (v !== null) return v;

@@ -90,8 +90,9 @@ export function registerReencryptCommands(program: Command): void {
         let keyslotPassphrases: Map<number, Uint8Array> | undefined;
         let uncovered = true; // a keyslot to carry over that no token opens: the typed passphrase is needed
         // Tokens first (unattended), like the CLI's unlock path; then a key file or the prompt unless --token-only.
-        if (isLuks && !o.keyFile) {
-          const v = await Luks2Volume.open(hdr);
+        // (a header that does not load: the engine says what it is and what to do)
+        const v = isLuks && !o.keyFile ? await Luks2Volume.open(hdr).catch(() => undefined) : undefined;
+        if (v) {
           if (Object.keys(v.metadata.tokens).length) {
             const pinSrc = o.pinFile ? pinSourceFrom(o) : undefined;
             const pin = pinSrc ? readPin(pinSrc) : undefined;
