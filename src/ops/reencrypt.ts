@@ -204,7 +204,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       hdrDev = exported;
     } else if (version === null) {
       if (mode === "decrypt" && hdrDev !== dev && (await isCutExport(dev, hdrDev)))
-        throw removeAndRerun(hdrDev.name, `holds no LUKS2 header, only the start of ${dev.name}'s own`, dev.name);
+        throw moveAsideAndRerun(hdrDev.name, `holds no LUKS2 header, only the start of ${dev.name}'s own (a \`--decrypt --header\` cut in its export leaves it so)`, dev.name);
       if (mode !== "encrypt")
         throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, opts.resumeOnly || mode === "decrypt" || opts.header ? "give the header file of its re-encryption with --header (a decryption in place keeps it in the file it exported)" : "use --encrypt to encrypt a plain device, or give its detached header with --header");
       if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
@@ -220,7 +220,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
     } else {
       volume = await Luks2Volume.open(hdrDev).catch(async (e: unknown) => {
         if (e instanceof TrustvolError && mode === "encrypt" && hdrDev !== dev && (await probeLuksVersion(dev)) === null && !(await holdsKeyslotJson(hdrDev)))
-          throw removeAndRerun(hdrDev.name, "holds no valid LUKS2 header and no keyslot", dev.name);
+          throw moveAsideAndRerun(hdrDev.name, "holds no valid LUKS2 header and no keyslot (a `--encrypt --header` cut before its first commit leaves it so)", dev.name);
         throw e;
       });
       if (await takeLock(volume.uuid)) volume = await Luks2Volume.open(hdrDev); // re-read under the lock: another run may have just finished a step
@@ -233,11 +233,11 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
         if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, exportCut ? "if an in-place decryption exported this header file and was cut, run the same command without --resume-only" : "nothing to resume");
         // (cryptsetup's detached --encrypt commits a header with no keyslot before its first: no key, nothing to lose)
         if (mode === "encrypt" && hdrDev !== dev && !Object.keys(volume.metadata.keyslots).length && (await probeLuksVersion(dev)) === null)
-          throw removeAndRerun(hdrDev.name, "is a LUKS2 header with no keyslot", dev.name);
+          throw moveAsideAndRerun(hdrDev.name, "is a LUKS2 header with no keyslot (a `--encrypt --header` cut before its keyslot leaves it so)", dev.name);
         // (…and then the volume with its keyslot, before the re-encryption metadata: a header over data never encrypted)
         if (mode === "encrypt" && hdrDev !== dev && opts.passphrase && (await probeLuksVersion(dev)) === null) {
           const plainFs = await neverEncrypted(volume, dev, opts.passphrase);
-          if (plainFs) throw removeAndRerun(hdrDev.name, `is a LUKS2 header over data it never encrypted (${dev.name} holds a plain ${plainFs} file system; through the header's key it is noise)`, dev.name);
+          if (plainFs) throw moveAsideAndRerun(hdrDev.name, `is a LUKS2 header whose key does not decrypt ${dev.name}, which holds a plain ${plainFs} file system (a \`--encrypt --header\` cut before its re-encryption metadata leaves it so, or it belongs to another device)`, dev.name);
         }
         if (mode === "encrypt") throw usage(`${hdrDev.name} is already a LUKS2 volume`, "use reencrypt (key rotation) instead of --encrypt");
         if (mode === "decrypt") initKeys = await initDecrypt(volume, dev, hdrDev, opts);
@@ -293,6 +293,11 @@ export function strandedDecrypt(m: Luks2Metadata, dev: BlockDevice, st: Reencryp
   return st.mode === "decrypt" && oldKeyslotsLeft(m, st).length > 0 && dataAllDone(m, st, dev);
 }
 
+/** A stranded decryption (strandedDecrypt) whose old keyslots the passphrase does not open. */
+function strandedRefusal(m: Luks2Metadata, st: ReencryptState): TrustvolError {
+  return new TrustvolError("EBADPASS", `the passphrase opens no old keyslot (${oldKeyslotsLeft(m, st).join(", ")}) of this decryption, whose data is all done`, "check the passphrase; if cryptsetup was killed while finishing it (it wipes a keyslot's area before it drops the keyslot), no passphrase opens that keyslot any more: `trustvol repair --drop-old-keyslots` drops them and finishes");
+}
+
 /**
  * Recover a crashed hotzone (cryptsetup `repair` of a device in re-encryption); the run stays resumable. A decryption
  * stranded in its finalisation (strandedDecrypt) whose old keyslots the passphrase does not open is finished here,
@@ -313,7 +318,8 @@ export async function repairReencryption(dev: BlockDevice, opts: { passphrase?: 
         for (const k of keys.values()) wipe(k);
         return { recovered: false }; // the passphrase opens it: --resume-only finishes it the ordinary way
       } catch (e) {
-        if (!(e instanceof TrustvolError && e.code === "EBADPASS") || !opts.confirmDrop) throw e;
+        if (!(e instanceof TrustvolError && e.code === "EBADPASS")) throw e;
+        if (!opts.confirmDrop) throw strandedRefusal(volume.metadata, st);
       }
       await opts.confirmDrop(oldKeyslotsLeft(volume.metadata, st));
       await finishMetadataOnly(volume, dev, hdrDev, st, {}, true);
@@ -377,8 +383,7 @@ async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: Bloc
   try {
     keys = await unlockForState(v, hdrDev, st, opts, optional);
   } catch (e) {
-    if (e instanceof TrustvolError && e.code === "EBADPASS" && strandedDecrypt(m, dev, st))
-      throw new TrustvolError("EBADPASS", `the passphrase opens no old keyslot (${oldKeyslotsLeft(m, st).join(", ")}) of this decryption, whose data is all done`, "check the passphrase; if cryptsetup was killed while finishing it (it wipes a keyslot's area before it drops the keyslot), no passphrase opens it any more: `trustvol repair` finishes it");
+    if (e instanceof TrustvolError && e.code === "EBADPASS" && strandedDecrypt(m, dev, st)) throw strandedRefusal(m, st);
     throw e;
   }
   try {
@@ -724,7 +729,7 @@ async function initDecrypt(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice
       if (onDev === "magics zeroed" || onDev === "moved copy")
         throw usage(`${dev.name} holds ${hdrDev.name}'s LUKS2 header with its magics zeroed${onDev === "moved copy" ? " and its first bytes a copy of the data's first" : ""}, nothing else changed (a \`--decrypt --header\` cut before its first commit leaves it so)`, `put the header back with \`trustvol header restore --force --file ${hdrDev.name} ${dev.name}\`, then run the same command again`);
       if (onDev === "same" || (await Luks2Volume.open(dev).then((d) => d.uuid === v.uuid, () => false)))
-        throw usage(`${hdrDev.name} is a copy of ${dev.name}'s own LUKS2 header, which ${dev.name} still holds`, `to decrypt ${dev.name} in place, give --header a file that does not exist yet; or, if a cut \`--decrypt --header ${hdrDev.name}\` left it, remove ${hdrDev.name} and run the same command again`);
+        throw moveAsideAndRerun(hdrDev.name, `is a header of the volume ${dev.name} still holds (a backup, or the export of a \`--decrypt --header\` cut before it changed the device); to decrypt ${dev.name} in place, give --header a file that does not exist yet`, dev.name);
       throw new TrustvolError("EUNSUPPORTED", `${hdrDev.name} is a detached LUKS2 header whose data starts at ${seg.offset}: it is decrypted only from offset 0 (as cryptsetup does), or in place as the file \`reencrypt --decrypt --header\` exported from this device`, "to decrypt a device that holds its header, give --header a file that does not exist yet");
     }
     return initDecryptShift(v, dev, opts);
@@ -980,30 +985,30 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
 }
 
 /**
- * The LUKS version as re-encryption sees a device: the magic at offset 0, else 2 when a valid header copy is in
- * re-encryption — a primary whose magic did not land over a valid secondary (a cut as --encrypt writes it) is a run
- * to resume. A plain device that kept an old LUKS2 secondary (mkfs over LUKS) is plain.
- */
-/**
- * A header file that is a cut export of the device's header: no more than its header area, and every byte of it the
- * device's at the same offset (an empty file too) while the device still holds its LUKS2 header — nothing of it lost.
+ * A header file that may be a cut export of the device's header: every byte of it the device's at the same offset (an
+ * empty file too) while the device still holds its LUKS2 header.
  */
 async function isCutExport(dev: BlockDevice, file: BlockDevice): Promise<boolean> {
   return (await probeLuksVersion(dev)) === 2 && (await exportOnDevice(dev, file)) === "same";
 }
 
+/** Header files larger than this are no export (LUKS2: 2 × 4 MiB of header, at most 128 MiB of keyslots). */
+const MAX_EXPORT = 256 * MiB;
+
 /**
- * The device's first bytes against a header file (4 KiB blocks): the same; the same but for the two LUKS2 magics
- * zeroed on the device (cryptsetup's in-place decryption wipes them right after its export); or, given the data
- * offset, also its first L bytes replaced by a copy of the data's first L (the moved segment, copied before the
- * init's commit): nothing lost, the file puts it back. Anything else: "different".
+ * The device's first bytes against a header file, 4 KiB blocks, stopping at the first that rules a match out: the same;
+ * the same but for the two LUKS2 magics zeroed on the device (cryptsetup's in-place decryption wipes them right after
+ * its export); or, given the data offset, its first L bytes also replaced by a copy of the data's first L (the moved
+ * segment, copied before the init's commit) while the rest still matches the file — at least 64 KiB of it not
+ * constant (keyslot material, the random fill: what ties this file to this device) and the copy not constant either.
  */
 async function exportOnDevice(dev: BlockDevice, file: BlockDevice, hdrSize = 0, dataOffset = 0): Promise<"same" | "magics zeroed" | "moved copy" | "different"> {
   const B = 4096;
-  if (file.size > dev.size || file.size % B) return "different";
+  if (file.size > dev.size || file.size > MAX_EXPORT || file.size % B) return "different";
   const magics = hdrSize ? [0, hdrSize] : [];
   const [a, b] = [Buffer.alloc(B), Buffer.alloc(B)];
-  let zeroed = false, firstDiff = -1, lastDiff = -1;
+  const constant = (x: Buffer) => x.every((y) => y === x[0]);
+  let zeroed = false, L = 0, tying = 0, matched = false;
   for (let off = 0; off < file.size; off += B) {
     await file.read(a, off);
     await dev.read(b, off);
@@ -1011,20 +1016,25 @@ async function exportOnDevice(dev: BlockDevice, file: BlockDevice, hdrSize = 0, 
       zeroed = true;
       a.copy(b, at - off, at - off, at - off + 6);
     }
-    if (a.equals(b)) continue;
-    if (firstDiff < 0) firstDiff = off;
-    lastDiff = off;
+    if (a.equals(b)) {
+      matched = true;
+      if (!constant(a)) tying++;
+      continue;
+    }
+    // a difference is allowed only in one prefix [0, L), and only when the moved copy may explain it
+    if (matched || !dataOffset) return "different";
+    L = off + B;
   }
-  if (firstDiff < 0) return zeroed ? "magics zeroed" : "same";
-  // the moved copy: [0, L) differs from the file and is the data's [off, off + L)
-  const L = lastDiff + B;
-  if (!dataOffset || firstDiff !== 0 || dataOffset + L > dev.size) return "different";
+  if (!L) return zeroed ? "magics zeroed" : "same";
+  if (tying < 16 || dataOffset + L > dev.size) return "different";
+  let varied = false;
   for (let off = 0; off < L; off += B) {
     await dev.read(a, dataOffset + off);
     await dev.read(b, off);
     if (!a.equals(b)) return "different";
+    varied ||= !constant(b);
   }
-  return "moved copy";
+  return varied ? "moved copy" : "different";
 }
 
 /**
@@ -1042,28 +1052,33 @@ async function neverEncrypted(v: Luks2Volume, dev: BlockDevice, passphrase: Uint
   let key: Buffer;
   try {
     key = (await v.unlock(passphrase)).volumeKey;
-  } catch {
-    return undefined; // the passphrase check comes later, with its own message
+  } catch (e) {
+    if (e instanceof TrustvolError) return undefined; // the passphrase check comes later, with its own message
+    throw e;
   }
   const seg = segs[0]!;
-  const c = createSectorCipher({ cipher: seg.encryption!, key, sectorSize: seg.sectorSize, ivOffset: seg.ivTweak });
+  let c: SectorCipher | undefined;
   try {
+    c = createSectorCipher({ cipher: seg.encryption!, key, sectorSize: seg.sectorSize, ivOffset: seg.ivTweak });
     const n = head.length - (head.length % seg.sectorSize);
     c.decrypt(head.subarray(0, n), 0);
     return probeFilesystem(head) ? undefined : raw.type;
   } finally {
-    c.dispose();
+    c?.dispose();
     wipe(key, head);
   }
 }
 
-/** The refusal of a header file that holds nothing of its own yet (isCutExport, or a cut detached --encrypt). */
-const removeAndRerun = (file: string, what: string, dev: string) =>
-  usage(`${file} ${what} (a cut run leaves it so; ${dev} is untouched)`, `remove ${file} and run the same command again`);
+/**
+ * The refusal of a header file that a cut run of the same command may have left (isCutExport, a cut detached
+ * --encrypt): the way on moves it aside, never deletes it — the evidence says what is likely, not what is certain.
+ */
+const moveAsideAndRerun = (file: string, what: string, dev: string) =>
+  usage(`${file} ${what}`, `if a cut run of this command left it, move ${file} aside (keep it until ${dev} is done) and run the same command again`);
 
 /**
  * Does any JSON area of a damaged header mention a keyslot's KDF? Without one no key can be had from it (a detached
- * header cut before its first commit): replacing it loses nothing. Both copies' areas lie in the first 8 MiB.
+ * header cut before its first commit). Both copies' areas lie in the first 8 MiB.
  */
 async function holdsKeyslotJson(hdr: BlockDevice): Promise<boolean> {
   const b = Buffer.alloc(Math.min(hdr.size, 8 * MiB));
@@ -1071,6 +1086,11 @@ async function holdsKeyslotJson(hdr: BlockDevice): Promise<boolean> {
   return b.includes('"kdf"');
 }
 
+/**
+ * The LUKS version as re-encryption sees a device: the magic at offset 0, else 2 when a valid header copy is in
+ * re-encryption — a primary whose magic did not land over a valid secondary (a cut as --encrypt writes it) is a run
+ * to resume. A plain device that kept an old LUKS2 secondary (mkfs over LUKS) is plain.
+ */
 export async function reencryptLuksVersion(dev: BlockDevice): Promise<1 | 2 | null> {
   const v = await probeLuksVersion(dev);
   if (v !== null) return v;

@@ -293,8 +293,8 @@ test("decrypt stranded in cryptsetup's finish (a keyslot's area wiped, its JSON 
 
 // The same with the real tool: cryptsetup 2.6.1's decryption (detached header) SIGKILLed (strace fault injection) on
 // the commit after it wiped the old keyslot's area — the stranded state CI met once by a random kill. Neither tool's
-// --resume-only can finish it (the keyslot opens with no passphrase); `trustvol repair -q` does.
-test("cryptsetup killed between wiping the old keyslot and dropping it (decrypt, --header): trustvol repair -q finishes it; without -q and no terminal it asks and changes nothing", async (t) => {
+// --resume-only can finish it (the keyslot opens with no passphrase); `trustvol repair --drop-old-keyslots -q` does.
+test("cryptsetup killed between wiping the old keyslot and dropping it (decrypt, --header): trustvol repair --drop-old-keyslots -q finishes it; without the flag it refuses, without -q and no terminal it asks, changing nothing", async (t) => {
   if (!needTools(t, "cryptsetup", "strace")) return;
   const { dir, cleanup } = tmpDir("trustvol-finalise-dec-");
   t.after(cleanup);
@@ -329,11 +329,15 @@ test("cryptsetup killed between wiping the old keyslot and dropping it (decrypt,
   assert.notEqual(r1.status, 0);
   assert.match(r1.stderr, /trustvol repair/, r1.stderr);
   assert.equal(r1.stderr.trim().split("\n").length, 1, "one line");
-  const r2 = tv(["repair", "--header", hdr, "--key-file", pw, img]);
-  assert.equal(r2.status, 2, r2.stderr);
-  assert.match(r2.stderr, /confirmation/);
+  const r2 = tv(["repair", "-q", "--header", hdr, "--key-file", pw, img]);
+  assert.notEqual(r2.status, 0, "without --drop-old-keyslots: refused");
+  assert.match(r2.stderr, /trustvol repair --drop-old-keyslots/, r2.stderr);
   assert.equal(shaFile(hdr), before, "refused: header unchanged");
-  const r3 = tv(["repair", "-q", "--header", hdr, "--key-file", pw, img]);
+  const r2b = tv(["repair", "--drop-old-keyslots", "--header", hdr, "--key-file", pw, img]);
+  assert.equal(r2b.status, 2, r2b.stderr);
+  assert.match(r2b.stderr, /confirmation/);
+  assert.equal(shaFile(hdr), before, "no terminal to confirm: header unchanged");
+  const r3 = tv(["repair", "--drop-old-keyslots", "-q", "--header", hdr, "--key-file", pw, img]);
   assert.equal(r3.status, 0, r3.stderr);
   assert.match(r3.stderr, /Finished the decryption/);
   assert.ok(!inReencryption(img, hdr));

@@ -191,7 +191,7 @@ function finishWith(tool: Tool, f: Fixture, s: Scenario, img: string, hdr: strin
   const hdrArgs = s.detached ? ["--header", hdr] : [];
   const rep = tool === "cryptsetup"
     ? cs(["repair", "-q", "--key-file", f.pw, ...hdrArgs, img], { check: false })
-    : tv(["repair", "-q", "--key-file", f.pw, ...hdrArgs, img]); // -q: drop old keyslots cryptsetup's finish wiped (as cryptsetup's -q)
+    : tv(["repair", "-q", ...(/--drop-old-keyslots/.test(err1) ? ["--drop-old-keyslots"] : []), "--key-file", f.pw, ...hdrArgs, img]); // the flag when trustvol names it
   if (rep.status !== 0) return { ok: false, repaired: true, message: `repair: ${said(rep)} (after: ${err1})` };
   r = go();
   if (r.status === 0) return { ok: true, repaired: true, message: "" };
@@ -497,7 +497,7 @@ function tvGoesOnFromExported(f: Fixture, s: Scenario, img: string, hdr: string,
   const r = tv(["reencrypt", ...s.args, "-q", "--key-file", f.pw, "--header", hdr, img]);
   assert.notEqual(r.status, 0, "trustvol goes on only from its own export, not from cryptsetup's");
   // its reason: the export is not its own; or, the device shown unchanged but for the magics (and the moved copy), the way on
-  assert.match(r.stderr, /exported from this device|`trustvol header restore --force --file \S+ \S+`|remove \S+ and run the same command again/, "trustvol's reason for refusing cryptsetup's export");
+  assert.match(r.stderr, /exported from this device|`trustvol header restore --force --file \S+ \S+`|move \S+ aside/, "trustvol's reason for refusing cryptsetup's export");
   assert.equal(shaFile(img), before, "trustvol's refusal left the device as it was");
   cs(["luksHeaderRestore", "-q", "--header-backup-file", hdr, img]);
   assertSameBytes(img, decShiftImage(f), SHIFT_SIZE, "the device after luksHeaderRestore from cryptsetup's export");

@@ -111,7 +111,8 @@ export function registerVolumeCommands(program: Command): void {
     .option("--header <file>", "detached header")
     .option("-d, --key-file <file>", "passphrase (needed to recover an interrupted re-encryption)")
     .option("-S, --key-slot <n>", "keyslot to unlock", int("--key-slot", 0, 31))
-    .option("-q, --batch-mode", "do not ask for confirmation (dropping old keyslots that no longer open, of a decryption stranded in its finish)")
+    .option("--drop-old-keyslots", "finish a decryption whose data is all done by dropping its old keyslots that the passphrase does not open (a cryptsetup run killed in its finish wipes a keyslot before it drops it)")
+    .option("-q, --batch-mode", "do not ask for confirmation before --drop-old-keyslots drops them")
     .option("--json", "print the result as JSON")
     .action(async (device: string, o: Record<string, unknown>) => {
       const dev = await FileBlockDevice.open(device);
@@ -131,9 +132,13 @@ export function registerVolumeCommands(program: Command): void {
           try {
             const confirmDrop = async (slots: number[]) => {
               const what = `keyslot${slots.length > 1 ? "s" : ""} ${slots.join(", ")}`;
-              if (!o.batchMode) await confirmYes(`The passphrase opens no old ${what} of ${device}; its data is all decrypted (a cryptsetup run killed in its finish wipes a keyslot before it drops it). Drop ${what} and finish the decryption?`, `dropping ${what}`);
+              if (o.batchMode) return;
+              // (a wrong passphrase looks the same as a wiped keyslot: said in the question)
+              await confirmYes(`The passphrase opens no old ${what} of ${device}, whose data the header says is all decrypted. A cryptsetup run killed in its finish wipes a keyslot before it drops it; a mistyped passphrase looks the same. Drop ${what} and finish the decryption?`, `dropping ${what}`).catch((e: unknown) => {
+                throw e instanceof TrustvolError && e.code === "EUSAGE" && repaired ? new TrustvolError("EUSAGE", `${e.message.replace("nothing was changed", "the header copies were repaired, the keyslots kept")}`, e.hint) : e;
+              });
             };
-            ({ recovered: reencryption, finished = false } = await repairReencryption(dev, { passphrase: pass, keyslot: o.keySlot as number | undefined, header: hdr !== dev ? hdr : undefined, confirmDrop }));
+            ({ recovered: reencryption, finished = false } = await repairReencryption(dev, { passphrase: pass, keyslot: o.keySlot as number | undefined, header: hdr !== dev ? hdr : undefined, confirmDrop: o.dropOldKeyslots ? confirmDrop : undefined }));
           } finally {
             wipe(pass);
           }
@@ -142,7 +147,7 @@ export function registerVolumeCommands(program: Command): void {
         else {
           if (repaired) io.err(`Repaired: primary ${before.primary.ok ? "ok" : `was damaged (${before.primary.error})`}, secondary ${before.secondary.ok ? "ok" : `was damaged (${before.secondary.error})`}; both copies rewritten.\n`);
           if (reencryption) io.err("Recovered the interrupted re-encryption hotzone; resume with `trustvol reencrypt --resume-only`.\n");
-          if (finished) io.err("Finished the decryption: its old keyslots and re-encryption metadata are gone; the device is plain.\n");
+          if (finished) io.err("Finished the decryption: its old keyslots and re-encryption metadata are gone.\n");
           if (!repaired && !reencryption && !finished) io.err(status === "none" ? "Both header copies are valid; nothing to repair.\n" : "Both header copies are valid and no hotzone needs recovery; resume with `trustvol reencrypt --resume-only`.\n");
         }
       } finally {
