@@ -210,19 +210,25 @@ test("cryptsetup killed in its finalisation (old keyslot wiped, reencrypt keyslo
   assert.equal(oraclePlainSha(img, pw, SIZE), shaFile(plain), "plaintext intact (cryptsetup's volume key, independent AES-XTS)");
 });
 
-test("decrypt finalisation: with every old keyslot wiped it finishes with no key at all; with one left, the old key is required", async () => {
+/** A detached-header decryption run to its end: the header's last state before the final commit (all data done). */
+async function decryptDoneState(): Promise<{ plain: Buffer; data: MemoryBlockDevice; done: Buffer }> {
   const { randomBytes } = await import("node:crypto");
   const plain = randomBytes(256 * 1024);
   const data = new MemoryBlockDevice(plain);
   const hdr = new MemoryBlockDevice(0);
   await reencrypt(data, { mode: "encrypt", header: hdr, passphrase: PASS, pbkdf: PBKDF, hotzoneSize: HOTZONE });
-  // record the decrypt run on the header device: the last state before the final commit
+  // record the decrypt run on the header device
   const rec = new Recorder(hdr.data);
   await reencrypt(data, { mode: "decrypt", header: rec, passphrase: PASS, hotzoneSize: HOTZONE });
   assert.ok(data.data.equals(plain));
   let done: Buffer | undefined;
   for (let i = rec.snaps.length - 1; i >= 0 && !done; i--) if ((await status(rec.snaps[i]!)) === "clean") done = rec.snaps[i];
   assert.ok(done);
+  return { plain, data, done };
+}
+
+test("decrypt finalisation: with every old keyslot wiped it finishes with no key at all; with one left, the old key is required", async () => {
+  const { plain, data, done } = await decryptDoneState();
   // one old keyslot left: a wrong passphrase is refused (the old key vouches for the plain result), header unchanged
   const h1 = new MemoryBlockDevice(done);
   await assert.rejects(reencrypt(data, { mode: "decrypt", header: h1, passphrase: Buffer.from("wrong"), resumeOnly: true }), (e: TrustvolError) => e.code === "EBADPASS");
@@ -240,15 +246,7 @@ test("decrypt finalisation: with every old keyslot wiped it finishes with no key
 test("decrypt stranded in cryptsetup's finish (a keyslot's area wiped, its JSON still there): --resume-only refuses and points at repair; repair drops it on confirmation, crash-safe", async () => {
   const { randomBytes } = await import("node:crypto");
   const { repairReencryption } = await import("../../src/ops/reencrypt.js");
-  const plain = randomBytes(256 * 1024);
-  const data = new MemoryBlockDevice(plain);
-  const hdr = new MemoryBlockDevice(0);
-  await reencrypt(data, { mode: "encrypt", header: hdr, passphrase: PASS, pbkdf: PBKDF, hotzoneSize: HOTZONE });
-  const rec = new Recorder(hdr.data);
-  await reencrypt(data, { mode: "decrypt", header: rec, passphrase: PASS, hotzoneSize: HOTZONE });
-  let done: Buffer | undefined;
-  for (let i = rec.snaps.length - 1; i >= 0 && !done; i--) if ((await status(rec.snaps[i]!)) === "clean") done = rec.snaps[i];
-  assert.ok(done);
+  const { plain, data, done } = await decryptDoneState();
   // cryptsetup's crypt_keyslot_destroy: the area overwritten (its last pass is random), then killed before the JSON commit
   const stranded = Buffer.from(done);
   const ks = (await Luks2Volume.open(new MemoryBlockDevice(stranded))).metadata.keyslots["0"]!;
