@@ -235,9 +235,9 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
         if (mode === "encrypt" && hdrDev !== dev && !Object.keys(volume.metadata.keyslots).length && (await probeLuksVersion(dev)) === null)
           throw moveAsideAndRerun(hdrDev.name, "is a LUKS2 header with no keyslot (a `--encrypt --header` cut before its keyslot leaves it so)", dev.name);
         // (…and then the volume with its keyslot, before the re-encryption metadata: a header over data never encrypted)
-        if (mode === "encrypt" && hdrDev !== dev && opts.passphrase && (await probeLuksVersion(dev)) === null) {
-          const plainFs = await neverEncrypted(volume, dev, opts.passphrase);
-          if (plainFs) throw moveAsideAndRerun(hdrDev.name, `is a LUKS2 header whose key does not decrypt ${dev.name}, which holds a plain ${plainFs} file system (a \`--encrypt --header\` cut before its re-encryption metadata leaves it so, or it belongs to another device)`, dev.name);
+        if (mode === "encrypt" && hdrDev !== dev && (await probeLuksVersion(dev)) === null) {
+          const plainFs = await plainFilesystem(volume, dev);
+          if (plainFs) throw moveAsideAndRerun(hdrDev.name, `is a LUKS2 volume's header and ${dev.name} holds a plain ${plainFs} file system (a \`--encrypt --header\` cut before its re-encryption metadata leaves it so, or the header belongs to another device)`, dev.name);
         }
         if (mode === "encrypt") throw usage(`${hdrDev.name} is already a LUKS2 volume`, "use reencrypt (key rotation) instead of --encrypt");
         if (mode === "decrypt") initKeys = await initDecrypt(volume, dev, hdrDev, opts);
@@ -1039,34 +1039,16 @@ async function exportOnDevice(dev: BlockDevice, file: BlockDevice, hdrSize = 0, 
 
 /**
  * cryptsetup's detached --encrypt commits an ordinary LUKS2 header (keyslot, crypt segment from 0) before its
- * re-encryption metadata: cut between the two, the header claims data that was never encrypted. Evidence that it is so:
- * the device, read raw, holds a file system that the header's key does not show (the type, or undefined).
+ * re-encryption metadata: cut between the two, the header claims data that was never encrypted. What tells: the
+ * device, read raw, holds a file system (ciphertext shows none). No key is derived for this (an argon2 keyslot would
+ * cost a second and up to 1 GiB): the advice it words never deletes anything.
  */
-async function neverEncrypted(v: Luks2Volume, dev: BlockDevice, passphrase: Uint8Array): Promise<string | undefined> {
+async function plainFilesystem(v: Luks2Volume, dev: BlockDevice): Promise<string | undefined> {
   const segs = dataSegments(v.metadata);
   if (segs.length !== 1 || segs[0]!.type !== "crypt" || segs[0]!.offset !== 0 || dev.size < FS_PROBE_BYTES) return undefined;
   const head = Buffer.alloc(FS_PROBE_BYTES);
   await dev.read(head, 0);
-  const raw = probeFilesystem(head);
-  if (!raw) return undefined;
-  let key: Buffer;
-  try {
-    key = (await v.unlock(passphrase)).volumeKey;
-  } catch (e) {
-    if (e instanceof TrustvolError) return undefined; // the passphrase check comes later, with its own message
-    throw e;
-  }
-  const seg = segs[0]!;
-  let c: SectorCipher | undefined;
-  try {
-    c = createSectorCipher({ cipher: seg.encryption!, key, sectorSize: seg.sectorSize, ivOffset: seg.ivTweak });
-    const n = head.length - (head.length % seg.sectorSize);
-    c.decrypt(head.subarray(0, n), 0);
-    return probeFilesystem(head) ? undefined : raw.type;
-  } finally {
-    c?.dispose();
-    wipe(key, head);
-  }
+  return probeFilesystem(head)?.type;
 }
 
 /**
