@@ -231,11 +231,11 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
         // (a header file of an in-place decryption cut before its first commit: the same command without --resume-only goes on)
         const exportCut = mode === "decrypt" && hdrDev !== dev && dataSegments(volume.metadata).some((sg) => sg.type === "crypt" && sg.offset > 0);
         if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, exportCut ? "if an in-place decryption exported this header file and was cut, run the same command without --resume-only" : "nothing to resume");
-        // (cryptsetup's detached --encrypt commits a header with no keyslot before its first: no key, nothing to lose)
-        if (mode === "encrypt" && hdrDev !== dev && !Object.keys(volume.metadata.keyslots).length && (await probeLuksVersion(dev)) === null)
-          throw moveAsideAndRerun(hdrDev.name, "is a LUKS2 header with no keyslot (a `--encrypt --header` cut before its keyslot leaves it so)", dev.name);
-        // (…and then the volume with its keyslot, before the re-encryption metadata: a header over data never encrypted)
         if (mode === "encrypt" && hdrDev !== dev && (await probeLuksVersion(dev)) === null) {
+          // (cryptsetup's detached --encrypt commits a header with no keyslot before its first: no key, nothing to lose)
+          if (!Object.keys(volume.metadata.keyslots).length)
+            throw moveAsideAndRerun(hdrDev.name, "is a LUKS2 header with no keyslot (a `--encrypt --header` cut before its keyslot leaves it so)", dev.name);
+          // (…and then the volume with its keyslot, before the re-encryption metadata: a header over data never encrypted)
           const plainFs = await plainFilesystem(volume, dev);
           if (plainFs) throw moveAsideAndRerun(hdrDev.name, `is a LUKS2 volume's header and ${dev.name} holds a plain ${plainFs} file system (a \`--encrypt --header\` cut before its re-encryption metadata leaves it so, or the header belongs to another device)`, dev.name);
         }
@@ -289,7 +289,9 @@ function oldKeyslotsLeft(m: Luks2Metadata, st: ReencryptState): number[] {
  * finalisation (crypt_keyslot_destroy wipes a keyslot's area, then commits the JSON without it), or a run stopped
  * before its last commit. Such a keyslot may open with no passphrase at all; `repair` can drop it on confirmation.
  */
-export function strandedDecrypt(m: Luks2Metadata, dev: BlockDevice, st: ReencryptState = loadReencryptState(m)): boolean {
+export function strandedDecrypt(m: Luks2Metadata, dev: BlockDevice, st?: ReencryptState): boolean {
+  if (reencryptStatus(m) !== "clean") return false;
+  st ??= loadReencryptState(m);
   return st.mode === "decrypt" && oldKeyslotsLeft(m, st).length > 0 && dataAllDone(m, st, dev);
 }
 
@@ -307,12 +309,12 @@ export async function repairReencryption(dev: BlockDevice, opts: { passphrase?: 
   const hdrDev = opts.header ?? dev;
   let volume = await Luks2Volume.open(hdrDev);
   volume.checkRequirements("write");
-  if (reencryptStatus(volume.metadata) === "clean" && strandedDecrypt(volume.metadata, dev)) {
+  if (strandedDecrypt(volume.metadata, dev)) {
     const lock = await lockReencryption(volume.uuid, { optional: true });
     try {
       volume = await Luks2Volume.open(hdrDev); // re-read under the lock
+      if (!strandedDecrypt(volume.metadata, dev)) return { recovered: false };
       const st = loadReencryptState(volume.metadata);
-      if (reencryptStatus(volume.metadata) !== "clean" || !strandedDecrypt(volume.metadata, dev, st)) return { recovered: false };
       try {
         const keys = await unlockForState(volume, hdrDev, st, opts);
         for (const k of keys.values()) wipe(k);

@@ -148,14 +148,12 @@ function finish(s: Scenario, pw: string, img: string, hdr: string, startDigest: 
   const hdrArgs = s.detached ? ["--header", hdr] : [];
   const steps: string[] = [];
   const json = () => ((s.detached ? existsSync(hdr) && isLuks(hdr) : isLuks(img)) ? luksJson(img, s.detached ? hdr : undefined) : undefined);
-  const pending = () => {
-    const j = json();
-    return !!j && Object.values(j.keyslots).some((k: any) => k.type === "reencrypt");
-  };
+  const inReenc = (j: ReturnType<typeof json>) => !!j && Object.values(j.keyslots).some((k: any) => k.type === "reencrypt");
+  const pending = () => inReenc(json());
   /** Not in re-encryption and the one data segment is the final one (a kill in the last commit: nothing left to do). */
   const done = () => {
     const j = json();
-    if (!j || pending()) return false;
+    if (!j || inReenc(j)) return false;
     const segs = Object.entries(j.segments);
     if (segs.length !== 1) return false;
     const [id, seg] = segs[0]!;

@@ -127,7 +127,7 @@ export function registerVolumeCommands(program: Command): void {
         const { repairReencryption, strandedDecrypt } = await import("../../ops/reencrypt.js");
         const status = reencryptStatus(v.metadata);
         // a crashed hotzone, or a decryption stranded in cryptsetup's finalisation (old keyslots that may open no more)
-        if (status === "crash" || (status === "clean" && strandedDecrypt(v.metadata, dev))) {
+        if (status === "crash" || strandedDecrypt(v.metadata, dev)) {
           const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: ` });
           try {
             const confirmDrop = async (slots: number[]) => {
