@@ -40,7 +40,8 @@ export function checkDecryptShiftLayout(m: Luks2Metadata, st: ReencryptState): v
     if (s0.offset !== 0) throw bad("segment 0 is not at offset 0");
     const hot = s0.flags.includes("in-reencryption");
     if (hot ? s0.size !== L : s0.size !== null || segs.length > 1) throw bad("the moved segment's hotzone does not match the moved segment");
-    if (segs.length > 2 || (segs[1] && (segs[1].type !== "linear" || segs[1].offset !== L || segs[1].size !== null || segs[1].flags.length))) throw bad("the data after the moved segment is not plain to the end");
+    // (the plain rest dynamic, or sized to the device's end: checkDecryptShiftDevice holds it to the device)
+    if (segs.length > 2 || (segs[1] && (segs[1].type !== "linear" || segs[1].offset !== L || segs[1].flags.length))) throw bad("the data after the moved segment is not plain to the end");
     return;
   }
   if (s0.offset !== 0 || s0.size !== L || s0.ivTweak !== moved.ivTweak || s0.encryption !== moved.encryption || s0.sectorSize !== moved.sectorSize || s0.flags.length) throw bad("segment 0 is not the moved segment");
