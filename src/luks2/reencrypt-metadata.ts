@@ -341,6 +341,17 @@ export function shiftSource(st: ReencryptState, off: number, segIndex: number): 
 }
 
 /**
+ * The bytes of a data-shift hotzone that are copied: all of them, except for the moved segment's hotzone of an
+ * encryption over data shorter than the shift. Its hot segment is the shift long (cryptsetup's), so the rest of its
+ * destination lies over the moved copy itself, the head's only copy until the hotzone is done; past the copy there is
+ * no data, so only the copy is copied and a cut can never damage the source a recovery reads.
+ */
+export function shiftCopyLength(st: ReencryptState, segIndex: number, len: number): number {
+  if (isDecryptShift(st) || segIndex !== 0 || !st.movedSeg?.size) return len;
+  return Math.min(len, st.movedSeg.size);
+}
+
+/**
  * The metadata once re-encryption is complete (cryptsetup reencrypt_teardown_ok): one final segment, keyslots of the
  * old key removed, backup segments, reencrypt keyslot, its digest and the requirement gone. Returns the removed
  * keyslots' areas so the caller wipes them after the commit.

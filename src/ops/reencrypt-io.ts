@@ -40,7 +40,7 @@ import { opensslHash } from "../luks2/kdf.js";
 import type { Luks2Metadata } from "../luks2/metadata.js";
 import { dataSegments } from "../luks2/segment.js";
 import { mark } from "../util/timing.js";
-import { hotMetadata, nextHotzone, postMetadata, shiftSource, type ReencryptState } from "../luks2/reencrypt-metadata.js";
+import { hotMetadata, nextHotzone, postMetadata, shiftCopyLength, shiftSource, type ReencryptState } from "../luks2/reencrypt-metadata.js";
 import { isDecryptShift } from "../luks2/reencrypt-shift-decrypt.js";
 
 /** What the data path needs of reencrypt.ts's engine. */
@@ -76,6 +76,12 @@ export function sourceOf(e: HotzoneEngine, hot: Luks2Metadata, off: number): num
   const src = shiftSource(e.st, off, r);
   if (src < 0) throw new TrustvolError("ECORRUPT", "the data-shift hotzone has no source");
   return src;
+}
+
+/** How much of the data-shift hotzone at `len` in `hot` is copied (shiftCopyLength). */
+export function copyLengthOf(e: HotzoneEngine, hot: Luks2Metadata, len: number): number {
+  if (!e.st.movedSeg) return len;
+  return shiftCopyLength(e.st, dataSegments(hot).findIndex((s) => s.flags.includes("in-reencryption")), len);
 }
 
 /** Decrypt with the old key and encrypt with the new one, in place, on this thread. */
@@ -466,8 +472,8 @@ function deferred<T>(): Deferred<T> {
  */
 export function fusedCopy(dev: BlockDevice, src: number, dst: number, len: number, at: number, from: SectorCipher | null, to: SectorCipher | null): Promise<void> | null {
   if (!(dev instanceof FileBlockDevice) || dev.readOnly || src + len > dev.size || dst + len > dev.size) return null;
-  // Overlapping ranges (the moved chunk on a device smaller than twice the shift goes down over itself): the caller's
-  // pieces, read and written in order, move it down correctly; the addon's parallel slices would not.
+  // Overlapping ranges: the caller's pieces, one at a time in order, move them correctly; the addon's parallel slices
+  // would not.
   if (Math.abs(dst - src) < len) return null;
   if (!canRecryptCopy(from, to)) return null;
   const copyOn = (fd: number, parts: number) => nativeRecryptCopy(fd, src, dst, len, at, from, to, parts)!;
@@ -511,11 +517,15 @@ async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { o
   const copyPieces = async (src: number, dst: number, len: number, at: number): Promise<void> => {
     let next = 0;
     const n = Math.ceil(len / piece);
+    // Overlapping ranges must go one piece after another, each read before the write that may cover it (no copy of
+    // the engine's does that now: shiftCopyLength): one lane, in the order that reads a source before it is covered.
+    const overlap = Math.abs(dst - src) < len;
+    const order = (i: number) => (overlap && dst > src ? n - 1 - i : i);
     // One write at a time: tmpfs and ext4 serialise writers on the inode lock, and a waiting writer spins on a core.
     let writing: Promise<unknown> = Promise.resolve();
     const lane = async (buf: Buffer): Promise<void> => {
-      for (let i = next++; i < n; i = next++) {
-        const p = i * piece;
+      for (let k = next++; k < n; k = next++) {
+        const p = order(k) * piece;
         const b = buf.subarray(0, Math.min(piece, len - p));
         await dev.read(b, src + p);
         await recryptAsync(e, b, at + p);
@@ -526,7 +536,7 @@ async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { o
     };
     pool ??= e.buf.length >= nLanes * piece ? e.buf : Buffer.allocUnsafeSlow(nLanes * piece);
     const lanesPool = pool;
-    await settleAll(Array.from({ length: Math.min(n, nLanes) }, (_, l) => lane(lanesPool.subarray(l * piece, (l + 1) * piece))));
+    await settleAll(Array.from({ length: overlap ? 1 : Math.min(n, nLanes) }, (_, l) => lane(lanesPool.subarray(l * piece, (l + 1) * piece))));
   };
   const copy = (src: number, dst: number, len: number, at: number): Promise<void> => fusedCopy(dev, src, dst, len, at, e.oldC, e.newC) ?? copyPieces(src, dst, len, at);
   let bytes = 0;
@@ -542,7 +552,7 @@ async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { o
     // Metadata commit point: from here the header says the hotzone may hold old or new data (its source is intact).
     await v.commit(hot);
     for (;;) {
-      const copying = inPlace(hz) ? decryptMovedInPlace(e, hz.len) : copy(sourceOf(e, hot, hz.off), e.dataOffset + hz.off, hz.len, hz.off);
+      const copying = inPlace(hz) ? decryptMovedInPlace(e, hz.len) : copy(sourceOf(e, hot, hz.off), e.dataOffset + hz.off, copyLengthOf(e, hot, hz.len), hz.off);
       copying.catch(() => {}); // awaited below, also when planning fails
       // While the pool copies: the next commit, planned (pure functions of the metadata) and encoded. One commit says
       // both "this hotzone is done" and "the next is in re-encryption" (cryptsetup commits the two states apart; the

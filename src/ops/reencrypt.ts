@@ -30,7 +30,7 @@ import { dataSegments, segmentJson, type Segment } from "../luks2/segment.js";
 import { assignReencryptDigest, reencryptKeyslotId, reencryptRequirementVersion, verifyReencryptDigest } from "../luks2/reencrypt-digest.js";
 import { resilienceSwitch } from "../luks2/reencrypt-resilience.js";
 import { HEAD_MOVE_RECORD_SIZE, HEAD_MOVE_RECORD_SLOTS, moveHead, readHeadMarkState } from "./reencrypt-headmove.js";
-import { parityLayout, parityTagMatches, PARITY_TAG_SIZE, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
+import { copyLengthOf, parityLayout, parityTagMatches, PARITY_TAG_SIZE, hashBlock, recrypt, runHotzones, sourceOf, xorInto, type HotzoneEngine } from "./reencrypt-io.js";
 import { lockReencryption, type HeldLock } from "../dm/lock.js";
 import { backupSize } from "../luks2/backup.js";
 import { exportDecryptHeader, isExportOf } from "./reencrypt-export.js";
@@ -1265,6 +1265,7 @@ async function recoverHotzone(e: Engine, finish = false): Promise<boolean> {
   if (res === "datashift" && len > area.shiftSize!) throw new TrustvolError("ECORRUPT", "the hotzone in re-encryption is larger than the data shift");
   if (res === "none") throw new TrustvolError("ECORRUPT", `a hotzone interrupted with resilience "none" cannot be recovered`, "restore the data from a backup");
   const src = res === "datashift" ? sourceOf(e, m, off) : 0;
+  const copyLen = res === "datashift" ? copyLengthOf(e, m, len) : len; // (the rest of the hotzone, if any, holds no data)
   if (res === "checksum") {
     await recoverChecksum(e, off, len, count);
     await e.dev.flush();
@@ -1272,8 +1273,8 @@ async function recoverHotzone(e: Engine, finish = false): Promise<boolean> {
   }
   // In pieces of the engine's buffer (a hotzone cryptsetup left may be far larger than our memory budget); every
   // piece is idempotent, so a cut during recovery is recovered again the same way.
-  for (let p = 0; p < len; p += e.hotzone) {
-    const n = Math.min(e.hotzone, len - p);
+  for (let p = 0; p < copyLen; p += e.hotzone) {
+    const n = Math.min(e.hotzone, copyLen - p);
     const data = e.buf.subarray(0, n);
     // journal: the old data as it was; datashift: the source was never overwritten (moved copy or shift before)
     await (res === "journal" ? e.hdrDev.read(data, area.offset + p) : e.dev.read(data, src + p));
