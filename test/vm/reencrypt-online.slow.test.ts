@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { GUEST_DIR, needGuest, runInGuest } from "./harness.js";
 
-test("online re-encryption of a mounted ext4 volume (opened by trustvol / by cryptsetup), writer running, SIGTERM + --resume-only", { timeout: 25 * 60_000 }, async (t) => {
+test("online re-encryption of a mounted ext4 volume (opened by trustvol / by cryptsetup), writer running, SIGTERM + --resume-only --resilience journal", { timeout: 25 * 60_000 }, async (t) => {
   if (!needGuest(t)) return;
   const r = await runInGuest({ scriptPath: join(GUEST_DIR, "reenc-online.sh"), timeoutMs: 1_200_000, env: { TRUSTVOL_TRACE: process.env.TRUSTVOL_TRACE ?? "", TRUSTVOL_ONLINE_MIB: process.env.TRUSTVOL_ONLINE_MIB ?? "128" } });
   const out = r.stdout;
@@ -42,7 +42,9 @@ test("online re-encryption of a mounted ext4 volume (opened by trustvol / by cry
   assert.equal(f.term_helpers, "0");
   assert.equal(f.term_targets, "2", "back to the two-segment table on the data device");
   assert.equal(f.term_files_ok, "0");
+  assert.equal(f.term_resilience, "checksum", "the run was stopped with checksum protection");
   assert.equal(f.resume_rc, "0", r.stderr);
+  assert.equal(f.resume_switched, "1", `the online resume switched its protection to journal: ${r.stderr}`);
   assert.equal(f.resume_state, "none");
   assert.equal(f.resume_files_ok, "0");
   assert.equal(f.resume_fsck_rc, "0");

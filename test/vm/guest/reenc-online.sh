@@ -2,7 +2,8 @@
 # Guest side of test/vm/reencrypt-online.slow.test.ts: `trustvol reencrypt` of an active, mounted LUKS2 volume.
 #  1. opened by trustvol, ext4 with a few thousand files of known checksums, a writer appending meanwhile; online
 #     key rotation to the end; cryptsetup's re-encryption lock held meanwhile.
-#  2. opened by cryptsetup; SIGTERM mid-way (exit 7, mapping back to one table, no helpers), --resume-only to the end.
+#  2. opened by cryptsetup; SIGTERM mid-way (exit 7, mapping back to one table, no helpers), --resume-only
+#     --resilience journal (the run's protection changed online, checksum -> journal) to the end.
 # Afterwards: checksums, the writer's records, fsck -fn, opens with cryptsetup and trustvol. Prints key=value.
 set -u
 PS4='+ $(cut -d" " -f1 /proc/uptime) '; [ -n "${TRUSTVOL_TRACE:-}" ] && set -x
@@ -102,7 +103,10 @@ echo "term_state=$(state "$LB")"
 echo "term_helpers=$(helpers)"
 echo "term_targets=$(dmsetup table volb | wc -l)"
 echo "term_files_ok=$(checkfiles /mnt/b/data)"
-$TV reencrypt --resume-only --key-file pass "$LB" 2> err.b2; echo "resume_rc=$?"; cat err.b2 >&2
+echo "term_resilience=$(cryptsetup luksDump "$LB" | awk '$1 == "Resilience:" { print $2 }')"
+# the resume changes the run's protection (checksum -> journal, as cryptsetup's --resume-only --resilience does)
+TRUSTVOL_TIMING=1 $TV reencrypt --resume-only --resilience journal --key-file pass "$LB" 2> err.b2; echo "resume_rc=$?"; grep -v '^trustvol-time' err.b2 >&2
+echo "resume_switched=$(grep -c 'engine: resilience journal' err.b2)"
 echo "resume_state=$(state "$LB")"
 echo "resume_files_ok=$(checkfiles /mnt/b/data)"
 umount /mnt/b
