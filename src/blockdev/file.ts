@@ -103,6 +103,14 @@ export class FileBlockDevice implements BlockDevice {
     return this._size;
   }
 
+  /** Whether `other` is this same file or block device (another path or a symlink to it included). */
+  async sameStorage(other: BlockDevice): Promise<boolean> {
+    if (other === this) return true;
+    if (!(other instanceof FileBlockDevice)) return false;
+    const [a, b] = await Promise.all([this.fh.stat({ bigint: true }), other.fh.stat({ bigint: true })]);
+    return this.isBlockDevice && other.isBlockDevice ? a.rdev === b.rdev : a.dev === b.dev && a.ino === b.ino;
+  }
+
   /** The OS file descriptor, for workers that read the same file in parallel (positional reads only). */
   get fd(): number {
     return this.fh.fd;

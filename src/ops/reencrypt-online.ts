@@ -374,7 +374,7 @@ export async function activateReencrypting(path: string, device: string, name: s
     if (reencryptStatus(v.metadata) === "crash") {
       if (o.dryRun || o.readOnly) throw new TrustvolError("EBUSY", "the re-encryption was interrupted in the middle of a hotzone, which must be recovered (written) first", "open it read-write once (or run `trustvol reencrypt --resume-only`)");
       const { repairReencryption } = await import("./reencrypt.js");
-      await repairReencryption(data, { passphrase, ...(hdr !== data ? { header: hdr } : {}) });
+      await repairReencryption(data, { passphrase, reencryptionLockHeld: true, ...(hdr !== data ? { header: hdr } : {}) });
       recovered = true;
       v = await Luks2Volume.open(hdr);
     }

@@ -189,6 +189,9 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
   if (opts.hotzoneSize !== undefined && (!Number.isSafeInteger(opts.hotzoneSize) || opts.hotzoneSize < 4096)) throw usage(`hotzone size ${opts.hotzoneSize} is too small`, "give at least 4096 bytes (e.g. 4M)");
   // cryptsetup 2.6.1 aligns hotzones to 4096 bytes whatever the sector size ("multiple of calculated zone alignment")
   if (opts.hotzoneSize !== undefined && opts.hotzoneSize % 4096) throw usage(`hotzone size ${opts.hotzoneSize} is not a multiple of 4096 bytes`, "give a multiple of 4096 (e.g. 4M)");
+  // (cryptsetup: "Encryption without detached header (--header) is not possible without data device size reduction")
+  if (opts.header && opts.header !== dev && dev instanceof FileBlockDevice && (await dev.sameStorage(opts.header)))
+    throw usage(`--header ${opts.header.name} is ${dev.name} itself: a detached header is kept in another file`, mode === "encrypt" ? "give --header a new file, or encrypt in place with --reduce-device-size" : "give the volume's header file, or leave out --header when the header is on the device");
   const version = await reencryptLuksVersion(hdrDev);
   if (version === 1) throw new TrustvolError("EUNSUPPORTED", `${hdrDev.name} is LUKS1`, "convert it to LUKS2 first (`cryptsetup convert --type luks2`)");
 
@@ -225,6 +228,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       });
       if (await takeLock(volume.uuid)) volume = await Luks2Volume.open(hdrDev); // re-read under the lock: another run may have just finished a step
       volume.checkRequirements("write");
+      if (hdrDev !== dev) await checkDetachedDataDevice(volume.metadata, dev, hdrDev.name);
       const status = reencryptStatus(volume.metadata);
       if (status === "none") {
         refuseIntegrity(volume.metadata, hdrDev.name);
@@ -305,15 +309,19 @@ function strandedRefusal(m: Luks2Metadata, st: ReencryptState): TrustvolError {
  * stranded in its finalisation (strandedDecrypt) whose old keyslots the passphrase does not open is finished here,
  * dropping them, once `confirmDrop` (told the keyslots) returns; it throws to refuse. Without it: EBADPASS, unchanged.
  */
-export async function repairReencryption(dev: BlockDevice, opts: { passphrase?: Uint8Array; keyslot?: number; header?: BlockDevice; keyslotPassphrases?: Map<number, Uint8Array>; confirmDrop?: (keyslots: number[]) => Promise<void> } = {}): Promise<{ recovered: boolean; finished?: boolean }> {
+export async function repairReencryption(dev: BlockDevice, opts: { passphrase?: Uint8Array; keyslot?: number; header?: BlockDevice; keyslotPassphrases?: Map<number, Uint8Array>; confirmDrop?: (keyslots: number[]) => Promise<void>; reencryptionLockHeld?: boolean } = {}): Promise<{ recovered: boolean; finished?: boolean }> {
   const hdrDev = opts.header ?? dev;
   let volume = await Luks2Volume.open(hdrDev);
   volume.checkRequirements("write");
-  if (strandedDecrypt(volume.metadata, dev)) {
-    const lock = await lockReencryption(volume.uuid, { optional: true });
-    try {
-      volume = await Luks2Volume.open(hdrDev); // re-read under the lock
-      if (!strandedDecrypt(volume.metadata, dev)) return { recovered: false };
+  // Under cryptsetup's re-encryption lock (LUKS2_reencrypt_locked_recovery_by_passphrase): a running re-encryption shows
+  // "crash" during every hotzone, and recovering that hotzone under it would replay a stale journal or checksums.
+  if (!strandedDecrypt(volume.metadata, dev) && reencryptStatus(volume.metadata) !== "crash") return { recovered: false };
+  const lock = opts.reencryptionLockHeld ? undefined : await lockReencryption(volume.uuid, { optional: true });
+  try {
+    volume = await Luks2Volume.open(hdrDev); // re-read under the lock
+    volume.checkRequirements("write");
+    if (hdrDev !== dev) await checkDetachedDataDevice(volume.metadata, dev, hdrDev.name);
+    if (strandedDecrypt(volume.metadata, dev)) {
       const st = loadReencryptState(volume.metadata);
       try {
         const keys = await unlockForState(volume, hdrDev, st, opts);
@@ -326,23 +334,23 @@ export async function repairReencryption(dev: BlockDevice, opts: { passphrase?: 
       await opts.confirmDrop(oldKeyslotsLeft(volume.metadata, st));
       await finishMetadataOnly(volume, dev, hdrDev, st, {}, true);
       return { recovered: false, finished: true };
-    } finally {
-      await lock?.release();
     }
-  }
-  if (reencryptStatus(volume.metadata) !== "crash") return { recovered: false };
-  const st = loadReencryptState(volume.metadata);
-  const keys = await unlockForState(volume, hdrDev, st, opts);
-  try {
-    const eng = await prepare(volume, dev, hdrDev, keys, {});
+    if (reencryptStatus(volume.metadata) !== "crash") return { recovered: false };
+    const st = loadReencryptState(volume.metadata);
+    const keys = await unlockForState(volume, hdrDev, st, opts);
     try {
-      await recoverHotzone(eng);
+      const eng = await prepare(volume, dev, hdrDev, keys, {});
+      try {
+        await recoverHotzone(eng);
+      } finally {
+        eng.dispose();
+      }
+      return { recovered: true };
     } finally {
-      eng.dispose();
+      for (const k of keys.values()) wipe(k);
     }
-    return { recovered: true };
   } finally {
-    for (const k of keys.values()) wipe(k);
+    await lock?.release();
   }
 }
 
@@ -783,6 +791,18 @@ function refuseIntegrity(m: Luks2Metadata, name: string): void {
 }
 
 /**
+ * A detached header whose data starts at the device's start, where it is ciphertext: a LUKS header there means another
+ * volume's device (cryptsetup 2.6.1 goes on and destroys it). A data shift's moved segment: checkMovedCiphertext.
+ */
+async function checkDetachedDataDevice(m: Luks2Metadata, dev: BlockDevice, hdrName: string): Promise<void> {
+  if (Object.values(m.segments).some((sg) => sg.flags?.includes("backup-moved-segment"))) return;
+  const first = dataSegments(m).find((sg) => sg.offset === 0);
+  if (!first || first.type !== "crypt" || first.flags.includes("in-reencryption")) return;
+  const onDev = await probeLuksVersion(dev);
+  if (onDev !== null) throw usage(`${dev.name} holds a LUKS${onDev} header at its start, where the volume of ${hdrName} has encrypted data: it is another volume's device`, "give the data device of this header file; nothing was written");
+}
+
+/**
  * The device's first bytes while the moved segment is still ciphertext (the first data segment: crypt at offset 0, not
  * yet in its hotzone). A LUKS header there means another device than the one the header file was exported from (a
  * clone, another volume) or a header restored since: decrypting "it" would destroy that device's data.
@@ -1214,10 +1234,12 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
   const want = st.resilience === "datashift" ? Math.min(area.shiftSize!, SHIFT_BUFFER) : (opts.hotzoneSize ?? DEFAULT_HOTZONE);
   let hotzone = Math.min(cap, want);
   hotzone -= hotzone % block;
-  const withParity = ds
+  let withParity = ds
     ? st.movedResilience === "checksum" && opts.tornWriteSafe !== false && parityLayout(st.movedSeg!.size!, block, hashLen).end <= area.size
     : st.resilience === "checksum" && opts.tornWriteSafe !== false;
   if (withParity && !ds) while (hotzone > block && parityLayout(hotzone, block, hashLen).end > area.size) hotzone -= Math.max(block, (Math.floor(hotzone / 8 / block) * block));
+  // an area too small for even one block's parity and tag: checksums only (cryptsetup's), nothing written past it
+  if (withParity && !ds && parityLayout(hotzone, block, hashLen).end > area.size) withParity = false;
   const need = hotzone;
   if (hotzone < Math.max(...ss)) throw new TrustvolError("ECORRUPT", "the re-encryption area is too small for one hotzone");
   cap = need;
