@@ -20,6 +20,7 @@ import { createSectorCipher, type SectorCipher } from "../dmcrypt/sector-cipher.
 import { parseCipherSpec } from "../dmcrypt/cipher-spec.js";
 import { Luks2Volume } from "../luks2/volume.js";
 import { probeLuksVersion, encodeHeaderCopies } from "../luks2/header.js";
+import { afSectorsBytes } from "../luks2/af.js";
 import { openKeyslotCandidate, buildKeyslot, wipeArea, findAreaGap } from "../luks2/keyslot.js";
 import { verifyDigest, createDigest } from "../luks2/digest.js";
 import { newVolumeKey, planFormat } from "../luks2/format.js";
@@ -542,8 +543,37 @@ async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
   if (st.movedSeg && st.mode === "encrypt" && o.wipeMoved !== false) await wipeZeros(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
   if (isDecryptShift(st) && o.tailCipher) await wipeStaleTail(dev, hdrDev, st, o.tailCipher, buf.length ? buf : Buffer.allocUnsafeSlow(MiB));
   const fin = finalMetadata(v.metadata, st);
+  // Zeros where no keyslot is left (cryptsetup wipes the reencrypt keyslot's area too): the area's journal or parity
+  // may hold plaintext; an in-place encryption also zeroes what its init's zeroing of the old head left if it was cut.
+  // Before the commit (no recovery reads the area once no hotzone is in re-encryption), so no cut leaves them behind;
+  // after it only while the moved segment's hotzone, a decryption's last, is still protected by the area.
+  const hdrSize = v.header.hdrSize, area = st.keyslot.area;
+  const range: [number, number] = st.movedSeg && st.mode === "encrypt" && hdrDev === dev ? [2 * hdrSize, st.newSeg.offset] : [area.offset, area.offset + area.size];
+  const zero = () => zeroUnused(hdrDev, fin.metadata, range, buf.length >= MiB ? buf.subarray(0, MiB) : Buffer.allocUnsafeSlow(MiB));
+  const hot = dataSegments(v.metadata).some((sg) => sg.flags.includes("in-reencryption"));
+  if (!hot) await zero();
   await v.commit(fin.metadata);
   for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);
+  if (hot) await zero();
+}
+
+/** Where a keyslot's bytes end: a luks2 keyslot's AF material (its area's tail is never read), else the whole area. */
+function keyslotUsedEnd(ks: Luks2Metadata["keyslots"][string]): number {
+  const off = Number(ks.area.offset), size = Number(ks.area.size);
+  const stripes = ks.type === "luks2" ? ks.af?.stripes : undefined;
+  return off + (typeof stripes === "number" && Number.isSafeInteger(ks.key_size * stripes) ? Math.min(size, afSectorsBytes(ks.key_size, stripes)) : size);
+}
+
+/** Zero [from, to) of the metadata device except the keyslot bytes `m` uses; flushed. */
+async function zeroUnused(dev: BlockDevice, m: Luks2Metadata, [from, to]: [number, number], buf: Buffer): Promise<void> {
+  const used = Object.values(m.keyslots).map((ks) => [Number(ks.area.offset), keyslotUsedEnd(ks)] as const).sort((a, b) => a[0] - b[0]);
+  buf.fill(0);
+  let pos = from;
+  for (const [a, b] of [...used, [to, to] as const]) {
+    for (const end = Math.min(a, to); pos < end; pos += Math.min(buf.length, end - pos)) await dev.write(buf.subarray(0, Math.min(buf.length, end - pos)), pos);
+    pos = Math.max(pos, b);
+  }
+  await dev.flush();
 }
 
 /**
@@ -1181,7 +1211,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     await dev.flush();
     mark("init: header written");
     // 3. no plaintext of the old head may stay in the unused metadata/keyslots area
-    const used = [[plan.keyslotArea.offset, plan.keyslotArea.offset + Number(m.keyslots[String(opts.keyslot ?? 0)]!.area.size)], [gap, gap + 4096]].sort((a, b) => a[0]! - b[0]!);
+    const used = [[plan.keyslotArea.offset, plan.keyslotArea.offset + plan.keyslotArea.data.length], [gap, gap + 4096]].sort((a, b) => a[0]! - b[0]!);
     let pos = 2 * plan.header.hdrSize;
     const zero = Buffer.alloc(MiB);
     for (const [a, b] of [...used, [shift, shift]]) {
