@@ -230,6 +230,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       if (await takeLock(volume.uuid)) volume = await Luks2Volume.open(hdrDev); // re-read under the lock: another run may have just finished a step
       volume.checkRequirements("write");
       if (hdrDev !== dev) await checkDetachedDataDevice(volume.metadata, dev, hdrDev.name);
+      else checkSegmentsPastMetadata(volume);
       const status = reencryptStatus(volume.metadata);
       if (status === "none") {
         refuseIntegrity(volume.metadata, hdrDev.name);
@@ -322,6 +323,7 @@ export async function repairReencryption(dev: BlockDevice, opts: { passphrase?: 
     volume = await Luks2Volume.open(hdrDev); // re-read under the lock
     volume.checkRequirements("write");
     if (hdrDev !== dev) await checkDetachedDataDevice(volume.metadata, dev, hdrDev.name);
+    else checkSegmentsPastMetadata(volume);
     if (strandedDecrypt(volume.metadata, dev)) {
       const st = loadReencryptState(volume.metadata);
       try {
@@ -818,6 +820,19 @@ async function unlockVolumeKey(v: Luks2Volume, opts: Pick<ReencryptOptions, "pas
 function refuseIntegrity(m: Luks2Metadata, name: string): void {
   if (Object.values(m.segments).some((sg) => (sg as { integrity?: unknown }).integrity !== undefined))
     throw new TrustvolError("EUNSUPPORTED", `${name} has an integrity profile (dm-integrity): its re-encryption is not supported, as in cryptsetup`, "copy the data to a new volume instead");
+}
+
+/**
+ * A header on its device whose data (or encrypted backup) segment starts inside the header's own metadata and keyslots
+ * (offset 0 is a detached header's layout): re-encrypting it would write over the keyslots. Only an in-place
+ * encryption's plain backup-previous starts at 0.
+ */
+function checkSegmentsPastMetadata(v: Luks2Volume): void {
+  const end = 2 * v.header.hdrSize + Number(v.metadata.config.keyslots_size);
+  for (const [id, sg] of Object.entries(v.metadata.segments)) {
+    if (Number(sg.offset) >= end || (sg.type === "linear" && sg.flags?.some((f) => f.startsWith("backup-")))) continue;
+    throw new TrustvolError("ECORRUPT", `segment ${id} of ${v.dev.name} starts at ${sg.offset}, inside the header's own metadata and keyslots (which end at ${end})`, "a header whose data starts at 0 is a detached header: give it with --header FILE and the data device, or restore a header backup; nothing was written");
+  }
 }
 
 /**

@@ -11,6 +11,7 @@ import { FileBlockDevice } from "../../src/blockdev/file.js";
 import { MemoryBlockDevice } from "../../src/blockdev/memory.js";
 import { formatLuks2 } from "../../src/luks2/format.js";
 import { Luks2Volume } from "../../src/luks2/volume.js";
+import { writeHeader } from "../../src/luks2/header.js";
 import { reencryptStatus } from "../../src/luks2/reencrypt-metadata.js";
 import { reencrypt, repairReencryption } from "../../src/ops/reencrypt.js";
 import { lockReencryption } from "../../src/dm/lock.js";
@@ -146,4 +147,17 @@ test("a reencrypt area too small for the parity (one checksum block's worth, flu
   const hdrWrites = writes.filter(([o]) => o < dataOffset);
   assert.deepEqual(hdrWrites.filter(([o, n]) => o < areaEnd && o + n > areaEnd), [], "no metadata write crosses the area's end");
   assert.ok((await plaintextOf(dev)).subarray(0, plain.length).equals(plain), "0 bytes lost");
+});
+
+test("a header on its device whose data segment starts at 0 (a detached header's layout) is refused before anything is written: rotation would write over its keyslots", async () => {
+  const { image } = await makeVolume(MiB);
+  const dev = new MemoryBlockDevice(Buffer.from(image));
+  const v = await Luks2Volume.open(dev);
+  const m = structuredClone(v.metadata);
+  m.segments["0"]!.offset = "0";
+  await writeHeader(dev, { ...v.header, metadata: m });
+  const before = sha(dev.data);
+  for (const o of [{}, { initOnly: true }, { mode: "decrypt" as const }])
+    await assert.rejects(reencrypt(dev, { passphrase: PASS, pbkdf: PBKDF, ...o }), oneLine("ECORRUPT", /segment 0 of .* starts at 0, inside the header's own metadata and keyslots/));
+  assert.equal(sha(dev.data), before, "nothing written");
 });
