@@ -150,10 +150,12 @@ export async function unlockLuks1(dev: BlockDevice, h: Luks1Header, passphrase: 
   throw new TrustvolError("EBADPASS", "no key available with this passphrase", "check the passphrase (or key file) and try again");
 }
 
-export function dumpLuks1Text(h: Luks1Header): string {
-  const hex = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, "0")).join(" ");
+export function dumpLuks1Text(h: Luks1Header, deviceName: string): string {
+  // cryptsetup's crypt_log_hex: every byte followed by a space; 32-byte salts in two lines of 16
+  const hex = (b: Buffer) => [...b].map((x) => `${x.toString(16).padStart(2, "0")} `).join("");
+  const salt = (b: Buffer, indent: string) => `${hex(b.subarray(0, 16))}\n${indent}${hex(b.subarray(16))}`;
   const l = [
-    "LUKS header information for LUKS1",
+    `LUKS header information for ${deviceName}`,
     "",
     "Version:       \t1",
     `Cipher name:   \t${h.cipherName}`,
@@ -162,14 +164,14 @@ export function dumpLuks1Text(h: Luks1Header): string {
     `Payload offset:\t${h.payloadOffset}`,
     `MK bits:       \t${h.keyBytes * 8}`,
     `MK digest:     \t${hex(h.mkDigest)}`,
-    `MK salt:       \t${hex(h.mkDigestSalt)}`,
+    `MK salt:       \t${salt(h.mkDigestSalt, "               \t")}`,
     `MK iterations: \t${h.mkDigestIterations}`,
     `UUID:          \t${h.uuid}`,
     "",
   ];
   h.keyslots.forEach((ks, i) => {
     if (!ks.active) return void l.push(`Key Slot ${i}: DISABLED`);
-    l.push(`Key Slot ${i}: ENABLED`, `\tIterations:         \t${ks.iterations}`, `\tSalt:               \t${hex(ks.salt)}`, `\tKey material offset:\t${ks.keyMaterialOffset}`, `\tAF stripes:         \t${ks.stripes}`);
+    l.push(`Key Slot ${i}: ENABLED`, `\tIterations:         \t${ks.iterations}`, `\tSalt:               \t${salt(ks.salt, "\t                      \t")}`, `\tKey material offset:\t${ks.keyMaterialOffset}`, `\tAF stripes:            \t${ks.stripes}`);
   });
   return l.join("\n") + "\n";
 }

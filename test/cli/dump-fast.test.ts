@@ -26,7 +26,10 @@ test("dump's fast path and the commander path print the same (LUKS2, LUKS1, --js
       const fast = trustvol(["dump", d, ...json]);
       const slow = trustvol(["dump", ...json, "--", d]);
       assert.deepEqual(fast, slow, `dump ${d} ${json.join(" ")}`);
-      if (d.endsWith("v2.img")) assert.equal(fast.status, 0, fast.stderr);
+      if (d.endsWith("v2.img") || d.endsWith("v1.img")) assert.equal(fast.status, 0, fast.stderr);
+      if (d.endsWith("v1.img") && json.length) assert.equal(JSON.parse(fast.stdout).luks_version, 1);
+      // LUKS1's text is cryptsetup's, byte for byte (the device as named, the salts in two lines)
+      if (d.endsWith("v1.img") && !json.length) assert.equal(fast.stdout, run("cryptsetup", ["luksDump", d]).stdout.toString());
     }
   }
 });

@@ -31,8 +31,10 @@ export async function dumpCommand(device: string, o: Record<string, unknown>): P
         const { version, metadata, ...rest } = dumpJson(h.luks2);
         printJson({ luks_version: version, ...rest, metadata: verbatim(metadata) }); // metadata: the header's JSON as stored
       } else io.out(dumpText(h.luks2));
-    } else if (o.json) printJson({ luks_version: 1, ...h.luks1 });
-    else io.out(dumpLuks1Text(h.luks1!));
+    } else if (o.json) {
+      const { version, ...rest } = h.luks1!;
+      printJson({ luks_version: version, ...rest });
+    } else io.out(dumpLuks1Text(h.luks1!, (o.header as string | undefined) ?? device)); // (cryptsetup names the metadata device)
   } finally {
     await h.close();
   }
