@@ -183,6 +183,10 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
   // (a resume's --resilience is judged against the run on disk: resilienceSwitch)
   if (opts.resilience?.startsWith("datashift-") && mode !== "decrypt" && !opts.resumeOnly) throw usage(`resilience ${opts.resilience} is for decrypting a device that holds its header (\`--decrypt --header NEW_FILE\`)`, "use checksum, journal or none");
   if (opts.resilience === "datashift" && !(mode === "encrypt" && !opts.header) && !opts.resumeOnly) throw usage("resilience datashift is for encrypting in place with --reduce-device-size", "use checksum, journal or none");
+  // (cryptsetup 2.6.1 also moves a LUKS2 volume's data offset in a rotation with it; trustvol does not: refused, not
+  // ignored. A resume takes the shift from the header.)
+  if (opts.reduceDeviceSize !== undefined && mode !== "encrypt" && !opts.resumeOnly)
+    throw usage(`--reduce-device-size is for an in-place --encrypt, not for ${mode === "decrypt" ? "--decrypt" : "a key rotation"}`, "leave it out; to move a LUKS2 volume's data offset, use `cryptsetup reencrypt --reduce-device-size`");
   if (opts.exportHeader !== undefined && (mode !== "decrypt" || opts.header || opts.resumeOnly)) throw usage("exporting the header is for starting --decrypt of a device that holds its header (without --header or --resume-only)");
   if (opts.hash) opensslHash(opts.hash);
   if (opts.sectorSize !== undefined && ![512, 1024, 2048, 4096].includes(opts.sectorSize)) throw usage(`sector size ${opts.sectorSize} is not one of 512, 1024, 2048, 4096`);

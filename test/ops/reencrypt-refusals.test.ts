@@ -82,7 +82,7 @@ const cases: Case[] = [
     name: "online --decrypt (the device is open)",
     make: (dir, pw) => ({ img: luksVolume(dir, pw) }),
     args: ["--decrypt", "--active-name", "vol"],
-    says: /vol is open: trustvol decrypts offline only; unmount and close it \(trustvol close vol\).*cryptsetup reencrypt --decrypt --header FILE --active-name vol/,
+    says: /--active-name vol asks for an online run: trustvol decrypts offline only; leave out --active-name and run it with the volume closed.*cryptsetup reencrypt --decrypt --header FILE --active-name vol/,
   },
   {
     name: "online rotation with a detached header",
@@ -94,13 +94,29 @@ const cases: Case[] = [
       return { img, hdr };
     },
     args: ["--active-name", "vol"],
-    says: /vol is open: trustvol rotates keys online only with the LUKS2 header on the device, not with --header; .*cryptsetup reencrypt --header \S+ --active-name vol/,
+    says: /--active-name vol asks for an online run: trustvol rotates keys online only with the LUKS2 header on the device, not with --header; .*cryptsetup reencrypt --header \S+ --active-name vol/,
   },
   {
     name: "online --init-only",
     make: (dir, pw) => ({ img: luksVolume(dir, pw) }),
     args: ["--init-only", "--active-name", "vol"],
-    says: /vol is open: --init-only and --reduce-device-size are for offline runs/,
+    says: /--active-name vol asks for an online run: --init-only and --reduce-device-size are for offline runs; drop them to rotate online, or leave out --active-name/,
+  },
+  {
+    name: "--reduce-device-size with a key rotation (cryptsetup moves the data offset; trustvol does not, and says so)",
+    make: (dir, pw) => ({ img: luksVolume(dir, pw) }),
+    args: ["--reduce-device-size", "32M"],
+    says: /--reduce-device-size is for an in-place --encrypt, not for a key rotation; leave it out/,
+  },
+  {
+    name: "--encrypt --header naming the device itself",
+    make: (dir) => {
+      const img = join(dir, "p.img");
+      writePlain(img, 32 * MiB, 15);
+      return { img };
+    },
+    args: ["--encrypt", "--header", "SELF"],
+    says: /--header \S+ is \S+ itself: a detached header is kept in another file; give --header a new file, or encrypt in place with --reduce-device-size/,
   },
   {
     name: "wrong passphrase (rotation)",
@@ -539,7 +555,7 @@ for (const c of cases) {
       }
     }
     if (!needCliEngine(t)) return;
-    const args = withKey(c.args);
+    const args = withKey(c.args.map((x) => (x === "SELF" ? img : x))); // SELF: the device's own path
     const hdrArgs = hdr ? ["--header", hdr] : c.exportTo ? ["--header", join(dir, c.exportTo)] : [];
     const r = tv(["reencrypt", ...(c.noBatch ? [] : ["-q"]), ...args, ...FAST_PBKDF, ...hdrArgs, img]);
     t.diagnostic(`trustvol: exit ${r.status}: ${r.stderr.trim()}`);

@@ -132,7 +132,7 @@ export function registerReencryptCommands(program: Command): void {
         // Any LUKS2 run (rotation, --decrypt, with or without --header) looks for the mapping: an open device is never
         // rewritten offline under a mounted file system unless --force-offline-reencrypt says the mapping is unused.
         if (!active && isLuks && mode !== "encrypt" && !o.forceOfflineReencrypt) active = (await online()).findActiveMapping((await Luks2Volume.open(hdr)).uuid);
-        if (active) onlineRefusal(active, mode, o);
+        if (active) onlineRefusal(active, mode, o, active === o.activeName);
         if (active) await dev.close();
         // (an interrupted run names the command that resumes it: with its header file, for this device)
         const resumeCmd = `trustvol reencrypt --resume-only${o.header ? ` --header ${String(o.header)}` : ""} ${device}`;
@@ -193,15 +193,17 @@ export { repairReencryption };
  * What trustvol cannot do online (cryptsetup 2.6 can: online --decrypt and --encrypt with a detached header, online
  * rotation with --header): a one-line refusal that says how to get there — offline after closing, or with cryptsetup.
  */
-function onlineRefusal(active: string, mode: "reencrypt" | "encrypt" | "decrypt", o: Record<string, unknown>): void {
+function onlineRefusal(active: string, mode: "reencrypt" | "encrypt" | "decrypt", o: Record<string, unknown>, named: boolean): void {
   const hdr = o.header ? ` --header ${String(o.header)}` : "";
-  const close = `unmount and close it (trustvol close ${active}), then run the same command offline`;
+  // (named by --active-name, the mapping may not exist at all: say what was asked, not that it is open)
+  const open = named ? `--active-name ${active} asks for an online run` : `${active} is open`;
+  const close = named ? "leave out --active-name and run it with the volume closed" : `unmount and close it (trustvol close ${active}), then run the same command offline`;
   if (mode === "decrypt")
-    throw new TrustvolError("EUNSUPPORTED", `${active} is open: trustvol decrypts offline only`, `${close}; or decrypt it online with \`cryptsetup reencrypt --decrypt${hdr || " --header FILE"} --active-name ${active} DEVICE\``);
+    throw new TrustvolError("EUNSUPPORTED", `${open}: trustvol decrypts offline only`, `${close}; or decrypt it online with \`cryptsetup reencrypt --decrypt${hdr || " --header FILE"} --active-name ${active} DEVICE\``);
   if (mode === "encrypt")
     throw new TrustvolError("EUNSUPPORTED", `online --encrypt (${active} is active) is not supported by trustvol`, `encrypt it before it is mounted (trustvol reencrypt --encrypt offline), or online with \`cryptsetup reencrypt --encrypt --header FILE --active-name ${active} DEVICE\``);
   if (o.header)
-    throw new TrustvolError("EUNSUPPORTED", `${active} is open: trustvol rotates keys online only with the LUKS2 header on the device, not with --header`, `${close}; or rotate online with \`cryptsetup reencrypt${hdr} --active-name ${active} DEVICE\``);
+    throw new TrustvolError("EUNSUPPORTED", `${open}: trustvol rotates keys online only with the LUKS2 header on the device, not with --header`, `${close}; or rotate online with \`cryptsetup reencrypt${hdr} --active-name ${active} DEVICE\``);
   if (o.initOnly || o.reduceDeviceSize)
-    throw new TrustvolError("EUSAGE", `${active} is open: --init-only and --reduce-device-size are for offline runs`, `drop them to rotate online, or ${close} (--force-offline-reencrypt only when nothing uses the mapping)`);
+    throw new TrustvolError("EUSAGE", `${open}: --init-only and --reduce-device-size are for offline runs`, `drop them to rotate online, or ${close}${named ? "" : " (--force-offline-reencrypt only when nothing uses the mapping)"}`);
 }
