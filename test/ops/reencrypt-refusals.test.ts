@@ -109,6 +109,21 @@ const cases: Case[] = [
     says: /--reduce-device-size is for an in-place --encrypt, not for a key rotation; leave it out/,
   },
   {
+    name: "--encrypt --header FILE over a file system, no -q and no terminal (cryptsetup and `format` ask first)",
+    make: (dir) => {
+      const img = join(dir, "p.img"), hdr = join(dir, "fs.hdr");
+      writePlain(img, 32 * MiB, 16);
+      const fs = Buffer.alloc(4 * MiB);
+      fs.set([0x53, 0xef], 0x438); // an ext2/3/4 superblock's magic
+      writeFileSync(hdr, fs);
+      return { img, hdr };
+    },
+    args: ["--encrypt"],
+    noBatch: true,
+    status: 2,
+    says: /fs\.hdr is not empty \(ext2\/3\/4 file system found\); refusing to overwrite it without confirmation; pass -q/,
+  },
+  {
     name: "--encrypt --header naming the device itself",
     make: (dir) => {
       const img = join(dir, "p.img");

@@ -81,6 +81,13 @@ export function registerReencryptCommands(program: Command): void {
       const exportHeader = mode === "decrypt" && !!o.header && !o.resumeOnly && !existsSync(o.header as string) ? (o.header as string) : undefined;
       let ok = false;
       try {
+        // --encrypt writes its header over an existing file: like cryptsetup (and `format`), not over a file system or
+        // partition table without a confirmation (a LUKS header there is a run to go on with; the device itself is
+        // refused by the engine)
+        if (mode === "encrypt" && o.header && !createdHeader && !o.resumeOnly && !o.batchMode && !sameInode(o.header as string, device)) {
+          const found = await (await import("../../ops/probe.js")).probePath(o.header as string);
+          if (found && !found.startsWith("LUKS")) await (await import("../confirm.js")).confirmOverwrite(`${String(o.header)} is not empty (${found} found)`);
+        }
         if (o.header && !exportHeader) hdr = await FileBlockDevice.open(o.header as string, { create: mode === "encrypt" });
         if (exportHeader && !o.batchMode) await confirmYes(`Header file ${exportHeader} does not exist. Initialize LUKS2 decryption of ${device} and export its LUKS2 header to ${exportHeader}?`, `decrypting ${device} in place`);
         const version = await reencryptLuksVersion(hdr);
@@ -188,6 +195,16 @@ async function withResumeHint<T>(cmd: string, run: () => Promise<T>): Promise<T>
 }
 
 export { repairReencryption };
+
+/** Two paths naming one file or device (unreadable: not the same). */
+function sameInode(a: string, b: string): boolean {
+  try {
+    const [x, y] = [statSync(a), statSync(b)];
+    return x.isBlockDevice() && y.isBlockDevice() ? x.rdev === y.rdev : x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false;
+  }
+}
 
 /**
  * What trustvol cannot do online (cryptsetup 2.6 can: online --decrypt and --encrypt with a detached header, online
