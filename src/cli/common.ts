@@ -23,9 +23,16 @@ export function addKeyOptions(c: Command): Command {
 
 /** cryptsetup's --keyfile-offset / --keyfile-size, for every command that takes --key-file. */
 export function addKeyFileLimitOptions(c: Command): Command {
-  return c
-    .option("--keyfile-offset <bytes>", "skip BYTES at the start of the key file", int("--keyfile-offset"))
-    .option("--keyfile-size <bytes>", "read only BYTES from the key file (default: all of it, at most 8 MiB)", int("--keyfile-size", 1, 1 << 30));
+  for (const opt of keyFileLimitOptions()) c.addOption(opt);
+  return c;
+}
+
+/** The two options of addKeyFileLimitOptions, to place right after a command's --key-file. */
+export function keyFileLimitOptions(): Option[] {
+  return [
+    new Option("--keyfile-offset <bytes>", "skip BYTES at the start of the key file").argParser(int("--keyfile-offset")),
+    new Option("--keyfile-size <bytes>", "read only BYTES from the key file (default: all of it, at most 8 MiB)").argParser(int("--keyfile-size", 1, 1 << 30)),
+  ];
 }
 
 /** cryptsetup's --new-keyfile-offset / --new-keyfile-size, for --new-key-file. */

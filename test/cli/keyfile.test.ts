@@ -109,3 +109,22 @@ test("token import from a missing or directory JSON file: words, not errno", () 
   assert.doesNotMatch(r.stderr, /EISDIR|illegal operation/);
   oneLine(r.stderr);
 });
+
+test("reencrypt and repair take --keyfile-offset / --keyfile-size (a volume whose key is a slice of a key file can be rotated)", () => {
+  const kf = file("kf-reenc", "xxpassyy");
+  const v = join(dir, "rot.img");
+  run("truncate", ["-s", "20M", v]);
+  const limits = ["--key-file", kf, "--keyfile-offset", "2", "--keyfile-size", "4"];
+  const kdf = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+  assert.equal(trustvol(["format", "-q", ...kdf, ...limits, v]).status, 0);
+  const r = trustvol(["reencrypt", "-q", ...kdf, "--init-only", ...limits, v]);
+  assert.equal(r.status, 0, r.stderr);
+  const rep = trustvol(["repair", ...limits, v]);
+  assert.equal(rep.status, 0, rep.stderr);
+  const fin = trustvol(["reencrypt", "-q", "--resume-only", ...limits, v]);
+  assert.equal(fin.status, 0, fin.stderr);
+  assert.equal(trustvol(["unlock", "--test", ...limits, v]).status, 0, "the same slice of the key file opens the rotated volume");
+  const whole = trustvol(["reencrypt", "-q", ...kdf, "--key-file", kf, v]);
+  assert.equal(whole.status, 3, "the whole file is another passphrase");
+  oneLine(whole.stderr);
+});

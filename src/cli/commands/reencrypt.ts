@@ -11,8 +11,8 @@ import { Luks2Volume } from "../../luks2/volume.js";
 import type * as Online from "../../ops/reencrypt-online.js";
 import { reencrypt, reencryptLuksVersion, repairReencryption, tokenKeyslotPassphrases, type ReencryptOptions } from "../../ops/reencrypt.js";
 import { readPin } from "../../trust/pkcs11/pin.js";
-import { getPassphrase } from "../secrets.js";
-import { int, parseSize, pbkdfFrom, pinSourceFrom, printJson } from "../common.js";
+import { getPassphrase, keyFileLimits } from "../secrets.js";
+import { int, keyFileLimitOptions, parseSize, pbkdfFrom, pinSourceFrom, printJson } from "../common.js";
 import { progressBar } from "../progress.js";
 import { confirmYes } from "../confirm.js";
 
@@ -42,6 +42,8 @@ export function registerReencryptCommands(program: Command): void {
     .option("--reduce-device-size <size>", "in-place --encrypt with a data shift (e.g. 32M; at least 2M, a multiple of 8K, less than the device): the new data offset is half of it", parseSize("--reduce-device-size"))
     .option("--header <file>", "detached LUKS2 header")
     .option("-d, --key-file <file>", "passphrase from FILE (- = stdin)")
+    .addOption(keyFileLimitOptions()[0]!)
+    .addOption(keyFileLimitOptions()[1]!)
     .option("-S, --key-slot <n>", "unlock and keep only keyslot N (the others are removed when re-encryption finishes)", int("--key-slot", 0, 31))
     .option("-c, --cipher <spec>", "new data cipher (default: the current one, aes-xts-plain64 for --encrypt)")
     .option("-s, --key-size <bits>", "new volume key size in bits", int("--key-size", 128, 512))
@@ -117,7 +119,7 @@ export function registerReencryptCommands(program: Command): void {
         }
         const needPass = !o.tokenOnly && (!!o.keyFile || uncovered);
         if (needPass) {
-          passphrase = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, verify: mode === "encrypt" && !isLuks });
+          passphrase = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, verify: mode === "encrypt" && !isLuks, ...keyFileLimits(o) });
           secrets.push(passphrase);
         }
         const t0 = Date.now();

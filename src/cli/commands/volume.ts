@@ -9,7 +9,7 @@ import { Luks2Volume } from "../../luks2/volume.js";
 import { LuksHandle } from "../../ops/volume.js";
 import { getPassphrase, keyFileLimits } from "../secrets.js";
 import { confirmYes } from "../confirm.js";
-import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int } from "../common.js";
+import { addKeyOptions, addFormatOptions, addPinOptions, formatFrom, printJson, int, keyFileLimitOptions } from "../common.js";
 import { dumpCommand } from "./dump.js";
 
 export function registerVolumeCommands(program: Command): void {
@@ -110,6 +110,8 @@ export function registerVolumeCommands(program: Command): void {
     .argument("<device>")
     .option("--header <file>", "detached header")
     .option("-d, --key-file <file>", "passphrase (needed to recover an interrupted re-encryption)")
+    .addOption(keyFileLimitOptions()[0]!)
+    .addOption(keyFileLimitOptions()[1]!)
     .option("-S, --key-slot <n>", "keyslot to unlock", int("--key-slot", 0, 31))
     .option("--drop-old-keyslots", "finish a decryption whose data is all done by dropping its old keyslots that the passphrase does not open (a cryptsetup run killed in its finish wipes a keyslot before it drops it)")
     .option("-q, --batch-mode", "do not ask for confirmation before --drop-old-keyslots drops them")
@@ -128,7 +130,7 @@ export function registerVolumeCommands(program: Command): void {
         const status = reencryptStatus(v.metadata);
         // a crashed hotzone, or a decryption stranded in cryptsetup's finalisation (old keyslots that may open no more)
         if (status === "crash" || strandedDecrypt(v.metadata, dev)) {
-          const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: ` });
+          const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, ...keyFileLimits(o) });
           try {
             const confirmDrop = async (slots: number[]) => {
               const what = `keyslot${slots.length > 1 ? "s" : ""} ${slots.join(", ")}`;
