@@ -179,7 +179,7 @@ export class FileBlockDevice implements BlockDevice {
         continue;
       }
       if (d) this._directBytes += n;
-      if (n === 0 && kind === "read") throw new TrustvolError("ETRUNCATED", `${this.name}: unexpected end of data at ${offset + done}`);
+      if (n === 0 && kind === "read") throw new TrustvolError("ETRUNCATED", `${this.name}: unexpected end of data at ${offset + done}`, "the file or device is shorter than its contents say: check it was not truncated or replaced, restore its size, then run the command again");
       done += n;
     }
   }

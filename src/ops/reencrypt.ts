@@ -188,6 +188,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
   if (opts.reduceDeviceSize !== undefined && mode !== "encrypt" && !opts.resumeOnly)
     throw usage(`--reduce-device-size is for an in-place --encrypt, not for ${mode === "decrypt" ? "--decrypt" : "a key rotation"}`, "leave it out; to move a LUKS2 volume's data offset, use `cryptsetup reencrypt --reduce-device-size`");
   if (opts.exportHeader !== undefined && (mode !== "decrypt" || opts.header || opts.resumeOnly)) throw usage("exporting the header is for starting --decrypt of a device that holds its header (without --header or --resume-only)");
+  if (opts.uuid !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(opts.uuid)) throw usage(`--uuid ${JSON.stringify(opts.uuid.slice(0, 40))} is not a UUID`, "give one in the form 123e4567-e89b-12d3-a456-426614174000, or leave it out for a random one");
   if (opts.hash) opensslHash(opts.hash);
   if (opts.sectorSize !== undefined && ![512, 1024, 2048, 4096].includes(opts.sectorSize)) throw usage(`sector size ${opts.sectorSize} is not one of 512, 1024, 2048, 4096`);
   if (opts.keySize !== undefined && opts.keySize % 8) throw usage(`key size ${opts.keySize} is not a whole number of bytes`, "give the key size in bits, a multiple of 8 (e.g. 256 or 512)");
@@ -214,12 +215,12 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       if (mode === "decrypt" && hdrDev !== dev && (await isCutExport(dev, hdrDev)))
         throw moveAsideAndRerun(hdrDev.name, `holds no LUKS2 header, only the start of ${dev.name}'s own (a \`--decrypt --header\` cut in its export leaves it so)`, dev.name);
       if (mode !== "encrypt")
-        throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, opts.resumeOnly || mode === "decrypt" || opts.header ? "give the header file of its re-encryption with --header (a decryption in place keeps it in the file it exported)" : "use --encrypt to encrypt a plain device, or give its detached header with --header");
+        throw new TrustvolError("ENOTLUKS", `${hdrDev.name} is not a LUKS device`, mode === "decrypt" && hdrDev !== dev && !opts.resumeOnly ? `give the volume's detached header; to decrypt a device that holds its header, give --header a file that does not exist yet (${hdrDev.name} does)` : opts.resumeOnly || mode === "decrypt" || opts.header ? "give the header file of its re-encryption with --header (a decryption in place keeps it in the file it exported)" : "use --encrypt to encrypt a plain device, or give its detached header with --header");
       if (opts.resumeOnly) throw usage(`${dev.name} is not in re-encryption`, "nothing to resume");
       // (cryptsetup: "Device is already LUKS device"; encrypting it would bury its header and data under a new key)
       if (hdrDev !== dev) {
         const onDev = await probeLuksVersion(dev);
-        if (onDev !== null) throw usage(`${dev.name} is already a LUKS${onDev} device`, "rotate its key with `trustvol reencrypt` (no --encrypt); to encrypt it anew, wipe its header first");
+        if (onDev !== null) throw usage(`${dev.name} is already a LUKS${onDev} device`, onDev === 1 ? "convert it to LUKS2 (`cryptsetup convert --type luks2`) to rotate its key; to encrypt it anew, wipe its header first" : "rotate its key with `trustvol reencrypt` (no --encrypt); to encrypt it anew, wipe its header first");
       }
       // the UUID is chosen here so that the lock is held before the first write
       const uuid = opts.uuid ?? crypto.randomUUID();
@@ -631,7 +632,8 @@ export async function unlockForState(v: Luks2Volume, hdrDev: BlockDevice, st: Re
 
 function checkDataSize(dataSize: number, sectorSizes: number[]): void {
   if (dataSize <= 0) throw new TrustvolError("ENOSPC", "the device has no data area to re-encrypt", "check the device and header");
-  for (const ss of sectorSizes) if (dataSize % ss) throw usage(`data area of ${dataSize} bytes is not a multiple of the ${ss}-byte encryption sector size`, "choose a smaller --sector-size");
+  for (const ss of sectorSizes)
+    if (dataSize % ss) throw usage(`data area of ${dataSize} bytes is not a multiple of the ${ss}-byte encryption sector size`, dataSize % 512 ? "the device's size is not a whole number of 512-byte sectors: resize the image to a multiple of 512 (4096 for 4K sectors)" : "choose a smaller --sector-size");
 }
 
 /** Checksum block: the largest of 4096..max sector size that divides the data area (cryptsetup aligns to 4096 on files). */

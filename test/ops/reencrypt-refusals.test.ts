@@ -124,6 +124,28 @@ const cases: Case[] = [
     says: /fs\.hdr is not empty \(ext2\/3\/4 file system found\); refusing to overwrite it without confirmation; pass -q/,
   },
   {
+    name: "--encrypt --uuid that is not a UUID",
+    make: (dir) => {
+      const img = join(dir, "p.img");
+      writePlain(img, 32 * MiB, 17);
+      return { img };
+    },
+    args: ["--encrypt", "--reduce-device-size", "8M", "--uuid", "bad"],
+    status: 2,
+    says: /--uuid "bad" is not a UUID; give one in the form/,
+  },
+  {
+    name: "--encrypt of an image that is not a whole number of 512-byte sectors",
+    make: (dir) => {
+      const img = join(dir, "p.img");
+      writePlain(img, 32 * MiB + 1000, 18);
+      return { img };
+    },
+    args: ["--encrypt", "--reduce-device-size", "8M", "--sector-size", "512"],
+    status: 2,
+    says: /not a multiple of the 512-byte encryption sector size; the device's size is not a whole number of 512-byte sectors/,
+  },
+  {
     name: "--encrypt --header naming the device itself",
     make: (dir) => {
       const img = join(dir, "p.img");
