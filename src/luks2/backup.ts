@@ -101,6 +101,10 @@ export async function restoreHeader(dev: BlockDevice, path: string, opts: Restor
   if (cur) {
     if (cur.header.uuid !== backup.header.uuid && !opts.force)
       throw new TrustvolError("EUSAGE", `${dev.name} holds a different LUKS2 volume (UUID ${cur.header.uuid}, backup is ${backup.header.uuid})`, "pass --force to overwrite it");
+    // A header from outside this re-encryption does not describe the data it has already re-encrypted
+    const inReencryption = (m: Luks2Metadata) => Object.values(m.keyslots).some((k) => k.type === "reencrypt");
+    if (inReencryption(cur.header.metadata) && !inReencryption(backup.header.metadata) && !opts.force)
+      throw new TrustvolError("EUSAGE", `${dev.name} is in the middle of a re-encryption: a header from before it would not open the data re-encrypted since`, `finish it first (\`trustvol reencrypt --resume-only ${dev.name}\`) and restore a backup taken after; --force restores it anyway (that data is then lost)`);
   } else if (!opts.force && !(await hasLuksMagic(dev, backup.header.hdrSize))) {
     const v = await probeLuksVersion(dev).catch(() => null);
     throw new TrustvolError("EUSAGE", `${dev.name} ${v === 1 ? "is a LUKS1 volume" : "has no LUKS header"}; restoring would overwrite its first ${size} bytes`, "pass --force if that is really the device");

@@ -161,3 +161,20 @@ test("a header on its device whose data segment starts at 0 (a detached header's
     await assert.rejects(reencrypt(dev, { passphrase: PASS, pbkdf: PBKDF, ...o }), oneLine("ECORRUPT", /segment 0 of .* starts at 0, inside the header's own metadata and keyslots/));
   assert.equal(sha(dev.data), before, "nothing written");
 });
+
+test("header restore of a backup from before a re-encryption onto the device mid-way is refused without --force (the re-encrypted data would be lost)", async (t) => {
+  const { dir, cleanup } = fastTmpDir("trustvol-guards-");
+  t.after(cleanup);
+  const { backupHeader, restoreHeader } = await import("../../src/luks2/backup.js");
+  const { image, plain } = await makeVolume(MiB);
+  const dev = new MemoryBlockDevice(Buffer.from(image));
+  const bak = join(dir, "before.bak");
+  await backupHeader(dev, bak);
+  await reencrypt(dev, { passphrase: PASS, pbkdf: PBKDF, hotzoneSize: HOTZONE, signal: AbortSignal.abort() }).catch((e) => assert.equal((e as TrustvolError).code, "EINTR"));
+  assert.equal(reencryptStatus((await Luks2Volume.open(dev)).metadata), "clean", "the premise: a rotation in progress");
+  const before = sha(dev.data);
+  await assert.rejects(restoreHeader(dev, bak), oneLine("EUSAGE", /is in the middle of a re-encryption: a header from before it would not open the data re-encrypted since/));
+  assert.equal(sha(dev.data), before, "nothing written");
+  await reencrypt(dev, { passphrase: PASS, resumeOnly: true });
+  assert.ok((await plaintextOf(dev)).subarray(0, plain.length).equals(plain));
+});
