@@ -103,12 +103,12 @@ export class FileBlockDevice implements BlockDevice {
     return this._size;
   }
 
-  /** Whether `other` is this same file or block device (another path or a symlink to it included). */
+  /** Whether `other` is this same file or block device (another path, a symlink, a loop device over the file). */
   async sameStorage(other: BlockDevice): Promise<boolean> {
     if (other === this) return true;
     if (!(other instanceof FileBlockDevice)) return false;
-    const [a, b] = await Promise.all([this.fh.stat({ bigint: true }), other.fh.stat({ bigint: true })]);
-    return this.isBlockDevice && other.isBlockDevice ? a.rdev === b.rdev : a.dev === b.dev && a.ino === b.ino;
+    const [a, b] = await Promise.all([this.fh.stat(), other.fh.stat()]);
+    return sameStorageStats(a, b);
   }
 
   /** The OS file descriptor, for workers that read the same file in parallel (positional reads only). */
@@ -223,13 +223,48 @@ export class FileBlockDevice implements BlockDevice {
   }
 }
 
+type StorageStats = Pick<import("node:fs").Stats, "dev" | "ino" | "rdev" | "isBlockDevice">;
+
+/** Whether two stat results name the same storage: one inode, one block device, or a loop device and its backing file. */
+export function sameStorageStats(a: StorageStats, b: StorageStats): boolean {
+  if (a.isBlockDevice() && b.isBlockDevice()) return a.rdev === b.rdev;
+  if (!a.isBlockDevice() && !b.isBlockDevice()) return a.dev === b.dev && a.ino === b.ino;
+  const [blk, file] = a.isBlockDevice() ? [a, b] : [b, a];
+  const backing = loopBackingFile(blk.rdev);
+  if (!backing) return false;
+  try {
+    const st = statSync(backing);
+    return st.dev === file.dev && st.ino === file.ino;
+  } catch {
+    return false;
+  }
+}
+
+/** Two paths naming the same storage (sameStorageStats); a path that cannot be stat'ed names nothing. */
+export function sameStoragePaths(a: string, b: string): boolean {
+  try {
+    return sameStorageStats(statSync(a), statSync(b));
+  } catch {
+    return false;
+  }
+}
+
+const majorMinor = (rdev: number) => `${Math.floor(rdev / 256) & 0xfff}:${(rdev & 0xff) | ((rdev >> 12) & 0xfff00)}`;
+
+/** The file a loop device reads (sysfs; the kernel appends " (deleted)" to a removed one), or undefined. */
+function loopBackingFile(rdev: number): string | undefined {
+  try {
+    return readFileSync(`/sys/dev/block/${majorMinor(rdev)}/loop/backing_file`, "utf8").trim().replace(/ \(deleted\)$/, "") || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 function blockDeviceSize(path: string): number {
   // /sys/class/block/<name>/size counts 512-byte sectors; avoids an ioctl binding for BLKGETSIZE64.
   const st = statSync(path);
-  const major = Math.floor(st.rdev / 256) & 0xfff;
-  const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
   try {
-    const txt = readFileSync(`/sys/dev/block/${major}:${minor}/size`, "utf8");
+    const txt = readFileSync(`/sys/dev/block/${majorMinor(st.rdev)}/size`, "utf8");
     return Number(txt.trim()) * 512;
   } catch {
     throw new TrustvolError("EDEVICE", `${path}: cannot determine block device size`);

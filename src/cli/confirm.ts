@@ -17,9 +17,9 @@ async function answeredYes(question: string): Promise<boolean> {
   return line.trim() === "YES";
 }
 
-export async function confirmOverwrite(what: string): Promise<void> {
+export async function confirmOverwrite(what: string, action = "formatting"): Promise<void> {
   if (!process.stdin.isTTY) throw new TrustvolError("EUSAGE", `${what}; refusing to overwrite it without confirmation`, "pass -q/--batch-mode to overwrite it anyway");
-  if (!(await answeredYes(`WARNING: ${what}; formatting destroys it irrevocably.`))) throw new TrustvolError("EUSAGE", "format aborted; nothing was changed");
+  if (!(await answeredYes(`WARNING: ${what}; ${action} destroys it irrevocably.`))) throw new TrustvolError("EUSAGE", `${action === "formatting" ? "format" : "operation"} aborted; nothing was changed`);
 }
 
 /** cryptsetup's yesDialog for a step that changes a device (not a format): "YES" goes on; no terminal, no -q: refused. */

@@ -222,8 +222,9 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
         const onDev = await probeLuksVersion(dev);
         if (onDev !== null) throw usage(`${dev.name} is already a LUKS${onDev} device`, onDev === 1 ? "convert it to LUKS2 (`cryptsetup convert --type luks2`) to rotate its key; to encrypt it anew, wipe its header first" : "rotate its key with `trustvol reencrypt` (no --encrypt); to encrypt it anew, wipe its header first");
       }
-      // the UUID is chosen here so that the lock is held before the first write
-      const uuid = opts.uuid ?? crypto.randomUUID();
+      // the UUID is chosen here so that the lock is held before the first write (lower case: the header's, whose
+      // lock name every other reader of the header takes)
+      const uuid = (opts.uuid ?? crypto.randomUUID()).toLowerCase();
       await takeLock(uuid);
       ({ volume, keys: initKeys } = await initEncrypt(dev, hdrDev, { ...opts, uuid }));
     } else {
@@ -848,7 +849,11 @@ function checkSegmentsPastMetadata(v: Luks2Volume): void {
 async function checkDetachedDataDevice(m: Luks2Metadata, dev: BlockDevice, hdrName: string): Promise<void> {
   if (Object.values(m.segments).some((sg) => sg.flags?.includes("backup-moved-segment"))) return;
   const first = dataSegments(m).find((sg) => sg.offset === 0);
-  if (!first || first.type !== "crypt" || first.flags.includes("in-reencryption")) return;
+  if (!first || first.type !== "crypt") return;
+  // (an encryption's hotzone may still hold the plaintext, which may itself begin with a LUKS header; a rotation's is
+  // old or new ciphertext either way)
+  const previous = Object.values(m.segments).find((sg) => sg.flags?.includes("backup-previous"));
+  if (first.flags.includes("in-reencryption") && previous?.type !== "crypt") return;
   const onDev = await probeLuksVersion(dev);
   if (onDev !== null) throw usage(`${dev.name} holds a LUKS${onDev} header at its start, where the volume of ${hdrName} has encrypted data: it is another volume's device`, "give the data device of this header file; nothing was written");
 }
@@ -1289,8 +1294,13 @@ async function prepare(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, ke
     ? st.movedResilience === "checksum" && opts.tornWriteSafe !== false && parityLayout(st.movedSeg!.size!, block, hashLen).end <= area.size
     : st.resilience === "checksum" && opts.tornWriteSafe !== false;
   if (withParity && !ds) while (hotzone > block && parityLayout(hotzone, block, hashLen).end > area.size) hotzone -= Math.max(block, (Math.floor(hotzone / 8 / block) * block));
-  // an area too small for even one block's parity and tag: checksums only (cryptsetup's), nothing written past it
-  if (withParity && !ds && parityLayout(hotzone, block, hashLen).end > area.size) withParity = false;
+  // an area too small for even one block's parity and tag: checksums only (cryptsetup's), nothing written past it,
+  // and the hotzone the checksums alone allow
+  if (withParity && !ds && parityLayout(hotzone, block, hashLen).end > area.size) {
+    withParity = false;
+    hotzone = Math.min(cap, want);
+    hotzone -= hotzone % block;
+  }
   const need = hotzone;
   if (hotzone < Math.max(...ss)) throw new TrustvolError("ECORRUPT", "the re-encryption area is too small for one hotzone");
   cap = need;

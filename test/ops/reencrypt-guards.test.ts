@@ -146,6 +146,9 @@ test("a reencrypt area too small for the parity (one checksum block's worth, flu
   await reencrypt(dev, { passphrase: PASS, resumeOnly: true });
   const hdrWrites = writes.filter(([o]) => o < dataOffset);
   assert.deepEqual(hdrWrites.filter(([o, n]) => o < areaEnd && o + n > areaEnd), [], "no metadata write crosses the area's end");
+  // hotzones of the checksums' room (4096 / 32 × 4096 = 512 KiB), not of one block each: a few commits, not hundreds
+  const commits = writes.filter(([o]) => o === 0).length;
+  assert.ok(commits < 16, `${commits} header commits for 1 MiB of data`);
   assert.ok((await plaintextOf(dev)).subarray(0, plain.length).equals(plain), "0 bytes lost");
 });
 
@@ -177,4 +180,68 @@ test("header restore of a backup from before a re-encryption onto the device mid
   assert.equal(sha(dev.data), before, "nothing written");
   await reencrypt(dev, { passphrase: PASS, resumeOnly: true });
   assert.ok((await plaintextOf(dev)).subarray(0, plain.length).equals(plain));
+});
+
+test("another volume's device under a detached header cut inside its first hotzone (rotation): resume and repair refuse it, nothing written", async () => {
+  // volume A: detached header, data from offset 0; its rotation cut on the header device right after a "hot" commit
+  const aData = new MemoryBlockDevice(Buffer.alloc(2 * MiB));
+  const aHdr = new MemoryBlockDevice(0);
+  await formatLuks2(aHdr, PASS, { pbkdf: PBKDF, digestIterations: 1000 }, aData);
+  let crashed: Buffer | undefined;
+  for (let cut = 2; !crashed && cut < 60; cut++) {
+    const pc = new PowerCutDevice(aHdr.data, { cutAtWrite: cut, unsynced: "keep", seed: cut });
+    await reencrypt(new MemoryBlockDevice(Buffer.from(aData.data)), { header: pc, passphrase: PASS, pbkdf: PBKDF, resilience: "journal", hotzoneSize: HOTZONE }).catch((e) => assert.ok(e instanceof PowerCut, String(e)));
+    const m = (await Luks2Volume.open(new MemoryBlockDevice(pc.image()))).metadata;
+    if (reencryptStatus(m) === "crash" && Object.values(m.segments).some((sg) => sg.offset === "0" && sg.flags?.includes("in-reencryption"))) crashed = pc.image();
+  }
+  assert.ok(crashed, "the premise: a cut left the hotzone at offset 0 in re-encryption");
+  // volume B: an ordinary LUKS2 volume, header on its device
+  const { image } = await makeVolume(MiB);
+  const b = new MemoryBlockDevice(Buffer.from(image));
+  const says = /holds a LUKS2 header at its start, where the volume of .* has encrypted data: it is another volume's device/;
+  await assert.rejects(reencrypt(b, { header: new MemoryBlockDevice(Buffer.from(crashed)), passphrase: PASS, resumeOnly: true }), oneLine("EUSAGE", says));
+  await assert.rejects(repairReencryption(b, { header: new MemoryBlockDevice(Buffer.from(crashed)), passphrase: PASS }), oneLine("EUSAGE", says));
+  assert.ok(b.data.equals(image), "B unchanged");
+});
+
+test("--header naming the file a loop device reads (and the reverse) is the device itself: refused, nothing written", async (t) => {
+  const { spawnSync } = await import("node:child_process");
+  if (process.getuid?.() !== 0 || spawnSync("losetup", ["--version"]).status !== 0) return void t.skip("needs root and losetup");
+  const { dir, cleanup } = fastTmpDir("trustvol-guards-");
+  t.after(cleanup);
+  const img = join(dir, "img.raw");
+  writeFileSync(img, randomBytes(8 * MiB));
+  const at = spawnSync("losetup", ["-f", "--show", img], { encoding: "utf8" });
+  if (at.status !== 0) return void t.skip(`no loop device here: ${at.stderr.trim()}`);
+  const loop = at.stdout.trim();
+  t.after(() => void spawnSync("losetup", ["-d", loop]));
+  const before = sha(readFileSync(img));
+  for (const [data, header] of [[loop, img], [img, loop]]) {
+    const dev = await FileBlockDevice.open(data!);
+    const hdr = await FileBlockDevice.open(header!);
+    try {
+      await assert.rejects(reencrypt(dev, { mode: "encrypt", header: hdr, passphrase: PASS, pbkdf: PBKDF }), oneLine("EUSAGE", /itself: a detached header is kept in another file/), `data ${data}, --header ${header}`);
+    } finally {
+      await Promise.all([dev.close(), hdr.close()]);
+    }
+  }
+  assert.equal(sha(readFileSync(img)), before, "the image unchanged");
+});
+
+test("--encrypt --uuid in upper case takes the lock every other reader of the header takes (its lower-case name)", async (t) => {
+  const { dir, cleanup } = fastTmpDir("trustvol-guards-");
+  t.after(cleanup);
+  const saved = process.env.TRUSTVOL_LUKS2_LOCK_DIR;
+  process.env.TRUSTVOL_LUKS2_LOCK_DIR = join(dir, "locks");
+  t.after(() => (saved === undefined ? delete process.env.TRUSTVOL_LUKS2_LOCK_DIR : (process.env.TRUSTVOL_LUKS2_LOCK_DIR = saved)));
+  const uuid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+  const held = await lockReencryption(uuid);
+  const data = new MemoryBlockDevice(randomBytes(2 * MiB));
+  const before = sha(data.data);
+  try {
+    await assert.rejects(reencrypt(data, { mode: "encrypt", header: new MemoryBlockDevice(0), uuid: uuid.toUpperCase(), passphrase: PASS, pbkdf: PBKDF }), oneLine("EBUSY", /being re-encrypted/));
+  } finally {
+    await held.release();
+  }
+  assert.equal(sha(data.data), before);
 });

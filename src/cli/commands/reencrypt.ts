@@ -3,7 +3,7 @@
 import { existsSync, statSync, unlinkSync } from "node:fs";
 import { Option, type Command } from "commander";
 import { io } from "../io.js";
-import { FileBlockDevice } from "../../blockdev/file.js";
+import { FileBlockDevice, sameStoragePaths } from "../../blockdev/file.js";
 import type { BlockDevice } from "../../blockdev/types.js";
 import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
@@ -89,9 +89,9 @@ export function registerReencryptCommands(program: Command): void {
         // --encrypt writes its header over an existing file: like cryptsetup (and `format`), not over a file system or
         // partition table without a confirmation (a LUKS header there is a run to go on with; the device itself is
         // refused by the engine)
-        if (mode === "encrypt" && o.header && !createdHeader && !o.resumeOnly && !o.batchMode && !sameInode(o.header as string, device)) {
+        if (mode === "encrypt" && o.header && !createdHeader && !o.resumeOnly && !o.batchMode && !sameStoragePaths(o.header as string, device)) {
           const found = await (await import("../../ops/probe.js")).probePath(o.header as string);
-          if (found && !found.startsWith("LUKS")) await (await import("../confirm.js")).confirmOverwrite(`${String(o.header)} is not empty (${found} found)`);
+          if (found && !found.startsWith("LUKS")) await (await import("../confirm.js")).confirmOverwrite(`${String(o.header)} is not empty (${found} found)`, "writing the LUKS2 header there");
         }
         if (o.header && !exportHeader) hdr = await FileBlockDevice.open(o.header as string, { create: mode === "encrypt" });
         if (exportHeader && !o.batchMode) await confirmYes(`Header file ${exportHeader} does not exist. Initialize LUKS2 decryption of ${device} and export its LUKS2 header to ${exportHeader}?`, `decrypting ${device} in place`);
@@ -201,15 +201,6 @@ async function withResumeHint<T>(cmd: string, run: () => Promise<T>): Promise<T>
 
 export { repairReencryption };
 
-/** Two paths naming one file or device (unreadable: not the same). */
-function sameInode(a: string, b: string): boolean {
-  try {
-    const [x, y] = [statSync(a), statSync(b)];
-    return x.isBlockDevice() && y.isBlockDevice() ? x.rdev === y.rdev : x.dev === y.dev && x.ino === y.ino;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * What trustvol cannot do online (cryptsetup 2.6 can: online --decrypt and --encrypt with a detached header, online
