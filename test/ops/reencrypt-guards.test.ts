@@ -2,7 +2,7 @@
 // cut: a detached --header that is the device itself; another volume's detached header on a device that holds its own
 // LUKS header; `repair` of a hotzone another run holds under the re-encryption lock; a reencrypt area too small for the
 // torn-write parity, which was written past the area into the data.
-import { test } from "node:test";
+import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { writeFileSync, readFileSync, symlinkSync, copyFileSync } from "node:fs";
@@ -22,6 +22,15 @@ import { FAST_PBKDF, fastTmpDir } from "../helpers/reencrypt.js";
 import { PASS, PBKDF, HOTZONE, makeVolume, plaintextOf, sha } from "./reencrypt-fixture.js";
 
 const MiB = 1 << 20;
+/** A scratch dir for this test's re-encryption locks (not /run/cryptsetup), restored after it. */
+function privateLockDir(t: TestContext): void {
+  const { dir, cleanup } = fastTmpDir("trustvol-guards-");
+  t.after(cleanup);
+  const saved = process.env.TRUSTVOL_LUKS2_LOCK_DIR;
+  process.env.TRUSTVOL_LUKS2_LOCK_DIR = join(dir, "locks");
+  t.after(() => (saved === undefined ? delete process.env.TRUSTVOL_LUKS2_LOCK_DIR : (process.env.TRUSTVOL_LUKS2_LOCK_DIR = saved)));
+}
+
 const oneLine = (code: string, says: RegExp) => (e: unknown) => e instanceof TrustvolError && e.code === code && says.test(e.message) && !e.message.includes("\n");
 
 test("--header naming the device itself (the same path, another path, a symlink) is refused in every mode, nothing written", async (t) => {
@@ -96,11 +105,7 @@ test("another volume's detached header on a device that holds its own LUKS2 head
 });
 
 test("repair of a hotzone in re-encryption takes the re-encryption lock: refused (EBUSY, unchanged) while another run holds it", async (t) => {
-  const { dir, cleanup } = fastTmpDir("trustvol-guards-");
-  t.after(cleanup);
-  const saved = process.env.TRUSTVOL_LUKS2_LOCK_DIR;
-  process.env.TRUSTVOL_LUKS2_LOCK_DIR = join(dir, "locks");
-  t.after(() => (saved === undefined ? delete process.env.TRUSTVOL_LUKS2_LOCK_DIR : (process.env.TRUSTVOL_LUKS2_LOCK_DIR = saved)));
+  privateLockDir(t);
   const { image, plain } = await makeVolume(MiB);
   // a journal run cut inside a hotzone: the state a running re-encryption shows during every hotzone
   let crashed: Buffer | undefined;
@@ -229,11 +234,7 @@ test("--header naming the file a loop device reads (and the reverse) is the devi
 });
 
 test("--encrypt --uuid in upper case takes the lock every other reader of the header takes (its lower-case name)", async (t) => {
-  const { dir, cleanup } = fastTmpDir("trustvol-guards-");
-  t.after(cleanup);
-  const saved = process.env.TRUSTVOL_LUKS2_LOCK_DIR;
-  process.env.TRUSTVOL_LUKS2_LOCK_DIR = join(dir, "locks");
-  t.after(() => (saved === undefined ? delete process.env.TRUSTVOL_LUKS2_LOCK_DIR : (process.env.TRUSTVOL_LUKS2_LOCK_DIR = saved)));
+  privateLockDir(t);
   const uuid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
   const held = await lockReencryption(uuid);
   const data = new MemoryBlockDevice(randomBytes(2 * MiB));

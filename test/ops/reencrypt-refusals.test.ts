@@ -125,33 +125,21 @@ const cases: Case[] = [
   },
   {
     name: "--encrypt --uuid that is not a UUID",
-    make: (dir) => {
-      const img = join(dir, "p.img");
-      writePlain(img, 32 * MiB, 17);
-      return { img };
-    },
+    make: plainImage("p.img", 32 * MiB, 17),
     args: ["--encrypt", "--reduce-device-size", "8M", "--uuid", "bad"],
     status: 2,
     says: /--uuid "bad" is not a UUID; give one in the form/,
   },
   {
     name: "--encrypt of an image that is not a whole number of 512-byte sectors",
-    make: (dir) => {
-      const img = join(dir, "p.img");
-      writePlain(img, 32 * MiB + 1000, 18);
-      return { img };
-    },
+    make: plainImage("p.img", 32 * MiB + 1000, 18),
     args: ["--encrypt", "--reduce-device-size", "8M", "--sector-size", "512"],
     status: 2,
     says: /not a multiple of the 512-byte encryption sector size; the device's size is not a whole number of 512-byte sectors/,
   },
   {
     name: "--encrypt --header naming the device itself",
-    make: (dir) => {
-      const img = join(dir, "p.img");
-      writePlain(img, 32 * MiB, 15);
-      return { img };
-    },
+    make: plainImage("p.img", 32 * MiB, 15),
     args: ["--encrypt", "--header", "SELF"],
     says: /--header \S+ is \S+ itself: a detached header is kept in another file; give --header a new file, or encrypt in place with --reduce-device-size/,
   },
@@ -189,31 +177,19 @@ const cases: Case[] = [
   },
   {
     name: "device too small for the data shift (16 MiB, --reduce-device-size 32M)",
-    make: (dir) => {
-      const img = join(dir, "small.img");
-      writePlain(img, 16 * MiB, 13);
-      return { img };
-    },
+    make: plainImage("small.img", 16 * MiB, 13),
     args: ["--encrypt", "--reduce-device-size", "32M"],
     says: /small|size|shift/i,
   },
   {
     name: "a data area too small to hold the head move's record (2 KiB + --reduce-device-size 32M)",
-    make: (dir) => {
-      const img = join(dir, "tiny.img");
-      writePlain(img, 32 * MiB + 2048, 15);
-      return { img };
-    },
+    make: plainImage("tiny.img", 32 * MiB + 2048, 15),
     args: ["--encrypt", "--reduce-device-size", "32M"],
     says: /too small/i,
   },
   {
     name: "--reduce-device-size equal to the device",
-    make: (dir) => {
-      const img = join(dir, "exact.img");
-      writePlain(img, 32 * MiB, 14);
-      return { img };
-    },
+    make: plainImage("exact.img", 32 * MiB, 14),
     args: ["--encrypt", "--reduce-device-size", "32M"],
   },
   {
@@ -271,6 +247,14 @@ const exportCase = (name: string, make: Case["make"], extra: string[], o: Partia
   ...o,
 });
 const onDevice = (dir: string, pw: string) => ({ img: luksVolume(dir, pw) });
+/** A plain image of `size` bytes (writePlain's seeded data) named `name`. */
+function plainImage(name: string, size: number, seed: number): (dir: string) => { img: string } {
+  return (dir) => {
+    const img = join(dir, name);
+    writePlain(img, size, seed);
+    return { img };
+  };
+}
 /** A volume whose device ends `size` bytes after its start (its data area cut short after the format). */
 const truncated = (size: number) => (dir: string, pw: string) => {
   const img = luksVolume(dir, pw);
