@@ -411,7 +411,10 @@ async function finishMetadataOnly(v: Luks2Volume, dev: BlockDevice, hdrDev: Bloc
     // header can claim "done" over a device never shifted, where the copy is the head's only copy, and other bytes
     // are there after cryptsetup's own finish (its random wipe, maybe torn) or where a shift longer than the data
     // wrote the last hotzone over part of the copy.
-    if (st.movedSeg && st.mode === "encrypt") await wipeMovedHead(dev, st, keys.get(st.digestNew), buf);
+    if (st.movedSeg && st.mode === "encrypt") {
+      if (hdrDev === dev) await zeroHeadDuplicates(dev, st, finalMetadata(m, st).metadata, v.header.hdrSize);
+      await wipeMovedHead(dev, st, keys.get(st.digestNew), buf);
+    }
     // a decryption's stale tail needs the old key (with every old keyslot gone, cryptsetup had wiped it already)
     const old = isDecryptShift(st) && keys.has(st.digestOld) ? createSectorCipher({ cipher: st.oldSeg.encryption!, key: keys.get(st.digestOld)!, sectorSize: st.oldSeg.sectorSize, ivOffset: st.oldSeg.ivTweak }) : null;
     try {
@@ -547,22 +550,50 @@ async function zeroWhere(dev: BlockDevice, at: number, n: number, unit: number, 
  * old keyslots' areas wiped.
  */
 async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, buf: Buffer, o: { wipeMoved?: boolean; tailCipher?: SectorCipher | null } = {}): Promise<void> {
-  // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was.
-  if (st.movedSeg && st.mode === "encrypt" && o.wipeMoved !== false) await wipeZeros(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
-  if (isDecryptShift(st) && o.tailCipher) await wipeStaleTail(dev, hdrDev, st, o.tailCipher, buf.length ? buf : Buffer.allocUnsafeSlow(MiB));
   const fin = finalMetadata(v.metadata, st);
-  // Zeros where no keyslot is left (cryptsetup wipes the reencrypt keyslot's area too): the area's journal or parity
-  // may hold plaintext; an in-place encryption also zeroes what its init's zeroing of the old head left if it was cut.
-  // Before the commit (no recovery reads the area once no hotzone is in re-encryption), so no cut leaves them behind;
-  // after it only while the moved segment's hotzone, a decryption's last, is still protected by the area.
-  const hdrSize = v.header.hdrSize, area = st.keyslot.area;
-  const range: [number, number] = st.movedSeg && st.mode === "encrypt" && hdrDev === dev ? [2 * hdrSize, st.newSeg.offset] : [area.offset, area.offset + area.size];
-  const zero = () => zeroUnused(hdrDev, fin.metadata, range, buf.length >= MiB ? buf.subarray(0, MiB) : Buffer.allocUnsafeSlow(MiB));
+  // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was (and first, while
+  // it is there to compare with, what init's zeroing of the old head left of it if a cut stopped that).
+  if (st.movedSeg && st.mode === "encrypt" && o.wipeMoved !== false) {
+    if (hdrDev === dev) await zeroHeadDuplicates(dev, st, fin.metadata, v.header.hdrSize);
+    await wipeZeros(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
+  }
+  if (isDecryptShift(st) && o.tailCipher) await wipeStaleTail(dev, hdrDev, st, o.tailCipher, buf.length ? buf : Buffer.allocUnsafeSlow(MiB));
+  // The reencrypt keyslot's area zeroed (cryptsetup wipes it too): its journal or parity may hold plaintext. Before
+  // the commit (no recovery reads the area once no hotzone is in re-encryption), so no cut leaves it behind; after it
+  // only while the moved segment's hotzone, a decryption's last, is still protected by the area.
+  const area = st.keyslot.area;
+  const zero = () => zeroUnused(hdrDev, fin.metadata, [area.offset, area.offset + area.size], buf.length >= MiB ? buf.subarray(0, MiB) : Buffer.allocUnsafeSlow(MiB));
   const hot = dataSegments(v.metadata).some((sg) => sg.flags.includes("in-reencryption"));
   if (!hot) await zero();
   await v.commit(fin.metadata);
   for (const a of fin.wipeAreas) await wipeArea(hdrDev, a.offset, a.size);
   if (hot) await zero();
+}
+
+/**
+ * An in-place encryption's old head left in the metadata area (init zeroes it; a cut may stop that): each 512-byte
+ * sector of [2·hdrSize, data offset) outside the final keyslots' bytes that is the moved copy's sector at the same
+ * offset (behind a torn zeroing's leading zeros) is zeroed, then flushed. Only such duplicates: a forged header never
+ * makes it zero data that exists nowhere else.
+ */
+async function zeroHeadDuplicates(dev: BlockDevice, st: ReencryptState, m: Luks2Metadata, hdrSize: number): Promise<void> {
+  const moved = st.movedSeg!;
+  const end = Math.min(st.newSeg.offset, moved.size!, dev.size - moved.offset);
+  const used = Object.values(m.keyslots).map((ks) => [Number(ks.area.offset), keyslotUsedEnd(ks)] as const);
+  const step = MiB;
+  const got = Buffer.allocUnsafeSlow(step), copy = Buffer.allocUnsafeSlow(step), zeros = Buffer.alloc(step);
+  try {
+    for (let p = 2 * hdrSize; p < end; p += step) {
+      const n = Math.min(step, end - p);
+      await dev.read(got.subarray(0, n), p);
+      await dev.read(copy.subarray(0, n), moved.offset + p);
+      const free = (o: number) => !used.some(([a, b]) => p + o < b && a < p + o + 512);
+      await zeroWhere(dev, p, n - (n % 512), 512, (o) => free(o) && pieceLeft(got, copy, o) === true, zeros);
+    }
+    await dev.flush();
+  } finally {
+    wipe(got, copy);
+  }
 }
 
 /** Where a keyslot's bytes end: a luks2 keyslot's AF material (its area's tail is never read), else the whole area. */
