@@ -205,13 +205,14 @@ export default async function (): Promise<void> {
     const ours = trustvolHasReencrypt();
     if (!ours) console.log("trustvol reencrypt is not available here (engine not merged): reference tools only");
 
-    // Decryption needs a detached header in cryptsetup 2.6.1: format one over the plain image, decrypt back.
+    // Decryption needs a detached header in cryptsetup 2.6.1: format one over the plain image, decrypt back. (Not over
+    // luks.img: a device that starts with another volume's LUKS header is refused under a detached header.)
     const hdr = join(dir, "hdr.img");
     const hdrWork = join(dir, "hdr-work.img");
-    const fh = spawnSync("cryptsetup", ["luksFormat", "-q", "--type", "luks2", ...KDF, "--key-file", pw, "--header", hdr, luks], { encoding: "utf8" });
+    const fh = spawnSync("cryptsetup", ["luksFormat", "-q", "--type", "luks2", ...KDF, "--key-file", pw, "--header", hdr, plain], { encoding: "utf8" });
     if (fh.status !== 0) throw new Error(`cryptsetup luksFormat --header: ${fh.stderr}`);
     const freshHdr = () => {
-      fresh(luks);
+      fresh(plain);
       rmSync(hdrWork, { force: true });
       copyFileSync(hdr, hdrWork);
     };
