@@ -604,8 +604,13 @@ function keyslotUsedEnd(ks: Luks2Metadata["keyslots"][string]): number {
 }
 
 /** Zero [from, to) of the metadata device except the keyslot bytes `m` uses; flushed. */
-async function zeroUnused(dev: BlockDevice, m: Luks2Metadata, [from, to]: [number, number], buf: Buffer): Promise<void> {
-  const used = Object.values(m.keyslots).map((ks) => [Number(ks.area.offset), keyslotUsedEnd(ks)] as const).sort((a, b) => a[0] - b[0]);
+async function zeroUnused(dev: BlockDevice, m: Luks2Metadata, range: [number, number], buf: Buffer): Promise<void> {
+  await zeroOutside(dev, Object.values(m.keyslots).map((ks) => [Number(ks.area.offset), keyslotUsedEnd(ks)]), range, buf);
+}
+
+/** Zero [from, to) of the device except the `used` ranges; flushed. */
+async function zeroOutside(dev: BlockDevice, usedRanges: [number, number][], [from, to]: [number, number], buf: Buffer): Promise<void> {
+  const used = [...usedRanges].sort((a, b) => a[0] - b[0]);
   buf.fill(0);
   let pos = from;
   for (const [a, b] of [...used, [to, to] as const]) {
@@ -1268,14 +1273,8 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     await dev.flush();
     mark("init: header written");
     // 3. no plaintext of the old head may stay in the unused metadata/keyslots area
-    const used = [[plan.keyslotArea.offset, plan.keyslotArea.offset + plan.keyslotArea.data.length], [gap, gap + 4096]].sort((a, b) => a[0]! - b[0]!);
-    let pos = 2 * plan.header.hdrSize;
-    const zero = Buffer.alloc(MiB);
-    for (const [a, b] of [...used, [shift, shift]]) {
-      for (; pos < a!; pos += Math.min(zero.length, a! - pos)) await dev.write(zero.subarray(0, Math.min(zero.length, a! - pos)), pos);
-      pos = Math.max(pos, b!);
-    }
-    await dev.flush();
+    const used: [number, number][] = [[plan.keyslotArea.offset, plan.keyslotArea.offset + plan.keyslotArea.data.length], [gap, gap + 4096]];
+    await zeroOutside(dev, used, [2 * plan.header.hdrSize, shift], Buffer.alloc(MiB));
     mark("init: head zeroed");
     return await initEncrypted(dev, dNew, plan.volumeKey);
   } finally {
