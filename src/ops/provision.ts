@@ -19,7 +19,7 @@ import type { PbkdfOptions } from "../luks2/kdf.js";
 import type { ProvisionConfig, VolumeConfig, PinSourceConfig } from "../provision/config.js";
 import { readVolumeState, TRUST_TOKEN_TYPE, MARKER_TOKEN_TYPE, type VolumeState, type ProvisionStateName } from "../provision/state.js";
 import { LuksHandle } from "./volume.js";
-import { reencrypt, tokenKeyslotPassphrases } from "./reencrypt.js";
+import { reencrypt, tokenKeyslotPassphrases, withReencryptionLock } from "./reencrypt.js";
 import type { TokenUnlockContext } from "./tokens.js";
 import type { DoctorOptions, DoctorReport } from "./doctor.js";
 
@@ -280,7 +280,7 @@ async function provisionVolume(vol: VolumeConfig, i: number, o: ProvisionOptions
     if (st.luks === 2) {
       // A cut inside a header commit leaves one copy torn or stale: both copies from the valid one first (cryptsetup
       // repair), so every later step (and the header backup) starts from a whole header.
-      if (await (await Luks2Volume.open(dev)).repair()) {
+      if (await withReencryptionLock(dev, async () => (await Luks2Volume.open(dev)).repair())) {
         wrote = true;
         report.steps.push("repair-header");
       }

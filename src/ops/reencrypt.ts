@@ -363,6 +363,20 @@ export async function repairReencryption(dev: BlockDevice, opts: { passphrase?: 
   }
 }
 
+/**
+ * Run `fn` (a header repair, say) under the re-encryption lock of the LUKS2 volume whose header is on `hdrDev`: a running
+ * re-encryption commits one header copy after the other, and a repair in between would rewrite the copy it is about to
+ * write from the stale one. Busy → EBUSY, nothing done; no writable /run → no lock, as for the run itself.
+ */
+export async function withReencryptionLock<T>(hdrDev: BlockDevice, fn: () => Promise<T>): Promise<T> {
+  const lock = await lockReencryption((await Luks2Volume.open(hdrDev)).uuid, { optional: true });
+  try {
+    return await fn();
+  } finally {
+    await lock.release();
+  }
+}
+
 function newKeyslots(m: Luks2Metadata, st: ReencryptState): number[] {
   if (st.digestNew < 0) return [];
   return (m.digests[String(st.digestNew)]?.keyslots ?? []).map(Number).sort((a, b) => a - b);

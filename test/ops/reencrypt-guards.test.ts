@@ -1,7 +1,8 @@
 // Guards of the re-encryption engine found by review (session 22), each a way to destroy data or keys without a power
 // cut: a detached --header that is the device itself; another volume's detached header on a device that holds its own
 // LUKS header; `repair` of a hotzone another run holds under the re-encryption lock; a reencrypt area too small for the
-// torn-write parity, which was written past the area into the data.
+// torn-write parity, which was written past the area into the data; `repair` rewriting a header copy under a running
+// re-encryption (session 23: the whole repair is under the lock).
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
@@ -18,6 +19,7 @@ import { lockReencryption } from "../../src/dm/lock.js";
 import { TrustvolError } from "../../src/util/errors.js";
 import { PowerCutDevice, PowerCut } from "../helpers/power-cut.js";
 import { needTools } from "../helpers/tools.js";
+import { trustvol } from "../helpers/cli.js";
 import { FAST_PBKDF, fastTmpDir } from "../helpers/reencrypt.js";
 import { PASS, PBKDF, HOTZONE, makeVolume, plaintextOf, sha } from "./reencrypt-fixture.js";
 
@@ -245,4 +247,30 @@ test("--encrypt --uuid in upper case takes the lock every other reader of the he
     await held.release();
   }
   assert.equal(sha(data.data), before);
+});
+
+test("`trustvol repair` rewrites a damaged header copy only under the re-encryption lock: refused (exit 7, unchanged) while a run holds it", async (t) => {
+  privateLockDir(t);
+  const { dir, cleanup } = fastTmpDir("trustvol-guards-");
+  t.after(cleanup);
+  const { image } = await makeVolume(MiB);
+  // the primary torn, as a cut inside a running re-encryption's commit leaves it until the run writes it again
+  const torn = Buffer.from(image);
+  torn.fill(0, 4096, 8192);
+  const img = join(dir, "v.img");
+  writeFileSync(img, torn);
+  const uuid = (await Luks2Volume.open(new MemoryBlockDevice(Buffer.from(torn)))).uuid;
+  const held = await lockReencryption(uuid);
+  try {
+    const r = trustvol(["repair", img]);
+    assert.equal(r.status, 7, r.stderr);
+    assert.match(r.stderr, /being re-encrypted/);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.ok(readFileSync(img).equals(torn), "nothing written");
+  } finally {
+    await held.release();
+  }
+  const r = trustvol(["repair", img]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /Repaired: primary was damaged/);
 });
