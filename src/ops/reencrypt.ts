@@ -207,6 +207,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
   let switchArea: Record<string, Json> | null = null;
   let initKeys: Map<number, Buffer> | undefined;
   let exported: FileBlockDevice | undefined;
+  let headZeroed = false;
   try {
     if (opts.exportHeader !== undefined) {
       ({ volume, hdr: exported, keys: initKeys } = await initDecryptExport(dev, opts.exportHeader, opts, takeLock));
@@ -227,6 +228,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
       const uuid = (opts.uuid ?? crypto.randomUUID()).toLowerCase();
       await takeLock(uuid);
       ({ volume, keys: initKeys } = await initEncrypt(dev, hdrDev, { ...opts, uuid }));
+      headZeroed = true; // (init zeroed the old head and flushed: the finish has no duplicates of it to look for)
     } else {
       volume = await Luks2Volume.open(hdrDev).catch(async (e: unknown) => {
         if (e instanceof TrustvolError && mode === "encrypt" && hdrDev !== dev && (await probeLuksVersion(dev)) === null && !(await holdsKeyslotJson(hdrDev)))
@@ -278,7 +280,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
     initKeys = undefined;
     mark("keys unlocked");
     try {
-      const run = await runEngine(volume, dev, hdrDev, keys, opts, switchArea);
+      const run = await runEngine(volume, dev, hdrDev, keys, opts, switchArea, headZeroed);
       recovered = run.recovered;
       return { mode: st.mode, state: "finished", recovered, bytes: run.bytes, keyslots: newKeyslots(volume.metadata, st) };
     } finally {
@@ -512,10 +514,12 @@ function staleOrTorn(sector: Buffer, stale: Buffer): boolean | null {
 
 /** The 512-byte piece at o of `got`: null when all zeros, true when leading zeros (maybe none) then `want`'s rest. */
 function pieceLeft(got: Buffer, want: Buffer, o: number): boolean | null {
+  if (got.subarray(o, o + 512).equals(ZERO_SECTOR)) return null; // (one native compare: the common case, a finished wipe)
   let z = o;
-  while (z < o + 512 && got[z] === 0) z++;
-  return z === o + 512 ? null : got.subarray(z, o + 512).equals(want.subarray(z, o + 512));
+  while (got[z] === 0) z++;
+  return got.subarray(z, o + 512).equals(want.subarray(z, o + 512));
 }
+const ZERO_SECTOR = Buffer.alloc(512);
 
 /** Zero each 512-byte sector of the moved copy that is leading zeros (a wipe, maybe torn) then the final segment's plaintext. */
 async function wipeMovedHead(dev: BlockDevice, st: ReencryptState, key: Buffer | undefined, buf: Buffer): Promise<void> {
@@ -563,12 +567,12 @@ async function zeroWhere(dev: BlockDevice, at: number, n: number, unit: number, 
  * with a data shift wiped where it is stale (needs `tailCipher`, the old segment's), the final metadata committed, the
  * old keyslots' areas wiped.
  */
-async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, buf: Buffer, o: { wipeMoved?: boolean; tailCipher?: SectorCipher | null } = {}): Promise<void> {
+async function finishRun(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, st: ReencryptState, buf: Buffer, o: { wipeMoved?: boolean; tailCipher?: SectorCipher | null; headZeroed?: boolean } = {}): Promise<void> {
   const fin = finalMetadata(v.metadata, st);
   // The moved copy of the device's head is plaintext: gone before the metadata forgets where it was (and first, while
   // it is there to compare with, what init's zeroing of the old head left of it if a cut stopped that).
   if (st.movedSeg && st.mode === "encrypt" && o.wipeMoved !== false) {
-    if (hdrDev === dev) await zeroHeadDuplicates(dev, st, fin.metadata, v.header.hdrSize);
+    if (hdrDev === dev && !o.headZeroed) await zeroHeadDuplicates(dev, st, fin.metadata, v.header.hdrSize);
     await wipeZeros(dev, st.movedSeg.offset, st.movedSeg.size!, buf);
   }
   if (isDecryptShift(st) && o.tailCipher) await wipeStaleTail(dev, hdrDev, st, o.tailCipher, buf.length ? buf : Buffer.allocUnsafeSlow(MiB));
@@ -600,6 +604,7 @@ async function zeroHeadDuplicates(dev: BlockDevice, st: ReencryptState, m: Luks2
     for (let p = 2 * hdrSize; p < end; p += step) {
       const n = Math.min(step, end - p);
       await dev.read(got.subarray(0, n), p);
+      if (got.subarray(0, n).equals(zeros.subarray(0, n))) continue; // zeroed whole by init, as it mostly is
       await dev.read(copy.subarray(0, n), moved.offset + p);
       const free = (o: number) => !used.some(([a, b]) => p + o < b && a < p + o + 512);
       await zeroWhere(dev, p, n - (n % 512), 512, (o) => free(o) && pieceLeft(got, copy, o) === true, zeros);
@@ -1499,7 +1504,7 @@ function unrecrypt(e: HotzoneEngine, data: Buffer, off: number): void {
   if (e.oldC) e.oldC.encrypt(data, off / e.oldC.sectorSize);
 }
 
-async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: ReencryptOptions, switchArea: Record<string, Json> | null = null): Promise<{ recovered: boolean; bytes: number }> {
+async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, keys: Map<number, Buffer>, opts: ReencryptOptions, switchArea: Record<string, Json> | null = null, headZeroed = false): Promise<{ recovered: boolean; bytes: number }> {
   let e = await prepare(v, dev, hdrDev, keys, opts);
   mark(`engine: prepared, hotzone ${e.hotzone}`);
   let recovered = false;
@@ -1521,7 +1526,7 @@ async function runEngine(v: Luks2Volume, dev: BlockDevice, hdrDev: BlockDevice, 
     }
     bytes = await runHotzones(e, { signal: opts.signal, onProgress: opts.onProgress, interrupted, hooks: opts.hotzoneHooks, keys });
     mark("engine: hotzones done");
-    await finishRun(v, dev, hdrDev, e.st, e.buf, { tailCipher: e.oldC });
+    await finishRun(v, dev, hdrDev, e.st, e.buf, { tailCipher: e.oldC, headZeroed });
     mark("engine: finished");
     return { recovered, bytes };
   } finally {
