@@ -10,7 +10,8 @@
 // ratios are of the median runs (the best runs' in brackets): on a shared VM one run can take twice another. Runs in
 // /dev/shm when it has room (the tools, not the VM's shared disk; BENCH_DIR overrides). BENCH_REENC_MIB sets the size
 // (default 1024); use a small one while developing.
-// trustvol runs as shipped (dist/, rebuilt first when src/ is newer: tsx would add a second of start-up).
+// trustvol runs as an installed package does: the bundle dist/cli/run.js, rebuilt first when src/ is newer, and run
+// directly (bin/trustvol.mjs in a checkout walks src/ at every start, and runs tsx once src/ is edited mid-bench).
 // The "CPU floor" lines measure, in this process, what one core needs for the crypto and hashing, then add rotation's
 // page-cache copies (one read, two writes) at dd's cost: the best dd ratio this host allows. "The ideal loop" runs
 // bench/rotation-ideal.c, a zero-copy C rotation with nothing but the unavoidable work, plus trustvol's start-up.
@@ -26,7 +27,7 @@ import { loadNative } from "../src/dmcrypt/native.js";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = Number(process.env.BENCH_REENC_MIB ?? 1024);
-const TRUSTVOL_BIN = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "trustvol.mjs");
+const TRUSTVOL_BIN = join(dirname(fileURLToPath(import.meta.url)), "..", "dist", "cli", "run.js");
 const KDF = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
 /** Rounds of every command (BENCH_RUNS, default 3): ratios are of the medians. */
 const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 3));
@@ -180,7 +181,7 @@ export default async function (): Promise<void> {
   const shmRoom = existsSync("/dev/shm") ? statfsSync("/dev/shm").bavail * statfsSync("/dev/shm").bsize : 0;
   const base = process.env.BENCH_DIR ?? (shmRoom > 4 * SIZE_MIB * MiB ? "/dev/shm" : tmpdir());
   const dir = mkdtempSync(join(base, "trustvol-bench-reenc-"));
-  ensureBuilt("dist/src/cli/run.js");
+  ensureBuilt("dist/cli/run.js");
   console.log(`working in ${base}; ${SIZE_MIB} MiB device, resilience checksum; ${RUNS} rounds, median (and best) of each; load ${loadavg()[0]!.toFixed(1)}`);
   try {
     const pw = join(dir, "pw");
