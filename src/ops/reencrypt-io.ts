@@ -58,7 +58,9 @@ export interface HotzoneEngine {
   hashLen: number;
   /** Checksum mode with the torn-write protection (the old data's parity in the area, data written chunk by chunk). */
   withParity: boolean;
-  buf: Buffer;
+  /** The hotzone buffer (bufSize bytes), allocated on first use. */
+  readonly buf: Buffer;
+  bufSize: number;
 }
 
 /** Bytes per thread-pool crypto job (decrypt then re-encrypt): each job clones the cipher contexts, so not too small. */
@@ -512,7 +514,7 @@ export function fusedCopy(dev: BlockDevice, src: number, dst: number, len: numbe
 async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { off: number; len: number } | null) => number): Promise<number> {
   const { v, dev, st } = e;
   const piece = Math.max(e.block, Math.min(SHIFT_PIECE, e.hotzone) - (Math.min(SHIFT_PIECE, e.hotzone) % e.block));
-  const nLanes = Math.max(1, Math.min(lanes() + 1, Math.floor(e.buf.length / piece)));
+  const nLanes = Math.max(1, Math.min(lanes() + 1, Math.floor(e.bufSize / piece)));
   let pool = null as Buffer | null; // the engine's buffer, or a spare when it holds less than one piece per lane
   const copyPieces = async (src: number, dst: number, len: number, at: number): Promise<void> => {
     let next = 0;
@@ -534,7 +536,7 @@ async function runShifted(e: HotzoneEngine, run: HotzoneRun, doneBytes: (hz: { o
         await w;
       }
     };
-    pool ??= e.buf.length >= nLanes * piece ? e.buf : Buffer.allocUnsafeSlow(nLanes * piece);
+    pool ??= e.bufSize >= nLanes * piece ? e.buf : Buffer.allocUnsafeSlow(nLanes * piece);
     const lanesPool = pool;
     await settleAll(Array.from({ length: overlap ? 1 : Math.min(n, nLanes) }, (_, l) => lane(lanesPool.subarray(l * piece, (l + 1) * piece))));
   };
