@@ -22,6 +22,7 @@ import { Luks2Volume } from "../luks2/volume.js";
 import { probeLuksVersion, encodeHeaderCopies } from "../luks2/header.js";
 import { afSectorsBytes } from "../luks2/af.js";
 import { openKeyslotCandidate, buildKeyslot, wipeArea, findAreaGap } from "../luks2/keyslot.js";
+import { LUKS2_DEFAULT_HDR_SIZE } from "../luks2/constants.js";
 import { verifyDigest, createDigest } from "../luks2/digest.js";
 import { newVolumeKey, planFormat } from "../luks2/format.js";
 import { opensslHash, type PbkdfOptions } from "../luks2/kdf.js";
@@ -85,6 +86,9 @@ export interface ReencryptOptions {
   label?: string;
   subsystem?: string;
   uuid?: string;
+  /** --encrypt: the new header's metadata copy and keyslots area sizes (cryptsetup --luks2-metadata-size/--luks2-keyslots-size). */
+  metadataSize?: number;
+  keyslotsSize?: number;
   /**
    * --encrypt: put the plain file system's label (ext2/3/4, xfs, btrfs, vfat) on the LUKS2 header, so the partition
    * stays findable by LABEL= (LmP's `cryptsetup config --label otaroot` after its reencrypt --encrypt). Its UUID is
@@ -188,6 +192,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
   if (opts.reduceDeviceSize !== undefined && mode !== "encrypt" && !opts.resumeOnly)
     throw usage(`--reduce-device-size is for an in-place --encrypt, not for ${mode === "decrypt" ? "--decrypt" : "a key rotation"}`, "leave it out; to move a LUKS2 volume's data offset, use `cryptsetup reencrypt --reduce-device-size`");
   if (opts.exportHeader !== undefined && (mode !== "decrypt" || opts.header || opts.resumeOnly)) throw usage("exporting the header is for starting --decrypt of a device that holds its header (without --header or --resume-only)");
+  refuseHeaderSizes(opts);
   if (opts.uuid !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(opts.uuid)) throw usage(`--uuid ${JSON.stringify(opts.uuid.slice(0, 40))} is not a UUID`, "give one in the form 123e4567-e89b-12d3-a456-426614174000, or leave it out for a random one");
   if (opts.hash) opensslHash(opts.hash);
   if (opts.sectorSize !== undefined && ![512, 1024, 2048, 4096].includes(opts.sectorSize)) throw usage(`sector size ${opts.sectorSize} is not one of 512, 1024, 2048, 4096`);
@@ -1077,6 +1082,23 @@ async function initEncrypted(hdrDev: BlockDevice, digest: string, volumeKey: Buf
   return { volume, keys: new Map([[Number(digest), Buffer.from(volumeKey)]]) };
 }
 
+/** --luks2-metadata-size / --luks2-keyslots-size size a new header: only --encrypt makes one (the CLI asks before going online). */
+export function refuseHeaderSizes(opts: Pick<ReencryptOptions, "mode" | "resumeOnly" | "metadataSize" | "keyslotsSize">): void {
+  if ((opts.metadataSize !== undefined || opts.keyslotsSize !== undefined) && (opts.mode !== "encrypt" || opts.resumeOnly))
+    throw usage("--luks2-metadata-size and --luks2-keyslots-size are for --encrypt (a new header)", "an existing header keeps its sizes: leave them out");
+}
+
+/** Where the reencrypt keyslot's area goes in a new header: a keyslots area given too small is a usage error. */
+function reencryptAreaRoom(m: Luks2Metadata, hdrSize: number): number {
+  try {
+    return findAreaGap(m, hdrSize, 4096);
+  } catch (e) {
+    if (!(e instanceof TrustvolError && e.code === "ENOSPC")) throw e;
+    const used = Math.max(...Object.values(m.keyslots).map((ks) => Number(ks.area.offset) + Number(ks.area.size))) - 2 * hdrSize;
+    throw usage(`--luks2-keyslots-size ${m.config.keyslots_size} leaves no room for the re-encryption area after the new keyslot (${used} bytes)`, `give at least ${used + 4096} bytes, or leave it out`);
+  }
+}
+
 /** Encrypt a plain device with a detached header: the header is built whole in memory, then written once. */
 async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: ReencryptOptions): Promise<InitEncrypted> {
   if (hdrDev === dev) return initEncryptShift(dev, opts);
@@ -1090,9 +1112,10 @@ async function initEncrypt(dev: BlockDevice, hdrDev: BlockDevice, opts: Reencryp
   const dataSize = dev.size;
   checkDataSize(dataSize, [ss]);
   const label = await encryptLabel(dev, opts);
-  const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: 0, label, subsystem: opts.subsystem, uuid: opts.uuid, digestIterations: digestIterations(opts) }, true);
+  const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: 0, label, subsystem: opts.subsystem, uuid: opts.uuid, digestIterations: digestIterations(opts), metadataSize: opts.metadataSize, keyslotsSize: opts.keyslotsSize }, true);
   try {
     const m = plan.header.metadata;
+    reencryptAreaRoom(m, plan.header.hdrSize);
     const crypt = m.segments["0"]!;
     m.segments = {
       "0": { type: "linear", offset: "0", size: "dynamic" },
@@ -1258,7 +1281,10 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     throw usage(`${dev.name} holds an in-place encryption cut before its header was written, started with --reduce-device-size ${was}`, `run it again with --reduce-device-size ${was}: another size would lose what that run wrote over the device's head`);
   }
   const label = await encryptLabel(dev, opts, headAt);
-  const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: shift, label, subsystem: opts.subsystem, uuid: opts.uuid, digestIterations: digestIterations(opts) }, false);
+  const metadataBytes = 2 * (opts.metadataSize ?? LUKS2_DEFAULT_HDR_SIZE) + (opts.keyslotsSize ?? 0);
+  if (opts.metadataSize !== undefined || opts.keyslotsSize !== undefined ? metadataBytes >= shift : false)
+    throw usage(`a header of ${metadataBytes} bytes (two metadata copies${opts.keyslotsSize !== undefined ? " and the keyslots area" : ""}) does not fit before the data, at half of --reduce-device-size (${shift} bytes)`, `use a larger --reduce-device-size (more than ${2 * metadataBytes} bytes) or smaller --luks2-metadata-size/--luks2-keyslots-size`);
+  const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: shift, label, subsystem: opts.subsystem, uuid: opts.uuid, digestIterations: digestIterations(opts), metadataSize: opts.metadataSize, keyslotsSize: opts.keyslotsSize }, false);
   mark("init: header planned");
   try {
     const m = plan.header.metadata;
@@ -1274,7 +1300,7 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
     m.digests[dNew]!.segments = [String(id)];
     let rk = 0;
     while (String(rk) in m.keyslots) rk++;
-    const gap = findAreaGap(m, plan.header.hdrSize, 4096);
+    const gap = reencryptAreaRoom(m, plan.header.hdrSize);
     m.keyslots[String(rk)] = reencryptKeyslotJson({ mode: "encrypt", direction: "backward", offset: gap, size: 4096, resilience: "datashift", shiftSize: shift });
     m.config.requirements = { mandatory: [REQUIREMENT_V2] };
     assignReencryptDigest(m, new Map([[Number(dNew), plan.volumeKey]]), { iterations: digestIterations(opts) });

@@ -2,7 +2,7 @@
 // --pbkdf-parallel for the new keyslots, --type luks2 with --encrypt (accepted; LUKS1 refused in one line).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { writeFileSync, readFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { tmpDir, needTools, run } from "../helpers/tools.js";
@@ -30,4 +30,45 @@ test("reencrypt --hash / --pbkdf-parallel set the new keyslots' KDF; --type luks
   const l1 = trustvol(["reencrypt", "--encrypt", "--type", "luks1", "--reduce-device-size", "8M", "-q", "--key-file", pw, enc]);
   assert.equal(l1.status, 2);
   assert.equal(l1.stderr.trim().split("\n").length, 1, l1.stderr);
+});
+
+test("reencrypt --encrypt --luks2-metadata-size / --luks2-keyslots-size size the new header as cryptsetup does (in place and --header); elsewhere, or too large, refused in one line, file unchanged", (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir("trustvol-reenc-sizes-");
+  t.after(cleanup);
+  const pw = join(dir, "pw");
+  writeFileSync(pw, "pw", { mode: 0o600 });
+  const kdf = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", pw];
+  const json = (f: string) => JSON.parse(run("cryptsetup", ["luksDump", "--dump-json-metadata", f]).stdout.toString());
+  const enc = join(dir, "enc.img");
+  writeFileSync(enc, randomBytes(24 << 20));
+  const e = trustvol(["reencrypt", "--encrypt", "-q", "--reduce-device-size", "8M", "--luks2-metadata-size", "64k", "--luks2-keyslots-size", "1M", ...kdf, enc]);
+  assert.equal(e.status, 0, e.stderr);
+  assert.match(run("cryptsetup", ["luksDump", enc]).stdout.toString(), /Metadata area: \t65536 \[bytes\]\nKeyslots area: \t1048576 \[bytes\]/);
+  assert.equal(json(enc).config.json_size, String(65536 - 4096));
+  run("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, enc]);
+  const data = join(dir, "data.img"), hdr = join(dir, "hdr.img");
+  writeFileSync(data, randomBytes(8 << 20));
+  const d = trustvol(["reencrypt", "--encrypt", "-q", "--header", hdr, "--luks2-metadata-size", "32768", ...kdf, data]);
+  assert.equal(d.status, 0, d.stderr);
+  assert.equal(json(hdr).config.json_size, String(32768 - 4096));
+  run("cryptsetup", ["open", "--test-passphrase", "--header", hdr, "--key-file", pw, data]);
+
+  const plain = join(dir, "plain.img");
+  writeFileSync(plain, randomBytes(24 << 20));
+  const before = { plain: readFileSync(plain), enc: readFileSync(enc) };
+  for (const [args, says] of [
+    [["--encrypt", "--reduce-device-size", "8M", "--luks2-keyslots-size", "4M", plain], /does not fit before the data, at half of --reduce-device-size/],
+    [["--encrypt", "--reduce-device-size", "8M", "--luks2-metadata-size", "48k", plain], /metadata size 49152 is not one of/],
+    [["--encrypt", "--reduce-device-size", "8M", "--luks2-keyslots-size", "258048", plain], /leaves no room for the re-encryption area/],
+    [["--luks2-metadata-size", "64k", enc], /are for --encrypt/],
+    [["--decrypt", "--header", join(dir, "new-hdr.img"), "--luks2-keyslots-size", "1M", enc], /are for --encrypt/],
+  ] as const) {
+    const r = trustvol(["reencrypt", "-q", ...kdf, ...args]);
+    assert.equal(r.status, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.match(r.stderr, says);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+  }
+  assert.ok(readFileSync(plain).equals(before.plain) && readFileSync(enc).equals(before.enc), "nothing written");
+  assert.ok(!existsSync(join(dir, "new-hdr.img")), "no header file left behind");
 });

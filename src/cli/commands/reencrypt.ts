@@ -9,7 +9,7 @@ import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { Luks2Volume } from "../../luks2/volume.js";
 import type * as Online from "../../ops/reencrypt-online.js";
-import { reencrypt, reencryptLuksVersion, repairReencryption, tokenKeyslotPassphrases, type ReencryptOptions } from "../../ops/reencrypt.js";
+import { reencrypt, reencryptLuksVersion, refuseHeaderSizes, repairReencryption, tokenKeyslotPassphrases, type ReencryptOptions } from "../../ops/reencrypt.js";
 import { readPin } from "../../trust/pkcs11/pin.js";
 import { getPassphrase, keyFileLimits } from "../secrets.js";
 import { int, keyFileLimitOptions, parseSize, pbkdfFrom, pinSourceFrom, printJson } from "../common.js";
@@ -59,6 +59,8 @@ export function registerReencryptCommands(program: Command): void {
     .option("--label-from-fs", "--encrypt: copy the file system's label (ext2/3/4, xfs, btrfs, vfat) to the LUKS2 header, so LABEL= still finds the partition; its UUID is not copied: the opened device keeps it, and a duplicate UUID would confuse blkid/udev")
     .option("--subsystem <name>", "LUKS2 subsystem (--encrypt)")
     .option("--uuid <uuid>", "LUKS2 UUID (--encrypt; default: a new one, never the file system's)")
+    .option("--luks2-metadata-size <size>", "--encrypt: size of one metadata copy, 16K .. 4M, a power of two (default 16K)", parseSize("--luks2-metadata-size"))
+    .option("--luks2-keyslots-size <size>", "--encrypt: size of the keyslots area, a multiple of 4096 (default: up to the data offset; with --header, 16 MiB less both metadata copies)", parseSize("--luks2-keyslots-size"))
     .option("--token-only", "unlock only through tokens (TPM2, PKCS#11, clevis...)")
     .option("--token-id <n>", "use only this token", int("--token-id", 0, 31))
     .option("--token-type <type>", "use only tokens of this type")
@@ -75,6 +77,8 @@ export function registerReencryptCommands(program: Command): void {
       if (o.encrypt && o.decrypt) throw new TrustvolError("EUSAGE", "--encrypt and --decrypt exclude each other");
       if (o.tokenOnly && o.keyFile) throw new TrustvolError("EUSAGE", "--token-only cannot be combined with --key-file");
       const mode: ReencryptOptions["mode"] = o.encrypt ? "encrypt" : o.decrypt ? "decrypt" : "reencrypt";
+      // (before the online path, which never reaches the engine's own refusal)
+      refuseHeaderSizes({ mode, resumeOnly: !!o.resumeOnly, metadataSize: o.luks2MetadataSize as number | undefined, keyslotsSize: o.luks2KeyslotsSize as number | undefined });
       const dev = await FileBlockDevice.open(device);
       let hdr: BlockDevice = dev;
       const secrets: Buffer[] = [];
@@ -171,6 +175,8 @@ export function registerReencryptCommands(program: Command): void {
           labelFromFs: !!o.labelFromFs,
           subsystem: o.subsystem as string | undefined,
           uuid: o.uuid as string | undefined,
+          metadataSize: o.luks2MetadataSize as number | undefined,
+          keyslotsSize: o.luks2KeyslotsSize as number | undefined,
           onProgress,
           signal: sig.signal,
         }));
