@@ -103,7 +103,7 @@ export async function readHeader(dev: BlockDevice): Promise<ReadResult> {
   const pc = p.copy, sc = s.copy;
   if (!pc && !sc) {
     const v = await probeLuksVersion(dev).catch(() => null);
-    if (v === 1) throw new TrustvolError("ENOTLUKS", `${dev.name} is LUKS1, not LUKS2`, "this needs LUKS2: convert it (`cryptsetup convert --type luks2`), or use cryptsetup for LUKS1");
+    if (v === 1) throw new TrustvolError("EUNSUPPORTED", `${dev.name} is LUKS1, not LUKS2`, "this needs LUKS2: convert it (`cryptsetup convert --type luks2`), or use cryptsetup for LUKS1");
     const reason = p.status.error ?? "unreadable";
     if (/magic/.test(reason) && !/magic/.test(s.status.error ?? "magic")) throw new TrustvolError("ECORRUPT", `${dev.name}: both LUKS2 header copies are damaged (primary: ${reason}; secondary: ${s.status.error})`, "restore a header backup with `trustvol header restore`");
     if (/no LUKS2 header magic/.test(reason)) throw new TrustvolError("ENOTLUKS", `${dev.name} is not a LUKS device`, "check the device path; if it held a LUKS volume whose headers were wiped, restore a header backup (`trustvol header restore`)");

@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { run, tmpDir } from "../helpers/tools.js";
+import { needTools, run, tmpDir } from "../helpers/tools.js";
 import { trustvolInProcess } from "../helpers/cli.js";
 
 const RAW = /\bE(NOENT|ISDIR|NOTDIR|ACCES|PERM|EXIST|NXIO|INVAL)\b|illegal operation|\bmemory\b|ERR_[A-Z_]+|\bopen '|undefined|\[object /;
@@ -40,5 +40,27 @@ test("mistakes get plain one-line messages: missing files, directories, a 13-byt
     assert.equal(r.status, code, what);
     assert.match(r.stderr, /^trustvol: [^\n]+\n$/, `one line: ${what}`);
     assert.doesNotMatch(r.stderr, RAW, what);
+  }
+});
+
+test("a LUKS1 volume where LUKS2 is needed: exit 6 (valid, not supported) from every command, one line naming the conversion", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir("trustvol-msg-luks1-");
+  t.after(cleanup);
+  const f = (n: string) => join(dir, n);
+  writeFileSync(f("pw"), "pw", { mode: 0o600 });
+  run("truncate", ["-s", "8M", f("l1.img")]);
+  run("cryptsetup", ["luksFormat", "-q", "--type", "luks1", "--pbkdf-force-iterations", "1000", "--key-file", f("pw"), f("l1.img")]);
+  for (const args of [
+    ["repair", f("l1.img")],
+    ["header", "backup", f("l1.img"), "--file", f("l1.bak")],
+    ["reencrypt", "-q", "--key-file", f("pw"), f("l1.img")],
+    ["key", "add", "--key-file", f("pw"), "--new-key-file", f("pw"), f("l1.img")],
+    ["enroll", "recovery", "--key-file", f("pw"), f("l1.img")],
+  ]) {
+    const r = await trustvolInProcess(args);
+    assert.equal(r.status, 6, `${args.slice(0, 2).join(" ")}: ${r.stderr}`);
+    assert.match(r.stderr, /LUKS1.*cryptsetup convert --type luks2/);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
   }
 });
