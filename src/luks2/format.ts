@@ -5,7 +5,7 @@ import { TrustvolError } from "../util/errors.js";
 import { wipe } from "../util/secret.js";
 import { parseCipherSpec } from "../dmcrypt/cipher-spec.js";
 import { encodeHeaderCopies, type Luks2Header } from "./header.js";
-import { buildKeyslot } from "./keyslot.js";
+import { buildKeyslot, keyslotAreaSize } from "./keyslot.js";
 import { createDigest } from "./digest.js";
 import type { PbkdfOptions } from "./kdf.js";
 import type { Luks2Metadata } from "./metadata.js";
@@ -70,9 +70,11 @@ export async function planFormat(passphrase: Uint8Array, opts: FormatOptions = {
   if (!LUKS2_HDR_SIZES.includes(hdrSize)) throw new TrustvolError("EUSAGE", `metadata size ${hdrSize} is not one of ${LUKS2_HDR_SIZES.join(", ")}`);
   const dataOffset = opts.dataOffset ?? (detached ? 0 : DEFAULT_DATA_OFFSET);
   if (dataOffset % sectorSize !== 0) throw new TrustvolError("EUSAGE", `data offset ${dataOffset} is not a multiple of the sector size ${sectorSize}`);
-  let keyslotsSize = opts.keyslotsSize ?? (dataOffset && !detached ? dataOffset - 2 * hdrSize : DEFAULT_DATA_OFFSET - 2 * hdrSize);
-  keyslotsSize = Math.min(keyslotsSize, LUKS2_MAX_KEYSLOTS_SIZE);
+  // (a given size over cryptsetup's 128 MiB limit is refused, as cryptsetup does; only the default is capped)
+  if (opts.keyslotsSize !== undefined && opts.keyslotsSize > LUKS2_MAX_KEYSLOTS_SIZE) throw new TrustvolError("EUSAGE", `keyslots area size ${opts.keyslotsSize} is over the LUKS2 limit of ${LUKS2_MAX_KEYSLOTS_SIZE} bytes (128 MiB)`);
+  const keyslotsSize = Math.min(opts.keyslotsSize ?? (dataOffset && !detached ? dataOffset - 2 * hdrSize : DEFAULT_DATA_OFFSET - 2 * hdrSize), LUKS2_MAX_KEYSLOTS_SIZE);
   if (keyslotsSize <= 0 || keyslotsSize % ALIGN_4K) throw new TrustvolError("EUSAGE", `keyslots area size ${keyslotsSize} must be a positive multiple of 4096`);
+  if (keyslotsSize < keyslotAreaSize(keyBytes)) throw new TrustvolError("EUSAGE", `keyslots area size ${keyslotsSize} is too small for one keyslot of a ${keyBits}-bit key (${keyslotAreaSize(keyBytes)} bytes)`, "give a larger --luks2-keyslots-size, or leave it out");
   if (dataOffset !== 0 && dataOffset < 2 * hdrSize + keyslotsSize) throw new TrustvolError("EUSAGE", `data offset ${dataOffset} is inside the metadata and keyslots area (${2 * hdrSize + keyslotsSize} bytes)`);
   if (opts.volumeKey && opts.volumeKey.length !== keyBytes) throw new TrustvolError("EUSAGE", `volume key is ${opts.volumeKey.length} bytes, expected ${keyBytes}`);
   const volumeKey = opts.volumeKey ? Buffer.from(opts.volumeKey) : newVolumeKey(keyBytes, xts);

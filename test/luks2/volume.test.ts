@@ -164,3 +164,14 @@ test("prepareCommit: validated and encoded now, written later as commit() writes
   (bad.segments as Record<string, unknown>)["0"] = { type: "bogus" };
   assert.throws(() => volume.prepareCommit(bad), "invalid metadata is refused when prepared");
 });
+
+test("format: a keyslots area over 128 MiB or too small for the keyslot is refused (cryptsetup refuses both), before the KDF; the default is capped", async () => {
+  const usage = (says: RegExp) => (e: unknown) => e instanceof TrustvolError && e.code === "EUSAGE" && says.test(e.message);
+  const pbkdf = { type: "pbkdf2" as const, forceIterations: 1000 };
+  await assert.rejects(formatLuks2(new MemoryBlockDevice(0), Buffer.from("pw"), { pbkdf, dataOffset: 0, keyslotsSize: 1 << 30 }), usage(/over the LUKS2 limit/));
+  await assert.rejects(formatLuks2(new MemoryBlockDevice(0), Buffer.from("pw"), { pbkdf, keyslotsSize: 100 << 10 }), usage(/too small for one keyslot of a 512-bit key \(258048 bytes\)/));
+  await assert.rejects(formatLuks2(new MemoryBlockDevice(0), Buffer.from("pw"), { pbkdf, keySizeBits: 256, keyslotsSize: 4096 }), usage(/too small for one keyslot of a 256-bit key \(131072 bytes\)/));
+  const dev = new MemoryBlockDevice(0);
+  await formatLuks2(dev, Buffer.from("pw"), { pbkdf, dataOffset: 512 << 20 });
+  assert.equal((await Luks2Volume.open(dev)).metadata.config.keyslots_size, String(128 << 20), "a data offset past 128 MiB: the keyslots area stops at the limit");
+});
