@@ -54,6 +54,14 @@ test("reencrypt --encrypt --luks2-metadata-size / --luks2-keyslots-size size the
   assert.equal(json(hdr).config.json_size, String(32768 - 4096));
   run("cryptsetup", ["open", "--test-passphrase", "--header", hdr, "--key-file", pw, data]);
 
+  // a header exactly up to the data is a valid layout (the default one is): 2 × 64 KiB + 896 KiB = the 1 MiB shift
+  const exact = join(dir, "exact.img");
+  writeFileSync(exact, randomBytes(8 << 20));
+  const x = trustvol(["reencrypt", "--encrypt", "-q", "--reduce-device-size", "2M", "--luks2-metadata-size", "64k", "--luks2-keyslots-size", "896k", ...kdf, exact]);
+  assert.equal(x.status, 0, x.stderr);
+  assert.equal(json(exact).config.keyslots_size, String(896 << 10));
+  run("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, exact]);
+
   const plain = join(dir, "plain.img");
   writeFileSync(plain, randomBytes(24 << 20));
   const before = { plain: readFileSync(plain), enc: readFileSync(enc) };
@@ -61,6 +69,8 @@ test("reencrypt --encrypt --luks2-metadata-size / --luks2-keyslots-size size the
     [["--encrypt", "--reduce-device-size", "8M", "--luks2-keyslots-size", "4M", plain], /does not fit before the data, at half of --reduce-device-size/],
     [["--encrypt", "--reduce-device-size", "8M", "--luks2-metadata-size", "48k", plain], /metadata size 49152 is not one of/],
     [["--encrypt", "--reduce-device-size", "8M", "--luks2-keyslots-size", "258048", plain], /leaves no room for the re-encryption area/],
+    [["--encrypt", "--reduce-device-size", "8M", "--luks2-keyslots-size", "100k", plain], /too small for one keyslot of a 512-bit key \(258048 bytes\)/],
+    [["--encrypt", "--header", join(dir, "new-hdr.img"), "--luks2-keyslots-size", "1G", plain], /over the LUKS2 limit of 134217728 bytes/],
     [["--luks2-metadata-size", "64k", enc], /are for --encrypt/],
     [["--decrypt", "--header", join(dir, "new-hdr.img"), "--luks2-keyslots-size", "1M", enc], /are for --encrypt/],
   ] as const) {
