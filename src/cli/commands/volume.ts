@@ -121,40 +121,41 @@ export function registerVolumeCommands(program: Command): void {
       const dev = await FileBlockDevice.open(device);
       const hdr = o.header ? await FileBlockDevice.open(o.header as string) : dev;
       try {
-        // the whole repair under the re-encryption lock: a running re-encryption's commit writes one copy, then the other
-        await withReencryptionLock(hdr, async () => {
+        // header copies rewritten under the re-encryption lock (a running re-encryption's commit writes one copy, then
+        // the other); the passphrase is asked outside it, and the hotzone recovery takes it again (as cryptsetup)
+        const { v, before, repaired } = await withReencryptionLock(hdr, async () => {
           const v = await Luks2Volume.open(hdr);
           const before = { primary: v.readStatus.primary, secondary: v.readStatus.secondary };
-          const repaired = await v.repair();
-          // A re-encryption that crashed mid-hotzone: recover the hotzone as `cryptsetup repair` does.
-          let reencryption = false, finished = false;
-          const { reencryptStatus } = await import("../../luks2/reencrypt-metadata.js");
-          const status = reencryptStatus(v.metadata);
-          // a crashed hotzone, or a decryption stranded in cryptsetup's finalisation (old keyslots that may open no more)
-          if (status === "crash" || strandedDecrypt(v.metadata, dev)) {
-            const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, ...keyFileLimits(o) });
-            try {
-              const confirmDrop = async (slots: number[]) => {
-                const what = `keyslot${slots.length > 1 ? "s" : ""} ${slots.join(", ")}`;
-                if (o.batchMode) return;
-                // (a wrong passphrase looks the same as a wiped keyslot: said in the question)
-                await confirmYes(`The passphrase opens no old ${what} of ${device}, whose data the header says is all decrypted. A cryptsetup run killed in its finish wipes a keyslot before it drops it; a mistyped passphrase looks the same. Drop ${what} and finish the decryption?`, `dropping ${what}`).catch((e: unknown) => {
-                  throw e instanceof TrustvolError && e.code === "EUSAGE" && repaired ? new TrustvolError("EUSAGE", `${e.message.replace("nothing was changed", "the header copies were repaired, the keyslots kept")}`, e.hint) : e;
-                });
-              };
-              ({ recovered: reencryption, finished = false } = await repairReencryption(dev, { passphrase: pass, keyslot: o.keySlot as number | undefined, header: hdr !== dev ? hdr : undefined, confirmDrop: o.dropOldKeyslots ? confirmDrop : undefined, reencryptionLockHeld: true }));
-            } finally {
-              wipe(pass);
-            }
-          }
-          if (o.json) printJson({ repaired, reencryption_recovered: reencryption, reencryption_finished: finished, ...before });
-          else {
-            if (repaired) io.err(`Repaired: primary ${before.primary.ok ? "ok" : `was damaged (${before.primary.error})`}, secondary ${before.secondary.ok ? "ok" : `was damaged (${before.secondary.error})`}; both copies rewritten.\n`);
-            if (reencryption) io.err("Recovered the interrupted re-encryption hotzone; resume with `trustvol reencrypt --resume-only`.\n");
-            if (finished) io.err("Finished the decryption: its old keyslots and re-encryption metadata are gone.\n");
-            if (!repaired && !reencryption && !finished) io.err(status === "none" ? "Both header copies are valid; nothing to repair.\n" : "Both header copies are valid and no hotzone needs recovery; resume with `trustvol reencrypt --resume-only`.\n");
-          }
+          return { v, before, repaired: await v.repair() };
         });
+        // A re-encryption that crashed mid-hotzone: recover the hotzone as `cryptsetup repair` does.
+        let reencryption = false, finished = false;
+        const { reencryptStatus } = await import("../../luks2/reencrypt-metadata.js");
+        const status = reencryptStatus(v.metadata);
+        // a crashed hotzone, or a decryption stranded in cryptsetup's finalisation (old keyslots that may open no more)
+        if (status === "crash" || strandedDecrypt(v.metadata, dev)) {
+          const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, ...keyFileLimits(o) });
+          try {
+            const confirmDrop = async (slots: number[]) => {
+              const what = `keyslot${slots.length > 1 ? "s" : ""} ${slots.join(", ")}`;
+              if (o.batchMode) return;
+              // (a wrong passphrase looks the same as a wiped keyslot: said in the question)
+              await confirmYes(`The passphrase opens no old ${what} of ${device}, whose data the header says is all decrypted. A cryptsetup run killed in its finish wipes a keyslot before it drops it; a mistyped passphrase looks the same. Drop ${what} and finish the decryption?`, `dropping ${what}`).catch((e: unknown) => {
+                throw e instanceof TrustvolError && e.code === "EUSAGE" && repaired ? new TrustvolError("EUSAGE", `${e.message.replace("nothing was changed", "the header copies were repaired, the keyslots kept")}`, e.hint) : e;
+              });
+            };
+            ({ recovered: reencryption, finished = false } = await repairReencryption(dev, { passphrase: pass, keyslot: o.keySlot as number | undefined, header: hdr !== dev ? hdr : undefined, confirmDrop: o.dropOldKeyslots ? confirmDrop : undefined }));
+          } finally {
+            wipe(pass);
+          }
+        }
+        if (o.json) printJson({ repaired, reencryption_recovered: reencryption, reencryption_finished: finished, ...before });
+        else {
+          if (repaired) io.err(`Repaired: primary ${before.primary.ok ? "ok" : `was damaged (${before.primary.error})`}, secondary ${before.secondary.ok ? "ok" : `was damaged (${before.secondary.error})`}; both copies rewritten.\n`);
+          if (reencryption) io.err("Recovered the interrupted re-encryption hotzone; resume with `trustvol reencrypt --resume-only`.\n");
+          if (finished) io.err("Finished the decryption: its old keyslots and re-encryption metadata are gone.\n");
+          if (!repaired && !reencryption && !finished) io.err(status === "none" ? "Both header copies are valid; nothing to repair.\n" : "Both header copies are valid and no hotzone needs recovery; resume with `trustvol reencrypt --resume-only`.\n");
+        }
       } finally {
         await dev.close();
         if (hdr !== dev) await hdr.close();
