@@ -266,6 +266,9 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
         const started = loadReencryptState(volume.metadata);
         // (cryptsetup: "Device is not in LUKS2 decryption. Conflicting option --decrypt.")
         if (mode !== "reencrypt" && started.mode !== mode) throw usage(`${hdrDev.name} is in ${started.mode === "reencrypt" ? "key rotation" : `${started.mode}ion`}, not ${mode}ion: --${mode} conflicts with it`, "resume it without --encrypt/--decrypt (trustvol reencrypt --resume-only)");
+        // (an --encrypt run going on with the header it wrote: other sizes than that header's would be ignored)
+        if ((opts.metadataSize !== undefined && opts.metadataSize !== volume.header.hdrSize) || (opts.keyslotsSize !== undefined && String(opts.keyslotsSize) !== String(volume.metadata.config.keyslots_size)))
+          throw usage(`${hdrDev.name} is already in re-encryption with ${volume.header.hdrSize}-byte metadata copies and a ${volume.metadata.config.keyslots_size}-byte keyslots area`, "leave out --luks2-metadata-size/--luks2-keyslots-size to go on with it");
         switchArea = resilienceSwitch(started.keyslot, { resilience: opts.resilience, hash: opts.hash }, {
           block: checksumBlock(dataAreaSize(started, dev.size), [started.oldSeg.sectorSize, started.newSeg.sectorSize]),
           hashLen: (alg) => createHash(opensslHash(alg)).digest().length,

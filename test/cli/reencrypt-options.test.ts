@@ -61,6 +61,17 @@ test("reencrypt --encrypt --luks2-metadata-size / --luks2-keyslots-size size the
   assert.equal(x.status, 0, x.stderr);
   assert.equal(json(exact).config.keyslots_size, String(896 << 10));
   run("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, exact]);
+  // an --encrypt run going on with its header: other sizes are refused, not ignored (the same ones go on)
+  const again = join(dir, "again.img");
+  writeFileSync(again, randomBytes(8 << 20));
+  assert.equal(trustvol(["reencrypt", "--encrypt", "--init-only", "-q", "--reduce-device-size", "2M", "--luks2-metadata-size", "32k", ...kdf, again]).status, 0);
+  const initialized = readFileSync(again);
+  const other = trustvol(["reencrypt", "--encrypt", "-q", "--reduce-device-size", "2M", "--luks2-metadata-size", "64k", ...kdf, again]);
+  assert.equal(other.status, 2, other.stderr);
+  assert.match(other.stderr, /already in re-encryption with 32768-byte metadata copies/);
+  assert.ok(readFileSync(again).equals(initialized), "unchanged");
+  const same = trustvol(["reencrypt", "--encrypt", "-q", "--reduce-device-size", "2M", "--luks2-metadata-size", "32k", ...kdf, again]);
+  assert.equal(same.status, 0, same.stderr);
 
   const plain = join(dir, "plain.img");
   writeFileSync(plain, randomBytes(24 << 20));
