@@ -1285,8 +1285,9 @@ async function initEncryptShift(dev: BlockDevice, opts: ReencryptOptions): Promi
   }
   const label = await encryptLabel(dev, opts, headAt);
   const metadataBytes = 2 * (opts.metadataSize ?? LUKS2_DEFAULT_HDR_SIZE) + (opts.keyslotsSize ?? 0);
-  // (exactly up to the data is the default layout; with the keyslots area left to fill the rest, it needs some room)
-  if (opts.metadataSize !== undefined || opts.keyslotsSize !== undefined ? (opts.keyslotsSize !== undefined ? metadataBytes > shift : metadataBytes >= shift) : false)
+  // (ending exactly at the data is the default layout; a keyslots area left to fill the rest needs some room)
+  const fits = opts.keyslotsSize !== undefined ? metadataBytes <= shift : metadataBytes < shift;
+  if ((opts.metadataSize !== undefined || opts.keyslotsSize !== undefined) && !fits)
     throw usage(`a header of ${metadataBytes} bytes (two metadata copies${opts.keyslotsSize !== undefined ? " and the keyslots area" : ""}) does not fit before the data, at half of --reduce-device-size (${shift} bytes)`, `use a larger --reduce-device-size (at least ${2 * metadataBytes} bytes) or smaller --luks2-metadata-size/--luks2-keyslots-size`);
   const plan = await planFormat(opts.passphrase, { cipher: opts.cipher, keySizeBits: opts.keySize, sectorSize: ss, pbkdf: opts.pbkdf, keyslot: opts.keyslot, dataOffset: shift, label, subsystem: opts.subsystem, uuid: opts.uuid, digestIterations: digestIterations(opts), metadataSize: opts.metadataSize, keyslotsSize: opts.keyslotsSize }, false);
   mark("init: header planned");
