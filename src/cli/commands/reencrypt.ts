@@ -105,9 +105,10 @@ export function registerReencryptCommands(program: Command): void {
         let passphrase: Buffer | undefined;
         let keyslotPassphrases: Map<number, Uint8Array> | undefined;
         let uncovered = true; // a keyslot to carry over that no token opens: the typed passphrase is needed
-        // Tokens first (unattended), like the CLI's unlock path; then a key file or the prompt unless --token-only.
+        // Tokens first (unattended), like the CLI's unlock path; then a key file or the prompt unless --token-only. With
+        // a key file too: it opens its keyslot, the tokens theirs, so a rotation keeps every keyslot and token.
         // (a header that does not load: the engine says what it is and what to do)
-        const v = isLuks && !o.keyFile ? await Luks2Volume.open(hdr).catch(() => undefined) : undefined;
+        const v = isLuks ? await Luks2Volume.open(hdr).catch(() => undefined) : undefined;
         if (v) {
           if (Object.keys(v.metadata.tokens).length) {
             const pinSrc = o.pinFile ? pinSourceFrom(o) : undefined;
