@@ -4,7 +4,8 @@
 // intact and `dmsetup table` is what cryptsetup's own open loads. Then decryption in place (`reencrypt --decrypt
 // --header NEW_FILE`, a data shift), started by cryptsetup and by trustvol, stopped cleanly and killed inside a hotzone:
 // both tools open it mid-run with the exported header (moved segment, plain part, the rest one shift on), then it
-// finishes to the plain data at offset 0. Guest side: test/vm/guest/reenc-open.sh.
+// finishes to the plain data at offset 0. An --encrypt (detached header) opened mid-run is refused when run again
+// (offline it would write under the mapping). Guest side: test/vm/guest/reenc-open.sh.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -64,6 +65,12 @@ test("open mid-re-encryption: cryptsetup-started (clean stop, crash), trustvol-s
     assert.equal(f[`${who}_finish_rc`], "0", r.stderr);
     assert.equal(f[`${who}_plain_ok`], "1", `${who}: finished, the plain data at offset 0\n${out}`);
   }
+  // an --encrypt opened mid-run, run again: refused in one line (online --encrypt is cryptsetup's), nothing written
+  assert.equal(f.encopen_init_rc, "0", r.stderr);
+  assert.equal(f.encopen_open_rc, "0", r.stderr);
+  assert.equal(f.encopen_rerun_rc, "6", r.stderr);
+  assert.equal(f.encopen_refused_online, "1", r.stderr);
+  assert.equal(f.encopen_unchanged, "1", "device and header unchanged");
   assert.equal(f.locks_left, "0", "the re-encryption lock files are removed on release");
   t.diagnostic(`killed while frozen in a hotzone: ${[...out.matchAll(/^(\w+_KILL_frozen_in_hotzone_\d+)=(\d+)$/gm)].map((m) => `${m[1]} (probe ${m[2]})`).join(", ")}`);
 });

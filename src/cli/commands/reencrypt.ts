@@ -71,7 +71,7 @@ export function registerReencryptCommands(program: Command): void {
     .option("--no-progress", "no progress bar")
     .option("-q, --batch-mode", "do not ask for confirmation")
     .option("--active-name <name>", "re-encrypt online: the device is open as this mapping (default: found by the LUKS2 UUID)")
-    .option("--force-offline-reencrypt", "re-encrypt offline even when the device is open (never while it is in use)")
+    .option("--force-offline-reencrypt", "re-encrypt offline even when the device is open: you vouch that nothing uses the mapping (not checked, as in cryptsetup)")
     .option("--json", "print the result as JSON")
     .action(async (device: string, o: Record<string, unknown>) => {
       if (o.encrypt && o.decrypt) throw new TrustvolError("EUSAGE", "--encrypt and --decrypt exclude each other");
@@ -146,9 +146,9 @@ export function registerReencryptCommands(program: Command): void {
         };
         // Online when the device is open (cryptsetup's rule): --active-name, or its mapping found by UUID.
         let active = o.activeName as string | undefined;
-        // Any LUKS2 run (rotation, --decrypt, with or without --header) looks for the mapping: an open device is never
-        // rewritten offline under a mounted file system unless --force-offline-reencrypt says the mapping is unused.
-        if (!active && isLuks && mode !== "encrypt" && !o.forceOfflineReencrypt) active = (await online()).findActiveMapping((await Luks2Volume.open(hdr)).uuid);
+        // Any LUKS2 run (rotation, --decrypt, an --encrypt going on; with or without --header) looks for the mapping:
+        // an open device is never rewritten offline unless --force-offline-reencrypt vouches that the mapping is unused.
+        if (!active && isLuks && !o.forceOfflineReencrypt) active = (await online()).findActiveMapping((await Luks2Volume.open(hdr)).uuid);
         if (active) onlineRefusal(active, mode, o, active === o.activeName);
         if (active) await dev.close();
         // (an interrupted run names the command that resumes it: with its header file, for this device)

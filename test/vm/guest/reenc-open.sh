@@ -1,7 +1,8 @@
 #!/bin/bash
 # Guest side of test/vm/reencrypt-open.slow.test.ts: `trustvol open` of LUKS2 volumes mid-re-encryption (started by
 # cryptsetup: stopped cleanly / killed; started by trustvol through a TPM2 token: SIGTERM / killed), and mid decryption
-# with a data shift (`reencrypt --decrypt --header NEW_FILE`, started by either tool). Prints key=value.
+# with a data shift (`reencrypt --decrypt --header NEW_FILE`, started by either tool); an --encrypt opened mid-run is
+# not run again offline under its mapping. Prints key=value.
 set -u
 PS4='+ $(cut -d" " -f1 /proc/uptime) '; [ -n "${TRUSTVOL_TRACE:-}" ] && set -x
 cd /tmp
@@ -149,6 +150,18 @@ for who in csdec tvdec; do
   [ "$(head -c $((112 << 20)) "$LD" | sha256sum | cut -d' ' -f1)" = "$SD" ] && echo "${who}_plain_ok=1"
   losetup -d "$LD"; rm -f $who.img
 done
+
+# --- an --encrypt (detached header) opened mid-run: running it again offline would write under the mapping; refused
+# (online --encrypt is cryptsetup's), nothing written
+truncate -s 32M e.img; dd if=/dev/urandom of=e.img bs=1M count=32 conv=notrunc status=none; rm -f e.hdr
+LE=$(losetup -f --show e.img)
+$TV reencrypt --encrypt --init-only -q --header e.hdr --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file pass "$LE" > /dev/null 2> enc.err; echo "encopen_init_rc=$?"; cat enc.err >&2
+$TV open --header e.hdr --key-file pass "$LE" enc > /dev/null 2> enc.err; echo "encopen_open_rc=$?"; cat enc.err >&2
+eb=$(cat "$LE" e.hdr | sha256sum | cut -d' ' -f1)
+$TV reencrypt --encrypt -q --header e.hdr --key-file pass "$LE" > /dev/null 2> enc.err; echo "encopen_rerun_rc=$?"; cat enc.err >&2
+grep -q "online --encrypt (enc is active) is not supported" enc.err && echo "encopen_refused_online=1"
+[ "$(cat "$LE" e.hdr | sha256sum | cut -d' ' -f1)" = "$eb" ] && echo "encopen_unchanged=1"
+cryptsetup close enc; losetup -d "$LE"; rm -f e.img e.hdr
 
 echo "locks_left=$(ls /run/cryptsetup 2>/dev/null | wc -l)"
 echo done=1
