@@ -201,8 +201,7 @@ async function reencryptLocked(dev: BlockDevice, opts: ReencryptOptions, takeLoc
   // cryptsetup 2.6.1 aligns hotzones to 4096 bytes whatever the sector size ("multiple of calculated zone alignment")
   if (opts.hotzoneSize !== undefined && opts.hotzoneSize % 4096) throw usage(`hotzone size ${opts.hotzoneSize} is not a multiple of 4096 bytes`, "give a multiple of 4096 (e.g. 4M)");
   // (cryptsetup: "Encryption without detached header (--header) is not possible without data device size reduction")
-  if (opts.header && opts.header !== dev && dev instanceof FileBlockDevice && (await dev.sameStorage(opts.header)))
-    throw usage(`--header ${opts.header.name} is ${dev.name} itself: a detached header is kept in another file`, mode === "encrypt" ? "give --header a new file, or encrypt in place with --reduce-device-size" : "give the volume's header file, or leave out --header when the header is on the device");
+  await refuseHeaderIsDevice(dev, opts.header, mode === "encrypt" ? "give --header a new file, or encrypt in place with --reduce-device-size" : "give the volume's header file, or leave out --header when the header is on the device");
   const version = await reencryptLuksVersion(hdrDev);
   if (version === 1) throw new TrustvolError("EUNSUPPORTED", `${hdrDev.name} is LUKS1`, "convert it to LUKS2 first (`cryptsetup convert --type luks2`)");
 
@@ -328,6 +327,7 @@ function strandedRefusal(m: Luks2Metadata, st: ReencryptState): TrustvolError {
  * dropping them, once `confirmDrop` (told the keyslots) returns; it throws to refuse. Without it: EBADPASS, unchanged.
  */
 export async function repairReencryption(dev: BlockDevice, opts: { passphrase?: Uint8Array; keyslot?: number; header?: BlockDevice; keyslotPassphrases?: Map<number, Uint8Array>; confirmDrop?: (keyslots: number[]) => Promise<void>; reencryptionLockHeld?: boolean } = {}): Promise<{ recovered: boolean; finished?: boolean }> {
+  await refuseHeaderIsDevice(dev, opts.header, "give the volume's header file, or leave out --header when the header is on the device");
   const hdrDev = opts.header ?? dev;
   let volume = await Luks2Volume.open(hdrDev);
   volume.checkRequirements("write");
@@ -371,6 +371,12 @@ export async function repairReencryption(dev: BlockDevice, opts: { passphrase?: 
   } finally {
     await lock?.release();
   }
+}
+
+/** A detached `header` that is the device itself (another path, a symlink, a loop device over it): refused. */
+export async function refuseHeaderIsDevice(dev: BlockDevice, header: BlockDevice | undefined, hint: string): Promise<void> {
+  if (header && header !== dev && dev instanceof FileBlockDevice && (await dev.sameStorage(header)))
+    throw usage(`--header ${header.name} is ${dev.name} itself: a detached header is kept in another file`, hint);
 }
 
 /**

@@ -274,3 +274,23 @@ test("`trustvol repair` rewrites a damaged header copy only under the re-encrypt
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stderr, /Repaired: primary was damaged/);
 });
+
+test("repair with a --header that is the device itself (a symlink to it) is refused, library and CLI, nothing written", async (t) => {
+  const { dir, cleanup } = fastTmpDir("trustvol-guards-");
+  t.after(cleanup);
+  const img = join(dir, "luks.img");
+  writeFileSync(img, (await makeVolume(MiB)).image);
+  symlinkSync(img, join(dir, "link.img"));
+  const before = sha(readFileSync(img));
+  const dev = await FileBlockDevice.open(img);
+  const hdr = await FileBlockDevice.open(join(dir, "link.img"));
+  try {
+    await assert.rejects(repairReencryption(dev, { passphrase: PASS, header: hdr }), oneLine("EUSAGE", /is .* itself: a detached header is kept in another file/));
+  } finally {
+    await Promise.all([dev.close(), hdr.close()]);
+  }
+  const r = trustvol(["repair", "--header", join(dir, "link.img"), img]);
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /itself: a detached header is kept in another file/);
+  assert.equal(sha(readFileSync(img)), before, "unchanged");
+});

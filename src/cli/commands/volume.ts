@@ -117,10 +117,11 @@ export function registerVolumeCommands(program: Command): void {
     .option("-q, --batch-mode", "do not ask for confirmation before --drop-old-keyslots drops them")
     .option("--json", "print the result as JSON")
     .action(async (device: string, o: Record<string, unknown>) => {
-      const { repairReencryption, strandedDecrypt, withReencryptionLock } = await import("../../ops/reencrypt.js");
+      const { repairReencryption, strandedDecrypt, withReencryptionLock, refuseHeaderIsDevice } = await import("../../ops/reencrypt.js");
       const dev = await FileBlockDevice.open(device);
       const hdr = o.header ? await FileBlockDevice.open(o.header as string) : dev;
       try {
+        await refuseHeaderIsDevice(dev, hdr, "give the volume's header file, or leave out --header when the header is on the device");
         // header copies rewritten under the re-encryption lock (a running re-encryption's commit writes one copy, then
         // the other); the passphrase is asked outside it, and the hotzone recovery takes it again (as cryptsetup)
         const { v, before, repaired } = await withReencryptionLock(hdr, async () => {
