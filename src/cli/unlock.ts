@@ -43,3 +43,22 @@ export async function unlockFromCli(h: LuksHandle, device: string, o: Record<str
   }).finally(() => wipe(given));
   return { volumeKey: r.volumeKey, keyslot: r.keyslot, ...(r.tokenId !== undefined ? { token: r.tokenId } : {}) };
 }
+
+/**
+ * Keyslot passphrases from the volume's tokens (TPM2, PKCS#11, clevis-tpm2) for `reencrypt` and `repair`, which unlock
+ * keyslots (old and new key) rather than one volume key: --token-id/--token-type choose, --pin-file gives the PIN,
+ * --tpm2-device/--pkcs11-module the device. Tokens that fail are in `failures`; the caller wipes the passphrases.
+ */
+export async function tokenPassphrasesFromCli(m: import("../luks2/metadata.js").Luks2Metadata, o: Record<string, unknown>): Promise<{ passphrases: Map<number, Buffer>; failures: TrustvolError[] }> {
+  if (!Object.keys(m.tokens).length) return { passphrases: new Map(), failures: [] };
+  const { tokenKeyslotPassphrases } = await import("../ops/reencrypt.js");
+  const { readPin } = await import("../trust/pkcs11/pin.js");
+  const { pinSourceFrom } = await import("./common.js");
+  const pinSrc = o.pinFile ? pinSourceFrom(o) : undefined;
+  const pin = pinSrc ? readPin(pinSrc) : undefined;
+  try {
+    return await tokenKeyslotPassphrases(m, { pin, pkcs11Module: o.pkcs11Module as string | undefined, tpm2Device: o.tpm2Device as string | undefined }, { tokenId: o.tokenId as number | undefined, tokenType: o.tokenType as string | undefined });
+  } finally {
+    wipe(pin);
+  }
+}

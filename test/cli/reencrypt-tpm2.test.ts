@@ -2,7 +2,7 @@
 // systemd-tpm2 token, re-creates the keyslot for the new volume key, and the device stays TPM-enrolled.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { writeFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { needTools, run, tmpDir } from "../helpers/tools.js";
 import { trustvolInProcess } from "../helpers/cli.js";
@@ -62,4 +62,56 @@ test("TPM-enrolled volume with a recovery passphrase: reencrypt --key-file keeps
   r = await trustvolInProcess(["unlock", "--test", "--token-only", "--tpm2-device", tpm.device, "--json", img]);
   assert.equal(r.status, 0, r.stderr);
   run("cryptsetup", ["open", "--test-passphrase", "--key-file", recovery, img]);
+});
+
+test("repair recovers a crashed hotzone through the TPM2 token alone (--token-only), as open and --resume-only do", async (t) => {
+  if (!needTools(t, "swtpm", "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const tpm = await startSwtpm();
+  t.after(() => tpm.stop());
+  const img = join(dir, "disk.img");
+  const pass = join(dir, "pass");
+  writeFileSync(pass, "a passphrase", { mode: 0o600 });
+  writeFileSync(img, Buffer.alloc(20 << 20));
+  let r = await trustvolInProcess(["format", "--key-file", pass, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", img]);
+  assert.equal(r.status, 0, r.stderr);
+  r = await trustvolInProcess(["enroll", "tpm2", img, "--tpm2-device", tpm.device, "--pcrs", "7", "--key-file", pass]);
+  assert.equal(r.status, 0, r.stderr);
+  const { LuksHandle } = await import("../../src/ops/volume.js");
+  const plaintext = async () => {
+    const h = await LuksHandle.open(img, { readOnly: true });
+    try {
+      const d = h.decrypted((await h.unlock(Buffer.from("a passphrase"))).volumeKey);
+      const b = Buffer.alloc(d.size);
+      await d.read(b, 0);
+      return b;
+    } finally {
+      await h.close();
+    }
+  };
+  const plain = await plaintext();
+  // a journal rotation cut inside a hotzone (PowerCutDevice): the state a crash leaves
+  const { PowerCutDevice, PowerCut } = await import("../helpers/power-cut.js");
+  const { MemoryBlockDevice } = await import("../../src/blockdev/memory.js");
+  const { Luks2Volume } = await import("../../src/luks2/volume.js");
+  const { reencryptStatus } = await import("../../src/luks2/reencrypt-metadata.js");
+  const { reencrypt, tokenKeyslotPassphrases } = await import("../../src/ops/reencrypt.js");
+  const image = readFileSync(img);
+  const tokens = await tokenKeyslotPassphrases((await Luks2Volume.open(new MemoryBlockDevice(Buffer.from(image)))).metadata, { tpm2Device: tpm.device });
+  let crashed: Buffer | undefined;
+  for (let cut = 8; !crashed && cut < 200; cut++) {
+    const pc = new PowerCutDevice(image, { cutAtWrite: cut, unsynced: "keep", seed: cut });
+    await reencrypt(pc, { passphrase: Buffer.from("a passphrase"), keyslotPassphrases: tokens.passphrases, pbkdf: { type: "pbkdf2", forceIterations: 1000 }, resilience: "journal", hotzoneSize: 1 << 20 }).catch((e) => assert.ok(e instanceof PowerCut, String(e)));
+    const cut1 = pc.image();
+    if (reencryptStatus((await Luks2Volume.open(new MemoryBlockDevice(Buffer.from(cut1)))).metadata) === "crash") crashed = cut1;
+  }
+  assert.ok(crashed, "a cut inside a hotzone");
+  writeFileSync(img, crashed);
+  r = await trustvolInProcess(["repair", img, "--token-only", "--tpm2-device", tpm.device, "--json"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(JSON.parse(r.stdout).reencryption_recovered, true);
+  r = await trustvolInProcess(["reencrypt", img, "--resume-only", "--token-only", "--tpm2-device", tpm.device]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.ok((await plaintext()).equals(plain), "0 bytes lost");
 });

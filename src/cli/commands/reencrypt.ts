@@ -9,10 +9,10 @@ import { TrustvolError } from "../../util/errors.js";
 import { wipe } from "../../util/secret.js";
 import { Luks2Volume } from "../../luks2/volume.js";
 import type * as Online from "../../ops/reencrypt-online.js";
-import { reencrypt, reencryptLuksVersion, refuseHeaderSizes, repairReencryption, tokenKeyslotPassphrases, type ReencryptOptions } from "../../ops/reencrypt.js";
-import { readPin } from "../../trust/pkcs11/pin.js";
+import { reencrypt, reencryptLuksVersion, refuseHeaderSizes, repairReencryption, type ReencryptOptions } from "../../ops/reencrypt.js";
+import { tokenPassphrasesFromCli } from "../unlock.js";
 import { getPassphrase, keyFileLimits } from "../secrets.js";
-import { int, keyFileLimitOptions, parseSize, pbkdfFrom, pinSourceFrom, printJson } from "../common.js";
+import { int, keyFileLimitOptions, parseSize, pbkdfFrom, printJson } from "../common.js";
 import { progressBar } from "../progress.js";
 import { confirmYes } from "../confirm.js";
 
@@ -111,18 +111,12 @@ export function registerReencryptCommands(program: Command): void {
         const v = isLuks ? await Luks2Volume.open(hdr).catch(() => undefined) : undefined;
         if (v) {
           if (Object.keys(v.metadata.tokens).length) {
-            const pinSrc = o.pinFile ? pinSourceFrom(o) : undefined;
-            const pin = pinSrc ? readPin(pinSrc) : undefined;
-            try {
-              const r = await tokenKeyslotPassphrases(v.metadata, { pin, pkcs11Module: o.pkcs11Module as string | undefined, tpm2Device: o.tpm2Device as string | undefined }, { tokenId: o.tokenId as number | undefined, tokenType: o.tokenType as string | undefined });
-              keyslotPassphrases = r.passphrases;
-              secrets.push(...r.passphrases.values());
-              const slots = o.keySlot !== undefined ? [o.keySlot as number] : Object.keys(v.metadata.keyslots).filter((k) => v.metadata.keyslots[k]!.type === "luks2").map(Number);
-              uncovered = mode === "reencrypt" && !o.resumeOnly ? slots.some((k) => !r.passphrases.has(k)) : !r.passphrases.size;
-              if (o.tokenOnly && !r.passphrases.size) throw r.failures[0] ?? new TrustvolError("ENOKEY", "no token on this volume that trustvol can use", "unlock with a passphrase");
-            } finally {
-              wipe(pin);
-            }
+            const r = await tokenPassphrasesFromCli(v.metadata, o);
+            keyslotPassphrases = r.passphrases;
+            secrets.push(...r.passphrases.values());
+            const slots = o.keySlot !== undefined ? [o.keySlot as number] : Object.keys(v.metadata.keyslots).filter((k) => v.metadata.keyslots[k]!.type === "luks2").map(Number);
+            uncovered = mode === "reencrypt" && !o.resumeOnly ? slots.some((k) => !r.passphrases.has(k)) : !r.passphrases.size;
+            if (o.tokenOnly && !r.passphrases.size) throw r.failures[0] ?? new TrustvolError("ENOKEY", "no token on this volume that trustvol can use", "unlock with a passphrase");
           } else if (o.tokenOnly) throw new TrustvolError("ENOKEY", "the volume has no tokens", "unlock with a passphrase");
         }
         const needPass = !o.tokenOnly && (!!o.keyFile || uncovered);

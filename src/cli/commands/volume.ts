@@ -113,10 +113,17 @@ export function registerVolumeCommands(program: Command): void {
     .addOption(keyFileLimitOptions()[0]!)
     .addOption(keyFileLimitOptions()[1]!)
     .option("-S, --key-slot <n>", "keyslot to unlock", int("--key-slot", 0, 31))
+    .option("--token-only", "recover through tokens alone (TPM2, PKCS#11, clevis), never ask for a passphrase (default: tokens first, then --key-file or the prompt)")
+    .option("--token-id <n>", "use only this token", int("--token-id", 0, 31))
+    .option("--token-type <type>", "use only tokens of this type")
+    .option("--pin-file <file>", "token PIN from FILE (- = stdin)")
+    .option("--pkcs11-module <path>", "PKCS#11 module for systemd-pkcs11 tokens")
+    .option("--tpm2-device <dev>", "TPM for systemd-tpm2/clevis tokens: auto, a path, or swtpm:path=SOCKET")
     .option("--drop-old-keyslots", "finish a decryption whose data is all done by dropping its old keyslots that the passphrase does not open (a cryptsetup run killed in its finish wipes a keyslot before it drops it)")
     .option("-q, --batch-mode", "do not ask for confirmation before --drop-old-keyslots drops them")
     .option("--json", "print the result as JSON")
     .action(async (device: string, o: Record<string, unknown>) => {
+      if (o.tokenOnly && o.keyFile) throw new TrustvolError("EUSAGE", "--token-only cannot be combined with --key-file");
       const { repairReencryption, strandedDecrypt, withReencryptionLock, refuseHeaderIsDevice } = await import("../../ops/reencrypt.js");
       const dev = await FileBlockDevice.open(device);
       const hdr = o.header ? await FileBlockDevice.open(o.header as string) : dev;
@@ -135,8 +142,13 @@ export function registerVolumeCommands(program: Command): void {
         const status = reencryptStatus(v.metadata);
         // a crashed hotzone, or a decryption stranded in cryptsetup's finalisation (old keyslots that may open no more)
         if (status === "crash" || strandedDecrypt(v.metadata, dev)) {
-          const pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, ...keyFileLimits(o) });
+          // tokens first (an unattended device has no passphrase), then the key file or the prompt unless --token-only
+          const { tokenPassphrasesFromCli } = await import("../unlock.js");
+          const tokens = await tokenPassphrasesFromCli(v.metadata, o);
+          if (o.tokenOnly && !tokens.passphrases.size) throw tokens.failures[0] ?? new TrustvolError("ENOKEY", Object.keys(v.metadata.tokens).length ? "no token on this volume that trustvol can use" : "the volume has no tokens", "recover with a passphrase (--key-file or the prompt)");
+          let pass: Buffer | undefined;
           try {
+            if (!o.tokenOnly && (o.keyFile || !tokens.passphrases.size)) pass = await getPassphrase({ keyFile: o.keyFile as string | undefined, prompt: `Enter passphrase for ${device}: `, ...keyFileLimits(o) });
             const confirmDrop = async (slots: number[]) => {
               const what = `keyslot${slots.length > 1 ? "s" : ""} ${slots.join(", ")}`;
               if (o.batchMode) return;
@@ -145,9 +157,9 @@ export function registerVolumeCommands(program: Command): void {
                 throw e instanceof TrustvolError && e.code === "EUSAGE" && repaired ? new TrustvolError("EUSAGE", `${e.message.replace("nothing was changed", "the header copies were repaired, the keyslots kept")}`, e.hint) : e;
               });
             };
-            ({ recovered: reencryption, finished = false } = await repairReencryption(dev, { passphrase: pass, keyslot: o.keySlot as number | undefined, header: hdr !== dev ? hdr : undefined, confirmDrop: o.dropOldKeyslots ? confirmDrop : undefined }));
+            ({ recovered: reencryption, finished = false } = await repairReencryption(dev, { passphrase: pass, keyslotPassphrases: tokens.passphrases, keyslot: o.keySlot as number | undefined, header: hdr !== dev ? hdr : undefined, confirmDrop: o.dropOldKeyslots ? confirmDrop : undefined }));
           } finally {
-            wipe(pass);
+            wipe(pass, ...tokens.passphrases.values());
           }
         }
         if (o.json) printJson({ repaired, reencryption_recovered: reencryption, reencryption_finished: finished, ...before });
