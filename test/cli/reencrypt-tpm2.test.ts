@@ -1,12 +1,30 @@
 // Key rotation of a TPM-enrolled volume, unattended: `reencrypt --token-only` gets the keyslot passphrase from the
 // systemd-tpm2 token, re-creates the keyslot for the new volume key, and the device stays TPM-enrolled.
-import { test } from "node:test";
+import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { needTools, run, tmpDir } from "../helpers/tools.js";
 import { trustvolInProcess } from "../helpers/cli.js";
 import { startSwtpm } from "../helpers/swtpm.js";
+
+/** A 20 MiB LUKS2 image with a passphrase keyslot (in a key file) and a TPM2 token (PCR 7) on swtpm, both kept. */
+async function enrolledImage(t: TestContext): Promise<{ img: string; keyFile: string; tpm: { device: string } } | undefined> {
+  if (!needTools(t, "swtpm", "cryptsetup")) return undefined;
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const tpm = await startSwtpm();
+  t.after(() => tpm.stop());
+  const img = join(dir, "disk.img");
+  const keyFile = join(dir, "pass");
+  writeFileSync(keyFile, "a passphrase", { mode: 0o600 });
+  writeFileSync(img, Buffer.alloc(20 << 20));
+  let r = await trustvolInProcess(["format", "--key-file", keyFile, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", img]);
+  assert.equal(r.status, 0, r.stderr);
+  r = await trustvolInProcess(["enroll", "tpm2", img, "--tpm2-device", tpm.device, "--pcrs", "7", "--key-file", keyFile]);
+  assert.equal(r.status, 0, r.stderr);
+  return { img, keyFile, tpm };
+}
 
 test("TPM-enrolled volume: reencrypt --token-only rotates the volume key; the token still unlocks; the old key is gone", async (t) => {
   if (!needTools(t, "swtpm", "cryptsetup")) return;
@@ -38,21 +56,11 @@ test("TPM-enrolled volume: reencrypt --token-only rotates the volume key; the to
 });
 
 test("TPM-enrolled volume with a recovery passphrase: reencrypt --key-file keeps both keyslots, the token's through the TPM", async (t) => {
-  if (!needTools(t, "swtpm", "cryptsetup")) return;
-  const { dir, cleanup } = tmpDir();
-  t.after(cleanup);
-  const tpm = await startSwtpm();
-  t.after(() => tpm.stop());
-  const img = join(dir, "disk.img");
-  const recovery = join(dir, "recovery");
-  writeFileSync(recovery, "recovery-passphrase", { mode: 0o600 });
-  writeFileSync(img, Buffer.alloc(20 << 20));
-  let r = await trustvolInProcess(["format", "--key-file", recovery, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", img]);
-  assert.equal(r.status, 0, r.stderr);
-  r = await trustvolInProcess(["enroll", "tpm2", img, "--tpm2-device", tpm.device, "--pcrs", "7", "--key-file", recovery]);
-  assert.equal(r.status, 0, r.stderr);
+  const v = await enrolledImage(t);
+  if (!v) return;
+  const { img, keyFile: recovery, tpm } = v;
   // (before, a key file turned the tokens off: the TPM's keyslot did "not open with this passphrase" unless -S dropped it)
-  r = await trustvolInProcess(["reencrypt", img, "--key-file", recovery, "--tpm2-device", tpm.device, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--json"]);
+  let r = await trustvolInProcess(["reencrypt", img, "--key-file", recovery, "--tpm2-device", tpm.device, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--json"]);
   assert.equal(r.status, 0, r.stderr);
   const res = JSON.parse(r.stdout) as { state: string; keyslots: number[] };
   assert.equal(res.keyslots.length, 2, "both keyslots carried over");
@@ -65,19 +73,9 @@ test("TPM-enrolled volume with a recovery passphrase: reencrypt --key-file keeps
 });
 
 test("repair recovers a crashed hotzone through the TPM2 token alone (--token-only), as open and --resume-only do", async (t) => {
-  if (!needTools(t, "swtpm", "cryptsetup")) return;
-  const { dir, cleanup } = tmpDir();
-  t.after(cleanup);
-  const tpm = await startSwtpm();
-  t.after(() => tpm.stop());
-  const img = join(dir, "disk.img");
-  const pass = join(dir, "pass");
-  writeFileSync(pass, "a passphrase", { mode: 0o600 });
-  writeFileSync(img, Buffer.alloc(20 << 20));
-  let r = await trustvolInProcess(["format", "--key-file", pass, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", img]);
-  assert.equal(r.status, 0, r.stderr);
-  r = await trustvolInProcess(["enroll", "tpm2", img, "--tpm2-device", tpm.device, "--pcrs", "7", "--key-file", pass]);
-  assert.equal(r.status, 0, r.stderr);
+  const v = await enrolledImage(t);
+  if (!v) return;
+  const { img, tpm } = v;
   const { LuksHandle } = await import("../../src/ops/volume.js");
   const plaintext = async () => {
     const h = await LuksHandle.open(img, { readOnly: true });
@@ -108,7 +106,7 @@ test("repair recovers a crashed hotzone through the TPM2 token alone (--token-on
   }
   assert.ok(crashed, "a cut inside a hotzone");
   writeFileSync(img, crashed);
-  r = await trustvolInProcess(["repair", img, "--token-only", "--tpm2-device", tpm.device, "--json"]);
+  let r = await trustvolInProcess(["repair", img, "--token-only", "--tpm2-device", tpm.device, "--json"]);
   assert.equal(r.status, 0, r.stderr);
   assert.equal(JSON.parse(r.stdout).reencryption_recovered, true);
   r = await trustvolInProcess(["reencrypt", img, "--resume-only", "--token-only", "--tpm2-device", tpm.device]);
