@@ -50,6 +50,20 @@ export class Luks2Volume {
     throw new TrustvolError("ECORRUPT", "LUKS2 metadata has no data segment");
   }
 
+  /**
+   * The segment whose key a passphrase opens by default: the data segment; mid-re-encryption, while the data segments
+   * are all plain (an --encrypt before its first hotzone, or its not-yet-encrypted head first), the first crypt one of
+   * data, backup-final, backup-previous (cryptsetup's activation unlocks the keys of the run, not of segment 0).
+   */
+  private unlockSegment(): string {
+    const { id, seg } = this.dataSegment();
+    if (seg.type === "crypt" || !(this.metadata.config.requirements?.mandatory ?? []).some((r) => r.startsWith("online-reencrypt"))) return id;
+    const ids = Object.keys(this.metadata.segments).sort((a, b) => Number(a) - Number(b));
+    const flagsOf = (k: string) => this.metadata.segments[k]!.flags ?? [];
+    const order = [...ids.filter((k) => !flagsOf(k).some((f) => f.startsWith("backup-"))), ...ids.filter((k) => flagsOf(k).includes("backup-final")), ...ids.filter((k) => flagsOf(k).includes("backup-previous"))];
+    return order.find((k) => this.metadata.segments[k]!.type === "crypt" && digestForSegment(this.metadata, k)) ?? id;
+  }
+
   /** Data area [offset, offset+length) in bytes on the device that holds the data. */
   dataArea(dataDevSize = this.dev.size): { offset: number; length: number; sectorSize: number; cipher: string; ivTweak: bigint } {
     const { seg } = this.dataSegment();
@@ -130,7 +144,7 @@ export class Luks2Volume {
    * decrypts nothing, and trusting it would hand garbage to the data path (cryptsetup: "No usable keyslot").
    */
   async unlock(passphrase: Uint8Array, opts: { slot?: number; segment?: string } = {}): Promise<UnlockResult> {
-    const segment = opts.segment ?? this.dataSegment().id;
+    const segment = opts.segment ?? this.unlockSegment();
     const dId = digestForSegment(this.metadata, segment);
     const bound = new Set(dId ? this.metadata.digests[dId]!.keyslots : []);
     const slots = this.candidateSlots(opts.slot).filter((id) => bound.has(id));

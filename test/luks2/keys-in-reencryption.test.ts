@@ -64,3 +64,28 @@ test("key add/change/remove and token import on a device mid-re-encryption: refu
   assert.equal(fin.status, 0, fin.stderr);
   run("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, img]);
 });
+
+test("a passphrase unlocks an --encrypt before its first hotzone (every data segment still plain), as cryptsetup's open does: unlock --test, dump; in place and detached", async (t) => {
+  if (!needTools(t, "cryptsetup")) return;
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const pw = join(dir, "pw");
+  writeFileSync(pw, "pw", { mode: 0o600 });
+  const inPlace = join(dir, "inplace.img"), data = join(dir, "data.img"), hdr = join(dir, "data.hdr");
+  writeFileSync(inPlace, Buffer.alloc(24 << 20, 7));
+  writeFileSync(data, Buffer.alloc(8 << 20, 7));
+  let r = await trustvolInProcess(["reencrypt", "--encrypt", "--init-only", "-q", "--reduce-device-size", "8M", ...FAST, "--key-file", pw, inPlace]);
+  assert.equal(r.status, 0, r.stderr);
+  r = await trustvolInProcess(["reencrypt", "--encrypt", "--init-only", "-q", "--header", hdr, ...FAST, "--key-file", pw, data]);
+  assert.equal(r.status, 0, r.stderr);
+  for (const args of [[inPlace], ["--header", hdr, data]]) {
+    // (before: "data segment 0 is not encrypted: the volume was decrypted", and `open` failed the same way)
+    r = await trustvolInProcess(["unlock", "--test", "--key-file", pw, "--json", ...args]);
+    assert.equal(r.status, 0, `${args.join(" ")}: ${r.stderr}`);
+    run("cryptsetup", ["open", "--test-passphrase", "--key-file", pw, ...args]);
+  }
+  // a wrong passphrase is still wrong
+  writeFileSync(join(dir, "bad"), "bad", { mode: 0o600 });
+  r = await trustvolInProcess(["unlock", "--test", "--key-file", join(dir, "bad"), inPlace]);
+  assert.equal(r.status, 3, r.stderr);
+});
