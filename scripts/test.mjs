@@ -25,10 +25,6 @@ function walk(dir) {
 let files = walk(join(root, "test")).map((p) => relative(root, p));
 if (fast) files = files.filter((f) => !f.endsWith(".slow.test.ts") && !f.startsWith("test/vm/"));
 if (patterns.length) files = files.filter((f) => patterns.some((p) => f.includes(p)));
-// Longest first (the QEMU tier, then the other slow files, then the rest, each in name order): two lanes then end
-// together, where in name order the guest tests ran last and one lane finished minutes after the other.
-const rank = (f) => (f.startsWith("test/vm/") && f.endsWith(".slow.test.ts") ? 0 : f.endsWith(".slow.test.ts") ? 1 : 2);
-files = files.map((f, i) => [rank(f), i, f]).sort((a, b) => a[0] - b[0] || a[1] - b[1]).map((x) => x[2]);
 if (!files.length) {
   console.error("no test files matched");
   process.exit(1);
