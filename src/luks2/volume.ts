@@ -57,7 +57,7 @@ export class Luks2Volume {
    */
   private unlockSegment(): string {
     const { id, seg } = this.dataSegment();
-    if (seg.type === "crypt" || !(this.metadata.config.requirements?.mandatory ?? []).some((r) => r.startsWith("online-reencrypt"))) return id;
+    if (seg.type === "crypt" || !this.inReencryption()) return id;
     const ids = Object.keys(this.metadata.segments).sort((a, b) => Number(a) - Number(b));
     const flagsOf = (k: string) => this.metadata.segments[k]!.flags ?? [];
     const order = [...ids.filter((k) => !flagsOf(k).some((f) => f.startsWith("backup-"))), ...ids.filter((k) => flagsOf(k).includes("backup-final")), ...ids.filter((k) => flagsOf(k).includes("backup-previous"))];

@@ -144,8 +144,7 @@ export function registerReencryptCommands(program: Command): void {
         // an open device is never rewritten offline unless --force-offline-reencrypt vouches that the mapping is unused.
         // (a header that does not load maps nothing: the engine says what it is and what to do, e.g. an --encrypt
         // cut before its first commit)
-        const uuid = isLuks && !active && !o.forceOfflineReencrypt ? await Luks2Volume.open(hdr).then((x) => x.uuid, () => undefined) : undefined;
-        if (uuid) active = (await online()).findActiveMapping(uuid);
+        if (v && !active && !o.forceOfflineReencrypt) active = (await online()).findActiveMapping(v.uuid);
         if (active) onlineRefusal(active, mode, o, active === o.activeName);
         if (active) await dev.close();
         // (an interrupted run names the command that resumes it: with its header file, for this device)
